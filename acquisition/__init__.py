@@ -1,0 +1,1 @@
+"""opmon.acquisition: see README for this folder's single job."""

@@ -1,0 +1,46 @@
+"""The `opmon` command line: one subcommand per module of `opmon.commands`.
+
+Subcommands are discovered, so adding a command never means editing this file.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+from collections.abc import Sequence
+
+from opmon import commands
+from opmon.errors import OpmonError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Collect every `register(subparsers)` in `opmon.commands` into one parser."""
+    parser = argparse.ArgumentParser(prog="opmon", description="operando-monitor: live SXDM for operando battery experiments")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"opmon.commands.{info.name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: run a subcommand, turn OpmonError into a one-line message and exit code 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except OpmonError as exc:
+        print(f"opmon {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"opmon {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

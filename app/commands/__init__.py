@@ -1,0 +1,1 @@
+"""Subcommands of the `opmon` command line; each module exposes `register(subparsers)`."""

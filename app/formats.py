@@ -1,0 +1,237 @@
+"""The raw SXDM layout of FORMATS.md: one place that knows the dataset names.
+
+The simulator, the archiver and `opmon process` all read and write raw maps through this
+module, so the public layout cannot drift between them. Reading validates every field and
+names the offending path; frames are never loaded whole.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import h5py
+import hdf5plugin
+import numpy as np
+import numpy.typing as npt
+
+from opmon.errors import RawFileError
+
+DATA = "instrument/detector/data"
+DISTANCE = "instrument/detector/distance"
+X_PIXEL = "instrument/detector/x_pixel_size"
+Y_PIXEL = "instrument/detector/y_pixel_size"
+BEAM_X = "instrument/detector/beam_center_x"
+BEAM_Y = "instrument/detector/beam_center_y"
+DET_MASK = "instrument/detector/mask"
+ENERGY = "instrument/beam/incident_energy"
+POSITIONERS = "sample/positioners"
+ANGLES = ("eta", "phi", "nu", "delta")
+MAP_SHAPE = "scan/map_shape"
+MAP_INDEX = "scan/map_index"
+SCAN_X = "scan/x"
+SCAN_Y = "scan/y"
+
+FRAME_DTYPES = (np.dtype(np.uint16), np.dtype(np.uint32))
+
+
+@dataclass
+class RawMeta:
+    """Everything about a raw map except the frames themselves.
+
+    Angles are per frame (N,) in degrees; lengths in metres; the beam centre is the
+    direct-beam pixel (row, column) at nu = delta = 0.
+    """
+
+    energy_ev: float
+    distance_m: float
+    pixel_size_m: tuple[float, float]  # (row, column) = (y_pixel_size, x_pixel_size)
+    beam_center: tuple[float, float]  # (row0, col0)
+    eta: npt.NDArray[np.float64]
+    phi: npt.NDArray[np.float64]
+    nu: npt.NDArray[np.float64]
+    delta: npt.NDArray[np.float64]
+    map_shape: tuple[int, int]
+    map_index: npt.NDArray[np.int64]
+    frame_shape: tuple[int, int]
+    frame_dtype: np.dtype[Any]
+    detector_mask: npt.NDArray[np.uint8] | None = None
+    x_um: npt.NDArray[np.float64] | None = None
+    y_um: npt.NDArray[np.float64] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.map_index.shape[0])
+
+
+def _need(group: h5py.Group, path: str) -> Any:
+    if path not in group:
+        raise RawFileError(f"{group.file.filename}: missing dataset {group.name.rstrip('/')}/{path}")
+    return group[path]
+
+
+def _scalar(group: h5py.Group, path: str, positive: bool = True) -> float:
+    ds = _need(group, path)
+    try:
+        value = float(np.asarray(ds[()]).reshape(()))
+    except (TypeError, ValueError) as exc:
+        raise RawFileError(f"{group.name}/{path}: expected a scalar number, got shape {ds.shape}") from exc
+    if not np.isfinite(value) or (positive and value <= 0):
+        raise RawFileError(f"{group.name}/{path}: invalid value {value!r}")
+    return value
+
+
+def _per_frame(group: h5py.Group, path: str, n: int) -> npt.NDArray[np.float64]:
+    ds = _need(group, path)
+    arr = np.asarray(ds[()], dtype=np.float64)
+    if arr.ndim == 0:
+        arr = np.full(n, float(arr))
+    if arr.shape != (n,):
+        raise RawFileError(f"{group.name}/{path}: shape {arr.shape}, expected scalar or ({n},)")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        raise RawFileError(f"{group.name}/{path}: {int(bad.sum())} non-finite value(s), first at frame {int(np.argmax(bad))}")
+    return arr
+
+
+def read_raw_meta(entry: h5py.Group) -> RawMeta:
+    """Read and check the metadata of one raw map entry (e.g. ``f["entry"]``).
+
+    Raises
+    ------
+    RawFileError
+        naming the dataset that is missing, mis-shaped or holds invalid values.
+    """
+    data = _need(entry, DATA)
+    if not isinstance(data, h5py.Dataset) or data.ndim != 3:
+        raise RawFileError(f"{entry.name}/{DATA}: expected (N, rows, cols) frames, got shape {getattr(data, 'shape', None)}")
+    if data.dtype not in FRAME_DTYPES:
+        raise RawFileError(f"{entry.name}/{DATA}: dtype {data.dtype}, expected uint16 or uint32")
+    n, rows, cols = (int(s) for s in data.shape)
+    if n == 0:
+        raise RawFileError(f"{entry.name}/{DATA}: holds no frames")
+    map_shape_arr = np.asarray(_need(entry, MAP_SHAPE)[()])
+    if map_shape_arr.shape != (2,) or np.any(map_shape_arr < 1):
+        raise RawFileError(f"{entry.name}/{MAP_SHAPE}: expected two positive integers (ny, nx), got {map_shape_arr!r}")
+    map_shape = (int(map_shape_arr[0]), int(map_shape_arr[1]))
+    map_index = np.asarray(_need(entry, MAP_INDEX)[()])
+    if map_index.shape != (n,):
+        raise RawFileError(f"{entry.name}/{MAP_INDEX}: length {map_index.shape}, expected ({n},) = number of frames")
+    if not np.issubdtype(map_index.dtype, np.integer):
+        raise RawFileError(f"{entry.name}/{MAP_INDEX}: dtype {map_index.dtype}, expected integers")
+    map_index = map_index.astype(np.int64)
+    npix = map_shape[0] * map_shape[1]
+    out = (map_index < 0) | (map_index >= npix)
+    if out.any():
+        i = int(np.argmax(out))
+        raise RawFileError(f"{entry.name}/{MAP_INDEX}: frame {i} names map pixel {int(map_index[i])}, outside 0..{npix - 1} of map {map_shape}")
+    angles = {name: _per_frame(entry, f"{POSITIONERS}/{name}", n) for name in ANGLES}
+    mask = None
+    if DET_MASK in entry:
+        mask = np.asarray(entry[DET_MASK][()], dtype=np.uint8)
+        if mask.shape != (rows, cols):
+            raise RawFileError(f"{entry.name}/{DET_MASK}: shape {mask.shape}, expected {(rows, cols)}")
+    xy = {}
+    for key, path in (("x_um", SCAN_X), ("y_um", SCAN_Y)):
+        if path in entry:
+            xy[key] = _per_frame(entry, path, n)
+    return RawMeta(
+        energy_ev=_scalar(entry, ENERGY),
+        distance_m=_scalar(entry, DISTANCE),
+        pixel_size_m=(_scalar(entry, Y_PIXEL), _scalar(entry, X_PIXEL)),
+        beam_center=(_scalar(entry, BEAM_Y, positive=False), _scalar(entry, BEAM_X, positive=False)),
+        map_shape=map_shape, map_index=map_index, frame_shape=(rows, cols), frame_dtype=data.dtype,
+        detector_mask=mask, **angles, **xy,
+    )
+
+
+def iter_frame_blocks(entry: h5py.Group, block: int = 64) -> Iterator[tuple[int, npt.NDArray[Any]]]:
+    """Yield (first frame index, frames[block]) so a reader never holds the whole stack."""
+    data = entry[DATA]
+    n = data.shape[0]
+    buf = np.empty((min(block, n),) + data.shape[1:], dtype=data.dtype)
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        view = buf[: stop - start]
+        data.read_direct(view, np.s_[start:stop])
+        yield start, view
+
+
+def compression() -> dict[str, Any]:
+    """The filter frames are written with: bitshuffle + LZ4, as detectors at ESRF and DLS do."""
+    return dict(hdf5plugin.Bitshuffle(nelems=0, cname="lz4"))
+
+
+def _units(ds: h5py.Dataset, units: str) -> h5py.Dataset:
+    ds.attrs["units"] = units
+    return ds
+
+
+class RawMapWriter:
+    """Writes one raw map entry in the FORMATS.md layout, frame by frame.
+
+    Frames go to a resizable dataset, one chunk per frame, compressed; per-frame angles
+    and map indices grow beside it, so a file flushed mid-map is a valid shorter map.
+    """
+
+    def __init__(self, entry: h5py.Group, *, frame_shape: tuple[int, int], dtype: npt.DTypeLike,
+                 energy_ev: float, distance_m: float, pixel_size_m: tuple[float, float],
+                 beam_center: tuple[float, float], map_shape: tuple[int, int],
+                 detector_mask: npt.NDArray[np.uint8] | None = None, expected_frames: int = 0) -> None:
+        self.entry = entry
+        entry.attrs["NX_class"] = "NXentry"
+        instrument = entry.require_group("instrument")
+        instrument.attrs["NX_class"] = "NXinstrument"
+        det = instrument.require_group("detector")
+        det.attrs["NX_class"] = "NXdetector"
+        beam = instrument.require_group("beam")
+        beam.attrs["NX_class"] = "NXbeam"
+        sample = entry.require_group("sample")
+        sample.attrs["NX_class"] = "NXsample"
+        pos = sample.require_group("positioners")
+        pos.attrs["NX_class"] = "NXcollection"
+        scan = entry.require_group("scan")
+        scan.attrs["NX_class"] = "NXcollection"
+        rows, cols = frame_shape
+        self.data = det.create_dataset("data", shape=(0, rows, cols), maxshape=(None, rows, cols),
+                                       chunks=(1, rows, cols), dtype=np.dtype(dtype), **compression())
+        self.data.attrs["units"] = "counts"
+        _units(det.create_dataset("distance", data=float(distance_m)), "m")
+        _units(det.create_dataset("y_pixel_size", data=float(pixel_size_m[0])), "m")
+        _units(det.create_dataset("x_pixel_size", data=float(pixel_size_m[1])), "m")
+        _units(det.create_dataset("beam_center_y", data=float(beam_center[0])), "pixel")
+        _units(det.create_dataset("beam_center_x", data=float(beam_center[1])), "pixel")
+        if detector_mask is not None:
+            det.create_dataset("mask", data=np.asarray(detector_mask, dtype=np.uint8))
+        _units(beam.create_dataset("incident_energy", data=float(energy_ev)), "eV")
+        scan.create_dataset("map_shape", data=np.asarray(map_shape, dtype=np.int64))
+        grow = dict(shape=(0,), maxshape=(None,), chunks=(max(256, min(expected_frames, 65536)) or 256,))
+        self.angles = {name: _units(pos.create_dataset(name, dtype=np.float64, **grow), "deg") for name in ANGLES}
+        self.map_index = scan.create_dataset("map_index", dtype=np.int64, **grow)
+        self.x = _units(scan.create_dataset("x", dtype=np.float64, **grow), "um")
+        self.y = _units(scan.create_dataset("y", dtype=np.float64, **grow), "um")
+        self.n = 0
+
+    def append(self, frames: npt.NDArray[Any], map_index: npt.ArrayLike, eta: npt.ArrayLike, phi: npt.ArrayLike,
+               nu: npt.ArrayLike, delta: npt.ArrayLike, x_um: npt.ArrayLike | None = None,
+               y_um: npt.ArrayLike | None = None) -> None:
+        """Append a block of frames (k, rows, cols) with their per-frame metadata."""
+        frames = np.asarray(frames)
+        if frames.ndim == 2:
+            frames = frames[None]
+        k = frames.shape[0]
+        if frames.shape[1:] != self.data.shape[1:]:
+            raise RawFileError(f"frame shape {frames.shape[1:]} does not match dataset {self.data.shape[1:]}")
+        start, stop = self.n, self.n + k
+        # Metadata first, frames last: a reader that sees frame i also sees its angles.
+        columns: list[tuple[h5py.Dataset, npt.ArrayLike]] = [(self.map_index, map_index), (self.angles["eta"], eta),
+                   (self.angles["phi"], phi), (self.angles["nu"], nu), (self.angles["delta"], delta),
+                   (self.x, np.nan if x_um is None else x_um), (self.y, np.nan if y_um is None else y_um)]
+        for ds, values in columns:
+            ds.resize((stop,))
+            ds[start:stop] = np.broadcast_to(np.asarray(values, dtype=ds.dtype), (k,))
+        self.data.resize((stop,) + self.data.shape[1:])
+        self.data[start:stop] = frames
+        self.n = stop
+

@@ -1,0 +1,1 @@
+"""opmon.dashboard: see README for this folder's single job."""

@@ -1,0 +1,1 @@
+"""opmon.processors: see README for this folder's single job."""

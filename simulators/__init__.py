@@ -1,0 +1,1 @@
+"""opmon.simulators: see README for this folder's single job."""

@@ -1,0 +1,1 @@
+"""opmon.streaming: see README for this folder's single job."""
