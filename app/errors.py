@@ -40,3 +40,11 @@ class LimitError(OpmonError):
 
 class ConfigError(OpmonError):
     """The configuration file or an option holds an invalid value."""
+
+
+class StreamStalledError(OpmonError):
+    """A lossless sender waited too long for a receiver (down or too slow); nothing was dropped."""
+
+
+class ArchiveError(OpmonError):
+    """An archive directory or file is missing, unreadable or not an opmon run archive."""

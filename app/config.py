@@ -1,0 +1,135 @@
+"""One TOML file configures every service, so ports and paths are set in one place.
+
+`load_config(None)` gives the packaged defaults (`default_config.toml`); a user file overrides
+only the keys it names. Unknown keys are errors, so a typo never silently keeps a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from opmon.errors import ConfigError
+
+
+@dataclass
+class Ports:
+    """TCP ports on `Config.host`; see docs/protocol.md for who binds what."""
+
+    frames_archive: int = 5550
+    frames_live: int = 5551
+    docs: int = 5552
+    maps_archive: int = 5553
+    display_live: int = 5555
+    display_acquisition: int = 5556
+    display_archive: int = 5557
+    control: int = 5558
+
+
+@dataclass
+class StreamConfig:
+    """Queue depths and how long a blocked sender waits before it reports a stall."""
+
+    sndhwm: int = 200
+    rcvhwm: int = 200
+    stall_timeout_s: float = 30.0
+
+
+@dataclass
+class ArchiveConfig:
+    """Where runs are archived and how often the SWMR files are flushed."""
+
+    dir: str = "opmon-archive"
+    flush_interval_s: float = 0.5
+
+
+@dataclass
+class LiveConfig:
+    """Live processor: worker processes, display rate and accumulator options."""
+
+    workers: int = 1
+    publish_interval_s: float = 0.25
+    threshold: int = 0
+    background: str = "auto"
+
+
+@dataclass
+class ControlConfig:
+    """Steering credential (empty: environment OPMON_CONTROL_TOKEN or a per-session token)."""
+
+    token: str = ""
+
+
+@dataclass
+class Config:
+    """The whole configuration."""
+
+    host: str = "127.0.0.1"
+    ports: Ports = field(default_factory=Ports)
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
+    live: LiveConfig = field(default_factory=LiveConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+
+    def endpoint(self, name: str) -> str:
+        """``tcp://host:port`` of the channel `name` (a field of `Ports`)."""
+        if not hasattr(self.ports, name):
+            raise ConfigError(f"no port named {name!r}; known: {', '.join(f.name for f in dataclasses.fields(Ports))}")
+        return f"tcp://{self.host}:{getattr(self.ports, name)}"
+
+
+def _apply(obj: Any, values: dict[str, Any], where: str) -> None:
+    known = {f.name: f for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key {key!r}; known: {', '.join(known)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.{key}: expected a table, got {value!r}")
+            _apply(current, value, f"{where}.{key}")
+            continue
+        expected = type(current)
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, expected) or isinstance(value, bool) != isinstance(current, bool):
+            raise ConfigError(f"{where}.{key}: expected {expected.__name__}, got {value!r}")
+        setattr(obj, key, value)
+
+
+def _check(config: Config) -> None:
+    for f in dataclasses.fields(Ports):
+        port = getattr(config.ports, f.name)
+        if not 1 <= port <= 65535:
+            raise ConfigError(f"ports.{f.name}: {port} is not a TCP port (1..65535)")
+    if config.live.workers < 1:
+        raise ConfigError(f"live.workers: {config.live.workers}, expected >= 1")
+    if config.archive.flush_interval_s <= 0:
+        raise ConfigError(f"archive.flush_interval_s: {config.archive.flush_interval_s}, expected > 0")
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Defaults, then the file at `path` (if given) on top.
+
+    Raises
+    ------
+    ConfigError
+        naming the file and key that is unreadable, unknown or of the wrong type.
+    """
+    config = Config()
+    text = resources.files("opmon").joinpath("default_config.toml").read_text()
+    _apply(config, tomllib.loads(text), "default_config.toml")
+    if path is not None:
+        p = Path(path)
+        try:
+            values = tomllib.loads(p.read_text())
+        except OSError as exc:
+            raise ConfigError(f"{p}: cannot read config: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
+        _apply(config, values, str(p))
+    _check(config)
+    return config
