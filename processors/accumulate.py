@@ -1,0 +1,210 @@
+"""MomentAccumulator: additive per-map-pixel sums Σ I, Σ I·q, Σ I·q⊗q, shaped like a LiberTEM UDF.
+
+Frames may arrive in any order and for any map pixel; two accumulators of disjoint frame
+sets merge by addition into exactly what one pass gives. `opmon process` and the live
+processor both use this class, so live and offline maps agree by construction.
+
+Background: real photon-counting frames hold a faint diffuse background (~1e-3 counts per
+pixel per frame) that pulls a plain centre of mass toward the ROI centre. With
+``background="auto"`` the rate is estimated from the counts outside the ROI over all
+frames of the map, and its expected contribution (the rotated geometric moments of the ROI
+pixels) is subtracted in `finalize`. A float sets a fixed rate; None disables it.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from opmon.errors import FrameShapeError, MapIndexError, OpmonError
+from opmon.processors import kernels
+from opmon.processors.geometry import DetectorGeometry
+from opmon.processors.maps import MapResult, derive_maps
+
+Roi = tuple[int, int, int, int]  # (r0, r1, c0, c1), half-open, frame pixels
+Background = Literal["auto"] | float | None
+
+STATE_KEYS = ("sum_i", "sum_iq", "sum_iqq", "n_frames", "bg_counts", "bg_q", "bg_qq")
+
+
+class MomentAccumulator:
+    """Accumulate one map's moments frame by frame.
+
+    Parameters
+    ----------
+    geometry : detector placement and energy.
+    map_shape : (ny, nx) of the map grid.
+    roi : (r0, r1, c0, c1) detector window summed around the peak; None = whole frame.
+    detector_mask : (rows, cols) uint8, 1 = dead/hot pixel to ignore.
+    threshold : counts below this value are ignored (0 keeps every count).
+    background : "auto", a fixed rate in counts/pixel/frame, or None.
+    """
+
+    def __init__(self, geometry: DetectorGeometry, map_shape: tuple[int, int], *, roi: Roi | None = None,
+                 detector_mask: npt.NDArray[np.uint8] | None = None, threshold: int = 0,
+                 background: Background = "auto") -> None:
+        rows, cols = geometry.frame_shape
+        self.geometry = geometry
+        self.map_shape = (int(map_shape[0]), int(map_shape[1]))
+        if self.map_shape[0] < 1 or self.map_shape[1] < 1:
+            raise OpmonError(f"map_shape {map_shape} must be two positive integers")
+        roi = roi if roi is not None else (0, rows, 0, cols)
+        r0, r1, c0, c1 = (int(v) for v in roi)
+        if not (0 <= r0 < r1 <= rows and 0 <= c0 < c1 <= cols):
+            raise OpmonError(f"ROI {roi} does not fit a {rows} x {cols} frame (need 0 <= r0 < r1 <= rows, 0 <= c0 < c1 <= cols)")
+        self.roi: Roi = (r0, r1, c0, c1)
+        if detector_mask is None:
+            detector_mask = np.zeros((rows, cols), dtype=np.uint8)
+        detector_mask = np.ascontiguousarray(detector_mask, dtype=np.uint8)
+        if detector_mask.shape != (rows, cols):
+            raise FrameShapeError(f"detector mask shape {detector_mask.shape} differs from frame shape {(rows, cols)}")
+        self.detector_mask = detector_mask
+        if threshold < 0:
+            raise OpmonError(f"threshold {threshold} must be >= 0")
+        self.threshold = int(threshold)
+        if background is not None and background != "auto" and not (isinstance(background, (int, float)) and background >= 0):
+            raise OpmonError(f"background {background!r} must be 'auto', a rate >= 0 or None")
+        self.background = background
+        valid = detector_mask == 0
+        self.n_roi_pixels = int(valid[r0:r1, c0:c1].sum())
+        self.n_outside_pixels = int(valid.sum()) - self.n_roi_pixels
+        npix = self.map_shape[0] * self.map_shape[1]
+        self.sum_i = np.zeros(npix)
+        self.sum_iq = np.zeros((npix, 3))
+        self.sum_iqq = np.zeros((npix, 3, 3))
+        self.n_frames = np.zeros(npix, dtype=np.int64)
+        self.bg_counts = np.zeros(npix)
+        self.bg_q = np.zeros((npix, 3))
+        self.bg_qq = np.zeros((npix, 3, 3))
+        self._detector_angles: tuple[float, float] | None = None
+        self._q_lab = np.zeros((0, 0, 3))
+        self._roi_moments = np.zeros(kernels.N_MOMENTS + 1)
+        self._moments = np.zeros((1, kernels.N_MOMENTS + 1))
+
+    # -- per-frame work ---------------------------------------------------------------
+    def _use_detector_angles(self, nu: float, delta: float) -> None:
+        """Load the ROI's lab-frame q table (changes only when the detector arm moves)."""
+        if self._detector_angles == (nu, delta):
+            return
+        r0, r1, c0, c1 = self.roi
+        self._q_lab = np.ascontiguousarray(self.geometry.pixel_q_lab(nu, delta)[r0:r1, c0:c1])
+        ones = np.ones((r1 - r0, c1 - c0), dtype=np.uint32)
+        roi_moments = np.zeros(kernels.N_MOMENTS + 1)
+        roi_mask = np.ascontiguousarray(self.detector_mask[r0:r1, c0:c1])
+        kernels.frame_moments(ones, self._q_lab, roi_mask, 0, r1 - r0, 0, c1 - c0, 0, roi_moments)
+        roi_moments[10] = 0.0
+        self._roi_moments = roi_moments
+        self._detector_angles = (nu, delta)
+
+    def _check_frames(self, frames: np.ndarray) -> None:
+        if frames.shape[-2:] != self.geometry.frame_shape:
+            raise FrameShapeError(f"frame shape {frames.shape[-2:]} differs from the detector's {self.geometry.frame_shape}")
+        if frames.dtype not in (np.uint16, np.uint32, np.uint8):
+            raise FrameShapeError(f"frame dtype {frames.dtype} is not an unsigned integer count type (uint8/16/32)")
+
+    def process_frame(self, frame: npt.NDArray[Any], map_index: int, eta: float, phi: float, nu: float, delta: float) -> None:
+        """Add one frame (rows, cols) taken at the given angles (deg) to map pixel `map_index`."""
+        self.process_block(frame[None], np.array([map_index]), np.array([eta], dtype=np.float64),
+                           np.array([phi], dtype=np.float64), nu, delta)
+
+    def process_block(self, frames: npt.NDArray[Any], map_index: npt.ArrayLike, eta: npt.ArrayLike,
+                      phi: npt.ArrayLike, nu: npt.ArrayLike, delta: npt.ArrayLike) -> None:
+        """Add a block of frames (k, rows, cols); angles are per frame (k,) or scalars."""
+        if frames.ndim != 3:
+            raise FrameShapeError(f"expected a block of frames (k, rows, cols), got shape {frames.shape}")
+        self._check_frames(frames)
+        k = frames.shape[0]
+        index = np.asarray(map_index, dtype=np.int64).reshape(-1)
+        if index.shape != (k,):
+            raise MapIndexError(f"{index.shape[0]} map indices for {k} frames")
+        bad = (index < 0) | (index >= self.sum_i.shape[0])
+        if bad.any():
+            raise MapIndexError(f"map index {int(index[np.argmax(bad)])} outside 0..{self.sum_i.shape[0] - 1} of map {self.map_shape}")
+        etas = np.broadcast_to(np.asarray(eta, dtype=np.float64), (k,))
+        phis = np.broadcast_to(np.asarray(phi, dtype=np.float64), (k,))
+        nus = np.broadcast_to(np.asarray(nu, dtype=np.float64), (k,))
+        deltas = np.broadcast_to(np.asarray(delta, dtype=np.float64), (k,))
+        if not (np.isfinite(etas).all() and np.isfinite(phis).all() and np.isfinite(nus).all() and np.isfinite(deltas).all()):
+            raise OpmonError("non-finite angle among the frames' eta/phi/nu/delta")
+        if k > self._moments.shape[0]:
+            self._moments = np.zeros((k, kernels.N_MOMENTS + 1))
+        moments = self._moments[:k]
+        # Frames of one block usually share the detector position; split where it changes.
+        start = 0
+        while start < k:
+            stop = start + 1
+            while stop < k and nus[stop] == nus[start] and deltas[stop] == deltas[start]:
+                stop += 1
+            self._use_detector_angles(float(nus[start]), float(deltas[start]))
+            r0, r1, c0, c1 = self.roi
+            if stop - start == 1:
+                kernels.frame_moments(frames[start], self._q_lab, self.detector_mask, r0, r1, c0, c1, self.threshold, moments[start])
+            else:
+                kernels.block_moments(frames[start:stop], self._q_lab, self.detector_mask, r0, r1, c0, c1, self.threshold, moments[start:stop])
+            kernels.add_block(moments[start:stop], np.ascontiguousarray(etas[start:stop]), np.ascontiguousarray(phis[start:stop]),
+                              index[start:stop], self._roi_moments, self.sum_i, self.sum_iq, self.sum_iqq, self.n_frames,
+                              self.bg_counts, self.bg_q, self.bg_qq)
+            start = stop
+
+    # -- combining and results ----------------------------------------------------------
+    @property
+    def frames_seen(self) -> int:
+        return int(self.n_frames.sum())
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The additive sums, for shipping partial results between processes."""
+        return {key: getattr(self, key) for key in STATE_KEYS}
+
+    def load_state(self, state: dict[str, np.ndarray], add: bool = True) -> None:
+        """Add (or replace with) sums from `state()` of an accumulator of the same map."""
+        for key in STATE_KEYS:
+            mine = getattr(self, key)
+            theirs = np.asarray(state[key])
+            if theirs.shape != mine.shape:
+                raise FrameShapeError(f"state {key!r} has shape {theirs.shape}, expected {mine.shape}")
+            if add:
+                mine += theirs
+            else:
+                mine[...] = theirs
+
+    @classmethod
+    def from_state(cls, geometry: DetectorGeometry, map_shape: tuple[int, int], state: dict[str, np.ndarray],
+                   **options: Any) -> "MomentAccumulator":
+        acc = cls(geometry, map_shape, **options)
+        acc.load_state(state, add=False)
+        return acc
+
+    def merge(self, other: "MomentAccumulator") -> None:
+        """Add another accumulator's sums (same map, ROI and options) into this one."""
+        if other.map_shape != self.map_shape or other.roi != self.roi:
+            raise OpmonError(f"cannot merge accumulators of map {other.map_shape} ROI {other.roi} into map {self.map_shape} ROI {self.roi}")
+        self.load_state(other.state())
+
+    def reset(self) -> None:
+        for key in STATE_KEYS:
+            getattr(self, key)[...] = 0
+
+    def background_rate(self) -> float:
+        """Background counts per pixel per frame used by finalize()."""
+        if self.background is None:
+            return 0.0
+        if self.background != "auto":
+            return float(self.background)
+        frames = self.frames_seen
+        if self.n_outside_pixels == 0 or frames == 0:
+            return 0.0
+        return float(self.bg_counts.sum()) / (frames * self.n_outside_pixels)
+
+    def finalize(self, partial: bool = False) -> MapResult:
+        """Derive the maps. The background rate is estimated over the whole map (all its frames)
+        because one map pixel's outside-ROI counts are too few for a stable rate.
+
+        partial=True allows a map without intensity yet (live previews)."""
+        rate = self.background_rate()
+        s0 = self.sum_i - rate * self.n_roi_pixels * self.n_frames
+        s1 = self.sum_iq - rate * self.bg_q
+        s2 = self.sum_iqq - rate * self.bg_qq
+        ny, nx = self.map_shape
+        return derive_maps(s0.reshape(ny, nx), s1.reshape(ny, nx, 3), s2.reshape(ny, nx, 3, 3),
+                           self.n_frames.reshape(ny, nx), background=rate, require_signal=not partial)

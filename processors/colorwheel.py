@@ -1,0 +1,53 @@
+"""Tilt colour wheel: hue = tilt azimuth, saturation = tilt altitude (seed 000, Fig. 2d).
+
+Pure numpy so the PNG figure and the live dashboard colour tilt maps identically.
+"""
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+F64 = npt.NDArray[np.float64]
+
+
+def hsv_to_rgb(h: F64, s: F64, v: F64) -> F64:
+    """Vectorised HSV → RGB, all in [0, 1]; returns (..., 3)."""
+    h6 = (np.asarray(h) % 1.0) * 6.0
+    i = np.floor(h6).astype(int) % 6
+    f = h6 - np.floor(h6)
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    choices_r = [v, q, p, p, t, v]
+    choices_g = [t, v, v, q, p, p]
+    choices_b = [p, p, t, v, v, q]
+    r = np.choose(i, choices_r)
+    g = np.choose(i, choices_g)
+    b = np.choose(i, choices_b)
+    return np.stack([r, g, b], axis=-1)
+
+
+def tilt_rgb(altitude: F64, azimuth: F64, max_altitude: float | None = None, background: float = 1.0) -> F64:
+    """RGB image (..., 3) of a tilt map; NaN pixels get the `background` grey level.
+
+    max_altitude (deg) is full saturation; None uses the map's 99th percentile so one
+    outlier does not wash out the rest.
+    """
+    alt = np.asarray(altitude, dtype=np.float64)
+    az = np.asarray(azimuth, dtype=np.float64)
+    valid = np.isfinite(alt) & np.isfinite(az)
+    if max_altitude is None:
+        max_altitude = float(np.percentile(alt[valid], 99)) if valid.any() else 1.0
+    max_altitude = max_altitude if max_altitude > 0 else 1.0
+    sat = np.clip(np.where(valid, alt, 0.0) / max_altitude, 0.0, 1.0)
+    rgb = hsv_to_rgb(np.where(valid, az, 0.0) / 360.0, sat, np.ones_like(sat))
+    rgb[~valid] = background
+    return rgb
+
+
+def wheel_legend(size: int = 128) -> F64:
+    """RGBA image of the colour wheel legend: angle = azimuth, radius = altitude / max."""
+    y, x = np.mgrid[-1:1:size * 1j, -1:1:size * 1j]
+    radius = np.hypot(x, y)
+    azimuth = np.degrees(np.arctan2(y, x)) % 360.0
+    rgb = hsv_to_rgb(azimuth / 360.0, np.clip(radius, 0, 1), np.ones_like(radius))
+    alpha = (radius <= 1.0).astype(np.float64)
+    return np.concatenate([rgb, alpha[..., None]], axis=-1)

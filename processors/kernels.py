@@ -1,0 +1,130 @@
+"""numba kernels of the moment accumulator: one pass over each frame in its own integer type.
+
+A frame from a photon-counting detector is mostly zeros, so the scan reads the integers in
+blocks and touches the per-pixel wavevector table only where a block holds counts. Sums are
+taken in the lab frame (the pixel table does not change with the sample angles); the caller
+rotates the ten sums into the sample frame once per frame (`add_rotated`).
+
+Layout of the ten lab-frame moments of one frame: [S0, Sx, Sy, Sz, Sxx, Sxy, Sxz, Syy, Syz, Szz].
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+BLOCK = 16
+N_MOMENTS = 10
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _add_pixel(m, w, qx, qy, qz):  # type: ignore[no-untyped-def]
+    m[0] += w
+    m[1] += w * qx
+    m[2] += w * qy
+    m[3] += w * qz
+    m[4] += w * qx * qx
+    m[5] += w * qx * qy
+    m[6] += w * qx * qz
+    m[7] += w * qy * qy
+    m[8] += w * qy * qz
+    m[9] += w * qz * qz
+
+
+@numba.njit(cache=True, nogil=True)
+def frame_moments(frame, q_lab, mask, r0, r1, c0, c1, threshold, out):  # type: ignore[no-untyped-def]
+    """Lab-frame moments of the ROI and the counts outside it, for one frame.
+
+    Parameters
+    ----------
+    frame : (rows, cols) uint16/uint32 counts.
+    q_lab : (r1-r0, c1-c0, 3) float64 lab-frame q of the ROI pixels.
+    mask : (rows, cols) uint8, 1 = ignore pixel.
+    r0, r1, c0, c1 : ROI bounds (half-open) in frame pixels.
+    threshold : counts below it are ignored (0 keeps everything).
+    out : (11,) float64, receives the 10 moments then the counts outside the ROI.
+    """
+    for i in range(out.shape[0]):
+        out[i] = 0.0
+    rows, cols = frame.shape
+    outside = 0.0
+    for r in range(rows):
+        row = frame[r]
+        mrow = mask[r]
+        in_rows = r >= r0 and r < r1
+        c = 0
+        while c < cols:
+            stop = min(c + BLOCK, cols)
+            any_counts = 0
+            for j in range(c, stop):
+                any_counts |= row[j]
+            if any_counts != 0:
+                for j in range(c, stop):
+                    v = row[j]
+                    if v != 0 and v >= threshold and mrow[j] == 0:
+                        if in_rows and j >= c0 and j < c1:
+                            q = q_lab[r - r0, j - c0]
+                            _add_pixel(out, np.float64(v), q[0], q[1], q[2])
+                        else:
+                            outside += v
+            c = stop
+    out[10] = outside
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def block_moments(frames, q_lab, mask, r0, r1, c0, c1, threshold, out):  # type: ignore[no-untyped-def]
+    """`frame_moments` for a block of frames (k, rows, cols) in parallel; out is (k, 11)."""
+    for f in numba.prange(frames.shape[0]):
+        frame_moments(frames[f], q_lab, mask, r0, r1, c0, c1, threshold, out[f])
+
+
+@numba.njit(cache=True, nogil=True)
+def sample_matrix(eta_deg, phi_deg):  # type: ignore[no-untyped-def]
+    """M with q_lab = M @ q_sample: eta about −y (outer), phi about −z (inner)."""
+    e = -np.deg2rad(eta_deg)
+    p = -np.deg2rad(phi_deg)
+    ce, se, cp, sp = np.cos(e), np.sin(e), np.cos(p), np.sin(p)
+    ry = np.array([[ce, 0.0, se], [0.0, 1.0, 0.0], [-se, 0.0, ce]])
+    rz = np.array([[cp, -sp, 0.0], [sp, cp, 0.0], [0.0, 0.0, 1.0]])
+    return ry @ rz
+
+
+@numba.njit(cache=True, nogil=True)
+def add_rotated(moments, m, roi_moments, sum_i, sum_iq, sum_iqq, n_frames, bg_counts, bg_q, bg_qq, pixel):  # type: ignore[no-untyped-def]
+    """Rotate one frame's lab moments into the sample frame and add them to a map pixel.
+
+    q_sample = Mᵀ q_lab, so Σ I q_s = Mᵀ Σ I q_l and Σ I q_s q_sᵀ = Mᵀ (Σ I q_l q_lᵀ) M.
+    The same rotation applied to the ROI's geometric moments (unit weight per pixel) gives
+    what a flat background of one count per pixel would have added; finalize() scales it by
+    the estimated background rate and subtracts it.
+    """
+    s1 = np.empty(3)
+    s2 = np.empty((3, 3))
+    for src in range(2):
+        mm = moments if src == 0 else roi_moments
+        s1[0], s1[1], s1[2] = mm[1], mm[2], mm[3]
+        s2[0, 0], s2[0, 1], s2[0, 2] = mm[4], mm[5], mm[6]
+        s2[1, 0], s2[1, 1], s2[1, 2] = mm[5], mm[7], mm[8]
+        s2[2, 0], s2[2, 1], s2[2, 2] = mm[6], mm[8], mm[9]
+        r1 = m.T @ s1
+        r2 = m.T @ s2 @ m
+        if src == 0:
+            sum_i[pixel] += mm[0]
+            for a in range(3):
+                sum_iq[pixel, a] += r1[a]
+                for b in range(3):
+                    sum_iqq[pixel, a, b] += r2[a, b]
+        else:
+            for a in range(3):
+                bg_q[pixel, a] += r1[a]
+                for b in range(3):
+                    bg_qq[pixel, a, b] += r2[a, b]
+    n_frames[pixel] += 1
+    bg_counts[pixel] += moments[10]
+
+
+@numba.njit(cache=True, nogil=True)
+def add_block(moments, etas, phis, map_index, roi_moments, sum_i, sum_iq, sum_iqq, n_frames, bg_counts, bg_q, bg_qq):  # type: ignore[no-untyped-def]
+    """`add_rotated` for every frame of a block (k, 11) with its angles and map pixel."""
+    for f in range(moments.shape[0]):
+        m = sample_matrix(etas[f], phis[f])
+        add_rotated(moments[f], m, roi_moments, sum_i, sum_iq, sum_iqq, n_frames, bg_counts, bg_q, bg_qq, map_index[f])

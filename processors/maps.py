@@ -1,0 +1,115 @@
+"""Per-pixel maps derived from the accumulated moments (SCIENCE.md §3, FORMATS.md).
+
+Pure numpy on (ny, nx) arrays: runs once per map (or a few times a second for a partial
+map), so clarity beats speed here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import numpy.typing as npt
+
+from opmon.errors import EmptyMapError
+
+MASK_FRACTION = 0.2  # pixels below 20 % of the map's maximum intensity are invalid
+
+F64 = npt.NDArray[np.float64]
+
+
+@dataclass
+class MapResult:
+    """The maps of FORMATS.md, plus bookkeeping the processor knows (frames per pixel)."""
+
+    d_spacing: F64
+    tilt_altitude: F64
+    tilt_azimuth: F64
+    intensity: F64
+    peak_width: F64
+    q: F64
+    mask: npt.NDArray[np.uint8]
+    mean_q: F64
+    frames: npt.NDArray[np.int64]
+    background: float = 0.0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.d_spacing.shape  # type: ignore[return-value]
+
+    def valid_d(self) -> F64:
+        """d of valid pixels, for histograms and statistics."""
+        return self.d_spacing[self.mask.astype(bool)]
+
+    def d_histogram(self, bins: int | F64 = 100, d_range: tuple[float, float] | None = None) -> tuple[F64, F64]:
+        """Histogram of d over valid pixels: (counts, edges). Two phases show as two peaks."""
+        counts, edges = np.histogram(self.valid_d(), bins=bins, range=d_range)
+        return counts.astype(np.float64), edges
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """All arrays by FORMATS.md name (for files and messages)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), np.ndarray)}
+
+
+def derive_maps(sum_i: F64, sum_iq: F64, sum_iqq: F64, frames: npt.NDArray[np.int64], background: float = 0.0,
+                require_signal: bool = True) -> MapResult:
+    """Turn background-corrected moment sums of every map pixel into the maps.
+
+    Parameters
+    ----------
+    sum_i : (ny, nx) Σ I.
+    sum_iq : (ny, nx, 3) Σ I·q, sample frame, Å⁻¹.
+    sum_iqq : (ny, nx, 3, 3) Σ I·q⊗q.
+    frames : (ny, nx) number of frames seen per pixel.
+    background : background rate already subtracted (counts per pixel per frame), recorded only.
+    require_signal : raise EmptyMapError when no pixel has intensity (final maps); partial
+        maps early in a scan pass False and get all-NaN maps instead.
+    """
+    shape = sum_i.shape
+    s0 = np.asarray(sum_i, dtype=np.float64)
+    peak = float(np.nanmax(s0)) if s0.size else 0.0
+    if not peak > 0:
+        if require_signal:
+            raise EmptyMapError(f"map of shape {shape} holds no intensity above background (max Σ I = {peak:g}); nothing to derive")
+        valid = np.zeros(shape, dtype=bool)
+    else:
+        valid = (s0 >= MASK_FRACTION * peak) & (s0 > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        q = sum_iq / s0[..., None]
+        second = sum_iqq / s0[..., None, None] - q[..., :, None] * q[..., None, :]
+        width = np.sqrt(np.clip(np.trace(second, axis1=-2, axis2=-1), 0.0, None))
+        qnorm = np.linalg.norm(q, axis=-1)
+        d = 2.0 * np.pi / qnorm
+    q = np.where(valid[..., None], q, np.nan)
+    if valid.any():
+        mean_q = q[valid].mean(axis=0)
+        altitude, azimuth = tilt_angles(q, mean_q)
+    else:
+        mean_q = np.full(3, np.nan)
+        altitude = azimuth = np.full(shape, np.nan)
+    nan = np.nan
+    return MapResult(
+        d_spacing=np.where(valid, d, nan), tilt_altitude=np.where(valid, altitude, nan),
+        tilt_azimuth=np.where(valid, azimuth, nan), intensity=s0.copy(), peak_width=np.where(valid, width, nan),
+        q=q, mask=valid.astype(np.uint8), mean_q=mean_q, frames=np.asarray(frames, dtype=np.int64).reshape(shape),
+        background=float(background),
+    )
+
+
+def tilt_angles(q: F64, mean_q: F64) -> tuple[F64, F64]:
+    """Tilt altitude and azimuth (deg) of each Q relative to the mean direction u = Q̄/|Q̄|.
+
+    Altitude uses atan2(|Q×u|, Q·u), which keeps precision at the 1e-3 deg tilts of a
+    pristine crystal where arccos of a dot product would not. Azimuth is measured in the
+    plane normal to u from e1 = normalize(x̂ − (x̂·u)u) toward e2 = u × e1, in [0, 360).
+    """
+    u = mean_q / np.linalg.norm(mean_q)
+    x_hat = np.array([1.0, 0.0, 0.0])
+    e1 = x_hat - np.dot(x_hat, u) * u
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(u, e1)
+    along = q @ u
+    across = np.linalg.norm(np.cross(q, u), axis=-1)
+    altitude = np.degrees(np.arctan2(across, along))
+    azimuth = np.mod(np.degrees(np.arctan2(q @ e2, q @ e1)), 360.0)
+    azimuth = np.where(azimuth >= 360.0, 0.0, azimuth)
+    return altitude, azimuth
