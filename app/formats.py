@@ -82,7 +82,7 @@ def _scalar(group: h5py.Group, path: str, positive: bool = True) -> float:
     return value
 
 
-def _per_frame(group: h5py.Group, path: str, n: int) -> npt.NDArray[np.float64]:
+def _per_frame(group: h5py.Group, path: str, n: int, finite: bool = True) -> npt.NDArray[np.float64]:
     ds = _need(group, path)
     arr = np.asarray(ds[()], dtype=np.float64)
     if arr.ndim == 0:
@@ -90,7 +90,7 @@ def _per_frame(group: h5py.Group, path: str, n: int) -> npt.NDArray[np.float64]:
     if arr.shape != (n,):
         raise RawFileError(f"{group.name}/{path}: shape {arr.shape}, expected scalar or ({n},)")
     bad = ~np.isfinite(arr)
-    if bad.any():
+    if finite and bad.any():
         raise RawFileError(f"{group.name}/{path}: {int(bad.sum())} non-finite value(s), first at frame {int(np.argmax(bad))}")
     return arr
 
@@ -135,7 +135,7 @@ def read_raw_meta(entry: h5py.Group) -> RawMeta:
     xy = {}
     for key, path in (("x_um", SCAN_X), ("y_um", SCAN_Y)):
         if path in entry:
-            xy[key] = _per_frame(entry, path, n)
+            xy[key] = _per_frame(entry, path, n, finite=False)  # NaN = position not recorded
     return RawMeta(
         energy_ev=_scalar(entry, ENERGY),
         distance_m=_scalar(entry, DISTANCE),

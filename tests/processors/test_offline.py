@@ -1,0 +1,105 @@
+"""`opmon process` end to end on real HDF5 files, including every kind of bad input."""
+import h5py
+import numpy as np
+import pytest
+
+from opmon.cli import main
+from opmon.processors.mapfile import read_maps
+from opmon.processors.offline import ProcessOptions, process_file
+
+
+def test_process_writes_nxdata_maps(raw_file, tmp_path, capsys):
+    out = tmp_path / "maps.h5"
+    assert main(["process", str(raw_file), "-o", str(out), "-q", "--png"]) == 0
+    with h5py.File(out, "r") as f:
+        maps = f["entry/maps"]
+        assert maps.attrs["NX_class"] == "NXdata" and maps.attrs["signal"] == "d_spacing"
+        assert maps["d_spacing"].attrs["units"] == "angstrom"
+        for name in ("d_spacing", "tilt_altitude", "tilt_azimuth", "intensity", "peak_width", "mask"):
+            assert maps[name].shape == (3, 3)
+        assert maps["q"].shape == (3, 3, 3) and maps["mean_q"].shape == (3,)
+        result = read_maps(f["entry"])
+    assert result.mask.all()
+    assert (tmp_path / "maps.png").stat().st_size > 10_000
+    assert "mean d" in capsys.readouterr().out
+
+
+def test_blocks_and_full_roi_agree(raw_file, tmp_path):
+    small = process_file(raw_file, tmp_path / "a.h5", ProcessOptions(block=7, roi=None, background=None))["entry"]
+    big = process_file(raw_file, tmp_path / "b.h5", ProcessOptions(block=500, roi=None, background=None))["entry"]
+    assert np.allclose(small.d_spacing, big.d_spacing, rtol=1e-13)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"entry/scan/map_index": np.zeros(5, dtype=np.int64)}, "map_index: length"),
+    ({"entry/scan/map_index": np.full(54, 9, dtype=np.int64)}, "names map pixel 9"),
+    ({"entry/sample/positioners/eta": np.full(54, np.nan)}, "eta: 54 non-finite"),
+    ({"entry/sample/positioners/phi": np.zeros(3)}, "phi: shape"),
+    ({"entry/scan/map_shape": np.array([3, 3, 1])}, "map_shape"),
+    ({"entry/instrument/beam/incident_energy": -5.0}, "incident_energy: invalid"),
+])
+def test_bad_input_names_the_field_and_writes_nothing(tmp_path, capsys, overrides, message, make_raw):
+    raw = make_raw(tmp_path / "bad.h5", **overrides)
+    out = tmp_path / "maps.h5"
+    assert main(["process", str(raw), "-o", str(out), "-q"]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == [raw]  # no temporary left behind
+
+
+def test_missing_dataset_and_missing_file(tmp_path, capsys, raw_file):
+    with h5py.File(raw_file, "a") as f:
+        del f["entry/instrument/detector/distance"]
+    out = tmp_path / "maps.h5"
+    assert main(["process", str(raw_file), "-o", str(out), "-q"]) == 2
+    assert "missing dataset /entry/instrument/detector/distance" in capsys.readouterr().err
+    assert main(["process", str(tmp_path / "nope.h5"), "-o", str(out), "-q"]) == 2
+    assert "no such file" in capsys.readouterr().err
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5 at all")
+    assert main(["process", str(tmp_path / "junk.h5"), "-o", str(out), "-q"]) == 2
+    assert "not a readable HDF5 file" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_wrong_frame_shape_and_dtype(tmp_path, capsys, make_raw):
+    raw = make_raw(tmp_path / "raw.h5")
+    with h5py.File(raw, "a") as f:
+        del f["entry/instrument/detector/data"]
+        f["entry/instrument/detector/data"] = np.zeros((54, 4), np.uint32)
+    assert main(["process", str(raw), "-o", str(tmp_path / "m.h5"), "-q"]) == 2
+    assert "expected (N, rows, cols)" in capsys.readouterr().err
+    with h5py.File(raw, "a") as f:
+        del f["entry/instrument/detector/data"]
+        f["entry/instrument/detector/data"] = np.zeros((54, 40, 48), np.float32)
+    assert main(["process", str(raw), "-o", str(tmp_path / "m.h5"), "-q"]) == 2
+    assert "dtype float32" in capsys.readouterr().err
+
+
+def test_zero_intensity_map_is_refused(tmp_path, capsys, make_raw):
+    raw = make_raw(tmp_path / "raw.h5", intensity=0.0)
+    with h5py.File(raw, "a") as f:
+        f["entry/instrument/detector/data"][...] = 0
+    out = tmp_path / "maps.h5"
+    assert main(["process", str(raw), "-o", str(out), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "holds no intensity" in err and "/entry" in err
+    assert not out.exists()
+
+
+def test_multi_entry_archive_processes_every_entry(tmp_path, make_raw):
+    a = make_raw(tmp_path / "a.h5", seed=1)
+    archive = tmp_path / "archive.h5"
+    with h5py.File(archive, "w") as dst, h5py.File(a, "r") as src:
+        for name in ("entry2", "entry10", "entry1"):
+            src.copy("entry", dst, name=name)
+    results = process_file(archive, tmp_path / "maps.h5")
+    assert list(results) == ["entry1", "entry2", "entry10"]
+    with h5py.File(tmp_path / "maps.h5", "r") as f:
+        assert set(f) == {"entry1", "entry2", "entry10"}
+
+
+def test_plot_command(raw_file, tmp_path):
+    out = tmp_path / "maps.h5"
+    process_file(raw_file, out)
+    assert main(["plot", str(out), "-o", str(tmp_path / "fig.png")]) == 0
+    assert (tmp_path / "fig.png").stat().st_size > 10_000
