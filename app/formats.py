@@ -146,14 +146,18 @@ def read_raw_meta(entry: h5py.Group) -> RawMeta:
     )
 
 
-def iter_frame_blocks(entry: h5py.Group, block: int = 64) -> Iterator[tuple[int, npt.NDArray[Any]]]:
-    """Yield (first frame index, frames[block]) so a reader never holds the whole stack."""
+def iter_frame_blocks(entry: h5py.Group, block: int = 64, buffers: int = 1) -> Iterator[tuple[int, npt.NDArray[Any]]]:
+    """Yield (first frame index, frames[block]) so a reader never holds the whole stack.
+
+    With ``buffers=2`` consecutive blocks alternate between two buffers, so a consumer may
+    still be working on block i (in another thread) while block i+1 is read.
+    """
     data = entry[DATA]
     n = data.shape[0]
-    buf = np.empty((min(block, n),) + data.shape[1:], dtype=data.dtype)
-    for start in range(0, n, block):
+    bufs = [np.empty((min(block, n),) + data.shape[1:], dtype=data.dtype) for _ in range(buffers)]
+    for i, start in enumerate(range(0, n, block)):
         stop = min(start + block, n)
-        view = buf[: stop - start]
+        view = bufs[i % buffers][: stop - start]
         data.read_direct(view, np.s_[start:stop])
         yield start, view
 

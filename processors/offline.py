@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,12 +110,23 @@ def process_entry(entry: h5py.Group, options: ProcessOptions, progress: Callable
         roi = options.roi  # type: ignore[assignment]
     acc = MomentAccumulator(geometry, meta.map_shape, roi=roi, detector_mask=meta.detector_mask,
                             threshold=options.threshold, background=options.background)
-    for start, frames in iter_frame_blocks(entry, options.block):
+
+    def consume(start: int, frames: np.ndarray) -> None:
         stop = start + frames.shape[0]
         acc.process_block(frames, meta.map_index[start:stop], meta.eta[start:stop], meta.phi[start:stop],
                           meta.nu[start:stop], meta.delta[start:stop])
         if progress is not None:
             progress(frames.shape[0])
+
+    # Reading (h5py holds the GIL) overlaps with the previous block's kernels (numba releases it).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="opmon-accumulate") as pool:
+        pending: Future[None] | None = None
+        for start, frames in iter_frame_blocks(entry, options.block, buffers=2):
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(consume, start, frames)
+        if pending is not None:
+            pending.result()
     try:
         return acc.finalize(), roi
     except EmptyMapError as exc:
