@@ -1,0 +1,218 @@
+"""The opmon frame protocol v1 (docs/protocol.md): build messages and check them strictly.
+
+Everything that decides whether a message is well formed lives here, so the sender, the
+archiver and the live processor agree byte for byte. Headers are msgpack maps, frames travel
+as a raw second part; nothing is ever unpickled. `parse` rejects a bad message with a
+`RejectedMessage` that names the reason (a short counter key) and the bad value.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import numpy as np
+import numpy.typing as npt
+
+from opmon.errors import ProtocolError
+
+VERSION = 1
+MAX_HEADER_BYTES = 65536
+MAX_SIDE = 16384
+FRAME_DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
+CONTROL_KINDS = ("start", "map_start", "map_end", "stop")
+KINDS = CONTROL_KINDS + ("frame",)
+EXIT_STATUSES = ("success", "abort", "fail")
+REJECT_REASONS = ("parts", "header", "version", "kind", "field", "dtype", "shape", "size", "index",
+                  "unknown_run", "stale")
+
+_NUM = (int, float)
+# Required fields and their accepted types, per kind ("v" and "kind" are checked first).
+_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
+    "start": {"run": (str,), "t": _NUM, "energy_ev": _NUM, "distance_m": _NUM, "pixel_size_m": (list,),
+              "beam_center": (list,), "frame_shape": (list,), "dtype": (str,), "map_shape": (list,)},
+    "map_start": {"run": (str,), "map": (int,), "t": _NUM, "map_shape": (list,), "n_frames": (int,)},
+    "frame": {"run": (str,), "map": (int,), "seq": (int,), "frame": (int,), "index": (int,), "eta": _NUM,
+              "phi": _NUM, "nu": _NUM, "delta": _NUM, "dtype": (str,), "shape": (list,), "t": _NUM},
+    "map_end": {"run": (str,), "map": (int,), "n_frames": (int,), "last_seq": (int,), "t": _NUM},
+    "stop": {"run": (str,), "exit_status": (str,), "n_frames": (int,), "t": _NUM},
+}
+
+
+class RejectedMessage(ProtocolError):
+    """A message broke the protocol; `reason` is one of REJECT_REASONS (a counter key)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class Message:
+    """One checked message: its header and, for frames (and a start with mask), the array.
+
+    `array` views the received ZeroMQ buffer (no copy), so it is read-only and lives as long
+    as the message.
+    """
+
+    kind: str
+    header: dict[str, Any]
+    array: npt.NDArray[Any] | None = None
+
+    @property
+    def run(self) -> str:
+        return self.header["run"]
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, (tuple, set)):
+        return list(obj)
+    raise TypeError(f"cannot send {type(obj).__name__} in an opmon header (plain types only, never pickle)")
+
+
+def pack(header: dict[str, Any]) -> bytes:
+    """msgpack a header; numpy scalars/arrays become plain numbers/lists."""
+    return msgpack.packb(header, default=_default, use_bin_type=True)
+
+
+def unpack(data: bytes | memoryview) -> Any:
+    """Decode a msgpack header with size limits (raises ValueError etc. on garbage)."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=True,
+                           max_bin_len=MAX_HEADER_BYTES, max_str_len=MAX_HEADER_BYTES,
+                           max_array_len=MAX_HEADER_BYTES, max_map_len=4096)
+
+
+def _pair(header: dict[str, Any], key: str, integer: bool) -> tuple[Any, Any]:
+    value = header[key]
+    if len(value) != 2 or not all(isinstance(v, int if integer else _NUM) and not isinstance(v, bool) for v in value):
+        raise RejectedMessage("shape" if integer else "field", f"{key} = {value!r}, expected two {'integers' if integer else 'numbers'}")
+    if integer and not all(0 < v <= MAX_SIDE for v in value):
+        raise RejectedMessage("shape", f"{key} = {value!r}, sides must be 1..{MAX_SIDE}")
+    return value[0], value[1]
+
+
+def check_header(header: Any) -> str:
+    """Check version, kind and required field types of a decoded header; return its kind."""
+    if not isinstance(header, dict):
+        raise RejectedMessage("header", f"header is a {type(header).__name__}, expected a map")
+    version = header.get("v")
+    if version != VERSION or isinstance(version, bool):
+        raise RejectedMessage("version", f"protocol version {version!r}, this receiver speaks {VERSION}")
+    kind = header.get("kind")
+    if kind not in KINDS:
+        raise RejectedMessage("kind", f"unknown kind {kind!r}")
+    for key, types in _FIELDS[kind].items():
+        value = header.get(key)
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise RejectedMessage("field", f"{kind}.{key} = {value!r:.80}, expected {'/'.join(t.__name__ for t in types)}")
+    for key in ("map", "seq", "frame", "index", "n_frames", "last_seq"):
+        if key in _FIELDS[kind] and header[key] < (-1 if key == "last_seq" else 0):
+            raise RejectedMessage("field", f"{kind}.{key} = {header[key]}, expected >= 0")
+    return kind
+
+
+def parse(parts: list[Any]) -> Message:
+    """Check one received multipart message (zmq.Frame or bytes parts) without copying the frame.
+
+    Raises
+    ------
+    RejectedMessage
+        with the reason and the offending value.
+    """
+    if not 1 <= len(parts) <= 2:
+        raise RejectedMessage("parts", f"{len(parts)} parts, expected 1 (control) or 2 (frame)")
+    head = parts[0]
+    raw = head.bytes if hasattr(head, "bytes") else head
+    if len(raw) > MAX_HEADER_BYTES:
+        raise RejectedMessage("header", f"header of {len(raw)} bytes, limit {MAX_HEADER_BYTES}")
+    try:
+        header = unpack(raw)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise RejectedMessage("header", f"not a msgpack map ({type(exc).__name__})") from None
+    kind = check_header(header)
+    if kind == "frame":
+        if len(parts) != 2:
+            raise RejectedMessage("parts", f"frame with {len(parts)} part(s), expected 2")
+        dtype = FRAME_DTYPES.get(header["dtype"])
+        if dtype is None:
+            raise RejectedMessage("dtype", f"dtype {header['dtype']!r:.40}, expected one of {list(FRAME_DTYPES)}")
+        rows, cols = _pair(header, "shape", integer=True)
+        buf = parts[1].buffer if hasattr(parts[1], "buffer") else memoryview(parts[1])
+        if buf.nbytes != rows * cols * dtype.itemsize:
+            raise RejectedMessage("size", f"buffer of {buf.nbytes} bytes, shape {[rows, cols]} {header['dtype']} needs {rows * cols * dtype.itemsize}")
+        return Message(kind, header, np.frombuffer(buf, dtype=dtype).reshape(rows, cols))
+    if kind == "start":
+        _pair(header, "frame_shape", integer=True)
+        _pair(header, "map_shape", integer=True)
+        _pair(header, "pixel_size_m", integer=False)
+        _pair(header, "beam_center", integer=False)
+        if header["dtype"] not in FRAME_DTYPES:
+            raise RejectedMessage("dtype", f"start.dtype {header['dtype']!r:.40}, expected one of {list(FRAME_DTYPES)}")
+        mask = None
+        if header.get("mask"):
+            if len(parts) != 2:
+                raise RejectedMessage("parts", "start announces a mask but has no second part")
+            rows, cols = header["frame_shape"]
+            buf = parts[1].buffer if hasattr(parts[1], "buffer") else memoryview(parts[1])
+            if buf.nbytes != rows * cols:
+                raise RejectedMessage("size", f"mask of {buf.nbytes} bytes, frame shape {[rows, cols]} needs {rows * cols}")
+            mask = np.frombuffer(buf, dtype=np.uint8).reshape(rows, cols)
+        elif len(parts) != 1:
+            raise RejectedMessage("parts", "start without mask must have 1 part")
+        return Message(kind, header, mask)
+    if len(parts) != 1:
+        raise RejectedMessage("parts", f"{kind} with {len(parts)} parts, expected 1")
+    if kind == "map_start":
+        _pair(header, "map_shape", integer=True)
+    if kind == "stop" and header["exit_status"] not in EXIT_STATUSES:
+        raise RejectedMessage("field", f"stop.exit_status {header['exit_status']!r:.40}, expected one of {EXIT_STATUSES}")
+    return Message(kind, header)
+
+
+# --- builders: the only place headers are written ---------------------------------------------
+
+def start_header(run: str, *, energy_ev: float, distance_m: float, pixel_size_m: tuple[float, float],
+                 beam_center: tuple[float, float], frame_shape: tuple[int, int], dtype: str,
+                 map_shape: tuple[int, int], mask: bool = False, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Header of a run's `start` (static geometry; lengths in m, energy in eV)."""
+    return {"v": VERSION, "kind": "start", "run": run, "t": time.time(), "energy_ev": float(energy_ev),
+            "distance_m": float(distance_m), "pixel_size_m": [float(p) for p in pixel_size_m],
+            "beam_center": [float(b) for b in beam_center], "frame_shape": [int(s) for s in frame_shape],
+            "dtype": str(np.dtype(dtype)), "map_shape": [int(s) for s in map_shape], "mask": bool(mask),
+            "metadata": metadata or {}}
+
+
+def map_start_header(run: str, map_number: int, map_shape: tuple[int, int], n_frames: int = 0,
+                     trigger: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Header announcing a map and how many frames it should hold (0 = unknown)."""
+    return {"v": VERSION, "kind": "map_start", "run": run, "map": int(map_number), "t": time.time(),
+            "map_shape": [int(s) for s in map_shape], "n_frames": int(n_frames), "trigger": trigger or {}}
+
+
+def map_end_header(run: str, map_number: int, n_frames: int, last_seq: int) -> dict[str, Any]:
+    """Header closing a map: frames sent in it and the last sequence number used."""
+    return {"v": VERSION, "kind": "map_end", "run": run, "map": int(map_number), "n_frames": int(n_frames),
+            "last_seq": int(last_seq), "t": time.time()}
+
+
+def stop_header(run: str, exit_status: str, n_frames: int, n_maps: int, reason: str = "") -> dict[str, Any]:
+    """Header ending a run; frames of this run arriving later are stale."""
+    if exit_status not in EXIT_STATUSES:
+        raise ProtocolError(f"exit_status {exit_status!r}, expected one of {EXIT_STATUSES}")
+    return {"v": VERSION, "kind": "stop", "run": run, "exit_status": exit_status, "n_frames": int(n_frames),
+            "n_maps": int(n_maps), "reason": reason, "t": time.time()}
+
+
+def frame_header(run: str, map_number: int, seq: int, frame: int, index: int, eta: float, phi: float, nu: float,
+                 delta: float, dtype: str, shape: tuple[int, int], x: float | None = None,
+                 y: float | None = None, t: float | None = None) -> dict[str, Any]:
+    """Header of one frame (angles in degrees, x/y in micrometres)."""
+    return {"v": VERSION, "kind": "frame", "run": run, "map": int(map_number), "seq": int(seq),
+            "frame": int(frame), "index": int(index), "eta": float(eta), "phi": float(phi), "nu": float(nu),
+            "delta": float(delta), "x": None if x is None else float(x), "y": None if y is None else float(y),
+            "dtype": dtype, "shape": [int(shape[0]), int(shape[1])], "t": time.time() if t is None else t}
