@@ -1,0 +1,262 @@
+"""A simulated LMNO single crystal whose local lithium content, strain and tilt follow the charge.
+
+The model gives the renderer one Bragg peak per map pixel (centre ``Q_p``, width ``σ_p``,
+integrated counts ``I_p``) and gives tests the ground truth the processors must recover.
+
+Physics (SCIENCE.md §1, seed 000), with the choices made here:
+
+* Lattice spacing d400 from the local lithium content x of Li_xNi0.5Mn1.5O4 by a piecewise
+  linear (Vegard-like) map through (x, d/Å) = (1, 2.0409), (0.9, 2.0332), (0.5, 2.0260),
+  (0, 2.0184): a Li1 solid solution on the sloping region (x 1 → 0.9, 4.1 → 4.7 V), the
+  Li0.9/Li0.5 miscibility gap of the first plateau, and Li0.5/Li0 on the second. 2.0260 Å
+  for Li0.5 is our choice (between the paper's 2.0332 and 2.0184 Å); the total strain is
+  1.1 % (2.0409 → 2.0184 Å). A pixel that straddles a front gets the interpolated d, which
+  is what the centre of mass of its two peaks gives to first order. A static smooth
+  "microstrain" of ±1e-4 Å RMS is added (the gradient-like pattern of pristine crystals).
+* Modes: ``"paper"`` (default: nucleation and growth from a few surface points on the first
+  plateau, a Li-poor shell moving inward on the second), ``"nucleated"`` (nucleation on both
+  plateaus), ``"core-shell"`` (core-shell on both), ``"uniform"`` (x = x_mean everywhere),
+  ``"two-phase-nucleated"`` / ``"two-phase-core-shell"`` (one Li1/Li0 two-phase reaction,
+  d 2.0409/2.0184 Å, over the whole range: the clearest two-peak histograms for tests).
+  Solid-solution regions get a small surface-to-core gradient. The mean of the local x over
+  the particle support equals ``x_mean`` exactly.
+* Tilts: Voronoi mosaic domains with fixed directions and relative magnitudes in [0.15, 1]
+  (blurred by one pixel). Their scale is the largest altitude
+  ``0.6° − 0.52° · exp(−c / 2.53)`` with ``c = cycles + (1 − x_mean)``: 0.08° pristine,
+  0.25° at the end of the first charge, → 0.6° after many cycles (seed 000, Fig. 7).
+* Intensity: projected thickness of a truncated octahedron (flat top, linear edges, blurred
+  by the 80 nm beam), zero outside; ``I_p = peak_counts · envelope``.
+* Peak: isotropic 3D Gaussian of sigma ``σ_p = σ0 (1 + 0.25 b)`` where σ0 =
+  ``setup.peak_sigma_q`` (1e-3 Å⁻¹: FWHM 2.4e-3 Å⁻¹, a ~2.4 µm coherent length along the
+  illuminated column through the particle; the 80 nm beam would give σ ≈ 3e-3 Å⁻¹ only if
+  the crystal were coherent over the footprint alone) and b ∈ [0, 1] the fraction of
+  neighbours on the other side of a phase front (fronts broaden the peak). The truth
+  ``peak_width`` is the 3D second-moment radius of SCIENCE.md §3, ``sqrt(3) σ_p``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from opmon.errors import ConfigError
+from opmon.simulators import fields
+from opmon.simulators.optics import bragg_eta, q_sample_at, sample_rotation
+from opmon.simulators.setup import SxdmSetup
+
+F64 = npt.NDArray[np.float64]
+
+X_POINTS = np.array([0.0, 0.5, 0.9, 1.0])
+D_POINTS = np.array([2.0184, 2.0260, 2.0332, 2.0409])
+X_GAP = 0.9  # end of the Li1 solid solution, start of the first plateau
+X_HALF = 0.5  # Li0.5 phase, boundary between the two plateaus
+MODES = ("paper", "nucleated", "core-shell", "uniform", "two-phase-nucleated", "two-phase-core-shell")
+MICROSTRAIN_RMS = 1.0e-4  # Å
+
+
+def d_of_x(x: npt.ArrayLike) -> F64:
+    """(400) spacing in Å of Li_xNi0.5Mn1.5O4 (piecewise linear, see the module docstring)."""
+    return np.interp(np.asarray(x, dtype=np.float64), X_POINTS, D_POINTS)
+
+
+def tilt_scale_deg(x_mean: float, cycles: float) -> float:
+    """Largest domain tilt (deg): 0.08 pristine, 0.25 after one charge, → 0.6 with cycling."""
+    c = max(0.0, float(cycles) + (1.0 - float(x_mean)))
+    return 0.6 - 0.52 * math.exp(-c / 2.53)
+
+
+def tilt_angles(q: F64, mean_q: F64) -> tuple[F64, F64]:
+    """Altitude and azimuth (deg) of Q vectors (..., 3) about ``mean_q`` (SCIENCE.md §3)."""
+    u = mean_q / np.linalg.norm(mean_q)
+    e1 = np.array([1.0, 0.0, 0.0]) - u[0] * u
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(u, e1)
+    qn = q / np.maximum(np.linalg.norm(q, axis=-1, keepdims=True), 1e-300)
+    alt = np.degrees(np.arccos(np.clip(qn @ u, -1.0, 1.0)))
+    az = np.degrees(np.arctan2(q @ e2, q @ e1)) % 360.0
+    return alt, az
+
+
+class ParticleModel:
+    """Seeded LMNO particle on the map grid of ``setup``, changeable between frames.
+
+    Parameters
+    ----------
+    setup : SxdmSetup
+        geometry, map grid and flux.
+    seed : int
+        fixes shape, domains, nuclei and roughness; the state then depends only on the
+        arguments of `set_charge_state`.
+    mode : str
+        one of `MODES` (see the module docstring).
+    x_mean, cycles : float
+        initial state of charge (1 = fully lithiated, pristine) and cycle count.
+    """
+
+    def __init__(self, setup: SxdmSetup, seed: int = 0, mode: str = "paper",
+                 x_mean: float = 1.0, cycles: float = 0.0) -> None:
+        if mode not in MODES:
+            raise ConfigError(f"ParticleModel mode {mode!r}: expected one of {', '.join(MODES)}")
+        self.setup = setup
+        self.seed = int(seed)
+        self.mode = mode
+        rng = np.random.default_rng(self.seed)
+        shape = setup.map_shape
+        self.envelope, self.depth = fields.particle_shape(shape, rng)
+        self.support = self.envelope > 0
+        self.tilt_field = fields.tilt_domains(self.support, rng)
+        depth_in = np.where(self.support, np.maximum(self.depth, 0.0), 0.0)
+        self.order_nucleation = [fields.nucleation_order(self.support, self.depth, rng) for _ in range(2)]
+        self.order_core_shell = [fields.core_shell_order(depth_in, rng) for _ in range(2)]
+        gradient = depth_in / max(depth_in.max(), 1e-12)
+        self.surface_gradient = gradient - gradient[self.support].mean()
+        self.microstrain = MICROSTRAIN_RMS * fields.smooth_noise(rng, shape, 4.0)
+        self.q_ref = self._reference_direction()
+        self.version = 0
+        self.x_mean = float("nan")
+        self.cycles = 0.0
+        self.set_charge_state(x_mean, cycles)
+
+    def _reference_direction(self) -> F64:
+        """Unit (400) direction in the sample frame: at Bragg on the beam-centre pixel at eta_center."""
+        s = self.setup
+        q = q_sample_at(s.beam_center[0], s.beam_center[1], s.eta_center, s.phi, s.nu, s.delta,
+                        energy_ev=s.energy_ev, distance_m=s.distance_m, pixel_size_m=s.pixel_size_m,
+                        beam_center=s.beam_center)
+        return q / np.linalg.norm(q)
+
+    # ---- state of charge ------------------------------------------------------------------
+    def _two_phase(self, plateau: int, kind: str, fraction: float, x_old: float, x_new: float) -> F64:
+        order = self.order_nucleation[plateau] if kind == "nucleated" else self.order_core_shell[plateau]
+        return fields.transform_by_order(order, self.support, fraction, x_old, x_new)
+
+    def _lithium(self, x: float) -> F64:
+        mode = self.mode
+        if mode == "uniform":
+            return np.where(self.support, x, np.nan)
+        if mode.startswith("two-phase-"):
+            return self._two_phase(0, mode.removeprefix("two-phase-"), 1.0 - x, 1.0, 0.0)
+        first = "core-shell" if mode == "core-shell" else "nucleated"
+        second = "nucleated" if mode == "nucleated" else "core-shell"
+        if x >= X_GAP:
+            # solid solution, surface slightly ahead of the core; stays inside [X_GAP, 1]
+            amp = 0.5 * min(1.0 - x, x - X_GAP)
+            return np.where(self.support, x + amp * self.surface_gradient / max(np.abs(self.surface_gradient).max(), 1e-12), np.nan)
+        if x >= X_HALF:
+            return self._two_phase(0, first, (X_GAP - x) / (X_GAP - X_HALF), X_GAP, X_HALF)
+        return self._two_phase(1, second, (X_HALF - x) / X_HALF, X_HALF, 0.0)
+
+    def set_charge_state(self, x_mean: float, cycles: float = 0.0) -> None:
+        """Move the particle to mean lithium content ``x_mean`` (0..1) after ``cycles`` cycles.
+
+        Deterministic for a given seed: calling it with decreasing x shows the fronts moving.
+
+        Raises
+        ------
+        ConfigError
+            if ``x_mean`` is outside [0, 1] or ``cycles`` is negative.
+        """
+        x_mean = float(x_mean)
+        if not 0.0 <= x_mean <= 1.0:
+            raise ConfigError(f"x_mean {x_mean!r}: lithium content must lie in [0, 1]")
+        if not cycles >= 0.0:
+            raise ConfigError(f"cycles {cycles!r}: must be >= 0")
+        self.x_mean = x_mean
+        self.cycles = float(cycles)
+        self.lithium = self._lithium(x_mean)
+        self.d_spacing = np.where(self.support, d_of_x(self.lithium) + self.microstrain, np.nan)
+        scale = math.radians(tilt_scale_deg(x_mean, cycles))
+        t1, t2 = self.tilt_field
+        alt = scale * np.hypot(t1, t2)
+        az = np.arctan2(t2, t1)
+        u = self.q_ref
+        e1 = np.array([1.0, 0.0, 0.0]) - u[0] * u
+        e1 /= np.linalg.norm(e1)
+        e2 = np.cross(u, e1)
+        direction = (np.cos(alt)[..., None] * u + np.sin(alt)[..., None]
+                     * (np.cos(az)[..., None] * e1 + np.sin(az)[..., None] * e2))
+        self.q = direction * (2 * np.pi / self.d_spacing)[..., None]
+        self.sigma = self.setup.peak_sigma_q * (1.0 + 0.25 * self._front_fraction())
+        self.version += 1
+        self._arrays: tuple[F64, F64, F64] | None = None
+
+    def _front_fraction(self) -> F64:
+        """Fraction of the 4 neighbours inside the particle whose x differs by > 0.05."""
+        x = np.where(self.support, self.lithium, np.nan)
+        pad = np.pad(x, 1, constant_values=np.nan)
+        diff = np.zeros(x.shape)
+        count = np.zeros(x.shape)
+        for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
+            nb = pad[dy:dy + x.shape[0], dx:dx + x.shape[1]]
+            ok = np.isfinite(nb) & np.isfinite(x)
+            count += ok
+            diff += ok & (np.abs(np.nan_to_num(nb) - np.nan_to_num(x)) > 0.05)
+        return np.where(count > 0, diff / np.maximum(count, 1), 0.0)
+
+    # ---- what the renderer and the tests read ----------------------------------------------
+    def render_arrays(self) -> tuple[F64, F64, F64]:
+        """Flat per-map-pixel ``(Q (n, 3) Å⁻¹, sigma (n,) Å⁻¹, counts (n,))`` for the renderer.
+
+        ``counts`` is the expected Bragg intensity summed over a full rocking scan at
+        ``setup.eta_step``; pixels outside the particle have zero counts.
+        """
+        if self._arrays is None:
+            n = self.setup.n_points
+            q = np.nan_to_num(self.q).reshape(n, 3).copy()
+            counts = (self.setup.peak_counts * self.envelope).reshape(n).copy()
+            self._arrays = (q, self.sigma.reshape(n).copy(), counts)
+        return self._arrays
+
+    def truth(self) -> dict[str, Any]:
+        """Ground-truth maps with the names of FORMATS.md (plus lithium, support, sigma).
+
+        ``mask`` is the SCIENCE.md §3 validity (expected intensity >= 20 % of the maximum),
+        ``support`` the particle; ``mean_q`` and the tilts are taken over the valid pixels,
+        as the processors do. d, q, tilts and lithium are NaN outside the support.
+        """
+        intensity = self.setup.peak_counts * self.envelope
+        valid = intensity >= 0.2 * intensity.max()
+        mean_q = self.q[valid].mean(axis=0)
+        alt, az = tilt_angles(np.nan_to_num(self.q), mean_q)
+        nan_out = np.where(self.support, 1.0, np.nan)
+        return {
+            "d_spacing": self.d_spacing.copy(),
+            "tilt_altitude": alt * nan_out,
+            "tilt_azimuth": az * nan_out,
+            "intensity": intensity,
+            "peak_width": np.sqrt(3.0) * self.sigma * nan_out,
+            "sigma": self.sigma * nan_out,
+            "q": self.q.copy(),
+            "mask": valid.astype(np.uint8),
+            "support": self.support.astype(np.uint8),
+            "mean_q": mean_q,
+            "lithium": self.lithium.copy(),
+        }
+
+    def bragg_eta(self, q: npt.ArrayLike | None = None) -> F64 | float:
+        """Eta (deg) where the mean Q (or given Q vectors) meet the Ewald sphere."""
+        s = self.setup
+        if q is None:
+            q = self.truth()["mean_q"]
+        q = np.asarray(q, dtype=np.float64)
+        if q.ndim == 1:
+            return bragg_eta(q, s.energy_ev, s.phi, s.eta_center)
+        return np.array([bragg_eta(v, s.energy_ev, s.phi, s.eta_center) for v in q.reshape(-1, 3)])
+
+    def rocking_margin(self, etas: npt.ArrayLike | None = None) -> float:
+        """Smallest distance, in peak sigmas, from a particle pixel's Bragg eta to the scan ends.
+
+        A centre-of-mass analysis recovers the true centre only if this is >= ~4.
+        """
+        s = self.setup
+        etas = s.eta_values() if etas is None else np.asarray(etas, dtype=np.float64)
+        q, sigma, counts = self.render_arrays()
+        keep = counts > 0
+        etab = np.asarray(self.bragg_eta(q[keep]))
+        # rocking speed of the Ewald gap: |d gap / d eta| = |z'| of R_phi Q rotated to Bragg
+        qz = np.array([(sample_rotation(e, s.phi) @ v)[2] for e, v in zip(etab, q[keep])]) if keep.any() else np.zeros(0)
+        sig_eta = np.degrees(sigma[keep] / np.maximum(np.abs(qz), 1e-12))
+        margin = np.minimum(etab - etas.min(), etas.max() - etab) / sig_eta
+        return float(margin.min()) if margin.size else float("inf")
