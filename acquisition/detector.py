@@ -1,0 +1,245 @@
+"""The area detector as an ophyd-async `StandardDetector` whose frames go to a `FrameSink`.
+
+Trigger, acquire and data logic follow ophyd-async 0.21 (`DetectorTriggerLogic`,
+`DetectorAcquireLogic`, `DetectorDataLogic`). Each frame is written with a header naming its
+run, map, sequence number, map pixel and motor positions; the documents reference frames
+only (StreamResource per map + StreamDatum index ranges), never carry them. The frame
+producer is a `FrameSource`, so the simulator and a real detector readout are interchangeable.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+from bluesky.protocols import StreamAsset
+from event_model import ComposeStreamResource, ComposeStreamResourceBundle, DataKey
+from ophyd_async.core import (
+    DetectorAcquireLogic,
+    DetectorDataLogic,
+    DetectorTriggerLogic,
+    SignalR,
+    StandardDetector,
+    StreamableDataProvider,
+    TriggerInfo,
+    soft_signal_r_and_setter,
+    soft_signal_rw,
+)
+
+from opmon.acquisition.sinks import FrameSink, MapMeta, SinkTarget
+from opmon.errors import FrameShapeError
+
+
+@dataclass(frozen=True)
+class DetectorGeometry:
+    """Static geometry of the detector arm (m, eV, pixels (row, column))."""
+
+    energy_ev: float
+    distance_m: float
+    pixel_size_m: tuple[float, float]
+    beam_center: tuple[float, float]
+
+
+@runtime_checkable
+class FrameSource(Protocol):
+    """Produces one frame for the current beam position and angles."""
+
+    frame_shape: tuple[int, int]
+    dtype: str
+
+    def detector_mask(self) -> npt.NDArray[np.uint8] | None: ...
+
+    def frame(self, map_index: int, positions: Mapping[str, float]) -> tuple[npt.NDArray[Any], dict[str, Any]]:
+        """Return (frame, extra header fields) at these positions."""
+        ...
+
+
+@dataclass
+class _Resource:
+    key: tuple[str, int]
+    target: SinkTarget
+
+
+class FrameRecorder:
+    """Takes frames from the source, writes them to the sink and remembers where each went."""
+
+    def __init__(self, detector: SxdmDetector, source: FrameSource, sink: FrameSink,
+                 positioners: Mapping[str, SignalR[float]]) -> None:
+        self.det, self.source, self.sink, self.positioners = detector, source, sink, dict(positioners)
+        self.frames_written, self._set_written = soft_signal_r_and_setter(int, 0)
+        self.n_written = 0
+        self.frames: list[tuple[_Resource, int]] = []  # global frame number -> (resource, index)
+        self.current: _Resource | None = None
+        self.num = 1
+        self.seq = 0
+        self._run: str | None = None
+
+    async def _positions(self) -> dict[str, float]:
+        values = await asyncio.gather(*(sig.get_value() for sig in self.positioners.values()))
+        return {k: float(v) for k, v in zip(self.positioners, values)}
+
+    async def _ensure_map(self, run_uid: str, map_number: int) -> _Resource:
+        key = (run_uid, map_number)
+        if self.current is None or self.current.key != key:
+            self.sink.close()
+            ny, nx = await asyncio.gather(self.det.map_ny.get_value(), self.det.map_nx.get_value())
+            g = self.det.geometry
+            meta = MapMeta(run_uid=run_uid, map_number=map_number, map_shape=(int(ny), int(nx)),
+                           frame_shape=tuple(self.source.frame_shape), dtype=str(np.dtype(self.source.dtype)),
+                           energy_ev=g.energy_ev, distance_m=g.distance_m, pixel_size_m=g.pixel_size_m,
+                           beam_center=g.beam_center, detector_mask=self.source.detector_mask())
+            self.current = _Resource(key, self.sink.open(run_uid, map_number, meta))
+            if run_uid != self._run:  # sequence numbers count frames of one run
+                self.seq, self._run = 0, run_uid
+        return self.current
+
+    async def take(self, num: int) -> None:
+        """Take `num` frames, one after the other."""
+        for _ in range(num):
+            run_uid, map_number, map_index = await asyncio.gather(
+                self.det.run_uid.get_value(), self.det.map_number.get_value(), self.det.map_index.get_value())
+            resource = await self._ensure_map(run_uid, int(map_number))
+            positions = await self._positions()
+            frame, extra = self.source.frame(int(map_index), positions)
+            if frame.shape != tuple(self.source.frame_shape):
+                raise FrameShapeError(f"frame source gave shape {frame.shape}, expected {self.source.frame_shape}")
+            header = {"run_uid": run_uid, "map_number": int(map_number), "seq": self.seq,
+                      "map_index": int(map_index), **positions, "timestamp": time.time(),
+                      "dtype": str(frame.dtype), "shape": list(frame.shape), **extra}
+            index = self.sink.write(frame, header)
+            self.seq += 1
+            self.frames.append((resource, index))
+            self.n_written += 1
+            self._set_written(self.n_written)
+
+    def close(self) -> None:
+        self.sink.close()
+        self.current = None
+
+
+class _MapStreamProvider(StreamableDataProvider):
+    """One StreamResource per map, StreamDatum ranges of frames inside it."""
+
+    def __init__(self, recorder: FrameRecorder, data_key: str) -> None:
+        self.rec, self.data_key = recorder, data_key
+        self.collections_written_signal = recorder.frames_written
+        self.last_emitted = recorder.n_written
+        self._bundles: dict[tuple[str, int], ComposeStreamResourceBundle] = {}
+
+    async def make_datakeys(self, collections_per_event: int) -> dict[str, DataKey]:
+        rows, cols = self.rec.source.frame_shape
+        return {self.data_key: DataKey(source=f"sink:{type(self.rec.sink).__name__}",
+                                       shape=[collections_per_event, rows, cols], dtype="array",
+                                       dtype_numpy=np.dtype(self.rec.source.dtype).str, external="STREAM:")}
+
+    async def make_stream_docs(self, collections_written: int, collections_per_event: int) -> AsyncIterator[StreamAsset]:
+        stop = min(collections_written, len(self.rec.frames))
+        i = self.last_emitted
+        while i < stop:
+            resource, first = self.rec.frames[i]
+            j = i + 1
+            while j < stop and self.rec.frames[j][0] is resource and self.rec.frames[j][1] == first + (j - i):
+                j += 1
+            bundle = self._bundles.get(resource.key)
+            if bundle is None:
+                t = resource.target
+                bundle = ComposeStreamResource()(mimetype=t.mimetype, uri=t.uri, data_key=self.data_key,
+                                                 parameters=dict(t.parameters), validate=True)
+                self._bundles[resource.key] = bundle
+                yield "stream_resource", bundle.stream_resource_doc
+            yield "stream_datum", bundle.compose_stream_datum({"start": first, "stop": first + (j - i)})
+            i = j
+        self.last_emitted = stop
+
+
+class _TriggerLogic(DetectorTriggerLogic):
+    def __init__(self, recorder: FrameRecorder) -> None:
+        self.rec = recorder
+
+    async def prepare_internal(self, num: int, livetime: float, deadtime: float) -> None:
+        self.rec.num = max(1, num)
+
+    async def default_trigger_info(self) -> TriggerInfo:
+        return TriggerInfo()
+
+
+class _AcquireLogic(DetectorAcquireLogic):
+    def __init__(self, recorder: FrameRecorder) -> None:
+        self.rec = recorder
+        self.task: asyncio.Task[None] | None = None
+
+    async def start_acquiring(self) -> None:
+        self.task = asyncio.create_task(self.rec.take(self.rec.num))
+
+    async def wait_for_idle(self) -> None:
+        if self.task is not None:
+            await self.task
+
+    async def ensure_stopped(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self.task
+            self.task = None
+
+
+class _DataLogic(DetectorDataLogic):
+    def __init__(self, recorder: FrameRecorder) -> None:
+        self.rec = recorder
+
+    async def prepare_unbounded(self, datakey_name: str) -> StreamableDataProvider:
+        return _MapStreamProvider(self.rec, datakey_name)
+
+    def get_hinted_fields(self, datakey_name: str) -> Sequence[str]:
+        return [datakey_name]
+
+    async def stop(self) -> None:
+        self.rec.close()
+
+
+class SxdmDetector(StandardDetector):
+    """Area detector for SXDM maps: frames from a `FrameSource` into a `FrameSink`.
+
+    Plans tag frames by setting `run_uid`, `map_number`, `map_index` and the map shape
+    (`map_ny`, `map_nx`) before triggering; the positions in each header are read from
+    `positioners` (name -> signal) at the moment of the frame.
+
+    Parameters
+    ----------
+    source : produces frames (simulator or a real readout).
+    sink : where frames go (HDF5 file per map, ZeroMQ, or both via TeeSink).
+    geometry : energy, distance, pixel size and beam centre, reported as configuration.
+    positioners : motor signals whose values go into every frame header.
+    """
+
+    def __init__(self, source: FrameSource, sink: FrameSink, geometry: DetectorGeometry,
+                 positioners: Mapping[str, SignalR[float]], name: str = "") -> None:
+        self.geometry = geometry
+        self.run_uid = soft_signal_rw(str, "")
+        self.map_number = soft_signal_rw(int, 0)
+        self.map_index = soft_signal_rw(int, 0)
+        self.map_ny = soft_signal_rw(int, 1)
+        self.map_nx = soft_signal_rw(int, 1)
+        self.energy_ev, _ = soft_signal_r_and_setter(float, geometry.energy_ev, units="eV")
+        self.distance_m, _ = soft_signal_r_and_setter(float, geometry.distance_m, units="m")
+        self.pixel_size_row_m, _ = soft_signal_r_and_setter(float, geometry.pixel_size_m[0], units="m")
+        self.pixel_size_col_m, _ = soft_signal_r_and_setter(float, geometry.pixel_size_m[1], units="m")
+        self.beam_center_row, _ = soft_signal_r_and_setter(float, geometry.beam_center[0])
+        self.beam_center_col, _ = soft_signal_r_and_setter(float, geometry.beam_center[1])
+        self.recorder = FrameRecorder(self, source, sink, positioners)
+        self.add_detector_logics(_TriggerLogic(self.recorder), _AcquireLogic(self.recorder), _DataLogic(self.recorder))
+        self.add_config_signals(self.energy_ev, self.distance_m, self.pixel_size_row_m, self.pixel_size_col_m,
+                                self.beam_center_row, self.beam_center_col)
+        super().__init__(name=name)
+
+    def geometry_metadata(self, map_shape: tuple[int, int]) -> dict[str, Any]:
+        """Static geometry for the start document, so a processor can build its q-grid."""
+        g = self.geometry
+        return {"energy_ev": g.energy_ev, "distance_m": g.distance_m, "pixel_size_m": list(g.pixel_size_m),
+                "beam_center": list(g.beam_center), "map_shape": list(map_shape),
+                "frame_shape": list(self.recorder.source.frame_shape), "frame_dtype": str(np.dtype(self.recorder.source.dtype))}

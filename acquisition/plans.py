@@ -1,0 +1,211 @@
+"""Operando plans: maps that follow the cell (thresholds, plateaus, period, requests, steps).
+
+Both plans validate every setpoint and axis position against the hard limits before the run
+opens, log the potentiostat as its own stream at >= 1 Hz, and leave the cell in the
+potentiostat's safe state on any exit (normal end, error, abort); pause and resume are
+handled by the potentiostat's own pause/resume hooks, which the RunEngine calls.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
+from bluesky.utils import MsgGenerator
+
+from opmon.acquisition.detector import SxdmDetector
+from opmon.acquisition.mapping import CellMonitor, MapGrid, check_map, map_frames
+from opmon.acquisition.motion import Diffractometer, PiezoStage
+from opmon.acquisition.potentiostat import HIGH_IMPEDANCE, CellCommand, Potentiostat
+from opmon.acquisition.triggers import AnyOf, CellReading, MapRequests, Region, TriggerRule
+from opmon.errors import ConfigError
+from opmon.simulators.cell import CellMode
+
+
+@dataclass
+class MapRecord:
+    """Why and when a map was taken (returned by the plans, also in the `maps` stream)."""
+
+    map_number: int
+    reason: str
+    start: CellReading
+    frames: int = 0
+    region: Region | None = None
+
+
+@dataclass
+class StepRecord:
+    """One potentiostatic step: where it ended and why."""
+
+    voltage: float
+    end: CellReading
+    reached_cutoff: bool
+    map: MapRecord | None = None
+
+
+@dataclass
+class SeriesResult:
+    """What an operando plan did: run uid, maps, steps, how it ended."""
+
+    uid: str
+    maps: list[MapRecord] = field(default_factory=list)
+    steps: list[StepRecord] = field(default_factory=list)
+    end_reason: str = ""
+
+
+def _safe_cleanup(potentiostat: Potentiostat) -> MsgGenerator[None]:
+    # Computed when it runs, so a "hold" safe state holds the voltage of that moment.
+    yield from bps.mv(potentiostat, potentiostat.safe_command())
+
+
+def _take_map(result: SeriesResult, reason: str, start: CellReading, detector: SxdmDetector, stage: PiezoStage,
+              diffractometer: Diffractometer, potentiostat: Potentiostat, grid: MapGrid, etas: Sequence[float],
+              order: str, region: Region | None, monitor: CellMonitor,
+              readings: list[CellReading] | None = None) -> MsgGenerator[MapRecord]:
+    record = MapRecord(map_number=len(result.maps), reason=reason, start=start, region=region)
+    result.maps.append(record)
+    yield from bps.mv(detector.map_number, record.map_number)
+    yield from bps.trigger_and_read([potentiostat, detector.map_number], name="maps")
+    record.frames = yield from map_frames(detector, stage, diffractometer, grid, etas, map_number=record.map_number,
+                                          order=order, region=region, monitor=monitor, readings=readings)
+    return record
+
+
+def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractometer: Diffractometer,
+                    detector: SxdmDetector, *, grid: MapGrid, etas: Sequence[float],
+                    triggers: TriggerRule | Sequence[TriggerRule], charge: CellCommand | None = None,
+                    order: str = "eta-outer", region: Region | None = None, requests: MapRequests | None = None,
+                    max_maps: int | None = None, max_cell_time_s: float | None = None, stop_at_rest: bool = True,
+                    poll_s: float = 0.01, cell_period_s: float = 0.5,
+                    md: dict[str, Any] | None = None) -> MsgGenerator[SeriesResult]:
+    """Maps while the cell charges, started by trigger rules or by steering requests.
+
+    Parameters
+    ----------
+    triggers : one rule or several (combined with AnyOf): VoltageThresholds, PlateauTrigger,
+        PeriodicTrigger, RestTrigger. Rules see every potentiostat reading, during maps too.
+    charge : command applied at the start (e.g. galvanostatic C/15 with a cut-off); None
+        leaves the cell as it is.
+    requests : mailbox for on-demand maps, new rules and a new map region mid-run.
+    max_maps, max_cell_time_s : end the series after this many maps / this cell time (s).
+    stop_at_rest : end when a galvanostatic `charge` has reached its cut-off.
+    poll_s : wall seconds between potentiostat polls while waiting for a trigger.
+
+    Returns
+    -------
+    SeriesResult with one MapRecord per map.
+    """
+    if charge is not None:
+        charge = potentiostat.check(charge)
+    check_map(stage, diffractometer, grid, etas, order)
+    if region is not None:
+        grid.points(region)
+    rule: TriggerRule = triggers if isinstance(triggers, TriggerRule) else AnyOf(*triggers)
+    if not isinstance(rule, TriggerRule):
+        raise ConfigError(f"operando_series triggers={triggers!r}: expected a rule or a list of rules")
+    monitor = CellMonitor(potentiostat, cell_period_s)
+    meta = {"plan_name": "operando_series", "order": order, "etas": [float(e) for e in etas],
+            "map_step_um": grid.step_um, "map_origin_um": list(grid.origin_um),
+            "charge": None if charge is None else {"mode": charge.mode.value, "setpoint": charge.setpoint,
+                                                   "cutoff": charge.cutoff},
+            "geometry": detector.geometry_metadata(grid.shape), **(md or {})}
+
+    def series() -> MsgGenerator[SeriesResult]:
+        nonlocal rule, region
+        uid = yield from bps.open_run(meta)
+        result = SeriesResult(uid=uid)
+        yield from bps.mv(detector.run_uid, uid, detector.map_ny, grid.shape[0], detector.map_nx, grid.shape[1])
+        if charge is not None:
+            yield from bps.mv(potentiostat, charge)
+        pending: list[str] = []
+        while True:
+            yield from bps.checkpoint()
+            reading = yield from monitor.poll()
+            if requests is not None:
+                rule = requests.take_rule() or rule
+                new_region = requests.take_region()
+                region = region if new_region == "unchanged" else new_region  # type: ignore[assignment]
+                while (asked := requests.take_map()) is not None:
+                    pending.append(asked)
+            reason = rule.update(reading)
+            if reason:
+                pending.append(reason)
+            if pending:
+                readings: list[CellReading] = []
+                yield from _take_map(result, "; ".join(pending), reading, detector, stage, diffractometer,
+                                     potentiostat, grid, etas, order, region, monitor, readings)
+                pending = [r for r in (rule.update(r) for r in readings) if r]
+            if max_maps is not None and len(result.maps) >= max_maps:
+                result.end_reason = f"{max_maps} maps taken"
+            elif max_cell_time_s is not None and reading.time >= max_cell_time_s:
+                result.end_reason = f"cell time {reading.time:.0f} s >= {max_cell_time_s:.0f} s"
+            elif (stop_at_rest and charge is not None and charge.mode is CellMode.GALVANOSTATIC
+                  and reading.mode != charge.mode.value):
+                result.end_reason = f"cut-off {charge.cutoff} V reached"
+            elif requests is not None and requests.finishing:
+                result.end_reason = "finish requested"
+            if result.end_reason:
+                break
+            if not pending:
+                yield from bps.sleep(poll_s)
+        yield from monitor.poll(force_event=True)
+        yield from bps.close_run()
+        return result
+
+    return (yield from bpp.finalize_wrapper(bpp.stage_wrapper(series(), [detector]), _safe_cleanup(potentiostat)))
+
+
+def potentiostatic_steps(potentiostat: Potentiostat, stage: PiezoStage, diffractometer: Diffractometer,
+                         detector: SxdmDetector, *, steps: Sequence[float], current_cutoff_a: float,
+                         timeout_s: float, grid: MapGrid, etas: Sequence[float], order: str = "eta-outer",
+                         region: Region | None = None, poll_s: float = 0.01, cell_period_s: float = 0.5,
+                         md: dict[str, Any] | None = None) -> MsgGenerator[SeriesResult]:
+    """Seed 001's protocol: hold each voltage until |I| < cut-off (or timeout), go high impedance, map.
+
+    Parameters
+    ----------
+    steps : voltages (V), all checked against the limits before the run opens.
+    current_cutoff_a : a step ends when |I| falls below this (A).
+    timeout_s : a step also ends after this much cell time (s).
+    """
+    commands = [potentiostat.check(CellCommand(CellMode.POTENTIOSTATIC, float(v))) for v in steps]
+    if not commands:
+        raise ConfigError("potentiostatic_steps: steps is empty")
+    if current_cutoff_a <= 0 or timeout_s <= 0:
+        raise ConfigError(f"potentiostatic_steps current_cutoff_a={current_cutoff_a}, timeout_s={timeout_s}: must be positive")
+    check_map(stage, diffractometer, grid, etas, order)
+    monitor = CellMonitor(potentiostat, cell_period_s)
+    meta = {"plan_name": "potentiostatic_steps", "steps": [c.setpoint for c in commands],
+            "current_cutoff_a": current_cutoff_a, "timeout_s": timeout_s, "order": order,
+            "etas": [float(e) for e in etas], "map_step_um": grid.step_um, "map_origin_um": list(grid.origin_um),
+            "geometry": detector.geometry_metadata(grid.shape), **(md or {})}
+
+    def series() -> MsgGenerator[SeriesResult]:
+        uid = yield from bps.open_run(meta)
+        result = SeriesResult(uid=uid)
+        yield from bps.mv(detector.run_uid, uid, detector.map_ny, grid.shape[0], detector.map_nx, grid.shape[1])
+        for command in commands:
+            yield from bps.checkpoint()
+            yield from bps.mv(potentiostat, command)
+            start = yield from monitor.poll(force_event=True)
+            while True:
+                reading = yield from monitor.poll()
+                reached = abs(reading.current) < current_cutoff_a and reading.time > start.time
+                if reached or reading.time - start.time >= timeout_s:
+                    break
+                yield from bps.sleep(poll_s)
+            yield from bps.mv(potentiostat, HIGH_IMPEDANCE)
+            at_map = yield from monitor.poll(force_event=True)
+            step = StepRecord(voltage=command.setpoint, end=reading, reached_cutoff=reached)
+            result.steps.append(step)
+            why = "cut-off" if reached else "timeout"
+            step.map = yield from _take_map(result, f"step {command.setpoint:.3f} V ended ({why})", at_map, detector,
+                                            stage, diffractometer, potentiostat, grid, etas, order, region, monitor)
+        result.end_reason = f"{len(commands)} steps done"
+        yield from monitor.poll(force_event=True)
+        yield from bps.close_run()
+        return result
+
+    return (yield from bpp.finalize_wrapper(bpp.stage_wrapper(series(), [detector]), _safe_cleanup(potentiostat)))

@@ -1,0 +1,151 @@
+"""Where detector frames go: a pluggable `FrameSink` behind the detector's data logic.
+
+The detector never knows whether frames land in an HDF5 file, a ZeroMQ stream or both: it
+opens the sink once per map, writes each frame with a self-describing header, and turns the
+`SinkTarget` the sink returns into a StreamResource (uri + dataset) with StreamDatum index
+ranges. `Hdf5MapSink` writes one FORMATS.md raw file per map through `RawMapWriter`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import h5py
+import numpy as np
+import numpy.typing as npt
+
+from opmon.errors import ConfigError
+from opmon.formats import DATA, RawMapWriter
+
+HEADER_KEYS = ("run_uid", "map_number", "seq", "map_index", "eta", "phi", "nu", "delta", "x", "y",
+               "timestamp", "dtype", "shape")
+
+
+@dataclass(frozen=True)
+class MapMeta:
+    """Static facts of one map: enough for a downstream processor to build its geometry.
+
+    Lengths in m, energy in eV, beam centre in full-detector pixels (row, column) at
+    nu = delta = 0, pixel size (row, column).
+    """
+
+    run_uid: str
+    map_number: int
+    map_shape: tuple[int, int]
+    frame_shape: tuple[int, int]
+    dtype: str
+    energy_ev: float
+    distance_m: float
+    pixel_size_m: tuple[float, float]
+    beam_center: tuple[float, float]
+    expected_frames: int = 0
+    detector_mask: npt.NDArray[np.uint8] | None = None
+
+    def geometry(self) -> dict[str, Any]:
+        """JSON-ready geometry for start documents, StreamResource parameters and stream headers."""
+        return {"energy_ev": self.energy_ev, "distance_m": self.distance_m,
+                "pixel_size_m": list(self.pixel_size_m), "beam_center": list(self.beam_center),
+                "map_shape": list(self.map_shape), "frame_shape": list(self.frame_shape), "dtype": self.dtype}
+
+
+@dataclass(frozen=True)
+class SinkTarget:
+    """What a StreamResource should point at: uri, mimetype and dataset parameters."""
+
+    uri: str
+    mimetype: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class FrameSink(Protocol):
+    """Destination of frames: one `open` per map, `write` per frame, `close` at map end."""
+
+    def open(self, run_uid: str, map_id: int, meta: MapMeta) -> SinkTarget:
+        """Start a map; return where its frames can be found."""
+        ...
+
+    def write(self, frame: npt.NDArray[Any], header: dict[str, Any]) -> int:
+        """Store one frame; return its index inside the map's target (0, 1, ...)."""
+        ...
+
+    def close(self) -> None:
+        """Finish the current map (flush, release files). Safe to call when nothing is open."""
+        ...
+
+
+class Hdf5MapSink:
+    """One raw SXDM file per map (FORMATS.md layout, `/entry`), flushed at least every 0.5 s.
+
+    Files are named ``{run_uid}_map{NNNN}.h5`` in `directory` and opened in SWMR mode, so a
+    reader can follow a map while it is written.
+    """
+
+    mimetype = "application/x-hdf5"
+
+    def __init__(self, directory: str | Path, flush_period_s: float = 0.5) -> None:
+        self.directory = Path(directory)
+        if self.directory.exists() and not self.directory.is_dir():
+            raise ConfigError(f"frame directory {self.directory} exists and is not a directory")
+        self.flush_period_s = flush_period_s
+        self._file: h5py.File | None = None
+        self._writer: RawMapWriter | None = None
+        self._last_flush = 0.0
+        self.path: Path | None = None
+
+    def open(self, run_uid: str, map_id: int, meta: MapMeta) -> SinkTarget:
+        self.close()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.path = self.directory / f"{run_uid}_map{map_id:04d}.h5"
+        self._file = h5py.File(self.path, "w", libver="latest")
+        entry = self._file.create_group("entry")
+        self._writer = RawMapWriter(entry, frame_shape=meta.frame_shape, dtype=meta.dtype, energy_ev=meta.energy_ev,
+                                    distance_m=meta.distance_m, pixel_size_m=meta.pixel_size_m,
+                                    beam_center=meta.beam_center, map_shape=meta.map_shape,
+                                    detector_mask=meta.detector_mask, expected_frames=meta.expected_frames)
+        entry.attrs["run_uid"] = run_uid
+        entry.attrs["map_number"] = int(map_id)
+        self._file.swmr_mode = True
+        self._last_flush = time.monotonic()
+        return SinkTarget(uri=self.path.resolve().as_uri(), mimetype=self.mimetype,
+                          parameters={"dataset": f"/entry/{DATA}", "chunk_shape": [1, *meta.frame_shape],
+                                      "map_number": int(map_id), **meta.geometry()})
+
+    def write(self, frame: npt.NDArray[Any], header: dict[str, Any]) -> int:
+        if self._writer is None or self._file is None:
+            raise ConfigError("Hdf5MapSink.write: no map is open (call open first)")
+        index = self._writer.n
+        self._writer.append(frame, header["map_index"], header["eta"], header["phi"], header["nu"], header["delta"],
+                            header.get("x", np.nan), header.get("y", np.nan))
+        now = time.monotonic()
+        if now - self._last_flush >= self.flush_period_s:
+            self._file.flush()
+            self._last_flush = now
+        return index
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+            self._file.close()
+        self._file, self._writer = None, None
+
+
+class TeeSink:
+    """Send every frame to several sinks; the first one's target goes into the documents."""
+
+    def __init__(self, primary: FrameSink, *others: FrameSink) -> None:
+        self.sinks = (primary, *others)
+
+    def open(self, run_uid: str, map_id: int, meta: MapMeta) -> SinkTarget:
+        targets = [s.open(run_uid, map_id, meta) for s in self.sinks]
+        return targets[0]
+
+    def write(self, frame: npt.NDArray[Any], header: dict[str, Any]) -> int:
+        indices = [s.write(frame, header) for s in self.sinks]
+        return indices[0]
+
+    def close(self) -> None:
+        for s in self.sinks:
+            s.close()

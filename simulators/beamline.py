@@ -1,0 +1,160 @@
+"""The simulated beamline: clock, cell, particle and renderer behind real ophyd-async devices.
+
+`SimulatedBeamline` builds the same device classes a real beamline would configure
+(`Potentiostat`, `PiezoStage`, `Diffractometer`, `SxdmDetector`), only with simulated
+transports: the cell advances on a `SimClock` ticking on the bluesky event loop, and the
+detector renders each frame from the particle at the cell's lithium content at that moment.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from bluesky.run_engine import call_in_bluesky_event_loop
+
+from opmon.acquisition.detector import DetectorGeometry, SxdmDetector
+from opmon.acquisition.mapping import MapGrid
+from opmon.acquisition.motion import Diffractometer, PiezoStage
+from opmon.acquisition.potentiostat import CellCommand, Potentiostat, PotentiostatLimits
+from opmon.acquisition.sinks import FrameSink, Hdf5MapSink
+from opmon.simulators.cell import CellConfig, CellSample, CellSimulator, SimClock
+from opmon.simulators.crystal import ParticleModel
+from opmon.simulators.render import FrameRenderer
+from opmon.simulators.setup import SxdmSetup
+
+
+class SimCellBackend:
+    """`CellBackend` over a `CellSimulator` advanced by a `SimClock`."""
+
+    def __init__(self, cell: CellSimulator, clock: SimClock) -> None:
+        self.cell, self.clock = cell, clock
+        self._callbacks: list[Callable[[CellSample], None]] = []
+        self._latest = cell.sample()
+        clock.listeners.append(self._on_tick)
+
+    def _on_tick(self, dt: float) -> None:
+        self.cell.advance(dt)
+        self._latest = self.cell.sample()
+        for cb in self._callbacks:
+            cb(self._latest)
+
+    def apply(self, command: CellCommand, compliance: float) -> None:
+        self.cell.command(command.mode, command.setpoint, command.cutoff, compliance)
+        self._latest = self.cell.sample()
+
+    def subscribe(self, callback: Callable[[CellSample], None]) -> None:
+        self._callbacks.append(callback)
+
+    def latest(self) -> CellSample:
+        return self._latest
+
+
+class SimFrameSource:
+    """`FrameSource` that moves the particle to the cell's lithium content, then renders.
+
+    The particle is updated when x has moved by more than `x_tolerance` since the last
+    update (1e-4, below the 0.012 % resolution of seed 000), so the crystal follows the cell.
+    """
+
+    def __init__(self, renderer: FrameRenderer, particle: ParticleModel, cell: CellSimulator,
+                 cycles: float = 0.0, x_tolerance: float = 1e-4) -> None:
+        self.renderer, self.particle, self.cell = renderer, particle, cell
+        self.cycles, self.x_tolerance = cycles, x_tolerance
+        self.frame_shape = tuple(renderer.setup.frame_shape)
+        self.dtype = str(renderer.dtype)
+        self._x: float | None = None
+
+    def detector_mask(self) -> npt.NDArray[np.uint8] | None:
+        return self.renderer.detector_mask
+
+    def follow_cell(self) -> None:
+        x = min(max(self.cell.x, 0.0), 1.0)
+        if self._x is None or abs(x - self._x) > self.x_tolerance:
+            self.particle.set_charge_state(x, self.cycles)
+            self._x = x
+
+    def frame(self, map_index: int, positions: Mapping[str, float]) -> tuple[npt.NDArray[Any], dict[str, Any]]:
+        self.follow_cell()
+        frame = self.renderer.frame(map_index, positions["eta"], positions["phi"], positions["nu"], positions["delta"])
+        return frame, {"cell_time": self.cell.time, "x_li": self.cell.x}
+
+
+@dataclass
+class BeamlineConfig:
+    """Everything a simulated beamline needs; defaults follow seed 000 (LMNO, C/15, ID01).
+
+    `acceleration` is simulated seconds per wall second (900: a 15 h charge in 1 min);
+    `tick_s` the wall period of the clock. `frame_dir` is where the HDF5 sink writes maps.
+    """
+
+    frame_dir: str | Path
+    setup: SxdmSetup = field(default_factory=SxdmSetup)
+    cell: CellConfig = field(default_factory=CellConfig)
+    limits: PotentiostatLimits = field(default_factory=PotentiostatLimits)
+    safe_mode: str = "open_circuit"
+    acceleration: float = 900.0
+    tick_s: float = 0.01
+    particle_mode: str = "paper"
+    cycles: float = 0.0
+    seed: int = 0
+
+
+class SimulatedBeamline:
+    """Owns the simulation and the connected devices: potentiostat, stage, diffractometer, detector.
+
+    Create a RunEngine first (devices connect and the clock ticks on its event loop). Extra
+    sinks (e.g. a ZeroMQ publisher) can be passed as `sink`; the default is one HDF5 file per map.
+    """
+
+    def __init__(self, config: BeamlineConfig, sink: FrameSink | None = None) -> None:
+        self.config = config
+        s = config.setup
+        self.clock = SimClock(acceleration=config.acceleration, tick_s=config.tick_s)
+        self.cell = CellSimulator(config.cell)
+        self.backend = SimCellBackend(self.cell, self.clock)
+        self.particle = ParticleModel(s, seed=config.seed, mode=config.particle_mode,
+                                      x_mean=min(max(config.cell.x0, 0.0), 1.0), cycles=config.cycles)
+        self.renderer = FrameRenderer(s, self.particle, seed=config.seed)
+        self.source = SimFrameSource(self.renderer, self.particle, self.cell, cycles=config.cycles)
+        self.sink = sink if sink is not None else Hdf5MapSink(config.frame_dir)
+        self.potentiostat = Potentiostat(self.backend, config.limits, config.safe_mode, name="potentiostat")
+        self.stage = PiezoStage(name="stage")
+        self.diffractometer = Diffractometer(eta=s.eta_center, phi=s.phi, nu=s.nu, delta=s.delta, name="diffractometer")
+        positioners = {"eta": self.diffractometer.eta, "phi": self.diffractometer.phi, "nu": self.diffractometer.nu,
+                       "delta": self.diffractometer.delta, "x": self.stage.x, "y": self.stage.y}
+        geometry = DetectorGeometry(energy_ev=s.energy_ev, distance_m=s.distance_m,
+                                    pixel_size_m=(s.pixel_size_m, s.pixel_size_m), beam_center=s.beam_center)
+        self.detector = SxdmDetector(self.source, self.sink, geometry, positioners, name="detector")
+        call_in_bluesky_event_loop(self._connect())
+
+    async def _connect(self) -> None:
+        await asyncio.gather(*(d.connect() for d in self.devices))
+        self.clock.start()
+
+    @property
+    def devices(self) -> tuple[Potentiostat, PiezoStage, Diffractometer, SxdmDetector]:
+        return (self.potentiostat, self.stage, self.diffractometer, self.detector)
+
+    def grid(self) -> MapGrid:
+        """The map raster of the setup (µm)."""
+        return MapGrid(self.config.setup.map_shape, self.config.setup.map_step_um)
+
+    def etas(self) -> list[float]:
+        """The rocking angles of one map (deg)."""
+        return [float(e) for e in self.config.setup.eta_values()]
+
+    def c_rate(self, rate: float) -> float:
+        """Galvanostatic current (A) of a C-rate, e.g. `c_rate(1/15)`."""
+        return self.config.cell.c_rate_current(rate)
+
+    def close(self) -> None:
+        """Stop the clock and close any open map file."""
+        async def stop() -> None:
+            self.clock.stop()
+        call_in_bluesky_event_loop(stop())
+        self.sink.close()
