@@ -20,3 +20,32 @@ def frames_for(n: int, shape=(8, 8), dtype=np.uint32, seed: int = 0) -> np.ndarr
     """Distinct small frames so a test can check payloads arrive intact."""
     rng = np.random.default_rng(seed)
     return rng.integers(0, 1000, size=(n, *shape)).astype(dtype)
+
+
+def free_ports(n: int) -> list[int]:
+    """Ports the OS hands out now (bound then released; good enough on 127.0.0.1)."""
+    import socket
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+def write_config(tmp_path, **extra_sections) -> "tuple[object, str]":
+    """A TOML config with free ports and the archive in tmp_path; returns (Config, path)."""
+    from opmon.config import Ports, load_config
+    import dataclasses
+    names = [f.name for f in dataclasses.fields(Ports)]
+    lines = ["[ports]"] + [f"{name} = {port}" for name, port in zip(names, free_ports(len(names)))]
+    lines += ["[archive]", f'dir = "{tmp_path / "archive"}"', "flush_interval_s = 0.2"]
+    for section, values in extra_sections.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {v!r}" if not isinstance(v, str) else f'{k} = "{v}"' for k, v in values.items()]
+    path = tmp_path / "opmon.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return load_config(path), str(path)

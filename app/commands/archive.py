@@ -1,0 +1,42 @@
+"""`opmon archive`: run the archiver service (frames, readings, documents, final maps -> HDF5)."""
+from __future__ import annotations
+
+import argparse
+import signal
+from pathlib import Path
+
+from opmon.config import Config, load_config
+from opmon.processors.live_messages import write_map_file
+from opmon.streaming.archiver import Archiver
+
+
+def build_archiver(config: Config, directory: str | Path | None = None) -> Archiver:
+    """The archiver wired to the configured endpoints, writing final maps with `write_maps`."""
+    return Archiver(directory or config.archive.dir, config.endpoint("frames_archive"), config.endpoint("docs"),
+                    config.endpoint("maps_archive"), config.endpoint("display_archive"), maps_writer=write_map_file,
+                    flush_interval_s=config.archive.flush_interval_s, rcvhwm=config.stream.rcvhwm)
+
+
+def serve(config: Config, directory: str | Path | None = None) -> int:
+    """Run until SIGTERM/SIGINT, then flush and close every file."""
+    archiver = build_archiver(config, directory)
+
+    def stop(signum: int, frame: object) -> None:
+        archiver.stopped = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    archiver.run()
+    return 0
+
+
+def _main(args: argparse.Namespace) -> int:
+    return serve(load_config(args.config), args.dir)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("archive", help="archive live runs (frames, potentiostat log, documents, maps)",
+                              description=__doc__)
+    p.add_argument("--config", help="TOML configuration (defaults: opmon/default_config.toml)")
+    p.add_argument("--dir", help="archive directory (overrides [archive] dir)")
+    p.set_defaults(func=_main)

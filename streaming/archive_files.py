@@ -1,0 +1,225 @@
+"""The files of a run archive (docs/protocol.md, "Archive layout"), each safe against kill -9.
+
+HDF5 cannot create datasets or links in a file open for SWMR writing, and the number of maps
+is unknown when a run starts. So every map gets its own raw file (FORMATS.md layout via
+`RawMapWriter`, all datasets created before SWMR starts), the potentiostat its own NXlog
+file, and a small master file `run.h5` ties them together with external links. The master is
+only ever replaced whole (write a temporary file, rename), so it is never half-written.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import numpy.typing as npt
+
+from opmon.formats import RawMapWriter
+
+MASTER = "run.h5"
+POTENTIOSTAT = "potentiostat.h5"
+DOCUMENTS = "documents.jsonl"
+READING_COLUMNS = (("value", "voltage_v", "V"), ("current", "current_a", "A"), ("charge", "charge_mah", "mA*h"),
+                   ("x_li", "x_li", ""), ("timestamp", "t", "s"))
+
+
+def map_file_name(number: int) -> str:
+    """Raw frames of map `number`: a standalone FORMATS.md file (`opmon process` reads it)."""
+    return f"map_{number:04d}.h5"
+
+
+def maps_file_name(number: int) -> str:
+    """Final maps of map `number` (FORMATS.md maps layout under /entry/maps)."""
+    return f"map_{number:04d}_maps.h5"
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+
+
+class MapFileWriter:
+    """One map's raw frames, written in SWMR mode in blocks; `flush` makes them durable.
+
+    Frames are copied into a block buffer as they arrive and appended a block at a time
+    (h5py's per-call cost would otherwise dominate); `flush` writes the partial block too,
+    so after a flush the file holds every frame received so far.
+    """
+
+    def __init__(self, path: Path, start: dict[str, Any], map_header: dict[str, Any],
+                 mask: npt.NDArray[np.uint8] | None = None, block: int = 16) -> None:
+        self.path = path
+        self.number = int(map_header["map"])
+        self.file = h5py.File(path, "w", libver="latest")
+        entry = self.file.create_group("entry")
+        rows, cols = start["frame_shape"]
+        expected = int(map_header.get("n_frames") or 0)
+        self.writer = RawMapWriter(entry, frame_shape=(rows, cols), dtype=start["dtype"], energy_ev=start["energy_ev"],
+                                   distance_m=start["distance_m"], pixel_size_m=tuple(start["pixel_size_m"]),
+                                   beam_center=tuple(start["beam_center"]), map_shape=tuple(map_header["map_shape"]),
+                                   detector_mask=mask, expected_frames=expected)
+        scan = entry["scan"]
+        self.sequence = scan.create_dataset("sequence", shape=(0,), maxshape=(None,), chunks=(1024,), dtype=np.int64)
+        self.timestamp = scan.create_dataset("timestamp", shape=(0,), maxshape=(None,), chunks=(1024,), dtype=np.float64)
+        self.timestamp.attrs["units"] = "s"
+        self.complete = scan.create_dataset("complete", data=np.uint8(0))
+        entry.attrs["run_uid"] = start["run"]
+        entry.attrs["map_number"] = self.number
+        entry.attrs["n_frames_expected"] = expected
+        entry.attrs["trigger"] = _json(map_header.get("trigger") or {})
+        self.file.swmr_mode = True
+        self.block = np.empty((block, rows, cols), dtype=np.dtype(start["dtype"]))
+        self._meta: list[tuple[int, float, float, float, float, float, float, int, float]] = []
+        self.n_received = 0
+
+    def add(self, header: dict[str, Any], frame: npt.NDArray[Any]) -> None:
+        """Queue one frame (copied: the ZeroMQ buffer is released after this call)."""
+        k = len(self._meta)
+        self.block[k] = frame
+        x, y = header.get("x"), header.get("y")
+        self._meta.append((header["index"], header["eta"], header["phi"], header["nu"], header["delta"],
+                           np.nan if x is None else x, np.nan if y is None else y, header["seq"], header["t"]))
+        self.n_received += 1
+        if k + 1 == self.block.shape[0]:
+            self._write()
+
+    def _write(self) -> None:
+        k = len(self._meta)
+        if not k:
+            return
+        cols = list(zip(*self._meta))
+        n = self.writer.n
+        for ds, values in ((self.sequence, cols[7]), (self.timestamp, cols[8])):
+            ds.resize((n + k,))
+            ds[n:n + k] = values
+        self.writer.append(self.block[:k], cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6])
+        self._meta.clear()
+
+    @property
+    def n_written(self) -> int:
+        return self.writer.n
+
+    def flush(self) -> None:
+        """Write queued frames and make everything so far durable for SWMR readers."""
+        self._write()
+        self.file.flush()
+
+    def close(self, complete: bool) -> None:
+        """Flush, mark the map complete (or not), close the file."""
+        if self.file.id.valid:
+            self.flush()
+            self.complete[()] = np.uint8(1 if complete else 0)
+            self.file.flush()
+            self.file.close()
+
+
+class PotentiostatLog:
+    """The run's potentiostat readings as an NXlog (`/potentiostat`), SWMR, appended in batches."""
+
+    def __init__(self, path: Path, t0: float) -> None:
+        self.path = path
+        self.t0 = t0
+        self.file = h5py.File(path, "w", libver="latest")
+        group = self.file.create_group("potentiostat")
+        group.attrs["NX_class"] = "NXlog"
+        grow = dict(shape=(0,), maxshape=(None,), chunks=(4096,), dtype=np.float64)
+        self.time = group.create_dataset("time", **grow)
+        self.time.attrs["units"] = "s"
+        self.time.attrs["start"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t0)) + f".{int(t0 % 1 * 1e6):06d}Z"
+        self.columns = {}
+        for name, _key, units in READING_COLUMNS:
+            ds = group.create_dataset(name, **grow)
+            if units:
+                ds.attrs["units"] = units
+            self.columns[name] = ds
+        self.columns["value"].attrs["long_name"] = "cell voltage"
+        self.file.swmr_mode = True
+        self._pending: list[dict[str, Any]] = []
+        self.n = 0
+
+    def add(self, reading: dict[str, Any]) -> None:
+        self._pending.append(reading)
+
+    def flush(self) -> None:
+        k = len(self._pending)
+        if k:
+            n = self.n
+            times = np.array([float(r.get("t") or np.nan) for r in self._pending])
+            self.time.resize((n + k,))
+            for name, key, _units in READING_COLUMNS:
+                values = np.array([float(r[key]) if isinstance(r.get(key), (int, float)) else np.nan for r in self._pending])
+                self.columns[name].resize((n + k,))
+                self.columns[name][n:] = values
+            self.time[n:] = times - self.t0    # time last: a reader seeing time[i] sees its values
+            self.n += k
+            self._pending.clear()
+        self.file.flush()
+
+    def close(self) -> None:
+        if self.file.id.valid:
+            self.flush()
+            self.file.close()
+
+
+@dataclass
+class MapRecord:
+    """What the master file says about one map."""
+
+    number: int
+    frames: int = 0
+    complete: bool = False
+    has_maps: bool = False
+
+
+@dataclass
+class RunDirectory:
+    """One run's archive directory and its master file."""
+
+    path: Path
+    uid: str
+    start: dict[str, Any] = field(default_factory=dict)
+    stop: dict[str, Any] | None = None
+    documents: dict[str, Any] = field(default_factory=dict)   # start/stop bluesky documents
+    maps: dict[int, MapRecord] = field(default_factory=dict)
+    has_potentiostat: bool = False
+
+    @property
+    def master(self) -> Path:
+        return self.path / MASTER
+
+    def record(self, number: int) -> MapRecord:
+        if number not in self.maps:
+            self.maps[number] = MapRecord(number)
+        return self.maps[number]
+
+    def write_master(self) -> Path:
+        """Replace run.h5 atomically: /entryN links to the map files, metadata as attributes."""
+        tmp = self.path / f".{MASTER}.tmp"
+        with h5py.File(tmp, "w") as f:
+            f.attrs["run_uid"] = self.uid
+            f.attrs["start"] = _json(self.start)
+            f.attrs["stop"] = _json(self.stop) if self.stop else ""
+            f.attrs["state"] = "done" if self.stop else "running"
+            for name, doc in self.documents.items():
+                f.attrs[f"document_{name}"] = _json(doc)
+            for number in sorted(self.maps):
+                rec = self.maps[number]
+                if not (self.path / map_file_name(number)).exists():
+                    continue
+                entry = f.create_group(f"entry{number}")
+                entry.attrs["NX_class"] = "NXentry"
+                entry.attrs["map_number"] = number
+                entry.attrs["frames"] = rec.frames
+                entry.attrs["complete"] = int(rec.complete)
+                for child in ("instrument", "sample", "scan"):
+                    entry[child] = h5py.ExternalLink(map_file_name(number), f"/entry/{child}")
+                if rec.has_maps:
+                    entry["maps"] = h5py.ExternalLink(maps_file_name(number), "/entry/maps")
+            if self.has_potentiostat:
+                f["potentiostat"] = h5py.ExternalLink(POTENTIOSTAT, "/potentiostat")
+        os.replace(tmp, self.master)
+        return self.master

@@ -1,0 +1,322 @@
+"""The archiver service: keeps every frame, reading, document and final map of a run.
+
+It pulls the lossless frame stream and the document channel, writes the run directory of
+docs/protocol.md (per-map SWMR raw files, potentiostat NXlog, master file) and flushes at
+least every `flush_interval_s`, so a kill -9 leaves readable files holding every frame up to
+the last flush. Final maps arrive from the live processor on their own lossless channel and
+are written by an injected `maps_writer` (the processors' layout code), because the
+streaming layer does not import the processors.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import zmq
+
+from opmon.errors import ArchiveError
+from opmon.streaming import protocol as P
+from opmon.streaming.archive_files import (DOCUMENTS, POTENTIOSTAT, MapFileWriter, PotentiostatLog, RunDirectory,
+                                           map_file_name, maps_file_name)
+from opmon.streaming.receiver import FrameReceiver
+
+log = logging.getLogger(__name__)
+
+#: Writes one final-maps message to an HDF5 file at `path`: (path, header, buffers) -> None.
+MapsWriter = Callable[[Path, dict[str, Any], list[Any]], None]
+
+
+@dataclass
+class _Sidecar:
+    """A run's potentiostat log and document journal; they outlive the frame stream briefly."""
+
+    potentiostat: PotentiostatLog
+    documents: TextIO
+    deadline: float | None = None
+
+
+class Archiver:
+    """Run-directory writer behind three sockets; call `run()` or step with `poll_once()`.
+
+    Parameters
+    ----------
+    directory
+        archive root; each run goes to ``directory/<run uid>/``.
+    frames_endpoint, docs_endpoint
+        lossless PULL endpoints to connect to (the acquisition binds).
+    maps_endpoint
+        lossless PULL endpoint this archiver binds for final maps (None: no maps).
+    status_endpoint
+        PUB endpoint this archiver binds for its lossy status (None: no status).
+    """
+
+    def __init__(self, directory: str | Path, frames_endpoint: str, docs_endpoint: str | None = None,
+                 maps_endpoint: str | None = None, status_endpoint: str | None = None, *,
+                 maps_writer: MapsWriter | None = None, flush_interval_s: float = 0.5, rcvhwm: int = 200, grace_s: float = 5.0,
+                 context: zmq.Context | None = None) -> None:
+        self.directory = Path(directory)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ArchiveError(f"cannot create archive directory {self.directory}: {exc.strerror}") from exc
+        self.context = context or zmq.Context.instance()
+        self.frames = FrameReceiver(frames_endpoint, rcvhwm=rcvhwm, context=self.context, name="archiver")
+        self.poller = zmq.Poller()
+        self.poller.register(self.frames.socket, zmq.POLLIN)
+        self.docs = self._socket(zmq.PULL, docs_endpoint, bind=False)
+        self.maps = self._socket(zmq.PULL, maps_endpoint, bind=True)
+        self.status_socket = self._socket(zmq.PUB, status_endpoint, bind=True)
+        self.maps_writer = maps_writer
+        self.flush_interval_s = flush_interval_s
+        self.run_dir: RunDirectory | None = None
+        self.runs: dict[str, RunDirectory] = {}
+        self.map_writer: MapFileWriter | None = None
+        self.sidecars: dict[str, _Sidecar] = {}
+        self.grace_s = grace_s
+        self.early_readings: deque[dict[str, Any]] = deque(maxlen=100_000)
+        self.dropped = Counter[str]()
+        self.frames_written = 0
+        self._last_flush = time.monotonic()
+        self._last_status = 0.0
+        self._rate = (time.monotonic(), 0)
+        self.stopped = False
+
+    def _socket(self, kind: int, endpoint: str | None, bind: bool) -> zmq.Socket | None:
+        if endpoint is None:
+            return None
+        sock = self.context.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        if kind == zmq.PUB:
+            sock.setsockopt(zmq.SNDHWM, 10)
+        (sock.bind if bind else sock.connect)(endpoint)
+        if kind == zmq.PULL:
+            self.poller.register(sock, zmq.POLLIN)
+        return sock
+
+    # -- frame stream -------------------------------------------------------------------
+    def _on_frame_message(self, msg: P.Message) -> None:
+        h = msg.header
+        if msg.kind == "frame":
+            if self.map_writer is None or self.map_writer.number != h["map"]:
+                self._open_map({"map": h["map"], "map_shape": self.run_dir.start["map_shape"] if self.run_dir else [1, 1],
+                                "n_frames": 0})
+            if self.map_writer is not None:
+                self.map_writer.add(h, msg.array)
+                self.frames_written += 1
+        elif msg.kind == "start":
+            self._close_run(aborted=True)
+            self._start_run(h, msg.array)
+        elif msg.kind == "map_start":
+            self._open_map(h)
+        elif msg.kind == "map_end":
+            self._close_map(complete=True)
+        elif msg.kind == "stop":
+            self._close_map(complete=False)
+            if self.run_dir is not None and self.run_dir.uid == h["run"]:
+                self.run_dir.stop = h
+                self._close_run(aborted=False)
+
+    def _start_run(self, start: dict[str, Any], mask: Any) -> None:
+        path = self.directory / start["run"]
+        path.mkdir(parents=True, exist_ok=True)
+        run = self.runs.setdefault(start["run"], RunDirectory(path, start["run"]))
+        run.start = start
+        self.run_dir = run
+        self.mask = None if mask is None else mask.copy()
+        self.sidecars[run.uid] = _Sidecar(PotentiostatLog(path / POTENTIOSTAT, t0=float(start["t"])),
+                                          open(path / DOCUMENTS, "a", encoding="utf-8"))
+        run.has_potentiostat = True
+        early, self.early_readings = self.early_readings, deque(maxlen=100_000)
+        for reading in early:
+            self._on_reading(reading)
+        run.write_master()
+        log.info("archiving run %s in %s", start["run"], path)
+
+    def _open_map(self, map_header: dict[str, Any]) -> None:
+        self._close_map(complete=False)
+        run = self.run_dir
+        if run is None:
+            return
+        number = int(map_header["map"])
+        self.map_writer = MapFileWriter(run.path / map_file_name(number), run.start, map_header, getattr(self, "mask", None))
+        run.record(number)
+        run.write_master()
+
+    def _close_map(self, complete: bool) -> None:
+        writer, self.map_writer = self.map_writer, None
+        if writer is None or self.run_dir is None:
+            return
+        writer.close(complete)
+        rec = self.run_dir.record(writer.number)
+        rec.frames, rec.complete = writer.n_written, complete
+        self.run_dir.write_master()
+
+    def _close_run(self, aborted: bool) -> None:
+        """Close the frame side of the run; readings and documents get `grace_s` more to arrive
+        (they travel on another channel), or until the bluesky stop document."""
+        run = self.run_dir
+        if run is None:
+            return
+        self._close_map(complete=False)
+        if aborted and run.stop is None:
+            run.stop = {"exit_status": "abort", "reason": "archiver saw no stop"}
+        sidecar = self.sidecars.get(run.uid)
+        if sidecar is not None:
+            sidecar.deadline = time.monotonic() + self.grace_s
+        run.write_master()
+        self.run_dir = None
+
+    def _close_sidecar(self, uid: str) -> None:
+        sidecar = self.sidecars.pop(uid, None)
+        if sidecar is not None:
+            sidecar.potentiostat.close()
+            sidecar.documents.close()
+
+    # -- documents, readings, maps --------------------------------------------------------
+    def _on_reading(self, reading: dict[str, Any]) -> None:
+        uid = reading.get("run")
+        if uid is None and self.run_dir is not None:
+            uid = self.run_dir.uid
+        sidecar = self.sidecars.get(uid) if uid is not None else None
+        if sidecar is not None:
+            sidecar.potentiostat.add(reading)
+        elif uid in self.runs:
+            self.dropped["reading_after_run_closed"] += 1
+        else:
+            self.early_readings.append(reading)    # its run's start has not arrived yet
+
+    def _on_doc(self, parts: list[bytes]) -> None:
+        try:
+            header = P.unpack(parts[0]) if len(parts) == 1 else None
+        except Exception:
+            header = None
+        if not isinstance(header, dict) or header.get("v") != P.VERSION or header.get("kind") not in ("doc", "reading"):
+            self.dropped["bad_document"] += 1
+            return
+        if header["kind"] == "reading":
+            self._on_reading(header)
+            return
+        name, doc = header.get("name"), header.get("doc")
+        if not isinstance(doc, dict):
+            self.dropped["bad_document"] += 1
+            return
+        uid = doc.get("uid") if name == "start" else doc.get("run_start")
+        run = self.runs.get(uid) if uid else self.run_dir
+        if run is None:
+            run = self.run_dir
+        sidecar = self.sidecars.get(run.uid) if run is not None else None
+        if sidecar is None:
+            self.dropped["document_outside_run"] += 1
+            return
+        sidecar.documents.write(json.dumps({"name": name, "doc": doc}, default=str) + "\n")
+        if name in ("start", "stop"):
+            run.documents[name] = doc
+            run.write_master()
+        if name == "stop" and run is not self.run_dir:
+            self._close_sidecar(run.uid)        # frames already ended: nothing more will come
+
+    def _on_maps(self, parts: list[bytes]) -> None:
+        try:
+            header = P.unpack(parts[1])
+            run_uid, number = header["run"], int(header["map"])
+        except Exception:
+            self.dropped["bad_maps"] += 1
+            return
+        run = self.runs.get(run_uid)
+        if run is None:
+            path = self.directory / run_uid
+            if not path.is_dir():
+                self.dropped["maps_of_unknown_run"] += 1
+                return
+            run = self.runs[run_uid] = RunDirectory(path, run_uid)
+        if self.maps_writer is None:
+            return
+        final = run.path / maps_file_name(number)
+        tmp = run.path / f".{final.name}.tmp"
+        self.maps_writer(tmp, header, parts[2:])
+        os.replace(tmp, final)
+        run.record(number).has_maps = True
+        run.write_master()
+        log.info("run %s map %d: final maps archived", run_uid, number)
+
+    # -- loop -------------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Make everything received so far durable; close side files whose grace time is over."""
+        if self.map_writer is not None:
+            self.map_writer.flush()
+        now = time.monotonic()
+        for uid, sidecar in list(self.sidecars.items()):
+            sidecar.potentiostat.flush()
+            sidecar.documents.flush()
+            if sidecar.deadline is not None and now > sidecar.deadline:
+                self._close_sidecar(uid)
+        self._last_flush = now
+
+    def status(self) -> dict[str, Any]:
+        """The lossy status message of docs/protocol.md."""
+        now = time.monotonic()
+        t0, n0 = self._rate
+        rate = (self.frames_written - n0) / (now - t0) if now > t0 else 0.0
+        self._rate = (now, self.frames_written)
+        c = self.frames.counters
+        run = self.run_dir
+        return {"v": P.VERSION, "kind": "status", "source": "archiver", "t": time.time(),
+                "run": run.uid if run else None, "state": "running" if run else "idle", "frames": self.frames_written,
+                "frames_per_s": rate, "frames_lost": c.lost, "rejected": dict(c.rejected),
+                "map": self.map_writer.number if self.map_writer else None,
+                "maps_done": sum(r.complete for r in run.maps.values()) if run else 0,
+                "archive": str(run.master) if run else None, "dropped": dict(self.dropped)}
+
+    def poll_once(self, timeout_ms: int = 100) -> None:
+        """Handle whatever arrives within `timeout_ms`, flushing on time even under load."""
+        events = dict(self.poller.poll(min(timeout_ms, int(self.flush_interval_s * 1000))))
+        if self.frames.socket in events:
+            deadline = time.monotonic() + self.flush_interval_s / 2
+            while time.monotonic() < deadline:
+                try:
+                    parts = self.frames.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                msg = self.frames.handle(parts)
+                if msg is not None:
+                    self._on_frame_message(msg)
+        for sock, handler in ((self.docs, self._on_doc), (self.maps, self._on_maps)):
+            if sock is not None and sock in events:
+                for _ in range(1000):
+                    try:
+                        handler(sock.recv_multipart(zmq.NOBLOCK))
+                    except zmq.Again:
+                        break
+        now = time.monotonic()
+        if now - self._last_flush >= self.flush_interval_s:
+            self.flush()
+        if self.status_socket is not None and now - self._last_status >= 1.0:
+            self._last_status = now
+            self.status_socket.send_multipart([b"status", P.pack(self.status())])
+
+    def run(self, stop_when: Callable[[], bool] | None = None) -> None:
+        """Serve until `stop_when()` is true (or forever), then close cleanly."""
+        try:
+            while not (stop_when and stop_when()) and not self.stopped:
+                self.poll_once()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Flush and close every file and socket; an unfinished run stays marked running."""
+        self._close_map(complete=False)
+        for uid in list(self.sidecars):
+            self._close_sidecar(uid)
+        if self.run_dir is not None:
+            self.run_dir.write_master()
+        for sock in (self.docs, self.maps, self.status_socket):
+            if sock is not None:
+                sock.close(linger=0)
+        self.frames.close()

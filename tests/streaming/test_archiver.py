@@ -1,0 +1,159 @@
+"""The archiver keeps every frame, reading and final map, and survives kill -9 with readable files."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import h5py
+import numpy as np
+import pytest
+import zmq
+
+from opmon.formats import iter_frame_blocks, read_raw_meta
+from opmon.processors.accumulate import MomentAccumulator
+from opmon.processors.geometry import DetectorGeometry
+from opmon.processors.live_messages import encode_map
+from opmon.processors.mapfile import read_maps
+from opmon.streaming import protocol as P
+from opmon.streaming.publisher import ZmqFrameSink
+from opmon.commands.archive import build_archiver
+
+from .conftest import GEOMETRY, frames_for, write_config
+
+SHAPE = (16, 16)
+MAP = (3, 4)
+
+
+def _serve(archiver):
+    done = threading.Event()
+    thread = threading.Thread(target=archiver.run, kwargs={"stop_when": done.is_set}, daemon=True)
+    thread.start()
+    return done, thread
+
+
+def _push(ctx, endpoint, bind=True):
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.LINGER, 2000)
+    (sock.bind if bind else sock.connect)(endpoint)
+    return sock
+
+
+def _wait_for(predicate, timeout=20.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_run_is_archived_with_frames_readings_documents_and_maps(tmp_path, ctx):
+    config, _ = write_config(tmp_path)
+    archiver = build_archiver(config)
+    sink = ZmqFrameSink([config.endpoint("frames_archive")], context=ctx, stall_timeout_s=10)
+    docs = _push(ctx, config.endpoint("docs"))
+    maps = _push(ctx, config.endpoint("maps_archive"), bind=False)
+    done, thread = _serve(archiver)
+    frames = frames_for(2 * 24, shape=SHAPE)
+    run = sink.start_run(frame_shape=SHAPE, dtype="uint32", map_shape=MAP, metadata={"sample": "LMNO"}, **GEOMETRY)
+    docs.send(P.pack({"v": 1, "kind": "doc", "name": "start", "doc": {"uid": run, "plan_name": "operando_series"}}))
+    geometry = DetectorGeometry(GEOMETRY["energy_ev"], GEOMETRY["distance_m"], GEOMETRY["pixel_size_m"],
+                                GEOMETRY["beam_center"], SHAPE)
+    for m in range(2):
+        sink.start_map(24, trigger={"kind": "voltage", "voltage_v": 4.7 + 0.05 * m})
+        acc = MomentAccumulator(geometry, MAP, background=None)
+        for i in range(24):
+            f = frames[m * 24 + i]
+            sink.send_frame(f, index=i % 12, eta=10 + 0.01 * (i // 12), phi=0, nu=0, delta=30, x=0.1 * i, y=0.0)
+            acc.process_frame(f, i % 12, 10 + 0.01 * (i // 12), 0, 0, 30)
+            docs.send(P.pack({"v": 1, "kind": "reading", "run": run, "t": time.time(), "voltage_v": 4.6 + 0.001 * i,
+                              "current_a": 1e-5}))
+        sink.end_map()
+        maps.send_multipart(encode_map(acc.finalize(), run=run, map_number=m, final=True, frames=24, n_frames=24,
+                                       frames_lost=0, options={"roi": [0, 16, 0, 16]}))
+    sink.stop_run()
+    docs.send(P.pack({"v": 1, "kind": "doc", "name": "stop", "doc": {"run_start": run, "exit_status": "success"}}))
+    master = tmp_path / "archive" / run / "run.h5"
+
+    def finished():
+        try:
+            with h5py.File(master, "r") as f:
+                return (f.attrs["state"] == "done" and "document_stop" in f.attrs
+                        and all("maps" in f[f"entry{m}"] for m in range(2)))
+        except (OSError, KeyError):
+            return False
+
+    assert _wait_for(finished)
+    assert _wait_for(lambda: run not in archiver.sidecars)   # closed by the stop document
+    done.set()
+    thread.join(10)
+    with h5py.File(master, "r") as f:
+        assert json.loads(f.attrs["start"])["metadata"] == {"sample": "LMNO"}
+        assert json.loads(f.attrs["document_start"])["plan_name"] == "operando_series"
+        for m in range(2):
+            entry = f[f"entry{m}"]
+            meta = read_raw_meta(entry)
+            assert meta.n_frames == 24 and meta.map_shape == MAP and entry.attrs["complete"] == 1
+            stored = np.concatenate([b.copy() for _, b in iter_frame_blocks(entry, block=7)])
+            np.testing.assert_array_equal(stored, frames[m * 24:(m + 1) * 24])
+            np.testing.assert_array_equal(entry["scan/sequence"][()], np.arange(m * 24, (m + 1) * 24))
+            np.testing.assert_allclose(meta.x_um, 0.1 * np.arange(24))
+            result = read_maps(entry)
+            assert result.d_spacing.shape == MAP and entry["maps"].attrs["frames_received"] == 24
+        log = f["potentiostat"]
+        assert log.attrs["NX_class"] == "NXlog" and log["value"].shape == (48,)
+        np.testing.assert_allclose(log["value"][:24], 4.6 + 0.001 * np.arange(24))
+    lines = (tmp_path / "archive" / run / "documents.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["name"] == "start"
+    sink.close()
+    docs.close()
+    maps.close()
+
+
+@pytest.mark.timeout(120)
+def test_kill_9_mid_map_leaves_every_flushed_frame_readable(tmp_path, ctx):
+    config, path = write_config(tmp_path)
+    sink = ZmqFrameSink([config.endpoint("frames_archive")], context=ctx, stall_timeout_s=20)
+    proc = subprocess.Popen([sys.executable, "-m", "opmon.cli", "archive", "--config", path],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        frames = frames_for(400, shape=(64, 64))
+        run = sink.start_run(frame_shape=(64, 64), dtype="uint32", map_shape=(10, 20), **GEOMETRY)
+        sink.start_map(400)
+        map_file = tmp_path / "archive" / run / "map_0000.h5"
+
+        def stored():
+            try:
+                with h5py.File(map_file, "r", swmr=True) as f:
+                    return f["entry/instrument/detector/data"].shape[0]
+            except (OSError, KeyError):
+                return 0
+
+        for i in range(150):
+            sink.send_frame(frames[i], index=i % 200, eta=10, phi=0, nu=0, delta=30)
+        assert _wait_for(lambda: stored() == 150), "archiver never flushed the first frames"
+        for i in range(150, 300):
+            sink.send_frame(frames[i], index=i % 200, eta=10, phi=0, nu=0, delta=30)
+        os.kill(proc.pid, signal.SIGKILL)          # mid-map: 100 frames of this map never sent
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for sock in sink.sockets:
+            sock.close(linger=0)
+    with h5py.File(map_file, "r", swmr=True) as f:
+        entry = f["entry"]
+        meta = read_raw_meta(entry)
+        n = meta.n_frames
+        assert 150 <= n <= 300
+        stored_frames = np.concatenate([b.copy() for _, b in iter_frame_blocks(entry)])
+        np.testing.assert_array_equal(stored_frames, frames[:n])
+        np.testing.assert_array_equal(entry["scan/sequence"][()], np.arange(n))
+        assert entry["scan/complete"][()] == 0
+    with h5py.File(tmp_path / "archive" / run / "run.h5", "r") as f:   # master was never half-written
+        assert f.attrs["state"] == "running" and "entry0" in f
