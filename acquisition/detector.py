@@ -130,6 +130,7 @@ class _MapStreamProvider(StreamableDataProvider):
         self.collections_written_signal = recorder.frames_written
         self.last_emitted = recorder.n_written
         self._bundles: dict[tuple[str, int], ComposeStreamResourceBundle] = {}
+        self.orphans = 0
 
     async def make_datakeys(self, collections_per_event: int) -> dict[str, DataKey]:
         rows, cols = self.rec.source.frame_shape
@@ -140,6 +141,11 @@ class _MapStreamProvider(StreamableDataProvider):
     async def make_stream_docs(self, collections_written: int, collections_per_event: int) -> AsyncIterator[StreamAsset]:
         stop = min(collections_written, len(self.rec.frames))
         i = self.last_emitted
+        if stop - i > collections_per_event:
+            # Frames written but never saved as an event: a pause interrupted their step and
+            # the RunEngine retook it. They stay in the file; only the retake is referenced.
+            self.orphans += stop - i - collections_per_event
+            i = stop - collections_per_event
         while i < stop:
             resource, first = self.rec.frames[i]
             j = i + 1

@@ -2,8 +2,8 @@
 
 Plans here use only device interfaces: the stage and diffractometer axes are movable
 signals, the detector is triggered and read, and frames are tagged through the detector's
-`map_number` / `map_index` signals. A checkpoint precedes every frame, so a pause rewinds
-at most the frame in flight and never a frame already saved.
+`map_number` / `map_index` signals. A checkpoint follows every saved frame, so a pause
+rewinds at most the frame in flight and never a frame already saved.
 """
 from __future__ import annotations
 
@@ -116,10 +116,12 @@ def map_frames(detector: SxdmDetector, stage: PiezoStage, diffractometer: Diffra
     map_signals: list[SignalRW[Any]] = [detector.map_number, detector.map_index]
     yield from bps.mv(detector.map_number, map_number)
     n = 0
+    yield from bps.checkpoint()
     for eta, index, x, y in frame_sequence(grid, etas, order, region):
-        yield from bps.checkpoint()
         yield from bps.mv(diffractometer.eta, eta, stage.x, x, stage.y, y, detector.map_index, index)
         yield from bps.trigger_and_read([detector, stage, diffractometer, *map_signals])
+        # Right after the save: a pause rewinds at most the frame in flight, never a saved one.
+        yield from bps.checkpoint()
         n += 1
         if monitor is not None:
             reading = yield from monitor.poll()

@@ -55,6 +55,12 @@ class SeriesResult:
     end_reason: str = ""
 
 
+def set_cell(potentiostat: Potentiostat, command: CellCommand) -> MsgGenerator[None]:
+    """Command the cell; a command beyond a limit raises LimitError before any message is sent."""
+    checked = potentiostat.check(command)
+    yield from bps.mv(potentiostat, checked)
+
+
 def _safe_cleanup(potentiostat: Potentiostat) -> MsgGenerator[None]:
     # Computed when it runs, so a "hold" safe state holds the voltage of that moment.
     yield from bps.mv(potentiostat, potentiostat.safe_command())
@@ -118,7 +124,7 @@ def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractomete
         result = SeriesResult(uid=uid)
         yield from bps.mv(detector.run_uid, uid, detector.map_ny, grid.shape[0], detector.map_nx, grid.shape[1])
         if charge is not None:
-            yield from bps.mv(potentiostat, charge)
+            yield from set_cell(potentiostat, charge)
         pending: list[str] = []
         while True:
             yield from bps.checkpoint()
@@ -188,7 +194,7 @@ def potentiostatic_steps(potentiostat: Potentiostat, stage: PiezoStage, diffract
         yield from bps.mv(detector.run_uid, uid, detector.map_ny, grid.shape[0], detector.map_nx, grid.shape[1])
         for command in commands:
             yield from bps.checkpoint()
-            yield from bps.mv(potentiostat, command)
+            yield from set_cell(potentiostat, command)
             start = yield from monitor.poll(force_event=True)
             while True:
                 reading = yield from monitor.poll()
@@ -196,7 +202,7 @@ def potentiostatic_steps(potentiostat: Potentiostat, stage: PiezoStage, diffract
                 if reached or reading.time - start.time >= timeout_s:
                     break
                 yield from bps.sleep(poll_s)
-            yield from bps.mv(potentiostat, HIGH_IMPEDANCE)
+            yield from set_cell(potentiostat, HIGH_IMPEDANCE)
             at_map = yield from monitor.poll(force_event=True)
             step = StepRecord(voltage=command.setpoint, end=reading, reached_cutoff=reached)
             result.steps.append(step)

@@ -72,7 +72,9 @@ class OcvCurve:
                      + (-2 * t3 + 3 * t2) * y1 + (t3 - t2) * h * m[k + 1])
 
     def slope(self, x: float) -> float:
-        """dOCV/dx at x (V per unit x); negative or zero."""
+        """dOCV/dx at x (V per unit x); negative or zero (zero outside the table, where V is clamped)."""
+        if not self.x[0] <= x <= self.x[-1]:
+            return 0.0
         k, t, h = self._segment(x)
         m = self._slopes  # type: ignore[attr-defined]
         y0, y1 = self.volts[k], self.volts[k + 1]

@@ -1,0 +1,49 @@
+"""Fixtures: a real RunEngine and small, time-accelerated simulated beamlines."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from bluesky import RunEngine
+
+from opmon.simulators.beamline import BeamlineConfig, SimulatedBeamline
+from opmon.simulators.setup import SxdmSetup
+
+SMALL = dict(map_shape=(4, 4), n_angles=5, roi=(224, 288, 224, 288), eta_step=0.2)
+
+
+@pytest.fixture
+def RE() -> Iterator[RunEngine]:
+    engine = RunEngine({}, call_returns_result=True)
+    yield engine
+    if engine.state != "idle":
+        engine.halt()
+
+
+@pytest.fixture
+def docs(RE: RunEngine) -> list[tuple[str, dict[str, Any]]]:
+    collected: list[tuple[str, dict[str, Any]]] = []
+    RE.subscribe(lambda name, doc: collected.append((name, doc)))
+    return collected
+
+
+@pytest.fixture
+def make_beamline(RE: RunEngine, tmp_path) -> Iterator[Callable[..., SimulatedBeamline]]:
+    made: list[SimulatedBeamline] = []
+
+    def make(setup: dict[str, Any] | None = None, **config: Any) -> SimulatedBeamline:
+        s = SxdmSetup(**{**SMALL, **(setup or {})})
+        bl = SimulatedBeamline(BeamlineConfig(frame_dir=tmp_path / f"frames{len(made)}", setup=s, **config))
+        made.append(bl)
+        return bl
+
+    yield make
+    for bl in made:
+        bl.close()
+
+
+def stream(docs: list[tuple[str, dict[str, Any]]], name: str) -> list[dict[str, Any]]:
+    """Events of one stream, in order."""
+    descs = {d["uid"] for n, d in docs if n == "descriptor" and d["name"] == name}
+    return [d for n, d in docs if n == "event" and d["descriptor"] in descs]
