@@ -27,9 +27,12 @@ Physics (SCIENCE.md §1, seed 000), with the choices made here:
 * Intensity: projected thickness of a truncated octahedron (flat top, linear edges, blurred
   by the 80 nm beam), zero outside; ``I_p = peak_counts · envelope``.
 * Peak: isotropic 3D Gaussian of sigma ``σ_p = σ0 (1 + 0.25 b)`` where σ0 =
-  ``setup.peak_sigma_q`` (1e-3 Å⁻¹: FWHM 2.4e-3 Å⁻¹, a ~2.4 µm coherent length along the
-  illuminated column through the particle; the 80 nm beam would give σ ≈ 3e-3 Å⁻¹ only if
-  the crystal were coherent over the footprint alone) and b ∈ [0, 1] the fraction of
+  ``setup.peak_sigma_q`` (1.25e-3 Å⁻¹: FWHM 2.9e-3 Å⁻¹, a Scherrer length
+  0.9·2π/FWHM ≈ 190 nm, i.e. the coherently diffracting volume extends somewhat beyond the
+  80 nm beam footprint, which alone would give σ ≈ 3e-3 Å⁻¹). It is also the smallest width
+  the default 0.04° rocking step samples without aliasing: a centre of mass of a Gaussian
+  sampled at spacing h is biased by up to 0.4 % of h at σ = 0.6 h (here 7e-6 Å⁻¹, 1e-4°),
+  but by 2.7 % at σ = 0.49 h. b ∈ [0, 1] is the fraction of
   neighbours on the other side of a phase front (fronts broaden the peak). The truth
   ``peak_width`` is the 3D second-moment radius of SCIENCE.md §3, ``sqrt(3) σ_p``.
 """

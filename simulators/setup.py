@@ -57,7 +57,7 @@ class SxdmSetup:
     map_shape: tuple[int, int] = (60, 60)
     map_step_um: float = 0.1
     # peak and flux
-    peak_sigma_q: float = 1.0e-3  # Å⁻¹, Gaussian sigma of the 3D Bragg peak (isotropic)
+    peak_sigma_q: float = 1.25e-3  # Å⁻¹, Gaussian sigma of the 3D Bragg peak (isotropic)
     peak_counts: float = 2.0e4  # expected Bragg counts summed over all frames of the brightest map pixel
     background_rate: float = 1.0e-3  # diffuse counts per pixel per frame
     n_dead: int = 12
