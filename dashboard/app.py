@@ -1,0 +1,188 @@
+"""One browser session of the dashboard: layout, gallery and the throttled update loop.
+
+Each session pulls from the shared `DashboardModel` on its own periodic callback (default
+every 300 ms, latest wins), so the display can never slow the data path and a slow browser
+only ever sees fewer, not later, updates (PEERS.md 1).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from bokeh.document import Document
+from bokeh.layouts import column, row
+from bokeh.models import Button, CustomJS, Div, Range1d, Slider
+
+from opmon.dashboard import panels as P
+from opmon.dashboard.control_client import ControlClient
+from opmon.dashboard.model import DashboardModel, MapUpdate
+from opmon.dashboard.steering import Steering, session_token, token_allows
+from opmon.dashboard.views import HistogramView, MapView, status_html
+
+log = logging.getLogger(__name__)
+
+#: Browser-side hook: every time the server reports which map message it just sent, the page
+#: records (message, browser wall-clock ms). Benchmarks and tests read window.__opmon_seen.
+_SEEN_JS = """
+window.__opmon_seen = window.__opmon_seen || [];
+window.__opmon_seen.push([cb_obj.text, Date.now()]);
+if (window.__opmon_seen.length > 5000) { window.__opmon_seen.splice(0, 1000); }
+"""
+
+
+@dataclass
+class DashboardOptions:
+    """Settings shared by every session of one dashboard server."""
+
+    update_ms: int = 300                 # throttle of the display loop
+    max_altitude: float | None = None    # tilt (deg) that saturates the wheel; None = 99th pct
+    title: str = "opmon — operando SXDM monitor"
+
+
+class Session:
+    """The figures, widgets and update loop of one browser tab."""
+
+    def __init__(self, doc: Document, model: DashboardModel, control: ControlClient | None,
+                 expected_token: str | None, options: DashboardOptions) -> None:
+        self.doc, self.model, self.options = doc, model, options
+        token = session_token(doc)
+        self.authorized = token_allows(token, expected_token)
+        xr, yr = Range1d(0, 1), Range1d(0, 1)
+        self.d = P.d_map(xr, yr)
+        self.tilt = P.tilt_panel(xr, yr)
+        self.intensity, roi = P.intensity_map(xr, yr)
+        self.width = P.width_map(xr, yr)
+        self.hist_fig, hist_cur, hist_earlier = P.histogram_panel()
+        self.pole_fig, pole_pts, pole_rings = P.pole_panel()
+        self.echem = P.echem_panels()
+        self.maps = MapView(self.d, self.intensity, self.width, self.tilt, self.pole_fig, pole_pts,
+                            pole_rings, options.max_altitude)
+        self.hist = HistogramView(hist_cur, hist_earlier)
+        self.steering = Steering(doc, control, token if self.authorized else None, self.authorized,
+                                 self.intensity.fig, roi)
+        self.status_div = Div(text=status_html({}, 0.0, "waiting for data"), name="status",
+                              sizing_mode="stretch_width", height=44)
+        self.seen_div = Div(text="", name="seen", visible=False)
+        self.seen_div.js_on_change("text", CustomJS(code=_SEEN_JS))
+        self.gallery = Slider(start=0, end=1, value=0, step=1, title="step back through maps",
+                              name="gallery", disabled=True, sizing_mode="stretch_width", height=40)
+        self.live_button = Button(label="● Live", button_type="success", name="live", width=90, height=34)
+        self.gallery.on_change("value_throttled", lambda a, o, n: self._pick(int(n)))
+        self.live_button.on_click(self._go_live)
+        self.follow_live = True
+        self._shown: tuple[int, int] = (-1, -1)     # (map version, map number) on screen
+        self._status_version = -1
+        self._history_version = -1
+        self._reading_cursor = 0
+        self._t0: float | None = None
+        self._i_range: tuple[float, float] | None = None
+        self._last_marker = -1
+        self._history: list[Any] = []
+        self._showing = "waiting for data"
+        self.updates = 0
+        doc.title = options.title
+        doc.add_root(self._layout())
+        doc.add_periodic_callback(self.update, options.update_ms)
+
+    def _layout(self) -> Any:
+        tilt_box = row(self.tilt.fig, self.tilt.legend, sizing_mode="stretch_both")
+        maps = row(self.d.fig, tilt_box, self.intensity.fig, self.width.fig, sizing_mode="stretch_both")
+        plots = row(self.hist_fig, self.pole_fig, self.echem.vt, self.echem.vq, sizing_mode="stretch_both")
+        gallery = row(self.live_button, self.gallery, self.seen_div, sizing_mode="stretch_width", height=44)
+        return column(self.status_div, self.steering.layout(), maps, plots, gallery,
+                      sizing_mode="stretch_both", styles={"padding": "4px 8px"})
+
+    # ---- the throttled loop -------------------------------------------------------------------
+    def update(self) -> None:
+        """Push what changed since the last tick: maps, histogram, traces, markers, status."""
+        self.updates += 1
+        hv, history = self.model.history()
+        if hv != self._history_version:
+            self._history_version = hv
+            self._update_history(history)
+        if self.follow_live:
+            mv, latest = self.model.latest_map()
+            if latest is not None and mv != self._shown[0]:
+                self._show_map(latest, history, mv)
+        self._update_readings()
+        sv, status, received = self.model.status()
+        self._status_version = sv
+        self.status_div.text = status_html(status, received, self._showing)
+
+    def _show_map(self, u: MapUpdate, history: list[Any], version: int) -> None:
+        self.maps.show(u)
+        self.hist.show(np.asarray(u.arrays["d_spacing"], dtype=np.float64), history, u.map_number)
+        self._shown = (version, u.map_number)
+        kind = "final" if u.final else f"{100 * u.progress:.0f}%"
+        self._showing = f"showing {'live ' if self.follow_live else ''}map {u.map_number} ({kind})"
+        # latency hook: sequence number and processing time of what was just sent
+        self.seen_div.text = f"{u.seq} {u.t_processed:.6f} {u.map_number}"
+
+    def _update_history(self, history: list[Any]) -> None:
+        n = len(history)
+        if n >= 2:
+            self.gallery.disabled = False
+            self.gallery.end = n - 1
+            if self.follow_live:
+                self.gallery.value = n - 1
+        new = [r for r in history if r.update.map_number > self._last_marker]
+        if new and self._t0 is not None:
+            self.echem.markers.stream({
+                "hours": [(r.t - self._t0) / 3600.0 for r in new],
+                "voltage": [r.voltage for r in new],
+                "capacity": [r.capacity for r in new],
+                "label": [str(r.update.map_number) for r in new]})
+            self._last_marker = new[-1].update.map_number
+        self._history = history
+
+    def _update_readings(self) -> None:
+        new, cursor = self.model.readings_since(self._reading_cursor)
+        if cursor == self._reading_cursor or new["t"].size == 0:
+            return
+        self._reading_cursor = cursor
+        if self._t0 is None:
+            self._t0 = float(new["t"][0])
+            self._history_version = -1       # markers need t0: resend them next tick
+        current_ma = new["current"] * 1e3
+        self.echem.readings.stream({
+            "hours": (new["t"] - self._t0) / 3600.0, "voltage": new["voltage"],
+            "current_ma": current_ma, "capacity": new["charge"]}, rollover=200_000)
+        lo, hi = float(np.nanmin(current_ma)), float(np.nanmax(current_ma))
+        if self._i_range is not None:
+            lo, hi = min(lo, self._i_range[0]), max(hi, self._i_range[1])
+        if self._i_range != (lo, hi):
+            pad = max(abs(hi - lo) * 0.1, abs(hi) * 0.1, 1e-3)
+            rng = self.echem.vt.extra_y_ranges["current"]
+            rng.start, rng.end = lo - pad, hi + pad
+            self._i_range = (lo, hi)
+
+    # ---- gallery -------------------------------------------------------------------------------
+    def _pick(self, index: int) -> None:
+        history = self._history
+        if not 0 <= index < len(history):
+            return
+        self.follow_live = False
+        self.live_button.button_type = "default"
+        self.live_button.label = "● Go live"
+        rec = history[index]
+        self._show_map(rec.update, history, -2 - index)
+        self._showing = f"showing earlier map {rec.update.map_number} at {rec.voltage:.3f} V"
+
+    def _go_live(self) -> None:
+        self.follow_live = True
+        self.live_button.button_type = "success"
+        self.live_button.label = "● Live"
+        self._shown = (-1, -1)
+
+
+def make_app(model: DashboardModel, control: ControlClient | None, expected_token: str | None,
+             options: DashboardOptions | None = None):
+    """A Bokeh `modify_doc` function building one `Session` per browser tab."""
+    opts = options or DashboardOptions()
+
+    def modify_doc(doc: Document) -> None:
+        Session(doc, model, control, expected_token, opts)
+
+    return modify_doc

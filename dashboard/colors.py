@@ -1,0 +1,136 @@
+"""Colour mappings for the tilt map, kept as pure numpy so they are testable without Bokeh.
+
+The tilt of a map pixel has two angles (SCIENCE.md §3): the azimuth (direction, [0, 360) deg)
+and the altitude (how far, deg). A colour wheel shows both at once: hue = azimuth / 360,
+saturation = altitude / max_altitude (clipped to 1), value = 1. Untilted pixels are white,
+strongly tilted pixels are fully saturated; masked pixels get a neutral grey that no tilt can
+produce (a tilt colour always has value 1, the grey has value < 1).
+"""
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from opmon.errors import OpmonError
+
+#: RGB (0-255) of masked / NaN pixels: mid grey, distinct from white (zero tilt).
+MASKED_RGB: tuple[int, int, int] = (160, 160, 160)
+
+
+class ColorMapError(OpmonError):
+    """A colour mapping got arrays of mismatched shapes or an invalid maximum."""
+
+
+def hsv_to_rgb(h: npt.ArrayLike, s: npt.ArrayLike, v: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """Convert HSV (each in [0, 1]) to RGB in [0, 1], vectorised; shape (..., 3).
+
+    A local implementation keeps the dashboard free of matplotlib at run time.
+    """
+    h = np.mod(np.asarray(h, dtype=np.float64), 1.0)
+    s = np.clip(np.asarray(s, dtype=np.float64), 0.0, 1.0)
+    v = np.clip(np.asarray(v, dtype=np.float64), 0.0, 1.0)
+    h, s, v = np.broadcast_arrays(h, s, v)
+    i = np.floor(h * 6.0).astype(np.int64) % 6
+    f = h * 6.0 - np.floor(h * 6.0)
+    p = v * (1.0 - s)
+    q = v * (1.0 - s * f)
+    t = v * (1.0 - s * (1.0 - f))
+    r = np.choose(i, [v, q, p, p, t, v])
+    g = np.choose(i, [t, v, v, q, p, p])
+    b = np.choose(i, [p, p, t, v, v, q])
+    return np.stack([r, g, b], axis=-1)
+
+
+def auto_max_altitude(altitude: npt.ArrayLike, percentile: float = 99.0) -> float:
+    """The altitude that saturates the wheel: a high percentile of the valid pixels.
+
+    A percentile rather than the maximum keeps one hot pixel from washing out the map.
+    Returns 1.0 deg when no pixel is valid or all are zero, so the mapping stays defined.
+    """
+    alt = np.asarray(altitude, dtype=np.float64)
+    valid = alt[np.isfinite(alt)]
+    if valid.size == 0:
+        return 1.0
+    value = float(np.percentile(valid, percentile))
+    return value if value > 0.0 else 1.0
+
+
+def tilt_to_rgb(
+    altitude: npt.ArrayLike,
+    azimuth: npt.ArrayLike,
+    max_altitude: float | None = None,
+    mask: npt.ArrayLike | None = None,
+) -> npt.NDArray[np.uint8]:
+    """Colour-wheel RGB (uint8, shape (..., 3)) of a tilt map.
+
+    Parameters
+    ----------
+    altitude, azimuth
+        Tilt angles in deg, same shape; NaN marks an invalid pixel.
+    max_altitude
+        Altitude (deg) that gets full saturation; None uses the 99th percentile of the map.
+    mask
+        Optional array of the same shape, nonzero = valid (FORMATS.md `mask`).
+
+    Raises
+    ------
+    ColorMapError
+        If the shapes differ or `max_altitude` is not a positive finite number.
+    """
+    alt = np.asarray(altitude, dtype=np.float64)
+    azi = np.asarray(azimuth, dtype=np.float64)
+    if alt.shape != azi.shape:
+        raise ColorMapError(f"tilt_altitude shape {alt.shape} differs from tilt_azimuth shape {azi.shape}")
+    if max_altitude is None:
+        max_altitude = auto_max_altitude(alt)
+    if not np.isfinite(max_altitude) or max_altitude <= 0:
+        raise ColorMapError(f"max_altitude must be a positive number of degrees, got {max_altitude!r}")
+    invalid = ~(np.isfinite(alt) & np.isfinite(azi))
+    if mask is not None:
+        m = np.asarray(mask)
+        if m.shape != alt.shape:
+            raise ColorMapError(f"mask shape {m.shape} differs from tilt map shape {alt.shape}")
+        invalid |= m == 0
+    hue = np.where(invalid, 0.0, azi) / 360.0
+    sat = np.where(invalid, 0.0, np.abs(alt)) / max_altitude
+    rgb = np.rint(hsv_to_rgb(hue, sat, 1.0) * 255.0).astype(np.uint8)
+    rgb[invalid] = MASKED_RGB
+    return rgb
+
+
+def pack_rgba(rgb: npt.NDArray[np.uint8], alpha: int = 255) -> npt.NDArray[np.uint32]:
+    """Pack (..., 3) uint8 RGB into the uint32 RGBA layout Bokeh's `image_rgba` expects."""
+    h = np.empty(rgb.shape[:-1] + (4,), dtype=np.uint8)
+    h[..., :3] = rgb
+    h[..., 3] = alpha
+    return h.view(np.uint32).reshape(rgb.shape[:-1])
+
+
+def tilt_to_rgba(
+    altitude: npt.ArrayLike,
+    azimuth: npt.ArrayLike,
+    max_altitude: float | None = None,
+    mask: npt.ArrayLike | None = None,
+) -> npt.NDArray[np.uint32]:
+    """`tilt_to_rgb` packed for Bokeh's `image_rgba` (one uint32 per pixel)."""
+    return pack_rgba(tilt_to_rgb(altitude, azimuth, max_altitude, mask))
+
+
+def wheel_legend(size: int = 101, max_altitude: float = 1.0) -> npt.NDArray[np.uint32]:
+    """The colour-wheel legend as an RGBA image of `size` x `size` pixels.
+
+    Pixel (row, col) at offset (dx, dy) from the centre, with row 0 at the bottom as Bokeh
+    draws images, shows the tilt of azimuth atan2(dy, dx) and altitude r / R * max_altitude;
+    outside the disc it is transparent.
+    """
+    if size < 3:
+        raise ColorMapError(f"wheel legend size must be >= 3 pixels, got {size}")
+    c = (size - 1) / 2.0
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    dx, dy = (xx - c) / c, (yy - c) / c
+    r = np.hypot(dx, dy)
+    azi = np.mod(np.degrees(np.arctan2(dy, dx)), 360.0)
+    rgb = tilt_to_rgb(np.minimum(r, 1.0) * max_altitude, azi, max_altitude)
+    out = pack_rgba(rgb)
+    out[r > 1.0] = 0
+    return out

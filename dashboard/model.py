@@ -1,0 +1,227 @@
+"""What the dashboard knows about the run, independent of transport and of Bokeh.
+
+A feed (the ZeroMQ subscriber, or a test) pushes maps, status, potentiostat readings and
+bluesky documents in from one thread; every browser session pulls from its own thread.
+The model keeps the latest partial map (the display path is latest-wins), a bounded
+history of final maps, the full reading traces (bounded) and the latest status, each behind
+one lock with version counters so a session can ask "what changed since I last looked".
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from opmon.errors import OpmonError
+
+#: FORMATS.md map arrays the dashboard shows; `q` and `mean_q` are optional extras.
+MAP_FIELDS: tuple[str, ...] = ("d_spacing", "tilt_altitude", "tilt_azimuth", "intensity", "peak_width")
+
+
+class MapMessageError(OpmonError):
+    """A map update lacks a FORMATS.md array or holds arrays of different shapes."""
+
+
+@dataclass
+class MapUpdate:
+    """One partial or final map as it arrives on the display channel.
+
+    Attributes
+    ----------
+    map_number
+        Which map of the run (0-based), as the processor numbers them.
+    arrays
+        FORMATS.md map arrays by name, each (ny, nx) float64 (`q` is (ny, nx, 3)).
+    progress
+        Fraction of the map's frames processed, 0..1.
+    final
+        True for the finished map.
+    seq
+        Sequence number of the message on its channel (for latency and loss accounting).
+    t_processed
+        Wall-clock time (s since epoch) the newest frame in this map was processed; used to
+        measure the display latency.
+    extent
+        (x0, y0, width, height) in um of the map on the sample, or None for pixel units.
+    meta
+        Everything else the producer sent (run uid, voltage at map start, ...).
+    """
+
+    map_number: int
+    arrays: dict[str, npt.NDArray[Any]]
+    progress: float = 0.0
+    final: bool = False
+    seq: int = 0
+    t_processed: float = 0.0
+    extent: tuple[float, float, float, float] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        missing = [k for k in MAP_FIELDS if k not in self.arrays]
+        if missing:
+            raise MapMessageError(f"map {self.map_number}: missing arrays {missing}")
+        shape = np.shape(self.arrays["d_spacing"])
+        if len(shape) != 2:
+            raise MapMessageError(f"map {self.map_number}: d_spacing must be 2-D, got shape {shape}")
+        for k in MAP_FIELDS:
+            if np.shape(self.arrays[k]) != shape:
+                raise MapMessageError(
+                    f"map {self.map_number}: {k} has shape {np.shape(self.arrays[k])}, d_spacing {shape}")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(ny, nx) of the map."""
+        s = np.shape(self.arrays["d_spacing"])
+        return int(s[0]), int(s[1])
+
+
+@dataclass
+class MapRecord:
+    """A final map with when it was taken, for the gallery, histograms and markers."""
+
+    update: MapUpdate
+    t: float                 # s since epoch, when the map finished
+    voltage: float           # V at that time (NaN if no reading yet)
+    capacity: float          # mAh at that time (NaN if no reading yet)
+
+
+class DashboardModel:
+    """Thread-safe store of the run as the dashboard sees it.
+
+    Parameters
+    ----------
+    history
+        How many final maps to keep for the gallery and histograms (oldest dropped).
+    max_readings
+        How many potentiostat readings to keep (a 48 h run at 1 Hz is ~173,000).
+    """
+
+    def __init__(self, history: int = 200, max_readings: int = 500_000) -> None:
+        self._lock = threading.Lock()
+        self._latest: MapUpdate | None = None
+        self._map_version = 0
+        self._history: deque[MapRecord] = deque(maxlen=history)
+        self._history_version = 0
+        self._n_final = 0
+        self._status: dict[str, dict[str, Any]] = {}
+        self._status_version = 0
+        self._status_time = 0.0
+        self._max_readings = max_readings
+        self._readings: dict[str, list[float]] = {"t": [], "voltage": [], "current": [], "charge": []}
+        self._readings_dropped = 0   # readings discarded off the front (bounded memory)
+        self._documents: deque[tuple[str, dict[str, Any]]] = deque(maxlen=100)
+        self._doc_version = 0
+        self.messages_received = 0
+
+    # ---- feed side -------------------------------------------------------------------------
+    def on_map(self, update: MapUpdate) -> None:
+        """Take a partial or final map; a final one also enters the history."""
+        with self._lock:
+            self.messages_received += 1
+            self._latest = update
+            self._map_version += 1
+            if update.final:
+                if self._history and self._history[-1].update.map_number == update.map_number:
+                    self._history.pop()   # a repeated final of the same map replaces it
+                else:
+                    self._n_final += 1
+                t, v, c = self._last_reading_locked()
+                t_map = float(update.meta.get("t_end", t if np.isfinite(t) else time.time()))
+                self._history.append(MapRecord(update, t_map, float(update.meta.get("voltage", v)),
+                                               float(update.meta.get("capacity", c))))
+                self._history_version += 1
+
+    def on_status(self, status: dict[str, Any]) -> None:
+        """Take a status message from one service (its `source`: acquisition, live, archiver)."""
+        with self._lock:
+            self.messages_received += 1
+            self._status[str(status.get("source", "live"))] = dict(status)
+            self._status_version += 1
+            self._status_time = time.time()
+
+    def on_reading(self, t: float, voltage: float, current: float, charge: float) -> None:
+        """Take one potentiostat reading: time (s since epoch), V, A, charge (mAh)."""
+        with self._lock:
+            self.messages_received += 1
+            r = self._readings
+            r["t"].append(float(t))
+            r["voltage"].append(float(voltage))
+            r["current"].append(float(current))
+            r["charge"].append(float(charge))
+            over = len(r["t"]) - self._max_readings
+            if over > self._max_readings // 10:
+                for k in r:
+                    del r[k][:over]
+                self._readings_dropped += over
+
+    def on_document(self, name: str, doc: dict[str, Any]) -> None:
+        """Take a bluesky document; only the newest hundred are kept (shown as run events)."""
+        with self._lock:
+            self.messages_received += 1
+            self._documents.append((name, doc))
+            self._doc_version += 1
+
+    # ---- session side ----------------------------------------------------------------------
+    def latest_map(self) -> tuple[int, MapUpdate | None]:
+        """(version, latest partial or final map)."""
+        with self._lock:
+            return self._map_version, self._latest
+
+    def history(self) -> tuple[int, list[MapRecord]]:
+        """(version, final maps oldest first)."""
+        with self._lock:
+            return self._history_version, list(self._history)
+
+    def status(self) -> tuple[int, dict[str, Any], float]:
+        """(version, merged status, wall-clock time the newest part arrived).
+
+        The run state comes from the acquisition (it alone knows paused/aborted), rates,
+        losses and map progress from the live processor, the archive file from the archiver.
+        """
+        with self._lock:
+            return self._status_version, merge_status(self._status), self._status_time
+
+    def readings_since(self, cursor: int) -> tuple[dict[str, npt.NDArray[np.float64]], int]:
+        """Readings after absolute index `cursor` and the new cursor.
+
+        Cursors count every reading ever received, so trimming the front never makes a
+        session skip or repeat points.
+        """
+        with self._lock:
+            start = max(cursor - self._readings_dropped, 0)
+            out = {k: np.asarray(v[start:], dtype=np.float64) for k, v in self._readings.items()}
+            return out, self._readings_dropped + len(self._readings["t"])
+
+    def documents(self) -> tuple[int, list[tuple[str, dict[str, Any]]]]:
+        """(version, newest bluesky documents, oldest first)."""
+        with self._lock:
+            return self._doc_version, list(self._documents)
+
+    def _last_reading_locked(self) -> tuple[float, float, float]:
+        r = self._readings
+        if not r["t"]:
+            return float("nan"), float("nan"), float("nan")
+        return r["t"][-1], r["voltage"][-1], r["charge"][-1]
+
+
+def merge_status(by_source: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One status line from the per-service status messages (see `DashboardModel.status`)."""
+    acq, live, arch = (by_source.get(k, {}) for k in ("acquisition", "live", "archiver"))
+    out: dict[str, Any] = {"state": acq.get("state", live.get("state", "unknown"))}
+    for key in ("frames_per_s", "frames_lost", "map", "map_progress", "maps_done", "frames"):
+        for src in (live, acq):
+            if src.get(key) is not None:
+                out[key] = src[key]
+                break
+    out["frames_lost"] = max(int(s.get("frames_lost") or 0) for s in (acq, live, arch, {}))
+    for src in (arch, live, acq):
+        if src.get("archive"):
+            out["archive"] = src["archive"]
+            break
+    out["sources"] = sorted(by_source)
+    return out

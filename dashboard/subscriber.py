@@ -1,0 +1,179 @@
+"""Thin adapter from the display channels (docs/protocol.md, PUB/SUB, latest wins) to the model.
+
+One SUB socket connects to every display publisher (live processor, acquisition, archiver)
+and a daemon thread decodes `[topic, header, *buffers]` messages into `DashboardModel`
+calls. Bad messages are counted by reason and skipped; nothing is ever unpickled. The
+channel is lossy by design: a slow dashboard misses intermediate partial maps, which is
+exactly what a display should do.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import zmq
+
+from opmon.dashboard.model import MAP_FIELDS, DashboardModel, MapMessageError, MapUpdate
+from opmon.errors import ProtocolError
+from opmon.streaming.protocol import pack, unpack
+
+log = logging.getLogger(__name__)
+
+VERSION = 1
+TOPICS = (b"map", b"status", b"reading", b"doc")
+_DTYPES = {"float64", "float32", "uint8", "uint16", "uint32", "int32", "int64"}
+MAX_SIDE = 16384
+
+
+class DisplayMessageError(ProtocolError):
+    """A display-channel message does not follow docs/protocol.md."""
+
+
+def decode_map(header: dict[str, Any], buffers: Sequence[Any]) -> MapUpdate:
+    """A `map` header plus its buffers -> `MapUpdate` (arrays are copies, safe to keep).
+
+    Raises
+    ------
+    DisplayMessageError
+        Naming the field whose description or buffer is inconsistent.
+    """
+    fields = header.get("fields")
+    if not isinstance(fields, list) or len(fields) != len(buffers):
+        raise DisplayMessageError(f"map: {len(buffers)} buffers for fields {fields!r:.120}")
+    arrays: dict[str, npt.NDArray[Any]] = {}
+    for desc, buf in zip(fields, buffers):
+        name, dtype, shape = desc.get("name"), desc.get("dtype"), desc.get("shape")
+        if dtype not in _DTYPES:
+            raise DisplayMessageError(f"map field {name!r}: dtype {dtype!r} not allowed")
+        if not isinstance(shape, list) or not all(isinstance(n, int) and 0 < n <= MAX_SIDE for n in shape):
+            raise DisplayMessageError(f"map field {name!r}: bad shape {shape!r}")
+        dt = np.dtype(dtype).newbyteorder("<")
+        mv = memoryview(buf.buffer if hasattr(buf, "buffer") else buf)
+        if mv.nbytes != int(np.prod(shape)) * dt.itemsize:
+            raise DisplayMessageError(f"map field {name!r}: {mv.nbytes} bytes for shape {shape} {dtype}")
+        arrays[str(name)] = np.frombuffer(mv, dtype=dt).reshape(shape).astype(dt.newbyteorder("="))
+    n_frames = int(header.get("n_frames") or 0)
+    frames = int(header.get("frames") or 0)
+    final = bool(header.get("final", False))
+    progress = 1.0 if final else (frames / n_frames if n_frames > 0 else 0.0)
+    meta = {k: v for k, v in header.items() if k not in ("fields",)}
+    try:
+        return MapUpdate(map_number=int(header.get("map", 0)), arrays=arrays, progress=min(progress, 1.0),
+                         final=final, seq=int(header.get("seq", frames)), t_processed=float(header.get("t", 0.0)),
+                         extent=_extent(header.get("extent")), meta=meta)
+    except MapMessageError as exc:
+        raise DisplayMessageError(str(exc)) from exc
+
+
+def _extent(value: Any) -> tuple[float, float, float, float] | None:
+    if isinstance(value, list) and len(value) == 4 and all(isinstance(v, (int, float)) for v in value):
+        return tuple(float(v) for v in value)  # type: ignore[return-value]
+    return None
+
+
+def encode_map(update: MapUpdate, run: str = "", n_frames: int = 0, frames: int = 0,
+               extra: dict[str, Any] | None = None) -> list[bytes]:
+    """The inverse of `decode_map`: `[b"map", header, *buffers]` (used by tests and benchmarks)."""
+    names = [k for k in (*MAP_FIELDS, "mask", "q") if k in update.arrays]
+    arrays = [np.ascontiguousarray(update.arrays[k]) for k in names]
+    header = {"v": VERSION, "kind": "map", "run": run, "map": update.map_number, "final": update.final,
+              "frames": frames, "n_frames": n_frames, "frames_lost": 0, "t": update.t_processed,
+              "seq": update.seq, "map_shape": list(update.shape),
+              "fields": [{"name": k, "dtype": a.dtype.name, "shape": list(a.shape)} for k, a in zip(names, arrays)]}
+    if update.extent is not None:
+        header["extent"] = list(update.extent)
+    header.update(extra or {})
+    return [b"map", pack(header), *(a.tobytes() for a in arrays)]
+
+
+def dispatch(model: DashboardModel, parts: Sequence[Any]) -> str:
+    """Decode one display message into the model; returns its kind. Raises DisplayMessageError."""
+    if len(parts) < 2:
+        raise DisplayMessageError(f"{len(parts)} parts, expected [topic, header, *buffers]")
+    raw = parts[1].buffer if hasattr(parts[1], "buffer") else parts[1]
+    try:
+        header = unpack(raw)
+    except Exception as exc:
+        raise DisplayMessageError(f"header is not msgpack: {type(exc).__name__}") from exc
+    if not isinstance(header, dict) or header.get("v") != VERSION:
+        raise DisplayMessageError(f"version {header.get('v') if isinstance(header, dict) else None!r}, expected {VERSION}")
+    kind = header.get("kind")
+    if kind == "map":
+        model.on_map(decode_map(header, parts[2:]))
+    elif kind == "status":
+        model.on_status(header)
+    elif kind == "reading":
+        try:
+            model.on_reading(float(header["t"]), float(header["voltage_v"]), float(header.get("current_a", np.nan)),
+                             float(header.get("charge_mah", np.nan)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DisplayMessageError(f"reading: bad or missing field {exc}") from exc
+    elif kind == "doc":
+        if not isinstance(header.get("name"), str) or not isinstance(header.get("doc"), dict):
+            raise DisplayMessageError("doc: needs a string 'name' and a map 'doc'")
+        model.on_document(header["name"], header["doc"])
+    else:
+        raise DisplayMessageError(f"unknown kind {kind!r}")
+    return str(kind)
+
+
+class DisplaySubscriber:
+    """Follow the display channels on a daemon thread and feed the model.
+
+    Parameters
+    ----------
+    model
+        Where decoded messages go.
+    endpoints
+        Display publishers to connect to (e.g. the `display_live`, `display_acquisition`
+        and `display_archive` endpoints of the config).
+    """
+
+    def __init__(self, model: DashboardModel, endpoints: Sequence[str], context: zmq.Context | None = None) -> None:
+        self.model = model
+        self.endpoints = list(endpoints)
+        self._ctx = context or zmq.Context.instance()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="opmon-dashboard-sub", daemon=True)
+        self.counts: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+        self._last_log = 0.0
+
+    def start(self) -> DisplaySubscriber:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        sock = self._ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, 50)
+        for topic in TOPICS:
+            sock.setsockopt(zmq.SUBSCRIBE, topic)
+        for ep in self.endpoints:
+            sock.connect(ep)
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                if not poller.poll(100):
+                    continue
+                parts = sock.recv_multipart(copy=False)
+                try:
+                    self.counts[dispatch(self.model, parts)] += 1
+                except DisplayMessageError as exc:
+                    self.rejected[str(exc).split(":")[0]] += 1
+                    if time.monotonic() - self._last_log > 5.0:
+                        self._last_log = time.monotonic()
+                        log.warning("display message rejected: %s (%d so far)", exc, sum(self.rejected.values()))
+        finally:
+            sock.close(0)
+
+    def close(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)

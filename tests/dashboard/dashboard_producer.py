@@ -1,0 +1,218 @@
+"""A small but real experiment for the dashboard tests: RunEngine, ZeroMQ publishers, control.
+
+- A bluesky RunEngine runs a mapping plan on a background thread. Each map row is one
+  `checkpoint` + `sleep`, so `RE.request_pause()` really pauses between rows.
+- Maps come from the simulator's particle model (`ParticleModel.truth()`, FORMATS.md names),
+  revealed row by row as partial maps on a real PUB socket (display_live), final at the end.
+- A simulated cell (`CellSimulator`, galvanostatic charge, accelerated clock) publishes
+  potentiostat readings; the acquisition status (state straight from `RE.state`) goes out on a
+  second PUB socket (display_acquisition), as docs/protocol.md describes.
+- `streaming.control.ControlServer` answers steering requests with a token and acts through
+  the RunEngine via `RunEngineSteering`.
+
+The tests read the RunEngine's state from here (the acquisition side), never from the page.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import zmq
+from bluesky import RunEngine
+from bluesky import plan_stubs as bps
+from bluesky.utils import RunEngineInterrupted
+
+from opmon.dashboard.model import MapUpdate
+from opmon.dashboard.subscriber import encode_map
+from opmon.simulators.cell import CellConfig, CellMode, CellSimulator
+from opmon.simulators.crystal import ParticleModel
+from opmon.simulators.setup import SxdmSetup
+from opmon.streaming.control import ControlCommandError, ControlServer
+from opmon.streaming.protocol import pack
+
+
+def _pub(ctx: zmq.Context) -> tuple[zmq.Socket, str]:
+    s = ctx.socket(zmq.PUB)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.SNDHWM, 20)
+    port = s.bind_to_random_port("tcp://127.0.0.1")
+    return s, f"tcp://127.0.0.1:{port}"
+
+
+class RunEngineSteering:
+    """The acquisition adapter: every command acts through the RunEngine or the plan's requests."""
+
+    def __init__(self, exp: SimulatedExperiment) -> None:
+        self.exp = exp
+
+    def pause(self) -> dict[str, Any]:
+        if self.exp.RE.state != "running":
+            raise ControlCommandError(f"cannot pause: run is {self.exp.RE.state}")
+        self.exp.RE.request_pause(defer=False)
+        return {"state": self.exp.RE.state}
+
+    def resume(self) -> dict[str, Any]:
+        if self.exp.RE.state != "paused":
+            raise ControlCommandError(f"cannot resume: run is {self.exp.RE.state}")
+        self.exp.resume_requested.set()
+        return {"state": "resuming"}
+
+    def abort(self, reason: str = "") -> dict[str, Any]:
+        self.exp.abort_reason = reason or "aborted"
+        if self.exp.RE.state == "running":
+            self.exp.RE.request_pause(defer=False)
+        self.exp.resume_requested.set()
+        return {"state": "aborting"}
+
+    def stop(self) -> dict[str, Any]:
+        return self.abort("stopped")
+
+    def start_map(self) -> dict[str, Any]:
+        with self.exp.lock:
+            self.exp.map_now = True
+        return {"state": self.exp.RE.state}
+
+    def set_trigger(self, **rule: Any) -> dict[str, Any]:
+        with self.exp.lock:
+            self.exp.trigger_rule = dict(rule)
+        return {"trigger": dict(rule)}
+
+    def set_region(self, **region: Any) -> dict[str, Any]:
+        with self.exp.lock:
+            self.exp.region = dict(region)
+        return {"region": dict(region)}
+
+    def status(self) -> dict[str, Any]:
+        return {"state": self.exp.RE.state}
+
+
+class SimulatedExperiment:
+    """Everything on the acquisition and live-processing side that the dashboard talks to."""
+
+    def __init__(self, token: str, map_shape: tuple[int, int] = (24, 32), n_maps: int = 1000,
+                 row_period_s: float = 0.08, seed: int = 3) -> None:
+        self.ctx = zmq.Context()
+        self.live_pub, self.live_endpoint = _pub(self.ctx)
+        self.acq_pub, self.acq_endpoint = _pub(self.ctx)
+        self.pub_lock = threading.Lock()
+        self.RE = RunEngine({}, context_managers=[])
+        self.steering = RunEngineSteering(self)
+        self.control = ControlServer("tcp://127.0.0.1:0", token, self.steering, self.ctx)
+        self.map_shape, self.n_maps, self.row_period_s = map_shape, n_maps, row_period_s
+        self.particle = ParticleModel(SxdmSetup(map_shape=map_shape), seed=seed)
+        self.cell = CellSimulator(CellConfig(x0=0.98))
+        self.cell.command(CellMode.GALVANOSTATIC, self.cell.config.c_rate_current(0.5), cutoff=4.9)
+        self.lock = threading.Lock()
+        self.map_now = False
+        self.trigger_rule: dict[str, Any] = {}
+        self.region: dict[str, Any] | None = None
+        self.abort_reason: str | None = None
+        self.resume_requested = threading.Event()
+        self.stop_event = threading.Event()
+        self.rows_published = 0
+        self.maps_done = 0
+        self.current_map = 0
+        self.exit_status: str | None = None
+        self.t_start = time.time()
+        self._threads = [threading.Thread(target=self._run_plan, name="sim-RE", daemon=True),
+                         threading.Thread(target=self._status_loop, name="sim-status", daemon=True)]
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> SimulatedExperiment:
+        self.control.start()
+        for t in self._threads:
+            t.start()
+        return self
+
+    def close(self) -> None:
+        self.stop_event.set()
+        self.resume_requested.set()
+        if self.RE.state == "running":
+            self.RE.request_pause(defer=False)
+        for t in self._threads:
+            t.join(5.0)
+        self.control.close()
+        for s in (self.live_pub, self.acq_pub):
+            s.close(0)
+        self.ctx.term()
+
+    # ---- the plan (runs inside the RunEngine) ---------------------------------------------------
+    def _mapping_plan(self):
+        truth_keys = ("d_spacing", "tilt_altitude", "tilt_azimuth", "intensity", "peak_width", "mask")
+        ny, _ = self.map_shape
+        for m in range(self.n_maps):
+            if self.stop_event.is_set():
+                return
+            self.current_map = m
+            self.particle.set_charge_state(0.9 - 0.05 * (m % 16))
+            truth = self.particle.truth()
+            full = {k: np.asarray(truth[k], dtype=np.float64 if k != "mask" else np.uint8) for k in truth_keys}
+            for k in ("d_spacing", "tilt_altitude", "tilt_azimuth", "peak_width"):
+                full[k][full["mask"] == 0] = np.nan       # as the processors mask (SCIENCE.md §3)
+            for r in range(1, ny + 1):
+                yield from bps.checkpoint()
+                yield from bps.sleep(self.row_period_s)
+                part = {k: v.copy() for k, v in full.items()}
+                for k, v in part.items():
+                    if v.dtype.kind == "f":
+                        v[r:] = np.nan
+                    else:
+                        v[r:] = 0
+                self._publish_map(m, part, r, ny)
+            self.maps_done += 1
+
+    def _publish_map(self, m: int, arrays: dict[str, np.ndarray], rows: int, ny: int) -> None:
+        self.rows_published += 1
+        upd = MapUpdate(m, arrays, progress=rows / ny, final=rows == ny, seq=self.rows_published,
+                        t_processed=time.time())
+        parts = encode_map(upd, run="sim", n_frames=ny, frames=rows)
+        with self.pub_lock:
+            self.live_pub.send_multipart(parts)
+
+    def _run_plan(self) -> None:
+        try:
+            self.RE(self._mapping_plan())
+            self.exit_status = "success"
+        except RunEngineInterrupted:
+            while not self.stop_event.is_set():          # paused: wait for resume or abort
+                self.resume_requested.wait()
+                self.resume_requested.clear()
+                if self.stop_event.is_set() or self.abort_reason:
+                    self.RE.abort(self.abort_reason or "closed")
+                    self.exit_status = "abort"
+                    return
+                try:
+                    self.RE.resume()
+                    self.exit_status = "success"
+                    return
+                except RunEngineInterrupted:
+                    continue
+            if self.RE.state == "paused":
+                self.RE.abort("closed")
+
+    # ---- status and readings ---------------------------------------------------------------------
+    def _status_loop(self) -> None:
+        last_rows, last_t = 0, time.monotonic()
+        while not self.stop_event.is_set():
+            time.sleep(0.1)
+            self.cell.advance(30.0)            # 30 s of cell time per 0.1 s: hours in a minute
+            c = self.cell.sample()
+            now = time.time()
+            reading = {"v": 1, "kind": "reading", "run": "sim", "t": self.t_start + c.time,
+                       "voltage_v": c.voltage, "current_a": c.current, "charge_mah": c.charge / 3.6}
+            dt = time.monotonic() - last_t
+            fps = (self.rows_published - last_rows) * self.map_shape[1] * 30 / dt if dt > 0 else 0.0
+            last_rows, last_t = self.rows_published, time.monotonic()
+            state = self.RE.state if self.exit_status is None else ("aborted" if self.exit_status == "abort" else "done")
+            acq = {"v": 1, "kind": "status", "source": "acquisition", "t": now, "run": "sim", "state": state,
+                   "map": self.current_map, "archive": "/tmp/opmon-archive/sim/run.h5"}
+            live = {"v": 1, "kind": "status", "source": "live", "t": now, "run": "sim", "state": "running",
+                    "frames": self.rows_published * self.map_shape[1] * 30, "frames_per_s": fps, "frames_lost": 0,
+                    "map": self.current_map, "maps_done": self.maps_done,
+                    "map_progress": (self.rows_published % self.map_shape[0]) / self.map_shape[0]}
+            with self.pub_lock:
+                self.acq_pub.send_multipart([b"reading", pack(reading)])
+                self.acq_pub.send_multipart([b"status", pack(acq)])
+                self.live_pub.send_multipart([b"status", pack(live)])
