@@ -59,6 +59,8 @@ def poisson(st: npt.NDArray[np.uint64], lam: float) -> int:
         return 0
     if lam < 10.0:
         u = uniform(st)
+        if u <= 1.0 - lam:  # implies u <= exp(-lam): zero counts without an exp
+            return 0
         p = math.exp(-lam)
         s = p
         k = 0
