@@ -17,7 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
-from bluesky.protocols import StreamAsset
+from bluesky.protocols import Reading, StreamAsset
 from event_model import ComposeStreamResource, ComposeStreamResourceBundle, DataKey
 from ophyd_async.core import (
     DetectorAcquireLogic,
@@ -242,6 +242,19 @@ class SxdmDetector(StandardDetector):
         self.add_config_signals(self.energy_ev, self.distance_m, self.pixel_size_row_m, self.pixel_size_col_m,
                                 self.beam_center_row, self.beam_center_col)
         super().__init__(name=name)
+
+    async def describe(self) -> dict[str, DataKey]:
+        """Frame data key plus the map tags, so every event says which map pixel it holds."""
+        described = await super().describe()
+        for sig in (self.map_number, self.map_index):
+            described.update(await sig.describe())
+        return described
+
+    async def read(self) -> dict[str, Reading]:
+        readings = await super().read()
+        for sig in (self.map_number, self.map_index):
+            readings.update(await sig.read())
+        return readings
 
     def geometry_metadata(self, map_shape: tuple[int, int]) -> dict[str, Any]:
         """Static geometry for the start document, so a processor can build its q-grid."""

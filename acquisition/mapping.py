@@ -15,7 +15,6 @@ from typing import Any
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 from bluesky.utils import MsgGenerator
-from ophyd_async.core import SignalRW
 
 from opmon.acquisition.detector import SxdmDetector
 from opmon.acquisition.motion import Diffractometer, PiezoStage
@@ -113,13 +112,12 @@ def map_frames(detector: SxdmDetector, stage: PiezoStage, diffractometer: Diffra
     One eta at a time over the whole grid (``eta-outer``, as ID01 does) or all angles at
     each point (``point-outer``). Every frame is an event of the `primary` stream.
     """
-    map_signals: list[SignalRW[Any]] = [detector.map_number, detector.map_index]
     yield from bps.mv(detector.map_number, map_number)
     n = 0
     yield from bps.checkpoint()
     for eta, index, x, y in frame_sequence(grid, etas, order, region):
         yield from bps.mv(diffractometer.eta, eta, stage.x, x, stage.y, y, detector.map_index, index)
-        yield from bps.trigger_and_read([detector, stage, diffractometer, *map_signals])
+        yield from bps.trigger_and_read([detector, stage, diffractometer])
         # Right after the save: a pause rewinds at most the frame in flight, never a saved one.
         yield from bps.checkpoint()
         n += 1

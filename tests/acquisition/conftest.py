@@ -32,9 +32,9 @@ def docs(RE: RunEngine) -> list[tuple[str, dict[str, Any]]]:
 def make_beamline(RE: RunEngine, tmp_path) -> Iterator[Callable[..., SimulatedBeamline]]:
     made: list[SimulatedBeamline] = []
 
-    def make(setup: dict[str, Any] | None = None, **config: Any) -> SimulatedBeamline:
+    def make(setup: dict[str, Any] | None = None, sink: Any = None, **config: Any) -> SimulatedBeamline:
         s = SxdmSetup(**{**SMALL, **(setup or {})})
-        bl = SimulatedBeamline(BeamlineConfig(frame_dir=tmp_path / f"frames{len(made)}", setup=s, **config))
+        bl = SimulatedBeamline(BeamlineConfig(frame_dir=tmp_path / f"frames{len(made)}", setup=s, **config), sink=sink)
         made.append(bl)
         return bl
 
@@ -47,3 +47,11 @@ def stream(docs: list[tuple[str, dict[str, Any]]], name: str) -> list[dict[str, 
     """Events of one stream, in order."""
     descs = {d["uid"] for n, d in docs if n == "descriptor" and d["name"] == name}
     return [d for n, d in docs if n == "event" and d["descriptor"] in descs]
+
+
+def validate_all(docs: list[tuple[str, dict[str, Any]]]) -> None:
+    """Every document must pass its event-model JSON schema."""
+    from event_model import DocumentNames, schema_validators
+
+    for name, doc in docs:
+        schema_validators[DocumentNames[name]].validate(doc)
