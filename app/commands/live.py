@@ -1,0 +1,44 @@
+"""`opmon live`: run the live processor (frames -> partial and final maps, --workers N)."""
+from __future__ import annotations
+
+import argparse
+import signal
+from typing import Any
+
+from opmon.commands.process import parse_background, parse_roi
+from opmon.config import Config, load_config
+from opmon.processors.live import LiveProcessor
+
+
+def build_processor(config: Config, *, workers: int | None = None, roi: Any = "auto",
+                    recover: bool = True) -> LiveProcessor:
+    """The live processor wired to the configured endpoints (recovering from the archive)."""
+    return LiveProcessor(config.endpoint("frames_live"), config.endpoint("display_live"), config.endpoint("maps_archive"),
+                         workers=workers or config.live.workers, publish_interval_s=config.live.publish_interval_s,
+                         roi=roi, threshold=config.live.threshold, background=parse_background(config.live.background),
+                         archive_dir=config.archive.dir if recover else None, rcvhwm=config.stream.rcvhwm)
+
+
+def _main(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if args.archive_dir:
+        config.archive.dir = args.archive_dir
+    processor = build_processor(config, workers=args.workers, roi=parse_roi(args.roi), recover=not args.no_recover)
+
+    def stop(signum: int, frame: object) -> None:
+        processor.stopped = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    processor.serve()
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("live", help="live processor: maps while the scan runs", description=__doc__)
+    p.add_argument("--config", help="TOML configuration (defaults: opmon/default_config.toml)")
+    p.add_argument("--workers", type=int, help="worker processes whose sums merge (overrides [live] workers)")
+    p.add_argument("--roi", nargs="+", metavar="R", help="'auto' (first frames of each run), 'full' or r0 r1 c0 c1")
+    p.add_argument("--archive-dir", help="archive to recover missed frames from after a restart")
+    p.add_argument("--no-recover", action="store_true", help="do not read the archive after a restart")
+    p.set_defaults(func=_main)

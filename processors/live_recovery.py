@@ -1,0 +1,118 @@
+"""How a restarted live processor catches up: it reads what it missed from the run archive.
+
+While the live processor is down the acquisition keeps going (the archive path is separate),
+and frames queued for the dead process are gone from the stream. The archive holds every
+frame, so a processor that joins a run mid-stream recovers the run's start header, the ROI
+the run's maps were made with, earlier frames of the current map and whole maps it missed.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import numpy.typing as npt
+
+from opmon.errors import ArchiveError
+from opmon.formats import DATA, DET_MASK, MAP_INDEX, POSITIONERS
+from opmon.streaming.archive_files import MASTER, map_file_name, maps_file_name
+
+
+class RunArchive:
+    """Read side of one run directory `<archive_dir>/<run uid>/` (files may still be growing)."""
+
+    def __init__(self, archive_dir: str | Path, uid: str) -> None:
+        self.path = Path(archive_dir) / uid
+        self.uid = uid
+
+    def exists(self) -> bool:
+        return (self.path / MASTER).is_file()
+
+    def start(self) -> tuple[dict[str, Any], npt.NDArray[np.uint8] | None] | None:
+        """(start header, detector mask) as the archiver received them, or None."""
+        if not self.exists():
+            return None
+        with h5py.File(self.path / MASTER, "r") as f:
+            start = json.loads(f.attrs["start"]) if f.attrs.get("start") else None
+        if not start:
+            return None
+        mask = None
+        first = self.path / map_file_name(0)
+        if first.is_file():
+            with h5py.File(first, "r", swmr=True) as f:
+                if f"entry/{DET_MASK}" in f:
+                    mask = f[f"entry/{DET_MASK}"][()]
+        return start, mask
+
+    def roi(self) -> tuple[int, int, int, int] | None:
+        """ROI of the run's latest archived maps, so recovered maps match the ones made before."""
+        files = sorted(self.path.glob("map_*_maps.h5"))
+        for path in reversed(files):
+            with h5py.File(path, "r") as f:
+                roi = f["entry/maps"].attrs.get("roi")
+                if roi is not None and len(roi) == 4:
+                    return tuple(int(v) for v in roi)  # type: ignore[return-value]
+        return None
+
+    def has_maps(self, number: int) -> bool:
+        return (self.path / maps_file_name(number)).is_file()
+
+    def has_frames(self, number: int) -> bool:
+        return (self.path / map_file_name(number)).is_file()
+
+    def frames(self, number: int, *, below_seq: int | None = None, wait_s: float = 30.0,
+               block: int = 32) -> Iterator[tuple[dict[str, Any], npt.NDArray[Any]]]:
+        """Yield (frame header, frame) of map `number` in archive order.
+
+        With `below_seq`, only frames sent before that sequence number, waiting (up to
+        `wait_s`) for the archiver to have flushed them; without it, the whole map, waiting
+        for the archiver to mark it complete.
+
+        Raises
+        ------
+        ArchiveError
+            if the map file is missing or the frames do not appear in time.
+        """
+        path = self.path / map_file_name(number)
+        deadline = time.monotonic() + wait_s
+        while not path.is_file():
+            if time.monotonic() > deadline:
+                raise ArchiveError(f"{path}: no archived frames for map {number} of run {self.uid}")
+            time.sleep(0.05)
+        with h5py.File(path, "r", swmr=True) as f:
+            entry = f["entry"]
+            seq_ds, data = entry["scan/sequence"], entry[DATA]
+            while True:
+                for ds in (seq_ds, data, entry["scan/complete"]):
+                    ds.refresh()
+                n = min(seq_ds.shape[0], data.shape[0])
+                seqs = seq_ds[:n]
+                if below_seq is not None and (n and seqs[-1] >= below_seq - 1 or below_seq == 0):
+                    n = int(np.searchsorted(seqs, below_seq))
+                    break
+                if below_seq is None and entry["scan/complete"][()] == 1:
+                    break
+                if time.monotonic() > deadline:
+                    raise ArchiveError(f"{path}: archive holds {n} frames of map {number}; waited {wait_s:.0f} s for "
+                                       f"{'seq < ' + str(below_seq) if below_seq is not None else 'the map to complete'}")
+                time.sleep(0.05)
+            cols = {name: entry[f"{POSITIONERS}/{name}"] for name in ("eta", "phi", "nu", "delta")}
+            for ds in (*cols.values(), entry[MAP_INDEX], entry["scan/timestamp"]):
+                ds.refresh()
+            meta = {name: ds[:n] for name, ds in cols.items()}
+            index = entry[MAP_INDEX][:n]
+            stamps = entry["scan/timestamp"][:n]
+            dtype = str(data.dtype)
+            shape = list(data.shape[1:])
+            for start in range(0, n, block):
+                stop = min(n, start + block)
+                frames = data[start:stop]
+                for i in range(start, stop):
+                    yield ({"run": self.uid, "map": number, "seq": int(seqs[i]), "frame": i, "index": int(index[i]),
+                            "eta": float(meta["eta"][i]), "phi": float(meta["phi"][i]), "nu": float(meta["nu"][i]),
+                            "delta": float(meta["delta"][i]), "dtype": dtype, "shape": shape, "t": float(stamps[i])},
+                           frames[i - start])

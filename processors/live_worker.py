@@ -1,0 +1,156 @@
+"""Worker process of the live processor: accumulate the frames it is dealt, ship partial sums.
+
+The coordinator (`opmon.processors.live`) deals frames out to N workers; each keeps one
+`MomentAccumulator` per map, and every `publish_interval_s` (and on request, at the end of
+a map) sends its additive sums back, where they merge by addition. The same design spreads
+over several machines: the endpoints are plain TCP. Internal messages are msgpack headers
+plus raw buffers, like the public protocol; nothing is pickled.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import zmq
+
+from opmon.processors.accumulate import STATE_KEYS, MomentAccumulator
+from opmon.processors.geometry import DetectorGeometry
+from opmon.streaming import protocol as P
+
+log = logging.getLogger(__name__)
+
+SETUP, MAP, FRAME, FINAL, QUIT, STATE = b"setup", b"map", b"frame", b"final", b"quit", b"state"
+
+
+def accumulator_options(setup: dict[str, Any]) -> dict[str, Any]:
+    """MomentAccumulator keyword options carried in a setup header."""
+    roi = setup.get("roi")
+    return {"roi": tuple(roi) if roi is not None else None, "threshold": int(setup.get("threshold", 0)),
+            "background": setup.get("background", "auto")}
+
+
+def geometry_of(start: dict[str, Any]) -> DetectorGeometry:
+    """DetectorGeometry from a run's start header (protocol field names)."""
+    return DetectorGeometry(float(start["energy_ev"]), float(start["distance_m"]), tuple(start["pixel_size_m"]),
+                            tuple(start["beam_center"]), tuple(start["frame_shape"]))
+
+
+def encode_state(acc: MomentAccumulator, header: dict[str, Any], latencies: list[float]) -> list[Any]:
+    """`[b"state", header, *sums, latencies]` (sums in STATE_KEYS order)."""
+    state = acc.state()
+    header = dict(header, keys=[[k, str(state[k].dtype), list(state[k].shape)] for k in STATE_KEYS],
+                  n_latencies=len(latencies))
+    return [STATE, P.pack(header)] + [np.ascontiguousarray(state[k]) for k in STATE_KEYS] + \
+        [np.asarray(latencies, dtype=np.float64)]
+
+
+def decode_state(parts: list[Any]) -> tuple[dict[str, Any], dict[str, np.ndarray], np.ndarray]:
+    """Inverse of `encode_state` (trusted peer, still shape-checked)."""
+    header = P.unpack(parts[1])
+    state = {}
+    for (key, dtype, shape), buf in zip(header["keys"], parts[2:-1]):
+        raw = buf.buffer if hasattr(buf, "buffer") else buf
+        state[key] = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    raw = parts[-1].buffer if hasattr(parts[-1], "buffer") else parts[-1]
+    return header, state, np.frombuffer(raw, dtype=np.float64)
+
+
+class LiveWorker:
+    """One worker: pulls from its own coordinator socket, pushes sums to the shared results socket."""
+
+    def __init__(self, worker_id: int, inbox: str, outbox: str, publish_interval_s: float = 0.25,
+                 context: zmq.Context | None = None) -> None:
+        self.id = worker_id
+        self.context = context or zmq.Context.instance()
+        self.inbox = self.context.socket(zmq.PULL)
+        self.inbox.setsockopt(zmq.RCVHWM, 100)
+        self.inbox.connect(inbox)
+        self.outbox = self.context.socket(zmq.PUSH)
+        self.outbox.setsockopt(zmq.LINGER, 5000)
+        self.outbox.connect(outbox)
+        self.publish_interval_s = publish_interval_s
+        self.run: str | None = None
+        self.geometry: DetectorGeometry | None = None
+        self.options: dict[str, Any] = {}
+        self.mask: np.ndarray | None = None
+        self.map_shapes: dict[int, tuple[int, int]] = {}
+        self.default_shape: tuple[int, int] = (1, 1)
+        self.maps: dict[int, MomentAccumulator] = {}
+        self.dirty: set[int] = set()
+        self.latencies: list[float] = []
+
+    def _acc(self, number: int) -> MomentAccumulator:
+        acc = self.maps.get(number)
+        if acc is None:
+            assert self.geometry is not None
+            acc = self.maps[number] = MomentAccumulator(self.geometry, self.map_shapes.get(number, self.default_shape),
+                                                        detector_mask=self.mask, **self.options)
+        return acc
+
+    def _send(self, number: int, final: bool) -> None:
+        acc = self._acc(number)
+        header = {"worker": self.id, "run": self.run, "map": number, "frames": acc.frames_seen, "final": final}
+        self.outbox.send_multipart(encode_state(acc, header, self.latencies), copy=False)
+        self.latencies = []
+        self.dirty.discard(number)
+        if final:
+            del self.maps[number]
+
+    def handle(self, parts: list[Any]) -> bool:
+        """Apply one coordinator message; False on quit."""
+        kind = parts[0].bytes
+        if kind == FRAME:
+            h = P.unpack(parts[1].bytes)
+            frame = np.frombuffer(parts[2].buffer, dtype=P.FRAME_DTYPES[h["dtype"]]).reshape(h["shape"])
+            self._acc(h["map"]).process_frame(frame, h["index"], h["eta"], h["phi"], h["nu"], h["delta"])
+            self.latencies.append(time.time() - h["t"])
+            self.dirty.add(h["map"])
+        elif kind == MAP:
+            h = P.unpack(parts[1].bytes)
+            self.map_shapes[h["map"]] = tuple(h["map_shape"])  # type: ignore[assignment]
+        elif kind == FINAL:
+            h = P.unpack(parts[1].bytes)
+            self._send(h["map"], final=True)
+        elif kind == SETUP:
+            h = P.unpack(parts[1].bytes)
+            self.run, self.geometry = h["run"], geometry_of(h)
+            self.options = accumulator_options(h)
+            self.default_shape = tuple(h["map_shape"])  # type: ignore[assignment]
+            self.mask = np.frombuffer(parts[2].buffer, dtype=np.uint8).reshape(h["frame_shape"]).copy() if len(parts) > 2 else None
+            self.maps.clear()
+            self.map_shapes.clear()
+            self.dirty.clear()
+        elif kind == QUIT:
+            return False
+        return True
+
+    def serve(self) -> None:
+        last = time.monotonic()
+        try:
+            while True:
+                if self.inbox.poll(50):
+                    for _ in range(256):
+                        try:
+                            parts = self.inbox.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        if not self.handle(parts):
+                            return
+                now = time.monotonic()
+                if now - last >= self.publish_interval_s:
+                    last = now
+                    for number in list(self.dirty):
+                        self._send(number, final=False)
+        finally:
+            self.inbox.close(linger=0)
+            self.outbox.close()
+
+
+def worker_main(worker_id: int, inbox: str, outbox: str, publish_interval_s: float) -> None:
+    """Entry point of a worker process (multiprocessing spawn target)."""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s live-worker-{worker_id} %(levelname)s: %(message)s")
+    context = zmq.Context()
+    LiveWorker(worker_id, inbox, outbox, publish_interval_s, context).serve()
+    context.term()

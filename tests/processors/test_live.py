@@ -1,0 +1,116 @@
+"""The live processor makes the same maps as `opmon process`, inline and with worker processes."""
+from __future__ import annotations
+
+import threading
+import time
+
+import h5py
+import numpy as np
+import pytest
+import zmq
+
+from opmon.formats import RawMapWriter
+from opmon.processors.live import LiveProcessor, roi_from_sum
+from opmon.processors.live_messages import decode_map
+from opmon.processors.offline import ProcessOptions, process_entry
+from opmon.streaming import protocol as P
+from opmon.streaming.publisher import ZmqFrameSink
+
+GEOMETRY = dict(energy_ev=10000.0, distance_m=1.6, pixel_size_m=(55e-6, 55e-6), beam_center=(-600.0, 20.0))
+FRAME = (40, 48)
+MAP = (3, 4)
+ETAS = 10.0 + 0.016 * np.arange(6)
+
+
+def synthetic_map(m: int, seed: int = 0) -> list[tuple[np.ndarray, int, float]]:
+    """Frames of one map: a Bragg spot whose position and strength vary over the particle and
+    with eta, on a faint Poisson background (real uint32 counts, not a mock)."""
+    rng = np.random.default_rng(seed + m)
+    rows, cols = np.mgrid[: FRAME[0], : FRAME[1]]
+    out = []
+    for k, eta in enumerate(ETAS):
+        for p in range(MAP[0] * MAP[1]):
+            r0 = 18 + 0.4 * (p % 4) + 0.3 * m + 0.8 * (k - 2.5)
+            c0 = 22 + 0.5 * (p // 4) - 0.2 * m
+            amp = 400 * (1 + p % 3) * np.exp(-0.5 * ((k - 2.5 - 0.1 * p) / 1.5) ** 2)
+            lam = amp * np.exp(-((rows - r0) ** 2 + (cols - c0) ** 2) / (2 * 2.0 ** 2)) + 0.01
+            out.append((rng.poisson(lam).astype(np.uint32), p, float(eta)))
+    return out
+
+
+def offline_maps(frames: list[tuple[np.ndarray, int, float]], roi, tmp_path, name: str):
+    """`opmon process` on the same frames written in the FORMATS.md raw layout."""
+    with h5py.File(tmp_path / f"{name}.h5", "w") as f:
+        writer = RawMapWriter(f.create_group("entry"), frame_shape=FRAME, dtype=np.uint32, map_shape=MAP, **GEOMETRY)
+        writer.append(np.stack([fr for fr, _, _ in frames]), [p for _, p, _ in frames], [e for _, _, e in frames],
+                      0.0, 0.0, 30.0)
+    with h5py.File(tmp_path / f"{name}.h5", "r") as f:
+        result, _ = process_entry(f["entry"], ProcessOptions(roi=tuple(roi)))
+    return result
+
+
+def _sockets(ctx):
+    maps_in = ctx.socket(zmq.PULL)
+    maps_port = maps_in.bind_to_random_port("tcp://127.0.0.1")
+    display = ctx.socket(zmq.SUB)
+    display.setsockopt(zmq.SUBSCRIBE, b"map")
+    return maps_in, f"tcp://127.0.0.1:{maps_port}", display
+
+
+def _recv_map(sock, timeout_ms=60000):
+    assert sock.poll(timeout_ms), "no map message"
+    parts = sock.recv_multipart()
+    header = P.unpack(parts[1])
+    return header, decode_map(header, parts[2:])
+
+
+def _assert_same_maps(live, offline):
+    for name in ("d_spacing", "tilt_altitude", "tilt_azimuth", "intensity", "peak_width", "q", "mean_q"):
+        np.testing.assert_allclose(getattr(live, name), getattr(offline, name), rtol=1e-9, atol=1e-12, equal_nan=True,
+                                   err_msg=name)
+    np.testing.assert_array_equal(live.mask, offline.mask)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.timeout(180)
+def test_live_maps_equal_offline_maps_and_partials_come_first(tmp_path, workers):
+    ctx = zmq.Context()
+    maps_in, maps_endpoint, display = _sockets(ctx)
+    sink = ZmqFrameSink(["tcp://127.0.0.1:*"], context=ctx, stall_timeout_s=60)
+    processor = LiveProcessor(sink.endpoints[0], "tcp://127.0.0.1:*", maps_endpoint, workers=workers,
+                              publish_interval_s=0.05, roi_frames=20, context=ctx)
+    display.connect(processor.display.getsockopt_string(zmq.LAST_ENDPOINT))
+    thread = threading.Thread(target=processor.serve, daemon=True)
+    thread.start()
+    maps = [synthetic_map(m) for m in range(2)]
+    run = sink.start_run(frame_shape=FRAME, dtype="uint32", map_shape=MAP, **GEOMETRY)
+    partial_seen = []
+    for m, frames in enumerate(maps):
+        sink.start_map(len(frames))
+        half = len(frames) // 2
+        for frame, p, eta in frames[:half]:
+            sink.send_frame(frame, index=p, eta=eta, phi=0.0, nu=0.0, delta=30.0)
+        if m == 0:   # wait (bounded) for a partial map of the first half before sending the rest
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not partial_seen:
+                if display.poll(100):
+                    header = P.unpack(display.recv_multipart()[1])
+                    if not header["final"] and header["map"] == 0:
+                        partial_seen.append(header)
+        for frame, p, eta in frames[half:]:
+            sink.send_frame(frame, index=p, eta=eta, phi=0.0, nu=0.0, delta=30.0)
+        sink.end_map()
+    sink.stop_run()
+    finals = [_recv_map(maps_in) for _ in range(2)]
+    processor.stopped = True
+    thread.join(30)
+    assert partial_seen and 0 < partial_seen[0]["frames"] <= len(maps[0]) // 2
+    roi = finals[0][0]["options"]["roi"]
+    total = sum(fr.astype(np.float64) for fr, _, _ in maps[0][:20])
+    assert tuple(roi) == roi_from_sum(total)          # decided from the run's first 20 frames
+    for (header, result), frames in zip(finals, maps):
+        assert header["run"] == run and header["final"] and header["frames"] == len(frames)
+        assert header["frames_lost"] == 0
+        _assert_same_maps(result, offline_maps(frames, roi, tmp_path, f"map{header['map']}"))
+    sink.close()
+    ctx.destroy(linger=0)
