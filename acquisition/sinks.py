@@ -149,3 +149,48 @@ class TeeSink:
     def close(self) -> None:
         for s in self.sinks:
             s.close()
+
+
+class PublisherSink:
+    """`FrameSink` over a run/map/frame publisher such as `opmon.streaming.ZmqFrameSink`.
+
+    The publisher needs start_run/start_map/send_frame/end_map/stop_run (duck-typed, so
+    acquisition does not import streaming). Subscribe the sink to the RunEngine
+    (``RE.subscribe(sink)``) so the stream's run ends with the run's real exit status.
+    """
+
+    mimetype = "application/x-opmon-frame-stream"
+
+    def __init__(self, publisher: Any, uri: str = "") -> None:
+        self.publisher = publisher
+        endpoints = getattr(publisher, "endpoints", None) or [""]
+        self.uri = uri or str(endpoints[0])
+        self.run: str | None = None
+        self._index = 0
+
+    def open(self, run_uid: str, map_id: int, meta: MapMeta) -> SinkTarget:
+        if self.run != run_uid:
+            self.publisher.start_run(run=run_uid, energy_ev=meta.energy_ev, distance_m=meta.distance_m,
+                                     pixel_size_m=meta.pixel_size_m, beam_center=meta.beam_center,
+                                     frame_shape=meta.frame_shape, dtype=meta.dtype, map_shape=meta.map_shape,
+                                     mask=meta.detector_mask)
+            self.run = run_uid
+        self.publisher.start_map(meta.expected_frames, map_number=map_id, map_shape=meta.map_shape)
+        self._index = 0
+        return SinkTarget(uri=self.uri, mimetype=self.mimetype, parameters={"map_number": int(map_id), **meta.geometry()})
+
+    def write(self, frame: npt.NDArray[Any], header: dict[str, Any]) -> int:
+        self.publisher.send_frame(frame, index=int(header["map_index"]), eta=header["eta"], phi=header["phi"],
+                                  nu=header["nu"], delta=header["delta"], x=header.get("x"), y=header.get("y"))
+        index, self._index = self._index, self._index + 1
+        return index
+
+    def close(self) -> None:
+        if self.run is not None:
+            self.publisher.end_map()
+
+    def __call__(self, name: str, doc: dict[str, Any]) -> None:
+        """RunEngine document callback: end the stream's run with the run's exit status."""
+        if name == "stop" and self.run is not None and doc.get("run_start") == self.run:
+            self.publisher.stop_run(doc.get("exit_status", "success"), reason=doc.get("reason", ""))
+            self.run = None
