@@ -1,0 +1,117 @@
+"""Killing the live processor mid-map and starting it again loses no map: it catches up from
+the archive, and every archived map equals `opmon process` on the archived frames."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from opmon.commands.archive import build_archiver
+from opmon.config import load_config
+from opmon.processors.mapfile import read_maps
+from opmon.processors.offline import ProcessOptions, process_entry
+from opmon.streaming.publisher import ZmqFrameSink
+
+from .test_live import FRAME, GEOMETRY, MAP, synthetic_map, _assert_same_maps
+
+
+def _config(tmp_path):
+    socks = [socket.socket() for _ in range(8)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    names = ["frames_archive", "frames_live", "docs", "maps_archive", "display_live", "display_acquisition",
+             "display_archive", "control"]
+    text = "[ports]\n" + "".join(f"{n} = {p}\n" for n, p in zip(names, ports))
+    text += f'[archive]\ndir = "{tmp_path / "archive"}"\nflush_interval_s = 0.2\n[live]\npublish_interval_s = 0.1\n'
+    path = tmp_path / "opmon.toml"
+    path.write_text(text)
+    return load_config(path), str(path)
+
+
+def _wait(predicate, timeout=60.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _maps_done(master, n):
+    try:
+        with h5py.File(master, "r") as f:
+            return all(f"entry{m}" in f and "maps" in f[f"entry{m}"] for m in range(n))
+    except OSError:
+        return False
+
+
+@pytest.mark.timeout(240)
+def test_killed_and_restarted_live_processor_loses_no_map(tmp_path):
+    config, path = _config(tmp_path)
+    archiver = build_archiver(config)
+    done = threading.Event()
+    thread = threading.Thread(target=archiver.run, kwargs={"stop_when": done.is_set}, daemon=True)
+    thread.start()
+    sink = ZmqFrameSink([config.endpoint("frames_archive"), config.endpoint("frames_live")], stall_timeout_s=90)
+    cmd = [sys.executable, "-m", "opmon.cli", "live", "--config", path]
+    live = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs = [live]
+    try:
+        maps = [synthetic_map(m, seed=3) for m in range(3)]
+        run = sink.start_run(frame_shape=FRAME, dtype="uint32", map_shape=MAP, **GEOMETRY)
+        master = tmp_path / "archive" / run / "run.h5"
+
+        def send(frames):
+            for frame, p, eta in frames:
+                sink.send_frame(frame, index=p, eta=eta, phi=0.0, nu=0.0, delta=30.0)
+
+        sink.start_map(len(maps[0]))
+        send(maps[0])
+        sink.end_map()
+        assert _wait(lambda: _maps_done(master, 1), 120), "first map never archived"
+        sink.start_map(len(maps[1]))
+        send(maps[1][:40])
+        os.kill(live.pid, signal.SIGKILL)                  # mid-map 1
+        live.wait(10)
+        log2 = open(tmp_path / "live2.log", "w")
+        live = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log2)
+        procs.append(live)
+        send(maps[1][40:])
+        sink.end_map()
+        sink.start_map(len(maps[2]))
+        send(maps[2])
+        sink.end_map()
+        sink.stop_run()
+        assert _wait(lambda: _maps_done(master, 3), 120), "a map was lost after the restart"
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        sink.close()
+        done.set()
+        thread.join(10)
+    log_text = (tmp_path / "live2.log").read_text()
+    assert "joined run" in log_text and "40 earlier frames recovered from the archive" in log_text, log_text
+    with h5py.File(master, "r") as f:
+        for m in range(3):
+            entry = f[f"entry{m}"]
+            live_maps = read_maps(entry)
+            assert entry["maps"].attrs["frames_received"] == len(maps[m])
+            roi = tuple(int(v) for v in entry["maps"].attrs["roi"])
+            offline, _ = process_entry(entry, ProcessOptions(roi=roi))
+            _assert_same_maps(live_maps, offline)
