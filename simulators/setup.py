@@ -39,7 +39,8 @@ class SxdmSetup:
     """Geometry, scan and flux of the simulated SXDM experiment (lengths in m, angles in deg).
 
     ``roi`` is ``(r0, r1, c0, c1)`` in full-detector pixels (half-open); frames then have
-    shape ``(r1 - r0, c1 - c0)`` and ``beam_center`` stays in full-detector pixels.
+    shape ``(r1 - r0, c1 - c0)``. ``beam_center`` stays in full-detector pixels; files and
+    processors get `frame_beam_center`, shifted into the cropped frame.
     """
 
     energy_ev: float = 10000.0
@@ -108,6 +109,16 @@ class SxdmSetup:
         """Shape of a rendered frame (the ROI if one is set)."""
         r0, r1, c0, c1 = self.roi_window
         return (r1 - r0, c1 - c0)
+
+    @property
+    def frame_beam_center(self) -> tuple[float, float]:
+        """Direct-beam pixel (row0, col0) in the coordinates of a rendered (cropped) frame.
+
+        This is what a raw file stores as ``beam_center_y/x``: readers index pixels of the
+        frames they get, so an ROI shifts the centre (it may then lie outside the frame).
+        """
+        r0, _, c0, _ = self.roi_window
+        return (self.beam_center[0] - r0, self.beam_center[1] - c0)
 
     @property
     def n_points(self) -> int:

@@ -73,7 +73,7 @@ def simulate(path: Path, *, ny: int = 60, nx: int = 60, angles: int = 30, eta_st
         group = f.require_group(entry)
         writer = RawMapWriter(group, frame_shape=setup.frame_shape, dtype=renderer.dtype, energy_ev=setup.energy_ev,
                               distance_m=setup.distance_m, pixel_size_m=(setup.pixel_size_m, setup.pixel_size_m),
-                              beam_center=setup.beam_center, map_shape=setup.map_shape,
+                              beam_center=setup.frame_beam_center, map_shape=setup.map_shape,
                               detector_mask=renderer.detector_mask, expected_frames=n)
         tgroup = group.create_group("truth")
         write_truth(tgroup, truth)

@@ -6,6 +6,7 @@ import numpy as np
 
 from opmon.cli import main
 from opmon.formats import iter_frame_blocks, read_raw_meta
+from opmon.simulators.optics import q_sample_area
 
 
 def test_simulate_writes_a_valid_raw_file_with_truth(tmp_path, capsys):
@@ -20,7 +21,7 @@ def test_simulate_writes_a_valid_raw_file_with_truth(tmp_path, capsys):
         assert meta.frame_shape == (200, 200) and meta.frame_dtype == np.uint16
         assert meta.map_shape == (8, 8)
         assert meta.energy_ev == 10000.0 and meta.distance_m == 1.6
-        assert meta.beam_center == (256.0, 256.0)
+        assert meta.beam_center == (100.0, 100.0)  # direct beam in the cropped frame's pixels
         np.testing.assert_array_equal(meta.map_index, np.repeat(np.arange(64), 10))
         assert np.allclose(np.diff(meta.eta[:10]), 0.06)
         assert meta.detector_mask is not None and meta.detector_mask.sum() > 0
@@ -39,6 +40,16 @@ def test_simulate_writes_a_valid_raw_file_with_truth(tmp_path, capsys):
         inten = truth["intensity"][()].ravel()
         assert per_point[np.argmax(inten)] > 20 * max(per_point[inten == 0].max(initial=1.0), 1.0)
         assert np.corrcoef(per_point, inten)[0, 1] > 0.95
+        # the file's own geometry (cropped-frame beam centre, per-frame angles) puts the
+        # brightest pixel's centre of mass on its true Q
+        m = int(np.argmax(inten))
+        rows = np.flatnonzero(meta.map_index == m)
+        frames = f["entry/instrument/detector/data"][rows[0]:rows[-1] + 1].astype(np.float64) * good
+        q = np.stack([q_sample_area(meta.eta[i], meta.phi[i], meta.nu[i], meta.delta[i], energy_ev=meta.energy_ev,
+                                    distance_m=meta.distance_m, pixel_size_m=meta.pixel_size_m[0],
+                                    beam_center=meta.beam_center, frame_shape=meta.frame_shape) for i in rows])
+        com = np.einsum("fij,fijk->k", frames, q) / frames.sum()
+        assert np.linalg.norm(com - truth["q"][()].reshape(-1, 3)[m]) < 1e-3
     assert "written" in capsys.readouterr().out
 
 
