@@ -1,0 +1,104 @@
+"""A session's update loop sends patches and streams, not whole sources, as a map fills in."""
+from __future__ import annotations
+
+import numpy as np
+from bokeh.document import Document
+from bokeh.document.events import ColumnDataChangedEvent, ColumnsPatchedEvent, ColumnsStreamedEvent
+
+from opmon.dashboard.app import DashboardOptions, Session
+from opmon.dashboard.model import DashboardModel, MapUpdate
+
+FIELDS = ("d_spacing", "tilt_altitude", "tilt_azimuth", "intensity", "peak_width")
+
+
+def _partial(full, rows, n, final=False):
+    a = {k: v.copy() for k, v in full.items()}
+    for v in a.values():
+        v[rows:] = np.nan
+    return MapUpdate(n, a, progress=rows / len(full["d_spacing"]), final=final, seq=rows)
+
+
+def _full(ny=8, nx=10, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"d_spacing": 2.04 + rng.normal(0, 1e-4, (ny, nx)), "tilt_altitude": rng.uniform(0, 0.2, (ny, nx)),
+            "tilt_azimuth": rng.uniform(0, 360, (ny, nx)), "intensity": rng.uniform(1e3, 1e4, (ny, nx)),
+            "peak_width": rng.uniform(1e-3, 2e-3, (ny, nx))}
+
+
+def _record(doc):
+    events = []
+    doc.on_change(lambda event: events.append(event))
+    return events
+
+
+def _source_of(session, event):
+    return event.model if hasattr(event, "model") else None
+
+
+def test_filling_map_is_sent_as_row_patches():
+    model = DashboardModel()
+    doc = Document()
+    s = Session(doc, model, None, None, DashboardOptions())
+    full = _full()
+    model.on_map(_partial(full, 1, 0))
+    s.update()                                   # first map of this shape: sources are set once
+    events = _record(doc)
+    d_src = s.d.source
+    for rows in range(2, 9):
+        model.on_map(_partial(full, rows, 0, final=rows == 8))
+        s.update()
+    d_events = [e for e in events if getattr(e, "model", None) is d_src]
+    assert d_events and all(isinstance(e, ColumnsPatchedEvent) for e in d_events)
+    assert len(d_events) == 7                    # one patch per tick, each only the new row
+    for e in d_events:
+        ((index, values),) = e.patches["image"]
+        assert index[1].stop - index[1].start == 1 and len(values) == 10
+    np.testing.assert_array_equal(d_src.data["image"][0], full["d_spacing"])
+    assert not any(isinstance(e, ColumnDataChangedEvent) and e.model in (s.d.source, s.tilt.source,
+                                                                         s.intensity.source, s.width.source)
+                   for e in events)
+
+
+def test_nothing_is_sent_when_nothing_changed_and_readings_stream():
+    model = DashboardModel()
+    doc = Document()
+    s = Session(doc, model, None, None, DashboardOptions())
+    model.on_map(_partial(_full(), 8, 0, final=True))
+    s.update()
+    events = _record(doc)
+    s.update()                                   # same map version: no map traffic at all
+    assert not [e for e in events if isinstance(e, (ColumnsPatchedEvent, ColumnDataChangedEvent))]
+    for i in range(5):
+        model.on_reading(1000.0 + i, 4.7, 1e-5, 0.01 * i)
+    s.update()
+    streamed = [e for e in events if isinstance(e, ColumnsStreamedEvent)]
+    assert streamed and streamed[0].model is s.echem.readings
+    assert len(s.echem.readings.data["voltage"]) == 5
+
+
+def test_gallery_steps_back_and_returns_live():
+    model = DashboardModel()
+    doc = Document()
+    s = Session(doc, model, None, None, DashboardOptions())
+    maps = [_full(seed=k) for k in range(3)]
+    for k, full in enumerate(maps):
+        model.on_map(_partial(full, 8, k, final=True))
+    s.update()
+    assert s.gallery.end == 2 and not s.gallery.disabled
+    s._pick(0)
+    np.testing.assert_array_equal(s.d.source.data["image"][0], maps[0]["d_spacing"])
+    model.on_map(_partial(_full(seed=9), 3, 3))
+    s.update()                                   # not following live: stays on map 0
+    np.testing.assert_array_equal(s.d.source.data["image"][0], maps[0]["d_spacing"])
+    s._go_live()
+    s.update()
+    assert s._shown[1] == 3
+
+
+def test_read_only_session_refuses_without_sending():
+    model = DashboardModel()
+    doc = Document()
+    s = Session(doc, model, None, None, DashboardOptions())
+    assert s.steering.pause.disabled and not s.authorized
+    s.steering.send("pause")
+    assert not s.steering.last_reply["ok"] and "read-only" in s.steering.last_reply["error"]
