@@ -21,7 +21,9 @@ Physics (SCIENCE.md §1, seed 000), with the choices made here:
   Solid-solution regions get a small surface-to-core gradient. The mean of the local x over
   the particle support equals ``x_mean`` exactly.
 * Tilts: Voronoi mosaic domains with fixed directions and relative magnitudes in [0.15, 1]
-  (blurred by one pixel). Their scale is the largest altitude
+  (blurred by one pixel). On the second plateau (x < 0.55 → 0.45) the pattern reorganises
+  into smaller, more numerous domains whose tilts are largest at the surface and vanish in
+  the core, as the paper's Fig. 5 shows. Their scale is the largest altitude
   ``0.6° − 0.52° · exp(−c / 2.53)`` with ``c = cycles + (1 − x_mean)``: 0.08° pristine,
   0.25° at the end of the first charge, → 0.6° after many cycles (seed 000, Fig. 7).
 * Intensity: projected thickness of a truncated octahedron (flat top, linear edges, blurred
@@ -109,8 +111,10 @@ class ParticleModel:
         shape = setup.map_shape
         self.envelope, self.depth = fields.particle_shape(shape, rng)
         self.support = self.envelope > 0
-        self.tilt_field = fields.tilt_domains(self.support, rng)
         depth_in = np.where(self.support, np.maximum(self.depth, 0.0), 0.0)
+        near_surface = 1.0 - depth_in / max(depth_in.max(), 1e-12)
+        self.tilt_fields = (fields.tilt_domains(self.support, rng),
+                            fields.tilt_domains(self.support, rng, 50.0, weight=near_surface ** 2))
         self.order_nucleation = [fields.nucleation_order(self.support, self.depth, rng) for _ in range(2)]
         self.order_core_shell = [fields.core_shell_order(depth_in, rng) for _ in range(2)]
         gradient = depth_in / max(depth_in.max(), 1e-12)
@@ -171,7 +175,9 @@ class ParticleModel:
         self.lithium = self._lithium(x_mean)
         self.d_spacing = np.where(self.support, d_of_x(self.lithium) + self.microstrain, np.nan)
         scale = math.radians(tilt_scale_deg(x_mean, cycles))
-        t1, t2 = self.tilt_field
+        w = float(np.clip((X_HALF + 0.05 - x_mean) / 0.1, 0.0, 1.0))
+        (a1, a2), (b1, b2) = self.tilt_fields
+        t1, t2 = (1 - w) * a1 + w * b1, (1 - w) * a2 + w * b2
         alt = scale * np.hypot(t1, t2)
         az = np.arctan2(t2, t1)
         u = self.q_ref

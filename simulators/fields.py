@@ -61,12 +61,13 @@ def particle_shape(map_shape: tuple[int, int], rng: np.random.Generator) -> tupl
 
 
 def tilt_domains(support: npt.NDArray[np.bool_], rng: np.random.Generator,
-                 pixels_per_domain: float = 120.0) -> tuple[F64, F64]:
+                 pixels_per_domain: float = 120.0, weight: F64 | None = None) -> tuple[F64, F64]:
     """Unit-scale mosaic tilt field as (t1, t2) components, |t| <= 1.
 
     Voronoi domains around seeded centres inside the particle, each with a random tilt
     direction and a magnitude in [0.15, 1]; a 1-pixel blur gives the gradual transitions
-    (the "white space" between domains) seen in the paper's pristine maps.
+    (the "white space" between domains) seen in the paper's pristine maps. An optional
+    ``weight`` map in [0, 1] scales the magnitudes (e.g. larger tilts near the surface).
     """
     ys, xs = np.nonzero(support)
     n_dom = int(np.clip(round(ys.size / pixels_per_domain), 3, 40))
@@ -78,8 +79,9 @@ def tilt_domains(support: npt.NDArray[np.bool_], rng: np.random.Generator,
     yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float64)
     dist = (yy[..., None] - cy) ** 2 + (xx[..., None] - cx) ** 2
     owner = np.argmin(dist, axis=-1)
-    t1 = gaussian_blur(mag[owner] * np.cos(az[owner]), 1.0)
-    t2 = gaussian_blur(mag[owner] * np.sin(az[owner]), 1.0)
+    w = np.ones(support.shape) if weight is None else weight
+    t1 = gaussian_blur(w * mag[owner] * np.cos(az[owner]), 1.0)
+    t2 = gaussian_blur(w * mag[owner] * np.sin(az[owner]), 1.0)
     norm = np.hypot(t1, t2)
     scale = np.where(norm > 1.0, 1.0 / np.maximum(norm, 1e-300), 1.0)
     return t1 * scale, t2 * scale
