@@ -4,9 +4,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 from bluesky import RunEngine
 
+from opmon.acquisition.sinks import MapMeta, SinkTarget
 from opmon.simulators.beamline import BeamlineConfig, SimulatedBeamline
 from opmon.simulators.setup import SxdmSetup
 
@@ -55,3 +57,25 @@ def validate_all(docs: list[tuple[str, dict[str, Any]]]) -> None:
 
     for name, doc in docs:
         schema_validators[DocumentNames[name]].validate(doc)
+
+
+class MemorySink:
+    """A second, in-memory FrameSink: keeps headers and frames so tests can inspect them."""
+
+    def __init__(self) -> None:
+        self.opened: list[tuple[str, int, MapMeta]] = []
+        self.headers: list[dict[str, Any]] = []
+        self.frames: list[np.ndarray] = []
+        self.closed = 0
+
+    def open(self, run_uid: str, map_id: int, meta: MapMeta) -> SinkTarget:
+        self.opened.append((run_uid, map_id, meta))
+        return SinkTarget(uri=f"memory://{run_uid}/{map_id}", mimetype="application/x-opmon-memory")
+
+    def write(self, frame: np.ndarray, header: dict[str, Any]) -> int:
+        self.headers.append(header)
+        self.frames.append(frame.copy())
+        return sum(1 for h in self.headers if h["map_number"] == header["map_number"]) - 1
+
+    def close(self) -> None:
+        self.closed += 1

@@ -10,32 +10,10 @@ import numpy as np
 import pytest
 
 from opmon.acquisition.mapping import MapGrid, sxdm_map
-from opmon.acquisition.sinks import FrameSink, Hdf5MapSink, MapMeta, SinkTarget, TeeSink
+from opmon.acquisition.sinks import FrameSink, Hdf5MapSink, TeeSink
 from opmon.errors import ConfigError, LimitError
 from opmon.formats import iter_frame_blocks, read_raw_meta
-from tests.acquisition.conftest import stream, validate_all
-
-
-class MemorySink:
-    """A second, in-memory FrameSink: keeps headers and frames so tests can inspect them."""
-
-    def __init__(self) -> None:
-        self.opened: list[tuple[str, int, MapMeta]] = []
-        self.headers: list[dict[str, Any]] = []
-        self.frames: list[np.ndarray] = []
-        self.closed = 0
-
-    def open(self, run_uid: str, map_id: int, meta: MapMeta) -> SinkTarget:
-        self.opened.append((run_uid, map_id, meta))
-        return SinkTarget(uri=f"memory://{run_uid}/{map_id}", mimetype="application/x-opmon-memory")
-
-    def write(self, frame: np.ndarray, header: dict[str, Any]) -> int:
-        self.headers.append(header)
-        self.frames.append(frame.copy())
-        return sum(1 for h in self.headers if h["map_number"] == header["map_number"]) - 1
-
-    def close(self) -> None:
-        self.closed += 1
+from tests.acquisition.conftest import MemorySink, stream, validate_all
 
 
 def _file_of(resource: dict[str, Any]) -> Path:

@@ -18,7 +18,7 @@ from opmon.acquisition.triggers import MapRequests, PeriodicTrigger, PlateauTrig
 from opmon.errors import LimitError
 from opmon.simulators.cell import CellMode
 from opmon.simulators.ocv import LMNO
-from tests.acquisition.conftest import stream, validate_all
+from tests.acquisition.conftest import MemorySink, stream, validate_all
 
 
 def _series(bl, **kw):
@@ -54,7 +54,6 @@ def _plateau_starts(limit: float, rate_x_per_s: float) -> list[float]:
     return [float(b) for b in begins if b > 0.1]
 
 
-@pytest.mark.slow
 def test_full_c15_charge_plateau_trigger_and_voltage_curve(RE, docs, make_beamline) -> None:
     bl = make_beamline(acceleration=6000.0, tick_s=0.005)
     limit = 5e-6
@@ -80,7 +79,8 @@ def test_full_c15_charge_plateau_trigger_and_voltage_curve(RE, docs, make_beamli
 
 
 def test_potentiostatic_steps_reach_cutoff_then_high_impedance_before_mapping(RE, docs, make_beamline) -> None:
-    bl = make_beamline(acceleration=900.0)
+    memory = MemorySink()
+    bl = make_beamline(acceleration=900.0, sink=memory)
     steps = [4.3, 4.5, 4.68]
     result = RE(potentiostatic_steps(bl.potentiostat, bl.stage, bl.diffractometer, bl.detector, steps=steps,
                                      current_cutoff_a=2e-6, timeout_s=7200.0, grid=MapGrid((4, 4), 0.1),
@@ -94,13 +94,13 @@ def test_potentiostatic_steps_reach_cutoff_then_high_impedance_before_mapping(RE
     assert modes == [("potentiostatic", 4.3), ("high_impedance", 0.0), ("potentiostatic", 4.5),
                      ("high_impedance", 0.0), ("potentiostatic", 4.68), ("high_impedance", 0.0),
                      ("open_circuit", 0.0)]
-    # every frame of a map was taken while the cell was in high impedance
-    log = stream(docs, "potentiostat")
-    frames = stream(docs, "primary")
-    assert len(frames) == 3 * 16 * 2
-    for e in log:
-        if frames[0]["time"] <= e["time"] <= frames[-1]["time"] and e["data"]["potentiostat-mode"] != "high_impedance":
-            assert any(f["time"] > e["time"] for f in frames) and e["data"]["potentiostat-mode"] == "potentiostatic"
+    # every frame of a map was taken while the cell was in high impedance (cell time of each frame)
+    assert len(stream(docs, "primary")) == 3 * 16 * 2
+    times = {m: [t for t, mode, _, _ in bl.cell.commands if mode is m] for m in CellMode}
+    hz, steps_at = times[CellMode.HIGH_IMPEDANCE], times[CellMode.POTENTIOSTATIC][1:] + [float("inf")]
+    for h in memory.headers:
+        k = h["map_number"]
+        assert hz[k] <= h["cell_time"] <= steps_at[k], (k, h["cell_time"])  # same tick at most
 
 
 def test_steps_beyond_limit_fail_before_the_run(RE, docs, make_beamline) -> None:
@@ -161,8 +161,24 @@ def _frames_in_files(docs) -> int:
     return n
 
 
-@pytest.mark.parametrize("safe_mode", ["open_circuit", "hold"])
-def test_pause_resume_abort_during_a_map_keep_the_cell_safe_and_every_frame(RE, docs, make_beamline, safe_mode) -> None:
+def _check_references(docs) -> None:
+    """Each event's StreamDatum points at a frame in the file with the event's map pixel and eta."""
+    resources = {d["uid"]: d for n, d in docs if n == "stream_resource"}
+    events = {e["seq_num"]: e for e in stream(docs, "primary")}
+    datums = [d for n, d in docs if n == "stream_datum"]
+    assert len(datums) == len(events)
+    for d in datums:
+        event = events[d["seq_nums"]["start"]]
+        with h5py.File(Path(urlparse(resources[d["stream_resource"]]["uri"]).path), "r") as f:
+            i = d["indices"]["start"]
+            assert d["indices"]["stop"] == i + 1 and i < f["entry/instrument/detector/data"].shape[0]
+            assert f["entry/scan/map_index"][i] == event["data"]["detector-map_index"]
+            assert f["entry/sample/positioners/eta"][i] == event["data"]["diffractometer-eta"]
+
+
+@pytest.mark.parametrize("safe_mode, defer", [("open_circuit", True), ("hold", True), ("open_circuit", False)])
+def test_pause_resume_abort_during_a_map_keep_the_cell_safe_and_every_frame(RE, docs, make_beamline, safe_mode,
+                                                                             defer) -> None:
     bl = make_beamline(acceleration=600.0, safe_mode=safe_mode)
     pause_at = {10, 30}
     count = {"frames": 0}
@@ -171,7 +187,7 @@ def test_pause_resume_abort_during_a_map_keep_the_cell_safe_and_every_frame(RE, 
         if name == "event" and "detector-map_index" in doc["data"] and "stage-x" in doc["data"]:
             count["frames"] += 1
             if count["frames"] in pause_at:
-                threading.Thread(target=RE.request_pause, kwargs={"defer": True}).start()
+                threading.Thread(target=RE.request_pause, kwargs={"defer": defer}).start()
 
     RE.subscribe(pauser)
     charge = _c15(bl)
@@ -186,7 +202,10 @@ def test_pause_resume_abort_during_a_map_keep_the_cell_safe_and_every_frame(RE, 
             time.sleep(0.01)
         assert bl.cell.charge == q  # no current flows while paused
     n_paused = len(stream(docs, "primary"))
-    assert n_paused == _frames_in_files(docs)  # every frame taken is saved and in the file
+    assert n_paused >= 10
+    _check_references(docs)  # every frame saved so far is in the file, where its event says
+    if defer:
+        assert n_paused == _frames_in_files(docs)
     with pytest.raises(RunEngineInterrupted):
         RE.resume()
     commands = [(m, sp) for _, m, sp, _ in bl.cell.commands]
@@ -194,11 +213,14 @@ def test_pause_resume_abort_during_a_map_keep_the_cell_safe_and_every_frame(RE, 
                             (CellMode.GALVANOSTATIC, charge.setpoint)]  # resume restored the charge
     assert bl.cell.mode is safe and len(stream(docs, "primary")) > n_paused
     RE.abort()
-    assert bl.cell.mode is safe and bl.cell.current == 0.0 or safe is CellMode.POTENTIOSTATIC
+    assert bl.cell.mode is safe
+    if safe is CellMode.OPEN_CIRCUIT:
+        assert bl.cell.current == 0.0
     assert docs[-1][0] == "stop" and docs[-1][1]["exit_status"] == "abort"
     validate_all(docs)
+    _check_references(docs)
     frames = stream(docs, "primary")
-    datums = [d for n, d in docs if n == "stream_datum"]
-    assert len(frames) == len(datums) == _frames_in_files(docs)
-    assert len({e["data"]["detector-map_index"] for e in frames}) == 16  # 30 frames of eta-outer
-
+    assert len(frames) >= 30 and _frames_in_files(docs) >= len(frames)
+    if defer:
+        assert _frames_in_files(docs) == len(frames)
+    assert len({e["data"]["detector-map_index"] for e in frames}) == 16  # >= 16 frames of eta-outer
