@@ -13,12 +13,14 @@ import argparse
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import h5py
 import numpy as np
 
 from opmon.errors import ConfigError
+
+if TYPE_CHECKING:
+    import h5py
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ def simulate(path: Path, *, ny: int = 60, nx: int = 60, angles: int = 30, eta_st
              dtype: str = "uint32", block: int = 256, entry: str = "entry", force: bool = False,
              progress: bool = True) -> dict[str, Any]:
     """Render one map to ``path``; returns the truth dict that was written."""
+    import h5py
     from tqdm import tqdm
 
     from opmon.formats import RawMapWriter
@@ -113,10 +116,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    from opmon.simulators.crystal import MODES
-    from opmon.simulators.setup import ORDERS
+# Copies of opmon.simulators.crystal.MODES and setup.ORDERS (a test keeps them equal), so
+# that building the command line does not import numba for every opmon command.
+MODES = ("paper", "nucleated", "core-shell", "uniform", "two-phase-nucleated", "two-phase-core-shell")
+ORDERS = ("eta-outer", "point-outer")
 
+
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("simulate", help="write a simulated raw SXDM map with its ground truth", description=__doc__)
     p.add_argument("-o", "--output", required=True, help="raw HDF5 file to write")
     p.add_argument("--ny", type=int, default=60, help="map rows (default 60)")

@@ -71,3 +71,11 @@ def test_simulate_eta_outer_order(tmp_path):
         assert np.all(np.diff(meta.eta[::12]) > 0) and np.all(meta.eta[:12] == meta.eta[0])
         assert meta.frame_dtype == np.uint32
         assert meta.x_um is not None and np.allclose(meta.x_um[:4], [0.0, 0.1, 0.2, 0.3])
+
+
+def test_command_choices_match_the_simulator():
+    from opmon.commands import simulate
+    from opmon.simulators import crystal, setup
+
+    assert simulate.MODES == crystal.MODES
+    assert simulate.ORDERS == setup.ORDERS
