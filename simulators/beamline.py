@@ -148,6 +148,10 @@ class SimulatedBeamline:
         """The rocking angles of one map (deg)."""
         return [float(e) for e in self.config.setup.eta_values()]
 
+    def map_args(self) -> dict[str, Any]:
+        """``grid`` and ``etas`` keyword arguments for the plans: ``operando_series(*bl.devices, **bl.map_args(), ...)``."""
+        return {"grid": self.grid(), "etas": self.etas()}
+
     def c_rate(self, rate: float) -> float:
         """Galvanostatic current (A) of a C-rate, e.g. `c_rate(1/15)`."""
         return self.config.cell.c_rate_current(rate)
