@@ -254,18 +254,36 @@ class ParticleModel:
             return bragg_eta(q, s.energy_ev, s.phi, s.eta_center)
         return np.array([bragg_eta(v, s.energy_ev, s.phi, s.eta_center) for v in q.reshape(-1, 3)])
 
+    def _bragg_spread(self) -> tuple[F64, F64]:
+        """Bragg eta (deg) and rocking-curve sigma (deg) of every particle pixel."""
+        s = self.setup
+        q, sigma, counts = self.render_arrays()
+        keep = counts > 0
+        if not keep.any():
+            return np.zeros(0), np.zeros(0)
+        etab = np.asarray(self.bragg_eta(q[keep]))
+        # rocking speed of the Ewald gap: |d gap / d eta| = |z'| of Q rotated to Bragg
+        qz = np.array([(sample_rotation(e, s.phi) @ v)[2] for e, v in zip(etab, q[keep])])
+        return etab, np.degrees(sigma[keep] / np.maximum(np.abs(qz), 1e-12))
+
     def rocking_margin(self, etas: npt.ArrayLike | None = None) -> float:
         """Smallest distance, in peak sigmas, from a particle pixel's Bragg eta to the scan ends.
 
         A centre-of-mass analysis recovers the true centre only if this is >= ~4.
         """
-        s = self.setup
-        etas = s.eta_values() if etas is None else np.asarray(etas, dtype=np.float64)
-        q, sigma, counts = self.render_arrays()
-        keep = counts > 0
-        etab = np.asarray(self.bragg_eta(q[keep]))
-        # rocking speed of the Ewald gap: |d gap / d eta| = |z'| of R_phi Q rotated to Bragg
-        qz = np.array([(sample_rotation(e, s.phi) @ v)[2] for e, v in zip(etab, q[keep])]) if keep.any() else np.zeros(0)
-        sig_eta = np.degrees(sigma[keep] / np.maximum(np.abs(qz), 1e-12))
+        etas = self.setup.eta_values() if etas is None else np.asarray(etas, dtype=np.float64)
+        etab, sig_eta = self._bragg_spread()
         margin = np.minimum(etab - etas.min(), etas.max() - etab) / sig_eta
         return float(margin.min()) if margin.size else float("inf")
+
+    def rocking_range(self, margin_sigma: float = 4.0) -> tuple[float, float]:
+        """Smallest (eta_min, eta_max) in deg holding every pixel's peak ± ``margin_sigma`` sigmas.
+
+        For strongly cycled particles (tilts up to 0.6°) the default ±0.6° scan is too
+        narrow; an acquisition can widen or re-centre its rocking scan from this.
+        """
+        etab, sig_eta = self._bragg_spread()
+        if etab.size == 0:
+            c = self.setup.eta_center
+            return (c, c)
+        return (float(np.min(etab - margin_sigma * sig_eta)), float(np.max(etab + margin_sigma * sig_eta)))

@@ -125,6 +125,19 @@ def test_default_scan_holds_every_peak_over_a_whole_charge():
         assert p.rocking_margin() >= 4.0
 
 
+def test_rocking_range_grows_with_cycling_and_matches_the_margin():
+    setup = SxdmSetup(map_shape=(30, 30))
+    p = ParticleModel(setup, seed=0, x_mean=0.3)
+    lo, hi = p.rocking_range(4.0)
+    etas = setup.eta_values()
+    assert etas.min() < lo < hi < etas.max()
+    assert p.rocking_margin(np.array([lo, hi])) == pytest.approx(4.0, rel=1e-6)
+    p.set_charge_state(0.3, cycles=30)
+    lo2, hi2 = p.rocking_range(4.0)
+    assert hi2 - lo2 > hi - lo
+    assert p.rocking_margin() < 4.0  # the default scan no longer holds a heavily cycled particle
+
+
 def test_bad_input_names_the_value(setup):
     with pytest.raises(ConfigError, match="banana"):
         ParticleModel(setup, mode="banana")
