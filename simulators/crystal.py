@@ -104,6 +104,8 @@ class ParticleModel:
                  x_mean: float = 1.0, cycles: float = 0.0) -> None:
         if mode not in MODES:
             raise ConfigError(f"ParticleModel mode {mode!r}: expected one of {', '.join(MODES)}")
+        if int(seed) < 0:
+            raise ConfigError(f"ParticleModel seed {seed!r}: must be >= 0")
         self.setup = setup
         self.seed = int(seed)
         self.mode = mode

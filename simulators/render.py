@@ -142,6 +142,8 @@ class FrameRenderer:
         self.setup = setup
         self.particle = particle
         self.seed = int(seed)
+        if self.seed < 0:
+            raise ConfigError(f"FrameRenderer seed {seed!r}: must be >= 0")
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.dtype(np.uint16), np.dtype(np.uint32)):
             raise ConfigError(f"FrameRenderer dtype {self.dtype}: expected uint16 or uint32")

@@ -173,5 +173,7 @@ def test_bad_arguments_raise_config_errors(world):
         FrameRenderer(setup, particle, dtype=np.int8)
     with pytest.raises(ConfigError, match="etas"):
         renderer.frames([0, 1, 2], [19.0, 19.1], 0, 0, 35.5)
+    with pytest.raises(ConfigError, match="-3"):
+        FrameRenderer(setup, particle, seed=-3)
     with pytest.raises(ConfigError, match="roi"):
         SxdmSetup(roi=(0, 600, 0, 10))
