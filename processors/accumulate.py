@@ -39,11 +39,14 @@ class MomentAccumulator:
     detector_mask : (rows, cols) uint8, 1 = dead/hot pixel to ignore.
     threshold : counts below this value are ignored (0 keeps every count).
     background : "auto", a fixed rate in counts/pixel/frame, or None.
+    despeckle : drop lone single counts (no counting 8-neighbour) before summing; see
+        `kernels.frame_moments`. On by default: it is what keeps the diffuse background of a
+        wide ROI from moving the centre of mass. Off for integrating detectors.
     """
 
     def __init__(self, geometry: DetectorGeometry, map_shape: tuple[int, int], *, roi: Roi | None = None,
                  detector_mask: npt.NDArray[np.uint8] | None = None, threshold: int = 0,
-                 background: Background = "auto") -> None:
+                 background: Background = "auto", despeckle: bool = True) -> None:
         rows, cols = geometry.frame_shape
         self.geometry = geometry
         self.map_shape = (int(map_shape[0]), int(map_shape[1]))
@@ -66,6 +69,7 @@ class MomentAccumulator:
         if background is not None and background != "auto" and not (isinstance(background, (int, float)) and background >= 0):
             raise OpmonError(f"background {background!r} must be 'auto', a rate >= 0 or None")
         self.background = background
+        self.despeckle = bool(despeckle)
         valid = detector_mask == 0
         self.n_roi_pixels = int(valid[r0:r1, c0:c1].sum())
         self.n_outside_pixels = int(valid.sum()) - self.n_roi_pixels
@@ -92,7 +96,7 @@ class MomentAccumulator:
         ones = np.ones((r1 - r0, c1 - c0), dtype=np.uint32)
         roi_moments = np.zeros(kernels.N_MOMENTS + 1)
         roi_mask = np.ascontiguousarray(self.detector_mask[r0:r1, c0:c1])
-        kernels.frame_moments(ones, self._q_lab, roi_mask, 0, r1 - r0, 0, c1 - c0, 0, roi_moments)
+        kernels.frame_moments(ones, self._q_lab, roi_mask, 0, r1 - r0, 0, c1 - c0, 0, False, roi_moments)
         roi_moments[10] = 0.0
         self._roi_moments = roi_moments
         self._detector_angles = (nu, delta)
@@ -139,9 +143,9 @@ class MomentAccumulator:
             self._use_detector_angles(float(nus[start]), float(deltas[start]))
             r0, r1, c0, c1 = self.roi
             if stop - start == 1:
-                kernels.frame_moments(frames[start], self._q_lab, self.detector_mask, r0, r1, c0, c1, self.threshold, moments[start])
+                kernels.frame_moments(frames[start], self._q_lab, self.detector_mask, r0, r1, c0, c1, self.threshold, self.despeckle, moments[start])
             else:
-                kernels.block_moments(frames[start:stop], self._q_lab, self.detector_mask, r0, r1, c0, c1, self.threshold, moments[start:stop])
+                kernels.block_moments(frames[start:stop], self._q_lab, self.detector_mask, r0, r1, c0, c1, self.threshold, self.despeckle, moments[start:stop])
             kernels.add_block(moments[start:stop], np.ascontiguousarray(etas[start:stop]), np.ascontiguousarray(phis[start:stop]),
                               index[start:stop], self._roi_moments, self.sum_i, self.sum_iq, self.sum_iqq, self.n_frames,
                               self.bg_counts, self.bg_q, self.bg_qq)
@@ -177,7 +181,7 @@ class MomentAccumulator:
 
     def merge(self, other: "MomentAccumulator") -> None:
         """Add another accumulator's sums (same map, ROI and options) into this one."""
-        if other.map_shape != self.map_shape or other.roi != self.roi:
+        if other.map_shape != self.map_shape or other.roi != self.roi or other.despeckle != self.despeckle:
             raise OpmonError(f"cannot merge accumulators of map {other.map_shape} ROI {other.roi} into map {self.map_shape} ROI {self.roi}")
         self.load_state(other.state())
 

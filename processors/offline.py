@@ -26,7 +26,7 @@ from opmon.processors.geometry import DetectorGeometry
 from opmon.processors.mapfile import write_maps
 from opmon.processors.maps import MapResult
 
-ROI_SAMPLE_FRAMES = 600
+ROI_SAMPLE_FRAMES = 3000
 ROI_FRACTION = 0.01
 ROI_MARGIN = 12
 
@@ -38,10 +38,12 @@ class ProcessOptions:
     roi: Roi | str | None = "auto"
     threshold: int = 0
     background: Background = "auto"
+    despeckle: bool = True
     block: int = 64
 
     def attrs(self, roi: Roi) -> dict[str, Any]:
         return {"roi": np.asarray(roi), "threshold": self.threshold, "background": str(self.background),
+                "despeckle": self.despeckle,
                 "opmon_version": __version__}
 
 
@@ -67,8 +69,9 @@ def auto_roi(entry: h5py.Group, meta: RawMeta, sample: int = ROI_SAMPLE_FRAMES) 
     """Detector window holding the Bragg peak of every map pixel, found from evenly spaced frames.
 
     Sums a sample of frames, smooths out isolated background counts with a 5 x 5 box, keeps
-    pixels above 1 % of the brightest, and pads their bounding box, so domains whose peak sits
-    elsewhere on the detector stay inside. The rest of the frame then measures the background.
+    pixels clearly above the background level (the median: most of the detector sees only
+    background) and pads their bounding box, so domains whose peak sits elsewhere on the
+    detector stay inside. The rest of the frame then measures the background.
     """
     rows, cols = meta.frame_shape
     data = entry[DATA]
@@ -81,10 +84,13 @@ def auto_roi(entry: h5py.Group, meta: RawMeta, sample: int = ROI_SAMPLE_FRAMES) 
     if meta.detector_mask is not None:
         total[meta.detector_mask.astype(bool)] = 0.0
     smooth = _box5(total)
-    peak = smooth.max()
-    if not peak > 0:
+    level = float(np.median(smooth))
+    peak = float(smooth.max())
+    # Poisson noise of a 25-pixel box sum is sqrt(level); 8 sigma keeps background out.
+    cut = level + max(ROI_FRACTION * (peak - level), 8.0 * np.sqrt(level + 1.0))
+    if not peak > cut:
         return (0, rows, 0, cols)
-    rr, cc = np.nonzero(smooth >= ROI_FRACTION * peak)
+    rr, cc = np.nonzero(smooth >= cut)
     pad_r = ROI_MARGIN + (rr.max() - rr.min()) // 4
     pad_c = ROI_MARGIN + (cc.max() - cc.min()) // 4
     return (max(0, int(rr.min() - pad_r)), min(rows, int(rr.max() + pad_r + 1)),
@@ -109,7 +115,7 @@ def process_entry(entry: h5py.Group, options: ProcessOptions, progress: Callable
     else:
         roi = options.roi  # type: ignore[assignment]
     acc = MomentAccumulator(geometry, meta.map_shape, roi=roi, detector_mask=meta.detector_mask,
-                            threshold=options.threshold, background=options.background)
+                            threshold=options.threshold, background=options.background, despeckle=options.despeckle)
 
     def consume(start: int, frames: np.ndarray) -> None:
         stop = start + frames.shape[0]

@@ -42,7 +42,8 @@ def parse_background(value: str) -> str | float | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    options = ProcessOptions(roi=parse_roi(args.roi), threshold=args.threshold, background=parse_background(args.background))
+    options = ProcessOptions(roi=parse_roi(args.roi), threshold=args.threshold, background=parse_background(args.background),
+                             despeckle=not args.keep_isolated)
     raw = Path(args.raw)
     total = None
     if raw.exists():
@@ -77,6 +78,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--roi", nargs="+", default=None, metavar="R", help="detector ROI: auto (default), full, or r0 r1 c0 c1")
     p.add_argument("--threshold", type=int, default=0, help="ignore pixel counts below this value (default 0)")
     p.add_argument("--background", default="auto", help="auto (from counts outside the ROI), none, or a rate")
+    p.add_argument("--keep-isolated", action="store_true",
+                   help="keep lone single counts (default: drop them, they are the diffuse background)")
     p.add_argument("--png", nargs="?", const="", default=None, help="also write the summary figure (default: MAPS with .png)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

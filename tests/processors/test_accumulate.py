@@ -36,7 +36,7 @@ def test_sums_equal_numpy(dtype, roi):
     mask = np.zeros((48, 64), np.uint8)
     mask[22, 33] = 1
     mask[0, 0] = 1
-    acc = MomentAccumulator(GEO, (2, 3), roi=roi, detector_mask=mask, background=None)
+    acc = MomentAccumulator(GEO, (2, 3), roi=roi, detector_mask=mask, background=None, despeckle=False)
     acc.process_block(frames, index, eta, phi, NU, DELTA)
     s0, s1, s2 = numpy_sums(frames, index, eta, phi, roi or (0, 48, 0, 64), mask)
     assert np.array_equal(acc.sum_i, s0)
@@ -47,11 +47,27 @@ def test_sums_equal_numpy(dtype, roi):
 
 def test_threshold_ignores_low_counts():
     frames, index, eta, phi = random_frames()
-    acc = MomentAccumulator(GEO, (2, 3), threshold=3, background=None)
+    acc = MomentAccumulator(GEO, (2, 3), threshold=3, background=None, despeckle=False)
     acc.process_block(frames, index, eta, phi, NU, DELTA)
     kept = np.where(frames >= 3, frames, 0)
     s0, _, _ = numpy_sums(kept, index, eta, phi, (0, 48, 0, 64), np.zeros((48, 64), np.uint8))
     assert np.array_equal(acc.sum_i, s0)
+
+
+def test_despeckle_drops_only_lone_single_counts():
+    frames, index, eta, phi = random_frames(dtype=np.uint16)
+    frames[frames.astype(bool) & (np.random.default_rng(2).random(frames.shape) < 0.7)] = 0  # sparse
+    acc = MomentAccumulator(GEO, (2, 3), background=None, despeckle=True)
+    acc.process_block(frames, index, eta, phi, NU, DELTA)
+    padded = np.pad(frames.astype(bool), ((0, 0), (1, 1), (1, 1)))
+    neighbours = sum(np.roll(np.roll(padded, dr, 1), dc, 2) for dr in (-1, 0, 1) for dc in (-1, 0, 1)
+                     if (dr, dc) != (0, 0))[:, 1:-1, 1:-1]
+    lone = (frames == 1) & (neighbours == 0)
+    assert lone.sum() > 100  # the test exercises the rule
+    kept = np.where(lone, 0, frames)
+    s0, s1, _ = numpy_sums(kept, index, eta, phi, (0, 48, 0, 64), np.zeros((48, 64), np.uint8))
+    assert np.array_equal(acc.sum_i, s0)
+    assert np.allclose(acc.sum_iq, s1, rtol=1e-12)
 
 
 def test_shuffled_order_and_split_merge_give_same_maps():
@@ -87,11 +103,11 @@ def test_background_subtraction_recovers_peak_centre():
     index = np.zeros(n, int)
     eta = np.full(n, 19.0)
     roi = (0, 24, 0, 32)
-    clean = MomentAccumulator(GEO, (1, 1), roi=roi, background=None)
+    clean = MomentAccumulator(GEO, (1, 1), roi=roi, background=None, despeckle=False)
     clean.process_block(frames, index, eta, 0.0, NU, DELTA)
-    plain = MomentAccumulator(GEO, (1, 1), roi=roi, background=None)
+    plain = MomentAccumulator(GEO, (1, 1), roi=roi, background=None, despeckle=False)
     plain.process_block(noisy, index, eta, 0.0, NU, DELTA)
-    auto = MomentAccumulator(GEO, (1, 1), roi=roi, background="auto")
+    auto = MomentAccumulator(GEO, (1, 1), roi=roi, background="auto", despeckle=False)
     auto.process_block(noisy, index, eta, 0.0, NU, DELTA)
     truth = clean.finalize().q[0, 0]
     err_plain = np.linalg.norm(plain.finalize().q[0, 0] - truth)

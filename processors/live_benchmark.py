@@ -1,0 +1,148 @@
+"""`opmon bench stream`: the live chain end to end, beside raw pyzmq loopback of the same frames.
+
+A simulated detector process sends 512 x 512 uint32 frames through `ZmqFrameSink` to the
+live processor (inline, or with `--workers N`), which accumulates them into a map with the
+`opmon process` kernels. In the same run, the same frames go through a bare pyzmq PUSH/PULL
+pair (header + zero-copy buffer, nothing else) as the baseline. Printed: frames/s of each,
+their ratio, frames lost, and latency from a frame's send time to its map update
+(accumulated; and first partial map published on the display channel, inline only).
+Not a timed test: machines are noisy, so read the ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import socket
+import time
+from typing import Any
+
+import numpy as np
+import zmq
+
+from opmon.processors.live import LiveProcessor
+from opmon.streaming import protocol as P
+from opmon.streaming.publisher import ZmqFrameSink
+
+SHAPE = (512, 512)
+GEOMETRY = dict(energy_ev=10000.0, distance_m=1.6, pixel_size_m=(55e-6, 55e-6), beam_center=(-1800.0, 256.0))
+
+
+def frame_pool(n: int = 8, seed: int = 0) -> np.ndarray:
+    """Detector-like frames: a Bragg spot that moves a little, Poisson counts, faint background."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[: SHAPE[0], : SHAPE[1]]
+    pool = np.empty((n, *SHAPE), dtype=np.uint32)
+    for i in range(n):
+        lam = 300 * np.exp(-((rows - 250 - i) ** 2 + (cols - 260 + i) ** 2) / (2 * 4.0 ** 2)) + 1e-3
+        pool[i] = rng.poisson(lam)
+    return pool
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _raw_sender(endpoint: str, n: int) -> None:
+    pool = frame_pool()
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.SNDHWM, 200)
+    push.connect(endpoint)
+    header = P.pack(P.frame_header("raw", 0, 0, 0, 0, 0.0, 0.0, 0.0, 0.0, "uint32", SHAPE))
+    for i in range(n):
+        push.send_multipart([header, pool[i % len(pool)]], copy=False)
+    push.close(linger=-1)
+    ctx.term()
+
+
+def _chain_sender(endpoint: str, n: int, map_shape: tuple[int, int]) -> None:
+    pool = frame_pool()
+    sink = ZmqFrameSink([endpoint], stall_timeout_s=120)
+    sink.start_run(frame_shape=SHAPE, dtype="uint32", map_shape=map_shape, **GEOMETRY)
+    sink.start_map(n)
+    npix = map_shape[0] * map_shape[1]
+    for i in range(n):
+        sink.send_frame(pool[i % len(pool)], index=i % npix, eta=10.0 + 0.016 * (i // npix), phi=0.0, nu=0.0, delta=37.0)
+    sink.stop_run()
+    sink.close()
+
+
+def raw_loopback(n: int) -> float:
+    """Frames/s of bare PUSH/PULL over tcp loopback (receiver here, sender in a process)."""
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.setsockopt(zmq.RCVHWM, 200)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    proc = multiprocessing.get_context("spawn").Process(target=_raw_sender, args=(f"tcp://127.0.0.1:{port}", n))
+    proc.start()
+    parts = pull.recv_multipart(copy=False)
+    t0 = time.perf_counter()
+    for _ in range(n - 1):
+        parts = pull.recv_multipart(copy=False)
+    rate = (n - 1) / (time.perf_counter() - t0)
+    del parts
+    proc.join()
+    pull.close()
+    ctx.term()
+    return rate
+
+
+def live_chain(n: int, workers: int) -> dict[str, Any]:
+    """Frames/s, loss and latency of detector -> ZeroMQ -> live processor (until the final map)."""
+    map_shape = (max(1, n // 300), 10) if n >= 300 else (1, max(1, n // 30))
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    ctx = zmq.Context()
+    processor = LiveProcessor(endpoint, "tcp://127.0.0.1:*", None, workers=workers, publish_interval_s=0.25,
+                              context=ctx)
+    proc = multiprocessing.get_context("spawn").Process(target=_chain_sender, args=(endpoint, n, map_shape))
+    if workers > 1:
+        time.sleep(3.0)   # let the worker processes import and connect before timing
+    proc.start()
+    t0 = None
+    while not processor.summaries:
+        processor.poll_once(20)
+        if t0 is None and processor.frames_processed:
+            t0 = time.perf_counter()
+    elapsed = time.perf_counter() - (t0 or time.perf_counter())
+    proc.join()
+    summary = processor.summaries[-1]
+    counters = processor.receiver.counters
+    lat = np.asarray(processor.latencies) * 1e3
+    pub = np.asarray(processor.publish_latencies) * 1e3
+    result = {"frames_per_s": (summary["frames"] - 1) / elapsed if elapsed > 0 else float("nan"),
+              "frames": summary["frames"], "lost": counters.lost + (n - summary["frames"]),
+              "rejected": sum(counters.rejected.values()),
+              "lat_p50": float(np.percentile(lat, 50)) if lat.size else float("nan"),
+              "lat_p99": float(np.percentile(lat, 99)) if lat.size else float("nan"),
+              "pub_p50": float(np.percentile(pub, 50)) if pub.size else float("nan"),
+              "pub_p99": float(np.percentile(pub, 99)) if pub.size else float("nan")}
+    processor.close()
+    ctx.term()
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="opmon bench stream", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--frames", type=int, default=3000, help="frames per measurement (default 3000)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="live processor workers (default: 1 2)")
+    args = parser.parse_args(argv)
+    if args.frames < 100:
+        parser.error("--frames must be >= 100")
+    print(f"opmon bench stream: {args.frames} frames of {SHAPE[0]}x{SHAPE[1]} uint32 per measurement, tcp loopback")
+    live_chain(200, 1)     # warm up numba and the sockets
+    for workers in args.workers:
+        raw = raw_loopback(args.frames)
+        res = live_chain(args.frames, workers)
+        print(f"workers={workers}: raw pyzmq PUSH/PULL {raw:8.0f} frames/s | live chain {res['frames_per_s']:8.0f} frames/s"
+              f" | ratio {res['frames_per_s'] / raw:.2f}x (goal >= 0.7x)")
+        print(f"  frames lost {res['lost']} (goal 0), rejected {res['rejected']}; latency sent->accumulated "
+              f"p50 {res['lat_p50']:.1f} ms, p99 {res['lat_p99']:.1f} ms (goal p99 < 100 ms)"
+              + (f"; sent->partial map published p50 {res['pub_p50']:.0f} ms, p99 {res['pub_p99']:.0f} ms"
+                 if workers == 1 else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
