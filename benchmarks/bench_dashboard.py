@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--rate", type=float, default=1000.0, help="frames per second processed")
     ap.add_argument("--publish-ms", type=float, default=250.0, help="partial-map publish period")
-    ap.add_argument("--update-ms", type=int, default=300, help="dashboard display period")
+    ap.add_argument("--update-ms", type=int, default=250, help="dashboard display period")
     ap.add_argument("--producer", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.producer:

@@ -1,12 +1,14 @@
 """One browser session of the dashboard: layout, gallery and the throttled update loop.
 
-Each session pulls from the shared `DashboardModel` on its own periodic callback (default
-every 300 ms, latest wins), so the display can never slow the data path and a slow browser
-only ever sees fewer, not later, updates (PEERS.md 1).
+Each session pulls from the shared `DashboardModel` on its own periodic callback (at most one
+map per 250 ms by default, latest wins, and only after the page painted the previous one), so
+the display never slows the data path and a slow browser sees fewer updates, not later ones
+(PEERS.md 1).
 """
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,20 +25,30 @@ from opmon.dashboard.views import HistogramView, MapView, status_html
 
 log = logging.getLogger(__name__)
 
-#: Browser-side hook: every time the server reports which map message it just sent, the page
-#: records (message, browser wall-clock ms). Benchmarks and tests read window.__opmon_seen.
+#: Browser-side hook, run when the server reports which map message it just sent: after the
+#: next painted frame (two animation frames) the page records (message, wall-clock ms) in
+#: window.__opmon_seen (benchmarks read it) and acknowledges it to the server, which sends
+#: the next map update only then. So a slow browser gets fewer updates, never a growing queue.
 _SEEN_JS = """
-window.__opmon_seen = window.__opmon_seen || [];
-window.__opmon_seen.push([cb_obj.text, Date.now()]);
-if (window.__opmon_seen.length > 5000) { window.__opmon_seen.splice(0, 1000); }
+const text = cb_obj.text;
+requestAnimationFrame(() => requestAnimationFrame(() => {
+  window.__opmon_seen = window.__opmon_seen || [];
+  window.__opmon_seen.push([text, Date.now()]);
+  if (window.__opmon_seen.length > 5000) { window.__opmon_seen.splice(0, 1000); }
+  ack.text = text;
+}));
 """
+#: Without an acknowledgement (tab hidden: no animation frames) send again after this long.
+ACK_TIMEOUT_S = 3.0
+#: Granularity of the display loop; the period (`update_ms`) is what limits the rate.
+TICK_MS = 50
 
 
 @dataclass
 class DashboardOptions:
     """Settings shared by every session of one dashboard server."""
 
-    update_ms: int = 300                 # throttle of the display loop
+    update_ms: int = 250                 # throttle of the display loop (at most one map per period)
     max_altitude: float | None = None    # tilt (deg) that saturates the wheel; None = 99th pct
     title: str = "opmon — operando SXDM monitor"
 
@@ -65,7 +77,10 @@ class Session:
         self.status_div = Div(text=status_html({}, 0.0, "waiting for data"), name="status",
                               sizing_mode="stretch_width", height=44)
         self.seen_div = Div(text="", name="seen", visible=False)
-        self.seen_div.js_on_change("text", CustomJS(code=_SEEN_JS))
+        self.ack_div = Div(text="", name="ack", visible=False)
+        self.seen_div.js_on_change("text", CustomJS(args={"ack": self.ack_div}, code=_SEEN_JS))
+        self.ack_div.on_change("text", lambda attr, old, new: self._acked(new))
+        self._in_flight: tuple[str, float] | None = None
         self.gallery = Slider(start=0, end=1, value=0, step=1, title="step back through maps",
                               name="gallery", disabled=True, sizing_mode="stretch_width", height=40)
         self.live_button = Button(label="● Live", button_type="success", name="live", width=90, height=34)
@@ -84,32 +99,52 @@ class Session:
         self.updates = 0
         doc.title = options.title
         doc.add_root(self._layout())
-        doc.add_periodic_callback(self.update, options.update_ms)
+        self._period = options.update_ms / 1000.0
+        self._last_full = self._last_map = 0.0
+        doc.add_periodic_callback(self._tick, min(TICK_MS, options.update_ms))
 
     def _layout(self) -> Any:
         tilt_box = row(self.tilt.fig, self.tilt.legend, sizing_mode="stretch_both")
         maps = row(self.d.fig, tilt_box, self.intensity.fig, self.width.fig, sizing_mode="stretch_both")
         plots = row(self.hist_fig, self.pole_fig, self.echem.vt, self.echem.vq, sizing_mode="stretch_both")
-        gallery = row(self.live_button, self.gallery, self.seen_div, sizing_mode="stretch_width", height=44)
+        gallery = row(self.live_button, self.gallery, self.seen_div, self.ack_div, sizing_mode="stretch_width", height=44)
         return column(self.status_div, self.steering.layout(), maps, plots, gallery,
                       sizing_mode="stretch_both", styles={"padding": "4px 8px"})
 
     # ---- the throttled loop -------------------------------------------------------------------
+    def _tick(self) -> None:
+        """Every TICK_MS: a full update once per period; a map as soon as the page has painted
+        the previous one (and a period has passed), so the page neither waits nor queues."""
+        now = time.monotonic()
+        if now - self._last_full >= self._period:
+            self.update()
+        elif now - self._last_map >= self._period:
+            self._push_map(self._history)
+
     def update(self) -> None:
-        """Push what changed since the last tick: maps, histogram, traces, markers, status."""
+        """Push what changed since the last period: maps, histogram, traces, markers, status."""
         self.updates += 1
+        self._last_full = time.monotonic()
         hv, history = self.model.history()
         if hv != self._history_version:
             self._history_version = hv
             self._update_history(history)
-        if self.follow_live:
-            mv, latest = self.model.latest_map()
-            if latest is not None and mv != self._shown[0]:
-                self._show_map(latest, history, mv)
+        self._push_map(history)
         self._update_readings()
         sv, status, received = self.model.status()
         self._status_version = sv
         self.status_div.text = status_html(status, received, self._showing)
+
+    def _push_map(self, history: list[Any]) -> None:
+        """Send the latest map if it is new and the page has acknowledged the previous one."""
+        if self._in_flight is not None and time.monotonic() - self._in_flight[1] > ACK_TIMEOUT_S:
+            self._in_flight = None
+        if not self.follow_live or self._in_flight is not None:
+            return
+        mv, latest = self.model.latest_map()
+        if latest is not None and mv != self._shown[0]:
+            self._show_map(latest, history, mv)
+            self._last_map = time.monotonic()
 
     def _show_map(self, u: MapUpdate, history: list[Any], version: int) -> None:
         self.maps.show(u)
@@ -118,7 +153,14 @@ class Session:
         kind = "final" if u.final else f"{100 * u.progress:.0f}%"
         self._showing = f"showing {'live ' if self.follow_live else ''}map {u.map_number} ({kind})"
         # latency hook: sequence number and processing time of what was just sent
-        self.seen_div.text = f"{u.seq} {u.t_processed:.6f} {u.map_number}"
+        marker = f"{u.seq} {u.t_processed:.6f} {u.map_number} {version}"
+        self.seen_div.text = marker
+        self._in_flight = (marker, time.monotonic())
+
+    def _acked(self, marker: str) -> None:
+        """The browser painted the update tagged `marker`: the next one may go."""
+        if self._in_flight is not None and self._in_flight[0] == marker:
+            self._in_flight = None
 
     def _update_history(self, history: list[Any]) -> None:
         n = len(history)

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 def start_dashboard(config: Config, *, port: int = 5006, host: str | None = None, token: str | None = None,
                     open_browser: bool = False, max_altitude: float | None = None,
-                    update_ms: int = 300) -> DashboardServer:
+                    update_ms: int = 250) -> DashboardServer:
     """Start a dashboard following the services of `config`; returns the running server.
 
     Used by `opmon dashboard` and by `opmon demo` (which passes the token it generated).
@@ -72,5 +72,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--open", action="store_true", help="open the page in a web browser")
     p.add_argument("--max-altitude", type=float, default=None,
                    help="tilt (deg) at full colour saturation (default: the map's 99th percentile)")
-    p.add_argument("--update-ms", type=int, default=300, help="display refresh period in ms (latest wins)")
+    p.add_argument("--update-ms", type=int, default=250, help="display refresh period in ms (latest wins)")
     p.set_defaults(func=_main)

@@ -25,6 +25,12 @@ def _full(ny=8, nx=10, seed=0):
             "peak_width": rng.uniform(1e-3, 2e-3, (ny, nx))}
 
 
+def _tick(session):
+    """One display period, then the acknowledgement the page sends after painting."""
+    session.update()
+    session._acked(session.seen_div.text)
+
+
 def _record(doc):
     events = []
     doc.on_change(lambda event: events.append(event))
@@ -41,12 +47,12 @@ def test_filling_map_is_sent_as_row_patches():
     s = Session(doc, model, None, None, DashboardOptions())
     full = _full()
     model.on_map(_partial(full, 1, 0))
-    s.update()                                   # first map of this shape: sources are set once
+    _tick(s)                                     # first map of this shape: sources are set once
     events = _record(doc)
     d_src = s.d.source
     for rows in range(2, 9):
         model.on_map(_partial(full, rows, 0, final=rows == 8))
-        s.update()
+        _tick(s)
     d_events = [e for e in events if getattr(e, "model", None) is d_src]
     assert d_events and all(isinstance(e, ColumnsPatchedEvent) for e in d_events)
     assert len(d_events) == 7                    # one patch per tick, each only the new row
@@ -64,9 +70,9 @@ def test_nothing_is_sent_when_nothing_changed_and_readings_stream():
     doc = Document()
     s = Session(doc, model, None, None, DashboardOptions())
     model.on_map(_partial(_full(), 8, 0, final=True))
-    s.update()
+    _tick(s)
     events = _record(doc)
-    s.update()                                   # same map version: no map traffic at all
+    _tick(s)                                     # same map version: no map traffic at all
     assert not [e for e in events if isinstance(e, (ColumnsPatchedEvent, ColumnDataChangedEvent))]
     for i in range(5):
         model.on_reading(1000.0 + i, 4.7, 1e-5, 0.01 * i)
@@ -83,16 +89,36 @@ def test_gallery_steps_back_and_returns_live():
     maps = [_full(seed=k) for k in range(3)]
     for k, full in enumerate(maps):
         model.on_map(_partial(full, 8, k, final=True))
-    s.update()
+    _tick(s)
     assert s.gallery.end == 2 and not s.gallery.disabled
     s._pick(0)
+    s._acked(s.seen_div.text)
     np.testing.assert_array_equal(s.d.source.data["image"][0], maps[0]["d_spacing"])
     model.on_map(_partial(_full(seed=9), 3, 3))
-    s.update()                                   # not following live: stays on map 0
+    _tick(s)                                     # not following live: stays on map 0
     np.testing.assert_array_equal(s.d.source.data["image"][0], maps[0]["d_spacing"])
     s._go_live()
-    s.update()
+    _tick(s)
     assert s._shown[1] == 3
+
+
+def test_a_browser_that_has_not_painted_gets_no_new_map():
+    """Flow control: one map update in flight per page, so a slow browser never builds a queue."""
+    model = DashboardModel()
+    s = Session(Document(), model, None, None, DashboardOptions())
+    full = _full()
+    model.on_map(_partial(full, 2, 0))
+    s.update()
+    first = s.seen_div.text
+    model.on_map(_partial(full, 5, 0))
+    s.update()                                   # no acknowledgement yet: nothing new is sent
+    assert s.seen_div.text == first and np.isnan(s.d.source.data["image"][0][4]).all()
+    s._acked("something else")                   # a stale acknowledgement does not count
+    s.update()
+    assert s.seen_div.text == first
+    s._acked(first)
+    s.update()                                   # acknowledged: the latest map goes out
+    assert s.seen_div.text != first and np.isfinite(s.d.source.data["image"][0][4]).all()
 
 
 def test_read_only_session_refuses_without_sending():
