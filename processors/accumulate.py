@@ -118,6 +118,7 @@ class MomentAccumulator:
         if frames.ndim != 3:
             raise FrameShapeError(f"expected a block of frames (k, rows, cols), got shape {frames.shape}")
         self._check_frames(frames)
+        frames = np.ascontiguousarray(frames)  # no copy for detector buffers, which are contiguous
         k = frames.shape[0]
         index = np.asarray(map_index, dtype=np.int64).reshape(-1)
         if index.shape != (k,):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-BLOCK = 16
+BLOCK_WORDS = 8  # 64-bit words per zero test: 16 uint32 or 32 uint16 pixels
 N_MOMENTS = 10
 
 
@@ -62,28 +62,38 @@ def frame_moments(frame, q_lab, mask, r0, r1, c0, c1, threshold, despeckle, out)
         out[i] = 0.0
     rows, cols = frame.shape
     outside = 0.0
+    # Scan 64-bit words (2 uint32 or 4 uint16 pixels each) so the zero test of a block of
+    # pixels is a few wide ORs; rows whose byte length is not a multiple of 8 scan per pixel.
+    wide = (cols * frame.itemsize) % 8 == 0
+    if wide:
+        words = frame.view(np.uint64)
+        nw = words.shape[1]
+        per = cols // nw
+    else:
+        words = np.zeros((rows, 1), dtype=np.uint64)  # unused
+        nw = cols
+        per = 1
     for r in range(rows):
-        row = frame[r]
-        mrow = mask[r]
         in_rows = r >= r0 and r < r1
-        c = 0
-        while c < cols:
-            stop = min(c + BLOCK, cols)
-            any_counts = 0
-            for j in range(c, stop):
-                any_counts |= row[j]
-            if any_counts != 0:
-                for j in range(c, stop):
-                    v = row[j]
-                    if v != 0 and v >= threshold and mrow[j] == 0:
-                        if despeckle and v == 1 and _isolated(frame, r, j):
-                            continue
-                        if in_rows and j >= c0 and j < c1:
-                            q = q_lab[r - r0, j - c0]
-                            _add_pixel(out, np.float64(v), q[0], q[1], q[2])
-                        else:
-                            outside += v
-            c = stop
+        for b in range(0, nw, BLOCK_WORDS):
+            stop_w = min(b + BLOCK_WORDS, nw)
+            if wide:
+                any_counts = np.uint64(0)
+                wr = words[r]
+                for w in range(b, stop_w):
+                    any_counts |= wr[w]
+                if any_counts == 0:
+                    continue
+            for j in range(b * per, stop_w * per):
+                v = frame[r, j]
+                if v != 0 and v >= threshold and mask[r, j] == 0:
+                    if despeckle and v == 1 and _isolated(frame, r, j):
+                        continue
+                    if in_rows and j >= c0 and j < c1:
+                        q = q_lab[r - r0, j - c0]
+                        _add_pixel(out, np.float64(v), q[0], q[1], q[2])
+                    else:
+                        outside += v
     out[10] = outside
 
 

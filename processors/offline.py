@@ -75,7 +75,8 @@ def auto_roi(entry: h5py.Group, meta: RawMeta, sample: int = ROI_SAMPLE_FRAMES) 
     """
     rows, cols = meta.frame_shape
     data = entry[DATA]
-    picks = np.unique(np.linspace(0, meta.n_frames - 1, min(sample, meta.n_frames)).astype(np.int64))
+    count = int(np.clip(meta.n_frames // 10, min(200, meta.n_frames), sample))  # a tenth of the map, bounded
+    picks = np.unique(np.linspace(0, meta.n_frames - 1, count).astype(np.int64))
     total = np.zeros((rows, cols), dtype=np.float64)
     buf = np.empty((rows, cols), dtype=data.dtype)
     for i in picks:

@@ -129,3 +129,12 @@ def test_bad_input_is_named():
     with pytest.raises(OpmonError, match="ROI"):
         MomentAccumulator(GEO, (2, 3), roi=(0, 100, 0, 10))
     assert acc.frames_seen == 0  # nothing half-added
+
+
+@pytest.mark.parametrize("shape, dtype", [((47, 33), np.uint32), ((47, 35), np.uint16), ((10, 12), np.uint8)])
+def test_rows_not_a_multiple_of_8_bytes_scan_per_pixel(shape, dtype):
+    geo = DetectorGeometry(10000.0, 1.6, (55e-6, 55e-6), (20.0, 20.0), shape)
+    frames = np.random.default_rng(0).poisson(0.3, (5,) + shape).astype(dtype)
+    acc = MomentAccumulator(geo, (1, 1), background=None, despeckle=False)
+    acc.process_block(frames, np.zeros(5, int), 19.0, 0.0, 30.0, 0.0)
+    assert acc.sum_i[0] == frames.sum()
