@@ -73,7 +73,7 @@ class Session:
                             pole_rings, options.max_altitude)
         self.hist = HistogramView(hist_cur, hist_earlier)
         self.steering = Steering(doc, control, token if self.authorized else None, self.authorized,
-                                 self.intensity.fig, roi)
+                                 self.intensity.fig, roi, lambda: self.maps.geometry)
         self.status_div = Div(text=status_html({}, 0.0, "waiting for data"), name="status",
                               sizing_mode="stretch_width", height=44)
         self.seen_div = Div(text="", name="seen", visible=False)

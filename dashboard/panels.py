@@ -75,6 +75,7 @@ def intensity_map(x_range: Range1d, y_range: Range1d) -> tuple[MapPanel, ColumnD
     """
     panel = map_panel("intensity (drag a box: next region)", Inferno256,
                       "counts", x_range, y_range)
+    panel.fig.name = "intensity_fig"      # tests find the plot to drag a box on it
     box = BoxSelectTool(persistent=True, description="Draw the next map's region")
     panel.fig.add_tools(box)
     panel.fig.toolbar.active_drag = box

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
+import numpy as np
 from bokeh.document import Document
 from bokeh.events import SelectionGeometry
 from bokeh.layouts import row
@@ -69,12 +70,39 @@ def parse_thresholds(text: str) -> list[float]:
     return out
 
 
+def box_to_region(box: dict[str, float], geometry: tuple[Any, ...] | None) -> dict[str, int]:
+    """A box drawn on the map (plot coordinates) -> grid rows [r0, r1) and columns [c0, c1).
+
+    `geometry` is (ny, nx, x0, y0, width, height) of the displayed map: pixel (r, c) covers
+    x in [x0 + c*w/nx, x0 + (c+1)*w/nx) and likewise y, row 0 at the bottom as Bokeh draws
+    it. Every pixel the box touches is included; the result is clipped to the grid.
+
+    Raises
+    ------
+    ValueError
+        If no map is shown yet or the box misses the map.
+    """
+    if geometry is None:
+        raise ValueError("no map shown yet: wait for data before drawing a region")
+    ny, nx, x0, y0, w, h = geometry
+    c0 = max(int(np.floor((box["x0"] - x0) / w * nx)), 0)
+    c1 = min(int(np.ceil((box["x1"] - x0) / w * nx)), nx)
+    r0 = max(int(np.floor((box["y0"] - y0) / h * ny)), 0)
+    r1 = min(int(np.ceil((box["y1"] - y0) / h * ny)), ny)
+    if c1 <= c0 or r1 <= r0:
+        raise ValueError(f"the box x {box['x0']:.2f}…{box['x1']:.2f}, y {box['y0']:.2f}…{box['y1']:.2f} "
+                         f"misses the {ny} x {nx} map")
+    return {"r0": r0, "r1": r1, "c0": c0, "c1": c1}
+
+
 class Steering:
     """The control row of one session and the callbacks behind it."""
 
     def __init__(self, doc: Document, control: ControlClient | None, token: str | None,
-                 authorized: bool, intensity_fig: figure, roi_source: ColumnDataSource) -> None:
+                 authorized: bool, intensity_fig: figure, roi_source: ColumnDataSource,
+                 geometry: Callable[[], tuple[Any, ...] | None] = lambda: None) -> None:
         self.doc, self.control, self.token, self.authorized = doc, control, token, authorized
+        self.geometry = geometry
         self.roi_source = roi_source
         self.pending_region: dict[str, float] | None = None
         self.last_reply: dict[str, Any] | None = None
@@ -155,7 +183,10 @@ class Steering:
             return
         args: dict[str, Any] = {"thresholds": thresholds}
         if self.period.value is not None:
-            args["period"] = float(self.period.value)
+            args["period_s"] = float(self.period.value)
+        if not thresholds and "period_s" not in args:
+            self._show({"ok": False, "error": "give voltage thresholds and/or a period"}, "set_trigger")
+            return
         self.send("set_trigger", **args)
 
     def _on_box(self, event: SelectionGeometry) -> None:
@@ -173,7 +204,12 @@ class Steering:
         if self.pending_region is None:
             self._show({"ok": False, "error": "draw a box on the intensity map first"}, "set_region")
             return
-        self.send("set_region", **self.pending_region)
+        try:
+            region = box_to_region(self.pending_region, self.geometry())
+        except ValueError as exc:
+            self._show({"ok": False, "error": str(exc)}, "set_region")
+            return
+        self.send("set_region", **region)
 
     def _show(self, reply: dict[str, Any], cmd: str) -> None:
         self.last_reply = dict(reply, cmd=cmd, t=time.time())

@@ -40,6 +40,11 @@ class MapView:
         self.patches_sent = 0
         self.replacements = 0
 
+    @property
+    def geometry(self) -> tuple[Any, ...] | None:
+        """(ny, nx, x0, y0, width, height) of the map on screen, None before the first map."""
+        return self._geometry
+
     def show(self, u: MapUpdate) -> bool:
         """Bring every map panel up to `u`; returns True if anything was sent."""
         ny, nx = u.shape

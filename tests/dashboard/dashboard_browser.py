@@ -94,6 +94,13 @@ class Browser:
             raise AssertionError(f"no button labelled {label!r} on the page")
         found[0].click()
 
+    def input_with_placeholder(self, words: str) -> Any:
+        """The text input whose placeholder contains `words`."""
+        found = [e for e in self.js(DEEP_FIND_JS, "input", None) if words in (e.get_attribute("placeholder") or "")]
+        if not found:
+            raise AssertionError(f"no input with a placeholder containing {words!r}")
+        return found[0]
+
     def d_pixels(self) -> int:
         return int(self.js(D_MAP_PIXELS_JS))
 

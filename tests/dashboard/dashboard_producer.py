@@ -8,7 +8,7 @@
   potentiostat readings; the acquisition status (state straight from `RE.state`) goes out on a
   second PUB socket (display_acquisition), as docs/protocol.md describes.
 - `streaming.control.ControlServer` answers steering requests with a token and acts through
-  the RunEngine via `RunEngineSteering`.
+  the RunEngine and the acquisition's `MapRequests` mailbox via `RunEngineSteering`.
 
 The tests read the RunEngine's state from here (the acquisition side), never from the page.
 """
@@ -22,15 +22,21 @@ import numpy as np
 import zmq
 from bluesky import RunEngine
 from bluesky import plan_stubs as bps
-from bluesky.utils import RunEngineInterrupted
 
+from opmon.acquisition import AnyOf, MapRequests, PeriodicTrigger, VoltageThresholds
 from opmon.dashboard.model import MapUpdate
 from opmon.dashboard.subscriber import encode_map
 from opmon.simulators.cell import CellConfig, CellMode, CellSimulator
 from opmon.simulators.crystal import ParticleModel
 from opmon.simulators.setup import SxdmSetup
-from opmon.streaming.control import ControlCommandError, ControlServer
+from opmon.streaming.control import ControlServer, RunEngineSteering
 from opmon.streaming.protocol import pack
+
+
+def make_rule(thresholds: list[float] | None = None, period_s: float | None = None):
+    """The acquisition's rule factory for `set_trigger`: thresholds and/or a period."""
+    rules = ([VoltageThresholds(thresholds)] if thresholds else []) + ([PeriodicTrigger(period_s)] if period_s else [])
+    return AnyOf(*rules)
 
 
 def _pub(ctx: zmq.Context) -> tuple[zmq.Socket, str]:
@@ -39,53 +45,6 @@ def _pub(ctx: zmq.Context) -> tuple[zmq.Socket, str]:
     s.setsockopt(zmq.SNDHWM, 20)
     port = s.bind_to_random_port("tcp://127.0.0.1")
     return s, f"tcp://127.0.0.1:{port}"
-
-
-class RunEngineSteering:
-    """The acquisition adapter: every command acts through the RunEngine or the plan's requests."""
-
-    def __init__(self, exp: SimulatedExperiment) -> None:
-        self.exp = exp
-
-    def pause(self) -> dict[str, Any]:
-        if self.exp.RE.state != "running":
-            raise ControlCommandError(f"cannot pause: run is {self.exp.RE.state}")
-        self.exp.RE.request_pause(defer=False)
-        return {"state": self.exp.RE.state}
-
-    def resume(self) -> dict[str, Any]:
-        if self.exp.RE.state != "paused":
-            raise ControlCommandError(f"cannot resume: run is {self.exp.RE.state}")
-        self.exp.resume_requested.set()
-        return {"state": "resuming"}
-
-    def abort(self, reason: str = "") -> dict[str, Any]:
-        self.exp.abort_reason = reason or "aborted"
-        if self.exp.RE.state == "running":
-            self.exp.RE.request_pause(defer=False)
-        self.exp.resume_requested.set()
-        return {"state": "aborting"}
-
-    def stop(self) -> dict[str, Any]:
-        return self.abort("stopped")
-
-    def start_map(self) -> dict[str, Any]:
-        with self.exp.lock:
-            self.exp.map_now = True
-        return {"state": self.exp.RE.state}
-
-    def set_trigger(self, **rule: Any) -> dict[str, Any]:
-        with self.exp.lock:
-            self.exp.trigger_rule = dict(rule)
-        return {"trigger": dict(rule)}
-
-    def set_region(self, **region: Any) -> dict[str, Any]:
-        with self.exp.lock:
-            self.exp.region = dict(region)
-        return {"region": dict(region)}
-
-    def status(self) -> dict[str, Any]:
-        return {"state": self.exp.RE.state}
 
 
 class SimulatedExperiment:
@@ -98,18 +57,15 @@ class SimulatedExperiment:
         self.acq_pub, self.acq_endpoint = _pub(self.ctx)
         self.pub_lock = threading.Lock()
         self.RE = RunEngine({}, context_managers=[])
-        self.steering = RunEngineSteering(self)
+        self.requests = MapRequests()
+        self.steering = RunEngineSteering(self.RE, self.requests, make_rule)
         self.control = ControlServer("tcp://127.0.0.1:0", token, self.steering, self.ctx)
         self.map_shape, self.n_maps, self.row_period_s = map_shape, n_maps, row_period_s
         self.particle = ParticleModel(SxdmSetup(map_shape=map_shape), seed=seed)
         self.cell = CellSimulator(CellConfig(x0=0.98))
         self.cell.command(CellMode.GALVANOSTATIC, self.cell.config.c_rate_current(0.5), cutoff=4.9)
-        self.lock = threading.Lock()
-        self.map_now = False
-        self.trigger_rule: dict[str, Any] = {}
-        self.region: dict[str, Any] | None = None
-        self.abort_reason: str | None = None
-        self.resume_requested = threading.Event()
+        self.rules: list[Any] = []
+        self.regions: list[Any] = []
         self.stop_event = threading.Event()
         self.rows_published = 0
         self.maps_done = 0
@@ -128,7 +84,6 @@ class SimulatedExperiment:
 
     def close(self) -> None:
         self.stop_event.set()
-        self.resume_requested.set()
         if self.RE.state == "running":
             self.RE.request_pause(defer=False)
         for t in self._threads:
@@ -141,26 +96,41 @@ class SimulatedExperiment:
     # ---- the plan (runs inside the RunEngine) ---------------------------------------------------
     def _mapping_plan(self):
         truth_keys = ("d_spacing", "tilt_altitude", "tilt_azimuth", "intensity", "peak_width", "mask")
-        ny, _ = self.map_shape
+        ny, nx = self.map_shape
+        region = (0, ny, 0, nx)
         for m in range(self.n_maps):
-            if self.stop_event.is_set():
+            if self.stop_event.is_set() or self.requests.finishing:
                 return
             self.current_map = m
+            new_region = self.requests.take_region()
+            if new_region != "unchanged":
+                region = new_region or (0, ny, 0, nx)
+                self.regions.append(new_region)
+            rule = self.requests.take_rule()
+            if rule is not None:
+                self.rules.append(rule)
             self.particle.set_charge_state(0.9 - 0.05 * (m % 16))
             truth = self.particle.truth()
             full = {k: np.asarray(truth[k], dtype=np.float64 if k != "mask" else np.uint8) for k in truth_keys}
             for k in ("d_spacing", "tilt_altitude", "tilt_azimuth", "peak_width"):
                 full[k][full["mask"] == 0] = np.nan       # as the processors mask (SCIENCE.md §3)
-            for r in range(1, ny + 1):
+            r0, r1, c0, c1 = region
+            outside = np.ones(self.map_shape, dtype=bool)
+            outside[r0:r1, c0:c1] = False
+            for v in full.values():
+                v[outside] = np.nan if v.dtype.kind == "f" else 0
+            for r in range(r0 + 1, r1 + 1):
                 yield from bps.checkpoint()
                 yield from bps.sleep(self.row_period_s)
+                if self.requests.take_map() is not None:
+                    break                                  # map now: start the next map at once
                 part = {k: v.copy() for k, v in full.items()}
                 for k, v in part.items():
                     if v.dtype.kind == "f":
                         v[r:] = np.nan
                     else:
                         v[r:] = 0
-                self._publish_map(m, part, r, ny)
+                self._publish_map(m, part, r - r0, r1 - r0)
             self.maps_done += 1
 
     def _publish_map(self, m: int, arrays: dict[str, np.ndarray], rows: int, ny: int) -> None:
@@ -172,25 +142,7 @@ class SimulatedExperiment:
             self.live_pub.send_multipart(parts)
 
     def _run_plan(self) -> None:
-        try:
-            self.RE(self._mapping_plan())
-            self.exit_status = "success"
-        except RunEngineInterrupted:
-            while not self.stop_event.is_set():          # paused: wait for resume or abort
-                self.resume_requested.wait()
-                self.resume_requested.clear()
-                if self.stop_event.is_set() or self.abort_reason:
-                    self.RE.abort(self.abort_reason or "closed")
-                    self.exit_status = "abort"
-                    return
-                try:
-                    self.RE.resume()
-                    self.exit_status = "success"
-                    return
-                except RunEngineInterrupted:
-                    continue
-            if self.RE.state == "paused":
-                self.RE.abort("closed")
+        self.exit_status = self.steering.run(self._mapping_plan(), stop=self.stop_event)
 
     # ---- status and readings ---------------------------------------------------------------------
     def _status_loop(self) -> None:

@@ -69,3 +69,47 @@ def test_without_token_pause_is_refused(experiment, dashboard, artifacts):
         b.screenshot(str(artifacts / "dashboard_readonly_1366x768.png"))
     finally:
         b.quit()
+
+
+def _drag_box_on_intensity(b: Browser, fx0: float, fy0: float, fx1: float, fy1: float) -> None:
+    """Drag with the mouse over the intensity plot, from/to fractions of its data frame."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    x, y, w, h = b.js("""
+        const m = Bokeh.documents[0].get_model_by_name('intensity_fig');
+        const v = Bokeh.index.find_one(m);
+        const r = v.el.getBoundingClientRect(), f = v.frame.bbox;
+        return [r.left + f.left, r.top + f.top, f.width, f.height];""")
+    actions = ActionChains(b.driver)
+    pointer = actions.w3c_actions.pointer_action
+    pointer.move_to_location(int(x + fx0 * w), int(y + fy0 * h))
+    pointer.pointer_down()
+    for k in range(1, 6):
+        pointer.move_to_location(int(x + (fx0 + (fx1 - fx0) * k / 5) * w), int(y + (fy0 + (fy1 - fy0) * k / 5) * h))
+    pointer.pointer_up()
+    actions.perform()
+
+
+def test_box_on_intensity_map_sets_the_next_region_and_triggers_change(experiment, dashboard, artifacts):
+    b = Browser(1920, 1080)
+    try:
+        b.get(dashboard.steering_url)
+        b.wait_for("the d map to hold data", lambda: b.d_pixels() > 0)
+        _drag_box_on_intensity(b, 0.2, 0.3, 0.7, 0.8)       # screen y grows downward
+        b.wait_for("the box to be taken", lambda: "Set region" in (b.model_text("feedback") or ""))
+        b.click("Set region")
+        b.wait_for("the acquisition to accept the region",
+                   lambda: "set_region: accepted" in (b.model_text("feedback") or ""))
+        b.wait_for("the next map to use the region", lambda: experiment.regions, timeout=60)
+        r0, r1, c0, c1 = experiment.regions[-1]
+        ny, nx = experiment.map_shape
+        assert 0 <= r0 < r1 <= ny and 0 <= c0 < c1 <= nx and (r1 - r0, c1 - c0) != (ny, nx)
+        b.input_with_placeholder("thresholds").send_keys("4.75, 4.8\n")
+        b.click("Set triggers")
+        b.wait_for("the acquisition to accept the rule",
+                   lambda: "set_trigger: accepted" in (b.model_text("feedback") or ""))
+        b.wait_for("the plan to take the new rule", lambda: experiment.rules, timeout=60)
+        assert [r.pending for r in experiment.rules[-1].rules] == [[4.75, 4.8]]
+        b.screenshot(str(artifacts / "dashboard_region_1920x1080.png"))
+    finally:
+        b.quit()

@@ -140,3 +140,68 @@ def test_session_token_rules_and_threshold_parsing():
     assert parse_thresholds("") == []
     with pytest.raises(ValueError, match="'4.7V'"):
         parse_thresholds("4.7V")
+
+
+def test_box_to_region_covers_touched_pixels_and_clips():
+    from opmon.dashboard.steering import box_to_region
+
+    geom = (24, 32, 0.0, 0.0, 32.0, 24.0)                  # pixel units, as the live maps come
+    assert box_to_region({"x0": 6.2, "x1": 22.5, "y0": 4.9, "y1": 17.0}, geom) == {"r0": 4, "r1": 17, "c0": 6, "c1": 23}
+    assert box_to_region({"x0": -5, "x1": 99, "y0": -1, "y1": 99}, geom) == {"r0": 0, "r1": 24, "c0": 0, "c1": 32}
+    um = (10, 10, 100.0, 50.0, 2.0, 1.0)                    # 0.2 um x 0.1 um pixels at (100, 50) um
+    assert box_to_region({"x0": 100.45, "x1": 100.85, "y0": 50.0, "y1": 50.3}, um) == {"r0": 0, "r1": 3, "c0": 2, "c1": 5}
+    with pytest.raises(ValueError, match="misses"):
+        box_to_region({"x0": 40, "x1": 50, "y0": 0, "y1": 5}, geom)
+    with pytest.raises(ValueError, match="no map"):
+        box_to_region({"x0": 0, "x1": 1, "y0": 0, "y1": 1}, None)
+
+
+def test_run_engine_steering_pauses_resumes_and_aborts_a_real_run():
+    import time
+
+    import bluesky.plan_stubs as bps
+    from bluesky import RunEngine
+
+    from opmon.acquisition import MapRequests, VoltageThresholds
+    from opmon.streaming.control import RunEngineSteering
+
+    RE = RunEngine({}, context_managers=[])
+    requests = MapRequests()
+    steer = RunEngineSteering(RE, requests, lambda thresholds=None, period_s=None: VoltageThresholds(thresholds))
+    ticks = []
+
+    def plan():
+        for i in range(2000):
+            yield from bps.checkpoint()
+            yield from bps.sleep(0.01)
+            ticks.append(i)
+
+    def wait(pred, what):
+        deadline = time.monotonic() + 20
+        while not pred():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.01)
+
+    result = []
+    runner = threading.Thread(target=lambda: result.append(steer.run(plan())))
+    runner.start()
+    wait(lambda: len(ticks) > 3, "the plan to run")
+    with pytest.raises(ControlCommandError, match="cannot resume"):
+        steer.resume()
+    assert steer.pause()["state"] in ("pausing", "paused")
+    wait(lambda: RE.state == "paused", "the pause")
+    n = len(ticks)
+    assert steer.status()["state"] == "paused" and len(ticks) == n
+    steer.resume()
+    wait(lambda: len(ticks) > n + 3, "the plan to go on")
+    steer.set_region(r0=2, r1=5, c0=1, c1=4)
+    assert requests.take_region() == (2, 5, 1, 4)
+    steer.set_trigger(thresholds=[4.7])
+    assert requests.take_rule().pending == [4.7]
+    steer.start_map()
+    assert requests.take_map() == "steering: map now"
+    with pytest.raises(ControlCommandError, match="r0, r1, c0, c1"):
+        steer.set_region(r0=1)
+    steer.abort("test over")
+    runner.join(20)
+    assert result == ["abort"] and RE.state == "idle" and len(ticks) < 2000
