@@ -39,7 +39,7 @@ requestAnimationFrame(() => requestAnimationFrame(() => {
 }));
 """
 #: Without an acknowledgement (tab hidden: no animation frames) send again after this long.
-ACK_TIMEOUT_S = 3.0
+ACK_TIMEOUT_S = 1.5
 #: Granularity of the display loop; the period (`update_ms`) is what limits the rate.
 TICK_MS = 50
 
@@ -81,6 +81,7 @@ class Session:
         self.seen_div.js_on_change("text", CustomJS(args={"ack": self.ack_div}, code=_SEEN_JS))
         self.ack_div.on_change("text", lambda attr, old, new: self._acked(new))
         self._in_flight: tuple[str, float] | None = None
+        self.ack_timeouts = 0
         self.gallery = Slider(start=0, end=1, value=0, step=1, title="step back through maps",
                               name="gallery", disabled=True, sizing_mode="stretch_width", height=40)
         self.live_button = Button(label="● Live", button_type="success", name="live", width=90, height=34)
@@ -89,6 +90,8 @@ class Session:
         self.follow_live = True
         self._shown: tuple[int, int] = (-1, -1)     # (map version, map number) on screen
         self._status_version = -1
+        self._doc_version = -1
+        self._run_info = ""
         self._history_version = -1
         self._reading_cursor = 0
         self._t0: float | None = None
@@ -131,14 +134,21 @@ class Session:
             self._update_history(history)
         self._push_map(history)
         self._update_readings()
+        dv, docs = self.model.documents()
+        if dv != self._doc_version:
+            self._doc_version = dv
+            self._run_info = run_info(docs)
         sv, status, received = self.model.status()
         self._status_version = sv
-        self.status_div.text = status_html(status, received, self._showing)
+        showing = f"{self._showing} · {self._run_info}" if self._run_info else self._showing
+        self.status_div.text = status_html(status, received, showing)
 
     def _push_map(self, history: list[Any]) -> None:
         """Send the latest map if it is new and the page has acknowledged the previous one."""
         if self._in_flight is not None and time.monotonic() - self._in_flight[1] > ACK_TIMEOUT_S:
             self._in_flight = None
+            self.ack_timeouts += 1
+            log.debug("no paint acknowledgement within %.1f s (%d so far)", ACK_TIMEOUT_S, self.ack_timeouts)
         if not self.follow_live or self._in_flight is not None:
             return
         mv, latest = self.model.latest_map()
@@ -217,6 +227,16 @@ class Session:
         self.live_button.button_type = "success"
         self.live_button.label = "● Live"
         self._shown = (-1, -1)
+
+
+def run_info(docs: list[tuple[str, dict[str, Any]]]) -> str:
+    """One phrase from the newest bluesky documents: plan of the open run, or how the last ended."""
+    for name, doc in reversed(docs):
+        if name == "stop":
+            return f"last run {doc.get('exit_status', '?')}" + (f": {doc['reason']}" if doc.get("reason") else "")
+        if name == "start":
+            return f"plan {doc.get('plan_name', '?')} (run {str(doc.get('uid', ''))[:8]})"
+    return ""
 
 
 def make_app(model: DashboardModel, control: ControlClient | None, expected_token: str | None,

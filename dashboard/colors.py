@@ -13,8 +13,9 @@ import numpy.typing as npt
 
 from opmon.errors import OpmonError
 
-#: RGB (0-255) of masked / NaN pixels: mid grey, distinct from white (zero tilt).
-MASKED_RGB: tuple[int, int, int] = (160, 160, 160)
+#: RGB (0-255) of masked / NaN pixels: the light grey of the other maps' NaN colour (#d0d0d0),
+#: distinct from white (zero tilt) because a tilt colour always has value 1.
+MASKED_RGB: tuple[int, int, int] = (208, 208, 208)
 
 
 class ColorMapError(OpmonError):

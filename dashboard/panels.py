@@ -190,12 +190,14 @@ def echem_panels() -> EchemPanels:
     vt.y_range.renderers = [v_line, v_marks]   # the current trace has its own axis
     vt.text(x="hours", y="voltage", text="label", source=markers, y_offset=-10, text_font_size="10px",
             text_align="center", text_color="#d62728")
-    vt.legend.location = "top_left"
+    vt.legend.location = "bottom_right"
+    vt.y_range.range_padding = 0.2           # room for the map labels above the markers
     vt.legend.label_text_font_size = "10px"
     vt.legend.background_fill_alpha = 0.6
     vq = figure(title="V vs capacity (▼ = map)", tools=TOOLS, sizing_mode="stretch_both",
                 min_width=220, min_height=180, x_axis_label="capacity (mAh)", y_axis_label="V")
     vq.line(x="capacity", y="voltage", source=readings, line_width=2, color="#1f77b4")
+    vq.y_range.range_padding = 0.2
     vq.scatter(x="capacity", y="voltage", source=markers, marker="inverted_triangle", size=11,
                color="#d62728")
     vq.text(x="capacity", y="voltage", text="label", source=markers, y_offset=-10, text_font_size="10px",

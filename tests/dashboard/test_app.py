@@ -128,3 +128,18 @@ def test_read_only_session_refuses_without_sending():
     assert s.steering.pause.disabled and not s.authorized
     s.steering.send("pause")
     assert not s.steering.last_reply["ok"] and "read-only" in s.steering.last_reply["error"]
+
+
+def test_run_line_names_the_plan_and_how_the_run_ended():
+    from opmon.dashboard.app import run_info
+
+    assert run_info([]) == ""
+    assert run_info([("start", {"plan_name": "operando_series", "uid": "1234567890"}), ("event", {})]) == \
+        "plan operando_series (run 12345678)"
+    assert run_info([("start", {"plan_name": "p", "uid": "u"}),
+                     ("stop", {"exit_status": "abort", "reason": "beam lost"})]) == "last run abort: beam lost"
+    model = DashboardModel()
+    s = Session(Document(), model, None, None, DashboardOptions())
+    model.on_document("start", {"plan_name": "operando_series", "uid": "abcdef123"})
+    s.update()
+    assert "plan operando_series (run abcdef12)" in s.status_div.text
