@@ -125,7 +125,14 @@ class CellSimulator:
         self.cutoff = None if cutoff is None else float(cutoff)
         self.cutoff_reached = False
         self.commands.append((self.time, self.mode, self.setpoint, self.cutoff))
-        if self.mode in (CellMode.OPEN_CIRCUIT, CellMode.HIGH_IMPEDANCE):
+        # The instrument applies the new state at once: the next reading already shows it.
+        if self.mode is CellMode.GALVANOSTATIC:
+            full = (self.setpoint > 0 and self.x <= 0.0) or (self.setpoint < 0 and self.x >= 1.0)
+            self.current = 0.0 if full else self.setpoint
+        elif self.mode is CellMode.POTENTIOSTATIC:
+            i = (self.setpoint - self.ocv.voltage(self.x) - self.eta) / self.config.resistance_ohm
+            self.current = i if self.compliance is None else min(max(i, -self.compliance), self.compliance)
+        else:
             self.current = 0.0
 
     def terminal_voltage(self) -> float:

@@ -14,7 +14,7 @@ from bluesky.utils import RunEngineInterrupted
 from opmon.acquisition.mapping import MapGrid
 from opmon.acquisition.plans import operando_series, potentiostatic_steps
 from opmon.acquisition.potentiostat import CellCommand
-from opmon.acquisition.triggers import MapRequests, PeriodicTrigger, PlateauTrigger, VoltageThresholds
+from opmon.acquisition.triggers import MapRequests, PeriodicTrigger, PlateauTrigger, RestTrigger, VoltageThresholds
 from opmon.errors import LimitError
 from opmon.simulators.cell import CellMode
 from opmon.simulators.ocv import LMNO
@@ -225,3 +225,25 @@ def test_pause_resume_abort_during_a_map_keep_the_cell_safe_and_every_frame(RE, 
     if defer:
         assert _frames_in_files(docs) == len(frames)
     assert len({e["data"]["detector-map_index"] for e in frames}) == 16  # >= 16 frames of eta-outer
+
+
+def test_rest_trigger_maps_when_cycling_pauses(RE, docs, make_beamline) -> None:
+    bl = make_beamline(acceleration=900.0)
+    charge = CellCommand(CellMode.GALVANOSTATIC, bl.c_rate(1 / 2), cutoff=4.3)  # seed 003: pause, then image
+    result = RE(_series(bl, triggers=RestTrigger(), charge=charge, grid=MapGrid((2, 2), 0.1), etas=bl.etas()[:2],
+                        stop_at_rest=False, max_maps=1)).plan_result
+    assert len(result.maps) == 1 and "rest" in result.maps[0].reason
+    start = stream(docs, "maps")[0]["data"]
+    assert start["potentiostat-mode"] == "open_circuit" and start["potentiostat-current"] == 0.0
+    assert 4.25 < start["potentiostat-voltage"] <= 4.3  # relaxing just below the cut-off
+
+
+def test_periodic_maps_follow_cell_time(RE, docs, make_beamline) -> None:
+    bl = make_beamline(acceleration=900.0)
+    result = RE(_series(bl, triggers=PeriodicTrigger(900.0), charge=_c15(bl), grid=MapGrid((2, 2), 0.1),
+                        etas=bl.etas()[:1], max_cell_time_s=3700.0)).plan_result
+    t = [m.start.time for m in result.maps]
+    assert len(t) >= 4 and t[0] < 60.0
+    assert all(b - a >= 900.0 for a, b in zip(t, t[1:]))
+    assert [int(x // 900) for x in t[:4]] == [0, 1, 2, 3]  # one map per period, none skipped
+    assert result.end_reason.startswith("cell time")
