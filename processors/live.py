@@ -41,13 +41,14 @@ class LiveProcessor:
     display_endpoint : PUB endpoint to bind for maps and status (lossy), or None.
     maps_endpoint : archiver's lossless maps endpoint to connect to, or None.
     workers : 1 = accumulate in this process; N > 1 = deal frames to N worker processes.
-    roi : "auto" (from the first `roi_frames` frames of a run), None (full frame) or (r0, r1, c0, c1).
+    roi : "auto" (from the first `roi_frames` frames of a run, or those of its first `roi_wait_s`),
+        None (full frame) or (r0, r1, c0, c1).
     archive_dir : where to recover missed frames after a restart (None: no recovery).
     """
 
     def __init__(self, frames_endpoint: str, display_endpoint: str | None = None, maps_endpoint: str | None = None, *,
                  workers: int = 1, publish_interval_s: float = 0.25, roi: Roi | str | None = "auto",
-                 roi_frames: int = 64, threshold: int = 0, background: Any = "auto",
+                 roi_frames: int = 64, roi_wait_s: float = 0.25, threshold: int = 0, background: Any = "auto",
                  archive_dir: str | Path | None = None, rcvhwm: int = 200, context: zmq.Context | None = None) -> None:
         if workers < 1:
             raise OpmonError(f"workers = {workers}, expected >= 1")
@@ -59,7 +60,7 @@ class LiveProcessor:
         self.maps_out = self._socket(zmq.PUSH, maps_endpoint, bind=False, hwm=100)
         if self.maps_out is not None:
             self.maps_out.setsockopt(zmq.SNDTIMEO, 10_000)
-        self.roi_setting, self.roi_frames = roi, roi_frames
+        self.roi_setting, self.roi_frames, self.roi_wait_s = roi, roi_frames, roi_wait_s
         self.threshold, self.background = threshold, background
         self.publish_interval_s = publish_interval_s
         self.run: LiveRun | None = None
@@ -178,8 +179,10 @@ class LiveProcessor:
         run = self.run
         assert run is not None
         if run.roi is None:
+            if not run.pending:
+                run.pending_since = time.monotonic()
             run.pending.append((header, frame))
-            if len(run.pending) >= self.roi_frames:
+            if len(run.pending) >= self.roi_frames or time.monotonic() - run.pending_since >= self.roi_wait_s:
                 self._decide_roi()
             return
         self._dispatch(header, frame)
@@ -436,6 +439,9 @@ class LiveProcessor:
                     self._poll_results(0)
         self._poll_results(0)
         now = time.monotonic()
+        run = self.run
+        if run is not None and run.roi is None and run.pending and now - run.pending_since >= self.roi_wait_s:
+            self._decide_roi()
         if now - self._last_publish >= self.publish_interval_s:
             self._last_publish = now
             self.publish_partials()

@@ -59,6 +59,7 @@ class LiveRun:
     roi: Roi | None
     adopted: bool = False
     pending: list[tuple[dict[str, Any], npt.NDArray[Any]]] = field(default_factory=list)
+    pending_since: float = 0.0
     maps: dict[int, LiveMap] = field(default_factory=dict)
     next_worker: int = 0
     info: Any = None           # the receiver's RunInfo (sequence and loss bookkeeping)

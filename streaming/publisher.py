@@ -39,7 +39,8 @@ class ZmqFrameSink:
                  context: zmq.Context | None = None, bind: bool = True) -> None:
         if not endpoints:
             raise ProtocolError("ZmqFrameSink needs at least one endpoint")
-        self.context = context or zmq.Context.instance()
+        self._own_context = context is None     # then close() waits for queued frames to leave
+        self.context = context or zmq.Context()
         self.sockets: list[zmq.Socket] = []
         for endpoint in endpoints:
             sock = self.context.socket(zmq.PUSH)
@@ -149,7 +150,11 @@ class ZmqFrameSink:
         self.run = None
 
     def close(self) -> None:
-        """Stop an open run as aborted and close the sockets (waiting up to the stall timeout)."""
+        """Stop an open run as aborted and close the sockets.
+
+        With its own context, wait (up to the stall timeout) until queued frames have left:
+        zero-copy frames must outlive their sending, or the process could exit under them.
+        """
         try:
             if self.run is not None:
                 self.stop_run("abort", reason="sink closed")
@@ -157,3 +162,5 @@ class ZmqFrameSink:
             for sock in self.sockets:
                 sock.close()
             self.sockets = []
+            if self._own_context:
+                self.context.term()

@@ -78,7 +78,7 @@ def test_live_maps_equal_offline_maps_and_partials_come_first(tmp_path, workers)
     maps_in, maps_endpoint, display = _sockets(ctx)
     sink = ZmqFrameSink(["tcp://127.0.0.1:*"], context=ctx, stall_timeout_s=60)
     processor = LiveProcessor(sink.endpoints[0], "tcp://127.0.0.1:*", maps_endpoint, workers=workers,
-                              publish_interval_s=0.05, roi_frames=20, context=ctx)
+                              publish_interval_s=0.05, roi_frames=20, roi_wait_s=60.0, context=ctx)
     display.connect(processor.display.getsockopt_string(zmq.LAST_ENDPOINT))
     thread = threading.Thread(target=processor.serve, daemon=True)
     thread.start()
