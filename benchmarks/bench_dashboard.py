@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dash.stdout.readline()
         browser = Browser(1920, 1080)
-        browser.get(f"http://127.0.0.1:{http_port}/opmon")
+        browser.get(f"http://127.0.0.1:{http_port}/")
         browser.wait_for("the page", lambda: browser.js("return !!(window.Bokeh && Bokeh.documents.length)"))
         time.sleep(2.0)
         c0, w0 = cpu_seconds(dash.pid), time.perf_counter()

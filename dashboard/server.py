@@ -27,7 +27,9 @@ from opmon.dashboard.subscriber import DisplaySubscriber
 from opmon.errors import ConfigError
 
 log = logging.getLogger(__name__)
-APP_PATH = "/opmon"
+#: The app lives at the root, so ``http://127.0.0.1:5006/?token=...`` works as printed (Bokeh's
+#: redirect from "/" to a named app would drop the query string, and with it the token).
+APP_PATH = "/"
 
 
 def resolve_token(configured: str | None) -> str:
@@ -86,7 +88,7 @@ class DashboardServer:
     @property
     def url(self) -> str:
         """Read-only URL."""
-        return f"http://{self.config.host}:{self.config.port}{APP_PATH}"
+        return f"http://{self.config.host}:{self.config.port}{APP_PATH}"  # ends with "/"
 
     @property
     def steering_url(self) -> str:

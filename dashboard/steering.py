@@ -115,6 +115,7 @@ class Steering:
                                     name="thresholds", disabled=not enabled, height=34)
         self.period = NumericInput(title="", placeholder="period s", width=80, name="period",
                                    mode="float", low=0, disabled=not enabled, height=34)
+        self.plateau = Checkbox(label="plateau", active=False, name="plateau", disabled=not enabled)
         self.apply_triggers = Button(label="Set triggers", name="set_triggers", width=95, **b)
         self.set_region = Button(label="Set region", name="set_region", width=95, **b)
         self.arm = Checkbox(label="arm", active=False, name="arm_abort", disabled=not enabled)
@@ -137,7 +138,7 @@ class Steering:
 
     def layout(self) -> Any:
         """One row of controls."""
-        return row(self.pause, self.resume, self.map_now, self.thresholds, self.period,
+        return row(self.pause, self.resume, self.map_now, self.thresholds, self.period, self.plateau,
                    self.apply_triggers, self.set_region, self.arm, self.abort, self.feedback,
                    sizing_mode="stretch_width", height=40)
 
@@ -184,8 +185,10 @@ class Steering:
         args: dict[str, Any] = {"thresholds": thresholds}
         if self.period.value is not None:
             args["period_s"] = float(self.period.value)
-        if not thresholds and "period_s" not in args:
-            self._show({"ok": False, "error": "give voltage thresholds and/or a period"}, "set_trigger")
+        if self.plateau.active:
+            args["plateau"] = True
+        if not thresholds and "period_s" not in args and "plateau" not in args:
+            self._show({"ok": False, "error": "give voltage thresholds, a period and/or plateau"}, "set_trigger")
             return
         self.send("set_trigger", **args)
 

@@ -59,15 +59,15 @@ def test_command_prints_urls_serves_the_page_and_restricts_origins(tmp_path, exp
                 break
             if "opmon dashboard" in line:
                 lines.append(line.strip())
-        assert lines[0] == f"opmon dashboard (read-only): http://127.0.0.1:{port}/opmon"
-        assert lines[1] == f"opmon dashboard (steering):  http://127.0.0.1:{port}/opmon?token={token}"
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/opmon", timeout=20) as resp:
+        assert lines[0] == f"opmon dashboard (read-only): http://127.0.0.1:{port}/"
+        assert lines[1] == f"opmon dashboard (steering):  http://127.0.0.1:{port}/?token={token}"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/?token={token}", timeout=20) as resp:
             page = resp.read().decode()
         assert resp.status == 200 and "bokeh" in page.lower()
         # the page's own websocket URL carries a session token; use it with two origins
         m = re.search(r'"token":\s*"([^"]+)"', page) or re.search(r"token=([A-Za-z0-9_.\-]+)", page)
         assert m, "no Bokeh session token in the page"
-        ws = f"ws://127.0.0.1:{port}/opmon/ws"
+        ws = f"ws://127.0.0.1:{port}/ws"
         assert _ws_status(ws, "http://evil.example:8080", m.group(1)) == 403
         assert _ws_status(ws, f"http://localhost.evil.example:{port}", m.group(1)) == 403
         assert _ws_status(ws, f"http://127.0.0.1:{port}", m.group(1)) == 101
