@@ -128,7 +128,7 @@ class SimulatedBeamline:
         positioners = {"eta": self.diffractometer.eta, "phi": self.diffractometer.phi, "nu": self.diffractometer.nu,
                        "delta": self.diffractometer.delta, "x": self.stage.x, "y": self.stage.y}
         geometry = DetectorGeometry(energy_ev=s.energy_ev, distance_m=s.distance_m,
-                                    pixel_size_m=(s.pixel_size_m, s.pixel_size_m), beam_center=s.beam_center)
+                                    pixel_size_m=(s.pixel_size_m, s.pixel_size_m), beam_center=s.frame_beam_center)
         self.detector = SxdmDetector(self.source, self.sink, geometry, positioners, name="detector")
         call_in_bluesky_event_loop(self._connect())
 

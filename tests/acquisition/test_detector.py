@@ -30,7 +30,7 @@ def test_map_frames_are_in_the_file_and_referenced_by_valid_documents(RE, docs, 
     validate_all(docs)
     start = docs[0][1]
     assert start["uid"] == uid and start["geometry"]["map_shape"] == [4, 4]
-    assert start["geometry"]["energy_ev"] == 10000.0 and start["geometry"]["beam_center"] == [256.0, 256.0]
+    assert start["geometry"]["energy_ev"] == 10000.0 and start["geometry"]["beam_center"] == [32.0, 32.0]  # frame pixels of the ROI crop
     frames = stream(docs, "primary")
     n = 16 * 5
     assert len(frames) == n
