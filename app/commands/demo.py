@@ -1,0 +1,34 @@
+"""`opmon demo`: run the simulated operando experiment end to end (acquisition, live maps,
+archive, dashboard) on 127.0.0.1 and print a summary read back from the archive."""
+from __future__ import annotations
+
+import argparse
+
+
+def run(args: argparse.Namespace) -> int:
+    from opmon.demo import configure, plan_from_args, run_demo
+    summary = run_demo(configure(args), plan_from_args(args), headless=args.headless, workers=args.workers,
+                       dashboard_port=args.dashboard_port, open_browser=not args.no_browser)
+    print(summary.text())
+    ok = summary.exit_status == "success" and summary.frames_lost == 0 and all(m.complete for m in summary.maps)
+    return 0 if ok else 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="simulated operando experiment, end to end", description=__doc__)
+    p.add_argument("--headless", action="store_true", help="no dashboard; exit with a summary when the charge ends")
+    p.add_argument("--config", help="TOML configuration (ports, paths); defaults: opmon/default_config.toml")
+    p.add_argument("--archive-dir", help="where the run is archived (overrides [archive] dir)")
+    p.add_argument("--port-base", type=int, default=0, help="shift all ports to start here (default: config ports)")
+    p.add_argument("--maps-at", type=float, nargs="+", metavar="V", help="voltage thresholds that start maps")
+    p.add_argument("--period", type=float, default=None, help="also map every PERIOD simulated seconds")
+    p.add_argument("--plateau", action="store_true", help="also map when a plateau begins")
+    p.add_argument("--map-shape", type=int, nargs=2, default=(16, 16), metavar=("NY", "NX"))
+    p.add_argument("--angles", type=int, default=30, help="rocking angles per map")
+    p.add_argument("--acceleration", type=float, default=1500.0, help="simulated seconds per wall second")
+    p.add_argument("--max-maps", type=int, default=None)
+    p.add_argument("--workers", type=int, default=1, help="live processor worker processes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dashboard-port", type=int, default=5006)
+    p.add_argument("--no-browser", action="store_true", help="do not open a web browser")
+    p.set_defaults(func=run)

@@ -1,0 +1,127 @@
+"""The acquisition service of the simulated experiment: RunEngine, beamline, publishers, control.
+
+Wiring only: the devices and plans come from `opmon.acquisition` and `opmon.simulators`, the
+sockets from `opmon.streaming`. Frames go out zero-copy to the archiver and the live processor
+(lossless PUSH, back-pressure), documents and potentiostat readings to the archiver (lossless)
+and the dashboard (lossy), and the control channel steers the run through the RunEngine.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from bluesky import RunEngine
+
+from opmon.acquisition import (AnyOf, CellCommand, MapRequests, PeriodicTrigger, PlateauTrigger, PublisherSink, TriggerRule,
+                               VoltageThresholds, operando_series)
+from opmon.config import Config
+from opmon.errors import ConfigError
+from opmon.simulators.beamline import BeamlineConfig, SimulatedBeamline
+from opmon.simulators.cell import CellMode
+from opmon.simulators.setup import SxdmSetup
+from opmon.streaming.control import ControlServer, RunEngineSteering
+from opmon.streaming.documents import DocumentPublisher
+from opmon.streaming.publisher import ZmqFrameSink
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExperimentPlan:
+    """What the simulated operando experiment does (defaults: a fast C/15 charge of LMNO).
+
+    The map is kept small and the frames cropped to the detector window holding the peak,
+    so a whole charge with several maps runs on a laptop in about a minute.
+    """
+
+    thresholds_v: list[float] = field(default_factory=lambda: [4.5, 4.7, 4.74, 4.8])
+    period_s: float | None = None  # simulated seconds between periodic maps
+    plateau: bool = False
+    c_rate: float = 1.0 / 15.0
+    cutoff_v: float = 4.9
+    acceleration: float = 1500.0  # simulated s per wall s: 15 h in about 36 s plus the maps
+    map_shape: tuple[int, int] = (16, 16)
+    n_angles: int = 30
+    roi: tuple[int, int, int, int] | None = (96, 416, 160, 352)
+    order: str = "eta-outer"
+    max_maps: int | None = None
+    seed: int = 0
+
+    def setup(self) -> SxdmSetup:
+        return SxdmSetup(map_shape=self.map_shape, n_angles=self.n_angles, roi=self.roi)
+
+
+def make_rule(thresholds: list[float] | None = None, period_s: float | None = None, plateau: bool = False,
+              **unknown: Any) -> TriggerRule:
+    """A trigger rule from plain values: the form the control channel and the CLI speak."""
+    if unknown:
+        raise ConfigError(f"trigger rule: unknown field(s) {sorted(unknown)}; use thresholds, period_s, plateau")
+    rules: list[TriggerRule] = []
+    if thresholds:
+        rules.append(VoltageThresholds([float(t) for t in thresholds]))
+    if period_s:
+        if float(period_s) <= 0:
+            raise ConfigError(f"trigger rule: period_s={period_s} must be > 0")
+        rules.append(PeriodicTrigger(float(period_s)))
+    if plateau:
+        rules.append(PlateauTrigger())
+    if not rules:
+        raise ConfigError("trigger rule: give at least one of thresholds, period_s, plateau")
+    return rules[0] if len(rules) == 1 else AnyOf(*rules)
+
+
+class AcquisitionService:
+    """One run of the simulated experiment, published on the configured endpoints."""
+
+    def __init__(self, config: Config, plan: ExperimentPlan, token: str | None = None) -> None:
+        self.config, self.plan = config, plan
+        self.token = token or config.control.token or os.environ.get("OPMON_CONTROL_TOKEN") or secrets.token_urlsafe(16)
+        self.RE = RunEngine({}, call_returns_result=True)
+        self.publisher = ZmqFrameSink([config.endpoint("frames_archive"), config.endpoint("frames_live")],
+                                      sndhwm=config.stream.sndhwm, stall_timeout_s=config.stream.stall_timeout_s)
+        self.documents = DocumentPublisher(config.endpoint("docs"), config.endpoint("display_acquisition"),
+                                           stall_timeout_s=config.stream.stall_timeout_s)
+        self.sink = PublisherSink(self.publisher)
+        self.RE.subscribe(self.documents)
+        self.RE.subscribe(self.sink)
+        self.beamline = SimulatedBeamline(BeamlineConfig(frame_dir=config.archive.dir, setup=plan.setup(),
+                                                         acceleration=plan.acceleration, seed=plan.seed), sink=self.sink)
+        self.requests = MapRequests()
+        self.steering = RunEngineSteering(self.RE, self.requests, make_rule)
+        self.control = ControlServer(config.endpoint("control"), self.token, self.steering)
+        self._stop = threading.Event()
+        self._status_thread = threading.Thread(target=self._publish_status, name="opmon-acq-status", daemon=True)
+
+    def _publish_status(self) -> None:
+        while not self._stop.wait(0.5):
+            pub = self.publisher
+            self.documents.publish_status({"run": self.documents.run, "state": str(self.RE.state),
+                                           "frames": pub.seq, "map": pub.map_number, "maps_done": pub.n_maps})
+
+    def run(self) -> str:
+        """Run the operando series to the end of the charge; returns the exit status."""
+        bl, p = self.beamline, self.plan
+        charge = CellCommand(CellMode.GALVANOSTATIC, bl.c_rate(p.c_rate), cutoff=p.cutoff_v)
+        rule = make_rule(p.thresholds_v, p.period_s, p.plateau)
+        series = operando_series(*bl.devices, **bl.map_args(), triggers=rule, charge=charge, order=p.order,
+                                 requests=self.requests, max_maps=p.max_maps,
+                                 md={"sample": "LiNi0.5Mn1.5O4 single crystal (simulated)", "opmon_demo": True})
+        self.control.start()
+        self._status_thread.start()
+        started = time.monotonic()
+        try:
+            return self.steering.run(series, self._stop)
+        finally:
+            log.info("acquisition finished in %.1f s", time.monotonic() - started)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.control.close()
+        self.beamline.close()
+        self.publisher.close()
+        self.documents.close()
