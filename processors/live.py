@@ -253,7 +253,8 @@ class LiveProcessor:
                            n_frames=self._expected(lm.number), frames_lost=lost, options=self._options())
         valid = result.valid_d()
         self.summaries.append({"run": run.uid, "map": lm.number, "frames": acc.frames_seen, "frames_lost": lost,
-                               "d_mean": float(valid.mean()) if valid.size else float("nan")})
+                               "d_mean": float(valid.mean()) if valid.size else float("nan"),
+                               "roi": list(run.roi or ())})
         if self.display is not None:
             self.display.send_multipart(parts, copy=False)
         if self.maps_out is not None:

@@ -1,0 +1,85 @@
+"""`opmon replay ARCHIVE`: stream an archived run through the live chain again.
+
+By default the replay feeds a live processor started here and prints the final d-spacing of
+every map (and writes the maps with -o). With --external it only sends, to the configured
+`frames_live` (and with --archive also `frames_archive`) endpoints, for services already running.
+"""
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from pathlib import Path
+
+import h5py
+
+from opmon.commands.process import parse_roi
+from opmon.config import load_config
+from opmon.errors import OpmonError
+from opmon.processors.live import LiveProcessor
+from opmon.processors.mapfile import write_maps
+from opmon.streaming.publisher import ZmqFrameSink
+from opmon.streaming.replay import replay
+
+
+def _main(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if args.external:
+        endpoints = [config.endpoint("frames_live")] + ([config.endpoint("frames_archive")] if args.archive else [])
+        sink = ZmqFrameSink(endpoints, sndhwm=config.stream.sndhwm, stall_timeout_s=config.stream.stall_timeout_s)
+        try:
+            report = replay(args.archive_path, sink, rate_fps=args.rate)
+        finally:
+            sink.close()
+        print(f"replayed {report.frames} frames in {report.maps} maps as run {report.run} ({report.seconds:.1f} s)")
+        return 0
+    sink = ZmqFrameSink(["tcp://127.0.0.1:*"], sndhwm=config.stream.sndhwm, stall_timeout_s=config.stream.stall_timeout_s)
+    display = config.endpoint("display_live") if args.display else None
+    processor = LiveProcessor(sink.endpoints[0], display, None, workers=args.workers or config.live.workers,
+                              publish_interval_s=config.live.publish_interval_s, roi=parse_roi(args.roi),
+                              threshold=config.live.threshold, background=config.live.background)
+    done = threading.Event()
+    thread = threading.Thread(target=processor.serve, kwargs={"stop_when": done.is_set}, daemon=True)
+    thread.start()
+    try:
+        report = replay(args.archive_path, sink, rate_fps=args.rate)
+        deadline = time.monotonic() + 600
+        while len([s for s in processor.summaries if s["run"] == report.run]) < report.maps:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise OpmonError(f"live processor made {len(processor.summaries)} of {report.maps} maps")
+            time.sleep(0.05)
+    finally:
+        done.set()
+        thread.join(60)
+        sink.close()
+    lost = processor.receiver.counters.lost
+    print(f"replayed {report.frames} frames in {report.maps} maps ({report.seconds:.1f} s, "
+          f"{report.frames / max(report.seconds, 1e-9):.0f} frames/s), frames lost {lost}")
+    print(f"{'map':>4} {'frames':>7} {'lost':>5} {'mean d (Å)':>12}")
+    for s in processor.summaries:
+        print(f"{s['map']:>4} {s['frames']:>7} {s['frames_lost']:>5} {s['d_mean']:>12.5f}")
+    if args.output:
+        out = Path(args.output)
+        with h5py.File(out, "w") as f:
+            for (run, number), result in sorted(processor.results.items(), key=lambda kv: kv[0][1]):
+                entry = f.create_group(f"entry{number}")
+                entry.attrs["NX_class"] = "NXentry"
+                roi = processor.summaries[0].get("roi")
+                write_maps(entry, result, attrs={"run_uid": run, "replay_of": report.source_run or str(args.archive_path),
+                                                 **({"roi": roi} if roi else {})})
+        print(f"maps written to {out}")
+    return 0 if lost == 0 else 1
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("replay", help="stream an archived run through the live chain", description=__doc__)
+    p.add_argument("archive_path", metavar="ARCHIVE", help="run directory, its run.h5, or a raw SXDM file")
+    p.add_argument("--config", help="TOML configuration")
+    p.add_argument("-o", "--output", help="write the replayed maps here (entryN/maps)")
+    p.add_argument("--rate", type=float, help="frames per second (default: as fast as the chain takes them)")
+    p.add_argument("--workers", type=int, help="live processor worker processes")
+    p.add_argument("--roi", nargs="+", metavar="R", help="'auto', 'full' or r0 r1 c0 c1")
+    p.add_argument("--display", action="store_true", help="publish maps on the configured display_live port")
+    p.add_argument("--external", action="store_true", help="only send, to already running services")
+    p.add_argument("--archive", action="store_true", help="with --external: also send to the archiver")
+    p.set_defaults(func=_main)
