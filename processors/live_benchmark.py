@@ -5,7 +5,8 @@ live processor (inline, or with `--workers N`), which accumulates them into a ma
 `opmon process` kernels. In the same run, the same frames go through a bare pyzmq PUSH/PULL
 pair (header + zero-copy buffer, nothing else) as the baseline. Printed: frames/s of each,
 their ratio, frames lost, and latency from a frame's send time to its map update
-(accumulated; and first partial map published on the display channel, inline only).
+(accumulated; and first partial map published on the display channel, inline only), both
+with the sender saturating the chain (queueing latency) and paced at half that rate.
 Not a timed test: machines are noisy, so read the ratio.
 """
 from __future__ import annotations
@@ -114,9 +115,11 @@ def live_chain(n: int, workers: int, rate_fps: float | None = None) -> dict[str,
     proc.join()
     summary = processor.summaries[-1]
     counters = processor.receiver.counters
-    lat = np.asarray(processor.latencies) * 1e3
+    lat_all = np.asarray(processor.latencies) * 1e3
+    lat = lat_all[processor.roi_frames:]     # steady state: after the ROI decision
     pub = np.asarray(processor.publish_latencies) * 1e3
-    result = {"frames_per_s": (summary["frames"] - 1) / elapsed if elapsed > 0 else float("nan"),
+    result = {"first_p99": float(np.percentile(lat_all, 99)) if lat_all.size else float("nan"),
+              "frames_per_s": (summary["frames"] - 1) / elapsed if elapsed > 0 else float("nan"),
               "frames": summary["frames"], "lost": counters.lost + (n - summary["frames"]),
               "rejected": sum(counters.rejected.values()),
               "lat_p50": float(np.percentile(lat, 50)) if lat.size else float("nan"),
@@ -148,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         for label, r in ((f"saturated ({res['frames_per_s']:.0f} frames/s, queue full)", res),
                          (f"paced at {paced_rate:.0f} frames/s (half the saturated rate)", paced)):
             print(f"  latency sent->accumulated, {label}: p50 {r['lat_p50']:.1f} ms, p99 {r['lat_p99']:.1f} ms"
-                  " (goal p99 < 100 ms)" + (f"; sent->partial map published p50 {r['pub_p50']:.0f} ms, "
+                  f" (goal p99 < 100 ms; p99 {r['first_p99']:.0f} ms counting the first frames held for the ROI)" + (f"; sent->partial map published p50 {r['pub_p50']:.0f} ms, "
                                             f"p99 {r['pub_p99']:.0f} ms" if workers == 1 else ""))
     return 0
 
