@@ -39,13 +39,13 @@ class ExperimentPlan:
     so a whole charge with several maps runs on a laptop in about a minute.
     """
 
-    thresholds_v: list[float] = field(default_factory=lambda: [4.5, 4.7, 4.74, 4.8])
+    thresholds_v: list[float] = field(default_factory=lambda: [4.5, 4.7, 4.75, 4.8])
     period_s: float | None = None  # simulated seconds between periodic maps
     plateau: bool = False
     c_rate: float = 1.0 / 15.0
     cutoff_v: float = 4.9
-    acceleration: float = 1500.0  # simulated s per wall s: 15 h in about 36 s plus the maps
-    map_shape: tuple[int, int] = (16, 16)
+    acceleration: float = 900.0  # simulated s per wall s: the 15 h charge in a minute
+    map_shape: tuple[int, int] = (12, 12)
     n_angles: int = 30
     roi: tuple[int, int, int, int] | None = (96, 416, 160, 352)
     order: str = "eta-outer"

@@ -1,0 +1,47 @@
+"""The headless demo end to end: real processes, real sockets, real archive; maps = opmon process."""
+import os
+import re
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from opmon.processors.mapfile import read_maps
+from opmon.processors.offline import ProcessOptions, process_file
+
+
+@pytest.mark.slow
+def test_headless_demo_archives_every_frame_and_its_maps_equal_offline_processing(tmp_path):
+    archive = tmp_path / "archive"
+    port_base = 20000 + (os.getpid() % 2000) * 10
+    cmd = [sys.executable, "-m", "opmon.cli", "demo", "--headless", "--archive-dir", str(archive),
+           "--port-base", str(port_base), "--map-shape", "8", "8", "--acceleration", "1500",
+           "--maps-at", "4.5", "4.7", "4.75"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    assert "exit status: success" in out
+    assert re.search(r"frames lost: 0\b", out)
+    maps = int(re.search(r"maps: (\d+)", out).group(1))
+    assert maps >= 2
+    run_dirs = [p for p in archive.iterdir() if p.is_dir() and p.name != "logs"]
+    assert len(run_dirs) == 1
+    run_dir = run_dirs[0]
+    for number in range(maps):
+        raw = run_dir / f"map_{number:04d}.h5"
+        with h5py.File(raw, "r") as f:
+            assert f["entry/scan/complete"][()] == 1
+            assert f["entry/instrument/detector/data"].shape[0] == 8 * 8 * 30
+        offline = process_file(raw, tmp_path / f"offline_{number}.h5", ProcessOptions(roi=None))["entry"]
+        with h5py.File(run_dir / f"map_{number:04d}_maps.h5", "r") as f:
+            live = read_maps(f["entry"])
+        for name, arr in offline.arrays().items():
+            if name == "frames":
+                continue
+            rtol = 1e-7 if name == "peak_width" else 1e-10
+            assert np.allclose(getattr(live, name), arr, rtol=rtol, atol=0, equal_nan=True), name
+        # sane physics: LMNO (400) spacing during the first charge
+        d = offline.valid_d()
+        assert 2.015 < d.mean() < 2.045
