@@ -186,15 +186,16 @@ class CellSimulator:
 
 @dataclass
 class SimClock:
-    """Simulated time that advances in fixed steps: each tick adds `acceleration * tick_s`.
+    """Simulated time: simulated seconds = wall seconds x `acceleration`, in bounded steps.
 
-    The tick task sleeps `tick_s` of wall time between steps, so nominally simulated seconds =
-    wall seconds x acceleration; under load the simulation slows down rather than skipping.
-    Listeners are called after every step with the step length (simulated seconds).
+    The tick task wakes every `tick_s` of wall time and advances by the wall time elapsed,
+    capped at `max_lag` ticks: under load the simulation slows down rather than skipping
+    ahead between two readings. Listeners are called after every step with its length (s).
     """
 
     acceleration: float = 900.0
     tick_s: float = 0.01
+    max_lag: float = 2.0
     time: float = 0.0
     listeners: list[Callable[[float], None]] = field(default_factory=list)
     _task: asyncio.Task[None] | None = None
@@ -217,11 +218,19 @@ class SimClock:
             listener(dt)
 
     async def run(self) -> None:
-        """Tick forever; cancel the task to stop."""
+        """Tick forever; cancel the task to stop.
+
+        Each step covers the wall time since the last one (so the nominal rate holds despite
+        timer overhead) but at most `max_lag` ticks, so a stalled loop never jumps far ahead.
+        """
+        loop = asyncio.get_running_loop()
+        last = loop.time()
         while True:
             await asyncio.sleep(self.tick_s)
+            now = loop.time()
+            elapsed, last = min(now - last, self.max_lag * self.tick_s), now
             if not self._paused:
-                self.step()
+                self.step(self.acceleration * elapsed)
 
     def start(self) -> asyncio.Task[None]:
         """Start ticking on the running event loop (idempotent)."""
