@@ -103,3 +103,14 @@ def test_plot_command(raw_file, tmp_path):
     process_file(raw_file, out)
     assert main(["plot", str(out), "-o", str(tmp_path / "fig.png")]) == 0
     assert (tmp_path / "fig.png").stat().st_size > 10_000
+
+
+def test_silx_opens_the_maps_as_the_default_image(raw_file, tmp_path):
+    nxdata = pytest.importorskip("silx.io.nxdata")
+    out = tmp_path / "maps.h5"
+    process_file(raw_file, out)
+    with h5py.File(out, "r") as f:
+        assert nxdata.is_valid_nxdata(f["entry/maps"])
+        default = nxdata.get_default(f)
+        assert default is not None and default.is_image
+        assert default.signal.shape == (3, 3) and default.signal.name.endswith("d_spacing")
