@@ -140,6 +140,10 @@ class Session:
             self._run_info = run_info(docs)
         sv, status, received = self.model.status()
         self._status_version = sv
+        if status.get("map_progress") is None:          # services that do not know it:
+            _, latest = self.model.latest_map()         # use the newest map's own progress
+            if latest is not None:
+                status["map_progress"] = latest.progress
         showing = f"{self._showing} · {self._run_info}" if self._run_info else self._showing
         self.status_div.text = status_html(status, received, showing)
 

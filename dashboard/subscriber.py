@@ -61,7 +61,15 @@ def decode_map(header: dict[str, Any], buffers: Sequence[Any]) -> MapUpdate:
     n_frames = int(header.get("n_frames") or 0)
     frames = int(header.get("frames") or 0)
     final = bool(header.get("final", False))
-    progress = 1.0 if final else (frames / n_frames if n_frames > 0 else 0.0)
+    if final:
+        progress = 1.0
+    elif n_frames > 0:
+        progress = frames / n_frames
+    elif "frames" in arrays and arrays["frames"].size:
+        # frames per map pixel (live processor): the share of pixels already visited
+        progress = float(np.count_nonzero(arrays["frames"])) / arrays["frames"].size
+    else:
+        progress = 0.0
     meta = {k: v for k, v in header.items() if k not in ("fields",)}
     try:
         return MapUpdate(map_number=int(header.get("map", 0)), arrays=arrays, progress=min(progress, 1.0),
@@ -110,7 +118,10 @@ def dispatch(model: DashboardModel, parts: Sequence[Any]) -> str:
         model.on_status(header)
     elif kind == "reading":
         try:
-            model.on_reading(float(header["t"]), float(header["voltage_v"]), float(header.get("current_a", np.nan)),
+            # the potentiostat's own clock when it reports one (a simulated cell may run faster
+            # than the wall clock); markers use the same readings, so the axes stay consistent
+            t = header["cell_time_s"] if isinstance(header.get("cell_time_s"), (int, float)) else header["t"]
+            model.on_reading(float(t), float(header["voltage_v"]), float(header.get("current_a", np.nan)),
                              float(header.get("charge_mah", np.nan)))
         except (KeyError, TypeError, ValueError) as exc:
             raise DisplayMessageError(f"reading: bad or missing field {exc}") from exc

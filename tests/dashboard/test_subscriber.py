@@ -94,3 +94,12 @@ def test_subscriber_feeds_the_model_from_several_publishers():
         live.close(0)
         acq.close(0)
         ctx.term()
+
+
+def test_progress_without_n_frames_comes_from_the_visited_pixels():
+    result = _processor_result()
+    result.frames[:] = 0
+    result.frames[:2] = 30                      # 2 of 4 rows visited
+    parts = processor_encode_map(result, run="r", map_number=0, final=False, frames=300, n_frames=0, frames_lost=0)
+    upd = decode_map(unpack(parts[1]), parts[2:])
+    assert upd.progress == pytest.approx(0.5)
