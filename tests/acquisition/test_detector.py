@@ -105,3 +105,39 @@ def test_the_crystal_follows_the_cell(RE, docs, make_beamline) -> None:
     assert x_before == 1.0 and last["x_li"] < 0.8
     assert bl.particle.x_mean == pytest.approx(last["x_li"], abs=1e-3)
     assert isinstance(memory, FrameSink)
+
+
+class CountingSource:
+    """A FrameSource that is not the simulator: every frame is filled with its map pixel number."""
+
+    frame_shape = (8, 6)
+    dtype = "uint16"
+
+    def detector_mask(self) -> None:
+        return None
+
+    def frame(self, map_index: int, positions: dict[str, float]) -> tuple[np.ndarray, dict[str, Any]]:
+        return np.full(self.frame_shape, map_index, np.uint16), {"source": "counting"}
+
+
+def test_plans_run_with_any_frame_source_and_sink(RE, docs, tmp_path) -> None:
+    from ophyd_async.core import init_devices
+
+    from opmon.acquisition.detector import DetectorGeometry, SxdmDetector
+    from opmon.acquisition.motion import Diffractometer, PiezoStage
+
+    memory = MemorySink()
+    with init_devices():
+        stage = PiezoStage()
+        diff = Diffractometer(eta=10.0, delta=20.0)
+    positioners = {"eta": diff.eta, "phi": diff.phi, "nu": diff.nu, "delta": diff.delta, "x": stage.x, "y": stage.y}
+    geometry = DetectorGeometry(energy_ev=8000.0, distance_m=1.0, pixel_size_m=(75e-6, 75e-6), beam_center=(4.0, 3.0))
+    with init_devices():
+        det = SxdmDetector(CountingSource(), TeeSink(Hdf5MapSink(tmp_path), memory), geometry, positioners)
+    RE(sxdm_map(det, stage, diff, MapGrid((2, 3), 0.5), [9.9, 10.1], order="point-outer"))
+    validate_all(docs)
+    assert [int(f[0, 0]) for f in memory.frames] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    assert memory.headers[0]["source"] == "counting" and memory.headers[0]["delta"] == 20.0
+    assert docs[0][1]["geometry"]["energy_ev"] == 8000.0
+    resource = next(d for n, d in docs if n == "stream_resource")
+    assert resource["parameters"]["frame_shape"] == [8, 6] and resource["parameters"]["dtype"] == "uint16"
