@@ -15,17 +15,24 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from bluesky.run_engine import call_in_bluesky_event_loop
+from bluesky.run_engine import call_in_bluesky_event_loop, get_bluesky_event_loop
 
 from opmon.acquisition.detector import DetectorGeometry, SxdmDetector
 from opmon.acquisition.mapping import MapGrid
 from opmon.acquisition.motion import Diffractometer, PiezoStage
 from opmon.acquisition.potentiostat import CellCommand, Potentiostat, PotentiostatLimits
 from opmon.acquisition.sinks import FrameSink, Hdf5MapSink
+from opmon.errors import ConfigError
 from opmon.simulators.cell import CellConfig, CellSample, CellSimulator, SimClock
 from opmon.simulators.crystal import ParticleModel
 from opmon.simulators.render import FrameRenderer
 from opmon.simulators.setup import SxdmSetup
+
+
+def in_bluesky_loop_running() -> bool:
+    """True once a RunEngine has started the bluesky event loop."""
+    loop = get_bluesky_event_loop()
+    return loop is not None and loop.is_running()
 
 
 class SimCellBackend:
@@ -130,7 +137,10 @@ class SimulatedBeamline:
         geometry = DetectorGeometry(energy_ev=s.energy_ev, distance_m=s.distance_m,
                                     pixel_size_m=(s.pixel_size_m, s.pixel_size_m), beam_center=s.frame_beam_center)
         self.detector = SxdmDetector(self.source, self.sink, geometry, positioners, name="detector")
-        call_in_bluesky_event_loop(self._connect())
+        if not in_bluesky_loop_running():
+            raise ConfigError("SimulatedBeamline: create the RunEngine first; devices connect and the cell "
+                              "clock ticks on the bluesky event loop")
+        call_in_bluesky_event_loop(self._connect(), timeout=30.0)
 
     async def _connect(self) -> None:
         await asyncio.gather(*(d.connect() for d in self.devices))
