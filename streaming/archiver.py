@@ -22,6 +22,7 @@ from typing import Any, TextIO
 import zmq
 
 from opmon.errors import ArchiveError
+from opmon.streaming import archive_recovery as R
 from opmon.streaming import protocol as P
 from opmon.streaming.archive_files import (DOCUMENTS, POTENTIOSTAT, MapFileWriter, PotentiostatLog, RunDirectory,
                                            map_file_name, maps_file_name)
@@ -67,7 +68,8 @@ class Archiver:
         except OSError as exc:
             raise ArchiveError(f"cannot create archive directory {self.directory}: {exc.strerror}") from exc
         self.context = context or zmq.Context.instance()
-        self.frames = FrameReceiver(frames_endpoint, rcvhwm=rcvhwm, context=self.context, name="archiver")
+        self.frames = FrameReceiver(frames_endpoint, rcvhwm=rcvhwm, context=self.context, name="archiver",
+                                    resolver=lambda uid: R.read_start(self.directory / uid))
         self.poller = zmq.Poller()
         self.poller.register(self.frames.socket, zmq.POLLIN)
         self.docs = self._socket(zmq.PULL, docs_endpoint, bind=False)
@@ -86,6 +88,7 @@ class Archiver:
         self._last_flush = time.monotonic()
         self._last_status = 0.0
         self._rate = (time.monotonic(), 0)
+        self._resumed_seq: int | None = None
         self.stopped = False
 
     def _socket(self, kind: int, endpoint: str | None, bind: bool) -> zmq.Socket | None:
@@ -103,11 +106,15 @@ class Archiver:
     # -- frame stream -------------------------------------------------------------------
     def _on_frame_message(self, msg: P.Message) -> None:
         h = msg.header
+        if msg.kind != "start" and (self.run_dir is None or self.run_dir.uid != h["run"]):
+            self._adopt(h["run"])       # the tracker accepted it: a run this archiver was writing before a restart
         if msg.kind == "frame":
             if self.map_writer is None or self.map_writer.number != h["map"]:
                 self._open_map({"map": h["map"], "map_shape": self.run_dir.start["map_shape"] if self.run_dir else [1, 1],
                                 "n_frames": 0})
             if self.map_writer is not None:
+                if self._resumed_seq is not None:
+                    self._count_restart_gap(h["seq"])
                 self.map_writer.add(h, msg.array)
                 self.frames_written += 1
         elif msg.kind == "start":
@@ -145,9 +152,51 @@ class Archiver:
         if run is None:
             return
         number = int(map_header["map"])
-        self.map_writer = MapFileWriter(run.path / map_file_name(number), run.start, map_header, getattr(self, "mask", None))
+        path = run.path / map_file_name(number)
+        old = None
+        if path.exists():                 # written before a crash: move aside, copy what it holds
+            old = R.set_aside(path)
+            map_header = R.map_header_of(old)
+        self.map_writer = MapFileWriter(path, run.start, map_header, getattr(self, "mask", None))
+        if old is not None:
+            last = -1
+            for header, frame in R.map_frames(old):
+                self.map_writer.add(header, frame)
+                last = header["seq"]
+            self.map_writer.flush()
+            self._resumed_seq = last
+            log.warning("run %s map %d: resumed after a restart with %d frames from %s", run.uid, number,
+                        self.map_writer.n_written, old.name)
         run.record(number)
         run.write_master()
+
+    def _adopt(self, uid: str) -> None:
+        """Continue archiving a run begun before this archiver (re)started."""
+        info = self.frames.tracker.current
+        if info is None or info.uid != uid:
+            return
+        self._close_run(aborted=True)
+        path = self.directory / uid
+        run = self.runs[uid] = R.rebuild(path, uid, info.start)
+        self.run_dir, self.mask = run, None if info.mask is None else info.mask.copy()
+        log_path = path / POTENTIOSTAT
+        old = R.set_aside(log_path) if log_path.exists() else None
+        sidecar = self.sidecars[uid] = _Sidecar(PotentiostatLog(log_path, t0=float(info.start["t"])),
+                                                open(path / DOCUMENTS, "a", encoding="utf-8"))
+        if old is not None:
+            for reading in R.readings(old, float(info.start["t"])):
+                sidecar.potentiostat.add(reading)
+        run.has_potentiostat = True
+        run.write_master()
+        log.warning("run %s: archiver restarted mid-run; continuing in %s", uid, path)
+
+    def _count_restart_gap(self, seq: int) -> None:
+        """Frames sent between the crashed archiver's last flush and the restart are lost."""
+        gap = seq - self._resumed_seq - 1
+        self._resumed_seq = None
+        if gap > 0:
+            self.frames.counters.lost += gap
+            log.error("%d frame(s) before seq %d were lost from the archive while the archiver was down", gap, seq)
 
     def _close_map(self, complete: bool) -> None:
         writer, self.map_writer = self.map_writer, None

@@ -157,3 +157,69 @@ def test_kill_9_mid_map_leaves_every_flushed_frame_readable(tmp_path, ctx):
         assert entry["scan/complete"][()] == 0
     with h5py.File(tmp_path / "archive" / run / "run.h5", "r") as f:   # master was never half-written
         assert f.attrs["state"] == "running" and "entry0" in f
+
+
+@pytest.mark.timeout(180)
+def test_restarted_archiver_continues_the_run_and_counts_what_the_crash_lost(tmp_path, ctx):
+    config, path = write_config(tmp_path)
+    sink = ZmqFrameSink([config.endpoint("frames_archive")], context=ctx, stall_timeout_s=60)
+    cmd = [sys.executable, "-m", "opmon.cli", "archive", "--config", path]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs = [proc]
+    frames = frames_for(300, shape=(32, 32))
+    try:
+        run = sink.start_run(frame_shape=(32, 32), dtype="uint32", map_shape=(10, 10), **GEOMETRY)
+        run_dir = tmp_path / "archive" / run
+        sink.start_map(200)
+        for i in range(120):
+            sink.send_frame(frames[i], index=i % 100, eta=10, phi=0, nu=0, delta=30)
+
+        def stored():
+            try:
+                with h5py.File(run_dir / "map_0000.h5", "r", swmr=True) as f:
+                    return f["entry/scan/sequence"].shape[0]
+            except (OSError, KeyError):
+                return 0
+
+        assert _wait_for(lambda: stored() == 120)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        log_path = tmp_path / "archiver2.log"
+        with open(log_path, "w") as log_file:
+            proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
+        procs.append(proc)
+        for i in range(120, 200):
+            sink.send_frame(frames[i], index=i % 100, eta=10, phi=0, nu=0, delta=30)
+        sink.start_map(100)
+        for i in range(200, 300):
+            sink.send_frame(frames[i], index=i % 100, eta=10, phi=0, nu=0, delta=30)
+        sink.stop_run()
+
+        def done():
+            try:
+                with h5py.File(run_dir / "run.h5", "r") as f:
+                    return f.attrs["state"] == "done"
+            except (OSError, KeyError):
+                return False
+
+        assert _wait_for(done, 60)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                p.wait(20)
+        for sock in sink.sockets:
+            sock.close(linger=0)
+    assert list(run_dir.glob("map_0000.crashed-*.h5"))
+    with h5py.File(run_dir / "run.h5", "r") as f:
+        seq0 = f["entry0/scan/sequence"][()]
+        stored0 = np.concatenate([b.copy() for _, b in iter_frame_blocks(f["entry0"])])
+        assert f["entry0"].attrs["complete"] == 1 and f["entry1"].attrs["complete"] == 1
+        np.testing.assert_array_equal(f["entry1/scan/sequence"][()], np.arange(200, 300))
+    assert seq0[:120].tolist() == list(range(120)) and np.all(np.diff(seq0) > 0) and seq0[-1] == 199
+    np.testing.assert_array_equal(stored0, frames[seq0])        # every kept frame is the frame of its seq
+    missing = 200 - seq0.size
+    text = log_path.read_text()
+    assert "restarted mid-run" in text
+    if missing:
+        assert f"{missing} frame(s) before seq" in text
