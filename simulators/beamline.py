@@ -65,11 +65,12 @@ class SimFrameSource:
     """`FrameSource` that moves the particle to the cell's lithium content, then renders.
 
     The particle is updated when x has moved by more than `x_tolerance` since the last
-    update (1e-4, below the 0.012 % resolution of seed 000), so the crystal follows the cell.
+    update, so the crystal follows the cell. The default 1e-3 shifts d400 by ~2e-5 Å, ten
+    times below the 2.5e-4 Å resolution of seed 000, and saves the ~2 ms of an update on most frames.
     """
 
     def __init__(self, renderer: FrameRenderer, particle: ParticleModel, cell: CellSimulator,
-                 cycles: float = 0.0, x_tolerance: float = 1e-4) -> None:
+                 cycles: float = 0.0, x_tolerance: float = 1e-3) -> None:
         self.renderer, self.particle, self.cell = renderer, particle, cell
         self.cycles, self.x_tolerance = cycles, x_tolerance
         self.frame_shape = tuple(renderer.setup.frame_shape)
