@@ -10,7 +10,6 @@ A processor restarted mid-run recovers what it missed from the archive (live_rec
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import time
 from pathlib import Path
 from typing import Any
@@ -19,11 +18,11 @@ import numpy as np
 import numpy.typing as npt
 import zmq
 
-from opmon.errors import ArchiveError, EmptyMapError, OpmonError
+from opmon.errors import EmptyMapError, OpmonError
 from opmon.processors import live_worker as W
 from opmon.processors.accumulate import MomentAccumulator, Roi
 from opmon.processors.live_messages import encode_map
-from opmon.processors.live_recovery import RunArchive
+from opmon.processors.live_recovery import RunArchive, recover_missed_maps, recover_prefix
 from opmon.processors.maps import MapResult
 from opmon.processors.live_state import LiveMap, LiveRun, roi_from_sum
 from opmon.streaming import protocol as P
@@ -74,12 +73,9 @@ class LiveProcessor:
         self._rate = (time.monotonic(), 0)
         self._recovered_roi: dict[str, Roi] = {}
         self.stopped = False
-        self.n_workers = workers
-        self.workers: list[multiprocessing.process.BaseProcess] = []
-        self.inboxes: list[zmq.Socket] = []
-        self.results_in: zmq.Socket | None = None
-        if workers > 1:
-            self._start_workers(workers)
+        self.pool = W.WorkerPool(workers, self.context, publish_interval_s) if workers > 1 else None
+        self.inboxes: list[zmq.Socket] = self.pool.inboxes if self.pool else []
+        self.results_in: zmq.Socket | None = self.pool.results if self.pool else None
 
     # -- plumbing ------------------------------------------------------------------------------
     def _socket(self, kind: int, endpoint: str | None, bind: bool, hwm: int) -> zmq.Socket | None:
@@ -90,23 +86,6 @@ class LiveProcessor:
         sock.setsockopt(zmq.LINGER, 5000 if kind == zmq.PUSH else 0)
         (sock.bind if bind else sock.connect)(endpoint)
         return sock
-
-    def _start_workers(self, n: int) -> None:
-        self.results_in = self.context.socket(zmq.PULL)
-        self.results_in.setsockopt(zmq.LINGER, 0)
-        port = self.results_in.bind_to_random_port("tcp://127.0.0.1")
-        outbox = f"tcp://127.0.0.1:{port}"
-        spawn = multiprocessing.get_context("spawn")
-        for i in range(n):
-            inbox = self.context.socket(zmq.PUSH)
-            inbox.setsockopt(zmq.SNDHWM, 100)
-            inbox.setsockopt(zmq.LINGER, 0)
-            endpoint = f"tcp://127.0.0.1:{inbox.bind_to_random_port('tcp://127.0.0.1')}"
-            self.inboxes.append(inbox)
-            proc = spawn.Process(target=W.worker_main, args=(i, endpoint, outbox, self.publish_interval_s),
-                                 name=f"opmon-live-worker-{i}", daemon=True)
-            proc.start()
-            self.workers.append(proc)
 
     def _resolve(self, uid: str) -> tuple[dict[str, Any], npt.NDArray[np.uint8] | None] | None:
         assert self.archive_dir is not None
@@ -321,36 +300,14 @@ class LiveProcessor:
                 self._end_run(h["exit_status"])
 
     def _recover_missed_maps(self, first_map: int) -> None:
-        """Whole maps that ran while this processor was down and have no archived maps yet."""
         run = self.run
-        if run is None or self.archive_dir is None:
-            return
-        archive = RunArchive(self.archive_dir, run.uid)
-        for number in range(first_map):
-            if archive.has_maps(number) or not archive.has_frames(number):
-                continue
-            try:
-                for header, frame in archive.frames(number):
-                    self._feed(header, frame)
-                    run.recovered += 1
-            except ArchiveError as exc:
-                log.error("run %s: cannot recover map %d: %s", run.uid, number, exc)
-                continue
-            self._end_map(number)
-            log.warning("run %s: map %d recovered from the archive", run.uid, number)
+        if run is not None and self.archive_dir is not None:
+            run.recovered += recover_missed_maps(RunArchive(self.archive_dir, run.uid), first_map, self._feed, self._end_map)
 
     def _recover_prefix(self, number: int, first_seq: int) -> None:
-        """Frames of the current map sent before this processor (re)joined the stream."""
         run = self.run
-        assert run is not None and self.archive_dir is not None
-        try:
-            for header, frame in RunArchive(self.archive_dir, run.uid).frames(number, below_seq=first_seq):
-                self._feed(header, frame)
-                run.recovered += 1
-        except ArchiveError as exc:
-            log.error("run %s map %d: frames before seq %d not recovered: %s", run.uid, number, first_seq, exc)
-            return
-        log.warning("run %s map %d: %d earlier frames recovered from the archive", run.uid, number, run.recovered)
+        if run is not None and self.archive_dir is not None:
+            run.recovered += recover_prefix(RunArchive(self.archive_dir, run.uid), number, first_seq, self._feed)
 
     def _poll_results(self, timeout_ms: int) -> None:
         """Take worker sums; merge finals when every worker has reported a map."""
@@ -460,17 +417,11 @@ class LiveProcessor:
 
     def close(self) -> None:
         """Stop the workers and close every socket."""
-        for inbox in self.inboxes:
-            try:
-                inbox.send_multipart([W.QUIT], zmq.NOBLOCK)
-            except zmq.Again:
-                pass
-        for proc in self.workers:
-            proc.join(5)
-            if proc.is_alive():
-                proc.terminate()
-        for sock in [*self.inboxes, self.results_in, self.display, self.maps_out]:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+        for sock in (self.display, self.maps_out):
             if sock is not None:
                 sock.close()
-        self.inboxes, self.workers = [], []
+        self.inboxes, self.results_in = [], None
         self.receiver.close()

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,10 @@ import numpy.typing as npt
 from opmon.errors import ArchiveError
 from opmon.formats import DATA, DET_MASK, MAP_INDEX, POSITIONERS
 from opmon.streaming.archive_files import MASTER, map_file_name, maps_file_name
+
+log = logging.getLogger(__name__)
+
+Feed = Callable[[dict[str, Any], npt.NDArray[Any]], None]
 
 
 class RunArchive:
@@ -116,3 +121,37 @@ class RunArchive:
                             "eta": float(meta["eta"][i]), "phi": float(meta["phi"][i]), "nu": float(meta["nu"][i]),
                             "delta": float(meta["delta"][i]), "dtype": dtype, "shape": shape, "t": float(stamps[i])},
                            frames[i - start])
+
+
+def recover_missed_maps(archive: RunArchive, first_map: int, feed: Feed, end_map: Callable[[int], None]) -> int:
+    """Feed whole maps that ran while the processor was down and have no archived maps yet.
+
+    Returns the number of frames recovered.
+    """
+    recovered = 0
+    for number in range(first_map):
+        if archive.has_maps(number) or not archive.has_frames(number):
+            continue
+        try:
+            for header, frame in archive.frames(number):
+                feed(header, frame)
+                recovered += 1
+        except ArchiveError as exc:
+            log.error("run %s: cannot recover map %d: %s", archive.uid, number, exc)
+            continue
+        end_map(number)
+        log.warning("run %s: map %d recovered from the archive", archive.uid, number)
+    return recovered
+
+
+def recover_prefix(archive: RunArchive, number: int, first_seq: int, feed: Feed) -> int:
+    """Feed the frames of map `number` sent before the processor (re)joined at `first_seq`."""
+    recovered = 0
+    try:
+        for header, frame in archive.frames(number, below_seq=first_seq):
+            feed(header, frame)
+            recovered += 1
+    except ArchiveError as exc:
+        log.error("run %s map %d: frames before seq %d not recovered: %s", archive.uid, number, first_seq, exc)
+    log.warning("run %s map %d: %d earlier frames recovered from the archive", archive.uid, number, recovered)
+    return recovered

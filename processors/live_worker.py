@@ -9,6 +9,7 @@ plus raw buffers, like the public protocol; nothing is pickled.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import time
 from typing import Any
 
@@ -154,3 +155,39 @@ def worker_main(worker_id: int, inbox: str, outbox: str, publish_interval_s: flo
     context = zmq.Context()
     LiveWorker(worker_id, inbox, outbox, publish_interval_s, context).serve()
     context.term()
+
+
+class WorkerPool:
+    """N worker processes, each fed by its own PUSH socket, all reporting to one PULL socket."""
+
+    def __init__(self, n: int, context: zmq.Context, publish_interval_s: float) -> None:
+        self.results = context.socket(zmq.PULL)
+        self.results.setsockopt(zmq.LINGER, 0)
+        outbox = f"tcp://127.0.0.1:{self.results.bind_to_random_port('tcp://127.0.0.1')}"
+        spawn = multiprocessing.get_context("spawn")
+        self.inboxes: list[zmq.Socket] = []
+        self.processes: list[Any] = []
+        for i in range(n):
+            inbox = context.socket(zmq.PUSH)
+            inbox.setsockopt(zmq.SNDHWM, 100)
+            inbox.setsockopt(zmq.LINGER, 0)
+            endpoint = f"tcp://127.0.0.1:{inbox.bind_to_random_port('tcp://127.0.0.1')}"
+            self.inboxes.append(inbox)
+            proc = spawn.Process(target=worker_main, args=(i, endpoint, outbox, publish_interval_s),
+                                 name=f"opmon-live-worker-{i}", daemon=True)
+            proc.start()
+            self.processes.append(proc)
+
+    def close(self) -> None:
+        """Ask every worker to quit, wait a little, terminate stragglers, close the sockets."""
+        for inbox in self.inboxes:
+            try:
+                inbox.send_multipart([QUIT], zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+        for proc in self.processes:
+            proc.join(5)
+            if proc.is_alive():
+                proc.terminate()
+        for sock in [*self.inboxes, self.results]:
+            sock.close()
