@@ -72,6 +72,7 @@ class MapFileWriter:
         entry.attrs["n_frames_expected"] = expected
         entry.attrs["trigger"] = _json(map_header.get("trigger") or {})
         self.file.swmr_mode = True
+        self.expected = expected
         self.block = np.empty((block, rows, cols), dtype=np.dtype(start["dtype"]))
         self._meta: list[tuple[int, float, float, float, float, float, float, int, float]] = []
         self.n_received = 0
@@ -108,13 +109,18 @@ class MapFileWriter:
         self._write()
         self.file.flush()
 
-    def close(self, complete: bool) -> None:
-        """Flush, mark the map complete (or not), close the file."""
+    def close(self, complete: bool) -> bool:
+        """Flush, mark the map complete (ended, and all expected frames here) or not, close.
+
+        Returns whether the map was marked complete (an aborted map ends short: incomplete).
+        """
         if self.file.id.valid:
             self.flush()
+            complete = complete and (self.expected == 0 or self.n_written == self.expected)
             self.complete[()] = np.uint8(1 if complete else 0)
             self.file.flush()
             self.file.close()
+        return complete
 
 
 class PotentiostatLog:

@@ -202,7 +202,7 @@ class Archiver:
         writer, self.map_writer = self.map_writer, None
         if writer is None or self.run_dir is None:
             return
-        writer.close(complete)
+        complete = writer.close(complete)
         rec = self.run_dir.record(writer.number)
         rec.frames, rec.complete = writer.n_written, complete
         self.run_dir.write_master()
