@@ -142,7 +142,8 @@ def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractomete
                 readings: list[CellReading] = []
                 yield from _take_map(result, "; ".join(pending), reading, detector, stage, diffractometer,
                                      potentiostat, grid, etas, order, region, monitor, readings)
-                pending = [r for r in (rule.update(r) for r in readings) if r]
+                # readings taken during the map reach the rule now, in order
+                pending = [why for why in (rule.update(seen) for seen in readings) if why]
             if max_maps is not None and len(result.maps) >= max_maps:
                 result.end_reason = f"{max_maps} maps taken"
             elif max_cell_time_s is not None and reading.time >= max_cell_time_s:

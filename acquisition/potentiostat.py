@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
 
 from bluesky.protocols import Movable, Pausable
-from ophyd_async.core import AsyncStatus, SignalR, StandardReadable, soft_signal_r_and_setter
+from ophyd_async.core import AsyncStatus, StandardReadable, soft_signal_r_and_setter
 from ophyd_async.core import StandardReadableFormat as Format
 
 from opmon.errors import ConfigError, LimitError
