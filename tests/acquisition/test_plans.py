@@ -247,3 +247,25 @@ def test_periodic_maps_follow_cell_time(RE, docs, make_beamline) -> None:
     # a fixed cadence from the first map: one map per period, none skipped, none early
     assert [int((x - t[0]) // 900.0) for x in t] == list(range(len(t))), t
     assert result.end_reason.startswith("cell time")
+
+
+def test_seed_001_protocol_on_lco_steps_with_timeouts(RE, docs, make_beamline) -> None:
+    from opmon.acquisition.potentiostat import PotentiostatLimits
+    from opmon.simulators.cell import CellConfig
+
+    # Keithley steps 2.5/3/3.5/4 V (charge), then 3.5 and 3 V (discharge), 5 min each, high impedance to image
+    bl = make_beamline(acceleration=900.0, cell=CellConfig(material="lco"),
+                       limits=PotentiostatLimits(v_min=2.5, v_max=4.3, i_max=1e-3))
+    steps = [2.5, 3.0, 3.5, 4.0, 3.5, 3.0]
+    result = RE(potentiostatic_steps(bl.potentiostat, bl.stage, bl.diffractometer, bl.detector, steps=steps,
+                                     current_cutoff_a=1e-6, timeout_s=300.0, grid=MapGrid((2, 2), 0.1),
+                                     etas=bl.etas()[:1])).plan_result
+    validate_all(docs)
+    assert len(result.steps) == 6 and len(result.maps) == 6
+    by_v = {(i, s.voltage): s for i, s in enumerate(result.steps)}
+    assert by_v[(0, 2.5)].reached_cutoff  # a fully lithiated cathode takes no more lithium
+    assert not by_v[(3, 4.0)].reached_cutoff and by_v[(3, 4.0)].end.current > 1e-6  # still charging at 5 min
+    assert by_v[(4, 3.5)].end.current < 0 or by_v[(4, 3.5)].reached_cutoff  # stepping down discharges
+    log = stream(docs, "potentiostat")
+    assert min(e["data"]["potentiostat-current"] for e in log) < 0 < max(e["data"]["potentiostat-current"] for e in log)
+    assert all(e["data"]["potentiostat-mode"] == "high_impedance" for e in stream(docs, "maps"))
