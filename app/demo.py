@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
+import socket
 import threading
 import time
 import webbrowser
@@ -19,7 +21,7 @@ import h5py
 import numpy as np
 
 from opmon.config import Config, load_config
-from opmon.errors import ArchiveError
+from opmon.errors import ArchiveError, OpmonError
 from opmon.experiment import AcquisitionService, ExperimentPlan
 from opmon.supervisor import Supervisor
 
@@ -127,6 +129,18 @@ def wait_for_archive(run_dir: Path, n_maps: int, timeout_s: float, supervisor: S
     return False
 
 
+def wait_for_port(host: str, port: int, timeout_s: float) -> bool:
+    """True once a TCP server accepts connections on host:port (the dashboard is up)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
 def run_demo(config: Config, plan: ExperimentPlan, *, headless: bool, workers: int = 1, dashboard_port: int = 5006,
              open_browser: bool = True, finish_timeout_s: float = 120.0) -> RunSummary:
     archive = Path(config.archive.dir).resolve()
@@ -141,6 +155,9 @@ def run_demo(config: Config, plan: ExperimentPlan, *, headless: bool, workers: i
         supervisor.start("dashboard", ["dashboard", "--config", str(config_path), "--token", service.token,
                                        "--port", str(dashboard_port)])
         url = f"http://{config.host}:{dashboard_port}/"
+        if not wait_for_port(config.host, dashboard_port, 60.0):
+            log.warning("dashboard not listening on %s:%d after 60 s; see %s", config.host, dashboard_port,
+                        supervisor.log_dir / "dashboard.log")
         print(f"dashboard (read-only): {url}\ndashboard (steering):  {url}?token={service.token}", flush=True)
         if open_browser:
             threading.Timer(3.0, lambda: webbrowser.open(f"{url}?token={service.token}")).start()
@@ -152,8 +169,22 @@ def run_demo(config: Config, plan: ExperimentPlan, *, headless: bool, workers: i
             supervisor.check()
 
     threading.Thread(target=watchdog, name="opmon-supervisor", daemon=True).start()
+    running = True
+
+    def terminate(signum: int, frame: Any) -> None:
+        """SIGTERM: abort the run through the RunEngine (cell left safe), then clean up."""
+        if running:
+            try:
+                service.steering.abort(f"signal {signum}")
+            except OpmonError:
+                pass  # not running or paused: nothing to abort
+        else:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
         status = service.run()
+        running = False
         run_uid = service.documents.runs[-1] if service.documents.runs else None
         frames_sent = service.publisher.seq
         n_maps = service.publisher.n_maps
@@ -174,6 +205,7 @@ def run_demo(config: Config, plan: ExperimentPlan, *, headless: bool, workers: i
                 pass
         return summarize(run_dir, frames_sent, status)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         watchdog_stop.set()
         service.close()
         supervisor.stop_all()
@@ -190,6 +222,7 @@ def plan_from_args(args: Any) -> ExperimentPlan:
     plan.acceleration = args.acceleration
     plan.max_maps = args.max_maps
     plan.seed = args.seed
+    plan.order = args.order
     return plan
 
 

@@ -48,7 +48,7 @@ class ExperimentPlan:
     map_shape: tuple[int, int] = (12, 12)
     n_angles: int = 30
     roi: tuple[int, int, int, int] | None = (96, 416, 160, 352)
-    order: str = "eta-outer"
+    order: str = "point-outer"  # each map pixel completes at once, so partial maps fill in live
     max_maps: int | None = None
     seed: int = 0
 
@@ -120,6 +120,9 @@ class AcquisitionService:
             log.info("acquisition finished in %.1f s", time.monotonic() - started)
 
     def close(self) -> None:
+        """Release sockets and the beamline; safe to call more than once."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         self.control.close()
         self.beamline.close()

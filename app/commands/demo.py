@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--map-shape", type=int, nargs=2, default=(12, 12), metavar=("NY", "NX"))
     p.add_argument("--angles", type=int, default=30, help="rocking angles per map")
     p.add_argument("--acceleration", type=float, default=900.0, help="simulated seconds per wall second")
+    p.add_argument("--order", choices=("point-outer", "eta-outer"), default="point-outer",
+                   help="all angles per map point (maps fill in live) or one eta at a time over the map (ID01)")
     p.add_argument("--max-maps", type=int, default=None)
     p.add_argument("--workers", type=int, default=1, help="live processor worker processes")
     p.add_argument("--seed", type=int, default=0)
