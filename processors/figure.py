@@ -31,7 +31,7 @@ def plot_maps(result: MapResult, path: str | Path, title: str = "", step_um: flo
     max_alt = float(np.percentile(valid_alt, 99)) if valid_alt.size else 1.0
     ax.imshow(tilt_rgb(result.tilt_altitude, result.tilt_azimuth, max_alt), extent=extent, interpolation="nearest")
     ax.set_title(f"tilt (hue = azimuth, saturation = altitude, max {max_alt:.3f}°)")
-    legend = ax.inset_axes((0.78, 0.74, 0.24, 0.24))
+    legend = ax.inset_axes((1.02, 0.62, 0.34, 0.34))  # beside the map, never over it
     legend.imshow(wheel_legend(96), origin="lower")
     legend.set_axis_off()
     for angle in (0, 90, 180, 270):
