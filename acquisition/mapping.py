@@ -115,8 +115,16 @@ def map_frames(detector: SxdmDetector, stage: PiezoStage, diffractometer: Diffra
     yield from bps.mv(detector.map_number, map_number)
     n = 0
     yield from bps.checkpoint()
+    last: dict[int, float] = {}
     for eta, index, x, y in frame_sequence(grid, etas, order, region):
-        yield from bps.mv(diffractometer.eta, eta, stage.x, x, stage.y, y, detector.map_index, index)
+        # Move only what changes (eta once per pass in eta-outer order, y once per row).
+        targets = [(diffractometer.eta, eta), (stage.x, x), (stage.y, y), (detector.map_index, index)]
+        args: list[Any] = []
+        for k, (signal, value) in enumerate(targets):
+            if last.get(k) != value:
+                args += [signal, value]
+                last[k] = value
+        yield from bps.mv(*args)
         yield from bps.trigger_and_read([detector, stage, diffractometer])
         # Right after the save: a pause rewinds at most the frame in flight, never a saved one.
         yield from bps.checkpoint()
