@@ -5,6 +5,7 @@ import argparse
 import importlib
 
 STAGES = {
+    "acquisition": "opmon.acquisition.benchmark",
     "process": "opmon.processors.benchmark",
     "stream": "opmon.streaming.benchmark",
     "dashboard": "opmon.dashboard.benchmark",
