@@ -318,6 +318,8 @@ class LiveProcessor:
                 parts = self.results_in.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
+            if parts[0].bytes != W.STATE:
+                continue
             header, state, lat = W.decode_state(parts)
             self.latencies.extend(lat.tolist())
             run = self.run
@@ -393,8 +395,6 @@ class LiveProcessor:
                 msg = self.receiver.handle(parts)
                 if msg is not None:
                     self.handle(msg)
-                if self.inboxes:
-                    self._poll_results(0)
         self._poll_results(0)
         now = time.monotonic()
         run = self.run

@@ -103,8 +103,6 @@ def live_chain(n: int, workers: int, rate_fps: float | None = None) -> dict[str,
     processor = LiveProcessor(endpoint, "tcp://127.0.0.1:*", None, workers=workers, publish_interval_s=0.25,
                               context=ctx)
     proc = multiprocessing.get_context("spawn").Process(target=_chain_sender, args=(endpoint, n, map_shape, rate_fps))
-    if workers > 1:
-        time.sleep(3.0)   # let the worker processes import and connect before timing
     proc.start()
     t0 = None
     while not processor.summaries:

@@ -16,13 +16,14 @@ from typing import Any
 import numpy as np
 import zmq
 
+from opmon.errors import OpmonError
 from opmon.processors.accumulate import STATE_KEYS, MomentAccumulator
 from opmon.processors.geometry import DetectorGeometry
 from opmon.streaming import protocol as P
 
 log = logging.getLogger(__name__)
 
-SETUP, MAP, FRAME, FINAL, QUIT, STATE = b"setup", b"map", b"frame", b"final", b"quit", b"state"
+SETUP, MAP, FRAME, FINAL, QUIT, STATE, READY = b"setup", b"map", b"frame", b"final", b"quit", b"state", b"ready"
 
 
 def accumulator_options(setup: dict[str, Any]) -> dict[str, Any]:
@@ -128,6 +129,7 @@ class LiveWorker:
         return True
 
     def serve(self) -> None:
+        self.outbox.send_multipart([READY, P.pack({"worker": self.id})])
         last = time.monotonic()
         try:
             while True:
@@ -177,6 +179,22 @@ class WorkerPool:
                                  name=f"opmon-live-worker-{i}", daemon=True)
             proc.start()
             self.processes.append(proc)
+        self._wait_ready(n)
+
+    def _wait_ready(self, n: int, timeout_s: float = 60.0) -> None:
+        """Block until every worker has imported its kernels and connected (bounded)."""
+        ready: set[int] = set()
+        deadline = time.monotonic() + timeout_s
+        while len(ready) < n and time.monotonic() < deadline:
+            if self.results.poll(100):
+                parts = self.results.recv_multipart()
+                if parts[0] == READY:
+                    ready.add(int(P.unpack(parts[1])["worker"]))
+            dead = [p.name for p in self.processes if p.exitcode is not None]
+            if dead:
+                raise OpmonError(f"live worker process(es) {', '.join(dead)} exited during start-up")
+        if len(ready) < n:
+            raise OpmonError(f"only {len(ready)} of {n} live workers started within {timeout_s:.0f} s")
 
     def close(self) -> None:
         """Ask every worker to quit, wait a little, terminate stragglers, close the sockets."""
