@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from opmon.errors import ConfigError
+
 F64 = npt.NDArray[np.float64]
 
 
@@ -56,6 +58,8 @@ def particle_shape(map_shape: tuple[int, int], rng: np.random.Generator) -> tupl
     thickness = np.clip(2.0 * depth / flat, 0.0, 1.0)
     envelope = gaussian_blur(thickness, 0.8)
     envelope[envelope < 2e-3] = 0.0
+    if not envelope.max() > 0:
+        raise ConfigError(f"map of {ny} x {nx} points is too small to hold a particle; use at least 3 x 3")
     envelope /= envelope.max()
     return envelope, depth
 

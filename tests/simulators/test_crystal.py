@@ -146,3 +146,12 @@ def test_bad_input_names_the_value(setup):
         p.set_charge_state(1.5)
     with pytest.raises(ConfigError, match="-1"):
         p.set_charge_state(0.5, cycles=-1)
+
+
+def test_a_map_too_small_for_a_particle_is_refused_by_name():
+    import pytest
+    from opmon.errors import ConfigError
+    from opmon.simulators.crystal import ParticleModel
+    from opmon.simulators.setup import SxdmSetup
+    with pytest.raises(ConfigError, match="2 x 2 points is too small"):
+        ParticleModel(SxdmSetup(map_shape=(2, 2)))
