@@ -68,6 +68,7 @@ class LiveProcessor:
         self.results: dict[tuple[str, int], MapResult] = {}
         self.summaries: list[dict[str, Any]] = []
         self.frames_processed = 0
+        self.errors = 0
         self.maps_unarchived = 0
         self._last_publish = self._last_status = 0.0
         self._rate = (time.monotonic(), 0)
@@ -379,7 +380,7 @@ class LiveProcessor:
                 "rejected": dict(c.rejected), "map": current.number if current else None,
                 "map_progress": (current.received / expected) if current is not None and expected else None,
                 "maps_done": sum(lm.done for lm in run.maps.values()) if run else len(self.summaries),
-                "recovered": run.recovered if run else 0, "workers": max(1, len(self.inboxes)), "archive": None}
+                "recovered": run.recovered if run else 0, "errors": self.errors, "workers": max(1, len(self.inboxes)), "archive": None}
 
     # -- loop --------------------------------------------------------------------------------------
     def poll_once(self, timeout_ms: int = 50) -> None:
@@ -394,7 +395,11 @@ class LiveProcessor:
                     break
                 msg = self.receiver.handle(parts)
                 if msg is not None:
-                    self.handle(msg)
+                    try:
+                        self.handle(msg)
+                    except OpmonError as exc:      # one bad frame must not stop the maps
+                        self.errors += 1
+                        log.error("message %s of run %s not processed: %s", msg.kind, msg.header.get("run"), exc)
         self._poll_results(0)
         now = time.monotonic()
         run = self.run

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 import zmq
 
-from opmon.errors import ArchiveError
+from opmon.errors import ArchiveError, OpmonError
 from opmon.streaming import archive_recovery as R
 from opmon.streaming import protocol as P
 from opmon.streaming.archive_files import (DOCUMENTS, POTENTIOSTAT, MapFileWriter, PotentiostatLog, RunDirectory,
@@ -289,7 +289,12 @@ class Archiver:
             return
         final = run.path / maps_file_name(number)
         tmp = run.path / f".{final.name}.tmp"
-        self.maps_writer(tmp, header, parts[2:])
+        try:
+            self.maps_writer(tmp, header, parts[2:])
+        except (OpmonError, ValueError, KeyError, TypeError) as exc:
+            self.dropped["bad_maps"] += 1
+            log.error("run %s map %d: final maps not archived: %s", run_uid, number, exc)
+            return
         os.replace(tmp, final)
         run.record(number).has_maps = True
         run.write_master()

@@ -7,6 +7,7 @@ as a raw second part; nothing is ever unpickled. `parse` rejects a bad message w
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ FRAME_DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
 CONTROL_KINDS = ("start", "map_start", "map_end", "stop")
 KINDS = CONTROL_KINDS + ("frame",)
 EXIT_STATUSES = ("success", "abort", "fail")
+ANGLE_KEYS = ("eta", "phi", "nu", "delta")
 REJECT_REASONS = ("parts", "header", "version", "kind", "field", "dtype", "shape", "size", "index",
                   "unknown_run", "stale")
 
@@ -138,6 +140,9 @@ def parse(parts: list[Any]) -> Message:
     if kind == "frame":
         if len(parts) != 2:
             raise RejectedMessage("parts", f"frame with {len(parts)} part(s), expected 2")
+        for key in ANGLE_KEYS:
+            if not math.isfinite(header[key]):
+                raise RejectedMessage("field", f"frame.{key} = {header[key]!r}, expected a finite angle")
         dtype = FRAME_DTYPES.get(header["dtype"])
         if dtype is None:
             raise RejectedMessage("dtype", f"dtype {header['dtype']!r:.40}, expected one of {list(FRAME_DTYPES)}")

@@ -33,6 +33,8 @@ def test_frame_round_trip_is_a_view_of_the_buffer():
     (_frame_parts(seq="5"), "field"),
     (_frame_parts(eta=None), "field"),
     (_frame_parts(seq=-1), "field"),
+    (_frame_parts(eta=float("nan")), "field"),
+    (_frame_parts(delta=float("inf")), "field"),
     (_frame_parts(dtype="float64"), "dtype"),
     (_frame_parts(shape=[100000, 100000]), "shape"),
     (_frame_parts(shape=[8, 8, 1]), "shape"),
