@@ -3,13 +3,15 @@
 The coordinator (`opmon.processors.live`) deals frames out to N workers; each keeps one
 `MomentAccumulator` per map, and every `publish_interval_s` (and on request, at the end of
 a map) sends its additive sums back, where they merge by addition. The same design spreads
-over several machines: the endpoints are plain TCP. Internal messages are msgpack headers
+over several machines: local workers use ipc sockets, remote ones would use TCP. Internal messages are msgpack headers
 plus raw buffers, like the public protocol; nothing is pickled.
 """
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import shutil
+import tempfile
 import time
 from typing import Any
 
@@ -162,10 +164,19 @@ def worker_main(worker_id: int, inbox: str, outbox: str, publish_interval_s: flo
 class WorkerPool:
     """N worker processes, each fed by its own PUSH socket, all reporting to one PULL socket."""
 
-    def __init__(self, n: int, context: zmq.Context, publish_interval_s: float) -> None:
+    def __init__(self, n: int, context: zmq.Context, publish_interval_s: float, transport: str = "ipc") -> None:
+        self._dir = tempfile.mkdtemp(prefix="opmon-live-") if transport == "ipc" else None
+
+        def bind(sock: zmq.Socket, name: str) -> str:
+            if self._dir is not None:       # local workers: ipc is cheaper than tcp loopback
+                endpoint = f"ipc://{self._dir}/{name}"
+                sock.bind(endpoint)
+                return endpoint
+            return f"tcp://127.0.0.1:{sock.bind_to_random_port('tcp://127.0.0.1')}"
+
         self.results = context.socket(zmq.PULL)
         self.results.setsockopt(zmq.LINGER, 0)
-        outbox = f"tcp://127.0.0.1:{self.results.bind_to_random_port('tcp://127.0.0.1')}"
+        outbox = bind(self.results, "results")
         spawn = multiprocessing.get_context("spawn")
         self.inboxes: list[zmq.Socket] = []
         self.processes: list[Any] = []
@@ -173,7 +184,7 @@ class WorkerPool:
             inbox = context.socket(zmq.PUSH)
             inbox.setsockopt(zmq.SNDHWM, 100)
             inbox.setsockopt(zmq.LINGER, 0)
-            endpoint = f"tcp://127.0.0.1:{inbox.bind_to_random_port('tcp://127.0.0.1')}"
+            endpoint = bind(inbox, f"worker{i}")
             self.inboxes.append(inbox)
             proc = spawn.Process(target=worker_main, args=(i, endpoint, outbox, publish_interval_s),
                                  name=f"opmon-live-worker-{i}", daemon=True)
@@ -209,3 +220,5 @@ class WorkerPool:
                 proc.terminate()
         for sock in [*self.inboxes, self.results]:
             sock.close()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
