@@ -3,8 +3,8 @@
 The coordinator (`opmon.processors.live`) deals frames out to N workers; each keeps one
 `MomentAccumulator` per map, and every `publish_interval_s` (and on request, at the end of
 a map) sends its additive sums back, where they merge by addition. The same design spreads
-over several machines: local workers use ipc sockets, remote ones would use TCP. Internal messages are msgpack headers
-plus raw buffers, like the public protocol; nothing is pickled.
+over several machines (local workers use ipc sockets; remote ones would use TCP). Internal
+messages are msgpack headers plus raw buffers, like the public protocol; nothing is pickled.
 """
 from __future__ import annotations
 
