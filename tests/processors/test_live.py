@@ -54,6 +54,7 @@ def _sockets(ctx):
     maps_port = maps_in.bind_to_random_port("tcp://127.0.0.1")
     display = ctx.socket(zmq.SUB)
     display.setsockopt(zmq.SUBSCRIBE, b"map")
+    display.setsockopt(zmq.SUBSCRIBE, b"status")
     return maps_in, f"tcp://127.0.0.1:{maps_port}", display
 
 
@@ -95,16 +96,25 @@ def test_live_maps_equal_offline_maps_and_partials_come_first(tmp_path, workers)
             while time.monotonic() < deadline and not partial_seen:
                 if display.poll(100):
                     header = P.unpack(display.recv_multipart()[1])
-                    if not header["final"] and header["map"] == 0:
+                    if header["kind"] == "map" and not header["final"] and header["map"] == 0:
                         partial_seen.append(header)
         for frame, p, eta in frames[half:]:
             sink.send_frame(frame, index=p, eta=eta, phi=0.0, nu=0.0, delta=30.0)
         sink.end_map()
     sink.stop_run()
     finals = [_recv_map(maps_in) for _ in range(2)]
+    status = None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (status is None or status["frames"] < 2 * len(maps[0])):
+        if display.poll(100):
+            topic, head, *_ = display.recv_multipart()
+            if topic == b"status":
+                status = P.unpack(head)
     processor.stopped = True
     thread.join(30)
     assert partial_seen and 0 < partial_seen[0]["frames"] <= len(maps[0]) // 2
+    assert status["source"] == "live" and status["frames_lost"] == 0 and status["maps_done"] >= 0
+    assert status["frames"] == 2 * len(maps[0]) and status["workers"] == workers
     roi = finals[0][0]["options"]["roi"]
     total = sum(fr.astype(np.float64) for fr, _, _ in maps[0][:20])
     assert tuple(roi) == roi_from_sum(total)          # decided from the run's first 20 frames
