@@ -64,6 +64,7 @@ class LiveProcessor:
         self.publish_interval_s = publish_interval_s
         self.run: LiveRun | None = None
         self.latencies: list[float] = []          # frame sent -> accumulated, s
+        self.latency_seqs: list[int] = []         # seq of each entry of `latencies`
         self.publish_latencies: list[float] = []  # frame sent -> first display map holding it, s (inline)
         self.results: dict[tuple[str, int], MapResult] = {}
         self.summaries: list[dict[str, Any]] = []
@@ -185,6 +186,7 @@ class LiveProcessor:
                 lm.acc = self._accumulator(lm.map_shape)
             lm.acc.process_frame(frame, h["index"], h["eta"], h["phi"], h["nu"], h["delta"])
             self.latencies.append(time.time() - h["t"])
+            self.latency_seqs.append(h["seq"])
             lm.unpublished_t.append(h["t"])
         lm.received += 1
         lm.dirty = True
@@ -322,7 +324,8 @@ class LiveProcessor:
             if parts[0].bytes != W.STATE:
                 continue
             header, state, lat = W.decode_state(parts)
-            self.latencies.extend(lat.tolist())
+            self.latency_seqs.extend(lat[:, 0].astype(np.int64).tolist())
+            self.latencies.extend(lat[:, 1].tolist())
             run = self.run
             if run is None or header["run"] != run.uid or header["map"] not in run.maps:
                 continue

@@ -114,7 +114,7 @@ def live_chain(n: int, workers: int, rate_fps: float | None = None) -> dict[str,
     summary = processor.summaries[-1]
     counters = processor.receiver.counters
     lat_all = np.asarray(processor.latencies) * 1e3
-    lat = lat_all[processor.roi_frames:]     # steady state: after the ROI decision
+    lat = lat_all[np.asarray(processor.latency_seqs) >= processor.roi_frames]   # steady state: after the ROI decision
     pub = np.asarray(processor.publish_latencies) * 1e3
     result = {"first_p99": float(np.percentile(lat_all, 99)) if lat_all.size else float("nan"),
               "frames_per_s": (summary["frames"] - 1) / elapsed if elapsed > 0 else float("nan"),

@@ -42,10 +42,10 @@ def geometry_of(start: dict[str, Any]) -> DetectorGeometry:
 
 
 def encode_state(acc: MomentAccumulator, header: dict[str, Any], latencies: list[float]) -> list[Any]:
-    """`[b"state", header, *sums, latencies]` (sums in STATE_KEYS order)."""
+    """`[b"state", header, *sums, latencies]` (sums in STATE_KEYS order; latencies as (seq, s) pairs)."""
     state = acc.state()
     header = dict(header, keys=[[k, str(state[k].dtype), list(state[k].shape)] for k in STATE_KEYS],
-                  n_latencies=len(latencies))
+                  n_latencies=len(latencies) // 2)
     return [STATE, P.pack(header)] + [np.ascontiguousarray(state[k]) for k in STATE_KEYS] + \
         [np.asarray(latencies, dtype=np.float64)]
 
@@ -58,7 +58,7 @@ def decode_state(parts: list[Any]) -> tuple[dict[str, Any], dict[str, np.ndarray
         raw = buf.buffer if hasattr(buf, "buffer") else buf
         state[key] = np.frombuffer(raw, dtype=dtype).reshape(shape)
     raw = parts[-1].buffer if hasattr(parts[-1], "buffer") else parts[-1]
-    return header, state, np.frombuffer(raw, dtype=np.float64)
+    return header, state, np.frombuffer(raw, dtype=np.float64).reshape(-1, 2)
 
 
 class LiveWorker:
@@ -109,7 +109,7 @@ class LiveWorker:
             h = P.unpack(parts[1].bytes)
             frame = np.frombuffer(parts[2].buffer, dtype=P.FRAME_DTYPES[h["dtype"]]).reshape(h["shape"])
             self._acc(h["map"]).process_frame(frame, h["index"], h["eta"], h["phi"], h["nu"], h["delta"])
-            self.latencies.append(time.time() - h["t"])
+            self.latencies += (h["seq"], time.time() - h["t"])
             self.dirty.add(h["map"])
         elif kind == MAP:
             h = P.unpack(parts[1].bytes)
@@ -130,7 +130,17 @@ class LiveWorker:
             return False
         return True
 
+    @staticmethod
+    def warm_up() -> None:
+        """Load the compiled kernels now, not on the first real frame (it would wait ~1 s)."""
+        geometry = DetectorGeometry(10000.0, 1.0, (5.5e-5, 5.5e-5), (0.0, 0.0), (16, 16))
+        for dtype in (np.uint16, np.uint32):
+            acc = MomentAccumulator(geometry, (1, 1), roi=(4, 12, 4, 12))
+            acc.process_frame(np.ones((16, 16), dtype=dtype), 0, 10.0, 0.0, 0.0, 30.0)
+            acc.finalize(partial=True)
+
     def serve(self) -> None:
+        self.warm_up()
         self.outbox.send_multipart([READY, P.pack({"worker": self.id})])
         last = time.monotonic()
         try:
