@@ -75,7 +75,8 @@ class Session:
         self.steering = Steering(doc, control, token if self.authorized else None, self.authorized,
                                  self.intensity.fig, roi, lambda: self.maps.geometry)
         self.status_div = Div(text=status_html({}, 0.0, "waiting for data"), name="status",
-                              sizing_mode="stretch_width", height=44)
+                              sizing_mode="stretch_width", height=44, min_width=300,
+                              styles={"overflow": "hidden"})
         self.seen_div = Div(text="", name="seen", visible=False)
         self.ack_div = Div(text="", name="ack", visible=False)
         self.seen_div.js_on_change("text", CustomJS(args={"ack": self.ack_div}, code=_SEEN_JS))

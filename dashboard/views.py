@@ -205,20 +205,24 @@ def status_html(status: dict[str, Any], received: float, showing: str, now: floa
     fps = status.get("frames_per_s", status.get("fps"))
     lost = status.get("frames_lost", 0)
     lost_colour = "#c62828" if lost else "#2e7d32"
-    archive = html.escape(str(status.get("archive", "—")))
+    archive_full = str(status.get("archive") or "—")
+    archive = "/".join(archive_full.split("/")[-2:]) if "/" in archive_full else archive_full
     map_no = status.get("map", "—")
     age_txt = "no status yet" if not received else f"updated {age:.1f} s ago"
     fps_txt = f"{float(fps):,.0f}" if isinstance(fps, (int, float)) else "—"
+    keep = "white-space:nowrap;flex:none;"
+    squeeze = "white-space:nowrap;overflow:hidden;text-overflow:ellipsis;min-width:0;"
     return (
-        f'<div style="display:flex;align-items:center;gap:18px;font:15px sans-serif;">'
-        f'<span id="opmon-state" data-state="{html.escape(state)}" style="background:{colour};color:white;'
+        f'<div style="display:flex;align-items:center;gap:16px;font:15px sans-serif;width:100%;">'
+        f'<span id="opmon-state" data-state="{html.escape(state)}" style="{keep}background:{colour};color:white;'
         f'padding:6px 14px;border-radius:6px;font-weight:bold;font-size:20px;min-width:110px;'
         f'text-align:center;">{html.escape(badge_state.upper())}</span>'
-        f'<span><b>map {html.escape(str(map_no))}</b> '
-        f'<span style="display:inline-block;width:160px;height:14px;background:#e0e0e0;border-radius:3px;'
+        f'<span style="{keep}"><b>map {html.escape(str(map_no))}</b> '
+        f'<span style="display:inline-block;width:140px;height:14px;background:#e0e0e0;border-radius:3px;'
         f'vertical-align:middle;"><span style="display:block;width:{pct:.0f}%;height:100%;'
         f'background:{colour};border-radius:3px;"></span></span> {pct:.0f}%</span>'
-        f'<span><b>{fps_txt}</b> frames/s</span>'
-        f'<span style="color:{lost_colour}"><b>{html.escape(str(lost))}</b> frames lost</span>'
-        f'<span style="color:#444">archive: <code>{archive}</code></span>'
-        f'<span style="color:#777;font-size:13px">{html.escape(showing)} · {age_txt}</span></div>')
+        f'<span style="{keep}"><b>{fps_txt}</b> frames/s</span>'
+        f'<span style="{keep}color:{lost_colour}"><b>{html.escape(str(lost))}</b> frames lost</span>'
+        f'<span style="{squeeze}color:#444;flex:0 1 auto" title="{html.escape(archive_full)}">archive: '
+        f'<code>{html.escape(archive)}</code></span>'
+        f'<span style="{squeeze}color:#777;font-size:13px;flex:1 1 0">{html.escape(showing)} · {age_txt}</span></div>')

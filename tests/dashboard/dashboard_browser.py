@@ -70,7 +70,7 @@ class Browser:
             opts.add_argument(flag)
         self.driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
         self.driver.set_page_load_timeout(30)
-        self.driver.set_script_timeout(10)
+        self.driver.set_script_timeout(30)
         self.viewport(width, height)
 
     def viewport(self, width: int, height: int) -> None:
@@ -112,9 +112,14 @@ class Browser:
 
         The timeout only bounds a hung test; nothing asserts on how long it took.
         """
+        from selenium.common.exceptions import TimeoutException
+
         deadline = time.monotonic() + timeout
         while True:
-            value = predicate()
+            try:
+                value = predicate()
+            except TimeoutException:      # a busy page answered a script too late: ask again
+                value = None
             if value:
                 return value
             if time.monotonic() > deadline:

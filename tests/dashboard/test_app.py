@@ -143,3 +143,16 @@ def test_run_line_names_the_plan_and_how_the_run_ended():
     model.on_document("start", {"plan_name": "operando_series", "uid": "abcdef123"})
     s.update()
     assert "plan operando_series (run abcdef12)" in s.status_div.text
+
+
+def test_status_bar_shows_state_staleness_losses_and_a_short_archive_name():
+    from opmon.dashboard.views import status_html
+
+    st = {"state": "paused", "frames_per_s": 812.4, "frames_lost": 3, "map": 7, "map_progress": 0.5,
+          "archive": "/very/long/archive/dir/1234-uid/run.h5"}
+    html = status_html(st, received=100.0, showing="showing live map 7", now=101.0)
+    assert 'data-state="paused"' in html and ">PAUSED<" in html and "812 frames/s" in html.replace("</b>", "")
+    assert "#c62828" in html                                # lost frames in red
+    assert "<code>1234-uid/run.h5</code>" in html and 'title="/very/long/archive/dir/1234-uid/run.h5"' in html
+    assert ">STALE<" in status_html(st, received=100.0, showing="", now=110.0)   # no news for 10 s
+    assert ">UNKNOWN<" not in status_html({}, 0.0, "")       # never heard anything: stale, not unknown

@@ -1,0 +1,123 @@
+"""The issue's browser test against the real `opmon demo` (acquisition, live processor, archiver,
+dashboard as separate processes): the d map fills in, Pause from the page pauses the RunEngine
+(read back over the control channel's `status`, i.e. from the acquisition side), Resume runs it
+again, and a page opened without the token cannot pause.
+"""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dashboard_browser import Browser, browser_available
+from opmon.dashboard.control_client import ControlClient
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow,
+              pytest.mark.skipif(not browser_available(),
+                                 reason="Debian chromium/chromium-driver missing: run scripts/install-browser.sh")]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_block(n: int = 10) -> int:
+    """A base port with n free ports after it (the demo shifts every channel to base + k)."""
+    for _ in range(50):
+        base = random.randrange(20000, 60000, 10)
+        try:
+            for k in range(n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", base + k))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no free block of ports")
+
+
+@pytest.fixture
+def demo(tmp_path):
+    base = _free_block()
+    http = base + 9
+    proc = subprocess.Popen([sys.executable, "-m", "opmon.cli", "demo", "--no-browser", "--archive-dir",
+                             str(tmp_path / "archive"), "--port-base", str(base), "--dashboard-port", str(http),
+                             "--map-shape", "10", "10", "--max-maps", "50"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                            start_new_session=True, env=dict(os.environ, OPMON_CONTROL_TOKEN=""))
+    urls = {}
+    deadline = time.monotonic() + 120
+    while len(urls) < 2 and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        for kind in ("read-only", "steering"):
+            if line.startswith(f"dashboard ({kind}):"):
+                urls[kind] = line.split()[-1]
+    try:
+        assert len(urls) == 2, "the demo did not print the dashboard URLs"
+        deadline = time.monotonic() + 60              # the dashboard process starts after the print
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", http), timeout=1):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the demo's dashboard never listened"
+                time.sleep(0.2)
+        yield urls, f"tcp://127.0.0.1:{base + 8}"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)          # the demo aborts the run and stops its children
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _state_shown(b: Browser) -> str | None:
+    text = b.model_text("status") or ""
+    return text.split('data-state="', 1)[1].split('"', 1)[0] if 'data-state="' in text else None
+
+
+def test_demo_pause_resume_and_readonly(demo, artifacts):
+    urls, control = demo
+    acquisition = ControlClient(control, timeout=5.0)
+
+    def state() -> str:
+        return acquisition.request("status", None)["result"]["state"]
+
+    b = Browser(1920, 1080)
+    try:
+        b.get(urls["steering"])
+        b.wait_for("the d map to hold data", lambda: b.d_pixels() > 0, timeout=120)
+        b.wait_for("the run to be running", lambda: state() == "running", timeout=60)
+        b.click("Pause")
+        b.wait_for("the page to report the acquisition's answer",
+                   lambda: "pause:" in (b.model_text("feedback") or "") and "waiting" not in b.model_text("feedback"))
+        assert "pause: accepted" in b.model_text("feedback"), b.model_text("feedback")
+        b.wait_for("the acquisition's RunEngine to pause", lambda: state() == "paused")
+        b.wait_for("the page to show the pause", lambda: _state_shown(b) == "paused")
+        b.screenshot(str(artifacts / "demo_paused_1920x1080.png"))
+        b.click("Resume")
+        b.wait_for("the acquisition's RunEngine to run again", lambda: state() == "running")
+        b.wait_for("the page to show running", lambda: _state_shown(b) == "running")
+        b.screenshot(str(artifacts / "demo_1920x1080.png"))
+        b.viewport(1366, 768)
+        b.wait_for("a relayout at laptop size", lambda: b.js("return window.innerWidth") == 1366)
+        b.screenshot(str(artifacts / "demo_1366x768.png"))
+
+        b.get(urls["read-only"])
+        b.wait_for("the d map to hold data", lambda: b.d_pixels() > 0, timeout=60)
+        (pause,) = b.wait_for("the Pause button", lambda: b.buttons("Pause"))
+        assert pause.get_attribute("disabled") is not None
+        b.js("Bokeh.documents[0].get_model_by_name('pause').disabled = false;")
+        b.wait_for("the forged enable", lambda: b.buttons("Pause")[0].get_attribute("disabled") is None)
+        b.click("Pause")
+        b.wait_for("the refusal", lambda: "refused" in (b.model_text("feedback") or ""))
+        assert state() == "running"
+    finally:
+        b.quit()
+        acquisition.close()
