@@ -5,8 +5,9 @@ import numpy as np
 from bokeh.document import Document
 from bokeh.document.events import ColumnDataChangedEvent, ColumnsPatchedEvent, ColumnsStreamedEvent
 
-from opmon.dashboard.app import DashboardOptions, Session
+from opmon.dashboard.app import DashboardOptions, Session, run_info
 from opmon.dashboard.model import DashboardModel, MapUpdate
+from opmon.dashboard.views import status_html
 
 FIELDS = ("d_spacing", "tilt_altitude", "tilt_azimuth", "intensity", "peak_width")
 
@@ -35,10 +36,6 @@ def _record(doc):
     events = []
     doc.on_change(lambda event: events.append(event))
     return events
-
-
-def _source_of(session, event):
-    return event.model if hasattr(event, "model") else None
 
 
 def test_filling_map_is_sent_as_row_patches():
@@ -131,8 +128,6 @@ def test_read_only_session_refuses_without_sending():
 
 
 def test_run_line_names_the_plan_and_how_the_run_ended():
-    from opmon.dashboard.app import run_info
-
     assert run_info([]) == ""
     assert run_info([("start", {"plan_name": "operando_series", "uid": "1234567890"}), ("event", {})]) == \
         "plan operando_series (run 12345678)"
@@ -146,8 +141,6 @@ def test_run_line_names_the_plan_and_how_the_run_ended():
 
 
 def test_status_bar_shows_state_staleness_losses_and_a_short_archive_name():
-    from opmon.dashboard.views import status_html
-
     st = {"state": "paused", "frames_per_s": 812.4, "frames_lost": 3, "map": 7, "map_progress": 0.5,
           "archive": "/very/long/archive/dir/1234-uid/run.h5"}
     html = status_html(st, received=100.0, showing="showing live map 7", now=101.0)

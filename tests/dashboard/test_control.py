@@ -3,13 +3,18 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
+import bluesky.plan_stubs as bps
 import pytest
 import zmq
+from bluesky import RunEngine
 
+from opmon.acquisition import MapRequests, VoltageThresholds
 from opmon.dashboard.control_client import ControlClient, ControlError
-from opmon.dashboard.steering import parse_thresholds, token_allows
-from opmon.streaming.control import ControlCommandError, ControlServer, check_token, handle_request
+from opmon.dashboard.steering import box_to_region, parse_thresholds, token_allows
+from opmon.streaming.control import (ControlCommandError, ControlServer, RunEngineSteering, check_token,
+                                     handle_request)
 
 
 class Recorder:
@@ -143,8 +148,6 @@ def test_session_token_rules_and_threshold_parsing():
 
 
 def test_box_to_region_covers_touched_pixels_and_clips():
-    from opmon.dashboard.steering import box_to_region
-
     geom = (24, 32, 0.0, 0.0, 32.0, 24.0)                  # pixel units, as the live maps come
     assert box_to_region({"x0": 6.2, "x1": 22.5, "y0": 4.9, "y1": 17.0}, geom) == {"r0": 4, "r1": 17, "c0": 6, "c1": 23}
     assert box_to_region({"x0": -5, "x1": 99, "y0": -1, "y1": 99}, geom) == {"r0": 0, "r1": 24, "c0": 0, "c1": 32}
@@ -157,14 +160,6 @@ def test_box_to_region_covers_touched_pixels_and_clips():
 
 
 def test_run_engine_steering_pauses_resumes_and_aborts_a_real_run():
-    import time
-
-    import bluesky.plan_stubs as bps
-    from bluesky import RunEngine
-
-    from opmon.acquisition import MapRequests, VoltageThresholds
-    from opmon.streaming.control import RunEngineSteering
-
     RE = RunEngine({}, context_managers=[])
     requests = MapRequests()
     steer = RunEngineSteering(RE, requests, lambda thresholds=None, period_s=None: VoltageThresholds(thresholds))
