@@ -83,6 +83,8 @@ class Archiver:
         self.sidecars: dict[str, _Sidecar] = {}
         self.grace_s = grace_s
         self.early_readings: deque[dict[str, Any]] = deque(maxlen=100_000)
+        self.early_docs: deque[tuple[str, str, dict[str, Any]]] = deque(maxlen=100_000)
+        self.doc_run: str | None = None
         self.dropped = Counter[str]()
         self.frames_written = 0
         self._last_flush = time.monotonic()
@@ -137,12 +139,21 @@ class Archiver:
         run.start = start
         self.run_dir = run
         self.mask = None if mask is None else mask.copy()
-        self.sidecars[run.uid] = _Sidecar(PotentiostatLog(path / POTENTIOSTAT, t0=float(start["t"])),
+        # NXlog time counts from the bluesky run start when its document came first, else from the stream's.
+        t0 = next((float(d["time"]) for uid, name, d in self.early_docs
+                   if uid == run.uid and name == "start" and isinstance(d.get("time"), (int, float))), float(start["t"]))
+        self.sidecars[run.uid] = _Sidecar(PotentiostatLog(path / POTENTIOSTAT, t0=t0),
                                           open(path / DOCUMENTS, "a", encoding="utf-8"))
         run.has_potentiostat = True
         early, self.early_readings = self.early_readings, deque(maxlen=100_000)
         for reading in early:
             self._on_reading(reading)
+        docs, self.early_docs = self.early_docs, deque(maxlen=100_000)
+        for uid, name, doc in docs:
+            if uid == run.uid:
+                self._write_doc(run, name, doc)
+            else:
+                self.dropped["document_outside_run"] += 1
         run.write_master()
         log.info("archiving run %s in %s", start["run"], path)
 
@@ -256,12 +267,22 @@ class Archiver:
         if not isinstance(doc, dict):
             self.dropped["bad_document"] += 1
             return
-        uid = doc.get("uid") if name == "start" else doc.get("run_start")
+        # Documents arrive in order on their channel: a start document names the run that
+        # the following documents belong to, until its stop.
+        if name == "start":
+            self.doc_run = doc.get("uid")
+        uid = doc.get("run_start") if name == "stop" else self.doc_run
         run = self.runs.get(uid) if uid else self.run_dir
-        if run is None:
-            run = self.run_dir
+        if uid and run is None:
+            self.early_docs.append((uid, name, doc))   # the frame stream's start has not arrived yet
+            return
+        self._write_doc(run, name, doc)
+        if name == "stop":
+            self.doc_run = None
+
+    def _write_doc(self, run: RunDirectory | None, name: str, doc: dict[str, Any]) -> None:
         sidecar = self.sidecars.get(run.uid) if run is not None else None
-        if sidecar is None:
+        if run is None or sidecar is None:
             self.dropped["document_outside_run"] += 1
             return
         sidecar.documents.write(json.dumps({"name": name, "doc": doc}, default=str) + "\n")

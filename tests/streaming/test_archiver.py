@@ -60,8 +60,12 @@ def test_a_run_is_archived_with_frames_readings_documents_and_maps(tmp_path, ctx
     maps = _push(ctx, config.endpoint("maps_archive"), bind=False)
     done, thread = _serve(archiver)
     frames = frames_for(2 * 24, shape=SHAPE)
-    run = sink.start_run(frame_shape=SHAPE, dtype="uint32", map_shape=MAP, metadata={"sample": "LMNO"}, **GEOMETRY)
+    run = "run-0001"
+    # The bluesky start document and first events come before the frame stream starts.
     docs.send(P.pack({"v": 1, "kind": "doc", "name": "start", "doc": {"uid": run, "plan_name": "operando_series"}}))
+    docs.send(P.pack({"v": 1, "kind": "doc", "name": "event", "doc": {"descriptor": "d1", "seq_num": 1}}))
+    assert _wait_for(lambda: len(archiver.early_docs) == 2)
+    sink.start_run(frame_shape=SHAPE, dtype="uint32", map_shape=MAP, metadata={"sample": "LMNO"}, run=run, **GEOMETRY)
     geometry = DetectorGeometry(GEOMETRY["energy_ev"], GEOMETRY["distance_m"], GEOMETRY["pixel_size_m"],
                                 GEOMETRY["beam_center"], SHAPE)
     for m in range(2):
@@ -109,7 +113,7 @@ def test_a_run_is_archived_with_frames_readings_documents_and_maps(tmp_path, ctx
         assert log.attrs["NX_class"] == "NXlog" and log["value"].shape == (48,)
         np.testing.assert_allclose(log["value"][:24], 4.6 + 0.001 * np.arange(24))
     lines = (tmp_path / "archive" / run / "documents.jsonl").read_text().splitlines()
-    assert json.loads(lines[0])["name"] == "start"
+    assert [json.loads(line)["name"] for line in lines] == ["start", "event", "stop"]
     sink.close()
     docs.close()
     maps.close()
