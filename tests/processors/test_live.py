@@ -124,3 +124,39 @@ def test_live_maps_equal_offline_maps_and_partials_come_first(tmp_path, workers)
         _assert_same_maps(result, offline_maps(frames, roi, tmp_path, f"map{header['map']}"))
     sink.close()
     ctx.destroy(linger=0)
+
+
+@pytest.mark.timeout(120)
+def test_an_aborted_run_ends_short_and_its_late_frames_are_dropped_and_counted(tmp_path):
+    ctx = zmq.Context()
+    maps_in, maps_endpoint, _display = _sockets(ctx)
+    sink = ZmqFrameSink(["tcp://127.0.0.1:*"], context=ctx, stall_timeout_s=60)
+    processor = LiveProcessor(sink.endpoints[0], None, maps_endpoint, roi=None, context=ctx)
+    thread = threading.Thread(target=processor.serve, daemon=True)
+    thread.start()
+    frames = synthetic_map(0)
+    first = sink.start_run(frame_shape=FRAME, dtype="uint32", map_shape=MAP, **GEOMETRY)
+    sink.start_map(len(frames))
+    for frame, p, eta in frames[:10]:
+        sink.send_frame(frame, index=p, eta=eta, phi=0.0, nu=0.0, delta=30.0)
+    late = P.frame_header(first, 0, 10, 10, 0, 10.0, 0.0, 0.0, 30.0, "uint32", FRAME)
+    second = sink.start_run(frame_shape=FRAME, dtype="uint32", map_shape=MAP, **GEOMETRY)   # aborts the first
+    for sock in sink.sockets:                      # a stale frame of the aborted run, after its stop
+        sock.send_multipart([P.pack(late), frames[10][0]])
+    sink.start_map(len(frames))
+    for frame, p, eta in frames:
+        sink.send_frame(frame, index=p, eta=eta, phi=0.0, nu=0.0, delta=30.0)
+    sink.stop_run()
+    got = {}
+    for _ in range(2):
+        header, result = _recv_map(maps_in)
+        got[header["run"]] = (header, result)
+    processor.stopped = True
+    thread.join(30)
+    assert got[first][0]["frames"] == 10 and got[first][0]["n_frames"] == len(frames)   # ended short
+    assert got[second][0]["frames"] == len(frames) and got[second][0]["frames_lost"] == 0
+    assert processor.receiver.counters.rejected["stale"] == 1
+    assert processor.receiver.tracker.finished[first] == "abort"
+    _assert_same_maps(got[second][1], offline_maps(frames, (0, FRAME[0], 0, FRAME[1]), tmp_path, "second"))
+    sink.close()
+    ctx.destroy(linger=0)
