@@ -13,7 +13,7 @@ from pathlib import Path
 
 import h5py
 
-from opmon.commands.process import parse_roi
+from opmon.commands.process import parse_background, parse_roi
 from opmon.config import load_config
 from opmon.errors import OpmonError
 from opmon.processors.live import LiveProcessor
@@ -37,7 +37,7 @@ def _main(args: argparse.Namespace) -> int:
     display = config.endpoint("display_live") if args.display else None
     processor = LiveProcessor(sink.endpoints[0], display, None, workers=args.workers or config.live.workers,
                               publish_interval_s=config.live.publish_interval_s, roi=parse_roi(args.roi),
-                              threshold=config.live.threshold, background=config.live.background)
+                              threshold=config.live.threshold, background=parse_background(config.live.background))
     done = threading.Event()
     thread = threading.Thread(target=processor.serve, kwargs={"stop_when": done.is_set}, daemon=True)
     thread.start()
