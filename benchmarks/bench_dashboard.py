@@ -12,6 +12,7 @@ process receiving the same messages) and the dashboard's CPU while idle with the
 Prints figures only, no asserts.
 
     .venv/bin/python benchmarks/bench_dashboard.py [--seconds 20] [--rate 1000] [--publish-ms 250]
+        [--update-ms 250] [--map-side 24] [--angles 6]
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ sys.path.insert(0, str(ROOT / "tests" / "dashboard"))
 
 
 # ---------------------------------------------------------------- producer (own process)
-def produce(port: int, rate: float, seconds: float, publish_ms: float) -> None:
+def produce(port: int, rate: float, seconds: float, publish_ms: float, side: int = 24, angles: int = 6) -> None:
     """Process simulated frames at `rate` Hz and publish partial maps every `publish_ms`."""
     from opmon.processors.accumulate import MomentAccumulator
     from opmon.processors.geometry import DetectorGeometry
@@ -41,7 +42,7 @@ def produce(port: int, rate: float, seconds: float, publish_ms: float) -> None:
     from opmon.simulators.setup import SxdmSetup
     from opmon.streaming.protocol import pack, unpack
 
-    setup = SxdmSetup(map_shape=(24, 24), n_angles=6, eta_step=0.05, roi=(192, 320, 192, 320))
+    setup = SxdmSetup(map_shape=(side, side), n_angles=angles, eta_step=0.3 / angles, roi=(192, 320, 192, 320))
     particle = ParticleModel(setup, seed=1, x_mean=0.7)
     renderer = FrameRenderer(setup, particle, seed=0)
     midx, etas = setup.scan("point-outer")
@@ -114,10 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=1000.0, help="frames per second processed")
     ap.add_argument("--publish-ms", type=float, default=250.0, help="partial-map publish period")
     ap.add_argument("--update-ms", type=int, default=250, help="dashboard display period")
-    ap.add_argument("--producer", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--map-side", type=int, default=24, help="map of N x N pixels")
+    ap.add_argument("--angles", type=int, default=6, help="rocking angles per map pixel")
+    ap.add_argument("--producer", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.producer:
-        produce(int(args.producer[0]), float(args.producer[1]), float(args.producer[2]), float(args.producer[3]))
+        port, rate, seconds, publish_ms, side, angles = args.producer
+        produce(int(port), float(rate), float(seconds), float(publish_ms), int(side), int(angles))
         return 0
 
     from dashboard_browser import Browser, browser_available
@@ -148,12 +152,16 @@ def main(argv: list[str] | None = None) -> int:
         sub.setsockopt(zmq.SUBSCRIBE, b"map")
         sub.connect(f"tcp://127.0.0.1:{live_port}")
         prod = subprocess.Popen([sys.executable, __file__, "--producer", str(live_port), str(args.rate),
-                                 str(args.seconds + 2.0), str(args.publish_ms)],
+                                 str(args.seconds + 2.0), str(args.publish_ms), str(args.map_side), str(args.angles)],
                                 stdout=subprocess.PIPE, text=True, cwd=ROOT)
         from opmon.streaming.protocol import unpack
         transport: list[float] = []
         browser.js("window.__opmon_seen = [];")
-        time.sleep(1.5)                            # producer warm-up (numba, first frames)
+        browser.wait_for("the first map in the page", lambda: browser.js("return (window.__opmon_seen || []).length"),
+                         timeout=180)                  # producer warm-up: rendering, numba
+        browser.js("window.__opmon_seen = [];")       # measure from here on
+        while sub.poll(0):
+            sub.recv_multipart()                      # drop what queued during the warm-up
         c0, w0 = cpu_seconds(dash.pid), time.perf_counter()
         poller = zmq.Poller()
         poller.register(sub, zmq.POLLIN)
@@ -183,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             arrivals.append(t_ms / 1000.0)
     span = (max(arrivals) - min(arrivals)) if len(arrivals) > 1 else float("nan")
     print(prod_out)
-    print(f"frames/s processed: {args.rate:.0f}, partial maps published every {args.publish_ms:.0f} ms, "
+    print(f"map {args.map_side} x {args.map_side} x {args.angles} angles; "
+          f"frames/s processed: {args.rate:.0f}, partial maps published every {args.publish_ms:.0f} ms, "
           f"dashboard period {args.update_ms} ms, {args.seconds:.0f} s")
     print(f"browser updates: {len(lat)} ({(len(lat) - 1) / span:.2f} Hz)")
     print(f"latency frame processed -> in browser: p50 {1e3 * pct(lat, 50):.1f} ms, p99 {1e3 * pct(lat, 99):.1f} ms")

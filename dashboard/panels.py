@@ -136,7 +136,7 @@ def histogram_panel() -> tuple[figure, ColumnDataSource, ColumnDataSource]:
     earlier = ColumnDataSource({"xs": [], "ys": [], "color": [], "label": []})
     p = figure(title="d histogram (bars = current map)", tools=TOOLS,
                sizing_mode="stretch_both", min_width=240, min_height=180,
-               x_axis_label="d (Å)", y_axis_label="pixels")
+               x_axis_label="d (Å)", y_axis_label="fraction of valid pixels")
     p.multi_line(xs="xs", ys="ys", line_color="color", line_width=2, source=earlier, legend_field="label")
     p.quad(left="left", right="right", top="top", bottom=0, source=cur, fill_color="#1f77b4",
            fill_alpha=0.55, line_color="#1f77b4", legend_label="current")

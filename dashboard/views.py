@@ -162,10 +162,10 @@ class HistogramView:
             pad = max((hi - lo) * 0.05, 1e-5)
             self.edges = np.linspace(lo - pad, hi + pad, P.N_BINS + 1)
             self._earlier_key = None
-            counts = np.histogram(valid, self.edges)[0].astype(np.float64)
+            counts = _fractions(valid, self.edges)
             self.current.data = {"left": self.edges[:-1], "right": self.edges[1:], "top": counts}
         else:
-            counts = np.histogram(valid, self.edges)[0].astype(np.float64)
+            counts = _fractions(valid, self.edges)
             old = np.asarray(self.current.data["top"])
             idx = np.flatnonzero(old != counts)
             if idx.size:
@@ -176,10 +176,16 @@ class HistogramView:
             n = len(earlier)
             self.earlier.data = {
                 "xs": [centres] * n,
-                "ys": [np.histogram(_valid_d(r), self.edges)[0].astype(np.float64) for r in earlier],
+                "ys": [_fractions(_valid_d(r), self.edges) for r in earlier],
                 "color": [_grey(i, n) for i in range(n)],
                 "label": [f"map {r.update.map_number}" for r in earlier]}
             self._earlier_key = key
+
+
+def _fractions(values: npt.NDArray[np.float64], edges: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Histogram as fractions of the valid pixels, so a half-filled map compares with full ones."""
+    counts = np.histogram(values, edges)[0].astype(np.float64)
+    return counts / max(values.size, 1)
 
 
 def _valid_d(r: MapRecord) -> npt.NDArray[np.float64]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from bokeh.document import Document
 from bokeh.document.events import ColumnDataChangedEvent, ColumnsPatchedEvent, ColumnsStreamedEvent
 
@@ -149,3 +150,24 @@ def test_status_bar_shows_state_staleness_losses_and_a_short_archive_name():
     assert "<code>1234-uid/run.h5</code>" in html and 'title="/very/long/archive/dir/1234-uid/run.h5"' in html
     assert ">STALE<" in status_html(st, received=100.0, showing="", now=110.0)   # no news for 10 s
     assert ">UNKNOWN<" not in status_html({}, 0.0, "")       # never heard anything: stale, not unknown
+
+
+def test_histogram_overlays_earlier_maps_on_shared_bins_as_fractions():
+    model = DashboardModel()
+    s = Session(Document(), model, None, None, DashboardOptions())
+    one_phase = _full()
+    one_phase["d_spacing"][:] = 2.0409
+    two_phase = _full()
+    two_phase["d_spacing"][:4] = 2.0409
+    two_phase["d_spacing"][4:] = 2.0332                 # phase coexistence: two peaks
+    model.on_map(_partial(one_phase, 8, 0, final=True))
+    model.on_map(_partial(two_phase, 4, 1))             # half-filled current map
+    _tick(s)
+    tops = np.asarray(s.hist.current.data["top"])
+    assert tops.sum() == pytest.approx(1.0) and np.count_nonzero(tops) == 1   # only the filled rows so far
+    (earlier,) = s.hist.earlier.data["ys"]
+    assert earlier.sum() == pytest.approx(1.0) and s.hist.earlier.data["label"] == ["map 0"]
+    model.on_map(_partial(two_phase, 8, 1, final=True))
+    _tick(s)
+    tops = np.asarray(s.hist.current.data["top"])
+    assert np.count_nonzero(tops) == 2 and tops.max() == pytest.approx(0.5)     # two peaks, half each
