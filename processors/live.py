@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +58,6 @@ class LiveProcessor:
                                       resolver=self._resolve if self.archive_dir is not None else None)
         self.display = self._socket(zmq.PUB, display_endpoint, bind=True, hwm=20)
         self.maps_out = self._socket(zmq.PUSH, maps_endpoint, bind=False, hwm=100)
-        if self.maps_out is not None:
-            self.maps_out.setsockopt(zmq.SNDTIMEO, 10_000)
         self.roi_setting, self.roi_frames, self.roi_wait_s = roi, roi_frames, roi_wait_s
         self.threshold, self.background = threshold, background
         self.publish_interval_s = publish_interval_s
@@ -70,7 +69,7 @@ class LiveProcessor:
         self.summaries: list[dict[str, Any]] = []
         self.frames_processed = 0
         self.errors = 0
-        self.maps_unarchived = 0
+        self.unarchived: deque[list[Any]] = deque()   # final maps the archiver has not taken yet
         self._last_publish = self._last_status = 0.0
         self._rate = (time.monotonic(), 0)
         self._recovered_roi: dict[str, Roi] = {}
@@ -240,13 +239,20 @@ class LiveProcessor:
         if self.display is not None:
             self.display.send_multipart(parts, copy=False)
         if self.maps_out is not None:
-            try:
-                self.maps_out.send_multipart(parts, copy=False)
-            except zmq.Again:
-                self.maps_unarchived += 1
-                log.error("run %s map %d: archiver did not take the final maps", run.uid, lm.number)
+            self.unarchived.append(parts)
+            self._send_unarchived()
         self._publish_latency(lm)
         log.info("run %s map %d final: %d frames, %d lost", run.uid, lm.number, acc.frames_seen, lost)
+
+    def _send_unarchived(self) -> None:
+        """Hand final maps to the archiver without ever blocking the live path; keep what it
+        cannot take yet (archiver down or slow) and retry on every poll, never drop them."""
+        while self.unarchived and self.maps_out is not None:
+            try:
+                self.maps_out.send_multipart(self.unarchived[0], flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self.unarchived.popleft()
 
     def _progress(self, number: int) -> Any:
         run = self.run
@@ -383,7 +389,8 @@ class LiveProcessor:
                 "rejected": dict(c.rejected), "map": current.number if current else None,
                 "map_progress": (current.received / expected) if current is not None and expected else None,
                 "maps_done": sum(lm.done for lm in run.maps.values()) if run else len(self.summaries),
-                "recovered": run.recovered if run else 0, "errors": self.errors, "workers": max(1, len(self.inboxes)), "archive": None}
+                "recovered": run.recovered if run else 0, "errors": self.errors,
+                "maps_unarchived": len(self.unarchived), "workers": max(1, len(self.inboxes)), "archive": None}
 
     # -- loop --------------------------------------------------------------------------------------
     def poll_once(self, timeout_ms: int = 50) -> None:
@@ -404,6 +411,7 @@ class LiveProcessor:
                         self.errors += 1
                         log.error("message %s of run %s not processed: %s", msg.kind, msg.header.get("run"), exc)
         self._poll_results(0)
+        self._send_unarchived()
         now = time.monotonic()
         run = self.run
         if run is not None and run.roi is None and run.pending and now - run.pending_since >= self.roi_wait_s:
@@ -425,6 +433,9 @@ class LiveProcessor:
 
     def close(self) -> None:
         """Stop the workers and close every socket."""
+        self._send_unarchived()
+        if self.unarchived:
+            log.error("%d final map(s) never reached the archiver (is it running?)", len(self.unarchived))
         if self.pool is not None:
             self.pool.close()
             self.pool = None
