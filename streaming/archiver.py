@@ -353,7 +353,7 @@ class Archiver:
         """Handle whatever arrives within `timeout_ms`, flushing on time even under load."""
         events = dict(self.poller.poll(min(timeout_ms, int(self.flush_interval_s * 1000))))
         if self.frames.socket in events:
-            deadline = time.monotonic() + self.flush_interval_s / 2
+            deadline = self._last_flush + self.flush_interval_s    # never hold frames unflushed longer
             while time.monotonic() < deadline:
                 try:
                     parts = self.frames.socket.recv_multipart(zmq.NOBLOCK, copy=False)
