@@ -9,8 +9,11 @@ import bluesky.plan_stubs as bps
 import pytest
 import zmq
 from bluesky import RunEngine
+from bokeh.document import Document
 
 from opmon.acquisition import MapRequests, VoltageThresholds
+from opmon.dashboard.app import DashboardOptions, Session
+from opmon.dashboard.model import DashboardModel
 from opmon.dashboard.control_client import ControlClient, ControlError
 from opmon.dashboard.steering import box_to_region, parse_thresholds, token_allows
 from opmon.streaming.control import (ControlCommandError, ControlServer, RunEngineSteering, check_token,
@@ -200,3 +203,21 @@ def test_run_engine_steering_pauses_resumes_and_aborts_a_real_run():
     steer.abort("test over")
     runner.join(20)
     assert result == ["abort"] and RE.state == "idle" and len(ticks) < 2000
+
+
+def test_abort_needs_arming_and_the_token_reaches_the_acquisition(served):
+    server, client, target = served
+    doc = Document()
+    s = Session(doc, DashboardModel(), client, "s3cret", DashboardOptions())
+    assert not s.authorized                          # no ?token= in this (server-less) session
+    s.steering.authorized, s.steering.token = True, "s3cret"   # as a session opened with the token
+    s.steering._abort()                              # not armed: refused locally
+    assert target.calls == [] and "arm" in s.steering.last_reply["error"]
+    s.steering.arm.active = True
+    assert not s.steering.abort.disabled             # arming enables the button
+    s.steering._abort()
+    deadline = time.monotonic() + 10
+    while not target.calls:
+        assert time.monotonic() < deadline, "abort never reached the acquisition"
+        time.sleep(0.02)
+    assert target.calls == [("abort", "aborted from the dashboard")] and not s.steering.arm.active
