@@ -46,11 +46,17 @@ class RunArchive:
         if not start:
             return None
         mask = None
-        first = self.path / map_file_name(0)
-        if first.is_file():
-            with h5py.File(first, "r", swmr=True) as f:
-                if f"entry/{DET_MASK}" in f:
-                    mask = f[f"entry/{DET_MASK}"][()]
+        if start.get("mask"):      # the run has a detector mask: it is stored with every map file
+            first = self.path / map_file_name(0)
+            deadline = time.monotonic() + 10.0
+            while mask is None:
+                try:
+                    with h5py.File(first, "r", swmr=True) as f:
+                        mask = f[f"entry/{DET_MASK}"][()]
+                except (OSError, KeyError):          # not written yet, or being created
+                    if time.monotonic() > deadline:
+                        raise ArchiveError(f"{first}: run {self.uid} has a detector mask but it cannot be read") from None
+                    time.sleep(0.05)
         return start, mask
 
     def roi(self) -> tuple[int, int, int, int] | None:
@@ -84,11 +90,20 @@ class RunArchive:
         """
         path = self.path / map_file_name(number)
         deadline = time.monotonic() + wait_s
-        while not path.is_file():
-            if time.monotonic() > deadline:
-                raise ArchiveError(f"{path}: no archived frames for map {number} of run {self.uid}")
-            time.sleep(0.05)
-        with h5py.File(path, "r", swmr=True) as f:
+        f = None
+        while f is None:     # the archiver may be creating the file right now: wait until it is whole
+            try:
+                f = h5py.File(path, "r", swmr=True)
+                if "entry/scan/complete" not in f:
+                    f.close()
+                    f = None
+            except (OSError, KeyError):
+                f = None
+            if f is None:
+                if time.monotonic() > deadline:
+                    raise ArchiveError(f"{path}: no readable archived frames for map {number} of run {self.uid}")
+                time.sleep(0.05)
+        with f:
             entry = f["entry"]
             seq_ds, data = entry["scan/sequence"], entry[DATA]
             while True:
@@ -136,7 +151,7 @@ def recover_missed_maps(archive: RunArchive, first_map: int, feed: Feed, end_map
             for header, frame in archive.frames(number):
                 feed(header, frame)
                 recovered += 1
-        except ArchiveError as exc:
+        except (ArchiveError, OSError, KeyError) as exc:
             log.error("run %s: cannot recover map %d: %s", archive.uid, number, exc)
             continue
         end_map(number)
@@ -151,7 +166,7 @@ def recover_prefix(archive: RunArchive, number: int, first_seq: int, feed: Feed)
         for header, frame in archive.frames(number, below_seq=first_seq):
             feed(header, frame)
             recovered += 1
-    except ArchiveError as exc:
+    except (ArchiveError, OSError, KeyError) as exc:
         log.error("run %s map %d: frames before seq %d not recovered: %s", archive.uid, number, first_seq, exc)
     log.warning("run %s map %d: %d earlier frames recovered from the archive", archive.uid, number, recovered)
     return recovered

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import zmq
 
+from opmon.errors import OpmonError
 from opmon.streaming.protocol import Message, RejectedMessage, parse
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,12 @@ class RunTracker:
             return self.current
         if uid in self.finished:
             raise RejectedMessage("stale", f"run {uid!r:.60} already ended ({self.finished[uid]})")
-        found = self.resolver(uid) if self.resolver is not None else None
+        found = None
+        if self.resolver is not None:
+            try:
+                found = self.resolver(uid)
+            except (OpmonError, OSError) as exc:     # an unreadable archive must not stop the receiver
+                log.error("cannot recover the start of run %s: %s", uid, exc)
         if found is None:
             raise RejectedMessage("unknown_run", f"run {uid!r:.60} has no start")
         start, mask = found

@@ -115,3 +115,57 @@ def test_killed_and_restarted_live_processor_loses_no_map(tmp_path):
             roi = tuple(int(v) for v in entry["maps"].attrs["roi"])
             offline, _ = process_entry(entry, ProcessOptions(roi=roi))
             _assert_same_maps(live_maps, offline)
+
+
+@pytest.mark.timeout(180)
+def test_a_map_whose_processor_died_before_finishing_it_is_made_from_the_archive(tmp_path):
+    """The processor received all of map 0 and died before its final map; the next one
+    joins at map 1, finds map 0 archived without maps, and makes them from the archive."""
+    from opmon.processors.live import LiveProcessor
+    from opmon.streaming.receiver import FrameReceiver
+    config, _ = _config(tmp_path)
+    archiver = build_archiver(config)
+    done = threading.Event()
+    thread = threading.Thread(target=archiver.run, kwargs={"stop_when": done.is_set}, daemon=True)
+    thread.start()
+    sink = ZmqFrameSink([config.endpoint("frames_archive"), config.endpoint("frames_live")], stall_timeout_s=90)
+    doomed = FrameReceiver(config.endpoint("frames_live"))
+    maps = [synthetic_map(m, seed=5) for m in range(2)]
+    run = sink.start_run(frame_shape=FRAME, dtype="uint32", map_shape=MAP, **GEOMETRY)
+    master = tmp_path / "archive" / run / "run.h5"
+
+    def send(frames):
+        for frame, p, eta in frames:
+            sink.send_frame(frame, index=p, eta=eta, phi=0.0, nu=0.0, delta=30.0)
+
+    sink.start_map(len(maps[0]))
+    send(maps[0])
+    sink.end_map()
+    kinds = []
+    while not kinds or kinds[-1] != "map_end":        # it saw the whole map, then "died"
+        msg = doomed.recv(timeout_ms=30000)
+        assert msg is not None
+        kinds.append(msg.kind)
+    doomed.close()
+    processor = LiveProcessor(config.endpoint("frames_live"), None, config.endpoint("maps_archive"),
+                              archive_dir=config.archive.dir, roi=(10, 30, 12, 34))
+    live = threading.Thread(target=processor.serve, daemon=True)
+    live.start()
+    try:
+        sink.start_map(len(maps[1]))
+        send(maps[1])
+        sink.end_map()
+        sink.stop_run()
+        assert _wait(lambda: _maps_done(master, 2), 120), "map 0 was lost with the processor"
+    finally:
+        processor.stopped = True
+        live.join(30)
+        sink.close()
+        done.set()
+        thread.join(10)
+    assert [s["map"] for s in processor.summaries] == [0, 1]
+    with h5py.File(master, "r") as f:
+        for m in range(2):
+            entry = f[f"entry{m}"]
+            offline, _ = process_entry(entry, ProcessOptions(roi=(10, 30, 12, 34)))
+            _assert_same_maps(read_maps(entry), offline)
