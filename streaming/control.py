@@ -179,7 +179,9 @@ class RunEngineSteering:
     def pause(self) -> dict[str, Any]:
         if self.RE.state != "running":
             raise ControlCommandError(f"cannot pause: the run is {self.RE.state}")
-        self.RE.request_pause(defer=False)
+        # Deferred: the plan pauses at its next checkpoint (after the frame being taken), so a
+        # pause never leaves a frame on disk that no document references.
+        self.RE.request_pause(defer=True)
         return {"state": str(self.RE.state)}
 
     def resume(self) -> dict[str, Any]:

@@ -186,7 +186,7 @@ def test_run_engine_steering_pauses_resumes_and_aborts_a_real_run():
     wait(lambda: len(ticks) > 3, "the plan to run")
     with pytest.raises(ControlCommandError, match="cannot resume"):
         steer.resume()
-    assert steer.pause()["state"] in ("pausing", "paused")
+    assert steer.pause()["state"] in ("running", "pausing", "paused")  # deferred: pauses at the next checkpoint
     wait(lambda: RE.state == "paused", "the pause")
     n = len(ticks)
     assert steer.status()["state"] == "paused" and len(ticks) == n
