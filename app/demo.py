@@ -73,7 +73,8 @@ class RunSummary:
                  f"frames lost: {self.frames_lost}"]
         for m in self.maps:
             d = "no maps yet" if m.d_mean is None else f"mean d = {m.d_mean:.5f} Å (std {m.d_std:.1e}, {m.valid_pixels} px)"
-            lines.append(f"  map {m.number}: {m.frames} frames, {'complete' if m.complete else 'INCOMPLETE'}, {d}  [{m.trigger}]")
+            trigger = f"  [{m.trigger}]" if m.trigger and m.trigger != "{}" else ""
+            lines.append(f"  map {m.number}: {m.frames} frames, {'complete' if m.complete else 'INCOMPLETE'}, {d}{trigger}")
         return "\n".join(lines)
 
 

@@ -152,7 +152,7 @@ def process_file(raw: str | Path, output: str | Path, options: ProcessOptions | 
     if not raw.exists():
         raise RawFileError(f"{raw}: no such file")
     try:
-        f = h5py.File(raw, "r")
+        f = h5py.File(raw, "r", swmr=True)  # also reads a map whose writer was killed mid-SWMR
     except OSError as exc:
         raise RawFileError(f"{raw}: not a readable HDF5 file ({exc})") from exc
     results: dict[str, MapResult] = {}

@@ -7,7 +7,7 @@ import importlib
 STAGES = {
     "acquisition": "opmon.acquisition.benchmark",
     "process": "opmon.processors.benchmark",
-    "stream": "opmon.streaming.benchmark",
+    "stream": "opmon.processors.live_benchmark",
     "dashboard": "opmon.dashboard.benchmark",
 }
 

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     total = None
     if raw.exists():
         try:
-            with h5py.File(raw, "r") as f:
+            with h5py.File(raw, "r", swmr=True) as f:
                 total = count_frames(f, find_entries(f, args.entry))
         except (OSError, OpmonError):
             total = None  # process_file reports the problem precisely

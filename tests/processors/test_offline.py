@@ -114,3 +114,32 @@ def test_silx_opens_the_maps_as_the_default_image(raw_file, tmp_path):
         default = nxdata.get_default(f)
         assert default is not None and default.is_image
         assert default.signal.shape == (3, 3) and default.signal.name.endswith("d_spacing")
+
+
+def test_reads_a_map_whose_swmr_writer_was_killed(tmp_path, make_raw):
+    """A writer killed mid-map leaves a file plain read mode refuses; process must still read it."""
+    import subprocess
+    import sys
+    import textwrap
+    src = make_raw(tmp_path / "src.h5")
+    killed = tmp_path / "killed.h5"
+    code = textwrap.dedent(f"""
+        import os, h5py, hdf5plugin, numpy as np
+        from opmon.formats import RawMapWriter, read_raw_meta
+        with h5py.File({str(src)!r}, "r") as s:
+            e = s["entry"]; meta = read_raw_meta(e); frames = e["instrument/detector/data"][()]
+        f = h5py.File({str(killed)!r}, "w", libver="latest")
+        w = RawMapWriter(f.create_group("entry"), frame_shape=meta.frame_shape, dtype=meta.frame_dtype,
+                         energy_ev=meta.energy_ev, distance_m=meta.distance_m, pixel_size_m=meta.pixel_size_m,
+                         beam_center=meta.beam_center, map_shape=meta.map_shape)
+        f.swmr_mode = True
+        w.append(frames, meta.map_index, meta.eta, meta.phi, meta.nu, meta.delta)
+        f.flush()
+        os._exit(9)  # no close: what kill -9 leaves
+    """)
+    subprocess.run([sys.executable, "-c", code], check=False, timeout=60)
+    with pytest.raises(OSError):
+        h5py.File(killed, "r").close()  # the state the archiver's kill test leaves
+    results = process_file(killed, tmp_path / "maps.h5")
+    reference = process_file(src, tmp_path / "ref.h5")
+    assert np.allclose(results["entry"].d_spacing, reference["entry"].d_spacing, equal_nan=True)
