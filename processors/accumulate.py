@@ -25,6 +25,8 @@ from opmon.processors.maps import MapResult, derive_maps
 Roi = tuple[int, int, int, int]  # (r0, r1, c0, c1), half-open, frame pixels
 Background = Literal["auto"] | float | None
 
+BACKGROUND_ROW_STRIDE = 4  # rows outside the ROI band read for the background: every 4th
+
 STATE_KEYS = ("sum_i", "sum_iq", "sum_iqq", "n_frames", "bg_counts", "bg_q", "bg_qq")
 
 
@@ -72,7 +74,10 @@ class MomentAccumulator:
         self.despeckle = bool(despeckle)
         valid = detector_mask == 0
         self.n_roi_pixels = int(valid[r0:r1, c0:c1].sum())
-        self.n_outside_pixels = int(valid.sum()) - self.n_roi_pixels
+        rows_read = np.zeros(rows, dtype=bool)  # the rows the kernel reads for the background
+        rows_read[::BACKGROUND_ROW_STRIDE] = True
+        rows_read[r0:r1] = True
+        self.n_outside_pixels = int(valid[rows_read].sum()) - self.n_roi_pixels
         npix = self.map_shape[0] * self.map_shape[1]
         self.sum_i = np.zeros(npix)
         self.sum_iq = np.zeros((npix, 3))
@@ -96,7 +101,7 @@ class MomentAccumulator:
         ones = np.ones((r1 - r0, c1 - c0), dtype=np.uint32)
         roi_moments = np.zeros(kernels.N_MOMENTS + 1)
         roi_mask = np.ascontiguousarray(self.detector_mask[r0:r1, c0:c1])
-        kernels.frame_moments(ones, self._q_lab, roi_mask, 0, r1 - r0, 0, c1 - c0, 0, False, roi_moments)
+        kernels.frame_moments(ones, self._q_lab, roi_mask, 0, r1 - r0, 0, c1 - c0, 0, False, 1, roi_moments)
         roi_moments[10] = 0.0
         self._roi_moments = roi_moments
         self._detector_angles = (nu, delta)
@@ -144,9 +149,9 @@ class MomentAccumulator:
             self._use_detector_angles(float(nus[start]), float(deltas[start]))
             r0, r1, c0, c1 = self.roi
             if stop - start == 1:
-                kernels.frame_moments(frames[start], self._q_lab, self.detector_mask, r0, r1, c0, c1, self.threshold, self.despeckle, moments[start])
+                kernels.frame_moments(frames[start], self._q_lab, self.detector_mask, r0, r1, c0, c1, self.threshold, self.despeckle, BACKGROUND_ROW_STRIDE, moments[start])
             else:
-                kernels.block_moments(frames[start:stop], self._q_lab, self.detector_mask, r0, r1, c0, c1, self.threshold, self.despeckle, moments[start:stop])
+                kernels.block_moments(frames[start:stop], self._q_lab, self.detector_mask, r0, r1, c0, c1, self.threshold, self.despeckle, BACKGROUND_ROW_STRIDE, moments[start:stop])
             kernels.add_block(moments[start:stop], np.ascontiguousarray(etas[start:stop]), np.ascontiguousarray(phis[start:stop]),
                               index[start:stop], self._roi_moments, self.sum_i, self.sum_iq, self.sum_iqq, self.n_frames,
                               self.bg_counts, self.bg_q, self.bg_qq)
