@@ -85,7 +85,7 @@ class MapRecord:
     """A final map with when it was taken, for the gallery, histograms and markers."""
 
     update: MapUpdate
-    t: float                 # s since epoch, when the map finished
+    t: float                 # s, reading clock, when the map's first frames arrived (it was triggered)
     voltage: float           # V at that time (NaN if no reading yet)
     capacity: float          # mAh at that time (NaN if no reading yet)
 
@@ -108,6 +108,7 @@ class DashboardModel:
         self._history: deque[MapRecord] = deque(maxlen=history)
         self._history_version = 0
         self._n_final = 0
+        self._map_start: dict[int, tuple[float, float, float]] = {}  # map -> reading when first seen
         self._status: dict[str, dict[str, Any]] = {}
         self._status_version = 0
         self._status_time = 0.0
@@ -125,13 +126,18 @@ class DashboardModel:
             self.messages_received += 1
             self._latest = update
             self._map_version += 1
+            if update.map_number not in self._map_start:
+                self._map_start[update.map_number] = self._last_reading_locked()
+                while len(self._map_start) > 4 * (self._history.maxlen or 200):
+                    self._map_start.pop(next(iter(self._map_start)))
             if update.final:
                 if self._history and self._history[-1].update.map_number == update.map_number:
                     self._history.pop()   # a repeated final of the same map replaces it
                 else:
                     self._n_final += 1
-                t, v, c = self._last_reading_locked()
-                t_map = float(update.meta.get("t_end", t if np.isfinite(t) else time.time()))
+                # the marker goes where the map was taken: its start, when the trigger fired
+                t, v, c = self._map_start.get(update.map_number) or self._last_reading_locked()
+                t_map = float(update.meta.get("t_start", t if np.isfinite(t) else time.time()))
                 self._history.append(MapRecord(update, t_map, float(update.meta.get("voltage", v)),
                                                float(update.meta.get("capacity", c))))
                 self._history_version += 1

@@ -27,6 +27,16 @@ def test_latest_map_wins_and_finals_enter_history():
     assert hist[-1].voltage == 4.7 and hist[-1].capacity == 0.5 and hist[-1].t == 100.0
 
 
+def test_map_marker_sits_where_the_map_started_not_where_it_ended():
+    m = DashboardModel()
+    m.on_reading(100.0, 4.60, 1e-5, 0.40)
+    m.on_map(MapUpdate(0, _arrays(), progress=0.1))       # first frames: the map was triggered here
+    m.on_reading(200.0, 4.70, 1e-5, 0.55)
+    m.on_map(MapUpdate(0, _arrays(value=2.03), final=True, progress=1.0))
+    _, hist = m.history()
+    assert (hist[-1].t, hist[-1].voltage, hist[-1].capacity) == (100.0, 4.60, 0.40)
+
+
 def test_repeated_final_replaces_its_map():
     m = DashboardModel()
     m.on_map(MapUpdate(0, _arrays(), final=True))
