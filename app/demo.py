@@ -153,8 +153,9 @@ def run_demo(config: Config, plan: ExperimentPlan, *, headless: bool, workers: i
     supervisor.start("archiver", ["archive", "--config", str(config_path)])
     supervisor.start("live", ["live", "--config", str(config_path), "--roi", "full", "--workers", str(workers)])
     if not headless:
-        supervisor.start("dashboard", ["dashboard", "--config", str(config_path), "--token", service.token,
-                                       "--port", str(dashboard_port)])
+        # the token travels in the environment: not visible in `ps`, and safe when it starts with "-"
+        supervisor.start("dashboard", ["dashboard", "--config", str(config_path), "--port", str(dashboard_port)],
+                         env={"OPMON_CONTROL_TOKEN": service.token})
         url = f"http://{config.host}:{dashboard_port}/"
         if not wait_for_port(config.host, dashboard_port, 60.0):
             log.warning("dashboard not listening on %s:%d after 60 s; see %s", config.host, dashboard_port,

@@ -26,6 +26,7 @@ class Child:
     name: str
     argv: list[str]
     restart: bool = True
+    env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     exit_codes: list[int] = field(default_factory=list)
@@ -44,12 +45,14 @@ class Supervisor:
     def _spawn(self, child: Child) -> None:
         logfile = open(self.log_dir / f"{child.name}.log", "ab")  # noqa: SIM115 (owned by the child)
         child.process = subprocess.Popen([sys.executable, "-m", "opmon.cli", *child.argv], stdout=logfile,
-                                         stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                         stderr=subprocess.STDOUT,
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1", **child.env})
         logfile.close()
         log.info("started %s (pid %d): opmon %s", child.name, child.process.pid, " ".join(child.argv))
 
-    def start(self, name: str, argv: list[str], restart: bool = True) -> Child:
-        child = Child(name, argv, restart)
+    def start(self, name: str, argv: list[str], restart: bool = True, env: dict[str, str] | None = None) -> Child:
+        """Start `opmon <argv>`; `env` adds variables (secrets go there, not on the command line)."""
+        child = Child(name, argv, restart, dict(env or {}))
         self.children[name] = child
         self._spawn(child)
         return child

@@ -58,7 +58,7 @@ def frame_moments(frame, q_lab, mask, r0, r1, c0, c1, threshold, despeckle, stri
         filter of XSOCS, this removes the background's lever arm on the centre of mass.
     stride : rows above and below the ROI are sampled every `stride` rows for the background
         counts (rows through the ROI are read whole): the background rate is averaged over a
-        whole map, so a quarter of the rows measures it as well and costs a quarter.
+        whole map, so a sample of the rows measures it as well at a fraction of the cost.
     out : (11,) float64, receives the 10 moments then the counts outside the ROI.
     """
     for i in range(out.shape[0]):
