@@ -88,8 +88,9 @@ def test_shuffled_order_and_split_merge_give_same_maps():
     ref = whole.finalize()
     for other in (shuffled.finalize(), a.finalize(), via_state.finalize()):
         for name, arr in ref.arrays().items():
-            # the width is a difference of two moments ~1e5 times larger than it: rounding grows by that
-            rtol = 1e-8 if name == "peak_width" else 1e-12
+            # the width is a difference of two moments ~1e5 times larger than it, and the azimuth
+            # the direction of a tilt ~1e-3 of |Q|: rounding grows by those factors
+            rtol = 1e-8 if name in ("peak_width", "tilt_azimuth") else 1e-12
             assert np.allclose(getattr(other, name), arr, rtol=rtol, atol=0, equal_nan=True), name
 
 
