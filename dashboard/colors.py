@@ -12,6 +12,10 @@ import numpy as np
 import numpy.typing as npt
 
 from opmon.errors import OpmonError
+from opmon.processors.colorwheel import hsv_to_rgb  # one HSV conversion for figures and dashboard
+
+__all__ = ["MASKED_RGB", "ColorMapError", "auto_max_altitude", "hsv_to_rgb", "pack_rgba", "tilt_to_rgb",
+           "tilt_to_rgba", "wheel_legend"]
 
 #: RGB (0-255) of masked / NaN pixels: the light grey of the other maps' NaN colour (#d0d0d0),
 #: distinct from white (zero tilt) because a tilt colour always has value 1.
@@ -20,26 +24,6 @@ MASKED_RGB: tuple[int, int, int] = (208, 208, 208)
 
 class ColorMapError(OpmonError):
     """A colour mapping got arrays of mismatched shapes or an invalid maximum."""
-
-
-def hsv_to_rgb(h: npt.ArrayLike, s: npt.ArrayLike, v: npt.ArrayLike) -> npt.NDArray[np.float64]:
-    """Convert HSV (each in [0, 1]) to RGB in [0, 1], vectorised; shape (..., 3).
-
-    A local implementation keeps the dashboard free of matplotlib at run time.
-    """
-    h = np.mod(np.asarray(h, dtype=np.float64), 1.0)
-    s = np.clip(np.asarray(s, dtype=np.float64), 0.0, 1.0)
-    v = np.clip(np.asarray(v, dtype=np.float64), 0.0, 1.0)
-    h, s, v = np.broadcast_arrays(h, s, v)
-    i = np.floor(h * 6.0).astype(np.int64) % 6
-    f = h * 6.0 - np.floor(h * 6.0)
-    p = v * (1.0 - s)
-    q = v * (1.0 - s * f)
-    t = v * (1.0 - s * (1.0 - f))
-    r = np.choose(i, [v, q, p, p, t, v])
-    g = np.choose(i, [t, v, v, q, p, p])
-    b = np.choose(i, [p, p, t, v, v, q])
-    return np.stack([r, g, b], axis=-1)
 
 
 def auto_max_altitude(altitude: npt.ArrayLike, percentile: float = 99.0) -> float:

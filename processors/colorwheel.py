@@ -10,18 +10,23 @@ import numpy.typing as npt
 F64 = npt.NDArray[np.float64]
 
 
-def hsv_to_rgb(h: F64, s: F64, v: F64) -> F64:
-    """Vectorised HSV → RGB, all in [0, 1]; returns (..., 3)."""
-    h6 = (np.asarray(h) % 1.0) * 6.0
-    i = np.floor(h6).astype(int) % 6
-    f = h6 - np.floor(h6)
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    choices_r = [v, q, p, p, t, v]
-    choices_g = [t, v, v, q, p, p]
-    choices_b = [p, p, t, v, v, q]
-    r = np.choose(i, choices_r)
-    g = np.choose(i, choices_g)
-    b = np.choose(i, choices_b)
+def hsv_to_rgb(h: npt.ArrayLike, s: npt.ArrayLike, v: npt.ArrayLike) -> F64:
+    """Convert HSV (each in [0, 1]; hue wraps, s and v clip) to RGB in [0, 1]; shape (..., 3).
+
+    Local and pure numpy so the dashboard needs no matplotlib at run time.
+    """
+    h = np.mod(np.asarray(h, dtype=np.float64), 1.0)
+    s = np.clip(np.asarray(s, dtype=np.float64), 0.0, 1.0)
+    v = np.clip(np.asarray(v, dtype=np.float64), 0.0, 1.0)
+    h, s, v = np.broadcast_arrays(h, s, v)
+    i = np.floor(h * 6.0).astype(np.int64) % 6
+    f = h * 6.0 - np.floor(h * 6.0)
+    p = v * (1.0 - s)
+    q = v * (1.0 - s * f)
+    t = v * (1.0 - s * (1.0 - f))
+    r = np.choose(i, [v, q, p, p, t, v])
+    g = np.choose(i, [t, v, v, q, p, p])
+    b = np.choose(i, [p, p, t, v, v, q])
     return np.stack([r, g, b], axis=-1)
 
 
