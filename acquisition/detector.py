@@ -87,12 +87,13 @@ class FrameRecorder:
         key = (run_uid, map_number)
         if self.current is None or self.current.key != key:
             self.sink.close()
-            ny, nx = await asyncio.gather(self.det.map_ny.get_value(), self.det.map_nx.get_value())
+            ny, nx, trigger = await asyncio.gather(self.det.map_ny.get_value(), self.det.map_nx.get_value(),
+                                                   self.det.map_trigger.get_value())
             g = self.det.geometry
             meta = MapMeta(run_uid=run_uid, map_number=map_number, map_shape=(int(ny), int(nx)),
                            frame_shape=tuple(self.source.frame_shape), dtype=str(np.dtype(self.source.dtype)),
                            energy_ev=g.energy_ev, distance_m=g.distance_m, pixel_size_m=g.pixel_size_m,
-                           beam_center=g.beam_center, detector_mask=self.source.detector_mask())
+                           beam_center=g.beam_center, detector_mask=self.source.detector_mask(), trigger=str(trigger))
             self.current = _Resource(key, self.sink.open(run_uid, map_number, meta))
             if run_uid != self._run:  # sequence numbers count frames of one run
                 self.seq, self._run = 0, run_uid
@@ -231,6 +232,7 @@ class SxdmDetector(StandardDetector):
         self.map_index = soft_signal_rw(int, 0)
         self.map_ny = soft_signal_rw(int, 1)
         self.map_nx = soft_signal_rw(int, 1)
+        self.map_trigger = soft_signal_rw(str, "")  # why the current map was taken (plans set it)
         self.energy_ev, _ = soft_signal_r_and_setter(float, geometry.energy_ev, units="eV")
         self.distance_m, _ = soft_signal_r_and_setter(float, geometry.distance_m, units="m")
         self.pixel_size_row_m, _ = soft_signal_r_and_setter(float, geometry.pixel_size_m[0], units="m")

@@ -156,7 +156,8 @@ def sxdm_map(detector: SxdmDetector, stage: PiezoStage, diffractometer: Diffract
     @bpp.stage_decorator([detector])
     def inner() -> MsgGenerator[str]:
         uid = yield from bps.open_run(meta)
-        yield from bps.mv(detector.run_uid, uid, detector.map_ny, grid.shape[0], detector.map_nx, grid.shape[1])
+        yield from bps.mv(detector.run_uid, uid, detector.map_ny, grid.shape[0], detector.map_nx, grid.shape[1],
+                          detector.map_trigger, "sxdm_map")
         if monitor is not None:
             yield from monitor.poll(force_event=True)
         yield from map_frames(detector, stage, diffractometer, grid, etas, map_number=0, order=order,

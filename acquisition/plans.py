@@ -72,8 +72,9 @@ def _take_map(result: SeriesResult, reason: str, start: CellReading, detector: S
               readings: list[CellReading] | None = None) -> MsgGenerator[MapRecord]:
     record = MapRecord(map_number=len(result.maps), reason=reason, start=start, region=region)
     result.maps.append(record)
-    yield from bps.mv(detector.map_number, record.map_number)
-    yield from bps.trigger_and_read([potentiostat, detector.map_number], name="maps")  # not a child read: own stream
+    yield from bps.mv(detector.map_number, record.map_number, detector.map_trigger, reason)
+    # the map's number, its reason and the cell at its start, as their own stream (not a child read)
+    yield from bps.trigger_and_read([potentiostat, detector.map_number, detector.map_trigger], name="maps")
     record.frames = yield from map_frames(detector, stage, diffractometer, grid, etas, map_number=record.map_number,
                                           order=order, region=region, monitor=monitor, readings=readings)
     return record

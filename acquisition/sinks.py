@@ -42,6 +42,7 @@ class MapMeta:
     beam_center: tuple[float, float]
     expected_frames: int = 0
     detector_mask: npt.NDArray[np.uint8] | None = None
+    trigger: str = ""  # why the map was taken, e.g. "voltage threshold 4.7000 V reached at 4.7003 V"
 
     def geometry(self) -> dict[str, Any]:
         """JSON-ready geometry for start documents, StreamResource parameters and stream headers."""
@@ -175,7 +176,8 @@ class PublisherSink:
                                      frame_shape=meta.frame_shape, dtype=meta.dtype, map_shape=meta.map_shape,
                                      mask=meta.detector_mask)
             self.run = run_uid
-        self.publisher.start_map(meta.expected_frames, map_number=map_id, map_shape=meta.map_shape)
+        self.publisher.start_map(meta.expected_frames, map_number=map_id, map_shape=meta.map_shape,
+                                 trigger={"reason": meta.trigger} if meta.trigger else None)
         self._index = 0
         return SinkTarget(uri=self.uri, mimetype=self.mimetype, parameters={"map_number": int(map_id), **meta.geometry()})
 

@@ -44,6 +44,9 @@ def test_maps_start_within_5_mV_of_each_threshold(RE, docs, make_beamline) -> No
     for threshold, v in zip(thresholds[1:], starts[1:]):
         assert abs(v - threshold) < 5e-3, (threshold, v)
     assert [e["data"]["detector-map_number"] for e in stream(docs, "maps")] == [0, 1, 2, 3, 4]
+    # why each map was taken is in the documents, as the plan decided it
+    assert [e["data"]["detector-map_trigger"] for e in stream(docs, "maps")] == [m.reason for m in result.maps]
+    assert all("voltage threshold" in m.reason for m in result.maps)
     assert bl.cell.mode is CellMode.OPEN_CIRCUIT  # safe at the end
 
 

@@ -26,6 +26,7 @@ def test_headless_demo_archives_every_frame_and_its_maps_equal_offline_processin
     assert re.search(r"frames lost: 0\b", out)
     maps = int(re.search(r"maps: (\d+)", out).group(1))
     assert maps >= 2
+    assert out.count("voltage threshold") >= maps  # each archived map says why it was taken
     run_dirs = [p for p in archive.iterdir() if p.is_dir() and p.name != "logs"]
     assert len(run_dirs) == 1
     run_dir = run_dirs[0]
