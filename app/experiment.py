@@ -8,8 +8,6 @@ and the dashboard (lossy), and the control channel steers the run through the Ru
 from __future__ import annotations
 
 import logging
-import os
-import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,7 +22,7 @@ from opmon.errors import ConfigError
 from opmon.simulators.beamline import BeamlineConfig, SimulatedBeamline
 from opmon.simulators.cell import CellMode
 from opmon.simulators.setup import SxdmSetup
-from opmon.streaming.control import ControlServer, RunEngineSteering
+from opmon.streaming.control import ControlServer, RunEngineSteering, resolve_token
 from opmon.streaming.documents import DocumentPublisher
 from opmon.streaming.publisher import ZmqFrameSink
 
@@ -80,7 +78,7 @@ class AcquisitionService:
 
     def __init__(self, config: Config, plan: ExperimentPlan, token: str | None = None) -> None:
         self.config, self.plan = config, plan
-        self.token = token or config.control.token or os.environ.get("OPMON_CONTROL_TOKEN") or secrets.token_urlsafe(16)
+        self.token: str = resolve_token(token, config.control.token)  # type: ignore[assignment]
         self.RE = RunEngine({}, call_returns_result=True)
         self.publisher = ZmqFrameSink([config.endpoint("frames_archive"), config.endpoint("frames_live")],
                                       sndhwm=config.stream.sndhwm, stall_timeout_s=config.stream.stall_timeout_s)

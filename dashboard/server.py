@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import secrets
 import socket
 import threading
 from collections.abc import Sequence
@@ -30,11 +28,6 @@ log = logging.getLogger(__name__)
 #: The app lives at the root, so ``http://127.0.0.1:5006/?token=...`` works as printed (Bokeh's
 #: redirect from "/" to a named app would drop the query string, and with it the token).
 APP_PATH = "/"
-
-
-def resolve_token(configured: str | None) -> str:
-    """The steering token: the configured one, else $OPMON_CONTROL_TOKEN, else a fresh random one."""
-    return configured or os.environ.get("OPMON_CONTROL_TOKEN") or secrets.token_urlsafe(18)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import os
+import secrets
 import threading
 from typing import Any, Protocol, runtime_checkable
 
@@ -49,6 +51,15 @@ class Steerable(Protocol):
     def set_trigger(self, **rule: Any) -> dict[str, Any]: ...
     def set_region(self, **region: Any) -> dict[str, Any]: ...
     def status(self) -> dict[str, Any]: ...
+
+
+def resolve_token(*configured: str | None, generate: bool = True) -> str | None:
+    """The steering token: the first non-empty of `configured`, else $OPMON_CONTROL_TOKEN, else a
+    fresh random one (or None with ``generate=False``). One rule for acquisition and dashboard."""
+    for value in (*configured, os.environ.get("OPMON_CONTROL_TOKEN")):
+        if value:
+            return value
+    return secrets.token_urlsafe(16) if generate else None
 
 
 def check_token(given: Any, expected: str) -> bool:

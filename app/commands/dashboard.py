@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import webbrowser
 
 from opmon.config import Config, load_config
 from opmon.dashboard.app import DashboardOptions
 from opmon.dashboard.server import DashboardConfig, DashboardServer
+from opmon.streaming.control import resolve_token
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def start_dashboard(config: Config, *, port: int = 5006, host: str | None = None
     the dashboard still runs, and a user who appends ``?token=...`` is checked by the
     acquisition alone.
     """
-    token = token or config.control.token or os.environ.get("OPMON_CONTROL_TOKEN") or None
+    token = resolve_token(token, config.control.token, generate=False)
     cfg = DashboardConfig(
         display_endpoints=[config.endpoint("display_live"), config.endpoint("display_acquisition"),
                            config.endpoint("display_archive")],

@@ -221,3 +221,15 @@ def test_abort_needs_arming_and_the_token_reaches_the_acquisition(served):
         assert time.monotonic() < deadline, "abort never reached the acquisition"
         time.sleep(0.02)
     assert target.calls == [("abort", "aborted from the dashboard")] and not s.steering.arm.active
+
+
+def test_resolve_token_order(monkeypatch):
+    from opmon.streaming.control import resolve_token
+    monkeypatch.setenv("OPMON_CONTROL_TOKEN", "from-env")
+    assert resolve_token("given", "configured") == "given"
+    assert resolve_token(None, "configured") == "configured"
+    assert resolve_token(None, "") == "from-env"
+    monkeypatch.delenv("OPMON_CONTROL_TOKEN")
+    assert resolve_token(None, "", generate=False) is None
+    generated = resolve_token(None, "")
+    assert generated and generated != resolve_token(None, "")
