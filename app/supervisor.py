@@ -15,8 +15,20 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
+
+
+def stop_on_signals(service: Any) -> None:
+    """SIGTERM and SIGINT set ``service.stopped``: its loop ends and it flushes and closes cleanly
+    (what the supervisor's stop_all relies on for the archiver and the live processor)."""
+
+    def stop(signum: int, frame: object) -> None:
+        service.stopped = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
 
 
 @dataclass

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import signal
 from pathlib import Path
 
 from opmon.config import Config, load_config
 from opmon.processors.live_messages import write_map_file
 from opmon.streaming.archiver import Archiver
+from opmon.supervisor import stop_on_signals
 
 
 def build_archiver(config: Config, directory: str | Path | None = None) -> Archiver:
@@ -20,12 +20,7 @@ def build_archiver(config: Config, directory: str | Path | None = None) -> Archi
 def serve(config: Config, directory: str | Path | None = None) -> int:
     """Run until SIGTERM/SIGINT, then flush and close every file."""
     archiver = build_archiver(config, directory)
-
-    def stop(signum: int, frame: object) -> None:
-        archiver.stopped = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stop_on_signals(archiver)
     archiver.run()
     return 0
 

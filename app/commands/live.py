@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import signal
 from typing import Any
 
 from opmon.commands.process import parse_background, parse_roi
 from opmon.config import Config, load_config
 from opmon.processors.live import LiveProcessor
+from opmon.supervisor import stop_on_signals
 
 
 def build_processor(config: Config, *, workers: int | None = None, roi: Any = "auto",
@@ -24,12 +24,7 @@ def _main(args: argparse.Namespace) -> int:
     if args.archive_dir:
         config.archive.dir = args.archive_dir
     processor = build_processor(config, workers=args.workers, roi=parse_roi(args.roi), recover=not args.no_recover)
-
-    def stop(signum: int, frame: object) -> None:
-        processor.stopped = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stop_on_signals(processor)
     processor.serve()
     return 0
 
