@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from opmon.errors import OpmonError
-from opmon.processors.colorwheel import hsv_to_rgb  # one HSV conversion for figures and dashboard
+from opmon.processors.colorwheel import auto_max_altitude, hsv_to_rgb  # one colour rule for figures and dashboard
 
 __all__ = ["MASKED_RGB", "ColorMapError", "auto_max_altitude", "hsv_to_rgb", "pack_rgba", "tilt_to_rgb",
            "tilt_to_rgba", "wheel_legend"]
@@ -24,20 +24,6 @@ MASKED_RGB: tuple[int, int, int] = (208, 208, 208)
 
 class ColorMapError(OpmonError):
     """A colour mapping got arrays of mismatched shapes or an invalid maximum."""
-
-
-def auto_max_altitude(altitude: npt.ArrayLike, percentile: float = 99.0) -> float:
-    """The altitude that saturates the wheel: a high percentile of the valid pixels.
-
-    A percentile rather than the maximum keeps one hot pixel from washing out the map.
-    Returns 1.0 deg when no pixel is valid or all are zero, so the mapping stays defined.
-    """
-    alt = np.asarray(altitude, dtype=np.float64)
-    valid = alt[np.isfinite(alt)]
-    if valid.size == 0:
-        return 1.0
-    value = float(np.percentile(valid, percentile))
-    return value if value > 0.0 else 1.0
 
 
 def tilt_to_rgb(

@@ -30,6 +30,20 @@ def hsv_to_rgb(h: npt.ArrayLike, s: npt.ArrayLike, v: npt.ArrayLike) -> F64:
     return np.stack([r, g, b], axis=-1)
 
 
+def auto_max_altitude(altitude: npt.ArrayLike, percentile: float = 99.0) -> float:
+    """The altitude that saturates the wheel: a high percentile of the valid pixels.
+
+    A percentile rather than the maximum keeps one hot pixel from washing out the map.
+    Returns 1.0 deg when no pixel is valid or all are zero, so the mapping stays defined.
+    """
+    alt = np.asarray(altitude, dtype=np.float64)
+    valid = alt[np.isfinite(alt)]
+    if valid.size == 0:
+        return 1.0
+    value = float(np.percentile(valid, percentile))
+    return value if value > 0.0 else 1.0
+
+
 def tilt_rgb(altitude: F64, azimuth: F64, max_altitude: float | None = None, background: float = 1.0) -> F64:
     """RGB image (..., 3) of a tilt map; NaN pixels get the `background` grey level.
 
@@ -40,7 +54,7 @@ def tilt_rgb(altitude: F64, azimuth: F64, max_altitude: float | None = None, bac
     az = np.asarray(azimuth, dtype=np.float64)
     valid = np.isfinite(alt) & np.isfinite(az)
     if max_altitude is None:
-        max_altitude = float(np.percentile(alt[valid], 99)) if valid.any() else 1.0
+        max_altitude = auto_max_altitude(np.where(valid, alt, np.nan))
     max_altitude = max_altitude if max_altitude > 0 else 1.0
     sat = np.clip(np.where(valid, alt, 0.0) / max_altitude, 0.0, 1.0)
     rgb = hsv_to_rgb(np.where(valid, az, 0.0) / 360.0, sat, np.ones_like(sat))

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from opmon.processors.colorwheel import tilt_rgb, wheel_legend  # noqa: E402
+from opmon.processors.colorwheel import auto_max_altitude, tilt_rgb, wheel_legend  # noqa: E402
 from opmon.processors.maps import MapResult  # noqa: E402
 
 
@@ -27,8 +27,7 @@ def plot_maps(result: MapResult, path: str | Path, title: str = "", step_um: flo
     ax.set_title("d-spacing (Å)")
     fig.colorbar(im, ax=ax, format="%.4f")
     ax = axes[0, 1]
-    valid_alt = result.tilt_altitude[np.isfinite(result.tilt_altitude)]
-    max_alt = float(np.percentile(valid_alt, 99)) if valid_alt.size else 1.0
+    max_alt = auto_max_altitude(result.tilt_altitude)
     ax.imshow(tilt_rgb(result.tilt_altitude, result.tilt_azimuth, max_alt), extent=extent, interpolation="nearest")
     ax.set_title(f"tilt (hue = azimuth, saturation = altitude, max {max_alt:.3f}°)")
     legend = ax.inset_axes((1.02, 0.62, 0.34, 0.34))  # beside the map, never over it
