@@ -12,6 +12,8 @@ pixels) is subtracted in `finalize`. A float sets a fixed rate; None disables it
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -25,9 +27,19 @@ from opmon.processors.maps import MapResult, derive_maps
 Roi = tuple[int, int, int, int]  # (r0, r1, c0, c1), half-open, frame pixels
 Background = Literal["auto"] | float | None
 
-BACKGROUND_ROW_STRIDE = 8  # rows outside the ROI band read for the background: every 8th
+BACKGROUND_ROW_STRIDE = 8  # every 8th row is read whole for the background outside the ROI
 
 STATE_KEYS = ("sum_i", "sum_iq", "sum_iqq", "n_frames", "bg_counts", "bg_q", "bg_qq")
+
+
+@dataclass
+class _OneFrame:
+    """Reused one-frame argument arrays of the kernels (process_frame's fast path)."""
+
+    moments: np.ndarray = field(default_factory=lambda: np.zeros((1, kernels.N_MOMENTS + 1)))
+    eta: np.ndarray = field(default_factory=lambda: np.zeros(1))
+    phi: np.ndarray = field(default_factory=lambda: np.zeros(1))
+    index: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64))
 
 
 class MomentAccumulator:
@@ -74,10 +86,10 @@ class MomentAccumulator:
         self.despeckle = bool(despeckle)
         valid = detector_mask == 0
         self.n_roi_pixels = int(valid[r0:r1, c0:c1].sum())
-        rows_read = np.zeros(rows, dtype=bool)  # the rows the kernel reads for the background
-        rows_read[::BACKGROUND_ROW_STRIDE] = True
-        rows_read[r0:r1] = True
-        self.n_outside_pixels = int(valid[rows_read].sum()) - self.n_roi_pixels
+        sampled = valid[::BACKGROUND_ROW_STRIDE]   # the rows the kernel reads whole for the background
+        first = -(-r0 // BACKGROUND_ROW_STRIDE)     # sampled rows inside the ROI band hold ROI pixels too
+        inside = valid[first * BACKGROUND_ROW_STRIDE:r1:BACKGROUND_ROW_STRIDE, c0:c1]
+        self.n_outside_pixels = int(sampled.sum()) - int(inside.sum())
         npix = self.map_shape[0] * self.map_shape[1]
         self.sum_i = np.zeros(npix)
         self.sum_iq = np.zeros((npix, 3))
@@ -90,6 +102,7 @@ class MomentAccumulator:
         self._q_lab = np.zeros((0, 0, 3))
         self._roi_moments = np.zeros(kernels.N_MOMENTS + 1)
         self._moments = np.zeros((1, kernels.N_MOMENTS + 1))
+        self._one = _OneFrame()
 
     # -- per-frame work ---------------------------------------------------------------
     def _use_detector_angles(self, nu: float, delta: float) -> None:
@@ -113,9 +126,28 @@ class MomentAccumulator:
             raise FrameShapeError(f"frame dtype {frames.dtype} is not an unsigned integer count type (uint8/16/32)")
 
     def process_frame(self, frame: npt.NDArray[Any], map_index: int, eta: float, phi: float, nu: float, delta: float) -> None:
-        """Add one frame (rows, cols) taken at the given angles (deg) to map pixel `map_index`."""
-        self.process_block(frame[None], np.array([map_index]), np.array([eta], dtype=np.float64),
-                           np.array([phi], dtype=np.float64), nu, delta)
+        """Add one frame (rows, cols) taken at the given angles (deg) to map pixel `map_index`.
+
+        The live path: same checks and kernels as `process_block`, without building
+        one-element arrays, so the per-frame Python cost stays a few microseconds.
+        """
+        if frame.ndim != 2:
+            raise FrameShapeError(f"expected one frame (rows, cols), got shape {frame.shape}")
+        self._check_frames(frame)
+        if not frame.flags.c_contiguous:
+            frame = np.ascontiguousarray(frame)
+        if not 0 <= map_index < self.sum_i.shape[0]:
+            raise MapIndexError(f"map index {map_index} outside 0..{self.sum_i.shape[0] - 1} of map {self.map_shape}")
+        if not (math.isfinite(eta) and math.isfinite(phi) and math.isfinite(nu) and math.isfinite(delta)):
+            raise OpmonError(f"non-finite angle among eta/phi/nu/delta = {eta}, {phi}, {nu}, {delta}")
+        self._use_detector_angles(float(nu), float(delta))
+        r0, r1, c0, c1 = self.roi
+        one = self._one
+        one.eta[0], one.phi[0], one.index[0] = eta, phi, map_index
+        kernels.frame_moments(frame, self._q_lab, self.detector_mask, r0, r1, c0, c1, self.threshold, self.despeckle,
+                              BACKGROUND_ROW_STRIDE, one.moments[0])
+        kernels.add_block(one.moments, one.eta, one.phi, one.index, self._roi_moments, self.sum_i, self.sum_iq,
+                          self.sum_iqq, self.n_frames, self.bg_counts, self.bg_q, self.bg_qq)
 
     def process_block(self, frames: npt.NDArray[Any], map_index: npt.ArrayLike, eta: npt.ArrayLike,
                       phi: npt.ArrayLike, nu: npt.ArrayLike, delta: npt.ArrayLike) -> None:

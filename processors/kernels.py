@@ -56,9 +56,10 @@ def frame_moments(frame, q_lab, mask, r0, r1, c0, c1, threshold, despeckle, stri
         background of a photon-counting detector (~1e-3 counts/pixel/frame) is almost only
         such lone photons, while a Bragg peak lights up clusters of pixels; like the median
         filter of XSOCS, this removes the background's lever arm on the centre of mass.
-    stride : rows above and below the ROI are sampled every `stride` rows for the background
-        counts (rows through the ROI are read whole): the background rate is averaged over a
-        whole map, so a sample of the rows measures it as well at a fraction of the cost.
+    stride : every `stride`-th row is read whole for the background counts outside the ROI;
+        other rows through the ROI are read across the ROI only. The background rate is
+        averaged over a whole map, so a sample of the rows measures it as well at a fraction
+        of the cost.
     out : (11,) float64, receives the 10 moments then the counts outside the ROI.
     """
     for i in range(out.shape[0]):
@@ -78,10 +79,14 @@ def frame_moments(frame, q_lab, mask, r0, r1, c0, c1, threshold, despeckle, stri
         per = 1
     for r in range(rows):
         in_rows = r >= r0 and r < r1
-        if not in_rows and r % stride != 0:
+        sampled = r % stride == 0
+        if not in_rows and not sampled:
             continue
-        for b in range(0, nw, BLOCK_WORDS):
-            stop_w = min(b + BLOCK_WORDS, nw)
+        # a sampled row is read whole; a row through the ROI only across the ROI's columns
+        w_lo = 0 if sampled else c0 // per
+        w_hi = nw if sampled else min(nw, (c1 + per - 1) // per)
+        for b in range(w_lo, w_hi, BLOCK_WORDS):
+            stop_w = min(b + BLOCK_WORDS, w_hi)
             if wide:
                 any_counts = np.uint64(0)
                 wr = words[r]
@@ -97,7 +102,7 @@ def frame_moments(frame, q_lab, mask, r0, r1, c0, c1, threshold, despeckle, stri
                     if in_rows and j >= c0 and j < c1:
                         q = q_lab[r - r0, j - c0]
                         _add_pixel(out, np.float64(v), q[0], q[1], q[2])
-                    else:
+                    elif sampled:
                         outside += v
     out[10] = outside
 
