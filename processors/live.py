@@ -1,9 +1,10 @@
 """The live processor: frames in over the lossless stream, maps out while the scan runs.
 
-It accumulates with the same `MomentAccumulator` as `opmon process` (inline, or dealt out
-to `workers` processes whose sums merge by addition), publishes partial maps a few times a
-second on the lossy display channel, and the final map of each map both there and on the
-lossless channel to the archiver. The ROI is fixed once per run, from the first frames
+It accumulates with the same `MomentAccumulator` as `opmon process`, publishes partial maps
+a few times a second on the lossy display channel, and the final map of each map both there
+and on the lossless channel to the archiver. With `workers` > 1, `open_live_processor` gives
+the fan-out design instead (`live_fanout`): worker processes take frames straight from the
+stream and their sums merge by addition. The ROI is fixed once per run, from the first frames
 (or the configured one) and recorded with every map, so `opmon process --roi` reproduces it.
 A processor restarted mid-run recovers what it missed from the archive (live_recovery).
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -19,28 +19,36 @@ import numpy as np
 import numpy.typing as npt
 import zmq
 
-from opmon.errors import EmptyMapError, OpmonError
-from opmon.processors import live_worker as W
+from opmon.errors import OpmonError
 from opmon.processors.accumulate import MomentAccumulator, Roi
-from opmon.processors.live_messages import encode_map
+from opmon.processors.live_outputs import MapOutputs
 from opmon.processors.live_recovery import RunArchive, recover_missed_maps, recover_prefix
 from opmon.processors.maps import MapResult
-from opmon.processors.live_state import LiveMap, LiveRun, roi_from_sum
+from opmon.processors.live_state import LiveMap, LiveRun, accumulator_options, geometry_of
 from opmon.streaming import protocol as P
-from opmon.streaming.receiver import FrameReceiver
+from opmon.streaming.receiver import Counters, FrameReceiver
 
 log = logging.getLogger(__name__)
 
 
+def open_live_processor(frames_endpoint: str, display_endpoint: str | None = None, maps_endpoint: str | None = None, *,
+                        workers: int = 1, **options: Any) -> Any:
+    """The live processor for `workers`: inline for 1, fan-out to worker processes for more."""
+    if workers > 1:
+        from opmon.processors.live_fanout import FanOutProcessor
+        return FanOutProcessor(frames_endpoint, display_endpoint, maps_endpoint, workers=workers, **options)
+    return LiveProcessor(frames_endpoint, display_endpoint, maps_endpoint, workers=workers, **options)
+
+
 class LiveProcessor:
-    """Coordinator of the live chain (one process; optional worker processes).
+    """The live chain in one process: receive, account, accumulate, publish.
 
     Parameters
     ----------
     frames_endpoint : lossless frame stream to connect to.
     display_endpoint : PUB endpoint to bind for maps and status (lossy), or None.
     maps_endpoint : archiver's lossless maps endpoint to connect to, or None.
-    workers : 1 = accumulate in this process; N > 1 = deal frames to N worker processes.
+    workers : must be 1 (`open_live_processor` picks the fan-out processor for more).
     roi : "auto" (from the first `roi_frames` frames of a run, or those of its first `roi_wait_s`),
         None (full frame) or (r0, r1, c0, c1).
     archive_dir : where to recover missed frames after a restart (None: no recovery).
@@ -50,43 +58,40 @@ class LiveProcessor:
                  workers: int = 1, publish_interval_s: float = 0.25, roi: Roi | str | None = "auto",
                  roi_frames: int = 64, roi_wait_s: float = 0.25, threshold: int = 0, background: Any = "auto",
                  archive_dir: str | Path | None = None, rcvhwm: int = 200, context: zmq.Context | None = None) -> None:
-        if workers < 1:
-            raise OpmonError(f"workers = {workers}, expected >= 1")
+        if workers != 1:
+            raise OpmonError(f"LiveProcessor works inline (workers = 1, got {workers}); use open_live_processor")
         self.context = context or zmq.Context.instance()
         self.archive_dir = Path(archive_dir) if archive_dir is not None else None
         self.receiver = FrameReceiver(frames_endpoint, rcvhwm=rcvhwm, context=self.context, name="live processor",
                                       resolver=self._resolve if self.archive_dir is not None else None)
-        self.display = self._socket(zmq.PUB, display_endpoint, bind=True, hwm=20)
-        self.maps_out = self._socket(zmq.PUSH, maps_endpoint, bind=False, hwm=100)
+        self.outputs = MapOutputs(self.context, display_endpoint, maps_endpoint)
+        self.display = self.outputs.display
         self.roi_setting, self.roi_frames, self.roi_wait_s = roi, roi_frames, roi_wait_s
         self.threshold, self.background = threshold, background
         self.publish_interval_s = publish_interval_s
         self.run: LiveRun | None = None
         self.latencies: list[float] = []          # frame sent -> accumulated, s
         self.latency_seqs: list[int] = []         # seq of each entry of `latencies`
-        self.publish_latencies: list[float] = []  # frame sent -> first display map holding it, s (inline)
-        self.results: dict[tuple[str, int], MapResult] = {}
-        self.summaries: list[dict[str, Any]] = []
+        self.publish_latencies: list[float] = []  # frame sent -> first display map holding it, s
         self.frames_processed = 0
         self.errors = 0
-        self.unarchived: deque[list[Any]] = deque()   # final maps the archiver has not taken yet
         self._last_publish = self._last_status = 0.0
         self._rate = (time.monotonic(), 0)
         self._recovered_roi: dict[str, Roi] = {}
         self.stopped = False
-        self.pool = W.WorkerPool(workers, self.context, publish_interval_s) if workers > 1 else None
-        self.inboxes: list[zmq.Socket] = self.pool.inboxes if self.pool else []
-        self.results_in: zmq.Socket | None = self.pool.results if self.pool else None
 
     # -- plumbing ------------------------------------------------------------------------------
-    def _socket(self, kind: int, endpoint: str | None, bind: bool, hwm: int) -> zmq.Socket | None:
-        if endpoint is None:
-            return None
-        sock = self.context.socket(kind)
-        sock.setsockopt(zmq.SNDHWM, hwm)
-        sock.setsockopt(zmq.LINGER, 5000 if kind == zmq.PUSH else 0)
-        (sock.bind if bind else sock.connect)(endpoint)
-        return sock
+    @property
+    def results(self) -> dict[tuple[str, int], MapResult]:
+        return self.outputs.results
+
+    @property
+    def summaries(self) -> list[dict[str, Any]]:
+        return self.outputs.summaries
+
+    @property
+    def counters(self) -> Counters:
+        return self.receiver.counters
 
     def _resolve(self, uid: str) -> tuple[dict[str, Any], npt.NDArray[np.uint8] | None] | None:
         assert self.archive_dir is not None
@@ -113,23 +118,11 @@ class LiveProcessor:
         else:
             roi = self.roi_setting  # type: ignore[assignment]
         self.run = LiveRun(start["run"], start, mask, roi, adopted=adopted, info=self.receiver.tracker.current)
-        if roi is not None:
-            self._setup_workers()
         return self.run
 
     def _options(self) -> dict[str, Any]:
         assert self.run is not None and self.run.roi is not None
         return {"roi": list(self.run.roi), "threshold": self.threshold, "background": self.background}
-
-    def _setup_workers(self) -> None:
-        run = self.run
-        assert run is not None
-        header = dict(run.start, **self._options())
-        for inbox in self.inboxes:
-            parts: list[Any] = [W.SETUP, P.pack(header)]
-            if run.mask is not None:
-                parts.append(np.ascontiguousarray(run.mask))
-            inbox.send_multipart(parts)
 
     def _map(self, number: int) -> LiveMap:
         run = self.run
@@ -138,19 +131,15 @@ class LiveProcessor:
         if lm is None:
             progress = self._progress(number)
             shape = progress.map_shape if progress is not None else tuple(run.start["map_shape"])
-            lm = run.maps[number] = LiveMap(number, shape, forwarded=[0] * len(self.inboxes))  # type: ignore[arg-type]
+            lm = run.maps[number] = LiveMap(number, shape)  # type: ignore[arg-type]
         return lm
 
     def _decide_roi(self) -> None:
         run = self.run
         if run is None or run.roi is not None:
             return
-        total = np.zeros(tuple(run.start["frame_shape"]), dtype=np.float64)
-        for _, frame in run.pending:
-            total += frame
-        run.roi = roi_from_sum(total, run.mask)
-        log.info("run %s: ROI %s from its first %d frames", run.uid, run.roi, len(run.pending))
-        self._setup_workers()
+        run.roi = run.roi_sum.roi(run.mask, tuple(run.start["frame_shape"]))  # type: ignore[arg-type]
+        log.info("run %s: ROI %s from its first %d frames", run.uid, run.roi, run.roi_sum.frames)
         pending, run.pending = run.pending, []
         for header, frame in pending:
             self._dispatch(header, frame)
@@ -162,6 +151,7 @@ class LiveProcessor:
             if not run.pending:
                 run.pending_since = time.monotonic()
             run.pending.append((header, frame))
+            run.roi_sum.add(frame)
             if len(run.pending) >= self.roi_frames or time.monotonic() - run.pending_since >= self.roi_wait_s:
                 self._decide_roi()
             return
@@ -171,22 +161,12 @@ class LiveProcessor:
         run = self.run
         assert run is not None and run.roi is not None
         lm = self._map(h["map"])
-        if self.inboxes:
-            if not lm.announced:
-                for inbox in self.inboxes:
-                    inbox.send_multipart([W.MAP, P.pack({"map": lm.number, "map_shape": list(lm.map_shape)})])
-                lm.announced = True
-            w = run.next_worker % len(self.inboxes)
-            run.next_worker += 1
-            self.inboxes[w].send_multipart([W.FRAME, P.pack(h), frame], copy=False)
-            lm.forwarded[w] += 1
-        else:
-            if lm.acc is None:
-                lm.acc = self._accumulator(lm.map_shape)
-            lm.acc.process_frame(frame, h["index"], h["eta"], h["phi"], h["nu"], h["delta"])
-            self.latencies.append(time.time() - h["t"])
-            self.latency_seqs.append(h["seq"])
-            lm.unpublished_t.append(h["t"])
+        if lm.acc is None:
+            lm.acc = self._accumulator(lm.map_shape)
+        lm.acc.process_frame(frame, h["index"], h["eta"], h["phi"], h["nu"], h["delta"])
+        self.latencies.append(time.time() - h["t"])
+        self.latency_seqs.append(h["seq"])
+        lm.unpublished_t.append(h["t"])
         lm.received += 1
         lm.dirty = True
         self.frames_processed += 1
@@ -194,8 +174,8 @@ class LiveProcessor:
     def _accumulator(self, map_shape: tuple[int, int]) -> MomentAccumulator:
         run = self.run
         assert run is not None
-        return MomentAccumulator(W.geometry_of(run.start), map_shape, detector_mask=run.mask,
-                                 **W.accumulator_options(self._options()))
+        return MomentAccumulator(geometry_of(run.start), map_shape, detector_mask=run.mask,
+                                 **accumulator_options(self._options()))
 
     def _end_map(self, number: int) -> None:
         run = self.run
@@ -206,17 +186,7 @@ class LiveProcessor:
         if lm.ended:
             return
         lm.ended = True
-        if self.inboxes:
-            for inbox in self.inboxes:
-                inbox.send_multipart([W.FINAL, P.pack({"map": number})])
-        else:
-            self._finish_map(lm, lm.acc)
-
-    def _merged(self, lm: LiveMap, states: list[dict[str, np.ndarray]]) -> MomentAccumulator:
-        acc = self._accumulator(lm.map_shape)
-        for state in states:
-            acc.load_state(state)
-        return acc
+        self._finish_map(lm, lm.acc)
 
     def _finish_map(self, lm: LiveMap, acc: MomentAccumulator | None) -> None:
         run = self.run
@@ -224,35 +194,9 @@ class LiveProcessor:
         lm.done = True
         if acc is None:
             acc = self._accumulator(lm.map_shape)
-        try:
-            result = acc.finalize()
-        except EmptyMapError:
-            result = acc.finalize(partial=True)
-        self.results[(run.uid, lm.number)] = result
-        lost = self._lost(lm.number)
-        parts = encode_map(result, run=run.uid, map_number=lm.number, final=True, frames=acc.frames_seen,
-                           n_frames=self._expected(lm.number), frames_lost=lost, options=self._options())
-        valid = result.valid_d()
-        self.summaries.append({"run": run.uid, "map": lm.number, "frames": acc.frames_seen, "frames_lost": lost,
-                               "d_mean": float(valid.mean()) if valid.size else float("nan"),
-                               "roi": list(run.roi or ())})
-        if self.display is not None:
-            self.display.send_multipart(parts, copy=False)
-        if self.maps_out is not None:
-            self.unarchived.append(parts)
-            self._send_unarchived()
+        self.outputs.final(acc, run=run.uid, number=lm.number, n_frames=self._expected(lm.number),
+                           frames_lost=self._lost(lm.number), options=self._options())
         self._publish_latency(lm)
-        log.info("run %s map %d final: %d frames, %d lost", run.uid, lm.number, acc.frames_seen, lost)
-
-    def _send_unarchived(self) -> None:
-        """Hand final maps to the archiver without ever blocking the live path; keep what it
-        cannot take yet (archiver down or slow) and retry on every poll, never drop them."""
-        while self.unarchived and self.maps_out is not None:
-            try:
-                self.maps_out.send_multipart(self.unarchived[0], flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            self.unarchived.popleft()
 
     def _progress(self, number: int) -> Any:
         run = self.run
@@ -273,10 +217,6 @@ class LiveProcessor:
         for number in sorted(run.maps):
             if not run.maps[number].ended:
                 self._end_map(number)
-        if self.inboxes:   # wait (bounded) for the workers' last sums
-            deadline = time.monotonic() + 30.0
-            while any(not lm.done for lm in run.maps.values()) and time.monotonic() < deadline:
-                self._poll_results(100)
         log.info("run %s ended (%s): %d maps", run.uid, reason, len(run.maps))
         self.run = None
 
@@ -318,35 +258,6 @@ class LiveProcessor:
         if run is not None and self.archive_dir is not None:
             run.recovered += recover_prefix(RunArchive(self.archive_dir, run.uid), number, first_seq, self._feed)
 
-    def _poll_results(self, timeout_ms: int) -> None:
-        """Take worker sums; merge finals when every worker has reported a map."""
-        if self.results_in is None or not self.results_in.poll(timeout_ms):
-            return
-        for _ in range(1000):
-            try:
-                parts = self.results_in.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            if parts[0].bytes != W.STATE:
-                continue
-            header, state, lat = W.decode_state(parts)
-            self.latency_seqs.extend(lat[:, 0].astype(np.int64).tolist())
-            self.latencies.extend(lat[:, 1].tolist())
-            run = self.run
-            if run is None or header["run"] != run.uid or header["map"] not in run.maps:
-                continue
-            lm = run.maps[header["map"]]
-            if header["final"]:
-                lm.finals[header["worker"]] = (header["frames"], {k: v.copy() for k, v in state.items()})
-                if len(lm.finals) == len(self.inboxes) and not lm.done:
-                    counts = [lm.finals[w][0] for w in range(len(self.inboxes))]
-                    if counts != lm.forwarded:
-                        log.error("map %d: workers counted %s frames, %s were dealt", lm.number, counts, lm.forwarded)
-                    self._finish_map(lm, self._merged(lm, [s for _, s in lm.finals.values()]))
-            elif not lm.done:
-                lm.partials[header["worker"]] = {k: v.copy() for k, v in state.items()}
-                lm.dirty = True
-
     # -- publication -----------------------------------------------------------------------------
     def _publish_latency(self, lm: LiveMap) -> None:
         now = time.time()
@@ -362,15 +273,10 @@ class LiveProcessor:
             if lm.done or not lm.dirty:
                 continue
             lm.dirty = False
-            acc = lm.acc if not self.inboxes else (self._merged(lm, list(lm.partials.values())) if lm.partials else None)
-            if acc is None or acc.frames_seen == 0:
+            if lm.acc is None or lm.acc.frames_seen == 0:
                 continue
-            if self.display is not None:
-                result = acc.finalize(partial=True)
-                self.display.send_multipart(encode_map(result, run=run.uid, map_number=lm.number, final=False,
-                                                       frames=acc.frames_seen, n_frames=self._expected(lm.number),
-                                                       frames_lost=self._lost(lm.number), options=self._options()),
-                                            copy=False)
+            self.outputs.partial(lm.acc, run=run.uid, number=lm.number, n_frames=self._expected(lm.number),
+                                 frames_lost=self._lost(lm.number), options=self._options())
             self._publish_latency(lm)
 
     def status(self) -> dict[str, Any]:
@@ -390,13 +296,13 @@ class LiveProcessor:
                 "map_progress": (current.received / expected) if current is not None and expected else None,
                 "maps_done": sum(lm.done for lm in run.maps.values()) if run else len(self.summaries),
                 "recovered": run.recovered if run else 0, "errors": self.errors,
-                "maps_unarchived": len(self.unarchived), "workers": max(1, len(self.inboxes)), "archive": None}
+                "maps_unarchived": len(self.outputs.unarchived), "workers": 1, "archive": None}
 
     # -- loop --------------------------------------------------------------------------------------
     def poll_once(self, timeout_ms: int = 50) -> None:
         """Handle what arrives within `timeout_ms`; publish partial maps and status on time."""
         sock = self.receiver.socket
-        if sock.poll(timeout_ms if not self.inboxes else min(timeout_ms, 10)):
+        if sock.poll(timeout_ms):
             deadline = time.monotonic() + self.publish_interval_s
             while time.monotonic() < deadline:
                 try:
@@ -410,8 +316,7 @@ class LiveProcessor:
                     except OpmonError as exc:      # one bad frame must not stop the maps
                         self.errors += 1
                         log.error("message %s of run %s not processed: %s", msg.kind, msg.header.get("run"), exc)
-        self._poll_results(0)
-        self._send_unarchived()
+        self.outputs.send_unarchived()
         now = time.monotonic()
         run = self.run
         if run is not None and run.roi is None and run.pending and now - run.pending_since >= self.roi_wait_s:
@@ -421,7 +326,7 @@ class LiveProcessor:
             self.publish_partials()
         if self.display is not None and now - self._last_status >= 1.0:
             self._last_status = now
-            self.display.send_multipart([b"status", P.pack(self.status())])
+            self.outputs.status(self.status())
 
     def serve(self, stop_when: Any = None) -> None:
         """Run until `stop_when()` is true or `stopped` is set, then close."""
@@ -432,15 +337,6 @@ class LiveProcessor:
             self.close()
 
     def close(self) -> None:
-        """Stop the workers and close every socket."""
-        self._send_unarchived()
-        if self.unarchived:
-            log.error("%d final map(s) never reached the archiver (is it running?)", len(self.unarchived))
-        if self.pool is not None:
-            self.pool.close()
-            self.pool = None
-        for sock in (self.display, self.maps_out):
-            if sock is not None:
-                sock.close()
-        self.inboxes, self.results_in = [], None
+        """Close every socket (final maps still queued for the archiver are logged)."""
+        self.outputs.close()
         self.receiver.close()

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from opmon.processors.live import LiveProcessor
+from opmon.processors.live import open_live_processor
 from opmon.streaming import protocol as P
 from opmon.streaming.publisher import ZmqFrameSink
 
@@ -100,7 +100,7 @@ def live_chain(n: int, workers: int, rate_fps: float | None = None) -> dict[str,
     map_shape = (max(1, n // 300), 10) if n >= 300 else (1, max(1, n // 30))
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
     ctx = zmq.Context()
-    processor = LiveProcessor(endpoint, "tcp://127.0.0.1:*", None, workers=workers, publish_interval_s=0.25,
+    processor = open_live_processor(endpoint, "tcp://127.0.0.1:*", None, workers=workers, publish_interval_s=0.25,
                               context=ctx)
     proc = multiprocessing.get_context("spawn").Process(target=_chain_sender, args=(endpoint, n, map_shape, rate_fps))
     proc.start()
@@ -112,7 +112,7 @@ def live_chain(n: int, workers: int, rate_fps: float | None = None) -> dict[str,
     elapsed = time.perf_counter() - (t0 or time.perf_counter())
     proc.join()
     summary = processor.summaries[-1]
-    counters = processor.receiver.counters
+    counters = processor.counters
     lat_all = np.asarray(processor.latencies) * 1e3
     lat = lat_all[np.asarray(processor.latency_seqs) >= processor.roi_frames]   # steady state: after the ROI decision
     pub = np.asarray(processor.publish_latencies) * 1e3

@@ -11,7 +11,48 @@ import numpy as np
 import numpy.typing as npt
 
 from opmon.processors.accumulate import MomentAccumulator, Roi
+from opmon.processors.geometry import DetectorGeometry
 from opmon.processors.offline import ROI_FRACTION, ROI_MARGIN, _box5
+
+
+def geometry_of(start: dict[str, Any]) -> DetectorGeometry:
+    """DetectorGeometry from a run's start header (protocol field names)."""
+    return DetectorGeometry(float(start["energy_ev"]), float(start["distance_m"]), tuple(start["pixel_size_m"]),
+                            tuple(start["beam_center"]), tuple(start["frame_shape"]))
+
+
+def accumulator_options(options: dict[str, Any]) -> dict[str, Any]:
+    """MomentAccumulator keyword options from the options recorded with every map."""
+    roi = options.get("roi")
+    return {"roi": tuple(roi) if roi is not None else None, "threshold": int(options.get("threshold", 0)),
+            "background": options.get("background", "auto")}
+
+
+class RoiSum:
+    """Running sum of a run's first frames, added as they arrive (the auto-ROI decision then
+    costs one smoothing, not a pass over every held frame)."""
+
+    def __init__(self) -> None:
+        self.total: npt.NDArray[np.uint64] | None = None
+        self.frames = 0
+
+    def add(self, frame: npt.NDArray[Any]) -> None:
+        if self.total is None:
+            self.total = np.zeros(frame.shape, dtype=np.uint64)
+        np.add(self.total, frame, out=self.total, casting="unsafe")
+        self.frames += 1
+
+    def merge(self, total: npt.NDArray[Any], frames: int) -> None:
+        """Add another process's running sum (fan-out: each worker sums what it was dealt)."""
+        if self.total is None:
+            self.total = np.zeros(total.shape, dtype=np.uint64)
+        self.total += total.astype(np.uint64, copy=False)
+        self.frames += frames
+
+    def roi(self, mask: npt.NDArray[np.uint8] | None, frame_shape: tuple[int, int]) -> Roi:
+        if self.total is None:
+            return (0, frame_shape[0], 0, frame_shape[1])
+        return roi_from_sum(self.total.astype(np.float64), mask)
 
 
 def roi_from_sum(total: npt.NDArray[np.float64], mask: npt.NDArray[np.uint8] | None = None) -> Roi:
@@ -33,16 +74,12 @@ def roi_from_sum(total: npt.NDArray[np.float64], mask: npt.NDArray[np.uint8] | N
 
 @dataclass
 class LiveMap:
-    """One map being built: merged sums (inline) or the workers' latest sums."""
+    """One map being built by the inline processor."""
 
     number: int
     map_shape: tuple[int, int]
     acc: MomentAccumulator | None = None
     received: int = 0
-    forwarded: list[int] = field(default_factory=list)
-    partials: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
-    finals: dict[int, tuple[int, dict[str, np.ndarray]]] = field(default_factory=dict)
-    announced: bool = False
     ended: bool = False
     done: bool = False
     dirty: bool = False
@@ -60,7 +97,7 @@ class LiveRun:
     adopted: bool = False
     pending: list[tuple[dict[str, Any], npt.NDArray[Any]]] = field(default_factory=list)
     pending_since: float = 0.0
+    roi_sum: RoiSum = field(default_factory=RoiSum)
     maps: dict[int, LiveMap] = field(default_factory=dict)
-    next_worker: int = 0
     info: Any = None           # the receiver's RunInfo (sequence and loss bookkeeping)
     recovered: int = 0

@@ -1,234 +1,354 @@
-"""Worker process of the live processor: accumulate the frames it is dealt, ship partial sums.
+"""Worker process of the fan-out live processor: frames straight from the detector stream.
 
-The coordinator (`opmon.processors.live`) deals frames out to N workers; each keeps one
-`MomentAccumulator` per map, and every `publish_interval_s` (and on request, at the end of
-a map) sends its additive sums back, where they merge by addition. The same design spreads
-over several machines (local workers use ipc sockets; remote ones would use TCP). Internal
-messages are msgpack headers plus raw buffers, like the public protocol; nothing is pickled.
+Each worker connects its own PULL socket to the detector's frame stream, so ZeroMQ deals the
+frames out among the workers and no frame is copied twice (the design that spreads over
+several machines: a remote worker connects over TCP the same way). A worker accumulates
+what it is dealt with the `opmon process` kernels and reports to the coordinator
+(`live_fanout`): the control messages of the stream it happened to receive (start, map_start,
+map_end, stop: the coordinator needs all of them and each reaches only one worker), which
+frames it has accumulated (sequence numbers, for loss accounting), a running sum of its first
+frames (for the auto ROI), and its additive sums, partial and final. The coordinator answers
+with what every worker needs to accumulate: the run's geometry and ROI, each map's shape,
+and when to hand in a map's final sums. Frames that arrive before that is known wait in the
+worker; nothing is dropped. Internal messages are msgpack headers plus raw buffers.
 """
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import shutil
-import tempfile
+import math
+import os
 import time
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
-from opmon.errors import OpmonError
 from opmon.processors.accumulate import STATE_KEYS, MomentAccumulator
 from opmon.processors.geometry import DetectorGeometry
+from opmon.processors.live_state import RoiSum, accumulator_options, geometry_of
 from opmon.streaming import protocol as P
 
 log = logging.getLogger(__name__)
 
-SETUP, MAP, FRAME, FINAL, QUIT, STATE, READY = b"setup", b"map", b"frame", b"final", b"quit", b"state", b"ready"
+# worker -> coordinator
+READY, CTRL, ASK, ROISUM, SEEN, STATE = b"ready", b"ctrl", b"ask", b"roisum", b"seen", b"state"
+# coordinator -> worker
+SETUP, ROI, MAP, FINAL, END, UNKNOWN, QUIT = b"setup", b"roi", b"map", b"final", b"end", b"unknown", b"quit"
+
+SEEN_COLUMNS = ("seq", "map", "frame", "t_sent", "t_done")
+SEEN_FLUSH_S = 0.02          # accounting batches: at most this old ...
+SEEN_FLUSH_ROWS = 64         # ... or this long
+MAX_PENDING = 256            # frames held while waiting for the coordinator; then stop reading
+MAP_SHAPE_WAIT_S = 2.0       # a map whose map_start never reached us uses the run's map shape
 
 
-def accumulator_options(setup: dict[str, Any]) -> dict[str, Any]:
-    """MomentAccumulator keyword options carried in a setup header."""
-    roi = setup.get("roi")
-    return {"roi": tuple(roi) if roi is not None else None, "threshold": int(setup.get("threshold", 0)),
-            "background": setup.get("background", "auto")}
-
-
-def geometry_of(start: dict[str, Any]) -> DetectorGeometry:
-    """DetectorGeometry from a run's start header (protocol field names)."""
-    return DetectorGeometry(float(start["energy_ev"]), float(start["distance_m"]), tuple(start["pixel_size_m"]),
-                            tuple(start["beam_center"]), tuple(start["frame_shape"]))
-
-
-def encode_state(acc: MomentAccumulator, header: dict[str, Any], latencies: list[float]) -> list[Any]:
-    """`[b"state", header, *sums, latencies]` (sums in STATE_KEYS order; latencies as (seq, s) pairs)."""
+def encode_state(acc: MomentAccumulator | None, header: dict[str, Any]) -> list[Any]:
+    """`[b"state", header, *sums]` (sums in STATE_KEYS order; none for a map never seen)."""
+    if acc is None:
+        return [STATE, P.pack(dict(header, keys=[]))]
     state = acc.state()
-    header = dict(header, keys=[[k, str(state[k].dtype), list(state[k].shape)] for k in STATE_KEYS],
-                  n_latencies=len(latencies) // 2)
-    return [STATE, P.pack(header)] + [np.ascontiguousarray(state[k]) for k in STATE_KEYS] + \
-        [np.asarray(latencies, dtype=np.float64)]
+    header = dict(header, keys=[[k, str(state[k].dtype), list(state[k].shape)] for k in STATE_KEYS])
+    return [STATE, P.pack(header)] + [np.ascontiguousarray(state[k]) for k in STATE_KEYS]
 
 
-def decode_state(parts: list[Any]) -> tuple[dict[str, Any], dict[str, np.ndarray], np.ndarray]:
-    """Inverse of `encode_state` (trusted peer, still shape-checked)."""
-    header = P.unpack(parts[1])
+def decode_state(parts: list[Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Inverse of `encode_state` (trusted peer, still shape-checked); the sums are copies."""
+    header = P.unpack(_raw(parts[1]))
     state = {}
-    for (key, dtype, shape), buf in zip(header["keys"], parts[2:-1]):
-        raw = buf.buffer if hasattr(buf, "buffer") else buf
-        state[key] = np.frombuffer(raw, dtype=dtype).reshape(shape)
-    raw = parts[-1].buffer if hasattr(parts[-1], "buffer") else parts[-1]
-    return header, state, np.frombuffer(raw, dtype=np.float64).reshape(-1, 2)
+    for (key, dtype, shape), buf in zip(header["keys"], parts[2:]):
+        state[key] = np.frombuffer(_raw(buf), dtype=dtype).reshape(shape).copy()
+    return header, state
 
 
-class LiveWorker:
-    """One worker: pulls from its own coordinator socket, pushes sums to the shared results socket."""
+def _raw(part: Any) -> Any:
+    return part.buffer if hasattr(part, "buffer") else part
 
-    def __init__(self, worker_id: int, inbox: str, outbox: str, publish_interval_s: float = 0.25,
-                 context: zmq.Context | None = None) -> None:
+
+@dataclass
+class _Held:
+    """A frame waiting for its run's setup, ROI or map shape (its ZeroMQ buffer stays alive)."""
+
+    header: dict[str, Any]
+    frame: npt.NDArray[Any]
+    since: float
+    in_roi_sum: bool = False
+
+
+@dataclass
+class _WorkerRun:
+    """What a worker knows of one run."""
+
+    uid: str
+    geometry: DetectorGeometry
+    mask: npt.NDArray[np.uint8] | None
+    options: dict[str, Any]
+    default_shape: tuple[int, int]
+    dtype: str
+    map_shapes: dict[int, tuple[int, int]] = field(default_factory=dict)
+    accs: dict[int, MomentAccumulator] = field(default_factory=dict)
+    finalized: set[int] = field(default_factory=set)
+    dirty: set[int] = field(default_factory=set)
+    roi_sum: RoiSum = field(default_factory=RoiSum)
+    roi_first: float | None = None
+    roi_sent: bool = False
+
+    @property
+    def roi_known(self) -> bool:
+        return self.options.get("roi") is not None
+
+
+class FanOutWorker:
+    """One worker: frames from the stream, orders from its inbox, reports to the coordinator."""
+
+    def __init__(self, worker_id: int, n_workers: int, frames_endpoint: str, inbox: str, outbox: str, *,
+                 publish_interval_s: float = 0.25, roi_frames: int = 64, roi_wait_s: float = 0.25,
+                 rcvhwm: int = 200, parent_pid: int | None = None, context: zmq.Context | None = None) -> None:
         self.id = worker_id
         self.context = context or zmq.Context.instance()
         self.inbox = self.context.socket(zmq.PULL)
-        self.inbox.setsockopt(zmq.RCVHWM, 100)
         self.inbox.connect(inbox)
         self.outbox = self.context.socket(zmq.PUSH)
         self.outbox.setsockopt(zmq.LINGER, 5000)
         self.outbox.connect(outbox)
+        self.frames = self.context.socket(zmq.PULL)
+        self.frames.setsockopt(zmq.RCVHWM, rcvhwm)
+        self.frames.setsockopt(zmq.LINGER, 0)
+        self.frames_endpoint = frames_endpoint
         self.publish_interval_s = publish_interval_s
-        self.run: str | None = None
-        self.geometry: DetectorGeometry | None = None
-        self.options: dict[str, Any] = {}
-        self.mask: np.ndarray | None = None
-        self.map_shapes: dict[int, tuple[int, int]] = {}
-        self.default_shape: tuple[int, int] = (1, 1)
-        self.maps: dict[int, MomentAccumulator] = {}
-        self.dirty: set[int] = set()
-        self.latencies: list[float] = []
+        self.roi_quota = max(1, math.ceil(roi_frames / n_workers))   # first frames summed for the auto ROI
+        self.roi_wait_s = roi_wait_s
+        self.parent_pid = parent_pid
+        self.runs: dict[str, _WorkerRun] = {}
+        self.ended: set[str] = set()         # runs the coordinator closed: later frames are stale
+        self.unknown: set[str] = set()       # runs nobody could identify: their frames are rejected
+        self.asked: set[str] = set()
+        self.held: list[_Held] = []
+        self.seen: dict[str, list[tuple[float, ...]]] = {}
+        self.rejected: Counter[str] = Counter()
+        self._seen_t = time.monotonic()
 
-    def _acc(self, number: int) -> MomentAccumulator:
-        acc = self.maps.get(number)
-        if acc is None:
-            assert self.geometry is not None
-            acc = self.maps[number] = MomentAccumulator(self.geometry, self.map_shapes.get(number, self.default_shape),
-                                                        detector_mask=self.mask, **self.options)
-        return acc
+    # -- reporting -------------------------------------------------------------------------------
+    def _report(self, kind: bytes, header: dict[str, Any], *buffers: Any) -> None:
+        self.outbox.send_multipart([kind, P.pack(dict(header, worker=self.id)), *buffers], copy=False)
 
-    def _send(self, number: int, final: bool) -> None:
-        acc = self._acc(number)
-        header = {"worker": self.id, "run": self.run, "map": number, "frames": acc.frames_seen, "final": final}
-        self.outbox.send_multipart(encode_state(acc, header, self.latencies), copy=False)
-        self.latencies = []
-        self.dirty.discard(number)
+    def _reject(self, reason: str, detail: str) -> None:
+        self.rejected[reason] += 1
+        if self.rejected[reason] <= 5:
+            log.warning("live worker %d rejected a message (%s: %s)", self.id, reason, detail)
+
+    def _flush_seen(self) -> None:
+        """Tell the coordinator which frames are in the sums (and what was rejected)."""
+        self._seen_t = time.monotonic()
+        for uid, rows in self.seen.items():
+            if rows:
+                self._report(SEEN, {"run": uid, "rejected": {}}, np.asarray(rows, dtype=np.float64))
+        self.seen = {}
+        if self.rejected:
+            self._report(SEEN, {"run": None, "rejected": dict(self.rejected)}, np.zeros((0, len(SEEN_COLUMNS))))
+            self.rejected.clear()
+
+    def _send_state(self, run: _WorkerRun, number: int, final: bool) -> None:
+        acc = run.accs.get(number)
+        header = {"run": run.uid, "map": number, "frames": acc.frames_seen if acc else 0, "final": final}
+        self.outbox.send_multipart(encode_state(acc, dict(header, worker=self.id)), copy=False)
+        run.dirty.discard(number)
         if final:
-            del self.maps[number]
+            run.accs.pop(number, None)
+            run.finalized.add(number)
 
-    def handle(self, parts: list[Any]) -> bool:
+    # -- frames ----------------------------------------------------------------------------------
+    def _on_stream(self, parts: list[Any]) -> None:
+        try:
+            msg = P.parse(parts)
+        except P.RejectedMessage as exc:
+            self._reject(exc.reason, str(exc))
+            return
+        if msg.kind != "frame":
+            self.outbox.send_multipart([CTRL, *parts], copy=False)
+            return
+        self._on_frame(_Held(msg.header, msg.array, time.monotonic()))  # type: ignore[arg-type]
+
+    def _on_frame(self, item: _Held) -> None:
+        h = item.header
+        uid = h["run"]
+        if uid in self.ended:
+            self._reject("stale", f"frame of run {uid!r:.60}, which already ended")
+            return
+        if uid in self.unknown:
+            self._reject("unknown_run", f"run {uid!r:.60} has no start")
+            return
+        run = self.runs.get(uid)
+        if run is None:
+            if uid not in self.asked:
+                self.asked.add(uid)
+                self._report(ASK, {"run": uid, "map": h["map"]})
+            self.held.append(item)
+            return
+        if not run.roi_known:
+            if not run.roi_sent and not item.in_roi_sum:
+                item.in_roi_sum = True
+                run.roi_sum.add(item.frame)
+                run.roi_first = run.roi_first or time.monotonic()
+                self._maybe_send_roi_sum(run)
+            self.held.append(item)
+            return
+        number = h["map"]
+        if number in run.finalized:
+            self._reject("stale", f"frame of map {number}, whose final sums were already handed in")
+            return
+        shape = run.map_shapes.get(number)
+        if shape is None:
+            if time.monotonic() - item.since < MAP_SHAPE_WAIT_S:
+                self.held.append(item)
+                return
+            log.warning("live worker %d: no map_start for map %d of run %s; using the run's map shape", self.id, number, uid)
+            shape = run.map_shapes[number] = run.default_shape
+        if tuple(h["shape"]) != run.geometry.frame_shape or h["dtype"] != run.dtype:
+            self._reject("shape", f"frame {h['shape']} {h['dtype']}, run has {list(run.geometry.frame_shape)} {run.dtype}")
+            return
+        if h["index"] >= shape[0] * shape[1]:
+            self._reject("index", f"map pixel {h['index']} outside map {shape[0]}x{shape[1]}")
+            return
+        acc = run.accs.get(number)
+        if acc is None:
+            acc = run.accs[number] = MomentAccumulator(run.geometry, shape, detector_mask=run.mask,
+                                                       **accumulator_options(run.options))
+        acc.process_frame(item.frame, h["index"], h["eta"], h["phi"], h["nu"], h["delta"])
+        run.dirty.add(number)
+        self.seen.setdefault(uid, []).append((h["seq"], number, h["frame"], h["t"], time.time()))
+
+    def _maybe_send_roi_sum(self, run: _WorkerRun) -> None:
+        if run.roi_sent or run.roi_known or run.roi_first is None:
+            return
+        if run.roi_sum.frames >= self.roi_quota or time.monotonic() - run.roi_first >= self.roi_wait_s:
+            run.roi_sent = True
+            total = run.roi_sum.total if run.roi_sum.total is not None else np.zeros(0, dtype=np.uint64)
+            self._report(ROISUM, {"run": run.uid, "frames": run.roi_sum.frames, "shape": list(total.shape)}, total)
+
+    def _retry_held(self) -> None:
+        held, self.held = self.held, []
+        for item in held:
+            self._on_frame(item)
+
+    # -- orders ----------------------------------------------------------------------------------
+    def _on_order(self, parts: list[Any]) -> bool:
         """Apply one coordinator message; False on quit."""
         kind = parts[0].bytes
-        if kind == FRAME:
-            h = P.unpack(parts[1].bytes)
-            frame = np.frombuffer(parts[2].buffer, dtype=P.FRAME_DTYPES[h["dtype"]]).reshape(h["shape"])
-            self._acc(h["map"]).process_frame(frame, h["index"], h["eta"], h["phi"], h["nu"], h["delta"])
-            self.latencies += (h["seq"], time.time() - h["t"])
-            self.dirty.add(h["map"])
-        elif kind == MAP:
-            h = P.unpack(parts[1].bytes)
-            self.map_shapes[h["map"]] = tuple(h["map_shape"])  # type: ignore[assignment]
-        elif kind == FINAL:
-            h = P.unpack(parts[1].bytes)
-            self._send(h["map"], final=True)
-        elif kind == SETUP:
-            h = P.unpack(parts[1].bytes)
-            self.run, self.geometry = h["run"], geometry_of(h)
-            self.options = accumulator_options(h)
-            self.default_shape = tuple(h["map_shape"])  # type: ignore[assignment]
-            self.mask = np.frombuffer(parts[2].buffer, dtype=np.uint8).reshape(h["frame_shape"]).copy() if len(parts) > 2 else None
-            self.maps.clear()
-            self.map_shapes.clear()
-            self.dirty.clear()
-        elif kind == QUIT:
+        if kind == QUIT:
             return False
+        h = P.unpack(parts[1].bytes)
+        uid = h["run"]
+        run = self.runs.get(uid)
+        if kind == SETUP and run is None and uid not in self.ended:
+            mask = None
+            if len(parts) > 2:
+                mask = np.frombuffer(parts[2].buffer, dtype=np.uint8).reshape(h["frame_shape"]).copy()
+            self.runs[uid] = _WorkerRun(uid, geometry_of(h), mask, h["options"], tuple(h["map_shape"]),  # type: ignore[arg-type]
+                                        h["dtype"], {int(m): tuple(s) for m, s in h.get("map_shapes", {}).items()})  # type: ignore[misc]
+            self.unknown.discard(uid)
+        elif kind == ROI and run is not None:
+            run.options = dict(run.options, roi=h["roi"])
+        elif kind == MAP and run is not None:
+            run.map_shapes[int(h["map"])] = tuple(h["map_shape"])  # type: ignore[assignment]
+        elif kind == FINAL and run is not None:
+            self._flush_seen()
+            self._send_state(run, int(h["map"]), final=True)
+        elif kind == END:
+            self.runs.pop(uid, None)
+            self.ended.add(uid)
+        elif kind == UNKNOWN and run is None:
+            self.unknown.add(uid)
+        self._retry_held()
         return True
 
-    @staticmethod
-    def warm_up() -> None:
-        """Load the compiled kernels now, not on the first real frame (it would wait ~1 s)."""
-        geometry = DetectorGeometry(10000.0, 1.0, (5.5e-5, 5.5e-5), (0.0, 0.0), (16, 16))
-        for dtype in (np.uint16, np.uint32):
-            acc = MomentAccumulator(geometry, (1, 1), roi=(4, 12, 4, 12))
-            acc.process_frame(np.ones((16, 16), dtype=dtype), 0, 10.0, 0.0, 0.0, 30.0)
-            acc.finalize(partial=True)
+    # -- loop ------------------------------------------------------------------------------------
+    def _connect_frames(self, timeout_s: float = 2.0) -> None:
+        """Connect to the stream and wait (bounded) for the handshake, so the detector deals
+        frames to every worker from the first one when it is already up."""
+        monitor = self.frames.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self.frames.connect(self.frames_endpoint)
+        try:
+            if monitor.poll(int(timeout_s * 1000)):
+                recv_monitor_message(monitor)
+        finally:
+            self.frames.disable_monitor()
+            monitor.close(linger=0)
+
+    def _parent_alive(self) -> bool:
+        return self.parent_pid is None or os.getppid() == self.parent_pid
 
     def serve(self) -> None:
-        self.warm_up()
-        self.outbox.send_multipart([READY, P.pack({"worker": self.id})])
-        last = time.monotonic()
+        warm_up()
+        self._connect_frames()
+        self._report(READY, {})
+        poller_all, poller_orders = zmq.Poller(), zmq.Poller()
+        poller_all.register(self.inbox, zmq.POLLIN)
+        poller_all.register(self.frames, zmq.POLLIN)
+        poller_orders.register(self.inbox, zmq.POLLIN)
+        last_publish = last_parent = time.monotonic()
         try:
             while True:
-                if self.inbox.poll(50):
-                    for _ in range(256):
+                poller = poller_all if len(self.held) < MAX_PENDING else poller_orders
+                events = dict(poller.poll(10))
+                if self.inbox in events:
+                    for _ in range(64):
                         try:
                             parts = self.inbox.recv_multipart(zmq.NOBLOCK, copy=False)
                         except zmq.Again:
                             break
-                        if not self.handle(parts):
+                        if not self._on_order(parts):
                             return
+                if self.frames in events:
+                    for _ in range(64):
+                        if len(self.held) >= MAX_PENDING:
+                            break
+                        try:
+                            parts = self.frames.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        self._on_stream(parts)
+                        if sum(len(r) for r in self.seen.values()) >= SEEN_FLUSH_ROWS:
+                            self._flush_seen()
                 now = time.monotonic()
-                if now - last >= self.publish_interval_s:
-                    last = now
-                    for number in list(self.dirty):
-                        self._send(number, final=False)
+                if now - self._seen_t >= SEEN_FLUSH_S:
+                    self._flush_seen()
+                    for run in self.runs.values():
+                        self._maybe_send_roi_sum(run)
+                    if self.held and now - self.held[0].since >= MAP_SHAPE_WAIT_S:
+                        self._retry_held()
+                if now - last_publish >= self.publish_interval_s:
+                    last_publish = now
+                    for run in self.runs.values():
+                        for number in list(run.dirty):
+                            self._send_state(run, number, final=False)
+                if now - last_parent >= 0.5:
+                    last_parent = now
+                    if not self._parent_alive():    # an orphan would take frames nobody counts
+                        log.error("live worker %d: coordinator gone, exiting", self.id)
+                        return
         finally:
+            self.frames.close(linger=0)
             self.inbox.close(linger=0)
-            self.outbox.close()
+            self.outbox.close(linger=1000)
 
 
-def worker_main(worker_id: int, inbox: str, outbox: str, publish_interval_s: float) -> None:
+def warm_up() -> None:
+    """Load the compiled kernels now, not on the first real frame (it would wait ~1 s)."""
+    geometry = DetectorGeometry(10000.0, 1.0, (5.5e-5, 5.5e-5), (0.0, 0.0), (16, 16))
+    for dtype in (np.uint16, np.uint32):
+        acc = MomentAccumulator(geometry, (1, 1), roi=(4, 12, 4, 12))
+        acc.process_frame(np.ones((16, 16), dtype=dtype), 0, 10.0, 0.0, 0.0, 30.0)
+        acc.finalize(partial=True)
+
+
+def worker_main(worker_id: int, n_workers: int, frames_endpoint: str, inbox: str, outbox: str,
+                options: dict[str, Any]) -> None:
     """Entry point of a worker process (multiprocessing spawn target)."""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s live-worker-{worker_id} %(levelname)s: %(message)s")
     context = zmq.Context()
-    LiveWorker(worker_id, inbox, outbox, publish_interval_s, context).serve()
+    FanOutWorker(worker_id, n_workers, frames_endpoint, inbox, outbox, context=context, **options).serve()
     context.term()
-
-
-class WorkerPool:
-    """N worker processes, each fed by its own PUSH socket, all reporting to one PULL socket."""
-
-    def __init__(self, n: int, context: zmq.Context, publish_interval_s: float, transport: str = "ipc") -> None:
-        self._dir = tempfile.mkdtemp(prefix="opmon-live-") if transport == "ipc" else None
-
-        def bind(sock: zmq.Socket, name: str) -> str:
-            if self._dir is not None:       # local workers: ipc is cheaper than tcp loopback
-                endpoint = f"ipc://{self._dir}/{name}"
-                sock.bind(endpoint)
-                return endpoint
-            return f"tcp://127.0.0.1:{sock.bind_to_random_port('tcp://127.0.0.1')}"
-
-        self.results = context.socket(zmq.PULL)
-        self.results.setsockopt(zmq.LINGER, 0)
-        outbox = bind(self.results, "results")
-        spawn = multiprocessing.get_context("spawn")
-        self.inboxes: list[zmq.Socket] = []
-        self.processes: list[Any] = []
-        for i in range(n):
-            inbox = context.socket(zmq.PUSH)
-            inbox.setsockopt(zmq.SNDHWM, 100)
-            inbox.setsockopt(zmq.LINGER, 0)
-            endpoint = bind(inbox, f"worker{i}")
-            self.inboxes.append(inbox)
-            proc = spawn.Process(target=worker_main, args=(i, endpoint, outbox, publish_interval_s),
-                                 name=f"opmon-live-worker-{i}", daemon=True)
-            proc.start()
-            self.processes.append(proc)
-        self._wait_ready(n)
-
-    def _wait_ready(self, n: int, timeout_s: float = 60.0) -> None:
-        """Block until every worker has imported its kernels and connected (bounded)."""
-        ready: set[int] = set()
-        deadline = time.monotonic() + timeout_s
-        while len(ready) < n and time.monotonic() < deadline:
-            if self.results.poll(100):
-                parts = self.results.recv_multipart()
-                if parts[0] == READY:
-                    ready.add(int(P.unpack(parts[1])["worker"]))
-            dead = [p.name for p in self.processes if p.exitcode is not None]
-            if dead:
-                raise OpmonError(f"live worker process(es) {', '.join(dead)} exited during start-up")
-        if len(ready) < n:
-            raise OpmonError(f"only {len(ready)} of {n} live workers started within {timeout_s:.0f} s")
-
-    def close(self) -> None:
-        """Ask every worker to quit, wait a little, terminate stragglers, close the sockets."""
-        for inbox in self.inboxes:
-            try:
-                inbox.send_multipart([QUIT], zmq.NOBLOCK)
-            except zmq.Again:
-                pass
-        for proc in self.processes:
-            proc.join(5)
-            if proc.is_alive():
-                proc.terminate()
-        for sock in [*self.inboxes, self.results]:
-            sock.close()
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)

@@ -6,14 +6,14 @@ from typing import Any
 
 from opmon.commands.process import parse_background, parse_roi
 from opmon.config import Config, load_config
-from opmon.processors.live import LiveProcessor
+from opmon.processors.live import open_live_processor
 from opmon.supervisor import stop_on_signals
 
 
 def build_processor(config: Config, *, workers: int | None = None, roi: Any = "auto",
-                    recover: bool = True) -> LiveProcessor:
+                    recover: bool = True) -> Any:
     """The live processor wired to the configured endpoints (recovering from the archive)."""
-    return LiveProcessor(config.endpoint("frames_live"), config.endpoint("display_live"), config.endpoint("maps_archive"),
+    return open_live_processor(config.endpoint("frames_live"), config.endpoint("display_live"), config.endpoint("maps_archive"),
                          workers=workers or config.live.workers, publish_interval_s=config.live.publish_interval_s,
                          roi=roi, threshold=config.live.threshold, background=parse_background(config.live.background),
                          archive_dir=config.archive.dir if recover else None, rcvhwm=config.stream.rcvhwm)

@@ -16,7 +16,7 @@ import h5py
 from opmon.commands.process import parse_background, parse_roi
 from opmon.config import load_config
 from opmon.errors import OpmonError
-from opmon.processors.live import LiveProcessor
+from opmon.processors.live import open_live_processor
 from opmon.processors.mapfile import write_maps
 from opmon.streaming.publisher import ZmqFrameSink
 from opmon.streaming.replay import replay
@@ -35,9 +35,9 @@ def _main(args: argparse.Namespace) -> int:
         return 0
     sink = ZmqFrameSink(["tcp://127.0.0.1:*"], sndhwm=config.stream.sndhwm, stall_timeout_s=config.stream.stall_timeout_s)
     display = config.endpoint("display_live") if args.display else None
-    processor = LiveProcessor(sink.endpoints[0], display, None, workers=args.workers or config.live.workers,
-                              publish_interval_s=config.live.publish_interval_s, roi=parse_roi(args.roi),
-                              threshold=config.live.threshold, background=parse_background(config.live.background))
+    processor = open_live_processor(sink.endpoints[0], display, None, workers=args.workers or config.live.workers,
+                                    publish_interval_s=config.live.publish_interval_s, roi=parse_roi(args.roi),
+                                    threshold=config.live.threshold, background=parse_background(config.live.background))
     done = threading.Event()
     thread = threading.Thread(target=processor.serve, kwargs={"stop_when": done.is_set}, daemon=True)
     thread.start()
@@ -52,7 +52,7 @@ def _main(args: argparse.Namespace) -> int:
         done.set()
         thread.join(60)
         sink.close()
-    lost = processor.receiver.counters.lost
+    lost = processor.counters.lost
     print(f"replayed {report.frames} frames in {report.maps} maps ({report.seconds:.1f} s, "
           f"{report.frames / max(report.seconds, 1e-9):.0f} frames/s), frames lost {lost}")
     print(f"{'map':>4} {'frames':>7} {'lost':>5} {'mean d (Å)':>12}")

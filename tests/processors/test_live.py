@@ -10,7 +10,8 @@ import pytest
 import zmq
 
 from opmon.formats import RawMapWriter
-from opmon.processors.live import LiveProcessor, roi_from_sum
+from opmon.processors.live import LiveProcessor, open_live_processor
+from opmon.processors.live_state import roi_from_sum
 from opmon.processors.live_messages import decode_map
 from opmon.processors.offline import ProcessOptions, process_entry
 from opmon.streaming import protocol as P
@@ -78,7 +79,7 @@ def test_live_maps_equal_offline_maps_and_partials_come_first(tmp_path, workers)
     ctx = zmq.Context()
     maps_in, maps_endpoint, display = _sockets(ctx)
     sink = ZmqFrameSink(["tcp://127.0.0.1:*"], context=ctx, stall_timeout_s=60)
-    processor = LiveProcessor(sink.endpoints[0], "tcp://127.0.0.1:*", maps_endpoint, workers=workers,
+    processor = open_live_processor(sink.endpoints[0], "tcp://127.0.0.1:*", maps_endpoint, workers=workers,
                               publish_interval_s=0.05, roi_frames=20, roi_wait_s=60.0, context=ctx)
     display.connect(processor.display.getsockopt_string(zmq.LAST_ENDPOINT))
     thread = threading.Thread(target=processor.serve, daemon=True)

@@ -1,0 +1,96 @@
+"""Where the live processor's maps go: the lossy display channel and the lossless archive hand-off.
+
+Shared by the inline processor (`live.LiveProcessor`) and the fan-out one
+(`live_fanout.FanOutProcessor`), so both publish byte-identical map and status messages
+(docs/protocol.md) and keep final maps the archiver has not taken yet instead of dropping them.
+"""
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Any
+
+import zmq
+
+from opmon.errors import EmptyMapError
+from opmon.processors.accumulate import MomentAccumulator
+from opmon.processors.live_messages import encode_map
+from opmon.processors.maps import MapResult
+from opmon.streaming import protocol as P
+
+log = logging.getLogger(__name__)
+
+
+def bound_or_connected(context: zmq.Context, kind: int, endpoint: str | None, *, bind: bool, hwm: int) -> zmq.Socket | None:
+    """A PUB/PUSH socket on `endpoint` (None: no socket); PUSH lingers so final maps get out."""
+    if endpoint is None:
+        return None
+    sock = context.socket(kind)
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.LINGER, 5000 if kind == zmq.PUSH else 0)
+    (sock.bind if bind else sock.connect)(endpoint)
+    return sock
+
+
+class MapOutputs:
+    """Display PUB (bound) and archiver PUSH (connected); the results and summaries made so far."""
+
+    def __init__(self, context: zmq.Context, display_endpoint: str | None, maps_endpoint: str | None) -> None:
+        self.display = bound_or_connected(context, zmq.PUB, display_endpoint, bind=True, hwm=20)
+        self.maps_out = bound_or_connected(context, zmq.PUSH, maps_endpoint, bind=False, hwm=100)
+        self.results: dict[tuple[str, int], MapResult] = {}
+        self.summaries: list[dict[str, Any]] = []
+        self.unarchived: deque[list[Any]] = deque()   # final maps the archiver has not taken yet
+
+    def final(self, acc: MomentAccumulator, *, run: str, number: int, n_frames: int, frames_lost: int,
+              options: dict[str, Any]) -> MapResult:
+        """Finalize a completed map, publish it and hand it to the archiver (never dropped)."""
+        try:
+            result = acc.finalize()
+        except EmptyMapError:
+            result = acc.finalize(partial=True)
+        self.results[(run, number)] = result
+        parts = encode_map(result, run=run, map_number=number, final=True, frames=acc.frames_seen,
+                           n_frames=n_frames, frames_lost=frames_lost, options=options)
+        valid = result.valid_d()
+        self.summaries.append({"run": run, "map": number, "frames": acc.frames_seen, "frames_lost": frames_lost,
+                               "d_mean": float(valid.mean()) if valid.size else float("nan"),
+                               "roi": list(options.get("roi") or ())})
+        if self.display is not None:
+            self.display.send_multipart(parts, copy=False)
+        if self.maps_out is not None:
+            self.unarchived.append(parts)
+            self.send_unarchived()
+        log.info("run %s map %d final: %d frames, %d lost", run, number, acc.frames_seen, frames_lost)
+        return result
+
+    def partial(self, acc: MomentAccumulator, *, run: str, number: int, n_frames: int, frames_lost: int,
+                options: dict[str, Any]) -> None:
+        """Publish a map in progress on the display channel (lossy: a slow viewer misses some)."""
+        if self.display is None or acc.frames_seen == 0:
+            return
+        result = acc.finalize(partial=True)
+        self.display.send_multipart(encode_map(result, run=run, map_number=number, final=False, frames=acc.frames_seen,
+                                               n_frames=n_frames, frames_lost=frames_lost, options=options), copy=False)
+
+    def status(self, status: dict[str, Any]) -> None:
+        if self.display is not None:
+            self.display.send_multipart([b"status", P.pack(status)])
+
+    def send_unarchived(self) -> None:
+        """Hand final maps to the archiver without ever blocking the live path; keep what it
+        cannot take yet (archiver down or slow) and retry on every poll, never drop them."""
+        while self.unarchived and self.maps_out is not None:
+            try:
+                self.maps_out.send_multipart(self.unarchived[0], flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self.unarchived.popleft()
+
+    def close(self) -> None:
+        self.send_unarchived()
+        if self.unarchived:
+            log.error("%d final map(s) never reached the archiver (is it running?)", len(self.unarchived))
+        for sock in (self.display, self.maps_out):
+            if sock is not None:
+                sock.close()
