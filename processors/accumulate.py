@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from opmon.errors import FrameShapeError, MapIndexError, OpmonError
 from opmon.processors import kernels
-from opmon.processors.geometry import DetectorGeometry
+from opmon.processors.geometry import DetectorGeometry, pixel_q_lab_window
 from opmon.processors.maps import MapResult, derive_maps
 
 Roi = tuple[int, int, int, int]  # (r0, r1, c0, c1), half-open, frame pixels
@@ -110,7 +110,7 @@ class MomentAccumulator:
         if self._detector_angles == (nu, delta):
             return
         r0, r1, c0, c1 = self.roi
-        self._q_lab = np.ascontiguousarray(self.geometry.pixel_q_lab(nu, delta)[r0:r1, c0:c1])
+        self._q_lab = pixel_q_lab_window(self.geometry, nu, delta, self.roi)
         ones = np.ones((r1 - r0, c1 - c0), dtype=np.uint32)
         roi_moments = np.zeros(kernels.N_MOMENTS + 1)
         roi_mask = np.ascontiguousarray(self.detector_mask[r0:r1, c0:c1])
@@ -250,3 +250,18 @@ class MomentAccumulator:
         ny, nx = self.map_shape
         return derive_maps(s0.reshape(ny, nx), s1.reshape(ny, nx, 3), s2.reshape(ny, nx, 3, 3),
                            self.n_frames.reshape(ny, nx), background=rate, require_signal=not partial)
+
+
+def warm_up_kernels() -> None:
+    """Load the compiled kernels for every frame type a live service meets (writable and
+    read-only ZeroMQ buffers, uint16 and uint32) now, not on the first real frame: loading
+    one specialization from numba's cache takes a few hundred ms, enough to back up a stream."""
+    geometry = DetectorGeometry(10000.0, 1.0, (5.5e-5, 5.5e-5), (0.0, 0.0), (16, 16))
+    for dtype in (np.uint16, np.uint32):
+        for writeable in (True, False):
+            frame = np.ones((16, 16), dtype=dtype)
+            frame.flags.writeable = writeable
+            acc = MomentAccumulator(geometry, (1, 1), roi=(4, 12, 4, 12))
+            acc.process_frame(frame, 0, 10.0, 0.0, 0.0, 30.0)
+            acc.process_block(frame[None], [0], [10.0], [0.0], 0.0, 30.0)
+            acc.finalize(partial=True)

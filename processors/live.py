@@ -20,7 +20,7 @@ import numpy.typing as npt
 import zmq
 
 from opmon.errors import OpmonError
-from opmon.processors.accumulate import MomentAccumulator, Roi
+from opmon.processors.accumulate import MomentAccumulator, Roi, warm_up_kernels
 from opmon.processors.live_outputs import MapOutputs
 from opmon.processors.live_recovery import RunArchive, recover_missed_maps, recover_prefix
 from opmon.processors.maps import MapResult
@@ -79,6 +79,7 @@ class LiveProcessor:
         self._rate = (time.monotonic(), 0)
         self._recovered_roi: dict[str, Roi] = {}
         self.stopped = False
+        warm_up_kernels()
 
     # -- plumbing ------------------------------------------------------------------------------
     @property

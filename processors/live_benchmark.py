@@ -124,6 +124,7 @@ def live_chain(n: int, workers: int, rate_fps: float | None = None) -> dict[str,
               "lat_p99": float(np.percentile(lat, 99)) if lat.size else float("nan"),
               "pub_p50": float(np.percentile(pub, 50)) if pub.size else float("nan"),
               "pub_p99": float(np.percentile(pub, 99)) if pub.size else float("nan")}
+    result["latency_trace"] = (np.asarray(processor.latency_seqs), lat_all)
     processor.close()
     ctx.term()
     return result

@@ -27,7 +27,7 @@ import numpy.typing as npt
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from opmon.processors.accumulate import STATE_KEYS, MomentAccumulator
+from opmon.processors.accumulate import STATE_KEYS, MomentAccumulator, warm_up_kernels
 from opmon.processors.geometry import DetectorGeometry
 from opmon.processors.live_state import RoiSum, accumulator_options, geometry_of
 from opmon.streaming import protocol as P
@@ -282,7 +282,7 @@ class FanOutWorker:
         return self.parent_pid is None or os.getppid() == self.parent_pid
 
     def serve(self) -> None:
-        warm_up()
+        warm_up_kernels()
         self._connect_frames()
         self._report(READY, {})
         poller_all, poller_orders = zmq.Poller(), zmq.Poller()
@@ -334,15 +334,6 @@ class FanOutWorker:
             self.frames.close(linger=0)
             self.inbox.close(linger=0)
             self.outbox.close(linger=1000)
-
-
-def warm_up() -> None:
-    """Load the compiled kernels now, not on the first real frame (it would wait ~1 s)."""
-    geometry = DetectorGeometry(10000.0, 1.0, (5.5e-5, 5.5e-5), (0.0, 0.0), (16, 16))
-    for dtype in (np.uint16, np.uint32):
-        acc = MomentAccumulator(geometry, (1, 1), roi=(4, 12, 4, 12))
-        acc.process_frame(np.ones((16, 16), dtype=dtype), 0, 10.0, 0.0, 0.0, 30.0)
-        acc.finalize(partial=True)
 
 
 def worker_main(worker_id: int, n_workers: int, frames_endpoint: str, inbox: str, outbox: str,
