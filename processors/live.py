@@ -72,6 +72,8 @@ class LiveProcessor:
         self.run: LiveRun | None = None
         self.latencies: list[float] = []          # frame sent -> accumulated, s
         self.latency_seqs: list[int] = []         # seq of each entry of `latencies`
+        self.accumulated_at: list[float] = []     # when each of them was accumulated (time.time())
+        self.roi_decided_at = 0.0                 # time.time() the current run's ROI was known
         self.publish_latencies: list[float] = []  # frame sent -> first display map holding it, s
         self.frames_processed = 0
         self.errors = 0
@@ -119,6 +121,8 @@ class LiveProcessor:
         else:
             roi = self.roi_setting  # type: ignore[assignment]
         self.run = LiveRun(start["run"], start, mask, roi, adopted=adopted, info=self.receiver.tracker.current)
+        if roi is not None:
+            self.roi_decided_at = time.time()
         return self.run
 
     def _options(self) -> dict[str, Any]:
@@ -140,6 +144,7 @@ class LiveProcessor:
         if run is None or run.roi is not None:
             return
         run.roi = run.roi_sum.roi(run.mask, tuple(run.start["frame_shape"]))  # type: ignore[arg-type]
+        self.roi_decided_at = time.time()
         log.info("run %s: ROI %s from its first %d frames", run.uid, run.roi, run.roi_sum.frames)
         pending, run.pending = run.pending, []
         for header, frame in pending:
@@ -165,8 +170,10 @@ class LiveProcessor:
         if lm.acc is None:
             lm.acc = self._accumulator(lm.map_shape)
         lm.acc.process_frame(frame, h["index"], h["eta"], h["phi"], h["nu"], h["delta"])
-        self.latencies.append(time.time() - h["t"])
+        now = time.time()
+        self.latencies.append(now - h["t"])
         self.latency_seqs.append(h["seq"])
+        self.accumulated_at.append(now)
         lm.unpublished_t.append(h["t"])
         lm.received += 1
         lm.dirty = True

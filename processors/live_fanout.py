@@ -113,6 +113,8 @@ class FanOutProcessor:
         self.held_controls: dict[str, list[list[Any]]] = {}  # control messages of a run not known yet
         self.latencies: list[float] = []
         self.latency_seqs: list[int] = []
+        self.accumulated_at: list[float] = []
+        self.roi_decided_at = 0.0
         self.publish_latencies: list[float] = []
         self.frames_processed = 0
         self.errors = 0
@@ -200,6 +202,8 @@ class FanOutProcessor:
             else:
                 roi = self.roi_setting  # type: ignore[assignment]
         run = self.runs[start["run"]] = FanRun(start["run"], start, mask, roi, adopted=adopted)
+        if roi is not None:
+            self.roi_decided_at = time.time()
         self.asks.pop(run.uid, None)
         self._setup(run)
         for parts in self.held_controls.pop(run.uid, []):
@@ -220,6 +224,7 @@ class FanOutProcessor:
         if run.roi is not None:
             return
         run.roi = run.roi_sum.roi(run.mask, tuple(run.start["frame_shape"]))  # type: ignore[arg-type]
+        self.roi_decided_at = time.time()
         log.info("run %s: ROI %s from its first %d frames (%d workers)", run.uid, run.roi, run.roi_sum.frames,
                  len(run.roi_from))
         self._tell(W.ROI, {"run": run.uid, "roi": list(run.roi)})
@@ -434,6 +439,7 @@ class FanOutProcessor:
         self.frames_processed += len(rows)
         self.latency_seqs.extend(seqs.tolist())
         self.latencies.extend((rows[:, 4] - rows[:, 3]).tolist())
+        self.accumulated_at.extend(rows[:, 4].tolist())
 
     def _on_roi_sum(self, header: dict[str, Any], buf: Any) -> None:
         run = self.runs.get(header["run"])
@@ -498,6 +504,7 @@ class FanOutProcessor:
                 acc = self._merged(run, fm, list(fm.partials.values()))
                 self.outputs.partial(acc, run=run.uid, number=fm.number, n_frames=fm.n_expected,
                                      frames_lost=0, options=self._options(run))
+                self._published(fm)
 
     def status(self) -> dict[str, Any]:
         """Lossy status message of docs/protocol.md (same fields as the inline processor)."""
