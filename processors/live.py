@@ -22,13 +22,15 @@ import zmq
 from opmon.errors import OpmonError
 from opmon.processors.accumulate import MomentAccumulator, Roi, warm_up_kernels
 from opmon.processors.live_outputs import MapOutputs
-from opmon.processors.live_recovery import RunArchive, recover_missed_maps, recover_prefix
+from opmon.processors.live_recovery import RunArchive, catch_up, recover_missed_maps, recover_prefix
 from opmon.processors.maps import MapResult
 from opmon.processors.live_state import LiveMap, LiveRun, accumulator_options, geometry_of
 from opmon.streaming import protocol as P
 from opmon.streaming.receiver import Counters, FrameReceiver
 
 log = logging.getLogger(__name__)
+
+CATCH_UP_S = 5.0   # an idle processor looks this often for archived maps nobody made
 
 
 def open_live_processor(frames_endpoint: str, display_endpoint: str | None = None, maps_endpoint: str | None = None, *,
@@ -81,6 +83,8 @@ class LiveProcessor:
         self._rate = (time.monotonic(), 0)
         self._recovered_roi: dict[str, Roi] = {}
         self.stopped = False
+        self.recovered_maps = 0
+        self._last_catch_up = time.monotonic()
         warm_up_kernels()
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -266,6 +270,17 @@ class LiveProcessor:
         if run is not None and self.archive_dir is not None:
             run.recovered += recover_prefix(RunArchive(self.archive_dir, run.uid), number, first_seq, self._feed)
 
+    def _open_runs(self) -> set[str]:
+        return {self.run.uid} if self.run is not None else set()
+
+    def _catch_up(self) -> None:
+        """When idle, make the newest run's maps that nobody delivered (see live_recovery.catch_up)."""
+        if self.archive_dir is None:
+            return
+        self.recovered_maps += catch_up(self.archive_dir, self.outputs, skip_runs=self._open_runs(),
+                                        roi=self.roi_setting, roi_frames=self.roi_frames,
+                                        threshold=self.threshold, background=self.background)
+
     # -- publication -----------------------------------------------------------------------------
     def _publish_latency(self, lm: LiveMap) -> None:
         now = time.time()
@@ -335,6 +350,9 @@ class LiveProcessor:
         if self.display is not None and now - self._last_status >= 1.0:
             self._last_status = now
             self.outputs.status(self.status())
+        if self.run is None and now - self._last_catch_up >= CATCH_UP_S:
+            self._last_catch_up = now
+            self._catch_up()
 
     def serve(self, stop_when: Any = None) -> None:
         """Run until `stop_when()` is true or `stopped` is set, then close."""

@@ -32,7 +32,8 @@ from opmon.errors import ArchiveError, OpmonError
 from opmon.processors import live_worker as W
 from opmon.processors.accumulate import MomentAccumulator, Roi
 from opmon.processors.live_outputs import MapOutputs
-from opmon.processors.live_recovery import RunArchive, recover_missed_maps
+from opmon.processors.live_recovery import RunArchive, catch_up, recover_missed_maps
+from opmon.processors.live import CATCH_UP_S
 from opmon.processors.live_state import RoiSum, accumulator_options, geometry_of
 from opmon.processors.maps import MapResult
 from opmon.streaming import protocol as P
@@ -120,6 +121,8 @@ class FanOutProcessor:
         self.errors = 0
         self.recovered = 0
         self.stopped = False
+        self.recovered_maps = 0
+        self._last_catch_up = time.monotonic()
         self._last_publish = self._last_status = self._last_check = 0.0
         self._rate = (time.monotonic(), 0)
         self._dir = tempfile.mkdtemp(prefix="opmon-fanout-")
@@ -159,6 +162,7 @@ class FanOutProcessor:
         except OpmonError:
             self.close()
             raise
+        self._tell(W.GO, {})
 
     def _check_workers(self) -> None:
         dead = [p.name for p in self.processes if p.exitcode is not None]
@@ -192,7 +196,7 @@ class FanOutProcessor:
 
     # -- runs and maps ---------------------------------------------------------------------------
     def _begin_run(self, start: dict[str, Any], mask: npt.NDArray[np.uint8] | None, *, adopted: bool,
-                   roi: Roi | None = None) -> FanRun:
+                   roi: Roi | None = None, first_map: int | None = None) -> FanRun:
         rows, cols = start["frame_shape"]
         if roi is None:
             if self.roi_setting == "auto":
@@ -204,6 +208,8 @@ class FanOutProcessor:
         run = self.runs[start["run"]] = FanRun(start["run"], start, mask, roi, adopted=adopted)
         if roi is not None:
             self.roi_decided_at = time.time()
+        if first_map is not None:      # joined mid-map: its map_start went to the processor before us
+            self._map(run, first_map)
         self.asks.pop(run.uid, None)
         self._setup(run)
         for parts in self.held_controls.pop(run.uid, []):
@@ -349,7 +355,7 @@ class FanOutProcessor:
         run = self.runs.get(uid)
         if run is None:     # its start may still be on its way through another worker: hold it
             self.held_controls.setdefault(uid, []).append(parts)
-            self.asks.setdefault(uid, (time.monotonic(), int(h.get("map", 0))))
+            self._note_ask(uid, h.get("map"))
             return
         self.counters.control += 1
         if msg.kind == "map_start":
@@ -379,7 +385,7 @@ class FanOutProcessor:
             if other.stop is None:
                 other.stop, other.stop_t = {"exit_status": "abort", "n_maps": 0}, time.monotonic()
         log.warning("joined run %s mid-stream (start recovered)", uid)
-        run = self._begin_run(found[0], found[1], adopted=True, roi=roi)
+        run = self._begin_run(found[0], found[1], adopted=True, roi=roi, first_map=first_map)
         if run.roi is not None:
             self.recovered += recover_missed_maps(archive, first_map, lambda h, f: self._feed_here(run, h, f),
                                                   lambda number: self._adopted_map_end(run, number))
@@ -395,8 +401,14 @@ class FanOutProcessor:
             self._setup(self.runs[uid], worker=header["worker"])
         elif uid in self.finished:
             self._tell(W.END, {"run": uid}, worker=header["worker"])
-        elif uid not in self.asks:      # its start may still be on its way through another worker
-            self.asks[uid] = (time.monotonic(), int(header.get("map", 0)))
+        else:      # its start may still be on its way through another worker
+            self._note_ask(uid, header.get("map"))
+
+    def _note_ask(self, uid: str, number: int | None) -> None:
+        """Remember an unknown run and the earliest map seen of it: maps before that one ran
+        while nobody was listening and are made from the archive if the run is adopted."""
+        asked, first = self.asks.get(uid, (time.monotonic(), 1 << 62))
+        self.asks[uid] = (asked, min(first, int(number)) if number is not None else first)
 
     def _resolve_asks(self) -> None:
         now = time.monotonic()
@@ -404,7 +416,7 @@ class FanOutProcessor:
             if uid in self.runs or now - asked < self.ask_wait_s:
                 continue
             del self.asks[uid]
-            if self._adopt(uid, first_map) is None:
+            if self._adopt(uid, first_map if first_map < 1 << 62 else 0) is None:
                 held = self.held_controls.pop(uid, [])
                 self.counters.rejected["unknown_run"] += len(held)
                 log.error("run %s has no start (and none in the archive): its frames and %d control messages are "
@@ -491,6 +503,17 @@ class FanOutProcessor:
                 self.errors += 1
                 log.error("report %s from a live worker not processed: %s", kind, exc)
 
+    def _open_runs(self) -> set[str]:
+        return set(self.runs)
+
+    def _catch_up(self) -> None:
+        """When idle, make the newest run's maps that nobody delivered (see live_recovery.catch_up)."""
+        if self.archive_dir is None:
+            return
+        self.recovered_maps += catch_up(self.archive_dir, self.outputs, skip_runs=self._open_runs(),
+                                        roi=self.roi_setting, roi_frames=self.roi_frames,
+                                        threshold=self.threshold, background=self.background)
+
     # -- publication and status --------------------------------------------------------------------
     def publish_partials(self) -> None:
         """Merged partial maps of every map in progress with new frames (lossy display channel)."""
@@ -540,6 +563,9 @@ class FanOutProcessor:
         if now - self._last_check >= 1.0:
             self._last_check = now
             self._check_workers()
+        if not self.runs and now - self._last_catch_up >= CATCH_UP_S:
+            self._last_catch_up = now
+            self._catch_up()
 
     def serve(self, stop_when: Any = None) -> None:
         """Run until `stop_when()` is true or `stopped` is set, then close."""

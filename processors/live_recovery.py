@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from opmon.errors import ArchiveError
-from opmon.formats import DATA, DET_MASK, MAP_INDEX, POSITIONERS
+from opmon.formats import DATA, DET_MASK, MAP_INDEX, MAP_SHAPE, POSITIONERS
 from opmon.streaming.archive_files import MASTER, map_file_name, maps_file_name
 
 log = logging.getLogger(__name__)
@@ -170,3 +170,99 @@ def recover_prefix(archive: RunArchive, number: int, first_seq: int, feed: Feed)
         log.error("run %s map %d: frames before seq %d not recovered: %s", archive.uid, number, first_seq, exc)
     log.warning("run %s map %d: %d earlier frames recovered from the archive", archive.uid, number, recovered)
     return recovered
+
+
+def unmapped_maps(archive_dir: str | Path) -> tuple[RunArchive, list[int]] | None:
+    """The newest archived run and its maps whose frames are all archived but have no final maps.
+
+    A processor that was down (or restarting) while a run's last messages went out never hears
+    of that run again; the archive still holds every frame, so the maps can be made from it.
+    """
+    root = Path(archive_dir)
+    if not root.is_dir():
+        return None
+    runs = [p for p in root.iterdir() if (p / MASTER).is_file()]
+    if not runs:
+        return None
+    newest = max(runs, key=lambda p: (p / MASTER).stat().st_mtime)
+    archive = RunArchive(root, newest.name)
+    missing = []
+    for path in sorted(newest.glob("map_[0-9][0-9][0-9][0-9].h5")):
+        number = int(path.stem.split("_")[1])
+        if archive.has_maps(number):
+            continue
+        try:
+            with h5py.File(path, "r", swmr=True) as f:
+                if f["entry/scan/complete"][()] == 1:
+                    missing.append(number)
+        except (OSError, KeyError):
+            continue       # being written, or not a whole file yet
+    return archive, missing
+
+
+def map_from_archive(archive: RunArchive, number: int, make: Callable[[dict[str, Any], npt.NDArray[np.uint8] | None,
+                     tuple[int, int]], Any]) -> tuple[Any, int]:
+    """Accumulate an archived map: `make(start, mask, map_shape)` gives the accumulator.
+    Returns (accumulator, frames it holds)."""
+    found = archive.start()
+    if found is None:
+        raise ArchiveError(f"{archive.path}: no run start to make map {number} from")
+    with h5py.File(archive.path / map_file_name(number), "r", swmr=True) as f:
+        map_shape = tuple(int(v) for v in f[f"entry/{MAP_SHAPE}"][()])
+    acc = make(found[0], found[1], map_shape)  # type: ignore[arg-type]
+    n = 0
+    for header, frame in archive.frames(number, wait_s=5.0):
+        acc.process_frame(frame, header["index"], header["eta"], header["phi"], header["nu"], header["delta"])
+        n += 1
+    return acc, n
+
+
+def catch_up(archive_dir: str | Path, outputs: Any, *, skip_runs: set[str], roi: Any, roi_frames: int,
+             threshold: int, background: Any) -> int:
+    """Make the maps of the newest archived run that no processor delivered; returns how many.
+
+    `roi` is the processor's setting ("auto", None for the full frame, or a tuple); the run's
+    own archived maps decide it first, so made maps match the others of the run.
+    """
+    from opmon.processors.accumulate import MomentAccumulator
+    from opmon.processors.live_state import RoiSum, accumulator_options, geometry_of
+
+    found = unmapped_maps(archive_dir)
+    if found is None:
+        return 0
+    archive, numbers = found
+    if archive.uid in skip_runs:
+        return 0
+    made = 0
+    for number in numbers:
+        if (archive.uid, number) in outputs.results:
+            continue
+        try:
+            start = archive.start()
+            if start is None:
+                return made
+            rows, cols = start[0]["frame_shape"]
+            chosen = archive.roi() or (roi if isinstance(roi, tuple) else None)
+            if chosen is None and roi is None:
+                chosen = (0, rows, 0, cols)
+            if chosen is None:                  # auto: the rule of the live processor, on this map's first frames
+                first = RoiSum()
+                for _, frame in archive.frames(number, wait_s=5.0):
+                    first.add(frame)
+                    if first.frames >= roi_frames:
+                        break
+                chosen = first.roi(start[1], (rows, cols))
+            options = {"roi": list(chosen), "threshold": threshold, "background": background}
+
+            def make(start: dict[str, Any], mask: Any, shape: tuple[int, int]) -> MomentAccumulator:
+                return MomentAccumulator(geometry_of(start), shape, detector_mask=mask, **accumulator_options(options))
+
+            acc, n = map_from_archive(archive, number, make)
+        except (ArchiveError, OSError, KeyError) as exc:
+            log.error("run %s map %d: cannot make its maps from the archive: %s", archive.uid, number, exc)
+            continue
+        outputs.final(acc, run=archive.uid, number=number, n_frames=n, frames_lost=0, options=options)
+        log.warning("run %s map %d: no live maps were made (processor down); made from its %d archived frames",
+                    archive.uid, number, n)
+        made += 1
+    return made

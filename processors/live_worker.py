@@ -14,9 +14,12 @@ worker; nothing is dropped. Internal messages are msgpack headers plus raw buffe
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import os
+import signal
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -37,7 +40,7 @@ log = logging.getLogger(__name__)
 # worker -> coordinator
 READY, CTRL, ASK, ROISUM, SEEN, STATE = b"ready", b"ctrl", b"ask", b"roisum", b"seen", b"state"
 # coordinator -> worker
-SETUP, ROI, MAP, FINAL, END, UNKNOWN, QUIT = b"setup", b"roi", b"map", b"final", b"end", b"unknown", b"quit"
+GO, SETUP, ROI, MAP, FINAL, END, UNKNOWN, QUIT = b"go", b"setup", b"roi", b"map", b"final", b"end", b"unknown", b"quit"
 
 SEEN_COLUMNS = ("seq", "map", "frame", "t_sent", "t_done")
 SEEN_FLUSH_S = 0.02          # accounting batches: at most this old ...
@@ -281,10 +284,28 @@ class FanOutWorker:
     def _parent_alive(self) -> bool:
         return self.parent_pid is None or os.getppid() == self.parent_pid
 
+    def _wait_for_go(self, timeout_s: float = 120.0) -> bool:
+        """Join the stream only when every worker is up and the coordinator listens: a frame
+        or control message taken earlier would reach nobody."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self._parent_alive():
+            if self.inbox.poll(100):
+                kind = self.inbox.recv_multipart()[0]
+                if kind == GO:
+                    return True
+                if kind == QUIT:
+                    return False
+        return False
+
     def serve(self) -> None:
         warm_up_kernels()
-        self._connect_frames()
         self._report(READY, {})
+        if not self._wait_for_go():
+            self.frames.close(linger=0)
+            self.inbox.close(linger=0)
+            self.outbox.close(linger=0)
+            return
+        self._connect_frames()
         poller_all, poller_orders = zmq.Poller(), zmq.Poller()
         poller_all.register(self.inbox, zmq.POLLIN)
         poller_all.register(self.frames, zmq.POLLIN)
@@ -336,9 +357,24 @@ class FanOutWorker:
             self.outbox.close(linger=1000)
 
 
+def die_with_parent() -> None:
+    """Ask Linux to kill this process the moment its parent dies. A worker orphaned by a
+    killed coordinator would stay connected to the stream for a while and take frames (and
+    control messages) that then reach nobody; the restarted coordinator's workers must get them."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d): an orphaned worker exits within 0.5 s instead",
+                        ctypes.get_errno())
+
+
 def worker_main(worker_id: int, n_workers: int, frames_endpoint: str, inbox: str, outbox: str,
                 options: dict[str, Any]) -> None:
     """Entry point of a worker process (multiprocessing spawn target)."""
+    die_with_parent()
+    if options.get("parent_pid") is not None and os.getppid() != options["parent_pid"]:
+        return                   # the coordinator died before we could ask
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s live-worker-{worker_id} %(levelname)s: %(message)s")
     context = zmq.Context()
     FanOutWorker(worker_id, n_workers, frames_endpoint, inbox, outbox, context=context, **options).serve()
