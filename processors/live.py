@@ -24,7 +24,7 @@ from opmon.processors.accumulate import MomentAccumulator, Roi, warm_up_kernels
 from opmon.processors.live_outputs import MapOutputs
 from opmon.processors.live_recovery import RunArchive, catch_up, recover_missed_maps, recover_prefix
 from opmon.processors.maps import MapResult
-from opmon.processors.live_state import LiveMap, LiveRun, accumulator_options, geometry_of
+from opmon.processors.live_state import ROI_MAX_FRAMES, LiveMap, LiveRun, accumulator_options, geometry_of
 from opmon.streaming import protocol as P
 from opmon.streaming.receiver import Counters, FrameReceiver
 
@@ -143,11 +143,19 @@ class LiveProcessor:
             lm = run.maps[number] = LiveMap(number, shape)  # type: ignore[arg-type]
         return lm
 
-    def _decide_roi(self) -> None:
+    def _decide_roi(self, settle: bool = True) -> None:
+        """Fix the run's ROI from the frames held so far; unless `settle`, wait for more
+        while they show no Bragg peak (up to ROI_MAX_FRAMES, then the full frame)."""
         run = self.run
         if run is None or run.roi is not None:
             return
-        run.roi = run.roi_sum.roi(run.mask, tuple(run.start["frame_shape"]))  # type: ignore[arg-type]
+        settle = settle or len(run.pending) >= ROI_MAX_FRAMES
+        roi = run.roi_sum.roi(run.mask, tuple(run.start["frame_shape"]), settle=settle)  # type: ignore[arg-type]
+        if roi is None:
+            run.roi_next = len(run.pending) + self.roi_frames
+            run.pending_since = time.monotonic()
+            return
+        run.roi = roi
         self.roi_decided_at = time.time()
         log.info("run %s: ROI %s from its first %d frames", run.uid, run.roi, run.roi_sum.frames)
         pending, run.pending = run.pending, []
@@ -162,8 +170,9 @@ class LiveProcessor:
                 run.pending_since = time.monotonic()
             run.pending.append((header, frame))
             run.roi_sum.add(frame)
-            if len(run.pending) >= self.roi_frames or time.monotonic() - run.pending_since >= self.roi_wait_s:
-                self._decide_roi()
+            if len(run.pending) >= max(self.roi_frames, run.roi_next) or \
+                    time.monotonic() - run.pending_since >= self.roi_wait_s:
+                self._decide_roi(settle=False)
             return
         self._dispatch(header, frame)
 
@@ -343,7 +352,7 @@ class LiveProcessor:
         now = time.monotonic()
         run = self.run
         if run is not None and run.roi is None and run.pending and now - run.pending_since >= self.roi_wait_s:
-            self._decide_roi()
+            self._decide_roi(settle=False)
         if now - self._last_publish >= self.publish_interval_s:
             self._last_publish = now
             self.publish_partials()

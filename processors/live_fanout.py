@@ -34,7 +34,7 @@ from opmon.processors.accumulate import MomentAccumulator, Roi
 from opmon.processors.live_outputs import MapOutputs
 from opmon.processors.live_recovery import RunArchive, catch_up, recover_missed_maps
 from opmon.processors.live import CATCH_UP_S
-from opmon.processors.live_state import RoiSum, accumulator_options, geometry_of
+from opmon.processors.live_state import ROI_MAX_FRAMES, RoiSum, accumulator_options, geometry_of
 from opmon.processors.maps import MapResult
 from opmon.streaming import protocol as P
 from opmon.streaming.receiver import Counters
@@ -76,8 +76,8 @@ class FanRun:
     roi: Roi | None
     adopted: bool = False
     maps: dict[int, FanMap] = field(default_factory=dict)
-    roi_sum: RoiSum = field(default_factory=RoiSum)
-    roi_from: set[int] = field(default_factory=set)   # workers whose first-frame sums are in roi_sum
+    roi_sums: dict[int, tuple[int, np.ndarray]] = field(default_factory=dict)  # worker -> its running sum
+    roi_from: set[int] = field(default_factory=set)   # workers that reported since the last try
     roi_first: float | None = None
     stop: dict[str, Any] | None = None
     stop_t: float = 0.0
@@ -226,13 +226,25 @@ class FanOutProcessor:
         return MomentAccumulator(geometry_of(run.start), fm.map_shape, detector_mask=run.mask,
                                  **accumulator_options(self._options(run)))
 
-    def _decide_roi(self, run: FanRun) -> None:
+    def _decide_roi(self, run: FanRun, settle: bool = True) -> None:
+        """Fix the run's ROI from the workers' sums of their first frames; unless `settle`,
+        ask for more while they show no Bragg peak (up to ROI_MAX_FRAMES, then the full frame)."""
         if run.roi is not None:
             return
-        run.roi = run.roi_sum.roi(run.mask, tuple(run.start["frame_shape"]))  # type: ignore[arg-type]
+        total = RoiSum()
+        for frames, image in run.roi_sums.values():
+            if frames:
+                total.merge(image, frames)
+        settle = settle or total.frames >= ROI_MAX_FRAMES
+        roi = total.roi(run.mask, tuple(run.start["frame_shape"]), settle=settle)  # type: ignore[arg-type]
+        run.roi_from, run.roi_first = set(), None
+        if roi is None:
+            self._tell(W.ROI, {"run": run.uid, "roi": None})
+            return
+        run.roi = roi
         self.roi_decided_at = time.time()
-        log.info("run %s: ROI %s from its first %d frames (%d workers)", run.uid, run.roi, run.roi_sum.frames,
-                 len(run.roi_from))
+        log.info("run %s: ROI %s from its first %d frames (%d workers)", run.uid, run.roi, total.frames,
+                 len(run.roi_sums))
         self._tell(W.ROI, {"run": run.uid, "roi": list(run.roi)})
 
     def _fill_from_archive(self, run: FanRun, fm: FanMap) -> None:
@@ -316,7 +328,7 @@ class FanOutProcessor:
         for run in list(self.runs.values()):
             if run.roi is None and run.roi_first is not None and (
                     len(run.roi_from) >= self.n_workers or now - run.roi_first >= self.roi_wait_s):
-                self._decide_roi(run)
+                self._decide_roi(run, settle=False)
             for fm in list(run.maps.values()):
                 if fm.done or fm.final_requested:
                     continue
@@ -455,10 +467,10 @@ class FanOutProcessor:
 
     def _on_roi_sum(self, header: dict[str, Any], buf: Any) -> None:
         run = self.runs.get(header["run"])
-        if run is None or run.roi is not None or header["worker"] in run.roi_from:
+        if run is None or run.roi is not None:
             return
-        if header["frames"]:
-            run.roi_sum.merge(np.frombuffer(buf, dtype=np.uint64).reshape(header["shape"]), header["frames"])
+        image = np.frombuffer(buf, dtype=np.uint64).reshape(header["shape"]) if header["frames"] else np.zeros(0)
+        run.roi_sums[header["worker"]] = (header["frames"], image.copy())   # running sums: the latest wins
         run.roi_from.add(header["worker"])
         run.roi_first = run.roi_first or time.monotonic()
 

@@ -12,7 +12,7 @@ import numpy.typing as npt
 
 from opmon.processors.accumulate import MomentAccumulator, Roi
 from opmon.processors.geometry import DetectorGeometry
-from opmon.processors.offline import ROI_FRACTION, ROI_MARGIN, _box5
+from opmon.processors.offline import roi_from_image
 
 
 def geometry_of(start: dict[str, Any]) -> DetectorGeometry:
@@ -26,6 +26,10 @@ def accumulator_options(options: dict[str, Any]) -> dict[str, Any]:
     roi = options.get("roi")
     return {"roi": tuple(roi) if roi is not None else None, "threshold": int(options.get("threshold", 0)),
             "background": options.get("background", "auto")}
+
+
+#: frames an auto ROI may wait for a Bragg peak to show before it settles for the full frame
+ROI_MAX_FRAMES = 256
 
 
 class RoiSum:
@@ -49,27 +53,20 @@ class RoiSum:
         self.total += total.astype(np.uint64, copy=False)
         self.frames += frames
 
-    def roi(self, mask: npt.NDArray[np.uint8] | None, frame_shape: tuple[int, int]) -> Roi:
-        if self.total is None:
+    def roi(self, mask: npt.NDArray[np.uint8] | None, frame_shape: tuple[int, int], settle: bool = True) -> Roi | None:
+        """The ROI these frames show; with `settle` False, None while no Bragg peak stands out
+        (the first frames of an eta-outer scan are often off the rocking curve: wait for more),
+        with `settle` the full frame then, which is slower but never cuts a peak."""
+        roi = roi_from_image(self.total.astype(np.float64), mask) if self.total is not None else None
+        if roi is None and settle:
             return (0, frame_shape[0], 0, frame_shape[1])
-        return roi_from_sum(self.total.astype(np.float64), mask)
+        return roi
 
 
 def roi_from_sum(total: npt.NDArray[np.float64], mask: npt.NDArray[np.uint8] | None = None) -> Roi:
-    """The `opmon process` auto-ROI rule applied to a sum of the run's first frames."""
-    rows, cols = total.shape
-    total = total.copy()
-    if mask is not None:
-        total[mask.astype(bool)] = 0.0
-    smooth = _box5(total)
-    peak = smooth.max()
-    if not peak > 0:
-        return (0, rows, 0, cols)
-    rr, cc = np.nonzero(smooth >= ROI_FRACTION * peak)
-    pad_r = ROI_MARGIN + (rr.max() - rr.min()) // 4
-    pad_c = ROI_MARGIN + (cc.max() - cc.min()) // 4
-    return (max(0, int(rr.min() - pad_r)), min(rows, int(rr.max() + pad_r + 1)),
-            max(0, int(cc.min() - pad_c)), min(cols, int(cc.max() + pad_c + 1)))
+    """The `opmon process` auto-ROI rule on a sum of a run's first frames (full frame if no peak)."""
+    roi = roi_from_image(total, mask)
+    return roi if roi is not None else (0, total.shape[0], 0, total.shape[1])
 
 
 @dataclass
@@ -98,6 +95,7 @@ class LiveRun:
     pending: list[tuple[dict[str, Any], npt.NDArray[Any]]] = field(default_factory=list)
     pending_since: float = 0.0
     roi_sum: RoiSum = field(default_factory=RoiSum)
+    roi_next: int = 0          # held frames at which to try the auto ROI again (no peak yet)
     maps: dict[int, LiveMap] = field(default_factory=dict)
     info: Any = None           # the receiver's RunInfo (sequence and loss bookkeeping)
     recovered: int = 0

@@ -98,6 +98,8 @@ class _WorkerRun:
     roi_sum: RoiSum = field(default_factory=RoiSum)
     roi_first: float | None = None
     roi_sent: bool = False
+    roi_next: int = 0          # frames summed before the (next) report
+    roi_reported: int = 0      # frames in the last report
 
     @property
     def roi_known(self) -> bool:
@@ -192,11 +194,11 @@ class FanOutWorker:
             self.held.append(item)
             return
         if not run.roi_known:
-            if not run.roi_sent and not item.in_roi_sum:
+            if not item.in_roi_sum:
                 item.in_roi_sum = True
                 run.roi_sum.add(item.frame)
                 run.roi_first = run.roi_first or time.monotonic()
-                self._maybe_send_roi_sum(run)
+            self._maybe_send_roi_sum(run)
             self.held.append(item)
             return
         number = h["map"]
@@ -227,8 +229,9 @@ class FanOutWorker:
     def _maybe_send_roi_sum(self, run: _WorkerRun) -> None:
         if run.roi_sent or run.roi_known or run.roi_first is None:
             return
-        if run.roi_sum.frames >= self.roi_quota or time.monotonic() - run.roi_first >= self.roi_wait_s:
+        if run.roi_sum.frames >= max(self.roi_quota, run.roi_next) or time.monotonic() - run.roi_first >= self.roi_wait_s:
             run.roi_sent = True
+            run.roi_reported = run.roi_sum.frames
             total = run.roi_sum.total if run.roi_sum.total is not None else np.zeros(0, dtype=np.uint64)
             self._report(ROISUM, {"run": run.uid, "frames": run.roi_sum.frames, "shape": list(total.shape)}, total)
 
@@ -254,7 +257,12 @@ class FanOutWorker:
                                         h["dtype"], {int(m): tuple(s) for m, s in h.get("map_shapes", {}).items()})  # type: ignore[misc]
             self.unknown.discard(uid)
         elif kind == ROI and run is not None:
-            run.options = dict(run.options, roi=h["roi"])
+            if h["roi"] is None:        # no peak in the frames so far: report again with more
+                run.roi_sent, run.roi_first = False, time.monotonic()
+                more = run.roi_sum.frames > run.roi_reported    # already summed since the last report
+                run.roi_next = run.roi_sum.frames if more else run.roi_reported + self.roi_quota
+            else:
+                run.options = dict(run.options, roi=h["roi"])
         elif kind == MAP and run is not None:
             run.map_shapes[int(h["map"])] = tuple(h["map_shape"])  # type: ignore[assignment]
         elif kind == FINAL and run is not None:

@@ -82,15 +82,27 @@ def auto_roi(entry: h5py.Group, meta: RawMeta, sample: int = ROI_SAMPLE_FRAMES) 
     for i in picks:
         data.read_direct(buf, np.s_[int(i)])
         total += buf
-    if meta.detector_mask is not None:
-        total[meta.detector_mask.astype(bool)] = 0.0
+    roi = roi_from_image(total, meta.detector_mask)
+    return roi if roi is not None else (0, rows, 0, cols)
+
+
+def roi_from_image(total: npt.NDArray[np.float64], mask: npt.NDArray[np.uint8] | None = None) -> Roi | None:
+    """The auto-ROI rule on a sum of frames; None when no peak stands clearly above the background.
+
+    Smooths out isolated background counts with a 5 x 5 box, keeps pixels clearly above the
+    background level (the median: most of the detector sees only background) and pads their
+    bounding box. Shared by `opmon process` and the live processor, so both pick alike.
+    """
+    rows, cols = total.shape
+    if mask is not None:
+        total = np.where(mask.astype(bool), 0.0, total)
     smooth = _box5(total)
     level = float(np.median(smooth))
     peak = float(smooth.max())
     # Poisson noise of a 25-pixel box sum is sqrt(level); 8 sigma keeps background out.
     cut = level + max(ROI_FRACTION * (peak - level), 8.0 * np.sqrt(level + 1.0))
     if not peak > cut:
-        return (0, rows, 0, cols)
+        return None
     rr, cc = np.nonzero(smooth >= cut)
     pad_r = ROI_MARGIN + (rr.max() - rr.min()) // 4
     pad_c = ROI_MARGIN + (cc.max() - cc.min()) // 4

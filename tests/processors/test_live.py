@@ -161,3 +161,39 @@ def test_an_aborted_run_ends_short_and_its_late_frames_are_dropped_and_counted(t
     _assert_same_maps(got[second][1], offline_maps(frames, (0, FRAME[0], 0, FRAME[1]), tmp_path, "second"))
     sink.close()
     ctx.destroy(linger=0)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.timeout(180)
+def test_auto_roi_waits_for_a_bragg_peak_when_the_first_frames_show_none(tmp_path, workers):
+    """An eta-outer scan starts off the rocking curve: its first frames hold background only.
+    The ROI is decided once a peak stands out (not from noise), and the maps stay exact."""
+    ctx = zmq.Context()
+    maps_in, maps_endpoint, _ = _sockets(ctx)
+    sink = ZmqFrameSink(["tcp://127.0.0.1:*"], context=ctx, stall_timeout_s=60)
+    processor = open_live_processor(sink.endpoints[0], None, maps_endpoint, workers=workers, roi_frames=20,
+                                    roi_wait_s=60.0, context=ctx)
+    thread = threading.Thread(target=processor.serve, daemon=True)
+    thread.start()
+    rng = np.random.default_rng(7)
+    dark = [(rng.poisson(0.01, FRAME).astype(np.uint32), p % (MAP[0] * MAP[1]), 9.0) for p in range(60)]
+    frames = dark + synthetic_map(0, seed=7)
+    try:
+        sink.start_run(frame_shape=FRAME, dtype="uint32", map_shape=MAP, **GEOMETRY)
+        sink.start_map(len(frames))
+        for frame, p, eta in frames:
+            sink.send_frame(frame, index=p, eta=eta, phi=0.0, nu=0.0, delta=30.0)
+        sink.end_map()
+        sink.stop_run()
+        header, result = _recv_map(maps_in)
+    finally:
+        processor.stopped = True
+        thread.join(30)
+        sink.close()
+    roi = tuple(header["options"]["roi"])
+    r0, r1, c0, c1 = roi
+    assert roi != (0, FRAME[0], 0, FRAME[1]) and r0 <= 17 and r1 >= 21 and c0 <= 21 and c1 >= 25, roi
+    assert roi_from_sum(sum(fr.astype(np.float64) for fr, _, _ in dark)) == (0, FRAME[0], 0, FRAME[1])
+    assert header["frames"] == len(frames) and header["frames_lost"] == 0
+    _assert_same_maps(result, offline_maps(frames, roi, tmp_path, "late-peak"))
+    ctx.destroy(linger=0)
