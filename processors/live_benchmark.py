@@ -104,6 +104,76 @@ def raw_loopback(n: int, transport: str = "tcp") -> float:
     return rate
 
 
+def _fanout_sender(endpoint: str, n: int, go: Any, done: Any) -> None:
+    pool = frame_pool()
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.SNDHWM, 200)
+    push.bind(endpoint)
+    go.wait(60)
+    header = P.pack(P.frame_header("raw", 0, 0, 0, 0, 0.0, 0.0, 0.0, 0.0, "uint32", SHAPE))
+    for i in range(n):
+        push.send_multipart([header, pool[i % len(pool)]], copy=False)
+    while not done.is_set():              # one end marker per receiver, wherever PUSH deals them
+        try:
+            push.send(b"end", zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+        done.wait(0.01)
+    push.close(linger=0)
+    ctx.term()
+
+
+def _fanout_receiver(endpoint: str, results: Any) -> None:
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.setsockopt(zmq.RCVHWM, 200)
+    monitor = pull.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    pull.connect(endpoint)
+    if monitor.poll(10000):
+        monitor.recv_multipart()
+    pull.disable_monitor()
+    monitor.close(linger=0)
+    results.put(("ready", 0, 0.0, 0.0))
+    count, first, last = 0, 0.0, 0.0
+    while True:
+        parts = pull.recv_multipart(copy=False)
+        if len(parts) == 1:
+            break
+        last = time.time()
+        first = first or last
+        count += 1
+    results.put(("done", count, first, last))
+    pull.close(linger=0)
+    ctx.term()
+
+
+def raw_fanout(n: int, receivers: int, transport: str = "tcp") -> float:
+    """Frames/s of bare PUSH to `receivers` PULL processes (the fan-out topology, no work)."""
+    spawn = multiprocessing.get_context("spawn")
+    endpoint = _endpoint(transport)
+    go, done, results = spawn.Event(), spawn.Event(), spawn.Queue()
+    sender = spawn.Process(target=_fanout_sender, args=(endpoint, n, go, done))
+    sender.start()
+    procs = [spawn.Process(target=_fanout_receiver, args=(endpoint, results)) for _ in range(receivers)]
+    for proc in procs:
+        proc.start()
+    for _ in procs:
+        results.get(timeout=60)
+    go.set()
+    reports = []
+    while len(reports) < receivers:
+        kind, count, first, last = results.get(timeout=120)
+        if kind == "done":
+            reports.append((count, first, last))
+    done.set()
+    for proc in [*procs, sender]:
+        proc.join(30)
+    total = sum(r[0] for r in reports)
+    span = max(r[2] for r in reports) - min(r[1] for r in reports if r[0])
+    return (total - 1) / span if span > 0 else float("nan")
+
+
 def live_chain(n: int, workers: int, rate_fps: float | None = None, transport: str = "tcp") -> dict[str, Any]:
     """Frames/s, loss and latency of detector -> ZeroMQ -> live processor (until the final map)."""
     map_shape = (max(1, n // 300), 10) if n >= 300 else (1, max(1, n // 30))
@@ -131,11 +201,13 @@ def live_chain(n: int, workers: int, rate_fps: float | None = None, transport: s
     done = np.sort(done_at[steady])
     span = done[-1] - done[0] if done.size > 1 else float("nan")
     pub = np.asarray(processor.publish_latencies) * 1e3
+    to_final = (summary["frames"] - 1) / elapsed if elapsed > 0 else float("nan")
     result = {"first_p99": float(np.percentile(lat_all, 99)) if lat_all.size else float("nan"),
               # like the raw baseline (first to last frame received): first to last frame accumulated
-              "frames_per_s": (done.size - 1) / span if span > 0 else float("nan"),
+              # (a run too short to have a steady half after the ROI decision counts to the final map)
+              "frames_per_s": (done.size - 1) / span if done.size >= max(2, n // 2) and span > 0 else to_final,
               # and until the final map was out (includes the map's finalization)
-              "to_final_per_s": (summary["frames"] - 1) / elapsed if elapsed > 0 else float("nan"),
+              "to_final_per_s": to_final,
               "final_after_ms": (final_at - done[-1]) * 1e3 if done.size else float("nan"),
               "frames": summary["frames"], "lost": counters.lost + (n - summary["frames"]),
               "rejected": sum(counters.rejected.values()),
@@ -173,9 +245,14 @@ def main(argv: list[str] | None = None) -> int:
         paced = live_chain(min(args.frames, int(paced_rate * 3) + 100), workers, rate_fps=paced_rate,
                            transport=args.transport)
         to_final = [c["to_final_per_s"] / r for c, r in zip(chains, raws)]
+        fan_raws = [raw_fanout(args.frames, workers, args.transport) for _ in range(args.repeat)] if workers > 1 else []
         print(f"workers={workers}: raw pyzmq PUSH/PULL {raw:8.0f} frames/s | live chain {res['frames_per_s']:8.0f} frames/s"
               f" | ratio {float(np.median(ratios)):.2f}x (median of {args.repeat} interleaved pairs: "
               f"{', '.join(f'{r:.2f}' for r in ratios)}; goal >= 0.7x)")
+        if fan_raws:
+            fan = float(np.median(fan_raws))
+            print(f"  same topology, no work (1 PUSH -> {workers} PULL processes): {fan:.0f} frames/s = "
+                  f"{fan / raw:.2f}x of 1 -> 1; the chain is {res['frames_per_s'] / fan:.2f}x of it")
         print(f"  counted until the final map was out: ratio {float(np.median(to_final)):.2f}x; final map "
               f"{float(np.median([c['final_after_ms'] for c in chains])):.0f} ms after its last frame was accumulated")
         lost = sum(c["lost"] for c in chains) + paced["lost"]
