@@ -22,15 +22,13 @@ import zmq
 from opmon.errors import OpmonError
 from opmon.processors.accumulate import MomentAccumulator, Roi, warm_up_kernels
 from opmon.processors.live_outputs import MapOutputs
-from opmon.processors.live_recovery import RunArchive, catch_up, recover_missed_maps, recover_prefix
-from opmon.processors.maps import MapResult
+from opmon.processors.live_recovery import RunArchive, recover_missed_maps, recover_prefix
+from opmon.processors.live_service import LiveService
 from opmon.processors.live_state import ROI_MAX_FRAMES, LiveMap, LiveRun, accumulator_options, geometry_of
 from opmon.streaming import protocol as P
 from opmon.streaming.receiver import Counters, FrameReceiver
 
 log = logging.getLogger(__name__)
-
-CATCH_UP_S = 5.0   # an idle processor looks this often for archived maps nobody made
 
 
 def open_live_processor(frames_endpoint: str, display_endpoint: str | None = None, maps_endpoint: str | None = None, *,
@@ -42,7 +40,7 @@ def open_live_processor(frames_endpoint: str, display_endpoint: str | None = Non
     return LiveProcessor(frames_endpoint, display_endpoint, maps_endpoint, workers=workers, **options)
 
 
-class LiveProcessor:
+class LiveProcessor(LiveService):
     """The live chain in one process: receive, account, accumulate, publish.
 
     Parameters
@@ -79,23 +77,13 @@ class LiveProcessor:
         self.publish_latencies: list[float] = []  # frame sent -> first display map holding it, s
         self.frames_processed = 0
         self.errors = 0
-        self._last_publish = self._last_status = 0.0
         self._rate = (time.monotonic(), 0)
         self._recovered_roi: dict[str, Roi] = {}
         self.stopped = False
-        self.recovered_maps = 0
-        self._last_catch_up = time.monotonic()
+        self._init_service()
         warm_up_kernels()
 
     # -- plumbing ------------------------------------------------------------------------------
-    @property
-    def results(self) -> dict[tuple[str, int], MapResult]:
-        return self.outputs.results
-
-    @property
-    def summaries(self) -> list[dict[str, Any]]:
-        return self.outputs.summaries
-
     @property
     def counters(self) -> Counters:
         return self.receiver.counters
@@ -282,14 +270,6 @@ class LiveProcessor:
     def _open_runs(self) -> set[str]:
         return {self.run.uid} if self.run is not None else set()
 
-    def _catch_up(self) -> None:
-        """When idle, make the newest run's maps that nobody delivered (see live_recovery.catch_up)."""
-        if self.archive_dir is None:
-            return
-        self.recovered_maps += catch_up(self.archive_dir, self.outputs, skip_runs=self._open_runs(),
-                                        roi=self.roi_setting, roi_frames=self.roi_frames,
-                                        threshold=self.threshold, background=self.background)
-
     # -- publication -----------------------------------------------------------------------------
     def _publish_latency(self, lm: LiveMap) -> None:
         now = time.time()
@@ -353,23 +333,7 @@ class LiveProcessor:
         run = self.run
         if run is not None and run.roi is None and run.pending and now - run.pending_since >= self.roi_wait_s:
             self._decide_roi(settle=False)
-        if now - self._last_publish >= self.publish_interval_s:
-            self._last_publish = now
-            self.publish_partials()
-        if self.display is not None and now - self._last_status >= 1.0:
-            self._last_status = now
-            self.outputs.status(self.status())
-        if self.run is None and now - self._last_catch_up >= CATCH_UP_S:
-            self._last_catch_up = now
-            self._catch_up()
-
-    def serve(self, stop_when: Any = None) -> None:
-        """Run until `stop_when()` is true or `stopped` is set, then close."""
-        try:
-            while not self.stopped and not (stop_when and stop_when()):
-                self.poll_once()
-        finally:
-            self.close()
+        self._housekeeping(now)
 
     def close(self) -> None:
         """Close every socket (final maps still queued for the archiver are logged)."""

@@ -32,10 +32,9 @@ from opmon.errors import ArchiveError, OpmonError
 from opmon.processors import live_worker as W
 from opmon.processors.accumulate import MomentAccumulator, Roi
 from opmon.processors.live_outputs import MapOutputs
-from opmon.processors.live_recovery import RunArchive, catch_up, recover_missed_maps
-from opmon.processors.live import CATCH_UP_S
+from opmon.processors.live_recovery import RunArchive, recover_missed_maps
+from opmon.processors.live_service import LiveService
 from opmon.processors.live_state import ROI_MAX_FRAMES, RoiSum, accumulator_options, geometry_of
-from opmon.processors.maps import MapResult
 from opmon.streaming import protocol as P
 from opmon.streaming.receiver import Counters
 
@@ -84,7 +83,7 @@ class FanRun:
     seqs: set[int] = field(default_factory=set)
 
 
-class FanOutProcessor:
+class FanOutProcessor(LiveService):
     """Coordinator of N live workers (same outputs and status as `LiveProcessor`).
 
     Parameters are those of `LiveProcessor`; `grace_s` is how long a map whose frames did not
@@ -121,9 +120,8 @@ class FanOutProcessor:
         self.errors = 0
         self.recovered = 0
         self.stopped = False
-        self.recovered_maps = 0
-        self._last_catch_up = time.monotonic()
-        self._last_publish = self._last_status = self._last_check = 0.0
+        self._init_service()
+        self._last_check = 0.0
         self._rate = (time.monotonic(), 0)
         self._dir = tempfile.mkdtemp(prefix="opmon-fanout-")
         self.reports = self.context.socket(zmq.PULL)
@@ -168,14 +166,6 @@ class FanOutProcessor:
         dead = [p.name for p in self.processes if p.exitcode is not None]
         if dead:      # its sums are gone: let the supervisor restart the service, which recovers from the archive
             raise OpmonError(f"live worker process(es) {', '.join(dead)} exited")
-
-    @property
-    def results(self) -> dict[tuple[str, int], MapResult]:
-        return self.outputs.results
-
-    @property
-    def summaries(self) -> list[dict[str, Any]]:
-        return self.outputs.summaries
 
     # -- orders to the workers -------------------------------------------------------------------
     def _tell(self, kind: bytes, header: dict[str, Any], *buffers: Any, worker: int | None = None) -> None:
@@ -518,14 +508,6 @@ class FanOutProcessor:
     def _open_runs(self) -> set[str]:
         return set(self.runs)
 
-    def _catch_up(self) -> None:
-        """When idle, make the newest run's maps that nobody delivered (see live_recovery.catch_up)."""
-        if self.archive_dir is None:
-            return
-        self.recovered_maps += catch_up(self.archive_dir, self.outputs, skip_runs=self._open_runs(),
-                                        roi=self.roi_setting, roi_frames=self.roi_frames,
-                                        threshold=self.threshold, background=self.background)
-
     # -- publication and status --------------------------------------------------------------------
     def publish_partials(self) -> None:
         """Merged partial maps of every map in progress with new frames (lossy display channel)."""
@@ -566,26 +548,10 @@ class FanOutProcessor:
         self._advance()
         self.outputs.send_unarchived()
         now = time.monotonic()
-        if now - self._last_publish >= self.publish_interval_s:
-            self._last_publish = now
-            self.publish_partials()
-        if self.display is not None and now - self._last_status >= 1.0:
-            self._last_status = now
-            self.outputs.status(self.status())
+        self._housekeeping(now)
         if now - self._last_check >= 1.0:
             self._last_check = now
             self._check_workers()
-        if not self.runs and now - self._last_catch_up >= CATCH_UP_S:
-            self._last_catch_up = now
-            self._catch_up()
-
-    def serve(self, stop_when: Any = None) -> None:
-        """Run until `stop_when()` is true or `stopped` is set, then close."""
-        try:
-            while not self.stopped and not (stop_when and stop_when()):
-                self.poll_once()
-        finally:
-            self.close()
 
     def close(self) -> None:
         """Stop the workers, close every socket (final maps still queued are logged)."""
