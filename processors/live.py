@@ -70,11 +70,7 @@ class LiveProcessor(LiveService):
         self.threshold, self.background = threshold, background
         self.publish_interval_s = publish_interval_s
         self.run: LiveRun | None = None
-        self.latencies: list[float] = []          # frame sent -> accumulated, s
-        self.latency_seqs: list[int] = []         # seq of each entry of `latencies`
-        self.accumulated_at: list[float] = []     # when each of them was accumulated (time.time())
         self.roi_decided_at = 0.0                 # time.time() the current run's ROI was known
-        self.publish_latencies: list[float] = []  # frame sent -> first display map holding it, s
         self.frames_processed = 0
         self.errors = 0
         self._rate = (time.monotonic(), 0)

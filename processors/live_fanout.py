@@ -49,7 +49,7 @@ class FanMap:
     map_shape: tuple[int, int]
     n_expected: int = 0
     n_sent: int | None = None          # from map_end
-    frames: set[int] = field(default_factory=set)   # frame-in-map indices accumulated by a worker
+    seqs: set[int] = field(default_factory=set)     # sequence numbers accumulated by a worker (freed when done)
     recovered: int = 0
     acc: MomentAccumulator | None = None            # frames filled in from the archive (here)
     partials: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
@@ -62,7 +62,7 @@ class FanMap:
 
     @property
     def received(self) -> int:
-        return len(self.frames) + self.recovered
+        return len(self.seqs) + self.recovered
 
 
 @dataclass
@@ -80,7 +80,6 @@ class FanRun:
     roi_first: float | None = None
     stop: dict[str, Any] | None = None
     stop_t: float = 0.0
-    seqs: set[int] = field(default_factory=set)
 
 
 class FanOutProcessor(LiveService):
@@ -111,11 +110,7 @@ class FanOutProcessor(LiveService):
         self.finished: OrderedDict[str, str] = OrderedDict()
         self.asks: dict[str, tuple[float, int]] = {}      # unknown run -> (asked at, first map seen)
         self.held_controls: dict[str, list[list[Any]]] = {}  # control messages of a run not known yet
-        self.latencies: list[float] = []
-        self.latency_seqs: list[int] = []
-        self.accumulated_at: list[float] = []
         self.roi_decided_at = 0.0
-        self.publish_latencies: list[float] = []
         self.frames_processed = 0
         self.errors = 0
         self.recovered = 0
@@ -247,7 +242,7 @@ class FanOutProcessor(LiveService):
             return
         try:
             for header, frame in archive.frames(fm.number, wait_s=10.0):
-                if header["seq"] in run.seqs:
+                if header["seq"] in fm.seqs:
                     continue
                 self._feed_here(run, header, frame)
         except (ArchiveError, OSError, KeyError) as exc:
@@ -261,7 +256,6 @@ class FanOutProcessor(LiveService):
         fm.acc.process_frame(frame, header["index"], header["eta"], header["phi"], header["nu"], header["delta"])
         fm.recovered += 1
         fm.dirty = True
-        run.seqs.add(header["seq"])
         self.recovered += 1
 
     def _request_final(self, run: FanRun, fm: FanMap) -> None:
@@ -297,6 +291,7 @@ class FanOutProcessor(LiveService):
         fm.partials.clear()
         fm.finals.clear()
         fm.acc = None
+        fm.recovered, fm.seqs = fm.received, set()      # keep the count, free the set
 
     def _published(self, fm: FanMap) -> None:
         now = time.time()
@@ -441,14 +436,13 @@ class FanOutProcessor(LiveService):
         for number in np.unique(rows[:, 1]).astype(int):
             sel = rows[:, 1] == number
             fm = self._map(run, int(number))
-            before = len(fm.frames)
-            fm.frames.update(rows[sel, 2].astype(np.int64).tolist())
-            if len(fm.frames) - before != int(sel.sum()):
-                self.counters.duplicate += int(sel.sum()) - (len(fm.frames) - before)
+            before = len(fm.seqs)
+            fm.seqs.update(seqs[sel].tolist())
+            if len(fm.seqs) - before != int(sel.sum()):
+                self.counters.duplicate += int(sel.sum()) - (len(fm.seqs) - before)
                 log.error("run %s map %d: a frame was accumulated twice", run.uid, fm.number)
             fm.last_activity, fm.dirty = now, True
             fm.unpublished_t.extend(rows[sel, 3].tolist())
-        run.seqs.update(seqs.tolist())
         self.counters.accepted += len(rows)
         self.frames_processed += len(rows)
         self.latency_seqs.extend(seqs.tolist())

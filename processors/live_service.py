@@ -8,6 +8,7 @@ messages (`poll_once`), which runs are open, what its status and partial maps ar
 from __future__ import annotations
 
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from opmon.processors.live_recovery import catch_up
 from opmon.processors.maps import MapResult
 
 CATCH_UP_S = 5.0   # an idle processor looks this often for archived maps nobody made
+LATENCY_RECORDS = 200_000   # latest frames whose latency is kept (benchmarks, status)
 
 
 class LiveService:
@@ -31,6 +33,11 @@ class LiveService:
     stopped: bool
 
     def _init_service(self) -> None:
+        # Per-frame latency records of the latest frames (bounded: a 48 h beamtime must not grow them)
+        self.latencies: deque[float] = deque(maxlen=LATENCY_RECORDS)       # frame sent -> accumulated, s
+        self.latency_seqs: deque[int] = deque(maxlen=LATENCY_RECORDS)      # seq of each entry of `latencies`
+        self.accumulated_at: deque[float] = deque(maxlen=LATENCY_RECORDS)  # when it was accumulated (time.time())
+        self.publish_latencies: deque[float] = deque(maxlen=LATENCY_RECORDS)  # frame sent -> first map showing it, s
         self.recovered_maps = 0
         self._last_publish = self._last_status = 0.0
         self._last_catch_up = time.monotonic()

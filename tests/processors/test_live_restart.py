@@ -49,6 +49,11 @@ def _wait(predicate, timeout=60.0):
     return False
 
 
+def _send(sink, frames):
+    for frame, p, eta in frames:
+        sink.send_frame(frame, index=p, eta=eta, phi=0.0, nu=0.0, delta=30.0)
+
+
 def _maps_done(master, n):
     try:
         with h5py.File(master, "r") as f:
@@ -76,8 +81,7 @@ def test_killed_and_restarted_live_processor_loses_no_map(tmp_path, workers):
         master = tmp_path / "archive" / run / "run.h5"
 
         def send(frames):
-            for frame, p, eta in frames:
-                sink.send_frame(frame, index=p, eta=eta, phi=0.0, nu=0.0, delta=30.0)
+            _send(sink, frames)
 
         sink.start_map(len(maps[0]))
         send(maps[0])
@@ -146,8 +150,7 @@ def test_a_map_whose_processor_died_before_finishing_it_is_made_from_the_archive
     master = tmp_path / "archive" / run / "run.h5"
 
     def send(frames):
-        for frame, p, eta in frames:
-            sink.send_frame(frame, index=p, eta=eta, phi=0.0, nu=0.0, delta=30.0)
+        _send(sink, frames)
 
     sink.start_map(len(maps[0]))
     send(maps[0])
