@@ -71,9 +71,6 @@ class LiveProcessor(LiveService):
         self.publish_interval_s = publish_interval_s
         self.run: LiveRun | None = None
         self.roi_decided_at = 0.0                 # time.time() the current run's ROI was known
-        self.frames_processed = 0
-        self.errors = 0
-        self._rate = (time.monotonic(), 0)
         self._recovered_roi: dict[str, Roi] = {}
         self.stopped = False
         self._init_service()
@@ -289,22 +286,16 @@ class LiveProcessor(LiveService):
 
     def status(self) -> dict[str, Any]:
         """Lossy status message of docs/protocol.md."""
-        now = time.monotonic()
-        t0, n0 = self._rate
-        rate = (self.frames_processed - n0) / (now - t0) if now > t0 else 0.0
-        self._rate = (now, self.frames_processed)
         run = self.run
         current = max((lm for lm in run.maps.values() if not lm.done), key=lambda m: m.number, default=None) if run else None
         expected = self._expected(current.number) if current is not None else 0
         c = self.receiver.counters
-        return {"v": P.VERSION, "kind": "status", "source": "live", "t": time.time(),
-                "run": run.uid if run else None, "state": "running" if run else "idle",
-                "frames": self.frames_processed, "frames_per_s": rate, "frames_lost": c.lost,
-                "rejected": dict(c.rejected), "map": current.number if current else None,
-                "map_progress": (current.received / expected) if current is not None and expected else None,
-                "maps_done": sum(lm.done for lm in run.maps.values()) if run else len(self.summaries),
-                "recovered": run.recovered if run else 0, "errors": self.errors,
-                "maps_unarchived": len(self.outputs.unarchived), "workers": 1, "archive": None}
+        return self._status_message(
+            run=run.uid if run else None, lost=c.lost, rejected=dict(c.rejected),
+            map_number=current.number if current else None,
+            map_progress=(current.received / expected) if current is not None and expected else None,
+            maps_done=sum(lm.done for lm in run.maps.values()) if run else len(self.summaries),
+            recovered=run.recovered if run else 0, workers=1)
 
     # -- loop --------------------------------------------------------------------------------------
     def poll_once(self, timeout_ms: int = 50) -> None:

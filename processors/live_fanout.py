@@ -111,13 +111,10 @@ class FanOutProcessor(LiveService):
         self.asks: dict[str, tuple[float, int]] = {}      # unknown run -> (asked at, first map seen)
         self.held_controls: dict[str, list[list[Any]]] = {}  # control messages of a run not known yet
         self.roi_decided_at = 0.0
-        self.frames_processed = 0
-        self.errors = 0
         self.recovered = 0
         self.stopped = False
         self._init_service()
         self._last_check = 0.0
-        self._rate = (time.monotonic(), 0)
         self._dir = tempfile.mkdtemp(prefix="opmon-fanout-")
         self.reports = self.context.socket(zmq.PULL)
         self.reports.setsockopt(zmq.LINGER, 0)
@@ -519,20 +516,14 @@ class FanOutProcessor(LiveService):
 
     def status(self) -> dict[str, Any]:
         """Lossy status message of docs/protocol.md (same fields as the inline processor)."""
-        now = time.monotonic()
-        t0, n0 = self._rate
-        rate = (self.frames_processed - n0) / (now - t0) if now > t0 else 0.0
-        self._rate = (now, self.frames_processed)
         run = max(self.runs.values(), key=lambda r: r.stop is None, default=None)
         current = max((fm for fm in run.maps.values() if not fm.done), key=lambda m: m.number, default=None) if run else None
-        return {"v": P.VERSION, "kind": "status", "source": "live", "t": time.time(),
-                "run": run.uid if run else None, "state": "running" if run else "idle",
-                "frames": self.frames_processed, "frames_per_s": rate, "frames_lost": self.counters.lost,
-                "rejected": dict(self.counters.rejected), "map": current.number if current else None,
-                "map_progress": current.received / current.n_expected if current and current.n_expected else None,
-                "maps_done": sum(fm.done for fm in run.maps.values()) if run else len(self.summaries),
-                "recovered": self.recovered, "errors": self.errors,
-                "maps_unarchived": len(self.outputs.unarchived), "workers": self.n_workers, "archive": None}
+        return self._status_message(
+            run=run.uid if run else None, lost=self.counters.lost, rejected=dict(self.counters.rejected),
+            map_number=current.number if current else None,
+            map_progress=current.received / current.n_expected if current and current.n_expected else None,
+            maps_done=sum(fm.done for fm in run.maps.values()) if run else len(self.summaries),
+            recovered=self.recovered, workers=self.n_workers)
 
     # -- loop --------------------------------------------------------------------------------------
     def poll_once(self, timeout_ms: int = 50) -> None:

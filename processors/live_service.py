@@ -15,6 +15,7 @@ from typing import Any
 from opmon.processors.live_outputs import MapOutputs
 from opmon.processors.live_recovery import catch_up
 from opmon.processors.maps import MapResult
+from opmon.streaming import protocol as P
 
 CATCH_UP_S = 5.0   # an idle processor looks this often for archived maps nobody made
 LATENCY_RECORDS = 200_000   # latest frames whose latency is kept (benchmarks, status)
@@ -39,6 +40,9 @@ class LiveService:
         self.accumulated_at: deque[float] = deque(maxlen=LATENCY_RECORDS)  # when it was accumulated (time.time())
         self.publish_latencies: deque[float] = deque(maxlen=LATENCY_RECORDS)  # frame sent -> first map showing it, s
         self.recovered_maps = 0
+        self.frames_processed = 0
+        self.errors = 0
+        self._rate = (time.monotonic(), 0)
         self._last_publish = self._last_status = 0.0
         self._last_catch_up = time.monotonic()
 
@@ -64,6 +68,20 @@ class LiveService:
 
     def close(self) -> None:
         raise NotImplementedError
+
+    def _status_message(self, *, run: str | None, lost: int, rejected: dict[str, int], map_number: int | None,
+                        map_progress: float | None, maps_done: int, recovered: int, workers: int) -> dict[str, Any]:
+        """The lossy status message of docs/protocol.md, with the frame rate since the last one."""
+        now = time.monotonic()
+        t0, n0 = self._rate
+        rate = (self.frames_processed - n0) / (now - t0) if now > t0 else 0.0
+        self._rate = (now, self.frames_processed)
+        return {"v": P.VERSION, "kind": "status", "source": "live", "t": time.time(),
+                "run": run, "state": "running" if run else "idle",
+                "frames": self.frames_processed, "frames_per_s": rate, "frames_lost": lost,
+                "rejected": rejected, "map": map_number, "map_progress": map_progress,
+                "maps_done": maps_done, "recovered": recovered, "errors": self.errors,
+                "maps_unarchived": len(self.outputs.unarchived), "workers": workers, "archive": None}
 
     def _housekeeping(self, now: float) -> None:
         """Publish and report on time; catch up from the archive when idle."""

@@ -49,6 +49,15 @@ def _wait(predicate, timeout=60.0):
     return False
 
 
+def _start_archiver(config):
+    """The real archiver in a thread; set the returned event to stop it."""
+    archiver = build_archiver(config)
+    done = threading.Event()
+    thread = threading.Thread(target=archiver.run, kwargs={"stop_when": done.is_set}, daemon=True)
+    thread.start()
+    return done, thread
+
+
 def _send(sink, frames):
     for frame, p, eta in frames:
         sink.send_frame(frame, index=p, eta=eta, phi=0.0, nu=0.0, delta=30.0)
@@ -66,10 +75,7 @@ def _maps_done(master, n):
 @pytest.mark.timeout(240)
 def test_killed_and_restarted_live_processor_loses_no_map(tmp_path, workers):
     config, path = _config(tmp_path)
-    archiver = build_archiver(config)
-    done = threading.Event()
-    thread = threading.Thread(target=archiver.run, kwargs={"stop_when": done.is_set}, daemon=True)
-    thread.start()
+    done, thread = _start_archiver(config)
     sink = ZmqFrameSink([config.endpoint("frames_archive"), config.endpoint("frames_live")], stall_timeout_s=90)
     cmd = [sys.executable, "-m", "opmon.cli", "live", "--config", path, "--workers", str(workers)]
     log1 = open(tmp_path / "live1.log", "w")
@@ -80,24 +86,21 @@ def test_killed_and_restarted_live_processor_loses_no_map(tmp_path, workers):
         run = sink.start_run(frame_shape=FRAME, dtype="uint32", map_shape=MAP, **GEOMETRY)
         master = tmp_path / "archive" / run / "run.h5"
 
-        def send(frames):
-            _send(sink, frames)
-
         sink.start_map(len(maps[0]))
-        send(maps[0])
+        _send(sink, maps[0])
         sink.end_map()
         assert _wait(lambda: _maps_done(master, 1), 120), "first map never archived"
         sink.start_map(len(maps[1]))
-        send(maps[1][:40])
+        _send(sink, maps[1][:40])
         os.kill(live.pid, signal.SIGKILL)                  # mid-map 1
         live.wait(10)
         log2 = open(tmp_path / "live2.log", "w")
         live = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log2)
         procs.append(live)
-        send(maps[1][40:])
+        _send(sink, maps[1][40:])
         sink.end_map()
         sink.start_map(len(maps[2]))
-        send(maps[2])
+        _send(sink, maps[2])
         sink.end_map()
         sink.stop_run()
         assert _wait(lambda: _maps_done(master, 3), 120), "a map was lost after the restart"
@@ -139,21 +142,15 @@ def test_a_map_whose_processor_died_before_finishing_it_is_made_from_the_archive
     from opmon.processors.live import LiveProcessor
     from opmon.streaming.receiver import FrameReceiver
     config, _ = _config(tmp_path)
-    archiver = build_archiver(config)
-    done = threading.Event()
-    thread = threading.Thread(target=archiver.run, kwargs={"stop_when": done.is_set}, daemon=True)
-    thread.start()
+    done, thread = _start_archiver(config)
     sink = ZmqFrameSink([config.endpoint("frames_archive"), config.endpoint("frames_live")], stall_timeout_s=90)
     doomed = FrameReceiver(config.endpoint("frames_live"))
     maps = [synthetic_map(m, seed=5) for m in range(2)]
     run = sink.start_run(frame_shape=FRAME, dtype="uint32", map_shape=MAP, **GEOMETRY)
     master = tmp_path / "archive" / run / "run.h5"
 
-    def send(frames):
-        _send(sink, frames)
-
     sink.start_map(len(maps[0]))
-    send(maps[0])
+    _send(sink, maps[0])
     sink.end_map()
     kinds = []
     while not kinds or kinds[-1] != "map_end":        # it saw the whole map, then "died"
@@ -167,7 +164,7 @@ def test_a_map_whose_processor_died_before_finishing_it_is_made_from_the_archive
     live.start()
     try:
         sink.start_map(len(maps[1]))
-        send(maps[1])
+        _send(sink, maps[1])
         sink.end_map()
         sink.stop_run()
         assert _wait(lambda: _maps_done(master, 2), 120), "map 0 was lost with the processor"
