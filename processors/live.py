@@ -24,7 +24,7 @@ from opmon.processors.accumulate import MomentAccumulator, Roi, warm_up_kernels
 from opmon.processors.live_outputs import MapOutputs
 from opmon.processors.live_recovery import RunArchive, recover_missed_maps, recover_prefix
 from opmon.processors.live_service import LiveService
-from opmon.processors.live_state import ROI_MAX_FRAMES, LiveMap, LiveRun, accumulator_options, geometry_of
+from opmon.processors.live_state import ROI_MAX_FRAMES, LiveMap, LiveRun, accumulator_options, geometry_of, initial_roi
 from opmon.streaming import protocol as P
 from opmon.streaming.receiver import Counters, FrameReceiver
 
@@ -95,16 +95,7 @@ class LiveProcessor(LiveService):
     def _begin_run(self, start: dict[str, Any], mask: npt.NDArray[np.uint8] | None, adopted: bool) -> LiveRun:
         if self.run is not None:
             self._end_run("a new run started")
-        rows, cols = start["frame_shape"]
-        roi: Roi | None
-        if start["run"] in self._recovered_roi:
-            roi = self._recovered_roi[start["run"]]
-        elif self.roi_setting == "auto":
-            roi = tuple(start.get("metadata", {}).get("roi") or ()) or None  # type: ignore[assignment]
-        elif self.roi_setting is None:
-            roi = (0, rows, 0, cols)
-        else:
-            roi = self.roi_setting  # type: ignore[assignment]
+        roi = self._recovered_roi.get(start["run"]) or initial_roi(self.roi_setting, start)
         self.run = LiveRun(start["run"], start, mask, roi, adopted=adopted, info=self.receiver.tracker.current)
         if roi is not None:
             self.roi_decided_at = time.time()

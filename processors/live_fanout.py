@@ -34,7 +34,7 @@ from opmon.processors.accumulate import MomentAccumulator, Roi
 from opmon.processors.live_outputs import MapOutputs
 from opmon.processors.live_recovery import RunArchive, recover_missed_maps
 from opmon.processors.live_service import LiveService
-from opmon.processors.live_state import ROI_MAX_FRAMES, RoiSum, accumulator_options, geometry_of
+from opmon.processors.live_state import ROI_MAX_FRAMES, RoiSum, accumulator_options, geometry_of, initial_roi
 from opmon.streaming import protocol as P
 from opmon.streaming.receiver import Counters
 
@@ -179,14 +179,7 @@ class FanOutProcessor(LiveService):
     # -- runs and maps ---------------------------------------------------------------------------
     def _begin_run(self, start: dict[str, Any], mask: npt.NDArray[np.uint8] | None, *, adopted: bool,
                    roi: Roi | None = None, first_map: int | None = None) -> FanRun:
-        rows, cols = start["frame_shape"]
-        if roi is None:
-            if self.roi_setting == "auto":
-                roi = tuple(start.get("metadata", {}).get("roi") or ()) or None  # type: ignore[assignment]
-            elif self.roi_setting is None:
-                roi = (0, rows, 0, cols)
-            else:
-                roi = self.roi_setting  # type: ignore[assignment]
+        roi = roi or initial_roi(self.roi_setting, start)
         run = self.runs[start["run"]] = FanRun(start["run"], start, mask, roi, adopted=adopted)
         if roi is not None:
             self.roi_decided_at = time.time()

@@ -21,6 +21,17 @@ def geometry_of(start: dict[str, Any]) -> DetectorGeometry:
                             tuple(start["beam_center"]), tuple(start["frame_shape"]))
 
 
+def initial_roi(setting: Any, start: dict[str, Any]) -> Roi | None:
+    """A run's ROI before any frame: the configured one, the full frame (None), the one its start
+    metadata names, or None when it is to be decided from the first frames ("auto")."""
+    if setting == "auto":
+        return tuple(start.get("metadata", {}).get("roi") or ()) or None  # type: ignore[return-value]
+    if setting is None:
+        rows, cols = start["frame_shape"]
+        return (0, rows, 0, cols)
+    return setting  # type: ignore[no-any-return]
+
+
 def accumulator_options(options: dict[str, Any]) -> dict[str, Any]:
     """MomentAccumulator keyword options from the options recorded with every map."""
     roi = options.get("roi")
