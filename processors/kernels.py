@@ -1,7 +1,7 @@
 """numba kernels of the moment accumulator: one pass over each frame in its own integer type.
 
-A frame from a photon-counting detector is mostly zeros, so the scan reads the integers in
-blocks and touches the per-pixel wavevector table only where a block holds counts. Sums are
+A frame from a photon-counting detector is mostly zeros, so the scan reads the integers as
+64-bit words and touches the per-pixel wavevector table only where a word holds counts. Sums are
 taken in the lab frame (the pixel table does not change with the sample angles); the caller
 rotates the ten sums into the sample frame once per frame (`add_rotated`).
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-BLOCK_WORDS = 8  # 64-bit words per zero test: 16 uint32 or 32 uint16 pixels
 N_MOMENTS = 10
 
 
@@ -66,8 +65,8 @@ def frame_moments(frame, q_lab, mask, r0, r1, c0, c1, threshold, despeckle, stri
         out[i] = 0.0
     rows, cols = frame.shape
     outside = 0.0
-    # Scan 64-bit words (2 uint32 or 4 uint16 pixels each) so the zero test of a block of
-    # pixels is a few wide ORs; rows whose byte length is not a multiple of 8 scan per pixel.
+    # Scan 64-bit words (2 uint32 or 4 uint16 pixels each) so the zero test of a row and of
+    # each word is a few wide ORs; rows whose byte length is not a multiple of 8 scan per pixel.
     wide = (cols * frame.itemsize) % 8 == 0
     if wide:
         words = frame.view(np.uint64)
@@ -85,16 +84,19 @@ def frame_moments(frame, q_lab, mask, r0, r1, c0, c1, threshold, despeckle, stri
         # a sampled row is read whole; a row through the ROI only across the ROI's columns
         w_lo = 0 if sampled else c0 // per
         w_hi = nw if sampled else min(nw, (c1 + per - 1) // per)
-        for b in range(w_lo, w_hi, BLOCK_WORDS):
-            stop_w = min(b + BLOCK_WORDS, w_hi)
-            if wide:
-                any_counts = np.uint64(0)
-                wr = words[r]
-                for w in range(b, stop_w):
-                    any_counts |= wr[w]
-                if any_counts == 0:
-                    continue
-            for j in range(b * per, stop_w * per):
+        wr = words[r]
+        if wide:
+            # most rows of a sparse frame hold no count at all: one OR over the row's words
+            # (a loop the compiler vectorizes) skips them before any per-pixel work
+            any_counts = np.uint64(0)
+            for w in range(w_lo, w_hi):
+                any_counts |= wr[w]
+            if any_counts == 0:
+                continue
+        for w in range(w_lo, w_hi):
+            if wide and wr[w] == 0:
+                continue
+            for j in range(w * per, (w + 1) * per):
                 v = frame[r, j]
                 if v != 0 and v >= threshold and mask[r, j] == 0:
                     if despeckle and v == 1 and _isolated(frame, r, j):

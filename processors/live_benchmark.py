@@ -27,6 +27,7 @@ import zmq
 
 from opmon.processors.live import open_live_processor
 from opmon.streaming import protocol as P
+from opmon.streaming.memory import keep_frame_buffers
 from opmon.streaming.publisher import ZmqFrameSink
 
 SHAPE = (512, 512)
@@ -84,7 +85,10 @@ def _chain_sender(endpoint: str, n: int, map_shape: tuple[int, int], rate_fps: f
 
 
 def raw_loopback(n: int, transport: str = "tcp") -> float:
-    """Frames/s of bare PUSH/PULL over tcp loopback (receiver here, sender in a process)."""
+    """Frames/s of bare PUSH/PULL over tcp loopback (receiver here, sender in a process).
+    The receiver keeps frame buffers like opmon's receivers do, so the ratio measures opmon's
+    work, not an allocator setting."""
+    keep_frame_buffers()
     ctx = zmq.Context()
     pull = ctx.socket(zmq.PULL)
     pull.setsockopt(zmq.RCVHWM, 200)
@@ -125,6 +129,7 @@ def _fanout_sender(endpoint: str, n: int, go: Any, done: Any) -> None:
 
 
 def _fanout_receiver(endpoint: str, results: Any) -> None:
+    keep_frame_buffers()
     ctx = zmq.Context()
     pull = ctx.socket(zmq.PULL)
     pull.setsockopt(zmq.RCVHWM, 200)

@@ -34,6 +34,7 @@ from opmon.processors.accumulate import STATE_KEYS, MomentAccumulator, warm_up_k
 from opmon.processors.geometry import DetectorGeometry
 from opmon.processors.live_state import RoiSum, accumulator_options, geometry_of
 from opmon.streaming import protocol as P
+from opmon.streaming.memory import keep_frame_buffers
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ class FanOutWorker:
     def __init__(self, worker_id: int, n_workers: int, frames_endpoint: str, inbox: str, outbox: str, *,
                  publish_interval_s: float = 0.25, roi_frames: int = 64, roi_wait_s: float = 0.25,
                  rcvhwm: int = 200, parent_pid: int | None = None, context: zmq.Context | None = None) -> None:
+        keep_frame_buffers()
         self.id = worker_id
         self.context = context or zmq.Context.instance()
         self.inbox = self.context.socket(zmq.PULL)

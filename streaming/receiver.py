@@ -19,6 +19,7 @@ import numpy.typing as npt
 import zmq
 
 from opmon.errors import OpmonError
+from opmon.streaming.memory import keep_frame_buffers
 from opmon.streaming.protocol import Message, RejectedMessage, parse
 
 log = logging.getLogger(__name__)
@@ -208,6 +209,7 @@ class FrameReceiver:
 
     def __init__(self, endpoint: str, *, bind: bool = False, rcvhwm: int = 200, resolver: RunResolver | None = None,
                  context: zmq.Context | None = None, name: str = "receiver") -> None:
+        keep_frame_buffers()
         self.context = context or zmq.Context.instance()
         self.socket = self.context.socket(zmq.PULL)
         self.socket.setsockopt(zmq.RCVHWM, rcvhwm)
