@@ -135,6 +135,7 @@ class FanOutWorker:
         self.asked: set[str] = set()
         self.held: list[_Held] = []
         self.seen: dict[str, list[tuple[float, ...]]] = {}
+        self.n_seen = 0                      # rows in `seen`
         self.rejected: Counter[str] = Counter()
         self._seen_t = time.monotonic()
 
@@ -154,6 +155,7 @@ class FanOutWorker:
             if rows:
                 self._report(SEEN, {"run": uid, "rejected": {}}, np.asarray(rows, dtype=np.float64))
         self.seen = {}
+        self.n_seen = 0
         if self.rejected:
             self._report(SEEN, {"run": None, "rejected": dict(self.rejected)}, np.zeros((0, len(SEEN_COLUMNS))))
             self.rejected.clear()
@@ -227,6 +229,7 @@ class FanOutWorker:
         acc.process_frame(item.frame, h["index"], h["eta"], h["phi"], h["nu"], h["delta"])
         run.dirty.add(number)
         self.seen.setdefault(uid, []).append((h["seq"], number, h["frame"], h["t"], time.time()))
+        self.n_seen += 1
 
     def _maybe_send_roi_sum(self, run: _WorkerRun) -> None:
         if run.roi_sent or run.roi_known or run.roi_first is None:
@@ -342,7 +345,7 @@ class FanOutWorker:
                         except zmq.Again:
                             break
                         self._on_stream(parts)
-                        if sum(len(r) for r in self.seen.values()) >= SEEN_FLUSH_ROWS:
+                        if self.n_seen >= SEEN_FLUSH_ROWS:
                             self._flush_seen()
                 now = time.monotonic()
                 if now - self._seen_t >= SEEN_FLUSH_S:
