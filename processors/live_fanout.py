@@ -86,7 +86,9 @@ class FanOutProcessor(LiveService):
     """Coordinator of N live workers (same outputs and status as `LiveProcessor`).
 
     Parameters are those of `LiveProcessor`; `grace_s` is how long a map whose frames did not
-    all arrive waits before it is made final with the missing ones counted as lost.
+    all arrive waits before it is made final with the missing ones counted as lost. `rcvhwm` is
+    the whole processor's receive queue, split among the workers, so as many frames wait (and
+    as much latency builds up when the stream outruns the processor) whatever their number.
     """
 
     def __init__(self, frames_endpoint: str, display_endpoint: str | None = None, maps_endpoint: str | None = None, *,
@@ -121,9 +123,10 @@ class FanOutProcessor(LiveService):
         self.reports.bind(f"ipc://{self._dir}/reports")
         self.inboxes: list[zmq.Socket] = []
         self.processes: list[Any] = []
+        self.worker_rcvhwm: dict[int, int] = {}     # as each worker's frame socket has it
         spawn = multiprocessing.get_context("spawn")
         options = {"publish_interval_s": publish_interval_s, "roi_frames": roi_frames, "roi_wait_s": roi_wait_s,
-                   "rcvhwm": rcvhwm, "parent_pid": os.getpid()}
+                   "rcvhwm": max(1, -(-rcvhwm // workers)), "parent_pid": os.getpid()}
         for i in range(workers):
             inbox = self.context.socket(zmq.PUSH)
             inbox.setsockopt(zmq.LINGER, 0)
@@ -145,7 +148,9 @@ class FanOutProcessor(LiveService):
                 if self.reports.poll(100):
                     parts = self.reports.recv_multipart()
                     if parts[0] == W.READY:
-                        ready.add(int(P.unpack(parts[1])["worker"]))
+                        info = P.unpack(parts[1])
+                        ready.add(int(info["worker"]))
+                        self.worker_rcvhwm[int(info["worker"])] = info["rcvhwm"]
                 self._check_workers()
             if len(ready) < self.n_workers:
                 raise OpmonError(f"only {len(ready)} of {self.n_workers} live workers started within {timeout_s:.0f} s")

@@ -312,7 +312,7 @@ class FanOutWorker:
 
     def serve(self) -> None:
         warm_up_kernels()
-        self._report(READY, {})
+        self._report(READY, {"rcvhwm": self.frames.getsockopt(zmq.RCVHWM)})
         if not self._wait_for_go():
             self.frames.close(linger=0)
             self.inbox.close(linger=0)

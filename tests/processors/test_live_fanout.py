@@ -35,7 +35,9 @@ def test_garbage_between_good_frames_is_counted_and_the_maps_stay_exact(tmp_path
     maps_in, maps_endpoint, _ = _sockets(ctx)
     sink = ZmqFrameSink(["tcp://127.0.0.1:*"], context=ctx, stall_timeout_s=60)
     processor = FanOutProcessor(sink.endpoints[0], None, maps_endpoint, workers=2, publish_interval_s=0.05,
-                                roi=(8, 32, 10, 38), context=ctx)
+                                roi=(8, 32, 10, 38), context=ctx, rcvhwm=99)
+    # the processor's receive queue is split among its workers (as much latency as inline)
+    assert processor.worker_rcvhwm == {0: 50, 1: 50}
     thread = threading.Thread(target=processor.serve, daemon=True)
     thread.start()
     try:
