@@ -7,7 +7,7 @@ Shared by the inline processor (`live.LiveProcessor`) and the fan-out one
 from __future__ import annotations
 
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any
 
 import zmq
@@ -32,13 +32,23 @@ def bound_or_connected(context: zmq.Context, kind: int, endpoint: str | None, *,
     return sock
 
 
-class MapOutputs:
-    """Display PUB (bound) and archiver PUSH (connected); the results and summaries made so far."""
+KEEP_RESULTS = 64    # latest final maps kept in memory (a 48 h beamtime makes hundreds)
 
-    def __init__(self, context: zmq.Context, display_endpoint: str | None, maps_endpoint: str | None) -> None:
+
+class MapOutputs:
+    """Display PUB (bound) and archiver PUSH (connected); the maps made so far.
+
+    `results` holds the latest `keep_results` final maps (None: all, for a bounded replay);
+    `made` and `summaries` (a few numbers per map) remember every one.
+    """
+
+    def __init__(self, context: zmq.Context, display_endpoint: str | None, maps_endpoint: str | None,
+                 keep_results: int | None = KEEP_RESULTS) -> None:
         self.display = bound_or_connected(context, zmq.PUB, display_endpoint, bind=True, hwm=20)
         self.maps_out = bound_or_connected(context, zmq.PUSH, maps_endpoint, bind=False, hwm=100)
-        self.results: dict[tuple[str, int], MapResult] = {}
+        self.keep_results = keep_results
+        self.results: OrderedDict[tuple[str, int], MapResult] = OrderedDict()
+        self.made: set[tuple[str, int]] = set()
         self.summaries: list[dict[str, Any]] = []
         self.unarchived: deque[list[Any]] = deque()   # final maps the archiver has not taken yet
 
@@ -50,6 +60,9 @@ class MapOutputs:
         except EmptyMapError:
             result = acc.finalize(partial=True)
         self.results[(run, number)] = result
+        self.made.add((run, number))
+        while self.keep_results is not None and len(self.results) > self.keep_results:
+            self.results.popitem(last=False)
         parts = encode_map(result, run=run, map_number=number, final=True, frames=acc.frames_seen,
                            n_frames=n_frames, frames_lost=frames_lost, options=options)
         valid = result.valid_d()

@@ -235,7 +235,7 @@ def catch_up(archive_dir: str | Path, outputs: Any, *, skip_runs: set[str], roi:
         return 0
     made = 0
     for number in numbers:
-        if (archive.uid, number) in outputs.results:
+        if (archive.uid, number) in outputs.made:
             continue
         try:
             start = archive.start()

@@ -39,6 +39,7 @@ def _main(args: argparse.Namespace) -> int:
                                     publish_interval_s=config.live.publish_interval_s, roi=parse_roi(args.roi),
                                     threshold=config.live.threshold, background=parse_background(config.live.background))
     done = threading.Event()
+    processor.outputs.keep_results = None     # a replay is bounded and writes every map at the end
     thread = threading.Thread(target=processor.serve, kwargs={"stop_when": done.is_set}, daemon=True)
     thread.start()
     try:
