@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="live processor workers (default: 1 2)")
     parser.add_argument("--transport", choices=("tcp", "ipc"), default="tcp",
                         help="frame stream transport, for the baseline and the chain alike (default tcp)")
-    parser.add_argument("--repeat", type=int, default=5, help="interleaved raw/chain pairs per setting (default 5)")
+    parser.add_argument("--repeat", type=int, default=7, help="interleaved raw/chain pairs per setting (default 7)")
     args = parser.parse_args(argv)
     if args.frames < 100:
         parser.error("--frames must be >= 100")
