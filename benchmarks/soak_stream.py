@@ -25,8 +25,8 @@ import zmq
 
 from opmon.config import load_config
 from opmon.demo import shift_ports, write_config
-from opmon.processors.live_benchmark import GEOMETRY, SHAPE, frame_pool
 from opmon.streaming import protocol as P
+from opmon.streaming.loopback import GEOMETRY, SHAPE, frame_pool
 from opmon.streaming.publisher import ZmqFrameSink
 from opmon.supervisor import Supervisor
 

@@ -16,10 +16,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import socket
-import tempfile
 import time
-import uuid
 from typing import Any
 
 import numpy as np
@@ -27,86 +24,8 @@ import zmq
 
 from opmon.processors.live import open_live_processor
 from opmon.streaming import protocol as P
+from opmon.streaming.loopback import SHAPE, free_endpoint, frame_pool, raw_loopback, send_run
 from opmon.streaming.memory import keep_frame_buffers
-from opmon.streaming.publisher import ZmqFrameSink
-
-SHAPE = (512, 512)
-GEOMETRY = dict(energy_ev=10000.0, distance_m=1.6, pixel_size_m=(55e-6, 55e-6), beam_center=(-1800.0, 256.0))
-
-
-def frame_pool(n: int = 8, seed: int = 0) -> np.ndarray:
-    """Detector-like frames: a Bragg spot that moves a little, Poisson counts, faint background."""
-    rng = np.random.default_rng(seed)
-    rows, cols = np.mgrid[: SHAPE[0], : SHAPE[1]]
-    pool = np.empty((n, *SHAPE), dtype=np.uint32)
-    for i in range(n):
-        lam = 300 * np.exp(-((rows - 250 - i) ** 2 + (cols - 260 + i) ** 2) / (2 * 4.0 ** 2)) + 1e-3
-        pool[i] = rng.poisson(lam)
-    return pool
-
-
-def _endpoint(transport: str) -> str:
-    """A fresh local endpoint: tcp loopback on a free port, or an ipc path."""
-    if transport == "ipc":
-        return f"ipc://{tempfile.gettempdir()}/opmon-bench-{uuid.uuid4().hex[:12]}"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
-
-
-def _raw_sender(endpoint: str, n: int) -> None:
-    pool = frame_pool()
-    ctx = zmq.Context()
-    push = ctx.socket(zmq.PUSH)
-    push.setsockopt(zmq.SNDHWM, 200)
-    push.connect(endpoint)
-    header = P.pack(P.frame_header("raw", 0, 0, 0, 0, 0.0, 0.0, 0.0, 0.0, "uint32", SHAPE))
-    for i in range(n):
-        push.send_multipart([header, pool[i % len(pool)]], copy=False)
-    push.close(linger=-1)
-    ctx.term()
-
-
-def _chain_sender(endpoint: str, n: int, map_shape: tuple[int, int], rate_fps: float | None = None) -> None:
-    pool = frame_pool()
-    sink = ZmqFrameSink([endpoint], stall_timeout_s=120)
-    sink.start_run(frame_shape=SHAPE, dtype="uint32", map_shape=map_shape, **GEOMETRY)
-    sink.start_map(n)
-    npix = map_shape[0] * map_shape[1]
-    t0 = time.perf_counter()
-    for i in range(n):
-        if rate_fps:
-            wait = t0 + i / rate_fps - time.perf_counter()
-            if wait > 0:
-                time.sleep(wait)
-        sink.send_frame(pool[i % len(pool)], index=i % npix, eta=10.0 + 0.016 * (i // npix), phi=0.0, nu=0.0, delta=37.0)
-    sink.stop_run()
-    sink.close()
-
-
-def raw_loopback(n: int, transport: str = "tcp") -> float:
-    """Frames/s of bare PUSH/PULL over tcp loopback (receiver here, sender in a process).
-    The receiver keeps frame buffers like opmon's receivers do, so the ratio measures opmon's
-    work, not an allocator setting."""
-    keep_frame_buffers()
-    ctx = zmq.Context()
-    pull = ctx.socket(zmq.PULL)
-    pull.setsockopt(zmq.RCVHWM, 200)
-    endpoint = _endpoint(transport)
-    pull.bind(endpoint)
-    proc = multiprocessing.get_context("spawn").Process(target=_raw_sender, args=(endpoint, n))
-    proc.start()
-    parts = pull.recv_multipart(copy=False)
-    t0 = time.perf_counter()
-    for _ in range(n - 1):
-        parts = pull.recv_multipart(copy=False)
-    rate = (n - 1) / (time.perf_counter() - t0)
-    del parts
-    proc.join()
-    pull.close()
-    ctx.term()
-    return rate
-
 
 def _fanout_sender(endpoint: str, n: int, go: Any, done: Any) -> None:
     pool = frame_pool()
@@ -156,7 +75,7 @@ def _fanout_receiver(endpoint: str, results: Any) -> None:
 def raw_fanout(n: int, receivers: int, transport: str = "tcp") -> float:
     """Frames/s of bare PUSH to `receivers` PULL processes (the fan-out topology, no work)."""
     spawn = multiprocessing.get_context("spawn")
-    endpoint = _endpoint(transport)
+    endpoint = free_endpoint(transport)
     go, done, results = spawn.Event(), spawn.Event(), spawn.Queue()
     sender = spawn.Process(target=_fanout_sender, args=(endpoint, n, go, done))
     sender.start()
@@ -182,11 +101,11 @@ def raw_fanout(n: int, receivers: int, transport: str = "tcp") -> float:
 def live_chain(n: int, workers: int, rate_fps: float | None = None, transport: str = "tcp") -> dict[str, Any]:
     """Frames/s, loss and latency of detector -> ZeroMQ -> live processor (until the final map)."""
     map_shape = (max(1, n // 300), 10) if n >= 300 else (1, max(1, n // 30))
-    endpoint = _endpoint(transport)
+    endpoint = free_endpoint(transport)
     ctx = zmq.Context()
     processor = open_live_processor(endpoint, "tcp://127.0.0.1:*", None, workers=workers, publish_interval_s=0.25,
                               context=ctx)
-    proc = multiprocessing.get_context("spawn").Process(target=_chain_sender, args=(endpoint, n, map_shape, rate_fps))
+    proc = multiprocessing.get_context("spawn").Process(target=send_run, args=(endpoint, n, map_shape, rate_fps))
     proc.start()
     t0 = None
     while not processor.summaries:

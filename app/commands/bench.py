@@ -12,6 +12,7 @@ from opmon.errors import ConfigError
 
 STAGES = {
     "acquisition": "opmon.acquisition.benchmark",
+    "archive": "opmon.streaming.archive_benchmark",
     "process": "opmon.processors.benchmark",
     "stream": "opmon.processors.live_benchmark",
     # harnesses that span several packages (browser, simulator) live in the repository's benchmarks/

@@ -1,0 +1,20 @@
+"""`opmon bench archive` runs end to end and reports every figure (no timing is asserted)."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from opmon.streaming import archive_benchmark
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_bench_archive_reports_the_archiver_beside_direct_writing_and_raw_loopback(capsys, tmp_path):
+    assert archive_benchmark.main(["--frames", "200", "--repeat", "1", "--dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"archiver \(ZeroMQ -> HDF5\) +\d+ frames/s = +\d+ MB/s of raw frames", out), out
+    assert re.search(r"MapFileWriter from memory +\d+ frames/s \| archiver ratio \d+\.\d\dx", out), out
+    assert re.search(r"raw pyzmq PUSH/PULL loopback +\d+ frames/s \| archiver ratio \d+\.\d\dx", out), out
+    assert re.search(r"on disk \d+\.\d MB per 200 frames \(\d+\.\d % of raw\); frames lost 0 of 200, rejected 0", out), out
+    assert list(tmp_path.iterdir()) == []          # nothing left behind
