@@ -10,14 +10,27 @@ import logging
 import pkgutil
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 
 from opmon import commands
 from opmon.errors import OpmonError
+from opmon.supervisor import become_supervised
+
+DISTRIBUTION = "operando-monitor"
+
+
+def version() -> str:
+    """The installed distribution's version (pyproject.toml is the one place it is written)."""
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Collect every `register(subparsers)` in `opmon.commands` into one parser."""
     parser = argparse.ArgumentParser(prog="opmon", description="operando-monitor: live SXDM for operando battery experiments")
+    parser.add_argument("--version", action="version", version=f"opmon {version()}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
@@ -28,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run a subcommand, turn OpmonError into a one-line message and exit code 2."""
+    become_supervised()   # started by `opmon demo`: die with it
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import signal
 import socket
+import sys
 import threading
 import time
 import webbrowser
@@ -19,13 +19,24 @@ from typing import Any
 
 import h5py
 import numpy as np
+import zmq
 
 from opmon.config import Config, load_config
-from opmon.errors import ArchiveError, OpmonError
+from opmon.errors import ArchiveError, ConfigError, OpmonError
 from opmon.experiment import AcquisitionService, ExperimentPlan
+from opmon.interrupts import StopControl
+from opmon.ports import (BOUND_BY, PortInUseError, check_range, config_ports, in_use_message, next_free, require_free,
+                         shift_to_free, taken)
 from opmon.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
+
+DASHBOARD_PORT = 5006     # the dashboard's default; moved up when taken
+STOP_TIMEOUT_S = 10.0     # from a stop signal to the summary, services stopped
+
+
+class DemoStopped(OpmonError):
+    """The demo was stopped before its run began: nothing to summarise."""
 
 
 def write_config(config: Config, path: Path) -> Path:
@@ -107,11 +118,46 @@ def summarize(run_dir: Path, frames_sent: int, exit_status: str) -> RunSummary:
     return RunSummary(run_dir, maps, frames_sent, int(seq_all.size), lost, exit_status)
 
 
-def wait_for_archive(run_dir: Path, n_maps: int, timeout_s: float, supervisor: Supervisor) -> bool:
-    """Wait until every map of the run is complete with its final maps file."""
-    deadline = time.monotonic() + timeout_s
+def _archived_frames(run_dir: Path) -> int | None:
+    """Frames the archive of a run holds now (every map file's sequence), None while a file is
+    not readable yet (the archiver is creating it)."""
+    total = 0
+    for raw in sorted(run_dir.glob("map_[0-9][0-9][0-9][0-9].h5")):
+        try:
+            with h5py.File(raw, "r", swmr=True) as f:
+                total += int(f["entry/scan/sequence"].shape[0])
+        except (OSError, KeyError):
+            return None
+    return total
+
+
+def _run_closed(run_dir: Path) -> bool:
+    """True once the archiver recorded the run's end (stop message) in run.h5."""
+    try:
+        with h5py.File(run_dir / "run.h5", "r") as f:
+            return bool(f.attrs.get("stop", ""))
+    except (OSError, KeyError):
+        return False
+
+
+def wait_for_frames(run_dir: Path, frames_sent: int, deadline: float) -> bool:
+    """After a stop: wait (until `deadline`, monotonic) until the archive holds every frame sent
+    and the run's end, so what was in flight is on disk before the archiver is stopped."""
     while time.monotonic() < deadline:
-        supervisor.check()
+        held = _archived_frames(run_dir)
+        if held is not None and held >= frames_sent and _run_closed(run_dir):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def wait_for_archive(run_dir: Path, n_maps: int, timeout_s: float, supervisor: Supervisor | None = None,
+                     cancel: threading.Event | None = None) -> bool:
+    """Wait until every map of the run is complete with its final maps file (or `cancel` is set)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not (cancel is not None and cancel.is_set()):
+        if supervisor is not None:
+            supervisor.check()
         done = 0
         for number in range(n_maps):
             raw, maps = run_dir / f"map_{number:04d}.h5", run_dir / f"map_{number:04d}_maps.h5"
@@ -130,10 +176,10 @@ def wait_for_archive(run_dir: Path, n_maps: int, timeout_s: float, supervisor: S
     return False
 
 
-def wait_for_port(host: str, port: int, timeout_s: float) -> bool:
+def wait_for_port(host: str, port: int, timeout_s: float, cancel: threading.Event | None = None) -> bool:
     """True once a TCP server accepts connections on host:port (the dashboard is up)."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not (cancel is not None and cancel.is_set()):
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return True
@@ -142,75 +188,147 @@ def wait_for_port(host: str, port: int, timeout_s: float) -> bool:
     return False
 
 
-def run_demo(config: Config, plan: ExperimentPlan, *, headless: bool, workers: int = 1, dashboard_port: int = 5006,
-             open_browser: bool = True, finish_timeout_s: float = 120.0) -> RunSummary:
-    archive = Path(config.archive.dir).resolve()
-    archive.mkdir(parents=True, exist_ok=True)
-    config.archive.dir = str(archive)
-    service = AcquisitionService(config, plan)
-    config_path = write_config(config, archive / "opmon-demo.toml")
-    supervisor = Supervisor(archive / "logs")
-    supervisor.start("archiver", ["archive", "--config", str(config_path)])
-    supervisor.start("live", ["live", "--config", str(config_path), "--roi", "full", "--workers", str(workers)])
-    if not headless:
-        # the token travels in the environment: not visible in `ps`, and safe when it starts with "-"
-        supervisor.start("dashboard", ["dashboard", "--config", str(config_path), "--port", str(dashboard_port)],
-                         env={"OPMON_CONTROL_TOKEN": service.token})
-        url = f"http://{config.host}:{dashboard_port}/"
-        if not wait_for_port(config.host, dashboard_port, 60.0):
-            log.warning("dashboard not listening on %s:%d after 60 s; see %s", config.host, dashboard_port,
-                        supervisor.log_dir / "dashboard.log")
-        print(f"dashboard (read-only): {url}\ndashboard (steering):  {url}?token={service.token}", flush=True)
-        if open_browser:
-            threading.Timer(3.0, lambda: webbrowser.open(f"{url}?token={service.token}")).start()
-    print(f"control token: {service.token}\narchive: {archive}", flush=True)
-    watchdog_stop = threading.Event()
+def _span(ports: dict[str, int]) -> str:
+    lo, hi = min(ports.values()), max(ports.values())
+    return f"{lo}-{hi}" if lo != hi else str(lo)
 
-    def watchdog() -> None:
-        while not watchdog_stop.wait(0.5):
-            supervisor.check()
 
-    threading.Thread(target=watchdog, name="opmon-supervisor", daemon=True).start()
-    running = True
+def settle_ports(config: Config, *, explicit: bool, headless: bool, dashboard_port: int | None) -> int | None:
+    """Check every port before anything starts; returns the dashboard port (None if headless).
 
-    def terminate(signum: int, frame: Any) -> None:
-        """SIGTERM: abort the run through the RunEngine (cell left safe), then clean up."""
-        if running:
-            try:
-                service.steering.abort(f"signal {signum}")
-            except OpmonError:
-                pass  # not running or paused: nothing to abort
-        else:
-            raise KeyboardInterrupt
+    Ports outside 1..65535 are refused. Ports the user chose (`explicit`: --port-base, a config
+    file, --dashboard-port) must be free: one line naming the taken port and its holder. The
+    defaults move to the first free set, and the new ports are printed.
+    """
+    ports = config_ports(config)
+    check_range(ports)
+    if dashboard_port is not None:
+        check_range({"dashboard": dashboard_port})
+    host = config.host
+    if explicit:
+        require_free(host, ports)
+    else:
+        busy = taken(host, ports)
+        if busy:
+            name, port = next(iter(busy.items()))
+            moved = shift_to_free(host, ports)
+            for key, value in moved.items():
+                setattr(config.ports, key, value)
+            print(f"ports {_span(ports)} are taken ({in_use_message(host, name, port)}); using ports {_span(moved)}",
+                  flush=True)
+    if headless:
+        return None
+    if dashboard_port is not None:
+        require_free(host, {"dashboard": dashboard_port})
+        return dashboard_port
+    chosen = next_free(host, DASHBOARD_PORT)
+    if chosen != DASHBOARD_PORT:
+        print(f"dashboard port {DASHBOARD_PORT} is taken ({in_use_message(host, 'dashboard', DASHBOARD_PORT)}); "
+              f"using {chosen}", flush=True)
+    return chosen
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+
+def _open_acquisition(config: Config, plan: ExperimentPlan) -> AcquisitionService:
+    """The acquisition binds its ports; a port taken since `settle_ports` looked gets one line too."""
     try:
-        status = service.run()
-        running = False
+        return AcquisitionService(config, plan)
+    except zmq.ZMQError as exc:
+        busy = taken(config.host, config_ports(config, BOUND_BY["acquisition"]))
+        if busy:
+            name, port = next(iter(busy.items()))
+            raise PortInUseError(in_use_message(config.host, name, port)) from None
+        raise ConfigError(f"acquisition cannot bind its ports on {config.host}: {exc}") from None
+
+
+def _stop_services(supervisor: Supervisor, deadline: float) -> None:
+    """Live processor and dashboard first (a final map still travels to the archiver), then the
+    archiver, which flushes and closes its files on SIGTERM; SIGKILL for whatever overstays."""
+    first = max(0.5, (deadline - time.monotonic()) * 0.4)
+    supervisor.stop(["live", "dashboard"], first)
+    supervisor.stop_all(max(0.5, deadline - time.monotonic()))
+
+
+def run_demo(config: Config, plan: ExperimentPlan, *, headless: bool, workers: int = 1,
+             dashboard_port: int | None = None, open_browser: bool = True, finish_timeout_s: float = 120.0,
+             ports_explicit: bool = True, stop_timeout_s: float = STOP_TIMEOUT_S) -> RunSummary:
+    """Run the experiment with its services; Ctrl-C pauses then stops, SIGTERM stops (interrupts.py).
+
+    A stop aborts the run through the RunEngine, waits for the frames in flight to reach the
+    archive, stops every service, and returns the summary read back from the archive, all
+    within `stop_timeout_s` of the signal.
+    """
+    dashboard_port = settle_ports(config, explicit=ports_explicit, headless=headless, dashboard_port=dashboard_port)
+    archive = Path(config.archive.dir).resolve()
+    try:
+        archive.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"archive directory {archive}: {exc.strerror}") from None
+    config.archive.dir = str(archive)
+    config_path = write_config(config, archive / "opmon-demo.toml")
+    service = _open_acquisition(config, plan)
+    hint = "resume from the dashboard" if not headless else f"resume from `opmon dashboard --config {config_path}`"
+    control = StopControl(service.steering, resume_hint=hint).install()
+    supervisor = Supervisor(archive / "logs", on_down=lambda name, why: control.request_stop(why))
+    status = "abort"
+    run_dir: Path | None = None
+    frames_sent = 0
+    try:
+        supervisor.start("archiver", ["archive", "--config", str(config_path)])
+        supervisor.start("live", ["live", "--config", str(config_path), "--roi", "full", "--workers", str(workers)])
+        if dashboard_port is not None:
+            # the token travels in the environment: not visible in `ps`, and safe when it starts with "-"
+            supervisor.start("dashboard", ["dashboard", "--config", str(config_path), "--port", str(dashboard_port)],
+                             env={"OPMON_CONTROL_TOKEN": service.token})
+        supervisor.watch()
+        if dashboard_port is not None:
+            url = f"http://{config.host}:{dashboard_port}/"
+            if not wait_for_port(config.host, dashboard_port, 60.0, cancel=control.stop_requested) \
+                    and not control.stop_requested.is_set():
+                log.warning("dashboard not listening on %s:%d after 60 s; see %s", config.host, dashboard_port,
+                            supervisor.log_dir / "dashboard.log")
+            print(f"dashboard (read-only): {url}\ndashboard (steering):  {url}?token={service.token}", flush=True)
+            if open_browser and not control.stop_requested.is_set():
+                threading.Timer(3.0, lambda: webbrowser.open(f"{url}?token={service.token}")).start()
+        print(f"control token: {service.token}\narchive: {archive}", flush=True)
+        if not control.stop_requested.is_set():
+            control.running()
+            status = service.run()
+        control.finished()
+        stopping = control.stop_requested.is_set()
         run_uid = service.documents.runs[-1] if service.documents.runs else None
         frames_sent = service.publisher.seq
         n_maps = service.publisher.n_maps
-        service.close()
+        service.close(linger_s=stop_timeout_s / 3 if stopping else None)   # sent frames leave before the sockets go
         if run_uid is None:
+            if stopping:
+                raise DemoStopped(f"stopped before the run started ({control.stop_reason}); nothing was archived")
             raise ArchiveError("the acquisition opened no run; nothing was archived")
         run_dir = archive / run_uid
-        watchdog_stop.set()
-        if not wait_for_archive(run_dir, n_maps, finish_timeout_s, supervisor):
-            log.warning("archive of run %s not complete after %.0f s", run_uid, finish_timeout_s)
-        if not headless:
-            print("run finished; the dashboard stays up until Ctrl-C", flush=True)
-            try:
-                while True:
-                    time.sleep(1.0)
-                    supervisor.check()
-            except KeyboardInterrupt:
-                pass
-        return summarize(run_dir, frames_sent, status)
+        if stopping:
+            deadline = control.stop_time + stop_timeout_s * 0.6
+            if not wait_for_frames(run_dir, frames_sent, deadline):
+                log.warning("run %s: the archive does not hold every frame sent yet; stopping anyway", run_uid)
+        else:
+            if not wait_for_archive(run_dir, n_maps, finish_timeout_s, cancel=control.quit):
+                if not control.quit.is_set():
+                    log.warning("archive of run %s not complete after %.0f s", run_uid, finish_timeout_s)
+            if dashboard_port is not None and not control.quit.is_set():
+                print("run finished; the dashboard stays up until Ctrl-C", flush=True)
+                while not control.end_requested.wait(0.5):
+                    pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        watchdog_stop.set()
+        control.finished()
         service.close()
-        supervisor.stop_all()
+        if control.quit.is_set():
+            _stop_services(supervisor, control.stop_time + stop_timeout_s * 0.9)
+        else:
+            supervisor.stop_all()
+        control.restore()
+    summary = summarize(run_dir, frames_sent, status)
+    if control.stop_reason:
+        print(f"opmon demo: stopped ({control.stop_reason}) in {time.monotonic() - control.stop_time:.1f} s",
+              file=sys.stderr, flush=True)
+    return summary
 
 
 def plan_from_args(args: Any) -> ExperimentPlan:
@@ -234,4 +352,7 @@ def configure(args: Any) -> Config:
         config.archive.dir = args.archive_dir
     if args.port_base:
         shift_ports(config, args.port_base)
+        ports = config_ports(config)
+        if not all(1 <= port <= 65535 for port in ports.values()):
+            raise ConfigError(f"--port-base {args.port_base} puts the ports at {_span(ports)}, outside 1..65535")
     return config

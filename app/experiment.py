@@ -13,7 +13,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import zmq
 from bluesky import RunEngine
+from bluesky.utils import RequestAbort
 
 from opmon.acquisition import (AnyOf, CellCommand, MapRequests, PeriodicTrigger, PlateauTrigger, PublisherSink, TriggerRule,
                                VoltageThresholds, operando_series)
@@ -27,6 +29,19 @@ from opmon.streaming.documents import DocumentPublisher
 from opmon.streaming.publisher import ZmqFrameSink
 
 log = logging.getLogger(__name__)
+
+
+class _QuietAbort(logging.Filter):
+    """An abort the user asked for is not an error with a traceback: keep bluesky's "Run aborted"
+    line, drop the RequestAbort traceback (a real failure keeps its own)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], RequestAbort):
+            record.exc_info, record.exc_text, record.levelno, record.levelname = None, None, logging.INFO, "INFO"
+        return True
+
+
+_QUIET_ABORT = _QuietAbort()
 
 
 @dataclass
@@ -79,7 +94,11 @@ class AcquisitionService:
     def __init__(self, config: Config, plan: ExperimentPlan, token: str | None = None) -> None:
         self.config, self.plan = config, plan
         self.token: str = resolve_token(token, config.control.token)  # type: ignore[assignment]
-        self.RE = RunEngine({}, call_returns_result=True)
+        # no SigintHandler: `opmon demo` decides what Ctrl-C means (opmon.interrupts)
+        self.RE = RunEngine({}, call_returns_result=True, context_managers=[])
+        bluesky_log = logging.getLogger("bluesky")
+        if _QUIET_ABORT not in bluesky_log.filters:
+            bluesky_log.addFilter(_QUIET_ABORT)
         self.publisher = ZmqFrameSink([config.endpoint("frames_archive"), config.endpoint("frames_live")],
                                       sndhwm=config.stream.sndhwm, stall_timeout_s=config.stream.stall_timeout_s)
         self.documents = DocumentPublisher(config.endpoint("docs"), config.endpoint("display_acquisition"),
@@ -117,12 +136,20 @@ class AcquisitionService:
         finally:
             log.info("acquisition finished in %.1f s", time.monotonic() - started)
 
-    def close(self) -> None:
-        """Release sockets and the beamline; safe to call more than once."""
+    def close(self, linger_s: float | None = None) -> None:
+        """Release sockets and the beamline; safe to call more than once.
+
+        Frames already sent leave before the sockets close (up to the stall timeout, or
+        `linger_s` when stopping must end in bounded time: then a receiver that is gone
+        cannot hold the process).
+        """
         if self._stop.is_set():
             return
         self._stop.set()
         self.control.close()
         self.beamline.close()
+        if linger_s is not None:
+            for sock in self.publisher.sockets:
+                sock.setsockopt(zmq.LINGER, int(linger_s * 1000))
         self.publisher.close()
         self.documents.close()

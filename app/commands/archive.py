@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from opmon.config import Config, load_config
+from opmon.ports import BOUND_BY, binding, config_ports
 from opmon.processors.live_messages import write_map_file
 from opmon.streaming.archiver import Archiver
 from opmon.supervisor import stop_on_signals
+
+log = logging.getLogger(__name__)
 
 
 def build_archiver(config: Config, directory: str | Path | None = None) -> Archiver:
@@ -18,11 +22,16 @@ def build_archiver(config: Config, directory: str | Path | None = None) -> Archi
 
 
 def serve(config: Config, directory: str | Path | None = None) -> int:
-    """Run until SIGTERM/SIGINT, then flush and close every file."""
-    archiver = build_archiver(config, directory)
-    stop_on_signals(archiver)
+    """Run until SIGTERM/SIGINT/SIGHUP, then flush and close every file; returns 128 + that signal.
+
+    Its ports are checked first: a taken one is one line naming it and its holder (exit 2).
+    """
+    with binding(config.host, config_ports(config, BOUND_BY["archive"])):
+        archiver = build_archiver(config, directory)
+    exit_status = stop_on_signals(archiver)
     archiver.run()
-    return 0
+    log.info("archiver stopped; every file flushed and closed")
+    return exit_status()
 
 
 def _main(args: argparse.Namespace) -> int:

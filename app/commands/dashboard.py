@@ -14,7 +14,9 @@ import webbrowser
 from opmon.config import Config, load_config
 from opmon.dashboard.app import DashboardOptions
 from opmon.dashboard.server import DashboardConfig, DashboardServer
+from opmon.ports import check_range, require_free
 from opmon.streaming.control import resolve_token
+from opmon.supervisor import STOP_SIGNALS
 
 log = logging.getLogger(__name__)
 
@@ -48,18 +50,25 @@ def start_dashboard(config: Config, *, port: int = 5006, host: str | None = None
 
 def _main(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    host = args.host or config.host
+    if args.port != 0:
+        check_range({"dashboard": args.port})
+        require_free(host, {"dashboard": args.port})
     server = start_dashboard(config, port=args.port, host=args.host, token=args.token,
                              open_browser=args.open, max_altitude=args.max_altitude, update_ms=args.update_ms)
+    received: list[int] = []
 
     def stop(signum: int, frame: object) -> None:
+        received.append(signum)
         server.stop()
 
-    signal.signal(signal.SIGTERM, stop)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, stop)
     try:
         server.serve_forever()
     finally:
         server.stop()
-    return 0
+    return 128 + received[0] if received else 0   # asked to stop: the supervisor does not restart it
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

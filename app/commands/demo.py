@@ -1,5 +1,9 @@
 """`opmon demo`: run the simulated operando experiment end to end (acquisition, live maps,
-archive, dashboard) on 127.0.0.1 and print a summary read back from the archive."""
+archive, dashboard) on 127.0.0.1 and print a summary read back from the archive.
+
+Ctrl-C pauses the run safely; a second Ctrl-C (or SIGTERM) aborts it, archives the frames in
+flight, stops every service and prints the summary (non-zero exit). After the run, the
+dashboard stays up until Ctrl-C."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +12,8 @@ import argparse
 def run(args: argparse.Namespace) -> int:
     from opmon.demo import configure, plan_from_args, run_demo
     summary = run_demo(configure(args), plan_from_args(args), headless=args.headless, workers=args.workers,
-                       dashboard_port=args.dashboard_port, open_browser=not args.no_browser)
+                       dashboard_port=args.dashboard_port, open_browser=not args.no_browser,
+                       ports_explicit=bool(args.config or args.port_base))
     print(summary.text())
     ok = summary.exit_status == "success" and summary.frames_lost == 0 and all(m.complete for m in summary.maps)
     return 0 if ok else 1
@@ -19,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--headless", action="store_true", help="no dashboard; exit with a summary when the charge ends")
     p.add_argument("--config", help="TOML configuration (ports, paths); defaults: opmon/default_config.toml")
     p.add_argument("--archive-dir", help="where the run is archived (overrides [archive] dir)")
-    p.add_argument("--port-base", type=int, default=0, help="shift all ports to start here (default: config ports)")
+    p.add_argument("--port-base", type=int, default=0,
+                   help="shift all ports to start here (default: the config's ports, moved up if taken)")
     p.add_argument("--maps-at", type=float, nargs="+", metavar="V", help="voltage thresholds that start maps")
     p.add_argument("--period", type=float, default=None, help="also map every PERIOD simulated seconds")
     p.add_argument("--plateau", action="store_true", help="also map when a plateau begins")
@@ -31,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-maps", type=int, default=None)
     p.add_argument("--workers", type=int, default=1, help="live processor worker processes")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dashboard-port", type=int, default=5006)
+    p.add_argument("--dashboard-port", type=int, default=None,
+                   help="HTTP port of the dashboard (default: 5006, or the next free one)")
     p.add_argument("--no-browser", action="store_true", help="do not open a web browser")
     p.set_defaults(func=run)

@@ -6,6 +6,7 @@ from typing import Any
 
 from opmon.commands.process import parse_background, parse_roi
 from opmon.config import Config, load_config
+from opmon.ports import BOUND_BY, binding, config_ports
 from opmon.processors.live import open_live_processor
 from opmon.supervisor import stop_on_signals
 
@@ -23,10 +24,12 @@ def _main(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.archive_dir:
         config.archive.dir = args.archive_dir
-    processor = build_processor(config, workers=args.workers, roi=parse_roi(args.roi), recover=not args.no_recover)
-    stop_on_signals(processor)
+    roi = parse_roi(args.roi)
+    with binding(config.host, config_ports(config, BOUND_BY["live"])):
+        processor = build_processor(config, workers=args.workers, roi=roi, recover=not args.no_recover)
+    exit_status = stop_on_signals(processor)
     processor.serve()
-    return 0
+    return exit_status()   # 128 + the signal that stopped it: the supervisor does not restart it
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
