@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import socket
 import sys
 import threading
@@ -32,6 +33,7 @@ from opmon.supervisor import Supervisor
 log = logging.getLogger(__name__)
 
 DASHBOARD_PORT = 5006     # the dashboard's default; moved up when taken
+AUTO_PORTS = (20000, 32000)   # where `--port-base auto` looks (below Linux's ephemeral range)
 STOP_TIMEOUT_S = 10.0     # from a stop signal to the summary, services stopped
 
 
@@ -218,6 +220,8 @@ def settle_ports(config: Config, *, explicit: bool, headless: bool, dashboard_po
                   flush=True)
     if headless:
         return None
+    if dashboard_port == 0:
+        return next_free(host, random.randrange(*AUTO_PORTS))
     if dashboard_port is not None:
         require_free(host, {"dashboard": dashboard_port})
         return dashboard_port
@@ -289,7 +293,8 @@ def run_demo(config: Config, plan: ExperimentPlan, *, headless: bool, workers: i
             print(f"dashboard (read-only): {url}\ndashboard (steering):  {url}?token={service.token}", flush=True)
             if open_browser and not control.stop_requested.is_set():
                 threading.Timer(3.0, lambda: webbrowser.open(f"{url}?token={service.token}")).start()
-        print(f"control token: {service.token}\narchive: {archive}", flush=True)
+        print(f"control token: {service.token}\narchive: {archive}\nports: {_span(config_ports(config))} on {config.host}",
+          flush=True)
         if not control.stop_requested.is_set():
             control.running()
             status = service.run()
@@ -350,7 +355,9 @@ def configure(args: Any) -> Config:
     config = load_config(args.config)
     if args.archive_dir:
         config.archive.dir = args.archive_dir
-    if args.port_base:
+    if args.port_base == "auto":
+        shift_ports(config, random.randrange(AUTO_PORTS[0], AUTO_PORTS[1], 10))   # settle_ports moves it if taken
+    elif args.port_base:
         shift_ports(config, args.port_base)
         ports = config_ports(config)
         if not all(1 <= port <= 65535 for port in ports.values()):

@@ -13,10 +13,20 @@ def run(args: argparse.Namespace) -> int:
     from opmon.demo import configure, plan_from_args, run_demo
     summary = run_demo(configure(args), plan_from_args(args), headless=args.headless, workers=args.workers,
                        dashboard_port=args.dashboard_port, open_browser=not args.no_browser,
-                       ports_explicit=bool(args.config or args.port_base))
+                       ports_explicit=args.port_base != "auto" and (bool(args.config) or args.port_base != 0))
     print(summary.text())
     ok = summary.exit_status == "success" and summary.frames_lost == 0 and all(m.complete for m in summary.maps)
     return 0 if ok else 1
+
+
+def port_base(text: str) -> int | str:
+    """--port-base: a number, or 'auto'."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a port number nor 'auto'") from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,8 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--headless", action="store_true", help="no dashboard; exit with a summary when the charge ends")
     p.add_argument("--config", help="TOML configuration (ports, paths); defaults: opmon/default_config.toml")
     p.add_argument("--archive-dir", help="where the run is archived (overrides [archive] dir)")
-    p.add_argument("--port-base", type=int, default=0,
-                   help="shift all ports to start here (default: the config's ports, moved up if taken)")
+    p.add_argument("--port-base", type=port_base, default=0,
+                   help="shift all ports to start here; 'auto': any free set (default: the config's ports, "
+                        "moved up if taken)")
     p.add_argument("--maps-at", type=float, nargs="+", metavar="V", help="voltage thresholds that start maps")
     p.add_argument("--period", type=float, default=None, help="also map every PERIOD simulated seconds")
     p.add_argument("--plateau", action="store_true", help="also map when a plateau begins")
@@ -38,6 +49,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="live processor worker processes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dashboard-port", type=int, default=None,
-                   help="HTTP port of the dashboard (default: 5006, or the next free one)")
+                   help="HTTP port of the dashboard (default: 5006, or the next free one; 0: any free port)")
     p.add_argument("--no-browser", action="store_true", help="do not open a web browser")
     p.set_defaults(func=run)
