@@ -28,6 +28,7 @@ from opmon.errors import OpmonError
 log = logging.getLogger(__name__)
 
 HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+SOFT_STOP_S = 2.0     # how long a stop waits for the plan's next checkpoint before pausing hard
 
 
 def say(message: str) -> None:
@@ -141,6 +142,21 @@ class StopControl:
         else:
             self._stop("second Ctrl-C")
 
+    def _pause_softly(self) -> None:
+        """A deferred pause before the abort: the plan stops right after the frame it is taking,
+        so every frame sent has its event in the documents. Only if no checkpoint comes within
+        `SOFT_STOP_S` (the plan is waiting for something) does the abort pause it hard."""
+        RE = self.steering.RE
+        if RE.state != "running":
+            return
+        try:
+            self.steering.pause()
+        except OpmonError:
+            return
+        deadline = time.monotonic() + SOFT_STOP_S
+        while RE.state == "running" and time.monotonic() < deadline and not self.run_over.is_set():
+            time.sleep(0.02)
+
     def _stop(self, reason: str) -> None:
         with self._lock:
             if self.phase == "stopping":
@@ -155,6 +171,7 @@ class StopControl:
         say(f"{reason}: aborting the run safely, archiving the frames in flight, stopping every service")
         self.stop_requested.set()
         self.quit.set()
+        self._pause_softly()
         # The RunEngine may not be running yet (or be between states): retry until it takes
         # the abort or the plan is over.
         while not self.run_over.is_set():

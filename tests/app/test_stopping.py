@@ -19,7 +19,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import zmq
 
+from opmon.config import Ports
+
+CONTROL_OFFSET = Ports().control - Ports().frames_archive   # `ports: A-B` prints A = frames_archive
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
@@ -70,6 +74,7 @@ class Demo:
         self.out, self.err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
         cmd = [sys.executable, "-m", "opmon.cli", "demo", "--headless", "--archive-dir", str(self.archive),
                "--port-base", "auto", "--map-shape", "6", "6", "--angles", "10", "--period", "600", *extra]
+        self.seen: dict[int, int] = {}     # every process seen below the demo, to clean up after a failure
         with open(self.out, "w") as out, open(self.err, "w") as err:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=tmp_path,
                                          start_new_session=True)
@@ -84,7 +89,26 @@ class Demo:
         """Once frames reach the archive (the run is under way), the demo's processes below it."""
         assert _until(lambda: any(self.archive.glob("*/map_0000.h5")), 180), self.stdout() + self.stderr()
         assert _until(lambda: len(_descendants(self.proc.pid)) >= services, 60)
-        return _descendants(self.proc.pid)
+        self.seen.update(_descendants(self.proc.pid))
+        return dict(self.seen)
+
+    def run_state(self) -> str | None:
+        """The RunEngine's state, asked on the demo's control channel (`status` needs no token)."""
+        m = re.search(r"^ports: (\d+)-\d+ on ", self.stdout(), re.M)
+        if not m:
+            return None
+        sock = zmq.Context.instance().socket(zmq.REQ)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVTIMEO, 2000)
+        sock.setsockopt(zmq.SNDTIMEO, 2000)
+        try:
+            sock.connect(f"tcp://127.0.0.1:{int(m.group(1)) + CONTROL_OFFSET}")
+            sock.send(json.dumps({"v": 1, "command": "status"}).encode())
+            return json.loads(sock.recv())["result"]["state"]
+        except zmq.Again:
+            return None
+        finally:
+            sock.close()
 
     def run_dir(self) -> Path:
         dirs = [p for p in self.archive.iterdir() if p.is_dir() and p.name != "logs"]
@@ -92,9 +116,13 @@ class Demo:
         return dirs[0]
 
     def kill(self) -> None:
+        """After the test: nothing of this demo may outlive it, even when the test failed."""
         if self.proc.poll() is None:
+            self.seen.update(_descendants(self.proc.pid))
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+        for pid in _alive(self.seen):
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture
@@ -137,6 +165,7 @@ def test_ctrl_c_twice_pauses_then_stops_everything_and_archives_every_frame(demo
     procs = d.wait_for_frames()
     os.killpg(d.proc.pid, signal.SIGINT)                 # Ctrl-C at the terminal: the whole group
     assert _until(lambda: "Ctrl-C again to stop safely" in d.stderr(), 30), d.stderr()
+    assert _until(lambda: d.run_state() == "paused", 30), d.run_state()      # a real pause of the RunEngine
     time.sleep(1.0)    # a service that took the group's SIGINT would be gone (or restarted) by now
     assert d.proc.poll() is None and _alive(procs) == list(procs)   # paused; the services untouched
     os.killpg(d.proc.pid, signal.SIGINT)
