@@ -83,9 +83,11 @@ class StopControl:
         return self
 
     def restore(self) -> None:
+        """Give the signals back and end the worker (signals arriving now get the old handlers)."""
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+        self._queue.put(("close", ""))
 
     def _handler(self, signum: int, frame: object) -> None:
         self._queue.put(("signal", signal.Signals(signum).name))
@@ -112,6 +114,8 @@ class StopControl:
     def _serve(self) -> None:
         while True:
             kind, what = self._queue.get()
+            if kind == "close":
+                return
             try:
                 if kind == "signal" and what == "SIGINT":
                     self._on_ctrl_c()
