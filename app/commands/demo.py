@@ -15,7 +15,10 @@ def run(args: argparse.Namespace) -> int:
                        dashboard_port=args.dashboard_port, open_browser=not args.no_browser,
                        ports_explicit=args.port_base != "auto" and (bool(args.config) or args.port_base != 0))
     print(summary.text())
-    ok = summary.exit_status == "success" and summary.frames_lost == 0 and all(m.complete for m in summary.maps)
+    # every map complete AND made into final maps: a live processor that died (e.g. a missing
+    # runtime dependency in a kernel) must fail the demo, not print "no maps yet" and exit 0
+    ok = (summary.exit_status == "success" and summary.frames_lost == 0 and bool(summary.maps)
+          and all(m.complete and m.d_mean is not None for m in summary.maps))
     return 0 if ok else 1
 
 
