@@ -23,7 +23,7 @@ import numpy as np
 import zmq
 
 from opmon.config import Config, load_config
-from opmon.errors import ArchiveError, ConfigError, OpmonError
+from opmon.errors import ArchiveError, ConfigError, OpmonError, StreamStalledError
 from opmon.experiment import AcquisitionService, ExperimentPlan
 from opmon.interrupts import StopControl
 from opmon.ports import (BOUND_BY, PortInUseError, check_range, config_ports, in_use_message, next_free, require_free,
@@ -247,7 +247,7 @@ def _open_acquisition(config: Config, plan: ExperimentPlan) -> AcquisitionServic
 def _stop_services(supervisor: Supervisor, deadline: float) -> None:
     """Live processor and dashboard first (a final map still travels to the archiver), then the
     archiver, which flushes and closes its files on SIGTERM; SIGKILL for whatever overstays."""
-    first = max(0.5, (deadline - time.monotonic()) * 0.4)
+    first = max(0.5, (deadline - time.monotonic()) * 0.6)
     supervisor.stop(["live", "dashboard"], first)
     supervisor.stop_all(max(0.5, deadline - time.monotonic()))
 
@@ -297,13 +297,20 @@ def run_demo(config: Config, plan: ExperimentPlan, *, headless: bool, workers: i
           flush=True)
         if not control.stop_requested.is_set():
             control.running()
-            status = service.run()
+            try:
+                status = service.run()
+            except StreamStalledError as exc:   # a receiver gone for good: say so, then summarise
+                print(f"opmon demo: {exc}", file=sys.stderr, flush=True)
+                status = "fail"
         control.finished()
         stopping = control.stop_requested.is_set()
         run_uid = service.documents.runs[-1] if service.documents.runs else None
         frames_sent = service.publisher.seq
         n_maps = service.publisher.n_maps
-        service.close(linger_s=stop_timeout_s / 3 if stopping else None)   # sent frames leave before the sockets go
+        try:
+            service.close(linger_s=stop_timeout_s / 3 if stopping or status == "fail" else None)   # sent frames leave first
+        except StreamStalledError as exc:
+            log.warning("closing the acquisition stream: %s", exc)
         if run_uid is None:
             if stopping:
                 raise DemoStopped(f"stopped before the run started ({control.stop_reason}); nothing was archived")
@@ -323,9 +330,13 @@ def run_demo(config: Config, plan: ExperimentPlan, *, headless: bool, workers: i
                     pass
     finally:
         control.finished()
-        service.close()
+        try:
+            service.close(linger_s=stop_timeout_s / 3)
+        except StreamStalledError as exc:
+            log.warning("closing the acquisition stream: %s", exc)
         if control.quit.is_set():
-            _stop_services(supervisor, control.stop_time + stop_timeout_s * 0.9)
+            # within the stop's budget, but never less than a moment to flush when already late
+            _stop_services(supervisor, max(control.stop_time + stop_timeout_s * 0.9, time.monotonic() + 2.0))
         else:
             supervisor.stop_all()
         control.restore()

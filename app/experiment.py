@@ -141,15 +141,16 @@ class AcquisitionService:
 
         Frames already sent leave before the sockets close (up to the stall timeout, or
         `linger_s` when stopping must end in bounded time: then a receiver that is gone
-        cannot hold the process).
+        cannot hold the process; the run's closing message waits as long at most).
         """
         if self._stop.is_set():
             return
         self._stop.set()
         self.control.close()
-        self.beamline.close()
-        if linger_s is not None:
+        if linger_s is not None:     # the plan is over: nobody else uses these sockets now
             for sock in self.publisher.sockets:
                 sock.setsockopt(zmq.LINGER, int(linger_s * 1000))
+                sock.setsockopt(zmq.SNDTIMEO, int(linger_s * 1000))
+        self.beamline.close()
         self.publisher.close()
         self.documents.close()
