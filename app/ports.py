@@ -21,7 +21,7 @@ from opmon.errors import ConfigError
 
 #: Ports each process binds (the others it connects to); docs/protocol.md.
 BOUND_BY: dict[str, tuple[str, ...]] = {
-    "acquisition": ("frames_archive", "frames_live", "docs", "display_acquisition", "control"),
+    "acquisition": ("frames_archive", "frames_live", "docs", "display_acquisition", "control", "frames_archive_ack"),
     "archive": ("maps_archive", "display_archive"),
     "live": ("display_live",),
 }
@@ -40,9 +40,10 @@ def check_range(ports: Mapping[str, int]) -> None:
 
 
 def config_ports(config: Config, names: Iterable[str] | None = None) -> dict[str, int]:
-    """The named ports of `config` (all of them by default), as name -> port."""
+    """The named ports of `config` (all of them by default), as name -> port; names this
+    configuration does not have are left out (a channel added in a later version)."""
     names = [f.name for f in dataclasses.fields(config.ports)] if names is None else list(names)
-    return {name: int(getattr(config.ports, name)) for name in names}
+    return {name: int(getattr(config.ports, name)) for name in names if hasattr(config.ports, name)}
 
 
 def is_free(host: str, port: int) -> bool:
