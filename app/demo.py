@@ -204,7 +204,7 @@ def settle_ports(config: Config, *, explicit: bool, headless: bool, dashboard_po
     """
     ports = config_ports(config)
     check_range(ports)
-    if dashboard_port is not None:
+    if dashboard_port:                    # 0: any free port
         check_range({"dashboard": dashboard_port})
     host = config.host
     if explicit:

@@ -69,10 +69,11 @@ def _until(predicate, timeout_s: float) -> bool:
 class Demo:
     """`opmon demo --headless`, small and fast to its first map, in its own session."""
 
-    def __init__(self, tmp_path: Path, *extra: str) -> None:
+    def __init__(self, tmp_path: Path, *extra: str, headless: bool = True) -> None:
         self.archive = tmp_path / "archive"
         self.out, self.err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
-        cmd = [sys.executable, "-m", "opmon.cli", "demo", "--headless", "--archive-dir", str(self.archive),
+        mode = ["--headless"] if headless else ["--no-browser", "--dashboard-port", "0"]
+        cmd = [sys.executable, "-m", "opmon.cli", "demo", *mode, "--archive-dir", str(self.archive),
                "--port-base", "auto", "--map-shape", "6", "6", "--angles", "10", "--period", "600", *extra]
         self.seen: dict[int, int] = {}     # every process seen below the demo, to clean up after a failure
         with open(self.out, "w") as out, open(self.err, "w") as err:
@@ -87,7 +88,8 @@ class Demo:
 
     def wait_for_frames(self, services: int = 2) -> dict[int, int]:
         """Once frames reach the archive (the run is under way), the demo's processes below it."""
-        assert _until(lambda: any(self.archive.glob("*/map_0000.h5")), 180), self.stdout() + self.stderr()
+        assert _until(lambda: any(self.archive.glob("*/map_0000.h5")) or self.proc.poll() is not None, 180)
+        assert self.proc.poll() is None, self.stdout() + self.stderr()
         assert _until(lambda: len(_descendants(self.proc.pid)) >= services, 60)
         self.seen.update(_descendants(self.proc.pid))
         return dict(self.seen)
@@ -129,13 +131,22 @@ class Demo:
 def demo(tmp_path):
     made: list[Demo] = []
 
-    def start(*extra: str) -> Demo:
-        made.append(Demo(tmp_path, *extra))
+    def start(*extra: str, headless: bool = True) -> Demo:
+        made.append(Demo(tmp_path, *extra, headless=headless))
         return made[-1]
 
     yield start
     for d in made:
         d.kill()
+
+
+def _service_pid(procs: dict[int, int], command: str) -> int:
+    """The pid of the supervised `opmon <command>` among `procs`."""
+    for pid in procs:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if b"opmon.cli" in argv and command.encode() in argv:
+            return pid
+    raise AssertionError(f"no opmon {command} among {procs}")
 
 
 def _frames_sent(stdout: str) -> int:
@@ -206,3 +217,35 @@ def test_sigkill_of_the_demo_leaves_no_process_behind(demo):
     os.kill(d.proc.pid, signal.SIGKILL)  # the demo only: nobody tells its children
     d.proc.wait()
     assert _until(lambda: not _alive(procs), 2.0), f"still running 2 s after SIGKILL: {_alive(procs)}"
+
+
+def test_a_service_stopped_from_outside_is_not_restarted_and_stops_the_demo(demo):
+    d = demo(headless=False)
+    procs = d.wait_for_frames(services=3)
+    os.kill(_service_pid(procs, "dashboard"), signal.SIGTERM)    # someone stops a service by hand
+    try:
+        code = d.proc.wait(30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("opmon demo carried on without its dashboard:\n" + d.stderr())
+    assert code != 0
+    assert _until(lambda: not _alive(procs), 10), f"left behind: {_alive(procs)}"
+    err = d.stderr()
+    assert "dashboard stopped (exit 143 (stopped on SIGTERM)); not restarted" in err
+    assert "opmon demo: dashboard stopped (exit 143 (stopped on SIGTERM)): aborting the run safely" in err
+    assert "restart 1" not in err and "Traceback" not in err
+    assert "exit status: abort" in d.stdout()
+
+
+def test_after_the_run_one_ctrl_c_ends_the_demo(demo):
+    d = demo("--max-maps", "1", headless=False)
+    assert _until(lambda: "the dashboard stays up until Ctrl-C" in d.stdout() or d.proc.poll() is not None, 180)
+    assert d.proc.poll() is None, d.stdout() + d.stderr()
+    procs = d.wait_for_frames(services=3)
+    os.killpg(d.proc.pid, signal.SIGINT)
+    try:
+        code = d.proc.wait(15)
+    except subprocess.TimeoutExpired:
+        pytest.fail("opmon demo ignored Ctrl-C after the run:\n" + d.stderr())
+    assert _until(lambda: not _alive(procs), 10), f"left behind: {_alive(procs)}"
+    assert code == 0, d.stdout() + d.stderr()               # the run itself succeeded
+    assert "exit status: success" in d.stdout() and "opmon demo: Ctrl-C: stopping the services" in d.stderr()
