@@ -293,8 +293,8 @@ def run_demo(config: Config, plan: ExperimentPlan, *, headless: bool, workers: i
             print(f"dashboard (read-only): {url}\ndashboard (steering):  {url}?token={service.token}", flush=True)
             if open_browser and not control.stop_requested.is_set():
                 threading.Timer(3.0, lambda: webbrowser.open(f"{url}?token={service.token}")).start()
-        print(f"control token: {service.token}\narchive: {archive}\nports: {_span(config_ports(config))} on {config.host}",
-          flush=True)
+        print(f"control token: {service.token}\narchive: {archive}\n"
+              f"ports: {_span(config_ports(config))} on {config.host}", flush=True)
         if not control.stop_requested.is_set():
             control.running()
             try:

@@ -386,6 +386,7 @@ def worker_main(worker_id: int, n_workers: int, frames_endpoint: str, inbox: str
                 options: dict[str, Any]) -> None:
     """Entry point of a worker process (multiprocessing spawn target)."""
     die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the terminal's Ctrl-C: the coordinator decides (QUIT)
     if options.get("parent_pid") is not None and os.getppid() != options["parent_pid"]:
         return                   # the coordinator died before we could ask
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s live-worker-{worker_id} %(levelname)s: %(message)s")
