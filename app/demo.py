@@ -252,6 +252,29 @@ def _stop_services(supervisor: Supervisor, deadline: float) -> None:
     supervisor.stop_all(max(0.5, deadline - time.monotonic()))
 
 
+def _start_services(supervisor: Supervisor, config: Config, config_path: Path, workers: int,
+                    dashboard_port: int | None, token: str) -> None:
+    """Archiver, live processor and (unless headless) dashboard, then the supervisor's watch."""
+    supervisor.start("archiver", ["archive", "--config", str(config_path)])
+    supervisor.start("live", ["live", "--config", str(config_path), "--roi", "full", "--workers", str(workers)])
+    if dashboard_port is not None:
+        # the token travels in the environment: not visible in `ps`, and safe when it starts with "-"
+        supervisor.start("dashboard", ["dashboard", "--config", str(config_path), "--port", str(dashboard_port)],
+                         env={"OPMON_CONTROL_TOKEN": token})
+    supervisor.watch()
+
+
+def _announce_dashboard(host: str, port: int, token: str, supervisor: Supervisor, cancel: threading.Event,
+                        open_browser: bool) -> None:
+    """Print the dashboard's URLs once it listens (and open a browser if asked)."""
+    url = f"http://{host}:{port}/"
+    if not wait_for_port(host, port, 60.0, cancel=cancel) and not cancel.is_set():
+        log.warning("dashboard not listening on %s:%d after 60 s; see %s", host, port, supervisor.log_dir / "dashboard.log")
+    print(f"dashboard (read-only): {url}\ndashboard (steering):  {url}?token={token}", flush=True)
+    if open_browser and not cancel.is_set():
+        threading.Timer(3.0, lambda: webbrowser.open(f"{url}?token={token}")).start()
+
+
 def run_demo(config: Config, plan: ExperimentPlan, *, headless: bool, workers: int = 1,
              dashboard_port: int | None = None, open_browser: bool = True, finish_timeout_s: float = 120.0,
              ports_explicit: bool = True, stop_timeout_s: float = STOP_TIMEOUT_S) -> RunSummary:
@@ -277,22 +300,10 @@ def run_demo(config: Config, plan: ExperimentPlan, *, headless: bool, workers: i
     run_dir: Path | None = None
     frames_sent = 0
     try:
-        supervisor.start("archiver", ["archive", "--config", str(config_path)])
-        supervisor.start("live", ["live", "--config", str(config_path), "--roi", "full", "--workers", str(workers)])
+        _start_services(supervisor, config, config_path, workers, dashboard_port, service.token)
         if dashboard_port is not None:
-            # the token travels in the environment: not visible in `ps`, and safe when it starts with "-"
-            supervisor.start("dashboard", ["dashboard", "--config", str(config_path), "--port", str(dashboard_port)],
-                             env={"OPMON_CONTROL_TOKEN": service.token})
-        supervisor.watch()
-        if dashboard_port is not None:
-            url = f"http://{config.host}:{dashboard_port}/"
-            if not wait_for_port(config.host, dashboard_port, 60.0, cancel=control.stop_requested) \
-                    and not control.stop_requested.is_set():
-                log.warning("dashboard not listening on %s:%d after 60 s; see %s", config.host, dashboard_port,
-                            supervisor.log_dir / "dashboard.log")
-            print(f"dashboard (read-only): {url}\ndashboard (steering):  {url}?token={service.token}", flush=True)
-            if open_browser and not control.stop_requested.is_set():
-                threading.Timer(3.0, lambda: webbrowser.open(f"{url}?token={service.token}")).start()
+            _announce_dashboard(config.host, dashboard_port, service.token, supervisor, control.stop_requested,
+                                open_browser)
         print(f"control token: {service.token}\narchive: {archive}\n"
               f"ports: {_span(config_ports(config))} on {config.host}", flush=True)
         if not control.stop_requested.is_set():

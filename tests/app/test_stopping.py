@@ -86,9 +86,17 @@ class Demo:
     def stderr(self) -> str:
         return self.err.read_text()
 
-    def wait_for_frames(self, services: int = 2) -> dict[int, int]:
-        """Once frames reach the archive (the run is under way), the demo's processes below it."""
-        assert _until(lambda: any(self.archive.glob("*/map_0000.h5")) or self.proc.poll() is not None, 180)
+    def archived(self) -> int:
+        """Frames in the first map file so far (0 while it is being created)."""
+        try:
+            with h5py.File(next(self.archive.glob("*/map_0000.h5")), "r", swmr=True) as f:
+                return int(f["entry/scan/sequence"].shape[0])
+        except (StopIteration, OSError, KeyError):
+            return 0
+
+    def wait_for_frames(self, services: int = 2, frames: int = 30) -> dict[int, int]:
+        """Once frames flow into the archive (the run is well under way), the demo's processes below it."""
+        assert _until(lambda: self.archived() >= frames or self.proc.poll() is not None, 180)
         assert self.proc.poll() is None, self.stdout() + self.stderr()
         assert _until(lambda: len(_descendants(self.proc.pid)) >= services, 60)
         self.seen.update(_descendants(self.proc.pid))
