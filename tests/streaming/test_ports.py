@@ -17,13 +17,13 @@ def test_picked_ports_are_outside_the_ephemeral_range_and_the_demo_defaults():
 def test_a_port_somebody_holds_is_seen_and_skipped(monkeypatch):
     held = socket.socket()
     try:
-        held.bind(("127.0.0.1", ports.free_ports(1)[0]))    # held for the whole test, never released
+        free, port = ports.free_ports(2)                   # two ports nobody holds; hold the second
+        held.bind(("127.0.0.1", port))                      # for the whole test, never released
         held.listen()
-        port = held.getsockname()[1]
-        assert port in ports.ports_in_use()
-        monkeypatch.setattr(ports, "LOW", port - 1)         # a pool of two: port - 1 and the held port
+        assert port in ports.ports_in_use() and free not in ports.ports_in_use()
+        monkeypatch.setattr(ports, "LOW", free)             # a pool of two: the free and the held port
         monkeypatch.setattr(ports, "HIGH", port + 1)
-        assert all(ports.free_ports(1) == [port - 1] for _ in range(20))
+        assert all(ports.free_ports(1) == [free] for _ in range(20))
         monkeypatch.setattr(ports, "LOW", port)             # only the held port left
         with pytest.raises(RuntimeError, match="no block of 1 free ports"):
             ports.free_ports(1)
