@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import logging
 import re
+import time
 from http.cookies import SimpleCookie
 
 from bokeh.util.token import get_session_id
@@ -72,9 +73,15 @@ def test_access_log_has_paths_without_query_strings(dashboard, token, caplog):
     caplog.set_level(logging.INFO, logger="tornado.access")
     _get(dashboard.port, f"/?token={token}")
     _get(dashboard.port, f"/ws?token={token}")             # an old page's websocket URL
-    lines = [r.getMessage() for r in caplog.records if r.name == "tornado.access"]
-    assert any("GET / (127.0.0.1)" in line for line in lines), lines
-    assert any("GET /ws (127.0.0.1)" in line for line in lines), lines
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "tornado.access"]
+
+    deadline = time.monotonic() + 20           # the server logs a request after it has answered it
+    while len(lines()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert any("GET / (127.0.0.1)" in line for line in lines()), lines()
+    assert any("GET /ws (127.0.0.1)" in line for line in lines()), lines()
     assert not [line for line in caplog.messages if token in line]
 
 
