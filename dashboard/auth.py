@@ -81,7 +81,8 @@ def url_without_token(handler: RequestHandler) -> str:
     """The request's path and query, minus the token argument."""
     args = [(k, v.decode("utf-8", "replace")) for k, vs in handler.request.query_arguments.items()
             if k != TOKEN_ARG for v in vs]
-    return handler.request.path + (f"?{urlencode(args)}" if args else "")
+    path = "/" + handler.request.path.lstrip("/")     # never "//host": that would leave the site
+    return path + (f"?{urlencode(args)}" if args else "")
 
 
 class TokenExchange(AuthProvider):
