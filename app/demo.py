@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import random
 import socket
 import sys
 import threading
@@ -28,12 +27,13 @@ from opmon.experiment import AcquisitionService, ExperimentPlan
 from opmon.interrupts import StopControl
 from opmon.ports import (BOUND_BY, PortInUseError, check_range, config_ports, in_use_message, next_free, require_free,
                          shift_to_free, taken)
+from opmon.streaming.ports import free_ports, port_block
 from opmon.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
 DASHBOARD_PORT = 5006     # the dashboard's default; moved up when taken
-AUTO_PORTS = (20000, 32000)   # where `--port-base auto` looks (below Linux's ephemeral range)
+DEFAULT_BASE = 5550       # --port-base N moves every port by N - 5550
 STOP_TIMEOUT_S = 10.0     # from a stop signal to the summary, services stopped
 
 
@@ -59,7 +59,7 @@ def write_config(config: Config, path: Path) -> Path:
 def shift_ports(config: Config, base: int) -> None:
     """Move every port to base + its offset from 5550, for parallel runs and tests."""
     for f in dataclasses.fields(config.ports):
-        setattr(config.ports, f.name, base + getattr(config.ports, f.name) - 5550)
+        setattr(config.ports, f.name, base + getattr(config.ports, f.name) - DEFAULT_BASE)
 
 
 @dataclass
@@ -223,7 +223,7 @@ def settle_ports(config: Config, *, explicit: bool, headless: bool, dashboard_po
     if headless:
         return None
     if dashboard_port == 0:
-        return next_free(host, random.randrange(*AUTO_PORTS))
+        return next_free(host, free_ports(1)[0])
     if dashboard_port is not None:
         require_free(host, {"dashboard": dashboard_port})
         return dashboard_port
@@ -379,8 +379,8 @@ def configure(args: Any) -> Config:
     config = load_config(args.config)
     if args.archive_dir:
         config.archive.dir = args.archive_dir
-    if args.port_base == "auto":
-        shift_ports(config, random.randrange(AUTO_PORTS[0], AUTO_PORTS[1], 10))   # settle_ports moves it if taken
+    if args.port_base == "auto":     # the shared picker; settle_ports still checks them
+        shift_ports(config, port_block(max(config_ports(config).values()) - DEFAULT_BASE + 1))
     elif args.port_base:
         shift_ports(config, args.port_base)
         ports = config_ports(config)

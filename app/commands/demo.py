@@ -38,8 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="TOML configuration (ports, paths); defaults: opmon/default_config.toml")
     p.add_argument("--archive-dir", help="where the run is archived (overrides [archive] dir)")
     p.add_argument("--port-base", type=port_base, default=0,
-                   help="shift all ports to start here; 'auto': any free set (default: the config's ports, "
-                        "moved up if taken)")
+                   help="shift all ports to start here; 'auto': a free set from opmon's port picker "
+                        "(default: the config's ports, moved up if taken)")
     p.add_argument("--maps-at", type=float, nargs="+", metavar="V", help="voltage thresholds that start maps")
     p.add_argument("--period", type=float, default=None, help="also map every PERIOD simulated seconds")
     p.add_argument("--plateau", action="store_true", help="also map when a plateau begins")
