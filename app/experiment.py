@@ -148,7 +148,7 @@ class AcquisitionService:
         self._stop.set()
         self.control.close()
         if linger_s is not None:     # the plan is over: nobody else uses these sockets now
-            for sock in self.publisher.sockets:
+            for sock in [*self.publisher.sockets, *([self.documents.docs] if self.documents.docs is not None else [])]:
                 sock.setsockopt(zmq.LINGER, int(linger_s * 1000))
                 sock.setsockopt(zmq.SNDTIMEO, int(linger_s * 1000))
         self.beamline.close()
