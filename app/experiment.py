@@ -151,6 +151,9 @@ class AcquisitionService:
             for sock in [*self.publisher.sockets, *([self.documents.docs] if self.documents.docs is not None else [])]:
                 sock.setsockopt(zmq.LINGER, int(linger_s * 1000))
                 sock.setsockopt(zmq.SNDTIMEO, int(linger_s * 1000))
+            acked = getattr(self.publisher, "archive", None)     # an acknowledged archive stream
+            if acked is not None and hasattr(acked, "stall_timeout_s"):  # waits for the archiver as briefly
+                acked.stall_timeout_s = min(acked.stall_timeout_s, linger_s)
         self.beamline.close()
         self.publisher.close()
         self.documents.close()
