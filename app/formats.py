@@ -342,3 +342,42 @@ class RawMapWriter:
         self.data[start:stop] = frames
         self.n = stop
 
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def open_hdf5(path: str | Path, what: str = "HDF5 file", swmr: bool = True) -> h5py.File:
+    """Open `path` read-only, or raise one line saying why not: missing, a directory, empty, not HDF5, truncated.
+
+    SWMR mode also opens a map whose writer was killed mid-run (the archiver's files).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise RawFileError(f"{p}: no such file")
+    if p.is_dir():
+        raise RawFileError(f"{p}: is a directory, expected a {what}")
+    try:
+        return h5py.File(p, "r", swmr=swmr)
+    except OSError as exc:
+        raise RawFileError(f"{p}: {_why_not_hdf5(p, exc)}") from exc
+
+
+def _why_not_hdf5(p: Path, exc: OSError) -> str:
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as f:
+            head = f.read(8)
+            # the superblock may sit after a user block at 512, 1024, 2048, ... bytes
+            signed = head == HDF5_SIGNATURE or any(f.seek(off) == off and f.read(8) == HDF5_SIGNATURE
+                                                   for off in (512, 1024, 2048, 4096) if off < size)
+    except OSError as err:
+        return f"cannot read ({err.strerror})"
+    if size == 0:
+        return "empty file, not HDF5"
+    if not signed:
+        return "not an HDF5 file (no HDF5 signature)"
+    reason = str(exc).lower()
+    if "truncated" in reason or "eof" in reason or "addr overflow" in reason:
+        return f"truncated HDF5 file ({size} bytes; was it copied or written completely?)"
+    return f"damaged HDF5 file ({str(exc).split('(')[0].strip().rstrip(',')})"

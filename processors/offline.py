@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from opmon import __version__, interrupt
 from opmon.errors import EmptyMapError, RawFileError
-from opmon.formats import (DATA, RawMeta, check_roi, iter_checked_blocks, linked_files, map_entries, natural_key,
+from opmon.formats import (DATA, open_hdf5, RawMeta, check_roi, iter_checked_blocks, linked_files, map_entries, natural_key,
                            read_raw_meta)
 from opmon.outputs import atomic_path, check_outputs
 from opmon.safe_chunks import FrameReader
@@ -182,16 +182,7 @@ def count_frames(f: h5py.File, entries: list[str]) -> int:
 
 def open_raw(raw: str | Path) -> h5py.File:
     """Open a raw file for reading, or say in one line why it cannot be (missing, not HDF5, truncated)."""
-    raw = Path(raw)
-    if not raw.exists():
-        raise RawFileError(f"{raw}: no such file")
-    if raw.is_dir():
-        raise RawFileError(f"{raw}: is a directory, expected a raw HDF5 file")
-    try:
-        return h5py.File(raw, "r", swmr=True)  # also reads a map whose writer was killed mid-SWMR
-    except OSError as exc:
-        reason = "empty file" if raw.stat().st_size == 0 else str(exc).split("(")[0].strip().rstrip(",")
-        raise RawFileError(f"{raw}: not a readable HDF5 file ({reason})") from exc
+    return open_hdf5(raw, "raw SXDM HDF5 file")
 
 
 @dataclass

@@ -19,7 +19,8 @@ import numpy as np
 
 from opmon import interrupt
 from opmon.errors import ArchiveError, RawFileError
-from opmon.formats import RawMeta, check_roi, iter_checked_blocks, linked_files, map_entries, read_raw_meta
+from opmon.formats import (RawMeta, check_roi, iter_checked_blocks, linked_files, map_entries, open_hdf5,
+                           read_raw_meta)
 from opmon.safe_chunks import FrameReader
 from opmon.streaming.archive_files import MASTER
 from opmon.streaming.publisher import ZmqFrameSink
@@ -75,11 +76,7 @@ def open_source(path: str | Path, roi: tuple[int, int, int, int] | None = None) 
         file missing from a run, metadata missing or malformed, an ROI outside the frames.
     """
     source = resolve_archive(path)
-    try:
-        f = h5py.File(source, "r", swmr=True)
-    except OSError as exc:
-        reason = "empty file" if source.stat().st_size == 0 else str(exc).split("(")[0].strip().rstrip(",")
-        raise ArchiveError(f"{source}: not a readable HDF5 file ({reason})") from exc
+    f = open_hdf5(source, "run archive or raw SXDM file")
     try:
         names = map_entries(f)
         metas = {name: read_raw_meta(f[name]) for name in names}
