@@ -7,6 +7,7 @@ every map (and writes the maps with -o). With --external it only sends, to the c
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import threading
 import time
@@ -28,6 +29,8 @@ from opmon.streaming.replay import ReplayReport, ReplaySource, open_source, repl
 
 
 def _main(args: argparse.Namespace) -> int:
+    if not args.verbose:  # the summary table says what happened; the processor's per-map log is noise here
+        logging.getLogger("opmon.processors").setLevel(logging.WARNING)
     config = load_config(args.config)
     if args.rate is not None and not args.rate > 0:
         raise OpmonError(f"--rate must be > 0 frames per second, got {args.rate}")
