@@ -5,17 +5,23 @@ be, including inside `__del__` methods and generator finalisers (h5py objects, t
 it is printed as "Exception ignored ... KeyboardInterrupt" and the run goes on. Here the
 first Ctrl-C only sets a flag that the work loops check between blocks (`check`), so the
 interrupt surfaces at a known point, temporary files are removed on the way out and the
-command exits within a block's time. A second Ctrl-C raises at once.
+command exits within a block's time. A second Ctrl-C raises at once, and so does a watchdog
+when no check point was reached within `GRACE_S` (the main thread is blocked in a call, e.g. a
+send waiting for a receiver): the signal is re-sent, which interrupts the blocking call.
 """
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
+GRACE_S = 1.0
+
 _requested = threading.Event()
+_honoured = threading.Event()
 
 
 def requested() -> bool:
@@ -26,13 +32,21 @@ def requested() -> bool:
 def check() -> None:
     """Raise KeyboardInterrupt if Ctrl-C was pressed: call between blocks of work."""
     if _requested.is_set():
+        _honoured.set()
         raise KeyboardInterrupt
+
+
+def _watchdog() -> None:
+    if not _honoured.wait(GRACE_S) and _requested.is_set():
+        os.kill(os.getpid(), signal.SIGINT)  # the handler now raises inside the blocked call
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
     if _requested.is_set():
-        raise KeyboardInterrupt  # second Ctrl-C: now
+        _honoured.set()
+        raise KeyboardInterrupt  # second Ctrl-C (or the watchdog): now
     _requested.set()
+    threading.Thread(target=_watchdog, name="opmon-interrupt-watchdog", daemon=True).start()
 
 
 @contextmanager
@@ -42,10 +56,12 @@ def interruptible() -> Iterator[None]:
         yield
         return
     _requested.clear()
+    _honoured.clear()
     previous = signal.signal(signal.SIGINT, _handler)
     try:
         yield
         check()
     finally:
         signal.signal(signal.SIGINT, previous)
+        _honoured.set()  # a late watchdog must not signal the default handler
         _requested.clear()

@@ -152,7 +152,7 @@ def _send(src: ReplaySource, sink: ZmqFrameSink, rate_fps: float | None, run: st
                         time.sleep(min(wait, 0.1))
                         wait = t0 + frames / rate_fps - time.perf_counter()
             sink.end_map()
-    except BaseException:
+    except Exception:
         try:
             sink.stop_run("fail")  # receivers learn the run ended; the original error is what matters
         except Exception:  # noqa: BLE001

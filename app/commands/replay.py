@@ -16,11 +16,12 @@ from typing import Any
 
 import h5py
 import numpy as np
+import zmq
 
 from opmon import interrupt
 from opmon.commands.process import EXIT_SKIPPED, parse_background, parse_roi
 from opmon.config import load_config
-from opmon.errors import OpmonError
+from opmon.errors import OpmonError, StreamStalledError
 from opmon.outputs import atomic_path, check_outputs
 from opmon.processors.live import open_live_processor
 from opmon.processors.mapfile import write_maps
@@ -57,7 +58,7 @@ def _external(args: argparse.Namespace, config: Any, source: ReplaySource) -> in
     try:
         report = replay(source, sink, rate_fps=args.rate, skip_bad_frames=args.skip_bad_frames)
     finally:
-        sink.close()
+        _close(sink)
     print(f"replayed {report.frames} frames in {report.maps} maps as run {report.run} ({report.seconds:.1f} s)")
     return _report_skipped(report, None)
 
@@ -82,8 +83,8 @@ def _internal(args: argparse.Namespace, config: Any, source: ReplaySource, roi: 
             time.sleep(0.05)
     finally:
         done.set()
-        thread.join(5)
-        sink.close()
+        thread.join(0.5 if interrupt.requested() else 5)
+        _close(sink)
     lost = processor.counters.lost
     print(f"replayed {report.frames} frames in {report.maps} maps ({report.seconds:.1f} s, "
           f"{report.frames / max(report.seconds, 1e-9):.0f} frames/s), frames lost {lost}")
@@ -106,6 +107,20 @@ def _internal(args: argparse.Namespace, config: Any, source: ReplaySource, roi: 
     if lost:
         return 1
     return _report_skipped(report, output)
+
+
+def _close(sink: ZmqFrameSink) -> None:
+    """Close the sink; after Ctrl-C without waiting for receivers (queued frames are dropped, not awaited)."""
+    if not interrupt.requested():
+        sink.close()
+        return
+    for sock in sink.sockets:
+        sock.setsockopt(zmq.SNDTIMEO, 0)
+        sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sink.close()
+    except (StreamStalledError, zmq.ZMQError):
+        pass
 
 
 def _report_skipped(report: ReplayReport, output: Path | None) -> int:
