@@ -39,17 +39,17 @@ def write_raw(path: Path, n_side: int = 3, angles: int = 6, frame: tuple[int, in
 
 
 def corrupt_frames(path: Path, frames: list[int], entry: str = "entry") -> Path:
-    """Overwrite the first LZ4 block length of each frame's chunk with 0x7FFFFFF0.
+    """Overwrite the uncompressed size in each frame's bitshuffle header with 256 MiB.
 
-    A plain h5py read of such a chunk segfaults (the bitshuffle filter trusts the length).
+    A plain h5py read of such a chunk segfaults (the bitshuffle filter trusts the size).
     """
     with h5py.File(path, "r") as f:
         data = f[entry][DATA]
         offsets = [data.id.get_chunk_info_by_coord((i, 0, 0)).byte_offset for i in frames]
     with open(path, "r+b") as fh:
         for off in offsets:
-            fh.seek(off + 12)
-            fh.write(struct.pack(">I", 0x7FFFFFF0))
+            fh.seek(off)
+            fh.write(struct.pack(">Q", 0x10000000))
     return path
 
 
