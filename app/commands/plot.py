@@ -17,6 +17,11 @@ def _open(path: Path) -> h5py.File:
 
 
 def run(args: argparse.Namespace) -> int:
+    with interrupt.exit_promptly("plot"):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from opmon.processors.figure import plot_maps
     from opmon.processors.mapfile import read_maps
     path = Path(args.maps)

@@ -54,6 +54,11 @@ def png_paths(png: str | None, output: Path, names: list[str]) -> dict[str, Path
 
 
 def run(args: argparse.Namespace) -> int:
+    with interrupt.exit_promptly("process"):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     options = ProcessOptions(roi=parse_roi(args.roi), threshold=args.threshold, background=parse_background(args.background),
                              despeckle=not args.keep_isolated, skip_bad_frames=args.skip_bad_frames)
     if args.threshold < 0:

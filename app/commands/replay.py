@@ -30,6 +30,11 @@ from opmon.streaming.replay import ReplayReport, ReplaySource, open_source, repl
 
 
 def _main(args: argparse.Namespace) -> int:
+    with interrupt.exit_promptly("replay"):
+        return _replay(args)
+
+
+def _replay(args: argparse.Namespace) -> int:
     if not args.verbose:  # the summary table says what happened; the processor's per-map log is noise here
         logging.getLogger("opmon.processors").setLevel(logging.WARNING)
     config = load_config(args.config)
@@ -83,7 +88,7 @@ def _internal(args: argparse.Namespace, config: Any, source: ReplaySource, roi: 
             time.sleep(0.05)
     finally:
         done.set()
-        thread.join(0.5 if interrupt.requested() else 5)
+        thread.join(0.1 if interrupt.requested() else 5)
         _close(sink)
     lost = processor.counters.lost
     print(f"replayed {report.frames} frames in {report.maps} maps ({report.seconds:.1f} s, "

@@ -209,6 +209,11 @@ def _write(tmp: Path, entry: str, setup: Any, renderer: Any, truth: dict[str, An
 
 
 def run(args: argparse.Namespace) -> int:
+    with interrupt.exit_promptly("simulate"):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     simulate(Path(args.output), ny=args.ny, nx=args.nx, angles=args.angles, eta_step=args.eta_step,
              eta_center=args.eta_center, mode=args.mode, x_mean=args.x_mean, cycles=args.cycles, seed=args.seed,
              order=args.order, roi=tuple(args.roi) if args.roi else None, dtype=args.dtype, block=args.block,
