@@ -158,10 +158,11 @@ def test_process_roi_outside_the_frame(guard):
     assert_one_line_error(result, "outside the 40x48 frames")
 
 
+@pytest.mark.parametrize("command", ["process", "replay"])
 @pytest.mark.parametrize("damage, message", [
     ("dtype", "dtype float32"), ("attribute", "missing dataset /entry/instrument/detector/distance"),
 ])
-def test_process_wrong_dtype_and_missing_metadata(guard, damage, message):
+def test_wrong_dtype_and_missing_metadata(guard, command, damage, message):
     wd, allowed = guard
     write_raw(wd / "odd.h5")
     allowed.add("odd.h5")
@@ -171,7 +172,7 @@ def test_process_wrong_dtype_and_missing_metadata(guard, damage, message):
             f["entry/instrument/detector/data"] = np.zeros((54, 40, 48), np.float32)
         else:
             del f["entry/instrument/detector/distance"]
-    assert_one_line_error(opmon("process", "odd.h5", "-o", "maps.h5", "-q", cwd=wd), message)
+    assert_one_line_error(opmon(command, "odd.h5", "-o", "maps.h5", cwd=wd), message)
 
 
 # ---- replay -------------------------------------------------------------------------------
