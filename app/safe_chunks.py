@@ -230,6 +230,7 @@ class FrameReader:
         self.data = data
         self.label = label
         self.safe = is_bitshuffle_lz4(data)
+        self.unwritten: set[int] = set()  # frames whose chunk was never stored (a writer killed mid-block)
         self.frame_bytes = int(np.prod(data.shape[1:])) * data.dtype.itemsize
 
     def read(self, out: npt.NDArray[Any], start: int) -> list[int]:
@@ -250,8 +251,10 @@ class FrameReader:
         for i in range(k):
             try:
                 mask, chunk = self.data.id.read_direct_chunk((start + i, 0, 0))
-            except (OSError, KeyError, ValueError):
-                mask, chunk = 1, b""  # chunk missing (never written) or unreadable
+            except (OSError, KeyError, ValueError, RuntimeError):
+                mask, chunk = 1, b""  # chunk never written, or its index is unreadable
+                if self.data.id.get_chunk_info_by_coord((start + i, 0, 0)).byte_offset is None:
+                    self.unwritten.add(start + i)
             if mask != 0 or decode_bslz4(np.frombuffer(chunk, dtype=np.uint8), flat[i], es) != 0:
                 flat[i] = 0
                 bad.append(start + i)
@@ -268,8 +271,15 @@ class FrameReader:
         return bad
 
     def error(self, bad: list[int]) -> CorruptFrameError:
-        """The one-line error naming the file, map and frames."""
-        shown = ", ".join(str(i) for i in bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
-        noun = "frame" if len(bad) == 1 else "frames"
-        return CorruptFrameError(f"{self.label}: corrupt compressed {noun} {shown} "
+        """The one-line error naming the file, map and frames (corrupt, or never written)."""
+        corrupt = [i for i in bad if i not in self.unwritten]
+        missing = [i for i in bad if i in self.unwritten]
+        parts = [f"corrupt compressed {_frames(corrupt)}" if corrupt else "",
+                 f"{_frames(missing)} never written" if missing else ""]
+        return CorruptFrameError(f"{self.label}: {'; '.join(p for p in parts if p)} "
                                  f"(use --skip-bad-frames to process the other frames)")
+
+
+def _frames(numbers: list[int]) -> str:
+    shown = ", ".join(str(i) for i in numbers[:10]) + (f" and {len(numbers) - 10} more" if len(numbers) > 10 else "")
+    return f"{'frame' if len(numbers) == 1 else 'frames'} {shown}"

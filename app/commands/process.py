@@ -91,7 +91,8 @@ def _run(args: argparse.Namespace) -> int:
     if skipped:
         listed = "; ".join(f"{name}: frames {', '.join(map(str, bad[:20]))}{' ...' if len(bad) > 20 else ''}"
                            for name, bad in skipped.items())
-        print(f"opmon process: warning: skipped {sum(map(len, skipped.values()))} corrupt frame(s) of {raw} "
+        count = sum(map(len, skipped.values()))
+        print(f"opmon process: warning: skipped {count} unreadable (corrupt or unwritten) frame(s) of {raw} "
               f"({listed}); listed in {output} as <entry>/maps/bad_frames", file=sys.stderr)
         return EXIT_SKIPPED
     return 0

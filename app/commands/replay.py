@@ -134,7 +134,8 @@ def _report_skipped(report: ReplayReport, output: Path | None) -> int:
     listed = "; ".join(f"{name}: frames {', '.join(map(str, bad[:20]))}{' ...' if len(bad) > 20 else ''}"
                        for name, bad in report.bad_frames.items())
     where = f"; listed in {output} as <entry>/maps/bad_frames" if output else ""
-    print(f"opmon replay: warning: skipped {sum(map(len, report.bad_frames.values()))} corrupt frame(s) ({listed}){where}",
+    count = sum(map(len, report.bad_frames.values()))
+    print(f"opmon replay: warning: skipped {count} unreadable (corrupt or unwritten) frame(s) ({listed}){where}",
           file=sys.stderr)
     return EXIT_SKIPPED
 

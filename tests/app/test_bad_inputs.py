@@ -96,11 +96,31 @@ def test_process_skip_bad_frames_processes_the_rest_and_lists_them(guard):
     wd, allowed = guard
     allowed.add("maps.h5")
     result = opmon("process", "corrupt.h5", "-o", "maps.h5", "-q", "--skip-bad-frames", cwd=wd)
-    assert_one_line_error(result, "skipped 2 corrupt frame(s)", "3, 40", code=3)
+    assert_one_line_error(result, "skipped 2 unreadable (corrupt or unwritten) frame(s)", "3, 40", code=3)
     with h5py.File(wd / "maps.h5") as f:
         assert list(f["entry/maps/bad_frames"][()]) == [3, 40]
         assert f["entry/maps"].attrs["bad_frames_count"] == 2
         assert np.isfinite(f["entry/maps/d_spacing"][()]).all()
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_process_half_written_map(guard, skip):
+    """A writer killed after growing the frame dataset, before storing the frames: named, never zeros."""
+    wd, allowed = guard
+    write_raw(wd / "half.h5")
+    allowed |= {"half.h5", "maps.h5"}
+    with h5py.File(wd / "half.h5", "a") as f:
+        entry = f["entry"]
+        for name in ("scan/map_index", "sample/positioners/eta", "sample/positioners/phi", "sample/positioners/nu",
+                     "sample/positioners/delta", "scan/x", "scan/y"):
+            entry[name].resize((56,))
+            entry[name][54:] = entry[name][53]
+        entry["instrument/detector/data"].resize((56, 40, 48))
+    result = opmon("process", "half.h5", "-o", "maps.h5", "-q", *(["--skip-bad-frames"] if skip else []), cwd=wd)
+    if skip:
+        assert_one_line_error(result, "skipped 2 unreadable", "54, 55", code=3)
+    else:
+        assert_one_line_error(result, "half.h5:/entry", "never written", code=2)
 
 
 @pytest.mark.parametrize("kind, message", [
@@ -206,7 +226,7 @@ def test_replay_skip_bad_frames_lists_them(guard):
     wd, allowed = guard
     allowed.add("out.h5")
     result = opmon("replay", "corrupt.h5", "-o", "out.h5", "--skip-bad-frames", cwd=wd)
-    assert_one_line_error(result, "skipped 2 corrupt frame(s)", "3, 40", code=3)
+    assert_one_line_error(result, "skipped 2 unreadable (corrupt or unwritten) frame(s)", "3, 40", code=3)
     with h5py.File(wd / "out.h5") as f:
         assert list(f["entry0/maps/bad_frames"][()]) == [3, 40]
 
