@@ -38,7 +38,8 @@ def check() -> None:
 
 def _watchdog() -> None:
     if not _honoured.wait(GRACE_S) and _requested.is_set():
-        os.kill(os.getpid(), signal.SIGINT)  # the handler now raises inside the blocked call
+        # to the main thread itself: only there does the signal interrupt the blocked system call
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # type: ignore[arg-type]
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
