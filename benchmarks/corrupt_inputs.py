@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     kinds = ["truncated", "flipped bytes in chunks", "wrong dtype", "missing attributes"]
     table: dict[tuple[str, str], collections.Counter[str]] = collections.defaultdict(collections.Counter)
     leftovers = 0
+    worst: list[str] = []  # stderr of any traceback or crash, to show
     with tempfile.TemporaryDirectory() as tmp:
         wd = Path(tmp)
         raw = wd / "raw.h5"
@@ -88,13 +89,18 @@ def main(argv: list[str] | None = None) -> int:
                                 ["replay", "bad.h5", "-o", "maps.h5", "--force"]):
                     result = subprocess.run([OPMON, *command], cwd=wd, capture_output=True, text=True, timeout=300)
                     label = " ".join(c for c in command[:1] + command[5:] if c.startswith(("--skip", "process", "replay")))
-                    table[(kind, label)][classify(result)] += 1
+                    outcome = classify(result)
+                    table[(kind, label)][outcome] += 1
+                    if outcome in ("traceback", "crash"):
+                        worst.append(f"{kind} / {label}: exit {result.returncode}\n{result.stderr[-2000:]}")
                     leftovers += sum(1 for p in wd.iterdir() if p.name.startswith("."))
                 bad.unlink()
     print(f"{'damage':26} {'command':30} outcomes (of {args.trials})")
     for (kind, label), counts in table.items():
         print(f"{kind:26} {label:30} {dict(sorted(counts.items()))}")
     print(f"temporary files left behind: {leftovers}")
+    for text in worst:
+        print(text)
     return 0
 
 
