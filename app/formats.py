@@ -182,9 +182,19 @@ def iter_checked_blocks(entry: h5py.Group, block: int = 64, buffers: int = 1,
         yield start, view, reader.read(view, start)
 
 
-def entry_label(entry: h5py.Group) -> str:
-    """``file:/entry`` of the frames, for messages that must name where a problem is."""
-    return f"{entry[DATA].file.filename}:{entry.name}"
+def entry_label(entry: h5py.Group, shown: str | Path | None = None) -> str:
+    """``file:/entry`` of the frames, for messages that must name where a problem is.
+
+    `shown` is the file the user named; when the frames live in another file (an archive's
+    run.h5 links each map to its map_NNNN.h5), that file is named too.
+    """
+    frames_file = Path(entry[DATA].file.filename)
+    if shown is None:
+        return f"{frames_file}:{entry.name}"
+    label = f"{shown}:{entry.name}"
+    if frames_file.absolute() != Path(shown).absolute():
+        label += f" (frames in {frames_file.name})"
+    return label
 
 
 def natural_key(name: str) -> tuple[str, int]:
@@ -219,14 +229,23 @@ def map_entries(f: h5py.File, entry: str | None = None) -> list[str]:
         when the entry does not exist, a linked map file is missing, or no group holds frames.
     """
     if entry is not None:
-        if entry not in f and f.get(entry, getlink=True) is None:
+        if f.get(entry, getlink=True) is None:
             raise RawFileError(f"{f.filename}: no entry {entry!r}; entries: {sorted(f.keys())}")
         names = [entry]
     else:
-        names = sorted((n for n, obj in f.items() if isinstance(obj, h5py.Group)), key=natural_key)
+        names = sorted(f.keys(), key=natural_key)
     found = []
     for name in names:
-        group = f[name]
+        group = f.get(name)  # None for a link whose target file or object is gone
+        if group is None:
+            link = f.get(name, getlink=True)
+            target = f"missing map file {link.filename}" if isinstance(link, h5py.ExternalLink) else "a missing object"
+            raise RawFileError(f"{f.filename}: {name} links to {target} "
+                               f"(the other maps can be read with --entry, or from their own map files)")
+        if not isinstance(group, h5py.Group):
+            if entry is not None:
+                raise RawFileError(f"{f.filename}: {name} is not a group")
+            continue
         missing = _missing_links(f, group)
         if missing:
             raise RawFileError(f"{f.filename}: {name} links to missing map file {', '.join(missing)} "

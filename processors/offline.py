@@ -18,8 +18,8 @@ import numpy.typing as npt
 
 from opmon import __version__, interrupt
 from opmon.errors import EmptyMapError, RawFileError
-from opmon.formats import (DATA, open_hdf5, RawMeta, check_roi, iter_checked_blocks, linked_files, map_entries, natural_key,
-                           read_raw_meta)
+from opmon.formats import (DATA, RawMeta, check_roi, entry_label, iter_checked_blocks, linked_files, map_entries,
+                           natural_key, open_hdf5, read_raw_meta)
 from opmon.outputs import atomic_path, check_outputs
 from opmon.safe_chunks import FrameReader
 from opmon.processors.accumulate import Background, MomentAccumulator, Roi
@@ -232,7 +232,8 @@ def process_plan(plan: RawPlan, output: str | Path, options: ProcessOptions,
     results: dict[str, EntryResult] = {}
     try:
         for name in plan.entries:
-            results[name] = reduce_entry(plan.file[name], options, progress, label=f"{plan.raw}:/{name}")
+            results[name] = reduce_entry(plan.file[name], options, progress,
+                                         label=entry_label(plan.file[name], plan.raw))
     except OSError as exc:
         raise RawFileError(f"{plan.raw}: damaged HDF5 file ({str(exc).split('(')[0].strip()})") from exc
     with atomic_path(Path(output)) as tmp, h5py.File(tmp, "w") as out:

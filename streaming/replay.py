@@ -19,7 +19,7 @@ import numpy as np
 
 from opmon import interrupt
 from opmon.errors import ArchiveError, RawFileError
-from opmon.formats import (RawMeta, check_roi, iter_checked_blocks, linked_files, map_entries, open_hdf5,
+from opmon.formats import (RawMeta, check_roi, entry_label, iter_checked_blocks, linked_files, map_entries, open_hdf5,
                            read_raw_meta)
 from opmon.safe_chunks import FrameReader
 from opmon.streaming.archive_files import MASTER
@@ -139,7 +139,8 @@ def _send(src: ReplaySource, sink: ZmqFrameSink, rate_fps: float | None, run: st
             meta = src.metas[name]
             sink.start_map(meta.n_frames, map_number=int(entry.attrs.get("map_number", number)), map_shape=meta.map_shape,
                            trigger={"kind": "replay", "entry": name})
-            for i, frame in _frames(entry, block, f"{src.path}:/{name}", skip_bad_frames, bad_frames.setdefault(name, [])):
+            for i, frame in _frames(entry, block, entry_label(entry, src.path), skip_bad_frames,
+                                   bad_frames.setdefault(name, [])):
                 x = None if meta.x_um is None or not np.isfinite(meta.x_um[i]) else float(meta.x_um[i])
                 y = None if meta.y_um is None or not np.isfinite(meta.y_um[i]) else float(meta.y_um[i])
                 sink.send_frame(frame, index=int(meta.map_index[i]), eta=float(meta.eta[i]), phi=float(meta.phi[i]),

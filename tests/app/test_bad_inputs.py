@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 import pytest
 
-from offline_inputs import OPMON, assert_one_line_error, digest, opmon, tree, write_raw
+from offline_inputs import OPMON, assert_one_line_error, corrupt_frames, digest, opmon, tree, write_raw
 
 INPUTS = ["raw.h5", "corrupt.h5", "run/run.h5", "run/map_0000.h5", "run/map_0001.h5"]
 
@@ -90,6 +90,16 @@ def test_process_corrupt_chunk_names_file_map_and_frame(guard):
     wd, _ = guard
     result = opmon("process", "corrupt.h5", "-o", "maps.h5", "-q", cwd=wd)
     assert_one_line_error(result, "corrupt.h5:/entry", "frame 3", "--skip-bad-frames", code=2)
+
+
+@pytest.mark.parametrize("command", ["process", "replay"])
+def test_corrupt_frame_in_an_archive_names_the_map_file(workdir, command):
+    wd = workdir
+    corrupt_frames(wd / "run/map_0001.h5", [5])
+    before, files = digest([wd / p for p in INPUTS]), tree(wd)
+    result = opmon(command, "run/run.h5", "-o", "maps.h5", *(["-q"] if command == "process" else []), cwd=wd)
+    assert_one_line_error(result, "run/run.h5:/entry1 (frames in map_0001.h5): corrupt compressed frame 5", code=2)
+    assert digest([wd / p for p in INPUTS]) == before and tree(wd) == files
 
 
 def test_process_skip_bad_frames_processes_the_rest_and_lists_them(guard):
@@ -170,6 +180,17 @@ def test_process_archive_with_a_missing_map_file(guard):
     (wd / "run/map_0001.h5").unlink()
     result = opmon("process", "run/run.h5", "-o", "maps.h5", "-q", cwd=wd)
     assert_one_line_error(result, "entry1 links to missing map file map_0001.h5")
+
+
+@pytest.mark.parametrize("command", ["process", "replay"])
+def test_top_level_link_to_a_missing_map_file(guard, command):
+    wd, allowed = guard
+    allowed.add("links.h5")
+    with h5py.File(wd / "links.h5", "w") as f:
+        f["entry0"] = h5py.ExternalLink("raw.h5", "/entry")
+        f["entry1"] = h5py.ExternalLink("gone.h5", "/entry")
+    result = opmon(command, "links.h5", "-o", "maps.h5", cwd=wd)
+    assert_one_line_error(result, "entry1 links to missing map file gone.h5")
 
 
 def test_process_roi_outside_the_frame(guard):
