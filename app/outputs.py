@@ -9,6 +9,7 @@ run leaves either the old file or the new one, never half of one.
 """
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -65,6 +66,27 @@ def _file_mode() -> int:
     return 0o666 & ~mask
 
 
+def remove_stale_parts(target: Path) -> list[Path]:
+    """Remove temporaries of `target` left by a killed run (SIGKILL skips every cleanup).
+
+    A temporary is named ``.<target>.<pid>.<random>.part``; it is stale when no process with
+    that pid is alive. Temporaries of a run still writing are left alone.
+    """
+    removed = []
+    for part in target.absolute().parent.glob(f".{glob.escape(target.name)}.*.part"):
+        pid_text = part.name[len(target.name) + 2:].split(".", 1)[0]
+        if not pid_text.isdigit():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            part.unlink(missing_ok=True)
+            removed.append(part)
+        except PermissionError:
+            pass  # alive, another user's
+    return removed
+
+
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside `target`; on success it replaces `target`, else it is removed.
@@ -73,7 +95,8 @@ def atomic_path(target: Path) -> Iterator[Path]:
     usual umask), so maps sit in the archive like the raw files next to them.
     """
     target = Path(target)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.absolute().parent)
+    remove_stale_parts(target)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".part", dir=target.absolute().parent)
     os.close(fd)
     tmp = Path(name)
     try:

@@ -328,6 +328,23 @@ def test_simulate_writes_group_readable_file(guard):
     assert (wd / "sim.h5").stat().st_mode & 0o777 == 0o666 & ~_umask()
 
 
+def test_a_killed_simulate_leaves_no_output_and_its_temporary_is_swept(guard):
+    wd, allowed = guard
+    allowed.add("sim.h5")
+    run = Running(["simulate", "-o", "sim.h5", "--ny", "40", "--nx", "40", "--angles", "40", "-q"], wd)
+    deadline = time.monotonic() + 120
+    while not any(p.name.startswith(".sim.h5.") for p in wd.iterdir()):
+        assert run.proc.poll() is None and time.monotonic() < deadline, run.stderr
+        time.sleep(0.02)
+    run.proc.kill()  # SIGKILL: no cleanup runs
+    run.proc.wait()
+    assert not (wd / "sim.h5").exists()  # never a half file under the real name
+    assert [p.name for p in wd.iterdir() if p.name.startswith(".sim.h5.")]  # only its hidden temporary
+    result = opmon("simulate", "-o", "sim.h5", *SMALL, cwd=wd)
+    assert result.returncode == 0, result.stderr
+    assert not [p.name for p in wd.iterdir() if p.name.startswith(".sim.h5.")]  # the dead run's temporary is gone
+
+
 # ---- plot ---------------------------------------------------------------------------------
 
 @pytest.fixture
