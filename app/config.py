@@ -109,6 +109,36 @@ def _check(config: Config) -> None:
         raise ConfigError(f"live.workers: {config.live.workers}, expected >= 1")
     if config.archive.flush_interval_s <= 0:
         raise ConfigError(f"archive.flush_interval_s: {config.archive.flush_interval_s}, expected > 0")
+    _check_values(config)
+
+
+def _check_values(config: Config) -> None:
+    """Values that parse but cannot work: caught at load, before any service starts."""
+    for key, value in (("stream.sndhwm", config.stream.sndhwm), ("stream.rcvhwm", config.stream.rcvhwm)):
+        if value < 0:
+            raise ConfigError(f"{key}: {value}, expected >= 0 (0 = unlimited)")
+    for key, value in (("stream.stall_timeout_s", config.stream.stall_timeout_s),
+                       ("live.publish_interval_s", config.live.publish_interval_s)):
+        if not value > 0 or value == float("inf"):
+            raise ConfigError(f"{key}: {value}, expected a finite number > 0")
+    if config.live.threshold < 0:
+        raise ConfigError(f"live.threshold: {config.live.threshold}, expected >= 0")
+    if config.live.background not in ("auto", "none"):
+        try:
+            rate = float(config.live.background)
+        except ValueError:
+            rate = -1.0
+        if not rate >= 0:
+            raise ConfigError(f"live.background: {config.live.background!r}, expected 'auto', 'none' or a rate >= 0")
+    if not config.host:
+        raise ConfigError("host: empty, expected an address such as 127.0.0.1")
+    if not config.archive.dir:
+        raise ConfigError("archive.dir: empty, expected a directory")
+    ports = [(f.name, getattr(config.ports, f.name)) for f in dataclasses.fields(Ports)]
+    for i, (name, port) in enumerate(ports):
+        for other, port2 in ports[:i]:
+            if port == port2:
+                raise ConfigError(f"ports.{name}: {port} is also ports.{other}; every channel needs its own port")
 
 
 def load_config(path: str | Path | None = None) -> Config:
@@ -126,6 +156,8 @@ def load_config(path: str | Path | None = None) -> Config:
         p = Path(path)
         try:
             values = tomllib.loads(p.read_text())
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{p}: not a text TOML file ({exc.reason})") from exc
         except OSError as exc:
             raise ConfigError(f"{p}: cannot read config: {exc.strerror}") from exc
         except tomllib.TOMLDecodeError as exc:

@@ -48,3 +48,11 @@ class StreamStalledError(OpmonError):
 
 class ArchiveError(OpmonError):
     """An archive directory or file is missing, unreadable or not an opmon run archive."""
+
+
+class CorruptFrameError(RawFileError):
+    """A stored frame cannot be decoded (corrupt or missing compressed chunk)."""
+
+
+class OutputError(OpmonError):
+    """An output path would overwrite an input or an existing file, or cannot be written."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import h5py
@@ -16,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from opmon.errors import RawFileError
+from opmon.safe_chunks import FrameReader
 
 DATA = "instrument/detector/data"
 DISTANCE = "instrument/detector/distance"
@@ -151,15 +153,135 @@ def iter_frame_blocks(entry: h5py.Group, block: int = 64, buffers: int = 1) -> I
 
     With ``buffers=2`` consecutive blocks alternate between two buffers, so a consumer may
     still be working on block i (in another thread) while block i+1 is read.
+
+    Raises
+    ------
+    CorruptFrameError
+        naming the file, entry and frame(s) when a compressed frame cannot be decoded.
+    """
+    for start, frames, bad in iter_checked_blocks(entry, block, buffers):
+        if bad:
+            raise FrameReader(entry[DATA], entry_label(entry)).error(bad)
+        yield start, frames
+
+
+def iter_checked_blocks(entry: h5py.Group, block: int = 64, buffers: int = 1,
+                        label: str | None = None) -> Iterator[tuple[int, npt.NDArray[Any], list[int]]]:
+    """Like `iter_frame_blocks`, plus the numbers of the frames of each block that are corrupt.
+
+    Corrupt frames are zero-filled and never crash the reader (see `opmon.safe_chunks`); the
+    caller skips them or raises ``FrameReader.error``.
     """
     data = entry[DATA]
+    reader = FrameReader(data, label or entry_label(entry))
     n = data.shape[0]
     bufs = [np.empty((min(block, n),) + data.shape[1:], dtype=data.dtype) for _ in range(buffers)]
     for i, start in enumerate(range(0, n, block)):
         stop = min(start + block, n)
         view = bufs[i % buffers][: stop - start]
-        data.read_direct(view, np.s_[start:stop])
-        yield start, view
+        yield start, view, reader.read(view, start)
+
+
+def entry_label(entry: h5py.Group, shown: str | Path | None = None) -> str:
+    """``file:/entry`` of the frames, for messages that must name where a problem is.
+
+    `shown` is the file the user named; when the frames live in another file (an archive's
+    run.h5 links each map to its map_NNNN.h5), that file is named too.
+    """
+    frames_file = Path(entry[DATA].file.filename)
+    if shown is None:
+        return f"{frames_file}:{entry.name}"
+    label = f"{shown}:{entry.name}"
+    if frames_file.absolute() != Path(shown).absolute():
+        label += f" (frames in {frames_file.name})"
+    return label
+
+
+def natural_key(name: str) -> tuple[str, int]:
+    """Sort key putting entry2 before entry10."""
+    stem = name.rstrip("0123456789")
+    digits = name[len(stem):]
+    return stem, int(digits) if digits else -1
+
+
+def _missing_links(f: h5py.File, group: h5py.Group) -> list[str]:
+    """Files that the external links of `group` (one level deep) point to but that do not exist."""
+    missing = []
+    base = Path(f.filename).absolute().parent
+    for name in group:
+        link = group.get(name, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            target = Path(link.filename)
+            if not (target if target.is_absolute() else base / target).exists() and link.filename not in missing:
+                missing.append(link.filename)
+    return missing
+
+
+def map_entries(f: h5py.File, entry: str | None = None) -> list[str]:
+    """Names of the raw map entries of `f`: the named one, or every group holding frames, in order.
+
+    An archive's run.h5 links each ``entryN`` to its map file; an entry whose map file is gone
+    is an error naming that file, not silently skipped (a run reported whole that is not).
+
+    Raises
+    ------
+    RawFileError
+        when the entry does not exist, a linked map file is missing, or no group holds frames.
+    """
+    if entry is not None:
+        if f.get(entry, getlink=True) is None:
+            raise RawFileError(f"{f.filename}: no entry {entry!r}; entries: {sorted(f.keys())}")
+        names = [entry]
+    else:
+        names = sorted(f.keys(), key=natural_key)
+    found = []
+    for name in names:
+        group = f.get(name)  # None for a link whose target file or object is gone
+        if group is None:
+            link = f.get(name, getlink=True)
+            target = f"missing map file {link.filename}" if isinstance(link, h5py.ExternalLink) else "a missing object"
+            raise RawFileError(f"{f.filename}: {name} links to {target} "
+                               f"(the other maps can be read with --entry, or from their own map files)")
+        if not isinstance(group, h5py.Group):
+            if entry is not None:
+                raise RawFileError(f"{f.filename}: {name} is not a group")
+            continue
+        missing = _missing_links(f, group)
+        if missing:
+            raise RawFileError(f"{f.filename}: {name} links to missing map file {', '.join(missing)} "
+                               f"(the other maps can be read with --entry, or from their own map files)")
+        if DATA in group:
+            found.append(name)
+        elif entry is not None:
+            raise RawFileError(f"{f.filename}: {name} holds no {DATA}")
+    if not found:
+        raise RawFileError(f"{f.filename}: no group holds {DATA} (is this a raw SXDM file?)")
+    return found
+
+
+def linked_files(f: h5py.File) -> list[Path]:
+    """Every file `f`'s top-level groups link to: inputs too, never to be written over."""
+    base = Path(f.filename).absolute().parent
+    files: list[Path] = []
+    for name in f:
+        link = f.get(name, getlink=True)
+        links = [link] if isinstance(link, h5py.ExternalLink) else []
+        if isinstance(link, h5py.HardLink) and isinstance(f[name], h5py.Group):
+            links += [f[name].get(child, getlink=True) for child in f[name]]
+        for lk in links:
+            if isinstance(lk, h5py.ExternalLink):
+                target = Path(lk.filename)
+                files.append(target if target.is_absolute() else base / target)
+    return files
+
+
+def check_roi(roi: tuple[int, int, int, int], frame_shape: tuple[int, int], where: str) -> None:
+    """Refuse an ROI that is empty or reaches outside the frames, before any frame is read."""
+    r0, r1, c0, c1 = roi
+    rows, cols = frame_shape
+    if not (0 <= r0 < r1 <= rows and 0 <= c0 < c1 <= cols):
+        raise RawFileError(f"--roi {r0} {r1} {c0} {c1}: outside the {rows}x{cols} frames of {where} "
+                           f"(need 0 <= r0 < r1 <= {rows}, 0 <= c0 < c1 <= {cols})")
 
 
 def compression() -> dict[str, Any]:
@@ -239,3 +361,42 @@ class RawMapWriter:
         self.data[start:stop] = frames
         self.n = stop
 
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def open_hdf5(path: str | Path, what: str = "HDF5 file", swmr: bool = True) -> h5py.File:
+    """Open `path` read-only, or raise one line saying why not: missing, a directory, empty, not HDF5, truncated.
+
+    SWMR mode also opens a map whose writer was killed mid-run (the archiver's files).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise RawFileError(f"{p}: no such file")
+    if p.is_dir():
+        raise RawFileError(f"{p}: is a directory, expected a {what}")
+    try:
+        return h5py.File(p, "r", swmr=swmr)
+    except OSError as exc:
+        raise RawFileError(f"{p}: {_why_not_hdf5(p, exc)}") from exc
+
+
+def _why_not_hdf5(p: Path, exc: OSError) -> str:
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as f:
+            head = f.read(8)
+            # the superblock may sit after a user block at 512, 1024, 2048, ... bytes
+            signed = head == HDF5_SIGNATURE or any(f.seek(off) == off and f.read(8) == HDF5_SIGNATURE
+                                                   for off in (512, 1024, 2048, 4096) if off < size)
+    except OSError as err:
+        return f"cannot read ({err.strerror})"
+    if size == 0:
+        return "empty file, not HDF5"
+    if not signed:
+        return "not an HDF5 file (no HDF5 signature)"
+    reason = str(exc).lower()
+    if "truncated" in reason or "eof" in reason or "addr overflow" in reason:
+        return f"truncated HDF5 file ({size} bytes; was it copied or written completely?)"
+    return f"damaged HDF5 file ({str(exc).split('(')[0].strip().rstrip(',')})"

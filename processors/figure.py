@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from opmon.outputs import atomic_path  # noqa: E402
 from opmon.processors.colorwheel import auto_max_altitude, tilt_rgb, wheel_legend  # noqa: E402
 from opmon.processors.maps import MapResult  # noqa: E402
 
@@ -56,6 +57,9 @@ def plot_maps(result: MapResult, path: str | Path, title: str = "", step_um: flo
     if title:
         fig.suptitle(title)
     path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:  # an interrupted or failed save leaves no half PNG
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        plt.close(fig)
     return path

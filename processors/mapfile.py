@@ -44,5 +44,20 @@ def read_maps(parent: h5py.Group) -> MapResult:
     if missing:
         raise RawFileError(f"{group.name}: missing dataset(s) {', '.join(missing)}")
     arrays = {name: group[name][()] for name in REQUIRED}
+    _check_shapes(group, arrays)
     frames = group["frames"][()] if "frames" in group else np.zeros(arrays["d_spacing"].shape, dtype=np.int64)
     return MapResult(**arrays, frames=frames, background=float(group.attrs.get("background_rate", 0.0)))
+
+
+def _check_shapes(group: h5py.Group, arrays: dict[str, np.ndarray]) -> None:
+    """Name the first dataset whose shape or type does not fit FORMATS.md (before any plotting)."""
+    shape = np.shape(arrays["d_spacing"])
+    expected = {name: shape for name in ("d_spacing", "tilt_altitude", "tilt_azimuth", "intensity", "peak_width", "mask")}
+    expected.update(q=shape + (3,), mean_q=(3,))
+    if len(shape) != 2:
+        raise RawFileError(f"{group.file.filename}:{group.name}/d_spacing: shape {shape}, expected (ny, nx)")
+    for name, want in expected.items():
+        arr = arrays[name]
+        if np.shape(arr) != want or not np.issubdtype(np.asarray(arr).dtype, np.number):
+            raise RawFileError(f"{group.file.filename}:{group.name}/{name}: shape {np.shape(arr)} "
+                               f"{np.asarray(arr).dtype}, expected numbers of shape {want}")

@@ -6,11 +6,9 @@ done, so a failure never leaves a half file behind.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +16,12 @@ import h5py
 import numpy as np
 import numpy.typing as npt
 
-from opmon import __version__
+from opmon import __version__, interrupt
 from opmon.errors import EmptyMapError, RawFileError
-from opmon.formats import DATA, RawMeta, iter_frame_blocks, read_raw_meta
+from opmon.formats import (DATA, RawMeta, check_roi, entry_label, iter_checked_blocks, linked_files, map_entries,
+                           natural_key, open_hdf5, read_raw_meta)
+from opmon.outputs import atomic_path, check_outputs
+from opmon.safe_chunks import FrameReader
 from opmon.processors.accumulate import Background, MomentAccumulator, Roi
 from opmon.processors.geometry import DetectorGeometry
 from opmon.processors.mapfile import write_maps
@@ -40,6 +41,7 @@ class ProcessOptions:
     background: Background = "auto"
     despeckle: bool = True
     block: int = 64
+    skip_bad_frames: bool = False  # corrupt frames: skip and list them (True) or stop with an error
 
     def attrs(self, roi: Roi) -> dict[str, Any]:
         return {"roi": np.asarray(roi), "threshold": self.threshold, "background": str(self.background),
@@ -49,23 +51,14 @@ class ProcessOptions:
 
 def find_entries(f: h5py.File, entry: str | None) -> list[str]:
     """Names of the raw map entries to process: the named one, or every group holding frames."""
-    if entry is not None:
-        if entry not in f:
-            raise RawFileError(f"{f.filename}: no entry {entry!r}; entries: {sorted(f.keys())}")
-        return [entry]
-    names = [name for name, obj in f.items() if isinstance(obj, h5py.Group) and DATA in obj]
-    if not names:
-        raise RawFileError(f"{f.filename}: no group holds {DATA} (is this a raw SXDM file?)")
-    return sorted(names, key=_natural_key)
+    return map_entries(f, entry)
 
 
-def _natural_key(name: str) -> tuple[str, int]:
-    stem = name.rstrip("0123456789")
-    digits = name[len(stem):]
-    return stem, int(digits) if digits else -1
+_natural_key = natural_key
 
 
-def auto_roi(entry: h5py.Group, meta: RawMeta, sample: int = ROI_SAMPLE_FRAMES) -> Roi:
+def auto_roi(entry: h5py.Group, meta: RawMeta, sample: int = ROI_SAMPLE_FRAMES, skip_bad: bool = False,
+             label: str | None = None) -> Roi:
     """Detector window holding the Bragg peak of every map pixel, found from evenly spaced frames.
 
     Sums a sample of frames, smooths out isolated background counts with a 5 x 5 box, keeps
@@ -78,10 +71,14 @@ def auto_roi(entry: h5py.Group, meta: RawMeta, sample: int = ROI_SAMPLE_FRAMES) 
     count = int(np.clip(meta.n_frames // 10, min(200, meta.n_frames), sample))  # a tenth of the map, bounded
     picks = np.unique(np.linspace(0, meta.n_frames - 1, count).astype(np.int64))
     total = np.zeros((rows, cols), dtype=np.float64)
-    buf = np.empty((rows, cols), dtype=data.dtype)
+    buf = np.empty((1, rows, cols), dtype=data.dtype)
+    reader = FrameReader(data, label or f"{data.file.filename}:{entry.name}")
     for i in picks:
-        data.read_direct(buf, np.s_[int(i)])
-        total += buf
+        interrupt.check()
+        bad = reader.read(buf, int(i))
+        if bad and not skip_bad:
+            raise reader.error(bad)
+        total += buf[0]
     roi = roi_from_image(total, meta.detector_mask)
     return roi if roi is not None else (0, rows, 0, cols)
 
@@ -117,75 +114,152 @@ def _box5(image: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     return c[5:, 5:] - c[:-5, 5:] - c[5:, :-5] + c[:-5, :-5]
 
 
-def process_entry(entry: h5py.Group, options: ProcessOptions, progress: Callable[[int], None] | None = None) -> tuple[MapResult, Roi]:
+@dataclass
+class EntryResult:
+    """One map's maps, the ROI used and the frames that were corrupt and skipped."""
+
+    result: MapResult
+    roi: Roi
+    bad_frames: list[int] = field(default_factory=list)
+
+
+def process_entry(entry: h5py.Group, options: ProcessOptions, progress: Callable[[int], None] | None = None,
+                  label: str | None = None) -> tuple[MapResult, Roi]:
     """Reduce one raw map entry to its maps."""
+    done = reduce_entry(entry, options, progress, label)
+    return done.result, done.roi
+
+
+def reduce_entry(entry: h5py.Group, options: ProcessOptions, progress: Callable[[int], None] | None = None,
+                 label: str | None = None) -> EntryResult:
+    """Reduce one raw map entry; corrupt frames raise, or are skipped and listed with `skip_bad_frames`."""
     meta = read_raw_meta(entry)
+    label = label or f"{entry.file.filename}:{entry.name}"
     geometry = DetectorGeometry.from_meta(meta)
     if options.roi == "auto":
-        roi: Roi = auto_roi(entry, meta)
+        roi: Roi = auto_roi(entry, meta, skip_bad=options.skip_bad_frames, label=label)
     elif options.roi is None:
         roi = (0, meta.frame_shape[0], 0, meta.frame_shape[1])
     else:
         roi = options.roi  # type: ignore[assignment]
+        check_roi(roi, meta.frame_shape, label)
     acc = MomentAccumulator(geometry, meta.map_shape, roi=roi, detector_mask=meta.detector_mask,
                             threshold=options.threshold, background=options.background, despeckle=options.despeckle)
 
-    def consume(start: int, frames: np.ndarray) -> None:
-        stop = start + frames.shape[0]
-        acc.process_block(frames, meta.map_index[start:stop], meta.eta[start:stop], meta.phi[start:stop],
-                          meta.nu[start:stop], meta.delta[start:stop])
-        if progress is not None:
-            progress(frames.shape[0])
+    def consume(sel: slice | npt.NDArray[np.int64], frames: np.ndarray) -> None:
+        acc.process_block(frames, meta.map_index[sel], meta.eta[sel], meta.phi[sel], meta.nu[sel], meta.delta[sel])
 
+    skipped: list[int] = []
     # Reading (h5py holds the GIL) overlaps with the previous block's kernels (numba releases it).
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="opmon-accumulate") as pool:
         pending: Future[None] | None = None
-        for start, frames in iter_frame_blocks(entry, options.block, buffers=2):
+        for start, frames, bad in iter_checked_blocks(entry, options.block, buffers=2, label=label):
+            interrupt.check()
+            sel: slice | npt.NDArray[np.int64] = slice(start, start + frames.shape[0])
+            if bad:
+                if not options.skip_bad_frames:
+                    raise FrameReader(entry[DATA], label).error(bad)
+                skipped += bad
+                keep = np.setdiff1d(np.arange(start, start + frames.shape[0]), bad)
+                sel, frames = keep, frames[keep - start]
             if pending is not None:
                 pending.result()
-            pending = pool.submit(consume, start, frames)
+            if progress is not None:
+                progress(frames.shape[0] + len(bad))
+            if frames.shape[0]:
+                pending = pool.submit(consume, sel, frames)
         if pending is not None:
             pending.result()
     try:
-        return acc.finalize(), roi
+        return EntryResult(acc.finalize(), roi, skipped)
     except EmptyMapError as exc:
-        raise EmptyMapError(f"{entry.file.filename}:{entry.name}: {exc}") from exc
+        raise EmptyMapError(f"{label}: {exc}") from exc
 
 
 def count_frames(f: h5py.File, entries: list[str]) -> int:
     return sum(int(f[name][DATA].shape[0]) for name in entries if DATA in f[name])
 
 
-def process_file(raw: str | Path, output: str | Path, options: ProcessOptions | None = None, entry: str | None = None,
-                 progress: Callable[[int], None] | None = None) -> dict[str, MapResult]:
-    """Process every raw map entry of `raw` into `output` (same entry names, `/<entry>/maps`)."""
-    options = options or ProcessOptions()
-    raw, output = Path(raw), Path(output)
-    if not raw.exists():
-        raise RawFileError(f"{raw}: no such file")
+def open_raw(raw: str | Path) -> h5py.File:
+    """Open a raw file for reading, or say in one line why it cannot be (missing, not HDF5, truncated)."""
+    return open_hdf5(raw, "raw SXDM HDF5 file")
+
+
+@dataclass
+class RawPlan:
+    """A raw file opened and checked before any frame is read: what will be processed."""
+
+    file: h5py.File
+    raw: Path
+    entries: list[str]
+    inputs: list[Path]
+    total_frames: int
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def plan_raw(raw: str | Path, options: ProcessOptions, entry: str | None = None) -> RawPlan:
+    """Open `raw` and check every entry's metadata (and an explicit ROI) before any work.
+
+    Raises
+    ------
+    RawFileError
+        naming the file, entry and field that is missing, malformed, truncated or out of range.
+    """
+    raw = Path(raw)
+    f = open_raw(raw)
     try:
-        f = h5py.File(raw, "r", swmr=True)  # also reads a map whose writer was killed mid-SWMR
+        names = map_entries(f, entry)
+        total = 0
+        for name in names:
+            meta = read_raw_meta(f[name])
+            if isinstance(options.roi, tuple):
+                check_roi(options.roi, meta.frame_shape, f"{raw}:/{name}")
+            total += meta.n_frames
+        return RawPlan(f, raw, names, [raw, *linked_files(f)], total)
+    except OSError as exc:  # a truncated or damaged file fails while its metadata are read
+        f.close()
+        raise RawFileError(f"{raw}: damaged or truncated HDF5 file ({str(exc).split('(')[0].strip()})") from exc
+    except BaseException:
+        f.close()
+        raise
+
+
+def process_plan(plan: RawPlan, output: str | Path, options: ProcessOptions,
+                 progress: Callable[[int], None] | None = None) -> dict[str, EntryResult]:
+    """Reduce every entry of a checked plan, then write the maps file atomically."""
+    results: dict[str, EntryResult] = {}
+    try:
+        for name in plan.entries:
+            results[name] = reduce_entry(plan.file[name], options, progress,
+                                         label=entry_label(plan.file[name], plan.raw))
     except OSError as exc:
-        raise RawFileError(f"{raw}: not a readable HDF5 file ({exc})") from exc
-    results: dict[str, MapResult] = {}
-    rois: dict[str, Roi] = {}
-    with f:
-        for name in find_entries(f, entry):
-            results[name], rois[name] = process_entry(f[name], options, progress)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as out:
-            out.attrs["default"] = next(iter(results))
-            out.attrs["creator"] = f"opmon {__version__}"
-            for name, result in results.items():
-                group = out.create_group(name)
-                group.attrs["NX_class"] = "NXentry"
-                group.attrs["default"] = "maps"
-                write_maps(group, result, {**options.attrs(rois[name]), "source": f"{raw}:/{name}"})
-        os.replace(tmp, output)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        raise RawFileError(f"{plan.raw}: damaged HDF5 file ({str(exc).split('(')[0].strip()})") from exc
+    with atomic_path(Path(output)) as tmp, h5py.File(tmp, "w") as out:
+        out.attrs["default"] = next(iter(results))
+        out.attrs["creator"] = f"opmon {__version__}"
+        for name, done in results.items():
+            group = out.create_group(name)
+            group.attrs["NX_class"] = "NXentry"
+            group.attrs["default"] = "maps"
+            maps = write_maps(group, done.result, {**options.attrs(done.roi), "source": f"{plan.raw}:/{name}",
+                                                   "bad_frames_count": len(done.bad_frames)})
+            maps.create_dataset("bad_frames", data=np.asarray(done.bad_frames, dtype=np.int64))
     return results
+
+
+def process_file(raw: str | Path, output: str | Path, options: ProcessOptions | None = None, entry: str | None = None,
+                 progress: Callable[[int], None] | None = None, force: bool = False) -> dict[str, MapResult]:
+    """Process every raw map entry of `raw` into `output` (same entry names, `/<entry>/maps`).
+
+    Everything is checked before the first frame is read: the raw file and its metadata, and
+    that `output` is not an input (nor, without `force`, any existing file).
+    """
+    options = options or ProcessOptions()
+    plan = plan_raw(raw, options, entry)
+    try:
+        check_outputs([Path(output)], plan.inputs, force=force)
+        return {name: done.result for name, done in process_plan(plan, output, options, progress).items()}
+    finally:
+        plan.close()

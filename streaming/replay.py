@@ -10,15 +10,18 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
+from opmon import interrupt
 from opmon.errors import ArchiveError, RawFileError
-from opmon.formats import DATA, iter_frame_blocks, read_raw_meta
+from opmon.formats import (RawMeta, check_roi, entry_label, iter_checked_blocks, linked_files, map_entries, open_hdf5,
+                           read_raw_meta)
+from opmon.safe_chunks import FrameReader
 from opmon.streaming.archive_files import MASTER
 from opmon.streaming.publisher import ZmqFrameSink
 
@@ -32,6 +35,7 @@ class ReplayReport:
     maps: int
     frames: int
     seconds: float
+    bad_frames: dict[str, list[int]] = field(default_factory=dict)  # entry -> corrupt frames skipped
 
 
 def resolve_archive(path: str | Path) -> Path:
@@ -44,49 +48,99 @@ def resolve_archive(path: str | Path) -> Path:
     return p
 
 
-def _entries(f: h5py.File) -> list[str]:
-    names = [name for name, obj in f.items() if isinstance(obj, h5py.Group) and DATA in obj]
-    if not names:
-        raise RawFileError(f"{f.filename}: no group holds {DATA}; nothing to replay")
+@dataclass
+class ReplaySource:
+    """An archive opened and checked before anything is sent: every map's metadata read."""
 
-    def key(name: str) -> tuple[str, int]:
-        stem = name.rstrip("0123456789")
-        return stem, int(name[len(stem):] or -1)
+    path: Path
+    file: h5py.File
+    entries: list[str]
+    metas: dict[str, RawMeta]
+    inputs: list[Path]
 
-    return sorted(names, key=key)
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return self.metas[self.entries[0]].frame_shape
+
+    def close(self) -> None:
+        self.file.close()
 
 
-def replay(path: str | Path, sink: ZmqFrameSink, *, rate_fps: float | None = None, run: str | None = None,
-           block: int = 16) -> ReplayReport:
+def open_source(path: str | Path, roi: tuple[int, int, int, int] | None = None) -> ReplaySource:
+    """Open the archive at `path` and check all of it that can be checked before streaming.
+
+    Raises
+    ------
+    ArchiveError, RawFileError
+        naming the file and what is wrong: missing, not HDF5 (text, empty, truncated), a map
+        file missing from a run, metadata missing or malformed, an ROI outside the frames.
+    """
+    source = resolve_archive(path)
+    f = open_hdf5(source, "run archive or raw SXDM file")
+    try:
+        names = map_entries(f)
+        metas = {name: read_raw_meta(f[name]) for name in names}
+        shapes = {m.frame_shape for m in metas.values()}
+        if len(shapes) > 1:
+            raise RawFileError(f"{source}: maps have different frame shapes {sorted(shapes)}; replay one run at a time")
+        if roi is not None:
+            check_roi(roi, next(iter(shapes)), str(source))
+        return ReplaySource(source, f, names, metas, [source, *linked_files(f)])
+    except OSError as exc:
+        f.close()
+        raise RawFileError(f"{source}: damaged or truncated HDF5 file ({str(exc).split('(')[0].strip()})") from exc
+    except BaseException:
+        f.close()
+        raise
+
+
+def replay(path: str | Path | ReplaySource, sink: ZmqFrameSink, *, rate_fps: float | None = None, run: str | None = None,
+           block: int = 16, skip_bad_frames: bool = False) -> ReplayReport:
     """Send every map of the archive at `path` through `sink`; returns what was sent.
 
     Parameters
     ----------
+    path
+        the archive, or a `ReplaySource` already opened and checked by `open_source`.
     rate_fps
         pace the frames (frames per second); None sends as fast as the receivers take them.
     run
         uid of the replayed run (default: a new uid).
+    skip_bad_frames
+        corrupt frames are not sent and are listed in the report; otherwise the first one stops
+        the replay with `CorruptFrameError` (the run is then stopped as "fail").
     """
-    source = resolve_archive(path)
+    src = path if isinstance(path, ReplaySource) else open_source(path)
+    try:
+        return _send(src, sink, rate_fps, run, block, skip_bad_frames)
+    finally:
+        if src is not path:
+            src.close()
+
+
+def _send(src: ReplaySource, sink: ZmqFrameSink, rate_fps: float | None, run: str | None, block: int,
+          skip_bad_frames: bool) -> ReplayReport:
     t0 = time.perf_counter()
     frames = 0
-    with h5py.File(source, "r", swmr=True) as f:
-        names = _entries(f)
-        first = read_raw_meta(f[names[0]])
-        source_run = f.attrs.get("run_uid")
-        start_meta: dict[str, Any] = {}
-        if f.attrs.get("start"):
-            start_meta = json.loads(f.attrs["start"]).get("metadata", {})
-        uid = sink.start_run(energy_ev=first.energy_ev, distance_m=first.distance_m, pixel_size_m=first.pixel_size_m,
-                             beam_center=first.beam_center, frame_shape=first.frame_shape, dtype=first.frame_dtype,
-                             map_shape=first.map_shape, mask=first.detector_mask, run=run or str(uuid.uuid4()),
-                             metadata=dict(start_meta, replay_of=str(source_run or source)))
+    f, names = src.file, src.entries
+    first = src.metas[names[0]]
+    source_run = f.attrs.get("run_uid")
+    start_meta: dict[str, Any] = {}
+    if f.attrs.get("start"):
+        start_meta = json.loads(f.attrs["start"]).get("metadata", {})
+    uid = sink.start_run(energy_ev=first.energy_ev, distance_m=first.distance_m, pixel_size_m=first.pixel_size_m,
+                         beam_center=first.beam_center, frame_shape=first.frame_shape, dtype=first.frame_dtype,
+                         map_shape=first.map_shape, mask=first.detector_mask, run=run or str(uuid.uuid4()),
+                         metadata=dict(start_meta, replay_of=str(source_run or src.path)))
+    bad_frames: dict[str, list[int]] = {}
+    try:
         for number, name in enumerate(names):
             entry = f[name]
-            meta = read_raw_meta(entry)
+            meta = src.metas[name]
             sink.start_map(meta.n_frames, map_number=int(entry.attrs.get("map_number", number)), map_shape=meta.map_shape,
                            trigger={"kind": "replay", "entry": name})
-            for i, frame in _frames(entry, block):
+            for i, frame in _frames(entry, block, entry_label(entry, src.path), skip_bad_frames,
+                                   bad_frames.setdefault(name, [])):
                 x = None if meta.x_um is None or not np.isfinite(meta.x_um[i]) else float(meta.x_um[i])
                 y = None if meta.y_um is None or not np.isfinite(meta.y_um[i]) else float(meta.y_um[i])
                 sink.send_frame(frame, index=int(meta.map_index[i]), eta=float(meta.eta[i]), phi=float(meta.phi[i]),
@@ -94,16 +148,31 @@ def replay(path: str | Path, sink: ZmqFrameSink, *, rate_fps: float | None = Non
                 frames += 1
                 if rate_fps:
                     wait = t0 + frames / rate_fps - time.perf_counter()
-                    if wait > 0:
-                        time.sleep(wait)
+                    while wait > 0:
+                        interrupt.check()
+                        time.sleep(min(wait, 0.1))
+                        wait = t0 + frames / rate_fps - time.perf_counter()
             sink.end_map()
-        sink.stop_run("success")
-    return ReplayReport(uid, str(source_run) if source_run else None, len(names), frames, time.perf_counter() - t0)
+    except Exception:
+        try:
+            sink.stop_run("fail")  # receivers learn the run ended; the original error is what matters
+        except Exception:  # noqa: BLE001
+            pass
+        raise
+    sink.stop_run("success")
+    return ReplayReport(uid, str(source_run) if source_run else None, len(names), frames, time.perf_counter() - t0,
+                        {name: bad for name, bad in bad_frames.items() if bad})
 
 
-def _frames(entry: h5py.Group, block: int) -> Iterator[tuple[int, np.ndarray]]:
+def _frames(entry: h5py.Group, block: int, label: str, skip_bad: bool, bad_out: list[int]) -> Iterator[tuple[int, np.ndarray]]:
     """Frames one by one, each its own array (zero-copy sends must not share a reused buffer)."""
-    for start, frames in iter_frame_blocks(entry, block):
+    for start, frames, bad in iter_checked_blocks(entry, block, label=label):
+        interrupt.check()
+        if bad:
+            if not skip_bad:
+                raise FrameReader(entry["instrument/detector/data"], label).error(bad)
+            bad_out.extend(bad)
         owned = frames.copy()
         for k in range(owned.shape[0]):
-            yield start + k, owned[k]
+            if start + k not in bad:
+                yield start + k, owned[k]

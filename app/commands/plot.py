@@ -6,26 +6,47 @@ from pathlib import Path
 
 import h5py
 
-from opmon.errors import RawFileError
+from opmon import interrupt
+from opmon.errors import OutputError, RawFileError
+from opmon.formats import open_hdf5
+from opmon.outputs import check_outputs
+
+
+def _open(path: Path) -> h5py.File:
+    return open_hdf5(path, "maps HDF5 file", swmr=False)
 
 
 def run(args: argparse.Namespace) -> int:
+    with interrupt.exit_promptly("plot"):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from opmon.processors.figure import plot_maps
     from opmon.processors.mapfile import read_maps
     path = Path(args.maps)
-    if not path.exists():
-        raise RawFileError(f"{path}: no such file")
-    with h5py.File(path, "r") as f:
-        names = [args.entry] if args.entry else [n for n in f if isinstance(f[n], h5py.Group) and "maps" in f[n]]
-        if not names:
-            raise RawFileError(f"{path}: no entry holds a maps group")
-        for name in names:
-            if name not in f:
-                raise RawFileError(f"{path}: no entry {name!r}")
-            png = Path(args.output or path.with_suffix(".png"))
-            if len(names) > 1:
-                png = png.with_name(f"{png.stem}_{name}{png.suffix}")
-            plot_maps(read_maps(f[name]), png, title=f"{path.name}:{name}")
+    with interrupt.interruptible(), _open(path) as f:
+        try:
+            if args.entry:
+                if args.entry not in f:
+                    raise RawFileError(f"{path}: no entry {args.entry!r}")
+                names = [args.entry]
+            else:
+                names = [n for n in f if isinstance(f.get(n), h5py.Group) and "maps" in f[n]]
+            if not names:
+                raise RawFileError(f"{path}: no entry holds a maps group")
+            results = {name: read_maps(f[name]) for name in names}  # every map read and checked first
+        except OSError as exc:
+            raise RawFileError(f"{path}: damaged or truncated HDF5 file ({str(exc).split('(')[0].strip()})") from exc
+        base = Path(args.output or path.with_suffix(".png"))
+        pngs = {name: base if len(names) == 1 else base.with_name(f"{base.stem}_{name}{base.suffix}") for name in names}
+        for png in pngs.values():
+            if png.suffix.lower() != ".png":
+                raise OutputError(f"{png}: the figure needs a file name ending in .png")
+        check_outputs(pngs.values(), [path], force=args.force)
+        for name, png in pngs.items():
+            interrupt.check()
+            plot_maps(results[name], png, title=f"{path.name}:{name}")
             print(f"figure written to {png}")
     return 0
 
@@ -35,4 +56,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("maps", help="maps HDF5 file written by opmon process or the live processor")
     p.add_argument("-o", "--output", default=None, help="PNG path (default: MAPS with .png)")
     p.add_argument("--entry", default=None, help="entry to plot (default: all)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing PNG (never the maps file)")
     p.set_defaults(func=run)

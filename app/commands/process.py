@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-import h5py
 from tqdm import tqdm
 
-from opmon.errors import OpmonError
+from opmon import interrupt
+from opmon.errors import OpmonError, OutputError
 from opmon.formats import DATA
-from opmon.processors.offline import ProcessOptions, count_frames, find_entries, process_file
+from opmon.outputs import check_outputs
+from opmon.processors.offline import ProcessOptions, plan_raw, process_plan
 
 
 def parse_roi(values: list[str] | None) -> tuple[int, int, int, int] | str | None:
@@ -41,33 +43,62 @@ def parse_background(value: str) -> str | float | None:
     return rate
 
 
+def png_paths(png: str | None, output: Path, names: list[str]) -> dict[str, Path]:
+    """Where each entry's figure goes: `--png PATH`, or the maps file with .png; `_entry` added when several."""
+    if png is None:
+        return {}
+    base = Path(png or output.with_suffix(".png"))
+    if len(names) == 1:
+        return {names[0]: base}
+    return {name: base.with_name(f"{base.stem}_{name}{base.suffix}") for name in names}
+
+
 def run(args: argparse.Namespace) -> int:
+    with interrupt.exit_promptly("process"):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     options = ProcessOptions(roi=parse_roi(args.roi), threshold=args.threshold, background=parse_background(args.background),
-                             despeckle=not args.keep_isolated)
-    raw = Path(args.raw)
-    total = None
-    if raw.exists():
+                             despeckle=not args.keep_isolated, skip_bad_frames=args.skip_bad_frames)
+    if args.threshold < 0:
+        raise OpmonError(f"--threshold must be >= 0, got {args.threshold}")
+    raw, output = Path(args.raw), Path(args.output)
+    with interrupt.interruptible():
+        plan = plan_raw(raw, options, args.entry)  # every input checked before any frame is read
         try:
-            with h5py.File(raw, "r", swmr=True) as f:
-                total = count_frames(f, find_entries(f, args.entry))
-        except (OSError, OpmonError):
-            total = None  # process_file reports the problem precisely
-    with tqdm(total=total, unit="frame", disable=args.quiet, desc="process") as bar:
-        results = process_file(raw, args.output, options, entry=args.entry, progress=bar.update)
-    for name, result in results.items():
-        d = result.valid_d()
-        print(f"{name}: {d.size} valid pixels, mean d = {d.mean():.5f} Å, std {d.std():.2e} Å, "
-              f"background {result.background:.2e} counts/pixel/frame")
-    print(f"maps written to {args.output}")
-    if args.png is not None:
-        from opmon.processors.figure import plot_maps
-        for name, result in results.items():
-            png = Path(args.png or Path(args.output).with_suffix(".png"))
-            if len(results) > 1:
-                png = png.with_name(f"{png.stem}_{name}{png.suffix}")
-            plot_maps(result, png, title=f"{raw.name}:{name}")
-            print(f"figure written to {png}")
+            pngs = png_paths(args.png, output, plan.entries)
+            for png in pngs.values():
+                if png.suffix.lower() != ".png":
+                    raise OutputError(f"{png}: --png needs a file name ending in .png")
+            check_outputs([output, *pngs.values()], plan.inputs, force=args.force)
+            with tqdm(total=plan.total_frames, unit="frame", disable=args.quiet, desc="process") as bar:
+                done = process_plan(plan, output, options, progress=bar.update)
+        finally:
+            plan.close()
+        for name, entry in done.items():
+            d = entry.result.valid_d()
+            print(f"{name}: {d.size} valid pixels, mean d = {d.mean():.5f} Å, std {d.std():.2e} Å, "
+                  f"background {entry.result.background:.2e} counts/pixel/frame")
+        print(f"maps written to {output}")
+        if pngs:
+            from opmon.processors.figure import plot_maps
+            for name, png in pngs.items():
+                interrupt.check()
+                plot_maps(done[name].result, png, title=f"{raw.name}:{name}")
+                print(f"figure written to {png}")
+    skipped = {name: entry.bad_frames for name, entry in done.items() if entry.bad_frames}
+    if skipped:
+        listed = "; ".join(f"{name}: frames {', '.join(map(str, bad[:20]))}{' ...' if len(bad) > 20 else ''}"
+                           for name, bad in skipped.items())
+        count = sum(map(len, skipped.values()))
+        print(f"opmon process: warning: skipped {count} unreadable (corrupt or unwritten) frame(s) of {raw} "
+              f"({listed}); listed in {output} as <entry>/maps/bad_frames", file=sys.stderr)
+        return EXIT_SKIPPED
     return 0
+
+
+EXIT_SKIPPED = 3  # maps written, but corrupt frames were skipped: a script must notice
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -81,5 +112,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-isolated", action="store_true",
                    help="keep lone single counts (default: drop them, they are the diffuse background)")
     p.add_argument("--png", nargs="?", const="", default=None, help="also write the summary figure (default: MAPS with .png)")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files (never an input)")
+    p.add_argument("--skip-bad-frames", action="store_true",
+                   help="process around corrupt frames, list them in the output and on stderr (exit status 3)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -7,69 +7,137 @@ every map (and writes the maps with -o). With --external it only sends, to the c
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import h5py
+import numpy as np
+import zmq
 
-from opmon.commands.process import parse_background, parse_roi
+from opmon import interrupt
+from opmon.commands.process import EXIT_SKIPPED, parse_background, parse_roi
 from opmon.config import load_config
-from opmon.errors import OpmonError
+from opmon.errors import OpmonError, StreamStalledError
+from opmon.outputs import atomic_path, check_outputs
 from opmon.processors.live import open_live_processor
 from opmon.processors.mapfile import write_maps
 from opmon.streaming.publisher import ZmqFrameSink
-from opmon.streaming.replay import replay
+from opmon.streaming.replay import ReplayReport, ReplaySource, open_source, replay
 
 
 def _main(args: argparse.Namespace) -> int:
+    with interrupt.exit_promptly("replay"):
+        return _replay(args)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    if not args.verbose:  # the summary table says what happened; the processor's per-map log is noise here
+        logging.getLogger("opmon.processors").setLevel(logging.WARNING)
     config = load_config(args.config)
-    if args.external:
-        endpoints = [config.endpoint("frames_live")] + ([config.endpoint("frames_archive")] if args.archive else [])
-        sink = ZmqFrameSink(endpoints, sndhwm=config.stream.sndhwm, stall_timeout_s=config.stream.stall_timeout_s)
+    if args.rate is not None and not args.rate > 0:
+        raise OpmonError(f"--rate must be > 0 frames per second, got {args.rate}")
+    if args.workers is not None and args.workers < 1:
+        raise OpmonError(f"--workers must be >= 1, got {args.workers}")
+    roi = parse_roi(args.roi)
+    output = Path(args.output) if args.output else None
+    if output is not None and args.external:
+        raise OpmonError("-o/--output: an --external replay makes no maps here; drop one of them")
+    with interrupt.interruptible():
+        source = open_source(args.archive_path, roi if isinstance(roi, tuple) else None)  # all checked before sending
         try:
-            report = replay(args.archive_path, sink, rate_fps=args.rate)
+            check_outputs([output], source.inputs, force=args.force)
+            if args.external:
+                return _external(args, config, source)
+            return _internal(args, config, source, roi, output)
         finally:
-            sink.close()
-        print(f"replayed {report.frames} frames in {report.maps} maps as run {report.run} ({report.seconds:.1f} s)")
-        return 0
+            source.close()
+
+
+def _external(args: argparse.Namespace, config: Any, source: ReplaySource) -> int:
+    endpoints = [config.endpoint("frames_live")] + ([config.endpoint("frames_archive")] if args.archive else [])
+    sink = ZmqFrameSink(endpoints, sndhwm=config.stream.sndhwm, stall_timeout_s=config.stream.stall_timeout_s)
+    try:
+        report = replay(source, sink, rate_fps=args.rate, skip_bad_frames=args.skip_bad_frames)
+    finally:
+        _close(sink)
+    print(f"replayed {report.frames} frames in {report.maps} maps as run {report.run} ({report.seconds:.1f} s)")
+    return _report_skipped(report, None)
+
+
+def _internal(args: argparse.Namespace, config: Any, source: ReplaySource, roi: Any, output: Path | None) -> int:
     sink = ZmqFrameSink(["tcp://127.0.0.1:*"], sndhwm=config.stream.sndhwm, stall_timeout_s=config.stream.stall_timeout_s)
     display = config.endpoint("display_live") if args.display else None
     processor = open_live_processor(sink.endpoints[0], display, None, workers=args.workers or config.live.workers,
-                                    publish_interval_s=config.live.publish_interval_s, roi=parse_roi(args.roi),
+                                    publish_interval_s=config.live.publish_interval_s, roi=roi,
                                     threshold=config.live.threshold, background=parse_background(config.live.background))
     done = threading.Event()
     processor.outputs.keep_results = None     # a replay is bounded and writes every map at the end
     thread = threading.Thread(target=processor.serve, kwargs={"stop_when": done.is_set}, daemon=True)
     thread.start()
     try:
-        report = replay(args.archive_path, sink, rate_fps=args.rate)
+        report = replay(source, sink, rate_fps=args.rate, skip_bad_frames=args.skip_bad_frames)
         deadline = time.monotonic() + 600
         while len([s for s in processor.summaries if s["run"] == report.run]) < report.maps:
+            interrupt.check()
             if time.monotonic() > deadline or not thread.is_alive():
                 raise OpmonError(f"live processor made {len(processor.summaries)} of {report.maps} maps")
             time.sleep(0.05)
     finally:
         done.set()
-        thread.join(60)
-        sink.close()
+        thread.join(0.1 if interrupt.requested() else 5)
+        _close(sink)
     lost = processor.counters.lost
     print(f"replayed {report.frames} frames in {report.maps} maps ({report.seconds:.1f} s, "
           f"{report.frames / max(report.seconds, 1e-9):.0f} frames/s), frames lost {lost}")
     print(f"{'map':>4} {'frames':>7} {'lost':>5} {'mean d (Å)':>12}")
     for s in processor.summaries:
         print(f"{s['map']:>4} {s['frames']:>7} {s['frames_lost']:>5} {s['d_mean']:>12.5f}")
-    if args.output:
-        out = Path(args.output)
-        with h5py.File(out, "w") as f:
+    if output is not None:
+        entry_of = {int(source.file[n].attrs.get("map_number", i)): n for i, n in enumerate(source.entries)}
+        with atomic_path(output) as tmp, h5py.File(tmp, "w") as f:
             for (run, number), result in sorted(processor.results.items(), key=lambda kv: kv[0][1]):
                 entry = f.create_group(f"entry{number}")
                 entry.attrs["NX_class"] = "NXentry"
-                roi = processor.summaries[0].get("roi")
-                write_maps(entry, result, attrs={"run_uid": run, "replay_of": report.source_run or str(args.archive_path),
-                                                 **({"roi": roi} if roi else {})})
-        print(f"maps written to {out}")
-    return 0 if lost == 0 else 1
+                summary_roi = processor.summaries[0].get("roi")
+                maps = write_maps(entry, result, attrs={"run_uid": run, "replay_of": report.source_run or str(args.archive_path),
+                                                        **({"roi": summary_roi} if summary_roi else {})})
+                bad = report.bad_frames.get(entry_of.get(number, ""), [])
+                maps.attrs["bad_frames_count"] = len(bad)
+                maps.create_dataset("bad_frames", data=np.asarray(bad, dtype=np.int64))
+        print(f"maps written to {output}")
+    if lost:
+        return 1
+    return _report_skipped(report, output)
+
+
+def _close(sink: ZmqFrameSink) -> None:
+    """Close the sink; after Ctrl-C without waiting for receivers (queued frames are dropped, not awaited)."""
+    if not interrupt.requested():
+        sink.close()
+        return
+    for sock in sink.sockets:
+        sock.setsockopt(zmq.SNDTIMEO, 0)
+        sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sink.close()
+    except (StreamStalledError, zmq.ZMQError):
+        pass
+
+
+def _report_skipped(report: ReplayReport, output: Path | None) -> int:
+    if not report.bad_frames:
+        return 0
+    listed = "; ".join(f"{name}: frames {', '.join(map(str, bad[:20]))}{' ...' if len(bad) > 20 else ''}"
+                       for name, bad in report.bad_frames.items())
+    where = f"; listed in {output} as <entry>/maps/bad_frames" if output else ""
+    count = sum(map(len, report.bad_frames.values()))
+    print(f"opmon replay: warning: skipped {count} unreadable (corrupt or unwritten) frame(s) ({listed}){where}",
+          file=sys.stderr)
+    return EXIT_SKIPPED
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -83,4 +151,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--display", action="store_true", help="publish maps on the configured display_live port")
     p.add_argument("--external", action="store_true", help="only send, to already running services")
     p.add_argument("--archive", action="store_true", help="with --external: also send to the archiver")
+    p.add_argument("--force", action="store_true", help="overwrite an existing -o file (never an input)")
+    p.add_argument("--skip-bad-frames", action="store_true",
+                   help="do not send corrupt frames; list them on stderr and in -o (exit status 3)")
     p.set_defaults(func=_main)

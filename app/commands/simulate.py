@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from opmon import interrupt
 from opmon.errors import ConfigError
+from opmon.outputs import atomic_path, check_outputs
 
 if TYPE_CHECKING:
     import h5py
@@ -37,16 +44,70 @@ def write_truth(group: h5py.Group, truth: dict[str, Any]) -> None:
             ds.attrs["units"] = UNITS[name]
 
 
+# Budget figures (measured on the 2-core reference machine, 2026-11-29): simulated photon-counting
+# frames compress to ~0.8 % with bitshuffle/LZ4 (2 % is the conservative estimate), and render +
+# compress + write runs at ~6 s per GB of raw frames. The writer holds two blocks and the renderer
+# about one more.
+DISK_FRACTION = 0.02
+SECONDS_PER_RAW_GB = 6.0
+BLOCKS_IN_MEMORY = 3
+WRITE_SLICE = 32  # frames per h5py write: Ctrl-C is honoured between slices
+
+
+@dataclass
+class Budget:
+    """What a simulation will take, estimated before it starts."""
+
+    frames: int
+    raw_bytes: int
+    disk_bytes: int
+    memory_bytes: int
+    seconds: float
+
+    def describe(self) -> str:
+        return (f"{self.frames} frames, {self.raw_bytes / 1e9:.2f} GB of raw frames, ~{self.disk_bytes / 1e6:.0f} MB "
+                f"on disk, ~{self.memory_bytes / 1e6:.0f} MB of memory, ~{self.seconds:.0f} s")
+
+
+def estimate(n_frames: int, frame_shape: tuple[int, int], itemsize: int, block: int, map_pixels: int) -> Budget:
+    """Size, memory and time of a simulation, from the figures above."""
+    frame_bytes = frame_shape[0] * frame_shape[1] * itemsize
+    raw = n_frames * frame_bytes
+    disk = int(DISK_FRACTION * raw) + map_pixels * 40 * 8 + (1 << 20)  # frames, ~40 truth values per pixel, headers
+    memory = BLOCKS_IN_MEMORY * min(block, n_frames) * frame_bytes
+    return Budget(n_frames, raw, disk, memory, SECONDS_PER_RAW_GB * raw / 1e9)
+
+
+def available_memory() -> int:
+    """Bytes the kernel can give without swapping (MemAvailable), or free pages where /proc is absent."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_budget(budget: Budget, path: Path, block: int) -> None:
+    """Refuse, in one line, a simulation that cannot fit the free disk or the free memory."""
+    free = shutil.disk_usage(path.absolute().parent).free
+    if budget.disk_bytes > free:
+        raise ConfigError(f"{path}: needs ~{budget.disk_bytes / 1e9:.2f} GB ({budget.describe()}) but "
+                          f"{free / 1e9:.2f} GB are free there; use a smaller --ny/--nx/--angles/--roi")
+    avail = available_memory()
+    if budget.memory_bytes > avail:
+        raise ConfigError(f"--block {block}: needs ~{budget.memory_bytes / 1e9:.2f} GB of memory but "
+                          f"{avail / 1e9:.2f} GB are available; use a smaller --block")
+
+
 def simulate(path: Path, *, ny: int = 60, nx: int = 60, angles: int = 30, eta_step: float | None = None,
              eta_center: float | None = None, mode: str = "paper", x_mean: float = 1.0, cycles: float = 0.0,
              seed: int = 0, order: str = "eta-outer", roi: tuple[int, int, int, int] | None = None,
              dtype: str = "uint32", block: int = 256, entry: str = "entry", force: bool = False,
              progress: bool = True) -> dict[str, Any]:
-    """Render one map to ``path``; returns the truth dict that was written."""
-    import h5py
-    from tqdm import tqdm
-
-    from opmon.formats import RawMapWriter
+    """Render one map to ``path`` (atomically: a killed run leaves no file); returns the truth dict."""
     from opmon.simulators.crystal import ParticleModel
     from opmon.simulators.render import FrameRenderer
     from opmon.simulators.setup import SxdmSetup
@@ -55,14 +116,23 @@ def simulate(path: Path, *, ny: int = 60, nx: int = 60, angles: int = 30, eta_st
         raise ConfigError(f"--dtype {dtype!r}: expected uint32 or uint16")
     if block < 1:
         raise ConfigError(f"--block {block}: must be >= 1")
-    if path.exists() and not force:
-        raise ConfigError(f"{path}: exists (use --force to overwrite)")
+    for name, value in (("--ny", ny), ("--nx", nx), ("--angles", angles)):
+        if value < 1:
+            raise ConfigError(f"{name} {value}: must be >= 1")
+    if not entry or "/" in entry or entry == ".":
+        raise ConfigError(f"--entry {entry!r}: must be a plain group name")
+    check_outputs([path], [], force=force)
     kwargs: dict[str, Any] = dict(map_shape=(ny, nx), n_angles=angles, roi=roi)
     if eta_step is not None:
         kwargs["eta_step"] = eta_step
     if eta_center is not None:
         kwargs["eta_center"] = eta_center
     setup = SxdmSetup(**kwargs)
+    n = ny * nx * angles
+    budget = estimate(n, setup.frame_shape, np.dtype(dtype).itemsize, block, ny * nx)
+    check_budget(budget, path, block)
+    if progress:
+        print(f"opmon simulate: {budget.describe()}", file=sys.stderr)
     particle = ParticleModel(setup, seed=seed, mode=mode, x_mean=x_mean, cycles=cycles)
     renderer = FrameRenderer(setup, particle, seed=seed, dtype=np.dtype(dtype))
     margin = particle.rocking_margin()
@@ -70,9 +140,30 @@ def simulate(path: Path, *, ny: int = 60, nx: int = 60, angles: int = 30, eta_st
         log.warning("rocking scan holds some peaks only %.1f sigma inside its ends: centres will be biased", margin)
     midx, etas = setup.scan(order)
     x_um, y_um = setup.map_positions_um(midx)
-    n = midx.size
     truth = particle.truth()
-    with h5py.File(path, "w") as f, ThreadPoolExecutor(1) as pool:
+    with interrupt.interruptible():
+        try:
+            with atomic_path(path) as tmp:
+                _write(tmp, entry, setup, renderer, truth, midx, etas, x_um, y_um, block, progress, path.name,
+                       dict(mode=mode, x_mean=x_mean, cycles=cycles, seed=seed, order=order, eta_step=setup.eta_step,
+                            eta_center=setup.eta_center, peak_sigma_q=setup.peak_sigma_q, peak_counts=setup.peak_counts,
+                            background_rate=setup.background_rate, rocking_margin_sigma=margin))
+        except OSError as exc:  # e.g. the disk filled up after all: the temporary file is already gone
+            raise ConfigError(f"{path}: cannot write ({exc.strerror or str(exc).split('(')[0].strip()})") from exc
+    return truth
+
+
+def _write(tmp: Path, entry: str, setup: Any, renderer: Any, truth: dict[str, Any], midx: np.ndarray,
+           etas: np.ndarray, x_um: np.ndarray, y_um: np.ndarray, block: int, progress: bool, label: str,
+           attrs: dict[str, Any]) -> None:
+    """Render block by block (the next block in a worker thread) into the file at `tmp`."""
+    import h5py
+    from tqdm import tqdm
+
+    from opmon.formats import RawMapWriter
+
+    n = midx.size
+    with h5py.File(tmp, "w") as f, ThreadPoolExecutor(1) as pool:
         group = f.require_group(entry)
         writer = RawMapWriter(group, frame_shape=setup.frame_shape, dtype=renderer.dtype, energy_ev=setup.energy_ev,
                               distance_m=setup.distance_m, pixel_size_m=(setup.pixel_size_m, setup.pixel_size_m),
@@ -80,34 +171,49 @@ def simulate(path: Path, *, ny: int = 60, nx: int = 60, angles: int = 30, eta_st
                               detector_mask=renderer.detector_mask, expected_frames=n)
         tgroup = group.create_group("truth")
         write_truth(tgroup, truth)
-        for key, value in dict(mode=mode, x_mean=x_mean, cycles=cycles, seed=seed, order=order,
-                               eta_step=setup.eta_step, eta_center=setup.eta_center,
-                               peak_sigma_q=setup.peak_sigma_q, peak_counts=setup.peak_counts,
-                               background_rate=setup.background_rate, rocking_margin_sigma=margin).items():
+        for key, value in attrs.items():
             tgroup.attrs[key] = value
         bufs = [np.empty((min(block, n),) + setup.frame_shape, dtype=renderer.dtype) for _ in range(2)]
 
         def render(i: int) -> tuple[int, np.ndarray]:
             start = i * block
             stop = min(start + block, n)
-            return start, renderer.frames(midx[start:stop], etas[start:stop], setup.phi, setup.nu, setup.delta,
-                                          out=bufs[i % 2][: stop - start])
+            out = bufs[i % 2][: stop - start]
+            for a in range(start, stop, WRITE_SLICE):  # in slices, so Ctrl-C abandons a block quickly
+                if interrupt.requested():
+                    break
+                b = min(a + WRITE_SLICE, stop)
+                renderer.frames(midx[a:b], etas[a:b], setup.phi, setup.nu, setup.delta, out=out[a - start:b - start])
+            return start, out
 
         n_blocks = (n + block - 1) // block
         pending = pool.submit(render, 0)
-        with tqdm(total=n, unit="frame", disable=not progress, desc=path.name) as bar:
+        with tqdm(total=n, unit="frame", disable=not progress, desc=label) as bar:
             for i in range(n_blocks):
-                start, frames = pending.result()
+                while True:
+                    interrupt.check()
+                    try:
+                        start, frames = pending.result(timeout=0.1)
+                        break
+                    except FutureTimeout:
+                        continue
+                interrupt.check()
                 if i + 1 < n_blocks:
                     pending = pool.submit(render, i + 1)
-                stop = start + frames.shape[0]
-                writer.append(frames, midx[start:stop], etas[start:stop], setup.phi, setup.nu, setup.delta,
-                              x_um=x_um[start:stop], y_um=y_um[start:stop])
-                bar.update(frames.shape[0])
-    return truth
+                for a in range(0, frames.shape[0], WRITE_SLICE):
+                    interrupt.check()
+                    s, e = start + a, start + min(a + WRITE_SLICE, frames.shape[0])
+                    writer.append(frames[a:a + WRITE_SLICE], midx[s:e], etas[s:e], setup.phi, setup.nu, setup.delta,
+                                  x_um=x_um[s:e], y_um=y_um[s:e])
+                    bar.update(e - s)
 
 
 def run(args: argparse.Namespace) -> int:
+    with interrupt.exit_promptly("simulate"):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     simulate(Path(args.output), ny=args.ny, nx=args.nx, angles=args.angles, eta_step=args.eta_step,
              eta_center=args.eta_center, mode=args.mode, x_mean=args.x_mean, cycles=args.cycles, seed=args.seed,
              order=args.order, roi=tuple(args.roi) if args.roi else None, dtype=args.dtype, block=args.block,
@@ -140,6 +246,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=("uint32", "uint16"), default="uint32", help="frame type (uint16 clips)")
     p.add_argument("--block", type=int, default=256, help="frames rendered per block")
     p.add_argument("--entry", default="entry", help="HDF5 entry name (default entry)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output file (atomically)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -57,7 +57,7 @@ def test_missing_dataset_and_missing_file(tmp_path, capsys, raw_file):
     assert "no such file" in capsys.readouterr().err
     (tmp_path / "junk.h5").write_bytes(b"not hdf5 at all")
     assert main(["process", str(tmp_path / "junk.h5"), "-o", str(out), "-q"]) == 2
-    assert "not a readable HDF5 file" in capsys.readouterr().err
+    assert "not an HDF5 file" in capsys.readouterr().err
     assert not out.exists()
 
 
