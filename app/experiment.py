@@ -94,7 +94,7 @@ class AcquisitionService:
     def __init__(self, config: Config, plan: ExperimentPlan, token: str | None = None) -> None:
         self.config, self.plan = config, plan
         self.token: str = resolve_token(token, config.control.token)  # type: ignore[assignment]
-        # no SigintHandler: `opmon demo` decides what Ctrl-C means (opmon.interrupts)
+        # no SigintHandler: `opmon demo` decides what Ctrl-C means (opmon.demo_signals)
         self.RE = RunEngine({}, call_returns_result=True, context_managers=[])
         bluesky_log = logging.getLogger("bluesky")
         if _QUIET_ABORT not in bluesky_log.filters:

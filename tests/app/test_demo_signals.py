@@ -12,7 +12,7 @@ import bluesky.plan_stubs as bps
 import pytest
 from bluesky import RunEngine
 
-from opmon.interrupts import StopControl
+from opmon.demo_signals import StopControl
 from opmon.streaming.control import RunEngineSteering
 
 
