@@ -280,7 +280,7 @@ def _announce_dashboard(host: str, port: int, token: str, supervisor: Supervisor
 def run_demo(config: Config, plan: ExperimentPlan, *, headless: bool, workers: int = 1,
              dashboard_port: int | None = None, open_browser: bool = True, finish_timeout_s: float = 120.0,
              ports_explicit: bool = True, stop_timeout_s: float = STOP_TIMEOUT_S) -> RunSummary:
-    """Run the experiment with its services; Ctrl-C pauses then stops, SIGTERM stops (interrupts.py).
+    """Run the experiment with its services; Ctrl-C pauses then stops, SIGTERM stops (demo_signals.py).
 
     A stop aborts the run through the RunEngine, waits for the frames in flight to reach the
     archive, stops every service, and returns the summary read back from the archive, all
