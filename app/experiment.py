@@ -17,6 +17,7 @@ from bluesky import RunEngine
 
 from opmon.acquisition import (AnyOf, CellCommand, MapRequests, PeriodicTrigger, PlateauTrigger, PublisherSink, TriggerRule,
                                VoltageThresholds, operando_series)
+from opmon.archive_watch import ArchiverWatch
 from opmon.config import Config
 from opmon.errors import ConfigError
 from opmon.simulators.beamline import BeamlineConfig, SimulatedBeamline
@@ -92,6 +93,7 @@ class AcquisitionService:
         self.requests = MapRequests()
         self.steering = RunEngineSteering(self.RE, self.requests, make_rule)
         self.control = ControlServer(config.endpoint("control"), self.token, self.steering)
+        self.archive_watch = ArchiverWatch(config.endpoint("display_archive"), self.steering)  # pauses on disk full
         self._stop = threading.Event()
         self._status_thread = threading.Thread(target=self._publish_status, name="opmon-acq-status", daemon=True)
 
@@ -110,6 +112,7 @@ class AcquisitionService:
                                  requests=self.requests, max_maps=p.max_maps,
                                  md={"sample": "LiNi0.5Mn1.5O4 single crystal (simulated)", "opmon_demo": True})
         self.control.start()
+        self.archive_watch.start()
         self._status_thread.start()
         started = time.monotonic()
         try:
@@ -123,6 +126,7 @@ class AcquisitionService:
             return
         self._stop.set()
         self.control.close()
+        self.archive_watch.close()
         self.beamline.close()
         self.publisher.close()
         self.documents.close()
