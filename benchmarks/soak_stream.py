@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     map_shape = (max(1, args.map_frames // cols), cols)
     per_map = map_shape[0] * map_shape[1]
     time.sleep(3.0)          # let the services start and connect (the sink blocks until they do)
+    start_rss = (rss_mb(supervisor.pid("live")), rss_mb(supervisor.pid("archiver")))   # before any frame
     print(f"soak: {args.minutes:g} min at {args.rate:g} frames/s, maps of {per_map} frames, workers={args.workers}, "
           f"archive {config.archive.dir}", flush=True)
     print(f"{'t (s)':>7} {'sent':>9} {'live':>9} {'archived':>9} {'lost':>5} {'maps':>5} {'live MB':>8} {'arch MB':>8}"
@@ -159,7 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     growth = [b - a for a, b in zip(first_rss or rss, rss)]
     print(f"sent {sent} frames in {maps} maps; live accumulated {live.get('frames', 0)}, lost {live.get('frames_lost', 0)},"
           f" rejected {sum((live.get('rejected') or {}).values())}, errors {live.get('errors', 0)}, maps done"
-          f" {live.get('maps_done', 0)}; archiver frames {arch.get('frames', 0)}; archive {size:.2f} GiB")
+          f" {live.get('maps_done', 0)}; archiver frames {arch.get('frames', 0)}, lost {arch.get('frames_lost', 0)},"
+          f" archive path {sent - arch.get('frames', 0)} frames short of sent; archive {size:.2f} GiB")
+    print(f"memory at start (MB, before the first frame): live {start_rss[0]:.0f}, archiver {start_rss[1]:.0f};"
+          f" at end: live {rss[0]:.0f}, archiver {rss[1]:.0f}")
     print(f"memory (MB, RSS incl. workers): live {first_rss[0] if first_rss else float('nan'):.0f} -> {rss[0]:.0f}"
           f" ({growth[0]:+.0f}), archiver {first_rss[1] if first_rss else float('nan'):.0f} -> {rss[1]:.0f}"
           f" ({growth[1]:+.0f}); exit codes {codes}")
@@ -167,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAILED: {failed} (logs in {directory / 'logs'})")
     if not args.keep and not failed:
         shutil.rmtree(directory, ignore_errors=True)
-    ok = not failed and live.get("frames_lost", 1) == 0 and live.get("maps_done", 0) >= maps
+    ok = not failed and live.get("frames_lost", 1) == 0 and live.get("maps_done", 0) >= maps \
+        and arch.get("frames", 0) == sent
     return 0 if ok else 1
 
 

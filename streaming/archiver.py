@@ -94,6 +94,7 @@ class Archiver:
         self._resumed_seq: int | None = None
         self.stopped = False
         self.disk = DiskGuard(self.directory, disk_reserve_bytes)
+        self._reported: str | None = None
 
     def _socket(self, kind: int, endpoint: str | None, bind: bool) -> zmq.Socket | None:
         if endpoint is None:
@@ -367,7 +368,7 @@ class Archiver:
                 "map": self.map_writer.number if self.map_writer else None,
                 "maps_done": sum(r.complete for r in run.maps.values()) if run else 0,
                 "archive": str(run.master) if run else None, "dropped": dict(self.dropped),
-                **({"state": "disk_full", "error": self.disk.error} if self.disk.full else {})}
+                **({"state": "disk_full", "error": self.disk.report} if self.disk.report else {})}
 
     # -- disk full ------------------------------------------------------------------------
     def _write_path(self) -> Path:
@@ -381,8 +382,8 @@ class Archiver:
         Frames of a block that failed to write stay in the map writer's memory and go to disk
         with the first flush that succeeds (block writes are idempotent until then).
         """
-        self.disk.enter(self._write_path(), exc.strerror or str(exc).splitlines()[0][:120])
-        self._last_status = 0.0
+        log.debug("write failed: %s", exc)      # HDF5's message is long; the status gets one line
+        self.disk.enter(self._write_path(), "no space left on device")
 
     def poll_once(self, timeout_ms: int = 100) -> None:
         """Handle whatever arrives within `timeout_ms`, flushing on time even under load; a full
@@ -393,7 +394,8 @@ class Archiver:
             if not is_disk_full(exc):
                 raise
             self._on_disk_full(exc)
-        if self.disk.full and self.status_socket is not None and self._last_status == 0.0:
+        if self.status_socket is not None and self.disk.report != self._reported:   # at once, not within 1 s
+            self._reported = self.disk.report
             self._last_status = time.monotonic()
             self.status_socket.send_multipart([b"status", P.pack(self.status())])
 
@@ -405,6 +407,10 @@ class Archiver:
         if self.frames.socket in events and not self.disk.full:
             deadline = self._last_flush + self.flush_interval_s    # never hold frames unflushed longer
             while time.monotonic() < deadline:
+                # HDF5 reports a full disk late (from its chunk cache), after frames were taken:
+                # stop while the reserve is left instead (one statvfs per frame, ~1 us)
+                if not self.disk.check_space(self._write_path()):
+                    break
                 try:
                     parts = self.frames.socket.recv_multipart(zmq.NOBLOCK, copy=False)
                 except zmq.Again:
@@ -436,13 +442,17 @@ class Archiver:
             self.close()
 
     def close(self) -> None:
-        """Flush and close every file and socket; an unfinished run stays marked running."""
-        self._close_map(complete=False)
-        for uid in list(self.sidecars):
-            self._close_sidecar(uid)
-        if self.run_dir is not None:
-            self.run_dir.write_master()
-        for sock in (self.docs, self.maps, self.status_socket):
-            if sock is not None:
-                sock.close(linger=0)
-        self.frames.close()
+        """Flush and close every file and socket; an unfinished run stays marked running.
+
+        The sockets close even when a last write fails (a full disk): what was flushed stays."""
+        try:
+            self._close_map(complete=False)
+            for uid in list(self.sidecars):
+                self._close_sidecar(uid)
+            if self.run_dir is not None:
+                self.run_dir.write_master()
+        finally:
+            for sock in (self.docs, self.maps, self.status_socket):
+                if sock is not None:
+                    sock.close(linger=0)
+            self.frames.close()

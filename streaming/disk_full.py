@@ -16,8 +16,9 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-#: Free bytes the archiver keeps in hand: below this it stops taking frames before a write fails.
-DEFAULT_RESERVE = 32 * 2**20
+#: Free bytes the archiver keeps in hand: below this it stops taking frames before a write fails
+#: (16 uncompressed 512 x 512 uint32 frames between checks, HDF5's chunk cache, the maps files).
+DEFAULT_RESERVE = 64 * 2**20
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -36,7 +37,9 @@ class DiskGuard:
     directory
         the archive root (its filesystem is the one measured).
     reserve_bytes
-        free space below which writing stops; resumes above twice that (no flapping).
+        free space below which writing stops; resumes above twice that (no flapping). Below
+        twice the reserve the disk is already reported full (`low`) while frames are still
+        taken: the acquisition pauses while the frames queued towards the archiver still fit.
     retry_s
         how often to try writing again while full.
     """
@@ -46,6 +49,7 @@ class DiskGuard:
         self.reserve_bytes = reserve_bytes
         self.retry_s = retry_s
         self.error: str | None = None       # "disk full: <path> (...)" while full
+        self.low: str | None = None         # the same message while under twice the reserve
         self.since: float | None = None
         self.episodes = 0
         self._next_retry = 0.0
@@ -59,14 +63,28 @@ class DiskGuard:
 
     def check_space(self, path: Path) -> bool:
         """False (and full) when less than the reserve is free on the archive's filesystem."""
+        if self.full:
+            return False
         try:
             free = self.free_bytes()
         except OSError:
-            return not self.full
+            return True
+        detail = f"{free / 2**20:.1f} MiB free, reserve {self.reserve_bytes / 2**20:g} MiB"
         if free < self.reserve_bytes:
-            self.enter(path, f"{free / 2**20:.1f} MiB free, reserve {self.reserve_bytes / 2**20:.0f} MiB")
+            self.enter(path, detail)
             return False
+        if free < 2 * self.reserve_bytes:
+            if self.low is None:
+                log.error("disk nearly full: %s (%s); asking the acquisition to pause", path, detail)
+            self.low = f"disk full: {path} ({detail})"
+        else:
+            self.low = None
         return True
+
+    @property
+    def report(self) -> str | None:
+        """What the status says: the error while full or nearly full, else None."""
+        return self.error or self.low
 
     def enter(self, path: Path, detail: str) -> None:
         """Record the disk as full (logged once per episode)."""
