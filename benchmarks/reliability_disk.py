@@ -51,6 +51,23 @@ def run_disk_full(directory: Path, *, size_mb: int = 32, max_frames: int = 3000,
     from opmon.streaming.publisher import ZmqFrameSink
 
     mounted = mount and mount_small_fs(directory, size_mb)
+    try:
+        return _fill(directory, mounted, size_mb, max_frames, rate_hz, reserve_mb, seed, timeout_s)
+    finally:
+        if mounted:
+            unmount(directory)
+
+
+def _fill(directory: Path, mounted: bool, size_mb: int, max_frames: int, rate_hz: float, reserve_mb: float,
+          seed: int, timeout_s: float) -> dict[str, Any]:
+    import bluesky.plan_stubs as bps
+    from bluesky import RunEngine
+
+    from opmon.archive_watch import ArchiverWatch
+    from opmon.streaming.archiver import Archiver
+    from opmon.streaming.control import RunEngineSteering
+    from opmon.streaming.publisher import ZmqFrameSink
+
     directory.mkdir(parents=True, exist_ok=True)
     reserve = int(reserve_mb * 2**20) if mounted else None   # 0: let the writes hit ENOSPC
     ctx = zmq.Context()
@@ -146,8 +163,6 @@ def run_disk_full(directory: Path, *, size_mb: int = 32, max_frames: int = 3000,
     sub.close(0)
     ctx.destroy(linger=0)
     result.update(read_back(directory / str(run_uid), pool))
-    if mounted:
-        unmount(directory)
     return result
 
 

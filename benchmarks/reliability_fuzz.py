@@ -450,12 +450,9 @@ def fuzz_archiver_channel(channel: str, n: int, seed: int = 0, context: zmq.Cont
         sock = archiver.docs
         messages = list(document_messages(seed, n))
     elif channel == "maps":
-        probe = ctx.socket(zmq.PULL)
-        mport = probe.bind_to_random_port("tcp://127.0.0.1")
-        probe.close(0)
-        archiver = Archiver(tmp, f"tcp://127.0.0.1:{fport}", maps_endpoint=f"tcp://127.0.0.1:{mport}",
+        archiver = Archiver(tmp, f"tcp://127.0.0.1:{fport}", maps_endpoint="tcp://127.0.0.1:*",   # zmq picks the port
                             maps_writer=write_map_file, context=ctx)
-        push.connect(f"tcp://127.0.0.1:{mport}")
+        push.connect(archiver.maps.getsockopt_string(zmq.LAST_ENDPOINT))
         sock = archiver.maps
         messages = list(map_messages(seed, n))
     else:
@@ -562,3 +559,63 @@ def fuzz_control(n: int, seed: int = 0, context: zmq.Context | None = None) -> d
     return {"socket": "control -> ControlServer", "sent": n, "strategies": dict(Counter(s for s, _ in messages)),
             "counters": {"replies": dict(replies), "server_rejected": dict(server.rejected)},
             "crashes": crashes.as_dict(), "seconds": elapsed}
+
+
+def wrong_tokens(n: int, seed: int = 0, context: zmq.Context | None = None) -> dict[str, Any]:
+    """`n` steering requests with wrong or missing tokens to a ControlServer over a real (idle)
+    RunEngine: every one must be refused with "bad token" and the RunEngine left as it was.
+
+    Also times `check_token` on a wrong token differing at the first and at the last character
+    (the comparison must not return earlier for an early difference)."""
+    import timeit
+
+    from bluesky import RunEngine
+
+    from opmon.streaming.control import ControlServer, RunEngineSteering, check_token
+    rng = random.Random(seed)
+    ctx = context or zmq.Context.instance()
+    token = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(22))
+    RE = RunEngine({})
+    server = ControlServer("tcp://127.0.0.1:0", token, RunEngineSteering(RE), context=ctx).start()
+    req = ctx.socket(zmq.REQ)
+    req.setsockopt(zmq.LINGER, 0)
+    req.setsockopt(zmq.RCVTIMEO, 5000)
+    req.connect(server.endpoint)
+    kinds: Counter[str] = Counter()
+    accepted = 0
+    t0 = time.perf_counter()
+    for _ in range(n):
+        pick = rng.randrange(6)
+        request: dict[str, Any] = {"v": 1, "command": rng.choice(["pause", "abort", "resume", "stop", "start_map"])}
+        if pick == 0:
+            kinds["missing"] += 1
+        elif pick == 1:
+            request["token"], kinds["empty"] = "", kinds["empty"] + 1
+        elif pick == 2:   # right length, one character changed
+            i = rng.randrange(len(token))
+            request["token"] = token[:i] + ("x" if token[i] != "x" else "y") + token[i + 1:]
+            kinds["one_char_off"] += 1
+        elif pick == 3:
+            request["token"], kinds["prefix"] = token[: rng.randrange(len(token))] or "a", kinds["prefix"] + 1
+        elif pick == 4:
+            request["token"], kinds["longer"] = token + "x", kinds["longer"] + 1
+        else:
+            value = _odd(rng)
+            request["token"] = value.hex() if isinstance(value, bytes) else value if value is not None else 0
+            kinds["wrong_type"] += 1
+        req.send(json.dumps(request).encode("utf-8", "surrogatepass"))
+        reply = json.loads(req.recv())
+        accepted += bool(reply.get("ok"))
+    elapsed = time.perf_counter() - t0
+    req.close(0)
+    refused_token = server.rejected.get("token", 0)
+    server.close()
+    first = token.replace(token[0], "#", 1)
+    last = token[:-1] + "#"
+    runs = 200_000
+    t_first = min(timeit.repeat(lambda: check_token(first, token), number=runs, repeat=5)) / runs
+    t_last = min(timeit.repeat(lambda: check_token(last, token), number=runs, repeat=5)) / runs
+    return {"socket": "control (wrong tokens)", "sent": n, "kinds": dict(kinds), "accepted": accepted,
+            "refused_bad_token": refused_token, "run_state_after": str(RE.state),
+            "check_token_ns_first_char_differs": t_first * 1e9, "check_token_ns_last_char_differs": t_last * 1e9,
+            "seconds": elapsed}
