@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"opmon bench reliability: unknown scenario {unknown[0]!r}; choose from {', '.join(SCENARIOS)}",
               file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.CRITICAL)     # the services log every rejection; figures only here
+    logging.getLogger().setLevel(logging.ERROR)     # the services log every rejection; figures and errors only
     results: dict[str, Any] = {}
     for scenario in args.scenarios or DEFAULT:
         if scenario.startswith("kill-"):
