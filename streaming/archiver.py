@@ -24,9 +24,9 @@ import zmq
 from opmon.errors import ArchiveError, OpmonError
 from opmon.streaming import archive_recovery as R
 from opmon.streaming import protocol as P
-from opmon.streaming.disk_full import DEFAULT_RESERVE, DiskGuard, is_disk_full
 from opmon.streaming.archive_files import (DOCUMENTS, POTENTIOSTAT, MapFileWriter, PotentiostatLog, RunDirectory,
                                            map_file_name, maps_file_name)
+from opmon.streaming.disk_full import DEFAULT_RESERVE, DiskGuard, is_disk_full
 from opmon.streaming.receiver import FrameReceiver
 
 log = logging.getLogger(__name__)
