@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port-base", type=int, default=25200, help="ports of the deployed services (default 25200)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write every figure to this JSON file")
+    parser.add_argument("--keep", action="store_true", help="keep the kill runs' archives and service logs")
     args = parser.parse_args(argv)
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
     if unknown:
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             import reliability_kill as K
             victim = scenario.split("-", 1)[1]
             report = K.run_kills(victim, kills=args.kills, rate=args.rate, map_frames=args.map_frames,
-                                 port_base=args.port_base, seed=args.seed)
+                                 port_base=args.port_base, seed=args.seed, keep=args.keep)
             _print(f"kill -9 {victim} x {args.kills}", {k: v for k, v in report.items() if k != "runs"})
             for run in report["runs"]:
                 print(f"   run {run['run']}: {json.dumps({k: v for k, v in run.items() if k != 'run'})}", flush=True)
@@ -92,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
             _print("wrong tokens", report)
         elif scenario == "disk":
             import reliability_disk as D
-            report = D.run_disk_full(Path(tempfile.mkdtemp(prefix="opmon-diskfull-")) / "archive", rate_hz=args.rate,
-                                     max_frames=20_000, seed=args.seed)
+            where = Path(tempfile.mkdtemp(prefix="opmon-diskfull-"))
+            report = D.run_disk_full(where / "archive", rate_hz=args.rate, max_frames=20_000, seed=args.seed)
+            shutil.rmtree(where, ignore_errors=True)
             _print("disk full", report)
         else:
             import soak_stream

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import tempfile
 import threading
 import time
@@ -426,6 +427,8 @@ def fuzz_frames(target: str, n: int, seed: int = 0, context: zmq.Context | None 
         sender.join(5)
         service.close()
         push.close(0)
+        if directory is None:
+            shutil.rmtree(tmp, ignore_errors=True)
     counters = receiver.counters.as_dict()
     return {"socket": f"frames -> {target}", "sent": n, "strategies": dict(sent), "counters": counters,
             "errors": getattr(service, "errors", 0), "crashes": crashes.as_dict(),
@@ -477,6 +480,8 @@ def fuzz_archiver_channel(channel: str, n: int, seed: int = 0, context: zmq.Cont
         archiver.close()
         push.close(0)
         frames.close(0)
+        if directory is None:
+            shutil.rmtree(tmp, ignore_errors=True)
     return {"socket": f"{channel} -> archiver", "sent": n, "strategies": dict(Counter(s for s, _ in messages)),
             "counters": {"dropped": status["dropped"]}, "crashes": crashes.as_dict(), "seconds": elapsed}
 

@@ -15,6 +15,7 @@ import math
 import multiprocessing as mp
 import os
 import random
+import shutil
 import signal
 import tempfile
 import time
@@ -75,7 +76,7 @@ def archive_of_run(run_dir: Path) -> dict[str, Any]:
 
 def run_kills(victim: str, kills: int = 20, rate: float = 1000.0, map_frames: int = 2000, port_base: int = 25200,
               seed: int = 0, directory: Path | None = None, gap_s: tuple[float, float] = (1.0, 3.0),
-              settle_s: float = 60.0) -> dict[str, Any]:
+              settle_s: float = 60.0, keep: bool = False) -> dict[str, Any]:
     """kill -9 `victim` ("live", "archiver" or "acquisition") `kills` times; see the module docstring."""
     import zmq
 
@@ -159,6 +160,8 @@ def run_kills(victim: str, kills: int = 20, rate: float = 1000.0, map_frames: in
         on_disk = archive_of_run(archive / r["run"]) if (archive / r["run"]).is_dir() else {"frames": 0}
         per_run.append({**r, **on_disk, "lost_on_archive_path": r["sent"] - on_disk["frames"],
                         "maps_sent": math.ceil(r["sent"] / per_map)})
+    if not keep:
+        shutil.rmtree(directory, ignore_errors=True)
     total_sent = sum(r["sent"] for r in runs)
     rec = [s for s in recover_s if s == s]
     return {"victim": victim, "kills": kills, "rate_asked": rate, "rate_achieved": total_sent / elapsed,
@@ -167,4 +170,4 @@ def run_kills(victim: str, kills: int = 20, rate: float = 1000.0, map_frames: in
             "maps_with_final_maps": sum(r.get("maps_with_final", 0) for r in per_run),
             "recover_s_median": float(np.median(rec)) if rec else float("nan"),
             "recover_s_max": max(rec) if rec else float("nan"), "not_recovered": len(recover_s) - len(rec),
-            "runs": per_run, "exit_codes": codes, "logs": str(directory / "logs")}
+            "runs": per_run, "exit_codes": codes, "logs": str(directory / "logs") if keep else "removed (--keep keeps them)"}
