@@ -19,6 +19,7 @@ from bluesky.utils import RequestAbort
 
 from opmon.acquisition import (AnyOf, CellCommand, MapRequests, PeriodicTrigger, PlateauTrigger, PublisherSink, TriggerRule,
                                VoltageThresholds, operando_series)
+from opmon.archive_watch import ArchiverWatch
 from opmon.config import Config
 from opmon.errors import ConfigError
 from opmon.simulators.beamline import BeamlineConfig, SimulatedBeamline
@@ -111,6 +112,7 @@ class AcquisitionService:
         self.requests = MapRequests()
         self.steering = RunEngineSteering(self.RE, self.requests, make_rule)
         self.control = ControlServer(config.endpoint("control"), self.token, self.steering)
+        self.archive_watch = ArchiverWatch(config.endpoint("display_archive"), self.steering)  # pauses on disk full
         self._stop = threading.Event()
         self._status_thread = threading.Thread(target=self._publish_status, name="opmon-acq-status", daemon=True)
 
@@ -129,6 +131,7 @@ class AcquisitionService:
                                  requests=self.requests, max_maps=p.max_maps,
                                  md={"sample": "LiNi0.5Mn1.5O4 single crystal (simulated)", "opmon_demo": True})
         self.control.start()
+        self.archive_watch.start()
         self._status_thread.start()
         started = time.monotonic()
         try:
@@ -147,6 +150,7 @@ class AcquisitionService:
             return
         self._stop.set()
         self.control.close()
+        self.archive_watch.close()
         if linger_s is not None:     # the plan is over: nobody else uses these sockets now
             for sock in [*self.publisher.sockets, *([self.documents.docs] if self.documents.docs is not None else [])]:
                 sock.setsockopt(zmq.LINGER, int(linger_s * 1000))

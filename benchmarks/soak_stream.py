@@ -52,6 +52,16 @@ def rss_mb(pid: int | None) -> float:
     return total / 1024
 
 
+def archived_frames(archive: Path) -> int:
+    """Distinct frames (run, seq) in the archive's map files: what the archive path kept."""
+    import h5py
+    seen: set[tuple[str, int]] = set()
+    for path in archive.glob("*/map_[0-9][0-9][0-9][0-9].h5"):
+        with h5py.File(path, "r", swmr=True) as f:
+            seen.update((path.parent.name, int(s)) for s in f["entry/scan/sequence"][:])
+    return len(seen)
+
+
 class StatusWatch:
     """Latest status message of each service (lossy display channels)."""
 
@@ -103,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     map_shape = (max(1, args.map_frames // cols), cols)
     per_map = map_shape[0] * map_shape[1]
     time.sleep(3.0)          # let the services start and connect (the sink blocks until they do)
+    start_rss = (rss_mb(supervisor.pid("live")), rss_mb(supervisor.pid("archiver")))   # before any frame
     print(f"soak: {args.minutes:g} min at {args.rate:g} frames/s, maps of {per_map} frames, workers={args.workers}, "
           f"archive {config.archive.dir}", flush=True)
     print(f"{'t (s)':>7} {'sent':>9} {'live':>9} {'archived':>9} {'lost':>5} {'maps':>5} {'live MB':>8} {'arch MB':>8}"
@@ -156,10 +167,14 @@ def main(argv: list[str] | None = None) -> int:
     watch.drain()
     live, arch = watch.latest.get("live", {}), watch.latest.get("archiver", {})
     size = sum(f.stat().st_size for f in Path(config.archive.dir).rglob("*") if f.is_file()) / 2**30
+    on_disk = archived_frames(Path(config.archive.dir))
     growth = [b - a for a, b in zip(first_rss or rss, rss)]
     print(f"sent {sent} frames in {maps} maps; live accumulated {live.get('frames', 0)}, lost {live.get('frames_lost', 0)},"
           f" rejected {sum((live.get('rejected') or {}).values())}, errors {live.get('errors', 0)}, maps done"
-          f" {live.get('maps_done', 0)}; archiver frames {arch.get('frames', 0)}; archive {size:.2f} GiB")
+          f" {live.get('maps_done', 0)}; archiver frames {arch.get('frames', 0)}, lost {arch.get('frames_lost', 0)},"
+          f" frames in the archive files {on_disk} (archive path lost {sent - on_disk}); archive {size:.2f} GiB")
+    print(f"memory at start (MB, before the first frame): live {start_rss[0]:.0f}, archiver {start_rss[1]:.0f};"
+          f" at end: live {rss[0]:.0f}, archiver {rss[1]:.0f}")
     print(f"memory (MB, RSS incl. workers): live {first_rss[0] if first_rss else float('nan'):.0f} -> {rss[0]:.0f}"
           f" ({growth[0]:+.0f}), archiver {first_rss[1] if first_rss else float('nan'):.0f} -> {rss[1]:.0f}"
           f" ({growth[1]:+.0f}); exit codes {codes}")
@@ -167,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAILED: {failed} (logs in {directory / 'logs'})")
     if not args.keep and not failed:
         shutil.rmtree(directory, ignore_errors=True)
-    ok = not failed and live.get("frames_lost", 1) == 0 and live.get("maps_done", 0) >= maps
+    ok = not failed and live.get("frames_lost", 1) == 0 and live.get("maps_done", 0) >= maps \
+        and on_disk == sent
     return 0 if ok else 1
 
 

@@ -9,6 +9,7 @@ exactly what a display should do.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import Counter
@@ -32,7 +33,22 @@ MAX_SIDE = 16384
 
 
 class DisplayMessageError(ProtocolError):
-    """A display-channel message does not follow docs/protocol.md."""
+    """A display-channel message does not follow docs/protocol.md; `reason` is its counter key."""
+
+    def __init__(self, message: str, reason: str = "field") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+#: Status keys the dashboard does arithmetic on: each must be a number (or nil) when present.
+_STATUS_NUMBERS = ("frames_per_s", "frames_lost", "map", "map_progress", "maps_done", "frames")
+#: Map-header keys the model turns into numbers.
+_MAP_NUMBERS = ("map", "frames", "n_frames", "seq", "t", "t_start", "voltage", "capacity")
+
+
+def _number(value: Any) -> bool:
+    """None or a finite int/float (int() of NaN or inf raises)."""
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
 
 
 def decode_map(header: dict[str, Any], buffers: Sequence[Any]) -> MapUpdate:
@@ -45,18 +61,25 @@ def decode_map(header: dict[str, Any], buffers: Sequence[Any]) -> MapUpdate:
     """
     fields = header.get("fields")
     if not isinstance(fields, list) or len(fields) != len(buffers):
-        raise DisplayMessageError(f"map: {len(buffers)} buffers for fields {fields!r:.120}")
+        raise DisplayMessageError(f"map: {len(buffers)} buffers for fields {fields!r:.120}", "parts")
+    bad = [k for k in _MAP_NUMBERS if not _number(header.get(k))]
+    bad += [k for k in ("t_start", "voltage", "capacity") if k in header and header[k] is None]  # the model float()s them
+    if bad:
+        raise DisplayMessageError(f"map: {bad[0]} = {header.get(bad[0])!r:.40} is not a number")
     arrays: dict[str, npt.NDArray[Any]] = {}
     for desc, buf in zip(fields, buffers):
+        if not isinstance(desc, dict):
+            raise DisplayMessageError(f"map field entry {desc!r:.40} is not a map")
         name, dtype, shape = desc.get("name"), desc.get("dtype"), desc.get("shape")
-        if dtype not in _DTYPES:
-            raise DisplayMessageError(f"map field {name!r}: dtype {dtype!r} not allowed")
-        if not isinstance(shape, list) or not all(isinstance(n, int) and 0 < n <= MAX_SIDE for n in shape):
-            raise DisplayMessageError(f"map field {name!r}: bad shape {shape!r}")
+        if not isinstance(dtype, str) or dtype not in _DTYPES:
+            raise DisplayMessageError(f"map field {name!r:.40}: dtype {dtype!r:.40} not allowed", "dtype")
+        if not isinstance(shape, list) or not 1 <= len(shape) <= 3 or \
+                not all(isinstance(n, int) and not isinstance(n, bool) and 0 < n <= MAX_SIDE for n in shape):
+            raise DisplayMessageError(f"map field {name!r:.40}: bad shape {shape!r:.60}", "shape")
         dt = np.dtype(dtype).newbyteorder("<")
         mv = memoryview(buf.buffer if hasattr(buf, "buffer") else buf)
         if mv.nbytes != int(np.prod(shape)) * dt.itemsize:
-            raise DisplayMessageError(f"map field {name!r}: {mv.nbytes} bytes for shape {shape} {dtype}")
+            raise DisplayMessageError(f"map field {name!r:.40}: {mv.nbytes} bytes for shape {shape} {dtype}", "size")
         arrays[str(name)] = np.frombuffer(mv, dtype=dt).reshape(shape).astype(dt.newbyteorder("="))
     n_frames = int(header.get("n_frames") or 0)
     frames = int(header.get("frames") or 0)
@@ -72,11 +95,12 @@ def decode_map(header: dict[str, Any], buffers: Sequence[Any]) -> MapUpdate:
         progress = 0.0
     meta = {k: v for k, v in header.items() if k not in ("fields",)}
     try:
-        return MapUpdate(map_number=int(header.get("map", 0)), arrays=arrays, progress=min(progress, 1.0),
-                         final=final, seq=int(header.get("seq", frames)), t_processed=float(header.get("t", 0.0)),
+        seq = header.get("seq")
+        return MapUpdate(map_number=int(header.get("map") or 0), arrays=arrays, progress=min(progress, 1.0),
+                         final=final, seq=int(frames if seq is None else seq), t_processed=float(header.get("t") or 0.0),
                          extent=_extent(header.get("extent")), meta=meta)
     except MapMessageError as exc:
-        raise DisplayMessageError(str(exc)) from exc
+        raise DisplayMessageError(str(exc), "shape") from exc
 
 
 def _extent(value: Any) -> tuple[float, float, float, float] | None:
@@ -103,18 +127,22 @@ def encode_map(update: MapUpdate, run: str = "", n_frames: int = 0, frames: int 
 def dispatch(model: DashboardModel, parts: Sequence[Any]) -> str:
     """Decode one display message into the model; returns its kind. Raises DisplayMessageError."""
     if len(parts) < 2:
-        raise DisplayMessageError(f"{len(parts)} parts, expected [topic, header, *buffers]")
+        raise DisplayMessageError(f"{len(parts)} parts, expected [topic, header, *buffers]", "parts")
     raw = parts[1].buffer if hasattr(parts[1], "buffer") else parts[1]
     try:
         header = unpack(raw)
     except Exception as exc:
-        raise DisplayMessageError(f"header is not msgpack: {type(exc).__name__}") from exc
-    if not isinstance(header, dict) or header.get("v") != VERSION:
-        raise DisplayMessageError(f"version {header.get('v') if isinstance(header, dict) else None!r}, expected {VERSION}")
+        raise DisplayMessageError(f"header is not msgpack: {type(exc).__name__}", "header") from exc
+    if not isinstance(header, dict) or header.get("v") != VERSION or isinstance(header.get("v"), bool):
+        version = header.get("v") if isinstance(header, dict) else None
+        raise DisplayMessageError(f"version {version!r:.40}, expected {VERSION}", "version")
     kind = header.get("kind")
     if kind == "map":
         model.on_map(decode_map(header, parts[2:]))
     elif kind == "status":
+        bad = [k for k in _STATUS_NUMBERS if not _number(header.get(k))]
+        if bad or not isinstance(header.get("source", ""), str):
+            raise DisplayMessageError(f"status: {(bad or ['source'])[0]} has the wrong type")
         model.on_status(header)
     elif kind == "reading":
         try:
@@ -130,7 +158,7 @@ def dispatch(model: DashboardModel, parts: Sequence[Any]) -> str:
             raise DisplayMessageError("doc: needs a string 'name' and a map 'doc'")
         model.on_document(header["name"], header["doc"])
     else:
-        raise DisplayMessageError(f"unknown kind {kind!r}")
+        raise DisplayMessageError(f"unknown kind {kind!r:.40}", "kind")
     return str(kind)
 
 
@@ -178,10 +206,13 @@ class DisplaySubscriber:
                 try:
                     self.counts[dispatch(self.model, parts)] += 1
                 except DisplayMessageError as exc:
-                    self.rejected[str(exc).split(":")[0]] += 1
+                    self.rejected[exc.reason] += 1
                     if time.monotonic() - self._last_log > 5.0:
                         self._last_log = time.monotonic()
                         log.warning("display message rejected: %s (%d so far)", exc, sum(self.rejected.values()))
+                except Exception:   # a message no check foresaw must not end the dashboard's only feed
+                    self.rejected["error"] += 1
+                    log.exception("display message broke the subscriber (counted as 'error', skipped)")
         finally:
             sock.close(0)
 

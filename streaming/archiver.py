@@ -26,6 +26,7 @@ from opmon.streaming import archive_recovery as R
 from opmon.streaming import protocol as P
 from opmon.streaming.archive_files import (DOCUMENTS, POTENTIOSTAT, MapFileWriter, PotentiostatLog, RunDirectory,
                                            map_file_name, maps_file_name)
+from opmon.streaming.disk_full import DEFAULT_RESERVE, DiskGuard, is_disk_full
 from opmon.streaming.receiver import FrameReceiver
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class Archiver:
     def __init__(self, directory: str | Path, frames_endpoint: str, docs_endpoint: str | None = None,
                  maps_endpoint: str | None = None, status_endpoint: str | None = None, *,
                  maps_writer: MapsWriter | None = None, flush_interval_s: float = 0.5, rcvhwm: int = 200, grace_s: float = 5.0,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, disk_reserve_bytes: int = DEFAULT_RESERVE) -> None:
         self.directory = Path(directory)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -92,6 +93,8 @@ class Archiver:
         self._rate = (time.monotonic(), 0)
         self._resumed_seq: int | None = None
         self.stopped = False
+        self.disk = DiskGuard(self.directory, disk_reserve_bytes)
+        self._reported: str | None = None
 
     def _socket(self, kind: int, endpoint: str | None, bind: bool) -> zmq.Socket | None:
         if endpoint is None:
@@ -142,8 +145,16 @@ class Archiver:
         # NXlog time counts from the bluesky run start when its document came first, else from the stream's.
         t0 = next((float(d["time"]) for uid, name, d in self.early_docs
                    if uid == run.uid and name == "start" and isinstance(d.get("time"), (int, float))), float(start["t"]))
-        self.sidecars[run.uid] = _Sidecar(PotentiostatLog(path / POTENTIOSTAT, t0=t0),
-                                          open(path / DOCUMENTS, "a", encoding="utf-8"))
+        sidecar = self.sidecars.get(run.uid)
+        if sidecar is not None:            # the same uid again within the grace time: keep its log open
+            sidecar.deadline = None
+        else:                              # never truncate a log already on disk: set it aside, copy it
+            log_path = path / POTENTIOSTAT
+            old = R.set_aside(log_path) if log_path.exists() else None
+            sidecar = self.sidecars[run.uid] = _Sidecar(PotentiostatLog(log_path, t0=t0),
+                                                        open(path / DOCUMENTS, "a", encoding="utf-8"))
+            for reading in R.readings(old, t0) if old is not None else ():
+                sidecar.potentiostat.add(reading)
         run.has_potentiostat = True
         early, self.early_readings = self.early_readings, deque(maxlen=100_000)
         for reading in early:
@@ -261,10 +272,16 @@ class Archiver:
             self.dropped["bad_document"] += 1
             return
         if header["kind"] == "reading":
+            t, run = header.get("t"), header.get("run")
+            # a reading kept with a bad time would make every later flush of the NXlog fail
+            if not isinstance(t, (int, float)) or isinstance(t, bool) or not (run is None or isinstance(run, str)):
+                self.dropped["bad_reading"] += 1
+                return
             self._on_reading(header)
             return
         name, doc = header.get("name"), header.get("doc")
-        if not isinstance(doc, dict):
+        key = doc.get("run_start" if name == "stop" else "uid") if isinstance(doc, dict) else None
+        if not isinstance(name, str) or not isinstance(doc, dict) or (name in ("start", "stop") and not isinstance(key, str)):
             self.dropped["bad_document"] += 1
             return
         # Documents arrive in order on their channel: a start document names the run that
@@ -297,6 +314,9 @@ class Archiver:
             header = P.unpack(parts[1])
             run_uid, number = header["run"], int(header["map"])
         except Exception:
+            self.dropped["bad_maps"] += 1
+            return
+        if not isinstance(run_uid, str) or not P.RUN_UID.fullmatch(run_uid) or number < 0:   # becomes a path
             self.dropped["bad_maps"] += 1
             return
         run = self.runs.get(run_uid)
@@ -347,14 +367,50 @@ class Archiver:
                 "frames_per_s": rate, "frames_lost": c.lost, "rejected": dict(c.rejected),
                 "map": self.map_writer.number if self.map_writer else None,
                 "maps_done": sum(r.complete for r in run.maps.values()) if run else 0,
-                "archive": str(run.master) if run else None, "dropped": dict(self.dropped)}
+                "archive": str(run.master) if run else None, "dropped": dict(self.dropped),
+                **({"state": "disk_full", "error": self.disk.report} if self.disk.report else {})}
+
+    # -- disk full ------------------------------------------------------------------------
+    def _write_path(self) -> Path:
+        """Where the archiver is writing: the run directory, else the archive root."""
+        return self.run_dir.path if self.run_dir is not None else self.directory
+
+    def _on_disk_full(self, exc: OSError) -> None:
+        """A write failed for lack of space: stop taking frames and maps (they wait, queued, with
+        their senders), keep what is written, say so at once in the status, retry every few s.
+
+        Frames of a block that failed to write stay in the map writer's memory and go to disk
+        with the first flush that succeeds (block writes are idempotent until then).
+        """
+        log.debug("write failed: %s", exc)      # HDF5's message is long; the status gets one line
+        self.disk.enter(self._write_path(), "no space left on device")
 
     def poll_once(self, timeout_ms: int = 100) -> None:
-        """Handle whatever arrives within `timeout_ms`, flushing on time even under load."""
+        """Handle whatever arrives within `timeout_ms`, flushing on time even under load; a full
+        disk pauses the intake instead of ending the archiver (`_on_disk_full`)."""
+        try:
+            self._poll(timeout_ms)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            self._on_disk_full(exc)
+        if self.status_socket is not None and self.disk.report != self._reported:   # at once, not within 1 s
+            self._reported = self.disk.report
+            self._last_status = time.monotonic()
+            self.status_socket.send_multipart([b"status", P.pack(self.status())])
+
+    def _poll(self, timeout_ms: int) -> None:
         events = dict(self.poller.poll(min(timeout_ms, int(self.flush_interval_s * 1000))))
-        if self.frames.socket in events:
+        if self.disk.full and self.disk.due():
+            self.flush()                # raises again while there is still no room
+            self.disk.clear()
+        if self.frames.socket in events and not self.disk.full:
             deadline = self._last_flush + self.flush_interval_s    # never hold frames unflushed longer
             while time.monotonic() < deadline:
+                # HDF5 reports a full disk late (from its chunk cache), after frames were taken:
+                # stop while the reserve is left instead (one statvfs per frame, ~1 us)
+                if not self.disk.check_space(self._write_path()):
+                    break
                 try:
                     parts = self.frames.socket.recv_multipart(zmq.NOBLOCK, copy=False)
                 except zmq.Again:
@@ -363,7 +419,7 @@ class Archiver:
                 if msg is not None:
                     self._on_frame_message(msg)
         for sock, handler in ((self.docs, self._on_doc), (self.maps, self._on_maps)):
-            if sock is not None and sock in events:
+            if sock is not None and sock in events and not (self.disk.full and sock is self.maps):
                 for _ in range(1000):
                     try:
                         handler(sock.recv_multipart(zmq.NOBLOCK))
@@ -371,6 +427,7 @@ class Archiver:
                         break
         now = time.monotonic()
         if now - self._last_flush >= self.flush_interval_s:
+            self.disk.check_space(self._write_path())   # below the reserve: take no more frames
             self.flush()
         if self.status_socket is not None and now - self._last_status >= 1.0:
             self._last_status = now
@@ -385,13 +442,17 @@ class Archiver:
             self.close()
 
     def close(self) -> None:
-        """Flush and close every file and socket; an unfinished run stays marked running."""
-        self._close_map(complete=False)
-        for uid in list(self.sidecars):
-            self._close_sidecar(uid)
-        if self.run_dir is not None:
-            self.run_dir.write_master()
-        for sock in (self.docs, self.maps, self.status_socket):
-            if sock is not None:
-                sock.close(linger=0)
-        self.frames.close()
+        """Flush and close every file and socket; an unfinished run stays marked running.
+
+        The sockets close even when a last write fails (a full disk): what was flushed stays."""
+        try:
+            self._close_map(complete=False)
+            for uid in list(self.sidecars):
+                self._close_sidecar(uid)
+            if self.run_dir is not None:
+                self.run_dir.write_master()
+        finally:
+            for sock in (self.docs, self.maps, self.status_socket):
+                if sock is not None:
+                    sock.close(linger=0)
+            self.frames.close()

@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import threading
+from collections import Counter
 from typing import Any, Protocol, runtime_checkable
 
 import zmq
@@ -63,41 +64,54 @@ def resolve_token(*configured: str | None, generate: bool = True) -> str | None:
 
 
 def check_token(given: Any, expected: str) -> bool:
-    """Constant-time token comparison; an empty expected token refuses everything."""
+    """Constant-time token comparison; an empty expected token refuses everything.
+
+    Both sides are compared as UTF-8 bytes with `hmac.compare_digest`, whose time does not
+    depend on where they differ; a token JSON cannot encode as UTF-8 (a lone surrogate) is
+    refused like any other wrong token instead of raising.
+    """
     if not expected or not isinstance(given, str) or not given:
         return False
-    return hmac.compare_digest(given.encode(), expected.encode())
+    try:
+        given_bytes = given.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return hmac.compare_digest(given_bytes, expected.encode("utf-8"))
+
+
+def _refuse(reason: str, error: str) -> dict[str, Any]:
+    """A refusal; `reason` is a short counter key the server counts refusals by (not sent)."""
+    return {"v": VERSION, "ok": False, "error": error, "reason": reason}
 
 
 def handle_request(raw: bytes, token: str, target: Steerable) -> dict[str, Any]:
     """Decode, authorise and execute one request; always returns a reply dict, never raises."""
     if len(raw) > MAX_REQUEST_BYTES:
-        return {"v": VERSION, "ok": False, "error": f"request of {len(raw)} bytes is too large"}
+        return _refuse("size", f"request of {len(raw)} bytes is too large")
     try:
         req = json.loads(raw)
-    except ValueError:
-        return {"v": VERSION, "ok": False, "error": "request is not JSON"}
+    except (ValueError, RecursionError):    # RecursionError: deeply nested JSON
+        return _refuse("json", "request is not JSON")
     if not isinstance(req, dict) or req.get("v") != VERSION:
-        return {"v": VERSION, "ok": False, "error": f"request must be a JSON object with v = {VERSION}"}
+        return _refuse("version", f"request must be a JSON object with v = {VERSION}")
     command = req.get("command")
     args = req.get("args") or {}
     if not isinstance(args, dict):
-        return {"v": VERSION, "ok": False, "error": "args must be a JSON object"}
-    if command not in STEERING_COMMANDS + READ_COMMANDS:
-        return {"v": VERSION, "ok": False,
-                "error": f"unknown command {command!r}; known: {', '.join(STEERING_COMMANDS + READ_COMMANDS)}"}
+        return _refuse("args", "args must be a JSON object")
+    if not isinstance(command, str) or command not in STEERING_COMMANDS + READ_COMMANDS:
+        return _refuse("command", f"unknown command {command!r:.80}; known: {', '.join(STEERING_COMMANDS + READ_COMMANDS)}")
     if command in STEERING_COMMANDS and not check_token(req.get("token"), token):
         log.warning("control: refused %r with a bad or missing token", command)
-        return {"v": VERSION, "ok": False, "error": "bad token"}
+        return _refuse("token", "bad token")
     try:
         result = getattr(target, command)(**args)
     except TypeError as exc:
-        return {"v": VERSION, "ok": False, "error": f"{command}: bad arguments {sorted(args)}: {exc}"}
-    except OpmonError as exc:
-        return {"v": VERSION, "ok": False, "error": f"{command}: {exc}"}
+        return _refuse("args", f"{command}: bad arguments {sorted(args)}: {exc}")
+    except (OpmonError, ValueError) as exc:   # ValueError: int("x") and the like in the arguments
+        return _refuse("refused", f"{command}: {exc}")
     except Exception as exc:   # the control loop must survive a failing command
         log.exception("control: %s failed", command)
-        return {"v": VERSION, "ok": False, "error": f"{command} failed: {type(exc).__name__}: {exc}"}
+        return _refuse("error", f"{command} failed: {type(exc).__name__}: {exc}")
     return {"v": VERSION, "ok": True, "result": result if isinstance(result, dict) else {}}
 
 
@@ -132,6 +146,7 @@ class ControlServer:
         self._thread = threading.Thread(target=self._serve, name="opmon-control", daemon=True)
         self.requests = 0
         self.refused = 0
+        self.rejected: Counter[str] = Counter()   # refusals by reason (token, json, args, ...)
 
     def start(self) -> ControlServer:
         """Start answering on a daemon thread."""
@@ -147,8 +162,12 @@ class ControlServer:
             raw = self._sock.recv()
             reply = handle_request(raw, self.token, self.target)
             self.requests += 1
-            self.refused += 0 if reply["ok"] else 1
-            self._sock.send(json.dumps(reply, default=str).encode())
+            reason = reply.pop("reason", "error")   # counted here, not sent (the wire reply stays v1)
+            if not reply["ok"]:
+                self.refused += 1
+                self.rejected[reason] += 1
+            # REP must answer every request, or the socket (and every later client) is stuck
+            self._sock.send(json.dumps(reply, default=str).encode("utf-8", "backslashreplace"))
         self._sock.close(0)
 
     def close(self, timeout: float = 2.0) -> None:

@@ -8,6 +8,7 @@ as a raw second part; nothing is ever unpickled. `parse` rejects a bad message w
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,11 @@ EXIT_STATUSES = ("success", "abort", "fail")
 ANGLE_KEYS = ("eta", "phi", "nu", "delta")
 REJECT_REASONS = ("parts", "header", "version", "kind", "field", "dtype", "shape", "size", "index",
                   "unknown_run", "stale")
+
+#: A run uid names a directory of the archive: one plain path component, never `..`, `/` or NUL.
+RUN_UID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+MAX_TIME = 1e11          # unix seconds (year 5138): beyond it a time cannot be a date
 
 _NUM = (int, float)
 # Required fields and their accepted types, per kind ("v" and "kind" are checked first).
@@ -115,6 +121,10 @@ def check_header(header: Any) -> str:
     for key in ("map", "seq", "frame", "index", "n_frames", "last_seq"):
         if key in _FIELDS[kind] and header[key] < (-1 if key == "last_seq" else 0):
             raise RejectedMessage("field", f"{kind}.{key} = {header[key]}, expected >= 0")
+    if not (math.isfinite(header["t"]) and 0 <= header["t"] < MAX_TIME):   # later formatted as a date
+        raise RejectedMessage("field", f"{kind}.t = {header['t']!r}, expected a unix time")
+    if not RUN_UID.fullmatch(header["run"]):   # it becomes a directory name in the archive
+        raise RejectedMessage("field", f"{kind}.run = {header['run']!r:.60}, expected letters, digits, '.', '_', '-'")
     return kind
 
 
@@ -143,6 +153,10 @@ def parse(parts: list[Any]) -> Message:
         for key in ANGLE_KEYS:
             if not math.isfinite(header[key]):
                 raise RejectedMessage("field", f"frame.{key} = {header[key]!r}, expected a finite angle")
+        for key in ("x", "y"):    # optional piezo position: nil or a number
+            value = header.get(key)
+            if value is not None and (not isinstance(value, _NUM) or isinstance(value, bool)):
+                raise RejectedMessage("field", f"frame.{key} = {value!r:.40}, expected a number or nil")
         dtype = FRAME_DTYPES.get(header["dtype"])
         if dtype is None:
             raise RejectedMessage("dtype", f"dtype {header['dtype']!r:.40}, expected one of {list(FRAME_DTYPES)}")
@@ -154,8 +168,14 @@ def parse(parts: list[Any]) -> Message:
     if kind == "start":
         _pair(header, "frame_shape", integer=True)
         _pair(header, "map_shape", integer=True)
-        _pair(header, "pixel_size_m", integer=False)
-        _pair(header, "beam_center", integer=False)
+        pixel = _pair(header, "pixel_size_m", integer=False)
+        centre = _pair(header, "beam_center", integer=False)
+        for key, value in (("energy_ev", header["energy_ev"]), ("distance_m", header["distance_m"]),
+                           ("pixel_size_m", pixel[0]), ("pixel_size_m", pixel[1])):
+            if not (math.isfinite(value) and value > 0):       # the geometry divides by them
+                raise RejectedMessage("field", f"start.{key} = {value!r}, expected a positive number")
+        if not all(math.isfinite(c) for c in centre):
+            raise RejectedMessage("field", f"start.beam_center = {list(centre)!r}, expected finite numbers")
         if header["dtype"] not in FRAME_DTYPES:
             raise RejectedMessage("dtype", f"start.dtype {header['dtype']!r:.40}, expected one of {list(FRAME_DTYPES)}")
         mask = None

@@ -90,6 +90,10 @@ class RunTracker:
     and counted as `duplicate`.
     """
 
+    #: Largest forward jump of `seq` taken as frames lost; a larger one is a corrupt header, and
+    #: believing it would count ~2**64 frames lost and drop every later frame as a duplicate.
+    MAX_SEQ_JUMP = 1 << 24
+
     def __init__(self, resolver: RunResolver | None = None, keep_finished: int = 64) -> None:
         self.resolver = resolver
         self.current: RunInfo | None = None
@@ -131,6 +135,10 @@ class RunTracker:
             progress = run.maps[number] = MapProgress(number, run.map_shape)
         return progress
 
+    def _check_jump(self, run: RunInfo, kind: str, last_seq: int) -> None:
+        if run.next_seq is not None and last_seq - run.next_seq >= self.MAX_SEQ_JUMP:
+            raise RejectedMessage("field", f"{kind} jumps to seq {last_seq} from {run.next_seq}: implausible gap")
+
     def _advance(self, run: RunInfo, last_seq: int, progress: MapProgress | None) -> None:
         """Sequence numbers up to `last_seq` were sent: count the ones never seen."""
         if run.next_seq is None:
@@ -155,6 +163,7 @@ class RunTracker:
             if h["index"] >= ny * nx:
                 raise RejectedMessage("index", f"map pixel {h['index']} outside map {ny}x{nx}")
             seq = h["seq"]
+            self._check_jump(run, kind, seq)
             if run.next_seq is None:
                 run.next_seq = run.first_seq = seq
             if seq < run.next_seq:
@@ -172,6 +181,10 @@ class RunTracker:
             uid = h["run"]
             if uid in self.finished:
                 raise RejectedMessage("stale", f"start of run {uid!r:.60}, which already ended")
+            if self.current is not None and self.current.uid == uid:
+                # a repeated start would make receivers begin the run again over what they hold
+                self.counters.duplicate += 1
+                raise RejectedMessage("duplicate", f"start of run {uid!r:.60}, which is already running")
             if self.current is not None and self.current.uid != uid:
                 log.warning("run %s started while %s had no stop: counted as aborted", uid, self.current.uid)
                 self._finish(self.current, "abort")
@@ -185,11 +198,13 @@ class RunTracker:
             progress.n_expected = h["n_frames"]
             progress.trigger = h.get("trigger") or {}
         elif kind == "map_end":
+            self._check_jump(run, kind, h["last_seq"])
             progress = self._map(run, h["map"])
             self._advance(run, h["last_seq"], progress)
             progress.ended = True
             progress.n_sent = h["n_frames"]
         elif kind == "stop":
+            self._check_jump(run, kind, h["n_frames"] - 1)
             last = max(run.maps) if run.maps else None
             self._advance(run, h["n_frames"] - 1, run.maps.get(last) if last is not None else None)
             self._finish(run, h["exit_status"])

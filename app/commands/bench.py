@@ -18,6 +18,7 @@ STAGES = {
     # harnesses that span several packages (browser, simulator) live in the repository's benchmarks/
     "dashboard": "benchmarks/bench_dashboard.py",
     "render": "benchmarks/bench_render.py",
+    "reliability": "benchmarks/reliability.py",
 }
 
 
