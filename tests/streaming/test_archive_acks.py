@@ -1,0 +1,136 @@
+"""Archive acknowledgements: the sender holds the archive stream until the archiver has it on
+disk, so a killed archiver loses nothing; what a full spool really drops is named, not hidden."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+import zmq
+
+from opmon.formats import iter_frame_blocks
+from opmon.streaming import protocol as P
+from opmon.streaming.archive_acks import ArchiveAcks
+from opmon.streaming.publisher import ZmqFrameSink
+
+from .conftest import GEOMETRY, frames_for, write_config
+
+
+def _wait_for(predicate, timeout=30.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _stored(path):
+    try:
+        with h5py.File(path, "r", swmr=True) as f:
+            return f["entry/scan/sequence"].shape[0]
+    except (OSError, KeyError):
+        return 0
+
+
+def _state(master):
+    try:
+        with h5py.File(master, "r") as f:
+            return f.attrs["state"]
+    except (OSError, KeyError):
+        return None
+
+
+def _stop(procs):
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+@pytest.mark.timeout(180)
+def test_archiver_killed_mid_map_and_restarted_archives_every_frame_exactly_once(tmp_path, ctx):
+    config, path = write_config(tmp_path)
+    sink = ZmqFrameSink([config.endpoint("frames_archive")], context=ctx, stall_timeout_s=60,
+                        ack_endpoint=config.endpoint("frames_archive_ack"))
+    cmd = [sys.executable, "-m", "opmon.cli", "archive", "--config", path]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    frames = frames_for(400, shape=(32, 32))
+    log_path = tmp_path / "archiver2.log"
+    try:
+        run = sink.start_run(frame_shape=(32, 32), dtype="uint32", map_shape=(10, 30), **GEOMETRY)
+        run_dir = tmp_path / "archive" / run
+        sink.start_map(300)
+        for i in range(150):
+            sink.send_frame(frames[i], index=i % 300, eta=10, phi=0, nu=0, delta=30)
+        assert _wait_for(lambda: _stored(run_dir / "map_0000.h5") >= 100), "archiver never flushed"
+        for i in range(150, 220):       # these are in flight or unflushed when the archiver dies
+            sink.send_frame(frames[i], index=i % 300, eta=10, phi=0, nu=0, delta=30)
+        os.kill(procs[0].pid, signal.SIGKILL)
+        procs[0].wait(10)
+        held_at_kill = sink.archive.held
+        for i in range(220, 260):       # sent while no archiver runs: held in the spool
+            sink.send_frame(frames[i], index=i % 300, eta=10, phi=0, nu=0, delta=30)
+        with open(log_path, "w") as log_file:
+            procs.append(subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT))
+        for i in range(260, 300):
+            sink.send_frame(frames[i], index=i % 300, eta=10, phi=0, nu=0, delta=30)
+        sink.end_map()
+        sink.start_map(100)
+        for i in range(300, 400):
+            sink.send_frame(frames[i], index=i % 300, eta=10, phi=0, nu=0, delta=30)
+        sink.stop_run()
+        assert sink.drain(60), f"{sink.archive.held} message(s) never acknowledged"
+        assert _wait_for(lambda: _state(run_dir / "run.h5") == "done", 30)
+    finally:
+        _stop(procs)
+        sink.close()
+    assert held_at_kill > 0                      # something was unacknowledged when it died
+    assert sink.archive_dropped == []
+    assert list(run_dir.glob("map_0000.crashed-*.h5"))   # it was really killed mid-map and recovered
+    with h5py.File(run_dir / "run.h5", "r") as f:
+        for m, seqs in ((0, np.arange(300)), (1, np.arange(300, 400))):
+            entry = f[f"entry{m}"]
+            np.testing.assert_array_equal(entry["scan/sequence"][()], seqs)      # each once, in order
+            stored = np.concatenate([b.copy() for _, b in iter_frame_blocks(entry)])
+            np.testing.assert_array_equal(stored, frames[seqs])
+            assert entry.attrs["complete"] == 1 and entry["scan/complete"][()] == 1
+    text = log_path.read_text()
+    assert "sender synced" in text and "were lost" not in text, text
+
+
+@pytest.mark.timeout(60)
+def test_a_sync_for_another_archiver_and_bad_acknowledgements_are_ignored(ctx):
+    """The hello/sync/ack handshake at message level: tokens and epochs must match."""
+    pull = ctx.socket(zmq.PULL)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    acks = ArchiveAcks(ctx, f"tcp://127.0.0.1:{port}")
+    acks.tick()
+    hello = P.parse_ack(pull.recv())
+    assert hello["kind"] == "hello" and hello["token"] == acks.token
+    assert not acks.on_sync(P.sync_header("someone-else", 1, 5))
+    assert acks.note() is False and acks.handled == 0             # not synced: nothing counted
+    sync = P.parse_sync([P.pack(P.sync_header(acks.token, 3, 2))])
+    assert sync is not None and acks.on_sync(sync)
+    assert [acks.note() for _ in range(4)] == [True, True, False, False]
+    acks.flushed()
+    ack = P.parse_ack(pull.recv())
+    assert (ack["kind"], ack["epoch"], ack["handled"]) == ("ack", 3, 4)
+    acks.flushed()                                                # nothing new: no message
+    assert not pull.poll(200)
+    for bad in (b"\xc1", P.pack({"v": 2, "kind": "ack", "token": "t", "epoch": 0, "handled": 1}),
+                P.pack({"v": 1, "kind": "ack", "token": "t", "epoch": 0, "handled": -1}),
+                P.pack({"v": 1, "kind": "hello"})):
+        with pytest.raises(P.RejectedMessage):
+            P.parse_ack(bad)
+    assert P.parse_sync([P.pack(P.map_end_header("r", 0, 1, 0))]) is None
+    acks.close()
+    pull.close()
