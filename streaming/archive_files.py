@@ -67,6 +67,9 @@ class MapFileWriter:
         self.timestamp = scan.create_dataset("timestamp", shape=(0,), maxshape=(None,), chunks=(1024,), dtype=np.float64)
         self.timestamp.attrs["units"] = "s"
         self.complete = scan.create_dataset("complete", data=np.uint8(0))
+        # what the map's `map_end` said was sent (-1 until it arrives): which seqs belong here
+        self.n_frames_sent = scan.create_dataset("n_frames_sent", data=np.int64(-1))
+        self.last_seq_sent = scan.create_dataset("last_seq_sent", data=np.int64(-1))
         entry.attrs["run_uid"] = start["run"]
         entry.attrs["map_number"] = self.number
         entry.attrs["n_frames_expected"] = expected
@@ -111,7 +114,7 @@ class MapFileWriter:
         self._write()
         self.file.flush()
 
-    def close(self, complete: bool, n_sent: int | None = None) -> bool:
+    def close(self, complete: bool, n_sent: int | None = None, last_seq: int | None = None) -> bool:
         """Flush, mark the map complete (ended, and all expected frames here) or not, close.
 
         `n_sent` is the frame count of the map's `map_end`: complete means every one of them is
@@ -122,6 +125,9 @@ class MapFileWriter:
             complete = (complete and (self.expected == 0 or self.n_written == self.expected)
                         and (n_sent is None or self.n_written == n_sent))
             self.complete[()] = np.uint8(1 if complete else 0)
+            if n_sent is not None and last_seq is not None:
+                self.n_frames_sent[()] = np.int64(n_sent)
+                self.last_seq_sent[()] = np.int64(last_seq)
             self.file.flush()
             self.file.close()
         return complete

@@ -174,7 +174,7 @@ class Archiver:
                 return                  # re-sent end of a map already complete on disk
             # its frames are on disk but its end was not: reopen (copying what it holds) to close it
             self._open_map({"map": number, "map_shape": self.run_dir.start.get("map_shape", [1, 1]), "n_frames": 0})
-        self._close_map(complete=True, n_sent=h["n_frames"])
+        self._close_map(complete=True, n_sent=h["n_frames"], last_seq=h["last_seq"])
 
     def _start_run(self, start: dict[str, Any], mask: Any) -> None:
         path = self.directory / start["run"]
@@ -265,12 +265,12 @@ class Archiver:
             self.frames.counters.lost += gap
             log.error("%d frame(s) before seq %d were lost from the archive while the archiver was down", gap, seq)
 
-    def _close_map(self, complete: bool, n_sent: int | None = None) -> None:
+    def _close_map(self, complete: bool, n_sent: int | None = None, last_seq: int | None = None) -> None:
         writer, self.map_writer = self.map_writer, None
         self._resumed_seq = None
         if writer is None or self.run_dir is None:
             return
-        complete = writer.close(complete, n_sent)
+        complete = writer.close(complete, n_sent, last_seq)
         rec = self.run_dir.record(writer.number)
         rec.frames, rec.complete = writer.n_written, complete
         self.run_dir.write_master()
