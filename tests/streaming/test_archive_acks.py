@@ -134,3 +134,49 @@ def test_a_sync_for_another_archiver_and_bad_acknowledgements_are_ignored(ctx):
     assert P.parse_sync([P.pack(P.map_end_header("r", 0, 1, 0))]) is None
     acks.close()
     pull.close()
+
+
+def _poll_until(archivers, predicate, timeout=30.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        for a in archivers:
+            a.poll_once(20)
+        if predicate():
+            return True
+    return False
+
+
+@pytest.mark.timeout(120)
+def test_frames_flushed_but_never_acknowledged_are_re_sent_and_archived_once(tmp_path, ctx):
+    """The archiver flushed, then went away before its ack left: everything since the sync is
+    re-sent to the next archiver, which keeps one copy and counts the rest as re-sent."""
+    from opmon.streaming.archiver import Archiver
+    sink = ZmqFrameSink(["tcp://127.0.0.1:*"], context=ctx, stall_timeout_s=30, ack_endpoint="tcp://127.0.0.1:*")
+    frames_ep = sink.endpoints[0]
+    first = Archiver(tmp_path, frames_ep, context=ctx, flush_interval_s=0.1, ack_endpoint=sink.archive.ack_endpoint)
+    frames = frames_for(60, shape=(8, 8))
+    run = sink.start_run(frame_shape=(8, 8), dtype="uint32", map_shape=(6, 10), **GEOMETRY)
+    sink.start_map(60)
+    for i in range(30):
+        sink.send_frame(frames[i], index=i, eta=10, phi=0, nu=0, delta=30)
+    assert _poll_until([first], lambda: first.frames_written == 30)
+    first.acks.flushed = lambda: None          # its acknowledgements never reach the sender
+    first.flush()
+    assert sink.archive.held == 32             # start, map_start and 30 frames, all unacknowledged
+    first.close()                              # files closed: every frame of them is on disk
+    second = Archiver(tmp_path, frames_ep, context=ctx, flush_interval_s=0.1, ack_endpoint=sink.archive.ack_endpoint)
+    for i in range(30, 60):
+        sink.send_frame(frames[i], index=i, eta=10, phi=0, nu=0, delta=30)
+    sink.end_map()
+    sink.stop_run()
+    assert _poll_until([second], lambda: sink.archive.held == 0), f"{sink.archive.held} never acknowledged"
+    c = second.frames.counters
+    second.close()
+    sink.close()
+    assert (c.lost, c.duplicate, dict(c.rejected)) == (0, 0, {})
+    assert c.resent == 30                      # the 30 frames the first archiver had kept
+    with h5py.File(tmp_path / run / "run.h5", "r") as f:
+        entry = f["entry0"]
+        np.testing.assert_array_equal(entry["scan/sequence"][()], np.arange(60))
+        np.testing.assert_array_equal(np.concatenate([b.copy() for _, b in iter_frame_blocks(entry)]), frames)
+        assert entry.attrs["complete"] == 1 and f.attrs["state"] == "done"
