@@ -68,10 +68,20 @@ class RunSummary:
     frames_lost: int
     exit_status: str
 
+    @property
+    def ok(self) -> bool:
+        """The run succeeded and the archive holds every frame of it (every map complete)."""
+        return self.exit_status == "success" and self.frames_lost == 0 and all(m.complete for m in self.maps)
+
     def text(self) -> str:
         lines = [f"run directory: {self.run_dir}", f"exit status: {self.exit_status}",
                  f"maps: {len(self.maps)}  frames sent: {self.frames_sent}  frames archived: {self.frames_archived}  "
                  f"frames lost: {self.frames_lost}"]
+        incomplete = [m.number for m in self.maps if not m.complete]
+        if self.frames_lost or incomplete:
+            lines.append(f"ARCHIVE INCOMPLETE: {self.frames_lost} frame(s) lost"
+                         + (f", map(s) {', '.join(map(str, incomplete))} not complete" if incomplete else "")
+                         + " (missing seqs below); the demo exits with a failure status")
         for m in self.maps:
             d = "no maps yet" if m.d_mean is None else f"mean d = {m.d_mean:.5f} Å (std {m.d_std:.1e}, {m.valid_pixels} px)"
             trigger = f"  [{m.trigger}]" if m.trigger and m.trigger != "{}" else ""

@@ -217,7 +217,9 @@ class AckedStream:
         return True
 
     def close(self) -> None:
-        """Stop the service thread and close the acknowledgement and monitor sockets."""
+        """Stop the service thread and close the acknowledgement and monitor sockets (once)."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         self._thread.join(2.0)
         with self.lock:

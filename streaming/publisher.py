@@ -202,7 +202,6 @@ class ZmqFrameSink:
         finally:
             if self.archive is not None:
                 self.archive.close()
-                self.archive = None
             for sock in self.sockets:
                 sock.close()
             self.sockets = []

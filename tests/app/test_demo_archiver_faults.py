@@ -119,6 +119,7 @@ def test_demo_names_frames_a_full_spool_dropped_and_fails(tmp_path):
         if demo.poll() is None:
             demo.kill()
             demo.wait()
+    print(out[-1500:])                        # the summary, for -s
     assert demo.returncode != 0, out[-3000:]
     lost = int(re.search(r"frames lost: (\d+)", out).group(1))
     assert lost > 0, out[-3000:]
