@@ -180,3 +180,37 @@ def test_frames_flushed_but_never_acknowledged_are_re_sent_and_archived_once(tmp
         np.testing.assert_array_equal(entry["scan/sequence"][()], np.arange(60))
         np.testing.assert_array_equal(np.concatenate([b.copy() for _, b in iter_frame_blocks(entry)]), frames)
         assert entry.attrs["complete"] == 1 and f.attrs["state"] == "done"
+
+
+@pytest.mark.timeout(60)
+def test_a_full_spool_drops_frames_as_real_losses_and_the_map_is_not_complete(tmp_path, ctx):
+    """No archiver for a while and a tiny spool: frames wait the stall timeout, then are dropped
+    (control messages never are); the archiver that comes later counts the gap as lost."""
+    from opmon.demo import summarize
+    from opmon.streaming.archiver import Archiver
+    sink = ZmqFrameSink(["tcp://127.0.0.1:*"], context=ctx, stall_timeout_s=0.3, ack_endpoint="tcp://127.0.0.1:*",
+                        spool_bytes=4000)
+    frames = frames_for(20, shape=(8, 8))
+    run = sink.start_run(frame_shape=(8, 8), dtype="uint32", map_shape=(4, 5), **GEOMETRY)
+    sink.start_map(0)           # frames not announced: complete must come from map_end's count
+    for i in range(20):
+        sink.send_frame(frames[i], index=i, eta=10, phi=0, nu=0, delta=30)
+    sink.end_map()
+    sink.stop_run()
+    kept = 20 - len(sink.archive_dropped)
+    assert 0 < kept < 20 and sink.archive_dropped == list(range(kept, 20))
+    archiver = Archiver(tmp_path, sink.endpoints[0], context=ctx, flush_interval_s=0.1,
+                        ack_endpoint=sink.archive.ack_endpoint)
+    assert _poll_until([archiver], lambda: sink.archive.held == 0)
+    lost = archiver.frames.counters.lost
+    archiver.close()
+    sink.close()
+    assert lost == 20 - kept
+    with h5py.File(tmp_path / run / "map_0000.h5", "r") as f:
+        np.testing.assert_array_equal(f["entry/scan/sequence"][()], np.arange(kept))
+        assert f["entry/scan/complete"][()] == 0
+        assert (f["entry/scan/n_frames_sent"][()], f["entry/scan/last_seq_sent"][()]) == (20, 19)
+    summary = summarize(tmp_path / run, 20, "success")
+    assert summary.frames_lost == 20 - kept and not summary.ok
+    assert summary.maps[0].missing == [(kept, 19)]
+    assert f"missing {20 - kept} frame(s), seq {kept}-19" in summary.text()
