@@ -70,15 +70,21 @@ class PlateauTrigger:
     """Map when a plateau begins: |dV/dt| below `max_slope_v_per_s` over the last `hold_s`.
 
     The slope is a least-squares fit over the readings of the hold window, so measurement
-    noise does not fake a plateau. Fires once per plateau and re-arms when the slope rises
-    above the limit again. With `only_under_current`, a cell at rest is not a plateau.
+    noise does not fake a plateau. Fires once per plateau and re-arms only when the slope
+    rises above `rearm_factor` x the limit: at a plateau's edge the fitted slope hovers around
+    the limit, and re-arming at the limit itself let noise fire a second map moments after the
+    first (which readings a plan sees depends on timing, so that happened now and then).
+    With `only_under_current`, a cell at rest is not a plateau.
     """
 
     def __init__(self, max_slope_v_per_s: float = 5e-6, hold_s: float = 300.0, only_under_current: bool = True,
-                 min_current_a: float = 1e-9) -> None:
+                 min_current_a: float = 1e-9, rearm_factor: float = 2.0) -> None:
         if max_slope_v_per_s <= 0 or hold_s <= 0:
             raise ConfigError(f"PlateauTrigger max_slope_v_per_s={max_slope_v_per_s}, hold_s={hold_s}: must be positive")
+        if rearm_factor < 1:
+            raise ConfigError(f"PlateauTrigger rearm_factor={rearm_factor}: must be >= 1")
         self.max_slope, self.hold_s = float(max_slope_v_per_s), float(hold_s)
+        self.rearm_slope = float(rearm_factor) * self.max_slope
         self.only_under_current, self.min_current = only_under_current, float(min_current_a)
         self.history: deque[CellReading] = deque()
         self.armed = True
@@ -106,8 +112,9 @@ class PlateauTrigger:
         self.last_slope = slope
         if slope is None:
             return None
-        if abs(slope) >= self.max_slope:
+        if abs(slope) >= self.rearm_slope:
             self.armed = True
+        if abs(slope) >= self.max_slope:
             return None
         if self.armed:
             self.armed = False

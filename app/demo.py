@@ -34,6 +34,8 @@ def write_config(config: Config, path: Path) -> Path:
     for section in ("ports", "stream", "archive", "live", "control"):
         lines.append(f"\n[{section}]")
         for f in dataclasses.fields(getattr(config, section)):
+            if (section, f.name) == ("control", "token"):
+                continue        # a secret: it travels in the environment, never in a file
             value = getattr(getattr(config, section), f.name)
             lines.append(f"{f.name} = " + (f'"{value}"' if isinstance(value, str) else repr(value).lower()
                                            if isinstance(value, bool) else repr(value)))

@@ -100,11 +100,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def free_port() -> int:
-    from opmon.dashboard.server import free_port as fp
-    return fp()
-
-
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
@@ -128,19 +123,20 @@ def main(argv: list[str] | None = None) -> int:
     if not browser_available():
         print("bench_dashboard: needs /usr/bin/chromium and chromedriver (scripts/install-browser.sh)")
         return 1
-    live_port, ctl_port, acq_port, arch_port, http_port = (free_port() for _ in range(5))
+    from opmon.streaming.ports import free_ports   # the one shared picker; the dashboard takes port 0
+    live_port, ctl_port, acq_port, arch_port = free_ports(4)
     cfg = Path(tempfile.mkdtemp()) / "bench.toml"
     cfg.write_text(f"[ports]\ndisplay_live = {live_port}\ndisplay_acquisition = {acq_port}\n"
                    f"display_archive = {arch_port}\ncontrol = {ctl_port}\n")
     dash = subprocess.Popen([sys.executable, "-m", "opmon.cli", "dashboard", "--config", str(cfg), "--port",
-                             str(http_port), "--update-ms", str(args.update_ms)],
+                             "0", "--update-ms", str(args.update_ms)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
     browser = None
     prod = None
     try:
-        dash.stdout.readline()
+        url = dash.stdout.readline().split()[-1]   # "opmon dashboard (read-only): http://127.0.0.1:PORT/"
         browser = Browser(1920, 1080)
-        browser.get(f"http://127.0.0.1:{http_port}/")
+        browser.get(url)
         browser.wait_for("the page", lambda: browser.js("return !!(window.Bokeh && Bokeh.documents.length)"))
         time.sleep(2.0)
         c0, w0 = cpu_seconds(dash.pid), time.perf_counter()

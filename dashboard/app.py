@@ -18,9 +18,10 @@ from bokeh.layouts import column, row
 from bokeh.models import Button, CustomJS, Div, Range1d, Slider
 
 from opmon.dashboard import panels as P
+from opmon.dashboard.auth import SteeringSessions
 from opmon.dashboard.control_client import ControlClient
 from opmon.dashboard.model import DashboardModel, MapUpdate
-from opmon.dashboard.steering import Steering, session_token, token_allows
+from opmon.dashboard.steering import Steering, session_cookies
 from opmon.dashboard.views import HistogramView, MapView, status_html
 
 log = logging.getLogger(__name__)
@@ -57,10 +58,11 @@ class Session:
     """The figures, widgets and update loop of one browser tab."""
 
     def __init__(self, doc: Document, model: DashboardModel, control: ControlClient | None,
-                 expected_token: str | None, options: DashboardOptions) -> None:
+                 sessions: SteeringSessions | None, options: DashboardOptions) -> None:
         self.doc, self.model, self.options = doc, model, options
-        token = session_token(doc)
-        self.authorized = token_allows(token, expected_token)
+        # steering is decided by the session cookie the token was exchanged for (auth.py)
+        token = sessions.token_of_cookies(session_cookies(doc)) if sessions is not None else None
+        self.authorized = token is not None
         xr, yr = Range1d(0, 1), Range1d(0, 1)
         self.d = P.d_map(xr, yr)
         self.tilt = P.tilt_panel(xr, yr)
@@ -244,12 +246,12 @@ def run_info(docs: list[tuple[str, dict[str, Any]]]) -> str:
     return ""
 
 
-def make_app(model: DashboardModel, control: ControlClient | None, expected_token: str | None,
+def make_app(model: DashboardModel, control: ControlClient | None, sessions: SteeringSessions | None,
              options: DashboardOptions | None = None):
     """A Bokeh `modify_doc` function building one `Session` per browser tab."""
     opts = options or DashboardOptions()
 
     def modify_doc(doc: Document) -> None:
-        Session(doc, model, control, expected_token, opts)
+        Session(doc, model, control, sessions, opts)
 
     return modify_doc

@@ -1,40 +1,40 @@
 """Run the dashboard: an embedded Bokeh (tornado) server on 127.0.0.1 with a steering token.
 
-Security (issue 6 §3): binds 127.0.0.1 unless told otherwise, accepts websocket connections
-only from the page's own host:port, and enables steering only in sessions whose URL carries
-the token; the read-only view needs none.
+Security (issues 6 §3, 11 §5): binds 127.0.0.1 unless told otherwise, accepts websocket
+connections only from the page's own host:port, and enables steering only in sessions that
+hold the session cookie a first load with ``?token=...`` exchanged (`opmon.dashboard.auth`);
+the read-only view needs none. No log line carries the token (`opmon.dashboard.redact`).
+Port 0 binds any free port; `port` and `url` then tell which.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from bokeh.application import Application
 from bokeh.application.handlers.function import FunctionHandler
-from bokeh.server.server import Server
+from bokeh.server.server import BaseServer
+from bokeh.server.tornado import BokehTornado
+from bokeh.server.util import create_hosts_allowlist
+from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
+from tornado.netutil import bind_sockets
 
+from opmon.dashboard import redact
 from opmon.dashboard.app import DashboardOptions, make_app
+from opmon.dashboard.auth import SteeringSessions, TokenExchange, cookie_name
 from opmon.dashboard.control_client import ControlClient
 from opmon.dashboard.model import DashboardModel
 from opmon.dashboard.subscriber import DisplaySubscriber
 from opmon.errors import ConfigError
 
 log = logging.getLogger(__name__)
-#: The app lives at the root, so ``http://127.0.0.1:5006/?token=...`` works as printed (Bokeh's
-#: redirect from "/" to a named app would drop the query string, and with it the token).
+#: The app lives at the root, so ``http://127.0.0.1:5006/?token=...`` works as printed and
+#: redirects to ``http://127.0.0.1:5006/``.
 APP_PATH = "/"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (for tests and `--port 0`)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -44,7 +44,7 @@ class DashboardConfig:
     display_endpoints: Sequence[str] = ()
     control_endpoint: str | None = None
     host: str = "127.0.0.1"
-    port: int = 5006
+    port: int = 5006                # 0: any free port (DashboardServer.port tells which)
     token: str | None = None        # expected steering token; None: acquisition decides alone
     options: DashboardOptions = field(default_factory=DashboardOptions)
 
@@ -57,15 +57,15 @@ class DashboardServer:
     """
 
     def __init__(self, config: DashboardConfig, model: DashboardModel | None = None) -> None:
-        if config.port == 0:
-            config.port = free_port(config.host)
-        if not 0 < config.port < 65536:
-            raise ConfigError(f"dashboard port {config.port} is not a TCP port (1..65535)")
+        if not 0 <= config.port < 65536:
+            raise ConfigError(f"dashboard port {config.port} is not a TCP port (1..65535, or 0 for any)")
         self.config = config
         self.model = model or DashboardModel()
         self.control = ControlClient(config.control_endpoint) if config.control_endpoint else None
         self.subscriber = DisplaySubscriber(self.model, config.display_endpoints) if config.display_endpoints else None
-        self._server: Server | None = None
+        self.sessions: SteeringSessions | None = None   # made once the port is known
+        self._redact: redact.RedactSecrets | None = None
+        self._server: BaseServer | None = None
         self._loop: IOLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -84,17 +84,25 @@ class DashboardServer:
         return f"http://{self.config.host}:{self.config.port}{APP_PATH}"  # ends with "/"
 
     @property
+    def port(self) -> int:
+        """The port the server listens on (the bound one when configured as 0)."""
+        return self.config.port
+
+    @property
     def steering_url(self) -> str:
-        """URL with the token: steering enabled (only if a token is configured)."""
+        """URL with the token, to open once (only if a token is configured): the page swaps it
+        for a session cookie and redirects to `url`. Print it to a terminal, never to a log."""
         return f"{self.url}?token={self.config.token}" if self.config.token else self.url
 
     def start(self, timeout: float = 20.0) -> DashboardServer:
         """Start subscriber and server thread; return once the server listens."""
         if self.subscriber is not None:
             self.subscriber.start()
+        self._redact = redact.install([self.config.token] if self.config.token else [])
         self._thread = threading.Thread(target=self._run, name="opmon-dashboard", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout) or self._error is not None:
+            self.stop()
             raise ConfigError(f"dashboard could not start on {self.config.host}:{self.config.port}: {self._error}")
         return self
 
@@ -102,12 +110,23 @@ class DashboardServer:
         asyncio.set_event_loop(asyncio.new_event_loop())
         try:
             self._loop = IOLoop.current()
-            app = Application(FunctionHandler(make_app(self.model, self.control, self.config.token,
+            # bind first (port 0 included) and keep the sockets: the port is known before the
+            # origins and the cookie name are, and nothing can take it in between
+            sockets = bind_sockets(self.config.port, self.config.host)
+            self.config.port = int(sockets[0].getsockname()[1])
+            self.sessions = SteeringSessions(self.config.token, cookie_name(self.config.port))
+            app = Application(FunctionHandler(make_app(self.model, self.control, self.sessions,
                                                        self.config.options)))
-            self._server = Server({APP_PATH: app}, io_loop=self._loop, address=self.config.host,
-                                  port=self.config.port, allow_websocket_origin=self.origins,
-                                  check_unused_sessions_milliseconds=2000,
-                                  unused_session_lifetime_milliseconds=5000)
+            tornado_app = BokehTornado({APP_PATH: app}, absolute_url=self.url.rstrip("/"),
+                                       extra_websocket_origins=create_hosts_allowlist(self.origins, self.config.port),
+                                       auth_provider=TokenExchange(self.sessions),
+                                       include_cookies=[self.sessions.cookie],   # the session payload: ours only
+                                       check_unused_sessions_milliseconds=2000,
+                                       unused_session_lifetime_milliseconds=5000,
+                                       log_function=redact.log_request)
+            http = HTTPServer(tornado_app)
+            http.add_sockets(sockets)
+            self._server = BaseServer(self._loop, tornado_app, http)
             self._server.start()
         except BaseException as exc:   # report to start(), do not die silently
             self._error = exc
@@ -133,6 +152,9 @@ class DashboardServer:
             self.subscriber.close()
         if self.control is not None:
             self.control.close()
+        if self._redact is not None:
+            redact.uninstall(self._redact)
+            self._redact = None
 
     def session_count(self) -> int:
         """Open browser sessions (for tests)."""

@@ -1,7 +1,8 @@
 """Steering widgets: pause, resume, abort, map now, trigger rule, next map's region.
 
-A session may steer only if its URL carried the token (``?token=...``); otherwise the widgets
-are disabled and every callback refuses before anything is sent. The command goes to the
+A session may steer only if its page request carried the session cookie that a first load with
+``?token=...`` was exchanged for (auth.py); otherwise the widgets are disabled and every
+callback refuses before anything is sent. The command goes to the
 acquisition process, which checks the token again and acts through its RunEngine; the
 dashboard then shows the state the acquisition reports, never the state it asked for.
 Commands run on a worker thread so a slow reply never freezes the page.
@@ -30,16 +31,11 @@ log = logging.getLogger(__name__)
 _EXECUTOR = ThreadPoolExecutor(max_workers=2, thread_name_prefix="opmon-steer")
 
 
-def session_token(doc: Document) -> str | None:
-    """The ``token`` query argument of the page request, or None."""
+def session_cookies(doc: Document) -> dict[str, str]:
+    """The cookies of the page request (those the server lets into the session), or {}."""
     ctx = getattr(doc, "session_context", None)
     request = getattr(ctx, "request", None) if ctx is not None else None
-    args = getattr(request, "arguments", None) or {}
-    values = args.get("token") or []
-    if not values:
-        return None
-    v = values[0]
-    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+    return dict(getattr(request, "cookies", None) or {})
 
 
 def token_allows(given: str | None, expected: str | None) -> bool:
@@ -122,7 +118,7 @@ class Steering:
         self.abort = Button(label="Abort", button_type="danger", name="abort", width=85, height=34,
                             disabled=True)
         mode = ("steering enabled" if enabled else
-                "read-only view: open the URL with ?token=… to steer" if control is not None else
+                "read-only view: open the steering URL (with its token) once to steer" if control is not None else
                 "read-only view: no control channel")
         self.feedback = Div(text=f'<span style="color:#555">{html.escape(mode)}</span>',
                             name="feedback", sizing_mode="stretch_width", min_width=150, height=34,

@@ -122,9 +122,32 @@ def sample_matrix(eta_deg, phi_deg):  # type: ignore[no-untyped-def]
     e = -np.deg2rad(eta_deg)
     p = -np.deg2rad(phi_deg)
     ce, se, cp, sp = np.cos(e), np.sin(e), np.cos(p), np.sin(p)
-    ry = np.array([[ce, 0.0, se], [0.0, 1.0, 0.0], [-se, 0.0, ce]])
-    rz = np.array([[cp, -sp, 0.0], [sp, cp, 0.0], [0.0, 0.0, 1.0]])
-    return ry @ rz
+    # Ry(e) @ Rz(p) written out: numba's `@` needs scipy's BLAS, which is not a runtime dependency
+    return np.array([[ce * cp, -ce * sp, se],
+                     [sp, cp, 0.0],
+                     [-se * cp, se * sp, ce]])
+
+
+@numba.njit(cache=True, nogil=True)
+def _rotate_moments(m, s1, s2, r1, r2):  # type: ignore[no-untyped-def]
+    """r1 = Mᵀ s1 and r2 = Mᵀ s2 M, by hand (3x3; numba's `@` would need scipy)."""
+    t = np.empty((3, 3))
+    for a in range(3):
+        acc = 0.0
+        for k in range(3):
+            acc += m[k, a] * s1[k]
+        r1[a] = acc
+        for b in range(3):
+            acc = 0.0
+            for k in range(3):
+                acc += s2[a, k] * m[k, b]
+            t[a, b] = acc
+    for a in range(3):
+        for b in range(3):
+            acc = 0.0
+            for k in range(3):
+                acc += m[k, a] * t[k, b]
+            r2[a, b] = acc
 
 
 @numba.njit(cache=True, nogil=True)
@@ -138,14 +161,15 @@ def add_rotated(moments, m, roi_moments, sum_i, sum_iq, sum_iqq, n_frames, bg_co
     """
     s1 = np.empty(3)
     s2 = np.empty((3, 3))
+    r1 = np.empty(3)
+    r2 = np.empty((3, 3))
     for src in range(2):
         mm = moments if src == 0 else roi_moments
         s1[0], s1[1], s1[2] = mm[1], mm[2], mm[3]
         s2[0, 0], s2[0, 1], s2[0, 2] = mm[4], mm[5], mm[6]
         s2[1, 0], s2[1, 1], s2[1, 2] = mm[5], mm[7], mm[8]
         s2[2, 0], s2[2, 1], s2[2, 2] = mm[6], mm[8], mm[9]
-        r1 = m.T @ s1
-        r2 = m.T @ s2 @ m
+        _rotate_moments(m, s1, s2, r1, r2)
         if src == 0:
             sum_i[pixel] += mm[0]
             for a in range(3):

@@ -8,7 +8,6 @@ same code and the same frames.
 from __future__ import annotations
 
 import multiprocessing
-import socket
 import tempfile
 import time
 import uuid
@@ -18,6 +17,7 @@ import zmq
 
 from opmon.streaming import protocol as P
 from opmon.streaming.memory import keep_frame_buffers
+from opmon.streaming.ports import free_ports
 from opmon.streaming.publisher import ZmqFrameSink
 
 SHAPE = (512, 512)
@@ -39,9 +39,7 @@ def free_endpoint(transport: str) -> str:
     """A fresh local endpoint: tcp loopback on a free port, or an ipc path."""
     if transport == "ipc":
         return f"ipc://{tempfile.gettempdir()}/opmon-bench-{uuid.uuid4().hex[:12]}"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    return f"tcp://127.0.0.1:{free_ports(1)[0]}"      # bound by a process started later: no bind-and-release
 
 
 def _raw_sender(endpoint: str, n: int) -> None:

@@ -2,13 +2,16 @@
 
 Follows the display channels of the configured services and steers through the acquisition's
 control channel. Binds 127.0.0.1 by default; prints a read-only URL and, when the steering
-token is known, the URL that enables steering.
+token is known and the output is a terminal, the URL that enables steering (opened once, it
+swaps the token for a session cookie). Output that goes to a file or a pipe (a log) never
+holds the token.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import signal
+import sys
 import webbrowser
 
 from opmon.config import Config, load_config
@@ -37,8 +40,10 @@ def start_dashboard(config: Config, *, port: int = 5006, host: str | None = None
         options=DashboardOptions(update_ms=update_ms, max_altitude=max_altitude))
     server = DashboardServer(cfg).start()
     print(f"opmon dashboard (read-only): {server.url}", flush=True)
-    if token:
+    if token and sys.stdout.isatty():
         print(f"opmon dashboard (steering):  {server.steering_url}", flush=True)
+    elif token:      # a log file: say how to steer without writing the token into it
+        print(f"opmon dashboard (steering):  {server.url}?token=<the steering token>", flush=True)
     else:
         print("opmon dashboard: no steering token configured; append ?token=<token> to steer", flush=True)
     if open_browser:

@@ -10,7 +10,10 @@ def run(args: argparse.Namespace) -> int:
     summary = run_demo(configure(args), plan_from_args(args), headless=args.headless, workers=args.workers,
                        dashboard_port=args.dashboard_port, open_browser=not args.no_browser)
     print(summary.text())
-    ok = summary.exit_status == "success" and summary.frames_lost == 0 and all(m.complete for m in summary.maps)
+    # every map complete AND made into final maps: a live processor that died (e.g. a missing
+    # runtime dependency in a kernel) must fail the demo, not print "no maps yet" and exit 0
+    ok = (summary.exit_status == "success" and summary.frames_lost == 0 and bool(summary.maps)
+          and all(m.complete and m.d_mean is not None for m in summary.maps))
     return 0 if ok else 1
 
 

@@ -115,3 +115,20 @@ def test_map_requests_are_thread_safe_and_validated() -> None:
     assert not box.finishing
     box.finish()
     assert box.finishing
+
+
+def test_plateau_trigger_does_not_fire_twice_when_the_slope_hovers_around_the_limit() -> None:
+    """At a plateau's edge noise lifts the fitted slope just over the limit now and then; that
+    must not re-arm the rule (it fired a second map moments after the first, issue 11 item 7).
+    A real rise between plateaus (several times the limit) still re-arms it."""
+    limit = 1e-5
+    rule = PlateauTrigger(max_slope_v_per_s=limit, hold_s=50)
+    v, fired = 4.7, []
+    for k, slope in enumerate([3.0, 0.5, 1.3, 0.5, 3.0, 0.5]):      # x limit, 100 s each
+        for t in range(100 * k, 100 * (k + 1), 10):
+            if rule.update(r(t, v)):
+                fired.append(k)
+            v += slope * limit * 10
+    assert fired == [1, 5]
+    with pytest.raises(ConfigError, match="rearm_factor"):
+        PlateauTrigger(rearm_factor=0.5)

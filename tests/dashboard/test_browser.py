@@ -1,4 +1,5 @@
-"""End to end in Debian's chromium: live maps fill in, pause/resume act on the RunEngine.
+"""End to end in Debian's chromium: live maps fill in, pause/resume act on the RunEngine, the
+token URL leaves a session cookie (HttpOnly, SameSite=Strict) and a URL without the token.
 
 Marked `browser`; skipped only when /usr/bin/chromium or chromedriver is missing
 (run scripts/install-browser.sh).
@@ -8,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from dashboard_browser import Browser, browser_available
+from opmon.dashboard.auth import cookie_name
 
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(not browser_available(),
@@ -20,10 +22,14 @@ def _state_shown(browser: Browser) -> str | None:
     return text.split(marker, 1)[1].split('"', 1)[0] if marker in text else None
 
 
-def test_pause_resume_from_the_page_acts_on_the_run_engine(experiment, dashboard, artifacts):
+def test_pause_resume_from_the_page_acts_on_the_run_engine(experiment, dashboard, token, artifacts):
     b = Browser(1920, 1080)
     try:
         b.get(dashboard.steering_url)
+        assert b.driver.current_url == dashboard.url            # redirected: the token left the URL
+        cookie = {c["name"]: c for c in b.driver.get_cookies()}[cookie_name(dashboard.port)]
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and token not in cookie["value"]
+        assert b.js("return document.cookie") == ""              # the page's scripts cannot read it
         b.wait_for("the d map to hold data", lambda: b.d_pixels() > 0)
         b.wait_for("the page to show the run running", lambda: _state_shown(b) == "running")
         b.click("Pause")
@@ -49,10 +55,12 @@ def test_pause_resume_from_the_page_acts_on_the_run_engine(experiment, dashboard
         b.quit()
 
 
-def test_without_token_pause_is_refused(experiment, dashboard, artifacts):
+def test_without_token_pause_is_refused(experiment, dashboard, token, artifacts):
     b = Browser(1366, 768)
     try:
-        b.get(dashboard.url)                                   # no ?token=
+        b.get(f"{dashboard.url}?token=not-{token}")            # a wrong token: no cookie ...
+        assert b.driver.current_url == dashboard.url and b.driver.get_cookies() == []
+        b.get(dashboard.url)                                   # ... and no token at all
         b.wait_for("the d map to hold data", lambda: b.d_pixels() > 0)
         (pause,) = b.buttons("Pause")
         assert pause.get_attribute("disabled") is not None      # the widget is disabled ...

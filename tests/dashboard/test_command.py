@@ -1,4 +1,5 @@
-"""`opmon dashboard` as a user starts it: 127.0.0.1, token URL, foreign websocket origins refused."""
+"""`opmon dashboard` as a user starts it: 127.0.0.1, any free port, the token never printed to a
+log, the token URL swapped for a cookie, foreign websocket origins refused."""
 from __future__ import annotations
 
 import asyncio
@@ -11,21 +12,20 @@ import time
 import urllib.request
 from pathlib import Path
 
+import zmq
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
-
-from opmon.dashboard.server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _config(tmp_path, experiment, token):
+def _config(tmp_path, experiment, token, archive_port):
     live = experiment.live_endpoint.rsplit(":", 1)[1]
     acq = experiment.acq_endpoint.rsplit(":", 1)[1]
     ctl = experiment.control.endpoint.rsplit(":", 1)[1]
     path = tmp_path / "opmon.toml"
     path.write_text(f'[ports]\ndisplay_live = {live}\ndisplay_acquisition = {acq}\n'
-                    f'display_archive = {free_port()}\ncontrol = {ctl}\n[control]\ntoken = "{token}"\n')
+                    f'display_archive = {archive_port}\ncontrol = {ctl}\n[control]\ntoken = "{token}"\n')
     return path
 
 
@@ -44,9 +44,9 @@ def _ws_status(url: str, origin: str, session_token: str) -> int:
 
 
 def test_command_prints_urls_serves_the_page_and_restricts_origins(tmp_path, experiment, token):
-    cfg = _config(tmp_path, experiment, token)
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "opmon.cli", "dashboard", "--config", str(cfg), "--port", str(port)],
+    idle = zmq.Context.instance().socket(zmq.PUB)           # stands in for the archiver's status
+    cfg = _config(tmp_path, experiment, token, idle.bind_to_random_port("tcp://127.0.0.1"))
+    proc = subprocess.Popen([sys.executable, "-m", "opmon.cli", "dashboard", "--config", str(cfg), "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                             env=dict(os.environ, OPMON_CONTROL_TOKEN=""))
     try:
@@ -58,11 +58,14 @@ def test_command_prints_urls_serves_the_page_and_restricts_origins(tmp_path, exp
                 break
             if "opmon dashboard" in line:
                 lines.append(line.strip())
-        assert lines[0] == f"opmon dashboard (read-only): http://127.0.0.1:{port}/"
-        assert lines[1] == f"opmon dashboard (steering):  http://127.0.0.1:{port}/?token={token}"
+        m = re.fullmatch(r"opmon dashboard \(read-only\): http://127\.0\.0\.1:(\d+)/", lines[0])
+        assert m, lines[0]
+        port = int(m.group(1))                          # --port 0: the port it bound
+        # stdout is a pipe here (a log under the supervisor): how to steer, but not the token
+        assert lines[1] == f"opmon dashboard (steering):  http://127.0.0.1:{port}/?token=<the steering token>"
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/?token={token}", timeout=20) as resp:
-            page = resp.read().decode()
-        assert resp.status == 200 and "bokeh" in page.lower()
+            page = resp.read().decode()                 # followed the redirect (the cookie is not kept)
+        assert resp.status == 200 and "bokeh" in page.lower() and resp.url == f"http://127.0.0.1:{port}/"
         # the page's own websocket URL carries a session token; use it with two origins
         m = re.search(r'"token":\s*"([^"]+)"', page) or re.search(r"token=([A-Za-z0-9_.\-]+)", page)
         assert m, "no Bokeh session token in the page"
@@ -71,6 +74,7 @@ def test_command_prints_urls_serves_the_page_and_restricts_origins(tmp_path, exp
         assert _ws_status(ws, f"http://localhost.evil.example:{port}", m.group(1)) == 403
         assert _ws_status(ws, f"http://127.0.0.1:{port}", m.group(1)) == 101
     finally:
+        idle.close(0)
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(15)

@@ -13,6 +13,7 @@ from bokeh.document import Document
 
 from opmon.acquisition import MapRequests, VoltageThresholds
 from opmon.dashboard.app import DashboardOptions, Session
+from opmon.dashboard.auth import SteeringSessions
 from opmon.dashboard.model import DashboardModel
 from opmon.dashboard.control_client import ControlClient, ControlError
 from opmon.dashboard.steering import box_to_region, parse_thresholds, token_allows
@@ -208,9 +209,9 @@ def test_run_engine_steering_pauses_resumes_and_aborts_a_real_run():
 def test_abort_needs_arming_and_the_token_reaches_the_acquisition(served):
     server, client, target = served
     doc = Document()
-    s = Session(doc, DashboardModel(), client, "s3cret", DashboardOptions())
-    assert not s.authorized                          # no ?token= in this (server-less) session
-    s.steering.authorized, s.steering.token = True, "s3cret"   # as a session opened with the token
+    s = Session(doc, DashboardModel(), client, SteeringSessions("s3cret", "c"), DashboardOptions())
+    assert not s.authorized                          # no session cookie in this (server-less) session
+    s.steering.authorized, s.steering.token = True, "s3cret"   # as a session with the exchanged cookie
     s.steering._abort()                              # not armed: refused locally
     assert target.calls == [] and "arm" in s.steering.last_reply["error"]
     s.steering.arm.active = True

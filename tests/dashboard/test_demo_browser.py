@@ -6,7 +6,6 @@ again, and a page opened without the token cannot pause.
 from __future__ import annotations
 
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -18,6 +17,7 @@ import pytest
 
 from dashboard_browser import Browser, browser_available
 from opmon.dashboard.control_client import ControlClient
+from tests.ports import port_block
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow,
               pytest.mark.skipif(not browser_available(),
@@ -25,23 +25,9 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow,
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _free_block(n: int = 10) -> int:
-    """A base port with n free ports after it (the demo shifts every channel to base + k)."""
-    for _ in range(50):
-        base = random.randrange(20000, 60000, 10)
-        try:
-            for k in range(n):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", base + k))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no free block of ports")
-
-
 @pytest.fixture
 def demo(tmp_path):
-    base = _free_block()
+    base = port_block(10)
     http = base + 9
     proc = subprocess.Popen([sys.executable, "-m", "opmon.cli", "demo", "--no-browser", "--archive-dir",
                              str(tmp_path / "archive"), "--port-base", str(base), "--dashboard-port", str(http),
@@ -109,6 +95,7 @@ def test_demo_pause_resume_and_readonly(demo, artifacts):
         b.wait_for("a relayout at laptop size", lambda: b.js("return window.innerWidth") == 1366)
         b.screenshot(str(artifacts / "demo_1366x768.png"))
 
+        b.driver.delete_all_cookies()           # another user: this browser's session cookie steers
         b.get(urls["read-only"])
         b.wait_for("the d map to hold data", lambda: b.d_pixels() > 0, timeout=60)
         (pause,) = b.wait_for("the Pause button", lambda: b.buttons("Pause"))

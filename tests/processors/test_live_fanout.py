@@ -2,9 +2,9 @@
 accounts and merges; garbage, reordered control messages and a killed coordinator included."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -14,9 +14,12 @@ import numpy as np
 import pytest
 import zmq
 
+from opmon.config import Ports
 from opmon.processors.live_fanout import FanOutProcessor
 from opmon.streaming import protocol as P
 from opmon.streaming.publisher import ZmqFrameSink
+
+from tests.ports import free_ports
 
 from .test_live import FRAME, GEOMETRY, MAP, _assert_same_maps, _recv_map, _sockets, offline_maps, synthetic_map
 
@@ -135,11 +138,11 @@ def _alive(pid: int) -> bool:
 @pytest.mark.timeout(120)
 def test_workers_die_with_a_killed_coordinator(tmp_path):
     """An orphaned worker would stay on the stream and swallow frames nobody counts."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    # every port from the shared picker: `opmon live` binds its display port, which must not be
+    # a running demo's default
+    names = [f.name for f in dataclasses.fields(Ports)]
     config = tmp_path / "opmon.toml"
-    config.write_text(f"[ports]\nframes_live = {port}\n")
+    config.write_text("[ports]\n" + "".join(f"{n} = {p}\n" for n, p in zip(names, free_ports(len(names)))))
     live = subprocess.Popen([sys.executable, "-m", "opmon.cli", "live", "--config", str(config), "--workers", "2",
                              "--no-recover"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

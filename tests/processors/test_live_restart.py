@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,16 +20,13 @@ from opmon.processors.mapfile import read_maps
 from opmon.processors.offline import ProcessOptions, process_entry
 from opmon.streaming.publisher import ZmqFrameSink
 
+from tests.ports import free_ports
+
 from .test_live import FRAME, GEOMETRY, MAP, synthetic_map, _assert_same_maps
 
 
 def _config(tmp_path):
-    socks = [socket.socket() for _ in range(8)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
+    ports = free_ports(8)        # services bind from the config: the shared picker (tests/ports.py)
     names = ["frames_archive", "frames_live", "docs", "maps_archive", "display_live", "display_acquisition",
              "display_archive", "control"]
     text = "[ports]\n" + "".join(f"{n} = {p}\n" for n, p in zip(names, ports))

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import zmq
 
+from tests.ports import free_ports
+
 
 @pytest.fixture
 def ctx():
@@ -22,22 +24,9 @@ def frames_for(n: int, shape=(8, 8), dtype=np.uint32, seed: int = 0) -> np.ndarr
     return rng.integers(0, 1000, size=(n, *shape)).astype(dtype)
 
 
-def free_ports(n: int) -> list[int]:
-    """Ports the OS hands out now (bound then released; good enough on 127.0.0.1)."""
-    import socket
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
-
-
 def write_config(tmp_path, **extra_sections) -> "tuple[object, str]":
-    """A TOML config with free ports and the archive in tmp_path; returns (Config, path)."""
+    """A TOML config for a service that binds from it (ports from the shared picker,
+    tests/ports.py) and the archive in tmp_path; returns (Config, path)."""
     from opmon.config import Ports, load_config
     import dataclasses
     names = [f.name for f in dataclasses.fields(Ports)]

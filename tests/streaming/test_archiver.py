@@ -17,11 +17,11 @@ import zmq
 from opmon.formats import iter_frame_blocks, read_raw_meta
 from opmon.processors.accumulate import MomentAccumulator
 from opmon.processors.geometry import DetectorGeometry
-from opmon.processors.live_messages import encode_map
+from opmon.processors.live_messages import encode_map, write_map_file
 from opmon.processors.mapfile import read_maps
 from opmon.streaming import protocol as P
+from opmon.streaming.archiver import Archiver
 from opmon.streaming.publisher import ZmqFrameSink
-from opmon.commands.archive import build_archiver
 
 from .conftest import GEOMETRY, frames_for, write_config
 
@@ -53,11 +53,15 @@ def _wait_for(predicate, timeout=20.0):
 
 
 def test_a_run_is_archived_with_frames_readings_documents_and_maps(tmp_path, ctx):
-    config, _ = write_config(tmp_path)
-    archiver = build_archiver(config)
-    sink = ZmqFrameSink([config.endpoint("frames_archive")], context=ctx, stall_timeout_s=10)
-    docs = _push(ctx, config.endpoint("docs"))
-    maps = _push(ctx, config.endpoint("maps_archive"), bind=False)
+    # Every socket binds port 0 and is connected to only once bound: no port picked ahead
+    # (bound, released, and maybe taken by another process before the test binds it), and no
+    # archiver connecting to a port nobody listens on yet (retries every 100 ms, and a connect
+    # to a free port of the ephemeral range can even land on itself).
+    sink = ZmqFrameSink(["tcp://127.0.0.1:0"], context=ctx, stall_timeout_s=10)
+    docs = _push(ctx, "tcp://127.0.0.1:0")
+    archiver = Archiver(tmp_path / "archive", sink.endpoints[0], docs.getsockopt_string(zmq.LAST_ENDPOINT),
+                        "tcp://127.0.0.1:0", maps_writer=write_map_file, flush_interval_s=0.2)
+    maps = _push(ctx, archiver.maps.getsockopt_string(zmq.LAST_ENDPOINT), bind=False)
     done, thread = _serve(archiver)
     frames = frames_for(2 * 24, shape=SHAPE)
     run = "run-0001"
