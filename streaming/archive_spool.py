@@ -49,6 +49,9 @@ class AckedStream:
         how long a frame waits for room in a full spool before it is dropped.
     """
 
+    #: an archiver acknowledges after every flush; one silent this long after its sync never got it
+    SYNC_TIMEOUT_S = 5.0
+
     def __init__(self, sock: zmq.Socket, ack_endpoint: str, *, spool_bytes: int, stall_timeout_s: float,
                  context: zmq.Context, bind: bool = True, service_interval_s: float = 0.05) -> None:
         self.sock = sock
@@ -66,6 +69,8 @@ class AckedStream:
         self.token: str | None = None  # the archiver synced with (None: send nothing)
         self._sync: list[bytes] | None = None
         self._next_index = 0
+        self._sync_deadline: float | None = None
+        self._ignored: set[str] = set()
         self.overflowing = False
         self.dropped = 0
         self.resyncs = 0
@@ -89,9 +94,15 @@ class AckedStream:
             return
         token = header["token"]
         if header["kind"] == "hello":
-            if token != self.token:
+            # Only while no archiver is synced: a hello from a second archiver (a stray one on
+            # this port) must not take the stream from the one connected and acknowledging.
+            if self.token is None:
                 self._resync(token)
+            elif token != self.token and token not in self._ignored:
+                self._ignored.add(token)
+                log.warning("ignoring hello of a second archiver %s while synced with %s", token[:8], self.token[:8])
         elif token == self.token and header["epoch"] == self.resyncs:
+            self._sync_deadline = None
             self._release(header["handled"])
 
     def _resync(self, token: str) -> None:
@@ -100,6 +111,7 @@ class AckedStream:
         self._next_index = 0
         self.cursor = self.head
         self.resyncs += 1
+        self._sync_deadline = time.monotonic() + self.SYNC_TIMEOUT_S
         self._sync = [P.pack(P.sync_header(token, self.resyncs, self.held))]
         log.info("archiver %s: re-sending %d unacknowledged message(s)", token[:8], self.held)
 
@@ -128,6 +140,11 @@ class AckedStream:
                 self.token = None
         while self.ack.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             self._on_ack_channel(self.ack.recv())
+        if self._sync_deadline is not None and time.monotonic() > self._sync_deadline and self.token is not None:
+            # it acknowledges after every flush: silence means it never got our sync (not
+            # connected to the frame stream); wait for the next hello
+            log.warning("archiver %s never acknowledged its sync; waiting for another hello", self.token[:8])
+            self.token, self._sync_deadline = None, None
         self._pump()
 
     def _pump(self) -> None:

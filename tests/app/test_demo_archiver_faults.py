@@ -18,11 +18,9 @@ from pathlib import Path
 import h5py
 import pytest
 
+from tests.ports import port_block
+
 DEMO = ["--headless", "--map-shape", "8", "8", "--acceleration", "1500", "--maps-at", "4.5", "4.7", "4.75"]
-
-
-def _port_base(offset: int) -> int:
-    return 40000 + (os.getpid() % 1500) * 16 + offset
 
 
 def archiver_pid(demo_pid: int) -> int | None:
@@ -67,7 +65,7 @@ def _frames_stored(path: Path | None) -> int:
 def test_demo_loses_no_frame_when_its_archiver_is_killed_mid_run(tmp_path):
     archive = tmp_path / "archive"
     cmd = [sys.executable, "-m", "opmon.cli", "demo", *DEMO, "--archive-dir", str(archive),
-           "--port-base", str(_port_base(0))]
+           "--port-base", str(port_block(10))]
     demo = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert _wait_for(lambda: _frames_stored(_first_map(archive)) > 0, 120), "no frame archived"
@@ -99,7 +97,7 @@ def test_demo_names_frames_a_full_spool_dropped_and_fails(tmp_path):
     config.write_text("[stream]\narchive_spool_bytes = 20000000\nstall_timeout_s = 6.0\n"
                       "[archive]\nflush_interval_s = 0.2\n")
     cmd = [sys.executable, "-m", "opmon.cli", "demo", *DEMO, "--config", str(config), "--archive-dir", str(archive),
-           "--port-base", str(_port_base(10))]
+           "--port-base", str(port_block(10))]
     demo = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     pid = None
     try:
