@@ -214,3 +214,29 @@ def test_a_full_spool_drops_frames_as_real_losses_and_the_map_is_not_complete(tm
     assert summary.frames_lost == 20 - kept and not summary.ok
     assert summary.maps[0].missing == [(kept, 19)]
     assert f"missing {20 - kept} frame(s), seq {kept}-19" in summary.text()
+
+
+@pytest.mark.timeout(60)
+def test_a_stray_archivers_hello_does_not_take_the_stream(tmp_path, ctx):
+    """Two archivers saying hello to one sender: the one synced and acknowledging keeps it."""
+    from opmon.streaming.archiver import Archiver
+    sink = ZmqFrameSink(["tcp://127.0.0.1:*"], context=ctx, stall_timeout_s=10, ack_endpoint="tcp://127.0.0.1:*")
+    archiver = Archiver(tmp_path, sink.endpoints[0], context=ctx, flush_interval_s=0.1,
+                        ack_endpoint=sink.archive.ack_endpoint)
+    run = sink.start_run(frame_shape=(8, 8), dtype="uint32", map_shape=(2, 5), **GEOMETRY)
+    sink.start_map(10)
+    assert _poll_until([archiver], lambda: sink.archive.token == archiver.acks.token and sink.archive.held == 0)
+    stray = ArchiveAcks(ctx, sink.archive.ack_endpoint)        # on the ack port, not on the frame stream
+    stray.tick()
+    frames = frames_for(10, shape=(8, 8))
+    for i in range(10):
+        sink.send_frame(frames[i], index=i, eta=10, phi=0, nu=0, delta=30)
+    sink.end_map()
+    sink.stop_run()
+    assert _poll_until([archiver], lambda: sink.archive.held == 0)
+    assert sink.archive.token == archiver.acks.token and sink.archive.resyncs == 1
+    archiver.close()
+    stray.close()
+    sink.close()
+    with h5py.File(tmp_path / run / "map_0000.h5", "r") as f:
+        np.testing.assert_array_equal(f["entry/scan/sequence"][()], np.arange(10))
