@@ -4,8 +4,9 @@ Each trial runs a small headless demo (own ports, own archive directory), waits 
 archived frame, sleeps a random time (uniform over `--spread` seconds, so kills land inside
 maps and between them), finds the demo's `opmon archive` child in /proc and SIGKILLs it; the
 supervisor restarts it. Printed per trial: when it was killed, frames lost (from the demo's
-summary, read back from the archive), maps complete, exit status, messages re-sent, and the
-time to recover (kill -> the restarted archiver synced with the sender, from its log).
+summary, read back from the archive), maps complete, exit status, messages re-sent, when the
+supervisor restarted it (kill -> "exited with -9; restart", from the demo's log) and the time
+to recover (kill -> the restarted archiver synced with the sender, from its log).
 Figures, not a timed test:
 
     python benchmarks/kill_archiver.py --trials 20 --port-base 22200 --dir /tmp/kill-archiver
@@ -29,6 +30,7 @@ import h5py
 
 DEMO = ["--headless", "--map-shape", "8", "8", "--acceleration", "1500", "--maps-at", "4.5", "4.7", "4.75"]
 SYNC = re.compile(r"^(\S+ \S+) opmon\.streaming\.archiver INFO: sender synced \(epoch (\d+)\): (\d+) message")
+RESTART = re.compile(r"^(\S+ \S+) \S+ WARNING: archiver exited with -9; restart", re.M)
 
 
 def archiver_pid(demo_pid: int) -> int | None:
@@ -80,7 +82,10 @@ def trial(n: int, root: Path, port_base: int, spread_s: float) -> dict[str, obje
             demo.wait()
     lost = re.search(r"frames lost: (\d+)", out)
     maps = re.search(r"maps: (\d+)", out)
-    recover = resent = None
+    recover = resent = restart = None
+    m = RESTART.search(out)
+    if t_kill is not None and m:
+        restart = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp() - t_kill
     log = archive / "logs" / "archiver.log"
     if t_kill is not None and log.exists():
         for line in log.read_text().splitlines():
@@ -92,7 +97,8 @@ def trial(n: int, root: Path, port_base: int, spread_s: float) -> dict[str, obje
                     break
     return {"trial": n, "killed_at_s": killed_at, "lost": int(lost.group(1)) if lost else None,
             "maps": int(maps.group(1)) if maps else None, "complete": out.count(", complete,"),
-            "exit": demo.returncode, "recover_s": recover, "resent": resent, "tail": out[-1500:]}
+            "exit": demo.returncode, "recover_s": recover, "resent": resent, "restart_s": restart,
+            "unacked_syncs": out.count("never acknowledged its sync"), "tail": out[-1500:]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,14 +117,17 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     print(f"kill -9 of the archiver during `opmon demo {' '.join(DEMO)}`, {args.trials} trials, "
           f"at a random moment within {args.spread:.0f} s of the first archived frame ({os.cpu_count()} cores)")
-    print(f"{'trial':>5} {'kill at':>8} {'lost':>5} {'maps':>5} {'complete':>8} {'exit':>4} {'re-sent':>7} {'recover':>8}")
+    print(f"{'trial':>5} {'kill at':>8} {'lost':>5} {'maps':>5} {'complete':>8} {'exit':>4} {'re-sent':>7} "
+          f"{'restart':>8} {'recover':>8}")
     results = []
     for n in range(args.trials):
         r = trial(n, root, args.port_base, args.spread)
         results.append(r)
         at = "-" if r["killed_at_s"] is None else f"{r['killed_at_s']:.2f}s"
         rec = "-" if r["recover_s"] is None else f"{r['recover_s']:.2f}s"
-        print(f"{n:>5} {at:>8} {r['lost']!s:>5} {r['maps']!s:>5} {r['complete']:>8} {r['exit']:>4} {r['resent']!s:>7} {rec:>8}",
+        restart = "-" if r["restart_s"] is None else f"{r['restart_s']:.2f}s"
+        print(f"{n:>5} {at:>8} {r['lost']!s:>5} {r['maps']!s:>5} {r['complete']:>8} {r['exit']:>4} {r['resent']!s:>7} "
+              f"{restart:>8} {rec:>8}" + (f"  ({r['unacked_syncs']} sync(s) never acknowledged)" if r["unacked_syncs"] else ""),
               flush=True)
         if r["exit"] != 0 or r["lost"] != 0:
             print(r["tail"])

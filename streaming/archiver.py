@@ -219,7 +219,7 @@ class Archiver:
                 self.map_writer.add(header, frame)
                 last = header["seq"]
             self.map_writer.flush()
-            self._resumed_seq = last
+            self._resumed_seq = last if last >= 0 else None   # an empty file: no seq to count a gap from
             log.warning("run %s map %d: resumed after a restart with %d frames from %s", run.uid, number,
                         self.map_writer.n_written, old.name)
         run.record(number)

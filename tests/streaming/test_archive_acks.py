@@ -240,3 +240,35 @@ def test_a_stray_archivers_hello_does_not_take_the_stream(tmp_path, ctx):
     sink.close()
     with h5py.File(tmp_path / run / "map_0000.h5", "r") as f:
         np.testing.assert_array_equal(f["entry/scan/sequence"][()], np.arange(10))
+
+
+@pytest.mark.timeout(60)
+def test_an_archiver_killed_as_a_map_began_counts_no_false_loss(tmp_path, ctx):
+    """The map file it left holds no frame: the restarted archiver has no seq to count a gap from."""
+    from opmon.streaming.archiver import Archiver
+    sink = ZmqFrameSink(["tcp://127.0.0.1:*"], context=ctx, stall_timeout_s=30, ack_endpoint="tcp://127.0.0.1:*")
+    first = Archiver(tmp_path, sink.endpoints[0], context=ctx, flush_interval_s=0.1, ack_endpoint=sink.archive.ack_endpoint)
+    frames = frames_for(20, shape=(8, 8))
+    run = sink.start_run(frame_shape=(8, 8), dtype="uint32", map_shape=(2, 5), **GEOMETRY)
+    sink.start_map(10)
+    for i in range(10):
+        sink.send_frame(frames[i], index=i, eta=10, phi=0, nu=0, delta=30)
+    sink.end_map()
+    assert _poll_until([first], lambda: sink.archive.held == 0)
+    sink.start_map(10)
+    assert _poll_until([first], lambda: first.map_writer is not None and first.map_writer.number == 1)
+    first.acks.flushed = lambda: None          # gone before acknowledging map 1's start
+    first.close()
+    second = Archiver(tmp_path, sink.endpoints[0], context=ctx, flush_interval_s=0.1, ack_endpoint=sink.archive.ack_endpoint)
+    for i in range(10, 20):
+        sink.send_frame(frames[i], index=i - 10, eta=10, phi=0, nu=0, delta=30)
+    sink.end_map()
+    sink.stop_run()
+    assert _poll_until([second], lambda: sink.archive.held == 0)
+    c = second.frames.counters
+    second.close()
+    sink.close()
+    assert (c.lost, c.duplicate, dict(c.rejected)) == (0, 0, {})
+    with h5py.File(tmp_path / run / "run.h5", "r") as f:
+        np.testing.assert_array_equal(f["entry1/scan/sequence"][()], np.arange(10, 20))
+        assert f["entry0"].attrs["complete"] == 1 and f["entry1"].attrs["complete"] == 1
