@@ -23,6 +23,7 @@ class Ports:
     frames_live: int = 5551
     docs: int = 5552
     maps_archive: int = 5553
+    frames_archive_ack: int = 5554
     display_live: int = 5555
     display_acquisition: int = 5556
     display_archive: int = 5557
@@ -31,11 +32,13 @@ class Ports:
 
 @dataclass
 class StreamConfig:
-    """Queue depths and how long a blocked sender waits before it reports a stall."""
+    """Queue depths, how long a blocked sender waits before it reports a stall, and the bound on
+    the archive stream's unacknowledged messages (held in memory until the archiver's flush)."""
 
     sndhwm: int = 200
     rcvhwm: int = 200
     stall_timeout_s: float = 30.0
+    archive_spool_bytes: int = 1 << 30
 
 
 @dataclass
@@ -107,6 +110,8 @@ def _check(config: Config) -> None:
             raise ConfigError(f"ports.{f.name}: {port} is not a TCP port (1..65535)")
     if config.live.workers < 1:
         raise ConfigError(f"live.workers: {config.live.workers}, expected >= 1")
+    if config.stream.archive_spool_bytes <= 0:
+        raise ConfigError(f"stream.archive_spool_bytes: {config.stream.archive_spool_bytes}, expected > 0")
     if config.archive.flush_interval_s <= 0:
         raise ConfigError(f"archive.flush_interval_s: {config.archive.flush_interval_s}, expected > 0")
     _check_values(config)

@@ -71,6 +71,7 @@ class MapSummary:
     d_std: float | None
     valid_pixels: int
     trigger: str
+    missing: list[tuple[int, int]] = dataclasses.field(default_factory=list)   # (first, last) seq ranges
 
 
 @dataclass
@@ -82,28 +83,82 @@ class RunSummary:
     frames_lost: int
     exit_status: str
 
+    @property
+    def ok(self) -> bool:
+        """The run succeeded and the archive holds every frame of it (every map complete)."""
+        return self.exit_status == "success" and self.frames_lost == 0 and all(m.complete for m in self.maps)
+
     def text(self) -> str:
         lines = [f"run directory: {self.run_dir}", f"exit status: {self.exit_status}",
                  f"maps: {len(self.maps)}  frames sent: {self.frames_sent}  frames archived: {self.frames_archived}  "
                  f"frames lost: {self.frames_lost}"]
+        incomplete = [m.number for m in self.maps if not m.complete]
+        if self.frames_lost or incomplete:
+            lines.append(f"ARCHIVE INCOMPLETE: {self.frames_lost} frame(s) lost"
+                         + (f", map(s) {', '.join(map(str, incomplete))} not complete" if incomplete else "")
+                         + " (missing seqs below); the demo exits with a failure status")
         for m in self.maps:
             d = "no maps yet" if m.d_mean is None else f"mean d = {m.d_mean:.5f} Å (std {m.d_std:.1e}, {m.valid_pixels} px)"
             trigger = f"  [{m.trigger}]" if m.trigger and m.trigger != "{}" else ""
             lines.append(f"  map {m.number}: {m.frames} frames, {'complete' if m.complete else 'INCOMPLETE'}, {d}{trigger}")
+            if m.missing:
+                n = sum(hi - lo + 1 for lo, hi in m.missing)
+                lines.append(f"    missing {n} frame(s), seq {format_ranges(m.missing)}")
         return "\n".join(lines)
 
 
+def seq_ranges(seqs: np.ndarray) -> list[tuple[int, int]]:
+    """Sorted unique sequence numbers as (first, last) runs of consecutive values."""
+    if seqs.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(seqs) != 1)
+    starts = np.concatenate([[0], breaks + 1])
+    ends = np.concatenate([breaks, [seqs.size - 1]])
+    return [(int(seqs[i]), int(seqs[j])) for i, j in zip(starts, ends)]
+
+
+def format_ranges(ranges: list[tuple[int, int]], limit: int = 12) -> str:
+    text = ", ".join(f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in ranges[:limit])
+    return text + (f", ... ({len(ranges) - limit} more ranges)" if len(ranges) > limit else "")
+
+
+def _scalar(f: h5py.File, key: str, default: int) -> int:
+    return int(f[key][()]) if key in f else default
+
+
+def _map_seq_bounds(sent: list[tuple[int, int] | None], seqs: list[np.ndarray], frames_sent: int) -> list[tuple[int, int]]:
+    """(first, last) seq each map was sent with: from its archived map_end, else between its neighbours."""
+    bounds: list[tuple[int, int]] = []
+    for i, known in enumerate(sent):
+        if known is not None:
+            bounds.append(known)
+            continue
+        lo = bounds[-1][1] + 1 if bounds else 0
+        nxt = next((s for s in sent[i + 1:] if s is not None), None)
+        if nxt is not None:
+            hi = nxt[0] - 1
+        elif i == len(sent) - 1:
+            hi = frames_sent - 1
+        else:
+            hi = int(seqs[i].max()) if seqs[i].size else lo - 1
+        bounds.append((lo, hi))
+    return bounds
+
+
 def summarize(run_dir: Path, frames_sent: int, exit_status: str) -> RunSummary:
-    """Read the archive of one run back: frames per map, sequence gaps, final maps."""
+    """Read the archive of one run back: frames per map, the seqs each map is missing, final maps."""
     maps: list[MapSummary] = []
     sequences: list[np.ndarray] = []
+    sent: list[tuple[int, int] | None] = []
     for raw in sorted(run_dir.glob("map_[0-9][0-9][0-9][0-9].h5")):
         number = int(raw.stem.split("_")[1])
         with h5py.File(raw, "r", swmr=True) as f:
-            seq = f["entry/scan/sequence"][()]
+            seq = np.unique(f["entry/scan/sequence"][()])
             complete = bool(f["entry/scan/complete"][()]) if "entry/scan/complete" in f else False
             trigger = str(f["entry"].attrs.get("trigger", ""))
+            n_sent, last = _scalar(f, "entry/scan/n_frames_sent", -1), _scalar(f, "entry/scan/last_seq_sent", -1)
         sequences.append(seq)
+        sent.append((last - n_sent + 1, last) if n_sent >= 0 else None)
         d_mean = d_std = None
         valid = 0
         maps_file = run_dir / f"{raw.stem}_maps.h5"
@@ -116,6 +171,8 @@ def summarize(run_dir: Path, frames_sent: int, exit_status: str) -> RunSummary:
                     if d.size:
                         d_mean, d_std = float(d.mean()), float(d.std())
         maps.append(MapSummary(number, int(seq.size), complete, d_mean, d_std, valid, trigger))
+    for m, seq, (lo, hi) in zip(maps, sequences, _map_seq_bounds(sent, sequences, frames_sent)):
+        m.missing = seq_ranges(np.setdiff1d(np.arange(lo, hi + 1), seq))
     seq_all = np.sort(np.concatenate(sequences)) if sequences else np.zeros(0, dtype=np.int64)
     expected = np.arange(frames_sent)
     lost = int(np.setdiff1d(expected, seq_all).size)
@@ -139,7 +196,7 @@ def _run_closed(run_dir: Path) -> bool:
     """True once the archiver recorded the run's end (stop message) in run.h5."""
     try:
         with h5py.File(run_dir / "run.h5", "r") as f:
-            return bool(f.attrs.get("stop", ""))
+            return str(f.attrs.get("state", "")) == "done"
     except (OSError, KeyError):
         return False
 
@@ -163,13 +220,14 @@ def wait_for_archive(run_dir: Path, n_maps: int, timeout_s: float, supervisor: S
         if supervisor is not None:
             supervisor.check()
         done = 0
+        closed = _run_closed(run_dir)
         for number in range(n_maps):
             raw, maps = run_dir / f"map_{number:04d}.h5", run_dir / f"map_{number:04d}_maps.h5"
             if not (raw.exists() and maps.exists()):
                 break
             try:
                 with h5py.File(raw, "r", swmr=True) as f:
-                    if not f["entry/scan/complete"][()]:
+                    if not (closed or f["entry/scan/complete"][()]):
                         break
             except (OSError, KeyError):
                 break

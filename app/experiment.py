@@ -101,7 +101,9 @@ class AcquisitionService:
         if _QUIET_ABORT not in bluesky_log.filters:
             bluesky_log.addFilter(_QUIET_ABORT)
         self.publisher = ZmqFrameSink([config.endpoint("frames_archive"), config.endpoint("frames_live")],
-                                      sndhwm=config.stream.sndhwm, stall_timeout_s=config.stream.stall_timeout_s)
+                                      sndhwm=config.stream.sndhwm, stall_timeout_s=config.stream.stall_timeout_s,
+                                      ack_endpoint=config.endpoint("frames_archive_ack"),
+                                      spool_bytes=config.stream.archive_spool_bytes)
         self.documents = DocumentPublisher(config.endpoint("docs"), config.endpoint("display_acquisition"),
                                            stall_timeout_s=config.stream.stall_timeout_s)
         self.sink = PublisherSink(self.publisher)

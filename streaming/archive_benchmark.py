@@ -58,12 +58,16 @@ def direct_write(n: int, directory: Path) -> tuple[float, int]:
     return rate, size
 
 
-def archiver_chain(n: int, directory: Path) -> dict[str, float]:
-    """Frames/s of detector -> ZeroMQ -> Archiver (until the map file is closed), loss, size."""
+def archiver_chain(n: int, directory: Path, acks: bool = True) -> dict[str, float]:
+    """Frames/s of detector -> ZeroMQ -> Archiver (until the map file is closed), loss, size.
+
+    With `acks` (as deployed) the detector holds every frame until the archiver acknowledges
+    its flush; without, the plain PUSH stream of before."""
     endpoint = free_endpoint("tcp")
+    ack = free_endpoint("tcp") if acks else None
     ctx = zmq.Context()
-    archiver = Archiver(directory / "archive", endpoint, flush_interval_s=0.5, context=ctx)
-    proc = multiprocessing.get_context("spawn").Process(target=send_run, args=(endpoint, n, _map_shape(n)))
+    archiver = Archiver(directory / "archive", endpoint, flush_interval_s=0.5, context=ctx, ack_endpoint=ack)
+    proc = multiprocessing.get_context("spawn").Process(target=send_run, args=(endpoint, n, _map_shape(n), None, ack))
     proc.start()
     t0 = None
     deadline = time.monotonic() + 300
@@ -74,6 +78,7 @@ def archiver_chain(n: int, directory: Path) -> dict[str, float]:
         if archiver.runs and archiver.run_dir is None:   # stop received: map file flushed and closed
             break
     elapsed = time.perf_counter() - (t0 or time.perf_counter())
+    archiver.flush()            # acknowledges the run's end: the detector may close
     proc.join()
     counters = archiver.frames.counters
     written = archiver.frames_written
@@ -90,17 +95,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=3000, help="frames per measurement (default 3000)")
     parser.add_argument("--repeat", type=int, default=5, help="interleaved measurements of each (default 5)")
     parser.add_argument("--dir", default=None, help="where to write (default: a temporary directory)")
+    parser.add_argument("--no-acks", action="store_true",
+                        help="plain PUSH archive stream, no acknowledgements (the stream before they existed)")
     args = parser.parse_args(argv)
     if args.frames < 100:
         parser.error("--frames must be >= 100")
     directory = Path(tempfile.mkdtemp(prefix="opmon-bench-archive-", dir=args.dir))
     print(f"opmon bench archive: {args.frames} frames of {SHAPE[0]}x{SHAPE[1]} uint32 per measurement, "
-          f"bitshuffle/LZ4, SWMR, flush every 0.5 s, into {directory} ({os.cpu_count()} cores)")
+          f"bitshuffle/LZ4, SWMR, flush every 0.5 s, into {directory} ({os.cpu_count()} cores); archive stream "
+          + ("plain PUSH (no acknowledgements)" if args.no_acks else "acknowledged (frames held until flushed)"))
     try:
         archiver_chain(200, directory)          # warm up
         chains, directs, raws = [], [], []
         for _ in range(args.repeat):           # interleaved, so a noisy neighbour hits all alike
-            chains.append(archiver_chain(args.frames, directory))
+            chains.append(archiver_chain(args.frames, directory, acks=not args.no_acks))
             directs.append(direct_write(args.frames, directory))
             raws.append(raw_loopback(args.frames))
     finally:

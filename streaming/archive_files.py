@@ -67,6 +67,9 @@ class MapFileWriter:
         self.timestamp = scan.create_dataset("timestamp", shape=(0,), maxshape=(None,), chunks=(1024,), dtype=np.float64)
         self.timestamp.attrs["units"] = "s"
         self.complete = scan.create_dataset("complete", data=np.uint8(0))
+        # what the map's `map_end` said was sent (-1 until it arrives): which seqs belong here
+        self.n_frames_sent = scan.create_dataset("n_frames_sent", data=np.int64(-1))
+        self.last_seq_sent = scan.create_dataset("last_seq_sent", data=np.int64(-1))
         entry.attrs["run_uid"] = start["run"]
         entry.attrs["map_number"] = self.number
         entry.attrs["n_frames_expected"] = expected
@@ -76,6 +79,7 @@ class MapFileWriter:
         self.block = np.empty((block, rows, cols), dtype=np.dtype(start["dtype"]))
         self._meta: list[tuple[int, float, float, float, float, float, float, int, float]] = []
         self.n_received = 0
+        self.last_seq = -1     # highest seq held: a re-sent frame at or below it is already here
 
     def add(self, header: dict[str, Any], frame: npt.NDArray[Any]) -> None:
         """Queue one frame (copied: the ZeroMQ buffer is released after this call)."""
@@ -85,6 +89,7 @@ class MapFileWriter:
         self._meta.append((header["index"], header["eta"], header["phi"], header["nu"], header["delta"],
                            np.nan if x is None else x, np.nan if y is None else y, header["seq"], header["t"]))
         self.n_received += 1
+        self.last_seq = max(self.last_seq, int(header["seq"]))
         if k + 1 == self.block.shape[0]:
             self._write()
 
@@ -109,15 +114,20 @@ class MapFileWriter:
         self._write()
         self.file.flush()
 
-    def close(self, complete: bool) -> bool:
+    def close(self, complete: bool, n_sent: int | None = None, last_seq: int | None = None) -> bool:
         """Flush, mark the map complete (ended, and all expected frames here) or not, close.
 
-        Returns whether the map was marked complete (an aborted map ends short: incomplete).
+        `n_sent` is the frame count of the map's `map_end`: complete means every one of them is
+        in this file. Returns whether the map was marked complete (an aborted map ends short).
         """
         if self.file.id.valid:
             self.flush()
-            complete = complete and (self.expected == 0 or self.n_written == self.expected)
+            complete = (complete and (self.expected == 0 or self.n_written == self.expected)
+                        and (n_sent is None or self.n_written == n_sent))
             self.complete[()] = np.uint8(1 if complete else 0)
+            if n_sent is not None and last_seq is not None:
+                self.n_frames_sent[()] = np.int64(n_sent)
+                self.last_seq_sent[()] = np.int64(last_seq)
             self.file.flush()
             self.file.close()
         return complete

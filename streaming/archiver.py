@@ -24,8 +24,9 @@ import zmq
 from opmon.errors import ArchiveError, OpmonError
 from opmon.streaming import archive_recovery as R
 from opmon.streaming import protocol as P
-from opmon.streaming.archive_files import (DOCUMENTS, POTENTIOSTAT, MapFileWriter, PotentiostatLog, RunDirectory,
-                                           map_file_name, maps_file_name)
+from opmon.streaming.archive_acks import ArchiveAcks
+from opmon.streaming.archive_files import (DOCUMENTS, MASTER, POTENTIOSTAT, MapFileWriter, PotentiostatLog,
+                                           RunDirectory, map_file_name, maps_file_name)
 from opmon.streaming.disk_full import DEFAULT_RESERVE, DiskGuard, is_disk_full
 from opmon.streaming.receiver import FrameReceiver
 
@@ -57,12 +58,15 @@ class Archiver:
         lossless PULL endpoint this archiver binds for final maps (None: no maps).
     status_endpoint
         PUB endpoint this archiver binds for its lossy status (None: no status).
+    ack_endpoint
+        where the frame sender takes acknowledgements (None: this archiver acknowledges nothing).
     """
 
     def __init__(self, directory: str | Path, frames_endpoint: str, docs_endpoint: str | None = None,
                  maps_endpoint: str | None = None, status_endpoint: str | None = None, *,
                  maps_writer: MapsWriter | None = None, flush_interval_s: float = 0.5, rcvhwm: int = 200, grace_s: float = 5.0,
-                 context: zmq.Context | None = None, disk_reserve_bytes: int = DEFAULT_RESERVE) -> None:
+                 context: zmq.Context | None = None, ack_endpoint: str | None = None,
+                 disk_reserve_bytes: int = DEFAULT_RESERVE) -> None:
         self.directory = Path(directory)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -76,6 +80,7 @@ class Archiver:
         self.docs = self._socket(zmq.PULL, docs_endpoint, bind=False)
         self.maps = self._socket(zmq.PULL, maps_endpoint, bind=True)
         self.status_socket = self._socket(zmq.PUB, status_endpoint, bind=True)
+        self.acks = None if ack_endpoint is None else ArchiveAcks(self.context, ack_endpoint)
         self.maps_writer = maps_writer
         self.flush_interval_s = flush_interval_s
         self.run_dir: RunDirectory | None = None
@@ -111,29 +116,69 @@ class Archiver:
     # -- frame stream -------------------------------------------------------------------
     def _on_frame_message(self, msg: P.Message) -> None:
         h = msg.header
-        if msg.kind != "start" and (self.run_dir is None or self.run_dir.uid != h["run"]):
+        if msg.kind == "start":
+            self._on_start(h, msg.array)
+            return
+        if self.run_dir is None or self.run_dir.uid != h["run"]:
             self._adopt(h["run"])       # the tracker accepted it: a run this archiver was writing before a restart
         if msg.kind == "frame":
-            if self.map_writer is None or self.map_writer.number != h["map"]:
-                self._open_map({"map": h["map"], "map_shape": self.run_dir.start["map_shape"] if self.run_dir else [1, 1],
-                                "n_frames": 0})
-            if self.map_writer is not None:
-                if self._resumed_seq is not None:
-                    self._count_restart_gap(h["seq"])
-                self.map_writer.add(h, msg.array)
-                self.frames_written += 1
-        elif msg.kind == "start":
-            self._close_run(aborted=True)
-            self._start_run(h, msg.array)
+            self._on_frame(h, msg.array)
         elif msg.kind == "map_start":
+            if self._held_map(h["map"]):
+                return                  # re-sent: already open, or already complete on disk
             self._open_map(h)
         elif msg.kind == "map_end":
-            self._close_map(complete=True)
+            self._on_map_end(h)
         elif msg.kind == "stop":
             self._close_map(complete=False)
             if self.run_dir is not None and self.run_dir.uid == h["run"]:
                 self.run_dir.stop = h
                 self._close_run(aborted=False)
+
+    def _held_map(self, number: int) -> bool:
+        """True if map `number` is the open one or already complete on disk (a re-send)."""
+        if self.map_writer is not None and self.map_writer.number == number:
+            return True
+        rec = self.run_dir.maps.get(number) if self.run_dir is not None else None
+        return rec is not None and rec.complete
+
+    def _on_start(self, h: dict[str, Any], mask: Any) -> None:
+        if self.run_dir is not None and self.run_dir.uid == h["run"]:
+            return                      # re-sent start of the run being written
+        self._close_run(aborted=True)
+        if (self.directory / h["run"] / MASTER).is_file():
+            self._resume(h["run"], h, mask)     # re-sent to a restarted archiver: continue, never truncate
+        else:
+            self._start_run(h, mask)
+
+    def _on_frame(self, h: dict[str, Any], frame: Any) -> None:
+        number = h["map"]
+        if self.map_writer is None or self.map_writer.number != number:
+            rec = self.run_dir.maps.get(number) if self.run_dir is not None else None
+            if rec is not None and rec.complete:
+                self.frames.counters.resent += 1    # re-sent frame of a map already complete on disk
+                return
+            self._open_map({"map": number, "map_shape": self.run_dir.start["map_shape"] if self.run_dir else [1, 1],
+                            "n_frames": 0})
+        writer = self.map_writer
+        if writer is None:
+            return
+        if h["seq"] <= writer.last_seq:
+            self.frames.counters.resent += 1        # held already (copied from the crashed file, or re-sent)
+            return
+        if self._resumed_seq is not None:
+            self._count_restart_gap(h["seq"])
+        writer.add(h, frame)
+        self.frames_written += 1
+
+    def _on_map_end(self, h: dict[str, Any]) -> None:
+        number = h["map"]
+        if self.map_writer is None or self.map_writer.number != number:
+            if self._held_map(number) or self.run_dir is None:
+                return                  # re-sent end of a map already complete on disk
+            # its frames are on disk but its end was not: reopen (copying what it holds) to close it
+            self._open_map({"map": number, "map_shape": self.run_dir.start.get("map_shape", [1, 1]), "n_frames": 0})
+        self._close_map(complete=True, n_sent=h["n_frames"], last_seq=h["last_seq"])
 
     def _start_run(self, start: dict[str, Any], mask: Any) -> None:
         path = self.directory / start["run"]
@@ -186,7 +231,7 @@ class Archiver:
                 self.map_writer.add(header, frame)
                 last = header["seq"]
             self.map_writer.flush()
-            self._resumed_seq = last
+            self._resumed_seq = last if last >= 0 else None   # an empty file: no seq to count a gap from
             log.warning("run %s map %d: resumed after a restart with %d frames from %s", run.uid, number,
                         self.map_writer.n_written, old.name)
         run.record(number)
@@ -198,33 +243,46 @@ class Archiver:
         if info is None or info.uid != uid:
             return
         self._close_run(aborted=True)
+        self._resume(uid, info.start, info.mask)
+
+    def _resume(self, uid: str, start: dict[str, Any], mask: Any) -> None:
+        """Pick up an archived run: rebuild its bookkeeping, move its killed NXlog aside and copy it."""
         path = self.directory / uid
-        run = self.runs[uid] = R.rebuild(path, uid, info.start)
-        self.run_dir, self.mask = run, None if info.mask is None else info.mask.copy()
+        run = self.runs[uid] = R.rebuild(path, uid, start)
+        self.run_dir, self.mask = run, None if mask is None else mask.copy()
         log_path = path / POTENTIOSTAT
+        old_sidecar = self.sidecars.pop(uid, None)
+        if old_sidecar is not None:      # still open in this process: flush it before copying
+            old_sidecar.potentiostat.close()
+            old_sidecar.documents.close()
         old = R.set_aside(log_path) if log_path.exists() else None
-        sidecar = self.sidecars[uid] = _Sidecar(PotentiostatLog(log_path, t0=float(info.start["t"])),
+        sidecar = self.sidecars[uid] = _Sidecar(PotentiostatLog(log_path, t0=float(start["t"])),
                                                 open(path / DOCUMENTS, "a", encoding="utf-8"))
         if old is not None:
-            for reading in R.readings(old, float(info.start["t"])):
+            for reading in R.readings(old, float(start["t"])):
                 sidecar.potentiostat.add(reading)
         run.has_potentiostat = True
         run.write_master()
         log.warning("run %s: archiver restarted mid-run; continuing in %s", uid, path)
 
     def _count_restart_gap(self, seq: int) -> None:
-        """Frames sent between the crashed archiver's last flush and the restart are lost."""
-        gap = seq - self._resumed_seq - 1
+        """Frames sent between the crashed archiver's last flush and the restart are lost (unless
+        re-sent: then they arrive and this is no gap); gaps after the first frame received are
+        the stream tracker's to count."""
+        info = self.frames.tracker.current
+        first = info.first_seq if info is not None and info.first_seq is not None else seq
+        gap = min(seq, first) - self._resumed_seq - 1
         self._resumed_seq = None
         if gap > 0:
             self.frames.counters.lost += gap
             log.error("%d frame(s) before seq %d were lost from the archive while the archiver was down", gap, seq)
 
-    def _close_map(self, complete: bool) -> None:
+    def _close_map(self, complete: bool, n_sent: int | None = None, last_seq: int | None = None) -> None:
         writer, self.map_writer = self.map_writer, None
+        self._resumed_seq = None
         if writer is None or self.run_dir is None:
             return
-        complete = writer.close(complete)
+        complete = writer.close(complete, n_sent, last_seq)
         rec = self.run_dir.record(writer.number)
         rec.frames, rec.complete = writer.n_written, complete
         self.run_dir.write_master()
@@ -353,6 +411,8 @@ class Archiver:
             if sidecar.deadline is not None and now > sidecar.deadline:
                 self._close_sidecar(uid)
         self._last_flush = now
+        if self.acks is not None:
+            self.acks.flushed()
 
     def status(self) -> dict[str, Any]:
         """The lossy status message of docs/protocol.md."""
@@ -367,7 +427,7 @@ class Archiver:
                 "frames_per_s": rate, "frames_lost": c.lost, "rejected": dict(c.rejected),
                 "map": self.map_writer.number if self.map_writer else None,
                 "maps_done": sum(r.complete for r in run.maps.values()) if run else 0,
-                "archive": str(run.master) if run else None, "dropped": dict(self.dropped),
+                "archive": str(run.master) if run else None, "dropped": dict(self.dropped), "resent": c.resent,
                 **({"state": "disk_full", "error": self.disk.report} if self.disk.report else {})}
 
     # -- disk full ------------------------------------------------------------------------
@@ -384,6 +444,22 @@ class Archiver:
         """
         log.debug("write failed: %s", exc)      # HDF5's message is long; the status gets one line
         self.disk.enter(self._write_path(), "no space left on device")
+
+    def _on_stream_parts(self, parts: list[Any]) -> None:
+        """One message of the frame stream: a `sync` for the acknowledgements, or data."""
+        resent = False
+        if self.acks is not None:
+            sync = P.parse_sync(parts)
+            if sync is not None:
+                if self.acks.on_sync(sync):
+                    log.info("sender synced (epoch %d): %d message(s) re-sent", sync["epoch"], sync["resend"])
+                else:
+                    self.dropped["sync_for_another_archiver"] += 1
+                return
+            resent = self.acks.note()
+        msg = self.frames.handle(parts, resent)
+        if msg is not None:
+            self._on_frame_message(msg)
 
     def poll_once(self, timeout_ms: int = 100) -> None:
         """Handle whatever arrives within `timeout_ms`, flushing on time even under load; a full
@@ -415,9 +491,7 @@ class Archiver:
                     parts = self.frames.socket.recv_multipart(zmq.NOBLOCK, copy=False)
                 except zmq.Again:
                     break
-                msg = self.frames.handle(parts)
-                if msg is not None:
-                    self._on_frame_message(msg)
+                self._on_stream_parts(parts)
         for sock, handler in ((self.docs, self._on_doc), (self.maps, self._on_maps)):
             if sock is not None and sock in events and not (self.disk.full and sock is self.maps):
                 for _ in range(1000):
@@ -429,6 +503,8 @@ class Archiver:
         if now - self._last_flush >= self.flush_interval_s:
             self.disk.check_space(self._write_path())   # below the reserve: take no more frames
             self.flush()
+        if self.acks is not None:
+            self.acks.tick()
         if self.status_socket is not None and now - self._last_status >= 1.0:
             self._last_status = now
             self.status_socket.send_multipart([b"status", P.pack(self.status())])
@@ -451,7 +527,11 @@ class Archiver:
                 self._close_sidecar(uid)
             if self.run_dir is not None:
                 self.run_dir.write_master()
+            if self.acks is not None:
+                self.acks.flushed()          # what close() just flushed is durable
         finally:
+            if self.acks is not None:
+                self.acks.close()
             for sock in (self.docs, self.maps, self.status_socket):
                 if sock is not None:
                     sock.close(linger=0)

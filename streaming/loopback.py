@@ -55,11 +55,13 @@ def _raw_sender(endpoint: str, n: int) -> None:
     ctx.term()
 
 
-def send_run(endpoint: str, n: int, map_shape: tuple[int, int], rate_fps: float | None = None) -> None:
+def send_run(endpoint: str, n: int, map_shape: tuple[int, int], rate_fps: float | None = None,
+             ack_endpoint: str | None = None) -> None:
     """A detector: one run of one map of `n` frames through `ZmqFrameSink` (bound), as fast as
-    the receiver takes them or paced at `rate_fps` (process target)."""
+    the receiver takes them or paced at `rate_fps` (process target); with `ack_endpoint`, an
+    acknowledged archive stream (held until the archiver flushed it)."""
     pool = frame_pool()
-    sink = ZmqFrameSink([endpoint], stall_timeout_s=120)
+    sink = ZmqFrameSink([endpoint], stall_timeout_s=120, ack_endpoint=ack_endpoint)
     sink.start_run(frame_shape=SHAPE, dtype="uint32", map_shape=map_shape, **GEOMETRY)
     sink.start_map(n)
     npix = map_shape[0] * map_shape[1]

@@ -241,3 +241,67 @@ def frame_header(run: str, map_number: int, seq: int, frame: int, index: int, et
             "frame": int(frame), "index": int(index), "eta": float(eta), "phi": float(phi), "nu": float(nu),
             "delta": float(delta), "x": None if x is None else float(x), "y": None if y is None else float(y),
             "dtype": dtype, "shape": [int(shape[0]), int(shape[1])], "t": time.time() if t is None else t}
+
+
+# --- archive acknowledgements (docs/protocol.md, "Archive acknowledgements") ------------------
+# `hello` and `ack` travel from the archiver to the sender on `frames_archive_ack`; `sync` goes
+# from the sender to the archiver on `frames_archive`, ahead of the messages it re-sends.
+ACK_KINDS = ("hello", "ack")
+
+
+def hello_header(token: str) -> dict[str, Any]:
+    """An archiver (re)started: `token` names this archiver process until it exits."""
+    return {"v": VERSION, "kind": "hello", "token": token, "t": time.time()}
+
+
+def ack_header(token: str, epoch: int, handled: int) -> dict[str, Any]:
+    """The first `handled` messages after this archiver's `sync` number `epoch` are durable on disk."""
+    return {"v": VERSION, "kind": "ack", "token": token, "epoch": int(epoch), "handled": int(handled), "t": time.time()}
+
+
+def sync_header(token: str, epoch: int, resend: int) -> dict[str, Any]:
+    """Answer to `hello`: the next `resend` messages are re-sent (held, not yet acknowledged)."""
+    return {"v": VERSION, "kind": "sync", "token": token, "epoch": int(epoch), "resend": int(resend), "t": time.time()}
+
+
+def parse_ack(data: bytes) -> dict[str, Any]:
+    """Check a message of the acknowledgement channel (hello or ack).
+
+    Raises
+    ------
+    RejectedMessage
+        if it is not a version-1 hello/ack with a string token (and an int `handled`).
+    """
+    try:
+        header = unpack(data)
+    except Exception:
+        raise RejectedMessage("header", "acknowledgement is not a msgpack map") from None
+    if not isinstance(header, dict) or header.get("v") != VERSION:
+        raise RejectedMessage("version", f"acknowledgement version {header.get('v') if isinstance(header, dict) else None!r}")
+    if header.get("kind") not in ACK_KINDS or not isinstance(header.get("token"), str):
+        raise RejectedMessage("kind", f"acknowledgement kind {header.get('kind')!r:.40}")
+    if header["kind"] == "ack":
+        for key in ("epoch", "handled"):
+            value = header.get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise RejectedMessage("field", f"ack.{key} = {value!r:.40}, expected an int >= 0")
+    return header
+
+
+def parse_sync(parts: list[Any]) -> dict[str, Any] | None:
+    """The header if this one-part frame-stream message is a `sync`, else None (cheap for frames)."""
+    if len(parts) != 1:
+        return None
+    head = parts[0]
+    raw = head.bytes if hasattr(head, "bytes") else head
+    if len(raw) > 256 or b"sync" not in raw:
+        return None
+    try:
+        header = unpack(raw)
+    except Exception:
+        return None
+    if (isinstance(header, dict) and header.get("kind") == "sync" and header.get("v") == VERSION
+            and isinstance(header.get("token"), str) and isinstance(header.get("resend"), int)
+            and isinstance(header.get("epoch"), int)):
+        return header
+    return None

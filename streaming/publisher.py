@@ -4,9 +4,13 @@ One PUSH socket per lossless consumer (archiver, live processor), each bound, ea
 same bytes: a PUSH socket with two peers would deal frames out round-robin instead. Frames
 go zero-copy; a full queue blocks the sender (back-pressure) and a receiver that stays away
 longer than `stall_timeout_s` raises `StreamStalledError` instead of losing frames silently.
+With `ack_endpoint`, the first endpoint (the archiver's) is an acknowledged stream
+(`AckedStream`): every message is held until the archiver reports it durable and is re-sent
+to a restarted archiver, so killing the archiver loses nothing.
 """
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +21,9 @@ import zmq
 
 from opmon.errors import FrameShapeError, ProtocolError, StreamStalledError
 from opmon.streaming import protocol as P
+from opmon.streaming.archive_spool import AckedStream
+
+log = logging.getLogger(__name__)
 
 
 class ZmqFrameSink:
@@ -33,10 +40,16 @@ class ZmqFrameSink:
         frames queued per receiver before `send_frame` blocks.
     stall_timeout_s
         how long a blocked send waits before raising StreamStalledError.
+    ack_endpoint
+        if given, the first endpoint is the archiver's and its messages are held until the
+        archiver acknowledges them on this endpoint (bound here); see `AckedStream`.
+    spool_bytes
+        bound on what the archive stream holds unacknowledged (frames beyond it wait, then drop).
     """
 
     def __init__(self, endpoints: Sequence[str], *, sndhwm: int = 200, stall_timeout_s: float = 30.0,
-                 context: zmq.Context | None = None, bind: bool = True) -> None:
+                 context: zmq.Context | None = None, bind: bool = True, ack_endpoint: str | None = None,
+                 spool_bytes: int = 1 << 30) -> None:
         if not endpoints:
             raise ProtocolError("ZmqFrameSink needs at least one endpoint")
         self._own_context = context is None     # then close() waits for queued frames to leave
@@ -53,6 +66,12 @@ class ZmqFrameSink:
                 sock.connect(endpoint)
             self.sockets.append(sock)
         self.endpoints = [s.getsockopt_string(zmq.LAST_ENDPOINT) for s in self.sockets]
+        self.archive: AckedStream | None = None
+        if ack_endpoint is not None:
+            self.archive = AckedStream(self.sockets[0], ack_endpoint, spool_bytes=spool_bytes,
+                                       stall_timeout_s=stall_timeout_s, context=self.context, bind=bind)
+        self.map_seqs: dict[int, tuple[int, int]] = {}   # map -> (first seq, frames sent)
+        self.archive_dropped: list[int] = []             # seqs the archive stream had to drop
         self.run: str | None = None
         self.frame_shape: tuple[int, int] = (0, 0)
         self.dtype = ""
@@ -63,13 +82,19 @@ class ZmqFrameSink:
         self.n_maps = 0
         self._map_open = False
 
-    def _send(self, parts: list[Any]) -> None:
-        for sock, endpoint in zip(self.sockets, self.endpoints):
+    def _send(self, parts: list[Any], nbytes: int = 0) -> bool:
+        """Send to every endpoint; False if the archive stream had to drop this frame (`nbytes` > 0)."""
+        kept = True
+        for i, (sock, endpoint) in enumerate(zip(self.sockets, self.endpoints)):
+            if i == 0 and self.archive is not None:
+                kept = self.archive.send(parts, nbytes or len(parts[0]), droppable=nbytes > 0)
+                continue
             try:
                 sock.send_multipart(parts, copy=False)
             except zmq.Again:
                 raise StreamStalledError(f"no receiver took frames from {endpoint} for "
                                          f"{sock.getsockopt(zmq.SNDTIMEO) / 1000:.1f} s (is it running?)") from None
+        return kept
 
     def start_run(self, *, energy_ev: float, distance_m: float, pixel_size_m: tuple[float, float],
                   beam_center: tuple[float, float], frame_shape: tuple[int, int], dtype: npt.DTypeLike,
@@ -85,6 +110,7 @@ class ZmqFrameSink:
             raise ProtocolError(f"frame dtype {self.dtype}, expected one of {list(P.FRAME_DTYPES)}")
         self.map_shape = (int(map_shape[0]), int(map_shape[1]))
         self.seq, self.map_number, self.n_maps, self._map_open = 0, -1, 0, False
+        self.map_seqs, self.archive_dropped = {}, []
         header = P.start_header(self.run, energy_ev=energy_ev, distance_m=distance_m, pixel_size_m=pixel_size_m,
                                 beam_center=beam_center, frame_shape=self.frame_shape, dtype=self.dtype,
                                 map_shape=self.map_shape, mask=mask is not None, metadata=metadata)
@@ -103,6 +129,7 @@ class ZmqFrameSink:
             self.end_map()
         self.map_number = self.map_number + 1 if map_number is None else int(map_number)
         self.map_frames = 0
+        self.map_seqs[self.map_number] = (self.seq, 0)
         self._map_open = True
         self._send([P.pack(P.map_start_header(self.run, self.map_number, map_shape or self.map_shape, n_frames, trigger))])
         return self.map_number
@@ -126,10 +153,13 @@ class ZmqFrameSink:
             frame = np.ascontiguousarray(frame)
         header = P.frame_header(self.run, self.map_number, self.seq, self.map_frames, index, eta, phi, nu, delta,
                                 self.dtype, self.frame_shape, x, y)
-        self._send([P.pack(header), frame])
+        packed = P.pack(header)
+        if not self._send([packed, frame], len(packed) + frame.nbytes):
+            self.archive_dropped.append(self.seq)
         seq = self.seq
         self.seq += 1
         self.map_frames += 1
+        self.map_seqs[self.map_number] = (self.map_seqs[self.map_number][0], self.map_frames)
         return seq
 
     def end_map(self) -> None:
@@ -149,8 +179,15 @@ class ZmqFrameSink:
         self._send([P.pack(P.stop_header(self.run, exit_status, self.seq, self.n_maps, reason))])
         self.run = None
 
+    def drain(self, timeout_s: float | None = None) -> bool:
+        """Wait until the archiver acknowledged every message (True at once without acks)."""
+        if self.archive is None:
+            return True
+        timeout = self.archive.stall_timeout_s if timeout_s is None else timeout_s
+        return self.archive.drain(timeout)
+
     def close(self) -> None:
-        """Stop an open run as aborted and close the sockets.
+        """Stop an open run as aborted, wait for the archiver's acknowledgements, close the sockets.
 
         With its own context, wait (up to the stall timeout) until queued frames have left:
         zero-copy frames must outlive their sending, or the process could exit under them.
@@ -158,7 +195,13 @@ class ZmqFrameSink:
         try:
             if self.run is not None:
                 self.stop_run("abort", reason="sink closed")
+            if self.archive is not None and self.sockets:
+                if not self.drain():
+                    log.error("archiver did not acknowledge %d message(s) within %.0f s; they may be lost",
+                              self.archive.held, self.archive.stall_timeout_s)
         finally:
+            if self.archive is not None:
+                self.archive.close()
             for sock in self.sockets:
                 sock.close()
             self.sockets = []

@@ -73,11 +73,12 @@ class Counters:
     accepted: int = 0
     lost: int = 0
     duplicate: int = 0
+    resent: int = 0              # re-sent messages already held (archive acknowledgements): not losses
     control: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"accepted": self.accepted, "lost": self.lost, "duplicate": self.duplicate,
+        return {"accepted": self.accepted, "lost": self.lost, "duplicate": self.duplicate, "resent": self.resent,
                 "control": self.control, "rejected": dict(self.rejected),
                 "rejected_total": sum(self.rejected.values())}
 
@@ -167,7 +168,6 @@ class RunTracker:
             if run.next_seq is None:
                 run.next_seq = run.first_seq = seq
             if seq < run.next_seq:
-                self.counters.duplicate += 1
                 raise RejectedMessage("duplicate", f"seq {seq} already seen (next expected {run.next_seq})")
             self._advance(run, seq - 1, progress)
             run.next_seq = seq + 1
@@ -243,8 +243,13 @@ class FrameReceiver:
     def counters(self) -> Counters:
         return self.tracker.counters
 
-    def _reject(self, exc: RejectedMessage) -> None:
-        if exc.reason != "duplicate":
+    def _reject(self, exc: RejectedMessage, resent: bool = False) -> None:
+        if resent and exc.reason in ("duplicate", "stale"):
+            self.counters.resent += 1           # the sender re-sent what this receiver already had
+            return
+        if exc.reason == "duplicate":
+            self.counters.duplicate += 1
+        else:
             self.counters.rejected[exc.reason] += 1
         n = self._logged[exc.reason] = self._logged[exc.reason] + 1
         now = time.monotonic()
@@ -252,12 +257,16 @@ class FrameReceiver:
             self._last_log = now
             log.warning("%s rejected a message (%s; %d of this kind so far)", self.name, exc, n)
 
-    def handle(self, parts: list[Any]) -> Message | None:
-        """Check one multipart message; None if it was rejected (and counted)."""
+    def handle(self, parts: list[Any], resent: bool = False) -> Message | None:
+        """Check one multipart message; None if it was rejected (and counted).
+
+        `resent`: the sender re-sends it after a reconnection, so an already-seen seq or an
+        ended run is expected and counted as `resent`, not as a duplicate or stale message.
+        """
         try:
             return self.tracker.accept(parse(parts))
         except RejectedMessage as exc:
-            self._reject(exc)
+            self._reject(exc, resent)
             return None
 
     def recv(self, timeout_ms: int = 100) -> Message | None:

@@ -18,7 +18,8 @@ def build_archiver(config: Config, directory: str | Path | None = None) -> Archi
     """The archiver wired to the configured endpoints, writing final maps with `write_maps`."""
     return Archiver(directory or config.archive.dir, config.endpoint("frames_archive"), config.endpoint("docs"),
                     config.endpoint("maps_archive"), config.endpoint("display_archive"), maps_writer=write_map_file,
-                    flush_interval_s=config.archive.flush_interval_s, rcvhwm=config.stream.rcvhwm)
+                    flush_interval_s=config.archive.flush_interval_s, rcvhwm=config.stream.rcvhwm,
+                    ack_endpoint=config.endpoint("frames_archive_ack"))
 
 
 def serve(config: Config, directory: str | Path | None = None) -> int:
