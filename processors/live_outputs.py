@@ -49,6 +49,7 @@ class MapOutputs:
         self.keep_results = keep_results
         self.results: OrderedDict[tuple[str, int], MapResult] = OrderedDict()
         self.made: set[tuple[str, int]] = set()
+        self.encoded: OrderedDict[tuple[str, int], list[Any]] = OrderedDict()   # as sent, for `resend`
         self.summaries: list[dict[str, Any]] = []
         self.unarchived: deque[list[Any]] = deque()   # final maps the archiver has not taken yet
 
@@ -65,6 +66,9 @@ class MapOutputs:
             self.results.popitem(last=False)
         parts = encode_map(result, run=run, map_number=number, final=True, frames=acc.frames_seen,
                            n_frames=n_frames, frames_lost=frames_lost, options=options)
+        self.encoded[(run, number)] = parts
+        while self.keep_results is not None and len(self.encoded) > self.keep_results:
+            self.encoded.popitem(last=False)
         valid = result.valid_d()
         self.summaries.append({"run": run, "map": number, "frames": acc.frames_seen, "frames_lost": frames_lost,
                                "d_mean": float(valid.mean()) if valid.size else float("nan"),
@@ -89,6 +93,17 @@ class MapOutputs:
     def status(self, status: dict[str, Any]) -> None:
         if self.display is not None:
             self.display.send_multipart([b"status", P.pack(status)])
+
+    def resend(self, run: str, number: int) -> bool:
+        """Hand a final map to the archiver again (the first copy went to an archiver that died
+        before writing it: ZeroMQ drops what was queued towards a lost peer); False when it is no
+        longer held in memory (then the caller remakes it from the archive)."""
+        parts = self.encoded.get((run, number))
+        if parts is None or self.maps_out is None:
+            return False
+        self.unarchived.append(parts)
+        self.send_unarchived()
+        return True
 
     def send_unarchived(self) -> None:
         """Hand final maps to the archiver without ever blocking the live path; keep what it

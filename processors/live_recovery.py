@@ -236,7 +236,11 @@ def catch_up(archive_dir: str | Path, outputs: Any, *, skip_runs: set[str], roi:
     made = 0
     for number in numbers:
         if (archive.uid, number) in outputs.made:
-            continue
+            if outputs.resend(archive.uid, number):
+                log.warning("run %s map %d: final maps missing from the archive (lost on the way to an archiver "
+                            "that died); sent again", archive.uid, number)
+                made += 1
+                continue
         try:
             start = archive.start()
             if start is None:

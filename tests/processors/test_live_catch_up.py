@@ -1,0 +1,98 @@
+"""A final map that went to an archiver which died before writing it is handed over again.
+
+ZeroMQ drops what was queued towards a peer that went away, so the live processor's idle
+catch-up looks for archived maps without final maps and sends the ones it made again
+(or remakes them from the archive when they are no longer in memory).
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import zmq
+
+from opmon.processors.accumulate import MomentAccumulator
+from opmon.processors.live_outputs import MapOutputs
+from opmon.processors.live_recovery import catch_up
+from opmon.processors.live_state import accumulator_options, geometry_of
+from opmon.processors.mapfile import read_maps
+from opmon.streaming.archive_files import maps_file_name
+from opmon.streaming.archiver import Archiver
+from opmon.streaming.publisher import ZmqFrameSink
+from opmon.processors.live_messages import write_map_file
+
+from .test_live import FRAME, GEOMETRY, MAP, synthetic_map
+
+OPTIONS = {"roi": [0, FRAME[0], 0, FRAME[1]], "threshold": 0, "background": "auto"}
+
+
+def _archive_one_map(archive_dir, frames_ep: str, maps_ep: str | None) -> tuple[str, Archiver]:
+    """Send one map through a real ZmqFrameSink to a real Archiver; returns (run uid, archiver)."""
+    archiver = Archiver(archive_dir, frames_ep, None, maps_ep, maps_writer=write_map_file, flush_interval_s=0.1)
+    sink = ZmqFrameSink([frames_ep], bind=True, stall_timeout_s=20)
+    frames = synthetic_map(0, seed=3)
+    sender = threading.Thread(target=lambda: (
+        sink.start_run(frame_shape=FRAME, dtype="uint32", map_shape=MAP, **GEOMETRY),
+        sink.start_map(len(frames)),
+        [sink.send_frame(fr, index=p, eta=eta, phi=0.0, nu=0.0, delta=30.0) for fr, p, eta in frames],
+        sink.stop_run()))
+    sender.start()
+    deadline = time.monotonic() + 30
+    while (sender.is_alive() or archiver.run_dir is not None) and time.monotonic() < deadline:
+        archiver.poll_once(50)
+    sender.join()
+    sink.close()
+    archiver.flush()
+    return frames, archiver
+
+
+def _made_map(archive_dir, uid: str):
+    from opmon.processors.live_recovery import RunArchive, map_from_archive
+    archive = RunArchive(archive_dir, uid)
+
+    def make(start, mask, shape):
+        return MomentAccumulator(geometry_of(start), shape, detector_mask=mask, **accumulator_options(OPTIONS))
+    return map_from_archive(archive, 0, make)
+
+
+def test_a_final_map_lost_with_a_dying_archiver_is_sent_again(tmp_path):
+    ctx = zmq.Context()
+    archive_dir = tmp_path / "archive"
+    frames_ep, maps_ep = f"ipc://{tmp_path}/frames", f"ipc://{tmp_path}/maps"
+    try:
+        _, first = _archive_one_map(archive_dir, frames_ep, None)
+        uid = next(p.name for p in archive_dir.iterdir() if p.is_dir())
+        first.close()
+        # the archiver that takes the final map and dies before writing it
+        dying = ctx.socket(zmq.PULL)
+        dying.bind(maps_ep)
+        outputs = MapOutputs(ctx, None, maps_ep)
+        acc, n = _made_map(archive_dir, uid)
+        outputs.final(acc, run=uid, number=0, n_frames=n, frames_lost=0, options=OPTIONS)
+        assert dying.poll(5000) and dying.recv_multipart()      # taken ... and gone with it
+        dying.close(linger=0)
+        assert not (archive_dir / uid / maps_file_name(0)).exists()
+
+        restarted = Archiver(archive_dir, f"ipc://{tmp_path}/frames2", None, maps_ep, maps_writer=write_map_file,
+                             flush_interval_s=0.1)
+        assert catch_up(archive_dir, outputs, skip_runs=set(), roi=None, roi_frames=16, threshold=0,
+                        background="auto") == 1
+        final = archive_dir / uid / maps_file_name(0)
+        deadline = time.monotonic() + 10
+        while not final.exists() and time.monotonic() < deadline:
+            restarted.poll_once(50)
+            outputs.send_unarchived()
+        restarted.close()
+        outputs.close()
+        assert final.exists(), "the final map was not handed to the restarted archiver"
+        import h5py
+        with h5py.File(final, "r") as f:
+            archived = read_maps(f["entry"])
+        expected = outputs.results[(uid, 0)]
+        np.testing.assert_array_equal(archived.d_spacing, expected.d_spacing)
+        # nothing left to catch up: the archive now holds it
+        assert catch_up(archive_dir, outputs, skip_runs=set(), roi=None, roi_frames=16, threshold=0,
+                        background="auto") == 0
+    finally:
+        ctx.destroy(linger=0)
