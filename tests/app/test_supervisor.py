@@ -15,8 +15,9 @@ def _service(tmp_path: Path) -> list[str]:
     """A long-running `opmon` service that binds no fixed port: a dashboard on a port it picks,
     following channels nobody serves (it only connects to them)."""
     path = tmp_path / "dashboard.toml"
-    path.write_text("[ports]\n" + "".join(f"{name} = 1\n" for name in ("display_live", "display_acquisition",
-                                                                       "display_archive", "control")))
+    names = ("display_live", "display_acquisition", "display_archive", "control")
+    # distinct ports (the config refuses two channels on one port), low ones nobody serves here
+    path.write_text("[ports]\n" + "".join(f"{name} = {port}\n" for port, name in enumerate(names, start=1)))
     return ["dashboard", "--config", str(path), "--port", "0"]
 
 
