@@ -26,12 +26,14 @@ import h5py
 import numpy as np
 
 
-def _acquire(endpoints: list[str], rate: float, map_frames: int, sent: Any, run_box: Any, stop: Any) -> None:
-    """The acquisition process: stream maps until `stop` is set (or until killed)."""
+def _acquire(endpoints: list[str], ack_endpoint: str, rate: float, map_frames: int, sent: Any, run_box: Any,
+             stop: Any) -> None:
+    """The acquisition process: stream maps until `stop` is set (or until killed); the first
+    endpoint is the archive's, acknowledged as in `opmon demo` (held until flushed)."""
     from opmon.streaming.loopback import GEOMETRY, SHAPE, frame_pool
     from opmon.streaming.publisher import ZmqFrameSink
     pool = frame_pool()
-    sink = ZmqFrameSink(endpoints, stall_timeout_s=120)
+    sink = ZmqFrameSink(endpoints, stall_timeout_s=120, ack_endpoint=ack_endpoint)
     cols = 40
     map_shape = (max(1, map_frames // cols), cols)
     per_map = map_shape[0] * map_shape[1]
@@ -98,12 +100,13 @@ def run_kills(victim: str, kills: int = 20, rate: float = 1000.0, map_frames: in
     context = zmq.Context()
     watch = StatusWatch(context, {"live": config.endpoint("display_live"), "archiver": config.endpoint("display_archive")})
     ctx = mp.get_context("spawn")
-    endpoints = [config.endpoint("frames_live"), config.endpoint("frames_archive")]
+    endpoints = [config.endpoint("frames_archive"), config.endpoint("frames_live")]
+    ack_endpoint = config.endpoint("frames_archive_ack")
     runs: list[dict[str, Any]] = []
 
     def start_acquisition() -> tuple[Any, Any, Any, Any]:
         sent, box, stop = ctx.Value("q", 0), ctx.Array("c", 64), ctx.Event()
-        proc = ctx.Process(target=_acquire, args=(endpoints, rate, map_frames, sent, box, stop), daemon=True)
+        proc = ctx.Process(target=_acquire, args=(endpoints, ack_endpoint, rate, map_frames, sent, box, stop), daemon=True)
         proc.start()
         return proc, sent, box, stop
 

@@ -106,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     supervisor.start("live", ["live", "--config", str(config_path), "--workers", str(args.workers)])
     context = zmq.Context()
     watch = StatusWatch(context, {"live": config.endpoint("display_live"), "archiver": config.endpoint("display_archive")})
-    sink = ZmqFrameSink([config.endpoint("frames_live"), config.endpoint("frames_archive")], context=context,
-                        sndhwm=config.stream.sndhwm, stall_timeout_s=120)
+    sink = ZmqFrameSink([config.endpoint("frames_archive"), config.endpoint("frames_live")], context=context,
+                        sndhwm=config.stream.sndhwm, stall_timeout_s=120,
+                        ack_endpoint=config.endpoint("frames_archive_ack"))   # as `opmon demo` sends
     pool = frame_pool()
     cols = 50
     map_shape = (max(1, args.map_frames // cols), cols)

@@ -29,15 +29,16 @@ def read_start(run_path: Path) -> tuple[dict[str, Any], npt.NDArray[np.uint8] | 
         return None
     with h5py.File(master, "r") as f:
         text = f.attrs.get("start")
-    if not text:
-        return None
+    start = json.loads(text) if text else None
+    if not isinstance(start, dict) or "frame_shape" not in start:
+        return None              # no stream start recorded (yet): not a run this archiver can continue
     mask = None
     first = run_path / map_file_name(0)
     if first.is_file():
         with h5py.File(first, "r", swmr=True) as f:
             if f"entry/{DET_MASK}" in f:
                 mask = f[f"entry/{DET_MASK}"][()]
-    return json.loads(text), mask
+    return start, mask
 
 
 def set_aside(path: Path) -> Path:
@@ -97,4 +98,7 @@ def rebuild(run_path: Path, uid: str, start: dict[str, Any]) -> RunDirectory:
         for key, value in f.attrs.items():
             if key.startswith("document_"):
                 run.documents[key[len("document_"):]] = json.loads(value)
+        stop = f.attrs.get("stop", "")
+    if stop:
+        run.stop = json.loads(stop)      # an ended run stays ended when its master is rewritten
     return run

@@ -380,10 +380,13 @@ class Archiver:
         run = self.runs.get(run_uid)
         if run is None:
             path = self.directory / run_uid
-            if not path.is_dir():
+            found = R.read_start(path) if path.is_dir() else None
+            if found is None:
                 self.dropped["maps_of_unknown_run"] += 1
                 return
-            run = self.runs[run_uid] = RunDirectory(path, run_uid)
+            # a run archived before this archiver (re)started: its bookkeeping from its files, so
+            # rewriting run.h5 keeps its start, its end and the links of every other map
+            run = self.runs[run_uid] = R.rebuild(path, run_uid, found[0])
         if self.maps_writer is None:
             return
         final = run.path / maps_file_name(number)

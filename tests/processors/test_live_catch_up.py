@@ -91,6 +91,12 @@ def test_a_final_map_lost_with_a_dying_archiver_is_sent_again(tmp_path):
             archived = read_maps(f["entry"])
         expected = outputs.results[(uid, 0)]
         np.testing.assert_array_equal(archived.d_spacing, expected.d_spacing)
+        # the restarted archiver took maps of a run it had not seen start: run.h5 keeps the run's
+        # stream start (a later restart resumes from it), its end and the map's link
+        from opmon.streaming.archive_recovery import read_start
+        assert read_start(archive_dir / uid) is not None
+        with h5py.File(archive_dir / uid / "run.h5", "r") as f:
+            assert f.attrs["state"] == "done" and "maps" in f["entry0"]
         # nothing left to catch up: the archive now holds it
         assert catch_up(archive_dir, outputs, skip_runs=set(), roi=None, roi_frames=16, threshold=0,
                         background="auto") == 0
