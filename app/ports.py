@@ -18,6 +18,7 @@ import zmq
 
 from opmon.config import Config
 from opmon.errors import ConfigError
+from opmon.streaming.ports import tcp_sockets
 
 #: Ports each process binds (the others it connects to); docs/protocol.md.
 BOUND_BY: dict[str, tuple[str, ...]] = {
@@ -61,17 +62,7 @@ def is_free(host: str, port: int) -> bool:
 
 
 def _listening_inodes(port: int) -> set[str]:
-    inodes: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) > 9 and fields[3] == LISTEN and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                inodes.add(fields[9])
-    return inodes
+    return {inode for local, state, inode in tcp_sockets() if local == port and state == LISTEN}
 
 
 def holder(port: int) -> str | None:

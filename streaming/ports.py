@@ -15,6 +15,7 @@ ports from this pool within the same moment.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 #: The pool: [LOW, HIGH) minus the demo defaults; HIGH is clipped to the ephemeral range.
@@ -30,9 +31,8 @@ def _ephemeral_low() -> int:
         return 32768
 
 
-def ports_in_use() -> set[int]:
-    """Local ports of every TCP socket on the machine (listening or connected), IPv4 and IPv6."""
-    used: set[int] = set()
+def tcp_sockets() -> Iterator[tuple[int, str, str]]:
+    """(local port, state in hex, inode) of every TCP socket Linux lists, IPv4 and IPv6."""
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
@@ -40,9 +40,13 @@ def ports_in_use() -> set[int]:
             continue
         for line in lines:
             fields = line.split()
-            if len(fields) > 1:
-                used.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return used
+            if len(fields) > 9:
+                yield int(fields[1].rsplit(":", 1)[1], 16), fields[3], fields[9]
+
+
+def ports_in_use() -> set[int]:
+    """Local ports of every TCP socket on the machine (listening or connected), IPv4 and IPv6."""
+    return {port for port, _, _ in tcp_sockets()}
 
 
 def port_block(n: int) -> int:
