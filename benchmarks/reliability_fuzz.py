@@ -240,7 +240,7 @@ def _map_message(rng: random.Random, shape: tuple[int, int] = (4, 4)) -> Parts:
                        intensity=np.ones(shape), peak_width=np.full(shape, 0.01), mask=np.ones(shape, np.uint8),
                        q=np.zeros((ny, nx, 3)), mean_q=np.array([0.0, 0.0, 3.08]),
                        frames=np.ones(shape, np.int64), background=0.001)
-    parts = encode_map(result, run="fuzz-maps", map_number=rng.randrange(3), final=rng.random() < 0.5, frames=16,
+    parts = encode_map(result, run="fuzz-doc", map_number=rng.randrange(3), final=rng.random() < 0.5, frames=16,
                        n_frames=16, frames_lost=0, options={"roi": [0, 16, 0, 16], "threshold": 0, "background": "auto"})
     return [bytes(p) if isinstance(p, bytes) else np.ascontiguousarray(p).tobytes() for p in parts]
 
@@ -460,8 +460,8 @@ def fuzz_archiver_channel(channel: str, n: int, seed: int = 0, context: zmq.Cont
         messages = list(map_messages(seed, n))
     else:
         raise ValueError(f"unknown archiver channel {channel!r}")
-    # one real run, so documents and maps have somewhere to go
-    (tmp / "fuzz-maps").mkdir(parents=True, exist_ok=True)
+    # one real run, so documents and maps have somewhere to go (a bare directory is no run: the
+    # archiver only takes maps of a run whose stream start it or an earlier archiver recorded)
     frames.send_multipart([P.pack(P.start_header("fuzz-doc", frame_shape=FRAME_SHAPE, dtype="uint16",
                                                  map_shape=MAP_SHAPE, **GEOMETRY))])
     while archiver.run_dir is None:

@@ -20,22 +20,9 @@ import pytest
 
 from tests.ports import port_block
 
-DEMO = ["--headless", "--map-shape", "8", "8", "--acceleration", "1500", "--maps-at", "4.5", "4.7", "4.75"]
-
-
-def archiver_pid(demo_pid: int) -> int | None:
-    """The `opmon archive` child of the demo process (from /proc: its command line and parent)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == demo_pid and b"opmon.cli" in argv and b"archive" in argv:
-            return int(entry.name)
-    return None
+# the demo and the archiver lookup of benchmarks/kill_archiver.py: the test kills it as the figures do
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from kill_archiver import DEMO, archiver_pid  # noqa: E402
 
 
 def _wait_for(predicate, timeout: float) -> bool:

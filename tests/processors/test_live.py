@@ -124,7 +124,10 @@ def test_live_maps_equal_offline_maps_and_partials_come_first(tmp_path, workers)
     assert status["frames"] == 2 * len(maps[0]) and status["workers"] == workers
     roi = finals[0][0]["options"]["roi"]
     total = sum(fr.astype(np.float64) for fr, _, _ in maps[0][:20])
-    assert tuple(roi) == roi_from_sum(total)          # decided from the run's first 20 frames
+    if workers == 1:
+        assert tuple(roi) == roi_from_sum(total)      # decided from the run's first 20 frames
+    else:   # from the first frames each worker was dealt: about the first 20, ZeroMQ decides which
+        assert np.abs(np.subtract(roi, roi_from_sum(total))).max() <= 1, (roi, roi_from_sum(total))
     for (header, result), frames in zip(finals, maps):
         assert header["run"] == run and header["final"] and header["frames"] == len(frames)
         assert header["frames_lost"] == 0
