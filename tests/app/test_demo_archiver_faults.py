@@ -23,15 +23,11 @@ from tests.ports import port_block
 # the demo and the archiver lookup of benchmarks/kill_archiver.py: the test kills it as the figures do
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from kill_archiver import DEMO, archiver_pid  # noqa: E402
+from tests.waiting import until
 
 
-def _wait_for(predicate, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
+def _wait_for(predicate, timeout) -> bool:
+    return until(predicate, timeout)
 
 
 def _first_map(archive: Path) -> Path | None:

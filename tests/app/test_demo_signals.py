@@ -14,6 +14,7 @@ from bluesky import RunEngine
 
 from opmon.demo_signals import StopControl
 from opmon.streaming.control import RunEngineSteering
+from tests.waiting import until
 
 
 def _plan(n: int = 5000):
@@ -24,13 +25,8 @@ def _plan(n: int = 5000):
     yield from bps.close_run()
 
 
-def _until(predicate, timeout_s: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
+def _until(predicate, timeout=30.0) -> bool:
+    return until(predicate, timeout)
 
 
 @pytest.fixture

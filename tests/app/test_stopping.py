@@ -22,6 +22,7 @@ import pytest
 import zmq
 
 from opmon.config import Ports
+from tests.waiting import until
 
 CONTROL_OFFSET = Ports().control - Ports().frames_archive   # `ports: A-B` prints A = frames_archive
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,13 +58,8 @@ def _alive(procs: dict[int, int]) -> list[int]:
     return [pid for pid, start in procs.items() if (st := _stat(pid)) is not None and st[2] == start and st[1] != "Z"]
 
 
-def _until(predicate, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
+def _until(predicate, timeout) -> bool:
+    return until(predicate, timeout)
 
 
 class Demo:

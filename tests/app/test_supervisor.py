@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from opmon.supervisor import Supervisor
+from tests.waiting import until
 
 
 def _service(tmp_path: Path) -> list[str]:
@@ -26,13 +27,8 @@ def _ready(sup: Supervisor, name: str) -> bool:
     return "opmon dashboard (read-only)" in (sup.log_dir / f"{name}.log").read_text()
 
 
-def _until(predicate, timeout_s: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
+def _until(predicate, timeout=60.0) -> bool:
+    return until(predicate, timeout)
 
 
 def test_a_killed_child_is_restarted_in_its_own_session(tmp_path):

@@ -23,6 +23,7 @@ from opmon.streaming.publisher import ZmqFrameSink
 from tests.ports import free_ports
 
 from .test_live import FRAME, GEOMETRY, MAP, synthetic_map, _assert_same_maps
+from tests.waiting import until
 
 
 def _config(tmp_path):
@@ -36,13 +37,8 @@ def _config(tmp_path):
     return load_config(path), str(path)
 
 
-def _wait(predicate, timeout=60.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
+def _wait(predicate, timeout=60.0) -> bool:
+    return until(predicate, timeout)
 
 
 def _start_archiver(config):

@@ -19,15 +19,11 @@ from opmon.streaming.archive_acks import ArchiveAcks
 from opmon.streaming.publisher import ZmqFrameSink
 
 from .conftest import GEOMETRY, frames_for, write_config
+from tests.waiting import until
 
 
-def _wait_for(predicate, timeout=30.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
+def _wait_for(predicate, timeout=30.0) -> bool:
+    return until(predicate, timeout)
 
 
 def _stored(path):

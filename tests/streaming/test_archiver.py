@@ -24,6 +24,7 @@ from opmon.streaming.archiver import Archiver
 from opmon.streaming.publisher import ZmqFrameSink
 
 from .conftest import GEOMETRY, frames_for, write_config
+from tests.waiting import until
 
 SHAPE = (16, 16)
 MAP = (3, 4)
@@ -43,13 +44,8 @@ def _push(ctx, endpoint, bind=True):
     return sock
 
 
-def _wait_for(predicate, timeout=20.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
+def _wait_for(predicate, timeout=20.0) -> bool:
+    return until(predicate, timeout)
 
 
 def test_a_run_is_archived_with_frames_readings_documents_and_maps(tmp_path, ctx):
