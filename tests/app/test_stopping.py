@@ -116,6 +116,13 @@ class Demo:
         finally:
             sock.close()
 
+    def exit_code(self, timeout_s: float, failure: str) -> int:
+        """The demo's exit status within `timeout_s`; else the test fails with `failure` and its stderr."""
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{failure}:\n{self.stderr()}")
+
     def run_dir(self) -> Path:
         dirs = [p for p in self.archive.iterdir() if p.is_dir() and p.name != "logs"]
         assert len(dirs) == 1
@@ -185,10 +192,7 @@ def test_ctrl_c_twice_pauses_then_stops_everything_and_archives_every_frame(demo
     assert d.proc.poll() is None and _alive(procs) == list(procs)   # paused; the services untouched
     os.killpg(d.proc.pid, signal.SIGINT)
     deadline = time.monotonic() + 15
-    try:
-        code = d.proc.wait(15)
-    except subprocess.TimeoutExpired:
-        pytest.fail("opmon demo still running 15 s after the second Ctrl-C:\n" + d.stderr())
+    code = d.exit_code(15, "opmon demo still running 15 s after the second Ctrl-C")
     assert _until(lambda: not _alive(procs), deadline - time.monotonic()), f"left behind: {_alive(procs)}"
     assert code != 0
     err, out = d.stderr(), d.stdout()
@@ -202,10 +206,7 @@ def test_sigterm_stops_within_10_s_with_a_summary(demo):
     d = demo()
     procs = d.wait_for_frames()
     d.proc.send_signal(signal.SIGTERM)                    # the demo only, as a service manager does
-    try:
-        code = d.proc.wait(10)
-    except subprocess.TimeoutExpired:
-        pytest.fail("opmon demo still running 10 s after SIGTERM:\n" + d.stderr())
+    code = d.exit_code(10, "opmon demo still running 10 s after SIGTERM")
     assert code != 0
     assert _until(lambda: not _alive(procs), 5), f"left behind: {_alive(procs)}"
     out = d.stdout()
@@ -227,10 +228,7 @@ def test_a_service_stopped_from_outside_is_not_restarted_and_stops_the_demo(demo
     d = demo(headless=False)
     procs = d.wait_for_frames(services=3)
     os.kill(_service_pid(procs, "dashboard"), signal.SIGTERM)    # someone stops a service by hand
-    try:
-        code = d.proc.wait(30)
-    except subprocess.TimeoutExpired:
-        pytest.fail("opmon demo carried on without its dashboard:\n" + d.stderr())
+    code = d.exit_code(30, "opmon demo carried on without its dashboard")
     assert code != 0
     assert _until(lambda: not _alive(procs), 10), f"left behind: {_alive(procs)}"
     err = d.stderr()
@@ -246,10 +244,7 @@ def test_after_the_run_one_ctrl_c_ends_the_demo(demo):
     assert d.proc.poll() is None, d.stdout() + d.stderr()
     procs = d.wait_for_frames(services=3)
     os.killpg(d.proc.pid, signal.SIGINT)
-    try:
-        code = d.proc.wait(15)
-    except subprocess.TimeoutExpired:
-        pytest.fail("opmon demo ignored Ctrl-C after the run:\n" + d.stderr())
+    code = d.exit_code(15, "opmon demo ignored Ctrl-C after the run")
     assert _until(lambda: not _alive(procs), 10), f"left behind: {_alive(procs)}"
     assert code == 0, d.stdout() + d.stderr()               # the run itself succeeded
     assert "exit status: success" in d.stdout() and "opmon demo: Ctrl-C: stopping the services" in d.stderr()
