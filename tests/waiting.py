@@ -1,6 +1,8 @@
-"""One bounded poll for the tests: wait until something observable happens, never longer."""
+"""Bounded waits for the tests: until something observable happens, or until processes stop."""
 from __future__ import annotations
 
+import signal
+import subprocess
 import time
 from collections.abc import Callable
 
@@ -13,3 +15,16 @@ def until(predicate: Callable[[], object], timeout_s: float, interval_s: float =
             return True
         time.sleep(interval_s)
     return bool(predicate())
+
+
+def stop_processes(procs: list[subprocess.Popen[bytes]], timeout_s: float) -> None:
+    """SIGTERM every process still running (services flush and close), SIGKILL one that takes
+    longer than `timeout_s`: a failing test leaves no service behind."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

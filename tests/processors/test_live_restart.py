@@ -23,7 +23,7 @@ from opmon.streaming.publisher import ZmqFrameSink
 from tests.ports import free_ports
 
 from .test_live import FRAME, GEOMETRY, MAP, synthetic_map, _assert_same_maps
-from tests.waiting import until
+from tests.waiting import stop_processes, until
 
 
 def _config(tmp_path):
@@ -97,13 +97,7 @@ def test_killed_and_restarted_live_processor_loses_no_map(tmp_path, workers):
         sink.stop_run()
         assert _wait(lambda: _maps_done(master, 3), 120), "a map was lost after the restart"
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        stop_processes(procs, 10)
         sink.close()
         done.set()
         thread.join(10)

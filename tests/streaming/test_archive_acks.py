@@ -19,7 +19,7 @@ from opmon.streaming.archive_acks import ArchiveAcks
 from opmon.streaming.publisher import ZmqFrameSink
 
 from .conftest import GEOMETRY, frames_for, write_config
-from tests.waiting import until
+from tests.waiting import stop_processes, until
 
 
 def _wait_for(predicate, timeout=30.0) -> bool:
@@ -43,13 +43,7 @@ def _state(master):
 
 
 def _stop(procs):
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+    stop_processes(procs, 20)
 
 
 @pytest.mark.timeout(180)

@@ -24,7 +24,7 @@ from opmon.streaming.archiver import Archiver
 from opmon.streaming.publisher import ZmqFrameSink
 
 from .conftest import GEOMETRY, frames_for, write_config
-from tests.waiting import until
+from tests.waiting import stop_processes, until
 
 SHAPE = (16, 16)
 MAP = (3, 4)
@@ -208,10 +208,7 @@ def test_restarted_archiver_continues_the_run_and_counts_what_the_crash_lost(tmp
 
         assert _wait_for(done, 60)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                p.wait(20)
+        stop_processes(procs, 20)
         for sock in sink.sockets:
             sock.close(linger=0)
     assert list(run_dir.glob("map_0000.crashed-*.h5"))
