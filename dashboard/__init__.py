@@ -2,7 +2,7 @@
 
 It only listens to the display channels and talks to the acquisition over the control channel
 (docs/protocol.md); it never imports acquisition. Entry points: `DashboardServer` /
-`DashboardConfig` (dashboard/server.py) and `opmon dashboard` (app/commands/dashboard.py,
+`DashboardConfig` (dashboard/server.py) and `opmon dashboard` (opmon/commands/dashboard.py,
 `start_dashboard`). The model (`DashboardModel`) is transport-free and fed by
 `DisplaySubscriber`; each browser tab is a `Session` that patches what changed. Steering is
 authorised by a session cookie the token is exchanged for (dashboard/auth.py), and the token
