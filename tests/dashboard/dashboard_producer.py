@@ -26,7 +26,8 @@ from bluesky import plan_stubs as bps
 from opmon.acquisition import AnyOf, MapRequests, PeriodicTrigger, VoltageThresholds
 from opmon.dashboard.model import MapUpdate
 from opmon.dashboard.subscriber import encode_map
-from opmon.simulators.cell import CellConfig, CellMode, CellSimulator
+from opmon.acquisition.cell_state import CellMode
+from opmon.simulators.cell import CellConfig, CellSimulator
 from opmon.simulators.crystal import ParticleModel
 from opmon.simulators.setup import SxdmSetup
 from opmon.streaming.control import ControlServer, RunEngineSteering
