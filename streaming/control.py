@@ -21,14 +21,16 @@ import zmq
 from bluesky.utils import RunEngineInterrupted
 
 from opmon.errors import OpmonError
+from opmon.streaming.protocol import VERSION
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
 #: Commands that change the run; each needs the token.
 STEERING_COMMANDS = ("pause", "resume", "abort", "stop", "start_map", "set_trigger", "set_region")
 #: Commands anyone may send.
 READ_COMMANDS = ("status",)
+#: Every command of the control channel (docs/protocol.md): the one table server and client check.
+COMMANDS = STEERING_COMMANDS + READ_COMMANDS
 MAX_REQUEST_BYTES = 65536
 
 
@@ -98,8 +100,8 @@ def handle_request(raw: bytes, token: str, target: Steerable) -> dict[str, Any]:
     args = req.get("args") or {}
     if not isinstance(args, dict):
         return _refuse("args", "args must be a JSON object")
-    if not isinstance(command, str) or command not in STEERING_COMMANDS + READ_COMMANDS:
-        return _refuse("command", f"unknown command {command!r:.80}; known: {', '.join(STEERING_COMMANDS + READ_COMMANDS)}")
+    if not isinstance(command, str) or command not in COMMANDS:
+        return _refuse("command", f"unknown command {command!r:.80}; known: {', '.join(COMMANDS)}")
     if command in STEERING_COMMANDS and not check_token(req.get("token"), token):
         log.warning("control: refused %r with a bad or missing token", command)
         return _refuse("token", "bad token")
