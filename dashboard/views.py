@@ -15,9 +15,10 @@ import numpy as np
 import numpy.typing as npt
 
 from opmon.dashboard import panels as P
-from opmon.dashboard.colors import auto_max_altitude, tilt_to_rgb, pack_rgba
+from opmon.dashboard.colors import pack_rgba, tilt_to_rgb
 from opmon.dashboard.model import FinalMap, MapUpdate
 from opmon.dashboard.patching import changed_rows, flat_rows_patch, image_row_patch, robust_range
+from opmon.processors.colorwheel import auto_max_altitude
 
 STATE_COLOURS = {"running": "#2e7d32", "paused": "#ef6c00", "aborted": "#c62828", "idle": "#616161",
                  "finished": "#1565c0", "unknown": "#616161", "stale": "#6a1b9a", "error": "#c62828"}
