@@ -204,7 +204,8 @@ class RunEngineSteering:
     def __init__(self, RE: Any, requests: Any = None, make_rule: Any = None) -> None:
         self.RE, self.requests, self.make_rule = RE, requests, make_rule
         self._wake = threading.Event()
-        self._abort_reason: str | None = None
+        #: Why the run is being aborted (the `abort` command's reason), None while it is not.
+        self.abort_reason: str | None = None
         self.exit_status: str | None = None
 
     # -- Steerable -----------------------------------------------------------------------
@@ -225,7 +226,7 @@ class RunEngineSteering:
     def abort(self, reason: str = "") -> dict[str, Any]:
         if self.RE.state not in ("running", "paused"):
             raise ControlCommandError(f"cannot abort: the run is {self.RE.state}")
-        self._abort_reason = reason or "aborted from the control channel"
+        self.abort_reason = reason or "aborted from the control channel"
         if self.RE.state == "running":
             self.RE.request_pause(defer=False)
         self._wake.set()
@@ -280,11 +281,11 @@ class RunEngineSteering:
         while True:
             while not self._wake.wait(0.2):
                 if stop is not None and stop.is_set():
-                    self._abort_reason = self._abort_reason or "shut down"
+                    self.abort_reason = self.abort_reason or "shut down"
                     break
             self._wake.clear()
-            if self._abort_reason is not None:
-                self.RE.abort(self._abort_reason)
+            if self.abort_reason is not None:
+                self.RE.abort(self.abort_reason)
                 self.exit_status = "abort"
                 return self.exit_status
             try:

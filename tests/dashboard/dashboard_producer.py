@@ -22,6 +22,7 @@ import numpy as np
 import zmq
 from bluesky import RunEngine
 from bluesky import plan_stubs as bps
+from bluesky import preprocessors as bpp
 
 from opmon.acquisition import AnyOf, MapRequests, PeriodicTrigger, VoltageThresholds
 from opmon.acquisition.cell_state import CellMode
@@ -72,6 +73,8 @@ class SimulatedExperiment:
         self.maps_done = 0
         self.current_map = 0
         self.exit_status: str | None = None
+        self.documents: list[tuple[str, dict[str, Any]]] = []   # what the RunEngine emitted (start, stop)
+        self.RE.subscribe(lambda name, doc: self.documents.append((name, doc)))
         self.t_start = time.time()
         self._threads = [threading.Thread(target=self._run_plan, name="sim-RE", daemon=True),
                          threading.Thread(target=self._status_loop, name="sim-status", daemon=True)]
@@ -144,7 +147,8 @@ class SimulatedExperiment:
             self.live_pub.send_multipart(parts)
 
     def _run_plan(self) -> None:
-        self.exit_status = self.steering.run(self._mapping_plan(), stop=self.stop_event)
+        plan = bpp.run_wrapper(self._mapping_plan(), md={"plan_name": "dashboard_producer"})
+        self.exit_status = self.steering.run(plan, stop=self.stop_event)
 
     # ---- status and readings ---------------------------------------------------------------------
     def _status_loop(self) -> None:
