@@ -19,10 +19,6 @@ import numpy.typing as npt
 from opmon.errors import ConfigError
 from opmon.formats import DATA, RawMapWriter
 
-HEADER_KEYS = ("run_uid", "map_number", "seq", "map_index", "eta", "phi", "nu", "delta", "x", "y",
-               "timestamp", "dtype", "shape")
-
-
 @dataclass(frozen=True)
 class MapMeta:
     """Static facts of one map: enough for a downstream processor to build its geometry.

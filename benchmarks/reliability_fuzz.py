@@ -232,7 +232,7 @@ def document_messages(seed: int, n: int) -> Iterator[tuple[str, Parts]]:
 
 def _map_message(rng: random.Random, shape: tuple[int, int] = (4, 4)) -> Parts:
     """A well-formed final map message from the live processor's encoder."""
-    from opmon.processors.live_messages import encode_map
+    from opmon.streaming.map_messages import encode_map
     from opmon.processors.maps import MapResult
     ny, nx = shape
     d = np.full(shape, 2.04)
@@ -438,7 +438,7 @@ def fuzz_frames(target: str, n: int, seed: int = 0, context: zmq.Context | None 
 def fuzz_archiver_channel(channel: str, n: int, seed: int = 0, context: zmq.Context | None = None,
                           directory: Path | None = None) -> dict[str, Any]:
     """`n` fuzzed messages on the archiver's document channel or its final-maps channel."""
-    from opmon.processors.live_messages import write_map_file
+    from opmon.processors.final_map_file import write_map_file
     from opmon.streaming.archiver import Archiver
     ctx = context or zmq.Context.instance()
     tmp = directory or Path(tempfile.mkdtemp(prefix=f"opmon-fuzz-{channel}-"))

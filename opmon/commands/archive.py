@@ -7,7 +7,7 @@ from pathlib import Path
 
 from opmon.config import Config, load_config
 from opmon.ports import BOUND_BY, binding, config_ports
-from opmon.processors.live_messages import write_map_file
+from opmon.processors.final_map_file import write_map_file
 from opmon.streaming.archiver import Archiver
 from opmon.supervisor import stop_on_signals
 

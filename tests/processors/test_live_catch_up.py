@@ -20,7 +20,7 @@ from opmon.processors.mapfile import read_maps
 from opmon.streaming.archive_files import maps_file_name
 from opmon.streaming.archiver import Archiver
 from opmon.streaming.publisher import ZmqFrameSink
-from opmon.processors.live_messages import write_map_file
+from opmon.processors.final_map_file import write_map_file
 
 from .test_live import FRAME, GEOMETRY, MAP, synthetic_map
 

@@ -17,7 +17,8 @@ import zmq
 from opmon.formats import iter_frame_blocks, read_raw_meta
 from opmon.processors.accumulate import MomentAccumulator
 from opmon.processors.geometry import DetectorGeometry
-from opmon.processors.live_messages import encode_map, write_map_file
+from opmon.processors.final_map_file import write_map_file
+from opmon.streaming.map_messages import encode_map
 from opmon.processors.mapfile import read_maps
 from opmon.streaming import protocol as P
 from opmon.streaming.archiver import Archiver
