@@ -15,13 +15,13 @@ import pytest
 import zmq
 
 from opmon.config import Ports
-from opmon.processors.live_fanout import FanOutProcessor
+from opmon.processors.live.fanout import FanOutProcessor
 from opmon.streaming import protocol as P
 from opmon.streaming.publisher import ZmqFrameSink
 
 from tests.ports import free_ports
 
-from .test_live import FRAME, GEOMETRY, MAP, _assert_same_maps, _recv_map, _sockets, offline_maps, synthetic_map
+from tests.processors.conftest import FRAME, GEOMETRY, MAP, assert_same_maps, recv_map, map_sockets, offline_maps, synthetic_map
 
 GARBAGE = [
     [b"\x00\x01not msgpack"],
@@ -35,7 +35,7 @@ GARBAGE = [
 @pytest.mark.timeout(180)
 def test_garbage_between_good_frames_is_counted_and_the_maps_stay_exact(tmp_path):
     ctx = zmq.Context()
-    maps_in, maps_endpoint, _ = _sockets(ctx)
+    maps_in, maps_endpoint, _ = map_sockets(ctx)
     sink = ZmqFrameSink(["tcp://127.0.0.1:*"], context=ctx, stall_timeout_s=60)
     processor = FanOutProcessor(sink.endpoints[0], None, maps_endpoint, workers=2, publish_interval_s=0.05,
                                 roi=(8, 32, 10, 38), context=ctx, rcvhwm=99)
@@ -55,7 +55,7 @@ def test_garbage_between_good_frames_is_counted_and_the_maps_stay_exact(tmp_path
                 injected += 1
         sink.end_map()
         sink.stop_run()
-        header, result = _recv_map(maps_in)
+        header, result = recv_map(maps_in)
         deadline = time.monotonic() + 30
         while sum(processor.counters.rejected.values()) < injected and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -66,7 +66,7 @@ def test_garbage_between_good_frames_is_counted_and_the_maps_stay_exact(tmp_path
     assert header["run"] == run and header["final"] and header["frames"] == len(frames) and header["frames_lost"] == 0
     assert sum(processor.counters.rejected.values()) == injected, processor.counters.rejected
     assert {"header", "version", "parts", "size", "shape"} <= set(processor.counters.rejected)
-    _assert_same_maps(result, offline_maps(frames, (8, 32, 10, 38), tmp_path, "fanout"))
+    assert_same_maps(result, offline_maps(frames, (8, 32, 10, 38), tmp_path, "fanout"))
     assert processor.summaries[0]["frames"] == len(frames)
     ctx.destroy(linger=0)
 

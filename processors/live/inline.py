@@ -21,23 +21,14 @@ import zmq
 
 from opmon.errors import OpmonError
 from opmon.processors.accumulate import MomentAccumulator, Roi, warm_up_kernels
-from opmon.processors.live_outputs import MapOutputs
+from opmon.processors.live.outputs import MapOutputs
 from opmon.processors.live_recovery import RunArchive, recover_missed_maps, recover_prefix
-from opmon.processors.live_service import LiveService
-from opmon.processors.live_state import ROI_MAX_FRAMES, LiveMap, LiveRun, accumulator_options, geometry_of, initial_roi
+from opmon.processors.live.service import LiveService
+from opmon.processors.live.engine import ROI_MAX_FRAMES, LiveMap, LiveRun, accumulator_options, geometry_of, initial_roi
 from opmon.streaming import protocol as P
 from opmon.streaming.receiver import Counters, FrameReceiver
 
 log = logging.getLogger(__name__)
-
-
-def open_live_processor(frames_endpoint: str, display_endpoint: str | None = None, maps_endpoint: str | None = None, *,
-                        workers: int = 1, **options: Any) -> Any:
-    """The live processor for `workers`: inline for 1, fan-out to worker processes for more."""
-    if workers > 1:
-        from opmon.processors.live_fanout import FanOutProcessor
-        return FanOutProcessor(frames_endpoint, display_endpoint, maps_endpoint, workers=workers, **options)
-    return LiveProcessor(frames_endpoint, display_endpoint, maps_endpoint, workers=workers, **options)
 
 
 class LiveProcessor(LiveService):

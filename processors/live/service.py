@@ -12,7 +12,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from opmon.processors.live_outputs import MapOutputs
+from opmon.processors.live.outputs import MapOutputs
 from opmon.processors.live_recovery import catch_up
 from opmon.processors.maps import MapResult
 from opmon.streaming import protocol as P

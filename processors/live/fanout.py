@@ -29,12 +29,12 @@ import numpy.typing as npt
 import zmq
 
 from opmon.errors import ArchiveError, OpmonError
-from opmon.processors import live_worker as W
+from opmon.processors.live import worker as W
 from opmon.processors.accumulate import MomentAccumulator, Roi
-from opmon.processors.live_outputs import MapOutputs
+from opmon.processors.live.outputs import MapOutputs
 from opmon.processors.live_recovery import RunArchive, recover_missed_maps
-from opmon.processors.live_service import LiveService
-from opmon.processors.live_state import ROI_MAX_FRAMES, RoiSum, accumulator_options, geometry_of, initial_roi
+from opmon.processors.live.service import LiveService
+from opmon.processors.live.engine import ROI_MAX_FRAMES, RoiSum, accumulator_options, geometry_of, initial_roi
 from opmon.streaming import protocol as P
 from opmon.streaming.receiver import Counters
 

@@ -32,7 +32,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from opmon.processors.accumulate import STATE_KEYS, MomentAccumulator, warm_up_kernels
 from opmon.processors.geometry import DetectorGeometry
-from opmon.processors.live_state import RoiSum, accumulator_options, geometry_of
+from opmon.processors.live.engine import RoiSum, accumulator_options, geometry_of
 from opmon.streaming import protocol as P
 from opmon.streaming.memory import keep_frame_buffers
 
