@@ -1,9 +1,10 @@
-"""What the inline and the fan-out live processors share: the service loop's housekeeping.
+"""What the inline and the fan-out executors share: settings, outputs and the service loop.
 
-Both keep their outputs in a `MapOutputs`, publish partial maps every `publish_interval_s`,
-a status message every second, and, when idle with an archive, make the newest run's maps
-that nobody delivered (`live_recovery.catch_up`). Each subclass says how to take one round of
-messages (`poll_once`), which runs are open, what its status and partial maps are.
+Both begin runs with the same engine (`engine.LiveRun`), keep their outputs in one `MapOutputs`,
+publish partial maps every `publish_interval_s`, a status message every second, and, when idle
+with an archive, make the newest run's maps that nobody delivered (`live_recovery.catch_up`).
+Each executor says how to take one round of messages (`poll_once`), which runs are open, what
+its status and partial maps are.
 """
 from __future__ import annotations
 
@@ -12,6 +13,12 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+import zmq
+
+from opmon.processors.accumulate import MomentAccumulator, Roi
+from opmon.processors.live.engine import LiveMap, LiveRun, initial_roi
 from opmon.processors.live.outputs import MapOutputs
 from opmon.processors.live_recovery import catch_up
 from opmon.processors.maps import MapResult
@@ -24,16 +31,19 @@ LATENCY_RECORDS = 200_000   # latest frames whose latency is kept (benchmarks, s
 class LiveService:
     """Base of `LiveProcessor` and `FanOutProcessor` (not used alone)."""
 
-    outputs: MapOutputs
-    archive_dir: Path | None
-    roi_setting: Any
-    roi_frames: int
-    threshold: int
-    background: Any
-    publish_interval_s: float
-    stopped: bool
-
-    def _init_service(self) -> None:
+    def _init_service(self, context: zmq.Context | None, display_endpoint: str | None, maps_endpoint: str | None, *,
+                      publish_interval_s: float, roi: Roi | str | None, roi_frames: int, roi_wait_s: float,
+                      threshold: int, background: Any, archive_dir: str | Path | None, workers: int) -> None:
+        self.context = context or zmq.Context.instance()
+        self.n_workers = workers
+        self.archive_dir = Path(archive_dir) if archive_dir is not None else None
+        self.roi_setting, self.roi_frames, self.roi_wait_s = roi, roi_frames, roi_wait_s
+        self.threshold, self.background = threshold, background
+        self.publish_interval_s = publish_interval_s
+        self.outputs = MapOutputs(self.context, display_endpoint, maps_endpoint)
+        self.display = self.outputs.display
+        self.roi_decided_at = 0.0                 # time.time() the current run's ROI was known
+        self.stopped = False
         # Per-frame latency records of the latest frames (bounded: a 48 h beamtime must not grow them)
         self.latencies: deque[float] = deque(maxlen=LATENCY_RECORDS)       # frame sent -> accumulated, s
         self.latency_seqs: deque[int] = deque(maxlen=LATENCY_RECORDS)      # seq of each entry of `latencies`
@@ -54,6 +64,44 @@ class LiveService:
     def summaries(self) -> list[dict[str, Any]]:
         return self.outputs.summaries
 
+    # -- the engine, the same for every executor --------------------------------------------------
+    def _new_run(self, start: dict[str, Any], mask: npt.NDArray[np.uint8] | None, *, adopted: bool,
+                 roi: Roi | None, roi_quota: int) -> LiveRun:
+        """A run with this processor's settings; `roi` (recovered from the archive) before the setting."""
+        run = LiveRun.begin(start, mask, roi or initial_roi(self.roi_setting, start), threshold=self.threshold,
+                            background=self.background, roi_quota=roi_quota, roi_wait_s=self.roi_wait_s,
+                            adopted=adopted)
+        if run.roi is not None:
+            self.roi_decided_at = time.time()
+        return run
+
+    def _accumulated(self, latency_s: float, seq: int, at: float) -> None:
+        """Record one frame in the sums (latency from its send time, when)."""
+        self.latencies.append(latency_s)
+        self.latency_seqs.append(seq)
+        self.accumulated_at.append(at)
+        self.frames_processed += 1
+
+    def _published(self, lm: LiveMap) -> None:
+        """The frames of `lm` not yet shown are in a map just published: record their latency."""
+        now = time.time()
+        self.publish_latencies.extend(now - t for t in lm.unpublished_t)
+        lm.unpublished_t.clear()
+
+    def _final(self, run: LiveRun, lm: LiveMap, acc: MomentAccumulator, *, n_frames: int, frames_lost: int) -> None:
+        """Make, publish and archive `lm`'s final maps from `acc`."""
+        lm.done = True
+        self.outputs.final(acc, run=run.uid, number=lm.number, n_frames=n_frames, frames_lost=frames_lost,
+                           options=run.options)
+        self._published(lm)
+
+    def _partial(self, run: LiveRun, lm: LiveMap, acc: MomentAccumulator, *, n_frames: int, frames_lost: int) -> None:
+        """Publish `lm` in progress from `acc` on the display channel."""
+        self.outputs.partial(acc, run=run.uid, number=lm.number, n_frames=n_frames, frames_lost=frames_lost,
+                             options=run.options)
+        self._published(lm)
+
+    # -- what each executor says ------------------------------------------------------------------
     def _open_runs(self) -> set[str]:
         raise NotImplementedError
 
@@ -70,7 +118,7 @@ class LiveService:
         raise NotImplementedError
 
     def _status_message(self, *, run: str | None, lost: int, rejected: dict[str, int], map_number: int | None,
-                        map_progress: float | None, maps_done: int, recovered: int, workers: int) -> dict[str, Any]:
+                        map_progress: float | None, maps_done: int, recovered: int) -> dict[str, Any]:
         """The lossy status message of docs/protocol.md, with the frame rate since the last one."""
         now = time.monotonic()
         t0, n0 = self._rate
@@ -81,7 +129,7 @@ class LiveService:
                 "frames": self.frames_processed, "frames_per_s": rate, "frames_lost": lost,
                 "rejected": rejected, "map": map_number, "map_progress": map_progress,
                 "maps_done": maps_done, "recovered": recovered, "errors": self.errors,
-                "maps_unarchived": len(self.outputs.unarchived), "workers": workers, "archive": None}
+                "maps_unarchived": len(self.outputs.unarchived), "workers": self.n_workers, "archive": None}
 
     def _housekeeping(self, now: float) -> None:
         """Publish and report on time; catch up from the archive when idle."""

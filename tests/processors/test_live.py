@@ -9,7 +9,7 @@ import pytest
 import zmq
 
 from opmon.processors.live import LiveProcessor, open_live_processor
-from opmon.processors.live.engine import roi_from_sum
+from opmon.processors.live.roi import roi_from_sum
 from opmon.streaming import protocol as P
 from opmon.streaming.publisher import ZmqFrameSink
 
