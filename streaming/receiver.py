@@ -44,8 +44,23 @@ class MapProgress:
     trigger: dict[str, Any] = field(default_factory=dict)
 
 
+class RunShapes:
+    """The shapes a run's start header fixes, for every class that follows a run from its start."""
+
+    start: dict[str, Any]
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return tuple(self.start["frame_shape"])  # type: ignore[return-value]
+
+    @property
+    def map_shape(self) -> tuple[int, int]:
+        """The run's map shape (a map whose map_start was not seen has this one)."""
+        return tuple(self.start["map_shape"])  # type: ignore[return-value]
+
+
 @dataclass
-class RunInfo:
+class RunInfo(RunShapes):
     """One run as seen by a receiver: its start header, maps, and sequence bookkeeping."""
 
     uid: str
@@ -56,14 +71,6 @@ class RunInfo:
     next_seq: int | None = None
     first_seq: int | None = None
     exit_status: str | None = None
-
-    @property
-    def frame_shape(self) -> tuple[int, int]:
-        return tuple(self.start["frame_shape"])  # type: ignore[return-value]
-
-    @property
-    def map_shape(self) -> tuple[int, int]:
-        return tuple(self.start["map_shape"])  # type: ignore[return-value]
 
 
 @dataclass

@@ -20,6 +20,7 @@ import numpy.typing as npt
 from opmon.processors.accumulate import MomentAccumulator, Roi
 from opmon.processors.geometry import DetectorGeometry
 from opmon.processors.live.roi import RoiDecider
+from opmon.streaming.receiver import RunShapes
 
 
 def geometry_of(start: dict[str, Any]) -> DetectorGeometry:
@@ -64,7 +65,7 @@ class LiveMap:
 
 
 @dataclass
-class LiveRun:
+class LiveRun(RunShapes):
     """One run as the live processor knows it: its start, map options, ROI decision and maps.
 
     `options` is what every map records (`roi` None until decided, `threshold`, `background`);
@@ -97,15 +98,6 @@ class LiveRun:
     @cached_property
     def geometry(self) -> DetectorGeometry:
         return geometry_of(self.start)
-
-    @property
-    def frame_shape(self) -> tuple[int, int]:
-        return tuple(self.start["frame_shape"])  # type: ignore[return-value]
-
-    @property
-    def map_shape(self) -> tuple[int, int]:
-        """The run's map shape (a map whose map_start was not seen has this one)."""
-        return tuple(self.start["map_shape"])  # type: ignore[return-value]
 
     def set_roi(self, roi: Roi) -> None:
         """The ROI is decided: every map of the run is accumulated with it."""
