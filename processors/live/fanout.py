@@ -152,7 +152,7 @@ class FanOutProcessor(LiveService):
     # -- runs and maps ---------------------------------------------------------------------------
     def _begin_run(self, start: dict[str, Any], mask: npt.NDArray[np.uint8] | None, *, adopted: bool,
                    roi: Roi | None = None, first_map: int | None = None) -> LiveRun:
-        run = self.runs[start["run"]] = self._new_run(start, mask, adopted=adopted, roi=roi, roi_quota=self.roi_frames)
+        run = self.runs[start["run"]] = self._new_run(start, mask, adopted=adopted, roi=roi)
         self.gathering[run.uid] = Gathering()
         if first_map is not None:      # joined mid-map: its map_start went to the processor before us
             run.map(first_map)

@@ -79,8 +79,7 @@ class LiveProcessor(LiveService):
     def _begin_run(self, start: dict[str, Any], mask: npt.NDArray[np.uint8] | None, adopted: bool) -> LiveRun:
         if self.run is not None:
             self._end_run("a new run started")
-        self.run = self._new_run(start, mask, adopted=adopted, roi=self._recovered_roi.get(start["run"]),
-                                 roi_quota=self.roi_frames)
+        self.run = self._new_run(start, mask, adopted=adopted, roi=self._recovered_roi.get(start["run"]))
         self.info = self.receiver.tracker.current
         return self.run
 

@@ -66,10 +66,10 @@ class LiveService:
 
     # -- the engine, the same for every executor --------------------------------------------------
     def _new_run(self, start: dict[str, Any], mask: npt.NDArray[np.uint8] | None, *, adopted: bool,
-                 roi: Roi | None, roi_quota: int) -> LiveRun:
+                 roi: Roi | None) -> LiveRun:
         """A run with this processor's settings; `roi` (recovered from the archive) before the setting."""
         run = LiveRun.begin(start, mask, roi or initial_roi(self.roi_setting, start), threshold=self.threshold,
-                            background=self.background, roi_quota=roi_quota, roi_wait_s=self.roi_wait_s,
+                            background=self.background, roi_quota=self.roi_frames, roi_wait_s=self.roi_wait_s,
                             adopted=adopted)
         if run.roi is not None:
             self.roi_decided_at = time.time()
