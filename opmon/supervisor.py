@@ -54,7 +54,7 @@ def become_supervised() -> None:
     expected = os.environ.pop(SUPERVISOR_ENV, None)
     if not expected:
         return
-    from opmon.processors.live_worker import die_with_parent   # the fan-out workers' own mechanism
+    from opmon.processors.live.worker import die_with_parent   # the fan-out workers' own mechanism
     die_with_parent()
     if os.getppid() != int(expected):
         os._exit(1)

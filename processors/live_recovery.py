@@ -225,7 +225,8 @@ def catch_up(archive_dir: str | Path, outputs: Any, *, skip_runs: set[str], roi:
     own archived maps decide it first, so made maps match the others of the run.
     """
     from opmon.processors.accumulate import MomentAccumulator
-    from opmon.processors.live_state import RoiSum, accumulator_options, geometry_of
+    from opmon.processors.live.engine import accumulator_options, geometry_of
+    from opmon.processors.live.roi import RoiSum
 
     found = unmapped_maps(archive_dir)
     if found is None:

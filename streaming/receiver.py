@@ -44,8 +44,23 @@ class MapProgress:
     trigger: dict[str, Any] = field(default_factory=dict)
 
 
+class RunShapes:
+    """The shapes a run's start header fixes, for every class that follows a run from its start."""
+
+    start: dict[str, Any]
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return tuple(self.start["frame_shape"])  # type: ignore[return-value]
+
+    @property
+    def map_shape(self) -> tuple[int, int]:
+        """The run's map shape (a map whose map_start was not seen has this one)."""
+        return tuple(self.start["map_shape"])  # type: ignore[return-value]
+
+
 @dataclass
-class RunInfo:
+class RunInfo(RunShapes):
     """One run as seen by a receiver: its start header, maps, and sequence bookkeeping."""
 
     uid: str
@@ -56,14 +71,6 @@ class RunInfo:
     next_seq: int | None = None
     first_seq: int | None = None
     exit_status: str | None = None
-
-    @property
-    def frame_shape(self) -> tuple[int, int]:
-        return tuple(self.start["frame_shape"])  # type: ignore[return-value]
-
-    @property
-    def map_shape(self) -> tuple[int, int]:
-        return tuple(self.start["map_shape"])  # type: ignore[return-value]
 
 
 @dataclass
@@ -83,6 +90,48 @@ class Counters:
                 "rejected_total": sum(self.rejected.values())}
 
 
+def check_frame(header: dict[str, Any], frame_shape: tuple[int, int], dtype: str, map_shape: tuple[int, int]) -> None:
+    """The checks of one frame against its run that every receiver of the stream applies
+    (the live processor's fan-out workers too): frame shape and dtype, map pixel inside the map.
+
+    Raises
+    ------
+    RejectedMessage
+        reason `shape` or `index`, naming the bad value.
+    """
+    if tuple(header["shape"]) != tuple(frame_shape) or header["dtype"] != dtype:
+        raise RejectedMessage("shape", f"frame {header['shape']} {header['dtype']}, run has {list(frame_shape)} {dtype}")
+    ny, nx = map_shape
+    if header["index"] >= ny * nx:
+        raise RejectedMessage("index", f"map pixel {header['index']} outside map {ny}x{nx}")
+
+
+class FinishedRuns:
+    """Runs that ended and how (newest last, the latest `keep` only): a later message of one is stale.
+
+    Shared by every party that follows runs (receiver, live coordinator, live workers), so a run
+    ends the same way everywhere.
+    """
+
+    def __init__(self, keep: int = 64) -> None:
+        self.keep = keep
+        self._status: OrderedDict[str, str] = OrderedDict()
+
+    def add(self, uid: str, status: str) -> None:
+        self._status[uid] = status
+        while len(self._status) > self.keep:
+            self._status.popitem(last=False)
+
+    def __contains__(self, uid: object) -> bool:
+        return uid in self._status
+
+    def __getitem__(self, uid: str) -> str:
+        return self._status[uid]
+
+    def __len__(self) -> int:
+        return len(self._status)
+
+
 class RunTracker:
     """Applies run identity and sequence rules to parsed messages (docs/protocol.md).
 
@@ -98,15 +147,12 @@ class RunTracker:
     def __init__(self, resolver: RunResolver | None = None, keep_finished: int = 64) -> None:
         self.resolver = resolver
         self.current: RunInfo | None = None
-        self.finished: OrderedDict[str, str] = OrderedDict()  # uid -> exit status
-        self.keep_finished = keep_finished
+        self.finished = FinishedRuns(keep_finished)
         self.counters = Counters()
 
     def _finish(self, run: RunInfo, status: str) -> None:
         run.exit_status = status
-        self.finished[run.uid] = status
-        while len(self.finished) > self.keep_finished:
-            self.finished.popitem(last=False)
+        self.finished.add(run.uid, status)
         if self.current is run:
             self.current = None
 
@@ -157,12 +203,9 @@ class RunTracker:
         kind = msg.kind
         if kind == "frame":
             run = self._run_for(h["run"])
-            if tuple(h["shape"]) != run.frame_shape or h["dtype"] != run.start["dtype"]:
-                raise RejectedMessage("shape", f"frame {h['shape']} {h['dtype']}, run has {list(run.frame_shape)} {run.start['dtype']}")
+            known = run.maps.get(h["map"])
+            check_frame(h, run.frame_shape, run.start["dtype"], known.map_shape if known else run.map_shape)
             progress = self._map(run, h["map"])
-            ny, nx = progress.map_shape
-            if h["index"] >= ny * nx:
-                raise RejectedMessage("index", f"map pixel {h['index']} outside map {ny}x{nx}")
             seq = h["seq"]
             self._check_jump(run, kind, seq)
             if run.next_seq is None:

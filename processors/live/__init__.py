@@ -1,17 +1,29 @@
-"""Live processing: one engine (run tracking, ROI decision, map outputs) and two executors
-(inline in one process, fan-out over worker processes) of the same accumulator."""
-# TEMPORARY while issue 12's "live" refactor moves processors/live.py into this package: this
-# package shadows that module, so load it under a private name and re-export its public names.
-import importlib.util as _util
-import sys as _sys
-from pathlib import Path as _Path
+"""Live processing: one engine and two executors of the same accumulator.
 
-_NAME = "opmon.processors._live_module"
-if _NAME not in _sys.modules:
-    _spec = _util.spec_from_file_location(_NAME, _Path(__file__).resolve().parent.parent / "live.py")
-    assert _spec is not None and _spec.loader is not None
-    _module = _util.module_from_spec(_spec)
-    _sys.modules[_NAME] = _module
-    _spec.loader.exec_module(_module)
-from opmon.processors._live_module import *  # noqa: E402,F403
-from opmon.processors._live_module import LiveProcessor, open_live_processor  # noqa: E402,F401
+LiberTEM's UDF/executor split is the model: the engine (`engine.LiveRun`, the run and map
+bookkeeping around `MomentAccumulator`; `roi.RoiDecider`, the auto-ROI rule; `outputs.MapOutputs`,
+where maps go) is one, and who feeds it frames is a setting. `inline.LiveProcessor` accumulates
+in the receiving process; `fanout.FanOutProcessor` lets `worker` processes take frames straight
+from the stream and merges their sums. Both run the same service loop (`service.LiveService`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from opmon.processors.live.fanout import FanOutProcessor
+from opmon.processors.live.inline import LiveProcessor
+from opmon.processors.live.service import LiveService
+
+__all__ = ["FanOutProcessor", "LiveProcessor", "LiveService", "open_live_processor"]
+
+
+def open_live_processor(frames_endpoint: str, display_endpoint: str | None = None, maps_endpoint: str | None = None, *,
+                        workers: int = 1, archive_dir: str | Path | None = None, **options: Any) -> LiveService:
+    """The live processor for `workers`: inline for 1, fan-out to worker processes for more.
+
+    Both take the same options (see `LiveProcessor`) and publish the same messages.
+    """
+    executor = FanOutProcessor if workers > 1 else LiveProcessor
+    return executor(frames_endpoint, display_endpoint, maps_endpoint, workers=workers, archive_dir=archive_dir,
+                    **options)

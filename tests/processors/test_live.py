@@ -4,87 +4,22 @@ from __future__ import annotations
 import threading
 import time
 
-import h5py
 import numpy as np
 import pytest
 import zmq
 
-from opmon.formats import RawMapWriter
 from opmon.processors.live import LiveProcessor, open_live_processor
-from opmon.processors.live_state import roi_from_sum
-from opmon.processors.maps import MapResult
-from opmon.processors.offline import ProcessOptions, process_entry
+from opmon.processors.live.roi import roi_from_sum
 from opmon.streaming import protocol as P
-from opmon.streaming.map_messages import decode_map
 from opmon.streaming.publisher import ZmqFrameSink
 
-GEOMETRY = dict(energy_ev=10000.0, distance_m=1.6, pixel_size_m=(55e-6, 55e-6), beam_center=(-600.0, 20.0))
-FRAME = (40, 48)
-MAP = (3, 4)
-ETAS = 10.0 + 0.016 * np.arange(6)
-
-
-def synthetic_map(m: int, seed: int = 0) -> list[tuple[np.ndarray, int, float]]:
-    """Frames of one map: a Bragg spot whose position and strength vary over the particle and
-    with eta, on a faint Poisson background (real uint32 counts, not a mock)."""
-    rng = np.random.default_rng(seed + m)
-    rows, cols = np.mgrid[: FRAME[0], : FRAME[1]]
-    out = []
-    for k, eta in enumerate(ETAS):
-        for p in range(MAP[0] * MAP[1]):
-            r0 = 18 + 0.4 * (p % 4) + 0.3 * m + 0.8 * (k - 2.5)
-            c0 = 22 + 0.5 * (p // 4) - 0.2 * m
-            amp = 400 * (1 + p % 3) * np.exp(-0.5 * ((k - 2.5 - 0.1 * p) / 1.5) ** 2)
-            lam = amp * np.exp(-((rows - r0) ** 2 + (cols - c0) ** 2) / (2 * 2.0 ** 2)) + 0.01
-            out.append((rng.poisson(lam).astype(np.uint32), p, float(eta)))
-    return out
-
-
-def offline_maps(frames: list[tuple[np.ndarray, int, float]], roi, tmp_path, name: str):
-    """`opmon process` on the same frames written in the FORMATS.md raw layout."""
-    with h5py.File(tmp_path / f"{name}.h5", "w") as f:
-        writer = RawMapWriter(f.create_group("entry"), frame_shape=FRAME, dtype=np.uint32, map_shape=MAP, **GEOMETRY)
-        writer.append(np.stack([fr for fr, _, _ in frames]), [p for _, p, _ in frames], [e for _, _, e in frames],
-                      0.0, 0.0, 30.0)
-    with h5py.File(tmp_path / f"{name}.h5", "r") as f:
-        result, _ = process_entry(f["entry"], ProcessOptions(roi=tuple(roi)))
-    return result
-
-
-def _sockets(ctx):
-    maps_in = ctx.socket(zmq.PULL)
-    maps_port = maps_in.bind_to_random_port("tcp://127.0.0.1")
-    display = ctx.socket(zmq.SUB)
-    display.setsockopt(zmq.SUBSCRIBE, b"map")
-    display.setsockopt(zmq.SUBSCRIBE, b"status")
-    return maps_in, f"tcp://127.0.0.1:{maps_port}", display
-
-
-def _recv_map(sock, timeout_ms=60000):
-    assert sock.poll(timeout_ms), "no map message"
-    parts = sock.recv_multipart()
-    header = P.unpack(parts[1])
-    return header, MapResult.from_arrays(decode_map(header, parts[2:]), header["background"])
-
-
-# peak_width is sqrt(E[q²] - E[q]²): the subtraction cancels all but ~(σ/|q|)² ≈ 1e-7 of the sums,
-# so a different summation order (fan-out workers take frames in any order) moves it by up to
-# ~1e-8 relative (2.2e-9 seen); every other map agrees to 1e-9. A real disagreement is >= 1e-4.
-RTOL = {"peak_width": 1e-7}
-
-
-def _assert_same_maps(live, offline):
-    for name in ("d_spacing", "tilt_altitude", "tilt_azimuth", "intensity", "peak_width", "q", "mean_q"):
-        np.testing.assert_allclose(getattr(live, name), getattr(offline, name), rtol=RTOL.get(name, 1e-9), atol=1e-12,
-                                   equal_nan=True, err_msg=name)
-    np.testing.assert_array_equal(live.mask, offline.mask)
-
+from tests.processors.conftest import FRAME, GEOMETRY, MAP, assert_same_maps, recv_map, map_sockets, offline_maps, synthetic_map
 
 @pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.timeout(180)
 def test_live_maps_equal_offline_maps_and_partials_come_first(tmp_path, workers):
     ctx = zmq.Context()
-    maps_in, maps_endpoint, display = _sockets(ctx)
+    maps_in, maps_endpoint, display = map_sockets(ctx)
     sink = ZmqFrameSink(["tcp://127.0.0.1:*"], context=ctx, stall_timeout_s=60)
     processor = open_live_processor(sink.endpoints[0], "tcp://127.0.0.1:*", maps_endpoint, workers=workers,
                               publish_interval_s=0.05, roi_frames=20, roi_wait_s=60.0, context=ctx)
@@ -110,7 +45,7 @@ def test_live_maps_equal_offline_maps_and_partials_come_first(tmp_path, workers)
             sink.send_frame(frame, index=p, eta=eta, phi=0.0, nu=0.0, delta=30.0)
         sink.end_map()
     sink.stop_run()
-    finals = [_recv_map(maps_in) for _ in range(2)]
+    finals = [recv_map(maps_in) for _ in range(2)]
     status = None
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and (status is None or status["frames"] < 2 * len(maps[0])):
@@ -132,7 +67,7 @@ def test_live_maps_equal_offline_maps_and_partials_come_first(tmp_path, workers)
     for (header, result), frames in zip(finals, maps):
         assert header["run"] == run and header["final"] and header["frames"] == len(frames)
         assert header["frames_lost"] == 0
-        _assert_same_maps(result, offline_maps(frames, roi, tmp_path, f"map{header['map']}"))
+        assert_same_maps(result, offline_maps(frames, roi, tmp_path, f"map{header['map']}"))
     sink.close()
     ctx.destroy(linger=0)
 
@@ -140,7 +75,7 @@ def test_live_maps_equal_offline_maps_and_partials_come_first(tmp_path, workers)
 @pytest.mark.timeout(120)
 def test_an_aborted_run_ends_short_and_its_late_frames_are_dropped_and_counted(tmp_path):
     ctx = zmq.Context()
-    maps_in, maps_endpoint, _display = _sockets(ctx)
+    maps_in, maps_endpoint, _display = map_sockets(ctx)
     sink = ZmqFrameSink(["tcp://127.0.0.1:*"], context=ctx, stall_timeout_s=60)
     processor = LiveProcessor(sink.endpoints[0], None, maps_endpoint, roi=None, context=ctx)
     thread = threading.Thread(target=processor.serve, daemon=True)
@@ -160,7 +95,7 @@ def test_an_aborted_run_ends_short_and_its_late_frames_are_dropped_and_counted(t
     sink.stop_run()
     got = {}
     for _ in range(2):
-        header, result = _recv_map(maps_in)
+        header, result = recv_map(maps_in)
         got[header["run"]] = (header, result)
     processor.stopped = True
     thread.join(30)
@@ -168,7 +103,7 @@ def test_an_aborted_run_ends_short_and_its_late_frames_are_dropped_and_counted(t
     assert got[second][0]["frames"] == len(frames) and got[second][0]["frames_lost"] == 0
     assert processor.receiver.counters.rejected["stale"] == 1
     assert processor.receiver.tracker.finished[first] == "abort"
-    _assert_same_maps(got[second][1], offline_maps(frames, (0, FRAME[0], 0, FRAME[1]), tmp_path, "second"))
+    assert_same_maps(got[second][1], offline_maps(frames, (0, FRAME[0], 0, FRAME[1]), tmp_path, "second"))
     sink.close()
     ctx.destroy(linger=0)
 
@@ -179,7 +114,7 @@ def test_auto_roi_waits_for_a_bragg_peak_when_the_first_frames_show_none(tmp_pat
     """An eta-outer scan starts off the rocking curve: its first frames hold background only.
     The ROI is decided once a peak stands out (not from noise), and the maps stay exact."""
     ctx = zmq.Context()
-    maps_in, maps_endpoint, _ = _sockets(ctx)
+    maps_in, maps_endpoint, _ = map_sockets(ctx)
     sink = ZmqFrameSink(["tcp://127.0.0.1:*"], context=ctx, stall_timeout_s=60)
     processor = open_live_processor(sink.endpoints[0], None, maps_endpoint, workers=workers, roi_frames=20,
                                     roi_wait_s=60.0, context=ctx)
@@ -195,7 +130,7 @@ def test_auto_roi_waits_for_a_bragg_peak_when_the_first_frames_show_none(tmp_pat
             sink.send_frame(frame, index=p, eta=eta, phi=0.0, nu=0.0, delta=30.0)
         sink.end_map()
         sink.stop_run()
-        header, result = _recv_map(maps_in)
+        header, result = recv_map(maps_in)
     finally:
         processor.stopped = True
         thread.join(30)
@@ -205,5 +140,5 @@ def test_auto_roi_waits_for_a_bragg_peak_when_the_first_frames_show_none(tmp_pat
     assert roi != (0, FRAME[0], 0, FRAME[1]) and r0 <= 17 and r1 >= 21 and c0 <= 21 and c1 >= 25, roi
     assert roi_from_sum(sum(fr.astype(np.float64) for fr, _, _ in dark)) == (0, FRAME[0], 0, FRAME[1])
     assert header["frames"] == len(frames) and header["frames_lost"] == 0
-    _assert_same_maps(result, offline_maps(frames, roi, tmp_path, "late-peak"))
+    assert_same_maps(result, offline_maps(frames, roi, tmp_path, "late-peak"))
     ctx.destroy(linger=0)

@@ -13,16 +13,16 @@ import numpy as np
 import zmq
 
 from opmon.processors.accumulate import MomentAccumulator
-from opmon.processors.live_outputs import MapOutputs
+from opmon.processors.live.outputs import MapOutputs
 from opmon.processors.live_recovery import catch_up
-from opmon.processors.live_state import accumulator_options, geometry_of
+from opmon.processors.live.engine import accumulator_options, geometry_of
 from opmon.processors.mapfile import read_maps
 from opmon.streaming.archive_files import maps_file_name
 from opmon.streaming.archiver import Archiver
 from opmon.streaming.publisher import ZmqFrameSink
 from opmon.processors.final_map_file import write_map_file
 
-from .test_live import FRAME, GEOMETRY, MAP, synthetic_map
+from tests.processors.conftest import FRAME, GEOMETRY, MAP, synthetic_map
 
 OPTIONS = {"roi": [0, FRAME[0], 0, FRAME[1]], "threshold": 0, "background": "auto"}
 

@@ -6,7 +6,7 @@ import zmq
 
 from opmon.processors.accumulate import MomentAccumulator
 from opmon.processors.geometry import DetectorGeometry
-from opmon.processors.live_outputs import MapOutputs
+from opmon.processors.live.outputs import MapOutputs
 
 
 def _accumulator() -> MomentAccumulator:

@@ -9,7 +9,7 @@ from opmon.formats import RawMapWriter
 from opmon.processors.mapfile import read_maps
 from opmon.processors.offline import ProcessOptions, process_entry
 
-from .test_live import FRAME, GEOMETRY, MAP, _assert_same_maps, synthetic_map
+from tests.processors.conftest import FRAME, GEOMETRY, MAP, assert_same_maps, synthetic_map
 
 
 def test_replay_of_a_two_map_file_matches_offline_processing(tmp_path, capsys):
@@ -29,4 +29,4 @@ def test_replay_of_a_two_map_file_matches_offline_processing(tmp_path, capsys):
             live = read_maps(f[f"entry{m}"])
             roi = tuple(int(v) for v in f[f"entry{m}/maps"].attrs["roi"])
             offline, _ = process_entry(r[f"entry{m}"], ProcessOptions(roi=roi))
-            _assert_same_maps(live, offline)
+            assert_same_maps(live, offline)

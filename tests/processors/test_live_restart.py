@@ -22,7 +22,7 @@ from opmon.streaming.publisher import ZmqFrameSink
 
 from tests.ports import free_ports
 
-from .test_live import FRAME, GEOMETRY, MAP, synthetic_map, _assert_same_maps
+from tests.processors.conftest import FRAME, GEOMETRY, MAP, synthetic_map, assert_same_maps
 from tests.waiting import stop_processes, until
 
 
@@ -118,7 +118,7 @@ def test_killed_and_restarted_live_processor_loses_no_map(tmp_path, workers):
             assert entry["maps"].attrs["frames_received"] == len(maps[m])
             roi = tuple(int(v) for v in entry["maps"].attrs["roi"])
             offline, _ = process_entry(entry, ProcessOptions(roi=roi))
-            _assert_same_maps(live_maps, offline)
+            assert_same_maps(live_maps, offline)
 
 
 @pytest.mark.timeout(180)
@@ -165,4 +165,4 @@ def test_a_map_whose_processor_died_before_finishing_it_is_made_from_the_archive
         for m in range(2):
             entry = f[f"entry{m}"]
             offline, _ = process_entry(entry, ProcessOptions(roi=(10, 30, 12, 34)))
-            _assert_same_maps(read_maps(entry), offline)
+            assert_same_maps(read_maps(entry), offline)

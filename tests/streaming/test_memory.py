@@ -21,7 +21,7 @@ if sys.argv[1] == "receiver":      # what every frame-receiving process construc
     from opmon.streaming.receiver import FrameReceiver
     FrameReceiver("tcp://127.0.0.1:9")
 elif sys.argv[1] == "worker":
-    from opmon.processors.live_worker import FanOutWorker
+    from opmon.processors.live.worker import FanOutWorker
     FanOutWorker(0, 2, "tcp://127.0.0.1:9", "tcp://127.0.0.1:9", "tcp://127.0.0.1:9")
 before = libc.mallinfo2()
 p = libc.malloc(4 << 20)

@@ -4,7 +4,7 @@ Each worker connects its own PULL socket to the detector's frame stream, so Zero
 frames out among the workers and no frame is copied twice (the design that spreads over
 several machines: a remote worker connects over TCP the same way). A worker accumulates
 what it is dealt with the `opmon process` kernels and reports to the coordinator
-(`live_fanout`): the control messages of the stream it happened to receive (start, map_start,
+(`fanout`): the control messages of the stream it happened to receive (start, map_start,
 map_end, stop: the coordinator needs all of them and each reaches only one worker), which
 frames it has accumulated (sequence numbers, for loss accounting), a running sum of its first
 frames (for the auto ROI), and its additive sums, partial and final. The coordinator answers
@@ -22,7 +22,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,10 +31,11 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from opmon.processors.accumulate import STATE_KEYS, MomentAccumulator, warm_up_kernels
-from opmon.processors.geometry import DetectorGeometry
-from opmon.processors.live_state import RoiSum, accumulator_options, geometry_of
+from opmon.processors.live.engine import LiveRun
+from opmon.processors.live.roi import RoiDecider
 from opmon.streaming import protocol as P
 from opmon.streaming.memory import keep_frame_buffers
+from opmon.streaming.receiver import FinishedRuns, check_frame
 
 log = logging.getLogger(__name__)
 
@@ -82,31 +83,6 @@ class _Held:
     in_roi_sum: bool = False
 
 
-@dataclass
-class _WorkerRun:
-    """What a worker knows of one run."""
-
-    uid: str
-    geometry: DetectorGeometry
-    mask: npt.NDArray[np.uint8] | None
-    options: dict[str, Any]
-    default_shape: tuple[int, int]
-    dtype: str
-    map_shapes: dict[int, tuple[int, int]] = field(default_factory=dict)
-    accs: dict[int, MomentAccumulator] = field(default_factory=dict)
-    finalized: set[int] = field(default_factory=set)
-    dirty: set[int] = field(default_factory=set)
-    roi_sum: RoiSum = field(default_factory=RoiSum)
-    roi_first: float | None = None
-    roi_sent: bool = False
-    roi_next: int = 0          # frames summed before the (next) report
-    roi_reported: int = 0      # frames in the last report
-
-    @property
-    def roi_known(self) -> bool:
-        return self.options.get("roi") is not None
-
-
 class FanOutWorker:
     """One worker: frames from the stream, orders from its inbox, reports to the coordinator."""
 
@@ -129,8 +105,9 @@ class FanOutWorker:
         self.roi_quota = max(1, math.ceil(roi_frames / n_workers))   # first frames summed for the auto ROI
         self.roi_wait_s = roi_wait_s
         self.parent_pid = parent_pid
-        self.runs: dict[str, _WorkerRun] = {}
-        self.ended: set[str] = set()         # runs the coordinator closed: later frames are stale
+        self.runs: dict[str, LiveRun] = {}
+        self.ended = FinishedRuns()          # runs the coordinator closed: later frames are stale
+        self.roi_reported: dict[str, int] = {}   # run -> frames in the ROI sum reported, awaiting the answer
         self.unknown: set[str] = set()       # runs nobody could identify: their frames are rejected
         self.asked: set[str] = set()
         self.held: list[_Held] = []
@@ -160,14 +137,14 @@ class FanOutWorker:
             self._report(SEEN, {"run": None, "rejected": dict(self.rejected)}, np.zeros((0, len(SEEN_COLUMNS))))
             self.rejected.clear()
 
-    def _send_state(self, run: _WorkerRun, number: int, final: bool) -> None:
-        acc = run.accs.get(number)
+    def _send_state(self, run: LiveRun, number: int, final: bool) -> None:
+        lm = run.map(number)
+        acc = lm.acc
         header = {"run": run.uid, "map": number, "frames": acc.frames_seen if acc else 0, "final": final}
         self.outbox.send_multipart(encode_state(acc, dict(header, worker=self.id)), copy=False)
-        run.dirty.discard(number)
+        lm.dirty = False
         if final:
-            run.accs.pop(number, None)
-            run.finalized.add(number)
+            lm.acc, lm.done = None, True
 
     # -- frames ----------------------------------------------------------------------------------
     def _on_stream(self, parts: list[Any]) -> None:
@@ -197,48 +174,41 @@ class FanOutWorker:
                 self._report(ASK, {"run": uid, "map": h["map"]})
             self.held.append(item)
             return
-        if not run.roi_known:
+        if run.roi_decider is not None:
             if not item.in_roi_sum:
                 item.in_roi_sum = True
-                run.roi_sum.add(item.frame)
-                run.roi_first = run.roi_first or time.monotonic()
+                run.roi_decider.add(item.frame)
             self._maybe_send_roi_sum(run)
             self.held.append(item)
             return
         number = h["map"]
-        if number in run.finalized:
+        lm = run.maps.get(number)
+        if lm is not None and lm.done:
             self._reject("stale", f"frame of map {number}, whose final sums were already handed in")
             return
-        shape = run.map_shapes.get(number)
-        if shape is None:
+        if lm is None or not lm.shape_known:
             if time.monotonic() - item.since < MAP_SHAPE_WAIT_S:
                 self.held.append(item)
                 return
             log.warning("live worker %d: no map_start for map %d of run %s; using the run's map shape", self.id, number, uid)
-            shape = run.map_shapes[number] = run.default_shape
-        if tuple(h["shape"]) != run.geometry.frame_shape or h["dtype"] != run.dtype:
-            self._reject("shape", f"frame {h['shape']} {h['dtype']}, run has {list(run.geometry.frame_shape)} {run.dtype}")
+            lm = run.map_started(number, run.map_shape)
+        try:
+            check_frame(h, run.frame_shape, run.start["dtype"], lm.map_shape)
+        except P.RejectedMessage as exc:
+            self._reject(exc.reason, str(exc))
             return
-        if h["index"] >= shape[0] * shape[1]:
-            self._reject("index", f"map pixel {h['index']} outside map {shape[0]}x{shape[1]}")
-            return
-        acc = run.accs.get(number)
-        if acc is None:
-            acc = run.accs[number] = MomentAccumulator(run.geometry, shape, detector_mask=run.mask,
-                                                       **accumulator_options(run.options))
-        acc.process_frame(item.frame, h["index"], h["eta"], h["phi"], h["nu"], h["delta"])
-        run.dirty.add(number)
+        run.accumulate(h, item.frame)
         self.seen.setdefault(uid, []).append((h["seq"], number, h["frame"], h["t"], time.time()))
         self.n_seen += 1
 
-    def _maybe_send_roi_sum(self, run: _WorkerRun) -> None:
-        if run.roi_sent or run.roi_known or run.roi_first is None:
+    def _maybe_send_roi_sum(self, run: LiveRun) -> None:
+        """Report this worker's sum of its first frames when due (the coordinator decides the ROI)."""
+        decider = run.roi_decider
+        if decider is None or run.uid in self.roi_reported or not decider.due():
             return
-        if run.roi_sum.frames >= max(self.roi_quota, run.roi_next) or time.monotonic() - run.roi_first >= self.roi_wait_s:
-            run.roi_sent = True
-            run.roi_reported = run.roi_sum.frames
-            total = run.roi_sum.total if run.roi_sum.total is not None else np.zeros(0, dtype=np.uint64)
-            self._report(ROISUM, {"run": run.uid, "frames": run.roi_sum.frames, "shape": list(total.shape)}, total)
+        self.roi_reported[run.uid] = decider.frames
+        total = decider.sum.total if decider.sum.total is not None else np.zeros(0, dtype=np.uint64)
+        self._report(ROISUM, {"run": run.uid, "frames": decider.frames, "shape": list(total.shape)}, total)
 
     def _retry_held(self) -> None:
         held, self.held = self.held, []
@@ -258,24 +228,28 @@ class FanOutWorker:
             mask = None
             if len(parts) > 2:
                 mask = np.frombuffer(parts[2].buffer, dtype=np.uint8).reshape(h["frame_shape"]).copy()
-            self.runs[uid] = _WorkerRun(uid, geometry_of(h), mask, h["options"], tuple(h["map_shape"]),  # type: ignore[arg-type]
-                                        h["dtype"], {int(m): tuple(s) for m, s in h.get("map_shapes", {}).items()})  # type: ignore[misc]
+            options = h.pop("options")
+            map_shapes = h.pop("map_shapes", {})
+            decider = RoiDecider(self.roi_quota, self.roi_wait_s) if options.get("roi") is None else None
+            run = self.runs[uid] = LiveRun(uid, h, mask, options, roi_decider=decider)
+            for number, shape in map_shapes.items():
+                run.map_started(int(number), shape)
             self.unknown.discard(uid)
         elif kind == ROI and run is not None:
-            if h["roi"] is None:        # no peak in the frames so far: report again with more
-                run.roi_sent, run.roi_first = False, time.monotonic()
-                more = run.roi_sum.frames > run.roi_reported    # already summed since the last report
-                run.roi_next = run.roi_sum.frames if more else run.roi_reported + self.roi_quota
-            else:
-                run.options = dict(run.options, roi=h["roi"])
+            reported = self.roi_reported.pop(uid, 0)
+            if h["roi"] is not None:
+                run.set_roi(h["roi"])
+            elif run.roi_decider is not None:      # no peak in the frames so far: report again with more
+                run.roi_decider.wait_for_more(reported)
         elif kind == MAP and run is not None:
-            run.map_shapes[int(h["map"])] = tuple(h["map_shape"])  # type: ignore[assignment]
+            run.map_started(int(h["map"]), h["map_shape"])
         elif kind == FINAL and run is not None:
             self._flush_seen()
             self._send_state(run, int(h["map"]), final=True)
         elif kind == END:
             self.runs.pop(uid, None)
-            self.ended.add(uid)
+            self.roi_reported.pop(uid, None)
+            self.ended.add(uid, "ended")
         elif kind == UNKNOWN and run is None:
             self.unknown.add(uid)
         self._retry_held()
@@ -357,8 +331,9 @@ class FanOutWorker:
                 if now - last_publish >= self.publish_interval_s:
                     last_publish = now
                     for run in self.runs.values():
-                        for number in list(run.dirty):
-                            self._send_state(run, number, final=False)
+                        for lm in list(run.maps.values()):
+                            if lm.dirty:
+                                self._send_state(run, lm.number, final=False)
                 if now - last_parent >= 0.5:
                     last_parent = now
                     if not self._parent_alive():    # an orphan would take frames nobody counts

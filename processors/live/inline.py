@@ -1,12 +1,12 @@
-"""The live processor: frames in over the lossless stream, maps out while the scan runs.
+"""The inline executor: frames in over the lossless stream, maps out while the scan runs.
 
-It accumulates with the same `MomentAccumulator` as `opmon process`, publishes partial maps
-a few times a second on the lossy display channel, and the final map of each map both there
-and on the lossless channel to the archiver. With `workers` > 1, `open_live_processor` gives
-the fan-out design instead (`live_fanout`): worker processes take frames straight from the
-stream and their sums merge by addition. The ROI is fixed once per run, from the first frames
-(or the configured one) and recorded with every map, so `opmon process --roi` reproduces it.
-A processor restarted mid-run recovers what it missed from the archive (live_recovery).
+One process receives (the receiver checks each message and accounts for loss by sequence
+number), feeds every frame to the run's engine (`engine.LiveRun`, the same `MomentAccumulator`
+as `opmon process`), publishes partial maps a few times a second on the lossy display channel,
+and the final map of each map both there and on the lossless channel to the archiver
+(`service.LiveService`). The ROI is fixed once per run, from the first frames (or the configured
+one) and recorded with every map, so `opmon process --roi` reproduces it. A processor restarted
+mid-run recovers what it missed from the archive (live_recovery).
 """
 from __future__ import annotations
 
@@ -20,24 +20,14 @@ import numpy.typing as npt
 import zmq
 
 from opmon.errors import OpmonError
-from opmon.processors.accumulate import MomentAccumulator, Roi, warm_up_kernels
-from opmon.processors.live_outputs import MapOutputs
+from opmon.processors.accumulate import Roi, warm_up_kernels
+from opmon.processors.live.engine import LiveMap, LiveRun
+from opmon.processors.live.service import LiveService
 from opmon.processors.live_recovery import RunArchive, recover_missed_maps, recover_prefix
-from opmon.processors.live_service import LiveService
-from opmon.processors.live_state import ROI_MAX_FRAMES, LiveMap, LiveRun, accumulator_options, geometry_of, initial_roi
 from opmon.streaming import protocol as P
-from opmon.streaming.receiver import Counters, FrameReceiver
+from opmon.streaming.receiver import Counters, FrameReceiver, MapProgress, RunInfo
 
 log = logging.getLogger(__name__)
-
-
-def open_live_processor(frames_endpoint: str, display_endpoint: str | None = None, maps_endpoint: str | None = None, *,
-                        workers: int = 1, **options: Any) -> Any:
-    """The live processor for `workers`: inline for 1, fan-out to worker processes for more."""
-    if workers > 1:
-        from opmon.processors.live_fanout import FanOutProcessor
-        return FanOutProcessor(frames_endpoint, display_endpoint, maps_endpoint, workers=workers, **options)
-    return LiveProcessor(frames_endpoint, display_endpoint, maps_endpoint, workers=workers, **options)
 
 
 class LiveProcessor(LiveService):
@@ -60,20 +50,14 @@ class LiveProcessor(LiveService):
                  archive_dir: str | Path | None = None, rcvhwm: int = 200, context: zmq.Context | None = None) -> None:
         if workers != 1:
             raise OpmonError(f"LiveProcessor works inline (workers = 1, got {workers}); use open_live_processor")
-        self.context = context or zmq.Context.instance()
-        self.archive_dir = Path(archive_dir) if archive_dir is not None else None
+        self._init_service(context, display_endpoint, maps_endpoint, publish_interval_s=publish_interval_s, roi=roi,
+                           roi_frames=roi_frames, roi_wait_s=roi_wait_s, threshold=threshold, background=background,
+                           archive_dir=archive_dir, workers=1)
         self.receiver = FrameReceiver(frames_endpoint, rcvhwm=rcvhwm, context=self.context, name="live processor",
                                       resolver=self._resolve if self.archive_dir is not None else None)
-        self.outputs = MapOutputs(self.context, display_endpoint, maps_endpoint)
-        self.display = self.outputs.display
-        self.roi_setting, self.roi_frames, self.roi_wait_s = roi, roi_frames, roi_wait_s
-        self.threshold, self.background = threshold, background
-        self.publish_interval_s = publish_interval_s
         self.run: LiveRun | None = None
-        self.roi_decided_at = 0.0                 # time.time() the current run's ROI was known
+        self.info: RunInfo | None = None          # the receiver's view of `run` (sequence and loss bookkeeping)
         self._recovered_roi: dict[str, Roi] = {}
-        self.stopped = False
-        self._init_service()
         warm_up_kernels()
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -95,80 +79,53 @@ class LiveProcessor(LiveService):
     def _begin_run(self, start: dict[str, Any], mask: npt.NDArray[np.uint8] | None, adopted: bool) -> LiveRun:
         if self.run is not None:
             self._end_run("a new run started")
-        roi = self._recovered_roi.get(start["run"]) or initial_roi(self.roi_setting, start)
-        self.run = LiveRun(start["run"], start, mask, roi, adopted=adopted, info=self.receiver.tracker.current)
-        if roi is not None:
-            self.roi_decided_at = time.time()
+        self.run = self._new_run(start, mask, adopted=adopted, roi=self._recovered_roi.get(start["run"]))
+        self.info = self.receiver.tracker.current
         return self.run
-
-    def _options(self) -> dict[str, Any]:
-        assert self.run is not None and self.run.roi is not None
-        return {"roi": list(self.run.roi), "threshold": self.threshold, "background": self.background}
 
     def _map(self, number: int) -> LiveMap:
         run = self.run
         assert run is not None
-        lm = run.maps.get(number)
-        if lm is None:
+        if number not in run.maps:
             progress = self._progress(number)
-            shape = progress.map_shape if progress is not None else tuple(run.start["map_shape"])
-            lm = run.maps[number] = LiveMap(number, shape)  # type: ignore[arg-type]
-        return lm
+            if progress is not None:
+                run.map_started(number, progress.map_shape, progress.n_expected)
+        return run.map(number)
 
     def _decide_roi(self, settle: bool = True) -> None:
-        """Fix the run's ROI from the frames held so far; unless `settle`, wait for more
-        while they show no Bragg peak (up to ROI_MAX_FRAMES, then the full frame)."""
+        """Fix the run's ROI from the frames held so far (see `RoiDecider`), then accumulate them."""
         run = self.run
         if run is None or run.roi is not None:
             return
-        settle = settle or len(run.pending) >= ROI_MAX_FRAMES
-        roi = run.roi_sum.roi(run.mask, tuple(run.start["frame_shape"]), settle=settle)  # type: ignore[arg-type]
-        if roi is None:
-            run.roi_next = len(run.pending) + self.roi_frames
-            run.pending_since = time.monotonic()
+        if run.decide_roi(settle=settle) is None:
             return
-        run.roi = roi
         self.roi_decided_at = time.time()
-        log.info("run %s: ROI %s from its first %d frames", run.uid, run.roi, run.roi_sum.frames)
-        pending, run.pending = run.pending, []
-        for header, frame in pending:
-            self._dispatch(header, frame)
+        assert run.roi_decider is None
+        log.info("run %s: ROI %s from its first %d frames", run.uid, run.roi, len(run.held))
+        held, run.held = run.held, []
+        for header, frame in held:
+            self._accumulate(header, frame)
 
     def _feed(self, header: dict[str, Any], frame: npt.NDArray[Any]) -> None:
         run = self.run
         assert run is not None
         if run.roi is None:
-            if not run.pending:
-                run.pending_since = time.monotonic()
-            run.pending.append((header, frame))
-            run.roi_sum.add(frame)
-            if len(run.pending) >= max(self.roi_frames, run.roi_next) or \
-                    time.monotonic() - run.pending_since >= self.roi_wait_s:
+            assert run.roi_decider is not None
+            run.held.append((header, frame))
+            run.roi_decider.add(frame)
+            if run.roi_decider.due():
                 self._decide_roi(settle=False)
             return
-        self._dispatch(header, frame)
+        self._accumulate(header, frame)
 
-    def _dispatch(self, h: dict[str, Any], frame: npt.NDArray[Any]) -> None:
+    def _accumulate(self, h: dict[str, Any], frame: npt.NDArray[Any]) -> None:
         run = self.run
         assert run is not None and run.roi is not None
-        lm = self._map(h["map"])
-        if lm.acc is None:
-            lm.acc = self._accumulator(lm.map_shape)
-        lm.acc.process_frame(frame, h["index"], h["eta"], h["phi"], h["nu"], h["delta"])
+        self._map(h["map"])
+        lm = run.accumulate(h, frame)
         now = time.time()
-        self.latencies.append(now - h["t"])
-        self.latency_seqs.append(h["seq"])
-        self.accumulated_at.append(now)
+        self._accumulated(now - h["t"], h["seq"], now)
         lm.unpublished_t.append(h["t"])
-        lm.received += 1
-        lm.dirty = True
-        self.frames_processed += 1
-
-    def _accumulator(self, map_shape: tuple[int, int]) -> MomentAccumulator:
-        run = self.run
-        assert run is not None
-        return MomentAccumulator(geometry_of(run.start), map_shape, detector_mask=run.mask,
-                                 **accumulator_options(self._options()))
 
     def _end_map(self, number: int) -> None:
         run = self.run
@@ -179,21 +136,11 @@ class LiveProcessor(LiveService):
         if lm.ended:
             return
         lm.ended = True
-        self._finish_map(lm, lm.acc)
+        acc = lm.acc if lm.acc is not None else run.accumulator(lm)
+        self._final(run, lm, acc, n_frames=self._expected(number), frames_lost=self._lost(number))
 
-    def _finish_map(self, lm: LiveMap, acc: MomentAccumulator | None) -> None:
-        run = self.run
-        assert run is not None
-        lm.done = True
-        if acc is None:
-            acc = self._accumulator(lm.map_shape)
-        self.outputs.final(acc, run=run.uid, number=lm.number, n_frames=self._expected(lm.number),
-                           frames_lost=self._lost(lm.number), options=self._options())
-        self._publish_latency(lm)
-
-    def _progress(self, number: int) -> Any:
-        run = self.run
-        return run.info.maps.get(number) if run is not None and run.info is not None else None
+    def _progress(self, number: int) -> MapProgress | None:
+        return self.info.maps.get(number) if self.run is not None and self.info is not None else None
 
     def _lost(self, number: int) -> int:
         progress = self._progress(number)
@@ -214,26 +161,30 @@ class LiveProcessor(LiveService):
         self.run = None
 
     # -- messages ------------------------------------------------------------------------------
+    def _adopt_if_new(self, uid: str, number: int) -> None:
+        """A message of a run whose start we never saw (the receiver adopted it from the archive)."""
+        if self.run is None or self.run.uid != uid:
+            info = self.receiver.tracker.current
+            assert info is not None
+            self._begin_run(info.start, info.mask, adopted=True)
+            self._recover_missed_maps(number)
+
     def handle(self, msg: P.Message) -> None:
         """Act on one accepted message of the frame stream."""
         h = msg.header
         if msg.kind == "frame":
-            if self.run is None or self.run.uid != h["run"]:
-                info = self.receiver.tracker.current        # adopted by the resolver
-                self._begin_run(info.start, info.mask, adopted=True)
-                self._recover_missed_maps(h["map"])
+            self._adopt_if_new(h["run"], h["map"])
+            assert self.run is not None
             progress = self._progress(h["map"])
             if self.run.adopted and progress is not None and progress.received == 1 and h["frame"] > 0:
                 self._recover_prefix(h["map"], h["seq"])
-            self._feed(h, msg.array)
+            self._feed(h, msg.array)  # type: ignore[arg-type]
         elif msg.kind == "start":
-            self._begin_run(h, msg.array, adopted=False)
+            self._begin_run(h, msg.array, adopted=False)  # type: ignore[arg-type]
         elif msg.kind == "map_start":
-            if self.run is None or self.run.uid != h["run"]:
-                info = self.receiver.tracker.current
-                self._begin_run(info.start, info.mask, adopted=True)
-                self._recover_missed_maps(h["map"])
-            self._map(h["map"]).map_shape = tuple(h["map_shape"])  # type: ignore[assignment]
+            self._adopt_if_new(h["run"], h["map"])
+            assert self.run is not None
+            self.run.map_started(h["map"], h["map_shape"], h["n_frames"])
         elif msg.kind == "map_end":
             if self.run is not None and self.run.uid == h["run"]:
                 self._end_map(h["map"])
@@ -255,11 +206,6 @@ class LiveProcessor(LiveService):
         return {self.run.uid} if self.run is not None else set()
 
     # -- publication -----------------------------------------------------------------------------
-    def _publish_latency(self, lm: LiveMap) -> None:
-        now = time.time()
-        self.publish_latencies.extend(now - t for t in lm.unpublished_t)
-        lm.unpublished_t.clear()
-
     def publish_partials(self) -> None:
         """Partial maps of every map in progress with new frames (lossy display channel)."""
         run = self.run
@@ -271,14 +217,12 @@ class LiveProcessor(LiveService):
             lm.dirty = False
             if lm.acc is None or lm.acc.frames_seen == 0:
                 continue
-            self.outputs.partial(lm.acc, run=run.uid, number=lm.number, n_frames=self._expected(lm.number),
-                                 frames_lost=self._lost(lm.number), options=self._options())
-            self._publish_latency(lm)
+            self._partial(run, lm, lm.acc, n_frames=self._expected(lm.number), frames_lost=self._lost(lm.number))
 
     def status(self) -> dict[str, Any]:
         """Lossy status message of docs/protocol.md."""
         run = self.run
-        current = max((lm for lm in run.maps.values() if not lm.done), key=lambda m: m.number, default=None) if run else None
+        current = run.current_map() if run else None
         expected = self._expected(current.number) if current is not None else 0
         c = self.receiver.counters
         return self._status_message(
@@ -286,7 +230,7 @@ class LiveProcessor(LiveService):
             map_number=current.number if current else None,
             map_progress=(current.received / expected) if current is not None and expected else None,
             maps_done=sum(lm.done for lm in run.maps.values()) if run else len(self.summaries),
-            recovered=run.recovered if run else 0, workers=1)
+            recovered=run.recovered if run else 0)
 
     # -- loop --------------------------------------------------------------------------------------
     def poll_once(self, timeout_ms: int = 50) -> None:
@@ -309,7 +253,7 @@ class LiveProcessor(LiveService):
         self.outputs.send_unarchived()
         now = time.monotonic()
         run = self.run
-        if run is not None and run.roi is None and run.pending and now - run.pending_since >= self.roi_wait_s:
+        if run is not None and run.roi_decider is not None and run.held and run.roi_decider.due(now):
             self._decide_roi(settle=False)
         self._housekeeping(now)
 

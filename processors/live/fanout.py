@@ -1,13 +1,13 @@
 """The fan-out live processor: N worker processes take frames straight from the detector stream.
 
-`FanOutProcessor` is the coordinator: it starts the workers (`live_worker`), which connect to
+`FanOutProcessor` is the coordinator: it starts the workers (`worker`), which connect to
 the detector's frame stream themselves, so ZeroMQ deals frames among them and every frame
 crosses one socket, as in the inline processor. The coordinator never touches a frame. It
 rebuilds the run from the control messages the workers pass on, tells every worker the
 geometry, ROI and map shapes, counts the frames the workers report (loss = frames sent in a
 map minus frames accumulated, or filled from the archive), and merges the workers' additive
-sums into partial and final maps, published exactly as the inline processor does
-(`live_outputs`). Control messages reach the coordinator through different workers, so
+sums into partial and final maps: it runs the same engine (`engine.LiveRun`, `roi.RoiDecider`)
+and the same outputs (`service.LiveService`) as the inline processor, fed with sums, not frames. Control messages reach the coordinator through different workers, so
 nothing here depends on their order: a map is final when every frame sent in it has been
 accumulated (or after a grace period), a run ends when its maps are final.
 """
@@ -19,7 +19,6 @@ import os
 import shutil
 import tempfile
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,55 +28,35 @@ import numpy.typing as npt
 import zmq
 
 from opmon.errors import ArchiveError, OpmonError
-from opmon.processors import live_worker as W
-from opmon.processors.accumulate import MomentAccumulator, Roi
-from opmon.processors.live_outputs import MapOutputs
+from opmon.processors.accumulate import Roi
+from opmon.processors.live import worker as W
+from opmon.processors.live.engine import LiveMap, LiveRun
+from opmon.processors.live.service import LiveService
 from opmon.processors.live_recovery import RunArchive, recover_missed_maps
-from opmon.processors.live_service import LiveService
-from opmon.processors.live_state import ROI_MAX_FRAMES, RoiSum, accumulator_options, geometry_of, initial_roi
 from opmon.streaming import protocol as P
-from opmon.streaming.receiver import Counters
+from opmon.streaming.receiver import Counters, FinishedRuns
 
 log = logging.getLogger(__name__)
 
+State = dict[str, np.ndarray]
+
 
 @dataclass
-class FanMap:
-    """One map as the coordinator sees it."""
+class HandedIn:
+    """What the workers handed in for one map, until its final maps are made."""
 
-    number: int
-    map_shape: tuple[int, int]
-    n_expected: int = 0
-    n_sent: int | None = None          # from map_end
-    seqs: set[int] = field(default_factory=set)     # sequence numbers accumulated by a worker (freed when done)
-    recovered: int = 0
-    acc: MomentAccumulator | None = None            # frames filled in from the archive (here)
-    partials: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
-    finals: dict[int, dict[str, np.ndarray] | None] = field(default_factory=dict)
+    seqs: set[int] = field(default_factory=set)       # sequence numbers a worker accumulated
+    partials: dict[int, State] = field(default_factory=dict)        # worker -> latest partial sums
+    finals: dict[int, State | None] = field(default_factory=dict)   # worker -> final sums
     last_activity: float = field(default_factory=time.monotonic)
-    final_requested: bool = False
-    done: bool = False
-    dirty: bool = False
-    unpublished_t: list[float] = field(default_factory=list)
-
-    @property
-    def received(self) -> int:
-        return len(self.seqs) + self.recovered
 
 
 @dataclass
-class FanRun:
-    """One run: its start, ROI decision and maps."""
+class Gathering:
+    """The coordinator's side of one run: what reached it through which worker."""
 
-    uid: str
-    start: dict[str, Any]
-    mask: npt.NDArray[np.uint8] | None
-    roi: Roi | None
-    adopted: bool = False
-    maps: dict[int, FanMap] = field(default_factory=dict)
-    roi_sums: dict[int, tuple[int, np.ndarray]] = field(default_factory=dict)  # worker -> its running sum
-    roi_from: set[int] = field(default_factory=set)   # workers that reported since the last try
-    roi_first: float | None = None
+    maps: dict[int, HandedIn] = field(default_factory=dict)
+    roi_from: set[int] = field(default_factory=set)   # workers whose ROI sums came since the last try
     stop: dict[str, Any] | None = None
     stop_t: float = 0.0
 
@@ -98,24 +77,17 @@ class FanOutProcessor(LiveService):
                  grace_s: float = 2.0, ask_wait_s: float = 0.5) -> None:
         if workers < 2:
             raise OpmonError(f"fan-out needs workers >= 2, got {workers} (1 worker runs inline)")
-        self.context = context or zmq.Context.instance()
-        self.n_workers = workers
-        self.archive_dir = Path(archive_dir) if archive_dir is not None else None
-        self.roi_setting, self.roi_frames, self.roi_wait_s = roi, roi_frames, roi_wait_s
-        self.threshold, self.background = threshold, background
-        self.publish_interval_s = publish_interval_s
+        self._init_service(context, display_endpoint, maps_endpoint, publish_interval_s=publish_interval_s, roi=roi,
+                           roi_frames=roi_frames, roi_wait_s=roi_wait_s, threshold=threshold, background=background,
+                           archive_dir=archive_dir, workers=workers)
         self.grace_s, self.ask_wait_s = grace_s, ask_wait_s
-        self.outputs = MapOutputs(self.context, display_endpoint, maps_endpoint)
-        self.display = self.outputs.display
         self.counters = Counters()
-        self.runs: dict[str, FanRun] = {}
-        self.finished: OrderedDict[str, str] = OrderedDict()
+        self.runs: dict[str, LiveRun] = {}
+        self.gathering: dict[str, Gathering] = {}
+        self.finished = FinishedRuns()
         self.asks: dict[str, tuple[float, int]] = {}      # unknown run -> (asked at, first map seen)
         self.held_controls: dict[str, list[list[Any]]] = {}  # control messages of a run not known yet
-        self.roi_decided_at = 0.0
         self.recovered = 0
-        self.stopped = False
-        self._init_service()
         self._last_check = 0.0
         self._dir = tempfile.mkdtemp(prefix="opmon-fanout-")
         self.reports = self.context.socket(zmq.PULL)
@@ -171,134 +143,95 @@ class FanOutProcessor(LiveService):
             if worker is None or worker == i:
                 inbox.send_multipart(parts)
 
-    def _options(self, run: FanRun) -> dict[str, Any]:
-        return {"roi": list(run.roi) if run.roi is not None else None, "threshold": self.threshold,
-                "background": self.background}
-
-    def _setup(self, run: FanRun, worker: int | None = None) -> None:
-        header = dict(run.start, options=self._options(run),
-                      map_shapes={str(m): list(fm.map_shape) for m, fm in run.maps.items()})
+    def _setup(self, run: LiveRun, worker: int | None = None) -> None:
+        header = dict(run.start, options=run.options,
+                      map_shapes={str(m): list(lm.map_shape) for m, lm in run.maps.items()})
         buffers = [np.ascontiguousarray(run.mask)] if run.mask is not None else []
         self._tell(W.SETUP, header, *buffers, worker=worker)
 
     # -- runs and maps ---------------------------------------------------------------------------
     def _begin_run(self, start: dict[str, Any], mask: npt.NDArray[np.uint8] | None, *, adopted: bool,
-                   roi: Roi | None = None, first_map: int | None = None) -> FanRun:
-        roi = roi or initial_roi(self.roi_setting, start)
-        run = self.runs[start["run"]] = FanRun(start["run"], start, mask, roi, adopted=adopted)
-        if roi is not None:
-            self.roi_decided_at = time.time()
+                   roi: Roi | None = None, first_map: int | None = None) -> LiveRun:
+        run = self.runs[start["run"]] = self._new_run(start, mask, adopted=adopted, roi=roi)
+        self.gathering[run.uid] = Gathering()
         if first_map is not None:      # joined mid-map: its map_start went to the processor before us
-            self._map(run, first_map)
+            run.map(first_map)
+            self._handed_in(run, first_map)
         self.asks.pop(run.uid, None)
         self._setup(run)
         for parts in self.held_controls.pop(run.uid, []):
             self._on_control(parts)
         return run
 
-    def _map(self, run: FanRun, number: int) -> FanMap:
-        fm = run.maps.get(number)
-        if fm is None:
-            fm = run.maps[number] = FanMap(number, tuple(run.start["map_shape"]))  # type: ignore[arg-type]
-        return fm
+    def _handed_in(self, run: LiveRun, number: int) -> HandedIn:
+        maps = self.gathering[run.uid].maps
+        if number not in maps:
+            maps[number] = HandedIn()
+        return maps[number]
 
-    def _accumulator(self, run: FanRun, fm: FanMap) -> MomentAccumulator:
-        return MomentAccumulator(geometry_of(run.start), fm.map_shape, detector_mask=run.mask,
-                                 **accumulator_options(self._options(run)))
-
-    def _decide_roi(self, run: FanRun, settle: bool = True) -> None:
+    def _decide_roi(self, run: LiveRun, settle: bool = True) -> None:
         """Fix the run's ROI from the workers' sums of their first frames; unless `settle`,
-        ask for more while they show no Bragg peak (up to ROI_MAX_FRAMES, then the full frame)."""
-        if run.roi is not None:
+        ask for more while they show no Bragg peak (see `RoiDecider`)."""
+        if run.roi is not None or run.roi_decider is None:
             return
-        total = RoiSum()
-        for frames, image in run.roi_sums.values():
-            if frames:
-                total.merge(image, frames)
-        settle = settle or total.frames >= ROI_MAX_FRAMES
-        roi = total.roi(run.mask, tuple(run.start["frame_shape"]), settle=settle)  # type: ignore[arg-type]
-        run.roi_from, run.roi_first = set(), None
-        if roi is None:
+        frames, sources = run.roi_decider.frames, run.roi_decider.sources
+        self.gathering[run.uid].roi_from = set()
+        if run.decide_roi(settle=settle) is None:
             self._tell(W.ROI, {"run": run.uid, "roi": None})
             return
-        run.roi = roi
         self.roi_decided_at = time.time()
-        log.info("run %s: ROI %s from its first %d frames (%d workers)", run.uid, run.roi, total.frames,
-                 len(run.roi_sums))
-        self._tell(W.ROI, {"run": run.uid, "roi": list(run.roi)})
+        log.info("run %s: ROI %s from its first %d frames (%d workers)", run.uid, run.roi, frames, sources)
+        self._tell(W.ROI, {"run": run.uid, "roi": run.options["roi"]})
 
-    def _fill_from_archive(self, run: FanRun, fm: FanMap) -> None:
+    def _fill_from_archive(self, run: LiveRun, lm: LiveMap) -> None:
         """Frames of a map the workers never accumulated (processor restarted mid-map, a
         worker's queue lost): read them from the archive, which holds every frame."""
-        if self.archive_dir is None or fm.n_sent is None or fm.received >= fm.n_sent or run.roi is None:
+        if self.archive_dir is None or lm.n_sent is None or lm.received >= lm.n_sent or run.roi is None:
             return
         archive = RunArchive(self.archive_dir, run.uid)
-        if not archive.has_frames(fm.number):
+        if not archive.has_frames(lm.number):
             return
+        seqs = self._handed_in(run, lm.number).seqs
+        before = lm.received
         try:
-            for header, frame in archive.frames(fm.number, wait_s=10.0):
-                if header["seq"] in fm.seqs:
+            for header, frame in archive.frames(lm.number, wait_s=10.0):
+                if header["seq"] in seqs:
                     continue
                 self._feed_here(run, header, frame)
         except (ArchiveError, OSError, KeyError) as exc:
-            log.error("run %s map %d: missing frames not recovered: %s", run.uid, fm.number, exc)
-        log.warning("run %s map %d: %d frames recovered from the archive", run.uid, fm.number, fm.recovered)
+            log.error("run %s map %d: missing frames not recovered: %s", run.uid, lm.number, exc)
+        log.warning("run %s map %d: %d frames recovered from the archive", run.uid, lm.number, lm.received - before)
 
-    def _feed_here(self, run: FanRun, header: dict[str, Any], frame: npt.NDArray[Any]) -> None:
-        fm = self._map(run, header["map"])
-        if fm.acc is None:
-            fm.acc = self._accumulator(run, fm)
-        fm.acc.process_frame(frame, header["index"], header["eta"], header["phi"], header["nu"], header["delta"])
-        fm.recovered += 1
-        fm.dirty = True
+    def _feed_here(self, run: LiveRun, header: dict[str, Any], frame: npt.NDArray[Any]) -> None:
+        run.accumulate(header, frame)
         self.recovered += 1
 
-    def _request_final(self, run: FanRun, fm: FanMap) -> None:
-        if fm.final_requested:
+    def _request_final(self, run: LiveRun, lm: LiveMap) -> None:
+        if lm.ended:
             return
         if run.roi is None:
             self._decide_roi(run)
-        self._fill_from_archive(run, fm)
-        fm.final_requested = True
-        self._tell(W.FINAL, {"run": run.uid, "map": fm.number})
+        self._fill_from_archive(run, lm)
+        lm.ended = True
+        self._tell(W.FINAL, {"run": run.uid, "map": lm.number})
 
-    def _merged(self, run: FanRun, fm: FanMap, states: list[dict[str, np.ndarray] | None]) -> MomentAccumulator:
-        acc = self._accumulator(run, fm)
-        if fm.acc is not None:
-            acc.load_state(fm.acc.state())
-        for state in states:
-            if state:
-                acc.load_state(state)
-        return acc
-
-    def _finish_map(self, run: FanRun, fm: FanMap) -> None:
-        fm.done = True
-        acc = self._merged(run, fm, list(fm.finals.values()))
-        expected = fm.n_sent if fm.n_sent is not None else fm.n_expected
-        lost = max(0, expected - fm.received)
+    def _finish_map(self, run: LiveRun, lm: LiveMap) -> None:
+        handed = self.gathering[run.uid].maps.pop(lm.number, HandedIn())
+        acc = run.merged(lm, list(handed.finals.values()))
+        expected = lm.n_sent if lm.n_sent is not None else lm.n_expected
+        lost = max(0, expected - lm.received)
         self.counters.lost += lost
-        if acc.frames_seen != fm.received:
-            log.error("run %s map %d: sums hold %d frames, %d were reported", run.uid, fm.number, acc.frames_seen,
-                      fm.received)
-        self.outputs.final(acc, run=run.uid, number=fm.number, n_frames=fm.n_expected, frames_lost=lost,
-                           options=self._options(run))
-        self._published(fm)
-        fm.partials.clear()
-        fm.finals.clear()
-        fm.acc = None
-        fm.recovered, fm.seqs = fm.received, set()      # keep the count, free the set
+        if acc.frames_seen != lm.received:
+            log.error("run %s map %d: sums hold %d frames, %d were reported", run.uid, lm.number, acc.frames_seen,
+                      lm.received)
+        self._final(run, lm, acc, n_frames=lm.n_expected, frames_lost=lost)
+        lm.acc = None
 
-    def _published(self, fm: FanMap) -> None:
-        now = time.time()
-        self.publish_latencies.extend(now - t for t in fm.unpublished_t)
-        fm.unpublished_t.clear()
-
-    def _end_run(self, run: FanRun) -> None:
-        status = run.stop["exit_status"] if run.stop else "abort"
+    def _end_run(self, run: LiveRun) -> None:
+        stop = self.gathering.pop(run.uid).stop
+        status = stop["exit_status"] if stop else "abort"
         self.runs.pop(run.uid, None)
-        self.finished[run.uid] = status
-        while len(self.finished) > 64:
-            self.finished.popitem(last=False)
+        self.finished.add(run.uid, status)
         self._tell(W.END, {"run": run.uid})
         log.info("run %s ended (%s): %d maps", run.uid, status, len(run.maps))
 
@@ -306,22 +239,32 @@ class FanOutProcessor(LiveService):
         """Make final every map whose frames are all in (or whose wait is over); end finished runs."""
         now = time.monotonic()
         for run in list(self.runs.values()):
-            if run.roi is None and run.roi_first is not None and (
-                    len(run.roi_from) >= self.n_workers or now - run.roi_first >= self.roi_wait_s):
+            gathering = self.gathering[run.uid]
+            decider = run.roi_decider
+            if run.roi is None and decider is not None and gathering.roi_from and (
+                    len(gathering.roi_from) >= self.n_workers or decider.due(now)):
                 self._decide_roi(run, settle=False)
-            for fm in list(run.maps.values()):
-                if fm.done or fm.final_requested:
+            for lm in list(run.maps.values()):
+                if lm.done or lm.ended:
                     continue
-                closed = fm.n_sent is not None or run.stop is not None
-                if fm.n_sent is not None and fm.received >= fm.n_sent:
-                    self._request_final(run, fm)
-                elif closed and now - fm.last_activity >= self.grace_s:
-                    if fm.n_sent is None:
-                        fm.n_sent = fm.received
-                    self._request_final(run, fm)
-            if run.stop is not None and all(fm.done for fm in run.maps.values()) and (
-                    len(run.maps) >= int(run.stop.get("n_maps", 0)) or now - run.stop_t >= self.grace_s):
+                closed = lm.n_sent is not None or gathering.stop is not None
+                if lm.n_sent is not None and lm.received >= lm.n_sent:
+                    self._request_final(run, lm)
+                elif closed and now - self._handed_in(run, lm.number).last_activity >= self.grace_s:
+                    if lm.n_sent is None:
+                        lm.n_sent = lm.received
+                    self._request_final(run, lm)
+            stop = gathering.stop
+            if stop is not None and all(lm.done for lm in run.maps.values()) and (
+                    len(run.maps) >= int(stop.get("n_maps", 0)) or now - gathering.stop_t >= self.grace_s):
                 self._end_run(run)
+
+    def _abort_open_runs(self, reason: str, keep: str | None = None) -> None:
+        """Every open run but `keep` with no stop yet ends as aborted (a newer run began)."""
+        for uid, gathering in self.gathering.items():
+            if uid != keep and gathering.stop is None:
+                log.warning("run %s %s while %s had no stop: counted as aborted", keep, reason, uid)
+                gathering.stop, gathering.stop_t = {"exit_status": "abort", "n_maps": 0}, time.monotonic()
 
     # -- reports from the workers ------------------------------------------------------------------
     def _on_control(self, parts: list[Any]) -> None:
@@ -337,10 +280,7 @@ class FanOutProcessor(LiveService):
             return
         if msg.kind == "start":
             self.counters.control += 1
-            for other in list(self.runs.values()):
-                if other.uid != uid and other.stop is None:
-                    log.warning("run %s started while %s had no stop: counted as aborted", uid, other.uid)
-                    other.stop, other.stop_t = {"exit_status": "abort", "n_maps": 0}, time.monotonic()
+            self._abort_open_runs("started", keep=uid)
             if uid not in self.runs:
                 self._begin_run(h, None if msg.array is None else np.array(msg.array), adopted=False)
             return
@@ -351,16 +291,18 @@ class FanOutProcessor(LiveService):
             return
         self.counters.control += 1
         if msg.kind == "map_start":
-            fm = self._map(run, h["map"])
-            fm.map_shape, fm.n_expected = tuple(h["map_shape"]), h["n_frames"]  # type: ignore[assignment]
-            self._tell(W.MAP, {"run": uid, "map": fm.number, "map_shape": list(fm.map_shape)})
+            lm = run.map_started(h["map"], h["map_shape"], h["n_frames"])
+            self._handed_in(run, lm.number)          # its grace period counts from here
+            self._tell(W.MAP, {"run": uid, "map": lm.number, "map_shape": list(lm.map_shape)})
         elif msg.kind == "map_end":
-            fm = self._map(run, h["map"])
-            fm.n_sent, fm.last_activity = h["n_frames"], time.monotonic()
+            lm = run.map(h["map"])
+            lm.n_sent = h["n_frames"]
+            self._handed_in(run, lm.number).last_activity = time.monotonic()
         elif msg.kind == "stop":
-            run.stop, run.stop_t = h, time.monotonic()
+            gathering = self.gathering[uid]
+            gathering.stop, gathering.stop_t = h, time.monotonic()
 
-    def _adopt(self, uid: str, first_map: int) -> FanRun | None:
+    def _adopt(self, uid: str, first_map: int) -> LiveRun | None:
         """A run whose start we never saw (restarted mid-run): recover it from the archive."""
         if self.archive_dir is None:
             return None
@@ -373,9 +315,7 @@ class FanOutProcessor(LiveService):
             return None
         if found is None:
             return None
-        for other in list(self.runs.values()):
-            if other.stop is None:
-                other.stop, other.stop_t = {"exit_status": "abort", "n_maps": 0}, time.monotonic()
+        self._abort_open_runs("joined mid-stream", keep=uid)
         log.warning("joined run %s mid-stream (start recovered)", uid)
         run = self._begin_run(found[0], found[1], adopted=True, roi=roi, first_map=first_map)
         if run.roi is not None:
@@ -383,9 +323,9 @@ class FanOutProcessor(LiveService):
                                                   lambda number: self._adopted_map_end(run, number))
         return run
 
-    def _adopted_map_end(self, run: FanRun, number: int) -> None:
-        fm = self._map(run, number)
-        fm.n_sent = fm.received
+    def _adopted_map_end(self, run: LiveRun, number: int) -> None:
+        lm = run.map(number)
+        lm.n_sent = lm.received
 
     def _on_ask(self, header: dict[str, Any]) -> None:
         uid = header["run"]
@@ -430,44 +370,45 @@ class FanOutProcessor(LiveService):
         now = time.monotonic()
         for number in np.unique(rows[:, 1]).astype(int):
             sel = rows[:, 1] == number
-            fm = self._map(run, int(number))
-            before = len(fm.seqs)
-            fm.seqs.update(seqs[sel].tolist())
-            if len(fm.seqs) - before != int(sel.sum()):
-                self.counters.duplicate += int(sel.sum()) - (len(fm.seqs) - before)
-                log.error("run %s map %d: a frame was accumulated twice", run.uid, fm.number)
-            fm.last_activity, fm.dirty = now, True
-            fm.unpublished_t.extend(rows[sel, 3].tolist())
+            lm = run.map(int(number))
+            handed = self._handed_in(run, lm.number)
+            before = len(handed.seqs)
+            handed.seqs.update(seqs[sel].tolist())
+            added = len(handed.seqs) - before
+            if added != int(sel.sum()):
+                self.counters.duplicate += int(sel.sum()) - added
+                log.error("run %s map %d: a frame was accumulated twice", run.uid, lm.number)
+            lm.received += added
+            handed.last_activity, lm.dirty = now, True
+            lm.unpublished_t.extend(rows[sel, 3].tolist())
         self.counters.accepted += len(rows)
-        self.frames_processed += len(rows)
-        self.latency_seqs.extend(seqs.tolist())
-        self.latencies.extend((rows[:, 4] - rows[:, 3]).tolist())
-        self.accumulated_at.extend(rows[:, 4].tolist())
+        for seq, t_sent, t_done in zip(seqs.tolist(), rows[:, 3].tolist(), rows[:, 4].tolist()):
+            self._accumulated(t_done - t_sent, seq, t_done)
 
     def _on_roi_sum(self, header: dict[str, Any], buf: Any) -> None:
         run = self.runs.get(header["run"])
-        if run is None or run.roi is not None:
+        if run is None or run.roi_decider is None:
             return
         image = np.frombuffer(buf, dtype=np.uint64).reshape(header["shape"]) if header["frames"] else np.zeros(0)
-        run.roi_sums[header["worker"]] = (header["frames"], image.copy())   # running sums: the latest wins
-        run.roi_from.add(header["worker"])
-        run.roi_first = run.roi_first or time.monotonic()
+        run.roi_decider.share(header["worker"], image.copy(), header["frames"])   # running sums: the latest wins
+        self.gathering[run.uid].roi_from.add(header["worker"])
 
     def _on_state(self, parts: list[Any]) -> None:
         header, state = W.decode_state(parts)
         run = self.runs.get(header["run"])
         if run is None:
             return
-        fm = run.maps.get(header["map"])
-        if fm is None or fm.done:
+        lm = run.maps.get(header["map"])
+        if lm is None or lm.done:
             return
+        handed = self._handed_in(run, lm.number)
         if header["final"]:
-            fm.finals[header["worker"]] = state or None
-            if len(fm.finals) == self.n_workers:
-                self._finish_map(run, fm)
+            handed.finals[header["worker"]] = state or None
+            if len(handed.finals) == self.n_workers:
+                self._finish_map(run, lm)
         else:
-            fm.partials[header["worker"]] = state
-            fm.dirty = True
+            handed.partials[header["worker"]] = state
+            lm.dirty = True
 
     def _take_reports(self, timeout_ms: int) -> None:
         if not self.reports.poll(timeout_ms):
@@ -503,25 +444,24 @@ class FanOutProcessor(LiveService):
         for run in self.runs.values():
             if run.roi is None:
                 continue
-            for fm in run.maps.values():
-                if fm.done or not fm.dirty or not (fm.partials or fm.acc):
+            for lm in run.maps.values():
+                handed = self.gathering[run.uid].maps.get(lm.number)
+                partials = list(handed.partials.values()) if handed is not None else []
+                if lm.done or not lm.dirty or not (partials or lm.acc):
                     continue
-                fm.dirty = False
-                acc = self._merged(run, fm, list(fm.partials.values()))
-                self.outputs.partial(acc, run=run.uid, number=fm.number, n_frames=fm.n_expected,
-                                     frames_lost=0, options=self._options(run))
-                self._published(fm)
+                lm.dirty = False
+                self._partial(run, lm, run.merged(lm, partials), n_frames=lm.n_expected, frames_lost=0)
 
     def status(self) -> dict[str, Any]:
         """Lossy status message of docs/protocol.md (same fields as the inline processor)."""
-        run = max(self.runs.values(), key=lambda r: r.stop is None, default=None)
-        current = max((fm for fm in run.maps.values() if not fm.done), key=lambda m: m.number, default=None) if run else None
+        run = max(self.runs.values(), key=lambda r: self.gathering[r.uid].stop is None, default=None)
+        current = run.current_map() if run else None
         return self._status_message(
             run=run.uid if run else None, lost=self.counters.lost, rejected=dict(self.counters.rejected),
             map_number=current.number if current else None,
             map_progress=current.received / current.n_expected if current and current.n_expected else None,
-            maps_done=sum(fm.done for fm in run.maps.values()) if run else len(self.summaries),
-            recovered=self.recovered, workers=self.n_workers)
+            maps_done=sum(lm.done for lm in run.maps.values()) if run else len(self.summaries),
+            recovered=self.recovered)
 
     # -- loop --------------------------------------------------------------------------------------
     def poll_once(self, timeout_ms: int = 50) -> None:
@@ -535,6 +475,11 @@ class FanOutProcessor(LiveService):
         if now - self._last_check >= 1.0:
             self._last_check = now
             self._check_workers()
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """Process ids of the worker processes (started, not necessarily alive)."""
+        return [p.pid for p in self.processes if p.pid is not None]
 
     def close(self) -> None:
         """Stop the workers, close every socket (final maps still queued are logged)."""

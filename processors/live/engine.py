@@ -1,0 +1,157 @@
+"""The live engine: one run's bookkeeping around the accumulator, the same in every executor.
+
+`LiveRun` is what the inline processor, each fan-out worker and the fan-out coordinator know
+of a run: its start (geometry, mask), the options recorded with every map (ROI, threshold,
+background), the auto-ROI decision still to make, and its maps (`LiveMap`), each with the
+additive sums of a `MomentAccumulator`. Executors differ only in who feeds it: the inline
+processor `accumulate`s every frame, a worker the frames it was dealt, the coordinator
+`merged`s the workers' sums (LiberTEM's UDF/executor split). Stream checks and loss by
+sequence number stay with the receiver (`opmon.streaming.receiver`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from opmon.processors.accumulate import MomentAccumulator, Roi
+from opmon.processors.geometry import DetectorGeometry
+from opmon.processors.live.roi import RoiDecider
+from opmon.streaming.receiver import RunShapes
+
+
+def geometry_of(start: dict[str, Any]) -> DetectorGeometry:
+    """DetectorGeometry from a run's start header (protocol field names)."""
+    return DetectorGeometry(float(start["energy_ev"]), float(start["distance_m"]), tuple(start["pixel_size_m"]),
+                            tuple(start["beam_center"]), tuple(start["frame_shape"]))
+
+
+def initial_roi(setting: Any, start: dict[str, Any]) -> Roi | None:
+    """A run's ROI before any frame: the configured one, the full frame (None), the one its start
+    metadata names, or None when it is to be decided from the first frames ("auto")."""
+    if setting == "auto":
+        return tuple(start.get("metadata", {}).get("roi") or ()) or None  # type: ignore[return-value]
+    if setting is None:
+        rows, cols = start["frame_shape"]
+        return (0, rows, 0, cols)
+    return setting  # type: ignore[no-any-return]
+
+
+def accumulator_options(options: dict[str, Any]) -> dict[str, Any]:
+    """MomentAccumulator keyword options from the options recorded with every map."""
+    roi = options.get("roi")
+    return {"roi": tuple(roi) if roi is not None else None, "threshold": int(options.get("threshold", 0)),
+            "background": options.get("background", "auto")}
+
+
+@dataclass
+class LiveMap:
+    """One map being built, from frames (inline, worker) or from the workers' sums (coordinator)."""
+
+    number: int
+    map_shape: tuple[int, int]
+    shape_known: bool = False        # its map_start was seen (else the run's map shape is a guess)
+    acc: MomentAccumulator | None = None
+    received: int = 0                # frames in the sums (the coordinator: reported by workers or filled in)
+    n_expected: int = 0              # from map_start (0: unknown)
+    n_sent: int | None = None        # from map_end
+    ended: bool = False              # no more frames are taken: its final maps are being made
+    done: bool = False               # final maps made (a worker: its final sums handed in)
+    dirty: bool = False              # frames added since the last partial map
+    unpublished_t: list[float] = field(default_factory=list)   # send times of frames no map showed yet
+
+
+@dataclass
+class LiveRun(RunShapes):
+    """One run as the live processor knows it: its start, map options, ROI decision and maps.
+
+    `options` is what every map records (`roi` None until decided, `threshold`, `background`);
+    `roi_decider` is set while the auto ROI is still to be decided.
+    """
+
+    uid: str
+    start: dict[str, Any]
+    mask: npt.NDArray[np.uint8] | None
+    options: dict[str, Any]
+    adopted: bool = False            # joined mid-run: the start came from the archive
+    roi_decider: RoiDecider | None = None
+    held: list[tuple[dict[str, Any], npt.NDArray[Any]]] = field(default_factory=list)  # frames waiting for the ROI
+    maps: dict[int, LiveMap] = field(default_factory=dict)
+    recovered: int = 0               # frames read from the archive
+
+    @classmethod
+    def begin(cls, start: dict[str, Any], mask: npt.NDArray[np.uint8] | None, roi: Roi | None, *, threshold: int,
+              background: Any, roi_quota: int, roi_wait_s: float, adopted: bool = False) -> LiveRun:
+        """A run from its start header; `roi` None: decided from its first `roi_quota` frames."""
+        options = {"roi": list(roi) if roi is not None else None, "threshold": threshold, "background": background}
+        decider = RoiDecider(roi_quota, roi_wait_s) if roi is None else None
+        return cls(start["run"], start, mask, options, adopted=adopted, roi_decider=decider)
+
+    @property
+    def roi(self) -> Roi | None:
+        roi = self.options.get("roi")
+        return tuple(roi) if roi is not None else None  # type: ignore[return-value]
+
+    @cached_property
+    def geometry(self) -> DetectorGeometry:
+        return geometry_of(self.start)
+
+    def set_roi(self, roi: Roi) -> None:
+        """The ROI is decided: every map of the run is accumulated with it."""
+        self.options = dict(self.options, roi=list(roi))
+        self.roi_decider = None
+
+    def decide_roi(self, settle: bool = True) -> Roi | None:
+        """Try to decide the auto ROI from the frames summed so far (see `RoiDecider.decide`)."""
+        if self.roi is not None or self.roi_decider is None:
+            return self.roi
+        roi = self.roi_decider.decide(self.mask, self.frame_shape, settle=settle)
+        if roi is not None:
+            self.set_roi(roi)
+        return roi
+
+    def map(self, number: int) -> LiveMap:
+        """The map `number`, begun with the run's map shape if not known yet."""
+        lm = self.maps.get(number)
+        if lm is None:
+            lm = self.maps[number] = LiveMap(number, self.map_shape)
+        return lm
+
+    def map_started(self, number: int, map_shape: tuple[int, int], n_expected: int = 0) -> LiveMap:
+        """A map_start: the map's real shape and how many frames it should hold."""
+        lm = self.map(number)
+        lm.map_shape, lm.shape_known = tuple(map_shape), True  # type: ignore[assignment]
+        lm.n_expected = n_expected or lm.n_expected
+        return lm
+
+    def accumulator(self, lm: LiveMap) -> MomentAccumulator:
+        """An empty accumulator for `lm` with the run's geometry, mask and options."""
+        return MomentAccumulator(self.geometry, lm.map_shape, detector_mask=self.mask,
+                                 **accumulator_options(self.options))
+
+    def accumulate(self, header: dict[str, Any], frame: npt.NDArray[Any]) -> LiveMap:
+        """Add one frame (the ROI must be known) into its map's sums."""
+        lm = self.map(header["map"])
+        if lm.acc is None:
+            lm.acc = self.accumulator(lm)
+        lm.acc.process_frame(frame, header["index"], header["eta"], header["phi"], header["nu"], header["delta"])
+        lm.received += 1
+        lm.dirty = True
+        return lm
+
+    def merged(self, lm: LiveMap, states: list[dict[str, np.ndarray] | None]) -> MomentAccumulator:
+        """`lm`'s own sums plus other processes' (the fan-out workers'), in a new accumulator."""
+        acc = self.accumulator(lm)
+        if lm.acc is not None:
+            acc.load_state(lm.acc.state())
+        for state in states:
+            if state:
+                acc.load_state(state)
+        return acc
+
+    def current_map(self) -> LiveMap | None:
+        """The newest map not yet final (the one the status reports on)."""
+        return max((lm for lm in self.maps.values() if not lm.done), key=lambda m: m.number, default=None)

@@ -1,0 +1,126 @@
+"""The auto-ROI rule of the live processor, one copy for every executor.
+
+The ROI is fixed once per run from the sum of its first frames. An eta-outer scan often starts
+off the rocking curve, so the first frames may show no Bragg peak: then the decision waits for
+more frames (or for `wait_s`), up to ROI_MAX_FRAMES, after which it settles for the full frame.
+The inline processor, each fan-out worker (which reports its share of the sum) and the fan-out
+coordinator (which merges the shares and decides) all run this one `RoiDecider`.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from opmon.processors.accumulate import Roi
+from opmon.processors.offline import roi_from_image
+
+#: frames an auto ROI may wait for a Bragg peak to show before it settles for the full frame
+ROI_MAX_FRAMES = 256
+
+
+class RoiSum:
+    """Running sum of a run's first frames, added as they arrive (the auto-ROI decision then
+    costs one smoothing, not a pass over every held frame)."""
+
+    def __init__(self) -> None:
+        self.total: npt.NDArray[np.uint64] | None = None
+        self.frames = 0
+
+    @property
+    def sources(self) -> int:
+        """Processes whose running sums were taken (`share`)."""
+        return len(self._shares)
+
+    def add(self, frame: npt.NDArray[Any]) -> None:
+        if self.total is None:
+            self.total = np.zeros(frame.shape, dtype=np.uint64)
+        np.add(self.total, frame, out=self.total, casting="unsafe")
+        self.frames += 1
+
+    def merge(self, total: npt.NDArray[Any], frames: int) -> None:
+        """Add another process's running sum (fan-out: each worker sums what it was dealt)."""
+        if self.total is None:
+            self.total = np.zeros(total.shape, dtype=np.uint64)
+        self.total += total.astype(np.uint64, copy=False)
+        self.frames += frames
+
+    def roi(self, mask: npt.NDArray[np.uint8] | None, frame_shape: tuple[int, int], settle: bool = True) -> Roi | None:
+        """The ROI these frames show; with `settle` False, None while no Bragg peak stands out
+        (the first frames of an eta-outer scan are often off the rocking curve: wait for more),
+        with `settle` the full frame then, which is slower but never cuts a peak."""
+        roi = roi_from_image(self.total.astype(np.float64), mask) if self.total is not None else None
+        if roi is None and settle:
+            return (0, frame_shape[0], 0, frame_shape[1])
+        return roi
+
+
+def roi_from_sum(total: npt.NDArray[np.float64], mask: npt.NDArray[np.uint8] | None = None) -> Roi:
+    """The `opmon process` auto-ROI rule on a sum of a run's first frames (full frame if no peak)."""
+    roi = roi_from_image(total, mask)
+    return roi if roi is not None else (0, total.shape[0], 0, total.shape[1])
+
+
+class RoiDecider:
+    """Hold-and-decide state of one run's auto ROI.
+
+    Parameters
+    ----------
+    quota : frames to sum before the first try, and more frames to sum before each retry.
+    wait_s : a try is also due this long after the first frame (or the last failed try), s.
+    """
+
+    def __init__(self, quota: int, wait_s: float) -> None:
+        self.sum = RoiSum()
+        self.quota = max(1, quota)
+        self.wait_s = wait_s
+        self.next = self.quota             # frames summed at which the next try is due
+        self.since: float | None = None    # time.monotonic() of the first frame or the last failed try
+        self._shares: dict[int, tuple[int, npt.NDArray[Any]]] = {}
+
+    @property
+    def frames(self) -> int:
+        return self.sum.frames
+
+    @property
+    def sources(self) -> int:
+        """Processes whose running sums were taken (`share`)."""
+        return len(self._shares)
+
+    def add(self, frame: npt.NDArray[Any]) -> None:
+        """Sum one of the run's first frames."""
+        self.sum.add(frame)
+        if self.since is None:
+            self.since = time.monotonic()
+
+    def share(self, source: int, total: npt.NDArray[Any], frames: int) -> None:
+        """Take another process's running sum (the latest of each source wins) instead of frames."""
+        self._shares[source] = (frames, total)
+        self.sum = RoiSum()
+        for n, image in self._shares.values():
+            if n:
+                self.sum.merge(image, n)
+        if self.since is None:
+            self.since = time.monotonic()
+
+    def due(self, now: float | None = None) -> bool:
+        """Enough frames summed, or waited long enough since the first one (or the last try)."""
+        if self.since is None:
+            return False
+        now = time.monotonic() if now is None else now
+        return self.sum.frames >= self.next or now - self.since >= self.wait_s
+
+    def decide(self, mask: npt.NDArray[np.uint8] | None, frame_shape: tuple[int, int], settle: bool = True) -> Roi | None:
+        """The ROI of the frames summed so far; unless `settle`, None while they show no Bragg
+        peak (up to ROI_MAX_FRAMES; the next try is then due after `quota` more frames)."""
+        roi = self.sum.roi(mask, frame_shape, settle=settle or self.sum.frames >= ROI_MAX_FRAMES)
+        if roi is None:
+            self.wait_for_more(self.sum.frames)
+        return roi
+
+    def wait_for_more(self, looked_at: int) -> None:
+        """No peak in the first `looked_at` frames: try again after `quota` more (or `wait_s`)."""
+        self.next = looked_at + self.quota
+        self.since = time.monotonic()

@@ -1,0 +1,154 @@
+"""What the inline and the fan-out executors share: settings, outputs and the service loop.
+
+Both begin runs with the same engine (`engine.LiveRun`), keep their outputs in one `MapOutputs`,
+publish partial maps every `publish_interval_s`, a status message every second, and, when idle
+with an archive, make the newest run's maps that nobody delivered (`live_recovery.catch_up`).
+Each executor says how to take one round of messages (`poll_once`), which runs are open, what
+its status and partial maps are.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import zmq
+
+from opmon.processors.accumulate import MomentAccumulator, Roi
+from opmon.processors.live.engine import LiveMap, LiveRun, initial_roi
+from opmon.processors.live.outputs import MapOutputs
+from opmon.processors.live_recovery import catch_up
+from opmon.processors.maps import MapResult
+from opmon.streaming import protocol as P
+
+CATCH_UP_S = 5.0   # an idle processor looks this often for archived maps nobody made
+LATENCY_RECORDS = 200_000   # latest frames whose latency is kept (benchmarks, status)
+
+
+class LiveService:
+    """Base of `LiveProcessor` and `FanOutProcessor` (not used alone)."""
+
+    def _init_service(self, context: zmq.Context | None, display_endpoint: str | None, maps_endpoint: str | None, *,
+                      publish_interval_s: float, roi: Roi | str | None, roi_frames: int, roi_wait_s: float,
+                      threshold: int, background: Any, archive_dir: str | Path | None, workers: int) -> None:
+        self.context = context or zmq.Context.instance()
+        self.n_workers = workers
+        self.archive_dir = Path(archive_dir) if archive_dir is not None else None
+        self.roi_setting, self.roi_frames, self.roi_wait_s = roi, roi_frames, roi_wait_s
+        self.threshold, self.background = threshold, background
+        self.publish_interval_s = publish_interval_s
+        self.outputs = MapOutputs(self.context, display_endpoint, maps_endpoint)
+        self.display = self.outputs.display
+        self.roi_decided_at = 0.0                 # time.time() the current run's ROI was known
+        self.stopped = False
+        # Per-frame latency records of the latest frames (bounded: a 48 h beamtime must not grow them)
+        self.latencies: deque[float] = deque(maxlen=LATENCY_RECORDS)       # frame sent -> accumulated, s
+        self.latency_seqs: deque[int] = deque(maxlen=LATENCY_RECORDS)      # seq of each entry of `latencies`
+        self.accumulated_at: deque[float] = deque(maxlen=LATENCY_RECORDS)  # when it was accumulated (time.time())
+        self.publish_latencies: deque[float] = deque(maxlen=LATENCY_RECORDS)  # frame sent -> first map showing it, s
+        self.recovered_maps = 0
+        self.frames_processed = 0
+        self.errors = 0
+        self._rate = (time.monotonic(), 0)
+        self._last_publish = self._last_status = 0.0
+        self._last_catch_up = time.monotonic()
+
+    @property
+    def results(self) -> dict[tuple[str, int], MapResult]:
+        return self.outputs.results
+
+    @property
+    def summaries(self) -> list[dict[str, Any]]:
+        return self.outputs.summaries
+
+    # -- the engine, the same for every executor --------------------------------------------------
+    def _new_run(self, start: dict[str, Any], mask: npt.NDArray[np.uint8] | None, *, adopted: bool,
+                 roi: Roi | None) -> LiveRun:
+        """A run with this processor's settings; `roi` (recovered from the archive) before the setting."""
+        run = LiveRun.begin(start, mask, roi or initial_roi(self.roi_setting, start), threshold=self.threshold,
+                            background=self.background, roi_quota=self.roi_frames, roi_wait_s=self.roi_wait_s,
+                            adopted=adopted)
+        if run.roi is not None:
+            self.roi_decided_at = time.time()
+        return run
+
+    def _accumulated(self, latency_s: float, seq: int, at: float) -> None:
+        """Record one frame in the sums (latency from its send time, when)."""
+        self.latencies.append(latency_s)
+        self.latency_seqs.append(seq)
+        self.accumulated_at.append(at)
+        self.frames_processed += 1
+
+    def _published(self, lm: LiveMap) -> None:
+        """The frames of `lm` not yet shown are in a map just published: record their latency."""
+        now = time.time()
+        self.publish_latencies.extend(now - t for t in lm.unpublished_t)
+        lm.unpublished_t.clear()
+
+    def _final(self, run: LiveRun, lm: LiveMap, acc: MomentAccumulator, *, n_frames: int, frames_lost: int) -> None:
+        """Make, publish and archive `lm`'s final maps from `acc`."""
+        lm.done = True
+        self.outputs.final(acc, run=run.uid, number=lm.number, n_frames=n_frames, frames_lost=frames_lost,
+                           options=run.options)
+        self._published(lm)
+
+    def _partial(self, run: LiveRun, lm: LiveMap, acc: MomentAccumulator, *, n_frames: int, frames_lost: int) -> None:
+        """Publish `lm` in progress from `acc` on the display channel."""
+        self.outputs.partial(acc, run=run.uid, number=lm.number, n_frames=n_frames, frames_lost=frames_lost,
+                             options=run.options)
+        self._published(lm)
+
+    # -- what each executor says ------------------------------------------------------------------
+    def _open_runs(self) -> set[str]:
+        raise NotImplementedError
+
+    def publish_partials(self) -> None:
+        raise NotImplementedError
+
+    def status(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def poll_once(self, timeout_ms: int = 50) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def _status_message(self, *, run: str | None, lost: int, rejected: dict[str, int], map_number: int | None,
+                        map_progress: float | None, maps_done: int, recovered: int) -> dict[str, Any]:
+        """The lossy status message of docs/protocol.md, with the frame rate since the last one."""
+        now = time.monotonic()
+        t0, n0 = self._rate
+        rate = (self.frames_processed - n0) / (now - t0) if now > t0 else 0.0
+        self._rate = (now, self.frames_processed)
+        return {"v": P.VERSION, "kind": "status", "source": "live", "t": time.time(),
+                "run": run, "state": "running" if run else "idle",
+                "frames": self.frames_processed, "frames_per_s": rate, "frames_lost": lost,
+                "rejected": rejected, "map": map_number, "map_progress": map_progress,
+                "maps_done": maps_done, "recovered": recovered, "errors": self.errors,
+                "maps_unarchived": len(self.outputs.unarchived), "workers": self.n_workers, "archive": None}
+
+    def _housekeeping(self, now: float) -> None:
+        """Publish and report on time; catch up from the archive when idle."""
+        if now - self._last_publish >= self.publish_interval_s:
+            self._last_publish = now
+            self.publish_partials()
+        if self.outputs.display is not None and now - self._last_status >= 1.0:
+            self._last_status = now
+            self.outputs.status(self.status())
+        if self.archive_dir is not None and not self._open_runs() and now - self._last_catch_up >= CATCH_UP_S:
+            self._last_catch_up = now
+            self.recovered_maps += catch_up(self.archive_dir, self.outputs, skip_runs=self._open_runs(),
+                                            roi=self.roi_setting, roi_frames=self.roi_frames,
+                                            threshold=self.threshold, background=self.background)
+
+    def serve(self, stop_when: Any = None) -> None:
+        """Run until `stop_when()` is true or `stopped` is set, then close."""
+        try:
+            while not self.stopped and not (stop_when and stop_when()):
+                self.poll_once()
+        finally:
+            self.close()
