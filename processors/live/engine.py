@@ -135,6 +135,9 @@ class LiveRun(RunShapes):
     def accumulate(self, header: dict[str, Any], frame: npt.NDArray[Any]) -> LiveMap:
         """Add one frame (the ROI must be known) into its map's sums."""
         lm = self.map(header["map"])
+        if lm.done:     # its final maps are made (a frame late or re-sent after the map's end): counted, not summed
+            lm.received += 1
+            return lm
         if lm.acc is None:
             lm.acc = self.accumulator(lm)
         lm.acc.process_frame(frame, header["index"], header["eta"], header["phi"], header["nu"], header["delta"])

@@ -225,7 +225,6 @@ class FanOutProcessor(LiveService):
             log.error("run %s map %d: sums hold %d frames, %d were reported", run.uid, lm.number, acc.frames_seen,
                       lm.received)
         self._final(run, lm, acc, n_frames=lm.n_expected, frames_lost=lost)
-        lm.acc = None
 
     def _end_run(self, run: LiveRun) -> None:
         stop = self.gathering.pop(run.uid).stop
@@ -437,6 +436,9 @@ class FanOutProcessor(LiveService):
 
     def _open_runs(self) -> set[str]:
         return set(self.runs)
+
+    def _live_runs(self) -> list[LiveRun]:
+        return list(self.runs.values())
 
     # -- publication and status --------------------------------------------------------------------
     def publish_partials(self) -> None:

@@ -205,6 +205,9 @@ class LiveProcessor(LiveService):
     def _open_runs(self) -> set[str]:
         return {self.run.uid} if self.run is not None else set()
 
+    def _live_runs(self) -> list[LiveRun]:
+        return [self.run] if self.run is not None else []
+
     # -- publication -----------------------------------------------------------------------------
     def publish_partials(self) -> None:
         """Partial maps of every map in progress with new frames (lossy display channel)."""

@@ -94,6 +94,7 @@ class LiveService:
         self.outputs.final(acc, run=run.uid, number=lm.number, n_frames=n_frames, frames_lost=frames_lost,
                            options=run.options)
         self._published(lm)
+        lm.acc = None   # the sums of a finished map are its final maps now: a run of hundreds of maps must not keep them
 
     def _partial(self, run: LiveRun, lm: LiveMap, acc: MomentAccumulator, *, n_frames: int, frames_lost: int) -> None:
         """Publish `lm` in progress from `acc` on the display channel."""
@@ -110,6 +111,14 @@ class LiveService:
 
     def status(self) -> dict[str, Any]:
         raise NotImplementedError
+
+    def _live_runs(self) -> list[LiveRun]:
+        raise NotImplementedError
+
+    def sums_held(self) -> int:
+        """Maps whose sums this process holds in memory: the maps in progress only (a run of
+        hundreds of maps over a 48 h beamtime must not keep the sums of the finished ones)."""
+        return sum(lm.acc is not None for run in self._live_runs() for lm in run.maps.values())
 
     def poll_once(self, timeout_ms: int = 50) -> None:
         raise NotImplementedError
