@@ -17,7 +17,8 @@ import numpy as np
 import numpy.typing as npt
 
 from opmon.errors import ConfigError
-from opmon.formats import DATA, RawMapWriter
+from opmon.streaming.archive.layout import DATA
+from opmon.streaming.archive.raw import RawMapWriter
 
 HEADER_KEYS = ("run_uid", "map_number", "seq", "map_index", "eta", "phi", "nu", "delta", "x", "y",
                "timestamp", "dtype", "shape")

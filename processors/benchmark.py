@@ -15,7 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from opmon.formats import RawMapWriter
+from opmon.streaming.archive.raw import RawMapWriter
 from opmon.processors.accumulate import MomentAccumulator
 from opmon.processors.geometry import DetectorGeometry
 from opmon.processors.offline import ProcessOptions, process_file

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+import h5py
 import numpy as np
 import numpy.typing as npt
 
 from opmon.errors import EmptyMapError
+from opmon.streaming.archive.maps_file import MapsArrays, read_maps
 
 MASK_FRACTION = 0.2  # pixels below 20 % of the map's maximum intensity are invalid
 
@@ -48,6 +50,21 @@ class MapResult:
     def arrays(self) -> dict[str, np.ndarray]:
         """All arrays by FORMATS.md name (for files and messages)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), np.ndarray)}
+
+    def maps_arrays(self) -> MapsArrays:
+        """The arrays and background as the archive's maps layout takes them."""
+        return MapsArrays(self.arrays(), self.background)
+
+    @classmethod
+    def from_maps(cls, maps: MapsArrays) -> MapResult:
+        """The MapResult of maps read from a file or a message (FORMATS.md names)."""
+        names = [f.name for f in fields(cls) if f.name != "background"]
+        return cls(**{name: maps.arrays[name] for name in names}, background=maps.background)
+
+
+def read_map_result(parent: h5py.Group) -> MapResult:
+    """``parent/maps`` of a maps file as a MapResult (checked: see `maps_file.read_maps`)."""
+    return MapResult.from_maps(read_maps(parent))
 
 
 def derive_maps(sum_i: F64, sum_iq: F64, sum_iqq: F64, frames: npt.NDArray[np.int64], background: float = 0.0,

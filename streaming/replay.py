@@ -19,10 +19,11 @@ import numpy as np
 
 from opmon import interrupt
 from opmon.errors import ArchiveError, RawFileError
-from opmon.formats import (RawMeta, check_roi, entry_label, iter_checked_blocks, linked_files, map_entries, open_hdf5,
-                           read_raw_meta)
-from opmon.safe_chunks import FrameReader
-from opmon.streaming.archive_files import MASTER
+from opmon.streaming.archive.frames import FrameReader
+from opmon.streaming.archive.layout import DATA, MASTER
+from opmon.streaming.archive.raw import (RawMeta, check_roi, entry_label, iter_checked_blocks, linked_files, map_entries,
+                                        open_hdf5, read_raw_meta)
+from opmon.streaming.archive.reader import RunArchive
 from opmon.streaming.publisher import ZmqFrameSink
 
 
@@ -39,10 +40,10 @@ class ReplayReport:
 
 
 def resolve_archive(path: str | Path) -> Path:
-    """The HDF5 file to replay: a run directory's master file, or the file itself."""
+    """The HDF5 file to replay: a run directory's master file (through `RunArchive`), or the file itself."""
     p = Path(path)
     if p.is_dir():
-        p = p / MASTER
+        p = RunArchive.at(p).master
     if not p.is_file():
         raise ArchiveError(f"{path}: no such archive (expected a run directory, its {MASTER}, or a raw SXDM file)")
     return p
@@ -170,7 +171,7 @@ def _frames(entry: h5py.Group, block: int, label: str, skip_bad: bool, bad_out: 
         interrupt.check()
         if bad:
             if not skip_bad:
-                raise FrameReader(entry["instrument/detector/data"], label).error(bad)
+                raise FrameReader(entry[DATA], label).error(bad)
             bad_out.extend(bad)
         owned = frames.copy()
         for k in range(owned.shape[0]):

@@ -22,9 +22,9 @@ from opmon import interrupt
 from opmon.commands.process import EXIT_SKIPPED, parse_background, parse_roi
 from opmon.config import load_config
 from opmon.errors import OpmonError, StreamStalledError
-from opmon.outputs import atomic_path, check_outputs
+from opmon.streaming.archive.safe_writes import atomic_path, check_outputs
 from opmon.processors.live import open_live_processor
-from opmon.processors.mapfile import write_maps
+from opmon.streaming.archive.maps_file import write_maps
 from opmon.streaming.publisher import ZmqFrameSink
 from opmon.streaming.replay import ReplayReport, ReplaySource, open_source, replay
 
@@ -103,7 +103,7 @@ def _internal(args: argparse.Namespace, config: Any, source: ReplaySource, roi: 
                 entry = f.create_group(f"entry{number}")
                 entry.attrs["NX_class"] = "NXentry"
                 summary_roi = processor.summaries[0].get("roi")
-                maps = write_maps(entry, result, attrs={"run_uid": run, "replay_of": report.source_run or str(args.archive_path),
+                maps = write_maps(entry, result.maps_arrays(), attrs={"run_uid": run, "replay_of": report.source_run or str(args.archive_path),
                                                         **({"roi": summary_roi} if summary_roi else {})})
                 bad = report.bad_frames.get(entry_of.get(number, ""), [])
                 maps.attrs["bad_frames_count"] = len(bad)

@@ -3,7 +3,7 @@ import h5py
 import numpy as np
 import pytest
 
-from opmon.formats import RawMapWriter
+from opmon.streaming.archive.raw import RawMapWriter
 
 SHAPE = (40, 48)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zmq
 
-from opmon.formats import RawMapWriter
+from opmon.streaming.archive.raw import RawMapWriter
 from opmon.processors.live import LiveProcessor, open_live_processor
 from opmon.processors.live_state import roi_from_sum
 from opmon.processors.live_messages import decode_map
