@@ -22,7 +22,7 @@ from opmon.processors.accumulate import Background, MomentAccumulator, Roi
 from opmon.processors.geometry import DetectorGeometry
 from opmon.processors.maps import MapResult
 from opmon.streaming.archive.frames import FrameReader
-from opmon.streaming.archive.layout import DATA, MAPS_BAD_FRAMES
+from opmon.streaming.archive.layout import DATA, MAPS, MAPS_BAD_FRAMES
 from opmon.streaming.archive.maps_file import write_maps
 from opmon.streaming.archive.raw import (RawMeta, check_roi, entry_label, iter_checked_blocks, linked_files, map_entries,
                                         natural_key, open_hdf5, read_raw_meta)
@@ -243,7 +243,7 @@ def process_plan(plan: RawPlan, output: str | Path, options: ProcessOptions,
         for name, done in results.items():
             group = out.create_group(name)
             group.attrs["NX_class"] = "NXentry"
-            group.attrs["default"] = "maps"
+            group.attrs["default"] = MAPS
             maps = write_maps(group, done.result.maps_arrays(), {**options.attrs(done.roi), "source": f"{plan.raw}:/{name}",
                                                    "bad_frames_count": len(done.bad_frames)})
             maps.create_dataset(MAPS_BAD_FRAMES, data=np.asarray(done.bad_frames, dtype=np.int64))

@@ -8,6 +8,7 @@ import h5py
 
 from opmon import interrupt
 from opmon.errors import OutputError, RawFileError
+from opmon.streaming.archive.layout import MAPS
 from opmon.streaming.archive.raw import open_hdf5
 from opmon.streaming.archive.safe_writes import check_outputs
 
@@ -32,7 +33,7 @@ def _run(args: argparse.Namespace) -> int:
                     raise RawFileError(f"{path}: no entry {args.entry!r}")
                 names = [args.entry]
             else:
-                names = [n for n in f if isinstance(f.get(n), h5py.Group) and "maps" in f[n]]
+                names = [n for n in f if isinstance(f.get(n), h5py.Group) and MAPS in f[n]]
             if not names:
                 raise RawFileError(f"{path}: no entry holds a maps group")
             results = {name: read_map_result(f[name]) for name in names}  # every map read and checked first

@@ -132,10 +132,14 @@ class RunArchive:
         return {key[len(ATTR_DOCUMENT):]: json.loads(value) for key, value in attrs.items()
                 if key.startswith(ATTR_DOCUMENT)}
 
+    def state(self) -> str:
+        """"running" until the archiver recorded the run's end, then "done" ("" without run.h5)."""
+        return str(self._master_attrs().get(ATTR_STATE, "")) if self.exists() else ""
+
     def closed(self) -> bool:
         """True once the archiver recorded the run's end (its stop message) in run.h5."""
         try:
-            return str(self._master_attrs().get(ATTR_STATE, "")) == STATE_DONE
+            return self.state() == STATE_DONE
         except (OSError, KeyError):
             return False
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import zmq
 
+from opmon.streaming.archive.layout import COMPLETE, MAP_COMPLETE
 from opmon.streaming.archive.raw import iter_frame_blocks
 from opmon.streaming import protocol as P
 from opmon.streaming.archive.acks import ArchiveAcks
@@ -92,7 +93,7 @@ def test_archiver_killed_mid_map_and_restarted_archives_every_frame_exactly_once
             np.testing.assert_array_equal(entry["scan/sequence"][()], seqs)      # each once, in order
             stored = np.concatenate([b.copy() for _, b in iter_frame_blocks(entry)])
             np.testing.assert_array_equal(stored, frames[seqs])
-            assert entry.attrs["complete"] == 1 and entry["scan/complete"][()] == 1
+            assert entry.attrs["complete"] == 1 and entry[COMPLETE][()] == 1
     text = log_path.read_text()
     assert "sender synced" in text and "were lost" not in text, text
 
@@ -198,7 +199,7 @@ def test_a_full_spool_drops_frames_as_real_losses_and_the_map_is_not_complete(tm
     assert lost == 20 - kept
     with h5py.File(tmp_path / run / "map_0000.h5", "r") as f:
         np.testing.assert_array_equal(f["entry/scan/sequence"][()], np.arange(kept))
-        assert f["entry/scan/complete"][()] == 0
+        assert f[MAP_COMPLETE][()] == 0
         assert (f["entry/scan/n_frames_sent"][()], f["entry/scan/last_seq_sent"][()]) == (20, 19)
     summary = summarize(tmp_path / run, 20, "success")
     assert summary.frames_lost == 20 - kept and not summary.ok

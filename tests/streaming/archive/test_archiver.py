@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import zmq
 
+from opmon.streaming.archive.layout import COMPLETE
 from opmon.streaming.archive.raw import iter_frame_blocks, read_raw_meta
 from opmon.processors.accumulate import MomentAccumulator
 from opmon.processors.geometry import DetectorGeometry
@@ -158,7 +159,7 @@ def test_kill_9_mid_map_leaves_every_flushed_frame_readable(tmp_path, ctx):
         stored_frames = np.concatenate([b.copy() for _, b in iter_frame_blocks(entry)])
         np.testing.assert_array_equal(stored_frames, frames[:n])
         np.testing.assert_array_equal(entry["scan/sequence"][()], np.arange(n))
-        assert entry["scan/complete"][()] == 0
+        assert entry[COMPLETE][()] == 0
     with h5py.File(tmp_path / "archive" / run / "run.h5", "r") as f:   # master was never half-written
         assert f.attrs["state"] == "running" and "entry0" in f
 
