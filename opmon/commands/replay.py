@@ -24,6 +24,7 @@ from opmon.config import load_config
 from opmon.errors import OpmonError, StreamStalledError
 from opmon.streaming.archive.safe_writes import atomic_path, check_outputs
 from opmon.processors.live import open_live_processor
+from opmon.streaming.archive.layout import ATTR_MAP_NUMBER
 from opmon.streaming.archive.maps_file import write_maps
 from opmon.streaming.publisher import ZmqFrameSink
 from opmon.streaming.replay import ReplayReport, ReplaySource, open_source, replay
@@ -97,7 +98,7 @@ def _internal(args: argparse.Namespace, config: Any, source: ReplaySource, roi: 
     for s in processor.summaries:
         print(f"{s['map']:>4} {s['frames']:>7} {s['frames_lost']:>5} {s['d_mean']:>12.5f}")
     if output is not None:
-        entry_of = {int(source.file[n].attrs.get("map_number", i)): n for i, n in enumerate(source.entries)}
+        entry_of = {int(source.file[n].attrs.get(ATTR_MAP_NUMBER, i)): n for i, n in enumerate(source.entries)}
         with atomic_path(output) as tmp, h5py.File(tmp, "w") as f:
             for (run, number), result in sorted(processor.results.items(), key=lambda kv: kv[0][1]):
                 entry = f.create_group(f"entry{number}")
