@@ -22,10 +22,11 @@ import zmq
 from opmon.errors import OpmonError
 from opmon.processors.accumulate import MomentAccumulator, Roi, warm_up_kernels
 from opmon.processors.live_outputs import MapOutputs
-from opmon.processors.live_recovery import RunArchive, recover_missed_maps, recover_prefix
+from opmon.processors.live_recovery import recover_missed_maps, recover_prefix
 from opmon.processors.live_service import LiveService
 from opmon.processors.live_state import ROI_MAX_FRAMES, LiveMap, LiveRun, accumulator_options, geometry_of, initial_roi
 from opmon.streaming import protocol as P
+from opmon.streaming.archive.reader import RunArchive
 from opmon.streaming.receiver import Counters, FrameReceiver
 
 log = logging.getLogger(__name__)

@@ -28,14 +28,15 @@ import numpy as np
 import numpy.typing as npt
 import zmq
 
-from opmon.errors import ArchiveError, OpmonError
+from opmon.errors import ArchiveError, CorruptFrameError, OpmonError
 from opmon.processors import live_worker as W
 from opmon.processors.accumulate import MomentAccumulator, Roi
 from opmon.processors.live_outputs import MapOutputs
-from opmon.processors.live_recovery import RunArchive, recover_missed_maps
+from opmon.processors.live_recovery import recover_missed_maps
 from opmon.processors.live_service import LiveService
 from opmon.processors.live_state import ROI_MAX_FRAMES, RoiSum, accumulator_options, geometry_of, initial_roi
 from opmon.streaming import protocol as P
+from opmon.streaming.archive.reader import RunArchive
 from opmon.streaming.receiver import Counters
 
 log = logging.getLogger(__name__)
@@ -240,7 +241,7 @@ class FanOutProcessor(LiveService):
                 if header["seq"] in fm.seqs:
                     continue
                 self._feed_here(run, header, frame)
-        except (ArchiveError, OSError, KeyError) as exc:
+        except (ArchiveError, CorruptFrameError, OSError, KeyError) as exc:
             log.error("run %s map %d: missing frames not recovered: %s", run.uid, fm.number, exc)
         log.warning("run %s map %d: %d frames recovered from the archive", run.uid, fm.number, fm.recovered)
 
