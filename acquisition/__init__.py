@@ -3,10 +3,11 @@
 Plans depend only on these device interfaces; `opmon.simulators.beamline` builds the same
 devices over simulated transports.
 """
-from opmon.acquisition.detector import DetectorGeometry, FrameSource, SxdmDetector
-from opmon.acquisition.mapping import CellMonitor, MapGrid, map_frames, sxdm_map
+from opmon.acquisition.cell_state import CellMode, CellSample
+from opmon.acquisition.detector import DetectorCalibration, FrameSource, SxdmDetector
+from opmon.acquisition.mapping import CellMonitor, MapGrid, acquire_map, sxdm_map
 from opmon.acquisition.motion import Diffractometer, PiezoStage
-from opmon.acquisition.plans import MapRecord, SeriesResult, StepRecord, operando_series, potentiostatic_steps, set_cell
+from opmon.acquisition.plans import AcquiredMap, SeriesResult, StepRecord, operando_series, potentiostatic_steps, set_cell
 from opmon.acquisition.potentiostat import (HIGH_IMPEDANCE, OPEN_CIRCUIT, CellBackend, CellCommand, Potentiostat,
                                             PotentiostatLimits)
 from opmon.acquisition.sinks import FrameSink, Hdf5MapSink, MapMeta, PublisherSink, SinkTarget, TeeSink
@@ -14,9 +15,10 @@ from opmon.acquisition.triggers import (AnyOf, CellReading, MapRequests, Periodi
                                         TriggerRule, VoltageThresholds)
 
 __all__ = [
-    "AnyOf", "CellBackend", "CellCommand", "CellMonitor", "CellReading", "DetectorGeometry", "Diffractometer",
-    "FrameSink", "FrameSource", "HIGH_IMPEDANCE", "Hdf5MapSink", "MapGrid", "MapMeta", "MapRecord", "MapRequests",
-    "OPEN_CIRCUIT", "PeriodicTrigger", "PiezoStage", "PlateauTrigger", "Potentiostat", "PotentiostatLimits",
-    "PublisherSink", "RestTrigger", "SeriesResult", "SinkTarget", "StepRecord", "SxdmDetector", "TeeSink",
-    "TriggerRule", "VoltageThresholds", "map_frames", "operando_series", "potentiostatic_steps", "set_cell", "sxdm_map",
+    "acquire_map", "AcquiredMap", "AnyOf", "CellBackend", "CellCommand", "CellMode", "CellMonitor", "CellReading",
+    "CellSample", "DetectorCalibration", "Diffractometer", "FrameSink", "FrameSource", "Hdf5MapSink",
+    "HIGH_IMPEDANCE", "MapGrid", "MapMeta", "MapRequests", "OPEN_CIRCUIT", "operando_series", "PeriodicTrigger",
+    "PiezoStage", "PlateauTrigger", "Potentiostat", "potentiostatic_steps", "PotentiostatLimits", "PublisherSink",
+    "RestTrigger", "SeriesResult", "set_cell", "SinkTarget", "StepRecord", "sxdm_map", "SxdmDetector", "TeeSink",
+    "TriggerRule", "VoltageThresholds",
 ]

@@ -36,7 +36,7 @@ from opmon.errors import FrameShapeError
 
 
 @dataclass(frozen=True)
-class DetectorGeometry:
+class DetectorCalibration:
     """Static geometry of the detector arm (m, eV, pixels (row, column))."""
 
     energy_ev: float
@@ -224,7 +224,7 @@ class SxdmDetector(StandardDetector):
     positioners : motor signals whose values go into every frame header.
     """
 
-    def __init__(self, source: FrameSource, sink: FrameSink, geometry: DetectorGeometry,
+    def __init__(self, source: FrameSource, sink: FrameSink, geometry: DetectorCalibration,
                  positioners: Mapping[str, SignalR[float]], name: str = "") -> None:
         self.geometry = geometry
         self.run_uid = soft_signal_rw(str, "")

@@ -104,7 +104,7 @@ def frame_sequence(grid: MapGrid, etas: Sequence[float], order: str,
     raise ConfigError(f"map order {order!r}: expected one of {', '.join(ORDERS)}")
 
 
-def map_frames(detector: SxdmDetector, stage: PiezoStage, diffractometer: Diffractometer, grid: MapGrid,
+def acquire_map(detector: SxdmDetector, stage: PiezoStage, diffractometer: Diffractometer, grid: MapGrid,
                etas: Sequence[float], *, map_number: int, order: str = "eta-outer", region: Region | None = None,
                monitor: CellMonitor | None = None, readings: list[CellReading] | None = None) -> MsgGenerator[int]:
     """Take one map inside an open run; returns the number of frames taken.
@@ -160,7 +160,7 @@ def sxdm_map(detector: SxdmDetector, stage: PiezoStage, diffractometer: Diffract
                           detector.map_trigger, "sxdm_map")
         if monitor is not None:
             yield from monitor.poll(force_event=True)
-        yield from map_frames(detector, stage, diffractometer, grid, etas, map_number=0, order=order,
+        yield from acquire_map(detector, stage, diffractometer, grid, etas, map_number=0, order=order,
                               region=region, monitor=monitor)
         yield from bps.close_run()
         return uid

@@ -15,17 +15,17 @@ import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 from bluesky.utils import MsgGenerator
 
+from opmon.acquisition.cell_state import CellMode
 from opmon.acquisition.detector import SxdmDetector
-from opmon.acquisition.mapping import CellMonitor, MapGrid, check_map, map_frames
+from opmon.acquisition.mapping import CellMonitor, MapGrid, acquire_map, check_map
 from opmon.acquisition.motion import Diffractometer, PiezoStage
 from opmon.acquisition.potentiostat import HIGH_IMPEDANCE, CellCommand, Potentiostat
 from opmon.acquisition.triggers import AnyOf, CellReading, MapRequests, Region, TriggerRule
 from opmon.errors import ConfigError
-from opmon.simulators.cell import CellMode
 
 
 @dataclass
-class MapRecord:
+class AcquiredMap:
     """Why and when a map was taken (returned by the plans, also in the `maps` stream)."""
 
     map_number: int
@@ -42,7 +42,7 @@ class StepRecord:
     voltage: float
     end: CellReading
     reached_cutoff: bool
-    map: MapRecord | None = None
+    map: AcquiredMap | None = None
 
 
 @dataclass
@@ -50,7 +50,7 @@ class SeriesResult:
     """What an operando plan did: run uid, maps, steps, how it ended."""
 
     uid: str
-    maps: list[MapRecord] = field(default_factory=list)
+    maps: list[AcquiredMap] = field(default_factory=list)
     steps: list[StepRecord] = field(default_factory=list)
     end_reason: str = ""
 
@@ -69,13 +69,13 @@ def _safe_cleanup(potentiostat: Potentiostat) -> MsgGenerator[None]:
 def _take_map(result: SeriesResult, reason: str, start: CellReading, detector: SxdmDetector, stage: PiezoStage,
               diffractometer: Diffractometer, potentiostat: Potentiostat, grid: MapGrid, etas: Sequence[float],
               order: str, region: Region | None, monitor: CellMonitor,
-              readings: list[CellReading] | None = None) -> MsgGenerator[MapRecord]:
-    record = MapRecord(map_number=len(result.maps), reason=reason, start=start, region=region)
+              readings: list[CellReading] | None = None) -> MsgGenerator[AcquiredMap]:
+    record = AcquiredMap(map_number=len(result.maps), reason=reason, start=start, region=region)
     result.maps.append(record)
     yield from bps.mv(detector.map_number, record.map_number, detector.map_trigger, reason)
     # the map's number, its reason and the cell at its start, as their own stream (not a child read)
     yield from bps.trigger_and_read([potentiostat, detector.map_number, detector.map_trigger], name="maps")
-    record.frames = yield from map_frames(detector, stage, diffractometer, grid, etas, map_number=record.map_number,
+    record.frames = yield from acquire_map(detector, stage, diffractometer, grid, etas, map_number=record.map_number,
                                           order=order, region=region, monitor=monitor, readings=readings)
     return record
 
@@ -102,7 +102,7 @@ def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractomete
 
     Returns
     -------
-    SeriesResult with one MapRecord per map.
+    SeriesResult with one AcquiredMap per map.
     """
     if charge is not None:
         charge = potentiostat.check(charge)

@@ -16,8 +16,8 @@ from bluesky.protocols import Movable, Pausable
 from ophyd_async.core import AsyncStatus, StandardReadable, soft_signal_r_and_setter
 from ophyd_async.core import StandardReadableFormat as Format
 
+from opmon.acquisition.cell_state import CellMode, CellSample
 from opmon.errors import ConfigError, LimitError
-from opmon.simulators.cell import CellMode, CellSample
 
 
 @dataclass(frozen=True)

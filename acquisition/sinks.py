@@ -20,10 +20,6 @@ from opmon.errors import ConfigError
 from opmon.streaming.archive.layout import DATA
 from opmon.streaming.archive.raw import RawMapWriter
 
-HEADER_KEYS = ("run_uid", "map_number", "seq", "map_index", "eta", "phi", "nu", "delta", "x", "y",
-               "timestamp", "dtype", "shape")
-
-
 @dataclass(frozen=True)
 class MapMeta:
     """Static facts of one map: enough for a downstream processor to build its geometry.

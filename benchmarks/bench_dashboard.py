@@ -36,7 +36,7 @@ def produce(port: int, rate: float, seconds: float, publish_ms: float, side: int
     """Process simulated frames at `rate` Hz and publish partial maps every `publish_ms`."""
     from opmon.processors.accumulate import MomentAccumulator
     from opmon.processors.geometry import DetectorGeometry
-    from opmon.processors.live_messages import encode_map
+    from opmon.streaming.map_messages import encode_map
     from opmon.simulators.crystal import ParticleModel
     from opmon.simulators.render import FrameRenderer
     from opmon.simulators.setup import SxdmSetup

@@ -232,7 +232,7 @@ def document_messages(seed: int, n: int) -> Iterator[tuple[str, Parts]]:
 
 def _map_message(rng: random.Random, shape: tuple[int, int] = (4, 4)) -> Parts:
     """A well-formed final map message from the live processor's encoder."""
-    from opmon.processors.live_messages import encode_map
+    from opmon.streaming.map_messages import encode_map
     from opmon.processors.maps import MapResult
     ny, nx = shape
     d = np.full(shape, 2.04)

@@ -12,14 +12,9 @@ import numpy as np
 import numpy.typing as npt
 
 from opmon.errors import OpmonError
-from opmon.processors.colorwheel import auto_max_altitude, hsv_to_rgb  # one colour rule for figures and dashboard
+from opmon.processors.colorwheel import MASKED_RGB, auto_max_altitude, hsv_to_rgb  # one colour rule for figures and dashboard
 
-__all__ = ["MASKED_RGB", "ColorMapError", "auto_max_altitude", "hsv_to_rgb", "pack_rgba", "tilt_to_rgb",
-           "tilt_to_rgba", "wheel_legend"]
-
-#: RGB (0-255) of masked / NaN pixels: the light grey of the other maps' NaN colour (#d0d0d0),
-#: distinct from white (zero tilt) because a tilt colour always has value 1.
-MASKED_RGB: tuple[int, int, int] = (208, 208, 208)
+__all__ = ["ColorMapError", "pack_rgba", "tilt_to_rgb", "tilt_to_rgba", "wheel_legend"]
 
 
 class ColorMapError(OpmonError):

@@ -14,15 +14,12 @@ from typing import Any
 import zmq
 
 from opmon.errors import OpmonError
+from opmon.streaming.control import COMMANDS
+from opmon.streaming.protocol import VERSION
 
 
 class ControlError(OpmonError):
     """The control channel did not answer in time or answered with something unreadable."""
-
-
-#: Commands the acquisition side understands (docs/protocol.md, control channel).
-COMMANDS: frozenset[str] = frozenset(
-    {"pause", "resume", "abort", "stop", "start_map", "set_trigger", "set_region", "status"})
 
 
 class ControlClient:
@@ -64,8 +61,8 @@ class ControlClient:
             If `cmd` is unknown, or no valid reply arrives within `timeout`.
         """
         if cmd not in COMMANDS:
-            raise ControlError(f"unknown control command {cmd!r}; known: {sorted(COMMANDS)}")
-        payload = json.dumps({"v": 1, "token": token or "", "command": cmd, "args": args}).encode()
+            raise ControlError(f"unknown control command {cmd!r}; known: {', '.join(COMMANDS)}")
+        payload = json.dumps({"v": VERSION, "token": token or "", "command": cmd, "args": args}).encode()
         with self._lock:
             sock = self._socket()
             try:

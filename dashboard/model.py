@@ -81,7 +81,7 @@ class MapUpdate:
 
 
 @dataclass
-class MapRecord:
+class FinalMap:
     """A final map with when it was taken, for the gallery, histograms and markers."""
 
     update: MapUpdate
@@ -105,7 +105,7 @@ class DashboardModel:
         self._lock = threading.Lock()
         self._latest: MapUpdate | None = None
         self._map_version = 0
-        self._history: deque[MapRecord] = deque(maxlen=history)
+        self._history: deque[FinalMap] = deque(maxlen=history)
         self._history_version = 0
         self._n_final = 0
         self._map_start: dict[int, tuple[float, float, float]] = {}  # map -> reading when first seen
@@ -138,7 +138,7 @@ class DashboardModel:
                 # the marker goes where the map was taken: its start, when the trigger fired
                 t, v, c = self._map_start.get(update.map_number) or self._last_reading_locked()
                 t_map = float(update.meta.get("t_start", t if np.isfinite(t) else time.time()))
-                self._history.append(MapRecord(update, t_map, float(update.meta.get("voltage", v)),
+                self._history.append(FinalMap(update, t_map, float(update.meta.get("voltage", v)),
                                                float(update.meta.get("capacity", c))))
                 self._history_version += 1
 
@@ -178,7 +178,7 @@ class DashboardModel:
         with self._lock:
             return self._map_version, self._latest
 
-    def history(self) -> tuple[int, list[MapRecord]]:
+    def history(self) -> tuple[int, list[FinalMap]]:
         """(version, final maps oldest first)."""
         with self._lock:
             return self._history_version, list(self._history)

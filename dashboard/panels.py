@@ -17,7 +17,6 @@ from bokeh.plotting import figure
 from opmon.dashboard.colors import wheel_legend
 
 TOOLS = "pan,wheel_zoom,reset,save"
-FONT = "13px"
 
 
 def _style(p: figure) -> figure:

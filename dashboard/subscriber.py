@@ -17,19 +17,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import zmq
 
-from opmon.dashboard.model import MAP_FIELDS, DashboardModel, MapMessageError, MapUpdate
+from opmon.dashboard.model import DashboardModel, MapMessageError, MapUpdate
 from opmon.errors import ProtocolError
-from opmon.streaming.protocol import pack, unpack
+from opmon.streaming.map_messages import decode_map
+from opmon.streaming.protocol import VERSION, RejectedMessage, unpack
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
 TOPICS = (b"map", b"status", b"reading", b"doc")
-_DTYPES = {"float64", "float32", "uint8", "uint16", "uint32", "int32", "int64"}
-MAX_SIDE = 16384
 
 
 class DisplayMessageError(ProtocolError):
@@ -42,8 +39,8 @@ class DisplayMessageError(ProtocolError):
 
 #: Status keys the dashboard does arithmetic on: each must be a number (or nil) when present.
 _STATUS_NUMBERS = ("frames_per_s", "frames_lost", "map", "map_progress", "maps_done", "frames")
-#: Map-header keys the model turns into numbers.
-_MAP_NUMBERS = ("map", "frames", "n_frames", "seq", "t", "t_start", "voltage", "capacity")
+#: Extra map-header keys a producer may send that the model turns into numbers (the codec checks the rest).
+_MAP_NUMBERS = ("seq", "t_start", "voltage", "capacity")
 
 
 def _number(value: Any) -> bool:
@@ -51,38 +48,28 @@ def _number(value: Any) -> bool:
     return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
 
 
-def decode_map(header: dict[str, Any], buffers: Sequence[Any]) -> MapUpdate:
+def map_update(header: dict[str, Any], buffers: Sequence[Any]) -> MapUpdate:
     """A `map` header plus its buffers -> `MapUpdate` (arrays are copies, safe to keep).
+
+    The message is checked by the one map codec (`opmon.streaming.map_messages`); this adds
+    only what the display needs: the map's progress and the producer's extra header keys.
 
     Raises
     ------
     DisplayMessageError
         Naming the field whose description or buffer is inconsistent.
     """
-    fields = header.get("fields")
-    if not isinstance(fields, list) or len(fields) != len(buffers):
-        raise DisplayMessageError(f"map: {len(buffers)} buffers for fields {fields!r:.120}", "parts")
     bad = [k for k in _MAP_NUMBERS if not _number(header.get(k))]
     bad += [k for k in ("t_start", "voltage", "capacity") if k in header and header[k] is None]  # the model float()s them
     if bad:
         raise DisplayMessageError(f"map: {bad[0]} = {header.get(bad[0])!r:.40} is not a number")
-    arrays: dict[str, npt.NDArray[Any]] = {}
-    for desc, buf in zip(fields, buffers):
-        if not isinstance(desc, dict):
-            raise DisplayMessageError(f"map field entry {desc!r:.40} is not a map")
-        name, dtype, shape = desc.get("name"), desc.get("dtype"), desc.get("shape")
-        if not isinstance(dtype, str) or dtype not in _DTYPES:
-            raise DisplayMessageError(f"map field {name!r:.40}: dtype {dtype!r:.40} not allowed", "dtype")
-        if not isinstance(shape, list) or not 1 <= len(shape) <= 3 or \
-                not all(isinstance(n, int) and not isinstance(n, bool) and 0 < n <= MAX_SIDE for n in shape):
-            raise DisplayMessageError(f"map field {name!r:.40}: bad shape {shape!r:.60}", "shape")
-        dt = np.dtype(dtype).newbyteorder("<")
-        mv = memoryview(buf.buffer if hasattr(buf, "buffer") else buf)
-        if mv.nbytes != int(np.prod(shape)) * dt.itemsize:
-            raise DisplayMessageError(f"map field {name!r:.40}: {mv.nbytes} bytes for shape {shape} {dtype}", "size")
-        arrays[str(name)] = np.frombuffer(mv, dtype=dt).reshape(shape).astype(dt.newbyteorder("="))
-    n_frames = int(header.get("n_frames") or 0)
-    frames = int(header.get("frames") or 0)
+    try:
+        views = decode_map(header, buffers)
+    except RejectedMessage as exc:
+        raise DisplayMessageError(str(exc), exc.reason) from exc
+    arrays = {name: np.array(view, dtype=view.dtype.newbyteorder("=")) for name, view in views.items()}
+    n_frames = int(header["n_frames"])
+    frames = int(header["frames"])
     final = bool(header.get("final", False))
     if final:
         progress = 1.0
@@ -96,8 +83,8 @@ def decode_map(header: dict[str, Any], buffers: Sequence[Any]) -> MapUpdate:
     meta = {k: v for k, v in header.items() if k not in ("fields",)}
     try:
         seq = header.get("seq")
-        return MapUpdate(map_number=int(header.get("map") or 0), arrays=arrays, progress=min(progress, 1.0),
-                         final=final, seq=int(frames if seq is None else seq), t_processed=float(header.get("t") or 0.0),
+        return MapUpdate(map_number=int(header["map"]), arrays=arrays, progress=min(progress, 1.0),
+                         final=final, seq=int(frames if seq is None else seq), t_processed=float(header["t"]),
                          extent=_extent(header.get("extent")), meta=meta)
     except MapMessageError as exc:
         raise DisplayMessageError(str(exc), "shape") from exc
@@ -107,21 +94,6 @@ def _extent(value: Any) -> tuple[float, float, float, float] | None:
     if isinstance(value, list) and len(value) == 4 and all(isinstance(v, (int, float)) for v in value):
         return tuple(float(v) for v in value)  # type: ignore[return-value]
     return None
-
-
-def encode_map(update: MapUpdate, run: str = "", n_frames: int = 0, frames: int = 0,
-               extra: dict[str, Any] | None = None) -> list[bytes]:
-    """The inverse of `decode_map`: `[b"map", header, *buffers]` (used by tests and benchmarks)."""
-    names = [k for k in (*MAP_FIELDS, "mask", "q") if k in update.arrays]
-    arrays = [np.ascontiguousarray(update.arrays[k]) for k in names]
-    header = {"v": VERSION, "kind": "map", "run": run, "map": update.map_number, "final": update.final,
-              "frames": frames, "n_frames": n_frames, "frames_lost": 0, "t": update.t_processed,
-              "seq": update.seq, "map_shape": list(update.shape),
-              "fields": [{"name": k, "dtype": a.dtype.name, "shape": list(a.shape)} for k, a in zip(names, arrays)]}
-    if update.extent is not None:
-        header["extent"] = list(update.extent)
-    header.update(extra or {})
-    return [b"map", pack(header), *(a.tobytes() for a in arrays)]
 
 
 def dispatch(model: DashboardModel, parts: Sequence[Any]) -> str:
@@ -138,7 +110,7 @@ def dispatch(model: DashboardModel, parts: Sequence[Any]) -> str:
         raise DisplayMessageError(f"version {version!r:.40}, expected {VERSION}", "version")
     kind = header.get("kind")
     if kind == "map":
-        model.on_map(decode_map(header, parts[2:]))
+        model.on_map(map_update(header, parts[2:]))
     elif kind == "status":
         bad = [k for k in _STATUS_NUMBERS if not _number(header.get(k))]
         if bad or not isinstance(header.get("source", ""), str):

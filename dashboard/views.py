@@ -15,9 +15,10 @@ import numpy as np
 import numpy.typing as npt
 
 from opmon.dashboard import panels as P
-from opmon.dashboard.colors import auto_max_altitude, tilt_to_rgb, pack_rgba
-from opmon.dashboard.model import MapRecord, MapUpdate
+from opmon.dashboard.colors import pack_rgba, tilt_to_rgb
+from opmon.dashboard.model import FinalMap, MapUpdate
 from opmon.dashboard.patching import changed_rows, flat_rows_patch, image_row_patch, robust_range
+from opmon.processors.colorwheel import auto_max_altitude
 
 STATE_COLOURS = {"running": "#2e7d32", "paused": "#ef6c00", "aborted": "#c62828", "idle": "#616161",
                  "finished": "#1565c0", "unknown": "#616161", "stale": "#6a1b9a", "error": "#c62828"}
@@ -148,7 +149,7 @@ class HistogramView:
         self.edges: npt.NDArray[np.float64] | None = None
         self._earlier_key: tuple[Any, ...] | None = None
 
-    def show(self, d: npt.NDArray[np.float64], history: list[MapRecord], map_number: int) -> None:
+    def show(self, d: npt.NDArray[np.float64], history: list[FinalMap], map_number: int) -> None:
         """Histogram of `d` on edges shared with the earlier maps (so peaks line up)."""
         earlier = [r for r in history if r.update.map_number != map_number][-P.N_EARLIER:]
         valid = d[np.isfinite(d)]
@@ -188,7 +189,7 @@ def _fractions(values: npt.NDArray[np.float64], edges: npt.NDArray[np.float64]) 
     return counts / max(values.size, 1)
 
 
-def _valid_d(r: MapRecord) -> npt.NDArray[np.float64]:
+def _valid_d(r: FinalMap) -> npt.NDArray[np.float64]:
     d = np.asarray(r.update.arrays["d_spacing"], dtype=np.float64)
     return d[np.isfinite(d)]
 

@@ -30,10 +30,6 @@ class ProtocolError(OpmonError):
     """A streamed message does not follow the opmon frame protocol."""
 
 
-class SequenceGapError(OpmonError):
-    """Frames are missing between two sequence numbers."""
-
-
 class LimitError(OpmonError):
     """A setpoint lies beyond a hard limit of the instrument; nothing was commanded."""
 

@@ -23,7 +23,7 @@ from opmon.archive_watch import ArchiverWatch
 from opmon.config import Config
 from opmon.errors import ConfigError
 from opmon.simulators.beamline import BeamlineConfig, SimulatedBeamline
-from opmon.simulators.cell import CellMode
+from opmon.acquisition.cell_state import CellMode
 from opmon.simulators.setup import SxdmSetup
 from opmon.streaming.control import ControlServer, RunEngineSteering, resolve_token
 from opmon.streaming.documents import DocumentPublisher

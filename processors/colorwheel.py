@@ -1,33 +1,32 @@
 """Tilt colour wheel: hue = tilt azimuth, saturation = tilt altitude (seed 000, Fig. 2d).
 
-Pure numpy so the PNG figure and the live dashboard colour tilt maps identically.
+One colour rule, so the PNG figure and the live dashboard colour tilt maps identically
+(masked pixels included).
 """
 from __future__ import annotations
 
+import matplotlib.colors
 import numpy as np
 import numpy.typing as npt
 
 F64 = npt.NDArray[np.float64]
 
 
+#: RGB (0-255) of masked / NaN pixels: the light grey (#d0d0d0) of the other maps' NaN colour,
+#: distinct from white (zero tilt) because a tilt colour always has value 1.
+MASKED_RGB: tuple[int, int, int] = (208, 208, 208)
+
+
 def hsv_to_rgb(h: npt.ArrayLike, s: npt.ArrayLike, v: npt.ArrayLike) -> F64:
     """Convert HSV (each in [0, 1]; hue wraps, s and v clip) to RGB in [0, 1]; shape (..., 3).
 
-    Local and pure numpy so the dashboard needs no matplotlib at run time.
+    matplotlib does the conversion; this wraps and clips the three channels first, because
+    matplotlib refuses values outside [0, 1] and a hue of 360 deg is 0 deg.
     """
     h = np.mod(np.asarray(h, dtype=np.float64), 1.0)
     s = np.clip(np.asarray(s, dtype=np.float64), 0.0, 1.0)
     v = np.clip(np.asarray(v, dtype=np.float64), 0.0, 1.0)
-    h, s, v = np.broadcast_arrays(h, s, v)
-    i = np.floor(h * 6.0).astype(np.int64) % 6
-    f = h * 6.0 - np.floor(h * 6.0)
-    p = v * (1.0 - s)
-    q = v * (1.0 - s * f)
-    t = v * (1.0 - s * (1.0 - f))
-    r = np.choose(i, [v, q, p, p, t, v])
-    g = np.choose(i, [t, v, v, q, p, p])
-    b = np.choose(i, [p, p, t, v, v, q])
-    return np.stack([r, g, b], axis=-1)
+    return matplotlib.colors.hsv_to_rgb(np.stack(np.broadcast_arrays(h, s, v), axis=-1))
 
 
 def auto_max_altitude(altitude: npt.ArrayLike, percentile: float = 99.0) -> float:
@@ -44,8 +43,8 @@ def auto_max_altitude(altitude: npt.ArrayLike, percentile: float = 99.0) -> floa
     return value if value > 0.0 else 1.0
 
 
-def tilt_rgb(altitude: F64, azimuth: F64, max_altitude: float | None = None, background: float = 1.0) -> F64:
-    """RGB image (..., 3) of a tilt map; NaN pixels get the `background` grey level.
+def tilt_rgb(altitude: F64, azimuth: F64, max_altitude: float | None = None) -> F64:
+    """RGB image (..., 3) of a tilt map; NaN pixels get the masked grey `MASKED_RGB`.
 
     max_altitude (deg) is full saturation; None uses the map's 99th percentile so one
     outlier does not wash out the rest.
@@ -58,7 +57,7 @@ def tilt_rgb(altitude: F64, azimuth: F64, max_altitude: float | None = None, bac
     max_altitude = max_altitude if max_altitude > 0 else 1.0
     sat = np.clip(np.where(valid, alt, 0.0) / max_altitude, 0.0, 1.0)
     rgb = hsv_to_rgb(np.where(valid, az, 0.0) / 360.0, sat, np.ones_like(sat))
-    rgb[~valid] = background
+    rgb[~valid] = np.array(MASKED_RGB) / 255.0
     return rgb
 
 

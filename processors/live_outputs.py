@@ -14,7 +14,7 @@ import zmq
 
 from opmon.errors import EmptyMapError
 from opmon.processors.accumulate import MomentAccumulator
-from opmon.processors.live_messages import encode_map
+from opmon.streaming.map_messages import encode_map
 from opmon.processors.maps import MapResult
 from opmon.streaming import protocol as P
 

@@ -5,6 +5,7 @@ map), so clarity beats speed here.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
 import h5py
@@ -51,20 +52,23 @@ class MapResult:
         """All arrays by FORMATS.md name (for files and messages)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), np.ndarray)}
 
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], background: float = 0.0) -> MapResult:
+        """The inverse of `arrays` (e.g. of a decoded map message); names it does not know are dropped,
+        and missing frames per pixel count as none."""
+        known = {k: v for k, v in arrays.items() if k in cls.__dataclass_fields__ and k != "background"}
+        known.setdefault("frames", np.zeros(arrays["d_spacing"].shape, dtype=np.int64))
+        return cls(**known, background=float(background))
+
     def maps_arrays(self) -> MapsArrays:
         """The arrays and background as the archive's maps layout takes them."""
         return MapsArrays(self.arrays(), self.background)
 
-    @classmethod
-    def from_maps(cls, maps: MapsArrays) -> MapResult:
-        """The MapResult of maps read from a file or a message (FORMATS.md names)."""
-        names = [f.name for f in fields(cls) if f.name != "background"]
-        return cls(**{name: maps.arrays[name] for name in names}, background=maps.background)
-
 
 def read_map_result(parent: h5py.Group) -> MapResult:
     """``parent/maps`` of a maps file as a MapResult (checked: see `maps_file.read_maps`)."""
-    return MapResult.from_maps(read_maps(parent))
+    maps = read_maps(parent)
+    return MapResult.from_arrays(maps.arrays, maps.background)
 
 
 def derive_maps(sum_i: F64, sum_iq: F64, sum_iqq: F64, frames: npt.NDArray[np.int64], background: float = 0.0,

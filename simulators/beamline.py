@@ -17,13 +17,14 @@ import numpy as np
 import numpy.typing as npt
 from bluesky.run_engine import call_in_bluesky_event_loop, get_bluesky_event_loop
 
-from opmon.acquisition.detector import DetectorGeometry, SxdmDetector
+from opmon.acquisition.cell_state import CellSample
+from opmon.acquisition.detector import DetectorCalibration, SxdmDetector
 from opmon.acquisition.mapping import MapGrid
 from opmon.acquisition.motion import Diffractometer, PiezoStage
 from opmon.acquisition.potentiostat import CellCommand, Potentiostat, PotentiostatLimits
 from opmon.acquisition.sinks import FrameSink, Hdf5MapSink
 from opmon.errors import ConfigError
-from opmon.simulators.cell import CellConfig, CellSample, CellSimulator, SimClock
+from opmon.simulators.cell import CellConfig, CellSimulator, SimClock
 from opmon.simulators.crystal import ParticleModel
 from opmon.simulators.render import FrameRenderer
 from opmon.simulators.setup import SxdmSetup
@@ -135,7 +136,7 @@ class SimulatedBeamline:
         self.diffractometer = Diffractometer(eta=s.eta_center, phi=s.phi, nu=s.nu, delta=s.delta, name="diffractometer")
         positioners = {"eta": self.diffractometer.eta, "phi": self.diffractometer.phi, "nu": self.diffractometer.nu,
                        "delta": self.diffractometer.delta, "x": self.stage.x, "y": self.stage.y}
-        geometry = DetectorGeometry(energy_ev=s.energy_ev, distance_m=s.distance_m,
+        geometry = DetectorCalibration(energy_ev=s.energy_ev, distance_m=s.distance_m,
                                     pixel_size_m=(s.pixel_size_m, s.pixel_size_m), beam_center=s.frame_beam_center)
         self.detector = SxdmDetector(self.source, self.sink, geometry, positioners, name="detector")
         if not in_bluesky_loop_running():

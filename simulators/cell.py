@@ -9,39 +9,16 @@ is implicit, so the potentiostatic current decay stays stable at any step size.
 from __future__ import annotations
 
 import asyncio
-import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from opmon.acquisition.cell_state import CellMode, CellSample
 from opmon.errors import ConfigError
 from opmon.simulators.ocv import OcvCurve, material
 
 FARADAY_MAH = 3.6  # coulomb per mAh
-
-
-class CellMode(str, enum.Enum):
-    """What the potentiostat does to the cell."""
-
-    GALVANOSTATIC = "galvanostatic"  # setpoint is a current (A), positive = charge
-    POTENTIOSTATIC = "potentiostatic"  # setpoint is a voltage (V)
-    OPEN_CIRCUIT = "open_circuit"  # no current, voltage measured
-    HIGH_IMPEDANCE = "high_impedance"  # output disconnected while imaging (seed 001)
-
-
-@dataclass(frozen=True)
-class CellSample:
-    """One reading of the cell, in simulated time (s since the clock started)."""
-
-    time: float
-    voltage: float
-    current: float
-    charge: float  # coulombs passed since the start, positive = charged
-    x: float  # lithium content (truth, not measurable by a potentiostat)
-    mode: CellMode
-    setpoint: float
-    cutoff_reached: bool
 
 
 @dataclass

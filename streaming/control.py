@@ -21,14 +21,16 @@ import zmq
 from bluesky.utils import RunEngineInterrupted
 
 from opmon.errors import OpmonError
+from opmon.streaming.protocol import VERSION
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
 #: Commands that change the run; each needs the token.
 STEERING_COMMANDS = ("pause", "resume", "abort", "stop", "start_map", "set_trigger", "set_region")
 #: Commands anyone may send.
 READ_COMMANDS = ("status",)
+#: Every command of the control channel (docs/protocol.md): the one table server and client check.
+COMMANDS = STEERING_COMMANDS + READ_COMMANDS
 MAX_REQUEST_BYTES = 65536
 
 
@@ -98,8 +100,8 @@ def handle_request(raw: bytes, token: str, target: Steerable) -> dict[str, Any]:
     args = req.get("args") or {}
     if not isinstance(args, dict):
         return _refuse("args", "args must be a JSON object")
-    if not isinstance(command, str) or command not in STEERING_COMMANDS + READ_COMMANDS:
-        return _refuse("command", f"unknown command {command!r:.80}; known: {', '.join(STEERING_COMMANDS + READ_COMMANDS)}")
+    if not isinstance(command, str) or command not in COMMANDS:
+        return _refuse("command", f"unknown command {command!r:.80}; known: {', '.join(COMMANDS)}")
     if command in STEERING_COMMANDS and not check_token(req.get("token"), token):
         log.warning("control: refused %r with a bad or missing token", command)
         return _refuse("token", "bad token")
@@ -202,7 +204,8 @@ class RunEngineSteering:
     def __init__(self, RE: Any, requests: Any = None, make_rule: Any = None) -> None:
         self.RE, self.requests, self.make_rule = RE, requests, make_rule
         self._wake = threading.Event()
-        self._abort_reason: str | None = None
+        #: Why the run is being aborted (the `abort` command's reason), None while it is not.
+        self.abort_reason: str | None = None
         self.exit_status: str | None = None
 
     # -- Steerable -----------------------------------------------------------------------
@@ -223,7 +226,7 @@ class RunEngineSteering:
     def abort(self, reason: str = "") -> dict[str, Any]:
         if self.RE.state not in ("running", "paused"):
             raise ControlCommandError(f"cannot abort: the run is {self.RE.state}")
-        self._abort_reason = reason or "aborted from the control channel"
+        self.abort_reason = reason or "aborted from the control channel"
         if self.RE.state == "running":
             self.RE.request_pause(defer=False)
         self._wake.set()
@@ -278,11 +281,11 @@ class RunEngineSteering:
         while True:
             while not self._wake.wait(0.2):
                 if stop is not None and stop.is_set():
-                    self._abort_reason = self._abort_reason or "shut down"
+                    self.abort_reason = self.abort_reason or "shut down"
                     break
             self._wake.clear()
-            if self._abort_reason is not None:
-                self.RE.abort(self._abort_reason)
+            if self.abort_reason is not None:
+                self.RE.abort(self.abort_reason)
                 self.exit_status = "abort"
                 return self.exit_status
             try:

@@ -89,7 +89,7 @@ def test_map_beyond_travel_fails_before_any_motion(RE, docs, make_beamline) -> N
 def test_the_crystal_follows_the_cell(RE, docs, make_beamline) -> None:
     from opmon.acquisition.plans import set_cell
     from opmon.acquisition.potentiostat import CellCommand
-    from opmon.simulators.cell import CellMode
+    from opmon.acquisition.cell_state import CellMode
 
     memory = MemorySink()
     bl = make_beamline(sink=memory, acceleration=3000.0)
@@ -123,7 +123,7 @@ class CountingSource:
 def test_plans_run_with_any_frame_source_and_sink(RE, docs, tmp_path) -> None:
     from ophyd_async.core import init_devices
 
-    from opmon.acquisition.detector import DetectorGeometry, SxdmDetector
+    from opmon.acquisition.detector import DetectorCalibration, SxdmDetector
     from opmon.acquisition.motion import Diffractometer, PiezoStage
 
     memory = MemorySink()
@@ -131,7 +131,7 @@ def test_plans_run_with_any_frame_source_and_sink(RE, docs, tmp_path) -> None:
         stage = PiezoStage()
         diff = Diffractometer(eta=10.0, delta=20.0)
     positioners = {"eta": diff.eta, "phi": diff.phi, "nu": diff.nu, "delta": diff.delta, "x": stage.x, "y": stage.y}
-    geometry = DetectorGeometry(energy_ev=8000.0, distance_m=1.0, pixel_size_m=(75e-6, 75e-6), beam_center=(4.0, 3.0))
+    geometry = DetectorCalibration(energy_ev=8000.0, distance_m=1.0, pixel_size_m=(75e-6, 75e-6), beam_center=(4.0, 3.0))
     with init_devices():
         det = SxdmDetector(CountingSource(), TeeSink(Hdf5MapSink(tmp_path), memory), geometry, positioners)
     RE(sxdm_map(det, stage, diff, MapGrid((2, 3), 0.5), [9.9, 10.1], order="point-outer"))

@@ -16,7 +16,7 @@ from opmon.acquisition.plans import operando_series, potentiostatic_steps
 from opmon.acquisition.potentiostat import CellCommand
 from opmon.acquisition.triggers import MapRequests, PeriodicTrigger, PlateauTrigger, RestTrigger, VoltageThresholds
 from opmon.errors import LimitError
-from opmon.simulators.cell import CellMode
+from opmon.acquisition.cell_state import CellMode
 from opmon.simulators.ocv import LMNO
 from tests.acquisition.conftest import MemorySink, stream, validate_all
 

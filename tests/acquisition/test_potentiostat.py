@@ -11,7 +11,7 @@ from opmon.acquisition.mapping import MapGrid
 from opmon.acquisition.plans import potentiostatic_steps, set_cell
 from opmon.acquisition.potentiostat import CellCommand, PotentiostatLimits
 from opmon.errors import ConfigError, LimitError
-from opmon.simulators.cell import CellMode
+from opmon.acquisition.cell_state import CellMode
 
 
 def test_readings_follow_the_cell(RE, make_beamline) -> None:

@@ -8,7 +8,8 @@ import pytest
 from opmon.acquisition.triggers import (AnyOf, CellReading, MapRequests, PeriodicTrigger, PlateauTrigger,
                                         RestTrigger, VoltageThresholds)
 from opmon.errors import ConfigError
-from opmon.simulators.cell import CellConfig, CellMode, CellSimulator
+from opmon.acquisition.cell_state import CellMode
+from opmon.simulators.cell import CellConfig, CellSimulator
 
 
 def r(t: float, v: float, i: float = 1e-5) -> CellReading:

@@ -22,14 +22,16 @@ import numpy as np
 import zmq
 from bluesky import RunEngine
 from bluesky import plan_stubs as bps
+from bluesky import preprocessors as bpp
 
 from opmon.acquisition import AnyOf, MapRequests, PeriodicTrigger, VoltageThresholds
-from opmon.dashboard.model import MapUpdate
-from opmon.dashboard.subscriber import encode_map
-from opmon.simulators.cell import CellConfig, CellMode, CellSimulator
+from opmon.acquisition.cell_state import CellMode
+from opmon.processors.maps import MapResult
+from opmon.simulators.cell import CellConfig, CellSimulator
 from opmon.simulators.crystal import ParticleModel
 from opmon.simulators.setup import SxdmSetup
 from opmon.streaming.control import ControlServer, RunEngineSteering
+from opmon.streaming.map_messages import encode_map
 from opmon.streaming.protocol import pack
 
 
@@ -71,6 +73,8 @@ class SimulatedExperiment:
         self.maps_done = 0
         self.current_map = 0
         self.exit_status: str | None = None
+        self.documents: list[tuple[str, dict[str, Any]]] = []   # what the RunEngine emitted (start, stop)
+        self.RE.subscribe(lambda name, doc: self.documents.append((name, doc)))
         self.t_start = time.time()
         self._threads = [threading.Thread(target=self._run_plan, name="sim-RE", daemon=True),
                          threading.Thread(target=self._status_loop, name="sim-status", daemon=True)]
@@ -95,7 +99,7 @@ class SimulatedExperiment:
 
     # ---- the plan (runs inside the RunEngine) ---------------------------------------------------
     def _mapping_plan(self):
-        truth_keys = ("d_spacing", "tilt_altitude", "tilt_azimuth", "intensity", "peak_width", "mask")
+        truth_keys = ("d_spacing", "tilt_altitude", "tilt_azimuth", "intensity", "peak_width", "mask", "q")
         ny, nx = self.map_shape
         region = (0, ny, 0, nx)
         for m in range(self.n_maps):
@@ -112,6 +116,8 @@ class SimulatedExperiment:
             self.particle.set_charge_state(0.9 - 0.05 * (m % 16))
             truth = self.particle.truth()
             full = {k: np.asarray(truth[k], dtype=np.float64 if k != "mask" else np.uint8) for k in truth_keys}
+            full["frames"] = np.full(self.map_shape, 30, dtype=np.int64)   # frames per map pixel (30 angles)
+            mean_q = np.asarray(truth["mean_q"], dtype=np.float64)
             for k in ("d_spacing", "tilt_altitude", "tilt_azimuth", "peak_width"):
                 full[k][full["mask"] == 0] = np.nan       # as the processors mask (SCIENCE.md §3)
             r0, r1, c0, c1 = region
@@ -130,19 +136,19 @@ class SimulatedExperiment:
                         v[r:] = np.nan
                     else:
                         v[r:] = 0
-                self._publish_map(m, part, r - r0, r1 - r0)
+                self._publish_map(m, MapResult(**part, mean_q=mean_q), r - r0, r1 - r0)
             self.maps_done += 1
 
-    def _publish_map(self, m: int, arrays: dict[str, np.ndarray], rows: int, ny: int) -> None:
+    def _publish_map(self, m: int, maps: MapResult, rows: int, ny: int) -> None:
+        """One partial (or, with every row, final) map through the live processor's encoder."""
         self.rows_published += 1
-        upd = MapUpdate(m, arrays, progress=rows / ny, final=rows == ny, seq=self.rows_published,
-                        t_processed=time.time())
-        parts = encode_map(upd, run="sim", n_frames=ny, frames=rows)
+        parts = encode_map(maps, run="sim", map_number=m, final=rows == ny, frames=rows, n_frames=ny, frames_lost=0)
         with self.pub_lock:
             self.live_pub.send_multipart(parts)
 
     def _run_plan(self) -> None:
-        self.exit_status = self.steering.run(self._mapping_plan(), stop=self.stop_event)
+        plan = bpp.run_wrapper(self._mapping_plan(), md={"plan_name": "dashboard_producer"})
+        self.exit_status = self.steering.run(plan, stop=self.stop_event)
 
     # ---- status and readings ---------------------------------------------------------------------
     def _status_loop(self) -> None:

@@ -5,35 +5,19 @@ redirects, so every header the browser would see is checked.
 """
 from __future__ import annotations
 
-import http.client
 import logging
-import re
 import time
 from http.cookies import SimpleCookie
 
-from bokeh.util.token import get_session_id
-
+from dashboard_http import http_get, session_document
 from opmon.dashboard.auth import SteeringSessions, cookie_name
 from opmon.dashboard.redact import RedactSecrets
-
-
-def _get(port: int, path: str, cookie: str | None = None) -> tuple[int, dict[str, str], str]:
-    """(status, headers, body) of one GET, redirects not followed."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
-    try:
-        conn.request("GET", path, headers={"Cookie": cookie} if cookie else {})
-        resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read().decode()
-    finally:
-        conn.close()
 
 
 def _may_steer(dashboard, page: str) -> bool:
     """Whether the Bokeh session the server made for this page enabled steering (its Pause
     button and feedback line, as the browser will receive them)."""
-    m = re.search(r'"token":\s*"([^"]+)"', page)
-    assert m, "no Bokeh session token in the page"
-    doc = dashboard._server.get_session("/", get_session_id(m.group(1))).document
+    doc = session_document(dashboard, page)
     enabled = not doc.get_model_by_name("pause").disabled
     assert enabled == ("steering enabled" in doc.get_model_by_name("feedback").text)
     return enabled
@@ -41,7 +25,7 @@ def _may_steer(dashboard, page: str) -> bool:
 
 def test_first_load_sets_an_httponly_strict_cookie_and_redirects_without_the_token(dashboard, token):
     port = dashboard.port
-    status, headers, _ = _get(port, f"/?token={token}")
+    status, headers, _ = http_get(port, f"/?token={token}")
     assert status == 303 and headers["location"] == "/"
     cookie = SimpleCookie(headers["set-cookie"])
     name = cookie_name(port)
@@ -49,30 +33,30 @@ def test_first_load_sets_an_httponly_strict_cookie_and_redirects_without_the_tok
     assert morsel["httponly"] is True and morsel["samesite"] == "Strict" and morsel["path"] == "/"
     assert token not in headers["set-cookie"] and len(morsel.value) >= 32   # a session id, not the token
     # the page behind the redirect: with the cookie it may steer, and holds no token anywhere
-    status, _, page = _get(port, headers["location"], cookie=f"{name}={morsel.value}")
+    status, _, page = http_get(port, headers["location"], cookie=f"{name}={morsel.value}")
     assert status == 200 and _may_steer(dashboard, page) and token not in page
     # other query arguments survive the redirect
-    status, headers, _ = _get(port, f"/?a=1&token={token}&b=x+y")
+    status, headers, _ = http_get(port, f"/?a=1&token={token}&b=x+y")
     assert status == 303 and headers["location"] == "/?a=1&b=x+y"
 
 
 def test_wrong_token_or_forged_cookie_gives_a_read_only_page(dashboard, token):
     port = dashboard.port
-    status, headers, _ = _get(port, "/?token=not-" + token)
+    status, headers, _ = http_get(port, "/?token=not-" + token)
     assert status == 303 and headers["location"] == "/" and "set-cookie" not in headers
-    _, _, page = _get(port, "/")
+    _, _, page = http_get(port, "/")
     assert not _may_steer(dashboard, page)
-    _, _, page = _get(port, "/", cookie=f"{cookie_name(port)}={token}")      # the token is not a cookie
+    _, _, page = http_get(port, "/", cookie=f"{cookie_name(port)}={token}")      # the token is not a cookie
     assert not _may_steer(dashboard, page)
-    _, _, page = _get(port, "/", cookie=f"{cookie_name(port + 1)}=x")
+    _, _, page = http_get(port, "/", cookie=f"{cookie_name(port + 1)}=x")
     assert not _may_steer(dashboard, page)
     assert len(dashboard.sessions) == 0
 
 
 def test_access_log_has_paths_without_query_strings(dashboard, token, caplog):
     caplog.set_level(logging.INFO, logger="tornado.access")
-    _get(dashboard.port, f"/?token={token}")
-    _get(dashboard.port, f"/ws?token={token}")             # an old page's websocket URL
+    http_get(dashboard.port, f"/?token={token}")
+    http_get(dashboard.port, f"/ws?token={token}")             # an old page's websocket URL
 
     def lines() -> list[str]:
         return [r.getMessage() for r in caplog.records if r.name == "tornado.access"]

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from opmon.dashboard.colors import (MASKED_RGB, ColorMapError, auto_max_altitude, hsv_to_rgb, pack_rgba,
-                                    tilt_to_rgb, tilt_to_rgba, wheel_legend)
+from opmon.dashboard.colors import ColorMapError, pack_rgba, tilt_to_rgb, tilt_to_rgba, wheel_legend
+from opmon.processors.colorwheel import MASKED_RGB, auto_max_altitude, hsv_to_rgb
 from opmon.processors.colorwheel import tilt_rgb as processors_tilt_rgb
 
 
@@ -44,11 +44,17 @@ def test_auto_max_altitude_is_the_99th_percentile_and_ignores_nan():
 
 
 def test_matches_the_png_figures_colour_wheel():
-    """The dashboard and `opmon plot` colour a tilt map identically."""
+    """The dashboard and `opmon plot` colour a tilt map identically, every pixel (masked and NaN too)."""
     rng = np.random.default_rng(1)
     alt, azi = rng.uniform(0, 0.6, (20, 30)), rng.uniform(0, 360, (20, 30))
-    ours = tilt_to_rgb(alt, azi, 0.5).astype(float)
-    theirs = np.rint(processors_tilt_rgb(alt, azi, 0.5) * 255)
+    alt[rng.random(alt.shape) < 0.1] = np.nan              # NaN altitude
+    azi[rng.random(azi.shape) < 0.1] = np.nan              # NaN azimuth
+    mask = (rng.random(alt.shape) > 0.2).astype(np.uint8)  # below the intensity threshold: masked
+    assert (mask == 0).any() and np.isnan(alt).any() and np.isnan(azi).any()
+    ours = tilt_to_rgb(alt, azi, 0.5, mask).astype(float)
+    # the figure gets the maps as processors write them: masked pixels already NaN
+    theirs = np.rint(processors_tilt_rgb(np.where(mask == 1, alt, np.nan), np.where(mask == 1, azi, np.nan), 0.5) * 255)
+    assert ours.shape == theirs.shape == (20, 30, 3)
     assert np.abs(ours - theirs).max() <= 1
 
 

@@ -9,16 +9,21 @@ import bluesky.plan_stubs as bps
 import pytest
 import zmq
 from bluesky import RunEngine
-from bokeh.document import Document
+from bokeh.events import ButtonClick
 
+from dashboard_http import http_get, session_document, steering_page
 from opmon.acquisition import MapRequests, VoltageThresholds
-from opmon.dashboard.app import DashboardOptions, Session
-from opmon.dashboard.auth import SteeringSessions
-from opmon.dashboard.model import DashboardModel
 from opmon.dashboard.control_client import ControlClient, ControlError
 from opmon.dashboard.steering import box_to_region, parse_thresholds, token_allows
 from opmon.streaming.control import (ControlCommandError, ControlServer, RunEngineSteering, check_token,
                                      handle_request)
+
+
+def _wait(pred, what, timeout_s=20.0):
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
 
 
 class Recorder:
@@ -175,24 +180,18 @@ def test_run_engine_steering_pauses_resumes_and_aborts_a_real_run():
             yield from bps.sleep(0.01)
             ticks.append(i)
 
-    def wait(pred, what):
-        deadline = time.monotonic() + 20
-        while not pred():
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            time.sleep(0.01)
-
     result = []
     runner = threading.Thread(target=lambda: result.append(steer.run(plan())))
     runner.start()
-    wait(lambda: len(ticks) > 3, "the plan to run")
+    _wait(lambda: len(ticks) > 3, "the plan to run")
     with pytest.raises(ControlCommandError, match="cannot resume"):
         steer.resume()
     assert steer.pause()["state"] in ("running", "pausing", "paused")  # deferred: pauses at the next checkpoint
-    wait(lambda: RE.state == "paused", "the pause")
+    _wait(lambda: RE.state == "paused", "the pause")
     n = len(ticks)
     assert steer.status()["state"] == "paused" and len(ticks) == n
     steer.resume()
-    wait(lambda: len(ticks) > n + 3, "the plan to go on")
+    _wait(lambda: len(ticks) > n + 3, "the plan to go on")
     steer.set_region(r0=2, r1=5, c0=1, c1=4)
     assert requests.take_region() == (2, 5, 1, 4)
     steer.set_trigger(thresholds=[4.7])
@@ -206,22 +205,42 @@ def test_run_engine_steering_pauses_resumes_and_aborts_a_real_run():
     assert result == ["abort"] and RE.state == "idle" and len(ticks) < 2000
 
 
-def test_abort_needs_arming_and_the_token_reaches_the_acquisition(served):
-    server, client, target = served
-    doc = Document()
-    s = Session(doc, DashboardModel(), client, SteeringSessions("s3cret", "c"), DashboardOptions())
-    assert not s.authorized                          # no session cookie in this (server-less) session
-    s.steering.authorized, s.steering.token = True, "s3cret"   # as a session with the exchanged cookie
-    s.steering._abort()                              # not armed: refused locally
-    assert target.calls == [] and "arm" in s.steering.last_reply["error"]
-    s.steering.arm.active = True
-    assert not s.steering.abort.disabled             # arming enables the button
-    s.steering._abort()
-    deadline = time.monotonic() + 10
-    while not target.calls:
-        assert time.monotonic() < deadline, "abort never reached the acquisition"
-        time.sleep(0.02)
-    assert target.calls == [("abort", "aborted from the dashboard")] and not s.steering.arm.active
+def _on_server_loop(doc, fn):
+    """Run `fn` the way the server runs a browser's event: on its loop, with the document locked."""
+    done = threading.Event()
+
+    def call():
+        try:
+            fn()
+        finally:
+            done.set()
+    doc.add_next_tick_callback(call)
+    assert done.wait(10), "the dashboard's event loop never ran the callback"
+
+
+def test_abort_needs_arming_and_the_token_reaches_the_acquisition(dashboard, experiment, token):
+    """Through the real token path: the steering URL's token becomes the session cookie, the page's
+    Bokeh session steers with it, and the acquisition's control server checks it and aborts its
+    RunEngine."""
+    _wait(lambda: experiment.RE.state == "running", "the acquisition's plan to run")
+    read_only = session_document(dashboard, http_get(dashboard.port, "/")[2])
+    assert read_only.get_model_by_name("abort").disabled       # no session cookie: no steering
+    assert read_only.get_model_by_name("arm_abort").disabled
+    doc = steering_page(dashboard, token)
+    abort, arm, feedback = (doc.get_model_by_name(n) for n in ("abort", "arm_abort", "feedback"))
+    requests_before = experiment.control.requests
+    _on_server_loop(doc, lambda: doc.callbacks.trigger_event(ButtonClick(abort)))   # not armed: refused locally
+    assert "arm" in feedback.text and experiment.control.requests == requests_before
+    assert experiment.RE.state == "running" and experiment.exit_status is None
+    _on_server_loop(doc, lambda: setattr(arm, "active", True))
+    assert not abort.disabled                                  # arming enables the button
+    _on_server_loop(doc, lambda: doc.callbacks.trigger_event(ButtonClick(abort)))
+    _wait(lambda: experiment.exit_status is not None, "the abort to reach the acquisition")
+    stops = [d for name, d in experiment.documents if name == "stop"]
+    assert experiment.exit_status == "abort" and experiment.control.refused == 0
+    assert [d["exit_status"] for d in stops] == ["abort"]
+    assert experiment.steering.abort_reason == "aborted from the dashboard"
+    assert not arm.active
 
 
 def test_resolve_token_order(monkeypatch):

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import zmq
 
-from opmon.dashboard.model import DashboardModel, MapUpdate
-from opmon.dashboard.subscriber import DisplayMessageError, DisplaySubscriber, decode_map, dispatch, encode_map
-from opmon.processors.live_messages import encode_map as processor_encode_map
+from opmon.dashboard.model import DashboardModel
+from opmon.dashboard.subscriber import DisplayMessageError, DisplaySubscriber, dispatch, map_update
 from opmon.processors.maps import derive_maps
+from opmon.streaming.map_messages import encode_map
 from opmon.streaming.protocol import pack, unpack
 
 
@@ -31,11 +31,16 @@ def _processor_result(ny=4, nx=5):
     return derive_maps(s0, s1, s2, np.full((ny, nx), 30, dtype=np.int64))
 
 
+def _on_the_wire(parts):
+    """The message parts as bytes, as a subscriber receives them."""
+    return [p if isinstance(p, bytes) else np.ascontiguousarray(p).tobytes() for p in parts]
+
+
 def test_decodes_the_live_processors_map_message():
     result = _processor_result()
-    parts = processor_encode_map(result, run="r1", map_number=3, final=False, frames=300, n_frames=600, frames_lost=0)
+    parts = encode_map(result, run="r1", map_number=3, final=False, frames=300, n_frames=600, frames_lost=0)
     header = unpack(parts[1])
-    upd = decode_map(header, [memoryview(p) for p in parts[2:]])
+    upd = map_update(header, [memoryview(p) for p in parts[2:]])
     assert upd.map_number == 3 and not upd.final and upd.progress == pytest.approx(0.5)
     np.testing.assert_array_equal(upd.arrays["d_spacing"], result.d_spacing)
     np.testing.assert_array_equal(upd.arrays["q"], result.q)
@@ -43,12 +48,11 @@ def test_decodes_the_live_processors_map_message():
 
 
 def test_round_trip_and_rejections():
-    upd = MapUpdate(1, {k: np.arange(6.0).reshape(2, 3) for k in
-                        ("d_spacing", "tilt_altitude", "tilt_azimuth", "intensity", "peak_width")}, final=True, seq=9)
+    parts = _on_the_wire(encode_map(_processor_result(2, 3), run="", map_number=1, final=True, frames=9, n_frames=9,
+                                    frames_lost=0))
     m = DashboardModel()
-    assert dispatch(m, encode_map(upd)) == "map"
+    assert dispatch(m, parts) == "map"
     assert m.latest_map()[1].seq == 9
-    parts = encode_map(upd)
     with pytest.raises(DisplayMessageError, match="bytes"):
         dispatch(m, parts[:2] + [parts[2][:-8]] + parts[3:])      # truncated buffer
     with pytest.raises(DisplayMessageError, match="buffers"):
@@ -75,8 +79,8 @@ def test_subscriber_feeds_the_model_from_several_publishers():
         status = pack({"v": 1, "kind": "status", "source": "acquisition", "t": 5.0, "state": "paused"})
 
         def send_all():     # PUB/SUB drops until the subscription is up: resend (latest wins)
-            live.send_multipart(processor_encode_map(result, run="r", map_number=0, final=True, frames=600,
-                                                     n_frames=600, frames_lost=0))
+            live.send_multipart(encode_map(result, run="r", map_number=0, final=True, frames=600,
+                                           n_frames=600, frames_lost=0))
             live.send_multipart([b"junk", b"not msgpack"])          # not subscribed: never seen
             acq.send_multipart([b"reading", reading])
             acq.send_multipart([b"status", status])
@@ -100,6 +104,6 @@ def test_progress_without_n_frames_comes_from_the_visited_pixels():
     result = _processor_result()
     result.frames[:] = 0
     result.frames[:2] = 30                      # 2 of 4 rows visited
-    parts = processor_encode_map(result, run="r", map_number=0, final=False, frames=300, n_frames=0, frames_lost=0)
-    upd = decode_map(unpack(parts[1]), parts[2:])
+    parts = encode_map(result, run="r", map_number=0, final=False, frames=300, n_frames=0, frames_lost=0)
+    upd = map_update(unpack(parts[1]), parts[2:])
     assert upd.progress == pytest.approx(0.5)

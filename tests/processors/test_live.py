@@ -12,9 +12,10 @@ import zmq
 from opmon.streaming.archive.raw import RawMapWriter
 from opmon.processors.live import LiveProcessor, open_live_processor
 from opmon.processors.live_state import roi_from_sum
-from opmon.processors.live_messages import decode_map
+from opmon.processors.maps import MapResult
 from opmon.processors.offline import ProcessOptions, process_entry
 from opmon.streaming import protocol as P
+from opmon.streaming.map_messages import decode_map
 from opmon.streaming.publisher import ZmqFrameSink
 
 GEOMETRY = dict(energy_ev=10000.0, distance_m=1.6, pixel_size_m=(55e-6, 55e-6), beam_center=(-600.0, 20.0))
@@ -63,7 +64,7 @@ def _recv_map(sock, timeout_ms=60000):
     assert sock.poll(timeout_ms), "no map message"
     parts = sock.recv_multipart()
     header = P.unpack(parts[1])
-    return header, decode_map(header, parts[2:])
+    return header, MapResult.from_arrays(decode_map(header, parts[2:]), header["background"])
 
 
 # peak_width is sqrt(E[q²] - E[q]²): the subtraction cancels all but ~(σ/|q|)² ≈ 1e-7 of the sums,

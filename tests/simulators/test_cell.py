@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from opmon.errors import ConfigError
-from opmon.simulators.cell import CellConfig, CellMode, CellSimulator, SimClock
+from opmon.acquisition.cell_state import CellMode
+from opmon.simulators.cell import CellConfig, CellSimulator, SimClock
 from opmon.simulators.ocv import LCO, LMNO, LMO, MATERIALS, OcvCurve, material
 
 

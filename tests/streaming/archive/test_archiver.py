@@ -18,8 +18,8 @@ from opmon.streaming.archive.layout import COMPLETE
 from opmon.streaming.archive.raw import iter_frame_blocks, read_raw_meta
 from opmon.processors.accumulate import MomentAccumulator
 from opmon.processors.geometry import DetectorGeometry
-from opmon.processors.live_messages import encode_map
 from opmon.processors.maps import read_map_result
+from opmon.streaming.map_messages import encode_map
 from opmon.streaming import protocol as P
 from opmon.streaming.archive.archiver import Archiver
 from opmon.streaming.publisher import ZmqFrameSink

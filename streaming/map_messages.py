@@ -1,0 +1,156 @@
+"""Map messages of docs/protocol.md: the one codec of `[b"map", header, *buffers]`.
+
+The live processor encodes its partial and final maps with `encode_map`; the dashboard, the
+archiver's maps channel and the tests decode them with `decode_map`, so every reader applies
+the same checks (one dtype whitelist, one size limit). The codec works on named arrays (the
+FORMATS.md names), not on the processors' `MapResult`, so that everything from the archive
+down can read a map message without importing the processors.
+
+Limits, the stricter of the two earlier decoders: dtypes float64, uint8 and int64 only (what
+`MapResult` holds: maps, mask, frames per pixel) and at most `MAX_MAP_SIDE` per side (a map
+is a raster of beam positions, not a detector image).
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from opmon.streaming.protocol import VERSION, RejectedMessage, pack
+
+TOPIC = b"map"
+#: Buffer order on the wire; arrays not listed follow in the encoder's order.
+FIELD_ORDER = ("d_spacing", "tilt_altitude", "tilt_azimuth", "intensity", "peak_width", "mask", "q", "mean_q", "frames")
+#: The (ny, nx) maps every map message carries.
+PIXEL_MAPS = ("d_spacing", "tilt_altitude", "tilt_azimuth", "intensity", "peak_width", "mask")
+REQUIRED_FIELDS = (*PIXEL_MAPS, "q", "mean_q")
+MAP_DTYPES = frozenset({"float64", "uint8", "int64"})
+MAX_MAP_SIDE = 4096
+#: Header counts: non-negative integers.
+_COUNTS = ("map", "frames", "n_frames", "frames_lost")
+
+
+class MapArrays(Protocol):
+    """What `encode_map` sends: FORMATS.md arrays by name and the background subtracted.
+
+    `opmon.processors.maps.MapResult` is one; anything with the same two members is another.
+    """
+
+    background: float
+
+    def arrays(self) -> dict[str, npt.NDArray[Any]]: ...
+
+
+def encode_map(maps: MapArrays, *, run: str, map_number: int, final: bool, frames: int, n_frames: int,
+               frames_lost: int, options: dict[str, Any] | None = None) -> list[Any]:
+    """`[b"map", header, *buffers]` for one (partial or final) map.
+
+    Parameters
+    ----------
+    maps
+        The map arrays (d in Å, tilts in degrees, q in 1/Å, mask 1 = valid, frames per pixel).
+    run, map_number
+        Which run and map they belong to.
+    final
+        True once the map is complete (or the run ended).
+    frames, n_frames, frames_lost
+        Frames summed so far, frames the map should hold (0 = unknown), frames counted lost.
+    options
+        Processing options recorded with the map (roi, threshold, background rule).
+    """
+    arrays = maps.arrays()
+    names = [n for n in FIELD_ORDER if n in arrays] + [n for n in arrays if n not in FIELD_ORDER]
+    d_spacing = arrays["d_spacing"]
+    valid = d_spacing[arrays["mask"].astype(bool)]
+    header = {"v": VERSION, "kind": "map", "run": run, "map": int(map_number), "final": bool(final),
+              "frames": int(frames), "n_frames": int(n_frames), "frames_lost": int(frames_lost), "t": time.time(),
+              "map_shape": list(d_spacing.shape), "mean_q": [float(v) for v in arrays["mean_q"]],
+              "d_mean": float(valid.mean()) if valid.size else None, "d_std": float(valid.std()) if valid.size else None,
+              "background": float(maps.background), "options": options or {},
+              "fields": [{"name": n, "dtype": str(arrays[n].dtype), "shape": list(arrays[n].shape)} for n in names]}
+    return [TOPIC, pack(header)] + [np.ascontiguousarray(arrays[n]) for n in names]
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_map_header(header: Mapping[str, Any]) -> None:
+    """Check the scalar part of a map header (counts, time, background, options, run).
+
+    Raises
+    ------
+    RejectedMessage
+        reason ``field``, naming the key and its value.
+    """
+    for key in _COUNTS:
+        if not _is_count(header.get(key)):
+            raise RejectedMessage("field", f"map: {key} = {header.get(key)!r:.40}, expected a count")
+    for key in ("t", "background"):
+        if not _is_number(header.get(key)):
+            raise RejectedMessage("field", f"map: {key} = {header.get(key)!r:.40} is not a number")
+    if not isinstance(header.get("run"), str):
+        raise RejectedMessage("field", f"map: run = {header.get('run')!r:.40}, expected a string")
+    if not isinstance(header.get("options", {}), dict):
+        raise RejectedMessage("field", f"map: options {header.get('options')!r:.40} is not a map")
+
+
+def _field_array(spec: Any, buf: Any) -> tuple[str, npt.NDArray[Any]]:
+    """One `fields` entry and its buffer -> (name, array viewing the buffer), strictly checked."""
+    if not isinstance(spec, dict):
+        raise RejectedMessage("field", f"map field entry {spec!r:.40} is not a map")
+    name, dtype, shape = spec.get("name"), spec.get("dtype"), spec.get("shape")
+    if not isinstance(name, str):
+        raise RejectedMessage("field", f"map field name {name!r:.40} is not a string")
+    if not isinstance(dtype, str) or dtype not in MAP_DTYPES:
+        raise RejectedMessage("dtype", f"map field {name!r:.40}: dtype {dtype!r:.40} not allowed "
+                                       f"(expected one of {sorted(MAP_DTYPES)})")
+    if not isinstance(shape, list) or not 1 <= len(shape) <= 3 or \
+            not all(isinstance(n, int) and not isinstance(n, bool) and 0 < n <= MAX_MAP_SIDE for n in shape):
+        raise RejectedMessage("shape", f"map field {name!r:.40}: bad shape {shape!r:.60} "
+                                       f"(1 to 3 sides of 1..{MAX_MAP_SIDE})")
+    wire = np.dtype(dtype).newbyteorder("<")
+    raw = memoryview(buf.buffer if hasattr(buf, "buffer") else buf)
+    if raw.nbytes != math.prod(shape) * wire.itemsize:
+        raise RejectedMessage("size", f"map field {name!r:.40}: {raw.nbytes} bytes for shape {shape} {dtype}")
+    return name, np.frombuffer(raw, dtype=wire).reshape(shape)
+
+
+def decode_map(header: Mapping[str, Any], buffers: Sequence[Any]) -> dict[str, npt.NDArray[Any]]:
+    """The named arrays of a map message, after checking its header and every buffer.
+
+    The arrays view the received buffers (no copy, read-only): copy what outlives the message.
+
+    Raises
+    ------
+    RejectedMessage
+        With a counter key (``parts``, ``field``, ``dtype``, ``shape``, ``size``) and the bad value.
+    """
+    fields = header.get("fields")
+    if not isinstance(fields, list) or len(fields) != len(buffers):
+        raise RejectedMessage("parts", f"map: {len(buffers)} buffers for fields {fields!r:.120}")
+    check_map_header(header)
+    arrays: dict[str, npt.NDArray[Any]] = {}
+    for spec, buf in zip(fields, buffers):
+        name, array = _field_array(spec, buf)
+        if name in arrays:
+            raise RejectedMessage("field", f"map field {name!r:.40} appears twice")
+        arrays[name] = array
+    missing = [n for n in REQUIRED_FIELDS if n not in arrays]
+    if missing:
+        raise RejectedMessage("field", f"map message lacks field(s) {', '.join(missing)}")
+    shape = arrays["d_spacing"].shape
+    expected = {**{n: shape for n in PIXEL_MAPS}, "q": (*shape, 3), "mean_q": (3,), "frames": shape}
+    wrong = [n for n, s in expected.items() if n in arrays and arrays[n].shape != s]
+    if len(shape) != 2 or wrong:
+        raise RejectedMessage("shape", f"map message: field shapes {[(n, arrays[n].shape) for n in wrong]} "
+                                       f"do not fit d_spacing {shape}")
+    return arrays
