@@ -87,6 +87,11 @@ def map_number_of(name: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
+def sink_file_name(run_uid: str, number: int) -> str:
+    """Raw frames of map `number` of a run, as the detector's file sink (`map_sink`) names them."""
+    return f"{run_uid}_map{number:04d}.h5"
+
+
 def crashed_name(path_stem: str, stamp: str, suffix: str) -> str:
     """Name of a file set aside after a crash (it can never be reopened for writing)."""
     return f"{path_stem}.crashed-{stamp}{suffix}"
