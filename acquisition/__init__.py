@@ -10,13 +10,13 @@ from opmon.acquisition.motion import Diffractometer, PiezoStage
 from opmon.acquisition.plans import AcquiredMap, SeriesResult, StepRecord, operando_series, potentiostatic_steps, set_cell
 from opmon.acquisition.potentiostat import (HIGH_IMPEDANCE, OPEN_CIRCUIT, CellBackend, CellCommand, Potentiostat,
                                             PotentiostatLimits)
-from opmon.acquisition.sinks import FrameSink, Hdf5MapSink, MapMeta, PublisherSink, SinkTarget, TeeSink
+from opmon.acquisition.sinks import FrameSink, MapMeta, PublisherSink, SinkTarget, TeeSink
 from opmon.acquisition.triggers import (AnyOf, CellReading, MapRequests, PeriodicTrigger, PlateauTrigger, RestTrigger,
                                         TriggerRule, VoltageThresholds)
 
 __all__ = [
     "acquire_map", "AcquiredMap", "AnyOf", "CellBackend", "CellCommand", "CellMode", "CellMonitor", "CellReading",
-    "CellSample", "DetectorCalibration", "Diffractometer", "FrameSink", "FrameSource", "Hdf5MapSink",
+    "CellSample", "DetectorCalibration", "Diffractometer", "FrameSink", "FrameSource",
     "HIGH_IMPEDANCE", "MapGrid", "MapMeta", "MapRequests", "OPEN_CIRCUIT", "operando_series", "PeriodicTrigger",
     "PiezoStage", "PlateauTrigger", "Potentiostat", "potentiostatic_steps", "PotentiostatLimits", "PublisherSink",
     "RestTrigger", "SeriesResult", "set_cell", "SinkTarget", "StepRecord", "sxdm_map", "SxdmDetector", "TeeSink",

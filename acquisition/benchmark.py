@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     setup = SxdmSetup(map_shape=tuple(args.map_shape), n_angles=args.angles, roi=(96, 416, 160, 352))
     RE = RunEngine({}, call_returns_result=True)
     sink = CountingSink()
-    with tempfile.TemporaryDirectory() as tmp:
-        bl = SimulatedBeamline(BeamlineConfig(frame_dir=tmp, setup=setup), sink=sink)
+    with tempfile.TemporaryDirectory():
+        bl = SimulatedBeamline(BeamlineConfig(setup=setup), sink=sink)
         try:
             RE(sxdm_map(bl.detector, bl.stage, bl.diffractometer, bl.grid(), bl.etas()[:2], potentiostat=bl.potentiostat))
             sink.frames = 0

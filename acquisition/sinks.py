@@ -3,21 +3,17 @@
 The detector never knows whether frames land in an HDF5 file, a ZeroMQ stream or both: it
 opens the sink once per map, writes each frame with a self-describing header, and turns the
 `SinkTarget` the sink returns into a StreamResource (uri + dataset) with StreamDatum index
-ranges. `Hdf5MapSink` writes one FORMATS.md raw file per map through `RawMapWriter`.
+ranges. Sinks that write files live with the archive (`opmon.streaming.archive.map_sink`), which
+knows the file layouts; acquisition defines only the interface and the stream sinks.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-import h5py
 import numpy as np
 import numpy.typing as npt
 
-from opmon.errors import ConfigError
-from opmon.formats import DATA, RawMapWriter
 
 @dataclass(frozen=True)
 class MapMeta:
@@ -71,62 +67,6 @@ class FrameSink(Protocol):
     def close(self) -> None:
         """Finish the current map (flush, release files). Safe to call when nothing is open."""
         ...
-
-
-class Hdf5MapSink:
-    """One raw SXDM file per map (FORMATS.md layout, `/entry`), flushed at least every 0.5 s.
-
-    Files are named ``{run_uid}_map{NNNN}.h5`` in `directory` and opened in SWMR mode, so a
-    reader can follow a map while it is written.
-    """
-
-    mimetype = "application/x-hdf5"
-
-    def __init__(self, directory: str | Path, flush_period_s: float = 0.5) -> None:
-        self.directory = Path(directory)
-        if self.directory.exists() and not self.directory.is_dir():
-            raise ConfigError(f"frame directory {self.directory} exists and is not a directory")
-        self.flush_period_s = flush_period_s
-        self._file: h5py.File | None = None
-        self._writer: RawMapWriter | None = None
-        self._last_flush = 0.0
-        self.path: Path | None = None
-
-    def open(self, run_uid: str, map_id: int, meta: MapMeta) -> SinkTarget:
-        self.close()
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.path = self.directory / f"{run_uid}_map{map_id:04d}.h5"
-        self._file = h5py.File(self.path, "w", libver="latest")
-        entry = self._file.create_group("entry")
-        self._writer = RawMapWriter(entry, frame_shape=meta.frame_shape, dtype=meta.dtype, energy_ev=meta.energy_ev,
-                                    distance_m=meta.distance_m, pixel_size_m=meta.pixel_size_m,
-                                    beam_center=meta.beam_center, map_shape=meta.map_shape,
-                                    detector_mask=meta.detector_mask, expected_frames=meta.expected_frames)
-        entry.attrs["run_uid"] = run_uid
-        entry.attrs["map_number"] = int(map_id)
-        self._file.swmr_mode = True
-        self._last_flush = time.monotonic()
-        return SinkTarget(uri=self.path.resolve().as_uri(), mimetype=self.mimetype,
-                          parameters={"dataset": f"/entry/{DATA}", "chunk_shape": [1, *meta.frame_shape],
-                                      "map_number": int(map_id), **meta.geometry()})
-
-    def write(self, frame: npt.NDArray[Any], header: dict[str, Any]) -> int:
-        if self._writer is None or self._file is None:
-            raise ConfigError("Hdf5MapSink.write: no map is open (call open first)")
-        index = self._writer.n
-        self._writer.append(frame, header["map_index"], header["eta"], header["phi"], header["nu"], header["delta"],
-                            header.get("x", np.nan), header.get("y", np.nan))
-        now = time.monotonic()
-        if now - self._last_flush >= self.flush_period_s:
-            self._file.flush()
-            self._last_flush = now
-        return index
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.flush()
-            self._file.close()
-        self._file, self._writer = None, None
 
 
 class TeeSink:

@@ -26,7 +26,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import h5py
+from opmon.streaming.archive.layout import map_file_name
+from opmon.streaming.archive.reader import RunArchive
 
 DEMO = ["--headless", "--map-shape", "8", "8", "--acceleration", "1500", "--maps-at", "4.5", "4.7", "4.75"]
 SYNC = re.compile(r"^(\S+ \S+) opmon\.streaming\.archiver INFO: sender synced \(epoch (\d+)\): (\d+) message")
@@ -49,10 +50,9 @@ def archiver_pid(demo_pid: int) -> int | None:
 
 
 def _first_frame_stored(archive: Path) -> bool:
-    for path in archive.glob("*/map_0000.h5"):
+    for path in archive.glob(f"*/{map_file_name(0)}"):
         try:
-            with h5py.File(path, "r", swmr=True) as f:
-                return f["entry/scan/sequence"].shape[0] > 0
+            return RunArchive.at(path.parent).map_info(0).frames > 0
         except (OSError, KeyError):
             return False
     return False

@@ -46,7 +46,7 @@ def run_disk_full(directory: Path, *, size_mb: int = 32, max_frames: int = 3000,
     from bluesky import RunEngine
 
     from opmon.archive_watch import ArchiverWatch
-    from opmon.streaming.archiver import Archiver
+    from opmon.streaming.archive.archiver import Archiver
     from opmon.streaming.control import RunEngineSteering
     from opmon.streaming.publisher import ZmqFrameSink
 
@@ -64,7 +64,7 @@ def _fill(directory: Path, mounted: bool, size_mb: int, max_frames: int, rate_hz
     from bluesky import RunEngine
 
     from opmon.archive_watch import ArchiverWatch
-    from opmon.streaming.archiver import Archiver
+    from opmon.streaming.archive.archiver import Archiver
     from opmon.streaming.control import RunEngineSteering
     from opmon.streaming.publisher import ZmqFrameSink
 
@@ -174,7 +174,7 @@ def read_back(run_dir: Path, pool: np.ndarray) -> dict[str, Any]:
             data = f["entry/data/data"] if "entry/data/data" in f else None
             seq = f["entry/scan/sequence"][:]
             if data is None:
-                from opmon.formats import DATA
+                from opmon.streaming.archive.layout import DATA
                 data = f[f"entry/{DATA}"]
             n = min(len(seq), data.shape[0])
             bad = [i for i in range(n) if not np.array_equal(data[i], pool[int(seq[i]) % len(pool)])]

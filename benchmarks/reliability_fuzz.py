@@ -407,7 +407,7 @@ def fuzz_frames(target: str, n: int, seed: int = 0, context: zmq.Context | None 
     sent = Counter(s for s, _ in messages)
     crashes = Crashes()
     if target == "archiver":
-        from opmon.streaming.archiver import Archiver
+        from opmon.streaming.archive.archiver import Archiver
         service: Any = Archiver(tmp, endpoint, context=ctx)
         receiver, step = service.frames, lambda: service.poll_once(50)
     elif target == "live":
@@ -438,8 +438,7 @@ def fuzz_frames(target: str, n: int, seed: int = 0, context: zmq.Context | None 
 def fuzz_archiver_channel(channel: str, n: int, seed: int = 0, context: zmq.Context | None = None,
                           directory: Path | None = None) -> dict[str, Any]:
     """`n` fuzzed messages on the archiver's document channel or its final-maps channel."""
-    from opmon.processors.final_map_file import write_map_file
-    from opmon.streaming.archiver import Archiver
+    from opmon.streaming.archive.archiver import Archiver
     ctx = context or zmq.Context.instance()
     tmp = directory or Path(tempfile.mkdtemp(prefix=f"opmon-fuzz-{channel}-"))
     frames = ctx.socket(zmq.PUSH)
@@ -454,7 +453,7 @@ def fuzz_archiver_channel(channel: str, n: int, seed: int = 0, context: zmq.Cont
         messages = list(document_messages(seed, n))
     elif channel == "maps":
         archiver = Archiver(tmp, f"tcp://127.0.0.1:{fport}", maps_endpoint="tcp://127.0.0.1:*",   # zmq picks the port
-                            maps_writer=write_map_file, context=ctx)
+                            context=ctx)
         push.connect(archiver.maps.getsockopt_string(zmq.LAST_ENDPOINT))
         sock = archiver.maps
         messages = list(map_messages(seed, n))

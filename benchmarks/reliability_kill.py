@@ -10,7 +10,6 @@ maps sent, and how each run is marked.
 """
 from __future__ import annotations
 
-import json
 import math
 import multiprocessing as mp
 import os
@@ -22,8 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
+
+from opmon.streaming.archive.reader import RunArchive
 
 
 def _acquire(endpoints: list[str], ack_endpoint: str, rate: float, map_frames: int, sent: Any, run_box: Any,
@@ -57,19 +57,18 @@ def _acquire(endpoints: list[str], ack_endpoint: str, rate: float, map_frames: i
 
 def archive_of_run(run_dir: Path) -> dict[str, Any]:
     """Distinct frames (by seq) and maps with final maps of one archived run, and its end."""
+    archive = RunArchive.at(run_dir)
     seqs: set[int] = set()
     maps = finals = complete = 0
-    for path in sorted(run_dir.glob("map_[0-9][0-9][0-9][0-9].h5")):
+    for number in archive.map_numbers():
         maps += 1
-        with h5py.File(path, "r", swmr=True) as f:
-            seqs.update(int(s) for s in f["entry/scan/sequence"][:])
-            complete += int(f["entry/scan/complete"][()])
-        finals += (run_dir / f"{path.stem}_maps.h5").is_file()
-    status = None
+        info = archive.map_info(number)
+        seqs.update(int(s) for s in info.seqs)
+        complete += int(info.complete)
+        finals += archive.has_maps(number)
     try:
-        with h5py.File(run_dir / "run.h5", "r") as f:
-            stop = f.attrs.get("stop", "")
-            status = json.loads(stop).get("exit_status") if stop else f.attrs.get("state", "?")
+        stop = archive.stop() if archive.exists() else None
+        status = stop.get("exit_status") if stop else archive.state() or "no master file"
     except (OSError, ValueError):
         status = "no master file"
     return {"frames": len(seqs), "max_seq": max(seqs) if seqs else -1, "maps": maps, "maps_with_final": finals,

@@ -54,11 +54,12 @@ def rss_mb(pid: int | None) -> float:
 
 def archived_frames(archive: Path) -> int:
     """Distinct frames (run, seq) in the archive's map files: what the archive path kept."""
-    import h5py
+    from opmon.streaming.archive.reader import RunArchive
     seen: set[tuple[str, int]] = set()
-    for path in archive.glob("*/map_[0-9][0-9][0-9][0-9].h5"):
-        with h5py.File(path, "r", swmr=True) as f:
-            seen.update((path.parent.name, int(s)) for s in f["entry/scan/sequence"][:])
+    for run_dir in archive.iterdir():
+        run = RunArchive.at(run_dir)
+        for number in run.map_numbers():
+            seen.update((run.uid, int(s)) for s in run.map_info(number).seqs)
     return len(seen)
 
 

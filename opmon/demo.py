@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import zmq
 
@@ -27,6 +26,7 @@ from opmon.experiment import AcquisitionService, ExperimentPlan
 from opmon.demo_signals import StopControl
 from opmon.ports import (BOUND_BY, PortInUseError, check_range, config_ports, in_use_message, next_free, require_free,
                          shift_to_free, taken)
+from opmon.streaming.archive.reader import RunArchive
 from opmon.streaming.ports import free_ports, port_block
 from opmon.supervisor import Supervisor
 
@@ -122,10 +122,6 @@ def format_ranges(ranges: list[tuple[int, int]], limit: int = 12) -> str:
     return text + (f", ... ({len(ranges) - limit} more ranges)" if len(ranges) > limit else "")
 
 
-def _scalar(f: h5py.File, key: str, default: int) -> int:
-    return int(f[key][()]) if key in f else default
-
-
 def _map_seq_bounds(sent: list[tuple[int, int] | None], seqs: list[np.ndarray], frames_sent: int) -> list[tuple[int, int]]:
     """(first, last) seq each map was sent with: from its archived map_end, else between its neighbours."""
     bounds: list[tuple[int, int]] = []
@@ -147,30 +143,23 @@ def _map_seq_bounds(sent: list[tuple[int, int] | None], seqs: list[np.ndarray], 
 
 def summarize(run_dir: Path, frames_sent: int, exit_status: str) -> RunSummary:
     """Read the archive of one run back: frames per map, the seqs each map is missing, final maps."""
+    archive = RunArchive.at(run_dir)
     maps: list[MapSummary] = []
     sequences: list[np.ndarray] = []
     sent: list[tuple[int, int] | None] = []
-    for raw in sorted(run_dir.glob("map_[0-9][0-9][0-9][0-9].h5")):
-        number = int(raw.stem.split("_")[1])
-        with h5py.File(raw, "r", swmr=True) as f:
-            seq = np.unique(f["entry/scan/sequence"][()])
-            complete = bool(f["entry/scan/complete"][()]) if "entry/scan/complete" in f else False
-            trigger = str(f["entry"].attrs.get("trigger", ""))
-            n_sent, last = _scalar(f, "entry/scan/n_frames_sent", -1), _scalar(f, "entry/scan/last_seq_sent", -1)
-        sequences.append(seq)
-        sent.append((last - n_sent + 1, last) if n_sent >= 0 else None)
+    for number in archive.map_numbers():
+        info = archive.map_info(number)
+        sequences.append(info.seqs)
+        sent.append(info.sent)
         d_mean = d_std = None
         valid = 0
-        maps_file = run_dir / f"{raw.stem}_maps.h5"
-        if maps_file.exists():
-            with h5py.File(maps_file, "r") as f:
-                if "entry/maps/d_spacing" in f:
-                    d = f["entry/maps/d_spacing"][()]
-                    d = d[np.isfinite(d)]
-                    valid = int(d.size)
-                    if d.size:
-                        d_mean, d_std = float(d.mean()), float(d.std())
-        maps.append(MapSummary(number, int(seq.size), complete, d_mean, d_std, valid, trigger))
+        d = archive.d_spacing(number)
+        if d is not None:
+            d = d[np.isfinite(d)]
+            valid = int(d.size)
+            if d.size:
+                d_mean, d_std = float(d.mean()), float(d.std())
+        maps.append(MapSummary(number, int(info.seqs.size), info.complete, d_mean, d_std, valid, info.trigger))
     for m, seq, (lo, hi) in zip(maps, sequences, _map_seq_bounds(sent, sequences, frames_sent)):
         m.missing = seq_ranges(np.setdiff1d(np.arange(lo, hi + 1), seq))
     seq_all = np.sort(np.concatenate(sequences)) if sequences else np.zeros(0, dtype=np.int64)
@@ -179,34 +168,13 @@ def summarize(run_dir: Path, frames_sent: int, exit_status: str) -> RunSummary:
     return RunSummary(run_dir, maps, frames_sent, int(seq_all.size), lost, exit_status)
 
 
-def _archived_frames(run_dir: Path) -> int | None:
-    """Frames the archive of a run holds now (every map file's sequence), None while a file is
-    not readable yet (the archiver is creating it)."""
-    total = 0
-    for raw in sorted(run_dir.glob("map_[0-9][0-9][0-9][0-9].h5")):
-        try:
-            with h5py.File(raw, "r", swmr=True) as f:
-                total += int(f["entry/scan/sequence"].shape[0])
-        except (OSError, KeyError):
-            return None
-    return total
-
-
-def _run_closed(run_dir: Path) -> bool:
-    """True once the archiver recorded the run's end (stop message) in run.h5."""
-    try:
-        with h5py.File(run_dir / "run.h5", "r") as f:
-            return str(f.attrs.get("state", "")) == "done"
-    except (OSError, KeyError):
-        return False
-
-
 def wait_for_frames(run_dir: Path, frames_sent: int, deadline: float) -> bool:
     """After a stop: wait (until `deadline`, monotonic) until the archive holds every frame sent
     and the run's end, so what was in flight is on disk before the archiver is stopped."""
+    archive = RunArchive.at(run_dir)
     while time.monotonic() < deadline:
-        held = _archived_frames(run_dir)
-        if held is not None and held >= frames_sent and _run_closed(run_dir):
+        held = archive.frames_held()
+        if held is not None and held >= frames_sent and archive.closed():
             return True
         time.sleep(0.1)
     return False
@@ -216,21 +184,13 @@ def wait_for_archive(run_dir: Path, n_maps: int, timeout_s: float, supervisor: S
                      cancel: threading.Event | None = None) -> bool:
     """Wait until every map of the run is complete with its final maps file (or `cancel` is set)."""
     deadline = time.monotonic() + timeout_s
+    archive = RunArchive.at(run_dir)
     while time.monotonic() < deadline and not (cancel is not None and cancel.is_set()):
         if supervisor is not None:
             supervisor.check()
+        closed = archive.closed()
         done = 0
-        closed = _run_closed(run_dir)
-        for number in range(n_maps):
-            raw, maps = run_dir / f"map_{number:04d}.h5", run_dir / f"map_{number:04d}_maps.h5"
-            if not (raw.exists() and maps.exists()):
-                break
-            try:
-                with h5py.File(raw, "r", swmr=True) as f:
-                    if not (closed or f["entry/scan/complete"][()]):
-                        break
-            except (OSError, KeyError):
-                break
+        while done < n_maps and archive.map_done(done, run_closed=closed):
             done += 1
         if done == n_maps:
             return True

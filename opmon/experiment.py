@@ -109,7 +109,7 @@ class AcquisitionService:
         self.sink = PublisherSink(self.publisher)
         self.RE.subscribe(self.documents)
         self.RE.subscribe(self.sink)
-        self.beamline = SimulatedBeamline(BeamlineConfig(frame_dir=config.archive.dir, setup=plan.setup(),
+        self.beamline = SimulatedBeamline(BeamlineConfig(setup=plan.setup(),
                                                          acceleration=plan.acceleration, seed=plan.seed), sink=self.sink)
         self.requests = MapRequests()
         self.steering = RunEngineSteering(self.RE, self.requests, make_rule)

@@ -15,7 +15,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from opmon.formats import RawMapWriter
+from opmon.streaming.archive.layout import DATA, ENTRY
+from opmon.streaming.archive.raw import RawMapWriter
 from opmon.processors.accumulate import MomentAccumulator
 from opmon.processors.geometry import DetectorGeometry
 from opmon.processors.offline import ProcessOptions, process_file
@@ -69,7 +70,7 @@ def bench_end_to_end(n: int, dtype: type, workdir: Path) -> tuple[float, float, 
     path = workdir / "bench_raw.h5"
     frames = photon_counting_frames(n, dtype, seed=2)
     with h5py.File(path, "w") as f:
-        writer = RawMapWriter(f.create_group("entry"), frame_shape=SHAPE, dtype=dtype, energy_ev=10000.0, distance_m=1.6,
+        writer = RawMapWriter(f.create_group(ENTRY), frame_shape=SHAPE, dtype=dtype, energy_ev=10000.0, distance_m=1.6,
                               pixel_size_m=(55e-6, 55e-6), beam_center=(256.0, 256.0), map_shape=(40, 40))
         index = np.arange(n) % 1600
         writer.append(frames, index, np.linspace(18.7, 19.3, n), 0.0, 35.0, 0.0)
@@ -78,7 +79,7 @@ def bench_end_to_end(n: int, dtype: type, workdir: Path) -> tuple[float, float, 
 
     def read_only() -> None:
         with h5py.File(path, "r") as f:
-            data = f["entry/instrument/detector/data"]
+            data = f[ENTRY][DATA]
             buf = np.empty((64,) + SHAPE, dtype=data.dtype)
             for s in range(0, n, 64):
                 view = buf[: min(64, n - s)]

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from opmon.outputs import atomic_path  # noqa: E402
+from opmon.streaming.archive.safe_writes import atomic_path  # noqa: E402
 from opmon.processors.colorwheel import auto_max_altitude, tilt_rgb, wheel_legend  # noqa: E402
 from opmon.processors.maps import MapResult  # noqa: E402
 

@@ -17,7 +17,7 @@ from functools import lru_cache
 import numpy as np
 import numpy.typing as npt
 
-from opmon.formats import RawMeta
+from opmon.streaming.archive.raw import RawMeta
 
 HC_EV_ANGSTROM = 12398.419843320026  # h·c in eV·Å (CODATA 2018), as xrayutilities uses
 

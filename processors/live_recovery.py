@@ -7,135 +7,20 @@ the run's maps were made with, earlier frames of the current map and whole maps 
 """
 from __future__ import annotations
 
-import json
-import time
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import numpy.typing as npt
 
-from opmon.errors import ArchiveError
-from opmon.formats import DATA, DET_MASK, MAP_INDEX, MAP_SHAPE, POSITIONERS
-from opmon.streaming.archive_files import MASTER, map_file_name, maps_file_name
+from opmon.errors import ArchiveError, CorruptFrameError
+from opmon.streaming.archive.reader import RunArchive
 
 log = logging.getLogger(__name__)
 
 Feed = Callable[[dict[str, Any], npt.NDArray[Any]], None]
-
-
-class RunArchive:
-    """Read side of one run directory `<archive_dir>/<run uid>/` (files may still be growing)."""
-
-    def __init__(self, archive_dir: str | Path, uid: str) -> None:
-        self.path = Path(archive_dir) / uid
-        self.uid = uid
-
-    def exists(self) -> bool:
-        return (self.path / MASTER).is_file()
-
-    def start(self) -> tuple[dict[str, Any], npt.NDArray[np.uint8] | None] | None:
-        """(start header, detector mask) as the archiver received them, or None."""
-        if not self.exists():
-            return None
-        with h5py.File(self.path / MASTER, "r") as f:
-            start = json.loads(f.attrs["start"]) if f.attrs.get("start") else None
-        if not start:
-            return None
-        mask = None
-        if start.get("mask"):      # the run has a detector mask: it is stored with every map file
-            first = self.path / map_file_name(0)
-            deadline = time.monotonic() + 10.0
-            while mask is None:
-                try:
-                    with h5py.File(first, "r", swmr=True) as f:
-                        mask = f[f"entry/{DET_MASK}"][()]
-                except (OSError, KeyError):          # not written yet, or being created
-                    if time.monotonic() > deadline:
-                        raise ArchiveError(f"{first}: run {self.uid} has a detector mask but it cannot be read") from None
-                    time.sleep(0.05)
-        return start, mask
-
-    def roi(self) -> tuple[int, int, int, int] | None:
-        """ROI of the run's latest archived maps, so recovered maps match the ones made before."""
-        files = sorted(self.path.glob("map_*_maps.h5"))
-        for path in reversed(files):
-            with h5py.File(path, "r") as f:
-                roi = f["entry/maps"].attrs.get("roi")
-                if roi is not None and len(roi) == 4:
-                    return tuple(int(v) for v in roi)  # type: ignore[return-value]
-        return None
-
-    def has_maps(self, number: int) -> bool:
-        return (self.path / maps_file_name(number)).is_file()
-
-    def has_frames(self, number: int) -> bool:
-        return (self.path / map_file_name(number)).is_file()
-
-    def frames(self, number: int, *, below_seq: int | None = None, wait_s: float = 30.0,
-               block: int = 32) -> Iterator[tuple[dict[str, Any], npt.NDArray[Any]]]:
-        """Yield (frame header, frame) of map `number` in archive order.
-
-        With `below_seq`, only frames sent before that sequence number, waiting (up to
-        `wait_s`) for the archiver to have flushed them; without it, the whole map, waiting
-        for the archiver to mark it complete.
-
-        Raises
-        ------
-        ArchiveError
-            if the map file is missing or the frames do not appear in time.
-        """
-        path = self.path / map_file_name(number)
-        deadline = time.monotonic() + wait_s
-        f = None
-        while f is None:     # the archiver may be creating the file right now: wait until it is whole
-            try:
-                f = h5py.File(path, "r", swmr=True)
-                if "entry/scan/complete" not in f:
-                    f.close()
-                    f = None
-            except (OSError, KeyError):
-                f = None
-            if f is None:
-                if time.monotonic() > deadline:
-                    raise ArchiveError(f"{path}: no readable archived frames for map {number} of run {self.uid}")
-                time.sleep(0.05)
-        with f:
-            entry = f["entry"]
-            seq_ds, data = entry["scan/sequence"], entry[DATA]
-            while True:
-                for ds in (seq_ds, data, entry["scan/complete"]):
-                    ds.refresh()
-                n = min(seq_ds.shape[0], data.shape[0])
-                seqs = seq_ds[:n]
-                if below_seq is not None and (n and seqs[-1] >= below_seq - 1 or below_seq == 0):
-                    n = int(np.searchsorted(seqs, below_seq))
-                    break
-                if below_seq is None and entry["scan/complete"][()] == 1:
-                    break
-                if time.monotonic() > deadline:
-                    raise ArchiveError(f"{path}: archive holds {n} frames of map {number}; waited {wait_s:.0f} s for "
-                                       f"{'seq < ' + str(below_seq) if below_seq is not None else 'the map to complete'}")
-                time.sleep(0.05)
-            cols = {name: entry[f"{POSITIONERS}/{name}"] for name in ("eta", "phi", "nu", "delta")}
-            for ds in (*cols.values(), entry[MAP_INDEX], entry["scan/timestamp"]):
-                ds.refresh()
-            meta = {name: ds[:n] for name, ds in cols.items()}
-            index = entry[MAP_INDEX][:n]
-            stamps = entry["scan/timestamp"][:n]
-            dtype = str(data.dtype)
-            shape = list(data.shape[1:])
-            for start in range(0, n, block):
-                stop = min(n, start + block)
-                frames = data[start:stop]
-                for i in range(start, stop):
-                    yield ({"run": self.uid, "map": number, "seq": int(seqs[i]), "frame": i, "index": int(index[i]),
-                            "eta": float(meta["eta"][i]), "phi": float(meta["phi"][i]), "nu": float(meta["nu"][i]),
-                            "delta": float(meta["delta"][i]), "dtype": dtype, "shape": shape, "t": float(stamps[i])},
-                           frames[i - start])
 
 
 def recover_missed_maps(archive: RunArchive, first_map: int, feed: Feed, end_map: Callable[[int], None]) -> int:
@@ -151,7 +36,7 @@ def recover_missed_maps(archive: RunArchive, first_map: int, feed: Feed, end_map
             for header, frame in archive.frames(number):
                 feed(header, frame)
                 recovered += 1
-        except (ArchiveError, OSError, KeyError) as exc:
+        except (ArchiveError, CorruptFrameError, OSError, KeyError) as exc:
             log.error("run %s: cannot recover map %d: %s", archive.uid, number, exc)
             continue
         end_map(number)
@@ -166,38 +51,10 @@ def recover_prefix(archive: RunArchive, number: int, first_seq: int, feed: Feed)
         for header, frame in archive.frames(number, below_seq=first_seq):
             feed(header, frame)
             recovered += 1
-    except (ArchiveError, OSError, KeyError) as exc:
+    except (ArchiveError, CorruptFrameError, OSError, KeyError) as exc:
         log.error("run %s map %d: frames before seq %d not recovered: %s", archive.uid, number, first_seq, exc)
     log.warning("run %s map %d: %d earlier frames recovered from the archive", archive.uid, number, recovered)
     return recovered
-
-
-def unmapped_maps(archive_dir: str | Path) -> tuple[RunArchive, list[int]] | None:
-    """The newest archived run and its maps whose frames are all archived but have no final maps.
-
-    A processor that was down (or restarting) while a run's last messages went out never hears
-    of that run again; the archive still holds every frame, so the maps can be made from it.
-    """
-    root = Path(archive_dir)
-    if not root.is_dir():
-        return None
-    runs = [p for p in root.iterdir() if (p / MASTER).is_file()]
-    if not runs:
-        return None
-    newest = max(runs, key=lambda p: (p / MASTER).stat().st_mtime)
-    archive = RunArchive(root, newest.name)
-    missing = []
-    for path in sorted(newest.glob("map_[0-9][0-9][0-9][0-9].h5")):
-        number = int(path.stem.split("_")[1])
-        if archive.has_maps(number):
-            continue
-        try:
-            with h5py.File(path, "r", swmr=True) as f:
-                if f["entry/scan/complete"][()] == 1:
-                    missing.append(number)
-        except (OSError, KeyError):
-            continue       # being written, or not a whole file yet
-    return archive, missing
 
 
 def map_from_archive(archive: RunArchive, number: int, make: Callable[[dict[str, Any], npt.NDArray[np.uint8] | None,
@@ -207,9 +64,7 @@ def map_from_archive(archive: RunArchive, number: int, make: Callable[[dict[str,
     found = archive.start()
     if found is None:
         raise ArchiveError(f"{archive.path}: no run start to make map {number} from")
-    with h5py.File(archive.path / map_file_name(number), "r", swmr=True) as f:
-        map_shape = tuple(int(v) for v in f[f"entry/{MAP_SHAPE}"][()])
-    acc = make(found[0], found[1], map_shape)  # type: ignore[arg-type]
+    acc = make(found[0], found[1], archive.map_shape(number))
     n = 0
     for header, frame in archive.frames(number, wait_s=5.0):
         acc.process_frame(frame, header["index"], header["eta"], header["phi"], header["nu"], header["delta"])
@@ -228,12 +83,10 @@ def catch_up(archive_dir: str | Path, outputs: Any, *, skip_runs: set[str], roi:
     from opmon.processors.live.engine import accumulator_options, geometry_of
     from opmon.processors.live.roi import RoiSum
 
-    found = unmapped_maps(archive_dir)
-    if found is None:
+    archive = RunArchive.newest(archive_dir)
+    if archive is None or archive.uid in skip_runs:
         return 0
-    archive, numbers = found
-    if archive.uid in skip_runs:
-        return 0
+    numbers = archive.maps_to_make()
     made = 0
     for number in numbers:
         if (archive.uid, number) in outputs.made:
@@ -263,7 +116,7 @@ def catch_up(archive_dir: str | Path, outputs: Any, *, skip_runs: set[str], roi:
                 return MomentAccumulator(geometry_of(start), shape, detector_mask=mask, **accumulator_options(options))
 
             acc, n = map_from_archive(archive, number, make)
-        except (ArchiveError, OSError, KeyError) as exc:
+        except (ArchiveError, CorruptFrameError, OSError, KeyError) as exc:
             log.error("run %s map %d: cannot make its maps from the archive: %s", archive.uid, number, exc)
             continue
         outputs.final(acc, run=archive.uid, number=number, n_frames=n, frames_lost=0, options=options)

@@ -8,10 +8,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
+import h5py
 import numpy as np
 import numpy.typing as npt
 
 from opmon.errors import EmptyMapError
+from opmon.streaming.archive.maps_file import MapsArrays, read_maps
 
 MASK_FRACTION = 0.2  # pixels below 20 % of the map's maximum intensity are invalid
 
@@ -57,6 +59,16 @@ class MapResult:
         known = {k: v for k, v in arrays.items() if k in cls.__dataclass_fields__ and k != "background"}
         known.setdefault("frames", np.zeros(arrays["d_spacing"].shape, dtype=np.int64))
         return cls(**known, background=float(background))
+
+    def maps_arrays(self) -> MapsArrays:
+        """The arrays and background as the archive's maps layout takes them."""
+        return MapsArrays(self.arrays(), self.background)
+
+
+def read_map_result(parent: h5py.Group) -> MapResult:
+    """``parent/maps`` of a maps file as a MapResult (checked: see `maps_file.read_maps`)."""
+    maps = read_maps(parent)
+    return MapResult.from_arrays(maps.arrays, maps.background)
 
 
 def derive_maps(sum_i: F64, sum_iq: F64, sum_iqq: F64, frames: npt.NDArray[np.int64], background: float = 0.0,

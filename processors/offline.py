@@ -18,14 +18,15 @@ import numpy.typing as npt
 
 from opmon import __version__, interrupt
 from opmon.errors import EmptyMapError, RawFileError
-from opmon.formats import (DATA, RawMeta, check_roi, entry_label, iter_checked_blocks, linked_files, map_entries,
-                           natural_key, open_hdf5, read_raw_meta)
-from opmon.outputs import atomic_path, check_outputs
-from opmon.safe_chunks import FrameReader
 from opmon.processors.accumulate import Background, MomentAccumulator, Roi
 from opmon.processors.geometry import DetectorGeometry
-from opmon.processors.mapfile import write_maps
 from opmon.processors.maps import MapResult
+from opmon.streaming.archive.frames import FrameReader
+from opmon.streaming.archive.layout import DATA, MAPS, MAPS_BAD_FRAMES
+from opmon.streaming.archive.maps_file import write_maps
+from opmon.streaming.archive.raw import (RawMeta, check_roi, entry_label, iter_checked_blocks, linked_files, map_entries,
+                                        natural_key, open_hdf5, read_raw_meta)
+from opmon.streaming.archive.safe_writes import atomic_path, check_outputs
 
 ROI_SAMPLE_FRAMES = 3000
 ROI_FRACTION = 0.01
@@ -242,10 +243,10 @@ def process_plan(plan: RawPlan, output: str | Path, options: ProcessOptions,
         for name, done in results.items():
             group = out.create_group(name)
             group.attrs["NX_class"] = "NXentry"
-            group.attrs["default"] = "maps"
-            maps = write_maps(group, done.result, {**options.attrs(done.roi), "source": f"{plan.raw}:/{name}",
+            group.attrs["default"] = MAPS
+            maps = write_maps(group, done.result.maps_arrays(), {**options.attrs(done.roi), "source": f"{plan.raw}:/{name}",
                                                    "bad_frames_count": len(done.bad_frames)})
-            maps.create_dataset("bad_frames", data=np.asarray(done.bad_frames, dtype=np.int64))
+            maps.create_dataset(MAPS_BAD_FRAMES, data=np.asarray(done.bad_frames, dtype=np.int64))
     return results
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +21,7 @@ from opmon.acquisition.detector import DetectorCalibration, SxdmDetector
 from opmon.acquisition.mapping import MapGrid
 from opmon.acquisition.motion import Diffractometer, PiezoStage
 from opmon.acquisition.potentiostat import CellCommand, Potentiostat, PotentiostatLimits
-from opmon.acquisition.sinks import FrameSink, Hdf5MapSink
+from opmon.acquisition.sinks import FrameSink
 from opmon.errors import ConfigError
 from opmon.simulators.cell import CellConfig, CellSimulator, SimClock
 from opmon.simulators.crystal import ParticleModel
@@ -98,10 +97,9 @@ class BeamlineConfig:
     """Everything a simulated beamline needs; defaults follow seed 000 (LMNO, C/15, ID01).
 
     `acceleration` is simulated seconds per wall second (900: a 15 h charge in 1 min);
-    `tick_s` the wall period of the clock. `frame_dir` is where the HDF5 sink writes maps.
+    `tick_s` the wall period of the clock.
     """
 
-    frame_dir: str | Path
     setup: SxdmSetup = field(default_factory=SxdmSetup)
     cell: CellConfig = field(default_factory=CellConfig)
     limits: PotentiostatLimits = field(default_factory=PotentiostatLimits)
@@ -116,11 +114,12 @@ class BeamlineConfig:
 class SimulatedBeamline:
     """Owns the simulation and the connected devices: potentiostat, stage, diffractometer, detector.
 
-    Create a RunEngine first (devices connect and the clock ticks on its event loop). Extra
-    sinks (e.g. a ZeroMQ publisher) can be passed as `sink`; the default is one HDF5 file per map.
+    Create a RunEngine first (devices connect and the clock ticks on its event loop). `sink` is
+    where the detector's frames go: a ZeroMQ publisher (`PublisherSink`), files
+    (`opmon.streaming.archive.map_sink.Hdf5MapSink`, one raw file per map) or both (`TeeSink`).
     """
 
-    def __init__(self, config: BeamlineConfig, sink: FrameSink | None = None) -> None:
+    def __init__(self, config: BeamlineConfig, sink: FrameSink) -> None:
         self.config = config
         s = config.setup
         self.clock = SimClock(acceleration=config.acceleration, tick_s=config.tick_s)
@@ -130,7 +129,7 @@ class SimulatedBeamline:
                                       x_mean=min(max(config.cell.x0, 0.0), 1.0), cycles=config.cycles)
         self.renderer = FrameRenderer(s, self.particle, seed=config.seed)
         self.source = SimFrameSource(self.renderer, self.particle, self.cell, cycles=config.cycles)
-        self.sink = sink if sink is not None else Hdf5MapSink(config.frame_dir)
+        self.sink = sink
         self.potentiostat = Potentiostat(self.backend, config.limits, config.safe_mode, name="potentiostat")
         self.stage = PiezoStage(name="stage")
         self.diffractometer = Diffractometer(eta=s.eta_center, phi=s.phi, nu=s.nu, delta=s.delta, name="diffractometer")

@@ -21,7 +21,7 @@ import zmq
 
 from opmon.errors import FrameShapeError, ProtocolError, StreamStalledError
 from opmon.streaming import protocol as P
-from opmon.streaming.archive_spool import AckedStream
+from opmon.streaming.archive.spool import AckedStream
 
 log = logging.getLogger(__name__)
 

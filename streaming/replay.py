@@ -19,10 +19,11 @@ import numpy as np
 
 from opmon import interrupt
 from opmon.errors import ArchiveError, RawFileError
-from opmon.formats import (RawMeta, check_roi, entry_label, iter_checked_blocks, linked_files, map_entries, open_hdf5,
-                           read_raw_meta)
-from opmon.safe_chunks import FrameReader
-from opmon.streaming.archive_files import MASTER
+from opmon.streaming.archive.frames import FrameReader
+from opmon.streaming.archive.layout import ATTR_MAP_NUMBER, ATTR_RUN_UID, ATTR_START, DATA, MASTER
+from opmon.streaming.archive.raw import (RawMeta, check_roi, entry_label, iter_checked_blocks, linked_files, map_entries,
+                                        open_hdf5, read_raw_meta)
+from opmon.streaming.archive.reader import RunArchive
 from opmon.streaming.publisher import ZmqFrameSink
 
 
@@ -39,10 +40,10 @@ class ReplayReport:
 
 
 def resolve_archive(path: str | Path) -> Path:
-    """The HDF5 file to replay: a run directory's master file, or the file itself."""
+    """The HDF5 file to replay: a run directory's master file (through `RunArchive`), or the file itself."""
     p = Path(path)
     if p.is_dir():
-        p = p / MASTER
+        p = RunArchive.at(p).master
     if not p.is_file():
         raise ArchiveError(f"{path}: no such archive (expected a run directory, its {MASTER}, or a raw SXDM file)")
     return p
@@ -124,10 +125,10 @@ def _send(src: ReplaySource, sink: ZmqFrameSink, rate_fps: float | None, run: st
     frames = 0
     f, names = src.file, src.entries
     first = src.metas[names[0]]
-    source_run = f.attrs.get("run_uid")
+    source_run = f.attrs.get(ATTR_RUN_UID)
     start_meta: dict[str, Any] = {}
-    if f.attrs.get("start"):
-        start_meta = json.loads(f.attrs["start"]).get("metadata", {})
+    if f.attrs.get(ATTR_START):
+        start_meta = json.loads(f.attrs[ATTR_START]).get("metadata", {})
     uid = sink.start_run(energy_ev=first.energy_ev, distance_m=first.distance_m, pixel_size_m=first.pixel_size_m,
                          beam_center=first.beam_center, frame_shape=first.frame_shape, dtype=first.frame_dtype,
                          map_shape=first.map_shape, mask=first.detector_mask, run=run or str(uuid.uuid4()),
@@ -137,7 +138,7 @@ def _send(src: ReplaySource, sink: ZmqFrameSink, rate_fps: float | None, run: st
         for number, name in enumerate(names):
             entry = f[name]
             meta = src.metas[name]
-            sink.start_map(meta.n_frames, map_number=int(entry.attrs.get("map_number", number)), map_shape=meta.map_shape,
+            sink.start_map(meta.n_frames, map_number=int(entry.attrs.get(ATTR_MAP_NUMBER, number)), map_shape=meta.map_shape,
                            trigger={"kind": "replay", "entry": name})
             for i, frame in _frames(entry, block, entry_label(entry, src.path), skip_bad_frames,
                                    bad_frames.setdefault(name, [])):
@@ -170,7 +171,7 @@ def _frames(entry: h5py.Group, block: int, label: str, skip_bad: bool, bad_out: 
         interrupt.check()
         if bad:
             if not skip_bad:
-                raise FrameReader(entry["instrument/detector/data"], label).error(bad)
+                raise FrameReader(entry[DATA], label).error(bad)
             bad_out.extend(bad)
         owned = frames.copy()
         for k in range(owned.shape[0]):

@@ -27,10 +27,6 @@ LAYERS = ("acquisition", "streaming", "processors", "dashboard")
 #: Modules of the CLI package every product package may use.
 SHARED_CLI_MODULES = frozenset({"opmon.errors", "opmon.waiting"})
 
-# TEMPORARY: the "archive" helper moves these three modules into opmon.streaming.archive (issue 12,
-# build item 1); until that branch is merged, product packages still import them from the CLI
-# package. The lead deletes this list after merging it (a stale entry fails the test below).
-TEMPORARY_CLI_MODULES = frozenset({"opmon.formats", "opmon.safe_chunks", "opmon.outputs"})
 # TEMPORARY, for the lead to decide: `opmon.interrupt` (Ctrl-C check points) is imported by
 # streaming/replay.py and processors/offline.py, but the rule allows only errors and waiting.
 # Either allow it beside them (it imports nothing from opmon) or pass a check callable in.
@@ -113,7 +109,7 @@ def offence(imp: Import) -> str | None:
     if (imp.importer, imp.imported) in KNOWN_EXCEPTIONS:
         return None
     if dst == "cli":
-        if imp.imported == "opmon" or imp.imported in SHARED_CLI_MODULES | TEMPORARY_CLI_MODULES | UNDECIDED_CLI_MODULES:
+        if imp.imported == "opmon" or imp.imported in SHARED_CLI_MODULES | UNDECIDED_CLI_MODULES:
             return None   # the bare `opmon` package only holds __version__ (checked below)
         return f"{src} may import from the command-line package only {', '.join(sorted(SHARED_CLI_MODULES))}"
     if dst == "benchmarks":
@@ -142,7 +138,7 @@ def test_every_temporary_allowance_is_still_needed():
     imports = all_imports()
     used_cli = {imp.imported for imp in imports if room(imp.importer) in (*LAYERS, "simulators")}
     used_pairs = {(imp.importer, imp.imported) for imp in imports}
-    stale = sorted((TEMPORARY_CLI_MODULES | UNDECIDED_CLI_MODULES) - used_cli)
+    stale = sorted(UNDECIDED_CLI_MODULES - used_cli)
     stale += [f"{a} -> {b}" for a, b in sorted(KNOWN_EXCEPTIONS - used_pairs)]
     assert not stale, f"allowances no product module needs any more, delete them: {stale}"
 

@@ -7,17 +7,16 @@ from pathlib import Path
 
 from opmon.config import Config, load_config
 from opmon.ports import BOUND_BY, binding, config_ports
-from opmon.processors.final_map_file import write_map_file
-from opmon.streaming.archiver import Archiver
+from opmon.streaming.archive.archiver import Archiver
 from opmon.supervisor import stop_on_signals
 
 log = logging.getLogger(__name__)
 
 
 def build_archiver(config: Config, directory: str | Path | None = None) -> Archiver:
-    """The archiver wired to the configured endpoints, writing final maps with `write_maps`."""
+    """The archiver wired to the configured endpoints (it writes final maps itself)."""
     return Archiver(directory or config.archive.dir, config.endpoint("frames_archive"), config.endpoint("docs"),
-                    config.endpoint("maps_archive"), config.endpoint("display_archive"), maps_writer=write_map_file,
+                    config.endpoint("maps_archive"), config.endpoint("display_archive"),
                     flush_interval_s=config.archive.flush_interval_s, rcvhwm=config.stream.rcvhwm,
                     ack_endpoint=config.endpoint("frames_archive_ack"))
 

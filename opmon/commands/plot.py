@@ -8,8 +8,9 @@ import h5py
 
 from opmon import interrupt
 from opmon.errors import OutputError, RawFileError
-from opmon.formats import open_hdf5
-from opmon.outputs import check_outputs
+from opmon.streaming.archive.layout import MAPS
+from opmon.streaming.archive.raw import open_hdf5
+from opmon.streaming.archive.safe_writes import check_outputs
 
 
 def _open(path: Path) -> h5py.File:
@@ -23,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from opmon.processors.figure import plot_maps
-    from opmon.processors.mapfile import read_maps
+    from opmon.processors.maps import read_map_result
     path = Path(args.maps)
     with interrupt.interruptible(), _open(path) as f:
         try:
@@ -32,10 +33,10 @@ def _run(args: argparse.Namespace) -> int:
                     raise RawFileError(f"{path}: no entry {args.entry!r}")
                 names = [args.entry]
             else:
-                names = [n for n in f if isinstance(f.get(n), h5py.Group) and "maps" in f[n]]
+                names = [n for n in f if isinstance(f.get(n), h5py.Group) and MAPS in f[n]]
             if not names:
                 raise RawFileError(f"{path}: no entry holds a maps group")
-            results = {name: read_maps(f[name]) for name in names}  # every map read and checked first
+            results = {name: read_map_result(f[name]) for name in names}  # every map read and checked first
         except OSError as exc:
             raise RawFileError(f"{path}: damaged or truncated HDF5 file ({str(exc).split('(')[0].strip()})") from exc
         base = Path(args.output or path.with_suffix(".png"))

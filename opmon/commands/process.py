@@ -9,8 +9,8 @@ from tqdm import tqdm
 
 from opmon import interrupt
 from opmon.errors import OpmonError, OutputError
-from opmon.formats import DATA
-from opmon.outputs import check_outputs
+from opmon.streaming.archive.layout import DATA
+from opmon.streaming.archive.safe_writes import check_outputs
 from opmon.processors.offline import ProcessOptions, plan_raw, process_plan
 
 

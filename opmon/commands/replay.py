@@ -22,9 +22,10 @@ from opmon import interrupt
 from opmon.commands.process import EXIT_SKIPPED, parse_background, parse_roi
 from opmon.config import load_config
 from opmon.errors import OpmonError, StreamStalledError
-from opmon.outputs import atomic_path, check_outputs
+from opmon.streaming.archive.safe_writes import atomic_path, check_outputs
 from opmon.processors.live import open_live_processor
-from opmon.processors.mapfile import write_maps
+from opmon.streaming.archive.layout import ATTR_MAP_NUMBER
+from opmon.streaming.archive.maps_file import write_maps
 from opmon.streaming.publisher import ZmqFrameSink
 from opmon.streaming.replay import ReplayReport, ReplaySource, open_source, replay
 
@@ -97,13 +98,13 @@ def _internal(args: argparse.Namespace, config: Any, source: ReplaySource, roi: 
     for s in processor.summaries:
         print(f"{s['map']:>4} {s['frames']:>7} {s['frames_lost']:>5} {s['d_mean']:>12.5f}")
     if output is not None:
-        entry_of = {int(source.file[n].attrs.get("map_number", i)): n for i, n in enumerate(source.entries)}
+        entry_of = {int(source.file[n].attrs.get(ATTR_MAP_NUMBER, i)): n for i, n in enumerate(source.entries)}
         with atomic_path(output) as tmp, h5py.File(tmp, "w") as f:
             for (run, number), result in sorted(processor.results.items(), key=lambda kv: kv[0][1]):
                 entry = f.create_group(f"entry{number}")
                 entry.attrs["NX_class"] = "NXentry"
                 summary_roi = processor.summaries[0].get("roi")
-                maps = write_maps(entry, result, attrs={"run_uid": run, "replay_of": report.source_run or str(args.archive_path),
+                maps = write_maps(entry, result.maps_arrays(), attrs={"run_uid": run, "replay_of": report.source_run or str(args.archive_path),
                                                         **({"roi": summary_roi} if summary_roi else {})})
                 bad = report.bad_frames.get(entry_of.get(number, ""), [])
                 maps.attrs["bad_frames_count"] = len(bad)

@@ -1,7 +1,7 @@
 """`opmon simulate -o RAW.h5`: a simulated SXDM map in the raw layout, with its ground truth.
 
 Frames are rendered in blocks (never the whole stack) by `opmon.simulators.render` and
-written through `opmon.formats.RawMapWriter`; the next block renders in a worker thread
+written through `opmon.streaming.archive.raw.RawMapWriter`; the next block renders in a worker thread
 (numba releases the GIL) while the current one is compressed and written. The truth maps
 of the particle go to ``/entry/truth/<name>`` with the names of FORMATS.md plus
 ``lithium``, ``support`` and ``sigma``; the simulation parameters are attributes of
@@ -24,7 +24,7 @@ import numpy as np
 
 from opmon import interrupt
 from opmon.errors import ConfigError
-from opmon.outputs import atomic_path, check_outputs
+from opmon.streaming.archive.safe_writes import atomic_path, check_outputs
 
 if TYPE_CHECKING:
     import h5py
@@ -160,7 +160,7 @@ def _write(tmp: Path, entry: str, setup: Any, renderer: Any, truth: dict[str, An
     import h5py
     from tqdm import tqdm
 
-    from opmon.formats import RawMapWriter
+    from opmon.streaming.archive.raw import RawMapWriter
 
     n = midx.size
     with h5py.File(tmp, "w") as f, ThreadPoolExecutor(1) as pool:

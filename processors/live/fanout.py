@@ -27,13 +27,14 @@ import numpy as np
 import numpy.typing as npt
 import zmq
 
-from opmon.errors import ArchiveError, OpmonError
+from opmon.errors import ArchiveError, CorruptFrameError, OpmonError
 from opmon.processors.accumulate import Roi
 from opmon.processors.live import worker as W
 from opmon.processors.live.engine import LiveMap, LiveRun
 from opmon.processors.live.service import LiveService
-from opmon.processors.live_recovery import RunArchive, recover_missed_maps
+from opmon.processors.live_recovery import recover_missed_maps
 from opmon.streaming import protocol as P
+from opmon.streaming.archive.reader import RunArchive
 from opmon.streaming.receiver import Counters, FinishedRuns
 
 log = logging.getLogger(__name__)
@@ -198,7 +199,7 @@ class FanOutProcessor(LiveService):
                 if header["seq"] in seqs:
                     continue
                 self._feed_here(run, header, frame)
-        except (ArchiveError, OSError, KeyError) as exc:
+        except (ArchiveError, CorruptFrameError, OSError, KeyError) as exc:
             log.error("run %s map %d: missing frames not recovered: %s", run.uid, lm.number, exc)
         log.warning("run %s map %d: %d frames recovered from the archive", run.uid, lm.number, lm.received - before)
 

@@ -23,8 +23,9 @@ from opmon.errors import OpmonError
 from opmon.processors.accumulate import Roi, warm_up_kernels
 from opmon.processors.live.engine import LiveMap, LiveRun
 from opmon.processors.live.service import LiveService
-from opmon.processors.live_recovery import RunArchive, recover_missed_maps, recover_prefix
+from opmon.processors.live_recovery import recover_missed_maps, recover_prefix
 from opmon.streaming import protocol as P
+from opmon.streaming.archive.reader import RunArchive
 from opmon.streaming.receiver import Counters, FrameReceiver, MapProgress, RunInfo
 
 log = logging.getLogger(__name__)

@@ -10,6 +10,7 @@ from bluesky import RunEngine
 
 from opmon.acquisition.sinks import MapMeta, SinkTarget
 from opmon.simulators.beamline import BeamlineConfig, SimulatedBeamline
+from opmon.streaming.archive.map_sink import Hdf5MapSink
 from opmon.simulators.setup import SxdmSetup
 
 SMALL = dict(map_shape=(4, 4), n_angles=5, roi=(224, 288, 224, 288), eta_step=0.2)
@@ -36,7 +37,9 @@ def make_beamline(RE: RunEngine, tmp_path) -> Iterator[Callable[..., SimulatedBe
 
     def make(setup: dict[str, Any] | None = None, sink: Any = None, **config: Any) -> SimulatedBeamline:
         s = SxdmSetup(**{**SMALL, **(setup or {})})
-        bl = SimulatedBeamline(BeamlineConfig(frame_dir=tmp_path / f"frames{len(made)}", setup=s, **config), sink=sink)
+        if sink is None:                     # one raw file per map unless told otherwise
+            sink = Hdf5MapSink(tmp_path / f"frames{len(made)}")
+        bl = SimulatedBeamline(BeamlineConfig(setup=s, **config), sink=sink)
         made.append(bl)
         return bl
 

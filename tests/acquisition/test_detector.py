@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from opmon.acquisition.mapping import MapGrid, sxdm_map
-from opmon.acquisition.sinks import FrameSink, Hdf5MapSink, TeeSink
+from opmon.acquisition.sinks import FrameSink, TeeSink
+from opmon.streaming.archive.map_sink import Hdf5MapSink
 from opmon.errors import ConfigError, LimitError
-from opmon.formats import iter_frame_blocks, read_raw_meta
+from opmon.streaming.archive.raw import iter_frame_blocks, read_raw_meta
 from tests.acquisition.conftest import MemorySink, stream, validate_all
 
 

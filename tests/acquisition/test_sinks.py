@@ -7,8 +7,9 @@ import h5py
 import numpy as np
 
 from opmon.acquisition.mapping import MapGrid, sxdm_map
-from opmon.acquisition.sinks import Hdf5MapSink, MapMeta, PublisherSink, TeeSink
-from opmon.formats import read_raw_meta
+from opmon.acquisition.sinks import MapMeta, PublisherSink, TeeSink
+from opmon.streaming.archive.map_sink import Hdf5MapSink
+from opmon.streaming.archive.raw import read_raw_meta
 from opmon.streaming.publisher import ZmqFrameSink
 from opmon.streaming.receiver import FrameReceiver
 from tests.acquisition.conftest import stream

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from opmon.formats import DATA, RawMapWriter
-from opmon.streaming.archive_files import MapRecord, RunDirectory, map_file_name
+from opmon.streaming.archive.layout import DATA
+from opmon.streaming.archive.raw import RawMapWriter
+from opmon.streaming.archive.layout import map_file_name
+from opmon.streaming.archive.run_writer import MasterEntry, RunDirectory
 
 OPMON = str(Path(sys.executable).with_name("opmon"))
 FRAME = (40, 48)
@@ -59,7 +61,7 @@ def make_archive(run: Path, maps: int = 2) -> Path:
     directory = RunDirectory(run, "run-uid-test")
     for number in range(maps):
         write_raw(run / map_file_name(number), seed=number)
-        directory.maps[number] = MapRecord(number, frames=54, complete=True)
+        directory.maps[number] = MasterEntry(number, frames=54, complete=True)
     directory.write_master()
     return run
 

@@ -7,9 +7,10 @@ import h5py
 import numpy as np
 import pytest
 
-from opmon.processors.mapfile import read_maps
+from opmon.processors.maps import read_map_result
 from tests.ports import port_block
 from opmon.processors.offline import ProcessOptions, process_file
+from opmon.streaming.archive.layout import MAP_COMPLETE
 
 
 @pytest.mark.slow
@@ -33,11 +34,11 @@ def test_headless_demo_archives_every_frame_and_its_maps_equal_offline_processin
     for number in range(maps):
         raw = run_dir / f"map_{number:04d}.h5"
         with h5py.File(raw, "r") as f:
-            assert f["entry/scan/complete"][()] == 1
+            assert f[MAP_COMPLETE][()] == 1
             assert f["entry/instrument/detector/data"].shape[0] == 8 * 8 * 30
         offline = process_file(raw, tmp_path / f"offline_{number}.h5", ProcessOptions(roi=None))["entry"]
         with h5py.File(run_dir / f"map_{number:04d}_maps.h5", "r") as f:
-            live = read_maps(f["entry"])
+            live = read_map_result(f["entry"])
         for name, arr in offline.arrays().items():
             if name == "frames":
                 continue

@@ -18,6 +18,7 @@ from pathlib import Path
 import h5py
 import pytest
 
+from opmon.streaming.archive.layout import MAP_COMPLETE
 from tests.ports import port_block
 
 # the demo and the archiver lookup of benchmarks/kill_archiver.py: the test kills it as the figures do
@@ -110,7 +111,7 @@ def test_demo_names_frames_a_full_spool_dropped_and_fails(tmp_path):
     run_dir = next(p for p in archive.iterdir() if p.is_dir() and p.name != "logs")
     for number, _, ranges in incomplete:
         with h5py.File(run_dir / f"map_{int(number):04d}.h5", "r") as f:
-            assert f["entry/scan/complete"][()] == 0          # not marked complete in the archive either
+            assert f[MAP_COMPLETE][()] == 0          # not marked complete in the archive either
             seqs = set(f["entry/scan/sequence"][()].tolist())
         first = ranges.split(",")[0].strip()
         lo = int(first.split("-")[0])

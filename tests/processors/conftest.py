@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import zmq
 
-from opmon.formats import RawMapWriter
+from opmon.streaming.archive.raw import RawMapWriter
 from opmon.processors.maps import MapResult
 from opmon.streaming.map_messages import decode_map
 from opmon.processors.offline import ProcessOptions, process_entry

@@ -16,11 +16,10 @@ from opmon.processors.accumulate import MomentAccumulator
 from opmon.processors.live.outputs import MapOutputs
 from opmon.processors.live_recovery import catch_up
 from opmon.processors.live.engine import accumulator_options, geometry_of
-from opmon.processors.mapfile import read_maps
-from opmon.streaming.archive_files import maps_file_name
-from opmon.streaming.archiver import Archiver
+from opmon.processors.maps import read_map_result
+from opmon.streaming.archive.layout import maps_file_name
+from opmon.streaming.archive.archiver import Archiver
 from opmon.streaming.publisher import ZmqFrameSink
-from opmon.processors.final_map_file import write_map_file
 
 from tests.processors.conftest import FRAME, GEOMETRY, MAP, synthetic_map
 
@@ -29,7 +28,7 @@ OPTIONS = {"roi": [0, FRAME[0], 0, FRAME[1]], "threshold": 0, "background": "aut
 
 def _archive_one_map(archive_dir, frames_ep: str, maps_ep: str | None) -> tuple[str, Archiver]:
     """Send one map through a real ZmqFrameSink to a real Archiver; returns (run uid, archiver)."""
-    archiver = Archiver(archive_dir, frames_ep, None, maps_ep, maps_writer=write_map_file, flush_interval_s=0.1)
+    archiver = Archiver(archive_dir, frames_ep, None, maps_ep, flush_interval_s=0.1)
     sink = ZmqFrameSink([frames_ep], bind=True, stall_timeout_s=20)
     frames = synthetic_map(0, seed=3)
     sender = threading.Thread(target=lambda: (
@@ -48,7 +47,8 @@ def _archive_one_map(archive_dir, frames_ep: str, maps_ep: str | None) -> tuple[
 
 
 def _made_map(archive_dir, uid: str):
-    from opmon.processors.live_recovery import RunArchive, map_from_archive
+    from opmon.processors.live_recovery import map_from_archive
+    from opmon.streaming.archive.reader import RunArchive
     archive = RunArchive(archive_dir, uid)
 
     def make(start, mask, shape):
@@ -74,8 +74,7 @@ def test_a_final_map_lost_with_a_dying_archiver_is_sent_again(tmp_path):
         dying.close(linger=0)
         assert not (archive_dir / uid / maps_file_name(0)).exists()
 
-        restarted = Archiver(archive_dir, f"ipc://{tmp_path}/frames2", None, maps_ep, maps_writer=write_map_file,
-                             flush_interval_s=0.1)
+        restarted = Archiver(archive_dir, f"ipc://{tmp_path}/frames2", None, maps_ep, flush_interval_s=0.1)
         assert catch_up(archive_dir, outputs, skip_runs=set(), roi=None, roi_frames=16, threshold=0,
                         background="auto") == 1
         final = archive_dir / uid / maps_file_name(0)
@@ -88,13 +87,13 @@ def test_a_final_map_lost_with_a_dying_archiver_is_sent_again(tmp_path):
         assert final.exists(), "the final map was not handed to the restarted archiver"
         import h5py
         with h5py.File(final, "r") as f:
-            archived = read_maps(f["entry"])
+            archived = read_map_result(f["entry"])
         expected = outputs.results[(uid, 0)]
         np.testing.assert_array_equal(archived.d_spacing, expected.d_spacing)
         # the restarted archiver took maps of a run it had not seen start: run.h5 keeps the run's
         # stream start (a later restart resumes from it), its end and the map's link
-        from opmon.streaming.archive_recovery import read_start
-        assert read_start(archive_dir / uid) is not None
+        from opmon.streaming.archive.reader import RunArchive
+        assert RunArchive(archive_dir, uid).start(mask_wait_s=0.0) is not None
         with h5py.File(archive_dir / uid / "run.h5", "r") as f:
             assert f.attrs["state"] == "done" and "maps" in f["entry0"]
         # nothing left to catch up: the archive now holds it

@@ -5,8 +5,8 @@ import h5py
 import numpy as np
 
 from opmon.cli import main
-from opmon.formats import RawMapWriter
-from opmon.processors.mapfile import read_maps
+from opmon.streaming.archive.raw import RawMapWriter
+from opmon.processors.maps import read_map_result
 from opmon.processors.offline import ProcessOptions, process_entry
 
 from tests.processors.conftest import FRAME, GEOMETRY, MAP, assert_same_maps, synthetic_map
@@ -26,7 +26,7 @@ def test_replay_of_a_two_map_file_matches_offline_processing(tmp_path, capsys):
     assert "frames lost 0" in text and "maps written" in text
     with h5py.File(out, "r") as f, h5py.File(raw, "r") as r:
         for m in range(2):
-            live = read_maps(f[f"entry{m}"])
+            live = read_map_result(f[f"entry{m}"])
             roi = tuple(int(v) for v in f[f"entry{m}/maps"].attrs["roi"])
             offline, _ = process_entry(r[f"entry{m}"], ProcessOptions(roi=roi))
             assert_same_maps(live, offline)

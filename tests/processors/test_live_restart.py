@@ -16,7 +16,7 @@ import pytest
 
 from opmon.commands.archive import build_archiver
 from opmon.config import load_config
-from opmon.processors.mapfile import read_maps
+from opmon.processors.maps import read_map_result
 from opmon.processors.offline import ProcessOptions, process_entry
 from opmon.streaming.publisher import ZmqFrameSink
 
@@ -114,7 +114,7 @@ def test_killed_and_restarted_live_processor_loses_no_map(tmp_path, workers):
     with h5py.File(master, "r") as f:
         for m in range(3):
             entry = f[f"entry{m}"]
-            live_maps = read_maps(entry)
+            live_maps = read_map_result(entry)
             assert entry["maps"].attrs["frames_received"] == len(maps[m])
             roi = tuple(int(v) for v in entry["maps"].attrs["roi"])
             offline, _ = process_entry(entry, ProcessOptions(roi=roi))
@@ -165,4 +165,4 @@ def test_a_map_whose_processor_died_before_finishing_it_is_made_from_the_archive
         for m in range(2):
             entry = f[f"entry{m}"]
             offline, _ = process_entry(entry, ProcessOptions(roi=(10, 30, 12, 34)))
-            assert_same_maps(read_maps(entry), offline)
+            assert_same_maps(read_map_result(entry), offline)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from opmon.cli import main
-from opmon.processors.mapfile import read_maps
+from opmon.processors.maps import read_map_result
 from opmon.processors.offline import ProcessOptions, process_file
 
 
@@ -18,7 +18,7 @@ def test_process_writes_nxdata_maps(raw_file, tmp_path, capsys):
         for name in ("d_spacing", "tilt_altitude", "tilt_azimuth", "intensity", "peak_width", "mask"):
             assert maps[name].shape == (3, 3)
         assert maps["q"].shape == (3, 3, 3) and maps["mean_q"].shape == (3,)
-        result = read_maps(f["entry"])
+        result = read_map_result(f["entry"])
     assert result.mask.all()
     assert (tmp_path / "maps.png").stat().st_size > 10_000
     assert "mean d" in capsys.readouterr().out
@@ -125,7 +125,7 @@ def test_reads_a_map_whose_swmr_writer_was_killed(tmp_path, make_raw):
     killed = tmp_path / "killed.h5"
     code = textwrap.dedent(f"""
         import os, h5py, hdf5plugin, numpy as np
-        from opmon.formats import RawMapWriter, read_raw_meta
+        from opmon.streaming.archive.raw import RawMapWriter, read_raw_meta
         with h5py.File({str(src)!r}, "r") as s:
             e = s["entry"]; meta = read_raw_meta(e); frames = e["instrument/detector/data"][()]
         f = h5py.File({str(killed)!r}, "w", libver="latest")

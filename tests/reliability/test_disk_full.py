@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from opmon.archive_watch import ArchiverWatch
-from opmon.streaming.disk_full import DiskGuard, is_disk_full
+from opmon.streaming.archive.disk_full import DiskGuard, is_disk_full
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ import h5py
 import numpy as np
 
 from opmon.cli import main
-from opmon.formats import iter_frame_blocks, read_raw_meta
+from opmon.streaming.archive.raw import iter_frame_blocks, read_raw_meta
 from opmon.simulators.optics import q_sample_area
 
 

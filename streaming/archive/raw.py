@@ -1,7 +1,7 @@
-"""The raw SXDM layout of FORMATS.md: one place that knows the dataset names.
+"""The raw SXDM layout of FORMATS.md: reading and writing one raw map entry.
 
 The simulator, the archiver and `opmon process` all read and write raw maps through this
-module, so the public layout cannot drift between them. Reading validates every field and
+module (names from `layout`), so the public layout cannot drift between them. Reading validates every field and
 names the offending path; frames are never loaded whole.
 """
 from __future__ import annotations
@@ -17,22 +17,9 @@ import numpy as np
 import numpy.typing as npt
 
 from opmon.errors import RawFileError
-from opmon.safe_chunks import FrameReader
-
-DATA = "instrument/detector/data"
-DISTANCE = "instrument/detector/distance"
-X_PIXEL = "instrument/detector/x_pixel_size"
-Y_PIXEL = "instrument/detector/y_pixel_size"
-BEAM_X = "instrument/detector/beam_center_x"
-BEAM_Y = "instrument/detector/beam_center_y"
-DET_MASK = "instrument/detector/mask"
-ENERGY = "instrument/beam/incident_energy"
-POSITIONERS = "sample/positioners"
-ANGLES = ("eta", "phi", "nu", "delta")
-MAP_SHAPE = "scan/map_shape"
-MAP_INDEX = "scan/map_index"
-SCAN_X = "scan/x"
-SCAN_Y = "scan/y"
+from opmon.streaming.archive.frames import FrameReader
+from opmon.streaming.archive.layout import (ANGLES, BEAM_X, BEAM_Y, DATA, DET_MASK, DISTANCE, ENERGY, MAP_INDEX, MAP_SHAPE,
+                                           POSITIONERS, SCAN_X, SCAN_Y, X_PIXEL, Y_PIXEL)
 
 FRAME_DTYPES = (np.dtype(np.uint16), np.dtype(np.uint32))
 
@@ -169,7 +156,7 @@ def iter_checked_blocks(entry: h5py.Group, block: int = 64, buffers: int = 1,
                         label: str | None = None) -> Iterator[tuple[int, npt.NDArray[Any], list[int]]]:
     """Like `iter_frame_blocks`, plus the numbers of the frames of each block that are corrupt.
 
-    Corrupt frames are zero-filled and never crash the reader (see `opmon.safe_chunks`); the
+    Corrupt frames are zero-filled and never crash the reader (see `opmon.streaming.archive.frames`); the
     caller skips them or raises ``FrameReader.error``.
     """
     data = entry[DATA]
@@ -307,36 +294,29 @@ class RawMapWriter:
                  detector_mask: npt.NDArray[np.uint8] | None = None, expected_frames: int = 0) -> None:
         self.entry = entry
         entry.attrs["NX_class"] = "NXentry"
-        instrument = entry.require_group("instrument")
-        instrument.attrs["NX_class"] = "NXinstrument"
-        det = instrument.require_group("detector")
-        det.attrs["NX_class"] = "NXdetector"
-        beam = instrument.require_group("beam")
-        beam.attrs["NX_class"] = "NXbeam"
-        sample = entry.require_group("sample")
-        sample.attrs["NX_class"] = "NXsample"
-        pos = sample.require_group("positioners")
-        pos.attrs["NX_class"] = "NXcollection"
-        scan = entry.require_group("scan")
-        scan.attrs["NX_class"] = "NXcollection"
+        for group, nx_class in (("instrument", "NXinstrument"), ("instrument/detector", "NXdetector"),
+                                ("instrument/beam", "NXbeam"), ("sample", "NXsample"),
+                                (POSITIONERS, "NXcollection"), ("scan", "NXcollection")):
+            entry.require_group(group).attrs["NX_class"] = nx_class
         rows, cols = frame_shape
-        self.data = det.create_dataset("data", shape=(0, rows, cols), maxshape=(None, rows, cols),
-                                       chunks=(1, rows, cols), dtype=np.dtype(dtype), **compression())
+        self.data = entry.create_dataset(DATA, shape=(0, rows, cols), maxshape=(None, rows, cols),
+                                         chunks=(1, rows, cols), dtype=np.dtype(dtype), **compression())
         self.data.attrs["units"] = "counts"
-        _units(det.create_dataset("distance", data=float(distance_m)), "m")
-        _units(det.create_dataset("y_pixel_size", data=float(pixel_size_m[0])), "m")
-        _units(det.create_dataset("x_pixel_size", data=float(pixel_size_m[1])), "m")
-        _units(det.create_dataset("beam_center_y", data=float(beam_center[0])), "pixel")
-        _units(det.create_dataset("beam_center_x", data=float(beam_center[1])), "pixel")
+        _units(entry.create_dataset(DISTANCE, data=float(distance_m)), "m")
+        _units(entry.create_dataset(Y_PIXEL, data=float(pixel_size_m[0])), "m")
+        _units(entry.create_dataset(X_PIXEL, data=float(pixel_size_m[1])), "m")
+        _units(entry.create_dataset(BEAM_Y, data=float(beam_center[0])), "pixel")
+        _units(entry.create_dataset(BEAM_X, data=float(beam_center[1])), "pixel")
         if detector_mask is not None:
-            det.create_dataset("mask", data=np.asarray(detector_mask, dtype=np.uint8))
-        _units(beam.create_dataset("incident_energy", data=float(energy_ev)), "eV")
-        scan.create_dataset("map_shape", data=np.asarray(map_shape, dtype=np.int64))
+            entry.create_dataset(DET_MASK, data=np.asarray(detector_mask, dtype=np.uint8))
+        _units(entry.create_dataset(ENERGY, data=float(energy_ev)), "eV")
+        entry.create_dataset(MAP_SHAPE, data=np.asarray(map_shape, dtype=np.int64))
         grow = dict(shape=(0,), maxshape=(None,), chunks=(max(256, min(expected_frames, 65536)) or 256,))
-        self.angles = {name: _units(pos.create_dataset(name, dtype=np.float64, **grow), "deg") for name in ANGLES}
-        self.map_index = scan.create_dataset("map_index", dtype=np.int64, **grow)
-        self.x = _units(scan.create_dataset("x", dtype=np.float64, **grow), "um")
-        self.y = _units(scan.create_dataset("y", dtype=np.float64, **grow), "um")
+        self.angles = {name: _units(entry.create_dataset(f"{POSITIONERS}/{name}", dtype=np.float64, **grow), "deg")
+                       for name in ANGLES}
+        self.map_index = entry.create_dataset(MAP_INDEX, dtype=np.int64, **grow)
+        self.x = _units(entry.create_dataset(SCAN_X, dtype=np.float64, **grow), "um")
+        self.y = _units(entry.create_dataset(SCAN_Y, dtype=np.float64, **grow), "um")
         self.n = 0
 
     def append(self, frames: npt.NDArray[Any], map_index: npt.ArrayLike, eta: npt.ArrayLike, phi: npt.ArrayLike,

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import zmq
 
-from opmon.formats import iter_frame_blocks
+from opmon.streaming.archive.layout import COMPLETE, MAP_COMPLETE
+from opmon.streaming.archive.raw import iter_frame_blocks
 from opmon.streaming import protocol as P
-from opmon.streaming.archive_acks import ArchiveAcks
+from opmon.streaming.archive.acks import ArchiveAcks
 from opmon.streaming.publisher import ZmqFrameSink
 
-from .conftest import GEOMETRY, frames_for, write_config
+from tests.streaming.conftest import GEOMETRY, frames_for, write_config
 from tests.waiting import stop_processes, until
 
 
@@ -92,7 +93,7 @@ def test_archiver_killed_mid_map_and_restarted_archives_every_frame_exactly_once
             np.testing.assert_array_equal(entry["scan/sequence"][()], seqs)      # each once, in order
             stored = np.concatenate([b.copy() for _, b in iter_frame_blocks(entry)])
             np.testing.assert_array_equal(stored, frames[seqs])
-            assert entry.attrs["complete"] == 1 and entry["scan/complete"][()] == 1
+            assert entry.attrs["complete"] == 1 and entry[COMPLETE][()] == 1
     text = log_path.read_text()
     assert "sender synced" in text and "were lost" not in text, text
 
@@ -140,7 +141,7 @@ def _poll_until(archivers, predicate, timeout=30.0):
 def test_frames_flushed_but_never_acknowledged_are_re_sent_and_archived_once(tmp_path, ctx):
     """The archiver flushed, then went away before its ack left: everything since the sync is
     re-sent to the next archiver, which keeps one copy and counts the rest as re-sent."""
-    from opmon.streaming.archiver import Archiver
+    from opmon.streaming.archive.archiver import Archiver
     sink = ZmqFrameSink(["tcp://127.0.0.1:*"], context=ctx, stall_timeout_s=30, ack_endpoint="tcp://127.0.0.1:*")
     frames_ep = sink.endpoints[0]
     first = Archiver(tmp_path, frames_ep, context=ctx, flush_interval_s=0.1, ack_endpoint=sink.archive.ack_endpoint)
@@ -177,7 +178,7 @@ def test_a_full_spool_drops_frames_as_real_losses_and_the_map_is_not_complete(tm
     """No archiver for a while and a tiny spool: frames wait the stall timeout, then are dropped
     (control messages never are); the archiver that comes later counts the gap as lost."""
     from opmon.demo import summarize
-    from opmon.streaming.archiver import Archiver
+    from opmon.streaming.archive.archiver import Archiver
     sink = ZmqFrameSink(["tcp://127.0.0.1:*"], context=ctx, stall_timeout_s=0.3, ack_endpoint="tcp://127.0.0.1:*",
                         spool_bytes=4000)
     frames = frames_for(20, shape=(8, 8))
@@ -198,7 +199,7 @@ def test_a_full_spool_drops_frames_as_real_losses_and_the_map_is_not_complete(tm
     assert lost == 20 - kept
     with h5py.File(tmp_path / run / "map_0000.h5", "r") as f:
         np.testing.assert_array_equal(f["entry/scan/sequence"][()], np.arange(kept))
-        assert f["entry/scan/complete"][()] == 0
+        assert f[MAP_COMPLETE][()] == 0
         assert (f["entry/scan/n_frames_sent"][()], f["entry/scan/last_seq_sent"][()]) == (20, 19)
     summary = summarize(tmp_path / run, 20, "success")
     assert summary.frames_lost == 20 - kept and not summary.ok
@@ -209,7 +210,7 @@ def test_a_full_spool_drops_frames_as_real_losses_and_the_map_is_not_complete(tm
 @pytest.mark.timeout(60)
 def test_a_stray_archivers_hello_does_not_take_the_stream(tmp_path, ctx):
     """Two archivers saying hello to one sender: the one synced and acknowledging keeps it."""
-    from opmon.streaming.archiver import Archiver
+    from opmon.streaming.archive.archiver import Archiver
     sink = ZmqFrameSink(["tcp://127.0.0.1:*"], context=ctx, stall_timeout_s=10, ack_endpoint="tcp://127.0.0.1:*")
     archiver = Archiver(tmp_path, sink.endpoints[0], context=ctx, flush_interval_s=0.1,
                         ack_endpoint=sink.archive.ack_endpoint)
@@ -235,7 +236,7 @@ def test_a_stray_archivers_hello_does_not_take_the_stream(tmp_path, ctx):
 @pytest.mark.timeout(60)
 def test_an_archiver_killed_as_a_map_began_counts_no_false_loss(tmp_path, ctx):
     """The map file it left holds no frame: the restarted archiver has no seq to count a gap from."""
-    from opmon.streaming.archiver import Archiver
+    from opmon.streaming.archive.archiver import Archiver
     sink = ZmqFrameSink(["tcp://127.0.0.1:*"], context=ctx, stall_timeout_s=30, ack_endpoint="tcp://127.0.0.1:*")
     first = Archiver(tmp_path, sink.endpoints[0], context=ctx, flush_interval_s=0.1, ack_endpoint=sink.archive.ack_endpoint)
     frames = frames_for(20, shape=(8, 8))

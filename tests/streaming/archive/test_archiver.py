@@ -14,17 +14,17 @@ import numpy as np
 import pytest
 import zmq
 
-from opmon.formats import iter_frame_blocks, read_raw_meta
+from opmon.streaming.archive.layout import COMPLETE
+from opmon.streaming.archive.raw import iter_frame_blocks, read_raw_meta
 from opmon.processors.accumulate import MomentAccumulator
 from opmon.processors.geometry import DetectorGeometry
-from opmon.processors.final_map_file import write_map_file
+from opmon.processors.maps import read_map_result
 from opmon.streaming.map_messages import encode_map
-from opmon.processors.mapfile import read_maps
 from opmon.streaming import protocol as P
-from opmon.streaming.archiver import Archiver
+from opmon.streaming.archive.archiver import Archiver
 from opmon.streaming.publisher import ZmqFrameSink
 
-from .conftest import GEOMETRY, frames_for, write_config
+from tests.streaming.conftest import GEOMETRY, frames_for, write_config
 from tests.waiting import stop_processes, until
 
 SHAPE = (16, 16)
@@ -57,7 +57,7 @@ def test_a_run_is_archived_with_frames_readings_documents_and_maps(tmp_path, ctx
     sink = ZmqFrameSink(["tcp://127.0.0.1:0"], context=ctx, stall_timeout_s=10)
     docs = _push(ctx, "tcp://127.0.0.1:0")
     archiver = Archiver(tmp_path / "archive", sink.endpoints[0], docs.getsockopt_string(zmq.LAST_ENDPOINT),
-                        "tcp://127.0.0.1:0", maps_writer=write_map_file, flush_interval_s=0.2)
+                        "tcp://127.0.0.1:0", flush_interval_s=0.2)
     maps = _push(ctx, archiver.maps.getsockopt_string(zmq.LAST_ENDPOINT), bind=False)
     done, thread = _serve(archiver)
     frames = frames_for(2 * 24, shape=SHAPE)
@@ -108,7 +108,7 @@ def test_a_run_is_archived_with_frames_readings_documents_and_maps(tmp_path, ctx
             np.testing.assert_array_equal(stored, frames[m * 24:(m + 1) * 24])
             np.testing.assert_array_equal(entry["scan/sequence"][()], np.arange(m * 24, (m + 1) * 24))
             np.testing.assert_allclose(meta.x_um, 0.1 * np.arange(24))
-            result = read_maps(entry)
+            result = read_map_result(entry)
             assert result.d_spacing.shape == MAP and entry["maps"].attrs["frames_received"] == 24
         log = f["potentiostat"]
         assert log.attrs["NX_class"] == "NXlog" and log["value"].shape == (48,)
@@ -159,7 +159,7 @@ def test_kill_9_mid_map_leaves_every_flushed_frame_readable(tmp_path, ctx):
         stored_frames = np.concatenate([b.copy() for _, b in iter_frame_blocks(entry)])
         np.testing.assert_array_equal(stored_frames, frames[:n])
         np.testing.assert_array_equal(entry["scan/sequence"][()], np.arange(n))
-        assert entry["scan/complete"][()] == 0
+        assert entry[COMPLETE][()] == 0
     with h5py.File(tmp_path / "archive" / run / "run.h5", "r") as f:   # master was never half-written
         assert f.attrs["state"] == "running" and "entry0" in f
 

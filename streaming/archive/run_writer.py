@@ -19,23 +19,12 @@ import h5py
 import numpy as np
 import numpy.typing as npt
 
-from opmon.formats import RawMapWriter
-
-MASTER = "run.h5"
-POTENTIOSTAT = "potentiostat.h5"
-DOCUMENTS = "documents.jsonl"
-READING_COLUMNS = (("value", "voltage_v", "V"), ("current", "current_a", "A"), ("charge", "charge_mah", "mA*h"),
-                   ("x_li", "x_li", ""), ("timestamp", "t", "s"))
-
-
-def map_file_name(number: int) -> str:
-    """Raw frames of map `number`: a standalone FORMATS.md file (`opmon process` reads it)."""
-    return f"map_{number:04d}.h5"
-
-
-def maps_file_name(number: int) -> str:
-    """Final maps of map `number` (FORMATS.md maps layout under /entry/maps)."""
-    return f"map_{number:04d}_maps.h5"
+from opmon.streaming.archive.layout import (ATTR_COMPLETE, ATTR_DOCUMENT, ATTR_FRAMES, ATTR_FRAMES_EXPECTED,
+                                           ATTR_MAP_NUMBER, ATTR_RUN_UID, ATTR_START, ATTR_STATE, ATTR_STOP, ATTR_TRIGGER,
+                                           COMPLETE, ENTRY, ENTRY_GROUPS, LAST_SEQ_SENT, LOG_TIME, MAPS, MASTER, MASTER_ENTRY,
+                                           N_FRAMES_SENT, POTENTIOSTAT, POTENTIOSTAT_GROUP, READING_COLUMNS, SEQUENCE,
+                                           STATE_DONE, STATE_RUNNING, TIMESTAMP, map_file_name, maps_file_name)
+from opmon.streaming.archive.raw import RawMapWriter
 
 
 def _json(obj: Any) -> str:
@@ -55,25 +44,24 @@ class MapFileWriter:
         self.path = path
         self.number = int(map_header["map"])
         self.file = h5py.File(path, "w", libver="latest")
-        entry = self.file.create_group("entry")
+        entry = self.file.create_group(ENTRY)
         rows, cols = start["frame_shape"]
         expected = int(map_header.get("n_frames") or 0)
         self.writer = RawMapWriter(entry, frame_shape=(rows, cols), dtype=start["dtype"], energy_ev=start["energy_ev"],
                                    distance_m=start["distance_m"], pixel_size_m=tuple(start["pixel_size_m"]),
                                    beam_center=tuple(start["beam_center"]), map_shape=tuple(map_header["map_shape"]),
                                    detector_mask=mask, expected_frames=expected)
-        scan = entry["scan"]
-        self.sequence = scan.create_dataset("sequence", shape=(0,), maxshape=(None,), chunks=(1024,), dtype=np.int64)
-        self.timestamp = scan.create_dataset("timestamp", shape=(0,), maxshape=(None,), chunks=(1024,), dtype=np.float64)
+        self.sequence = entry.create_dataset(SEQUENCE, shape=(0,), maxshape=(None,), chunks=(1024,), dtype=np.int64)
+        self.timestamp = entry.create_dataset(TIMESTAMP, shape=(0,), maxshape=(None,), chunks=(1024,), dtype=np.float64)
         self.timestamp.attrs["units"] = "s"
-        self.complete = scan.create_dataset("complete", data=np.uint8(0))
+        self.complete = entry.create_dataset(COMPLETE, data=np.uint8(0))
         # what the map's `map_end` said was sent (-1 until it arrives): which seqs belong here
-        self.n_frames_sent = scan.create_dataset("n_frames_sent", data=np.int64(-1))
-        self.last_seq_sent = scan.create_dataset("last_seq_sent", data=np.int64(-1))
-        entry.attrs["run_uid"] = start["run"]
-        entry.attrs["map_number"] = self.number
-        entry.attrs["n_frames_expected"] = expected
-        entry.attrs["trigger"] = _json(map_header.get("trigger") or {})
+        self.n_frames_sent = entry.create_dataset(N_FRAMES_SENT, data=np.int64(-1))
+        self.last_seq_sent = entry.create_dataset(LAST_SEQ_SENT, data=np.int64(-1))
+        entry.attrs[ATTR_RUN_UID] = start["run"]
+        entry.attrs[ATTR_MAP_NUMBER] = self.number
+        entry.attrs[ATTR_FRAMES_EXPECTED] = expected
+        entry.attrs[ATTR_TRIGGER] = _json(map_header.get("trigger") or {})
         self.file.swmr_mode = True
         self.expected = expected
         self.block = np.empty((block, rows, cols), dtype=np.dtype(start["dtype"]))
@@ -140,10 +128,10 @@ class PotentiostatLog:
         self.path = path
         self.t0 = t0
         self.file = h5py.File(path, "w", libver="latest")
-        group = self.file.create_group("potentiostat")
+        group = self.file.create_group(POTENTIOSTAT_GROUP)
         group.attrs["NX_class"] = "NXlog"
         grow = dict(shape=(0,), maxshape=(None,), chunks=(4096,), dtype=np.float64)
-        self.time = group.create_dataset("time", **grow)
+        self.time = group.create_dataset(LOG_TIME, **grow)
         self.time.attrs["units"] = "s"
         self.time.attrs["start"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t0)) + f".{int(t0 % 1 * 1e6):06d}Z"
         self.columns = {}
@@ -182,8 +170,8 @@ class PotentiostatLog:
 
 
 @dataclass
-class MapRecord:
-    """What the master file says about one map."""
+class MasterEntry:
+    """What the master file run.h5 says about one map (its `entryN` group)."""
 
     number: int
     frames: int = 0
@@ -200,42 +188,42 @@ class RunDirectory:
     start: dict[str, Any] = field(default_factory=dict)
     stop: dict[str, Any] | None = None
     documents: dict[str, Any] = field(default_factory=dict)   # start/stop bluesky documents
-    maps: dict[int, MapRecord] = field(default_factory=dict)
+    maps: dict[int, MasterEntry] = field(default_factory=dict)
     has_potentiostat: bool = False
 
     @property
     def master(self) -> Path:
         return self.path / MASTER
 
-    def record(self, number: int) -> MapRecord:
+    def record(self, number: int) -> MasterEntry:
         if number not in self.maps:
-            self.maps[number] = MapRecord(number)
+            self.maps[number] = MasterEntry(number)
         return self.maps[number]
 
     def write_master(self) -> Path:
         """Replace run.h5 atomically: /entryN links to the map files, metadata as attributes."""
         tmp = self.path / f".{MASTER}.tmp"
         with h5py.File(tmp, "w") as f:
-            f.attrs["run_uid"] = self.uid
-            f.attrs["start"] = _json(self.start)
-            f.attrs["stop"] = _json(self.stop) if self.stop else ""
-            f.attrs["state"] = "done" if self.stop else "running"
+            f.attrs[ATTR_RUN_UID] = self.uid
+            f.attrs[ATTR_START] = _json(self.start)
+            f.attrs[ATTR_STOP] = _json(self.stop) if self.stop else ""
+            f.attrs[ATTR_STATE] = STATE_DONE if self.stop else STATE_RUNNING
             for name, doc in self.documents.items():
-                f.attrs[f"document_{name}"] = _json(doc)
+                f.attrs[f"{ATTR_DOCUMENT}{name}"] = _json(doc)
             for number in sorted(self.maps):
                 rec = self.maps[number]
                 if not (self.path / map_file_name(number)).exists():
                     continue
-                entry = f.create_group(f"entry{number}")
+                entry = f.create_group(MASTER_ENTRY.format(number=number))
                 entry.attrs["NX_class"] = "NXentry"
-                entry.attrs["map_number"] = number
-                entry.attrs["frames"] = rec.frames
-                entry.attrs["complete"] = int(rec.complete)
-                for child in ("instrument", "sample", "scan"):
-                    entry[child] = h5py.ExternalLink(map_file_name(number), f"/entry/{child}")
+                entry.attrs[ATTR_MAP_NUMBER] = number
+                entry.attrs[ATTR_FRAMES] = rec.frames
+                entry.attrs[ATTR_COMPLETE] = int(rec.complete)
+                for child in ENTRY_GROUPS:
+                    entry[child] = h5py.ExternalLink(map_file_name(number), f"/{ENTRY}/{child}")
                 if rec.has_maps:
-                    entry["maps"] = h5py.ExternalLink(maps_file_name(number), "/entry/maps")
+                    entry[MAPS] = h5py.ExternalLink(maps_file_name(number), f"/{ENTRY}/{MAPS}")
             if self.has_potentiostat:
-                f["potentiostat"] = h5py.ExternalLink(POTENTIOSTAT, "/potentiostat")
+                f[POTENTIOSTAT_GROUP] = h5py.ExternalLink(POTENTIOSTAT, f"/{POTENTIOSTAT_GROUP}")
         os.replace(tmp, self.master)
         return self.master

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from opmon.errors import CorruptFrameError
-from opmon.formats import iter_frame_blocks
-from opmon.safe_chunks import FrameReader, decode_bslz4
+from opmon.streaming.archive.raw import iter_frame_blocks
+from opmon.streaming.archive.frames import FrameReader, decode_bslz4
 
 
 def _write(path, frames, **filters):

@@ -4,8 +4,7 @@ It pulls the lossless frame stream and the document channel, writes the run dire
 docs/protocol.md (per-map SWMR raw files, potentiostat NXlog, master file) and flushes at
 least every `flush_interval_s`, so a kill -9 leaves readable files holding every frame up to
 the last flush. Final maps arrive from the live processor on their own lossless channel and
-are written by an injected `maps_writer` (the processors' layout code), because the
-streaming layer does not import the processors.
+are written in the FORMATS.md maps layout by this package (`final_maps`).
 """
 from __future__ import annotations
 
@@ -22,18 +21,17 @@ from typing import Any, TextIO
 import zmq
 
 from opmon.errors import ArchiveError, OpmonError
-from opmon.streaming import archive_recovery as R
 from opmon.streaming import protocol as P
-from opmon.streaming.archive_acks import ArchiveAcks
-from opmon.streaming.archive_files import (DOCUMENTS, MASTER, POTENTIOSTAT, MapFileWriter, PotentiostatLog,
-                                           RunDirectory, map_file_name, maps_file_name)
-from opmon.streaming.disk_full import DEFAULT_RESERVE, DiskGuard, is_disk_full
+from opmon.streaming.archive.acks import ArchiveAcks
+from opmon.streaming.archive.disk_full import DEFAULT_RESERVE, DiskGuard, is_disk_full
+from opmon.streaming.archive.final_maps import write_final_maps
+from opmon.streaming.archive.layout import DOCUMENTS, POTENTIOSTAT, map_file_name, maps_file_name
+from opmon.streaming.archive.reader import RunArchive, map_start_of, read_map_frames, read_readings
+from opmon.streaming.archive.restart import rebuild, set_aside
+from opmon.streaming.archive.run_writer import MapFileWriter, PotentiostatLog, RunDirectory
 from opmon.streaming.receiver import FrameReceiver
 
 log = logging.getLogger(__name__)
-
-#: Writes one final-maps message to an HDF5 file at `path`: (path, header, buffers) -> None.
-MapsWriter = Callable[[Path, dict[str, Any], list[Any]], None]
 
 
 @dataclass
@@ -64,7 +62,7 @@ class Archiver:
 
     def __init__(self, directory: str | Path, frames_endpoint: str, docs_endpoint: str | None = None,
                  maps_endpoint: str | None = None, status_endpoint: str | None = None, *,
-                 maps_writer: MapsWriter | None = None, flush_interval_s: float = 0.5, rcvhwm: int = 200, grace_s: float = 5.0,
+                 flush_interval_s: float = 0.5, rcvhwm: int = 200, grace_s: float = 5.0,
                  context: zmq.Context | None = None, ack_endpoint: str | None = None,
                  disk_reserve_bytes: int = DEFAULT_RESERVE) -> None:
         self.directory = Path(directory)
@@ -74,14 +72,13 @@ class Archiver:
             raise ArchiveError(f"cannot create archive directory {self.directory}: {exc.strerror}") from exc
         self.context = context or zmq.Context.instance()
         self.frames = FrameReceiver(frames_endpoint, rcvhwm=rcvhwm, context=self.context, name="archiver",
-                                    resolver=lambda uid: R.read_start(self.directory / uid))
+                                    resolver=lambda uid: RunArchive(self.directory, uid).start(mask_wait_s=0.0))
         self.poller = zmq.Poller()
         self.poller.register(self.frames.socket, zmq.POLLIN)
         self.docs = self._socket(zmq.PULL, docs_endpoint, bind=False)
         self.maps = self._socket(zmq.PULL, maps_endpoint, bind=True)
         self.status_socket = self._socket(zmq.PUB, status_endpoint, bind=True)
         self.acks = None if ack_endpoint is None else ArchiveAcks(self.context, ack_endpoint)
-        self.maps_writer = maps_writer
         self.flush_interval_s = flush_interval_s
         self.run_dir: RunDirectory | None = None
         self.runs: dict[str, RunDirectory] = {}
@@ -146,7 +143,7 @@ class Archiver:
         if self.run_dir is not None and self.run_dir.uid == h["run"]:
             return                      # re-sent start of the run being written
         self._close_run(aborted=True)
-        if (self.directory / h["run"] / MASTER).is_file():
+        if RunArchive(self.directory, h["run"]).exists():
             self._resume(h["run"], h, mask)     # re-sent to a restarted archiver: continue, never truncate
         else:
             self._start_run(h, mask)
@@ -195,10 +192,10 @@ class Archiver:
             sidecar.deadline = None
         else:                              # never truncate a log already on disk: set it aside, copy it
             log_path = path / POTENTIOSTAT
-            old = R.set_aside(log_path) if log_path.exists() else None
+            old = set_aside(log_path) if log_path.exists() else None
             sidecar = self.sidecars[run.uid] = _Sidecar(PotentiostatLog(log_path, t0=t0),
                                                         open(path / DOCUMENTS, "a", encoding="utf-8"))
-            for reading in R.readings(old, t0) if old is not None else ():
+            for reading in read_readings(old, t0) if old is not None else ():
                 sidecar.potentiostat.add(reading)
         run.has_potentiostat = True
         early, self.early_readings = self.early_readings, deque(maxlen=100_000)
@@ -222,12 +219,12 @@ class Archiver:
         path = run.path / map_file_name(number)
         old = None
         if path.exists():                 # written before a crash: move aside, copy what it holds
-            old = R.set_aside(path)
-            map_header = R.map_header_of(old)
+            old = set_aside(path)
+            map_header = map_start_of(old)
         self.map_writer = MapFileWriter(path, run.start, map_header, getattr(self, "mask", None))
         if old is not None:
             last = -1
-            for header, frame in R.map_frames(old):
+            for header, frame in read_map_frames(old, skip_bad=True):   # a corrupt chunk: that frame is lost
                 self.map_writer.add(header, frame)
                 last = header["seq"]
             self.map_writer.flush()
@@ -248,18 +245,18 @@ class Archiver:
     def _resume(self, uid: str, start: dict[str, Any], mask: Any) -> None:
         """Pick up an archived run: rebuild its bookkeeping, move its killed NXlog aside and copy it."""
         path = self.directory / uid
-        run = self.runs[uid] = R.rebuild(path, uid, start)
+        run = self.runs[uid] = rebuild(path, uid, start)
         self.run_dir, self.mask = run, None if mask is None else mask.copy()
         log_path = path / POTENTIOSTAT
         old_sidecar = self.sidecars.pop(uid, None)
         if old_sidecar is not None:      # still open in this process: flush it before copying
             old_sidecar.potentiostat.close()
             old_sidecar.documents.close()
-        old = R.set_aside(log_path) if log_path.exists() else None
+        old = set_aside(log_path) if log_path.exists() else None
         sidecar = self.sidecars[uid] = _Sidecar(PotentiostatLog(log_path, t0=float(start["t"])),
                                                 open(path / DOCUMENTS, "a", encoding="utf-8"))
         if old is not None:
-            for reading in R.readings(old, float(start["t"])):
+            for reading in read_readings(old, float(start["t"])):
                 sidecar.potentiostat.add(reading)
         run.has_potentiostat = True
         run.write_master()
@@ -380,19 +377,17 @@ class Archiver:
         run = self.runs.get(run_uid)
         if run is None:
             path = self.directory / run_uid
-            found = R.read_start(path) if path.is_dir() else None
+            found = RunArchive(self.directory, run_uid).start(mask_wait_s=0.0) if path.is_dir() else None
             if found is None:
                 self.dropped["maps_of_unknown_run"] += 1
                 return
             # a run archived before this archiver (re)started: its bookkeeping from its files, so
             # rewriting run.h5 keeps its start, its end and the links of every other map
-            run = self.runs[run_uid] = R.rebuild(path, run_uid, found[0])
-        if self.maps_writer is None:
-            return
+            run = self.runs[run_uid] = rebuild(path, run_uid, found[0])
         final = run.path / maps_file_name(number)
         tmp = run.path / f".{final.name}.tmp"
         try:
-            self.maps_writer(tmp, header, parts[2:])
+            write_final_maps(tmp, header, parts[2:])
         except (OpmonError, ValueError, KeyError, TypeError) as exc:
             self.dropped["bad_maps"] += 1
             log.error("run %s map %d: final maps not archived: %s", run_uid, number, exc)

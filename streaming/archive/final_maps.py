@@ -1,0 +1,41 @@
+"""Final maps arriving on the archiver's maps channel: the wire message to a maps file.
+
+The live processor sends each finished map as `[b"map", header, *buffers]` (docs/protocol.md,
+"Map messages"). The archiver decodes it with the one map codec (`opmon.streaming.map_messages`,
+which checks every buffer against its field entry) and writes the FORMATS.md maps layout
+itself, so archived maps have exactly the layout of `opmon process` and the archive needs
+nothing from the processors.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from opmon.streaming.archive.layout import MAPS_FRAMES, MAPS_REQUIRED
+from opmon.streaming.archive.maps_file import MapsArrays, write_maps_file
+from opmon.streaming.map_messages import decode_map
+
+
+def final_maps_attrs(header: dict[str, Any]) -> dict[str, Any]:
+    """Attributes of an archived maps group: run, map, frames received and lost, the options."""
+    attrs: dict[str, Any] = {"run_uid": str(header["run"]), "map_number": header["map"],
+                             "frames_received": header["frames"], "frames_lost": header["frames_lost"]}
+    for key, value in (header.get("options") or {}).items():
+        attrs[key] = np.asarray(value) if isinstance(value, list) else str(value)
+    return attrs
+
+
+def write_final_maps(path: Path, header: dict[str, Any], buffers: list[Any]) -> None:
+    """Write a final-maps message as ``/entry/maps`` (FORMATS.md) at `path`.
+
+    Raises
+    ------
+    RejectedMessage
+        when the message breaks docs/protocol.md (nothing is written then).
+    """
+    arrays = decode_map(header, buffers)      # checks the header's counts and options too
+    known = {name: arrays[name] for name in MAPS_REQUIRED}          # fields the layout does not know are not kept
+    known[MAPS_FRAMES] = arrays.get(MAPS_FRAMES, np.zeros(arrays["d_spacing"].shape, dtype=np.int64))
+    write_maps_file(path, MapsArrays(known, float(header["background"])), final_maps_attrs(header))

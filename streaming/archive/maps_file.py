@@ -1,0 +1,93 @@
+"""The final-maps layout of FORMATS.md: `<entry>/maps`, an NXdata that silx and h5web open.
+
+Written by `opmon process`, the replay and the archiver (final maps of the live processor),
+read by `opmon plot`, tests and the demo's summary. It deals in named arrays, not in the
+processors' `MapResult`, so the archive needs nothing downstream; processors convert.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import numpy.typing as npt
+
+from opmon.errors import RawFileError
+from opmon.streaming.archive.layout import (ATTR_BACKGROUND, ENTRY, MAPS, MAPS_FRAMES, MAPS_REQUIRED, MAPS_UNITS)
+
+AUXILIARY_SIGNALS = ("intensity", "tilt_altitude", "tilt_azimuth", "peak_width")
+PER_PIXEL = ("d_spacing", "tilt_altitude", "tilt_azimuth", "intensity", "peak_width", "mask")
+
+
+@dataclass
+class MapsArrays:
+    """The maps of one map by FORMATS.md name (`MAPS_REQUIRED`, optionally `frames`) and the
+    background rate that was subtracted (counts/pixel/frame)."""
+
+    arrays: dict[str, npt.NDArray[Any]]
+    background: float = 0.0
+
+
+def write_maps(parent: h5py.Group, maps: MapsArrays, attrs: Mapping[str, Any] | None = None) -> h5py.Group:
+    """Create ``parent/maps`` holding every array; ``attrs`` are stored on the group (e.g. options)."""
+    if MAPS in parent:
+        del parent[MAPS]
+    group = parent.create_group(MAPS)
+    group.attrs["NX_class"] = "NXdata"
+    group.attrs["signal"] = "d_spacing"
+    group.attrs["auxiliary_signals"] = np.array(AUXILIARY_SIGNALS, dtype=h5py.string_dtype())
+    group.attrs[ATTR_BACKGROUND] = maps.background
+    for key, value in (attrs or {}).items():
+        group.attrs[key] = value
+    for name, array in maps.arrays.items():
+        ds = group.create_dataset(name, data=array)
+        if name in MAPS_UNITS:
+            ds.attrs["units"] = MAPS_UNITS[name]
+    group["d_spacing"].attrs["long_name"] = "d-spacing (Å)"
+    return group
+
+
+def write_maps_file(path: Path, maps: MapsArrays, attrs: Mapping[str, Any] | None = None) -> None:
+    """A maps file holding one map: ``/entry/maps`` (the archive's `map_NNNN_maps.h5`)."""
+    with h5py.File(path, "w") as f:
+        entry = f.create_group(ENTRY)
+        entry.attrs["NX_class"] = "NXentry"
+        write_maps(entry, maps, attrs)
+
+
+def read_maps(parent: h5py.Group) -> MapsArrays:
+    """Read ``parent/maps`` back, naming any missing or mis-shaped dataset (before any plotting)."""
+    if MAPS not in parent:
+        raise RawFileError(f"{parent.file.filename}: no group {parent.name.rstrip('/')}/{MAPS}")
+    group = parent[MAPS]
+    missing = [name for name in MAPS_REQUIRED if name not in group]
+    if missing:
+        raise RawFileError(f"{group.name}: missing dataset(s) {', '.join(missing)}")
+    arrays = {name: group[name][()] for name in MAPS_REQUIRED}
+    check_maps(arrays, f"{group.file.filename}:{group.name}")
+    arrays[MAPS_FRAMES] = (group[MAPS_FRAMES][()] if MAPS_FRAMES in group
+                           else np.zeros(arrays["d_spacing"].shape, dtype=np.int64))
+    return MapsArrays(arrays, float(group.attrs.get(ATTR_BACKGROUND, 0.0)))
+
+
+def check_maps(arrays: Mapping[str, Any], where: str) -> None:
+    """Name the first array whose shape or type does not fit FORMATS.md.
+
+    Raises
+    ------
+    RawFileError
+        naming `where`, the array, its shape and dtype and the shape expected.
+    """
+    shape = np.shape(arrays["d_spacing"])
+    if len(shape) != 2:
+        raise RawFileError(f"{where}/d_spacing: shape {shape}, expected (ny, nx)")
+    expected = {name: shape for name in PER_PIXEL}
+    expected.update(q=shape + (3,), mean_q=(3,))
+    for name, want in expected.items():
+        arr = arrays[name]
+        if np.shape(arr) != want or not np.issubdtype(np.asarray(arr).dtype, np.number):
+            raise RawFileError(f"{where}/{name}: shape {np.shape(arr)} {np.asarray(arr).dtype}, "
+                               f"expected numbers of shape {want}")
