@@ -32,7 +32,7 @@ from opmon.processors.accumulate import Roi
 from opmon.processors.live import worker as W
 from opmon.processors.live.engine import LiveMap, LiveRun
 from opmon.processors.live.service import LiveService
-from opmon.processors.live_recovery import recover_missed_maps
+from opmon.processors.live.recovery import recover_missed_maps
 from opmon.streaming import protocol as P
 from opmon.streaming.archive.reader import RunArchive
 from opmon.streaming.receiver import Counters, FinishedRuns

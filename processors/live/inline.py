@@ -6,7 +6,7 @@ as `opmon process`), publishes partial maps a few times a second on the lossy di
 and the final map of each map both there and on the lossless channel to the archiver
 (`service.LiveService`). The ROI is fixed once per run, from the first frames (or the configured
 one) and recorded with every map, so `opmon process --roi` reproduces it. A processor restarted
-mid-run recovers what it missed from the archive (live_recovery).
+mid-run recovers what it missed from the archive (live/recovery.py).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from opmon.errors import OpmonError
 from opmon.processors.accumulate import Roi, warm_up_kernels
 from opmon.processors.live.engine import LiveMap, LiveRun
 from opmon.processors.live.service import LiveService
-from opmon.processors.live_recovery import recover_missed_maps, recover_prefix
+from opmon.processors.live.recovery import recover_missed_maps, recover_prefix
 from opmon.streaming import protocol as P
 from opmon.streaming.archive.reader import RunArchive
 from opmon.streaming.receiver import Counters, FrameReceiver, MapProgress, RunInfo

@@ -1,7 +1,7 @@
 """Where the live processor's maps go: the lossy display channel and the lossless archive hand-off.
 
 Shared by the inline processor (`live.LiveProcessor`) and the fan-out one
-(`live_fanout.FanOutProcessor`), so both publish byte-identical map and status messages
+(`fanout.FanOutProcessor`), so both publish byte-identical map and status messages
 (docs/protocol.md) and keep final maps the archiver has not taken yet instead of dropping them.
 """
 from __future__ import annotations

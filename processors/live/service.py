@@ -2,7 +2,7 @@
 
 Both begin runs with the same engine (`engine.LiveRun`), keep their outputs in one `MapOutputs`,
 publish partial maps every `publish_interval_s`, a status message every second, and, when idle
-with an archive, make the newest run's maps that nobody delivered (`live_recovery.catch_up`).
+with an archive, make the newest run's maps that nobody delivered (`recovery.catch_up`).
 Each executor says how to take one round of messages (`poll_once`), which runs are open, what
 its status and partial maps are.
 """
@@ -20,7 +20,7 @@ import zmq
 from opmon.processors.accumulate import MomentAccumulator, Roi
 from opmon.processors.live.engine import LiveMap, LiveRun, initial_roi
 from opmon.processors.live.outputs import MapOutputs
-from opmon.processors.live_recovery import catch_up
+from opmon.processors.live.recovery import catch_up
 from opmon.processors.maps import MapResult
 from opmon.streaming import protocol as P
 

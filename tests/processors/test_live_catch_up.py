@@ -14,7 +14,7 @@ import zmq
 
 from opmon.processors.accumulate import MomentAccumulator
 from opmon.processors.live.outputs import MapOutputs
-from opmon.processors.live_recovery import catch_up
+from opmon.processors.live.recovery import catch_up
 from opmon.processors.live.engine import accumulator_options, geometry_of
 from opmon.processors.maps import read_map_result
 from opmon.streaming.archive.layout import maps_file_name
@@ -47,7 +47,7 @@ def _archive_one_map(archive_dir, frames_ep: str, maps_ep: str | None) -> tuple[
 
 
 def _made_map(archive_dir, uid: str):
-    from opmon.processors.live_recovery import map_from_archive
+    from opmon.processors.live.recovery import map_from_archive
     from opmon.streaming.archive.reader import RunArchive
     archive = RunArchive(archive_dir, uid)
 
