@@ -15,7 +15,7 @@ import numpy as np
 
 from opmon.simulators.crystal import ParticleModel
 from opmon.simulators.render import FrameRenderer
-from opmon.simulators.setup import SxdmSetup
+from opmon.simulators.instrument import SxdmSetup
 
 
 def main(argv: list[str] | None = None) -> int:

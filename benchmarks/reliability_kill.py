@@ -30,7 +30,7 @@ def _acquire(endpoints: list[str], ack_endpoint: str, rate: float, map_frames: i
              stop: Any) -> None:
     """The acquisition process: stream maps until `stop` is set (or until killed); the first
     endpoint is the archive's, acknowledged as in `opmon demo` (held until flushed)."""
-    from opmon.streaming.loopback import GEOMETRY, SHAPE, frame_pool
+    from opmon.benchmarks.loopback import GEOMETRY, SHAPE, frame_pool
     from opmon.streaming.publisher import ZmqFrameSink
     pool = frame_pool()
     sink = ZmqFrameSink(endpoints, stall_timeout_s=120, ack_endpoint=ack_endpoint)
@@ -86,7 +86,7 @@ def run_kills(victim: str, kills: int = 20, rate: float = 1000.0, map_frames: in
     from opmon.demo import shift_ports, write_config
     from opmon.supervisor import Supervisor
 
-    from soak_stream import StatusWatch   # benchmarks/ sibling
+    from opmon.benchmarks.soak_stream import StatusWatch
     rng = random.Random(seed)
     per_map = max(1, map_frames // 40) * 40
     directory = directory or Path(tempfile.mkdtemp(prefix=f"opmon-kill-{victim}-"))

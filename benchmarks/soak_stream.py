@@ -26,7 +26,7 @@ import zmq
 from opmon.config import load_config
 from opmon.demo import shift_ports, write_config
 from opmon.streaming import protocol as P
-from opmon.streaming.loopback import GEOMETRY, SHAPE, frame_pool
+from opmon.benchmarks.loopback import GEOMETRY, SHAPE, frame_pool
 from opmon.streaming.publisher import ZmqFrameSink
 from opmon.supervisor import Supervisor
 

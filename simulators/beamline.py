@@ -26,7 +26,7 @@ from opmon.errors import ConfigError
 from opmon.simulators.cell import CellConfig, CellSample, CellSimulator, SimClock
 from opmon.simulators.crystal import ParticleModel
 from opmon.simulators.render import FrameRenderer
-from opmon.simulators.setup import SxdmSetup
+from opmon.simulators.instrument import SxdmSetup
 
 
 def in_bluesky_loop_running() -> bool:

@@ -31,7 +31,7 @@ from opmon.simulators.crystal import ParticleModel
 from opmon.simulators.noise import poisson, randint, stream
 from opmon.simulators.optics import (detector_rotation, peak_pixel, pixel_q_lab, q_sample_at,
                                      sample_rotation)
-from opmon.simulators.setup import SxdmSetup
+from opmon.simulators.instrument import SxdmSetup
 
 THRESHOLD = 1e-6  # expected counts below which a pixel is not evaluated
 # indices into the packed geometry vector

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from opmon.commands.process import parse_background, parse_roi
+from opmon.processing_options import parse_background, parse_roi
 from opmon.config import Config, load_config
 from opmon.ports import BOUND_BY, binding, config_ports
 from opmon.processors.live import open_live_processor

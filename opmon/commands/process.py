@@ -11,36 +11,8 @@ from opmon import interrupt
 from opmon.errors import OpmonError, OutputError
 from opmon.formats import DATA
 from opmon.outputs import check_outputs
+from opmon.processing_options import EXIT_SKIPPED, parse_background, parse_roi
 from opmon.processors.offline import ProcessOptions, plan_raw, process_plan
-
-
-def parse_roi(values: list[str] | None) -> tuple[int, int, int, int] | str | None:
-    """`auto`, `full` or four integers r0 r1 c0 c1 (half-open, frame pixels)."""
-    if not values or values == ["auto"]:
-        return "auto"
-    if values == ["full"]:
-        return None
-    if len(values) != 4:
-        raise OpmonError(f"--roi takes 'auto', 'full' or four integers r0 r1 c0 c1, got {' '.join(values)!r}")
-    try:
-        r0, r1, c0, c1 = (int(v) for v in values)
-    except ValueError as exc:
-        raise OpmonError(f"--roi values must be integers, got {' '.join(values)!r}") from exc
-    return (r0, r1, c0, c1)
-
-
-def parse_background(value: str) -> str | float | None:
-    if value == "auto":
-        return "auto"
-    if value == "none":
-        return None
-    try:
-        rate = float(value)
-    except ValueError as exc:
-        raise OpmonError(f"--background takes 'auto', 'none' or a rate in counts/pixel/frame, got {value!r}") from exc
-    if rate < 0:
-        raise OpmonError(f"--background rate must be >= 0, got {rate}")
-    return rate
 
 
 def png_paths(png: str | None, output: Path, names: list[str]) -> dict[str, Path]:
@@ -96,9 +68,6 @@ def _run(args: argparse.Namespace) -> int:
               f"({listed}); listed in {output} as <entry>/maps/bad_frames", file=sys.stderr)
         return EXIT_SKIPPED
     return 0
-
-
-EXIT_SKIPPED = 3  # maps written, but corrupt frames were skipped: a script must notice
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 import zmq
 
 from opmon import interrupt
-from opmon.commands.process import EXIT_SKIPPED, parse_background, parse_roi
+from opmon.processing_options import EXIT_SKIPPED, parse_background, parse_roi
 from opmon.config import load_config
 from opmon.errors import OpmonError, StreamStalledError
 from opmon.outputs import atomic_path, check_outputs

@@ -110,7 +110,7 @@ def simulate(path: Path, *, ny: int = 60, nx: int = 60, angles: int = 30, eta_st
     """Render one map to ``path`` (atomically: a killed run leaves no file); returns the truth dict."""
     from opmon.simulators.crystal import ParticleModel
     from opmon.simulators.render import FrameRenderer
-    from opmon.simulators.setup import SxdmSetup
+    from opmon.simulators.instrument import SxdmSetup
 
     if dtype not in ("uint32", "uint16"):
         raise ConfigError(f"--dtype {dtype!r}: expected uint32 or uint16")

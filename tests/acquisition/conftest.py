@@ -10,7 +10,7 @@ from bluesky import RunEngine
 
 from opmon.acquisition.sinks import MapMeta, SinkTarget
 from opmon.simulators.beamline import BeamlineConfig, SimulatedBeamline
-from opmon.simulators.setup import SxdmSetup
+from opmon.simulators.instrument import SxdmSetup
 
 SMALL = dict(map_shape=(4, 4), n_angles=5, roi=(224, 288, 224, 288), eta_step=0.2)
 

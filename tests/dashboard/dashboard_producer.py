@@ -28,7 +28,7 @@ from opmon.dashboard.model import MapUpdate
 from opmon.dashboard.subscriber import encode_map
 from opmon.simulators.cell import CellConfig, CellMode, CellSimulator
 from opmon.simulators.crystal import ParticleModel
-from opmon.simulators.setup import SxdmSetup
+from opmon.simulators.instrument import SxdmSetup
 from opmon.streaming.control import ControlServer, RunEngineSteering
 from opmon.streaming.protocol import pack
 

@@ -8,7 +8,7 @@ from opmon.errors import ConfigError
 from opmon.simulators.crystal import ParticleModel
 from opmon.simulators.optics import q_sample_area
 from opmon.simulators.render import FrameRenderer
-from opmon.simulators.setup import SxdmSetup
+from opmon.simulators.instrument import SxdmSetup
 
 
 def q_grid(setup, eta):

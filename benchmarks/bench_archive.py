@@ -26,7 +26,7 @@ import zmq
 from opmon.streaming import protocol as P
 from opmon.streaming.archive_files import MapFileWriter
 from opmon.streaming.archiver import Archiver
-from opmon.streaming.loopback import GEOMETRY, SHAPE, free_endpoint, frame_pool, raw_loopback, send_run
+from opmon.benchmarks.loopback import GEOMETRY, SHAPE, free_endpoint, frame_pool, raw_loopback, send_run
 
 FRAME_MB = SHAPE[0] * SHAPE[1] * 4 / 1e6
 

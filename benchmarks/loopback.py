@@ -1,8 +1,8 @@
 """What the streaming benchmarks share: detector-like frames, a detector that streams them
 through `ZmqFrameSink`, and the bare pyzmq PUSH/PULL loopback every stage is compared with.
 
-Used by `opmon bench stream` (processors/live_benchmark.py), `opmon bench archive`
-(streaming/archive_benchmark.py) and benchmarks/soak_stream.py, so their baselines are the
+Used by `opmon bench stream` (benchmarks/bench_stream.py), `opmon bench archive`
+(benchmarks/bench_archive.py) and benchmarks/soak_stream.py, so their baselines are the
 same code and the same frames.
 """
 from __future__ import annotations

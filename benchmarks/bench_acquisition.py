@@ -17,7 +17,7 @@ from bluesky import RunEngine
 from opmon.acquisition.mapping import sxdm_map
 from opmon.acquisition.sinks import SinkTarget
 from opmon.simulators.beamline import BeamlineConfig, SimulatedBeamline
-from opmon.simulators.setup import SxdmSetup
+from opmon.simulators.instrument import SxdmSetup
 
 
 class CountingSink:
