@@ -3,16 +3,18 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-
-import h5py
+from typing import TYPE_CHECKING
 
 from opmon import interrupt
 from opmon.errors import OutputError, RawFileError
-from opmon.formats import open_hdf5
 from opmon.outputs import check_outputs
+
+if TYPE_CHECKING:     # h5py, matplotlib: imported when a figure is made, not for `opmon --help`
+    import h5py
 
 
 def _open(path: Path) -> h5py.File:
+    from opmon.formats import open_hdf5
     return open_hdf5(path, "maps HDF5 file", swmr=False)
 
 
@@ -22,6 +24,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import h5py
+
     from opmon.processors.figure import plot_maps
     from opmon.processors.mapfile import read_maps
     path = Path(args.maps)

@@ -5,14 +5,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
 from opmon import interrupt
 from opmon.errors import OpmonError, OutputError
-from opmon.formats import DATA
 from opmon.outputs import check_outputs
 from opmon.processing_options import EXIT_SKIPPED, parse_background, parse_roi
-from opmon.processors.offline import ProcessOptions, plan_raw, process_plan
 
 
 def png_paths(png: str | None, output: Path, names: list[str]) -> dict[str, Path]:
@@ -31,6 +27,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm     # these pull in numba and h5py: imported when a file is processed, not for `--help`
+
+    from opmon.processors.offline import ProcessOptions, plan_raw, process_plan
     options = ProcessOptions(roi=parse_roi(args.roi), threshold=args.threshold, background=parse_background(args.background),
                              despeckle=not args.keep_isolated, skip_bad_frames=args.skip_bad_frames)
     if args.threshold < 0:
@@ -72,7 +71,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("process", help="reduce a raw SXDM file to maps (FORMATS.md)", description=__doc__)
-    p.add_argument("raw", help=f"raw HDF5 file with {DATA} (one map, or an archive of entries)")
+    p.add_argument("raw", help="raw HDF5 file with instrument/detector/data (one map, or an archive of entries)")
     p.add_argument("-o", "--output", required=True, help="maps HDF5 file to write")
     p.add_argument("--entry", default=None, help="entry to process (default: every entry holding frames)")
     p.add_argument("--roi", nargs="+", default=None, metavar="R", help="detector ROI: auto (default), full, or r0 r1 c0 c1")

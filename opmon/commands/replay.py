@@ -12,21 +12,17 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
-
-import h5py
-import numpy as np
-import zmq
+from typing import TYPE_CHECKING, Any
 
 from opmon import interrupt
-from opmon.processing_options import EXIT_SKIPPED, parse_background, parse_roi
 from opmon.config import load_config
 from opmon.errors import OpmonError, StreamStalledError
 from opmon.outputs import atomic_path, check_outputs
-from opmon.processors.live import open_live_processor
-from opmon.processors.mapfile import write_maps
-from opmon.streaming.publisher import ZmqFrameSink
-from opmon.streaming.replay import ReplayReport, ReplaySource, open_source, replay
+from opmon.processing_options import EXIT_SKIPPED, parse_background, parse_roi
+
+if TYPE_CHECKING:     # the modules themselves are imported when the replay runs, not for `opmon --help`
+    from opmon.streaming.publisher import ZmqFrameSink
+    from opmon.streaming.replay import ReplayReport, ReplaySource
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -42,6 +38,7 @@ def _replay(args: argparse.Namespace) -> int:
         raise OpmonError(f"--rate must be > 0 frames per second, got {args.rate}")
     if args.workers is not None and args.workers < 1:
         raise OpmonError(f"--workers must be >= 1, got {args.workers}")
+    from opmon.streaming.replay import open_source
     roi = parse_roi(args.roi)
     output = Path(args.output) if args.output else None
     if output is not None and args.external:
@@ -58,6 +55,8 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _external(args: argparse.Namespace, config: Any, source: ReplaySource) -> int:
+    from opmon.streaming.publisher import ZmqFrameSink
+    from opmon.streaming.replay import replay
     endpoints = [config.endpoint("frames_live")] + ([config.endpoint("frames_archive")] if args.archive else [])
     sink = ZmqFrameSink(endpoints, sndhwm=config.stream.sndhwm, stall_timeout_s=config.stream.stall_timeout_s)
     try:
@@ -69,6 +68,13 @@ def _external(args: argparse.Namespace, config: Any, source: ReplaySource) -> in
 
 
 def _internal(args: argparse.Namespace, config: Any, source: ReplaySource, roi: Any, output: Path | None) -> int:
+    import h5py
+    import numpy as np
+
+    from opmon.processors.live import open_live_processor
+    from opmon.processors.mapfile import write_maps
+    from opmon.streaming.publisher import ZmqFrameSink
+    from opmon.streaming.replay import replay
     sink = ZmqFrameSink(["tcp://127.0.0.1:*"], sndhwm=config.stream.sndhwm, stall_timeout_s=config.stream.stall_timeout_s)
     display = config.endpoint("display_live") if args.display else None
     processor = open_live_processor(sink.endpoints[0], display, None, workers=args.workers or config.live.workers,
@@ -116,6 +122,7 @@ def _internal(args: argparse.Namespace, config: Any, source: ReplaySource, roi: 
 
 def _close(sink: ZmqFrameSink) -> None:
     """Close the sink; after Ctrl-C without waiting for receivers (queued frames are dropped, not awaited)."""
+    import zmq
     if not interrupt.requested():
         sink.close()
         return
