@@ -19,6 +19,7 @@ from typing import Any
 
 import h5py
 import numpy as np
+import tomli_w
 import zmq
 
 from opmon.config import Config, load_config
@@ -42,17 +43,14 @@ class DemoStopped(OpmonError):
 
 
 def write_config(config: Config, path: Path) -> Path:
-    """The effective configuration as TOML, so every child process sees the same ports and paths."""
-    lines = [f'host = "{config.host}"']
-    for section in ("ports", "stream", "archive", "live", "control"):
-        lines.append(f"\n[{section}]")
-        for f in dataclasses.fields(getattr(config, section)):
-            if (section, f.name) == ("control", "token"):
-                continue        # a secret: it travels in the environment, never in a file
-            value = getattr(getattr(config, section), f.name)
-            lines.append(f"{f.name} = " + (f'"{value}"' if isinstance(value, str) else repr(value).lower()
-                                           if isinstance(value, bool) else repr(value)))
-    path.write_text("\n".join(lines) + "\n")
+    """The effective configuration as TOML, so every child process sees the same ports and paths.
+
+    Written by tomli-w, which escapes what a path may hold (quotes, backslashes); the steering
+    token is left out: a secret travels in the environment, never in a file.
+    """
+    values = dataclasses.asdict(config)
+    values["control"].pop("token")
+    path.write_text(tomli_w.dumps(values))
     return path
 
 
