@@ -30,6 +30,7 @@ from opmon.ports import (BOUND_BY, PortInUseError, check_range, config_ports, in
                          shift_to_free, taken)
 from opmon.streaming.ports import free_ports, port_block
 from opmon.supervisor import Supervisor
+from opmon.waiting import until
 
 log = logging.getLogger(__name__)
 
@@ -202,12 +203,11 @@ def _run_closed(run_dir: Path) -> bool:
 def wait_for_frames(run_dir: Path, frames_sent: int, deadline: float) -> bool:
     """After a stop: wait (until `deadline`, monotonic) until the archive holds every frame sent
     and the run's end, so what was in flight is on disk before the archiver is stopped."""
-    while time.monotonic() < deadline:
+    def all_held() -> bool:
         held = _archived_frames(run_dir)
-        if held is not None and held >= frames_sent and _run_closed(run_dir):
-            return True
-        time.sleep(0.1)
-    return False
+        return held is not None and held >= frames_sent and _run_closed(run_dir)
+
+    return until(all_held, deadline - time.monotonic(), interval_s=0.1)
 
 
 def wait_for_archive(run_dir: Path, n_maps: int, timeout_s: float, supervisor: Supervisor | None = None,
@@ -238,14 +238,14 @@ def wait_for_archive(run_dir: Path, n_maps: int, timeout_s: float, supervisor: S
 
 def wait_for_port(host: str, port: int, timeout_s: float, cancel: threading.Event | None = None) -> bool:
     """True once a TCP server accepts connections on host:port (the dashboard is up)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not (cancel is not None and cancel.is_set()):
+    def accepts() -> bool:
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return True
         except OSError:
-            time.sleep(0.2)
-    return False
+            return False
+
+    return until(accepts, timeout_s, interval_s=0.2, cancel=cancel)
 
 
 def _span(ports: dict[str, int]) -> str:

@@ -10,7 +10,6 @@ import argparse
 import logging
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +18,7 @@ from opmon.config import load_config
 from opmon.errors import OpmonError, StreamStalledError
 from opmon.outputs import atomic_path, check_outputs
 from opmon.processing_options import EXIT_SKIPPED, parse_background, parse_roi
+from opmon.waiting import until
 
 if TYPE_CHECKING:     # the modules themselves are imported when the replay runs, not for `opmon --help`
     from opmon.streaming.publisher import ZmqFrameSink
@@ -86,12 +86,15 @@ def _internal(args: argparse.Namespace, config: Any, source: ReplaySource, roi: 
     thread.start()
     try:
         report = replay(source, sink, rate_fps=args.rate, skip_bad_frames=args.skip_bad_frames)
-        deadline = time.monotonic() + 600
-        while len([s for s in processor.summaries if s["run"] == report.run]) < report.maps:
+        def maps_made() -> int:
+            return len([s for s in processor.summaries if s["run"] == report.run])
+
+        def over() -> bool:
             interrupt.check()
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise OpmonError(f"live processor made {len(processor.summaries)} of {report.maps} maps")
-            time.sleep(0.05)
+            return maps_made() >= report.maps or not thread.is_alive()
+
+        if not until(over, 600) or maps_made() < report.maps:
+            raise OpmonError(f"live processor made {len(processor.summaries)} of {report.maps} maps")
     finally:
         done.set()
         thread.join(0.1 if interrupt.requested() else 5)
