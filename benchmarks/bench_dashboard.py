@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     if not browser_available():
         print("bench_dashboard: needs /usr/bin/chromium and chromedriver (scripts/install-browser.sh)")
         return 1
-    from opmon.streaming.ports import free_ports   # the one shared picker; the dashboard takes port 0
+    from opmon.port_picker import free_ports   # chosen before the producer and the dashboard start
     live_port, ctl_port, acq_port, arch_port = free_ports(4)
     cfg = Path(tempfile.mkdtemp()) / "bench.toml"
     cfg.write_text(f"[ports]\ndisplay_live = {live_port}\ndisplay_acquisition = {acq_port}\n"

@@ -26,9 +26,8 @@ from opmon.config import Config, load_config
 from opmon.errors import ArchiveError, ConfigError, OpmonError, StreamStalledError
 from opmon.experiment import AcquisitionService, ExperimentPlan
 from opmon.demo_signals import StopControl
-from opmon.ports import (BOUND_BY, PortInUseError, check_range, config_ports, in_use_message, next_free, require_free,
-                         shift_to_free, taken)
-from opmon.streaming.ports import free_ports, port_block
+from opmon.port_picker import free_ports, next_free, port_block, shift_to_free
+from opmon.ports import BOUND_BY, PortInUseError, check_range, config_ports, in_use_message, require_free, taken
 from opmon.supervisor import Supervisor
 from opmon.waiting import until
 

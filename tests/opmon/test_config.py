@@ -63,7 +63,7 @@ def test_the_demos_services_start_from_an_archive_path_with_a_quote_and_a_backsl
     import subprocess
     import sys
 
-    from tests.ports import port_block
+    from opmon.port_picker import port_block
     archive = tmp_path / AWKWARD_DIR
     cmd = [sys.executable, "-m", "opmon.cli", "demo", "--headless", "--archive-dir", str(archive),
            "--port-base", str(port_block(10)), "--map-shape", "4", "4", "--angles", "6",

@@ -18,7 +18,7 @@ from pathlib import Path
 import h5py
 import pytest
 
-from tests.ports import port_block
+from opmon.port_picker import port_block
 
 # the demo and the archiver lookup of benchmarks/kill_archiver.py: the test kills it as the figures do
 from opmon.benchmarks.kill_archiver import DEMO, archiver_pid

@@ -19,7 +19,7 @@ from opmon.processors.live_fanout import FanOutProcessor
 from opmon.streaming import protocol as P
 from opmon.streaming.publisher import ZmqFrameSink
 
-from tests.ports import free_ports
+from opmon.port_picker import free_ports
 
 from .test_live import FRAME, GEOMETRY, MAP, _assert_same_maps, _recv_map, _sockets, offline_maps, synthetic_map
 
