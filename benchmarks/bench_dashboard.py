@@ -38,8 +38,8 @@ def produce(port: int, rate: float, seconds: float, publish_ms: float, side: int
     from opmon.processors.geometry import DetectorGeometry
     from opmon.processors.live_messages import encode_map
     from opmon.simulators.crystal import ParticleModel
-    from opmon.simulators.render import FrameRenderer
     from opmon.simulators.instrument import SxdmSetup
+    from opmon.simulators.render import FrameRenderer
     from opmon.streaming.protocol import pack, unpack
 
     setup = SxdmSetup(map_shape=(side, side), n_angles=angles, eta_step=0.3 / angles, roi=(192, 320, 192, 320))

@@ -14,8 +14,8 @@ import time
 import numpy as np
 
 from opmon.simulators.crystal import ParticleModel
-from opmon.simulators.render import FrameRenderer
 from opmon.simulators.instrument import SxdmSetup
+from opmon.simulators.render import FrameRenderer
 
 
 def main(argv: list[str] | None = None) -> int:

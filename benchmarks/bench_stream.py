@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 import zmq
 
+from opmon.benchmarks.loopback import SHAPE, free_endpoint, frame_pool, raw_loopback, send_run
 from opmon.processors.live import open_live_processor
 from opmon.streaming import protocol as P
-from opmon.benchmarks.loopback import SHAPE, free_endpoint, frame_pool, raw_loopback, send_run
 from opmon.streaming.memory import keep_frame_buffers
+
 
 def _fanout_sender(endpoint: str, n: int, go: Any, done: Any) -> None:
     pool = frame_pool()

@@ -23,10 +23,10 @@ from typing import Any
 
 import zmq
 
+from opmon.benchmarks.loopback import GEOMETRY, SHAPE, frame_pool
 from opmon.config import load_config
 from opmon.demo import shift_ports, write_config
 from opmon.streaming import protocol as P
-from opmon.benchmarks.loopback import GEOMETRY, SHAPE, frame_pool
 from opmon.streaming.publisher import ZmqFrameSink
 from opmon.supervisor import Supervisor
 from opmon.waiting import until

@@ -23,9 +23,9 @@ import tomli_w
 import zmq
 
 from opmon.config import Config, load_config
+from opmon.demo_signals import StopControl
 from opmon.errors import ArchiveError, ConfigError, OpmonError, StreamStalledError
 from opmon.experiment import AcquisitionService, ExperimentPlan
-from opmon.demo_signals import StopControl
 from opmon.port_picker import free_ports, next_free, port_block, shift_to_free
 from opmon.ports import BOUND_BY, PortInUseError, check_range, config_ports, in_use_message, require_free, taken
 from opmon.supervisor import Supervisor

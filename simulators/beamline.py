@@ -25,8 +25,8 @@ from opmon.acquisition.sinks import FrameSink, Hdf5MapSink
 from opmon.errors import ConfigError
 from opmon.simulators.cell import CellConfig, CellSample, CellSimulator, SimClock
 from opmon.simulators.crystal import ParticleModel
-from opmon.simulators.render import FrameRenderer
 from opmon.simulators.instrument import SxdmSetup
+from opmon.simulators.render import FrameRenderer
 
 
 def in_bluesky_loop_running() -> bool:
