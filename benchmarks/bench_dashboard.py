@@ -38,8 +38,8 @@ def produce(port: int, rate: float, seconds: float, publish_ms: float, side: int
     from opmon.processors.geometry import DetectorGeometry
     from opmon.streaming.map_messages import encode_map
     from opmon.simulators.crystal import ParticleModel
+    from opmon.simulators.instrument import SxdmSetup
     from opmon.simulators.render import FrameRenderer
-    from opmon.simulators.setup import SxdmSetup
     from opmon.streaming.protocol import pack, unpack
 
     setup = SxdmSetup(map_shape=(side, side), n_angles=angles, eta_step=0.3 / angles, roi=(192, 320, 192, 320))
@@ -105,7 +105,8 @@ def pct(values: list[float], q: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="opmon bench dashboard", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--rate", type=float, default=1000.0, help="frames per second processed")
     ap.add_argument("--publish-ms", type=float, default=250.0, help="partial-map publish period")
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     if not browser_available():
         print("bench_dashboard: needs /usr/bin/chromium and chromedriver (scripts/install-browser.sh)")
         return 1
-    from opmon.streaming.ports import free_ports   # the one shared picker; the dashboard takes port 0
+    from opmon.port_picker import free_ports   # chosen before the producer and the dashboard start
     live_port, ctl_port, acq_port, arch_port = free_ports(4)
     cfg = Path(tempfile.mkdtemp()) / "bench.toml"
     cfg.write_text(f"[ports]\ndisplay_live = {live_port}\ndisplay_acquisition = {acq_port}\n"

@@ -14,12 +14,13 @@ import time
 import numpy as np
 
 from opmon.simulators.crystal import ParticleModel
+from opmon.simulators.instrument import SxdmSetup
 from opmon.simulators.render import FrameRenderer
-from opmon.simulators.setup import SxdmSetup
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="opmon bench render", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=0, help="frames to render (default: the whole 60x60x30 map)")
     ap.add_argument("--block", type=int, default=256)
     ap.add_argument("--x-mean", type=float, default=0.7)

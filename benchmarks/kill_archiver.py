@@ -29,6 +29,8 @@ from pathlib import Path
 from opmon.streaming.archive.layout import map_file_name
 from opmon.streaming.archive.reader import RunArchive
 
+from opmon.waiting import until
+
 DEMO = ["--headless", "--map-shape", "8", "8", "--acceleration", "1500", "--maps-at", "4.5", "4.7", "4.75"]
 SYNC = re.compile(r"^(\S+ \S+) opmon\.streaming\.archiver INFO: sender synced \(epoch (\d+)\): (\d+) message")
 RESTART = re.compile(r"^(\S+ \S+) \S+ WARNING: archiver exited with -9; restart", re.M)
@@ -65,9 +67,7 @@ def trial(n: int, root: Path, port_base: int, spread_s: float) -> dict[str, obje
     demo = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     killed_at = t_kill = None
     try:
-        deadline = time.monotonic() + 180
-        while not _first_frame_stored(archive) and time.monotonic() < deadline and demo.poll() is None:
-            time.sleep(0.05)
+        until(lambda: _first_frame_stored(archive) or demo.poll() is not None, 180)
         t_first = time.monotonic()
         time.sleep(random.uniform(0.0, spread_s))
         pid = archiver_pid(demo.pid)

@@ -29,7 +29,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))   # the sibling harnesses
 
 SCENARIOS = ("kill-live", "kill-archiver", "kill-acquisition", "fuzz", "tokens", "disk", "soak")
 DEFAULT = ("kill-live", "kill-archiver", "kill-acquisition", "fuzz", "tokens", "disk")
@@ -46,7 +45,7 @@ def _print(title: str, figures: dict[str, Any]) -> None:
 
 
 def fuzz_all(n: int, seed: int) -> list[dict[str, Any]]:
-    import reliability_fuzz as F
+    from opmon.benchmarks import reliability_fuzz as F
     out = [F.fuzz_frames("archiver", n, seed), F.fuzz_frames("live", n, seed),
            F.fuzz_archiver_channel("docs", n, seed), F.fuzz_archiver_channel("maps", n, seed),
            F.fuzz_display(n, seed), F.fuzz_control(n, seed)]
@@ -79,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     for scenario in args.scenarios or DEFAULT:
         if scenario.startswith("kill-"):
-            import reliability_kill as K
+            from opmon.benchmarks import reliability_kill as K
             victim = scenario.split("-", 1)[1]
             report = K.run_kills(victim, kills=args.kills, rate=args.rate, map_frames=args.map_frames,
                                  port_base=args.port_base, seed=args.seed, keep=args.keep)
@@ -89,17 +88,17 @@ def main(argv: list[str] | None = None) -> int:
         elif scenario == "fuzz":
             report = fuzz_all(args.messages, args.seed)
         elif scenario == "tokens":
-            import reliability_fuzz as F
+            from opmon.benchmarks import reliability_fuzz as F
             report = F.wrong_tokens(args.messages, args.seed)
             _print("wrong tokens", report)
         elif scenario == "disk":
-            import reliability_disk as D
+            from opmon.benchmarks import reliability_disk as D
             where = Path(tempfile.mkdtemp(prefix="opmon-diskfull-"))
             report = D.run_disk_full(where / "archive", rate_hz=args.rate, max_frames=20_000, seed=args.seed)
             shutil.rmtree(where, ignore_errors=True)
             _print("disk full", report)
         else:
-            import soak_stream
+            from opmon.benchmarks import soak_stream
             code = soak_stream.main(["--minutes", str(args.minutes), "--rate", str(args.rate),
                                      "--port-base", str(args.port_base + 100)])
             report = {"exit": code}

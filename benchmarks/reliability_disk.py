@@ -20,6 +20,8 @@ import h5py
 import numpy as np
 import zmq
 
+from opmon.waiting import until
+
 SHAPE = (64, 64)
 GEOMETRY = dict(energy_ev=10000.0, distance_m=1.6, pixel_size_m=(55e-6, 55e-6), beam_center=(-100.0, 32.0))
 
@@ -42,14 +44,6 @@ def unmount(directory: Path) -> None:
 def run_disk_full(directory: Path, *, size_mb: int = 32, max_frames: int = 3000, rate_hz: float = 1000.0,
                   mount: bool = True, reserve_mb: float = 6.0, seed: int = 0, timeout_s: float = 60.0) -> dict[str, Any]:
     """Stream until the archive disk is full; returns what happened (see module docstring)."""
-    import bluesky.plan_stubs as bps
-    from bluesky import RunEngine
-
-    from opmon.archive_watch import ArchiverWatch
-    from opmon.streaming.archive.archiver import Archiver
-    from opmon.streaming.control import RunEngineSteering
-    from opmon.streaming.publisher import ZmqFrameSink
-
     mounted = mount and mount_small_fs(directory, size_mb)
     try:
         return _fill(directory, mounted, size_mb, max_frames, rate_hz, reserve_mb, seed, timeout_s)
@@ -118,8 +112,7 @@ def _fill(directory: Path, mounted: bool, size_mb: int, max_frames: int, rate_hz
         yield from bps.close_run()
 
     def watch_pause() -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and not stop.is_set():
+        def paused() -> bool:
             while sub.poll(0):
                 parts = sub.recv_multipart()
                 from opmon.streaming.protocol import unpack
@@ -127,12 +120,13 @@ def _fill(directory: Path, mounted: bool, size_mb: int, max_frames: int, rate_hz
                 statuses.append(st)
                 if st.get("state") == "disk_full" and not t_full:
                     t_full.append(time.monotonic())
-            if RE.state == "paused":
-                t_paused.append(time.monotonic())
-                steering.abort("disk full test over")
-                return
-            time.sleep(0.01)
-        steering.abort("timeout")
+            return RE.state == "paused"
+
+        if until(paused, timeout_s, interval_s=0.01, cancel=stop):
+            t_paused.append(time.monotonic())
+            steering.abort("disk full test over")
+        else:
+            steering.abort("timeout")
 
     waiter = threading.Thread(target=watch_pause, daemon=True)
     waiter.start()

@@ -29,6 +29,7 @@ import numpy as np
 import zmq
 
 from opmon.streaming import protocol as P
+from opmon.waiting import until
 
 Parts = list[bytes]
 FRAME_SHAPE = (16, 16)
@@ -500,10 +501,14 @@ def fuzz_display(n: int, seed: int = 0, context: zmq.Context | None = None, batc
     def handled() -> int:
         return sum(sub.counts.values()) + sum(sub.rejected.values())
 
-    deadline = time.monotonic() + 10
-    while handled() == 0 and time.monotonic() < deadline:   # the subscription takes a moment to join
+
+    def probe_handled() -> bool:     # the subscription takes a moment to join: probe until one arrives
+        if handled():
+            return True
         pub.send_multipart(probe)
-        time.sleep(0.05)
+        return False
+
+    until(probe_handled, 10)
     messages = list(display_messages(seed, n))
     stalled = 0
     t0 = time.perf_counter()
@@ -512,9 +517,7 @@ def fuzz_display(n: int, seed: int = 0, context: zmq.Context | None = None, batc
         chunk = [p for _, p in messages[i:i + batch] if p and p[0] in (b"map", b"status", b"reading", b"doc")]
         for parts in chunk:
             pub.send_multipart(parts)
-        deadline = time.monotonic() + 10
-        while handled() < before + len(chunk) and sub._thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.001)
+        until(lambda: handled() >= before + len(chunk) or not sub._thread.is_alive(), 10, interval_s=0.001)
         stalled += max(0, before + len(chunk) - handled())
     elapsed = time.perf_counter() - t0
     alive = sub._thread.is_alive()

@@ -24,13 +24,14 @@ from typing import Any
 import numpy as np
 
 from opmon.streaming.archive.reader import RunArchive
+from opmon.waiting import until
 
 
 def _acquire(endpoints: list[str], ack_endpoint: str, rate: float, map_frames: int, sent: Any, run_box: Any,
              stop: Any) -> None:
     """The acquisition process: stream maps until `stop` is set (or until killed); the first
     endpoint is the archive's, acknowledged as in `opmon demo` (held until flushed)."""
-    from opmon.streaming.loopback import GEOMETRY, SHAPE, frame_pool
+    from opmon.benchmarks.loopback import GEOMETRY, SHAPE, frame_pool
     from opmon.streaming.publisher import ZmqFrameSink
     pool = frame_pool()
     sink = ZmqFrameSink(endpoints, stall_timeout_s=120, ack_endpoint=ack_endpoint)
@@ -85,7 +86,7 @@ def run_kills(victim: str, kills: int = 20, rate: float = 1000.0, map_frames: in
     from opmon.demo import shift_ports, write_config
     from opmon.supervisor import Supervisor
 
-    from soak_stream import StatusWatch   # benchmarks/ sibling
+    from opmon.benchmarks.soak_stream import StatusWatch
     rng = random.Random(seed)
     per_map = max(1, map_frames // 40) * 40
     directory = directory or Path(tempfile.mkdtemp(prefix=f"opmon-kill-{victim}-"))
@@ -123,36 +124,34 @@ def run_kills(victim: str, kills: int = 20, rate: float = 1000.0, map_frames: in
                 runs.append({"run": box.value.decode(), "sent": sent.value, "killed": True})
                 t_kill = time.monotonic()
                 acq = start_acquisition()
-                while acq[1].value == 0 and time.monotonic() - t_kill < 30:
-                    time.sleep(0.01)
+                until(lambda: acq[1].value > 0, 30, interval_s=0.01)
                 recover_s.append(time.monotonic() - t_kill)
                 continue
             watch.drain()
             pid = supervisor.pid(victim)
             t_kill, wall_kill = time.monotonic(), time.time()
             os.kill(pid, signal.SIGKILL)
-            recovered = False
-            while time.monotonic() - t_kill < 60:
+
+            def restarted_and_working() -> bool:
                 supervisor.check()
                 watch.drain()
                 st = watch.latest.get(victim, {})
-                if supervisor.pid(victim) != pid and st.get("t", 0) > wall_kill and st.get("frames", 0) > 0:
-                    recovered = True
-                    break
-                time.sleep(0.02)
+                return supervisor.pid(victim) != pid and st.get("t", 0) > wall_kill and st.get("frames", 0) > 0
+
+            recovered = until(restarted_and_working, 60, interval_s=0.02)
             recover_s.append(time.monotonic() - t_kill if recovered else float("nan"))
         proc, sent, box, stop = acq
         stop.set()
         proc.join(120)
         runs.append({"run": box.value.decode(), "sent": sent.value, "killed": False})
         elapsed = time.monotonic() - t_start
-        deadline = time.monotonic() + settle_s      # let the live processor finish the last maps
-        while time.monotonic() < deadline:
+
+        def both_idle() -> bool:
             supervisor.check()
             watch.drain()
-            if watch.latest.get("live", {}).get("state") == "idle" and watch.latest.get("archiver", {}).get("state") == "idle":
-                break
-            time.sleep(0.5)
+            return all(watch.latest.get(name, {}).get("state") == "idle" for name in ("live", "archiver"))
+
+        until(both_idle, settle_s, interval_s=0.5)      # let the live processor finish the last maps
     finally:
         codes = supervisor.stop_all()
         context.destroy(linger=0)

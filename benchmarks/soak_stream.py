@@ -23,12 +23,13 @@ from typing import Any
 
 import zmq
 
+from opmon.benchmarks.loopback import GEOMETRY, SHAPE, frame_pool
 from opmon.config import load_config
 from opmon.demo import shift_ports, write_config
 from opmon.streaming import protocol as P
-from opmon.streaming.loopback import GEOMETRY, SHAPE, frame_pool
 from opmon.streaming.publisher import ZmqFrameSink
 from opmon.supervisor import Supervisor
+from opmon.waiting import until
 
 
 def rss_mb(pid: int | None) -> float:
@@ -154,13 +155,13 @@ def main(argv: list[str] | None = None) -> int:
             sink.end_map()
             maps += 1
         sink.stop_run()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+
+        def live_done() -> bool:
             watch.drain()
             live = watch.latest.get("live", {})
-            if live.get("maps_done", 0) >= maps and live.get("state") == "idle":
-                break
-            time.sleep(0.5)
+            return live.get("maps_done", 0) >= maps and live.get("state") == "idle"
+
+        until(live_done, 60, interval_s=0.5)
     except RuntimeError:
         pass
     finally:

@@ -18,17 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tomli_w
 import zmq
 
 from opmon.config import Config, load_config
+from opmon.demo_signals import StopControl
 from opmon.errors import ArchiveError, ConfigError, OpmonError, StreamStalledError
 from opmon.experiment import AcquisitionService, ExperimentPlan
-from opmon.demo_signals import StopControl
-from opmon.ports import (BOUND_BY, PortInUseError, check_range, config_ports, in_use_message, next_free, require_free,
-                         shift_to_free, taken)
+from opmon.port_picker import free_ports, next_free, port_block, shift_to_free
+from opmon.ports import BOUND_BY, PortInUseError, check_range, config_ports, in_use_message, require_free, taken
 from opmon.streaming.archive.reader import RunArchive
-from opmon.streaming.ports import free_ports, port_block
 from opmon.supervisor import Supervisor
+from opmon.waiting import until
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +43,14 @@ class DemoStopped(OpmonError):
 
 
 def write_config(config: Config, path: Path) -> Path:
-    """The effective configuration as TOML, so every child process sees the same ports and paths."""
-    lines = [f'host = "{config.host}"']
-    for section in ("ports", "stream", "archive", "live", "control"):
-        lines.append(f"\n[{section}]")
-        for f in dataclasses.fields(getattr(config, section)):
-            if (section, f.name) == ("control", "token"):
-                continue        # a secret: it travels in the environment, never in a file
-            value = getattr(getattr(config, section), f.name)
-            lines.append(f"{f.name} = " + (f'"{value}"' if isinstance(value, str) else repr(value).lower()
-                                           if isinstance(value, bool) else repr(value)))
-    path.write_text("\n".join(lines) + "\n")
+    """The effective configuration as TOML, so every child process sees the same ports and paths.
+
+    Written by tomli-w, which escapes what a path may hold (quotes, backslashes); the steering
+    token is left out: a secret travels in the environment, never in a file.
+    """
+    values = dataclasses.asdict(config)
+    values["control"].pop("token")
+    path.write_text(tomli_w.dumps(values))
     return path
 
 
@@ -172,12 +170,12 @@ def wait_for_frames(run_dir: Path, frames_sent: int, deadline: float) -> bool:
     """After a stop: wait (until `deadline`, monotonic) until the archive holds every frame sent
     and the run's end, so what was in flight is on disk before the archiver is stopped."""
     archive = RunArchive.at(run_dir)
-    while time.monotonic() < deadline:
+
+    def all_held() -> bool:
         held = archive.frames_held()
-        if held is not None and held >= frames_sent and archive.closed():
-            return True
-        time.sleep(0.1)
-    return False
+        return held is not None and held >= frames_sent and archive.closed()
+
+    return until(all_held, deadline - time.monotonic(), interval_s=0.1)
 
 
 def wait_for_archive(run_dir: Path, n_maps: int, timeout_s: float, supervisor: Supervisor | None = None,
@@ -200,14 +198,14 @@ def wait_for_archive(run_dir: Path, n_maps: int, timeout_s: float, supervisor: S
 
 def wait_for_port(host: str, port: int, timeout_s: float, cancel: threading.Event | None = None) -> bool:
     """True once a TCP server accepts connections on host:port (the dashboard is up)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not (cancel is not None and cancel.is_set()):
+    def accepts() -> bool:
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return True
         except OSError:
-            time.sleep(0.2)
-    return False
+            return False
+
+    return until(accepts, timeout_s, interval_s=0.2, cancel=cancel)
 
 
 def _span(ports: dict[str, int]) -> str:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from opmon.errors import OpmonError
+from opmon.waiting import until
 
 log = logging.getLogger(__name__)
 
@@ -157,9 +158,7 @@ class StopControl:
             self.steering.pause()
         except OpmonError:
             return
-        deadline = time.monotonic() + SOFT_STOP_S
-        while RE.state == "running" and time.monotonic() < deadline and not self.run_over.is_set():
-            time.sleep(0.02)
+        until(lambda: RE.state != "running", SOFT_STOP_S, interval_s=0.02, cancel=self.run_over)
 
     def _stop(self, reason: str) -> None:
         with self._lock:

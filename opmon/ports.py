@@ -18,7 +18,6 @@ import zmq
 
 from opmon.config import Config
 from opmon.errors import ConfigError
-from opmon.streaming.ports import tcp_sockets
 
 #: Ports each process binds (the others it connects to); docs/protocol.md.
 BOUND_BY: dict[str, tuple[str, ...]] = {
@@ -27,6 +26,19 @@ BOUND_BY: dict[str, tuple[str, ...]] = {
     "live": ("display_live",),
 }
 LISTEN = "0A"   # TCP state code of a listening socket in /proc/net/tcp
+
+
+def tcp_sockets() -> Iterator[tuple[int, str, str]]:
+    """(local port, state in hex, inode) of every TCP socket Linux lists, IPv4 and IPv6."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9:
+                yield int(fields[1].rsplit(":", 1)[1], 16), fields[3], fields[9]
 
 
 class PortInUseError(ConfigError):
@@ -100,26 +112,6 @@ def require_free(host: str, ports: Mapping[str, int]) -> None:
 def taken(host: str, ports: Mapping[str, int]) -> dict[str, int]:
     """The subset of `ports` that cannot be bound now."""
     return {name: port for name, port in ports.items() if not is_free(host, port)}
-
-
-def shift_to_free(host: str, ports: Mapping[str, int], step: int = 10, tries: int = 200) -> dict[str, int]:
-    """The same ports moved up by a multiple of `step` (offsets kept, so the set stays
-    recognisable) to the first position where all of them are free."""
-    for k in range(1, tries + 1):
-        moved = {name: port + k * step for name, port in ports.items()}
-        if max(moved.values()) > 65535:
-            break
-        if not taken(host, moved):
-            return moved
-    raise PortInUseError(f"no free set of {len(ports)} ports found above {min(ports.values())}")
-
-
-def next_free(host: str, port: int, tries: int = 100) -> int:
-    """The first free port from `port` upwards (the dashboard's 5006, 5007, ...)."""
-    for candidate in range(port, min(port + tries, 65536)):
-        if is_free(host, candidate):
-            return candidate
-    raise PortInUseError(f"no free port in {port}..{port + tries - 1}")
 
 
 @contextmanager

@@ -25,8 +25,8 @@ from opmon.acquisition.sinks import FrameSink
 from opmon.errors import ConfigError
 from opmon.simulators.cell import CellConfig, CellSimulator, SimClock
 from opmon.simulators.crystal import ParticleModel
+from opmon.simulators.instrument import SxdmSetup
 from opmon.simulators.render import FrameRenderer
-from opmon.simulators.setup import SxdmSetup
 
 
 def in_bluesky_loop_running() -> bool:

@@ -48,8 +48,8 @@ import numpy.typing as npt
 
 from opmon.errors import ConfigError
 from opmon.simulators import fields
+from opmon.simulators.instrument import SxdmSetup
 from opmon.simulators.optics import bragg_eta, q_sample_at, sample_rotation
-from opmon.simulators.setup import SxdmSetup
 
 F64 = npt.NDArray[np.float64]
 

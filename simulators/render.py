@@ -28,10 +28,10 @@ import numpy.typing as npt
 
 from opmon.errors import ConfigError
 from opmon.simulators.crystal import ParticleModel
+from opmon.simulators.instrument import SxdmSetup
 from opmon.simulators.noise import poisson, randint, stream
 from opmon.simulators.optics import (detector_rotation, peak_pixel, pixel_q_lab, q_sample_at,
                                      sample_rotation)
-from opmon.simulators.setup import SxdmSetup
 
 THRESHOLD = 1e-6  # expected counts below which a pixel is not evaluated
 # indices into the packed geometry vector

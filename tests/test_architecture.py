@@ -24,17 +24,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 #: Product rooms in the direction data flow.
 LAYERS = ("acquisition", "streaming", "processors", "dashboard")
-#: Modules of the CLI package every product package may use.
-SHARED_CLI_MODULES = frozenset({"opmon.errors", "opmon.waiting"})
-
-# TEMPORARY, for the lead to decide: `opmon.interrupt` (Ctrl-C check points) is imported by
-# streaming/replay.py and processors/offline.py, but the rule allows only errors and waiting.
-# Either allow it beside them (it imports nothing from opmon) or pass a check callable in.
-UNDECIDED_CLI_MODULES = frozenset({"opmon.interrupt"})
-# TEMPORARY: acquisition/benchmark.py builds a simulated beamline; the "cli" helper moves it to
-# benchmarks/ (issue 12, item 5). Delete this entry when it has moved (a stale entry fails).
-KNOWN_EXCEPTIONS = frozenset({("opmon.acquisition.benchmark", "opmon.simulators.beamline"),
-                              ("opmon.acquisition.benchmark", "opmon.simulators.setup")})
+#: Modules of the CLI package every product package may use: errors, the bounded poll, and the
+#: deferred Ctrl-C check points of offline commands (none of them imports anything of opmon).
+SHARED_CLI_MODULES = frozenset({"opmon.errors", "opmon.waiting", "opmon.interrupt"})
 
 
 @dataclass(frozen=True)
@@ -106,10 +98,8 @@ def offence(imp: Import) -> str | None:
     src, dst = room(imp.importer), room(imp.imported)
     if src in ("cli", "benchmarks") or src == dst:
         return None
-    if (imp.importer, imp.imported) in KNOWN_EXCEPTIONS:
-        return None
     if dst == "cli":
-        if imp.imported == "opmon" or imp.imported in SHARED_CLI_MODULES | UNDECIDED_CLI_MODULES:
+        if imp.imported == "opmon" or imp.imported in SHARED_CLI_MODULES:
             return None   # the bare `opmon` package only holds __version__ (checked below)
         return f"{src} may import from the command-line package only {', '.join(sorted(SHARED_CLI_MODULES))}"
     if dst == "benchmarks":
@@ -134,13 +124,12 @@ def test_no_package_imports_a_downstream_one():
     assert not offences, "back edges of the house plan:\n" + "\n".join(offences)
 
 
-def test_every_temporary_allowance_is_still_needed():
-    imports = all_imports()
-    used_cli = {imp.imported for imp in imports if room(imp.importer) in (*LAYERS, "simulators")}
-    used_pairs = {(imp.importer, imp.imported) for imp in imports}
-    stale = sorted(UNDECIDED_CLI_MODULES - used_cli)
-    stale += [f"{a} -> {b}" for a, b in sorted(KNOWN_EXCEPTIONS - used_pairs)]
-    assert not stale, f"allowances no product module needs any more, delete them: {stale}"
+def test_every_shared_cli_module_imports_nothing_of_opmon():
+    """What every product package may import from the CLI package must not pull the CLI in."""
+    modules = product_modules()
+    for name in SHARED_CLI_MODULES:
+        path = modules[name]
+        assert not [imp for imp in imports_of(name, path, path.read_text(), set(modules)) if imp.imported != "opmon.errors"], name
 
 
 def test_the_bare_opmon_package_imports_nothing_of_opmon():

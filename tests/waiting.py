@@ -1,20 +1,13 @@
-"""Bounded waits for the tests: until something observable happens, or until processes stop."""
+"""Bounded waits for the tests: `until` is the product's own bounded poll (opmon.waiting);
+`stop_processes` ends the services a test started."""
 from __future__ import annotations
 
 import signal
 import subprocess
-import time
-from collections.abc import Callable
 
+from opmon.waiting import until
 
-def until(predicate: Callable[[], object], timeout_s: float, interval_s: float = 0.05) -> bool:
-    """True as soon as `predicate()` is true; False after `timeout_s` (checked once more at the end)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return bool(predicate())
+__all__ = ["stop_processes", "until"]
 
 
 def stop_processes(procs: list[subprocess.Popen[bytes]], timeout_s: float) -> None:

@@ -4,17 +4,21 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from opmon.config import Config, load_config
 from opmon.ports import BOUND_BY, binding, config_ports
-from opmon.streaming.archive.archiver import Archiver
 from opmon.supervisor import stop_on_signals
+
+if TYPE_CHECKING:     # imported when the service starts, not for `opmon --help`
+    from opmon.streaming.archive.archiver import Archiver
 
 log = logging.getLogger(__name__)
 
 
 def build_archiver(config: Config, directory: str | Path | None = None) -> Archiver:
     """The archiver wired to the configured endpoints (it writes final maps itself)."""
+    from opmon.streaming.archive.archiver import Archiver
     return Archiver(directory or config.archive.dir, config.endpoint("frames_archive"), config.endpoint("docs"),
                     config.endpoint("maps_archive"), config.endpoint("display_archive"),
                     flush_interval_s=config.archive.flush_interval_s, rcvhwm=config.stream.rcvhwm,

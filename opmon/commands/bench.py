@@ -3,37 +3,24 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 
-import opmon
-from opmon.errors import ConfigError
-
+#: stage -> module of `opmon.benchmarks` whose `main(argv) -> int` measures it
 STAGES = {
-    "acquisition": "opmon.acquisition.benchmark",
-    "archive": "opmon.streaming.archive_benchmark",
-    "process": "opmon.processors.benchmark",
-    "stream": "opmon.processors.live_benchmark",
-    # harnesses that span several packages (browser, simulator) live in the repository's benchmarks/
-    "dashboard": "benchmarks/bench_dashboard.py",
-    "render": "benchmarks/bench_render.py",
-    "reliability": "benchmarks/reliability.py",
+    "acquisition": "bench_acquisition",
+    "archive": "bench_archive",
+    "dashboard": "bench_dashboard",
+    "process": "bench_process",
+    "reliability": "reliability",
+    "render": "bench_render",
+    "stream": "bench_stream",
 }
 
 
 def load(stage: str) -> ModuleType:
-    target = STAGES[stage]
-    if not target.endswith(".py"):
-        return importlib.import_module(target)
-    path = Path(opmon.__file__).resolve().parents[1] / target
-    if not path.exists():
-        raise ConfigError(f"opmon bench {stage}: {path} not found (this benchmark runs from a source checkout)")
-    spec = importlib.util.spec_from_file_location(f"opmon_bench_{stage}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The benchmark module of `stage`, imported only when asked for (benchmarks pull in numba,
+    h5py and bluesky, which `opmon --help` must not pay for)."""
+    return importlib.import_module(f"opmon.benchmarks.{STAGES[stage]}")
 
 
 def run(args: argparse.Namespace) -> int:

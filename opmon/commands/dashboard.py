@@ -13,13 +13,14 @@ import logging
 import signal
 import sys
 import webbrowser
+from typing import TYPE_CHECKING
 
 from opmon.config import Config, load_config
-from opmon.dashboard.app import DashboardOptions
-from opmon.dashboard.server import DashboardConfig, DashboardServer
 from opmon.ports import check_range, require_free
-from opmon.streaming.control import resolve_token
 from opmon.supervisor import STOP_SIGNALS
+
+if TYPE_CHECKING:     # bokeh takes most of a second to import: only when a dashboard starts
+    from opmon.dashboard.server import DashboardServer
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,9 @@ def start_dashboard(config: Config, *, port: int = 5006, host: str | None = None
     the dashboard still runs, and a user who appends ``?token=...`` is checked by the
     acquisition alone.
     """
+    from opmon.dashboard.app import DashboardOptions
+    from opmon.dashboard.server import DashboardConfig, DashboardServer
+    from opmon.streaming.control import resolve_token
     token = resolve_token(token, config.control.token, generate=False)
     cfg = DashboardConfig(
         display_endpoints=[config.endpoint("display_live"), config.endpoint("display_acquisition"),

@@ -4,16 +4,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from opmon.commands.process import parse_background, parse_roi
 from opmon.config import Config, load_config
 from opmon.ports import BOUND_BY, binding, config_ports
-from opmon.processors.live import open_live_processor
+from opmon.processing_options import parse_background, parse_roi
 from opmon.supervisor import stop_on_signals
 
 
 def build_processor(config: Config, *, workers: int | None = None, roi: Any = "auto",
                     recover: bool = True) -> Any:
     """The live processor wired to the configured endpoints (recovering from the archive)."""
+    from opmon.processors.live import open_live_processor     # numba and friends: not for `opmon --help`
     return open_live_processor(config.endpoint("frames_live"), config.endpoint("display_live"), config.endpoint("maps_archive"),
                          workers=workers or config.live.workers, publish_interval_s=config.live.publish_interval_s,
                          roi=roi, threshold=config.live.threshold, background=parse_background(config.live.background),

@@ -3,17 +3,19 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-
-import h5py
+from typing import TYPE_CHECKING
 
 from opmon import interrupt
 from opmon.errors import OutputError, RawFileError
 from opmon.streaming.archive.layout import MAPS
-from opmon.streaming.archive.raw import open_hdf5
 from opmon.streaming.archive.safe_writes import check_outputs
+
+if TYPE_CHECKING:     # h5py, matplotlib: imported when a figure is made, not for `opmon --help`
+    import h5py
 
 
 def _open(path: Path) -> h5py.File:
+    from opmon.streaming.archive.raw import open_hdf5
     return open_hdf5(path, "maps HDF5 file", swmr=False)
 
 
@@ -23,6 +25,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import h5py
+
     from opmon.processors.figure import plot_maps
     from opmon.processors.maps import read_map_result
     path = Path(args.maps)

@@ -5,42 +5,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
 from opmon import interrupt
 from opmon.errors import OpmonError, OutputError
 from opmon.streaming.archive.layout import DATA
 from opmon.streaming.archive.safe_writes import check_outputs
-from opmon.processors.offline import ProcessOptions, plan_raw, process_plan
-
-
-def parse_roi(values: list[str] | None) -> tuple[int, int, int, int] | str | None:
-    """`auto`, `full` or four integers r0 r1 c0 c1 (half-open, frame pixels)."""
-    if not values or values == ["auto"]:
-        return "auto"
-    if values == ["full"]:
-        return None
-    if len(values) != 4:
-        raise OpmonError(f"--roi takes 'auto', 'full' or four integers r0 r1 c0 c1, got {' '.join(values)!r}")
-    try:
-        r0, r1, c0, c1 = (int(v) for v in values)
-    except ValueError as exc:
-        raise OpmonError(f"--roi values must be integers, got {' '.join(values)!r}") from exc
-    return (r0, r1, c0, c1)
-
-
-def parse_background(value: str) -> str | float | None:
-    if value == "auto":
-        return "auto"
-    if value == "none":
-        return None
-    try:
-        rate = float(value)
-    except ValueError as exc:
-        raise OpmonError(f"--background takes 'auto', 'none' or a rate in counts/pixel/frame, got {value!r}") from exc
-    if rate < 0:
-        raise OpmonError(f"--background rate must be >= 0, got {rate}")
-    return rate
+from opmon.processing_options import EXIT_SKIPPED, parse_background, parse_roi
 
 
 def png_paths(png: str | None, output: Path, names: list[str]) -> dict[str, Path]:
@@ -59,6 +28,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm     # these pull in numba and h5py: imported when a file is processed, not for `--help`
+
+    from opmon.processors.offline import ProcessOptions, plan_raw, process_plan
     options = ProcessOptions(roi=parse_roi(args.roi), threshold=args.threshold, background=parse_background(args.background),
                              despeckle=not args.keep_isolated, skip_bad_frames=args.skip_bad_frames)
     if args.threshold < 0:
@@ -98,12 +70,9 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-EXIT_SKIPPED = 3  # maps written, but corrupt frames were skipped: a script must notice
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("process", help="reduce a raw SXDM file to maps (FORMATS.md)", description=__doc__)
-    p.add_argument("raw", help=f"raw HDF5 file with {DATA} (one map, or an archive of entries)")
+    p.add_argument("raw", help="raw HDF5 file with instrument/detector/data (one map, or an archive of entries)")
     p.add_argument("-o", "--output", required=True, help="maps HDF5 file to write")
     p.add_argument("--entry", default=None, help="entry to process (default: every entry holding frames)")
     p.add_argument("--roi", nargs="+", default=None, metavar="R", help="detector ROI: auto (default), full, or r0 r1 c0 c1")

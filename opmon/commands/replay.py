@@ -10,24 +10,19 @@ import argparse
 import logging
 import sys
 import threading
-import time
 from pathlib import Path
-from typing import Any
-
-import h5py
-import numpy as np
-import zmq
+from typing import TYPE_CHECKING, Any
 
 from opmon import interrupt
-from opmon.commands.process import EXIT_SKIPPED, parse_background, parse_roi
 from opmon.config import load_config
 from opmon.errors import OpmonError, StreamStalledError
 from opmon.streaming.archive.safe_writes import atomic_path, check_outputs
-from opmon.processors.live import open_live_processor
-from opmon.streaming.archive.layout import ATTR_MAP_NUMBER
-from opmon.streaming.archive.maps_file import write_maps
-from opmon.streaming.publisher import ZmqFrameSink
-from opmon.streaming.replay import ReplayReport, ReplaySource, open_source, replay
+from opmon.processing_options import EXIT_SKIPPED, parse_background, parse_roi
+from opmon.waiting import until
+
+if TYPE_CHECKING:     # the modules themselves are imported when the replay runs, not for `opmon --help`
+    from opmon.streaming.publisher import ZmqFrameSink
+    from opmon.streaming.replay import ReplayReport, ReplaySource
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -43,6 +38,7 @@ def _replay(args: argparse.Namespace) -> int:
         raise OpmonError(f"--rate must be > 0 frames per second, got {args.rate}")
     if args.workers is not None and args.workers < 1:
         raise OpmonError(f"--workers must be >= 1, got {args.workers}")
+    from opmon.streaming.replay import open_source
     roi = parse_roi(args.roi)
     output = Path(args.output) if args.output else None
     if output is not None and args.external:
@@ -59,6 +55,8 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _external(args: argparse.Namespace, config: Any, source: ReplaySource) -> int:
+    from opmon.streaming.publisher import ZmqFrameSink
+    from opmon.streaming.replay import replay
     endpoints = [config.endpoint("frames_live")] + ([config.endpoint("frames_archive")] if args.archive else [])
     sink = ZmqFrameSink(endpoints, sndhwm=config.stream.sndhwm, stall_timeout_s=config.stream.stall_timeout_s)
     try:
@@ -70,6 +68,14 @@ def _external(args: argparse.Namespace, config: Any, source: ReplaySource) -> in
 
 
 def _internal(args: argparse.Namespace, config: Any, source: ReplaySource, roi: Any, output: Path | None) -> int:
+    import h5py
+    import numpy as np
+
+    from opmon.processors.live import open_live_processor
+    from opmon.streaming.archive.layout import ATTR_MAP_NUMBER
+    from opmon.streaming.archive.maps_file import write_maps
+    from opmon.streaming.publisher import ZmqFrameSink
+    from opmon.streaming.replay import replay
     sink = ZmqFrameSink(["tcp://127.0.0.1:*"], sndhwm=config.stream.sndhwm, stall_timeout_s=config.stream.stall_timeout_s)
     display = config.endpoint("display_live") if args.display else None
     processor = open_live_processor(sink.endpoints[0], display, None, workers=args.workers or config.live.workers,
@@ -81,12 +87,15 @@ def _internal(args: argparse.Namespace, config: Any, source: ReplaySource, roi: 
     thread.start()
     try:
         report = replay(source, sink, rate_fps=args.rate, skip_bad_frames=args.skip_bad_frames)
-        deadline = time.monotonic() + 600
-        while len([s for s in processor.summaries if s["run"] == report.run]) < report.maps:
+        def maps_made() -> int:
+            return len([s for s in processor.summaries if s["run"] == report.run])
+
+        def over() -> bool:
             interrupt.check()
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise OpmonError(f"live processor made {len(processor.summaries)} of {report.maps} maps")
-            time.sleep(0.05)
+            return maps_made() >= report.maps or not thread.is_alive()
+
+        if not until(over, 600) or maps_made() < report.maps:
+            raise OpmonError(f"live processor made {len(processor.summaries)} of {report.maps} maps")
     finally:
         done.set()
         thread.join(0.1 if interrupt.requested() else 5)
@@ -117,6 +126,7 @@ def _internal(args: argparse.Namespace, config: Any, source: ReplaySource, roi: 
 
 def _close(sink: ZmqFrameSink) -> None:
     """Close the sink; after Ctrl-C without waiting for receivers (queued frames are dropped, not awaited)."""
+    import zmq
     if not interrupt.requested():
         sink.close()
         return

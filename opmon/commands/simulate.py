@@ -20,14 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from opmon import interrupt
 from opmon.errors import ConfigError
 from opmon.streaming.archive.safe_writes import atomic_path, check_outputs
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:     # numpy, h5py and numba are imported when a map is simulated, not for `opmon --help`
     import h5py
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +36,7 @@ UNITS = {"d_spacing": "angstrom", "tilt_altitude": "deg", "tilt_azimuth": "deg",
 
 def write_truth(group: h5py.Group, truth: dict[str, Any]) -> None:
     """Write truth maps into ``group`` (one dataset per name, with units)."""
+    import numpy as np
     group.attrs["NX_class"] = "NXcollection"
     for name, value in truth.items():
         ds = group.create_dataset(name, data=np.asarray(value))
@@ -108,9 +108,11 @@ def simulate(path: Path, *, ny: int = 60, nx: int = 60, angles: int = 30, eta_st
              dtype: str = "uint32", block: int = 256, entry: str = "entry", force: bool = False,
              progress: bool = True) -> dict[str, Any]:
     """Render one map to ``path`` (atomically: a killed run leaves no file); returns the truth dict."""
+    import numpy as np
+
     from opmon.simulators.crystal import ParticleModel
+    from opmon.simulators.instrument import SxdmSetup
     from opmon.simulators.render import FrameRenderer
-    from opmon.simulators.setup import SxdmSetup
 
     if dtype not in ("uint32", "uint16"):
         raise ConfigError(f"--dtype {dtype!r}: expected uint32 or uint16")
@@ -158,6 +160,7 @@ def _write(tmp: Path, entry: str, setup: Any, renderer: Any, truth: dict[str, An
            attrs: dict[str, Any]) -> None:
     """Render block by block (the next block in a worker thread) into the file at `tmp`."""
     import h5py
+    import numpy as np
     from tqdm import tqdm
 
     from opmon.streaming.archive.raw import RawMapWriter
@@ -222,7 +225,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-# Copies of opmon.simulators.crystal.MODES and setup.ORDERS (a test keeps them equal), so
+# Copies of opmon.simulators.crystal.MODES and instrument.ORDERS (a test keeps them equal), so
 # that building the command line does not import numba for every opmon command.
 MODES = ("paper", "nucleated", "core-shell", "uniform", "two-phase-nucleated", "two-phase-core-shell")
 ORDERS = ("eta-outer", "point-outer")

@@ -11,7 +11,7 @@ from bluesky import RunEngine
 from opmon.acquisition.sinks import MapMeta, SinkTarget
 from opmon.simulators.beamline import BeamlineConfig, SimulatedBeamline
 from opmon.streaming.archive.map_sink import Hdf5MapSink
-from opmon.simulators.setup import SxdmSetup
+from opmon.simulators.instrument import SxdmSetup
 
 SMALL = dict(map_shape=(4, 4), n_angles=5, roi=(224, 288, 224, 288), eta_step=0.2)
 

@@ -29,7 +29,7 @@ from opmon.acquisition.cell_state import CellMode
 from opmon.processors.maps import MapResult
 from opmon.simulators.cell import CellConfig, CellSimulator
 from opmon.simulators.crystal import ParticleModel
-from opmon.simulators.setup import SxdmSetup
+from opmon.simulators.instrument import SxdmSetup
 from opmon.streaming.control import ControlServer, RunEngineSteering
 from opmon.streaming.map_messages import encode_map
 from opmon.streaming.protocol import pack

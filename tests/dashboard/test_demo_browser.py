@@ -17,7 +17,7 @@ import pytest
 
 from dashboard_browser import Browser, browser_available
 from opmon.dashboard.control_client import ControlClient
-from tests.ports import port_block
+from opmon.port_picker import port_block
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow,
               pytest.mark.skipif(not browser_available(),

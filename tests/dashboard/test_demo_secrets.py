@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from opmon.dashboard.auth import cookie_name
-from tests.ports import port_block
+from opmon.port_picker import port_block
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,7 +6,6 @@ files are what opmon writes at a beamline, then damaged the way disks and copies
 from __future__ import annotations
 
 import hashlib
-import shutil
 import struct
 import subprocess
 import sys

@@ -1,8 +1,60 @@
-"""Every `opmon bench` stage resolves to a benchmark that parses its options (no timing here)."""
+"""`opmon bench STAGE`: every stage resolves to a benchmark that parses its options, and each
+data-path stage runs end to end at its smallest size through the command line and prints its
+figure beside the baseline it measured in the same run. The figures are parsed and must be
+finite and positive; they are never compared with a time (machines are noisy)."""
+from __future__ import annotations
+
+import math
+import re
+
 import pytest
 
 from opmon.cli import main
 from opmon.commands.bench import STAGES
+
+NUMBER = r"(\S+)"      # whatever is printed (a nan or inf too), so the check below sees it
+
+#: stage -> (smallest run, figures printed as (what, pattern); the first is the stage, the rest its baselines)
+SMALLEST: dict[str, tuple[list[str], list[tuple[str, str]]]] = {
+    "process": (["--frames", "64", "--file-frames", "64"], [
+        ("kernel fr/s, uint32 full", rf"^uint32 +full +{NUMBER} +{NUMBER} "),
+        ("numpy sum fr/s, uint32 full", rf"^uint32 +full +\S+ +{NUMBER} "),
+        ("end-to-end MB/s", rf"end-to-end opmon process .*: {NUMBER} MB/s of raw frames"),
+        ("h5py read+decompress MB/s", rf"h5py read\+decompress alone {NUMBER} MB/s"),
+    ]),
+    "acquisition": (["--map-shape", "3", "3", "--angles", "4"], [
+        ("plan frames/s", rf"sxdm_map through the RunEngine: +{NUMBER} frames/s"),
+        ("renderer frames/s", rf"FrameRenderer.frames alone: +{NUMBER} frames/s"),
+    ]),
+    "render": (["--frames", "256"], [
+        ("render frames/s", rf"^render +: +{NUMBER} frames/s"),
+        ("numpy zero frames/s", rf"^numpy zero +: +{NUMBER} frames/s"),
+    ]),
+    "archive": (["--frames", "100", "--repeat", "1"], [
+        ("archiver frames/s", rf"archiver \(ZeroMQ -> HDF5\) +{NUMBER} frames/s"),
+        ("MapFileWriter frames/s", rf"MapFileWriter from memory +{NUMBER} frames/s"),
+        ("raw loopback frames/s", rf"raw pyzmq PUSH/PULL loopback +{NUMBER} frames/s"),
+    ]),
+    "stream": (["--frames", "100", "--repeat", "1", "--workers", "1"], [
+        ("live chain frames/s", rf"live chain +{NUMBER} frames/s"),
+        ("raw PUSH/PULL frames/s", rf"raw pyzmq PUSH/PULL +{NUMBER} frames/s"),
+    ]),
+    "dashboard": (["--seconds", "3", "--rate", "200"], [
+        ("browser latency p50 ms", rf"latency frame processed -> in browser: p50 {NUMBER} ms"),
+        ("transport latency p50 ms", rf"baseline transport only \(PUB -> SUB\): p50 {NUMBER} ms"),
+        ("server CPU %", rf"dashboard server CPU following the stream: {NUMBER} %"),
+    ]),
+}
+
+
+def figures(out: str, patterns: list[tuple[str, str]]) -> dict[str, float]:
+    """Each named figure read from the printed output (a missing line fails, naming it)."""
+    found = {}
+    for what, pattern in patterns:
+        match = re.search(pattern, out, re.MULTILINE)
+        assert match, f"{what}: no line matches {pattern!r} in\n{out}"
+        found[what] = float(match.group(1))
+    return found
 
 
 @pytest.mark.parametrize("stage", sorted(STAGES))
@@ -13,7 +65,22 @@ def test_every_stage_loads_and_answers_help(stage, capsys):
     assert "usage" in capsys.readouterr().out
 
 
-def test_process_benchmark_runs_small(capsys):
-    assert main(["bench", "process", "--frames", "64", "--file-frames", "64"]) == 0
+@pytest.mark.parametrize("stage", [
+    *(s for s in SMALLEST if s != "dashboard"),
+    pytest.param("dashboard", marks=[pytest.mark.browser, pytest.mark.slow]),
+])
+def test_each_stage_prints_its_figure_and_its_same_run_baseline(stage, capsys):
+    argv, patterns = SMALLEST[stage]
+    status = main(["bench", stage, *argv])
     out = capsys.readouterr().out
-    assert "numpy sum fr/s" in out and "end-to-end opmon process" in out
+    if stage == "dashboard" and "needs /usr/bin/chromium" in out:
+        pytest.skip("Debian chromium/chromium-driver missing: run scripts/install-browser.sh")
+    assert status == 0, out
+    if stage == "process":
+        assert "numpy sum fr/s" in out and "end-to-end opmon process" in out
+    bad = {what: value for what, value in figures(out, patterns).items() if not (math.isfinite(value) and value > 0)}
+    assert not bad, f"figures not finite and positive: {bad}\n{out}"
+
+
+def test_every_data_path_stage_has_a_figure_test():
+    assert set(SMALLEST) == set(STAGES) - {"reliability"}    # reliability: tests/reliability/test_bench_reliability.py

@@ -42,3 +42,33 @@ def test_missing_file_is_a_config_error(tmp_path):
         load_config(tmp_path / "nope.toml")
     with pytest.raises(ConfigError, match="no port named"):
         load_config().endpoint("nowhere")
+
+
+AWKWARD_DIR = 'run "7" \\ cathode'       # a quote and a backslash, as a user's folder may hold
+
+
+def test_the_demos_written_config_reads_back_equal_with_quotes_and_backslashes_in_the_path(tmp_path):
+    from opmon.demo import write_config
+    config = load_config()
+    config.archive.dir = str(tmp_path / AWKWARD_DIR)
+    config.ports.control = 6123
+    config.control.token = "secret"
+    again = load_config(write_config(config, tmp_path / "effective.toml"))
+    config.control.token = ""                    # the token never goes into the file
+    assert again == config
+
+
+@pytest.mark.slow
+def test_the_demos_services_start_from_an_archive_path_with_a_quote_and_a_backslash(tmp_path):
+    import subprocess
+    import sys
+
+    from opmon.port_picker import port_block
+    archive = tmp_path / AWKWARD_DIR
+    cmd = [sys.executable, "-m", "opmon.cli", "demo", "--headless", "--archive-dir", str(archive),
+           "--port-base", str(port_block(10)), "--map-shape", "4", "4", "--angles", "6",
+           "--acceleration", "3000", "--maps-at", "4.5", "--max-maps", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "exit status: success" in done.stdout and "frames lost: 0" in done.stdout
+    assert [p for p in archive.iterdir() if p.is_dir() and p.name != "logs"]   # the run was archived there

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from opmon.processors.maps import read_map_result
-from tests.ports import port_block
+from opmon.port_picker import port_block
 from opmon.processors.offline import ProcessOptions, process_file
 from opmon.streaming.archive.layout import MAP_COMPLETE
 
@@ -16,7 +16,7 @@ from opmon.streaming.archive.layout import MAP_COMPLETE
 @pytest.mark.slow
 def test_headless_demo_archives_every_frame_and_its_maps_equal_offline_processing(tmp_path):
     archive = tmp_path / "archive"
-    port_base = port_block(10)          # the shared picker (tests/ports.py)
+    port_base = port_block(10)          # the shared picker (opmon.port_picker)
     cmd = [sys.executable, "-m", "opmon.cli", "demo", "--headless", "--archive-dir", str(archive),
            "--port-base", str(port_base), "--map-shape", "8", "8", "--acceleration", "1500",
            "--maps-at", "4.5", "4.7", "4.75"]

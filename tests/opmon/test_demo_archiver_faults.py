@@ -19,11 +19,10 @@ import h5py
 import pytest
 
 from opmon.streaming.archive.layout import MAP_COMPLETE
-from tests.ports import port_block
+from opmon.port_picker import port_block
 
 # the demo and the archiver lookup of benchmarks/kill_archiver.py: the test kills it as the figures do
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from kill_archiver import DEMO, archiver_pid  # noqa: E402
+from opmon.benchmarks.kill_archiver import DEMO, archiver_pid
 from tests.waiting import until
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 
 import bluesky.plan_stubs as bps
 import pytest

@@ -13,7 +13,8 @@ import pytest
 from opmon.config import load_config
 from opmon.demo import settle_ports
 from opmon.errors import ConfigError
-from opmon.ports import PortInUseError, check_range, holder, is_free, next_free, require_free
+from opmon.port_picker import next_free
+from opmon.ports import PortInUseError, check_range, holder, is_free, require_free
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -5,13 +5,13 @@ import re
 
 import pytest
 
-from opmon.processors import live_benchmark
+from opmon.benchmarks import bench_stream
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_bench_stream_reports_ratios_loss_and_latency_for_inline_and_fan_out(capsys):
-    assert live_benchmark.main(["--frames", "300", "--repeat", "1", "--workers", "1", "2"]) == 0
+    assert bench_stream.main(["--frames", "300", "--repeat", "1", "--workers", "1", "2"]) == 0
     out = capsys.readouterr().out
     for workers in (1, 2):
         assert re.search(rf"workers={workers}: raw pyzmq PUSH/PULL +\d+ frames/s \| live chain +\d+ frames/s \| "

@@ -20,14 +20,14 @@ from opmon.processors.maps import read_map_result
 from opmon.processors.offline import ProcessOptions, process_entry
 from opmon.streaming.publisher import ZmqFrameSink
 
-from tests.ports import free_ports
+from opmon.port_picker import free_ports
 
 from tests.processors.conftest import FRAME, GEOMETRY, MAP, synthetic_map, assert_same_maps
 from tests.waiting import stop_processes, until
 
 
 def _config(tmp_path):
-    ports = free_ports(8)        # services bind from the config: the shared picker (tests/ports.py)
+    ports = free_ports(8)        # services bind from the config: the shared picker (opmon.port_picker)
     names = ["frames_archive", "frames_live", "docs", "maps_archive", "display_live", "display_acquisition",
              "display_archive", "control"]
     text = "[ports]\n" + "".join(f"{n} = {p}\n" for n, p in zip(names, ports))

@@ -3,11 +3,11 @@ scenario runs end to end and prints its figures (no figure is asserted against a
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
 from opmon.commands.bench import load
+from opmon.port_picker import port_block
 
 
 def test_fuzz_tokens_disk_scenarios_print_figures(tmp_path, capsys):
@@ -26,7 +26,7 @@ def test_fuzz_tokens_disk_scenarios_print_figures(tmp_path, capsys):
 @pytest.mark.slow
 def test_kill_scenario_reads_the_archive_back(capsys):
     module = load("reliability")
-    base = 26000 + (os.getpid() % 300) * 10     # apart from test_demo's 20000-39990 stride of the same pid
+    base = port_block(10)                       # the services bind from their config: the shared picker
     assert module.main(["kill-acquisition", "--kills", "1", "--rate", "200", "--map-frames", "200",
                         "--port-base", str(base)]) == 0
     printed = capsys.readouterr().out

@@ -6,7 +6,7 @@ import pytest
 
 from opmon.errors import ConfigError
 from opmon.simulators.crystal import MODES, ParticleModel, d_of_x, tilt_angles, tilt_scale_deg
-from opmon.simulators.setup import SxdmSetup
+from opmon.simulators.instrument import SxdmSetup
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +152,6 @@ def test_a_map_too_small_for_a_particle_is_refused_by_name():
     import pytest
     from opmon.errors import ConfigError
     from opmon.simulators.crystal import ParticleModel
-    from opmon.simulators.setup import SxdmSetup
+    from opmon.simulators.instrument import SxdmSetup
     with pytest.raises(ConfigError, match="2 x 2 points is too small"):
         ParticleModel(SxdmSetup(map_shape=(2, 2)))

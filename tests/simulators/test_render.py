@@ -6,9 +6,9 @@ import pytest
 
 from opmon.errors import ConfigError
 from opmon.simulators.crystal import ParticleModel
+from opmon.simulators.instrument import SxdmSetup
 from opmon.simulators.optics import q_sample_area
 from opmon.simulators.render import FrameRenderer
-from opmon.simulators.setup import SxdmSetup
 
 
 def q_grid(setup, eta):

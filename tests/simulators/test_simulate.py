@@ -75,7 +75,7 @@ def test_simulate_eta_outer_order(tmp_path):
 
 def test_command_choices_match_the_simulator():
     from opmon.commands import simulate
-    from opmon.simulators import crystal, setup
+    from opmon.simulators import crystal, instrument
 
     assert simulate.MODES == crystal.MODES
-    assert simulate.ORDERS == setup.ORDERS
+    assert simulate.ORDERS == instrument.ORDERS

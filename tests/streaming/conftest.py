@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import zmq
 
-from tests.ports import free_ports
+from opmon.port_picker import free_ports
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def frames_for(n: int, shape=(8, 8), dtype=np.uint32, seed: int = 0) -> np.ndarr
 
 def write_config(tmp_path, **extra_sections) -> "tuple[object, str]":
     """A TOML config for a service that binds from it (ports from the shared picker,
-    tests/ports.py) and the archive in tmp_path; returns (Config, path)."""
+    opmon.port_picker) and the archive in tmp_path; returns (Config, path)."""
     from opmon.config import Ports, load_config
     import dataclasses
     names = [f.name for f in dataclasses.fields(Ports)]

@@ -5,13 +5,13 @@ import re
 
 import pytest
 
-from opmon.streaming import archive_benchmark
+from opmon.benchmarks import bench_archive
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_bench_archive_reports_the_archiver_beside_direct_writing_and_raw_loopback(capsys, tmp_path):
-    assert archive_benchmark.main(["--frames", "200", "--repeat", "1", "--dir", str(tmp_path)]) == 0
+    assert bench_archive.main(["--frames", "200", "--repeat", "1", "--dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert re.search(r"archiver \(ZeroMQ -> HDF5\) +\d+ frames/s = +\d+ MB/s of raw frames", out), out
     assert re.search(r"MapFileWriter from memory +\d+ frames/s \| archiver ratio \d+\.\d\dx", out), out

@@ -3,7 +3,7 @@ import socket
 
 import pytest
 
-from opmon.streaming import ports
+from opmon import port_picker as ports
 
 
 def test_picked_ports_are_outside_the_ephemeral_range_and_the_demo_defaults():

@@ -17,7 +17,7 @@ from bluesky import RunEngine
 from opmon.acquisition.mapping import sxdm_map
 from opmon.acquisition.sinks import SinkTarget
 from opmon.simulators.beamline import BeamlineConfig, SimulatedBeamline
-from opmon.simulators.setup import SxdmSetup
+from opmon.simulators.instrument import SxdmSetup
 
 
 class CountingSink:
@@ -68,3 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"FrameRenderer.frames alone:      {n / render_s:8.0f} frames/s")
     print(f"ratio plan / renderer:           {render_s / plan_s:8.3f}  (the paper's instrument: 100 frames/s)")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

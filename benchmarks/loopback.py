@@ -1,8 +1,8 @@
 """What the streaming benchmarks share: detector-like frames, a detector that streams them
 through `ZmqFrameSink`, and the bare pyzmq PUSH/PULL loopback every stage is compared with.
 
-Used by `opmon bench stream` (processors/live_benchmark.py), `opmon bench archive`
-(streaming/archive_benchmark.py) and benchmarks/soak_stream.py, so their baselines are the
+Used by `opmon bench stream` (benchmarks/bench_stream.py), `opmon bench archive`
+(benchmarks/bench_archive.py) and benchmarks/soak_stream.py, so their baselines are the
 same code and the same frames.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import zmq
 
 from opmon.streaming import protocol as P
 from opmon.streaming.memory import keep_frame_buffers
-from opmon.streaming.ports import free_ports
+from opmon.port_picker import free_ports
 from opmon.streaming.publisher import ZmqFrameSink
 
 SHAPE = (512, 512)
@@ -36,10 +36,11 @@ def frame_pool(n: int = 8, seed: int = 0) -> np.ndarray:
 
 
 def free_endpoint(transport: str) -> str:
-    """A fresh local endpoint: tcp loopback on a free port, or an ipc path."""
+    """A fresh local endpoint for a socket another process will bind (a sender started later):
+    tcp loopback on a port from the shared picker, or an ipc path."""
     if transport == "ipc":
         return f"ipc://{tempfile.gettempdir()}/opmon-bench-{uuid.uuid4().hex[:12]}"
-    return f"tcp://127.0.0.1:{free_ports(1)[0]}"      # bound by a process started later: no bind-and-release
+    return f"tcp://127.0.0.1:{free_ports(1)[0]}"
 
 
 def _raw_sender(endpoint: str, n: int) -> None:
@@ -84,8 +85,11 @@ def raw_loopback(n: int, transport: str = "tcp") -> float:
     ctx = zmq.Context()
     pull = ctx.socket(zmq.PULL)
     pull.setsockopt(zmq.RCVHWM, 200)
-    endpoint = free_endpoint(transport)
-    pull.bind(endpoint)
+    if transport == "tcp":       # bound here: the kernel picks the port
+        endpoint = f"tcp://127.0.0.1:{pull.bind_to_random_port('tcp://127.0.0.1')}"
+    else:
+        endpoint = free_endpoint(transport)
+        pull.bind(endpoint)
     proc = multiprocessing.get_context("spawn").Process(target=_raw_sender, args=(endpoint, n))
     proc.start()
     parts = pull.recv_multipart(copy=False)

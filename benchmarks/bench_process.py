@@ -112,3 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"end-to-end opmon process ({np.dtype(dtype).name}, bitshuffle/LZ4, compressed to {ratio:.1%}): "
                   f"{mbs:.0f} MB/s of raw frames; h5py read+decompress alone {read_mbs:.0f} MB/s; ratio {mbs / read_mbs:.2f}")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import zmq
 
+from opmon.benchmarks.loopback import GEOMETRY, SHAPE, free_endpoint, frame_pool, raw_loopback, send_run
 from opmon.streaming import protocol as P
 from opmon.streaming.archive.run_writer import MapFileWriter
 from opmon.streaming.archive.archiver import Archiver
-from opmon.streaming.loopback import GEOMETRY, SHAPE, free_endpoint, frame_pool, raw_loopback, send_run
 
 FRAME_MB = SHAPE[0] * SHAPE[1] * 4 / 1e6
 
