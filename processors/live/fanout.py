@@ -39,6 +39,9 @@ from opmon.streaming.receiver import Counters, FinishedRuns
 
 log = logging.getLogger(__name__)
 
+#: longest wait for the workers' next ROI sums once a map is closed and the ROI is still undecided
+ROI_SHARE_WAIT_S = 15.0
+
 State = dict[str, np.ndarray]
 
 
@@ -58,6 +61,7 @@ class Gathering:
 
     maps: dict[int, HandedIn] = field(default_factory=dict)
     roi_from: set[int] = field(default_factory=set)   # workers whose ROI sums came since the last try
+    last_share: float = field(default_factory=time.monotonic)   # when the latest ROI sum came (or the run began)
     stop: dict[str, Any] | None = None
     stop_t: float = 0.0
 
@@ -250,7 +254,8 @@ class FanOutProcessor(LiveService):
                 closed = lm.n_sent is not None or gathering.stop is not None
                 if lm.n_sent is not None and lm.received >= lm.n_sent:
                     self._request_final(run, lm)
-                elif closed and now - self._handed_in(run, lm.number).last_activity >= self.grace_s:
+                elif closed and now - self._handed_in(run, lm.number).last_activity >= self.grace_s \
+                        and not self._roi_shares_pending(run, gathering, now):
                     if lm.n_sent is None:
                         lm.n_sent = lm.received
                     self._request_final(run, lm)
@@ -258,6 +263,16 @@ class FanOutProcessor(LiveService):
             if stop is not None and all(lm.done for lm in run.maps.values()) and (
                     len(run.maps) >= int(stop.get("n_maps", 0)) or now - gathering.stop_t >= self.grace_s):
                 self._end_run(run)
+
+    def _roi_shares_pending(self, run: LiveRun, gathering: Gathering, now: float) -> bool:
+        """The auto ROI is undecided and the workers hold frames their sums did not count yet:
+        settling now would fix the ROI from part of the frames (a worker starved of CPU reports
+        late), so wait for their next sums, up to ROI_SHARE_WAIT_S after the latest one."""
+        decider = run.roi_decider
+        if run.roi is not None or decider is None:
+            return False
+        sent = sum(lm.n_sent or 0 for lm in run.maps.values())
+        return decider.frames < sent and now - gathering.last_share < ROI_SHARE_WAIT_S
 
     def _abort_open_runs(self, reason: str, keep: str | None = None) -> None:
         """Every open run but `keep` with no stop yet ends as aborted (a newer run began)."""
@@ -392,6 +407,7 @@ class FanOutProcessor(LiveService):
         image = np.frombuffer(buf, dtype=np.uint64).reshape(header["shape"]) if header["frames"] else np.zeros(0)
         run.roi_decider.share(header["worker"], image.copy(), header["frames"])   # running sums: the latest wins
         self.gathering[run.uid].roi_from.add(header["worker"])
+        self.gathering[run.uid].last_share = time.monotonic()
 
     def _on_state(self, parts: list[Any]) -> None:
         header, state = W.decode_state(parts)

@@ -204,9 +204,12 @@ class FanOutWorker:
     def _maybe_send_roi_sum(self, run: LiveRun) -> None:
         """Report this worker's sum of its first frames when due (the coordinator decides the ROI)."""
         decider = run.roi_decider
-        if decider is None or run.uid in self.roi_reported or not decider.due():
+        if decider is None or not decider.due():
             return
         self.roi_reported[run.uid] = decider.frames
+        # report again after a quota more frames, answered or not: the coordinator may be waiting
+        # for a worker that was dealt no frame yet, and then decides from the sums it has
+        decider.wait_for_more(decider.frames)
         total = decider.sum.total if decider.sum.total is not None else np.zeros(0, dtype=np.uint64)
         self._report(ROISUM, {"run": run.uid, "frames": decider.frames, "shape": list(total.shape)}, total)
 
