@@ -181,19 +181,18 @@ def wait_for_frames(run_dir: Path, frames_sent: int, deadline: float) -> bool:
 def wait_for_archive(run_dir: Path, n_maps: int, timeout_s: float, supervisor: Supervisor | None = None,
                      cancel: threading.Event | None = None) -> bool:
     """Wait until every map of the run is complete with its final maps file (or `cancel` is set)."""
-    deadline = time.monotonic() + timeout_s
     archive = RunArchive.at(run_dir)
-    while time.monotonic() < deadline and not (cancel is not None and cancel.is_set()):
+
+    def all_done() -> bool:
         if supervisor is not None:
             supervisor.check()
         closed = archive.closed()
         done = 0
         while done < n_maps and archive.map_done(done, run_closed=closed):
             done += 1
-        if done == n_maps:
-            return True
-        time.sleep(0.25)
-    return False
+        return done == n_maps
+
+    return until(all_done, timeout_s, interval_s=0.25, cancel=cancel)
 
 
 def wait_for_port(host: str, port: int, timeout_s: float, cancel: threading.Event | None = None) -> bool:

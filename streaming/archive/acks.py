@@ -74,3 +74,51 @@ class ArchiveAcks:
 
     def close(self) -> None:
         self.sock.close(linger=500)     # let the last acknowledgement out if the sender is there
+
+
+#: A newly started archiver holds what reaches it before the sender's first `sync` this long,
+#: or this many messages: an acknowledging sender re-sends all of it, in order, right after the
+#: sync. A sender without acknowledgements never syncs; its messages are then taken in order.
+PRESYNC_HOLD_S = 1.0
+PRESYNC_HOLD_MAX = 512
+
+
+class PreSyncHold:
+    """Messages that reached a restarted archiver before its first sync.
+
+    The sender's PUSH socket delivers new frames to a restarted archiver as soon as it connects,
+    before hello and sync; the re-sent older frames come after the sync. Taken in arrival order,
+    the newer ones would advance the sequence and the re-sent ones be refused as already seen:
+    frames lost from the archive. So they wait here: dropped at the sync (they are re-sent after
+    it, in order), taken in order if no sync comes (`PRESYNC_HOLD_S`, `PRESYNC_HOLD_MAX`).
+    """
+
+    def __init__(self, hold_s: float = PRESYNC_HOLD_S, max_messages: int = PRESYNC_HOLD_MAX) -> None:
+        self.hold_s, self.max_messages = hold_s, max_messages
+        self.held: list[list[Any]] = []
+        self.since: float | None = None
+        self.over = False            # synced once, or gave up waiting: hold nothing any more
+
+    def hold(self, parts: list[Any]) -> bool:
+        """Keep `parts` until the first sync; False once there is nothing to wait for."""
+        if self.over:
+            return False
+        if self.since is None:
+            self.since = time.monotonic()
+        self.held.append(parts)
+        return True
+
+    def synced(self) -> int:
+        """The first sync came: what was held is re-sent after it. Returns how many are dropped."""
+        dropped = len(self.held)
+        self.held, self.over = [], True
+        return dropped
+
+    def release_due(self) -> list[list[Any]]:
+        """The held messages, in order, once waiting for a sync is over (none came)."""
+        if self.over or not self.held:
+            return []
+        if len(self.held) < self.max_messages and time.monotonic() - (self.since or 0.0) < self.hold_s:
+            return []
+        held, self.held, self.over = self.held, [], True
+        return held

@@ -22,7 +22,7 @@ import zmq
 
 from opmon.errors import ArchiveError, OpmonError
 from opmon.streaming import protocol as P
-from opmon.streaming.archive.acks import ArchiveAcks
+from opmon.streaming.archive.acks import ArchiveAcks, PreSyncHold
 from opmon.streaming.archive.disk_full import DEFAULT_RESERVE, DiskGuard, is_disk_full
 from opmon.streaming.archive.final_maps import write_final_maps
 from opmon.streaming.archive.layout import DOCUMENTS, POTENTIOSTAT, map_file_name, maps_file_name
@@ -79,6 +79,7 @@ class Archiver:
         self.maps = self._socket(zmq.PULL, maps_endpoint, bind=True)
         self.status_socket = self._socket(zmq.PUB, status_endpoint, bind=True)
         self.acks = None if ack_endpoint is None else ArchiveAcks(self.context, ack_endpoint)
+        self.presync = PreSyncHold()
         self.flush_interval_s = flush_interval_s
         self.run_dir: RunDirectory | None = None
         self.runs: dict[str, RunDirectory] = {}
@@ -450,14 +451,30 @@ class Archiver:
             sync = P.parse_sync(parts)
             if sync is not None:
                 if self.acks.on_sync(sync):
-                    log.info("sender synced (epoch %d): %d message(s) re-sent", sync["epoch"], sync["resend"])
+                    early = self.presync.synced()
+                    log.info("sender synced (epoch %d): %d message(s) re-sent%s", sync["epoch"], sync["resend"],
+                             f" ({early} taken before the sync dropped: among them)" if early else "")
                 else:
                     self.dropped["sync_for_another_archiver"] += 1
                 return
+            if self.acks.epoch is None and self.presync.hold(parts):
+                self._release_presync()
+                return
             resent = self.acks.note()
+        self._take(parts, resent)
+
+    def _take(self, parts: list[Any], resent: bool = False) -> None:
         msg = self.frames.handle(parts, resent)
         if msg is not None:
             self._on_frame_message(msg)
+
+    def _release_presync(self) -> None:
+        """No sync came in time (a sender without acknowledgements): take what was held, in order."""
+        held = self.presync.release_due()
+        if held:
+            log.info("no sender sync within %.1f s: %d held message(s) taken in order", self.presync.hold_s, len(held))
+        for parts in held:
+            self._take(parts)
 
     def poll_once(self, timeout_ms: int = 100) -> None:
         """Handle whatever arrives within `timeout_ms`, flushing on time even under load; a full
@@ -502,6 +519,7 @@ class Archiver:
             self.disk.check_space(self._write_path())   # below the reserve: take no more frames
             self.flush()
         if self.acks is not None:
+            self._release_presync()
             self.acks.tick()
         if self.status_socket is not None and now - self._last_status >= 1.0:
             self._last_status = now

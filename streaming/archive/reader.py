@@ -28,6 +28,7 @@ from opmon.streaming.archive.layout import (ANGLES, ATTR_DOCUMENT, ATTR_FRAMES_E
                                            MASTER, N_FRAMES_SENT, POSITIONERS, POTENTIOSTAT, POTENTIOSTAT_GROUP,
                                            READING_COLUMNS, SCAN_X, SCAN_Y, SEQUENCE, STATE_DONE, TIMESTAMP,
                                            map_file_name, map_number_of, maps_file_name)
+from opmon.waiting import until
 
 log = logging.getLogger(__name__)
 
@@ -109,17 +110,21 @@ class RunArchive:
         if not start.get("mask"):
             return start, None
         first = self.map_path(0)
-        deadline = time.monotonic() + mask_wait_s
-        while True:
+        masks: list[npt.NDArray[np.uint8]] = []
+
+        def read_mask() -> bool:
             try:
                 with h5py.File(first, "r", swmr=True) as f:
-                    return start, f[f"{ENTRY}/{DET_MASK}"][()]
+                    masks.append(f[f"{ENTRY}/{DET_MASK}"][()])
+                return True
             except (OSError, KeyError):          # not written yet, or being created
-                if time.monotonic() >= deadline:
-                    if mask_wait_s <= 0:
-                        return start, None
-                    raise ArchiveError(f"{first}: run {self.uid} has a detector mask but it cannot be read") from None
-                time.sleep(POLL_S)
+                return False
+
+        if until(read_mask, max(0.0, mask_wait_s), POLL_S):
+            return start, masks[0]
+        if mask_wait_s <= 0:
+            return start, None
+        raise ArchiveError(f"{first}: run {self.uid} has a detector mask but it cannot be read")
 
     def stop(self) -> dict[str, Any] | None:
         """The stop message the archiver recorded, None while the run is open."""
@@ -250,17 +255,22 @@ class RunArchive:
 # -- single files (also those a restarted archiver set aside) ------------------------------------------
 def _open_map_file(path: Path, deadline: float, what: str) -> h5py.File:
     """Open a map file for SWMR reading once it is whole (the archiver may be creating it)."""
-    while True:
+    opened: list[h5py.File] = []
+
+    def whole() -> bool:
         try:
             f = h5py.File(path, "r", swmr=True)
-            if MAP_COMPLETE in f:
-                return f
-            f.close()
-        except (OSError, KeyError):
-            pass
-        if time.monotonic() > deadline:
-            raise ArchiveError(f"{path}: no readable archived frames{what}")
-        time.sleep(POLL_S)
+        except OSError:
+            return False
+        if MAP_COMPLETE in f:
+            opened.append(f)
+            return True
+        f.close()
+        return False
+
+    if not until(whole, max(0.0, deadline - time.monotonic()), POLL_S):
+        raise ArchiveError(f"{path}: no readable archived frames{what}")
+    return opened[0]
 
 
 def _frames_ready(entry: h5py.Group, below_seq: int | None, until_complete: bool) -> int | None:
@@ -301,12 +311,19 @@ def read_map_frames(path: Path, *, run: str | None = None, number: int | None = 
         entry = f[ENTRY]
         number = int(entry.attrs.get(ATTR_MAP_NUMBER, -1)) if number is None else number
         run = str(entry.attrs.get(ATTR_RUN_UID, "")) if run is None else run
-        while (n := _frames_ready(entry, below_seq, until_complete)) is None:
-            if time.monotonic() > deadline:
-                held = min(entry[SEQUENCE].shape[0], entry[DATA].shape[0])
-                raise ArchiveError(f"{path}: archive holds {held} frames of map {number}; waited {wait_s:.0f} s for "
-                                   f"{'seq < ' + str(below_seq) if below_seq is not None else 'the map to complete'}")
-            time.sleep(POLL_S)
+        ready: list[int] = []
+
+        def frames_ready() -> bool:
+            n = _frames_ready(entry, below_seq, until_complete)
+            if n is not None:
+                ready.append(n)
+            return n is not None
+
+        if not until(frames_ready, max(0.0, deadline - time.monotonic()), POLL_S):
+            held = min(entry[SEQUENCE].shape[0], entry[DATA].shape[0])
+            raise ArchiveError(f"{path}: archive holds {held} frames of map {number}; waited {wait_s:.0f} s for "
+                               f"{'seq < ' + str(below_seq) if below_seq is not None else 'the map to complete'}")
+        n = ready[-1]
         columns = {name: entry[f"{POSITIONERS}/{name}"] for name in ANGLES}
         columns.update(index=entry[MAP_INDEX], seq=entry[SEQUENCE], t=entry[TIMESTAMP], x=entry[SCAN_X], y=entry[SCAN_Y])
         for ds in columns.values():

@@ -263,3 +263,40 @@ def test_an_archiver_killed_as_a_map_began_counts_no_false_loss(tmp_path, ctx):
     with h5py.File(tmp_path / run / "run.h5", "r") as f:
         np.testing.assert_array_equal(f["entry1/scan/sequence"][()], np.arange(10, 20))
         assert f["entry0"].attrs["complete"] == 1 and f["entry1"].attrs["complete"] == 1
+
+
+@pytest.mark.timeout(60)
+def test_newer_frames_that_reach_a_restarted_archiver_before_its_sync_do_not_push_out_the_re_sent_older_ones(tmp_path, ctx):
+    """The sender's socket hands new frames to a restarted archiver as soon as it connects,
+    before hello and sync; the older, unacknowledged ones are re-sent after the sync. Taken in
+    arrival order, the newer would advance the sequence and the older be refused as already
+    seen: lost from the archive. Here the order is forced: frames 5-9, then the sync, then 0-9."""
+    from opmon.streaming.archive.archiver import Archiver
+    stream, acks_in = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    stream_port = stream.bind_to_random_port("tcp://127.0.0.1")
+    ack_port = acks_in.bind_to_random_port("tcp://127.0.0.1")
+    archiver = Archiver(tmp_path, f"tcp://127.0.0.1:{stream_port}", context=ctx, flush_interval_s=0.1,
+                        ack_endpoint=f"tcp://127.0.0.1:{ack_port}")
+    run, frames = "r-presync", frames_for(10, shape=(8, 8))
+    start = [P.pack(P.start_header(run, frame_shape=(8, 8), dtype="uint32", map_shape=(2, 5), **GEOMETRY))]
+    map_start = [P.pack(P.map_start_header(run, 0, (2, 5), 10))]
+
+    def frame(seq: int) -> list[bytes]:
+        return [P.pack(P.frame_header(run, 0, seq, seq, seq, 10.0, 0.0, 0.0, 30.0, "uint32", (8, 8))), frames[seq].tobytes()]
+
+    resend = [start, map_start] + [frame(s) for s in range(10)]
+    try:
+        for parts in [start, map_start] + [frame(s) for s in range(5, 10)]:   # what reached it before the sync
+            stream.send_multipart(parts)
+        assert _poll_until([archiver], lambda: acks_in.poll(0) and P.parse_ack(acks_in.recv())["kind"] == "hello")
+        stream.send_multipart([P.pack(P.sync_header(archiver.acks.token, 1, len(resend)))])
+        for parts in resend + [[P.pack(P.map_end_header(run, 0, 10, 9))], [P.pack(P.stop_header(run, "success", 10, 1))]]:
+            stream.send_multipart(parts)
+        assert _poll_until([archiver], lambda: archiver.runs.get(run) is not None and archiver.run_dir is None)
+        counters = archiver.frames.counters
+    finally:
+        archiver.close()
+    assert counters.lost == 0
+    with h5py.File(tmp_path / run / "map_0000.h5", "r") as f:
+        np.testing.assert_array_equal(f["entry/scan/sequence"][()], np.arange(10))
+        np.testing.assert_array_equal(f["entry/instrument/detector/data"][()], frames)
