@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from opmon import interrupt
-from opmon.errors import OutputError, RawFileError
+from opmon.errors import RawFileError
+from opmon.figure_paths import figure_paths
 from opmon.streaming.archive.layout import MAPS
 from opmon.streaming.archive.safe_writes import check_outputs
 
@@ -43,11 +44,7 @@ def _run(args: argparse.Namespace) -> int:
             results = {name: read_map_result(f[name]) for name in names}  # every map read and checked first
         except OSError as exc:
             raise RawFileError(f"{path}: damaged or truncated HDF5 file ({str(exc).split('(')[0].strip()})") from exc
-        base = Path(args.output or path.with_suffix(".png"))
-        pngs = {name: base if len(names) == 1 else base.with_name(f"{base.stem}_{name}{base.suffix}") for name in names}
-        for png in pngs.values():
-            if png.suffix.lower() != ".png":
-                raise OutputError(f"{png}: the figure needs a file name ending in .png")
+        pngs = figure_paths(Path(args.output or path.with_suffix(".png")), names)
         check_outputs(pngs.values(), [path], force=args.force)
         for name, png in pngs.items():
             interrupt.check()

@@ -6,20 +6,18 @@ import sys
 from pathlib import Path
 
 from opmon import interrupt
-from opmon.errors import OpmonError, OutputError
+from opmon.errors import OpmonError
 from opmon.streaming.archive.layout import DATA
 from opmon.streaming.archive.safe_writes import check_outputs
+from opmon.figure_paths import figure_paths
 from opmon.processing_options import EXIT_SKIPPED, parse_background, parse_roi
 
 
 def png_paths(png: str | None, output: Path, names: list[str]) -> dict[str, Path]:
-    """Where each entry's figure goes: `--png PATH`, or the maps file with .png; `_entry` added when several."""
+    """Where each entry's figure goes: `--png PATH`, or the maps file with .png (none without --png)."""
     if png is None:
         return {}
-    base = Path(png or output.with_suffix(".png"))
-    if len(names) == 1:
-        return {names[0]: base}
-    return {name: base.with_name(f"{base.stem}_{name}{base.suffix}") for name in names}
+    return figure_paths(Path(png or output.with_suffix(".png")), names, needs="--png needs")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,9 +38,6 @@ def _run(args: argparse.Namespace) -> int:
         plan = plan_raw(raw, options, args.entry)  # every input checked before any frame is read
         try:
             pngs = png_paths(args.png, output, plan.entries)
-            for png in pngs.values():
-                if png.suffix.lower() != ".png":
-                    raise OutputError(f"{png}: --png needs a file name ending in .png")
             check_outputs([output, *pngs.values()], plan.inputs, force=args.force)
             with tqdm(total=plan.total_frames, unit="frame", disable=args.quiet, desc="process") as bar:
                 done = process_plan(plan, output, options, progress=bar.update)
