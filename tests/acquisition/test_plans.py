@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -19,6 +18,7 @@ from opmon.errors import LimitError
 from opmon.acquisition.cell_state import CellMode
 from opmon.simulators.ocv import LMNO
 from tests.acquisition.conftest import MemorySink, stream, validate_all
+from tests.waiting import until
 
 
 def _series(bl, **kw):
@@ -202,8 +202,7 @@ def test_pause_resume_abort_during_a_map_keep_the_cell_safe_and_every_frame(RE, 
     assert bl.cell.mode is safe
     if safe_mode == "open_circuit":
         q, t = bl.cell.charge, bl.clock.time
-        while bl.clock.time < t + 60.0:  # a simulated minute passes while paused
-            time.sleep(0.01)
+        assert until(lambda: bl.clock.time >= t + 60.0, 120, interval_s=0.01)  # a simulated minute passes while paused
         assert bl.cell.charge == q  # no current flows while paused
     n_paused = len(stream(docs, "primary"))
     assert n_paused >= 10

@@ -6,12 +6,12 @@ redirects, so every header the browser would see is checked.
 from __future__ import annotations
 
 import logging
-import time
 from http.cookies import SimpleCookie
 
 from dashboard_http import http_get, session_document
 from opmon.dashboard.auth import SteeringSessions, cookie_name
 from opmon.dashboard.redact import RedactSecrets
+from tests.waiting import until
 
 
 def _may_steer(dashboard, page: str) -> bool:
@@ -61,9 +61,7 @@ def test_access_log_has_paths_without_query_strings(dashboard, token, caplog):
     def lines() -> list[str]:
         return [r.getMessage() for r in caplog.records if r.name == "tornado.access"]
 
-    deadline = time.monotonic() + 20           # the server logs a request after it has answered it
-    while len(lines()) < 2 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    until(lambda: len(lines()) >= 2, 20, interval_s=0.02)    # the server logs a request after it has answered it
     assert any("GET / (127.0.0.1)" in line for line in lines()), lines()
     assert any("GET /ws (127.0.0.1)" in line for line in lines()), lines()
     assert not [line for line in caplog.messages if token in line]

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import bluesky.plan_stubs as bps
 import pytest
@@ -17,13 +16,11 @@ from opmon.dashboard.control_client import ControlClient, ControlError
 from opmon.dashboard.steering import box_to_region, parse_thresholds, token_allows
 from opmon.streaming.control import (ControlCommandError, ControlServer, RunEngineSteering, check_token,
                                      handle_request)
+from tests.waiting import until
 
 
 def _wait(pred, what, timeout_s=20.0):
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
+    assert until(pred, timeout_s, interval_s=0.01), f"timed out waiting for {what}"
 
 
 class Recorder:

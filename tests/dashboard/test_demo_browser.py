@@ -18,6 +18,7 @@ import pytest
 from dashboard_browser import Browser, browser_available
 from opmon.dashboard.control_client import ControlClient
 from opmon.port_picker import port_block
+from tests.waiting import until
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow,
               pytest.mark.skipif(not browser_available(),
@@ -45,14 +46,14 @@ def demo(tmp_path):
                 urls[kind] = line.split()[-1]
     try:
         assert len(urls) == 2, "the demo did not print the dashboard URLs"
-        deadline = time.monotonic() + 60              # the dashboard process starts after the print
-        while True:
+        def listening() -> bool:
             try:
                 with socket.create_connection(("127.0.0.1", http), timeout=1):
-                    break
+                    return True
             except OSError:
-                assert time.monotonic() < deadline, "the demo's dashboard never listened"
-                time.sleep(0.2)
+                return False
+
+        assert until(listening, 60, interval_s=0.2), "the demo's dashboard never listened"   # it starts after the print
         yield urls, f"tcp://127.0.0.1:{base + 8}"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)          # the demo aborts the run and stops its children

@@ -1,7 +1,6 @@
 """Display channel -> model over real ZeroMQ sockets, including the live processor's encoder."""
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -12,14 +11,12 @@ from opmon.dashboard.subscriber import DisplayMessageError, DisplaySubscriber, d
 from opmon.processors.maps import derive_maps
 from opmon.streaming.map_messages import encode_map
 from opmon.streaming.protocol import pack, unpack
+from tests.waiting import until
 
 
 def _wait(pred, what, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+    if not until(pred, timeout, interval_s=0.02):
+        raise AssertionError(f"timed out waiting for {what}")
 
 
 def _processor_result(ny=4, nx=5):

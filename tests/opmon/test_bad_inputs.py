@@ -11,7 +11,6 @@ import signal
 import stat
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import h5py
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 
 from offline_inputs import OPMON, assert_one_line_error, corrupt_frames, digest, opmon, tree, write_raw
+from tests.waiting import until
 
 INPUTS = ["raw.h5", "corrupt.h5", "run/run.h5", "run/map_0000.h5", "run/map_0001.h5"]
 
@@ -332,10 +332,9 @@ def test_a_killed_simulate_leaves_no_output_and_its_temporary_is_swept(guard):
     wd, allowed = guard
     allowed.add("sim.h5")
     run = Running(["simulate", "-o", "sim.h5", "--ny", "40", "--nx", "40", "--angles", "40", "-q"], wd)
-    deadline = time.monotonic() + 120
-    while not any(p.name.startswith(".sim.h5.") for p in wd.iterdir()):
-        assert run.proc.poll() is None and time.monotonic() < deadline, run.stderr
-        time.sleep(0.02)
+    started = until(lambda: any(p.name.startswith(".sim.h5.") for p in wd.iterdir()) or run.proc.poll() is not None,
+                    120, interval_s=0.02)
+    assert started and run.proc.poll() is None, run.stderr
     run.proc.kill()  # SIGKILL: no cleanup runs
     run.proc.wait()
     assert not (wd / "sim.h5").exists()  # never a half file under the real name
@@ -390,11 +389,8 @@ class Running:
 
     def interrupt_when(self, ready) -> subprocess.CompletedProcess:
         """SIGINT once `ready()` is true (mid-work); the command must be gone within 2 s of it."""
-        deadline = time.monotonic() + 120
-        while not ready():
-            assert self.proc.poll() is None, ("finished before it could be interrupted", self.stderr)
-            assert time.monotonic() < deadline, self.stderr
-            time.sleep(0.02)
+        assert until(lambda: ready() or self.proc.poll() is not None, 120, interval_s=0.02), self.stderr
+        assert self.proc.poll() is None, ("finished before it could be interrupted", self.stderr)
         self.proc.send_signal(signal.SIGINT)
         try:
             self.proc.wait(timeout=2.0)

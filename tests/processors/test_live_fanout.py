@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -55,9 +54,7 @@ def test_garbage_between_good_frames_is_counted_and_the_maps_stay_exact(tmp_path
         sink.end_map()
         sink.stop_run()
         header, result = recv_map(maps_in)
-        deadline = time.monotonic() + 30
-        while sum(processor.counters.rejected.values()) < injected and time.monotonic() < deadline:
-            time.sleep(0.05)
+        until(lambda: sum(processor.counters.rejected.values()) >= injected, 30)
     finally:
         processor.stopped = True
         thread.join(30)
