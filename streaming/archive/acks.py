@@ -1,7 +1,7 @@
 """The archiver's side of archive acknowledgements (docs/protocol.md, "Archive acknowledgements").
 
 The sender holds every archive-stream message until this side says it is durable. So the
-archiver says `hello` with a token of its own (about once a second, so a sender that starts
+archiver says `hello` with a token of its own (four times a second, so a sender that starts
 later or lost track of it finds it), recognises the sender's `sync` answer on the frame
 stream, counts the messages after it, and after each flush acknowledges how many are on
 disk: one small message per flush, never one per frame.
@@ -20,7 +20,7 @@ from opmon.streaming import protocol as P
 class ArchiveAcks:
     """Hello, sync bookkeeping and per-flush acknowledgements over one connected PUSH socket."""
 
-    def __init__(self, context: zmq.Context, endpoint: str, hello_interval_s: float = 1.0) -> None:
+    def __init__(self, context: zmq.Context, endpoint: str, hello_interval_s: float = 0.25) -> None:
         self.token = uuid.uuid4().hex
         self.sock = context.socket(zmq.PUSH)
         self.sock.setsockopt(zmq.LINGER, 0)
