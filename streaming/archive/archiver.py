@@ -508,7 +508,9 @@ class Archiver:
                     break
                 self._on_stream_parts(parts)
         for sock, handler in ((self.docs, self._on_doc), (self.maps, self._on_maps)):
-            if sock is not None and sock in events and not (self.disk.full and sock is self.maps):
+            # final maps wait while the disk is full, and while stream messages are held before the
+            # first sync (a map's final maps must not arrive before its run's start is taken)
+            if sock is not None and sock in events and not (sock is self.maps and (self.disk.full or self.presync.held)):
                 for _ in range(1000):
                     try:
                         handler(sock.recv_multipart(zmq.NOBLOCK))

@@ -49,15 +49,22 @@ def _wait_for(predicate, timeout=20.0) -> bool:
     return until(predicate, timeout)
 
 
-def test_a_run_is_archived_with_frames_readings_documents_and_maps(tmp_path, ctx):
+@pytest.mark.parametrize("acknowledging", [False, True], ids=["plain", "archiver-with-acks"])
+def test_a_run_is_archived_with_frames_readings_documents_and_maps(tmp_path, ctx, acknowledging):
+    """`archiver-with-acks`: an archiver that expects acknowledgements, fed by a sender that makes
+    none, holds the stream 1 s for a sync that never comes; the final maps sent meanwhile must wait
+    for the run's start, not be dropped as maps of an unknown run."""
     # Every socket binds port 0 and is connected to only once bound: no port picked ahead
     # (bound, released, and maybe taken by another process before the test binds it), and no
     # archiver connecting to a port nobody listens on yet (retries every 100 ms, and a connect
     # to a free port of the ephemeral range can even land on itself).
     sink = ZmqFrameSink(["tcp://127.0.0.1:0"], context=ctx, stall_timeout_s=10)
     docs = _push(ctx, "tcp://127.0.0.1:0")
+    hellos = ctx.socket(zmq.PULL)
+    hellos.bind("tcp://127.0.0.1:0")
     archiver = Archiver(tmp_path / "archive", sink.endpoints[0], docs.getsockopt_string(zmq.LAST_ENDPOINT),
-                        "tcp://127.0.0.1:0", flush_interval_s=0.2)
+                        "tcp://127.0.0.1:0", flush_interval_s=0.2,
+                        ack_endpoint=hellos.getsockopt_string(zmq.LAST_ENDPOINT) if acknowledging else None)
     maps = _push(ctx, archiver.maps.getsockopt_string(zmq.LAST_ENDPOINT), bind=False)
     done, thread = _serve(archiver)
     frames = frames_for(2 * 24, shape=SHAPE)
