@@ -59,7 +59,7 @@ def _fill(directory: Path, mounted: bool, size_mb: int, max_frames: int, rate_hz
 
     from opmon.archive_watch import ArchiverWatch
     from opmon.streaming.archive.archiver import Archiver
-    from opmon.streaming.control import RunEngineSteering
+    from opmon.acquisition.steering import RunEngineSteering
     from opmon.streaming.publisher import ZmqFrameSink
 
     directory.mkdir(parents=True, exist_ok=True)

@@ -538,7 +538,8 @@ def fuzz_control(n: int, seed: int = 0, context: zmq.Context | None = None) -> d
 
     from opmon.acquisition import MapRequests
     from opmon.experiment import make_rule
-    from opmon.streaming.control import ControlServer, RunEngineSteering
+    from opmon.acquisition.steering import RunEngineSteering
+    from opmon.streaming.control import ControlServer
     ctx = context or zmq.Context.instance()
     token = "fuzz-token-" + "k" * 16
     server = ControlServer("tcp://127.0.0.1:0", token, RunEngineSteering(RunEngine({}), MapRequests(), make_rule),
@@ -578,7 +579,8 @@ def wrong_tokens(n: int, seed: int = 0, context: zmq.Context | None = None) -> d
 
     from bluesky import RunEngine
 
-    from opmon.streaming.control import ControlServer, RunEngineSteering, check_token
+    from opmon.acquisition.steering import RunEngineSteering
+    from opmon.streaming.control import ControlServer, check_token
     rng = random.Random(seed)
     ctx = context or zmq.Context.instance()
     token = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(22))

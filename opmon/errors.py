@@ -52,3 +52,7 @@ class CorruptFrameError(RawFileError):
 
 class OutputError(OpmonError):
     """An output path would overwrite an input or an existing file, or cannot be written."""
+
+
+class ControlCommandError(OpmonError):
+    """A steering command has bad arguments or cannot act in the run's current state."""

@@ -24,8 +24,9 @@ from opmon.config import Config
 from opmon.errors import ConfigError
 from opmon.simulators.beamline import BeamlineConfig, SimulatedBeamline
 from opmon.acquisition.cell_state import CellMode
+from opmon.acquisition.steering import RunEngineSteering
 from opmon.simulators.instrument import SxdmSetup
-from opmon.streaming.control import ControlServer, RunEngineSteering, resolve_token
+from opmon.streaming.control import ControlServer, resolve_token
 from opmon.streaming.documents import DocumentPublisher
 from opmon.streaming.publisher import ZmqFrameSink
 

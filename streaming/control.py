@@ -2,9 +2,8 @@
 
 This module is only the transport and the credential check: it decodes a request, checks the
 token in constant time, and hands the command to a `Steerable` that the acquisition supplies
-(its adapter acts through the RunEngine: `request_pause`, `resume`, `abort`, and the plan's
-thread-safe map-request object). It imports nothing from acquisition, so data still flow one
-way. Reading (`status`) needs no token; every other command does (PEERS.md 5).
+(`opmon.acquisition.steering.RunEngineSteering` acts through the RunEngine: `request_pause`,
+`resume`, `abort`, and the plan's thread-safe map-request object). Reading (`status`) needs no token; every other command does (PEERS.md 5).
 """
 from __future__ import annotations
 
@@ -18,9 +17,8 @@ from collections import Counter
 from typing import Any, Protocol, runtime_checkable
 
 import zmq
-from bluesky.utils import RunEngineInterrupted
 
-from opmon.errors import OpmonError
+from opmon.errors import ControlCommandError, OpmonError
 from opmon.streaming.protocol import VERSION
 
 log = logging.getLogger(__name__)
@@ -32,10 +30,6 @@ READ_COMMANDS = ("status",)
 #: Every command of the control channel (docs/protocol.md): the one table server and client check.
 COMMANDS = STEERING_COMMANDS + READ_COMMANDS
 MAX_REQUEST_BYTES = 65536
-
-
-class ControlCommandError(OpmonError):
-    """A steering command has bad arguments or cannot act in the run's current state."""
 
 
 @runtime_checkable
@@ -179,118 +173,3 @@ class ControlServer:
             self._thread.join(timeout)
         else:
             self._sock.close(0)
-
-
-class RunEngineSteering:
-    """`Steerable` over a bluesky RunEngine and the plan's map-request mailbox.
-
-    Pause, resume and abort act on the RunEngine; map-now, trigger rule, region and stop go to
-    `requests` (duck-typed like `opmon.acquisition.MapRequests`: `map_now`, `set_rule`,
-    `set_region`, `finish`), which the running plan drains between frames. The thread that
-    runs the plan must call `run(plan)`: after a pause it waits there for resume or abort,
-    because `RE.resume()` has to run where `RE(plan)` ran.
-
-    Parameters
-    ----------
-    RE
-        The RunEngine executing the plan.
-    requests
-        The plan's mailbox, or None (then only pause/resume/abort/status work).
-    make_rule
-        Builds a trigger rule from the `set_trigger` arguments (e.g. thresholds, period_s);
-        the acquisition supplies it so this module never imports acquisition.
-    """
-
-    def __init__(self, RE: Any, requests: Any = None, make_rule: Any = None) -> None:
-        self.RE, self.requests, self.make_rule = RE, requests, make_rule
-        self._wake = threading.Event()
-        #: Why the run is being aborted (the `abort` command's reason), None while it is not.
-        self.abort_reason: str | None = None
-        self.exit_status: str | None = None
-
-    # -- Steerable -----------------------------------------------------------------------
-    def pause(self) -> dict[str, Any]:
-        if self.RE.state != "running":
-            raise ControlCommandError(f"cannot pause: the run is {self.RE.state}")
-        # Deferred: the plan pauses at its next checkpoint (after the frame being taken), so a
-        # pause never leaves a frame on disk that no document references.
-        self.RE.request_pause(defer=True)
-        return {"state": str(self.RE.state)}
-
-    def resume(self) -> dict[str, Any]:
-        if self.RE.state != "paused":
-            raise ControlCommandError(f"cannot resume: the run is {self.RE.state}")
-        self._wake.set()
-        return {"state": "resuming"}
-
-    def abort(self, reason: str = "") -> dict[str, Any]:
-        if self.RE.state not in ("running", "paused"):
-            raise ControlCommandError(f"cannot abort: the run is {self.RE.state}")
-        self.abort_reason = reason or "aborted from the control channel"
-        if self.RE.state == "running":
-            self.RE.request_pause(defer=False)
-        self._wake.set()
-        return {"state": "aborting"}
-
-    def stop(self) -> dict[str, Any]:
-        self._need_requests("stop").finish()
-        return {"state": str(self.RE.state), "stopping": "after the current map"}
-
-    def start_map(self) -> dict[str, Any]:
-        self._need_requests("start_map").map_now("steering: map now")
-        return {"state": str(self.RE.state)}
-
-    def set_trigger(self, **rule: Any) -> dict[str, Any]:
-        requests = self._need_requests("set_trigger")
-        if self.make_rule is None:
-            raise ControlCommandError("set_trigger: this acquisition has no rule factory")
-        requests.set_rule(self.make_rule(**rule))
-        return {"trigger": rule}
-
-    def set_region(self, r0: int | None = None, r1: int | None = None, c0: int | None = None,
-                   c1: int | None = None) -> dict[str, Any]:
-        """Grid rows [r0, r1) and columns [c0, c1) from the next map on; no arguments: whole grid."""
-        requests = self._need_requests("set_region")
-        given = [v for v in (r0, r1, c0, c1) if v is not None]
-        if not given:
-            requests.set_region(None)
-            return {"region": None}
-        if len(given) != 4:
-            raise ControlCommandError(f"set_region: need all of r0, r1, c0, c1, got {dict(r0=r0, r1=r1, c0=c0, c1=c1)}")
-        region = (int(r0), int(r1), int(c0), int(c1))  # type: ignore[arg-type]
-        requests.set_region(region)
-        return {"region": list(region)}
-
-    def status(self) -> dict[str, Any]:
-        return {"state": str(self.RE.state), "exit_status": self.exit_status}
-
-    def _need_requests(self, command: str) -> Any:
-        if self.requests is None:
-            raise ControlCommandError(f"{command}: this plan takes no map requests")
-        return self.requests
-
-    # -- the plan's thread ---------------------------------------------------------------
-    def run(self, plan: Any, stop: threading.Event | None = None) -> str:
-        """Run `plan` on the RunEngine, waiting out pauses; returns "success" or "abort"."""
-        try:
-            self.RE(plan)
-            self.exit_status = "success"
-            return self.exit_status
-        except RunEngineInterrupted:
-            pass
-        while True:
-            while not self._wake.wait(0.2):
-                if stop is not None and stop.is_set():
-                    self.abort_reason = self.abort_reason or "shut down"
-                    break
-            self._wake.clear()
-            if self.abort_reason is not None:
-                self.RE.abort(self.abort_reason)
-                self.exit_status = "abort"
-                return self.exit_status
-            try:
-                self.RE.resume()
-                self.exit_status = "success"
-                return self.exit_status
-            except RunEngineInterrupted:
-                continue

@@ -30,7 +30,8 @@ from opmon.processors.maps import MapResult
 from opmon.simulators.cell import CellConfig, CellSimulator
 from opmon.simulators.crystal import ParticleModel
 from opmon.simulators.instrument import SxdmSetup
-from opmon.streaming.control import ControlServer, RunEngineSteering
+from opmon.acquisition.steering import RunEngineSteering
+from opmon.streaming.control import ControlServer
 from opmon.streaming.map_messages import encode_map
 from opmon.streaming.protocol import pack
 

@@ -14,8 +14,9 @@ from dashboard_http import http_get, session_document, steering_page
 from opmon.acquisition import MapRequests, VoltageThresholds
 from opmon.dashboard.control_client import ControlClient, ControlError
 from opmon.dashboard.steering import box_to_region, parse_thresholds, token_allows
-from opmon.streaming.control import (ControlCommandError, ControlServer, RunEngineSteering, check_token,
-                                     handle_request)
+from opmon.acquisition.steering import RunEngineSteering
+from opmon.errors import ControlCommandError
+from opmon.streaming.control import ControlServer, check_token, handle_request
 from tests.waiting import until
 
 

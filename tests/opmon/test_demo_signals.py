@@ -12,7 +12,7 @@ import pytest
 from bluesky import RunEngine
 
 from opmon.demo_signals import StopControl
-from opmon.streaming.control import RunEngineSteering
+from opmon.acquisition.steering import RunEngineSteering
 from tests.waiting import until
 
 
