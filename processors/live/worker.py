@@ -107,7 +107,7 @@ class FanOutWorker:
         self.parent_pid = parent_pid
         self.runs: dict[str, LiveRun] = {}
         self.ended = FinishedRuns()          # runs the coordinator closed: later frames are stale
-        self.roi_reported: dict[str, int] = {}   # run -> frames in the ROI sum reported, awaiting the answer
+        self.roi_reported: dict[str, int] = {}   # run -> frames in its latest ROI sum reported (a 'no peak' answer counts on from there)
         self.unknown: set[str] = set()       # runs nobody could identify: their frames are rejected
         self.asked: set[str] = set()
         self.held: list[_Held] = []

@@ -31,6 +31,21 @@ _U64_8 = np.uint64(8)
 
 
 @numba.njit(nogil=True, cache=True)
+def _extended_length(src: npt.NDArray[np.uint8], ip: int, s1: int) -> tuple[int, int]:
+    """LZ4's length continuation after a nibble of 15: bytes added until one below 255.
+    Returns (the sum, the next input position), the sum -1 if the input ends first."""
+    total = 0
+    while True:
+        if ip >= s1:
+            return -1, ip
+        b = np.int64(src[ip])
+        ip += 1
+        total += b
+        if b != 255:
+            return total, ip
+
+
+@numba.njit(nogil=True, cache=True)
 def _lz4_block(src: npt.NDArray[np.uint8], s0: int, s1: int, dst: npt.NDArray[np.uint8], d0: int, d1: int) -> int:
     """Decode the LZ4 block src[s0:s1] into exactly dst[d0:d1]; 0, or a negative code if malformed."""
     ip = s0
@@ -42,14 +57,10 @@ def _lz4_block(src: npt.NDArray[np.uint8], s0: int, s1: int, dst: npt.NDArray[np
         ip += 1
         lit = token >> 4
         if lit == 15:
-            while True:
-                if ip >= s1:
-                    return -1
-                b = np.int64(src[ip])
-                ip += 1
-                lit += b
-                if b != 255:
-                    break
+            extra, ip = _extended_length(src, ip, s1)
+            if extra < 0:
+                return -1
+            lit += extra
         if lit > s1 - ip or lit > d1 - op:
             return -2  # literals beyond the input or the output
         dst[op:op + lit] = src[ip:ip + lit]
@@ -65,14 +76,10 @@ def _lz4_block(src: npt.NDArray[np.uint8], s0: int, s1: int, dst: npt.NDArray[np
             return -4  # match before the start of the output
         ml = token & 15
         if ml == 15:
-            while True:
-                if ip >= s1:
-                    return -1
-                b = np.int64(src[ip])
-                ip += 1
-                ml += b
-                if b != 255:
-                    break
+            extra, ip = _extended_length(src, ip, s1)
+            if extra < 0:
+                return -1
+            ml += extra
         ml += 4
         if ml > d1 - op:
             return -5  # match beyond the output
