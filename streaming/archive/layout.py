@@ -52,7 +52,9 @@ ATTR_ROI = "roi"
 # -- a run directory `<archive>/<run uid>/` -----------------------------------------------------
 MASTER = "run.h5"                 # links entryN to each map file; replaced whole, never half-written
 POTENTIOSTAT = "potentiostat.h5"  # NXlog of the readings
-POTENTIOSTAT_GROUP = "potentiostat"
+POTENTIOSTAT_GROUP = "entry/potentiostat"   # the NXlog, inside an NXentry so NeXus validators accept the file
+POTENTIOSTAT_LINK = "potentiostat"   # run.h5's link to the NXlog; also where archives before 2026-11-29 kept it
+POTENTIOSTAT_PLOT = "voltage"                 # NXdata beside the NXlog: voltage against time, the default plot
 LOG_TIME = "time"                 # NXlog time axis, s since the run start
 DOCUMENTS = "documents.jsonl"     # bluesky documents, one JSON line each
 MASTER_ENTRY = "entry{number}"

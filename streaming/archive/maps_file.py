@@ -36,6 +36,7 @@ def write_maps(parent: h5py.Group, maps: MapsArrays, attrs: Mapping[str, Any] | 
     if MAPS in parent:
         del parent[MAPS]
     group = parent.create_group(MAPS)
+    parent.attrs["default"] = MAPS          # NeXus viewers open the maps first
     group.attrs["NX_class"] = "NXdata"
     group.attrs["signal"] = "d_spacing"
     group.attrs["auxiliary_signals"] = np.array(AUXILIARY_SIGNALS, dtype=h5py.string_dtype())
@@ -53,6 +54,7 @@ def write_maps(parent: h5py.Group, maps: MapsArrays, attrs: Mapping[str, Any] | 
 def write_maps_file(path: Path, maps: MapsArrays, attrs: Mapping[str, Any] | None = None) -> None:
     """A maps file holding one map: ``/entry/maps`` (the archive's `map_NNNN_maps.h5`)."""
     with h5py.File(path, "w") as f:
+        f.attrs["default"] = ENTRY
         entry = f.create_group(ENTRY)
         entry.attrs["NX_class"] = "NXentry"
         write_maps(entry, maps, attrs)

@@ -25,7 +25,7 @@ from opmon.streaming.archive.frames import FrameReader
 from opmon.streaming.archive.layout import (ANGLES, ATTR_DOCUMENT, ATTR_FRAMES_EXPECTED, ATTR_MAP_NUMBER, ATTR_ROI, ATTR_RUN_UID,
                                            ATTR_START, ATTR_STATE, ATTR_STOP, ATTR_TRIGGER, COMPLETE, DATA, DET_MASK,
                                            ENTRY, LAST_SEQ_SENT, LOG_TIME, MAP_COMPLETE, MAP_INDEX, MAP_SHAPE, MAPS,
-                                           MASTER, N_FRAMES_SENT, POSITIONERS, POTENTIOSTAT, POTENTIOSTAT_GROUP,
+                                           MASTER, N_FRAMES_SENT, POSITIONERS, POTENTIOSTAT, POTENTIOSTAT_GROUP, POTENTIOSTAT_LINK,
                                            READING_COLUMNS, SCAN_X, SCAN_Y, SEQUENCE, STATE_DONE, TIMESTAMP,
                                            map_file_name, map_number_of, maps_file_name)
 from opmon.waiting import until
@@ -360,7 +360,7 @@ def map_start_of(path: Path) -> dict[str, Any]:
 def read_readings(path: Path, t0: float) -> list[dict[str, Any]]:
     """Potentiostat readings held by an archived NXlog, as reading messages (no time: `t0`)."""
     with h5py.File(path, "r", swmr=True) as f:
-        group = f[POTENTIOSTAT_GROUP]
+        group = f[POTENTIOSTAT_GROUP] if POTENTIOSTAT_GROUP in f else f[POTENTIOSTAT_LINK]
         n = group[LOG_TIME].shape[0]
         columns = {key: group[name][:n] for name, key, _units in READING_COLUMNS}
     out: list[dict[str, Any]] = []

@@ -22,7 +22,7 @@ import numpy.typing as npt
 from opmon.streaming.archive.layout import (ATTR_COMPLETE, ATTR_DOCUMENT, ATTR_FRAMES, ATTR_FRAMES_EXPECTED,
                                            ATTR_MAP_NUMBER, ATTR_RUN_UID, ATTR_START, ATTR_STATE, ATTR_STOP, ATTR_TRIGGER,
                                            COMPLETE, ENTRY, ENTRY_GROUPS, LAST_SEQ_SENT, LOG_TIME, MAPS, MASTER, MASTER_ENTRY,
-                                           N_FRAMES_SENT, POTENTIOSTAT, POTENTIOSTAT_GROUP, READING_COLUMNS, SEQUENCE,
+                                           N_FRAMES_SENT, POTENTIOSTAT, POTENTIOSTAT_GROUP, POTENTIOSTAT_LINK, POTENTIOSTAT_PLOT, READING_COLUMNS, SEQUENCE,
                                            STATE_DONE, STATE_RUNNING, TIMESTAMP, map_file_name, maps_file_name)
 from opmon.streaming.archive.raw import RawMapWriter
 
@@ -122,12 +122,17 @@ class MapFileWriter:
 
 
 class PotentiostatLog:
-    """The run's potentiostat readings as an NXlog (`/potentiostat`), SWMR, appended in batches."""
+    """The run's potentiostat readings as an NXlog (`/entry/potentiostat`), SWMR, appended in batches;
+    `/entry/voltage` plots them (the file's NeXus default plot)."""
 
     def __init__(self, path: Path, t0: float) -> None:
         self.path = path
         self.t0 = t0
         self.file = h5py.File(path, "w", libver="latest")
+        self.file.attrs["default"] = ENTRY
+        entry = self.file.create_group(ENTRY)
+        entry.attrs["NX_class"] = "NXentry"
+        entry.attrs["default"] = POTENTIOSTAT_PLOT
         group = self.file.create_group(POTENTIOSTAT_GROUP)
         group.attrs["NX_class"] = "NXlog"
         grow = dict(shape=(0,), maxshape=(None,), chunks=(4096,), dtype=np.float64)
@@ -141,6 +146,9 @@ class PotentiostatLog:
                 ds.attrs["units"] = units
             self.columns[name] = ds
         self.columns["value"].attrs["long_name"] = "cell voltage"
+        plot = entry.create_group(POTENTIOSTAT_PLOT)    # the same datasets (hard links), plotted by default
+        plot.attrs.update({"NX_class": "NXdata", "signal": "value", "axes": LOG_TIME})
+        plot["value"], plot[LOG_TIME] = self.columns["value"], self.time
         self.file.swmr_mode = True
         self._pending: list[dict[str, Any]] = []
         self.n = 0
@@ -167,6 +175,30 @@ class PotentiostatLog:
         if self.file.id.valid:
             self.flush()
             self.file.close()
+
+
+def _link_maps(entry: h5py.Group, maps_file: Path) -> None:
+    """`entry/maps` as an NXdata of this file whose datasets are virtual views of the maps file's.
+
+    Not an external link: NeXus validators (punx) index a file by the names its objects have in
+    their own file, and fail on an NXdata reached through an external link.
+    """
+    with h5py.File(maps_file, "r") as source_file:
+        source = source_file[f"/{ENTRY}/{MAPS}"]
+        group = entry.create_group(MAPS)
+        group.attrs.update(dict(source.attrs))
+        for name, ds in source.items():
+            if not isinstance(ds, h5py.Dataset):
+                continue
+            layout = h5py.VirtualLayout(shape=ds.shape, dtype=ds.dtype)
+            layout[...] = h5py.VirtualSource(maps_file.name, ds.name, shape=ds.shape, dtype=ds.dtype)
+            group.create_virtual_dataset(name, layout, fillvalue=_fill_value(ds.dtype)).attrs.update(dict(ds.attrs))
+    entry.attrs["default"] = MAPS
+
+
+def _fill_value(dtype: np.dtype) -> Any:
+    """What a virtual map dataset reads when its maps file is gone: NaN for floats, 0 otherwise."""
+    return np.nan if np.issubdtype(dtype, np.floating) else 0
 
 
 @dataclass
@@ -222,8 +254,9 @@ class RunDirectory:
                 for child in ENTRY_GROUPS:
                     entry[child] = h5py.ExternalLink(map_file_name(number), f"/{ENTRY}/{child}")
                 if rec.has_maps:
-                    entry[MAPS] = h5py.ExternalLink(maps_file_name(number), f"/{ENTRY}/{MAPS}")
+                    _link_maps(entry, self.path / maps_file_name(number))
+                    f.attrs["default"] = entry.name.lstrip("/")      # NeXus viewers open the newest map
             if self.has_potentiostat:
-                f[POTENTIOSTAT_GROUP] = h5py.ExternalLink(POTENTIOSTAT, f"/{POTENTIOSTAT_GROUP}")
+                f[POTENTIOSTAT_LINK] = h5py.ExternalLink(POTENTIOSTAT, f"/{POTENTIOSTAT_GROUP}")
         os.replace(tmp, self.master)
         return self.master

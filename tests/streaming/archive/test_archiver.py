@@ -125,6 +125,20 @@ def test_a_run_is_archived_with_frames_readings_documents_and_maps(tmp_path, ctx
     sink.close()
     docs.close()
     maps.close()
+    _assert_nexus_valid(tmp_path / "archive" / run)
+
+
+def _assert_nexus_valid(run_dir) -> None:
+    """Every HDF5 file the archive wrote passes the NeXus validator punx without an ERROR finding."""
+    import punx.finding
+    import punx.validate
+    files = sorted(run_dir.glob("*.h5"))
+    assert {p.name for p in files} >= {"run.h5", "potentiostat.h5", "map_0000.h5", "map_0000_maps.h5"}
+    for path in files:
+        validator = punx.validate.Data_File_Validator()
+        validator.validate(str(path))
+        errors = [f"{f.h5_address}: {f.comment}" for f in validator.validations if f.status == punx.finding.ERROR]
+        assert not errors, f"{path.name} is not valid NeXus: {errors}"
 
 
 @pytest.mark.timeout(120)
