@@ -23,7 +23,7 @@ from opmon.processors.geometry import DetectorGeometry
 from opmon.processors.maps import MapResult
 from opmon.streaming.archive.frames import FrameReader
 from opmon.streaming.archive.layout import DATA, MAPS, MAPS_BAD_FRAMES
-from opmon.streaming.archive.maps_file import write_maps
+from opmon.streaming.archive.maps_file import grid_axes, write_axes, write_maps
 from opmon.streaming.archive.raw import (RawMeta, check_roi, entry_label, iter_checked_blocks, linked_files, map_entries,
                                         natural_key, open_hdf5, read_raw_meta)
 from opmon.streaming.archive.safe_writes import atomic_path, check_outputs
@@ -247,6 +247,10 @@ def process_plan(plan: RawPlan, output: str | Path, options: ProcessOptions,
             maps = write_maps(group, done.result.maps_arrays(), {**options.attrs(done.roi), "source": f"{plan.raw}:/{name}",
                                                    "bad_frames_count": len(done.bad_frames)})
             maps.create_dataset(MAPS_BAD_FRAMES, data=np.asarray(done.bad_frames, dtype=np.int64))
+            meta = read_raw_meta(plan.file[name])
+            axes = grid_axes(meta.x_um, meta.y_um, meta.map_index, meta.map_shape)
+            if axes is not None:
+                write_axes(maps, *axes)
     return results
 
 

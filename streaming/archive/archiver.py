@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+import h5py
 import zmq
 
 from opmon.errors import ArchiveError, OpmonError
@@ -25,7 +26,9 @@ from opmon.streaming import protocol as P
 from opmon.streaming.archive.acks import ArchiveAcks, PreSyncHold
 from opmon.streaming.archive.disk_full import DEFAULT_RESERVE, DiskGuard, is_disk_full
 from opmon.streaming.archive.final_maps import write_final_maps
-from opmon.streaming.archive.layout import DOCUMENTS, POTENTIOSTAT, map_file_name, maps_file_name
+from opmon.streaming.archive.layout import DOCUMENTS, ENTRY, POTENTIOSTAT, map_file_name, maps_file_name
+from opmon.streaming.archive.maps_file import grid_axes
+from opmon.streaming.archive.raw import read_raw_meta
 from opmon.streaming.archive.reader import RunArchive, map_start_of, read_map_frames, read_readings
 from opmon.streaming.archive.restart import rebuild, set_aside
 from opmon.streaming.archive.run_writer import MapFileWriter, PotentiostatLog, RunDirectory
@@ -388,7 +391,7 @@ class Archiver:
         final = run.path / maps_file_name(number)
         tmp = run.path / f".{final.name}.tmp"
         try:
-            write_final_maps(tmp, header, parts[2:])
+            write_final_maps(tmp, header, parts[2:], self._map_axes(run, number))
         except (OpmonError, ValueError, KeyError, TypeError) as exc:
             self.dropped["bad_maps"] += 1
             log.error("run %s map %d: final maps not archived: %s", run_uid, number, exc)
@@ -397,6 +400,23 @@ class Archiver:
         run.record(number).has_maps = True
         run.write_master()
         log.info("run %s map %d: final maps archived", run_uid, number)
+
+    def _map_axes(self, run: RunDirectory, number: int) -> tuple[Any, Any] | None:
+        """Column and row positions (µm) of an archived map, from its frames' recorded positions."""
+        path = run.path / map_file_name(number)
+        try:
+            if self.map_writer is not None and self.map_writer.path == path:     # still being written
+                self.map_writer.flush()
+                meta = read_raw_meta(self.map_writer.file[ENTRY])
+            elif path.is_file():
+                with h5py.File(path, "r", swmr=True) as f:
+                    meta = read_raw_meta(f[ENTRY])
+            else:
+                return None
+        except (OSError, OpmonError, KeyError, ValueError) as exc:
+            log.warning("run %s map %d: maps archived without x/y positions: %s", run.uid, number, exc)
+            return None
+        return grid_axes(meta.x_um, meta.y_um, meta.map_index, meta.map_shape)
 
     # -- loop -------------------------------------------------------------------------------
     def flush(self) -> None:

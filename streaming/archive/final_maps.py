@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from opmon.streaming.archive.layout import MAPS_FRAMES, MAPS_REQUIRED
 from opmon.streaming.archive.maps_file import MapsArrays, write_maps_file
@@ -27,8 +28,10 @@ def final_maps_attrs(header: dict[str, Any]) -> dict[str, Any]:
     return attrs
 
 
-def write_final_maps(path: Path, header: dict[str, Any], buffers: list[Any]) -> None:
-    """Write a final-maps message as ``/entry/maps`` (FORMATS.md) at `path`.
+def write_final_maps(path: Path, header: dict[str, Any], buffers: list[Any],
+                     axes: tuple[npt.ArrayLike, npt.ArrayLike] | None = None) -> None:
+    """Write a final-maps message as ``/entry/maps`` (FORMATS.md) at `path`, with the map's x/y
+    axes (µm, from the archived frames' positions) when known.
 
     Raises
     ------
@@ -38,4 +41,4 @@ def write_final_maps(path: Path, header: dict[str, Any], buffers: list[Any]) -> 
     arrays = decode_map(header, buffers)      # checks the header's counts and options too
     known = {name: arrays[name] for name in MAPS_REQUIRED}          # fields the layout does not know are not kept
     known[MAPS_FRAMES] = arrays.get(MAPS_FRAMES, np.zeros(arrays["d_spacing"].shape, dtype=np.int64))
-    write_maps_file(path, MapsArrays(known, float(header["background"])), final_maps_attrs(header))
+    write_maps_file(path, MapsArrays(known, float(header["background"])), final_maps_attrs(header), axes)

@@ -19,6 +19,7 @@ from opmon.errors import RawFileError
 from opmon.streaming.archive.layout import (ATTR_BACKGROUND, ENTRY, MAPS, MAPS_FRAMES, MAPS_REQUIRED, MAPS_UNITS)
 
 AUXILIARY_SIGNALS = ("intensity", "tilt_altitude", "tilt_azimuth", "peak_width")
+MAP_X, MAP_Y = "x", "y"      # NXdata axes of the maps: piezo position of each column / row, µm
 PER_PIXEL = ("d_spacing", "tilt_altitude", "tilt_azimuth", "intensity", "peak_width", "mask")
 
 
@@ -51,13 +52,17 @@ def write_maps(parent: h5py.Group, maps: MapsArrays, attrs: Mapping[str, Any] | 
     return group
 
 
-def write_maps_file(path: Path, maps: MapsArrays, attrs: Mapping[str, Any] | None = None) -> None:
-    """A maps file holding one map: ``/entry/maps`` (the archive's `map_NNNN_maps.h5`)."""
+def write_maps_file(path: Path, maps: MapsArrays, attrs: Mapping[str, Any] | None = None,
+                    axes: tuple[npt.ArrayLike, npt.ArrayLike] | None = None) -> None:
+    """A maps file holding one map: ``/entry/maps`` (the archive's `map_NNNN_maps.h5`), with
+    its x/y axes in µm when given."""
     with h5py.File(path, "w") as f:
         f.attrs["default"] = ENTRY
         entry = f.create_group(ENTRY)
         entry.attrs["NX_class"] = "NXentry"
-        write_maps(entry, maps, attrs)
+        group = write_maps(entry, maps, attrs)
+        if axes is not None:
+            write_axes(group, *axes)
 
 
 def read_maps(parent: h5py.Group) -> MapsArrays:
@@ -93,3 +98,51 @@ def check_maps(arrays: Mapping[str, Any], where: str) -> None:
         if np.shape(arr) != want or not np.issubdtype(np.asarray(arr).dtype, np.number):
             raise RawFileError(f"{where}/{name}: shape {np.shape(arr)} {np.asarray(arr).dtype}, "
                                f"expected numbers of shape {want}")
+
+
+def grid_axes(x_um: npt.ArrayLike | None, y_um: npt.ArrayLike | None, map_index: npt.ArrayLike,
+              map_shape: tuple[int, int]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None:
+    """Position (µm) of each map column and row: the mean recorded piezo position of its frames.
+
+    None when positions were not recorded (absent or all NaN), or a row or column has none,
+    so a figure never shows made-up distances.
+    """
+    if x_um is None or y_um is None:
+        return None
+    ny, nx = map_shape
+    index = np.asarray(map_index, dtype=np.int64)
+    x, y = np.asarray(x_um, dtype=np.float64), np.asarray(y_um, dtype=np.float64)
+    good = np.isfinite(x) & np.isfinite(y) & (index >= 0) & (index < ny * nx)
+    if not good.any():
+        return None
+    rows, cols = np.divmod(index[good], nx)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        col_x = np.bincount(cols, weights=x[good], minlength=nx) / np.bincount(cols, minlength=nx)
+        row_y = np.bincount(rows, weights=y[good], minlength=ny) / np.bincount(rows, minlength=ny)
+    if not (np.isfinite(col_x).all() and np.isfinite(row_y).all()):
+        return None
+    return col_x, row_y
+
+
+def write_axes(group: h5py.Group, x_um: npt.ArrayLike, y_um: npt.ArrayLike) -> None:
+    """Give the maps NXdata its x/y axes in µm, so NeXus viewers show real positions."""
+    shape = group["d_spacing"].shape
+    x, y = np.asarray(x_um, dtype=np.float64), np.asarray(y_um, dtype=np.float64)
+    if x.shape != (shape[1],) or y.shape != (shape[0],):
+        raise RawFileError(f"{group.name}: axes of {y.shape} rows x {x.shape} columns do not fit maps of {shape}")
+    for name, values in ((MAP_X, x), (MAP_Y, y)):
+        if name in group:
+            del group[name]
+        group.create_dataset(name, data=values).attrs["units"] = "um"
+    group.attrs["axes"] = np.array([MAP_Y, MAP_X], dtype=h5py.string_dtype())
+    group.attrs[f"{MAP_Y}_indices"] = 0
+    group.attrs[f"{MAP_X}_indices"] = 1
+
+
+def read_axes(group: h5py.Group) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None:
+    """The maps' x/y positions (µm) when the file has them and they fit, else None."""
+    if MAP_X not in group or MAP_Y not in group:
+        return None
+    x, y = np.asarray(group[MAP_X][()], dtype=np.float64), np.asarray(group[MAP_Y][()], dtype=np.float64)
+    ny, nx = group["d_spacing"].shape
+    return (x, y) if x.shape == (nx,) and y.shape == (ny,) else None

@@ -98,6 +98,25 @@ def test_multi_entry_archive_processes_every_entry(tmp_path, make_raw):
         assert set(f) == {"entry1", "entry2", "entry10"}
 
 
+def test_maps_carry_xy_axes_in_um_from_the_recorded_positions(tmp_path, make_raw):
+    """Map pixel p (row p // 3, column p % 3) at x = 2 + 0.25 column, y = -1 + 0.5 row (µm), each
+    frame's recorded position jittered by +-0.01 µm: the maps' axes are the positions' means."""
+    index = np.repeat(np.arange(9), 6)
+    jitter = np.tile([0.01, -0.01], index.size // 2)
+    x, y = 2.0 + 0.25 * (index % 3) + jitter, -1.0 + 0.5 * (index // 3) - jitter
+    raw = make_raw(tmp_path / "raw.h5", **{"entry/scan/x": x, "entry/scan/y": y})
+    process_file(raw, tmp_path / "maps.h5")
+    with h5py.File(tmp_path / "maps.h5", "r") as f:
+        maps = f["entry/maps"]
+        assert list(maps.attrs["axes"]) == ["y", "x"] and maps["x"].attrs["units"] == "um"
+        np.testing.assert_allclose(maps["x"][()], [2.0, 2.25, 2.5], atol=1e-12)
+        np.testing.assert_allclose(maps["y"][()], [-1.0, -0.5, 0.0], atol=1e-12)
+    # positions not recorded (NaN, as the writer stores them): no made-up axes
+    process_file(make_raw(tmp_path / "raw2.h5"), tmp_path / "maps2.h5")
+    with h5py.File(tmp_path / "maps2.h5", "r") as f:
+        assert "x" not in f["entry/maps"] and "axes" not in f["entry/maps"].attrs
+
+
 def test_plot_command(raw_file, tmp_path):
     out = tmp_path / "maps.h5"
     process_file(raw_file, out)

@@ -15,6 +15,7 @@ import pytest
 import zmq
 
 from opmon.streaming.archive.layout import COMPLETE
+from opmon.streaming.archive.maps_file import read_axes
 from opmon.streaming.archive.raw import iter_frame_blocks, read_raw_meta
 from opmon.processors.accumulate import MomentAccumulator
 from opmon.processors.geometry import DetectorGeometry
@@ -117,6 +118,9 @@ def test_a_run_is_archived_with_frames_readings_documents_and_maps(tmp_path, ctx
             np.testing.assert_allclose(meta.x_um, 0.1 * np.arange(24))
             result = read_map_result(entry)
             assert result.d_spacing.shape == MAP and entry["maps"].attrs["frames_received"] == 24
+            # frame i at x = 0.1 i µm, map index i % 12: column c holds i = c, c + 4, ..., c + 20
+            np.testing.assert_allclose(read_axes(entry["maps"])[0], 0.1 * (np.arange(4) + 10), atol=1e-12)
+            np.testing.assert_allclose(read_axes(entry["maps"])[1], np.zeros(3))
         log = f["potentiostat"]
         assert log.attrs["NX_class"] == "NXlog" and log["value"].shape == (48,)
         np.testing.assert_allclose(log["value"][:24], 4.6 + 0.001 * np.arange(24))
