@@ -1,6 +1,8 @@
 """One-page PNG summary of a map: d, tilt colour wheel, intensity, d histogram.
 
-For the logbook and for users without a dashboard; uses matplotlib's Agg backend only.
+For the logbook and for talks: real positions (µm, with a scale bar) when the map has them,
+masked pixels grey in every panel, d labels that stay distinct (no offset notation), and a
+title with the map's voltage, time and trigger. Uses matplotlib's Agg backend only.
 """
 from __future__ import annotations
 
@@ -11,51 +13,22 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator, ScalarFormatter  # noqa: E402
+from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar  # noqa: E402
 
+from opmon.processors.colorwheel import MASKED_RGB, auto_max_altitude, tilt_rgb, wheel_legend  # noqa: E402
+from opmon.processors.figure_context import MapContext  # noqa: E402
+from opmon.processors.maps import MASK_RULE, MapResult  # noqa: E402
 from opmon.streaming.archive.safe_writes import atomic_path  # noqa: E402
-from opmon.processors.colorwheel import auto_max_altitude, tilt_rgb, wheel_legend  # noqa: E402
-from opmon.processors.maps import MapResult  # noqa: E402
+
+MASKED_COLOUR = tuple(c / 255.0 for c in MASKED_RGB)
 
 
-def plot_maps(result: MapResult, path: str | Path, title: str = "", step_um: float | None = None) -> Path:
+def plot_maps(result: MapResult, path: str | Path, context: MapContext | None = None) -> Path:
     """Write the summary figure of one map to `path` (PNG) and return the path."""
-    ny, nx = result.shape
-    extent = None if step_um is None else (0, nx * step_um, ny * step_um, 0)
-    unit = "µm" if step_um is not None else "pixel"
-    fig, axes = plt.subplots(2, 2, figsize=(11, 9), constrained_layout=True)
-    ax = axes[0, 0]
-    im = ax.imshow(result.d_spacing, cmap="viridis", extent=extent, interpolation="nearest")
-    ax.set_title("d-spacing (Å)")
-    fig.colorbar(im, ax=ax, format="%.4f")
-    ax = axes[0, 1]
-    max_alt = auto_max_altitude(result.tilt_altitude)
-    ax.imshow(tilt_rgb(result.tilt_altitude, result.tilt_azimuth, max_alt), extent=extent, interpolation="nearest")
-    ax.set_title(f"tilt (hue = azimuth, saturation = altitude, max {max_alt:.3f}°)")
-    legend = ax.inset_axes((1.02, 0.62, 0.34, 0.34))  # beside the map, never over it
-    legend.imshow(wheel_legend(96), origin="lower")
-    legend.set_axis_off()
-    for angle in (0, 90, 180, 270):
-        x = 47.5 + 56 * np.cos(np.radians(angle))
-        y = 47.5 + 56 * np.sin(np.radians(angle))
-        legend.text(x, y, f"{angle}°", ha="center", va="center", fontsize=7)
-    ax = axes[1, 0]
-    im = ax.imshow(result.intensity, cmap="magma", extent=extent, interpolation="nearest")
-    ax.set_title("intensity Σ I (counts)")
-    fig.colorbar(im, ax=ax)
-    ax = axes[1, 1]
-    d = result.valid_d()
-    if d.size:
-        ax.hist(d, bins=min(100, max(10, d.size // 10)), color="tab:blue")
-        ax.axvline(float(np.mean(d)), color="k", lw=1, ls="--", label=f"mean {np.mean(d):.5f} Å")
-        ax.legend()
-    ax.set_xlabel("d (Å)")
-    ax.set_ylabel("pixels")
-    ax.set_title(f"d histogram ({d.size} valid pixels, std {np.std(d) if d.size else float('nan'):.2e} Å)")
-    for a in (axes[0, 0], axes[0, 1], axes[1, 0]):
-        a.set_xlabel(f"x ({unit})")
-        a.set_ylabel(f"y ({unit})")
-    if title:
-        fig.suptitle(title)
+    fig = build_figure(result, context or MapContext())
     path = Path(path)
     try:
         with atomic_path(path) as tmp:  # an interrupted or failed save leaves no half PNG
@@ -63,3 +36,92 @@ def plot_maps(result: MapResult, path: str | Path, title: str = "", step_um: flo
     finally:
         plt.close(fig)
     return path
+
+
+def build_figure(result: MapResult, context: MapContext) -> Figure:
+    """The summary figure (not saved): four panels, the mask rule and the context's title."""
+    extent, unit = _extent(result.shape, context)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 9), constrained_layout=True)
+    ax = axes[0, 0]
+    im = ax.imshow(result.d_spacing, cmap=_with_grey_nan("viridis"), extent=extent, interpolation="nearest")
+    ax.set_title("d-spacing (Å)")
+    fig.colorbar(im, ax=ax, format=_plain_formatter())
+    ax = axes[0, 1]
+    max_alt = auto_max_altitude(result.tilt_altitude)
+    ax.imshow(tilt_rgb(result.tilt_altitude, result.tilt_azimuth, max_alt), extent=extent, interpolation="nearest")
+    ax.set_title(f"tilt (hue = azimuth, saturation = altitude, max {max_alt:.3f}°)")
+    _wheel_beside(ax)
+    ax = axes[1, 0]
+    intensity = np.where(result.mask.astype(bool), result.intensity, np.nan)
+    im = ax.imshow(intensity, cmap=_with_grey_nan("magma"), extent=extent, interpolation="nearest")
+    ax.set_title("intensity Σ I (counts)")
+    fig.colorbar(im, ax=ax)
+    _histogram(axes[1, 1], result)
+    for a in (axes[0, 0], axes[0, 1], axes[1, 0]):
+        a.set_xlabel(f"x ({unit})")
+        a.set_ylabel(f"y ({unit})")
+        if extent is not None:
+            _scale_bar(a, extent)
+    fig.supxlabel(MASK_RULE, fontsize=8, color="0.3")      # laid out below the panels, never over a label
+    title = context.title()
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def _extent(shape: tuple[int, int], context: MapContext) -> tuple[tuple[float, float, float, float] | None, str]:
+    """imshow extent in µm from the columns' and rows' positions (pixel edges), or map pixels."""
+    x, y = context.x_um, context.y_um
+    if x is None or y is None or x.size != shape[1] or y.size != shape[0]:
+        return None, "map pixel"
+    dx = float(np.median(np.diff(x))) if x.size > 1 else 1.0
+    dy = float(np.median(np.diff(y))) if y.size > 1 else 1.0
+    dx, dy = dx or 1.0, dy or 1.0
+    return (x[0] - dx / 2, x[-1] + dx / 2, y[-1] + dy / 2, y[0] - dy / 2), "µm"
+
+
+def _with_grey_nan(name: str) -> matplotlib.colors.Colormap:
+    """A colour map that paints NaN (masked) pixels the one masked grey of every figure."""
+    return plt.get_cmap(name).with_extremes(bad=MASKED_COLOUR)
+
+
+def _plain_formatter() -> ScalarFormatter:
+    """Tick labels with as many digits as the ticks need to differ, never an offset (+2.036)."""
+    formatter = ScalarFormatter(useOffset=False)
+    formatter.set_scientific(False)
+    return formatter
+
+
+def _scale_bar(ax: Axes, extent: tuple[float, float, float, float]) -> None:
+    """A 1-2-5 µm bar about a fifth of the map's width, lower right."""
+    width = abs(extent[1] - extent[0])
+    target = width / 5
+    exponent = np.floor(np.log10(target))
+    length = max(m for m in (1, 2, 5, 10) if m * 10 ** exponent <= target) * 10 ** exponent
+    label = f"{length:g} µm"
+    ax.add_artist(AnchoredSizeBar(ax.transData, length, label, "lower right", pad=0.3, color="black",
+                                  frameon=False, size_vertical=abs(extent[2] - extent[3]) / 60))
+
+
+def _wheel_beside(ax: Axes) -> None:
+    """The colour-wheel legend beside the tilt map, never over it."""
+    legend = ax.inset_axes((1.02, 0.62, 0.34, 0.34))
+    legend.imshow(wheel_legend(96), origin="lower")
+    legend.set_axis_off()
+    for angle in (0, 90, 180, 270):
+        x = 47.5 + 56 * np.cos(np.radians(angle))
+        y = 47.5 + 56 * np.sin(np.radians(angle))
+        legend.text(x, y, f"{angle}°", ha="center", va="center", fontsize=7)
+
+
+def _histogram(ax: Axes, result: MapResult) -> None:
+    d = result.valid_d()
+    if d.size:
+        ax.hist(d, bins=min(100, max(10, d.size // 10)), color="tab:blue")
+        ax.axvline(float(np.mean(d)), color="k", lw=1, ls="--", label=f"mean {np.mean(d):.5f} Å")
+        ax.legend()
+    ax.xaxis.set_major_formatter(_plain_formatter())
+    ax.xaxis.set_major_locator(MaxNLocator(5))      # five labels of ~7 digits stay apart
+    ax.set_xlabel("d (Å)")
+    ax.set_ylabel("pixels")
+    ax.set_title(f"d histogram ({d.size} valid pixels, std {np.std(d) if d.size else float('nan'):.2e} Å)")

@@ -16,6 +16,8 @@ from opmon.errors import EmptyMapError
 from opmon.streaming.archive.maps_file import MapsArrays, read_maps
 
 MASK_FRACTION = 0.2  # pixels below 20 % of the map's maximum intensity are invalid
+#: the rule above in words, for figures and the dashboard (they state which pixels are masked and why)
+MASK_RULE = f"masked (grey): Σ I below {MASK_FRACTION:.0%} of the map's maximum"
 
 F64 = npt.NDArray[np.float64]
 

@@ -29,6 +29,7 @@ def _run(args: argparse.Namespace) -> int:
     import h5py
 
     from opmon.processors.figure import plot_maps
+    from opmon.processors.figure_context import map_context
     from opmon.processors.maps import read_map_result
     path = Path(args.maps)
     with interrupt.interruptible(), _open(path) as f:
@@ -42,13 +43,14 @@ def _run(args: argparse.Namespace) -> int:
             if not names:
                 raise RawFileError(f"{path}: no entry holds a maps group")
             results = {name: read_map_result(f[name]) for name in names}  # every map read and checked first
+            contexts = {name: map_context(f[name], f"{path.name}:{name}") for name in names}
         except OSError as exc:
             raise RawFileError(f"{path}: damaged or truncated HDF5 file ({str(exc).split('(')[0].strip()})") from exc
         pngs = figure_paths(Path(args.output or path.with_suffix(".png")), names)
         check_outputs(pngs.values(), [path], force=args.force)
         for name, png in pngs.items():
             interrupt.check()
-            plot_maps(results[name], png, title=f"{path.name}:{name}")
+            plot_maps(results[name], png, contexts[name])
             print(f"figure written to {png}")
     return 0
 

@@ -49,10 +49,15 @@ def _run(args: argparse.Namespace) -> int:
                   f"background {entry.result.background:.2e} counts/pixel/frame")
         print(f"maps written to {output}")
         if pngs:
+            import h5py
+
             from opmon.processors.figure import plot_maps
+            from opmon.processors.figure_context import map_context
             for name, png in pngs.items():
                 interrupt.check()
-                plot_maps(done[name].result, png, title=f"{raw.name}:{name}")
+                with h5py.File(output, "r") as maps_file, h5py.File(raw, "r", swmr=True) as raw_file:
+                    context = map_context(maps_file[name], f"{raw.name}:{name}", raw=raw_file[name])
+                plot_maps(done[name].result, png, context)
                 print(f"figure written to {png}")
     skipped = {name: entry.bad_frames for name, entry in done.items() if entry.bad_frames}
     if skipped:

@@ -26,8 +26,8 @@ from opmon.streaming import protocol as P
 from opmon.streaming.archive.acks import ArchiveAcks, PreSyncHold
 from opmon.streaming.archive.disk_full import DEFAULT_RESERVE, DiskGuard, is_disk_full
 from opmon.streaming.archive.final_maps import write_final_maps
-from opmon.streaming.archive.layout import DOCUMENTS, ENTRY, POTENTIOSTAT, map_file_name, maps_file_name
-from opmon.streaming.archive.maps_file import grid_axes
+from opmon.streaming.archive.layout import DOCUMENTS, ENTRY, MAPS, POTENTIOSTAT, map_file_name, maps_file_name
+from opmon.streaming.archive.maps_file import grid_axes, read_axes, write_axes
 from opmon.streaming.archive.raw import read_raw_meta
 from opmon.streaming.archive.reader import RunArchive, map_start_of, read_map_frames, read_readings
 from opmon.streaming.archive.restart import rebuild, set_aside
@@ -286,7 +286,22 @@ class Archiver:
         complete = writer.close(complete, n_sent, last_seq)
         rec = self.run_dir.record(writer.number)
         rec.frames, rec.complete = writer.n_written, complete
+        if rec.has_maps:        # final maps came while frames were still arriving: their axes now
+            self._add_axes(self.run_dir, writer.number)
         self.run_dir.write_master()
+
+    def _add_axes(self, run: RunDirectory, number: int) -> None:
+        """Give an archived maps file the x/y axes its map's frames now hold (it had none)."""
+        path = run.path / maps_file_name(number)
+        axes = self._map_axes(run, number)
+        if axes is None:
+            return
+        try:
+            with h5py.File(path, "r+") as f:
+                if MAPS in f[ENTRY] and read_axes(f[ENTRY][MAPS]) is None:
+                    write_axes(f[ENTRY][MAPS], *axes)
+        except (OSError, KeyError, OpmonError) as exc:
+            log.warning("run %s map %d: x/y axes not added to the maps: %s", run.uid, number, exc)
 
     def _close_run(self, aborted: bool) -> None:
         """Close the frame side of the run; readings and documents get `grace_s` more to arrive
@@ -402,13 +417,13 @@ class Archiver:
         log.info("run %s map %d: final maps archived", run_uid, number)
 
     def _map_axes(self, run: RunDirectory, number: int) -> tuple[Any, Any] | None:
-        """Column and row positions (µm) of an archived map, from its frames' recorded positions."""
+        """Column and row positions (µm) of an archived map, from its frames' recorded positions;
+        None while its frames are still arriving (some rows may have none yet)."""
         path = run.path / map_file_name(number)
         try:
-            if self.map_writer is not None and self.map_writer.path == path:     # still being written
-                self.map_writer.flush()
-                meta = read_raw_meta(self.map_writer.file[ENTRY])
-            elif path.is_file():
+            if self.map_writer is not None and self.map_writer.path == path:     # still being written:
+                return None                                                      # added when it closes
+            if path.is_file():
                 with h5py.File(path, "r", swmr=True) as f:
                     meta = read_raw_meta(f[ENTRY])
             else:
