@@ -12,7 +12,8 @@ import numpy as np
 import numpy.typing as npt
 
 from opmon.errors import OpmonError
-from opmon.processors.colorwheel import MASKED_RGB, auto_max_altitude, hsv_to_rgb  # one colour rule for figures and dashboard
+from opmon.processors import colorwheel  # one colour rule and one legend for figures and dashboard
+from opmon.processors.colorwheel import MASKED_RGB, auto_max_altitude, hsv_to_rgb
 
 __all__ = ["ColorMapError", "pack_rgba", "tilt_to_rgb", "tilt_to_rgba", "wheel_legend"]
 
@@ -82,21 +83,12 @@ def tilt_to_rgba(
     return pack_rgba(tilt_to_rgb(altitude, azimuth, max_altitude, mask))
 
 
-def wheel_legend(size: int = 101, max_altitude: float = 1.0) -> npt.NDArray[np.uint32]:
-    """The colour-wheel legend as an RGBA image of `size` x `size` pixels.
-
-    Pixel (row, col) at offset (dx, dy) from the centre, with row 0 at the bottom as Bokeh
-    draws images, shows the tilt of azimuth atan2(dy, dx) and altitude r / R * max_altitude;
-    outside the disc it is transparent.
-    """
+def wheel_legend(size: int = 101) -> npt.NDArray[np.uint32]:
+    """The colour-wheel legend of `opmon.processors.colorwheel` (the one the PNG figure shows),
+    packed for Bokeh: row 0 at the bottom as Bokeh draws images, transparent outside the disc."""
     if size < 3:
         raise ColorMapError(f"wheel legend size must be >= 3 pixels, got {size}")
-    c = (size - 1) / 2.0
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
-    dx, dy = (xx - c) / c, (yy - c) / c
-    r = np.hypot(dx, dy)
-    azi = np.mod(np.degrees(np.arctan2(dy, dx)), 360.0)
-    rgb = tilt_to_rgb(np.minimum(r, 1.0) * max_altitude, azi, max_altitude)
-    out = pack_rgba(rgb)
-    out[r > 1.0] = 0
+    rgba = np.rint(colorwheel.wheel_legend(size) * 255.0).astype(np.uint8)
+    out = pack_rgba(rgba[..., :3])
+    out[rgba[..., 3] == 0] = 0
     return out

@@ -83,7 +83,7 @@ def test_rgba_packing_is_what_bokeh_image_rgba_reads():
 
 
 def test_wheel_legend_puts_azimuth_around_and_altitude_outward():
-    img = wheel_legend(101, max_altitude=1.0).view(np.uint8).reshape(101, 101, 4)
+    img = wheel_legend(101).view(np.uint8).reshape(101, 101, 4)
     c = 50
     assert img[c, c, :3].tolist() == [255, 255, 255]            # centre: no tilt
     assert img[c, 100, :3].tolist() == [255, 0, 0]              # +x edge: azimuth 0
