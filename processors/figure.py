@@ -21,6 +21,7 @@ from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar  # noqa: E4
 from opmon.processors.colorwheel import MASKED_RGB, auto_max_altitude, tilt_rgb, wheel_legend  # noqa: E402
 from opmon.processors.figure_context import MapContext  # noqa: E402
 from opmon.processors.maps import MASK_RULE, MapResult  # noqa: E402
+from opmon.processors.series import MapPoint  # noqa: E402
 from opmon.streaming.archive.safe_writes import atomic_path  # noqa: E402
 
 MASKED_COLOUR = tuple(c / 255.0 for c in MASKED_RGB)
@@ -125,3 +126,39 @@ def _histogram(ax: Axes, result: MapResult) -> None:
     ax.set_xlabel("d (Å)")
     ax.set_ylabel("pixels")
     ax.set_title(f"d histogram ({d.size} valid pixels, std {np.std(d) if d.size else float('nan'):.2e} Å)")
+
+
+def plot_series(points: list[MapPoint], path: str | Path, title: str = "") -> Path:
+    """Write the run's curve (integrated intensity and mean d of each map against charge) to `path`."""
+    fig = build_series_figure(points, title)
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        plt.close(fig)
+    return path
+
+
+def build_series_figure(points: list[MapPoint], title: str = "") -> Figure:
+    """Two panels sharing the x axis: Σ intensity per map, and mean d; x is the charge passed
+    (mA h) when every map has it, else the map number. Each point is labelled with its map."""
+    by_charge = bool(points) and all(p.charge_mah is not None for p in points)
+    x = [p.charge_mah if by_charge else p.number for p in points]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True, constrained_layout=True)
+    top.plot(x, [p.integrated_intensity for p in points], "o-", color="tab:red")
+    top.set_ylabel("integrated intensity Σ I (counts)")
+    top.set_ylim(bottom=0)                           # a fade reads as a fade, not as a zoomed wiggle
+    top.set_title("imaged reflection per map (it fades as its phase transforms)")
+    for xi, p in zip(x, points):
+        label = f"map {p.number}" + (f"\n{p.voltage_v:.3f} V" if p.voltage_v is not None else "")
+        top.annotate(label, (xi, p.integrated_intensity), textcoords="offset points", xytext=(0, 6),
+                     ha="center", fontsize=7)
+    with_d = [(xi, p.mean_d) for xi, p in zip(x, points) if p.mean_d is not None]
+    bottom.plot([a for a, _ in with_d], [b for _, b in with_d], "s-", color="tab:blue")
+    bottom.yaxis.set_major_formatter(_plain_formatter())
+    bottom.set_ylabel("mean d of valid pixels (Å)")
+    bottom.set_xlabel("charge passed (mA h)" if by_charge else "map number")
+    if title:
+        fig.suptitle(title)
+    return fig

@@ -21,6 +21,7 @@ import numpy.typing as npt
 from opmon.streaming.archive.layout import (ATTR_TRIGGER, ENTRY, MAPS, POTENTIOSTAT, TIMESTAMP, map_file_name,
                                            map_number_of)
 from opmon.streaming.archive.maps_file import read_axes
+from opmon.processors.series import reading_at
 from opmon.streaming.archive.reader import read_readings
 
 log = logging.getLogger(__name__)
@@ -101,8 +102,4 @@ def _trigger_text(value: object) -> str:
 
 def _voltage_at(log_path: Path, when: float) -> float | None:
     """Cell voltage of the last reading at or before `when` (the first one if none came before)."""
-    readings = [r for r in read_readings(log_path, when) if "voltage_v" in r]
-    if not readings:
-        return None
-    before = [r for r in readings if r["t"] <= when]
-    return float((before[-1] if before else readings[0])["voltage_v"])
+    return reading_at(read_readings(log_path, when), when, "voltage_v")

@@ -1,4 +1,5 @@
-"""`opmon plot MAPS -o PNG`: the one-page summary figure of a maps file."""
+"""`opmon plot MAPS -o PNG`: the one-page summary figure of a maps file; `opmon plot RUN --series`:
+the run's curve (integrated intensity and mean d of each map against the charge passed)."""
 from __future__ import annotations
 
 import argparse
@@ -26,6 +27,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.series:
+        return _series(args)
     import h5py
 
     from opmon.processors.figure import plot_maps
@@ -55,10 +58,40 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _series(args: argparse.Namespace) -> int:
+    from opmon.processors.figure import plot_series
+    from opmon.processors.series import run_series
+    path = Path(args.maps).resolve()
+    run_dir = path if path.is_dir() else path.parent
+    if not (run_dir / "run.h5").is_file():
+        raise RawFileError(f"{path}: --series needs an archived run (its directory or its run.h5)")
+    png = Path(args.output or run_dir / "series.png")
+    if png.suffix.lower() != ".png":
+        raise RawFileError(f"{png}: the figure needs a file name ending in .png")
+    check_outputs([png], [run_dir / "run.h5"], force=args.force)
+    with interrupt.interruptible():
+        try:
+            points = run_series(run_dir)
+        except (OSError, KeyError) as exc:
+            raise RawFileError(f"{run_dir}: archived maps not readable ({exc})") from exc
+        if not points:
+            raise RawFileError(f"{run_dir}: no map of this run has final maps yet")
+        plot_series(points, png, title=f"run {run_dir.name}")
+    for p in points:
+        charge = f"{p.charge_mah:.4f} mA h" if p.charge_mah is not None else "charge unknown"
+        print(f"map {p.number}: {charge}, integrated intensity {p.integrated_intensity:.4g} counts, "
+              f"{p.valid_fraction:.0%} of pixels valid")
+    print(f"figure written to {png}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plot", help="write the summary PNG of a maps file", description=__doc__)
-    p.add_argument("maps", help="maps HDF5 file written by opmon process or the live processor")
+    p.add_argument("maps", help="maps HDF5 file written by opmon process or the live processor (with --series: a run)")
     p.add_argument("-o", "--output", default=None, help="PNG path (default: MAPS with .png)")
     p.add_argument("--entry", default=None, help="entry to plot (default: all)")
     p.add_argument("--force", action="store_true", help="overwrite an existing PNG (never the maps file)")
+    p.add_argument("--series", action="store_true",
+                   help="MAPS is an archived run (directory or run.h5): plot each map's integrated intensity and "
+                        "mean d against the charge passed (default output RUN/series.png)")
     p.set_defaults(func=run)

@@ -92,3 +92,33 @@ def test_title_reads_voltage_time_and_trigger_from_an_archived_map(tmp_path, mak
     assert time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t0 + 100.0)) in title
     assert main(["plot", str(tmp_path / "map_0002_maps.h5"), "-o", str(tmp_path / "fig.png")]) == 0
     assert (tmp_path / "fig.png").stat().st_size > 10_000
+
+
+def test_series_of_an_archived_run_puts_integrated_intensity_against_charge(tmp_path, make_raw):
+    """Three maps whose reflection fades (peak counts 400, 200, 50) taken at 100 s, 200 s, 300 s;
+    the log's charge grows 1e-4 mA h per second: the curve has one point per map at the right
+    charge, Σ intensity falling, and `opmon plot RUN --series` draws it."""
+    from opmon.processors.series import run_series
+    t0 = 1_790_000_000.0
+    log = PotentiostatLog(tmp_path / POTENTIOSTAT, t0)
+    for k in range(0, 400, 10):
+        log.add({"t": t0 + k, "voltage_v": 4.5 + 1e-3 * k, "charge_mah": 1e-4 * k})
+    log.close()
+    for m, counts in enumerate((400.0, 200.0, 50.0)):
+        raw = make_raw(tmp_path / f"map_{m:04d}.h5", seed=m, intensity=counts)
+        with h5py.File(raw, "a") as f:
+            f["entry/scan/timestamp"] = t0 + 100.0 * (m + 1) + np.arange(f["entry/scan/map_index"].shape[0])
+        assert main(["process", str(raw), "-o", str(tmp_path / f"map_{m:04d}_maps.h5"), "-q"]) == 0
+    with h5py.File(tmp_path / "run.h5", "w") as f:
+        f.attrs["run_uid"] = "r1"
+    points = run_series(tmp_path)
+    assert [p.number for p in points] == [0, 1, 2]
+    np.testing.assert_allclose([p.charge_mah for p in points], [0.01, 0.02, 0.03], atol=1e-12)
+    np.testing.assert_allclose([p.voltage_v for p in points], [4.6, 4.7, 4.8], atol=1e-12)
+    for m, p in enumerate(points):
+        with h5py.File(tmp_path / f"map_{m:04d}_maps.h5", "r") as f:
+            assert p.integrated_intensity == pytest.approx(np.nansum(f["entry/maps/intensity"][()]))
+    assert points[0].integrated_intensity > 1.8 * points[1].integrated_intensity > 3 * points[2].integrated_intensity
+    assert main(["plot", str(tmp_path / "run.h5"), "--series"]) == 0
+    assert (tmp_path / "series.png").stat().st_size > 10_000
+    assert main(["plot", str(tmp_path / "map_0000.h5"), "--series", "-o", str(tmp_path / "x.txt")]) != 0
