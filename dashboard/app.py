@@ -112,7 +112,8 @@ class Session:
     def _layout(self) -> Any:
         tilt_box = row(self.tilt.fig, self.tilt.legend, sizing_mode="stretch_both")
         maps = row(self.d.fig, tilt_box, self.intensity.fig, self.width.fig, sizing_mode="stretch_both")
-        plots = row(self.hist_fig, self.pole_fig, self.echem.vt, self.echem.vq, sizing_mode="stretch_both")
+        plots = row(self.hist_fig, self.pole_fig, self.echem.vt, self.echem.vq, self.echem.iq,
+                    sizing_mode="stretch_both")
         gallery = row(self.live_button, self.gallery, self.seen_div, self.ack_div, sizing_mode="stretch_width", height=44)
         return column(self.status_div, self.steering.layout(), maps, plots, gallery,
                       sizing_mode="stretch_both", styles={"padding": "4px 8px"})
@@ -192,7 +193,8 @@ class Session:
                 "hours": [(r.t - self._t0) / 3600.0 for r in new],
                 "voltage": [r.voltage for r in new],
                 "capacity": [r.capacity for r in new],
-                "label": [str(r.update.map_number) for r in new]})
+                "label": [str(r.update.map_number) for r in new],
+                "intensity": [integrated_intensity(r.update) for r in new]})
             self._last_marker = new[-1].update.map_number
         self._history = history
 
@@ -234,6 +236,12 @@ class Session:
         self.live_button.button_type = "success"
         self.live_button.label = "● Live"
         self._shown = (-1, -1)
+
+
+def integrated_intensity(update: MapUpdate) -> float:
+    """Σ over the map of Σ I: how strongly the imaged reflection diffracts in this map."""
+    intensity = update.arrays.get("intensity")
+    return float(np.nansum(intensity)) if intensity is not None else float("nan")
 
 
 def run_info(docs: list[tuple[str, dict[str, Any]]]) -> str:

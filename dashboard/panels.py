@@ -169,6 +169,7 @@ class EchemPanels:
 
     vt: figure
     vq: figure
+    iq: figure                 # integrated intensity of each final map against capacity
     readings: ColumnDataSource
     markers: ColumnDataSource
 
@@ -176,7 +177,7 @@ class EchemPanels:
 def echem_panels() -> EchemPanels:
     """Traces stream in; each finished map adds a numbered marker where it was taken."""
     readings = ColumnDataSource({"hours": [], "voltage": [], "current_ma": [], "capacity": []})
-    markers = ColumnDataSource({"hours": [], "voltage": [], "capacity": [], "label": []})
+    markers = ColumnDataSource({"hours": [], "voltage": [], "capacity": [], "label": [], "intensity": []})
     vt = figure(title="V and I vs time (▼ = map)", tools=TOOLS, sizing_mode="stretch_both",
                 min_width=260, min_height=180, x_axis_label="time (h)", y_axis_label="V")
     v_line = vt.line(x="hours", y="voltage", source=readings, line_width=2, color="#1f77b4", legend_label="V")
@@ -201,4 +202,13 @@ def echem_panels() -> EchemPanels:
                color="#d62728")
     vq.text(x="capacity", y="voltage", text="label", source=markers, y_offset=-10, text_font_size="10px",
             text_align="center", text_color="#d62728")
-    return EchemPanels(_style(vt), _style(vq), readings, markers)
+    # the imaged reflection fades as its phase transforms (seed 000, Supplementary Fig. 10)
+    iq = figure(title="Σ I per map vs capacity (imaged reflection)", tools=TOOLS, sizing_mode="stretch_both",
+                min_width=220, min_height=180, x_axis_label="capacity (mAh)", y_axis_label="Σ I (counts)")
+    iq.line(x="capacity", y="intensity", source=markers, line_width=1.5, color="#d62728")
+    iq.scatter(x="capacity", y="intensity", source=markers, size=8, color="#d62728")
+    iq.text(x="capacity", y="intensity", text="label", source=markers, y_offset=-8, text_font_size="10px",
+            text_align="center", text_color="#d62728")
+    iq.y_range.start = 0                      # a fade reads as a fade
+    iq.yaxis.formatter.use_scientific = True
+    return EchemPanels(_style(vt), _style(vq), _style(iq), readings, markers)

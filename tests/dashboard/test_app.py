@@ -171,3 +171,25 @@ def test_histogram_overlays_earlier_maps_on_shared_bins_as_fractions():
     _tick(s)
     tops = np.asarray(s.hist.current.data["top"])
     assert np.count_nonzero(tops) == 2 and tops.max() == pytest.approx(0.5)     # two peaks, half each
+
+
+def test_each_final_map_adds_its_integrated_intensity_at_its_capacity():
+    """Three final maps taken at 0.1, 0.2, 0.3 mAh whose reflection fades (x1, x0.5, x0.1):
+    the Σ I per map panel gets one point per map, at its capacity, with the map's Σ I."""
+    model = DashboardModel()
+    doc = Document()
+    s = Session(doc, model, None, None, DashboardOptions())
+    expected = []
+    for k, scale in enumerate((1.0, 0.5, 0.1)):
+        model.on_reading(1000.0 + 60 * k, 4.6 + 0.05 * k, 1e-5, 0.1 * (k + 1))
+        full = _full(seed=k)
+        full["intensity"] = full["intensity"] * scale
+        full["intensity"][0, 0] = np.nan                 # a masked pixel counts as nothing
+        expected.append(np.nansum(full["intensity"]))
+        model.on_map(_partial(full, 8, k, final=True))
+        _tick(s)
+    marks = s.echem.markers.data
+    np.testing.assert_allclose(marks["capacity"], [0.1, 0.2, 0.3])
+    np.testing.assert_allclose(marks["intensity"], expected)
+    assert marks["label"] == ["0", "1", "2"]
+    assert s.echem.iq in doc.roots[0].references()
