@@ -28,7 +28,6 @@ import numpy as np
 import zmq
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "dashboard"))
 
 
 # ---------------------------------------------------------------- producer (own process)
@@ -120,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         produce(int(port), float(rate), float(seconds), float(publish_ms), int(side), int(angles))
         return 0
 
-    from dashboard_browser import Browser, browser_available
+    from opmon.benchmarks.browser import Browser, browser_available   # selenium: the test extra
     if not browser_available():
         print("bench_dashboard: needs /usr/bin/chromium and chromedriver (scripts/install-browser.sh)")
         return 1

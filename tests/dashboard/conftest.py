@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 # the suite runs with --import-mode=importlib, which leaves sys.path alone: make this folder's
-# helper modules (dashboard_producer, dashboard_browser) importable by name
+# helper modules (dashboard_producer, dashboard_http) importable by name
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dashboard_producer import SimulatedExperiment

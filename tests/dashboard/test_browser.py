@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from dashboard_browser import Browser, browser_available
+from opmon.benchmarks.browser import Browser, browser_available
 from opmon.dashboard.auth import cookie_name
 
 pytestmark = [pytest.mark.browser,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dashboard_browser import Browser, browser_available
+from opmon.benchmarks.browser import Browser, browser_available
 from opmon.dashboard.control_client import ControlClient
 from opmon.port_picker import port_block
 from tests.waiting import until

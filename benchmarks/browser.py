@@ -1,4 +1,4 @@
-"""Debian chromium + chromedriver driven by Selenium, for the dashboard's browser tests.
+"""Debian chromium + chromedriver driven by Selenium, for the dashboard's browser tests and `opmon bench dashboard`.
 
 Only the distribution's browser (scripts/install-browser.sh); never a downloaded build. The
 flags keep chromium from reaching for the network, which hangs it on a closed network.
