@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install opmon into it. `scripts/setup.sh test` also installs the test
-# extra and Debian's chromium + chromium-driver for the browser tests (apt, when missing).
+# extra, Debian's chromium + chromium-driver for the browser tests and Debian's redis-server for
+# the queue-server test (apt, when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -8,6 +9,7 @@ PYTHON=${PYTHON:-python3}
 if [ "${1:-}" = "test" ]; then
     .venv/bin/pip install --disable-pip-version-check -q -e '.[test]'
     if [ -f scripts/install-browser.sh ]; then bash scripts/install-browser.sh; fi
+    if [ -f scripts/install-redis.sh ]; then bash scripts/install-redis.sh; fi
 else
     .venv/bin/pip install --disable-pip-version-check -q -e .
 fi

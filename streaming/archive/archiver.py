@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import h5py
+import numpy as np
 import zmq
 
 from opmon.errors import ArchiveError, OpmonError
@@ -92,6 +93,7 @@ class Archiver:
         self.early_readings: deque[dict[str, Any]] = deque(maxlen=100_000)
         self.early_docs: deque[tuple[str, str, dict[str, Any]]] = deque(maxlen=100_000)
         self.doc_run: str | None = None
+        self.frameless_due: dict[str, float] = {}   # run uid -> when to archive it without frames
         self.dropped = Counter[str]()
         self.frames_written = 0
         self._last_flush = time.monotonic()
@@ -213,6 +215,40 @@ class Archiver:
                 self.dropped["document_outside_run"] += 1
         run.write_master()
         log.info("archiving run %s in %s", start["run"], path)
+
+    def _archive_without_frames(self, uid: str) -> None:
+        """A run that ended before its first map (aborted while waiting for a trigger): its
+        documents and potentiostat readings are acquired data too, archived in a run directory
+        with no map (run.h5 state done, the stop document's exit status)."""
+        docs = [(name, doc) for u, name, doc in self.early_docs if u == uid]
+        self.early_docs = deque(((u, n, d) for u, n, d in self.early_docs if u != uid), maxlen=100_000)
+        start_doc = next((d for name, d in docs if name == "start"), {})
+        stop_doc = next((d for name, d in docs if name == "stop"), {})
+        t0, t1 = start_doc.get("time"), stop_doc.get("time")
+        window = (float(t0) if isinstance(t0, (int, float)) else -np.inf, float(t1) if isinstance(t1, (int, float)) else np.inf)
+
+        def mine(reading: dict[str, Any]) -> bool:     # named for this run, or unnamed within its time
+            return reading.get("run") == uid or (reading.get("run") is None and window[0] <= reading["t"] <= window[1])
+        readings = [r for r in self.early_readings if mine(r)]
+        self.early_readings = deque((r for r in self.early_readings if not mine(r)), maxlen=100_000)
+        path = self.directory / uid
+        path.mkdir(parents=True, exist_ok=True)
+        run = self.runs[uid] = RunDirectory(path, uid)
+        run.stop = {"v": P.VERSION, "kind": "stop", "run": uid, "exit_status": str(stop_doc.get("exit_status", "")),
+                    "reason": str(stop_doc.get("reason", "")), "n_frames": 0, "n_maps": 0}
+        log_path = path / POTENTIOSTAT
+        old = set_aside(log_path) if log_path.exists() else None
+        t_log = window[0] if np.isfinite(window[0]) else time.time()
+        sidecar = self.sidecars[uid] = _Sidecar(PotentiostatLog(log_path, t0=t_log), open(path / DOCUMENTS, "a", encoding="utf-8"))
+        for reading in [*(read_readings(old, t_log) if old is not None else ()), *readings]:
+            sidecar.potentiostat.add(reading)
+        run.has_potentiostat = True
+        for name, doc in docs:
+            self._write_doc(run, name, doc)        # the stop document closes the side files
+        self._close_sidecar(uid)
+        run.write_master()
+        log.warning("run %s ended before its first map (%s): archived its %d document(s) and %d reading(s), no frames",
+                    uid, run.stop["exit_status"] or "no exit status", len(docs), len(readings))
 
     def _open_map(self, map_header: dict[str, Any]) -> None:
         self._close_map(complete=False)
@@ -366,6 +402,8 @@ class Archiver:
         run = self.runs.get(uid) if uid else self.run_dir
         if uid and run is None:
             self.early_docs.append((uid, name, doc))   # the frame stream's start has not arrived yet
+            if name == "stop":     # ... and may never (a run stopped before its first map): wait, then archive
+                self.frameless_due[uid] = time.monotonic() + self.grace_s
             return
         self._write_doc(run, name, doc)
         if name == "stop":
@@ -444,6 +482,12 @@ class Archiver:
             sidecar.documents.flush()
             if sidecar.deadline is not None and now > sidecar.deadline:
                 self._close_sidecar(uid)
+        for uid, due in list(self.frameless_due.items()):
+            if uid in self.runs:               # its frame stream started after all
+                del self.frameless_due[uid]
+            elif now > due:
+                del self.frameless_due[uid]
+                self._archive_without_frames(uid)
         self._last_flush = now
         if self.acks is not None:
             self.acks.flushed()

@@ -145,6 +145,63 @@ def _assert_nexus_valid(run_dir) -> None:
         assert not errors, f"{path.name} is not valid NeXus: {errors}"
 
 
+def test_a_run_stopped_before_its_first_map_keeps_its_documents_and_readings(tmp_path, ctx):
+    """Aborted while waiting for its first trigger: no frame was ever sent, but its documents and
+    potentiostat readings are acquired data: archived after the grace time, run.h5 done/abort.
+    A run whose frames come after its stop document (another channel) is not archived twice."""
+    docs = _push(ctx, "tcp://127.0.0.1:0")
+    sink = ZmqFrameSink(["tcp://127.0.0.1:0"], context=ctx, stall_timeout_s=10)   # silent for the first run
+    archiver = Archiver(tmp_path / "archive", sink.endpoints[0], docs.getsockopt_string(zmq.LAST_ENDPOINT), None,
+                        flush_interval_s=0.1, grace_s=2.0)
+    done, thread = _serve(archiver)
+    t0 = time.time()
+    run = "run-without-frames"
+    docs.send(P.pack({"v": 1, "kind": "doc", "name": "start", "doc": {"uid": run, "time": t0, "plan_name": "operando_series"}}))
+    for i in range(5):
+        docs.send(P.pack({"v": 1, "kind": "reading", "run": run, "t": t0 + i, "voltage_v": 4.1 + 0.01 * i,
+                          "current_a": 1e-5, "charge_mah": 0.001 * i}))
+    docs.send(P.pack({"v": 1, "kind": "reading", "run": "another-run", "t": t0 + 1, "voltage_v": 3.0}))
+    docs.send(P.pack({"v": 1, "kind": "doc", "name": "stop",
+                      "doc": {"run_start": run, "time": t0 + 6, "exit_status": "abort", "reason": "user abort"}}))
+    master = tmp_path / "archive" / run / "run.h5"
+    try:
+        assert _wait_for(lambda: run not in archiver.frameless_due and master.is_file() and run not in archiver.sidecars)
+        # a second run whose stop document overtakes its frames (they travel on another channel)
+        late = "run-with-late-frames"
+        docs.send(P.pack({"v": 1, "kind": "doc", "name": "start", "doc": {"uid": late, "time": time.time()}}))
+        docs.send(P.pack({"v": 1, "kind": "doc", "name": "stop", "doc": {"run_start": late, "exit_status": "success"}}))
+        assert _wait_for(lambda: late in archiver.frameless_due)
+        sink.start_run(frame_shape=SHAPE, dtype="uint32", map_shape=MAP, run=late, **GEOMETRY)
+        sink.start_map(12)
+        for i, frame in enumerate(frames_for(12, shape=SHAPE)):
+            sink.send_frame(frame, index=i, eta=10.0, phi=0, nu=0, delta=30)
+        sink.stop_run()
+        late_master = tmp_path / "archive" / late / "run.h5"
+
+        def late_archived() -> bool:
+            try:
+                with h5py.File(late_master, "r") as f:
+                    return f.attrs["state"] == "done" and "entry0" in f and "document_stop" in f.attrs
+            except (OSError, KeyError):
+                return False
+        assert _wait_for(late_archived)
+        assert _wait_for(lambda: late not in archiver.frameless_due)     # dropped at the next flush, not archived again
+    finally:
+        done.set()
+        thread.join(10)
+        docs.close()
+        sink.close()
+    with h5py.File(master, "r") as f:
+        assert f.attrs["state"] == "done" and json.loads(f.attrs["stop"])["exit_status"] == "abort"
+        assert json.loads(f.attrs["document_start"])["plan_name"] == "operando_series"
+        assert not [name for name in f if name.startswith("entry")]
+        log = f["potentiostat"]
+        np.testing.assert_allclose(log["value"][()], 4.1 + 0.01 * np.arange(5))   # not the other run's reading
+    lines = (tmp_path / "archive" / run / "documents.jsonl").read_text().splitlines()
+    assert [json.loads(line)["name"] for line in lines] == ["start", "stop"]
+    assert archiver.dropped["document_outside_run"] == 0
+
+
 @pytest.mark.timeout(120)
 def test_kill_9_mid_map_leaves_every_flushed_frame_readable(tmp_path, ctx):
     config, path = write_config(tmp_path)
