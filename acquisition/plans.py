@@ -13,9 +13,11 @@ from typing import Any
 
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
+from ophyd_async.plan_stubs import ensure_connected
 from bluesky.utils import MsgGenerator
 
 from opmon.acquisition.cell_state import CellMode
+from opmon.acquisition.decisions import SteeringLog, describe_rule, record
 from opmon.acquisition.detector import SxdmDetector
 from opmon.acquisition.mapping import CellMonitor, MapGrid, acquire_map, check_map
 from opmon.acquisition.motion import Diffractometer, PiezoStage
@@ -113,6 +115,7 @@ def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractomete
     if not isinstance(rule, TriggerRule):
         raise ConfigError(f"operando_series triggers={triggers!r}: expected a rule or a list of rules")
     monitor = CellMonitor(potentiostat, cell_period_s)
+    steering = SteeringLog()
     meta = {"plan_name": "operando_series", "order": order, "etas": [float(e) for e in etas],
             "map_step_um": grid.step_um, "map_origin_um": list(grid.origin_um),
             "charge": None if charge is None else {"mode": charge.mode.value, "setpoint": charge.setpoint,
@@ -121,6 +124,7 @@ def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractomete
 
     def series() -> MsgGenerator[SeriesResult]:
         nonlocal rule, region
+        yield from ensure_connected(steering)
         uid = yield from bps.open_run(meta)
         result = SeriesResult(uid=uid)
         yield from bps.mv(detector.run_uid, uid, detector.map_ny, grid.shape[0], detector.map_nx, grid.shape[1])
@@ -131,9 +135,14 @@ def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractomete
             yield from bps.checkpoint()
             reading = yield from monitor.poll()
             if requests is not None:
-                rule = requests.take_rule() or rule
+                new_rule = requests.take_rule()
+                if new_rule is not None:
+                    rule = new_rule
+                    yield from record(steering, "trigger rule", "steering request", **describe_rule(rule))
                 new_region = requests.take_region()
-                region = region if new_region == "unchanged" else new_region  # type: ignore[assignment]
+                if new_region != "unchanged":
+                    region = new_region  # type: ignore[assignment]
+                    yield from record(steering, "map region", "steering request", region=region)
                 while (asked := requests.take_map()) is not None:
                     pending.append(asked)
             reason = rule.update(reading)
@@ -141,6 +150,8 @@ def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractomete
                 pending.append(reason)
             if pending:
                 readings: list[CellReading] = []
+                yield from record(steering, "map", "; ".join(pending), map=len(result.maps), voltage_v=reading.voltage,
+                                  region=region)
                 yield from _take_map(result, "; ".join(pending), reading, detector, stage, diffractometer,
                                      potentiostat, grid, etas, order, region, monitor, readings)
                 # readings taken during the map reach the rule now, in order
@@ -155,6 +166,7 @@ def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractomete
             elif requests is not None and requests.finishing:
                 result.end_reason = "finish requested"
             if result.end_reason:
+                yield from record(steering, "end", result.end_reason, maps=len(result.maps))
                 break
             if not pending:
                 yield from bps.sleep(poll_s)
@@ -185,12 +197,14 @@ def potentiostatic_steps(potentiostat: Potentiostat, stage: PiezoStage, diffract
         raise ConfigError(f"potentiostatic_steps current_cutoff_a={current_cutoff_a}, timeout_s={timeout_s}: must be positive")
     check_map(stage, diffractometer, grid, etas, order)
     monitor = CellMonitor(potentiostat, cell_period_s)
+    steering = SteeringLog()
     meta = {"plan_name": "potentiostatic_steps", "steps": [c.setpoint for c in commands],
             "current_cutoff_a": current_cutoff_a, "timeout_s": timeout_s, "order": order,
             "etas": [float(e) for e in etas], "map_step_um": grid.step_um, "map_origin_um": list(grid.origin_um),
             "geometry": detector.geometry_metadata(grid.shape), **(md or {})}
 
     def series() -> MsgGenerator[SeriesResult]:
+        yield from ensure_connected(steering)
         uid = yield from bps.open_run(meta)
         result = SeriesResult(uid=uid)
         yield from bps.mv(detector.run_uid, uid, detector.map_ny, grid.shape[0], detector.map_nx, grid.shape[1])
@@ -208,10 +222,12 @@ def potentiostatic_steps(potentiostat: Potentiostat, stage: PiezoStage, diffract
             at_map = yield from monitor.poll(force_event=True)
             step = StepRecord(voltage=command.setpoint, end=reading, reached_cutoff=reached)
             result.steps.append(step)
-            why = "cut-off" if reached else "timeout"
-            step.map = yield from _take_map(result, f"step {command.setpoint:.3f} V ended ({why})", at_map, detector,
-                                            stage, diffractometer, potentiostat, grid, etas, order, region, monitor)
+            why = f"step {command.setpoint:.3f} V ended ({'cut-off' if reached else 'timeout'})"
+            yield from record(steering, "map", why, map=len(result.maps), voltage_v=at_map.voltage, region=region)
+            step.map = yield from _take_map(result, why, at_map, detector, stage, diffractometer, potentiostat, grid,
+                                            etas, order, region, monitor)
         result.end_reason = f"{len(commands)} steps done"
+        yield from record(steering, "end", result.end_reason, maps=len(result.maps))
         yield from monitor.poll(force_event=True)
         yield from bps.close_run()
         return result

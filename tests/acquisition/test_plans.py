@@ -1,6 +1,7 @@
 """Operando plans on a real RunEngine with the time-accelerated simulated beamline."""
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from urllib.parse import urlparse
@@ -154,6 +155,14 @@ def test_requests_add_maps_and_change_rule_and_region_mid_run(RE, docs, make_bea
     assert result.maps[1].region is None and result.maps[1].frames == 16 * 2
     first = [e["data"]["detector-map_index"] for e in stream(docs, "primary") if e["data"]["detector-map_number"] == 0]
     assert sorted(set(first)) == [0, 1, 4, 5]
+    # every decision and its reason is in the run's own documents, in the order it was taken
+    decisions = [(e["data"]["steering-decision"], e["data"]["steering-reason"], json.loads(e["data"]["steering-detail"]))
+                 for e in stream(docs, "steering")]
+    assert [d for d, _, _ in decisions] == ["map region", "map", "trigger rule", "map region", "map", "end"]
+    assert decisions[0][2] == {"region": [0, 2, 0, 2]} and decisions[1][1] == "user asked"
+    assert decisions[2][1] == "steering request" and decisions[2][2] == {"thresholds_v": [3.5], "direction": "charge"}
+    assert decisions[3][2] == {"region": None} and "threshold 3.5000" in decisions[4][1]
+    assert decisions[5][1] == "finish requested"
 
 
 def _frames_in_files(docs) -> int:

@@ -1,0 +1,53 @@
+"""The plan's steering decisions as soft signals, recorded in the run's `steering` stream.
+
+A map taken because a voltage threshold was crossed, a trigger rule or a map region changed
+from the dashboard, a series ended on request: each is a decision with a reason. The plan sets
+them on ophyd-async soft signals and reads them with `trigger_and_read` into an event stream
+named `steering`, so the run's own documents say what was decided, when and why (before,
+a rule or region change left no trace in the documents).
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import bluesky.plan_stubs as bps
+from bluesky.utils import MsgGenerator
+from ophyd_async.core import StandardReadable, soft_signal_rw
+
+from opmon.acquisition.triggers import AnyOf, PeriodicTrigger, PlateauTrigger, RestTrigger, TriggerRule, VoltageThresholds
+
+STREAM = "steering"
+
+
+class SteeringLog(StandardReadable):
+    """Three soft signals: the decision ("map", "trigger rule", "map region", "finish",
+    "end"), its reason, and what it set (JSON)."""
+
+    def __init__(self, name: str = "steering") -> None:
+        with self.add_children_as_readables():
+            self.decision = soft_signal_rw(str, "")
+            self.reason = soft_signal_rw(str, "")
+            self.detail = soft_signal_rw(str, "{}")
+        super().__init__(name=name)
+
+
+def record(log: SteeringLog, decision: str, reason: str, **detail: Any) -> MsgGenerator[None]:
+    """Set the decision on the soft signals and read them into the `steering` stream."""
+    yield from bps.mv(log.decision, decision, log.reason, reason, log.detail, json.dumps(detail, default=str))
+    yield from bps.trigger_and_read([log], name=STREAM)
+
+
+def describe_rule(rule: TriggerRule) -> dict[str, Any]:
+    """A trigger rule as plain values, for the steering stream (unknown rules by class name)."""
+    if isinstance(rule, AnyOf):
+        return {"any_of": [describe_rule(r) for r in rule.rules]}
+    if isinstance(rule, VoltageThresholds):
+        return {"thresholds_v": list(rule.pending), "direction": rule.direction}
+    if isinstance(rule, PeriodicTrigger):
+        return {"period_s": rule.period_s}
+    if isinstance(rule, PlateauTrigger):
+        return {"plateau": {"max_slope_v_per_s": rule.max_slope, "hold_s": rule.hold_s}}
+    if isinstance(rule, RestTrigger):
+        return {"rest_current_a": rule.rest_current}
+    return {"rule": type(rule).__name__}
