@@ -22,7 +22,7 @@ from opmon.dashboard.auth import SteeringSessions
 from opmon.dashboard.control_client import ControlClient
 from opmon.dashboard.model import DashboardModel, MapUpdate
 from opmon.dashboard.steering import Steering, session_cookies
-from opmon.dashboard.views import HistogramView, MapView, status_html
+from opmon.dashboard.views import HistogramView, MapView, decisions_html, status_html
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,9 @@ class Session:
         self.status_div = Div(text=status_html({}, 0.0, "waiting for data"), name="status",
                               sizing_mode="stretch_width", height=44, min_width=300,
                               styles={"overflow": "hidden"})
+        self.decisions_div = Div(text=decisions_html([]), name="decisions", sizing_mode="stretch_width",
+                                 min_width=300, styles={"overflow": "hidden"})
+        self._decision_version = -1
         self.seen_div = Div(text="", name="seen", visible=False)
         self.ack_div = Div(text="", name="ack", visible=False)
         self.seen_div.js_on_change("text", CustomJS(args={"ack": self.ack_div}, code=_SEEN_JS))
@@ -115,7 +118,7 @@ class Session:
         plots = row(self.hist_fig, self.pole_fig, self.echem.vt, self.echem.vq, self.echem.iq,
                     sizing_mode="stretch_both")
         gallery = row(self.live_button, self.gallery, self.seen_div, self.ack_div, sizing_mode="stretch_width", height=44)
-        return column(self.status_div, self.steering.layout(), maps, plots, gallery,
+        return column(self.status_div, self.steering.layout(), self.decisions_div, maps, plots, gallery,
                       sizing_mode="stretch_both", styles={"padding": "4px 8px"})
 
     # ---- the throttled loop -------------------------------------------------------------------
@@ -142,6 +145,10 @@ class Session:
         if dv != self._doc_version:
             self._doc_version = dv
             self._run_info = run_info(docs)
+        cv, decisions = self.model.decisions()
+        if cv != self._decision_version:
+            self._decision_version = cv
+            self.decisions_div.text = decisions_html(decisions)
         sv, status, received = self.model.status()
         self._status_version = sv
         if status.get("map_progress") is None:          # services that do not know it:

@@ -8,6 +8,7 @@ one lock with version counters so a session can ask "what changed since I last l
 """
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import deque
@@ -80,6 +81,34 @@ class MapUpdate:
         return int(s[0]), int(s[1])
 
 
+STEERING_STREAM = "steering"     # the plans' decision stream (opmon.acquisition.decisions)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One event of the run's `steering` stream: what the plan decided, why, and what it set."""
+
+    t: float
+    decision: str
+    reason: str
+    detail: dict[str, Any]
+
+    @classmethod
+    def from_event(cls, event: dict[str, Any]) -> Decision | None:
+        """The decision an event carries (keys `<device>-decision`, `-reason`, `-detail`), or None."""
+        data = event.get("data") or {}
+        found = {key.rsplit("-", 1)[-1]: value for key, value in data.items() if isinstance(key, str)}
+        if not isinstance(found.get("decision"), str):
+            return None
+        try:
+            detail = json.loads(found.get("detail") or "{}")
+        except (TypeError, ValueError):
+            detail = {"detail": str(found.get("detail"))}
+        t = event.get("time")
+        return cls(float(t) if isinstance(t, (int, float)) else time.time(), found["decision"],
+                   str(found.get("reason", "")), detail if isinstance(detail, dict) else {"detail": detail})
+
+
 @dataclass
 class FinalMap:
     """A final map with when it was taken, for the gallery, histograms and markers."""
@@ -117,6 +146,9 @@ class DashboardModel:
         self._readings_dropped = 0   # readings discarded off the front (bounded memory)
         self._documents: deque[tuple[str, dict[str, Any]]] = deque(maxlen=100)
         self._doc_version = 0
+        self._stream_of: dict[str, str] = {}                 # descriptor uid -> stream name (open run)
+        self._decisions: deque[Decision] = deque(maxlen=200)  # the run's `steering` stream, newest last
+        self._decision_version = 0
         self.messages_received = 0
 
     # ---- feed side -------------------------------------------------------------------------
@@ -166,11 +198,23 @@ class DashboardModel:
                 self._readings_dropped += over
 
     def on_document(self, name: str, doc: dict[str, Any]) -> None:
-        """Take a bluesky document; only the newest hundred are kept (shown as run events)."""
+        """Take a bluesky document; only the newest hundred are kept (shown as run events), and
+        the events of the `steering` stream (the plan's decisions) are kept apart."""
         with self._lock:
             self.messages_received += 1
             self._documents.append((name, doc))
             self._doc_version += 1
+            if name == "start":            # a new run: its own streams and decisions
+                self._stream_of.clear()
+                self._decisions.clear()
+                self._decision_version += 1
+            elif name == "descriptor" and isinstance(doc.get("uid"), str):
+                self._stream_of[doc["uid"]] = str(doc.get("name", ""))
+            elif name == "event" and self._stream_of.get(doc.get("descriptor", "")) == STEERING_STREAM:
+                decision = Decision.from_event(doc)
+                if decision is not None:
+                    self._decisions.append(decision)
+                    self._decision_version += 1
 
     # ---- session side ----------------------------------------------------------------------
     def latest_map(self) -> tuple[int, MapUpdate | None]:
@@ -207,6 +251,11 @@ class DashboardModel:
         """(version, newest bluesky documents, oldest first)."""
         with self._lock:
             return self._doc_version, list(self._documents)
+
+    def decisions(self) -> tuple[int, list[Decision]]:
+        """(version, the plan's decisions, oldest first)."""
+        with self._lock:
+            return self._decision_version, list(self._decisions)
 
     def _last_reading_locked(self) -> tuple[float, float, float]:
         r = self._readings

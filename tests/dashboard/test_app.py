@@ -193,3 +193,27 @@ def test_each_final_map_adds_its_integrated_intensity_at_its_capacity():
     np.testing.assert_allclose(marks["intensity"], expected)
     assert marks["label"] == ["0", "1", "2"]
     assert s.echem.iq in doc.roots[0].references()
+
+
+def test_the_plans_decisions_show_newest_first_with_their_reasons():
+    """Documents as the acquisition publishes them: a `steering` stream's events become the
+    decisions panel (newest first); other streams' events do not; a new run starts afresh."""
+    model = DashboardModel()
+    doc = Document()
+    s = Session(doc, model, None, None, DashboardOptions())
+    model.on_document("start", {"uid": "r1", "time": 1.0, "plan_name": "operando_series"})
+    model.on_document("descriptor", {"uid": "d-steer", "name": "steering", "run_start": "r1"})
+    model.on_document("descriptor", {"uid": "d-prim", "name": "primary", "run_start": "r1"})
+    for k, (decision, reason, detail) in enumerate([("map region", "steering request", '{"region": [0, 2, 0, 2]}'),
+                                                    ("map", "voltage threshold 4.5000 V reached", '{"map": 0}')]):
+        model.on_document("event", {"descriptor": "d-steer", "time": 10.0 + k, "data": {
+            "steering-decision": decision, "steering-reason": reason, "steering-detail": detail}})
+    model.on_document("event", {"descriptor": "d-prim", "time": 12.0, "data": {"detector-map_index": 3}})
+    s.update()
+    text = s.decisions_div.text
+    assert text.index('data-decision="map"') < text.index('data-decision="map region"')
+    assert "voltage threshold 4.5000 V reached" in text and "region [0, 2, 0, 2]" in text and "(2 this run)" in text
+    model.on_document("start", {"uid": "r2", "time": 20.0})
+    model.on_document("event", {"descriptor": "d-steer", "time": 21.0, "data": {"steering-decision": "end"}})
+    s.update()
+    assert "none yet this run" in s.decisions_div.text     # r1's decisions and descriptors are not r2's

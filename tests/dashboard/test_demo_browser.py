@@ -80,6 +80,10 @@ def test_demo_pause_resume_and_readonly(demo, artifacts):
     try:
         b.get(urls["steering"])
         b.wait_for("the d map to hold data", lambda: b.d_pixels() > 0, timeout=120)
+        # the plan's decision to take this map, with its reason, from the run's steering stream
+        b.wait_for("the decisions panel to show the map's trigger",
+                   lambda: 'data-decision="map"' in (b.model_text("decisions") or "")
+                   and "voltage threshold" in b.model_text("decisions"), timeout=30)
         b.wait_for("the run to be running", lambda: state() == "running", timeout=60)
         b.click("Pause")
         b.wait_for("the page to report the acquisition's answer",
