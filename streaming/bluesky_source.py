@@ -157,6 +157,7 @@ class BlueskyFollower(DocumentRouter):
         self.finished: list[str] = []               # run uids stopped with their own stop document
         self.frames_sent = 0
         self._warned: set[Any] = set()
+        self._descriptor_runs: dict[str, str] = {}   # descriptor uid -> run uid, of every run seen
 
     # -- routing -----------------------------------------------------------------------------
     def __call__(self, name: str, doc: dict[str, Any], validate: bool = False) -> tuple[str, dict[str, Any]]:
@@ -181,8 +182,8 @@ class BlueskyFollower(DocumentRouter):
         return None
 
     def _run_of_descriptor(self, descriptor: Any, name: str) -> _Run | None:
-        if self.run is not None and descriptor in self.run.descriptors:
-            return self.run
+        if descriptor in self._descriptor_runs:
+            return self._current(self._descriptor_runs[descriptor], name)
         self.ignored["unknown_descriptor"] += 1
         return None
 
@@ -207,9 +208,11 @@ class BlueskyFollower(DocumentRouter):
             self.failed[doc["uid"]] = str(exc)
             log.error("bluesky source: run %s not followed: %s", doc["uid"], exc)
             return
+        self._descriptor_runs.clear()    # documents of earlier runs are not followed any more
         self.run = _Run(doc, grid, geometry, sources)
 
     def descriptor(self, doc: dict[str, Any]) -> None:
+        self._descriptor_runs[doc["uid"]] = doc.get("run_start", "")
         run = self._current(doc.get("run_start"), "descriptor")
         if run is None:
             return
@@ -298,7 +301,7 @@ class BlueskyFollower(DocumentRouter):
                                 f"(opmon streams {', '.join(WIDENED)}; uint8 is widened to uint16)")
         run.frame_descriptor, run.detector, run.dtype = descriptor["uid"], key, WIDENED[dtype]
         run.needs_event = any(not v.get("external") for v in descriptor["data_keys"].values())
-        run.angle_sources = {name: self._angle_source(run, name, descriptor) for name in ANGLES}
+        run.angle_sources = self._angle_sources(run, descriptor)
         metadata = {"source": self.source, "bluesky_uid": run.uid, "plan_name": run.start.get("plan_name"),
                     "scan_id": run.start.get("scan_id"), "detector_key": key, "detector_dtype": dtype,
                     "grid_shape": list(run.grid.shape), "snaking": list(run.grid.snaking),
@@ -311,19 +314,35 @@ class BlueskyFollower(DocumentRouter):
         log.info("bluesky source: run %s (%s): map %s of %s %s frames from %s", run.uid, run.start.get("plan_name"),
                  run.grid.map_shape, frame_shape, dtype, key)
 
-    def _angle_source(self, run: _Run, name: str, descriptor: dict[str, Any]) -> str:
-        spec = self.options.angle_spec(name)
-        if isinstance(spec, float):
-            return f"fixed {spec}"
-        if spec in descriptor["data_keys"]:
-            return f"event {spec}"
-        if spec in run.baseline or any(spec in d.get("data_keys", {}) for d in run.descriptors.values()
-                                       if d.get("name") == BASELINE):
-            return f"baseline {spec}"
-        if spec in run.configuration:
-            return f"configuration {spec}"
-        raise DocumentError(f"run {run.uid}: angle {name}: data key {spec!r} is in no event, baseline or configuration "
-                            f"reading; name it with --angle {name}=KEY or fix it with --angle {name}=DEGREES")
+    def _angle_sources(self, run: _Run, descriptor: dict[str, Any]) -> dict[str, str]:
+        """Where each angle comes from ("event KEY", "baseline KEY", "configuration KEY", "fixed DEG").
+
+        Raises
+        ------
+        DocumentError
+            naming every angle whose data key the run does not record.
+        """
+        baseline_keys = set(run.baseline).union(*(d.get("data_keys", {}) for d in run.descriptors.values()
+                                                  if d.get("name") == BASELINE))
+        sources, missing = {}, []
+        for name in ANGLES:
+            spec = self.options.angle_spec(name)
+            if isinstance(spec, float):
+                sources[name] = f"fixed {spec}"
+            elif spec in descriptor["data_keys"]:
+                sources[name] = f"event {spec}"
+            elif spec in baseline_keys:
+                sources[name] = f"baseline {spec}"
+            elif spec in run.configuration:
+                sources[name] = f"configuration {spec}"
+            else:
+                missing.append((name, spec))
+        if missing:
+            names = ", ".join(name for name, _ in missing)
+            keys = ", ".join(repr(spec) for _, spec in missing)
+            raise DocumentError(f"run {run.uid}: angle(s) {names}: data key(s) {keys} in no event, baseline or "
+                                f"configuration reading; name each with --angle NAME=KEY or fix it with --angle NAME=DEGREES")
+        return sources
 
     def _angle(self, run: _Run, name: str, data: dict[str, Any]) -> float:
         source = run.angle_sources[name]
