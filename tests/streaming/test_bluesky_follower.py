@@ -237,3 +237,19 @@ def test_decoding_takes_msgpack_and_json_and_refuses_pickle_unknown_names_and_in
         with pytest.raises(RejectedDocument, match=text) as err:
             decode_document(message)
         assert err.value.reason == reason
+
+
+def test_several_frames_per_event_all_go_to_the_events_map_pixel(tmp_path, stream):
+    frames = write_frames(tmp_path / "det.h5", 12, dtype=np.uint16)
+    run, _, primary, resource = grid_run(tmp_path / "det.h5", dtype="<u2")
+    primary.descriptor_doc["data_keys"]["det"]["shape"] = [2, *FRAME]     # collections_per_event = 2
+    follower = BlueskyFollower(stream.sink, FollowOptions(angles={"phi": 0.0, "nu": 0.0, "delta": 30.0}))
+    for name, doc in [("start", run.start_doc), ("descriptor", primary.descriptor_doc),
+                      ("stream_resource", resource.stream_resource_doc)] + \
+            [d for s in range(1, 7) for d in point_docs(primary, resource, s, 0.0, 0.0, 19.0)] + [("stop", run.compose_stop())]:
+        follower(name, doc)
+    msgs = stream.messages()
+    assert msgs[1].header["n_frames"] == 12
+    sent = [m for m in msgs if m.kind == "frame"]
+    assert [m.header["index"] for m in sent] == [0, 0, 1, 1, 2, 2, 5, 5, 4, 4, 3, 3]
+    np.testing.assert_array_equal(np.stack([m.array for m in sent]), frames)
