@@ -113,6 +113,7 @@ class _Run:
     frames_per_index: int = 1
     needs_event: bool = True
     angle_sources: dict[str, str] = field(default_factory=dict)
+    resources: dict[str, dict[str, Any]] = field(default_factory=dict)  # StreamResource uid -> document
     files: dict[str, DetectorFile] = field(default_factory=dict)      # StreamResource uid -> open file
     datums: dict[int, tuple[str, int]] = field(default_factory=dict)  # seq_num -> (resource uid, index)
     events: dict[int, dict[str, Any]] = field(default_factory=dict)   # seq_num -> event data
@@ -242,18 +243,27 @@ class BlueskyFollower(DocumentRouter):
 
     def stream_resource(self, doc: dict[str, Any]) -> None:
         run = self._current(doc.get("run_start", self.run.uid if self.run else None), "stream_resource")
-        if run is None or doc.get("data_key") != run.detector:
-            return
+        if run is not None:
+            run.resources[doc["uid"]] = doc     # opened at its first datum, once the detector's key is known
+
+    def _file(self, run: _Run, resource_uid: str) -> DetectorFile | None:
+        """The open detector file of a StreamResource of the frames' data key (None for other keys)."""
+        if resource_uid in run.files:
+            return run.files[resource_uid]
+        doc = run.resources.get(resource_uid)
+        if doc is None or not run.detector or doc.get("data_key") != run.detector:
+            return None
         path = resource_path(doc)
         dataset = (doc.get("parameters") or {}).get("dataset")
         if not isinstance(dataset, str):
             raise DetectorFileError(f"StreamResource {doc['uid']} of {run.detector}: no 'dataset' parameter "
                                     f"naming the frames in {path}")
-        run.files[doc["uid"]] = DetectorFile(path, dataset, wait_s=self.options.frame_wait_s)
+        run.files[resource_uid] = DetectorFile(path, dataset, wait_s=self.options.frame_wait_s)
+        return run.files[resource_uid]
 
     def stream_datum(self, doc: dict[str, Any]) -> None:
         run = self._run_of_descriptor(doc.get("descriptor"), "stream_datum")
-        if run is None or doc["stream_resource"] not in run.files:
+        if run is None or self._file(run, doc["stream_resource"]) is None:
             return   # another data key's datum (e.g. the detector's sum), or a failed run's
         seqs, indices = doc["seq_nums"], doc["indices"]
         if seqs["stop"] - seqs["start"] != indices["stop"] - indices["start"]:

@@ -110,7 +110,7 @@ def test_points_go_in_seq_order_with_angles_from_event_baseline_configuration_an
     follower = BlueskyFollower(stream.sink, FollowOptions(angles={"phi": 1.25}))
     docs = [("start", run.start_doc), ("descriptor", baseline.descriptor_doc),
             ("event", baseline.compose_event(data={"delta": 35.0}, timestamps={"delta": 0})),
-            ("descriptor", primary.descriptor_doc), ("stream_resource", resource.stream_resource_doc)]
+            ("stream_resource", resource.stream_resource_doc), ("descriptor", primary.descriptor_doc)]
     points = [point_docs(primary, resource, s, x=s * 0.1, y=0.0, eta=19.0 + s / 100) for s in range(1, 7)]
     points[0] = points[0][::-1]          # an event before its datum: sent when both are there
     points[2], points[3] = points[3], points[2]   # point 4's documents before point 3's: still sent 3 then 4
