@@ -26,7 +26,7 @@ ARCHIVE_PORTS = ("frames_archive", "frames_archive_ack", "docs")
 
 def follow_options(args: argparse.Namespace) -> Any:
     """The `FollowOptions` of the command line, every value checked before anything connects."""
-    from opmon.streaming.bluesky_source import FollowOptions, parse_angle_options
+    from opmon.streaming.bluesky_options import FollowOptions, parse_angle_options
     from opmon.streaming.geometry_file import load_geometry_file
     geometry = load_geometry_file(args.geometry) if args.geometry else {}
     if args.map_shape is not None and min(args.map_shape) < 1:

@@ -15,7 +15,8 @@ from typing import Any
 
 import zmq
 
-from opmon.streaming.bluesky_source import BlueskyFollower, FollowOptions
+from opmon.streaming.bluesky_options import FollowOptions
+from opmon.streaming.bluesky_source import BlueskyFollower
 from opmon.streaming.bluesky_wire import DocumentSubscriber
 from opmon.streaming.publisher import ZmqFrameSink
 

@@ -34,14 +34,14 @@ import numpy as np
 import numpy.typing as npt
 from event_model import DocumentRouter
 
-from opmon.errors import ConfigError, DetectorFileError, DocumentError, OpmonError
+from opmon.errors import DetectorFileError, DocumentError, OpmonError
+from opmon.streaming.bluesky_options import ANGLES, FollowOptions
 from opmon.streaming.detector_file import DetectorFile, resource_path
 from opmon.streaming.geometry_file import GEOMETRY_KEYS, check_geometry_value, merge_geometry
 from opmon.streaming.scan_grid import ScanGrid
 
 log = logging.getLogger(__name__)
 
-ANGLES = ("eta", "phi", "nu", "delta")
 #: detector dtypes the opmon stream carries as they are, or widened without loss.
 WIDENED = {"uint8": "uint16", "uint16": "uint16", "uint32": "uint32"}
 BASELINE = "baseline"
@@ -55,45 +55,6 @@ class FrameSink(Protocol):
     def send_frame(self, frame: npt.NDArray[Any], **kwargs: Any) -> int: ...
     def end_map(self) -> None: ...
     def stop_run(self, exit_status: str = "success", reason: str = "") -> None: ...
-
-
-@dataclass
-class FollowOptions:
-    """How documents become maps; every field has a command-line option of `opmon live --source bluesky:`."""
-
-    detector: str | None = None            # data key of the frames; default: the only STREAM key of 2+ dimensions
-    angles: dict[str, str | float] = field(default_factory=dict)   # angle -> data key or fixed degrees
-    geometry: dict[str, float] = field(default_factory=dict)       # --geometry FILE.toml values
-    geometry_source: str = "--geometry"
-    map_shape: tuple[int, int] | None = None
-    frame_wait_s: float = 30.0
-
-    def angle_spec(self, name: str) -> str | float:
-        return self.angles.get(name, name)
-
-
-def parse_angle_options(items: list[str] | None) -> dict[str, str | float]:
-    """``NAME=KEY`` or ``NAME=DEGREES`` items of ``--angle`` (NAME one of eta, phi, nu, delta).
-
-    Raises
-    ------
-    ConfigError
-        naming the item that is not of that form.
-    """
-    out: dict[str, str | float] = {}
-    for item in items or []:
-        name, sep, value = item.partition("=")
-        if not sep or name not in ANGLES or not value:
-            raise ConfigError(f"--angle {item!r}: expected NAME=DATA_KEY or NAME=DEGREES, NAME one of {', '.join(ANGLES)}")
-        try:
-            number = float(value)
-        except ValueError:
-            out[name] = value
-            continue
-        if not math.isfinite(number):
-            raise ConfigError(f"--angle {item!r}: {value} is not a finite angle")
-        out[name] = number
-    return out
 
 
 @dataclass

@@ -19,7 +19,8 @@ from event_model import compose_run
 
 from opmon.errors import DetectorFileError
 from opmon.streaming import protocol as P
-from opmon.streaming.bluesky_source import BlueskyFollower, FollowOptions
+from opmon.streaming.bluesky_options import FollowOptions
+from opmon.streaming.bluesky_source import BlueskyFollower
 from opmon.streaming.bluesky_wire import RejectedDocument, decode_document
 from opmon.streaming.detector_file import DetectorFile
 from opmon.streaming.publisher import ZmqFrameSink

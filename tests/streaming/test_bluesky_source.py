@@ -26,7 +26,7 @@ from opmon.processors.live import open_live_processor
 from opmon.processors.offline import ProcessOptions, process_entry
 from opmon.streaming.archive.raw import RawMapWriter
 from opmon.streaming.bluesky_bridge import BlueskyBridge
-from opmon.streaming.bluesky_source import FollowOptions
+from opmon.streaming.bluesky_options import FollowOptions
 from opmon.streaming.detector_file import resource_path
 from opmon.streaming.publisher import ZmqFrameSink
 
