@@ -74,6 +74,7 @@ class _Run:
     frames_per_index: int = 1
     needs_event: bool = True
     angle_sources: dict[str, str] = field(default_factory=dict)
+    other_images: dict[str, dict[str, Any]] = field(default_factory=dict)   # image keys not followed (Resource/Datum, inline)
     resources: dict[str, dict[str, Any]] = field(default_factory=dict)  # StreamResource uid -> document
     files: dict[str, DetectorFile] = field(default_factory=dict)      # StreamResource uid -> open file
     datums: dict[int, tuple[str, int]] = field(default_factory=dict)  # seq_num -> (resource uid, index)
@@ -181,6 +182,8 @@ class BlueskyFollower(DocumentRouter):
         run.descriptors[doc["uid"]] = doc
         for device in (doc.get("configuration") or {}).values():
             run.configuration.update(device.get("data") or {})
+        run.other_images.update({k: v for k, v in (doc.get("data_keys") or {}).items()
+                                 if len(v.get("shape") or []) >= 2 and not str(v.get("external", "")).startswith("STREAM:")})
         if run.frame_descriptor is None and self._frames_key(doc) is not None:
             self._open_map(run, doc)
 
@@ -238,12 +241,19 @@ class BlueskyFollower(DocumentRouter):
         if run is None:
             return
         self._send_ready(run, final=True)
+        if not run.opened:
+            seen = ", ".join(f"{k} ({v.get('external') or 'in the events'})" for k, v in run.other_images.items())
+            self.failed[run.uid] = (f"run {run.uid} ({run.start.get('plan_name', 'plan?')}) had no image data key written "
+                                    f"through StreamResource/StreamDatum, nothing to map"
+                                    + (f"; image keys seen: {seen} (opmon follows STREAM: keys only)" if seen else ""))
+            log.error("bluesky source: %s", self.failed[run.uid])
         reason = doc.get("reason") or ""
         if run.events_missing:
             reason = f"{reason}; " if reason else ""
             reason += f"{run.events_missing} event document(s) never arrived"
         self._close(str(doc.get("exit_status", "success")), reason)
-        self.finished.append(run.uid)
+        if run.opened:
+            self.finished.append(run.uid)
 
     # -- the map -----------------------------------------------------------------------------
     def _frames_key(self, descriptor: dict[str, Any]) -> str | None:

@@ -254,3 +254,14 @@ def test_several_frames_per_event_all_go_to_the_events_map_pixel(tmp_path, strea
     sent = [m for m in msgs if m.kind == "frame"]
     assert [m.header["index"] for m in sent] == [0, 0, 1, 1, 2, 2, 5, 5, 4, 4, 3, 3]
     np.testing.assert_array_equal(np.stack([m.array for m in sent]), frames)
+
+
+def test_a_run_whose_frames_are_not_streamresource_says_so_at_its_stop(tmp_path, stream):
+    run = compose_run(metadata={"shape": [2, 3], **GEOMETRY})
+    primary = run.compose_descriptor(name="primary", data_keys={
+        "det_image": dict(source="PV:det", dtype="array", shape=[*FRAME], external="FILESTORE:")})
+    follower = BlueskyFollower(stream.sink, FollowOptions(angles={a: 0.0 for a in ("eta", "phi", "nu", "delta")}))
+    for name, doc in [("start", run.start_doc), ("descriptor", primary.descriptor_doc), ("stop", run.compose_stop())]:
+        follower(name, doc)
+    assert "image keys seen: det_image (FILESTORE:) (opmon follows STREAM: keys only)" in follower.failed[run.start_doc["uid"]]
+    assert not follower.finished and not stream.messages()
