@@ -56,3 +56,12 @@ class OutputError(OpmonError):
 
 class ControlCommandError(OpmonError):
     """A steering command has bad arguments or cannot act in the run's current state."""
+
+
+class DocumentError(ProtocolError):
+    """A bluesky document received from another process is malformed or asks for what opmon cannot follow."""
+
+
+class DetectorFileError(RawFileError):
+    """A detector's HDF5 file named by a StreamResource cannot be opened, or does not hold the frames a
+    StreamDatum says exist."""

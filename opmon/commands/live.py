@@ -1,4 +1,11 @@
-"""`opmon live`: run the live processor (frames -> partial and final maps, --workers N)."""
+"""`opmon live`: run the live processor (frames -> partial and final maps, --workers N).
+
+By default it takes opmon's own frame stream. `--source bluesky:tcp://HOST:PORT` follows a
+bluesky beamline instead: another process's RunEngine publishing its documents through
+bluesky's 0MQ proxy (msgpack or JSON, never pickle), its detector writing HDF5 that opmon reads
+as it grows; map shape from the grid scan's start document, geometry the documents lack from
+--geometry FILE.toml, angles from the data keys eta/phi/nu/delta (or --angle NAME=KEY|DEGREES).
+"""
 from __future__ import annotations
 
 import argparse
@@ -25,6 +32,9 @@ def _main(args: argparse.Namespace) -> int:
     if args.archive_dir:
         config.archive.dir = args.archive_dir
     roi = parse_roi(args.roi)
+    if args.source != "opmon":
+        from opmon.bluesky_live import serve_with_bluesky_source
+        return serve_with_bluesky_source(args, config, roi, build_processor)
     with binding(config.host, config_ports(config, BOUND_BY["live"])):
         processor = build_processor(config, workers=args.workers, roi=roi, recover=not args.no_recover)
     exit_status = stop_on_signals(processor)
@@ -39,4 +49,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--roi", nargs="+", metavar="R", help="'auto' (first frames of each run), 'full' or r0 r1 c0 c1")
     p.add_argument("--archive-dir", help="archive to recover missed frames from after a restart")
     p.add_argument("--no-recover", action="store_true", help="do not read the archive after a restart")
+    p.add_argument("--source", default="opmon", metavar="SOURCE",
+                   help="'opmon' (opmon's own frame stream, default) or bluesky:tcp://HOST:PORT "
+                        "(a bluesky 0MQ proxy's outbound port: its RunEngine's documents and detector files)")
+    b = p.add_argument_group("bluesky source (--source bluesky:tcp://HOST:PORT)")
+    b.add_argument("--geometry", metavar="FILE.toml",
+                   help="detector geometry the documents lack (FORMATS.md keys); overrides the start document")
+    b.add_argument("--angle", action="append", metavar="NAME=KEY|DEG",
+                   help="data key (event, baseline or configuration) or fixed degrees of eta, phi, nu or delta "
+                        "(default: the data key of the same name); repeat per angle")
+    b.add_argument("--detector", metavar="KEY", help="data key of the frames (default: the only image key)")
+    b.add_argument("--map-shape", type=int, nargs=2, metavar=("NY", "NX"),
+                   help="map every run as NY x NX (default: a grid scan's 'shape'; other runs are not followed)")
+    b.add_argument("--bluesky-prefix", default="", metavar="PREFIX", help="only documents of the Publisher with this prefix")
+    b.add_argument("--archive", action="store_true",
+                   help="also send frames and documents to `opmon archive` (binds frames_archive, its ack port and docs)")
     p.set_defaults(func=_main)
