@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 import numpy.typing as npt
 
-from opmon.errors import RawFileError
+from opmon.errors import CorruptFrameError, RawFileError
 from opmon.streaming.archive.frames import FrameReader
 from opmon.streaming.archive.raw import RawMeta
 
@@ -107,7 +107,18 @@ class SourceMap:
         raise IndexError(f"{self.label}: frame {frame} outside 0..{self.n_frames - 1}")
 
     def reader(self, seg: FrameSegment) -> FrameReader:
-        return FrameReader(seg.data, seg.label)
+        """The (kept) reader of a segment: it remembers frames whose chunk was never written."""
+        readers = self.__dict__.setdefault("_readers", {})
+        if seg.first not in readers:
+            readers[seg.first] = FrameReader(seg.data, seg.label)
+        return readers[seg.first]
+
+    def error(self, bad: list[int]) -> CorruptFrameError:
+        """One line naming the file, dataset and frames (numbered within their dataset) that are corrupt or unwritten."""
+        seg = self._segment_of(bad[0])
+        reader = self.reader(seg)
+        reader.label = seg.label
+        return reader.error([b - seg.first for b in bad if seg.first <= b < seg.first + seg.n])
 
     def read(self, out: npt.NDArray[Any], start: int) -> list[int]:
         """Fill ``out`` (k, rows, cols) with frames start..start+k (within one segment); bad frame numbers."""
