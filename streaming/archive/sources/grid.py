@@ -45,7 +45,7 @@ class Axis:
         bad = ~np.isfinite(positions) | (positions < lo - abs(self.step)) | (positions > hi + abs(self.step))
         if bad.any():
             i = int(np.argmax(bad))
-            raise RawFileError(f"{where}: position {positions[i]!r} of frame {i} does not fit the grid of "
+            raise RawFileError(f"{where}: position {float(positions[i]):g} of frame {i} does not fit the grid of "
                                f"{self.motor} ({self.points} points from {self.start} to {self.end}, "
                                f"{lo - abs(self.step):.6g}..{hi + abs(self.step):.6g} accepted)")
         index = np.rint((positions - self.start) / self.step).astype(np.int64)
