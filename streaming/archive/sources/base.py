@@ -156,7 +156,7 @@ def _read(reader: FrameReader, seg: FrameSegment, out: npt.NDArray[Any], start: 
     """Read frames of `seg` into `out`; signed counts land in the same bytes and are clipped at 0."""
     target = out.view(seg.data.dtype) if seg.data.dtype in UNSIGNED else out
     bad = reader.read(target, start - seg.first)
-    if target is not out:
+    if target is not out and target.size and target.min() < 0:  # a read-only pass; rewrite only when needed
         np.maximum(target, 0, out=target)
     return [seg.first + b for b in bad]
 

@@ -143,3 +143,26 @@ def test_scans_option_chooses_scans(tmp_path):
     from opmon.streaming.archive.sources import SourceOptions
     with open_source(path, options=SourceOptions(scans=["1.1", "3.1"])) as src:
         assert src.maps[0].provenance["scans"] == ["1.1", "3.1"] and src.maps[0].n_frames == 24
+
+
+def test_signed_counts_are_read_as_counts_with_flags_at_zero(tmp_path):
+    """Lima writes int32; a negative value is a flag, not -1 photons (it would wrap to 4e9 as uint32)."""
+    path = small_bliss(tmp_path)
+    lima = tmp_path / "scan0002" / "mpx1x4_0000.h5"
+    with h5py.File(lima, "a") as f:
+        data = f["/entry_0000/instrument/mpx1x4/data"]
+        frame = data[3]
+        frame[5, 6] = -1
+        data[3] = frame
+    with open_source(path) as src:
+        (smap,) = src.maps
+        block = next(b for b in smap.blocks(block=4) if b.start <= 12 + 3 < b.stop)
+        got = block.frames[12 + 3 - block.start]
+    assert got.dtype == np.uint32 and got[5, 6] == 0
+    np.testing.assert_array_equal(np.delete(got.reshape(-1), 5 * 16 + 6), np.delete(frame.reshape(-1), 5 * 16 + 6))
+
+
+def test_command_line_kinds_are_the_sources_kinds():
+    from opmon.source_options import KINDS
+    from opmon.streaming.archive.sources import KINDS as SOURCE_KINDS
+    assert KINDS == SOURCE_KINDS
