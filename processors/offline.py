@@ -212,31 +212,7 @@ def open_raw(raw: str | Path) -> h5py.File:
     return open_hdf5(raw, "raw SXDM HDF5 file")
 
 
-@dataclass
-class RawPlan:
-    """A source opened and checked before any frame is read: what will be processed."""
-
-    source: Source
-    raw: Path
-
-    @property
-    def file(self) -> h5py.File:
-        return self.source.file
-
-    @property
-    def entries(self) -> list[str]:
-        return [m.name for m in self.source.maps]
-
-    @property
-    def inputs(self) -> list[Path]:
-        return self.source.inputs
-
-    @property
-    def total_frames(self) -> int:
-        return self.source.total_frames
-
-    def close(self) -> None:
-        self.source.close()
+RawPlan = Source  # what `plan_raw` returns: a source opened and checked, nothing read yet
 
 
 def plan_raw(raw: str | Path, options: ProcessOptions, entry: str | None = None, kind: str = "auto",
@@ -256,7 +232,7 @@ def plan_raw(raw: str | Path, options: ProcessOptions, entry: str | None = None,
         if isinstance(options.roi, tuple):
             for smap in source.maps:
                 check_roi(options.roi, smap.meta.frame_shape, smap.label)
-        return RawPlan(source, Path(raw))
+        return source
     except BaseException:
         source.close()
         raise
@@ -266,12 +242,12 @@ def process_plan(plan: RawPlan, output: str | Path, options: ProcessOptions,
                  progress: Callable[[int], None] | None = None) -> dict[str, EntryResult]:
     """Reduce every entry of a checked plan, then write the maps file atomically."""
     results: dict[str, EntryResult] = {}
-    by_name = {m.name: m for m in plan.source.maps}
+    by_name = {m.name: m for m in plan.maps}
     try:
         for name, smap in by_name.items():
             results[name] = reduce_map(smap, options, progress)
     except OSError as exc:
-        raise RawFileError(f"{plan.raw}: damaged HDF5 file ({str(exc).split('(')[0].strip()})") from exc
+        raise RawFileError(f"{plan.path}: damaged HDF5 file ({str(exc).split('(')[0].strip()})") from exc
     with atomic_path(Path(output)) as tmp, h5py.File(tmp, "w") as out:
         out.attrs["default"] = next(iter(results))
         out.attrs["creator"] = f"opmon {__version__}"
@@ -280,11 +256,11 @@ def process_plan(plan: RawPlan, output: str | Path, options: ProcessOptions,
             group.attrs["NX_class"] = "NXentry"
             group.attrs["default"] = MAPS
             smap = by_name[name]
-            source = f"{plan.raw}:/{name}" if plan.source.kind == "raw" else smap.label
+            source = f"{plan.path}:/{name}" if plan.kind == "raw" else smap.label
             maps = write_maps(group, done.result.maps_arrays(), {**options.attrs(done.roi), "source": source,
                                                          "source_format": str(smap.provenance.get("format", "")),
                                                          "bad_frames_count": len(done.bad_frames)})
-            if plan.source.kind != "raw":
+            if plan.kind != "raw":
                 maps.attrs["provenance"] = json.dumps(smap.provenance)
             maps.create_dataset(MAPS_BAD_FRAMES, data=np.asarray(done.bad_frames, dtype=np.int64))
     return results

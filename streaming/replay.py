@@ -14,13 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
 from opmon import interrupt
 from opmon.errors import ArchiveError, RawFileError
 from opmon.streaming.archive.layout import ATTR_RUN_UID, ATTR_START, MASTER
-from opmon.streaming.archive.raw import RawMeta, check_roi
+from opmon.streaming.archive.raw import check_roi
 from opmon.streaming.archive.reader import RunArchive
 from opmon.streaming.archive.sources import Source, SourceMap, SourceOptions
 from opmon.streaming.archive.sources import open_source as open_frames
@@ -49,38 +48,7 @@ def resolve_archive(path: str | Path) -> Path:
     return p
 
 
-@dataclass
-class ReplaySource:
-    """A source opened and checked before anything is sent: every map's metadata read."""
-
-    source: Source
-
-    @property
-    def path(self) -> Path:
-        return self.source.path
-
-    @property
-    def file(self) -> h5py.File:
-        return self.source.file
-
-    @property
-    def entries(self) -> list[str]:
-        return [m.name for m in self.source.maps]
-
-    @property
-    def metas(self) -> dict[str, RawMeta]:
-        return {m.name: m.meta for m in self.source.maps}
-
-    @property
-    def inputs(self) -> list[Path]:
-        return self.source.inputs
-
-    @property
-    def frame_shape(self) -> tuple[int, int]:
-        return self.source.maps[0].meta.frame_shape
-
-    def close(self) -> None:
-        self.source.close()
+ReplaySource = Source  # what `open_source` returns: a source opened and checked, nothing sent yet
 
 
 def open_source(path: str | Path, roi: tuple[int, int, int, int] | None = None, kind: str = "auto",
@@ -100,7 +68,7 @@ def open_source(path: str | Path, roi: tuple[int, int, int, int] | None = None, 
             raise RawFileError(f"{source.path}: maps have different frame shapes {sorted(shapes)}; replay one run at a time")
         if roi is not None:
             check_roi(roi, next(iter(shapes)), str(source.path))
-        return ReplaySource(source)
+        return source
     except BaseException:
         source.close()
         raise
@@ -134,7 +102,7 @@ def _send(src: ReplaySource, sink: ZmqFrameSink, rate_fps: float | None, run: st
           skip_bad_frames: bool) -> ReplayReport:
     t0 = time.perf_counter()
     frames = 0
-    f, maps = src.file, src.source.maps
+    f, maps = src.file, src.maps
     first = maps[0].meta
     source_run = f.attrs.get(ATTR_RUN_UID)
     start_meta: dict[str, Any] = {}

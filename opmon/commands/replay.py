@@ -108,7 +108,7 @@ def _internal(args: argparse.Namespace, config: Any, source: ReplaySource, roi: 
     for s in processor.summaries:
         print(f"{s['map']:>4} {s['frames']:>7} {s['frames_lost']:>5} {s['d_mean']:>12.5f}")
     if output is not None:
-        entry_of = {m.map_number if m.map_number is not None else i: m.name for i, m in enumerate(source.source.maps)}
+        entry_of = {m.map_number if m.map_number is not None else i: m.name for i, m in enumerate(source.maps)}
         with atomic_path(output) as tmp, h5py.File(tmp, "w") as f:
             for (run, number), result in sorted(processor.results.items(), key=lambda kv: kv[0][1]):
                 entry = f.create_group(f"entry{number}")

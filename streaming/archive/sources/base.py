@@ -175,6 +175,11 @@ class Source:
     def total_frames(self) -> int:
         return sum(m.n_frames for m in self.maps)
 
+    @property
+    def entries(self) -> list[str]:
+        """Names of the maps (the output's entries)."""
+        return [m.name for m in self.maps]
+
     def close(self) -> None:
         self.file.close()
 
