@@ -19,18 +19,8 @@ from opmon.processors.maps import read_map_result
 from opmon.simulators.id01_files import Id01Scan, Id01Setup, write_bliss
 from opmon.streaming.archive.sources import open_source
 
+from tests.processors.conftest import assert_same_maps  # same frames, same geometry: to float rounding
 from tests.streaming.archive.id01_data import make_id01_files
-
-# Same frames, same geometry: the maps agree to float rounding (summation order differs: snake scans).
-RTOL = {"peak_width": 1e-7}
-
-
-def assert_same_maps(a, b):
-    for name in ("d_spacing", "tilt_altitude", "tilt_azimuth", "intensity", "peak_width", "q", "mean_q"):
-        np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=RTOL.get(name, 1e-9), atol=1e-12,
-                                   equal_nan=True, err_msg=name)
-    np.testing.assert_array_equal(a.mask, b.mask)
-
 
 @pytest.fixture(scope="module")
 def id01(tmp_path_factory):
