@@ -215,7 +215,7 @@ def open_raw(raw: str | Path) -> h5py.File:
 RawPlan = Source  # what `plan_raw` returns: a source opened and checked, nothing read yet
 
 
-def plan_raw(raw: str | Path, options: ProcessOptions, entry: str | None = None, kind: str = "auto",
+def plan_raw(raw: str | Path | list[Path], options: ProcessOptions, entry: str | None = None, kind: str = "auto",
              source_options: SourceOptions | None = None) -> RawPlan:
     """Open `raw` (any source: sniffed, or `kind`) and check every map's metadata (and an explicit ROI) before any work.
 

@@ -38,7 +38,8 @@ def _run(args: argparse.Namespace) -> int:
                              despeckle=not args.keep_isolated, skip_bad_frames=args.skip_bad_frames)
     if args.threshold < 0:
         raise OpmonError(f"--threshold must be >= 0, got {args.threshold}")
-    raw, output = Path(args.raw), Path(args.output)
+    files, output = [Path(r) for r in args.raw], Path(args.output)
+    raw = files[0] if len(files) == 1 else files  # several files: the parts of one ID01 BLISS dataset
     with interrupt.interruptible():
         plan = plan_raw(raw, options, args.entry, args.source, source_options(args))  # all checked before any frame is read
         try:
@@ -57,14 +58,14 @@ def _run(args: argparse.Namespace) -> int:
             from opmon.processors.figure import plot_maps
             for name, png in pngs.items():
                 interrupt.check()
-                plot_maps(done[name].result, png, title=f"{raw.name}:{name}")
+                plot_maps(done[name].result, png, title=f"{plan.path.name}:{name}")
                 print(f"figure written to {png}")
     skipped = {name: entry.bad_frames for name, entry in done.items() if entry.bad_frames}
     if skipped:
         listed = "; ".join(f"{name}: frames {', '.join(map(str, bad[:20]))}{' ...' if len(bad) > 20 else ''}"
                            for name, bad in skipped.items())
         count = sum(map(len, skipped.values()))
-        print(f"opmon process: warning: skipped {count} unreadable (corrupt or unwritten) frame(s) of {raw} "
+        print(f"opmon process: warning: skipped {count} unreadable (corrupt or unwritten) frame(s) of {files[0]} "
               f"({listed}); listed in {output} as <entry>/maps/bad_frames", file=sys.stderr)
         return EXIT_SKIPPED
     return 0
@@ -72,7 +73,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("process", help="reduce a raw SXDM file to maps (FORMATS.md)", description=__doc__)
-    p.add_argument("raw", metavar="FILE", help="raw HDF5 file (one map, or an archive of entries), ID01 BLISS file or XSOCS master")
+    p.add_argument("raw", metavar="FILE", nargs="+",
+                   help="raw HDF5 file (one map, or an archive of entries), XSOCS master, or ID01 BLISS file(s)")
     p.add_argument("-o", "--output", required=True, help="maps HDF5 file to write")
     p.add_argument("--entry", default=None, help="raw layout: entry to process (default: every entry holding frames)")
     add_source_arguments(p)

@@ -170,6 +170,7 @@ class Source:
     file: h5py.File
     maps: list[SourceMap]
     inputs: list[Path]
+    extra_files: list[h5py.File] = field(default_factory=list)  # further files of a multi-file dataset
 
     @property
     def total_frames(self) -> int:
@@ -181,6 +182,8 @@ class Source:
         return [m.name for m in self.maps]
 
     def close(self) -> None:
+        for f in self.extra_files:
+            f.close()
         self.file.close()
 
     def __enter__(self) -> "Source":

@@ -40,6 +40,7 @@ class ScanInfo:
 
     name: str
     title: str
+    group: h5py.Group | None = None  # the scan's group (in its own file when several are read)
     taken: bool = False
     why: str = ""  # why it is skipped
     detector: str | None = None
@@ -53,6 +54,12 @@ class ScanInfo:
     @property
     def n_frames(self) -> int:
         return int(self.frames.dataset.shape[0]) if self.frames and self.frames.dataset is not None else 0
+
+    @property
+    def where(self) -> str:
+        """file:/N.1 of the scan, for messages."""
+        file = self.group.file.filename if self.group is not None else "?"
+        return f"{file}:/{self.name.rpartition(':')[2]}"
 
     @property
     def map_shape(self) -> tuple[int, int] | None:
@@ -132,7 +139,7 @@ def _parent_has(scan: h5py.Group, path: str) -> bool:
 
 def _scan_info(f: h5py.File, name: str, opts: SourceOptions, det: str | None) -> ScanInfo:
     g = f[name]
-    info = ScanInfo(name, hv.text(g, "title"))
+    info = ScanInfo(name, hv.text(g, "title"), g)
     d0, d1 = hv.number(g, "technique/dim0"), hv.number(g, "technique/dim1")
     info.dims = (int(d0), int(d1)) if d0 and d1 else None
     info.grid = parse_title(info.title)
@@ -166,9 +173,11 @@ def _choose_detector(f: h5py.File, names: list[str], opts: SourceOptions) -> tup
 
 
 def _wanted(name: str, scans: list[str] | None) -> bool:
+    """Whether scan `name` ("N.1", or "file.h5:N.1" when several files are read) is among those chosen."""
     if scans is None:
         return True
-    return name in scans or name.split(".")[0] in scans
+    bare = name.rpartition(":")[2]
+    return name in scans or bare in scans or bare.split(".")[0] in scans
 
 
 def survey(f: h5py.File, path: Path, opts: SourceOptions) -> Survey:
@@ -178,7 +187,7 @@ def survey(f: h5py.File, path: Path, opts: SourceOptions) -> Survey:
     det, problem = _choose_detector(f, main, opts)
     scans = []
     for name in names:
-        info = _scan_info(f, name, opts, det) if name.endswith(".1") else ScanInfo(name, hv.text(f[name], "title"))
+        info = _scan_info(f, name, opts, det) if name.endswith(".1") else ScanInfo(name, hv.text(f[name], "title"), f[name])
         if not name.endswith(".1"):
             info.why = "sub-scan (N.2...), not a map"
         elif not (is_map_title(info.title) or info.dims):
@@ -188,7 +197,7 @@ def survey(f: h5py.File, path: Path, opts: SourceOptions) -> Survey:
         else:
             info.taken = True
         scans.append(info)
-    geometry, mask, origin = _geometry(f, [s for s in scans if s.taken] or [s for s in scans if s.frames], det, opts)
+    geometry, mask, origin = _geometry([s for s in scans if s.taken] or [s for s in scans if s.frames], det, opts)
     counters = []
     first = next((s.name for s in scans if s.taken), main[0] if main else None)
     if first and isinstance(f[first].get("measurement"), h5py.Group):
@@ -198,12 +207,13 @@ def survey(f: h5py.File, path: Path, opts: SourceOptions) -> Survey:
     return Survey(path, creator, scans, det, problem, geometry, mask, origin, counters)
 
 
-def _geometry(f: h5py.File, scans: list[ScanInfo], det: str | None,
+def _geometry(scans: list[ScanInfo], det: str | None,
               opts: SourceOptions) -> tuple[GeometryValues, npt.NDArray[np.uint8] | None, str | None]:
     geo = GeometryValues()
     mask, origin = None, None
     if scans and det:
-        g = f[scans[0].name]
+        g = scans[0].group
+        assert g is not None
         base = f"{scans[0].name}/instrument/{det}"
         for key, name in DETECTOR_KEYS.items():
             value = hv.number(g, f"instrument/{det}/{name}")
@@ -248,8 +258,8 @@ def no_frames_error(sv: Survey) -> RawFileError:
     return RawFileError(f"{sv.path}: no frames to process: no SXDM/KMAP map scan ({skipped}){extra}")
 
 
-def open_bliss(f: h5py.File, path: Path, opts: SourceOptions) -> Source:
-    """The map of every chosen SXDM scan, checked before any frame is read.
+def open_bliss(f: h5py.File, path: Path, opts: SourceOptions, more: list[tuple[h5py.File, Path]] | None = None) -> Source:
+    """The map of every chosen SXDM scan of one file (or of several: `more`), checked before any frame is read.
 
     Raises
     ------
@@ -258,8 +268,26 @@ def open_bliss(f: h5py.File, path: Path, opts: SourceOptions) -> Source:
         scans, positions that do not fit the grid, missing geometry.
     """
     sv = survey(f, path, opts)
-    return build_source(f, sv, opts, KIND, "ID01 BLISS", ANGLES, "measurement",
-                        lambda scan: _geometry(f, [scan], sv.detector, SourceOptions())[0])
+    for other, other_path in more or []:
+        sv = _merged(sv, survey(other, other_path, opts), first=sv.path, other=other_path)
+    src = build_source(f, sv, opts, KIND, "ID01 BLISS", ANGLES, "measurement",
+                       lambda scan: _geometry([scan], sv.detector, SourceOptions())[0])
+    src.extra_files = [other for other, _ in more or []]
+    return src
+
+
+def _merged(sv: Survey, nxt: Survey, first: Path, other: Path) -> Survey:
+    """Two files' surveys as one: scans named file:N.1, one detector for all (else inconsistent)."""
+    for s in sv.scans:
+        if ":" not in s.name:
+            s.name = f"{first.name}:{s.name}"
+    for s in nxt.scans:
+        s.name = f"{other.name}:{s.name}"
+    if nxt.detector != sv.detector and nxt.taken and sv.taken:
+        raise RawFileError(f"{other}: inconsistent files: detector {nxt.detector} where {first} has {sv.detector}")
+    sv.scans += nxt.scans
+    sv.detector_problem = sv.detector_problem or nxt.detector_problem
+    return sv
 
 
 def build_source(f: h5py.File, sv: Survey, opts: SourceOptions, kind: str, fmt: str, angles: dict[str, str],
@@ -267,7 +295,7 @@ def build_source(f: h5py.File, sv: Survey, opts: SourceOptions, kind: str, fmt: 
     """One map from the chosen scans of a survey (BLISS or XSOCS), every check done before any frame is read."""
     path = sv.path
     if opts.scans:
-        names = {s.name for s in sv.scans}
+        names = {s.name for s in sv.scans} | {s.name.rpartition(":")[2] for s in sv.scans}
         for want in opts.scans:
             if want not in names and f"{want}.1" not in names:
                 raise RawFileError(f"{path}: --scans {want}: no such scan; scans: {', '.join(sorted(names, key=hv.scan_key))}")
@@ -282,7 +310,7 @@ def build_source(f: h5py.File, sv: Survey, opts: SourceOptions, kind: str, fmt: 
     for s in taken:
         assert s.frames is not None
         if s.frames.missing:
-            raise RawFileError(f"{path}: no frames: {s.frames.missing}")
+            raise RawFileError(f"{s.where.rpartition(':/')[0]}: no frames: {s.frames.missing}")
     first = taken[0]
     shape = first.map_shape
     if shape is None:
@@ -291,7 +319,7 @@ def build_source(f: h5py.File, sv: Survey, opts: SourceOptions, kind: str, fmt: 
         raise RawFileError(f"inconsistent scan {first.name}: technique/dim0, dim1 = {first.dims} but the title says "
                            f"{first.grid.fast.points} x {first.grid.slow.points} points")
     data0 = first.frames.dataset
-    dtype = count_dtype(data0.dtype, f"{path}:/{first.frames.path}")
+    dtype = count_dtype(data0.dtype, f"{first.where.rpartition(':/')[0]}:/{first.frames.path}")
     for s in taken[1:]:
         ds = s.frames.dataset
         problem = None
@@ -310,13 +338,13 @@ def build_source(f: h5py.File, sv: Survey, opts: SourceOptions, kind: str, fmt: 
     segments, first_frame = [], 0
     for s in taken:
         n = s.n_frames
-        where = f"{path}:/{s.name}"
+        where = s.where
         columns["map_index"].append(_map_index(s, first, n, where, positions_in))
         for key, motor in angles.items():
             columns[key].append(_per_frame(s.angles[key], n, f"{where}/instrument/positioners/{motor}"))
         if opts.monitor:
             columns["monitor"].append(_per_frame(s.monitor, n, f"{where}/measurement/{opts.monitor}"))
-        segments.append(FrameSegment(s.frames.dataset, first_frame, f"{path}:/{s.frames.path}"))
+        segments.append(FrameSegment(s.frames.dataset, first_frame, f"{s.where.rpartition(':/')[0]}:/{s.frames.path}"))
         first_frame += n
     geo = sv.geometry.values
     meta = RawMeta(energy_ev=geo["incident_energy"], distance_m=geo["distance"],
@@ -333,7 +361,9 @@ def build_source(f: h5py.File, sv: Survey, opts: SourceOptions, kind: str, fmt: 
                       v is not None for v in first.positions.values()) else "frame order"}
     monitor = np.concatenate(columns["monitor"]) if opts.monitor else None
     label = f"{path} (scans {taken[0].name}..{taken[-1].name}, {sv.detector})"
-    inputs = [path] + [p for s in taken for p in source_files(s.frames.dataset) if p != path.absolute()]
+    inputs = [path]
+    for s in taken:
+        inputs += [p for p in source_files(s.frames.dataset) if p not in inputs and p != path.absolute()]
     return Source(path, kind, f, [SourceMap("entry", label, meta, segments, monitor, provenance, 0)], inputs)
 
 

@@ -73,7 +73,7 @@ def survey(f: h5py.File, path: Path, opts: SourceOptions) -> Survey:
     scans = []
     for name in _entries(f):
         g = f[name]
-        info = ScanInfo(name, hv.text(g, "title"), detector="detector")
+        info = ScanInfo(name, hv.text(g, "title"), g, detector="detector")
         info.grid = _grid(g, info.title)
         info.frames = follow(g, f"{DETECTOR}/data")
         info.angles = {key: hv.values(g, f"instrument/positioners/{motor}") for key, motor in ANGLES.items()}

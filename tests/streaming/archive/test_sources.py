@@ -156,3 +156,19 @@ def test_command_line_kinds_are_the_sources_kinds():
     from opmon.source_options import KINDS
     from opmon.streaming.archive.sources import KINDS as SOURCE_KINDS
     assert KINDS == SOURCE_KINDS
+
+
+def test_a_dataset_split_over_two_bliss_files_makes_one_map(id01, tmp_path):
+    """BLISS starts a new dataset file now and then: the etas of one map may sit in several files."""
+    from tests.streaming.archive.id01_data import scans_of, setup_of
+    scans, setup = scans_of(id01.raw), setup_of(id01.raw)
+    parts = []
+    for k, chunk in enumerate((scans[:15], scans[15:])):
+        (tmp_path / f"part{k}").mkdir()
+        parts.append(write_bliss(tmp_path / f"part{k}" / f"sample_000{k + 1}.h5", setup, chunk, extra_scan=k == 0))
+    reference = process(id01.raw, tmp_path / "raw_maps.h5")
+    assert main(["process", str(parts[0]), str(parts[1]), "-o", str(tmp_path / "two.h5"), "-q"]) == 0
+    with h5py.File(tmp_path / "two.h5", "r") as f:
+        assert_same_maps(read_map_result(f["entry"]), reference)
+        assert '"sample_0002.h5:16.1"' in f["entry/maps"].attrs["provenance"]  # scans numbered per file
+        assert '"sample_0002.h5:1.1"' in f["entry/maps"].attrs["provenance"]
