@@ -260,7 +260,7 @@ def process_plan(plan: RawPlan, output: str | Path, options: ProcessOptions,
             maps = write_maps(group, done.result.maps_arrays(), {**options.attrs(done.roi), "source": source,
                                                          "source_format": str(smap.provenance.get("format", "")),
                                                          "bad_frames_count": len(done.bad_frames)})
-            if plan.kind != "raw":
+            if plan.kind != "raw" or "geometry" in smap.provenance:
                 maps.attrs["provenance"] = json.dumps(smap.provenance)
             maps.create_dataset(MAPS_BAD_FRAMES, data=np.asarray(done.bad_frames, dtype=np.int64))
     return results

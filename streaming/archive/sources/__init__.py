@@ -39,11 +39,13 @@ def open_file(path: str | Path) -> h5py.File:
     return open_hdf5(path, "raw SXDM, ID01 BLISS or XSOCS HDF5 file")
 
 
-def open_source(path: str | Path, kind: str = "auto", options: SourceOptions | None = None) -> Source:
+def open_source(path: str | Path | list[str | Path], kind: str = "auto", options: SourceOptions | None = None) -> Source:
     """Open `path` as a source of frames, every map checked before any frame is read.
 
     Parameters
     ----------
+    path
+        one file, or several ID01 BLISS files whose map scans make one map together.
     kind
         "auto" (sniff), "raw", "bliss" or "xsocs".
     options
@@ -57,15 +59,18 @@ def open_source(path: str | Path, kind: str = "auto", options: SourceOptions | N
     if kind not in KINDS:
         raise RawFileError(f"--source {kind!r}: expected one of {', '.join(KINDS)}")
     options = options or SourceOptions()
-    p = Path(path)
+    paths = [Path(q) for q in path] if isinstance(path, (list, tuple)) else [Path(path)]
+    if len(paths) > 1:
+        return _open_several(paths, kind, options)
+    p = paths[0]
     f = open_file(p)
     try:
         kind = sniff(f) if kind == "auto" else kind
         if kind == raw_layout.KIND:
-            if options.scans or options.detector or options.geometry:
-                raise RawFileError(f"{p}: --scans, --detector and --geometry apply to ID01 BLISS and XSOCS files; "
-                                   f"this is opmon's raw layout (its geometry is in the file)")
-            return raw_layout.open_raw(f, p, options.entry)
+            if options.scans or options.detector or options.monitor:
+                raise RawFileError(f"{p}: --scans, --detector and --monitor apply to ID01 BLISS and XSOCS files; "
+                                   f"this is opmon's raw layout (choose maps with --entry)")
+            return raw_layout.open_raw(f, p, options.entry, options.geometry, options.geometry_path)
         if options.entry:
             raise RawFileError(f"{p}: --entry applies to opmon's raw layout; choose {NAMES[kind]} scans with --scans")
         opener = bliss.open_bliss if kind == bliss.KIND else xsocs.open_xsocs
@@ -75,4 +80,24 @@ def open_source(path: str | Path, kind: str = "auto", options: SourceOptions | N
         raise RawFileError(f"{p}: damaged or truncated HDF5 file ({str(exc).split('(')[0].strip()})") from exc
     except BaseException:
         f.close()
+        raise
+
+
+def _open_several(paths: list[Path], kind: str, options: SourceOptions) -> Source:
+    """Several BLISS files (a dataset split over files) as one map; every other layout is one file at a time."""
+    files: list[h5py.File] = []
+    try:
+        for p in paths:
+            files.append(open_file(p))
+            found = sniff(files[-1]) if kind == "auto" else kind
+            if found != bliss.KIND:
+                raise RawFileError(f"{p}: {NAMES[found]}: only ID01 BLISS files can be read together; give one file")
+        return bliss.open_bliss(files[0], paths[0], options, list(zip(files[1:], paths[1:])))
+    except OSError as exc:
+        for f in files:
+            f.close()
+        raise RawFileError(f"{paths[len(files) - 1]}: damaged or truncated HDF5 file ({str(exc).split('(')[0].strip()})") from exc
+    except BaseException:
+        for f in files:
+            f.close()
         raise

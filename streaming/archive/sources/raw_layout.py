@@ -40,8 +40,25 @@ def entry_map(entry: h5py.Group, shown: str | Path | None = None, number: int | 
                      int(entry.attrs.get(ATTR_MAP_NUMBER, number if number is not None else 0)))
 
 
-def open_raw(f: h5py.File, path: Path, entry: str | None = None) -> Source:
-    """Every map entry of a raw file or run.h5 (or the named one)."""
+def open_raw(f: h5py.File, path: Path, entry: str | None = None, geometry: dict[str, float] | None = None,
+             geometry_path: str | None = None) -> Source:
+    """Every map entry of a raw file or run.h5 (or the named one); `geometry` keys override the file's."""
     names = map_entries(f, entry)
     maps = [entry_map(f[name], path, number) for number, name in enumerate(names)]
+    for smap in maps if geometry else []:
+        _override(smap, geometry or {}, geometry_path)
     return Source(path, KIND, f, maps, [path, *linked_files(f)])
+
+
+def _override(smap: SourceMap, geometry: dict[str, float], where: str | None) -> None:
+    """Apply --geometry to a raw map and record every value used with its origin."""
+    m = smap.meta
+    values = {"incident_energy": m.energy_ev, "distance": m.distance_m, "y_pixel_size": m.pixel_size_m[0],
+              "x_pixel_size": m.pixel_size_m[1], "beam_center_y": m.beam_center[0], "beam_center_x": m.beam_center[1]}
+    origin = {key: f"{smap.name} (raw file)" for key in values}
+    for key, value in geometry.items():
+        values[key], origin[key] = value, f"--geometry {where}"
+    m.energy_ev, m.distance_m = values["incident_energy"], values["distance"]
+    m.pixel_size_m = (values["y_pixel_size"], values["x_pixel_size"])
+    m.beam_center = (values["beam_center_y"], values["beam_center_x"])
+    smap.provenance["geometry"] = {key: {"value": values[key], "from": origin[key]} for key in values}

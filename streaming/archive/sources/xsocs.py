@@ -73,7 +73,7 @@ def survey(f: h5py.File, path: Path, opts: SourceOptions) -> Survey:
     scans = []
     for name in _entries(f):
         g = f[name]
-        info = ScanInfo(name, hv.text(g, "title"), g, detector="detector")
+        info = ScanInfo(name, hv.text(g, "title"), g, detector=DETECTOR)
         info.grid = _grid(g, info.title)
         info.frames = follow(g, f"{DETECTOR}/data")
         info.angles = {key: hv.values(g, f"instrument/positioners/{motor}") for key, motor in ANGLES.items()}
@@ -94,7 +94,7 @@ def survey(f: h5py.File, path: Path, opts: SourceOptions) -> Survey:
     counters = []
     if chosen and isinstance(f[chosen[0].name].get("measurement"), h5py.Group):
         counters = [c for c in f[chosen[0].name]["measurement"] if c.startswith(("mon", "ct_mon", "exp"))]
-    return Survey(path, "", scans, "detector", None, geometry, None, None, counters)
+    return Survey(path, "", scans, DETECTOR, None, geometry, None, None, counters)
 
 
 def entry_geometry(g: h5py.Group, name: str, opts: SourceOptions) -> GeometryValues:

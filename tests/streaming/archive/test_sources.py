@@ -172,3 +172,18 @@ def test_a_dataset_split_over_two_bliss_files_makes_one_map(id01, tmp_path):
         assert_same_maps(read_map_result(f["entry"]), reference)
         assert '"sample_0002.h5:16.1"' in f["entry/maps"].attrs["provenance"]  # scans numbered per file
         assert '"sample_0002.h5:1.1"' in f["entry/maps"].attrs["provenance"]
+
+
+def test_geometry_file_overrides_a_raw_map_and_is_recorded(id01, tmp_path):
+    """A stale calibration in opmon's own raw layout is fixed the same way: the key wins, its origin is kept."""
+    import json
+    toml = tmp_path / "g.toml"
+    toml.write_text("distance = 1.7\n")
+    assert main(["process", str(id01.raw), "-o", str(tmp_path / "m.h5"), "-q", "--geometry", str(toml)]) == 0
+    with h5py.File(tmp_path / "m.h5", "r") as f:
+        geometry = json.loads(f["entry/maps"].attrs["provenance"])["geometry"]
+    assert geometry["distance"] == {"value": 1.7, "from": f"--geometry {toml}"}
+    assert geometry["incident_energy"] == {"value": 10000.0, "from": "entry (raw file)"}
+    moved = read_map_result(h5py.File(tmp_path / "m.h5", "r")["entry"])
+    reference = process(id01.raw, tmp_path / "ref.h5")
+    assert not np.allclose(np.nan_to_num(moved.d_spacing), np.nan_to_num(reference.d_spacing))
