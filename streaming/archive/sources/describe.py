@@ -12,6 +12,7 @@ from opmon.streaming.archive.sources import hdf5_values as hv
 from opmon.streaming.archive.sources.base import SourceOptions
 from opmon.streaming.archive.sources.geometry import KEYS
 from opmon.streaming.archive.sources.links import follow
+from opmon.streaming.archive.sources.scans import ScanInfo
 
 UNITS = {"incident_energy": "eV", "distance": "m", "x_pixel_size": "m", "y_pixel_size": "m",
          "beam_center_x": "pixel", "beam_center_y": "pixel"}
@@ -65,7 +66,7 @@ def describe_file(f: h5py.File, path: Path, kind: str = "auto", options: SourceO
     return lines
 
 
-def _names(scans: list[bliss.ScanInfo]) -> str:
+def _names(scans: list[ScanInfo]) -> str:
     names = [s.name for s in scans]
     return ", ".join(names) if len(names) <= 6 else f"{names[0]} .. {names[-1]} ({', '.join(names[:3])}, ...)"
 

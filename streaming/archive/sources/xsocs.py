@@ -23,7 +23,7 @@ import numpy as np
 
 from opmon.streaming.archive.sources import hdf5_values as hv
 from opmon.streaming.archive.sources.base import Source, SourceOptions
-from opmon.streaming.archive.sources.bliss import ScanInfo, Survey, build_source
+from opmon.streaming.archive.sources.scans import ScanInfo, Survey, build_source, wanted
 from opmon.streaming.archive.sources.geometry import GeometryValues
 from opmon.streaming.archive.sources.grid import Axis, Grid, is_map_title, parse_title
 from opmon.streaming.archive.sources.links import follow
@@ -83,7 +83,7 @@ def survey(f: h5py.File, path: Path, opts: SourceOptions) -> Survey:
             info.monitor = hv.values(g, f"measurement/{opts.monitor}")
         if info.grid is None and not is_map_title(info.title):
             info.why = "not a map (no scan/motor_0..1, title is not sxdm/kmap)"
-        elif opts.scans is not None and name not in opts.scans and name.split(".")[0] not in opts.scans:
+        elif not wanted(name, opts.scans):
             info.why = "not chosen (--scans)"
         else:
             info.taken = True
