@@ -1,11 +1,13 @@
-"""Offline runner behind `opmon process`: raw HDF5 map(s) in, maps file out.
+"""Offline runner behind `opmon process`: any source's map(s) in (opmon raw, ID01 BLISS, XSOCS), maps file out.
 
-Frames are read block by block into one reused buffer, so memory stays flat whatever the
-file size. The output is written to a temporary file and renamed only when every map is
+Frames are read block by block into reused buffers, so memory stays flat whatever the
+file size; `accumulate_frames` reduces any frame range of a map into an accumulator, so a
+map can be split into tasks whose accumulators merge. The output is written to a temporary file and renamed only when every map is
 done, so a failure never leaves a half file behind.
 """
 from __future__ import annotations
 
+import json
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,11 +23,11 @@ from opmon.errors import EmptyMapError, RawFileError
 from opmon.processors.accumulate import Background, MomentAccumulator, Roi
 from opmon.processors.geometry import DetectorGeometry
 from opmon.processors.maps import MapResult
-from opmon.streaming.archive.frames import FrameReader
-from opmon.streaming.archive.layout import DATA, MAPS, MAPS_BAD_FRAMES
+from opmon.streaming.archive.layout import MAPS, MAPS_BAD_FRAMES
 from opmon.streaming.archive.maps_file import grid_axes, write_axes, write_maps
-from opmon.streaming.archive.raw import (RawMeta, check_roi, entry_label, iter_checked_blocks, linked_files, map_entries,
-                                        natural_key, open_hdf5, read_raw_meta)
+from opmon.streaming.archive.raw import check_roi, map_entries, natural_key, open_hdf5
+from opmon.streaming.archive.sources import Block, Source, SourceMap, SourceOptions, open_source
+from opmon.streaming.archive.sources.raw_layout import entry_map
 from opmon.streaming.archive.safe_writes import atomic_path, check_outputs
 
 ROI_SAMPLE_FRAMES = 3000
@@ -58,27 +60,24 @@ def find_entries(f: h5py.File, entry: str | None) -> list[str]:
 _natural_key = natural_key
 
 
-def auto_roi(entry: h5py.Group, meta: RawMeta, sample: int = ROI_SAMPLE_FRAMES, skip_bad: bool = False,
-             label: str | None = None) -> Roi:
+def auto_roi(smap: SourceMap, sample: int = ROI_SAMPLE_FRAMES, skip_bad: bool = False) -> Roi:
     """Detector window holding the Bragg peak of every map pixel, found from evenly spaced frames.
 
-    Sums a sample of frames, smooths out isolated background counts with a 5 x 5 box, keeps
-    pixels clearly above the background level (the median: most of the detector sees only
-    background) and pads their bounding box, so domains whose peak sits elsewhere on the
-    detector stay inside. The rest of the frame then measures the background.
+    Sums a sample of frames (a tenth of the map, bounded) and applies `roi_from_image`, so
+    domains whose peak sits elsewhere on the detector stay inside. The rest of the frame then
+    measures the background.
     """
+    meta = smap.meta
     rows, cols = meta.frame_shape
-    data = entry[DATA]
     count = int(np.clip(meta.n_frames // 10, min(200, meta.n_frames), sample))  # a tenth of the map, bounded
     picks = np.unique(np.linspace(0, meta.n_frames - 1, count).astype(np.int64))
     total = np.zeros((rows, cols), dtype=np.float64)
-    buf = np.empty((1, rows, cols), dtype=data.dtype)
-    reader = FrameReader(data, label or f"{data.file.filename}:{entry.name}")
+    buf = np.empty((1, rows, cols), dtype=meta.frame_dtype)
     for i in picks:
         interrupt.check()
-        bad = reader.read(buf, int(i))
+        bad = smap.read(buf, int(i))
         if bad and not skip_bad:
-            raise reader.error(bad)
+            raise smap.error(bad)
         total += buf[0]
     roi = roi_from_image(total, meta.detector_mask)
     return roi if roi is not None else (0, rows, 0, cols)
@@ -133,52 +132,79 @@ def process_entry(entry: h5py.Group, options: ProcessOptions, progress: Callable
 
 def reduce_entry(entry: h5py.Group, options: ProcessOptions, progress: Callable[[int], None] | None = None,
                  label: str | None = None) -> EntryResult:
-    """Reduce one raw map entry; corrupt frames raise, or are skipped and listed with `skip_bad_frames`."""
-    meta = read_raw_meta(entry)
-    label = label or f"{entry.file.filename}:{entry.name}"
-    geometry = DetectorGeometry.from_meta(meta)
-    if options.roi == "auto":
-        roi: Roi = auto_roi(entry, meta, skip_bad=options.skip_bad_frames, label=label)
-    elif options.roi is None:
-        roi = (0, meta.frame_shape[0], 0, meta.frame_shape[1])
-    else:
-        roi = options.roi  # type: ignore[assignment]
-        check_roi(roi, meta.frame_shape, label)
-    acc = MomentAccumulator(geometry, meta.map_shape, roi=roi, detector_mask=meta.detector_mask,
-                            threshold=options.threshold, background=options.background, despeckle=options.despeckle)
+    """Reduce one raw map entry (opmon's layout); corrupt frames raise, or are skipped and listed."""
+    smap = entry_map(entry)
+    if label:
+        smap.label = smap.segments[0].label = label
+    return reduce_map(smap, options, progress)
 
-    def consume(sel: slice | npt.NDArray[np.int64], frames: np.ndarray) -> None:
-        acc.process_block(frames, meta.map_index[sel], meta.eta[sel], meta.phi[sel], meta.nu[sel], meta.delta[sel])
+
+def choose_roi(smap: SourceMap, options: ProcessOptions) -> Roi:
+    """The ROI of a map: found from its frames (auto), the whole frame, or the one given (checked)."""
+    if options.roi == "auto":
+        return auto_roi(smap, skip_bad=options.skip_bad_frames)
+    if options.roi is None:
+        return (0, smap.meta.frame_shape[0], 0, smap.meta.frame_shape[1])
+    roi: Roi = options.roi  # type: ignore[assignment]
+    check_roi(roi, smap.meta.frame_shape, smap.label)
+    return roi
+
+
+def new_accumulator(smap: SourceMap, options: ProcessOptions, roi: Roi) -> MomentAccumulator:
+    """An empty accumulator for `smap` with the options' reduction settings (what each task of a split map needs)."""
+    meta = smap.meta
+    return MomentAccumulator(DetectorGeometry.from_meta(meta), meta.map_shape, roi=roi, detector_mask=meta.detector_mask,
+                             threshold=options.threshold, background=options.background, despeckle=options.despeckle)
+
+
+def accumulate_frames(smap: SourceMap, acc: MomentAccumulator, options: ProcessOptions, start: int = 0,
+                      stop: int | None = None, progress: Callable[[int], None] | None = None) -> list[int]:
+    """Add frames start..stop of `smap` into `acc`; returns the corrupt frames skipped.
+
+    Reading (h5py holds the GIL) overlaps with the previous block's kernels (numba releases
+    it). Any frame range of any source can be reduced this way and the accumulators merged.
+
+    Raises
+    ------
+    CorruptFrameError
+        at the first corrupt frame, unless ``options.skip_bad_frames``.
+    """
+    def consume(block: Block, sel: slice | npt.NDArray[np.int64], frames: np.ndarray) -> None:
+        acc.process_block(frames, block.map_index[sel], block.eta[sel], block.phi[sel], block.nu[sel], block.delta[sel])
 
     skipped: list[int] = []
-    # Reading (h5py holds the GIL) overlaps with the previous block's kernels (numba releases it).
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="opmon-accumulate") as pool:
         pending: Future[None] | None = None
-        for start, frames, bad in iter_checked_blocks(entry, options.block, buffers=2, label=label):
+        for block in smap.blocks(options.block, start, stop, buffers=2):
             interrupt.check()
-            sel: slice | npt.NDArray[np.int64] = slice(start, start + frames.shape[0])
-            if bad:
+            frames = block.frames
+            sel: slice | npt.NDArray[np.int64] = slice(0, frames.shape[0])
+            if block.bad:
                 if not options.skip_bad_frames:
-                    raise FrameReader(entry[DATA], label).error(bad)
-                skipped += bad
-                keep = np.setdiff1d(np.arange(start, start + frames.shape[0]), bad)
-                sel, frames = keep, frames[keep - start]
+                    raise smap.error(block.bad)
+                skipped += block.bad
+                keep = np.setdiff1d(np.arange(block.start, block.stop), block.bad) - block.start
+                sel, frames = keep, frames[keep]
             if pending is not None:
                 pending.result()
             if progress is not None:
-                progress(frames.shape[0] + len(bad))
+                progress(block.frames.shape[0])
             if frames.shape[0]:
-                pending = pool.submit(consume, sel, frames)
+                pending = pool.submit(consume, block, sel, frames)
         if pending is not None:
             pending.result()
+    return skipped
+
+
+def reduce_map(smap: SourceMap, options: ProcessOptions, progress: Callable[[int], None] | None = None) -> EntryResult:
+    """Reduce one map of any source to its maps; corrupt frames raise, or are skipped and listed."""
+    roi = choose_roi(smap, options)
+    acc = new_accumulator(smap, options, roi)
+    skipped = accumulate_frames(smap, acc, options, progress=progress)
     try:
         return EntryResult(acc.finalize(), roi, skipped)
     except EmptyMapError as exc:
-        raise EmptyMapError(f"{label}: {exc}") from exc
-
-
-def count_frames(f: h5py.File, entries: list[str]) -> int:
-    return sum(int(f[name][DATA].shape[0]) for name in entries if DATA in f[name])
+        raise EmptyMapError(f"{smap.label}: {exc}") from exc
 
 
 def open_raw(raw: str | Path) -> h5py.File:
@@ -186,44 +212,29 @@ def open_raw(raw: str | Path) -> h5py.File:
     return open_hdf5(raw, "raw SXDM HDF5 file")
 
 
-@dataclass
-class RawPlan:
-    """A raw file opened and checked before any frame is read: what will be processed."""
-
-    file: h5py.File
-    raw: Path
-    entries: list[str]
-    inputs: list[Path]
-    total_frames: int
-
-    def close(self) -> None:
-        self.file.close()
+RawPlan = Source  # what `plan_raw` returns: a source opened and checked, nothing read yet
 
 
-def plan_raw(raw: str | Path, options: ProcessOptions, entry: str | None = None) -> RawPlan:
-    """Open `raw` and check every entry's metadata (and an explicit ROI) before any work.
+def plan_raw(raw: str | Path | list[Path], options: ProcessOptions, entry: str | None = None, kind: str = "auto",
+             source_options: SourceOptions | None = None) -> RawPlan:
+    """Open `raw` (any source: sniffed, or `kind`) and check every map's metadata (and an explicit ROI) before any work.
 
     Raises
     ------
     RawFileError
         naming the file, entry and field that is missing, malformed, truncated or out of range.
     """
-    raw = Path(raw)
-    f = open_raw(raw)
+    source_options = source_options or SourceOptions()
+    if entry is not None:
+        source_options.entry = entry
+    source = open_source(raw, kind, source_options)
     try:
-        names = map_entries(f, entry)
-        total = 0
-        for name in names:
-            meta = read_raw_meta(f[name])
-            if isinstance(options.roi, tuple):
-                check_roi(options.roi, meta.frame_shape, f"{raw}:/{name}")
-            total += meta.n_frames
-        return RawPlan(f, raw, names, [raw, *linked_files(f)], total)
-    except OSError as exc:  # a truncated or damaged file fails while its metadata are read
-        f.close()
-        raise RawFileError(f"{raw}: damaged or truncated HDF5 file ({str(exc).split('(')[0].strip()})") from exc
+        if isinstance(options.roi, tuple):
+            for smap in source.maps:
+                check_roi(options.roi, smap.meta.frame_shape, smap.label)
+        return source
     except BaseException:
-        f.close()
+        source.close()
         raise
 
 
@@ -231,12 +242,12 @@ def process_plan(plan: RawPlan, output: str | Path, options: ProcessOptions,
                  progress: Callable[[int], None] | None = None) -> dict[str, EntryResult]:
     """Reduce every entry of a checked plan, then write the maps file atomically."""
     results: dict[str, EntryResult] = {}
+    by_name = {m.name: m for m in plan.maps}
     try:
-        for name in plan.entries:
-            results[name] = reduce_entry(plan.file[name], options, progress,
-                                         label=entry_label(plan.file[name], plan.raw))
+        for name, smap in by_name.items():
+            results[name] = reduce_map(smap, options, progress)
     except OSError as exc:
-        raise RawFileError(f"{plan.raw}: damaged HDF5 file ({str(exc).split('(')[0].strip()})") from exc
+        raise RawFileError(f"{plan.path}: damaged HDF5 file ({str(exc).split('(')[0].strip()})") from exc
     with atomic_path(Path(output)) as tmp, h5py.File(tmp, "w") as out:
         out.attrs["default"] = next(iter(results))
         out.attrs["creator"] = f"opmon {__version__}"
@@ -244,25 +255,30 @@ def process_plan(plan: RawPlan, output: str | Path, options: ProcessOptions,
             group = out.create_group(name)
             group.attrs["NX_class"] = "NXentry"
             group.attrs["default"] = MAPS
-            maps = write_maps(group, done.result.maps_arrays(), {**options.attrs(done.roi), "source": f"{plan.raw}:/{name}",
-                                                   "bad_frames_count": len(done.bad_frames)})
+            smap = by_name[name]
+            source = f"{plan.path}:/{name}" if plan.kind == "raw" else smap.label
+            maps = write_maps(group, done.result.maps_arrays(), {**options.attrs(done.roi), "source": source,
+                                                         "source_format": str(smap.provenance.get("format", "")),
+                                                         "bad_frames_count": len(done.bad_frames)})
+            if plan.kind != "raw" or "geometry" in smap.provenance:
+                maps.attrs["provenance"] = json.dumps(smap.provenance)
             maps.create_dataset(MAPS_BAD_FRAMES, data=np.asarray(done.bad_frames, dtype=np.int64))
-            meta = read_raw_meta(plan.file[name])
-            axes = grid_axes(meta.x_um, meta.y_um, meta.map_index, meta.map_shape)
+            axes = grid_axes(smap.meta.x_um, smap.meta.y_um, smap.meta.map_index, smap.meta.map_shape)
             if axes is not None:
                 write_axes(maps, *axes)
     return results
 
 
 def process_file(raw: str | Path, output: str | Path, options: ProcessOptions | None = None, entry: str | None = None,
-                 progress: Callable[[int], None] | None = None, force: bool = False) -> dict[str, MapResult]:
+                 progress: Callable[[int], None] | None = None, force: bool = False, kind: str = "auto",
+                 source_options: SourceOptions | None = None) -> dict[str, MapResult]:
     """Process every raw map entry of `raw` into `output` (same entry names, `/<entry>/maps`).
 
     Everything is checked before the first frame is read: the raw file and its metadata, and
     that `output` is not an input (nor, without `force`, any existing file).
     """
     options = options or ProcessOptions()
-    plan = plan_raw(raw, options, entry)
+    plan = plan_raw(raw, options, entry, kind, source_options)
     try:
         check_outputs([Path(output)], plan.inputs, force=force)
         return {name: done.result for name, done in process_plan(plan, output, options, progress).items()}

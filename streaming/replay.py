@@ -1,4 +1,4 @@
-"""Replay an archived run (or any raw SXDM file) through the live chain, frame by frame.
+"""Replay an archived run (or any source: raw SXDM, ID01 BLISS, XSOCS file) through the live chain, frame by frame.
 
 The replay sends exactly what the detector sink sends during a run (start, maps, frames,
 stop) under a new run uid, so an archiver listening at the same time never overwrites the
@@ -14,16 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
 from opmon import interrupt
 from opmon.errors import ArchiveError, RawFileError
-from opmon.streaming.archive.frames import FrameReader
-from opmon.streaming.archive.layout import ATTR_MAP_NUMBER, ATTR_RUN_UID, ATTR_START, DATA, MASTER
-from opmon.streaming.archive.raw import (RawMeta, check_roi, entry_label, iter_checked_blocks, linked_files, map_entries,
-                                        open_hdf5, read_raw_meta)
+from opmon.streaming.archive.layout import ATTR_RUN_UID, ATTR_START, MASTER
+from opmon.streaming.archive.raw import check_roi
 from opmon.streaming.archive.reader import RunArchive
+from opmon.streaming.archive.sources import Source, SourceMap, SourceOptions
+from opmon.streaming.archive.sources import open_source as open_frames
 from opmon.streaming.publisher import ZmqFrameSink
 
 
@@ -45,30 +44,16 @@ def resolve_archive(path: str | Path) -> Path:
     if p.is_dir():
         p = RunArchive.at(p).master
     if not p.is_file():
-        raise ArchiveError(f"{path}: no such archive (expected a run directory, its {MASTER}, or a raw SXDM file)")
+        raise ArchiveError(f"{path}: no such archive (expected a run directory, its {MASTER}, or a raw SXDM, BLISS or XSOCS file)")
     return p
 
 
-@dataclass
-class ReplaySource:
-    """An archive opened and checked before anything is sent: every map's metadata read."""
-
-    path: Path
-    file: h5py.File
-    entries: list[str]
-    metas: dict[str, RawMeta]
-    inputs: list[Path]
-
-    @property
-    def frame_shape(self) -> tuple[int, int]:
-        return self.metas[self.entries[0]].frame_shape
-
-    def close(self) -> None:
-        self.file.close()
+ReplaySource = Source  # what `open_source` returns: a source opened and checked, nothing sent yet
 
 
-def open_source(path: str | Path, roi: tuple[int, int, int, int] | None = None) -> ReplaySource:
-    """Open the archive at `path` and check all of it that can be checked before streaming.
+def open_source(path: str | Path, roi: tuple[int, int, int, int] | None = None, kind: str = "auto",
+                options: SourceOptions | None = None) -> ReplaySource:
+    """Open the archive, raw file, BLISS or XSOCS file at `path` and check all of it that can be checked before streaming.
 
     Raises
     ------
@@ -76,22 +61,16 @@ def open_source(path: str | Path, roi: tuple[int, int, int, int] | None = None) 
         naming the file and what is wrong: missing, not HDF5 (text, empty, truncated), a map
         file missing from a run, metadata missing or malformed, an ROI outside the frames.
     """
-    source = resolve_archive(path)
-    f = open_hdf5(source, "run archive or raw SXDM file")
+    source = open_frames(resolve_archive(path), kind, options)
     try:
-        names = map_entries(f)
-        metas = {name: read_raw_meta(f[name]) for name in names}
-        shapes = {m.frame_shape for m in metas.values()}
+        shapes = {m.meta.frame_shape for m in source.maps}
         if len(shapes) > 1:
-            raise RawFileError(f"{source}: maps have different frame shapes {sorted(shapes)}; replay one run at a time")
+            raise RawFileError(f"{source.path}: maps have different frame shapes {sorted(shapes)}; replay one run at a time")
         if roi is not None:
-            check_roi(roi, next(iter(shapes)), str(source))
-        return ReplaySource(source, f, names, metas, [source, *linked_files(f)])
-    except OSError as exc:
-        f.close()
-        raise RawFileError(f"{source}: damaged or truncated HDF5 file ({str(exc).split('(')[0].strip()})") from exc
+            check_roi(roi, next(iter(shapes)), str(source.path))
+        return source
     except BaseException:
-        f.close()
+        source.close()
         raise
 
 
@@ -123,8 +102,8 @@ def _send(src: ReplaySource, sink: ZmqFrameSink, rate_fps: float | None, run: st
           skip_bad_frames: bool) -> ReplayReport:
     t0 = time.perf_counter()
     frames = 0
-    f, names = src.file, src.entries
-    first = src.metas[names[0]]
+    f, maps = src.file, src.maps
+    first = maps[0].meta
     source_run = f.attrs.get(ATTR_RUN_UID)
     start_meta: dict[str, Any] = {}
     if f.attrs.get(ATTR_START):
@@ -135,13 +114,11 @@ def _send(src: ReplaySource, sink: ZmqFrameSink, rate_fps: float | None, run: st
                          metadata=dict(start_meta, replay_of=str(source_run or src.path)))
     bad_frames: dict[str, list[int]] = {}
     try:
-        for number, name in enumerate(names):
-            entry = f[name]
-            meta = src.metas[name]
-            sink.start_map(meta.n_frames, map_number=int(entry.attrs.get(ATTR_MAP_NUMBER, number)), map_shape=meta.map_shape,
-                           trigger={"kind": "replay", "entry": name})
-            for i, frame in _frames(entry, block, entry_label(entry, src.path), skip_bad_frames,
-                                   bad_frames.setdefault(name, [])):
+        for number, smap in enumerate(maps):
+            meta = smap.meta
+            sink.start_map(meta.n_frames, map_number=smap.map_number if smap.map_number is not None else number,
+                           map_shape=meta.map_shape, trigger={"kind": "replay", "entry": smap.name})
+            for i, frame in _frames(smap, block, skip_bad_frames, bad_frames.setdefault(smap.name, [])):
                 x = None if meta.x_um is None or not np.isfinite(meta.x_um[i]) else float(meta.x_um[i])
                 y = None if meta.y_um is None or not np.isfinite(meta.y_um[i]) else float(meta.y_um[i])
                 sink.send_frame(frame, index=int(meta.map_index[i]), eta=float(meta.eta[i]), phi=float(meta.phi[i]),
@@ -161,19 +138,19 @@ def _send(src: ReplaySource, sink: ZmqFrameSink, rate_fps: float | None, run: st
             pass
         raise
     sink.stop_run("success")
-    return ReplayReport(uid, str(source_run) if source_run else None, len(names), frames, time.perf_counter() - t0,
+    return ReplayReport(uid, str(source_run) if source_run else None, len(maps), frames, time.perf_counter() - t0,
                         {name: bad for name, bad in bad_frames.items() if bad})
 
 
-def _frames(entry: h5py.Group, block: int, label: str, skip_bad: bool, bad_out: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+def _frames(smap: SourceMap, block: int, skip_bad: bool, bad_out: list[int]) -> Iterator[tuple[int, np.ndarray]]:
     """Frames one by one, each its own array (zero-copy sends must not share a reused buffer)."""
-    for start, frames, bad in iter_checked_blocks(entry, block, label=label):
+    for blk in smap.blocks(block):
         interrupt.check()
-        if bad:
+        if blk.bad:
             if not skip_bad:
-                raise FrameReader(entry[DATA], label).error(bad)
-            bad_out.extend(bad)
-        owned = frames.copy()
+                raise smap.error(blk.bad)
+            bad_out.extend(blk.bad)
+        owned = blk.frames.copy()
         for k in range(owned.shape[0]):
-            if start + k not in bad:
-                yield start + k, owned[k]
+            if blk.start + k not in blk.bad:
+                yield blk.start + k, owned[k]

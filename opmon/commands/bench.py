@@ -13,6 +13,7 @@ STAGES = {
     "process": "bench_process",
     "reliability": "reliability",
     "render": "bench_render",
+    "sources": "bench_sources",
     "stream": "bench_stream",
 }
 

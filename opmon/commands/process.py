@@ -1,4 +1,8 @@
-"""`opmon process RAW -o MAPS`: reduce raw SXDM frames to d-spacing, tilt and width maps."""
+"""`opmon process FILE -o MAPS`: reduce SXDM frames to d-spacing, tilt and width maps.
+
+FILE is opmon's raw layout (a map, an archive's run.h5), an ID01 BLISS file (every SXDM scan,
+one per eta, makes one map) or an XSOCS master file; the layout is sniffed (--source forces it).
+"""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +15,7 @@ from opmon.streaming.archive.layout import DATA
 from opmon.streaming.archive.safe_writes import check_outputs
 from opmon.figure_paths import figure_paths
 from opmon.processing_options import EXIT_SKIPPED, parse_background, parse_roi
+from opmon.source_options import add_source_arguments, source_options
 
 
 def png_paths(png: str | None, output: Path, names: list[str]) -> dict[str, Path]:
@@ -33,9 +38,10 @@ def _run(args: argparse.Namespace) -> int:
                              despeckle=not args.keep_isolated, skip_bad_frames=args.skip_bad_frames)
     if args.threshold < 0:
         raise OpmonError(f"--threshold must be >= 0, got {args.threshold}")
-    raw, output = Path(args.raw), Path(args.output)
+    files, output = [Path(r) for r in args.raw], Path(args.output)
+    raw = files[0] if len(files) == 1 else files  # several files: the parts of one ID01 BLISS dataset
     with interrupt.interruptible():
-        plan = plan_raw(raw, options, args.entry)  # every input checked before any frame is read
+        plan = plan_raw(raw, options, args.entry, args.source, source_options(args))  # all checked before any frame is read
         try:
             pngs = png_paths(args.png, output, plan.entries)
             check_outputs([output, *pngs.values()], plan.inputs, force=args.force)
@@ -55,8 +61,13 @@ def _run(args: argparse.Namespace) -> int:
             from opmon.processors.figure_context import map_context
             for name, png in pngs.items():
                 interrupt.check()
-                with h5py.File(output, "r") as maps_file, h5py.File(raw, "r", swmr=True) as raw_file:
-                    context = map_context(maps_file[name], f"{raw.name}:{name}", raw=raw_file[name])
+                label = f"{plan.path.name}:{name}"
+                with h5py.File(output, "r") as maps_file:
+                    if plan.kind == "raw":         # opmon's raw layout: its trigger and frame times for the title
+                        with h5py.File(plan.path, "r", swmr=True) as raw_file:
+                            context = map_context(maps_file[name], label, raw=raw_file[name])
+                    else:
+                        context = map_context(maps_file[name], label)
                 plot_maps(done[name].result, png, context)
                 print(f"figure written to {png}")
     skipped = {name: entry.bad_frames for name, entry in done.items() if entry.bad_frames}
@@ -64,7 +75,7 @@ def _run(args: argparse.Namespace) -> int:
         listed = "; ".join(f"{name}: frames {', '.join(map(str, bad[:20]))}{' ...' if len(bad) > 20 else ''}"
                            for name, bad in skipped.items())
         count = sum(map(len, skipped.values()))
-        print(f"opmon process: warning: skipped {count} unreadable (corrupt or unwritten) frame(s) of {raw} "
+        print(f"opmon process: warning: skipped {count} unreadable (corrupt or unwritten) frame(s) of {files[0]} "
               f"({listed}); listed in {output} as <entry>/maps/bad_frames", file=sys.stderr)
         return EXIT_SKIPPED
     return 0
@@ -72,9 +83,11 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("process", help="reduce a raw SXDM file to maps (FORMATS.md)", description=__doc__)
-    p.add_argument("raw", help="raw HDF5 file with instrument/detector/data (one map, or an archive of entries)")
+    p.add_argument("raw", metavar="FILE", nargs="+",
+                   help="raw HDF5 file (one map, or an archive of entries), XSOCS master, or ID01 BLISS file(s)")
     p.add_argument("-o", "--output", required=True, help="maps HDF5 file to write")
-    p.add_argument("--entry", default=None, help="entry to process (default: every entry holding frames)")
+    p.add_argument("--entry", default=None, help="raw layout: entry to process (default: every entry holding frames)")
+    add_source_arguments(p)
     p.add_argument("--roi", nargs="+", default=None, metavar="R", help="detector ROI: auto (default), full, or r0 r1 c0 c1")
     p.add_argument("--threshold", type=int, default=0, help="ignore pixel counts below this value (default 0)")
     p.add_argument("--background", default="auto", help="auto (from counts outside the ROI), none, or a rate")

@@ -1,4 +1,4 @@
-"""`opmon replay ARCHIVE`: stream an archived run through the live chain again.
+"""`opmon replay ARCHIVE`: stream an archived run (or a raw, ID01 BLISS or XSOCS file) through the live chain again.
 
 By default the replay feeds a live processor started here and prints the final d-spacing of
 every map (and writes the maps with -o). With --external it only sends, to the configured
@@ -18,6 +18,7 @@ from opmon.config import load_config
 from opmon.errors import OpmonError, StreamStalledError
 from opmon.streaming.archive.safe_writes import atomic_path, check_outputs
 from opmon.processing_options import EXIT_SKIPPED, parse_background, parse_roi
+from opmon.source_options import add_source_arguments, source_options
 from opmon.waiting import until
 
 if TYPE_CHECKING:     # the modules themselves are imported when the replay runs, not for `opmon --help`
@@ -44,7 +45,8 @@ def _replay(args: argparse.Namespace) -> int:
     if output is not None and args.external:
         raise OpmonError("-o/--output: an --external replay makes no maps here; drop one of them")
     with interrupt.interruptible():
-        source = open_source(args.archive_path, roi if isinstance(roi, tuple) else None)  # all checked before sending
+        source = open_source(args.archive_path, roi if isinstance(roi, tuple) else None, args.source,
+                             source_options(args))  # all checked before sending
         try:
             check_outputs([output], source.inputs, force=args.force)
             if args.external:
@@ -72,7 +74,6 @@ def _internal(args: argparse.Namespace, config: Any, source: ReplaySource, roi: 
     import numpy as np
 
     from opmon.processors.live import open_live_processor
-    from opmon.streaming.archive.layout import ATTR_MAP_NUMBER
     from opmon.streaming.archive.maps_file import write_maps
     from opmon.streaming.publisher import ZmqFrameSink
     from opmon.streaming.replay import replay
@@ -107,7 +108,7 @@ def _internal(args: argparse.Namespace, config: Any, source: ReplaySource, roi: 
     for s in processor.summaries:
         print(f"{s['map']:>4} {s['frames']:>7} {s['frames_lost']:>5} {s['d_mean']:>12.5f}")
     if output is not None:
-        entry_of = {int(source.file[n].attrs.get(ATTR_MAP_NUMBER, i)): n for i, n in enumerate(source.entries)}
+        entry_of = {m.map_number if m.map_number is not None else i: m.name for i, m in enumerate(source.maps)}
         with atomic_path(output) as tmp, h5py.File(tmp, "w") as f:
             for (run, number), result in sorted(processor.results.items(), key=lambda kv: kv[0][1]):
                 entry = f.create_group(f"entry{number}")
@@ -153,7 +154,7 @@ def _report_skipped(report: ReplayReport, output: Path | None) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("replay", help="stream an archived run through the live chain", description=__doc__)
-    p.add_argument("archive_path", metavar="ARCHIVE", help="run directory, its run.h5, or a raw SXDM file")
+    p.add_argument("archive_path", metavar="ARCHIVE", help="run directory, its run.h5, a raw SXDM, ID01 BLISS or XSOCS file")
     p.add_argument("--config", help="TOML configuration")
     p.add_argument("-o", "--output", help="write the replayed maps here (entryN/maps)")
     p.add_argument("--rate", type=float, help="frames per second (default: as fast as the chain takes them)")
@@ -165,4 +166,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing -o file (never an input)")
     p.add_argument("--skip-bad-frames", action="store_true",
                    help="do not send corrupt frames; list them on stderr and in -o (exit status 3)")
+    add_source_arguments(p)
     p.set_defaults(func=_main)

@@ -35,6 +35,10 @@ SMALLEST: dict[str, tuple[list[str], list[tuple[str, str]]]] = {
         ("MapFileWriter frames/s", rf"MapFileWriter from memory +{NUMBER} frames/s"),
         ("raw loopback frames/s", rf"raw pyzmq PUSH/PULL loopback +{NUMBER} frames/s"),
     ]),
+    "sources": (["--scans", "2", "--frames", "20", "--size", "32", "--repeat", "1"], [
+        ("BLISS source MB/s", rf"opmon BLISS source \(open \+ blocks\) +{NUMBER} MB/s"),
+        ("h5py MB/s", rf"h5py read_direct of the same frames +{NUMBER} MB/s"),
+    ]),
     "stream": (["--frames", "100", "--repeat", "1", "--workers", "1"], [
         ("live chain frames/s", rf"live chain +{NUMBER} frames/s"),
         ("raw PUSH/PULL frames/s", rf"raw pyzmq PUSH/PULL +{NUMBER} frames/s"),
