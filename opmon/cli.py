@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
@@ -54,6 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"opmon {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:     # `opmon inspect FILE | head`: the reader has what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())     # so the interpreter's final flush does not fail again
+        return 141
 
 
 if __name__ == "__main__":

@@ -24,3 +24,22 @@ def test_help_and_version_answer():
     for flag, expected in (("--help", "usage: opmon"), ("--version", "opmon ")):
         out = subprocess.run([sys.executable, "-m", "opmon.cli", flag], capture_output=True, text=True)
         assert out.returncode == 0 and out.stdout.startswith(expected), out
+
+
+def test_a_reader_that_closes_the_pipe_gets_no_traceback(tmp_path):
+    """`opmon inspect FILE | head`: the reader leaves early; opmon ends quietly (exit 141, as
+    a shell reports SIGPIPE), not with a BrokenPipeError traceback."""
+    import h5py
+    import numpy as np
+
+    from opmon.streaming.archive.raw import RawMapWriter
+    raw = tmp_path / "raw.h5"
+    with h5py.File(raw, "w") as f:
+        w = RawMapWriter(f.create_group("entry"), frame_shape=(8, 8), dtype=np.uint32, energy_ev=10000.0,
+                         distance_m=1.0, pixel_size_m=(55e-6, 55e-6), beam_center=(4.0, 4.0), map_shape=(2, 2))
+        w.append(np.ones((4, 8, 8), dtype=np.uint32), np.arange(4), 10.0, 0.0, 0.0, 30.0)
+    proc = subprocess.Popen([sys.executable, "-m", "opmon.cli", "inspect", str(raw)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()                       # the reader is gone before opmon writes a line
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == 141 and "Traceback" not in err, err
