@@ -120,7 +120,7 @@ class Archiver:
         if self.run_dir is None or self.run_dir.uid != h["run"]:
             self._adopt(h["run"])       # the tracker accepted it: a run this archiver was writing before a restart
         if msg.kind == "frame":
-            self._on_frame(h, msg.array)
+            self._on_frame(h, msg.array, msg.chunk)
         elif msg.kind == "map_start":
             if self._held_map(h["map"]):
                 return                  # re-sent: already open, or already complete on disk
@@ -149,7 +149,7 @@ class Archiver:
         else:
             self._start_run(h, mask)
 
-    def _on_frame(self, h: dict[str, Any], frame: Any) -> None:
+    def _on_frame(self, h: dict[str, Any], frame: Any, chunk: Any = None) -> None:
         number = h["map"]
         if self.map_writer is None or self.map_writer.number != number:
             rec = self.run_dir.maps.get(number) if self.run_dir is not None else None
@@ -166,7 +166,7 @@ class Archiver:
             return
         if self._resumed_seq is not None:
             self._count_restart_gap(h["seq"])
-        writer.add(h, frame)
+        writer.add(h, frame, chunk)
         self.frames_written += 1
 
     def _on_map_end(self, h: dict[str, Any]) -> None:
