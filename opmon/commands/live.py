@@ -1,13 +1,21 @@
-"""`opmon live`: run the live processor (frames -> partial and final maps, --workers N)."""
+"""`opmon live`: run the live processor (frames -> partial and final maps, --workers N).
+
+`--source dectris:tcp://HOST:31001` also starts `opmon bridge` (a child process that dies with
+this one), which takes a DECTRIS detector's stream V2 and sends it on as opmon's frame stream.
+"""
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 from typing import Any
 
 from opmon.config import Config, load_config
+from opmon.errors import ConfigError
 from opmon.ports import BOUND_BY, binding, config_ports
 from opmon.processing_options import parse_background, parse_roi
-from opmon.supervisor import stop_on_signals
+from opmon.supervisor import SUPERVISOR_ENV, stop_on_signals
 
 
 def build_processor(config: Config, *, workers: int | None = None, roi: Any = "auto",
@@ -20,15 +28,34 @@ def build_processor(config: Config, *, workers: int | None = None, roi: Any = "a
                          archive_dir=config.archive.dir if recover else None, rcvhwm=config.stream.rcvhwm)
 
 
+def start_bridge(args: argparse.Namespace) -> subprocess.Popen[bytes]:
+    """`opmon bridge --source ...` as a child that dies with this process (PR_SET_PDEATHSIG)."""
+    argv = ["bridge", "--source", args.source] + (["--config", args.config] if args.config else []) \
+        + (["--channel", args.channel] if args.channel else [])
+    return subprocess.Popen([sys.executable, "-m", "opmon.cli", *argv], stdin=subprocess.DEVNULL,
+                            env={**os.environ, SUPERVISOR_ENV: str(os.getpid())}, start_new_session=True)
+
+
 def _main(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.archive_dir:
         config.archive.dir = args.archive_dir
     roi = parse_roi(args.roi)
+    if args.source and not args.source.startswith("dectris:tcp://"):
+        raise ConfigError(f"--source {args.source!r}: expected dectris:tcp://HOST:PORT (the detector's stream V2)")
     with binding(config.host, config_ports(config, BOUND_BY["live"])):
         processor = build_processor(config, workers=args.workers, roi=roi, recover=not args.no_recover)
+    bridge = start_bridge(args) if args.source else None
     exit_status = stop_on_signals(processor)
-    processor.serve()
+    try:
+        processor.serve()
+    finally:
+        if bridge is not None:
+            bridge.terminate()     # it closes the open series and prints its loss summary
+            try:
+                bridge.wait(timeout=config.stream.stall_timeout_s + 5)
+            except subprocess.TimeoutExpired:
+                bridge.kill()
     return exit_status()   # 128 + the signal that stopped it: the supervisor does not restart it
 
 
@@ -39,4 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--roi", nargs="+", metavar="R", help="'auto' (first frames of each run), 'full' or r0 r1 c0 c1")
     p.add_argument("--archive-dir", help="archive to recover missed frames from after a restart")
     p.add_argument("--no-recover", action="store_true", help="do not read the archive after a restart")
+    p.add_argument("--source", metavar="dectris:tcp://HOST:PORT",
+                   help="take frames from a DECTRIS detector's stream V2 (starts `opmon bridge`)")
+    p.add_argument("--channel", help="with --source: threshold channel (default: the first of each series)")
     p.set_defaults(func=_main)

@@ -263,10 +263,7 @@ class DetectorReceiver:
         self.socket.connect(endpoint)
         self.endpoint = endpoint
         self.bridge = bridge
-        self._stop = False
-
-    def stop(self) -> None:
-        self._stop = True
+        self.stopped = False      # set by a signal handler (`stop_on_signals`)
 
     def poll_once(self, timeout_ms: int = 100) -> int:
         """Handle what arrived within `timeout_ms`; returns how many messages."""
@@ -282,9 +279,9 @@ class DetectorReceiver:
         return n
 
     def run(self, stop_when: Callable[[], bool] | None = None) -> None:
-        """Serve until `stop()` (a signal handler) or `stop_when()`; then close the open series."""
+        """Serve until `stopped` is set (a signal handler) or `stop_when()`; then close the open series."""
         t_status = time.monotonic()
-        while not self._stop and not (stop_when is not None and stop_when()):
+        while not self.stopped and not (stop_when is not None and stop_when()):
             self.poll_once()
             if time.monotonic() - t_status > 30:
                 t_status = time.monotonic()
