@@ -26,6 +26,7 @@ Without `run`, every series is a run of one map, named `dectris-<series_id>-<ser
 """
 from __future__ import annotations
 
+import logging
 import math
 import re
 from dataclasses import dataclass, field
@@ -34,9 +35,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from opmon.streaming.dectris.codec import to_ndarray
+from opmon.streaming.dectris.codec import MultiDimArray, to_ndarray
 from opmon.streaming.protocol import ANGLE_KEYS, MAX_SIDE, RUN_UID, RejectedMessage
 
+log = logging.getLogger(__name__)
 HC_EV_ANGSTROM = 12398.419843320026       # h c, so that E [eV] = HC / lambda [angstrom]
 #: stream V2 goniometer axis behind each opmon angle (nu has none: a detector circle DECTRIS does not name)
 GONIOMETER_AXES = {"eta": "omega", "phi": "phi", "delta": "two_theta"}
@@ -177,7 +179,10 @@ def parse_start(start: dict[str, Any], channel: str | None = None) -> SeriesStar
     threshold = thresholds.get(chosen)
     mask = None
     masks = start.get("pixel_mask")
-    if isinstance(masks, dict) and chosen in masks:
+    if isinstance(masks, dict) and chosen in masks and not isinstance(masks[chosen], MultiDimArray):
+        log.warning("start.pixel_mask.%s is a %s, not a multi-dimensional array: ignored (no pixel mask)",
+                    chosen, type(masks[chosen]).__name__)
+    elif isinstance(masks, dict) and chosen in masks:
         bits = to_ndarray(masks[chosen], f"start.pixel_mask.{chosen}")
         if bits.shape != (rows, cols):
             raise RejectedMessage("shape", f"start.pixel_mask.{chosen} is {list(bits.shape)}, images are {[rows, cols]}")
