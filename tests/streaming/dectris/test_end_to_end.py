@@ -62,8 +62,9 @@ def test_stream_v2_series_of_every_dtype_reach_live_maps_and_archive_losslessly(
     mask[3, 5] = mask[30, 40] = 1                  # dead pixels from the detector's pixel mask
     sender = StreamV2Sender("tcp://127.0.0.1:*")
     log = open(tmp_path / "live.log", "w+")        # noqa: SIM115 (read after the process ended)
+    archiver_log = open(tmp_path / "archive.log", "w")    # noqa: SIM115
     procs = [subprocess.Popen([sys.executable, "-m", "opmon.cli", "archive", "--config", path],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+                              stdout=archiver_log, stderr=archiver_log)]
     runs = [f"dectris-{k}-OPMON{k:021d}" for k in range(len(DTYPES))]
     try:
         # the services up first, as at a beamline (an archiver starting under a flowing stream is its own test)
