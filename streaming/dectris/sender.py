@@ -20,14 +20,15 @@ import zmq
 
 from opmon.streaming.dectris.codec import Compressed, dumps, multi_dim_array
 
-_FILTERS = {"bslz4": lambda: hdf5plugin.Bitshuffle(nelems=0, cname="lz4"), "lz4": lambda: hdf5plugin.LZ4()}
+_FILTERS = {"bslz4": lambda n: hdf5plugin.Bitshuffle(nelems=n, cname="lz4"), "lz4": lambda n: hdf5plugin.LZ4()}
 
 
-def compress(frame: npt.NDArray[Any], algorithm: str = "bslz4") -> Compressed:
-    """`frame` compressed as a detector does it, through the HDF5 filter of that name."""
+def compress(frame: npt.NDArray[Any], algorithm: str = "bslz4", block_elems: int = 0) -> Compressed:
+    """`frame` compressed as a detector does it, through the HDF5 filter of that name
+    (`block_elems`: bitshuffle's block, 0 = the filter's default of 8 kB)."""
     frame = np.ascontiguousarray(frame)
     with h5py.File(io.BytesIO(), "w") as f:
-        ds = f.create_dataset("d", data=frame[None], chunks=(1,) + frame.shape, **_FILTERS[algorithm]())
+        ds = f.create_dataset("d", data=frame[None], chunks=(1,) + frame.shape, **_FILTERS[algorithm](block_elems))
         _mask, data = ds.id.read_direct_chunk((0,) * (frame.ndim + 1))
     return Compressed(algorithm, frame.dtype.itemsize if algorithm == "bslz4" else 0, bytes(data))
 
@@ -59,9 +60,10 @@ def start_message(series_id: int, *, frame_shape: tuple[int, int], dtype: npt.DT
 
 
 def image_message(series_id: int, image_id: int, channels: dict[str, npt.NDArray[Any]],
-                  algorithm: str | None = "bslz4") -> dict[str, Any]:
+                  algorithm: str | None = "bslz4", block_elems: int = 0) -> dict[str, Any]:
     """An image message holding every channel's frame (compressed unless `algorithm` is None)."""
-    data = {c: multi_dim_array(f, None if algorithm is None else compress(f, algorithm)) for c, f in channels.items()}
+    data = {c: multi_dim_array(f, None if algorithm is None else compress(f, algorithm, block_elems))
+            for c, f in channels.items()}
     return {"type": "image", "series_id": series_id, "series_unique_id": f"OPMON{series_id:021d}",
             "image_id": image_id, "start_time": [image_id, 1000], "stop_time": [image_id + 1, 1000],
             "real_time": [1, 1000], "data": data}

@@ -36,15 +36,16 @@ def simplon(base: str, path: str, value: object = None) -> None:
         response.read()
 
 
-def recorded_frame() -> np.ndarray:
-    """The recorded image as DECTRIS's documented client decodes it (cbor2 + dectris-compression)."""
+def recorded_frame() -> tuple[np.ndarray, bytes]:
+    """The recorded image as DECTRIS's documented client decodes it (cbor2 + dectris-compression),
+    and its bslz4 bytes."""
     from dectris.compression import decompress
     raw = (Path(tickit_eiger.__file__).parent / "data" / "stream2" / "image.cbor").read_bytes()
     message = cbor2.loads(raw)
     dims, typed = message["data"]["threshold_1"].value
     algorithm, elem_size, data = typed.value.value
     assert (typed.tag, algorithm) == (69, "bslz4")
-    return np.frombuffer(decompress(data, algorithm, elem_size=elem_size), dtype="<u2").reshape(dims)
+    return np.frombuffer(decompress(data, algorithm, elem_size=elem_size), dtype="<u2").reshape(dims), data
 
 
 @pytest.mark.slow
@@ -90,9 +91,10 @@ def test_tickit_eiger_series_reaches_live_maps_and_archive(tmp_path):
         roi = tuple(int(v) for v in f["entry/maps"].attrs["roi"])
     with h5py.File(run / "map_0000.h5", "r") as f:
         entry = f["entry"]
-        frame = recorded_frame()
+        frame, chunk = recorded_frame()
         for i in range(IMAGES):
             np.testing.assert_array_equal(entry["instrument/detector/data"][i], frame)
+            assert bytes(entry["instrument/detector/data"].id.read_direct_chunk((i, 0, 0))[1]) == chunk
         np.testing.assert_allclose(entry["instrument/detector/distance"][()], 0.23715919962215962)
         np.testing.assert_allclose(entry["instrument/beam/incident_energy"][()], 13500.299829398293)
         np.testing.assert_allclose(entry["sample/positioners/eta"][()], [0.0, 0.1, 0.2])   # goniometer omega
