@@ -48,7 +48,6 @@ def recorded_frame() -> tuple[np.ndarray, bytes]:
     return np.frombuffer(decompress(data, algorithm, elem_size=elem_size), dtype="<u2").reshape(dims), data
 
 
-@pytest.mark.slow
 def test_tickit_eiger_series_reaches_live_maps_and_archive(tmp_path):
     config, path = write_config(tmp_path)
     archive = tmp_path / "archive"
