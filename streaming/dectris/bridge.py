@@ -7,7 +7,7 @@ unchanged and see an ordinary run (one map per series, or several when `user_dat
 series.py). Loss accounting follows opmon's own receivers (`Counters`): a gap in `image_id` is
 counted as lost (a detector PUSH deals messages round robin, so another consumer pulling from
 the same detector shows up here as gaps), images of another series are rejected as `series`,
-images before any start as `unknown_series`, and images never seen before `end` as lost.
+images or an end while no series is open as `unknown_series`, and images never seen before `end` as lost.
 A malformed message is rejected with a reason and one log line, and the next one is handled
 as if nothing happened: nothing already acquired is lost.
 """
@@ -163,7 +163,8 @@ class StreamV2Bridge:
         series = self.series
         sid = message.get("series_id")
         if series is None:
-            raise RejectedMessage("unknown_series", f"{kind} of series {sid!r:.40} before any start message")
+            raise RejectedMessage("unknown_series", f"{kind} of series {sid!r:.40} while no series is open "
+                                                    "(its start never came, or it already ended)")
         unique = message.get("series_unique_id")
         if sid != series.series_id or (unique is not None and series.unique_id and unique != series.unique_id):
             raise RejectedMessage("series", f"{kind} of series {sid!r:.40} ({unique!r:.40}) while series "

@@ -131,7 +131,7 @@ def test_malformed_messages_are_counted_by_reason_and_lose_nothing(bridged, capl
     assert out[-1].kind == "stop"
     text = caplog.text
     for phrase in ("does not decompress", "zstd9", "bslz4 element size 4", "image has no channel 't1' (has ['t9'])",
-                   "before any start message", "expected a byte string", "images 3..3 lost"):
+                   "while no series is open", "expected a byte string", "images 3..3 lost"):
         assert phrase in text, phrase
 
 
