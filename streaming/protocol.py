@@ -27,6 +27,9 @@ CONTROL_KINDS = ("start", "map_start", "map_end", "stop")
 KINDS = CONTROL_KINDS + ("frame",)
 EXIT_STATUSES = ("success", "abort", "fail")
 ANGLE_KEYS = ("eta", "phi", "nu", "delta")
+#: A frame may carry its compressed chunk as a third part (header `chunk`): the archiver stores
+#: those bytes as they are (bitshuffle/LZ4, HDF5 filter layout, element size = the dtype's).
+CHUNK_CODEC = "bslz4"
 REJECT_REASONS = ("parts", "header", "version", "kind", "field", "dtype", "shape", "size", "index",
                   "unknown_run", "stale")
 
@@ -67,6 +70,7 @@ class Message:
     kind: str
     header: dict[str, Any]
     array: npt.NDArray[Any] | None = None
+    chunk: memoryview | None = None      # the frame's bitshuffle/LZ4 chunk as the detector sent it
 
     @property
     def run(self) -> str:
@@ -136,8 +140,8 @@ def parse(parts: list[Any]) -> Message:
     RejectedMessage
         with the reason and the offending value.
     """
-    if not 1 <= len(parts) <= 2:
-        raise RejectedMessage("parts", f"{len(parts)} parts, expected 1 (control) or 2 (frame)")
+    if not 1 <= len(parts) <= 3:
+        raise RejectedMessage("parts", f"{len(parts)} parts, expected 1 (control) or 2 (frame; 3 with its chunk)")
     head = parts[0]
     raw = head.bytes if hasattr(head, "bytes") else head
     if len(raw) > MAX_HEADER_BYTES:
@@ -148,8 +152,10 @@ def parse(parts: list[Any]) -> Message:
         raise RejectedMessage("header", f"not a msgpack map ({type(exc).__name__})") from None
     kind = check_header(header)
     if kind == "frame":
-        if len(parts) != 2:
-            raise RejectedMessage("parts", f"frame with {len(parts)} part(s), expected 2")
+        chunked = header.get("chunk") == CHUNK_CODEC
+        if len(parts) != (3 if chunked else 2):
+            raise RejectedMessage("parts", f"frame with {len(parts)} part(s), expected {3 if chunked else 2}"
+                                           f"{' (chunk = ' + CHUNK_CODEC + ')' if chunked else ''}")
         for key in ANGLE_KEYS:
             if not math.isfinite(header[key]):
                 raise RejectedMessage("field", f"frame.{key} = {header[key]!r}, expected a finite angle")
@@ -164,7 +170,12 @@ def parse(parts: list[Any]) -> Message:
         buf = parts[1].buffer if hasattr(parts[1], "buffer") else memoryview(parts[1])
         if buf.nbytes != rows * cols * dtype.itemsize:
             raise RejectedMessage("size", f"buffer of {buf.nbytes} bytes, shape {[rows, cols]} {header['dtype']} needs {rows * cols * dtype.itemsize}")
-        return Message(kind, header, np.frombuffer(buf, dtype=dtype).reshape(rows, cols))
+        chunk = None
+        if chunked:
+            chunk = parts[2].buffer if hasattr(parts[2], "buffer") else memoryview(parts[2])
+            if not 12 < chunk.nbytes <= 2 * buf.nbytes + 4096:   # header + blocks; LZ4 expands little
+                raise RejectedMessage("size", f"chunk of {chunk.nbytes} bytes for a frame of {buf.nbytes}")
+        return Message(kind, header, np.frombuffer(buf, dtype=dtype).reshape(rows, cols), chunk)
     if kind == "start":
         _pair(header, "frame_shape", integer=True)
         _pair(header, "map_shape", integer=True)
@@ -235,9 +246,10 @@ def stop_header(run: str, exit_status: str, n_frames: int, n_maps: int, reason: 
 
 def frame_header(run: str, map_number: int, seq: int, frame: int, index: int, eta: float, phi: float, nu: float,
                  delta: float, dtype: str, shape: tuple[int, int], x: float | None = None,
-                 y: float | None = None, t: float | None = None) -> dict[str, Any]:
-    """Header of one frame (angles in degrees, x/y in micrometres)."""
-    return {"v": VERSION, "kind": "frame", "run": run, "map": int(map_number), "seq": int(seq),
+                 y: float | None = None, t: float | None = None, chunk: bool = False) -> dict[str, Any]:
+    """Header of one frame (angles in degrees, x/y in micrometres; `chunk`: a bslz4 chunk follows)."""
+    extra = {"chunk": CHUNK_CODEC} if chunk else {}
+    return {**extra, "v": VERSION, "kind": "frame", "run": run, "map": int(map_number), "seq": int(seq),
             "frame": int(frame), "index": int(index), "eta": float(eta), "phi": float(phi), "nu": float(nu),
             "delta": float(delta), "x": None if x is None else float(x), "y": None if y is None else float(y),
             "dtype": dtype, "shape": [int(shape[0]), int(shape[1])], "t": time.time() if t is None else t}

@@ -9,6 +9,7 @@ from types import ModuleType
 STAGES = {
     "acquisition": "bench_acquisition",
     "archive": "bench_archive",
+    "dectris": "bench_dectris",
     "dashboard": "bench_dashboard",
     "process": "bench_process",
     "reliability": "reliability",

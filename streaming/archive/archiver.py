@@ -36,6 +36,17 @@ from opmon.streaming.archive.run_writer import MapFileWriter, PotentiostatLog, R
 from opmon.streaming.receiver import FrameReceiver
 
 log = logging.getLogger(__name__)
+#: How long, and how many, final maps of a run whose start has not arrived yet are held.
+EARLY_MAPS_S = 60.0
+EARLY_MAPS_MAX = 1000
+
+
+def _maps_run(parts: list[bytes]) -> Any:
+    """The run uid a final-maps message names (None if its header is unreadable)."""
+    try:
+        return P.unpack(parts[1]).get("run")
+    except Exception:  # noqa: BLE001 (garbage is counted when the message is handled)
+        return None
 
 
 @dataclass
@@ -92,6 +103,7 @@ class Archiver:
         self.grace_s = grace_s
         self.early_readings: deque[dict[str, Any]] = deque(maxlen=100_000)
         self.early_docs: deque[tuple[str, str, dict[str, Any]]] = deque(maxlen=100_000)
+        self.early_maps: deque[tuple[float, list[bytes]]] = deque()   # final maps before their run's start
         self.doc_run: str | None = None
         self.frameless_due: dict[str, float] = {}   # run uid -> when to archive it without frames
         self.dropped = Counter[str]()
@@ -125,7 +137,7 @@ class Archiver:
         if self.run_dir is None or self.run_dir.uid != h["run"]:
             self._adopt(h["run"])       # the tracker accepted it: a run this archiver was writing before a restart
         if msg.kind == "frame":
-            self._on_frame(h, msg.array)
+            self._on_frame(h, msg.array, msg.chunk)
         elif msg.kind == "map_start":
             if self._held_map(h["map"]):
                 return                  # re-sent: already open, or already complete on disk
@@ -154,7 +166,7 @@ class Archiver:
         else:
             self._start_run(h, mask)
 
-    def _on_frame(self, h: dict[str, Any], frame: Any) -> None:
+    def _on_frame(self, h: dict[str, Any], frame: Any, chunk: Any = None) -> None:
         number = h["map"]
         if self.map_writer is None or self.map_writer.number != number:
             rec = self.run_dir.maps.get(number) if self.run_dir is not None else None
@@ -171,7 +183,7 @@ class Archiver:
             return
         if self._resumed_seq is not None:
             self._count_restart_gap(h["seq"])
-        writer.add(h, frame)
+        writer.add(h, frame, chunk)
         self.frames_written += 1
 
     def _on_map_end(self, h: dict[str, Any]) -> None:
@@ -215,6 +227,12 @@ class Archiver:
                 self.dropped["document_outside_run"] += 1
         run.write_master()
         log.info("archiving run %s in %s", start["run"], path)
+        held, self.early_maps = self.early_maps, deque()
+        for t, parts in held:
+            if _maps_run(parts) == run.uid:
+                self._on_maps(parts)
+            else:
+                self.early_maps.append((t, parts))
 
     def _archive_without_frames(self, uid: str) -> None:
         """A run that ended before its first map (aborted while waiting for a trigger): its
@@ -436,7 +454,9 @@ class Archiver:
             path = self.directory / run_uid
             found = RunArchive(self.directory, run_uid).start(mask_wait_s=0.0) if path.is_dir() else None
             if found is None:
-                self.dropped["maps_of_unknown_run"] += 1
+                # its run's start may still be on its way (re-sent after a sync, or behind frames
+                # on the stream): held until that start is taken, dropped and counted if it never comes
+                self.early_maps.append((time.monotonic(), parts))
                 return
             # a run archived before this archiver (re)started: its bookkeeping from its files, so
             # rewriting run.h5 keeps its start, its end and the links of every other map
@@ -596,6 +616,9 @@ class Archiver:
                     except zmq.Again:
                         break
         now = time.monotonic()
+        while self.early_maps and (now - self.early_maps[0][0] > EARLY_MAPS_S or len(self.early_maps) > EARLY_MAPS_MAX):
+            self.early_maps.popleft()
+            self.dropped["maps_of_unknown_run"] += 1
         if now - self._last_flush >= self.flush_interval_s:
             self.disk.check_space(self._write_path())   # below the reserve: take no more frames
             self.flush()

@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from opmon.errors import RawFileError
-from opmon.streaming.archive.frames import FrameReader
+from opmon.streaming.archive.frames import FrameReader, is_bitshuffle_lz4
 from opmon.streaming.archive.layout import (ANGLES, BEAM_X, BEAM_Y, DATA, DET_MASK, DISTANCE, ENERGY, MAP_INDEX, MAP_SHAPE,
                                            POSITIONERS, SCAN_X, SCAN_Y, X_PIXEL, Y_PIXEL)
 
@@ -302,6 +302,7 @@ class RawMapWriter:
         self.data = entry.create_dataset(DATA, shape=(0, rows, cols), maxshape=(None, rows, cols),
                                          chunks=(1, rows, cols), dtype=np.dtype(dtype), **compression())
         self.data.attrs["units"] = "counts"
+        self.takes_chunks = is_bitshuffle_lz4(self.data)    # a detector's bslz4 chunk can be stored as it is
         _units(entry.create_dataset(DISTANCE, data=float(distance_m)), "m")
         _units(entry.create_dataset(Y_PIXEL, data=float(pixel_size_m[0])), "m")
         _units(entry.create_dataset(X_PIXEL, data=float(pixel_size_m[1])), "m")
@@ -321,8 +322,13 @@ class RawMapWriter:
 
     def append(self, frames: npt.NDArray[Any], map_index: npt.ArrayLike, eta: npt.ArrayLike, phi: npt.ArrayLike,
                nu: npt.ArrayLike, delta: npt.ArrayLike, x_um: npt.ArrayLike | None = None,
-               y_um: npt.ArrayLike | None = None) -> None:
-        """Append a block of frames (k, rows, cols) with their per-frame metadata."""
+               y_um: npt.ArrayLike | None = None, chunks: list[bytes | None] | None = None) -> None:
+        """Append a block of frames (k, rows, cols) with their per-frame metadata.
+
+        `chunks[i]`, when given, is frame i already compressed in this dataset's codec
+        (bitshuffle/LZ4 with the dtype's element size, as a DECTRIS detector sends it): it is
+        written as it is (`write_direct_chunk`), not compressed again.
+        """
         frames = np.asarray(frames)
         if frames.ndim == 2:
             frames = frames[None]
@@ -338,7 +344,14 @@ class RawMapWriter:
             ds.resize((stop,))
             ds[start:stop] = np.broadcast_to(np.asarray(values, dtype=ds.dtype), (k,))
         self.data.resize((stop,) + self.data.shape[1:])
-        self.data[start:stop] = frames
+        if chunks is None or not self.takes_chunks:
+            self.data[start:stop] = frames
+        else:
+            for i, chunk in enumerate(chunks):
+                if chunk is None:
+                    self.data[start + i] = frames[i]
+                else:
+                    self.data.id.write_direct_chunk((start + i, 0, 0), chunk)
         self.n = stop
 
 

@@ -66,13 +66,18 @@ class MapFileWriter:
         self.expected = expected
         self.block = np.empty((block, rows, cols), dtype=np.dtype(start["dtype"]))
         self._meta: list[tuple[int, float, float, float, float, float, float, int, float]] = []
+        self._chunks: list[bytes | None] = []    # detector-compressed frames of the block (None: compress here)
         self.n_received = 0
         self.last_seq = -1     # highest seq held: a re-sent frame at or below it is already here
 
-    def add(self, header: dict[str, Any], frame: npt.NDArray[Any]) -> None:
-        """Queue one frame (copied: the ZeroMQ buffer is released after this call)."""
+    def add(self, header: dict[str, Any], frame: npt.NDArray[Any], chunk: Any = None) -> None:
+        """Queue one frame (copied: the ZeroMQ buffer is released after this call).
+
+        `chunk`: the frame as the detector compressed it (bitshuffle/LZ4), stored as it is.
+        """
         k = len(self._meta)
         self.block[k] = frame
+        self._chunks.append(None if chunk is None else bytes(chunk))
         x, y = header.get("x"), header.get("y")
         self._meta.append((header["index"], header["eta"], header["phi"], header["nu"], header["delta"],
                            np.nan if x is None else x, np.nan if y is None else y, header["seq"], header["t"]))
@@ -90,8 +95,10 @@ class MapFileWriter:
         for ds, values in ((self.sequence, cols[7]), (self.timestamp, cols[8])):
             ds.resize((n + k,))
             ds[n:n + k] = values
-        self.writer.append(self.block[:k], cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6])
+        chunks = self._chunks if any(c is not None for c in self._chunks) else None
+        self.writer.append(self.block[:k], cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6], chunks=chunks)
         self._meta.clear()
+        self._chunks.clear()
 
     @property
     def n_written(self) -> int:

@@ -43,6 +43,10 @@ SMALLEST: dict[str, tuple[list[str], list[tuple[str, str]]]] = {
         ("live chain frames/s", rf"live chain +{NUMBER} frames/s"),
         ("raw PUSH/PULL frames/s", rf"raw pyzmq PUSH/PULL +{NUMBER} frames/s"),
     ]),
+    "dectris": (["--frames", "40", "--repeats", "1"], [
+        ("bridge + accumulator frames/s", rf"opmon bridge \+ protocol \+ accumulator: +{NUMBER} frames/s"),
+        ("bare cbor2 + decompress frames/s", rf"bare cbor2 \+ dectris-compression, one channel: +{NUMBER} frames/s"),
+    ]),
     "dashboard": (["--seconds", "3", "--rate", "200"], [
         ("browser latency p50 ms", rf"latency frame processed -> in browser: p50 {NUMBER} ms"),
         ("transport latency p50 ms", rf"baseline transport only \(PUB -> SUB\): p50 {NUMBER} ms"),

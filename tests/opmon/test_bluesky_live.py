@@ -20,7 +20,7 @@ GEOMETRY_TOML = "x_pixel_size = 55e-6\ny_pixel_size = 55e-6\nbeam_center_x = 160
 
 @pytest.mark.parametrize("args, message", [
     (["--source", "bluesky:localhost:5567"], "expected bluesky:tcp://HOST:PORT"),
-    (["--source", "kafka:broker:9092"], "expected bluesky:tcp://HOST:PORT"),
+    (["--source", "kafka:broker:9092"], "expected opmon, bluesky:tcp://HOST:PORT"),
     (["--geometry", "{missing}"], "cannot read"),
     (["--geometry", "{bad_key}"], "unknown geometry key 'pixel_size'"),
     (["--geometry", "{bad_value}"], "distance = 'far' is not a finite number"),
