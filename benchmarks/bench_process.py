@@ -35,7 +35,6 @@ ROI_FRAME = (128, 160)                       # frames of a detector ROI, as `opm
 SIM_ROI = (192, 320, 176, 336)               # that window of the simulated 512 x 512 detector
 GEOMETRY = DetectorGeometry(10000.0, 1.6, (55e-6, 55e-6), (256.0, 256.0), SHAPE)
 ROI = (192, 320, 192, 320)
-BLOCK_BYTES = 16 << 20                       # frames handed to process_block at once, like `opmon process`
 
 
 def photon_counting_frames(n: int, dtype: type, seed: int = 0, shape: tuple[int, int] = SHAPE) -> np.ndarray:
@@ -95,7 +94,6 @@ def bench_kernel(n: int, dtype: type, shape: tuple[int, int], roi: tuple[int, in
     rng = np.random.default_rng(1)
     index = rng.integers(0, 3600, n)
     eta = rng.uniform(18.7, 19.3, n)
-    block = block or max(1, BLOCK_BYTES // frames[0].nbytes)
     out = np.zeros((n, 3), dtype=np.int64)
     MomentAccumulator(geometry, (60, 60), roi=roi).process_block(frames[:2], index[:2], eta[:2], 0.0, 35.0, 0.0)
     fused_three_moments(frames[:2], out)  # compile (or load from the cache) outside the clock
@@ -191,15 +189,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=1500, help="512 x 512 frames per kernel measurement "
                         "(1 MB each for uint32; 128 x 160 runs use 12x as many)")
     parser.add_argument("--file-frames", type=int, default=3000, help="frames in the compressed end-to-end file")
-    parser.add_argument("--block", type=int, default=0, help="frames per process_block call (default: 16 MB worth)")
+    parser.add_argument("--block", type=int, default=ProcessOptions().block,
+                        help="frames per process_block call (default: what `opmon process` reads at once)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the best of each is kept")
     parser.add_argument("--map", type=int, nargs=3, default=(20, 28, 31), metavar=("NY", "NX", "ANGLES"),
                         help="simulated 128 x 160 map for the whole-command figure (default 20 28 31: 17,360 frames)")
     args = parser.parse_args(argv)
-    if min(args.frames, args.file_frames, args.rounds, *args.map) < 1 or args.block < 0:
-        parser.error("--frames, --file-frames, --rounds and --map must be >= 1, --block >= 0")
+    if min(args.frames, args.file_frames, args.rounds, args.block, *args.map) < 1:
+        parser.error("--frames, --file-frames, --block, --rounds and --map must be >= 1")
     print(f"opmon bench process: photon-counting frames (Bragg peak ~1e3 counts, 1e-3 counts/pixel background), "
-          f"block {args.block or '16 MB'}, best of {args.rounds} interleaved rounds, kernels in thread CPU time")
+          f"block {args.block}, best of {args.rounds} interleaved rounds, kernels in thread CPU time")
     print(f"{'dtype':7} {'region':9} {'frames':8} {'kernel fr/s':>12} {'numpy sum fr/s':>15} {'fused numba fr/s':>17} "
           f"{'kernel/fused':>13} {'kernel/numpy':>13}")
     for dtype in (np.uint32, np.uint16):
