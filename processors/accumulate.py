@@ -13,7 +13,6 @@ pixels) is subtracted in `finalize`. A float sets a fixed rate; None disables it
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -30,16 +29,6 @@ Background = Literal["auto"] | float | None
 BACKGROUND_ROW_STRIDE = 32  # every 32nd row is read whole for the background outside the ROI
 
 STATE_KEYS = ("sum_i", "sum_iq", "sum_iqq", "n_frames", "bg_counts", "bg_q", "bg_qq")
-
-
-@dataclass
-class _OneFrame:
-    """Reused one-frame argument arrays of the kernels (process_frame's fast path)."""
-
-    moments: np.ndarray = field(default_factory=lambda: np.zeros((1, kernels.N_MOMENTS + 1)))
-    eta: np.ndarray = field(default_factory=lambda: np.zeros(1))
-    phi: np.ndarray = field(default_factory=lambda: np.zeros(1))
-    index: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64))
 
 
 class MomentAccumulator:
@@ -101,8 +90,6 @@ class MomentAccumulator:
         self._detector_angles: tuple[float, float] | None = None
         self._q_lab = np.zeros((0, 0, 3))
         self._roi_moments = np.zeros(kernels.N_MOMENTS + 1)
-        self._moments = np.zeros((1, kernels.N_MOMENTS + 1))
-        self._one = _OneFrame()
 
     # -- per-frame work ---------------------------------------------------------------
     def _use_detector_angles(self, nu: float, delta: float) -> None:
@@ -128,8 +115,8 @@ class MomentAccumulator:
     def process_frame(self, frame: npt.NDArray[Any], map_index: int, eta: float, phi: float, nu: float, delta: float) -> None:
         """Add one frame (rows, cols) taken at the given angles (deg) to map pixel `map_index`.
 
-        The live path: same checks and kernels as `process_block`, without building
-        one-element arrays, so the per-frame Python cost stays a few microseconds.
+        The live path: the checks of `process_block` and one kernel call with scalar angles
+        (no one-element arrays), so the per-frame Python cost stays a few microseconds.
         """
         if frame.ndim != 2:
             raise FrameShapeError(f"expected one frame (rows, cols), got shape {frame.shape}")
@@ -142,22 +129,23 @@ class MomentAccumulator:
             raise OpmonError(f"non-finite angle among eta/phi/nu/delta = {eta}, {phi}, {nu}, {delta}")
         self._use_detector_angles(float(nu), float(delta))
         r0, r1, c0, c1 = self.roi
-        one = self._one
-        one.eta[0], one.phi[0], one.index[0] = eta, phi, map_index
-        kernels.frame_moments(frame, self._q_lab, self.detector_mask, r0, r1, c0, c1, self.threshold, self.despeckle,
-                              BACKGROUND_ROW_STRIDE, one.moments[0])
-        kernels.add_block(one.moments, one.eta, one.phi, one.index, self._roi_moments, self.sum_i, self.sum_iq,
-                          self.sum_iqq, self.n_frames, self.bg_counts, self.bg_q, self.bg_qq)
+        kernels.accumulate_frame(frame, float(eta), float(phi), int(map_index), self._q_lab, self.detector_mask,
+                                 r0, r1, c0, c1, self.threshold, self.despeckle, BACKGROUND_ROW_STRIDE,
+                                 self._roi_moments, *self._sums())
 
     def process_block(self, frames: npt.NDArray[Any], map_index: npt.ArrayLike, eta: npt.ArrayLike,
                       phi: npt.ArrayLike, nu: npt.ArrayLike, delta: npt.ArrayLike) -> None:
-        """Add a block of frames (k, rows, cols); angles are per frame (k,) or scalars."""
+        """Add a block of frames (k, rows, cols); angles are per frame (k,) or scalars.
+
+        One kernel call per run of frames at the same detector position (usually the whole
+        block): larger blocks spread the call's Python cost (tens of microseconds) thinner.
+        """
         if frames.ndim != 3:
             raise FrameShapeError(f"expected a block of frames (k, rows, cols), got shape {frames.shape}")
         self._check_frames(frames)
         frames = np.ascontiguousarray(frames)  # no copy for detector buffers, which are contiguous
         k = frames.shape[0]
-        index = np.asarray(map_index, dtype=np.int64).reshape(-1)
+        index = np.ascontiguousarray(np.asarray(map_index, dtype=np.int64).reshape(-1))
         if index.shape != (k,):
             raise MapIndexError(f"{index.shape[0]} map indices for {k} frames")
         bad = (index < 0) | (index >= self.sum_i.shape[0])
@@ -169,25 +157,19 @@ class MomentAccumulator:
         deltas = np.broadcast_to(np.asarray(delta, dtype=np.float64), (k,))
         if not (np.isfinite(etas).all() and np.isfinite(phis).all() and np.isfinite(nus).all() and np.isfinite(deltas).all()):
             raise OpmonError("non-finite angle among the frames' eta/phi/nu/delta")
-        if k > self._moments.shape[0]:
-            self._moments = np.zeros((k, kernels.N_MOMENTS + 1))
-        moments = self._moments[:k]
-        # Frames of one block usually share the detector position; split where it changes.
-        start = 0
-        while start < k:
-            stop = start + 1
-            while stop < k and nus[stop] == nus[start] and deltas[stop] == deltas[start]:
-                stop += 1
+        etas, phis = np.ascontiguousarray(etas), np.ascontiguousarray(phis)
+        # Frames of one block usually share the detector position: one kernel call per run of it.
+        moved = np.flatnonzero((nus[1:] != nus[:-1]) | (deltas[1:] != deltas[:-1])) + 1
+        r0, r1, c0, c1 = self.roi
+        for start, stop in zip([0, *moved.tolist()], [*moved.tolist(), k]):
             self._use_detector_angles(float(nus[start]), float(deltas[start]))
-            r0, r1, c0, c1 = self.roi
-            if stop - start == 1:
-                kernels.frame_moments(frames[start], self._q_lab, self.detector_mask, r0, r1, c0, c1, self.threshold, self.despeckle, BACKGROUND_ROW_STRIDE, moments[start])
-            else:
-                kernels.block_moments(frames[start:stop], self._q_lab, self.detector_mask, r0, r1, c0, c1, self.threshold, self.despeckle, BACKGROUND_ROW_STRIDE, moments[start:stop])
-            kernels.add_block(moments[start:stop], np.ascontiguousarray(etas[start:stop]), np.ascontiguousarray(phis[start:stop]),
-                              index[start:stop], self._roi_moments, self.sum_i, self.sum_iq, self.sum_iqq, self.n_frames,
-                              self.bg_counts, self.bg_q, self.bg_qq)
-            start = stop
+            kernels.accumulate_block(frames[start:stop], etas[start:stop], phis[start:stop], index[start:stop],
+                                     self._q_lab, self.detector_mask, r0, r1, c0, c1, self.threshold, self.despeckle,
+                                     BACKGROUND_ROW_STRIDE, self._roi_moments, *self._sums())
+
+    def _sums(self) -> tuple[np.ndarray, ...]:
+        """The sums arrays in the kernels' argument order (that of STATE_KEYS)."""
+        return (self.sum_i, self.sum_iq, self.sum_iqq, self.n_frames, self.bg_counts, self.bg_q, self.bg_qq)
 
     # -- combining and results ----------------------------------------------------------
     @property

@@ -16,11 +16,18 @@ NUMBER = r"(\S+)"      # whatever is printed (a nan or inf too), so the check be
 
 #: stage -> (smallest run, figures printed as (what, pattern); the first is the stage, the rest its baselines)
 SMALLEST: dict[str, tuple[list[str], list[tuple[str, str]]]] = {
-    "process": (["--frames", "64", "--file-frames", "64"], [
-        ("kernel fr/s, uint32 full", rf"^uint32 +full +{NUMBER} +{NUMBER} "),
-        ("numpy sum fr/s, uint32 full", rf"^uint32 +full +\S+ +{NUMBER} "),
+    "process": (["--frames", "64", "--file-frames", "64", "--map", "3", "3", "4", "--rounds", "1"], [
+        ("kernel fr/s, uint32 full", rf"^uint32 +full +512x512 +{NUMBER} +{NUMBER} "),
+        ("numpy sum fr/s, uint32 full", rf"^uint32 +full +512x512 +\S+ +{NUMBER} "),
+        ("fused numba fr/s, uint32 full", rf"^uint32 +full +512x512 +\S+ +\S+ +{NUMBER} "),
+        ("kernel fr/s, uint32 128x160", rf"^uint32 +full +128x160 +{NUMBER} "),
+        ("fused numba fr/s, uint32 128x160", rf"^uint32 +full +128x160 +\S+ +\S+ +{NUMBER} "),
         ("end-to-end MB/s", rf"end-to-end opmon process .*: {NUMBER} MB/s of raw frames"),
         ("h5py read+decompress MB/s", rf"h5py read\+decompress alone {NUMBER} MB/s"),
+        ("whole opmon process s", rf"whole command, .*: opmon process {NUMBER} s"),
+        ("h5py read+sum s", rf"h5py read\+sum {NUMBER} s in-process"),
+        ("opmon --help s", rf"start-up: opmon --help {NUMBER} s"),
+        ("import numpy s", rf"python -c 'import numpy' {NUMBER} s"),
     ]),
     "acquisition": (["--map-shape", "3", "3", "--angles", "4"], [
         ("plan frames/s", rf"sxdm_map through the RunEngine: +{NUMBER} frames/s"),

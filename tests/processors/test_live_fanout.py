@@ -24,7 +24,7 @@ from tests.processors.conftest import FRAME, GEOMETRY, MAP, assert_same_maps, re
 GARBAGE = [
     [b"\x00\x01not msgpack"],
     [P.pack({"v": 99, "kind": "frame"}), b"x"],                       # unknown version
-    [b"a", b"b", b"c"],                                               # wrong part count
+    [b"a", b"b", b"c", b"d"],                                         # wrong part count (3 is a frame with its chunk)
     [P.pack(P.frame_header("r", 0, 0, 0, 0, 10.0, 0.0, 0.0, 30.0, "uint32", FRAME)), b"short"],   # wrong size
     [P.pack(P.frame_header("r", 0, 0, 0, 0, 10.0, 0.0, 0.0, 30.0, "uint32", (20000, 20000))), b"x"],  # huge
 ]
