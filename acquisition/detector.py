@@ -32,7 +32,8 @@ from ophyd_async.core import (
 )
 
 from opmon.acquisition.sinks import FrameSink, MapMeta, SinkTarget
-from opmon.errors import FrameShapeError
+from opmon.acquisition.flying import TriggerCable
+from opmon.errors import ConfigError, FrameShapeError
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,10 @@ class FrameRecorder:
     """Takes frames from the source, writes them to the sink and remembers where each went."""
 
     def __init__(self, detector: SxdmDetector, source: FrameSource, sink: FrameSink,
-                 positioners: Mapping[str, SignalR[float]]) -> None:
+                 positioners: Mapping[str, SignalR[float]], trigger_input: TriggerCable | None = None) -> None:
         self.det, self.source, self.sink, self.positioners = detector, source, sink, dict(positioners)
+        self.trigger_input = trigger_input
+        self.external = False      # triggered by `trigger_input` (a fly scan line) rather than by `trigger()`
         self.frames_written, self._set_written = soft_signal_r_and_setter(int, 0)
         self.n_written = 0
         self.frames: list[tuple[_Resource, int]] = []  # global frame number -> (resource, index)
@@ -118,6 +121,33 @@ class FrameRecorder:
             self.n_written += 1
             self._set_written(self.n_written)
 
+    async def take_line(self, num: int) -> None:
+        """Take one fly-scan line: a frame per trigger pulse, recorded whole or not at all.
+
+        Frames are made once the line's last pulse has arrived and handed to the sink in one step with no await in it: a line cancelled before that
+        (pause, abort, a new prepare) leaves nothing in the sink and uses no seq numbers."""
+        if self.trigger_input is None:
+            raise FrameShapeError("detector prepared for external triggers but has no trigger input")
+        run_uid, map_number = await asyncio.gather(self.det.run_uid.get_value(), self.det.map_number.get_value())
+        positions = await self._positions()           # the angles hold still during a line
+        pulses = await self.trigger_input.wait(num)
+        each = [{**positions, "x": p.x_um, "y": p.y_um} for p in pulses]
+        indices = [p.map_index for p in pulses]
+        made = [self.source.frame(i, pos) for i, pos in zip(indices, each)]
+        for frame, _ in made:
+            if frame.shape != tuple(self.source.frame_shape):
+                raise FrameShapeError(f"frame source gave shape {frame.shape}, expected {self.source.frame_shape}")
+        resource = await self._ensure_map(run_uid, int(map_number))
+        now = time.time()
+        for k, (frame, extra) in enumerate(made):     # the commit: no await from here to the end
+            header = {"run_uid": run_uid, "map_number": int(map_number), "seq": self.seq,
+                      "map_index": indices[k], **each[k], "timestamp": now,
+                      "dtype": str(frame.dtype), "shape": list(frame.shape), **extra}
+            self.frames.append((resource, self.sink.write(frame, header)))
+            self.seq += 1
+        self.n_written += num
+        self._set_written(self.n_written)
+
     def close(self) -> None:
         self.sink.close()
         self.current = None
@@ -142,7 +172,7 @@ class _MapStreamProvider(StreamableDataProvider):
     async def make_stream_docs(self, collections_written: int, collections_per_event: int) -> AsyncIterator[StreamAsset]:
         stop = min(collections_written, len(self.rec.frames))
         i = self.last_emitted
-        if stop - i > collections_per_event:
+        if stop - i > max(collections_per_event, self.rec.num):   # a fly line saves `num` at once
             # Frames written but never saved as an event: a pause interrupted their step and
             # the RunEngine retook it. They stay in the file; only the retake is referenced.
             self.orphans += stop - i - collections_per_event
@@ -170,6 +200,14 @@ class _TriggerLogic(DetectorTriggerLogic):
 
     async def prepare_internal(self, num: int, livetime: float, deadtime: float) -> None:
         self.rec.num = max(1, num)
+        self.rec.external = False
+
+    async def prepare_edge(self, num: int, livetime: float) -> None:
+        """A fly-scan line: `num` frames, one per pulse of the trajectory's trigger cable."""
+        if self.rec.trigger_input is None:
+            raise ConfigError("this detector has no trigger input: it cannot be triggered by a trajectory")
+        self.rec.num = max(1, num)
+        self.rec.external = True
 
     async def default_trigger_info(self) -> TriggerInfo:
         return TriggerInfo()
@@ -181,7 +219,13 @@ class _AcquireLogic(DetectorAcquireLogic):
         self.task: asyncio.Task[None] | None = None
 
     async def start_acquiring(self) -> None:
-        self.task = asyncio.create_task(self.rec.take(self.rec.num))
+        if self.rec.external:
+            await self.ensure_stopped()           # a line stopped half way is dropped, never resumed
+            assert self.rec.trigger_input is not None
+            self.rec.trigger_input.arm()
+            self.task = asyncio.create_task(self.rec.take_line(self.rec.num))
+        else:
+            self.task = asyncio.create_task(self.rec.take(self.rec.num))
 
     async def wait_for_idle(self) -> None:
         if self.task is not None:
@@ -225,7 +269,8 @@ class SxdmDetector(StandardDetector):
     """
 
     def __init__(self, source: FrameSource, sink: FrameSink, geometry: DetectorCalibration,
-                 positioners: Mapping[str, SignalR[float]], name: str = "") -> None:
+                 positioners: Mapping[str, SignalR[float]], name: str = "",
+                 trigger_input: TriggerCable | None = None) -> None:
         self.geometry = geometry
         self.run_uid = soft_signal_rw(str, "")
         self.map_number = soft_signal_rw(int, 0)
@@ -239,8 +284,9 @@ class SxdmDetector(StandardDetector):
         self.pixel_size_col_m, _ = soft_signal_r_and_setter(float, geometry.pixel_size_m[1], units="m")
         self.beam_center_row, _ = soft_signal_r_and_setter(float, geometry.beam_center[0])
         self.beam_center_col, _ = soft_signal_r_and_setter(float, geometry.beam_center[1])
-        self.recorder = FrameRecorder(self, source, sink, positioners)
-        self.add_detector_logics(_TriggerLogic(self.recorder), _AcquireLogic(self.recorder), _DataLogic(self.recorder))
+        self.recorder = FrameRecorder(self, source, sink, positioners, trigger_input)
+        self._acquire = _AcquireLogic(self.recorder)
+        self.add_detector_logics(_TriggerLogic(self.recorder), self._acquire, _DataLogic(self.recorder))
         self.add_config_signals(self.energy_ev, self.distance_m, self.pixel_size_row_m, self.pixel_size_col_m,
                                 self.beam_center_row, self.beam_center_col)
         super().__init__(name=name)
@@ -257,6 +303,12 @@ class SxdmDetector(StandardDetector):
         for sig in (self.map_number, self.map_index):
             readings.update(await sig.read())
         return readings
+
+    async def pause(self) -> None:
+        """RunEngine pause: a fly-scan line in flight is dropped (the rewound plan takes it again);
+        a step-scan frame in flight is left to finish as before."""
+        if self.recorder.external:
+            await self._acquire.ensure_stopped()
 
     def geometry_metadata(self, map_shape: tuple[int, int]) -> dict[str, Any]:
         """Static geometry for the start document, so a processor can build its q-grid."""
