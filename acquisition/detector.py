@@ -32,7 +32,7 @@ from ophyd_async.core import (
 )
 
 from opmon.acquisition.sinks import FrameSink, MapMeta, SinkTarget
-from opmon.acquisition.flying import TriggerCable
+from opmon.acquisition.flying import TriggerCable, finish
 from opmon.errors import ConfigError, FrameShapeError
 
 
@@ -61,6 +61,18 @@ class FrameSource(Protocol):
 
 
 @dataclass
+class _HeldLine:
+    """A fly-scan line taken by the detector and not yet handed to the sink."""
+
+    run_uid: str
+    map_number: int
+    indices: list[int]
+    positions: list[dict[str, float]]
+    frames: list[tuple[npt.NDArray[Any], dict[str, Any]]]
+    t: float
+
+
+@dataclass
 class _Resource:
     key: tuple[str, int]
     target: SinkTarget
@@ -74,6 +86,8 @@ class FrameRecorder:
         self.det, self.source, self.sink, self.positioners = detector, source, sink, dict(positioners)
         self.trigger_input = trigger_input
         self.external = False      # triggered by `trigger_input` (a fly scan line) rather than by `trigger()`
+        self.held: _HeldLine | None = None     # a fly-scan line taken, not yet saved by the plan
+        self.lines_dropped = 0     # fly-scan lines taken but never saved: nothing of them recorded
         self.frames_written, self._set_written = soft_signal_r_and_setter(int, 0)
         self.n_written = 0
         self.frames: list[tuple[_Resource, int]] = []  # global frame number -> (resource, index)
@@ -122,10 +136,13 @@ class FrameRecorder:
             self._set_written(self.n_written)
 
     async def take_line(self, num: int) -> None:
-        """Take one fly-scan line: a frame per trigger pulse, recorded whole or not at all.
+        """Take one fly-scan line, a frame per trigger pulse, and hold it until it is saved.
 
-        Frames are made once the line's last pulse has arrived and handed to the sink in one step with no await in it: a line cancelled before that
-        (pause, abort, a new prepare) leaves nothing in the sink and uses no seq numbers."""
+        The line goes to the sink only when the plan saves it (`commit_line`, from `collect`):
+        a line the plan never saves (an immediate pause or an abort came while it flew; the
+        rewound plan flies it again) is dropped whole by the next prepare or the unstage, and
+        uses no seq numbers. The statuses of the line still end normally, as a stopped motor's
+        do on pause, so the RunEngine resumes without a failed status."""
         if self.trigger_input is None:
             raise FrameShapeError("detector prepared for external triggers but has no trigger input")
         run_uid, map_number = await asyncio.gather(self.det.run_uid.get_value(), self.det.map_number.get_value())
@@ -137,18 +154,32 @@ class FrameRecorder:
         for frame, _ in made:
             if frame.shape != tuple(self.source.frame_shape):
                 raise FrameShapeError(f"frame source gave shape {frame.shape}, expected {self.source.frame_shape}")
-        resource = await self._ensure_map(run_uid, int(map_number))
-        now = time.time()
-        for k, (frame, extra) in enumerate(made):     # the commit: no await from here to the end
-            header = {"run_uid": run_uid, "map_number": int(map_number), "seq": self.seq,
-                      "map_index": indices[k], **each[k], "timestamp": now,
-                      "dtype": str(frame.dtype), "shape": list(frame.shape), **extra}
-            self.frames.append((resource, self.sink.write(frame, header)))
-            self.seq += 1
+        self.held = _HeldLine(run_uid, int(map_number), indices, each, made, time.time())
         self.n_written += num
         self._set_written(self.n_written)
 
+    async def commit_line(self) -> None:
+        """Hand the held line to the sink (the plan is saving it), in one step with no await."""
+        line = self.held
+        if line is None:
+            return
+        resource = await self._ensure_map(line.run_uid, line.map_number)
+        for k, (frame, extra) in enumerate(line.frames):
+            header = {"run_uid": line.run_uid, "map_number": line.map_number, "seq": self.seq,
+                      "map_index": line.indices[k], **line.positions[k], "timestamp": line.t,
+                      "dtype": str(frame.dtype), "shape": list(frame.shape), **extra}
+            self.frames.append((resource, self.sink.write(frame, header)))
+            self.seq += 1
+        self.held = None
+
+    def drop_line(self) -> None:
+        """Forget a line taken but never saved (its flight was interrupted and is flown again)."""
+        if self.held is not None:
+            self.held = None
+            self.lines_dropped += 1
+
     def close(self) -> None:
+        self.drop_line()
         self.sink.close()
         self.current = None
 
@@ -159,7 +190,7 @@ class _MapStreamProvider(StreamableDataProvider):
     def __init__(self, recorder: FrameRecorder, data_key: str) -> None:
         self.rec, self.data_key = recorder, data_key
         self.collections_written_signal = recorder.frames_written
-        self.last_emitted = recorder.n_written
+        self.last_emitted = len(recorder.frames)    # frames saved (a dropped fly line counted, never saved)
         self._bundles: dict[tuple[str, int], ComposeStreamResourceBundle] = {}
         self.orphans = 0
 
@@ -170,6 +201,7 @@ class _MapStreamProvider(StreamableDataProvider):
                                        dtype_numpy=np.dtype(self.rec.source.dtype).str, external="STREAM:")}
 
     async def make_stream_docs(self, collections_written: int, collections_per_event: int) -> AsyncIterator[StreamAsset]:
+        await self.rec.commit_line()         # a fly-scan line is recorded when the plan saves it
         stop = min(collections_written, len(self.rec.frames))
         i = self.last_emitted
         if stop - i > max(collections_per_event, self.rec.num):   # a fly line saves `num` at once
@@ -195,8 +227,8 @@ class _MapStreamProvider(StreamableDataProvider):
 
 
 class _TriggerLogic(DetectorTriggerLogic):
-    def __init__(self, recorder: FrameRecorder) -> None:
-        self.rec = recorder
+    def __init__(self, recorder: FrameRecorder, acquire: _AcquireLogic) -> None:
+        self.rec, self.acquire = recorder, acquire
 
     async def prepare_internal(self, num: int, livetime: float, deadtime: float) -> None:
         self.rec.num = max(1, num)
@@ -206,6 +238,7 @@ class _TriggerLogic(DetectorTriggerLogic):
         """A fly-scan line: `num` frames, one per pulse of the trajectory's trigger cable."""
         if self.rec.trigger_input is None:
             raise ConfigError("this detector has no trigger input: it cannot be triggered by a trajectory")
+        await self.acquire.settle_line()
         self.rec.num = max(1, num)
         self.rec.external = True
 
@@ -220,15 +253,23 @@ class _AcquireLogic(DetectorAcquireLogic):
 
     async def start_acquiring(self) -> None:
         if self.rec.external:
-            await self.ensure_stopped()           # a line stopped half way is dropped, never resumed
             assert self.rec.trigger_input is not None
             self.rec.trigger_input.arm()
             self.task = asyncio.create_task(self.rec.take_line(self.rec.num))
         else:
             self.task = asyncio.create_task(self.rec.take(self.rec.num))
 
+    async def settle_line(self) -> None:
+        """Before a fly-scan line is prepared: a line still in flight (the RunEngine paused and
+        rewound to fly it again) is taken to its end, so its complete status ends normally and
+        the frame count is final before the detector is prepared; then dropped, never saved."""
+        await finish(self.task, None)
+        self.rec.drop_line()
+
     async def wait_for_idle(self) -> None:
-        if self.task is not None:
+        # A fly-scan line's task ends where it counts its frames, which `complete` has seen;
+        # `self.task` may already be the next line's (after a pause the rewound plan armed it).
+        if self.task is not None and not self.rec.external:
             await self.task
 
     async def ensure_stopped(self) -> None:
@@ -285,8 +326,8 @@ class SxdmDetector(StandardDetector):
         self.beam_center_row, _ = soft_signal_r_and_setter(float, geometry.beam_center[0])
         self.beam_center_col, _ = soft_signal_r_and_setter(float, geometry.beam_center[1])
         self.recorder = FrameRecorder(self, source, sink, positioners, trigger_input)
-        self._acquire = _AcquireLogic(self.recorder)
-        self.add_detector_logics(_TriggerLogic(self.recorder), self._acquire, _DataLogic(self.recorder))
+        acquire = _AcquireLogic(self.recorder)
+        self.add_detector_logics(_TriggerLogic(self.recorder, acquire), acquire, _DataLogic(self.recorder))
         self.add_config_signals(self.energy_ev, self.distance_m, self.pixel_size_row_m, self.pixel_size_col_m,
                                 self.beam_center_row, self.beam_center_col)
         super().__init__(name=name)
@@ -303,12 +344,6 @@ class SxdmDetector(StandardDetector):
         for sig in (self.map_number, self.map_index):
             readings.update(await sig.read())
         return readings
-
-    async def pause(self) -> None:
-        """RunEngine pause: a fly-scan line in flight is dropped (the rewound plan takes it again);
-        a step-scan frame in flight is left to finish as before."""
-        if self.recorder.external:
-            await self._acquire.ensure_stopped()
 
     def geometry_metadata(self, map_shape: tuple[int, int]) -> dict[str, Any]:
         """Static geometry for the start document, so a processor can build its q-grid."""

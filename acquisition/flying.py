@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from ophyd_async.core import FlyableLogic, SignalRW, StandardFlyable
 
@@ -100,15 +100,33 @@ class TrajectoryBackend(Protocol):
         ...
 
 
+LINE_MARGIN_S = 10.0      # how much longer than its nominal time a line may take to finish
+
+
+async def finish(task: asyncio.Task[Any] | None, line: FlyLine | None) -> None:
+    """Let a line's task run to its end (cancel it if it overruns its time by LINE_MARGIN_S)."""
+    if task is None or task.done():
+        return
+    timeout = LINE_MARGIN_S + (line.n_points * line.point_time_s if line is not None else 0.0)
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        task.cancel()
+        await asyncio.wait({task})
+
+
 class PiezoTrajectory(FlyableLogic[FlyLine, FlyLine]):
     """How the piezo stage flies (ophyd-async 0.21 `FlyableLogic`): one line per prepare/kickoff/complete."""
 
     def __init__(self, backend: TrajectoryBackend, cable: TriggerCable, x: SignalRW[float], y: SignalRW[float]) -> None:
         self.backend, self.cable, self.x, self.y = backend, cable, x, y
         self._task: asyncio.Task[None] | None = None
+        self._line: FlyLine | None = None
 
     async def on_prepare(self, value: FlyLine) -> FlyLine:
-        await self.stop()                 # a line stopped by a pause is never resumed half way
+        # A line still in flight (the RunEngine paused, and rewound to fly it again) is flown to
+        # its end first, so the statuses of its kickoff and complete end normally.
+        await finish(self._task, self._line)
+        self._task, self._line = None, value
         await self.backend.move_to(value.x0_um, value.y_um)
         await asyncio.gather(self.x.set(value.x0_um), self.y.set(value.y_um))
         return value
@@ -118,9 +136,12 @@ class PiezoTrajectory(FlyableLogic[FlyLine, FlyLine]):
         return ctx
 
     async def on_complete(self, ctx: FlyLine) -> None:
-        if self._task is not None:
-            await self._task
-            self._task = None
+        task = self._task
+        if task is not None:
+            await asyncio.wait({task})
+            if task.cancelled():
+                return                    # stopped (abort): the line ends here, not in error
+            task.result()                 # the trajectory's own failure, if any
         await self.x.set(ctx.x_end_um)
 
     async def stop(self) -> None:
@@ -137,8 +158,8 @@ class PiezoTrajectory(FlyableLogic[FlyLine, FlyLine]):
 class PiezoFlyer(StandardFlyable[FlyLine, FlyLine]):
     """The piezo stage as a flyer: `prepare(FlyLine)`, `kickoff()`, `complete()`.
 
-    A RunEngine pause calls `pause()`: the trajectory stops, and the rewound plan prepares the
-    line again from its start."""
+    A line in flight when the RunEngine pauses is flown to its end (the detector drops it
+    unless the plan saved it); the rewound plan prepares it again from its start."""
 
     def __init__(self, logic: PiezoTrajectory, name: str = "") -> None:
         self._logic = logic
@@ -148,8 +169,6 @@ class PiezoFlyer(StandardFlyable[FlyLine, FlyLine]):
     def flyable_logic(self) -> PiezoTrajectory:   # type: ignore[override]
         return self._logic
 
-    async def pause(self) -> None:
-        await self._logic.stop()
 
 
 def fly_lines(grid_shape: tuple[int, int], step_um: float, origin_um: tuple[float, float],

@@ -159,10 +159,17 @@ def fly_map(detector: SxdmDetector, stage: PiezoStage, diffractometer: Diffracto
             if not fly.declared:
                 yield from bps.declare_stream(detector, name="primary", collect=True)
                 fly.declared = True
-            for step in ("kickoff", "complete"):
-                yield Msg(step, detector, group=group)
-                yield Msg(step, flyer, group=group)
-                yield Msg("wait", None, group=group)
+            yield Msg("kickoff", detector, group=group)
+            # The flyer is kicked off through `wait_for`, not a `kickoff` message: the RunEngine
+            # would then expect to `collect` it, and at the end of the run log an error for a
+            # flyer that has nothing to collect (the detector holds the data).
+            started = yield Msg("wait_for", None, [flyer.kickoff])
+            for task in started:
+                task.result()                 # a failed kickoff raises here
+            yield Msg("wait", None, group=group)
+            yield Msg("complete", detector, group=group)
+            yield Msg("complete", flyer, group=group)
+            yield Msg("wait", None, group=group)
             yield Msg("collect", detector, stream=False, return_payload=False, name="primary")
             yield Msg("checkpoint")         # after the save: a pause rewinds to the next line's start
             n += line.n_points
