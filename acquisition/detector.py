@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -87,6 +88,8 @@ class FrameRecorder:
         self.trigger_input = trigger_input
         self.external = False      # triggered by `trigger_input` (a fly scan line) rather than by `trigger()`
         self.held: _HeldLine | None = None     # a fly-scan line taken, not yet saved by the plan
+        # one thread reads out fly-scan frames in pulse order (a simulator renders them there)
+        self._readout = ThreadPoolExecutor(1, thread_name_prefix="opmon-detector-readout")
         self.lines_dropped = 0     # fly-scan lines taken but never saved: nothing of them recorded
         self.frames_written, self._set_written = soft_signal_r_and_setter(int, 0)
         self.n_written = 0
@@ -147,16 +150,27 @@ class FrameRecorder:
             raise FrameShapeError("detector prepared for external triggers but has no trigger input")
         run_uid, map_number = await asyncio.gather(self.det.run_uid.get_value(), self.det.map_number.get_value())
         positions = await self._positions()           # the angles hold still during a line
-        pulses = await self.trigger_input.wait(num)
-        each = [{**positions, "x": p.x_um, "y": p.y_um} for p in pulses]
-        indices = [p.map_index for p in pulses]
-        made = [self.source.frame(i, pos) for i, pos in zip(indices, each)]
-        for frame, _ in made:
-            if frame.shape != tuple(self.source.frame_shape):
-                raise FrameShapeError(f"frame source gave shape {frame.shape}, expected {self.source.frame_shape}")
+        loop = asyncio.get_running_loop()
+        indices: list[int] = []
+        each: list[dict[str, float]] = []
+        made: list[tuple[npt.NDArray[Any], dict[str, Any]]] = []
+        while len(made) < num:      # read out the frames of the pulses so far while the line flies on
+            pulses = (await self.trigger_input.wait(len(made) + 1))[len(made):num]
+            batch = [{**positions, "x": p.x_um, "y": p.y_um} for p in pulses]
+            indices += [p.map_index for p in pulses]
+            each += batch
+            made += await loop.run_in_executor(self._readout, self._read_out, [p.map_index for p in pulses], batch)
         self.held = _HeldLine(run_uid, int(map_number), indices, each, made, time.time())
         self.n_written += num
         self._set_written(self.n_written)
+
+    def _read_out(self, indices: list[int], positions: list[dict[str, float]]) -> list[tuple[npt.NDArray[Any], dict[str, Any]]]:
+        """Frames of a fly line's pulses, in the read-out thread (the event loop runs on meanwhile)."""
+        made = [self.source.frame(i, pos) for i, pos in zip(indices, positions)]
+        for frame, _ in made:
+            if frame.shape != tuple(self.source.frame_shape):
+                raise FrameShapeError(f"frame source gave shape {frame.shape}, expected {self.source.frame_shape}")
+        return made
 
     async def commit_line(self) -> None:
         """Hand the held line to the sink (the plan is saving it), in one step with no await."""

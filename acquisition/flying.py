@@ -74,13 +74,13 @@ class TriggerCable:
             self._event.set()
 
     async def wait(self, n: int) -> list[TriggerPulse]:
-        """The first `n` pulses since `arm`, once they have all been fired."""
+        """The pulses since `arm`, once there are at least `n` (all fired so far, in order)."""
         if self._event is None:
             self._event = asyncio.Event()
         while len(self._pulses) < n:
             self._event.clear()
             await self._event.wait()
-        return self._pulses[:n]
+        return list(self._pulses)
 
 
 @runtime_checkable
