@@ -109,3 +109,28 @@ def test_fly_needs_eta_outer_order(RE, make_beamline):
     bl = make_beamline(setup={"map_shape": GRID}, sink=MemorySink())
     with pytest.raises(ConfigError, match="eta-outer"):
         RE(_fly(bl, bl.etas()[:2], order="point-outer"))
+
+
+def test_operando_series_flies_its_maps(RE, docs, make_beamline):
+    """The operando plan with `fly`: its map flown line by line, the cell logged."""
+    from opmon.acquisition.cell_state import CellMode
+    from opmon.acquisition.mapping import FlyScan
+    from opmon.acquisition.plans import operando_series
+    from opmon.acquisition.potentiostat import CellCommand
+    from opmon.acquisition.triggers import PeriodicTrigger
+
+    sink = MemorySink()
+    bl = make_beamline(setup={"map_shape": GRID}, sink=sink)
+    etas = bl.etas()[:2]
+    result = RE(operando_series(bl.potentiostat, bl.stage, bl.diffractometer, bl.detector, grid=MapGrid(GRID, 0.1),
+                                etas=etas, triggers=PeriodicTrigger(1e6), max_maps=1, order="eta-outer",
+                                charge=CellCommand(CellMode.GALVANOSTATIC, bl.c_rate(1 / 15), cutoff=4.9),
+                                fly=FlyScan(0.0))).plan_result
+    assert [m.frames for m in result.maps] == [2 * GRID[0] * GRID[1]]
+    for number in (0,):
+        heads = [h for h in sink.headers if h["map_number"] == number]
+        assert Counter((h["eta"], h["map_index"]) for h in heads) == Counter(
+            {(e, i): 1 for e in etas for i in range(GRID[0] * GRID[1])})
+    _check_whole_lines(sink, docs)
+    assert len([d for n, d in docs if n == "event"]) >= 2     # the potentiostat stream (and the maps stream)
+    validate_all(docs)
