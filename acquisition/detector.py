@@ -9,6 +9,7 @@ producer is a `FrameSource`, so the simulator and a real detector readout are in
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,8 @@ from ophyd_async.core import (
 from opmon.acquisition.sinks import FrameSink, MapMeta, SinkTarget
 from opmon.acquisition.flying import TriggerCable, finish
 from opmon.errors import ConfigError, FrameShapeError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -260,6 +263,11 @@ class _TriggerLogic(DetectorTriggerLogic):
         return TriggerInfo()
 
 
+def _report_line_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("fly-scan line failed in the detector: %s", task.exception())
+
+
 class _AcquireLogic(DetectorAcquireLogic):
     def __init__(self, recorder: FrameRecorder) -> None:
         self.rec = recorder
@@ -270,6 +278,8 @@ class _AcquireLogic(DetectorAcquireLogic):
             assert self.rec.trigger_input is not None
             self.rec.trigger_input.arm()
             self.task = asyncio.create_task(self.rec.take_line(self.rec.num))
+            # `complete` waits for the frame count, not this task: say at once why a line failed
+            self.task.add_done_callback(_report_line_failure)
         else:
             self.task = asyncio.create_task(self.rec.take(self.rec.num))
 

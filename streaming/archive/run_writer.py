@@ -41,13 +41,13 @@ class MapFileWriter:
 
     Each frame is handed to a `ChunkCompressor` (threads) as it arrives and written, in
     arrival order, as a finished bitshuffle/LZ4 chunk a block at a time (h5py's per-call cost
-    would otherwise dominate); up to two blocks are in flight, so the threads compress one
-    block while the next arrives. `flush` waits for every frame received and writes it, so
+    would otherwise dominate: nine metadata columns are resized and written per block); up to
+    two blocks are in flight, so the threads compress one block while the next arrives. `flush` waits for every frame received and writes it, so
     after a flush the file holds every frame received so far.
     """
 
     def __init__(self, path: Path, start: dict[str, Any], map_header: dict[str, Any],
-                 mask: npt.NDArray[np.uint8] | None = None, block: int = 16,
+                 mask: npt.NDArray[np.uint8] | None = None, block: int = 64,
                  compressor: ChunkCompressor | None = None) -> None:
         self.path = path
         self.number = int(map_header["map"])
