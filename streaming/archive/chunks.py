@@ -2,11 +2,11 @@
 
 Written through h5py, a frame is compressed by hdf5plugin's bitshuffle filter inside
 H5Dwrite: one chunk at a time, holding the GIL, so the archiver could not go past what one
-core compresses (1,200-1,450 frames/s of 512 x 512 uint32). Here the same C function the
-filter calls (`bshuf_compress_lz4` of hdf5plugin's own libh5bshuf, reached with ctypes, which
-releases the GIL during the call) compresses frames in a thread pool, and the finished chunk
-is stored with `write_chunks` (`H5Dwrite_chunk`, no filter run): the bytes on disk are the
-ones the filter would have written, read back through the filter or `frames.FrameReader`.
+core compresses (1,200-1,450 frames/s of 512 x 512 uint32). Here the format's reference
+implementation (`bitshuffle.compress_lz4`, which releases the GIL) compresses frames in a
+thread pool, and the finished chunk is stored with `write_chunks` (`H5Dwrite_chunk`, no
+filter run): the bytes on disk are the ones the filter writes (tested byte for byte), read
+back through the filter or `frames.FrameReader`.
 
 A chunk a detector already compressed in this format (DECTRIS bslz4) goes to `write_chunks`
 (or `RawMapWriter.append_chunks`) as it arrived.
@@ -14,60 +14,51 @@ A chunk a detector already compressed in this format (DECTRIS bslz4) goes to `wr
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import struct
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
+import bitshuffle
 import h5py
-import hdf5plugin
 import numpy as np
 import numpy.typing as npt
 
-from opmon.errors import ArchiveError
-
-HEADER_BYTES = 12        # 8-byte big-endian size in bytes, 4-byte big-endian block size in bytes
+log = logging.getLogger(__name__)
 
 
-class _Bitshuffle:
-    """The three C functions of hdf5plugin's bitshuffle library this module calls."""
+def _single_threaded_openmp() -> None:
+    """Pool thread initializer: bitshuffle's own OpenMP runs each call on its calling thread.
 
-    def __init__(self) -> None:
-        path = os.path.join(hdf5plugin.PLUGIN_PATH, "libh5bshuf.so")
+    The pool already gives one thread per core; OpenMP teams on top of it would oversubscribe
+    the cores and spin-wait between frames. The setting is per thread (OpenMP's nthreads-var),
+    so nothing else in the process (numba's threading layer) is touched."""
+    libs = Path(bitshuffle.__file__).parent.parent / "bitshuffle.libs"
+    for lib in sorted(libs.glob("libgomp*.so*")) or [None]:
         try:
-            lib = ctypes.CDLL(path)
-            self.compress = lib.bshuf_compress_lz4
-            self.bound = lib.bshuf_compress_lz4_bound
-            self.block_size = lib.bshuf_default_block_size
-        except (OSError, AttributeError) as exc:
-            raise ArchiveError(f"hdf5plugin's bitshuffle library {path} cannot be used for chunk compression: {exc}") from exc
-        size_t = ctypes.c_size_t
-        self.compress.restype, self.compress.argtypes = ctypes.c_int64, [ctypes.c_void_p, ctypes.c_void_p, size_t, size_t, size_t]
-        self.bound.restype, self.bound.argtypes = size_t, [size_t, size_t, size_t]
-        self.block_size.restype, self.block_size.argtypes = size_t, [size_t]
-
-
-@lru_cache(maxsize=1)
-def _bitshuffle() -> _Bitshuffle:
-    return _Bitshuffle()
+            ctypes.CDLL(str(lib) if lib else "libgomp.so.1").omp_set_num_threads(1)
+        except (OSError, AttributeError):
+            log.debug("no OpenMP runtime found for bitshuffle (%s): its default threads apply", lib)
 
 
 def bitshuffle_lz4_chunk(frame: npt.NDArray[Any]) -> bytes:
     """One frame as the chunk hdf5plugin's `Bitshuffle(nelems=0, cname="lz4")` filter writes.
 
-    Safe to call from several threads at once; the compression runs without the GIL.
-    """
+    The format's reference implementation (the `bitshuffle` package, AVX2 where the CPU has it;
+    hdf5plugin's build is SSE2 only, half as fast) compresses without the GIL, so several
+    threads compress at once."""
     frame = np.ascontiguousarray(frame)
-    lib = _bitshuffle()
-    n, itemsize = frame.size, frame.itemsize
-    out = np.empty(HEADER_BYTES + lib.bound(n, itemsize, 0), dtype=np.uint8)
-    out[:HEADER_BYTES] = np.frombuffer(struct.pack(">QI", n * itemsize, lib.block_size(itemsize) * itemsize), np.uint8)
-    written = lib.compress(frame.ctypes.data, out.ctypes.data + HEADER_BYTES, n, itemsize, 0)
-    if written < 0:
-        raise ArchiveError(f"bitshuffle/LZ4 compression of a {frame.shape} {frame.dtype} frame failed (code {written})")
-    return out[:HEADER_BYTES + written].tobytes()
+    body = bitshuffle.compress_lz4(frame, 0)
+    block = bitshuffle_block_bytes(frame.itemsize)
+    return struct.pack(">QI", frame.nbytes, block) + body.tobytes()
+
+
+def bitshuffle_block_bytes(itemsize: int) -> int:
+    """Bytes per bitshuffle block for `nelems=0` (8 KiB of elements, a multiple of 8 elements)."""
+    return max(8, (8192 // itemsize) // 8 * 8) * itemsize
 
 
 def write_chunks(dataset: h5py.Dataset, start: int, chunks: Sequence[bytes]) -> None:
@@ -94,7 +85,8 @@ class ChunkCompressor:
 
     def __init__(self, threads: int | None = None) -> None:
         self.threads = threads or default_threads()
-        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="opmon-compress")
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="opmon-compress",
+                                        initializer=_single_threaded_openmp)
 
     def submit(self, frame: npt.NDArray[Any]) -> Future[bytes]:
         """Compress `frame` (which must not change until the future is done)."""
