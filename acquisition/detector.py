@@ -150,7 +150,7 @@ class FrameRecorder:
         uses no seq numbers. The statuses of the line still end normally, as a stopped motor's
         do on pause, so the RunEngine resumes without a failed status."""
         if self.trigger_input is None:
-            raise FrameShapeError("detector prepared for external triggers but has no trigger input")
+            raise ConfigError("detector prepared for external triggers but has no trigger input")
         run_uid, map_number = await asyncio.gather(self.det.run_uid.get_value(), self.det.map_number.get_value())
         positions = await self._positions()           # the angles hold still during a line
         loop = asyncio.get_running_loop()
