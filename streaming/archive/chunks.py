@@ -22,7 +22,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import bitshuffle
 import h5py
 import numpy as np
 import numpy.typing as npt
@@ -36,6 +35,7 @@ def _single_threaded_openmp() -> None:
     The pool already gives one thread per core; OpenMP teams on top of it would oversubscribe
     the cores and spin-wait between frames. The setting is per thread (OpenMP's nthreads-var),
     so nothing else in the process (numba's threading layer) is touched."""
+    import bitshuffle
     libs = Path(bitshuffle.__file__).parent.parent / "bitshuffle.libs"
     for lib in sorted(libs.glob("libgomp*.so*")) or [None]:
         try:
@@ -49,7 +49,8 @@ def bitshuffle_lz4_chunk(frame: npt.NDArray[Any]) -> bytes:
 
     The format's reference implementation (the `bitshuffle` package, AVX2 where the CPU has it;
     hdf5plugin's build is SSE2 only, half as fast) compresses without the GIL, so several
-    threads compress at once."""
+    threads compress at once. Imported here: readers of raw files (`opmon process`) never load it."""
+    import bitshuffle
     frame = np.ascontiguousarray(frame)
     body = bitshuffle.compress_lz4(frame, 0)
     block = bitshuffle_block_bytes(frame.itemsize)
