@@ -9,8 +9,10 @@ producer is a `FrameSource`, so the simulator and a real detector readout are in
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -32,7 +34,10 @@ from ophyd_async.core import (
 )
 
 from opmon.acquisition.sinks import FrameSink, MapMeta, SinkTarget
-from opmon.errors import FrameShapeError
+from opmon.acquisition.flying import TriggerCable, finish
+from opmon.errors import ConfigError, FrameShapeError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,18 @@ class FrameSource(Protocol):
 
 
 @dataclass
+class _HeldLine:
+    """A fly-scan line taken by the detector and not yet handed to the sink."""
+
+    run_uid: str
+    map_number: int
+    indices: list[int]
+    positions: list[dict[str, float]]
+    frames: list[tuple[npt.NDArray[Any], dict[str, Any]]]
+    t: float
+
+
+@dataclass
 class _Resource:
     key: tuple[str, int]
     target: SinkTarget
@@ -69,8 +86,14 @@ class FrameRecorder:
     """Takes frames from the source, writes them to the sink and remembers where each went."""
 
     def __init__(self, detector: SxdmDetector, source: FrameSource, sink: FrameSink,
-                 positioners: Mapping[str, SignalR[float]]) -> None:
+                 positioners: Mapping[str, SignalR[float]], trigger_input: TriggerCable | None = None) -> None:
         self.det, self.source, self.sink, self.positioners = detector, source, sink, dict(positioners)
+        self.trigger_input = trigger_input
+        self.external = False      # triggered by `trigger_input` (a fly scan line) rather than by `trigger()`
+        self.held: _HeldLine | None = None     # a fly-scan line taken, not yet saved by the plan
+        # one thread reads out fly-scan frames in pulse order (a simulator renders them there)
+        self._readout = ThreadPoolExecutor(1, thread_name_prefix="opmon-detector-readout")
+        self.lines_dropped = 0     # fly-scan lines taken but never saved: nothing of them recorded
         self.frames_written, self._set_written = soft_signal_r_and_setter(int, 0)
         self.n_written = 0
         self.frames: list[tuple[_Resource, int]] = []  # global frame number -> (resource, index)
@@ -118,7 +141,62 @@ class FrameRecorder:
             self.n_written += 1
             self._set_written(self.n_written)
 
+    async def take_line(self, num: int) -> None:
+        """Take one fly-scan line, a frame per trigger pulse, and hold it until it is saved.
+
+        The line goes to the sink only when the plan saves it (`commit_line`, from `collect`):
+        a line the plan never saves (an immediate pause or an abort came while it flew; the
+        rewound plan flies it again) is dropped whole by the next prepare or the unstage, and
+        uses no seq numbers. The statuses of the line still end normally, as a stopped motor's
+        do on pause, so the RunEngine resumes without a failed status."""
+        if self.trigger_input is None:
+            raise ConfigError("detector prepared for external triggers but has no trigger input")
+        run_uid, map_number = await asyncio.gather(self.det.run_uid.get_value(), self.det.map_number.get_value())
+        positions = await self._positions()           # the angles hold still during a line
+        loop = asyncio.get_running_loop()
+        indices: list[int] = []
+        each: list[dict[str, float]] = []
+        made: list[tuple[npt.NDArray[Any], dict[str, Any]]] = []
+        while len(made) < num:      # read out the frames of the pulses so far while the line flies on
+            pulses = (await self.trigger_input.wait(len(made) + 1))[len(made):num]
+            batch = [{**positions, "x": p.x_um, "y": p.y_um} for p in pulses]
+            indices += [p.map_index for p in pulses]
+            each += batch
+            made += await loop.run_in_executor(self._readout, self._read_out, [p.map_index for p in pulses], batch)
+        self.held = _HeldLine(run_uid, int(map_number), indices, each, made, time.time())
+        self.n_written += num
+        self._set_written(self.n_written)
+
+    def _read_out(self, indices: list[int], positions: list[dict[str, float]]) -> list[tuple[npt.NDArray[Any], dict[str, Any]]]:
+        """Frames of a fly line's pulses, in the read-out thread (the event loop runs on meanwhile)."""
+        made = [self.source.frame(i, pos) for i, pos in zip(indices, positions)]
+        for frame, _ in made:
+            if frame.shape != tuple(self.source.frame_shape):
+                raise FrameShapeError(f"frame source gave shape {frame.shape}, expected {self.source.frame_shape}")
+        return made
+
+    async def commit_line(self) -> None:
+        """Hand the held line to the sink (the plan is saving it), in one step with no await."""
+        line = self.held
+        if line is None:
+            return
+        resource = await self._ensure_map(line.run_uid, line.map_number)
+        for k, (frame, extra) in enumerate(line.frames):
+            header = {"run_uid": line.run_uid, "map_number": line.map_number, "seq": self.seq,
+                      "map_index": line.indices[k], **line.positions[k], "timestamp": line.t,
+                      "dtype": str(frame.dtype), "shape": list(frame.shape), **extra}
+            self.frames.append((resource, self.sink.write(frame, header)))
+            self.seq += 1
+        self.held = None
+
+    def drop_line(self) -> None:
+        """Forget a line taken but never saved (its flight was interrupted and is flown again)."""
+        if self.held is not None:
+            self.held = None
+            self.lines_dropped += 1
+
     def close(self) -> None:
+        self.drop_line()
         self.sink.close()
         self.current = None
 
@@ -129,7 +207,7 @@ class _MapStreamProvider(StreamableDataProvider):
     def __init__(self, recorder: FrameRecorder, data_key: str) -> None:
         self.rec, self.data_key = recorder, data_key
         self.collections_written_signal = recorder.frames_written
-        self.last_emitted = recorder.n_written
+        self.last_emitted = len(recorder.frames)    # frames saved (a dropped fly line counted, never saved)
         self._bundles: dict[tuple[str, int], ComposeStreamResourceBundle] = {}
         self.orphans = 0
 
@@ -140,9 +218,10 @@ class _MapStreamProvider(StreamableDataProvider):
                                        dtype_numpy=np.dtype(self.rec.source.dtype).str, external="STREAM:")}
 
     async def make_stream_docs(self, collections_written: int, collections_per_event: int) -> AsyncIterator[StreamAsset]:
+        await self.rec.commit_line()         # a fly-scan line is recorded when the plan saves it
         stop = min(collections_written, len(self.rec.frames))
         i = self.last_emitted
-        if stop - i > collections_per_event:
+        if stop - i > max(collections_per_event, self.rec.num):   # a fly line saves `num` at once
             # Frames written but never saved as an event: a pause interrupted their step and
             # the RunEngine retook it. They stay in the file; only the retake is referenced.
             self.orphans += stop - i - collections_per_event
@@ -165,14 +244,28 @@ class _MapStreamProvider(StreamableDataProvider):
 
 
 class _TriggerLogic(DetectorTriggerLogic):
-    def __init__(self, recorder: FrameRecorder) -> None:
-        self.rec = recorder
+    def __init__(self, recorder: FrameRecorder, acquire: _AcquireLogic) -> None:
+        self.rec, self.acquire = recorder, acquire
 
     async def prepare_internal(self, num: int, livetime: float, deadtime: float) -> None:
         self.rec.num = max(1, num)
+        self.rec.external = False
+
+    async def prepare_edge(self, num: int, livetime: float) -> None:
+        """A fly-scan line: `num` frames, one per pulse of the trajectory's trigger cable."""
+        if self.rec.trigger_input is None:
+            raise ConfigError("this detector has no trigger input: it cannot be triggered by a trajectory")
+        await self.acquire.settle_line()
+        self.rec.num = max(1, num)
+        self.rec.external = True
 
     async def default_trigger_info(self) -> TriggerInfo:
         return TriggerInfo()
+
+
+def _report_line_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("fly-scan line failed in the detector: %s", task.exception())
 
 
 class _AcquireLogic(DetectorAcquireLogic):
@@ -181,10 +274,26 @@ class _AcquireLogic(DetectorAcquireLogic):
         self.task: asyncio.Task[None] | None = None
 
     async def start_acquiring(self) -> None:
-        self.task = asyncio.create_task(self.rec.take(self.rec.num))
+        if self.rec.external:
+            assert self.rec.trigger_input is not None
+            self.rec.trigger_input.arm()
+            self.task = asyncio.create_task(self.rec.take_line(self.rec.num))
+            # `complete` waits for the frame count, not this task: say at once why a line failed
+            self.task.add_done_callback(_report_line_failure)
+        else:
+            self.task = asyncio.create_task(self.rec.take(self.rec.num))
+
+    async def settle_line(self) -> None:
+        """Before a fly-scan line is prepared: a line still in flight (the RunEngine paused and
+        rewound to fly it again) is taken to its end, so its complete status ends normally and
+        the frame count is final before the detector is prepared; then dropped, never saved."""
+        await finish(self.task, None)
+        self.rec.drop_line()
 
     async def wait_for_idle(self) -> None:
-        if self.task is not None:
+        # A fly-scan line's task ends where it counts its frames, which `complete` has seen;
+        # `self.task` may already be the next line's (after a pause the rewound plan armed it).
+        if self.task is not None and not self.rec.external:
             await self.task
 
     async def ensure_stopped(self) -> None:
@@ -225,7 +334,8 @@ class SxdmDetector(StandardDetector):
     """
 
     def __init__(self, source: FrameSource, sink: FrameSink, geometry: DetectorCalibration,
-                 positioners: Mapping[str, SignalR[float]], name: str = "") -> None:
+                 positioners: Mapping[str, SignalR[float]], name: str = "",
+                 trigger_input: TriggerCable | None = None) -> None:
         self.geometry = geometry
         self.run_uid = soft_signal_rw(str, "")
         self.map_number = soft_signal_rw(int, 0)
@@ -239,8 +349,9 @@ class SxdmDetector(StandardDetector):
         self.pixel_size_col_m, _ = soft_signal_r_and_setter(float, geometry.pixel_size_m[1], units="m")
         self.beam_center_row, _ = soft_signal_r_and_setter(float, geometry.beam_center[0])
         self.beam_center_col, _ = soft_signal_r_and_setter(float, geometry.beam_center[1])
-        self.recorder = FrameRecorder(self, source, sink, positioners)
-        self.add_detector_logics(_TriggerLogic(self.recorder), _AcquireLogic(self.recorder), _DataLogic(self.recorder))
+        self.recorder = FrameRecorder(self, source, sink, positioners, trigger_input)
+        acquire = _AcquireLogic(self.recorder)
+        self.add_detector_logics(_TriggerLogic(self.recorder, acquire), acquire, _DataLogic(self.recorder))
         self.add_config_signals(self.energy_ev, self.distance_m, self.pixel_size_row_m, self.pixel_size_col_m,
                                 self.beam_center_row, self.beam_center_col)
         super().__init__(name=name)

@@ -8,15 +8,19 @@ rewinds at most the frame in flight and never a frame already saved.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
-from bluesky.utils import MsgGenerator
+from bluesky.utils import Msg, MsgGenerator
+
+from ophyd_async.core import DetectorTrigger, TriggerInfo
 
 from opmon.acquisition.detector import SxdmDetector
+from opmon.acquisition.flying import fly_lines
 from opmon.acquisition.motion import Diffractometer, PiezoStage
 from opmon.acquisition.potentiostat import Potentiostat
 from opmon.acquisition.triggers import CellReading, Region
@@ -104,15 +108,93 @@ def frame_sequence(grid: MapGrid, etas: Sequence[float], order: str,
     raise ConfigError(f"map order {order!r}: expected one of {', '.join(ORDERS)}")
 
 
+@dataclass
+class FlyScan:
+    """Fly instead of step: each map row is one line flown by `stage.flyer`, the detector
+    triggered by the trajectory and exposing `point_time_s` per point (0: as fast as it can).
+    One per run: it remembers whether the run's `primary` stream is declared."""
+
+    point_time_s: float = 0.0005
+    declared: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.point_time_s >= 0:
+            raise ConfigError(f"fly scan point_time_s={self.point_time_s}: must be >= 0 s")
+
+
+def check_fly(stage: PiezoStage, order: str, fly: FlyScan | None) -> None:
+    """Raise before the run if a fly scan is asked of a stage that cannot fly, or in point order."""
+    if fly is None:
+        return
+    if stage.flyer is None:
+        raise ConfigError(f"fly scan: stage {stage.name!r} has no trajectory controller (step scans only)")
+    if order != "eta-outer":
+        raise ConfigError(f"fly scan: map order {order!r} cannot fly (a line holds one angle); use eta-outer")
+
+
+def fly_map(detector: SxdmDetector, stage: PiezoStage, diffractometer: Diffractometer, grid: MapGrid,
+            etas: Sequence[float], fly: FlyScan, *, region: Region | None = None,
+            monitor: CellMonitor | None = None, readings: list[CellReading] | None = None) -> MsgGenerator[int]:
+    """The frames of one map (map number already set), a row at a time: one line per
+    prepare / kickoff / complete of the stage's flyer and the detector, saved as one StreamDatum
+    range of the `primary` stream, then a checkpoint. Returns the number of frames taken.
+
+    A deferred pause waits for the line in flight to end; an immediate pause or an abort drops
+    it (the detector records a line whole or not at all) and a resume flies it again."""
+    flyer = stage.flyer
+    assert flyer is not None
+    lines = fly_lines(grid.shape, grid.step_um, grid.origin_um, region, fly.point_time_s)
+    n = 0
+    for eta in etas:
+        yield from bps.mv(diffractometer.eta, float(eta))
+        for line in lines:
+            # bare messages, as bps.prepare/kickoff_all/complete_all/collect yield them: each
+            # bps call also formats the call stack (~0.5 ms), which would bound short lines
+            info = TriggerInfo(trigger=DetectorTrigger.EXTERNAL_EDGE, livetime=fly.point_time_s,
+                               number_of_events=line.n_points)
+            group = f"fly-line-{uuid.uuid4().hex[:8]}"
+            yield Msg("prepare", flyer, line, group=group)
+            yield Msg("prepare", detector, info, group=group)     # arms it: it waits for the pulses
+            yield Msg("wait", None, group=group)
+            if not fly.declared:
+                yield from bps.declare_stream(detector, name="primary", collect=True)
+                fly.declared = True
+            yield Msg("kickoff", detector, group=group)
+            # The flyer is kicked off through `wait_for`, not a `kickoff` message: the RunEngine
+            # would then expect to `collect` it, and at the end of the run log an error for a
+            # flyer that has nothing to collect (the detector holds the data).
+            started = yield Msg("wait_for", None, [flyer.kickoff])
+            for task in started:
+                task.result()                 # a failed kickoff raises here
+            yield Msg("wait", None, group=group)
+            yield Msg("complete", detector, group=group)
+            yield Msg("complete", flyer, group=group)
+            yield Msg("wait", None, group=group)
+            yield Msg("collect", detector, stream=False, return_payload=False, name="primary")
+            yield Msg("checkpoint")         # after the save: a pause rewinds to the next line's start
+            n += line.n_points
+            if monitor is not None:
+                reading = yield from monitor.poll()
+                if readings is not None:
+                    readings.append(reading)
+    return n
+
+
 def acquire_map(detector: SxdmDetector, stage: PiezoStage, diffractometer: Diffractometer, grid: MapGrid,
                etas: Sequence[float], *, map_number: int, order: str = "eta-outer", region: Region | None = None,
-               monitor: CellMonitor | None = None, readings: list[CellReading] | None = None) -> MsgGenerator[int]:
+               monitor: CellMonitor | None = None, readings: list[CellReading] | None = None,
+               fly: FlyScan | None = None) -> MsgGenerator[int]:
     """Take one map inside an open run; returns the number of frames taken.
 
     One eta at a time over the whole grid (``eta-outer``, as ID01 does) or all angles at
-    each point (``point-outer``). Every frame is an event of the `primary` stream.
+    each point (``point-outer``). Stepping, every frame is an event of the `primary` stream;
+    flying (`fly`), every row is one StreamDatum range of it (`fly_map`).
     """
     yield from bps.mv(detector.map_number, map_number)
+    if fly is not None:
+        yield from bps.checkpoint()
+        return (yield from fly_map(detector, stage, diffractometer, grid, etas, fly, region=region,
+                                   monitor=monitor, readings=readings))
     n = 0
     yield from bps.checkpoint()
     last: dict[int, float] = {}
@@ -139,21 +221,24 @@ def acquire_map(detector: SxdmDetector, stage: PiezoStage, diffractometer: Diffr
 def sxdm_map(detector: SxdmDetector, stage: PiezoStage, diffractometer: Diffractometer, grid: MapGrid,
              etas: Sequence[float], *, order: str = "eta-outer", region: Region | None = None,
              potentiostat: Potentiostat | None = None, cell_period_s: float = 0.5,
-             md: dict[str, Any] | None = None) -> MsgGenerator[str]:
+             md: dict[str, Any] | None = None, fly: bool = False, point_time_s: float = 0.0005) -> MsgGenerator[str]:
     """A single SXDM map as its own run; returns the run uid.
 
     Limits of every axis are checked before the run opens. With a potentiostat, the cell is
-    logged as the `potentiostat` stream throughout.
+    logged as the `potentiostat` stream throughout. `fly`: each row is flown by the stage's
+    trajectory, which triggers the detector every `point_time_s` (`fly_map`); eta-outer only.
     """
     check_map(stage, diffractometer, grid, etas, order)
+    flying = FlyScan(point_time_s) if fly else None
+    check_fly(stage, order, flying)
     if region is not None:
         grid.points(region)
     monitor = CellMonitor(potentiostat, cell_period_s) if potentiostat is not None else None
-    meta = {"plan_name": "sxdm_map", "order": order, "etas": [float(e) for e in etas],
+    meta = {"plan_name": "sxdm_map", "order": order, "etas": [float(e) for e in etas], "fly": fly,
             "map_step_um": grid.step_um, "map_origin_um": list(grid.origin_um),
             "geometry": detector.geometry_metadata(grid.shape), **(md or {})}
 
-    @bpp.stage_decorator([detector])
+    @bpp.stage_decorator([detector, *([stage.flyer] if flying else [])])
     def inner() -> MsgGenerator[str]:
         uid = yield from bps.open_run(meta)
         yield from bps.mv(detector.run_uid, uid, detector.map_ny, grid.shape[0], detector.map_nx, grid.shape[1],
@@ -161,7 +246,7 @@ def sxdm_map(detector: SxdmDetector, stage: PiezoStage, diffractometer: Diffract
         if monitor is not None:
             yield from monitor.poll(force_event=True)
         yield from acquire_map(detector, stage, diffractometer, grid, etas, map_number=0, order=order,
-                              region=region, monitor=monitor)
+                              region=region, monitor=monitor, fly=flying)
         yield from bps.close_run()
         return uid
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from ophyd_async.core import SignalRW, StandardReadable, soft_signal_rw
 from ophyd_async.core import StandardReadableFormat as Format
 
+from opmon.acquisition.flying import PiezoFlyer, PiezoTrajectory, TrajectoryBackend, TriggerCable
 from opmon.errors import LimitError
 
 Travel = tuple[float, float]
@@ -44,12 +45,17 @@ class _Axes(StandardReadable):
 
 
 class PiezoStage(_Axes):
-    """Sample scanning stage (x, y) in micrometres."""
+    """Sample scanning stage (x, y) in micrometres; `flyer` flies it along map rows (None: step only)."""
 
-    def __init__(self, travel_um: Travel = (-50.0, 50.0), name: str = "") -> None:
+    def __init__(self, travel_um: Travel = (-50.0, 50.0), name: str = "",
+                 trajectory: TrajectoryBackend | None = None, trigger_out: TriggerCable | None = None) -> None:
         with self.add_children_as_readables(Format.HINTED_SIGNAL):
             self.x = soft_signal_rw(float, 0.0, units="um", precision=4)
             self.y = soft_signal_rw(float, 0.0, units="um", precision=4)
+        # with a motion controller that flies it and a trigger line to the detector: fly scans
+        self.flyer: PiezoFlyer | None = None
+        if trajectory is not None and trigger_out is not None:
+            self.flyer = PiezoFlyer(PiezoTrajectory(trajectory, trigger_out, self.x, self.y))
         super().__init__(name=name)
         self._axes = {"x": Axis(f"{name}-x", self.x, travel_um, "um"), "y": Axis(f"{name}-y", self.y, travel_um, "um")}
 

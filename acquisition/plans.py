@@ -19,7 +19,7 @@ from bluesky.utils import MsgGenerator
 from opmon.acquisition.cell_state import CellMode
 from opmon.acquisition.decisions import SteeringLog, describe_rule, record
 from opmon.acquisition.detector import SxdmDetector
-from opmon.acquisition.mapping import CellMonitor, MapGrid, acquire_map, check_map
+from opmon.acquisition.mapping import CellMonitor, FlyScan, MapGrid, acquire_map, check_fly, check_map
 from opmon.acquisition.motion import Diffractometer, PiezoStage
 from opmon.acquisition.potentiostat import HIGH_IMPEDANCE, CellCommand, Potentiostat
 from opmon.acquisition.triggers import AnyOf, CellReading, MapRequests, Region, TriggerRule
@@ -71,14 +71,14 @@ def _safe_cleanup(potentiostat: Potentiostat) -> MsgGenerator[None]:
 def _take_map(result: SeriesResult, reason: str, start: CellReading, detector: SxdmDetector, stage: PiezoStage,
               diffractometer: Diffractometer, potentiostat: Potentiostat, grid: MapGrid, etas: Sequence[float],
               order: str, region: Region | None, monitor: CellMonitor,
-              readings: list[CellReading] | None = None) -> MsgGenerator[AcquiredMap]:
+              readings: list[CellReading] | None = None, fly: FlyScan | None = None) -> MsgGenerator[AcquiredMap]:
     record = AcquiredMap(map_number=len(result.maps), reason=reason, start=start, region=region)
     result.maps.append(record)
     yield from bps.mv(detector.map_number, record.map_number, detector.map_trigger, reason)
     # the map's number, its reason and the cell at its start, as their own stream (not a child read)
     yield from bps.trigger_and_read([potentiostat, detector.map_number, detector.map_trigger], name="maps")
     record.frames = yield from acquire_map(detector, stage, diffractometer, grid, etas, map_number=record.map_number,
-                                          order=order, region=region, monitor=monitor, readings=readings)
+                                          order=order, region=region, monitor=monitor, readings=readings, fly=fly)
     return record
 
 
@@ -88,7 +88,7 @@ def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractomete
                     order: str = "eta-outer", region: Region | None = None, requests: MapRequests | None = None,
                     max_maps: int | None = None, max_cell_time_s: float | None = None, stop_at_rest: bool = True,
                     poll_s: float = 0.01, cell_period_s: float = 0.5,
-                    md: dict[str, Any] | None = None) -> MsgGenerator[SeriesResult]:
+                    md: dict[str, Any] | None = None, fly: FlyScan | None = None) -> MsgGenerator[SeriesResult]:
     """Maps while the cell charges, started by trigger rules or by steering requests.
 
     Parameters
@@ -101,6 +101,7 @@ def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractomete
     max_maps, max_cell_time_s : end the series after this many maps / this cell time (s).
     stop_at_rest : end when a galvanostatic `charge` has reached its cut-off.
     poll_s : wall seconds between potentiostat polls while waiting for a trigger.
+    fly : fly every map row by row (`mapping.fly_map`; eta-outer order) instead of stepping.
 
     Returns
     -------
@@ -109,6 +110,7 @@ def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractomete
     if charge is not None:
         charge = potentiostat.check(charge)
     check_map(stage, diffractometer, grid, etas, order)
+    check_fly(stage, order, fly)
     if region is not None:
         grid.points(region)
     rule: TriggerRule = triggers if isinstance(triggers, TriggerRule) else AnyOf(*triggers)
@@ -120,7 +122,7 @@ def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractomete
             "map_step_um": grid.step_um, "map_origin_um": list(grid.origin_um),
             "charge": None if charge is None else {"mode": charge.mode.value, "setpoint": charge.setpoint,
                                                    "cutoff": charge.cutoff},
-            "geometry": detector.geometry_metadata(grid.shape), **(md or {})}
+            "geometry": detector.geometry_metadata(grid.shape), "fly": fly is not None, **(md or {})}
 
     def series() -> MsgGenerator[SeriesResult]:
         nonlocal rule, region
@@ -153,7 +155,7 @@ def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractomete
                 yield from record(steering, "map", "; ".join(pending), map=len(result.maps), voltage_v=reading.voltage,
                                   region=region)
                 yield from _take_map(result, "; ".join(pending), reading, detector, stage, diffractometer,
-                                     potentiostat, grid, etas, order, region, monitor, readings)
+                                     potentiostat, grid, etas, order, region, monitor, readings, fly)
                 # readings taken during the map reach the rule now, in order
                 pending = [why for why in (rule.update(seen) for seen in readings) if why]
             if max_maps is not None and len(result.maps) >= max_maps:
@@ -174,7 +176,8 @@ def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractomete
         yield from bps.close_run()
         return result
 
-    return (yield from bpp.finalize_wrapper(bpp.stage_wrapper(series(), [detector]), _safe_cleanup(potentiostat)))
+    staged = [detector, *([stage.flyer] if fly is not None and stage.flyer is not None else [])]
+    return (yield from bpp.finalize_wrapper(bpp.stage_wrapper(series(), staged), _safe_cleanup(potentiostat)))
 
 
 def potentiostatic_steps(potentiostat: Potentiostat, stage: PiezoStage, diffractometer: Diffractometer,

@@ -386,7 +386,12 @@ def plan_from_args(args: Any) -> ExperimentPlan:
     plan.acceleration = args.acceleration
     plan.max_maps = args.max_maps
     plan.seed = args.seed
-    plan.order = args.order
+    if args.fly and args.order == "point-outer":
+        raise ConfigError("--fly flies one map row at one angle at a time: it needs --order eta-outer")
+    if not args.point_time > 0:
+        raise ConfigError(f"--point-time {args.point_time}: must be > 0 s")
+    plan.fly, plan.point_time_s = args.fly, args.point_time
+    plan.order = args.order or ("eta-outer" if args.fly else "point-outer")
     return plan
 
 

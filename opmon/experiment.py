@@ -24,6 +24,7 @@ from opmon.config import Config
 from opmon.errors import ConfigError
 from opmon.simulators.beamline import BeamlineConfig, SimulatedBeamline
 from opmon.acquisition.cell_state import CellMode
+from opmon.acquisition.mapping import FlyScan
 from opmon.acquisition.steering import RunEngineSteering
 from opmon.simulators.instrument import SxdmSetup
 from opmon.streaming.control import ControlServer, resolve_token
@@ -64,6 +65,8 @@ class ExperimentPlan:
     n_angles: int = 30
     roi: tuple[int, int, int, int] | None = (96, 416, 160, 352)
     order: str = "point-outer"  # each map pixel completes at once, so partial maps fill in live
+    fly: bool = False           # fly each map row (eta-outer order), the detector triggered by the trajectory
+    point_time_s: float = 0.0005  # fly scan: exposure per point
     max_maps: int | None = None
     seed: int = 0
 
@@ -132,6 +135,7 @@ class AcquisitionService:
         rule = make_rule(p.thresholds_v, p.period_s, p.plateau)
         series = operando_series(*bl.devices, **bl.map_args(), triggers=rule, charge=charge, order=p.order,
                                  requests=self.requests, max_maps=p.max_maps,
+                                 fly=FlyScan(p.point_time_s) if p.fly else None,
                                  md={"sample": "LiNi0.5Mn1.5O4 single crystal (simulated)", "opmon_demo": True})
         self.control.start()
         self.archive_watch.start()

@@ -18,6 +18,7 @@ from bluesky.run_engine import call_in_bluesky_event_loop, get_bluesky_event_loo
 
 from opmon.acquisition.cell_state import CellSample
 from opmon.acquisition.detector import DetectorCalibration, SxdmDetector
+from opmon.acquisition.flying import TriggerCable
 from opmon.acquisition.mapping import MapGrid
 from opmon.acquisition.motion import Diffractometer, PiezoStage
 from opmon.acquisition.potentiostat import CellCommand, Potentiostat, PotentiostatLimits
@@ -27,6 +28,7 @@ from opmon.simulators.cell import CellConfig, CellSimulator, SimClock
 from opmon.simulators.crystal import ParticleModel
 from opmon.simulators.instrument import SxdmSetup
 from opmon.simulators.render import FrameRenderer
+from opmon.simulators.trajectory import SimPiezoTrajectory
 
 
 def in_bluesky_loop_running() -> bool:
@@ -131,13 +133,16 @@ class SimulatedBeamline:
         self.source = SimFrameSource(self.renderer, self.particle, self.cell, cycles=config.cycles)
         self.sink = sink
         self.potentiostat = Potentiostat(self.backend, config.limits, config.safe_mode, name="potentiostat")
-        self.stage = PiezoStage(name="stage")
+        self.trigger_cable = TriggerCable()       # the trajectory triggers the detector in fly scans
+        self.trajectory = SimPiezoTrajectory()
+        self.stage = PiezoStage(name="stage", trajectory=self.trajectory, trigger_out=self.trigger_cable)
         self.diffractometer = Diffractometer(eta=s.eta_center, phi=s.phi, nu=s.nu, delta=s.delta, name="diffractometer")
         positioners = {"eta": self.diffractometer.eta, "phi": self.diffractometer.phi, "nu": self.diffractometer.nu,
                        "delta": self.diffractometer.delta, "x": self.stage.x, "y": self.stage.y}
         geometry = DetectorCalibration(energy_ev=s.energy_ev, distance_m=s.distance_m,
                                     pixel_size_m=(s.pixel_size_m, s.pixel_size_m), beam_center=s.frame_beam_center)
-        self.detector = SxdmDetector(self.source, self.sink, geometry, positioners, name="detector")
+        self.detector = SxdmDetector(self.source, self.sink, geometry, positioners, name="detector",
+                                     trigger_input=self.trigger_cable)
         if not in_bluesky_loop_running():
             raise ConfigError("SimulatedBeamline: create the RunEngine first; devices connect and the cell "
                               "clock ticks on the bluesky event loop")

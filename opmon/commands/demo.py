@@ -46,8 +46,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--map-shape", type=int, nargs=2, default=(12, 12), metavar=("NY", "NX"))
     p.add_argument("--angles", type=int, default=30, help="rocking angles per map")
     p.add_argument("--acceleration", type=float, default=900.0, help="simulated seconds per wall second")
-    p.add_argument("--order", choices=("point-outer", "eta-outer"), default="point-outer",
-                   help="all angles per map point (maps fill in live) or one eta at a time over the map (ID01)")
+    p.add_argument("--order", choices=("point-outer", "eta-outer"), default=None,
+                   help="all angles per map point (maps fill in live) or one eta at a time over the map (ID01); "
+                        "default point-outer, eta-outer with --fly")
+    p.add_argument("--fly", action="store_true",
+                   help="fly scans: each map row flown by the piezo, which triggers the detector (eta-outer order)")
+    p.add_argument("--point-time", type=float, default=0.0005, metavar="S",
+                   help="fly scan: detector exposure per point in seconds (default 0.0005)")
     p.add_argument("--max-maps", type=int, default=None)
     p.add_argument("--workers", type=int, default=1, help="live processor worker processes")
     p.add_argument("--seed", type=int, default=0)

@@ -25,6 +25,7 @@ import zmq
 from opmon.errors import ArchiveError, OpmonError
 from opmon.streaming import protocol as P
 from opmon.streaming.archive.acks import ArchiveAcks, PreSyncHold
+from opmon.streaming.archive.chunks import ChunkCompressor
 from opmon.streaming.archive.disk_full import DEFAULT_RESERVE, DiskGuard, is_disk_full
 from opmon.streaming.archive.final_maps import write_final_maps
 from opmon.streaming.archive.layout import DOCUMENTS, ENTRY, MAPS, POTENTIOSTAT, map_file_name, maps_file_name
@@ -73,13 +74,15 @@ class Archiver:
         PUB endpoint this archiver binds for its lossy status (None: no status).
     ack_endpoint
         where the frame sender takes acknowledgements (None: this archiver acknowledges nothing).
+    compress_threads
+        threads compressing frames into chunks (None: one per core).
     """
 
     def __init__(self, directory: str | Path, frames_endpoint: str, docs_endpoint: str | None = None,
                  maps_endpoint: str | None = None, status_endpoint: str | None = None, *,
                  flush_interval_s: float = 0.5, rcvhwm: int = 200, grace_s: float = 5.0,
                  context: zmq.Context | None = None, ack_endpoint: str | None = None,
-                 disk_reserve_bytes: int = DEFAULT_RESERVE) -> None:
+                 disk_reserve_bytes: int = DEFAULT_RESERVE, compress_threads: int | None = None) -> None:
         self.directory = Path(directory)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -94,6 +97,7 @@ class Archiver:
         self.maps = self._socket(zmq.PULL, maps_endpoint, bind=True)
         self.status_socket = self._socket(zmq.PUB, status_endpoint, bind=True)
         self.acks = None if ack_endpoint is None else ArchiveAcks(self.context, ack_endpoint)
+        self.compressor = ChunkCompressor(compress_threads)
         self.presync = PreSyncHold()
         self.flush_interval_s = flush_interval_s
         self.run_dir: RunDirectory | None = None
@@ -183,7 +187,10 @@ class Archiver:
             return
         if self._resumed_seq is not None:
             self._count_restart_gap(h["seq"])
-        writer.add(h, frame, chunk)
+        if chunk is not None and writer.takes_chunks:
+            writer.add_chunk(h, chunk)           # the detector's compression, stored as it arrived
+        else:
+            writer.add(h, frame, copy=False)     # the received buffer stays as it is while the view lives
         self.frames_written += 1
 
     def _on_map_end(self, h: dict[str, Any]) -> None:
@@ -279,7 +286,8 @@ class Archiver:
         if path.exists():                 # written before a crash: move aside, copy what it holds
             old = set_aside(path)
             map_header = map_start_of(old)
-        self.map_writer = MapFileWriter(path, run.start, map_header, getattr(self, "mask", None))
+        self.map_writer = MapFileWriter(path, run.start, map_header, getattr(self, "mask", None),
+                                        compressor=self.compressor)
         if old is not None:
             last = -1
             for header, frame in read_map_frames(old, skip_bad=True):   # a corrupt chunk: that frame is lost
@@ -656,3 +664,4 @@ class Archiver:
                 if sock is not None:
                     sock.close(linger=0)
             self.frames.close()
+            self.compressor.close()

@@ -6,7 +6,7 @@ names the offending path; frames are never loaded whole.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from opmon.errors import RawFileError
+from opmon.streaming.archive.chunks import write_chunks
 from opmon.streaming.archive.frames import FrameReader, is_bitshuffle_lz4
 from opmon.streaming.archive.layout import (ANGLES, BEAM_X, BEAM_Y, DATA, DET_MASK, DISTANCE, ENERGY, MAP_INDEX, MAP_SHAPE,
                                            POSITIONERS, SCAN_X, SCAN_Y, X_PIXEL, Y_PIXEL)
@@ -322,13 +323,9 @@ class RawMapWriter:
 
     def append(self, frames: npt.NDArray[Any], map_index: npt.ArrayLike, eta: npt.ArrayLike, phi: npt.ArrayLike,
                nu: npt.ArrayLike, delta: npt.ArrayLike, x_um: npt.ArrayLike | None = None,
-               y_um: npt.ArrayLike | None = None, chunks: list[bytes | None] | None = None) -> None:
-        """Append a block of frames (k, rows, cols) with their per-frame metadata.
-
-        `chunks[i]`, when given, is frame i already compressed in this dataset's codec
-        (bitshuffle/LZ4 with the dtype's element size, as a DECTRIS detector sends it): it is
-        written as it is (`write_direct_chunk`), not compressed again.
-        """
+               y_um: npt.ArrayLike | None = None) -> None:
+        """Append a block of frames (k, rows, cols) with their per-frame metadata (frames a
+        detector already compressed in this dataset's codec go through `append_chunks`)."""
         frames = np.asarray(frames)
         if frames.ndim == 2:
             frames = frames[None]
@@ -337,22 +334,33 @@ class RawMapWriter:
             raise RawFileError(f"frame shape {frames.shape[1:]} does not match dataset {self.data.shape[1:]}")
         start, stop = self.n, self.n + k
         # Metadata first, frames last: a reader that sees frame i also sees its angles.
+        self._append_columns(k, map_index, eta, phi, nu, delta, x_um, y_um)
+        self.data.resize((stop,) + self.data.shape[1:])
+        self.data[start:stop] = frames
+        self.n = stop
+
+    def append_chunks(self, chunks: Sequence[bytes], map_index: npt.ArrayLike, eta: npt.ArrayLike, phi: npt.ArrayLike,
+                      nu: npt.ArrayLike, delta: npt.ArrayLike, x_um: npt.ArrayLike | None = None,
+                      y_um: npt.ArrayLike | None = None) -> None:
+        """Append frames already compressed as this dataset's bitshuffle/LZ4 chunks
+        (`chunks.bitshuffle_lz4_chunk`, or a detector's own), one per frame, with their metadata.
+
+        Until `n` moves on, a failed call may be repeated as it was: it writes the same places."""
+        k = len(chunks)
+        self._append_columns(k, map_index, eta, phi, nu, delta, x_um, y_um)
+        write_chunks(self.data, self.n, chunks)
+        self.n += k
+
+    def _append_columns(self, k: int, map_index: npt.ArrayLike, eta: npt.ArrayLike, phi: npt.ArrayLike,
+                        nu: npt.ArrayLike, delta: npt.ArrayLike, x_um: npt.ArrayLike | None,
+                        y_um: npt.ArrayLike | None) -> None:
+        start, stop = self.n, self.n + k
         columns: list[tuple[h5py.Dataset, npt.ArrayLike]] = [(self.map_index, map_index), (self.angles["eta"], eta),
                    (self.angles["phi"], phi), (self.angles["nu"], nu), (self.angles["delta"], delta),
                    (self.x, np.nan if x_um is None else x_um), (self.y, np.nan if y_um is None else y_um)]
         for ds, values in columns:
             ds.resize((stop,))
             ds[start:stop] = np.broadcast_to(np.asarray(values, dtype=ds.dtype), (k,))
-        self.data.resize((stop,) + self.data.shape[1:])
-        if chunks is None or not self.takes_chunks:
-            self.data[start:stop] = frames
-        else:
-            for i, chunk in enumerate(chunks):
-                if chunk is None:
-                    self.data[start + i] = frames[i]
-                else:
-                    self.data.id.write_direct_chunk((start + i, 0, 0), chunk)
-        self.n = stop
 
 
 

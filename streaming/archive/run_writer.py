@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,9 @@ import h5py
 import numpy as np
 import numpy.typing as npt
 
+from opmon.errors import ArchiveError
+from opmon.streaming.archive.chunks import ChunkCompressor
+from opmon.streaming.archive.chunks import done as chunk_done
 from opmon.streaming.archive.layout import (ATTR_COMPLETE, ATTR_DOCUMENT, ATTR_FRAMES, ATTR_FRAMES_EXPECTED,
                                            ATTR_MAP_NUMBER, ATTR_RUN_UID, ATTR_START, ATTR_STATE, ATTR_STOP, ATTR_TRIGGER,
                                            COMPLETE, ENTRY, ENTRY_GROUPS, LAST_SEQ_SENT, LOG_TIME, MAPS, MASTER, MASTER_ENTRY,
@@ -34,13 +39,16 @@ def _json(obj: Any) -> str:
 class MapFileWriter:
     """One map's raw frames, written in SWMR mode in blocks; `flush` makes them durable.
 
-    Frames are copied into a block buffer as they arrive and appended a block at a time
-    (h5py's per-call cost would otherwise dominate); `flush` writes the partial block too,
-    so after a flush the file holds every frame received so far.
+    Each frame is handed to a `ChunkCompressor` (threads) as it arrives and written, in
+    arrival order, as a finished bitshuffle/LZ4 chunk a block at a time (h5py's per-call cost
+    would otherwise dominate: nine metadata columns are resized and written per block); up to
+    two blocks are in flight, so the threads compress one block while the next arrives. `flush` waits for every frame received and writes it, so
+    after a flush the file holds every frame received so far.
     """
 
     def __init__(self, path: Path, start: dict[str, Any], map_header: dict[str, Any],
-                 mask: npt.NDArray[np.uint8] | None = None, block: int = 16) -> None:
+                 mask: npt.NDArray[np.uint8] | None = None, block: int = 64,
+                 compressor: ChunkCompressor | None = None) -> None:
         self.path = path
         self.number = int(map_header["map"])
         self.file = h5py.File(path, "w", libver="latest")
@@ -64,41 +72,65 @@ class MapFileWriter:
         entry.attrs[ATTR_TRIGGER] = _json(map_header.get("trigger") or {})
         self.file.swmr_mode = True
         self.expected = expected
-        self.block = np.empty((block, rows, cols), dtype=np.dtype(start["dtype"]))
-        self._meta: list[tuple[int, float, float, float, float, float, float, int, float]] = []
-        self._chunks: list[bytes | None] = []    # detector-compressed frames of the block (None: compress here)
+        self.block = block
+        self.frame_shape, self.dtype = (int(rows), int(cols)), np.dtype(start["dtype"])
+        self._own_compressor = compressor is None
+        self.compressor = compressor or ChunkCompressor()
+        # frames received, not yet written: (index, eta, phi, nu, delta, x, y, seq, t) and its chunk
+        self._pending: deque[tuple[tuple[int, float, float, float, float, float, float, int, float], Future[bytes]]] = deque()
         self.n_received = 0
         self.last_seq = -1     # highest seq held: a re-sent frame at or below it is already here
 
-    def add(self, header: dict[str, Any], frame: npt.NDArray[Any], chunk: Any = None) -> None:
-        """Queue one frame (copied: the ZeroMQ buffer is released after this call).
+    def add(self, header: dict[str, Any], frame: npt.NDArray[Any], copy: bool = True) -> None:
+        """Queue one frame for compression.
 
-        `chunk`: the frame as the detector compressed it (bitshuffle/LZ4), stored as it is.
-        """
-        k = len(self._meta)
-        self.block[k] = frame
-        self._chunks.append(None if chunk is None else bytes(chunk))
+        `copy=False` hands over a frame nobody changes any more (a received ZeroMQ buffer,
+        which the array view keeps alive); by default it is copied, as a reader's reused
+        block buffer would change under the compressing thread."""
+        frame = np.asarray(frame)
+        if frame.shape != self.frame_shape or frame.dtype != self.dtype:
+            raise ArchiveError(f"{self.path.name}: frame {frame.shape} {frame.dtype}, the map holds "
+                               f"{self.frame_shape} {self.dtype}")
+        frame = np.array(frame) if copy or not frame.flags.c_contiguous else frame
+        self._queue(header, self.compressor.submit(frame))
+
+    def add_chunk(self, header: dict[str, Any], chunk: bytes) -> None:
+        """Queue one frame already compressed in the dataset's bitshuffle/LZ4 chunk format
+        (a detector's own compression); it keeps its place among the frames around it."""
+        self._queue(header, chunk_done(bytes(chunk)))
+
+    @property
+    def takes_chunks(self) -> bool:
+        """Whether a detector's bitshuffle/LZ4 chunk can be stored as it arrived (`add_chunk`)."""
+        return self.writer.takes_chunks
+
+    def _queue(self, header: dict[str, Any], chunk: Future[bytes]) -> None:
         x, y = header.get("x"), header.get("y")
-        self._meta.append((header["index"], header["eta"], header["phi"], header["nu"], header["delta"],
-                           np.nan if x is None else x, np.nan if y is None else y, header["seq"], header["t"]))
+        self._pending.append(((header["index"], header["eta"], header["phi"], header["nu"], header["delta"],
+                               np.nan if x is None else x, np.nan if y is None else y, header["seq"], header["t"]), chunk))
         self.n_received += 1
         self.last_seq = max(self.last_seq, int(header["seq"]))
-        if k + 1 == self.block.shape[0]:
-            self._write()
+        if len(self._pending) >= 2 * self.block:
+            self._write(self.block)
 
-    def _write(self) -> None:
-        k = len(self._meta)
+    def _write(self, k: int | None = None) -> None:
+        """Write the first `k` queued frames (all by default) once compressed, in order.
+
+        They leave the queue only when written, so after a failed write (a full disk) the
+        next call writes the same frames to the same places again."""
+        k = len(self._pending) if k is None else min(k, len(self._pending))
         if not k:
             return
-        cols = list(zip(*self._meta))
+        items = [self._pending[i] for i in range(k)]
+        chunks = [future.result() for _, future in items]
+        cols = list(zip(*(meta for meta, _ in items)))
         n = self.writer.n
         for ds, values in ((self.sequence, cols[7]), (self.timestamp, cols[8])):
             ds.resize((n + k,))
             ds[n:n + k] = values
-        chunks = self._chunks if any(c is not None for c in self._chunks) else None
-        self.writer.append(self.block[:k], cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6], chunks=chunks)
-        self._meta.clear()
-        self._chunks.clear()
+        self.writer.append_chunks(chunks, cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6])
+        for _ in range(k):
+            self._pending.popleft()
 
     @property
     def n_written(self) -> int:
@@ -125,6 +157,8 @@ class MapFileWriter:
                 self.last_seq_sent[()] = np.int64(last_seq)
             self.file.flush()
             self.file.close()
+        if self._own_compressor:
+            self.compressor.close()
         return complete
 
 

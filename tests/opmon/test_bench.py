@@ -32,6 +32,9 @@ SMALLEST: dict[str, tuple[list[str], list[tuple[str, str]]]] = {
     "acquisition": (["--map-shape", "3", "3", "--angles", "4"], [
         ("plan frames/s", rf"sxdm_map through the RunEngine: +{NUMBER} frames/s"),
         ("renderer frames/s", rf"FrameRenderer.frames alone: +{NUMBER} frames/s"),
+        ("fly plan frames/s", rf"sxdm_map fly scan: +{NUMBER} frames/s"),
+        ("fly end to end frames/s", rf"end to end into the archive, fly : +{NUMBER} frames/s"),
+        ("step end to end frames/s", rf"end to end into the archive, step: +{NUMBER} frames/s"),
     ]),
     "render": (["--frames", "256"], [
         ("render frames/s", rf"^render +: +{NUMBER} frames/s"),

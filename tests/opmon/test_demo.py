@@ -49,3 +49,16 @@ def test_headless_demo_archives_every_frame_and_its_maps_equal_offline_processin
         assert np.nanmax(offline.intensity) > 1000
         d = offline.valid_d()
         assert d.size >= 10 and 2.015 < d.mean() < 2.045 and d.std() < 0.01
+
+
+def test_demo_fly_option_chooses_eta_outer_and_refuses_point_outer():
+    from opmon.cli import build_parser
+    from opmon.demo import plan_from_args
+    from opmon.errors import ConfigError
+
+    parser = build_parser()
+    plan = plan_from_args(parser.parse_args(["demo", "--fly", "--point-time", "0.001"]))
+    assert (plan.fly, plan.order, plan.point_time_s) == (True, "eta-outer", 0.001)
+    assert (lambda p: (p.fly, p.order))(plan_from_args(parser.parse_args(["demo"]))) == (False, "point-outer")
+    with pytest.raises(ConfigError, match="eta-outer"):
+        plan_from_args(parser.parse_args(["demo", "--fly", "--order", "point-outer"]))
