@@ -14,6 +14,7 @@ STAGES = {
     "reliability": "reliability",
     "render": "bench_render",
     "stream": "bench_stream",
+    "truth": "bench_truth",
 }
 
 
