@@ -25,8 +25,8 @@ Physics (SCIENCE.md §1, seed 000), with the choices made here:
   such a pixel gives two peaks weighted by the volume fractions. Truth: ``d_parent`` (the
   phase being consumed), ``d_product`` (the phase forming), ``product_fraction`` and
   ``d_spacing`` = 2π/|Q̄| of the intensity-weighted mean Q of the peaks the detector sees
-  (what an ideal centre of mass measures; it equals the intensity-weighted mean of the two
-  d's to < 3e-5 Å).
+  (what an ideal centre of mass measures; it differs from the intensity-weighted mean of the
+  two d's by w(1 − w)Δd²/d: < 3e-5 Å on the paper's first plateau).
 * Modes: ``"paper"`` (default: nucleation and growth from a few surface points on the first
   plateau, a Li-poor shell moving inward on the second), ``"nucleated"`` (nucleation on both
   plateaus), ``"core-shell"`` (core-shell on both), ``"uniform"`` (x = x_mean everywhere),
