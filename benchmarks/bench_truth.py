@@ -18,9 +18,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import logging
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,18 @@ def score(raw: Path, maps: Path) -> dict[str, float]:
             "pixels": int(both.sum())}
 
 
+@contextlib.contextmanager
+def quiet(logger: str) -> Iterator[None]:
+    """Silence a logger's warnings (the simulator's truncation warning is part of the case)."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def run_case(workdir: Path, name: str, effects: str, args: argparse.Namespace) -> dict[str, Any]:
     """Simulate one map with ``effects`` and process it with `opmon process` (in this process)."""
     from opmon.cli import main as opmon
@@ -61,12 +75,12 @@ def run_case(workdir: Path, name: str, effects: str, args: argparse.Namespace) -
     argv = ["simulate", "-o", str(raw), "--ny", str(args.size), "--nx", str(args.size), "--roi", *map(str, ROI),
             "--x-mean", str(args.x_mean), "--seed", str(args.seed), "--mode", args.mode, "--effects", effects,
             "-q", "--force"]
-    with contextlib.redirect_stderr(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), quiet("opmon"):
         if opmon(argv) != 0:
             raise SystemExit(f"opmon bench truth: simulating {name} failed")
     t_sim = time.perf_counter() - t0
     t0 = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), quiet("opmon"):
         rc = opmon(["process", str(raw), "-o", str(maps), "-q", "--force"])
     if rc not in (0, 3):
         raise SystemExit(f"opmon bench truth: opmon process failed on {name} (exit {rc})")
