@@ -42,6 +42,16 @@ THRESHOLD = 1e-6  # expected counts below which a pixel is not evaluated
 N_GEO = 18
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _deposit(out: Any, st: Any, i: int, j: int, lam: float, maxval: float, noisy: bool) -> None:
+    """Add Poisson(λ) counts (clipped at the dtype's maximum), or λ itself when not noisy."""
+    if noisy:
+        v = out[i, j] + poisson(st, lam)
+        out[i, j] = v if v < maxval else maxval
+    else:
+        out[i, j] += lam
+
+
 @numba.njit(cache=True, nogil=True)
 def _add_peak(out: Any, st: Any, ql: Any, a: float, sigma: float, pinv: Any, rd: Any, geo: Any, noisy: bool) -> None:
     """Add one pixel's Bragg peak (lab-frame centre ``ql``, amplitude ``a``) to the frame."""
@@ -76,13 +86,7 @@ def _add_peak(out: Any, st: Any, ql: Any, a: float, sigma: float, pinv: Any, rd:
                 if hole > 0.0:
                     lam -= a * hole * math.exp(-0.5 * m2 / geo[G_HOLE_C2])
             if lam > geo[G_THR]:
-                i = r - int(geo[G_ROFF])
-                j = c - int(geo[G_COFF])
-                if noisy:
-                    v = out[i, j] + poisson(st, lam)
-                    out[i, j] = v if v < maxval else maxval
-                else:
-                    out[i, j] += lam
+                _deposit(out, st, r - int(geo[G_ROFF]), c - int(geo[G_COFF]), lam, maxval, noisy)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -132,13 +136,7 @@ def _render_one(out: Any, m: int, eta: float, phi: float, nu: float, delta: floa
                     dc = c - spots[k, 1]
                     lam = peak * math.exp(-0.5 * (dr * dr + dc * dc) / (size * size))
                     if lam > geo[G_THR]:
-                        i = r - int(geo[G_ROFF])
-                        j = c - int(geo[G_COFF])
-                        if noisy:
-                            v = out[i, j] + poisson(st, lam)
-                            out[i, j] = v if v < maxval else maxval
-                        else:
-                            out[i, j] += lam
+                        _deposit(out, st, r - int(geo[G_ROFF]), c - int(geo[G_COFF]), lam, maxval, noisy)
     if not noisy:
         return
     gr = geo[G_GRAD_R]
