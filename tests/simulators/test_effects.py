@@ -225,3 +225,23 @@ def test_one_phase_window_makes_the_imaged_phase_fade():
     seen.set_charge_state(0.45)  # second plateau: the detector moves to Li0.5, the particle reappears
     t = seen.truth()
     assert np.nanmedian(t["d_spacing"][t["mask"] > 0]) == pytest.approx(2.0184, abs=3e-4)
+
+
+def test_paper_mode_is_the_papers_scan_and_window(tmp_path):
+    def run(mode, x):
+        raw = tmp_path / f"{mode}{x}.h5"
+        assert main(["simulate", "-o", str(raw), "--ny", "8", "--nx", "8", "--angles", "3", "--roi", *map(str, ROI),
+                     "--mode", mode, "--x-mean", str(x), "-q"]) == 0
+        with h5py.File(raw, "r") as f:
+            eta = f["entry/sample/positioners/eta"][()]
+            t = f["entry/truth"]
+            return np.unique(np.round(np.diff(np.unique(eta)), 6)), dict(t.attrs), t["imaged_fraction"][()]
+
+    steps, attrs, imaged = run("paper", 0.7)
+    assert steps.tolist() == [0.016] and attrs["window"] == "one-phase"
+    assert np.nanmean(imaged) == pytest.approx(0.5, abs=0.02)  # (0.9 - 0.7) / 0.4 transformed: not seen
+    p = ParticleModel(SxdmSetup(map_shape=(8, 8)), seed=0, x_mean=0.7, window="one-phase")
+    assert attrs["eta_center"] == pytest.approx(p.bragg_eta(), abs=1e-3)  # centred on the imaged phase
+    steps, attrs, imaged = run("uniform", 0.7)
+    assert steps.tolist() == [0.04] and attrs["eta_center"] == 19.0 and attrs["window"] == "all"
+    assert np.nanmin(imaged) == 1.0
