@@ -43,7 +43,8 @@ Physics (SCIENCE.md §1, seed 000), with the choices made here:
   0.25° at the end of the first charge, → 0.6° after many cycles (seed 000, Fig. 7).
 * Intensity: projected thickness of a truncated octahedron (flat top, linear edges, blurred
   by the 80 nm beam), zero outside; ``I_p = peak_counts · envelope``.
-* Peak: isotropic 3D Gaussian of sigma ``σ_p = σ0 (1 + 0.25 b)`` where σ0 =
+* Peak (compact model; `peak_shape` gives the renderer a focused beam's broad, anisotropic
+  or ring-like shape with the same σ_p as scale): isotropic 3D Gaussian of sigma ``σ_p = σ0 (1 + 0.25 b)`` where σ0 =
   ``setup.peak_sigma_q`` (1.25e-3 Å⁻¹: FWHM 2.9e-3 Å⁻¹, a Scherrer length
   0.9·2π/FWHM ≈ 190 nm, i.e. the coherently diffracting volume extends somewhat beyond the
   80 nm beam footprint, which alone would give σ ≈ 3e-3 Å⁻¹). It is also the smallest width

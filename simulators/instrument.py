@@ -17,11 +17,11 @@ Choices (see the module docstrings of `crystal` and `render` for the physics):
 * ``maxipix_2x2()``: the real 516 × 516 Maxipix, 2 × 2 chips of 256 pixels with 4 gap
   rows and columns between them (ESRF LImA's Maxipix reconstruction inserts them; here they
   read 0 and are in the detector mask), direct beam at (258, 258).
-* Rocking scan: 30 angles as in the paper but with a 0.04° step (paper: 0.016°). The
-  paper's 0.48° range cannot contain the peaks of a whole charge (Bragg shift 0.2° from
-  strain plus tilt domains up to 0.25° after the first charge plus ±4σ of the peak), and
-  the peak must never be truncated for a centre-of-mass analysis to find its true centre.
-  ±0.6° around 19° holds them all for cycles ≤ 1 with ≥ 4σ margin.
+* Rocking scan: 30 angles; ``SxdmSetup`` keeps a compact 0.04° step at 19° (±0.6° holds
+  every peak of a whole charge, with tilts up to 0.25°, ≥ 4σ inside the ends, so the
+  compact-peak tests' centres are never truncated). The paper's 0.016° step (0.48° range)
+  cannot hold a whole charge: ``opmon simulate`` in paper mode uses it centred on the
+  imaged phase, with the detector window on one phase (`crystal`), as the paper did.
 """
 from __future__ import annotations
 
