@@ -39,6 +39,10 @@ SMALLEST: dict[str, tuple[list[str], list[tuple[str, str]]]] = {
         ("live chain frames/s", rf"live chain +{NUMBER} frames/s"),
         ("raw PUSH/PULL frames/s", rf"raw pyzmq PUSH/PULL +{NUMBER} frames/s"),
     ]),
+    "truth": (["--size", "8", "--cases", "none,drift"], [
+        ("median |d error| A, drift", r"^drift +([-+.e\d]+|nan)"),
+        ("median |d error| A, compact simulator", r"^compact +([-+.e\d]+|nan)"),
+    ]),
     "dashboard": (["--seconds", "3", "--rate", "200"], [
         ("browser latency p50 ms", rf"latency frame processed -> in browser: p50 {NUMBER} ms"),
         ("transport latency p50 ms", rf"baseline transport only \(PUB -> SUB\): p50 {NUMBER} ms"),
