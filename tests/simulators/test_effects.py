@@ -245,3 +245,21 @@ def test_paper_mode_is_the_papers_scan_and_window(tmp_path):
     steps, attrs, imaged = run("uniform", 0.7)
     assert steps.tolist() == [0.04] and attrs["eta_center"] == 19.0 and attrs["window"] == "all"
     assert np.nanmin(imaged) == 1.0
+
+
+def test_the_file_records_each_effects_truth(tmp_path):
+    raw = tmp_path / "raw.h5"
+    assert main(["simulate", "-o", str(raw), "--ny", "4", "--nx", "4", "--angles", "3", "--roi", "200", "320", "200",
+                 "320", "--effects", "drift,maxipix,hot-unmasked,ring", "-q"]) == 0
+    with h5py.File(raw, "r") as f:
+        t = f["entry/truth"]
+        frames = f["entry/instrument/detector/data"][()]
+        mask = f["entry/instrument/detector/mask"][()]
+        assert t.attrs["effects"] == "ring,drift,maxipix,hot-unmasked"
+        assert t["drift"].shape == (3, 2) and np.abs(t["drift"][()]).max() == pytest.approx(3.0)
+        assert t["chip_gap_rows"][()].tolist() == [56, 57, 58, 59] == t["chip_gap_cols"][()].tolist()
+        assert not frames[:, 56:60, :].any() and mask[56:60, :].all()
+        for r, c in t["unmasked_hot_pixels"][()]:
+            assert mask[r, c] == 0 and frames[:, r, c].min() > 1000
+        assert np.trace(t["peak_shape"][()]) > 3.0  # broader than the compact peak (trace 3)
+        assert np.all(t["peak_width"][()][t["mask"][()] > 0] > np.sqrt(3) * t["sigma"][()][t["mask"][()] > 0])
