@@ -69,6 +69,9 @@ class ExperimentPlan:
     point_time_s: float = 0.0005  # fly scan: exposure per point
     max_maps: int | None = None
     seed: int = 0
+    # the paper's detector window: only the phase consumed on the current plateau is seen, so
+    # transformed regions vanish and the integrated intensity per map fades (Supp. Fig. 10)
+    window: str = "one-phase"
 
     def setup(self) -> SxdmSetup:
         return SxdmSetup(map_shape=self.map_shape, n_angles=self.n_angles, roi=self.roi)
@@ -113,8 +116,8 @@ class AcquisitionService:
         self.sink = PublisherSink(self.publisher)
         self.RE.subscribe(self.documents)
         self.RE.subscribe(self.sink)
-        self.beamline = SimulatedBeamline(BeamlineConfig(setup=plan.setup(),
-                                                         acceleration=plan.acceleration, seed=plan.seed), sink=self.sink)
+        self.beamline = SimulatedBeamline(BeamlineConfig(setup=plan.setup(), acceleration=plan.acceleration,
+                                                         seed=plan.seed, window=plan.window), sink=self.sink)
         self.requests = MapRequests()
         self.steering = RunEngineSteering(self.RE, self.requests, make_rule)
         self.control = ControlServer(config.endpoint("control"), self.token, self.steering)

@@ -109,6 +109,7 @@ class BeamlineConfig:
     acceleration: float = 900.0
     tick_s: float = 0.01
     particle_mode: str = "paper"
+    window: str = "all"  # "one-phase": the detector sees only the phase consumed on this plateau (the paper)
     cycles: float = 0.0
     seed: int = 0
 
@@ -128,7 +129,8 @@ class SimulatedBeamline:
         self.cell = CellSimulator(config.cell)
         self.backend = SimCellBackend(self.cell, self.clock)
         self.particle = ParticleModel(s, seed=config.seed, mode=config.particle_mode,
-                                      x_mean=min(max(config.cell.x0, 0.0), 1.0), cycles=config.cycles)
+                                      x_mean=min(max(config.cell.x0, 0.0), 1.0), cycles=config.cycles,
+                                      window=config.window)
         self.renderer = FrameRenderer(s, self.particle, seed=config.seed)
         self.source = SimFrameSource(self.renderer, self.particle, self.cell, cycles=config.cycles)
         self.sink = sink

@@ -6,18 +6,33 @@ integrated counts ``I_p``) and gives tests the ground truth the processors must 
 Physics (SCIENCE.md §1, seed 000), with the choices made here:
 
 * Lattice spacing d400 from the local lithium content x of Li_xNi0.5Mn1.5O4 by a piecewise
-  linear (Vegard-like) map through (x, d/Å) = (1, 2.0409), (0.9, 2.0332), (0.5, 2.0260),
-  (0, 2.0184): a Li1 solid solution on the sloping region (x 1 → 0.9, 4.1 → 4.7 V), the
-  Li0.9/Li0.5 miscibility gap of the first plateau, and Li0.5/Li0 on the second. 2.0260 Å
-  for Li0.5 is our choice (between the paper's 2.0332 and 2.0184 Å); the total strain is
-  1.1 % (2.0409 → 2.0184 Å). A pixel that straddles a front gets the interpolated d, which
-  is what the centre of mass of its two peaks gives to first order. A static smooth
-  "microstrain" of ±1e-4 Å RMS is added (the gradient-like pattern of pristine crystals).
+  linear (Vegard-like) map through (x, d/Å) = (1, 2.0409), (0.9, 2.0332), (0.5, 2.0184),
+  (0, 2.0000), the paper's numbers (seed 000, SCIENCE.md §1): d evolves gradually from
+  2.0409 Å (4.1 V) to 2.0332 Å (near 4.7 V) in the Li1 solid solution (x 1 → 0.9); the first
+  plateau is the Li0.9/Li0.5 miscibility gap, 2.0184 Å the Li0.5 phase, unchanged on the
+  second plateau (Li0.5/Li0). Li0 was not imaged: 2.0000 Å (cubic a ≈ 8.00 Å of
+  Ni0.5Mn1.5O4) is our choice and only matters with ``window="all"``. Without
+  ``mixed_fronts`` a pixel that straddles a front gets the interpolated d, which is what the
+  centre of mass of its two peaks gives to first order. A static smooth "microstrain" of
+  ±1e-4 Å RMS is added (the gradient-like pattern of pristine crystals).
+* Detector window (``window``): ``"all"`` renders every phase; ``"one-phase"`` (the paper:
+  "the detector was positioned to observe only one of the LMNO phases at a given time")
+  renders only the phase being consumed on the current plateau (Li1 down to x = 0.5, then
+  Li0.5), so transformed regions vanish and the integrated intensity per map falls
+  (Supplementary Fig. 10); the truth ``imaged_fraction`` says how much of each column is seen.
+* Mixed pixels (``mixed_fronts``): a front is a band ~``front_width`` pixels wide in which
+  the beam column holds both phases (the new one nearer the surface, the old one deeper);
+  such a pixel gives two peaks weighted by the volume fractions. Truth: ``d_parent`` (the
+  phase being consumed), ``d_product`` (the phase forming), ``product_fraction`` and
+  ``d_spacing`` = 2π/|Q̄| of the intensity-weighted mean Q of the peaks the detector sees
+  (what an ideal centre of mass measures; it differs from the intensity-weighted mean of the
+  two d's by w(1 − w)Δd²/d: < 3e-5 Å on the paper's first plateau).
 * Modes: ``"paper"`` (default: nucleation and growth from a few surface points on the first
   plateau, a Li-poor shell moving inward on the second), ``"nucleated"`` (nucleation on both
   plateaus), ``"core-shell"`` (core-shell on both), ``"uniform"`` (x = x_mean everywhere),
-  ``"two-phase-nucleated"`` / ``"two-phase-core-shell"`` (one Li1/Li0 two-phase reaction,
-  d 2.0409/2.0184 Å, over the whole range: the clearest two-peak histograms for tests).
+  ``"two-phase-nucleated"`` / ``"two-phase-core-shell"`` (one synthetic two-phase reaction
+  over the whole range between the paper's two imaged spacings, 2.0409/2.0184 Å, with
+  d linear in x: not the chemistry, the clearest two-peak histograms for tests).
   Solid-solution regions get a small surface-to-core gradient. The mean of the local x over
   the particle support equals ``x_mean`` exactly.
 * Tilts: Voronoi mosaic domains with fixed directions and relative magnitudes in [0.15, 1]
@@ -28,7 +43,8 @@ Physics (SCIENCE.md §1, seed 000), with the choices made here:
   0.25° at the end of the first charge, → 0.6° after many cycles (seed 000, Fig. 7).
 * Intensity: projected thickness of a truncated octahedron (flat top, linear edges, blurred
   by the 80 nm beam), zero outside; ``I_p = peak_counts · envelope``.
-* Peak: isotropic 3D Gaussian of sigma ``σ_p = σ0 (1 + 0.25 b)`` where σ0 =
+* Peak (compact model; `peak_shape` gives the renderer a focused beam's broad, anisotropic
+  or ring-like shape with the same σ_p as scale): isotropic 3D Gaussian of sigma ``σ_p = σ0 (1 + 0.25 b)`` where σ0 =
   ``setup.peak_sigma_q`` (1.25e-3 Å⁻¹: FWHM 2.9e-3 Å⁻¹, a Scherrer length
   0.9·2π/FWHM ≈ 190 nm, i.e. the coherently diffracting volume extends somewhat beyond the
   80 nm beam footprint, which alone would give σ ≈ 3e-3 Å⁻¹). It is also the smallest width
@@ -54,11 +70,13 @@ from opmon.simulators.optics import bragg_eta, q_sample_at, sample_rotation
 F64 = npt.NDArray[np.float64]
 
 X_POINTS = np.array([0.0, 0.5, 0.9, 1.0])
-D_POINTS = np.array([2.0184, 2.0260, 2.0332, 2.0409])
+D_POINTS = np.array([2.0000, 2.0184, 2.0332, 2.0409])
 X_GAP = 0.9  # end of the Li1 solid solution, start of the first plateau
 X_HALF = 0.5  # Li0.5 phase, boundary between the two plateaus
 MODES = ("paper", "nucleated", "core-shell", "uniform", "two-phase-nucleated", "two-phase-core-shell")
 MICROSTRAIN_RMS = 1.0e-4  # Å
+TWO_PHASE_D = (2.0184, 2.0409)  # d at x = 0 and x = 1 of the synthetic two-phase modes
+WINDOWS = ("all", "one-phase")
 
 
 def d_of_x(x: npt.ArrayLike) -> F64:
@@ -98,12 +116,26 @@ class ParticleModel:
         one of `MODES` (see the module docstring).
     x_mean, cycles : float
         initial state of charge (1 = fully lithiated, pristine) and cycle count.
+    window : str
+        ``"all"`` (every phase reaches the detector) or ``"one-phase"`` (only the phase being
+        consumed on the current plateau, as in the paper).
+    mixed_fronts : bool
+        fronts ``front_width`` pixels wide whose pixels give two peaks (else one pixel per
+        front holds the remainder and gets one peak at the interpolated d).
     """
 
     def __init__(self, setup: SxdmSetup, seed: int = 0, mode: str = "paper",
-                 x_mean: float = 1.0, cycles: float = 0.0) -> None:
+                 x_mean: float = 1.0, cycles: float = 0.0, window: str = "all",
+                 mixed_fronts: bool = False, front_width: float = 3.0) -> None:
         if mode not in MODES:
             raise ConfigError(f"ParticleModel mode {mode!r}: expected one of {', '.join(MODES)}")
+        if window not in WINDOWS:
+            raise ConfigError(f"ParticleModel window {window!r}: expected one of {', '.join(WINDOWS)}")
+        if not front_width > 0:
+            raise ConfigError(f"ParticleModel front_width {front_width!r}: must be > 0")
+        self.window = window
+        self.mixed_fronts = bool(mixed_fronts)
+        self.front_width = float(front_width)
         if int(seed) < 0:
             raise ConfigError(f"ParticleModel seed {seed!r}: must be >= 0")
         self.setup = setup
@@ -137,14 +169,25 @@ class ParticleModel:
         return q / np.linalg.norm(q)
 
     # ---- state of charge ------------------------------------------------------------------
-    def _two_phase(self, plateau: int, kind: str, fraction: float, x_old: float, x_new: float) -> F64:
+    def _two_phase(self, plateau: int, kind: str, fraction: float, x_old: float,
+                   x_new: float) -> tuple[F64, F64, F64]:
+        """(x of the parent phase, x of the product phase, product volume fraction) per pixel."""
         order = self.order_nucleation[plateau] if kind == "nucleated" else self.order_core_shell[plateau]
-        return fields.transform_by_order(order, self.support, fraction, x_old, x_new)
+        if self.mixed_fronts:
+            frac = fields.fractions_by_order(order, self.support, fraction, self.front_width)
+        else:
+            x = fields.transform_by_order(order, self.support, fraction, x_old, x_new)
+            frac = (x - x_old) / (x_new - x_old)
+        return (np.where(self.support, x_old, np.nan), np.where(self.support, x_new, np.nan),
+                np.where(self.support, frac, np.nan))
 
-    def _lithium(self, x: float) -> F64:
+    def _phases(self, x: float) -> tuple[F64, F64, F64]:
+        """Parent x, product x and product fraction of every pixel at mean content ``x``."""
         mode = self.mode
+        nan = np.full(self.support.shape, np.nan)
+        zero = np.where(self.support, 0.0, np.nan)
         if mode == "uniform":
-            return np.where(self.support, x, np.nan)
+            return np.where(self.support, x, np.nan), nan, zero
         if mode.startswith("two-phase-"):
             return self._two_phase(0, mode.removeprefix("two-phase-"), 1.0 - x, 1.0, 0.0)
         first = "core-shell" if mode == "core-shell" else "nucleated"
@@ -152,10 +195,19 @@ class ParticleModel:
         if x >= X_GAP:
             # solid solution, surface slightly ahead of the core; stays inside [X_GAP, 1]
             amp = 0.5 * min(1.0 - x, x - X_GAP)
-            return np.where(self.support, x + amp * self.surface_gradient / max(np.abs(self.surface_gradient).max(), 1e-12), np.nan)
+            return (np.where(self.support, x + amp * self.surface_gradient
+                             / max(np.abs(self.surface_gradient).max(), 1e-12), np.nan), nan, zero)
         if x >= X_HALF:
             return self._two_phase(0, first, (X_GAP - x) / (X_GAP - X_HALF), X_GAP, X_HALF)
         return self._two_phase(1, second, (X_HALF - x) / X_HALF, X_HALF, 0.0)
+
+    def _d(self, x: F64) -> F64:
+        """d (Å) of lithium content ``x`` in this mode, microstrain included."""
+        if self.mode.startswith("two-phase-"):
+            d = TWO_PHASE_D[0] + np.asarray(x) * (TWO_PHASE_D[1] - TWO_PHASE_D[0])
+        else:
+            d = d_of_x(np.nan_to_num(x, nan=1.0))
+        return np.where(np.isfinite(x), d + self.microstrain, np.nan)
 
     def set_charge_state(self, x_mean: float, cycles: float = 0.0) -> None:
         """Move the particle to mean lithium content ``x_mean`` (0..1) after ``cycles`` cycles.
@@ -174,8 +226,22 @@ class ParticleModel:
             raise ConfigError(f"cycles {cycles!r}: must be >= 0")
         self.x_mean = x_mean
         self.cycles = float(cycles)
-        self.lithium = self._lithium(x_mean)
-        self.d_spacing = np.where(self.support, d_of_x(self.lithium) + self.microstrain, np.nan)
+        x_parent, x_product, frac = self._phases(x_mean)
+        self.product_fraction = frac
+        self.lithium = np.where(frac > 0, x_parent + np.nan_to_num(frac) * (np.nan_to_num(x_product) - x_parent),
+                                x_parent)
+        if self.mixed_fronts:
+            self.d_parent, self.d_product = self._d(x_parent), self._d(x_product)
+            parent_w = 1.0 - frac
+        else:  # one peak per pixel at the interpolated d (the compact model)
+            self.d_parent, self.d_product = self._d(self.lithium), np.full(frac.shape, np.nan)
+            parent_w = np.where(self.support, 1.0, np.nan)
+        product_w = np.where(np.isfinite(self.d_product), np.nan_to_num(frac), 0.0)
+        if self.window == "one-phase":
+            product_w = np.zeros_like(product_w)
+            if not self.mixed_fronts:
+                parent_w = np.where(self.support, 1.0 - np.nan_to_num(frac), np.nan)
+        self.weights = (np.where(self.support, np.nan_to_num(parent_w), 0.0), product_w)
         scale = math.radians(tilt_scale_deg(x_mean, cycles))
         w = float(np.clip((X_HALF + 0.05 - x_mean) / 0.1, 0.0, 1.0))
         (a1, a2), (b1, b2) = self.tilt_fields
@@ -186,9 +252,16 @@ class ParticleModel:
         e1 = np.array([1.0, 0.0, 0.0]) - u[0] * u
         e1 /= np.linalg.norm(e1)
         e2 = np.cross(u, e1)
-        direction = (np.cos(alt)[..., None] * u + np.sin(alt)[..., None]
-                     * (np.cos(az)[..., None] * e1 + np.sin(az)[..., None] * e2))
-        self.q = direction * (2 * np.pi / self.d_spacing)[..., None]
+        self.direction = (np.cos(alt)[..., None] * u + np.sin(alt)[..., None]
+                          * (np.cos(az)[..., None] * e1 + np.sin(az)[..., None] * e2))
+        self.q_parent = self.direction * (2 * np.pi / self.d_parent)[..., None]
+        self.q_product = self.direction * (2 * np.pi / self.d_product)[..., None]
+        wp, wn = self.weights
+        total = wp + wn
+        q_mean = (wp[..., None] * np.nan_to_num(self.q_parent) + wn[..., None] * np.nan_to_num(self.q_product)) \
+            / np.maximum(total, 1e-300)[..., None]
+        self.q = np.where((total > 0)[..., None], q_mean, self.q_parent)
+        self.d_spacing = np.where(self.support, 2 * np.pi / np.linalg.norm(self.q, axis=-1), np.nan)
         self.sigma = self.setup.peak_sigma_q * (1.0 + 0.25 * self._front_fraction())
         self.version += 1
         self._arrays: tuple[F64, F64, F64] | None = None
@@ -208,28 +281,38 @@ class ParticleModel:
 
     # ---- what the renderer and the tests read ----------------------------------------------
     def render_arrays(self) -> tuple[F64, F64, F64]:
-        """Flat per-map-pixel ``(Q (n, 3) Å⁻¹, sigma (n,) Å⁻¹, counts (n,))`` for the renderer.
+        """Flat per-map-pixel ``(Q (n, 3) Å⁻¹, sigma (n,) Å⁻¹, counts (n,))`` of the first peak.
 
         ``counts`` is the expected Bragg intensity summed over a full rocking scan at
-        ``setup.eta_step``; pixels outside the particle have zero counts.
+        ``setup.eta_step``; pixels outside the particle, or whose phase the detector window
+        does not see, have zero counts. `second_peak` gives the other phase of mixed pixels.
         """
         if self._arrays is None:
             n = self.setup.n_points
-            q = np.nan_to_num(self.q).reshape(n, 3).copy()
-            counts = (self.setup.peak_counts * self.envelope).reshape(n).copy()
+            q = np.nan_to_num(self.q_parent).reshape(n, 3).copy()
+            counts = (self.setup.peak_counts * self.envelope * self.weights[0]).reshape(n).copy()
             self._arrays = (q, self.sigma.reshape(n).copy(), counts)
         return self._arrays
 
-    def truth(self) -> dict[str, Any]:
-        """Ground-truth maps with the names of FORMATS.md (plus lithium, support, sigma).
+    def second_peak(self) -> tuple[F64, F64]:
+        """Flat ``(Q (n, 3), counts (n,))`` of the product phase's peak (zero counts: none)."""
+        n = self.setup.n_points
+        counts = (self.setup.peak_counts * self.envelope * self.weights[1]).reshape(n)
+        return np.nan_to_num(self.q_product).reshape(n, 3).copy(), counts.copy()
 
-        ``mask`` is the SCIENCE.md §3 validity (expected intensity >= 20 % of the maximum),
-        ``support`` the particle; ``mean_q`` and the tilts are taken over the valid pixels,
-        as the processors do. d, q, tilts and lithium are NaN outside the support.
+    def truth(self) -> dict[str, Any]:
+        """Ground-truth maps with the names of FORMATS.md (plus lithium, support, sigma, phases).
+
+        ``intensity`` is the expected counts the detector sees; ``mask`` the SCIENCE.md §3
+        validity (intensity >= 20 % of the maximum, and > 0), ``support`` the particle;
+        ``mean_q`` and the tilts are taken over the valid pixels, as the processors do. d, q,
+        tilts and lithium are NaN outside the support; ``d_spacing`` is 2π/|q| with q the
+        intensity-weighted mean Q of the seen peaks (see the module docstring).
         """
-        intensity = self.setup.peak_counts * self.envelope
-        valid = intensity >= 0.2 * intensity.max()
-        mean_q = self.q[valid].mean(axis=0)
+        intensity = self.setup.peak_counts * self.envelope * (self.weights[0] + self.weights[1])
+        valid = (intensity > 0) & (intensity >= 0.2 * intensity.max())
+        seen = self.support & (intensity > 0)
+        mean_q = self.q[valid].mean(axis=0) if valid.any() else np.full(3, np.nan)
         alt, az = tilt_angles(np.nan_to_num(self.q), mean_q)
         nan_out = np.where(self.support, 1.0, np.nan)
         return {
@@ -244,6 +327,11 @@ class ParticleModel:
             "support": self.support.astype(np.uint8),
             "mean_q": mean_q,
             "lithium": self.lithium.copy(),
+            "d_parent": self.d_parent.copy(),
+            "d_product": self.d_product.copy(),
+            "product_fraction": self.product_fraction.copy(),
+            "imaged_fraction": np.where(self.support, self.weights[0] + self.weights[1], np.nan),
+            "seen": seen.astype(np.uint8),
         }
 
     def bragg_eta(self, q: npt.ArrayLike | None = None) -> F64 | float:

@@ -138,3 +138,34 @@ def transform_by_order(order: F64, support: npt.NDArray[np.bool_], fraction: flo
     if full < ranked.size:
         flat[ranked[full]] = x_old + (n - full) * (x_new - x_old)
     return flat.reshape(support.shape)
+
+
+def fractions_by_order(order: F64, support: npt.NDArray[np.bool_], fraction: float, width: float) -> F64:
+    """New-phase volume fraction per pixel for a front ``width`` (order units ~ pixels) wide.
+
+    A pixel's fraction ramps linearly from 1 to 0 as its arrival time crosses a threshold,
+    found by bisection so that the mean over the support is exactly ``fraction``: the band
+    of pixels with 0 < fraction < 1 is where a beam column holds both phases.
+    """
+    f = float(np.clip(fraction, 0.0, 1.0))
+    vals = order[support]
+
+    def mean_at(t: float) -> float:
+        return float(np.clip((t - vals) / width + 0.5, 0.0, 1.0).mean())
+
+    lo, hi = float(vals.min()) - width, float(vals.max()) + width
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        if mean_at(mid) < f:
+            lo = mid
+        else:
+            hi = mid
+    t = 0.5 * (lo + hi)
+    out = np.zeros(support.shape)
+    out[support] = np.clip((t - vals) / width + 0.5, 0.0, 1.0)
+    # the bisection leaves ~1e-16 of the mean: put it on the front so the mean is exact
+    rest = f * vals.size - out[support].sum()
+    front = np.flatnonzero(support.ravel() & (out.ravel() > 0) & (out.ravel() < 1))
+    if front.size and abs(rest) < front.size:
+        out.ravel()[front] = np.clip(out.ravel()[front] + rest / front.size, 0.0, 1.0)
+    return out

@@ -14,11 +14,14 @@ Choices (see the module docstrings of `crystal` and `render` for the physics):
   off-centre).
 * The crystal is oriented so that (400) is at Bragg for ``d_ref`` at ``eta = 19°`` (the
   paper's incidence): its Q is tilted 1.2° from the sample normal, in the x–z plane.
-* Rocking scan: 30 angles as in the paper but with a 0.04° step (paper: 0.016°). The
-  paper's 0.48° range cannot contain the peaks of a whole charge (Bragg shift 0.2° from
-  strain plus tilt domains up to 0.25° after the first charge plus ±4σ of the peak), and
-  the peak must never be truncated for a centre-of-mass analysis to find its true centre.
-  ±0.6° around 19° holds them all for cycles ≤ 1 with ≥ 4σ margin.
+* ``maxipix_2x2()``: the real 516 × 516 Maxipix, 2 × 2 chips of 256 pixels with 4 gap
+  rows and columns between them (ESRF LImA's Maxipix reconstruction inserts them; here they
+  read 0 and are in the detector mask), direct beam at (258, 258).
+* Rocking scan: 30 angles; ``SxdmSetup`` keeps a compact 0.04° step at 19° (±0.6° holds
+  every peak of a whole charge, with tilts up to 0.25°, ≥ 4σ inside the ends, so the
+  compact-peak tests' centres are never truncated). The paper's 0.016° step (0.48° range)
+  cannot hold a whole charge: ``opmon simulate`` in paper mode uses it centred on the
+  imaged phase, with the detector window on one phase (`crystal`), as the paper did.
 """
 from __future__ import annotations
 
@@ -32,6 +35,8 @@ from opmon.simulators.optics import two_theta_deg, wavelength_angstrom, wavenumb
 
 D_REF_ANGSTROM = 2.0296
 ORDERS = ("eta-outer", "point-outer")
+CHIP = 256  # Medipix2/Timepix chip side in pixels
+MAXIPIX_GAP = 4  # a 2 x 2 Maxipix reads out 2 * 256 + 4 = 516 pixels a side (LImA's reconstruction)
 
 
 @dataclass
@@ -61,6 +66,7 @@ class SxdmSetup:
     peak_sigma_q: float = 1.25e-3  # Å⁻¹, Gaussian sigma of the 3D Bragg peak (isotropic)
     peak_counts: float = 2.0e4  # expected Bragg counts summed over all frames of the brightest map pixel
     background_rate: float = 1.0e-3  # diffuse counts per pixel per frame
+    chip_gap: int = 0  # pixels between the 2 x 2 chips of 256 (4 on a 516 x 516 Maxipix), read as 0
     n_dead: int = 12
     n_hot: int = 6
     hot_mean_counts: float = 5.0e3
@@ -85,6 +91,10 @@ class SxdmSetup:
             if not (0 <= r0 < r1 <= rows and 0 <= c0 < c1 <= cols):
                 raise ConfigError(f"SxdmSetup.roi: {self.roi!r} is not a non-empty window of the {rows}x{cols} detector")
             self.roi = (r0, r1, c0, c1)
+
+        if self.chip_gap < 0 or (self.chip_gap and min(self.detector_shape) < 2 * CHIP + self.chip_gap):
+            raise ConfigError(f"SxdmSetup.chip_gap: {self.chip_gap!r} does not fit 2 x 2 chips of {CHIP} "
+                              f"on a {self.detector_shape} detector")
 
     # ---- derived quantities -------------------------------------------------------------
     @property
@@ -119,6 +129,16 @@ class SxdmSetup:
         """
         r0, _, c0, _ = self.roi_window
         return (self.beam_center[0] - r0, self.beam_center[1] - c0)
+
+    @property
+    def gap_rows(self) -> range:
+        """Full-detector rows between the chips (empty without gaps)."""
+        return range(CHIP, CHIP + self.chip_gap)
+
+    @property
+    def gap_cols(self) -> range:
+        """Full-detector columns between the chips (empty without gaps)."""
+        return range(CHIP, CHIP + self.chip_gap)
 
     @property
     def n_points(self) -> int:
@@ -159,3 +179,12 @@ class SxdmSetup:
         idx = np.asarray(map_index, dtype=np.int64)
         iy, ix = np.divmod(idx, self.map_shape[1])
         return ix * self.map_step_um, iy * self.map_step_um
+
+
+def maxipix_2x2(**kwargs: object) -> SxdmSetup:
+    """An `SxdmSetup` with the 516 × 516 Maxipix (2 × 2 chips of 256 and their gap pixels)."""
+    side = 2 * CHIP + MAXIPIX_GAP
+    values: dict[str, object] = dict(detector_shape=(side, side), beam_center=(side / 2, side / 2),
+                                     chip_gap=MAXIPIX_GAP)
+    values.update(kwargs)
+    return SxdmSetup(**values)  # type: ignore[arg-type]

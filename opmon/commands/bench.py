@@ -16,6 +16,7 @@ STAGES = {
     "render": "bench_render",
     "sources": "bench_sources",
     "stream": "bench_stream",
+    "truth": "bench_truth",
 }
 
 

@@ -3,9 +3,28 @@
 Frames are rendered in blocks (never the whole stack) by `opmon.simulators.render` and
 written through `opmon.streaming.archive.raw.RawMapWriter`; the next block renders in a worker thread
 (numba releases the GIL) while the current one is compressed and written. The truth maps
-of the particle go to ``/entry/truth/<name>`` with the names of FORMATS.md plus
-``lithium``, ``support`` and ``sigma``; the simulation parameters are attributes of
-``/entry/truth``.
+of the particle go to ``/entry/truth/<name>`` with the names of FORMATS.md plus:
+
+* ``lithium`` (local x), ``support`` (1 = particle), ``sigma`` (Gaussian σ_p, 1/Å);
+* ``d_parent``, ``d_product`` (Å): the phase consumed and the phase forming on the current
+  plateau (NaN: none), ``product_fraction``: the forming phase's share of the beam column;
+* ``imaged_fraction``: the share of the column whose reflection the detector window sees
+  (``--window one-phase``), ``seen`` (1 = some intensity reaches the detector);
+* ``d_spacing`` is 2π/|q| of the intensity-weighted mean Q of the seen peaks (a two-peak
+  pixel's d is what an ideal centre of mass measures); ``peak_width`` the second-moment
+  radius of the peak shape actually rendered;
+* with ``--effects``: ``incident_scale`` (N,) relative beam intensity per frame (the
+  monitor, ``/entry/instrument/monitor/data``, records it with noise); ``drift`` (n_angles,
+  2) the sample's (dy, dx) shift in map pixels during each eta scan, relative to the first
+  (truth maps are in the first scan's frame); ``unmasked_hot_pixels`` (k, 2) hot pixels
+  (row, col of the written frames) missing from the detector mask; ``chip_gap_rows``,
+  ``chip_gap_cols`` (frame coordinates); ``powder_spots`` (k, 9) as
+  `opmon.simulators.scene.powder_spots` describes; ``peak_shape`` (3, 3), the relative
+  covariance S of every peak (covariance σ_p² S).
+
+The simulation parameters (mode, window, effects, scan, flux) are attributes of ``/entry/truth``.
+"Paper" mode (the default) is the paper's scan: a 0.016° rocking step centred on the imaged
+phase, the detector window on one phase; other modes keep the compact 0.04° scan at 19°.
 """
 from __future__ import annotations
 
@@ -30,7 +49,7 @@ if TYPE_CHECKING:     # numpy, h5py and numba are imported when a map is simulat
 
 log = logging.getLogger(__name__)
 
-UNITS = {"d_spacing": "angstrom", "tilt_altitude": "deg", "tilt_azimuth": "deg", "intensity": "counts",
+UNITS = {"d_parent": "angstrom", "d_product": "angstrom", "drift": "map pixel", "d_spacing": "angstrom", "tilt_altitude": "deg", "tilt_azimuth": "deg", "intensity": "counts",
          "peak_width": "1/angstrom", "sigma": "1/angstrom", "q": "1/angstrom", "mean_q": "1/angstrom"}
 
 
@@ -106,12 +125,15 @@ def simulate(path: Path, *, ny: int = 60, nx: int = 60, angles: int = 30, eta_st
              eta_center: float | None = None, mode: str = "paper", x_mean: float = 1.0, cycles: float = 0.0,
              seed: int = 0, order: str = "eta-outer", roi: tuple[int, int, int, int] | None = None,
              dtype: str = "uint32", block: int = 256, entry: str = "entry", force: bool = False,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, window: str = "auto", effects: str = "none") -> dict[str, Any]:
     """Render one map to ``path`` (atomically: a killed run leaves no file); returns the truth dict."""
     import numpy as np
 
+    from opmon.simulators import peak_shape, scene
     from opmon.simulators.crystal import ParticleModel
-    from opmon.simulators.instrument import SxdmSetup
+    from opmon.simulators.drift import drift_path
+    from opmon.simulators.effects import parse_effects
+    from opmon.simulators.instrument import SxdmSetup, maxipix_2x2
     from opmon.simulators.render import FrameRenderer
 
     if dtype not in ("uint32", "uint16"):
@@ -123,31 +145,73 @@ def simulate(path: Path, *, ny: int = 60, nx: int = 60, angles: int = 30, eta_st
             raise ConfigError(f"{name} {value}: must be >= 1")
     if not entry or "/" in entry or entry == ".":
         raise ConfigError(f"--entry {entry!r}: must be a plain group name")
+    if window not in ("auto", "all", "one-phase"):
+        raise ConfigError(f"--window {window!r}: expected auto, all or one-phase")
+    fx = parse_effects(effects)
+    if fx.drift_px and order != "eta-outer":
+        raise ConfigError("--effects drift: needs --order eta-outer (the sample drifts between eta scans)")
     check_outputs([path], [], force=force)
+    paper = mode == "paper"
+    window = ("one-phase" if paper else "all") if window == "auto" else window
     kwargs: dict[str, Any] = dict(map_shape=(ny, nx), n_angles=angles, roi=roi)
-    if eta_step is not None:
-        kwargs["eta_step"] = eta_step
+    kwargs["eta_step"] = eta_step if eta_step is not None else (PAPER_ETA_STEP if paper else 0.04)
+    if fx.gradient:  # a real background: 10x the compact one, with a gradient
+        kwargs["background_rate"] = 10 * SxdmSetup.background_rate
+    make_setup = maxipix_2x2 if fx.maxipix else SxdmSetup
+    setup = make_setup(**kwargs)
+    particle = ParticleModel(setup, seed=seed, mode=mode, x_mean=x_mean, cycles=cycles, window=window,
+                             mixed_fronts=fx.mixed_fronts)
+    if eta_center is None and paper:  # the paper's scan is centred on the imaged phase
+        centre = float(particle.bragg_eta()) if np.isfinite(particle.truth()["mean_q"]).all() else setup.eta_center
+        eta_center = round(centre, 4)
     if eta_center is not None:
         kwargs["eta_center"] = eta_center
-    setup = SxdmSetup(**kwargs)
+        setup = make_setup(**kwargs)
+        particle = ParticleModel(setup, seed=seed, mode=mode, x_mean=x_mean, cycles=cycles, window=window,
+                                 mixed_fronts=fx.mixed_fronts)
     n = ny * nx * angles
     budget = estimate(n, setup.frame_shape, np.dtype(dtype).itemsize, block, ny * nx)
     check_budget(budget, path, block)
     if progress:
         print(f"opmon simulate: {budget.describe()}", file=sys.stderr)
-    particle = ParticleModel(setup, seed=seed, mode=mode, x_mean=x_mean, cycles=cycles)
-    renderer = FrameRenderer(setup, particle, seed=seed, dtype=np.dtype(dtype))
-    margin = particle.rocking_margin()
+    shape = peak_shape.FOCUSED_RING if fx.ring else peak_shape.FOCUSED if fx.focused_beam else peak_shape.COMPACT
+    truth = particle.truth()
+    spots = None
+    if fx.powder_arcs:
+        d_arc = float(np.nanmedian(np.where(truth["mask"] > 0, truth["d_spacing"], np.nan)))
+        spots = scene.powder_spots(setup, d_arc if np.isfinite(d_arc) else 2.0409, seed)
+    renderer = FrameRenderer(setup, particle, seed=seed, dtype=np.dtype(dtype), shape=shape, spots=spots,
+                             gradient=(0.8, -0.5) if fx.gradient else (0.0, 0.0), unmasked_hot=fx.hot_unmasked)
+    margin = particle.rocking_margin() / shape.largest_width
     if margin < 4.0:
         log.warning("rocking scan holds some peaks only %.1f sigma inside its ends: centres will be biased", margin)
     midx, etas = setup.scan(order)
     x_um, y_um = setup.map_positions_um(midx)
-    truth = particle.truth()
+    scales = scene.incident_scale(midx.size, fx.beam_drop)
+    drift = drift_path(setup.n_angles, fx.drift_px, seed)
+    r0, _, c0, _ = setup.roi_window
+    truth["peak_width"] = shape.width_factor() * truth["sigma"]
+    extra: dict[str, Any] = {}
+    if fx.beam_drop:
+        extra["incident_scale"] = scales
+    if fx.drift_px:
+        extra["drift"] = drift
+    if fx.hot_unmasked:
+        extra["unmasked_hot_pixels"] = renderer.unmasked_hot - np.array([r0, c0])
+    if fx.maxipix:
+        extra["chip_gap_rows"] = np.array([r - r0 for r in setup.gap_rows])
+        extra["chip_gap_cols"] = np.array([c - c0 for c in setup.gap_cols])
+    if spots is not None:
+        extra["powder_spots"] = spots
+    if not shape.isotropic:
+        extra["peak_shape"] = shape.matrix
+    truth.update(extra)
     with interrupt.interruptible():
         try:
             with atomic_path(path) as tmp:
                 _write(tmp, entry, setup, renderer, truth, midx, etas, x_um, y_um, block, progress, path.name,
-                       dict(mode=mode, x_mean=x_mean, cycles=cycles, seed=seed, order=order, eta_step=setup.eta_step,
+                       scales, drift if fx.drift_px else None, scene.monitor_counts(scales, seed) if fx.beam_drop else None,
+                       dict(mode=mode, window=window, effects=",".join(fx.names()) or "none", x_mean=x_mean, cycles=cycles, seed=seed, order=order, eta_step=setup.eta_step,
                             eta_center=setup.eta_center, peak_sigma_q=setup.peak_sigma_q, peak_counts=setup.peak_counts,
                             background_rate=setup.background_rate, rocking_margin_sigma=margin))
         except OSError as exc:  # e.g. the disk filled up after all: the temporary file is already gone
@@ -157,7 +221,7 @@ def simulate(path: Path, *, ny: int = 60, nx: int = 60, angles: int = 30, eta_st
 
 def _write(tmp: Path, entry: str, setup: Any, renderer: Any, truth: dict[str, Any], midx: np.ndarray,
            etas: np.ndarray, x_um: np.ndarray, y_um: np.ndarray, block: int, progress: bool, label: str,
-           attrs: dict[str, Any]) -> None:
+           scales: np.ndarray, drift: np.ndarray | None, monitor: np.ndarray | None, attrs: dict[str, Any]) -> None:
     """Render block by block (the next block in a worker thread) into the file at `tmp`."""
     import h5py
     import numpy as np
@@ -172,6 +236,10 @@ def _write(tmp: Path, entry: str, setup: Any, renderer: Any, truth: dict[str, An
                               distance_m=setup.distance_m, pixel_size_m=(setup.pixel_size_m, setup.pixel_size_m),
                               beam_center=setup.frame_beam_center, map_shape=setup.map_shape,
                               detector_mask=renderer.detector_mask, expected_frames=n)
+        if monitor is not None:  # FORMATS.md: incident-beam monitor per frame
+            mon = group.require_group("instrument").create_group("monitor")
+            mon.attrs["NX_class"] = "NXmonitor"
+            mon.create_dataset("data", data=monitor).attrs["units"] = "counts"
         tgroup = group.create_group("truth")
         write_truth(tgroup, truth)
         for key, value in attrs.items():
@@ -182,11 +250,18 @@ def _write(tmp: Path, entry: str, setup: Any, renderer: Any, truth: dict[str, An
             start = i * block
             stop = min(start + block, n)
             out = bufs[i % 2][: stop - start]
-            for a in range(start, stop, WRITE_SLICE):  # in slices, so Ctrl-C abandons a block quickly
+            a = start
+            while a < stop:  # in slices, so Ctrl-C abandons a block quickly
                 if interrupt.requested():
                     break
                 b = min(a + WRITE_SLICE, stop)
-                renderer.frames(midx[a:b], etas[a:b], setup.phi, setup.nu, setup.delta, out=out[a - start:b - start])
+                if drift is not None:  # one eta scan at a time: the sample sits still within it
+                    scan = a // setup.n_points
+                    b = min(b, (scan + 1) * setup.n_points)
+                    renderer.set_drift(*drift[scan])
+                renderer.frames(midx[a:b], etas[a:b], setup.phi, setup.nu, setup.delta, out=out[a - start:b - start],
+                                scales=scales[a:b])
+                a = b
             return start, out
 
         n_blocks = (n + block - 1) // block
@@ -220,7 +295,7 @@ def _run(args: argparse.Namespace) -> int:
     simulate(Path(args.output), ny=args.ny, nx=args.nx, angles=args.angles, eta_step=args.eta_step,
              eta_center=args.eta_center, mode=args.mode, x_mean=args.x_mean, cycles=args.cycles, seed=args.seed,
              order=args.order, roi=tuple(args.roi) if args.roi else None, dtype=args.dtype, block=args.block,
-             entry=args.entry, force=args.force, progress=not args.quiet)
+             entry=args.entry, force=args.force, progress=not args.quiet, window=args.window, effects=args.effects)
     print(f"simulated map written to {args.output}")
     return 0
 
@@ -229,6 +304,9 @@ def _run(args: argparse.Namespace) -> int:
 # that building the command line does not import numba for every opmon command.
 MODES = ("paper", "nucleated", "core-shell", "uniform", "two-phase-nucleated", "two-phase-core-shell")
 ORDERS = ("eta-outer", "point-outer")
+EFFECTS = ("focused-beam", "ring", "mixed-fronts", "powder-arcs", "gradient", "beam-drop", "drift", "maxipix",
+           "hot-unmasked")
+PAPER_ETA_STEP = 0.016  # deg, the paper's rocking step (seed 000)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -237,8 +315,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ny", type=int, default=60, help="map rows (default 60)")
     p.add_argument("--nx", type=int, default=60, help="map columns (default 60)")
     p.add_argument("--angles", type=int, default=30, help="rocking angles (default 30)")
-    p.add_argument("--eta-step", type=float, default=None, help="rocking step in deg (default 0.04)")
-    p.add_argument("--eta-center", type=float, default=None, help="centre of the rocking scan in deg (default 19)")
+    p.add_argument("--eta-step", type=float, default=None,
+                   help="rocking step in deg (default 0.016 in paper mode, the paper's; else 0.04)")
+    p.add_argument("--eta-center", type=float, default=None,
+                   help="centre of the rocking scan in deg (default: on the imaged phase in paper mode, else 19)")
+    p.add_argument("--window", choices=("auto", "all", "one-phase"), default="auto",
+                   help="phases the detector sees: one-phase = only the one consumed on this plateau, as in the "
+                        "paper (auto: one-phase in paper mode, else all)")
+    p.add_argument("--effects", default="none", metavar="LIST",
+                   help=f"what real data has: none (default), all, or a comma list of {', '.join(EFFECTS)}")
     p.add_argument("--mode", choices=MODES, default="paper", help="phase-transition model (default paper)")
     p.add_argument("--x-mean", type=float, default=1.0, help="mean lithium content x in [0, 1] (default 1)")
     p.add_argument("--cycles", type=float, default=0.0, help="charge-discharge cycles before this map")

@@ -57,6 +57,10 @@ SMALLEST: dict[str, tuple[list[str], list[tuple[str, str]]]] = {
         ("bridge + accumulator frames/s", rf"opmon bridge \+ protocol \+ accumulator: +{NUMBER} frames/s"),
         ("bare cbor2 + decompress frames/s", rf"bare cbor2 \+ dectris-compression, one channel: +{NUMBER} frames/s"),
     ]),
+    "truth": (["--size", "8", "--cases", "none,drift"], [
+        ("median |d error| A, drift", r"^drift +([-+.e\d]+|nan)"),
+        ("median |d error| A, compact simulator", r"^compact +([-+.e\d]+|nan)"),
+    ]),
     "dashboard": (["--seconds", "3", "--rate", "200"], [
         ("browser latency p50 ms", rf"latency frame processed -> in browser: p50 {NUMBER} ms"),
         ("transport latency p50 ms", rf"baseline transport only \(PUB -> SUB\): p50 {NUMBER} ms"),

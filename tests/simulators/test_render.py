@@ -104,8 +104,9 @@ def test_frames_are_deterministic_and_block_independent(world):
 def test_roi_is_a_crop_and_uint16_clips():
     full = SxdmSetup(map_shape=(8, 8))
     roi = SxdmSetup(map_shape=(8, 8), roi=(150, 350, 200, 330), hot_mean_counts=1e6)
-    particle = ParticleModel(full, seed=4, x_mean=0.4)
-    p_roi = ParticleModel(roi, seed=4, x_mean=0.4)
+    # the imaged Li-rich phase of the first plateau: Li0.5 (2.0184 Å) would sit on this ROI's edge
+    particle = ParticleModel(full, seed=4, x_mean=0.7, window="one-phase")
+    p_roi = ParticleModel(roi, seed=4, x_mean=0.7, window="one-phase")
     m = brightest(particle)
     eta = float(particle.bragg_eta(particle.truth()["q"].reshape(-1, 3)[m]))
     lam_full = FrameRenderer(full, particle).expected(m, eta, full.phi, full.nu, full.delta)[0]
@@ -126,7 +127,7 @@ def test_charge_state_change_between_frames_moves_the_peak(world):
     renderer = FrameRenderer(setup, particle)
     m = brightest(particle)
     rows = []
-    for x in (1.0, 0.0):
+    for x in (1.0, 0.5):  # Li1 2.0409 Å -> Li0.5 2.0184 Å (Li0 lies off this detector)
         particle.set_charge_state(x)
         qp = particle.truth()["q"].reshape(-1, 3)[m]
         lam = renderer.expected(m, float(particle.bragg_eta(qp)), setup.phi, setup.nu, setup.delta)[0]
