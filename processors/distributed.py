@@ -1,0 +1,299 @@
+"""`opmon process --dask`: reprocess a run on a Dask cluster, with the maps one process gives.
+
+A run's maps are split into tasks of whole HDF5 chunks (frames [a, b) of one map entry). Each
+task opens its file in the worker (h5py handles do not cross processes), runs the same
+`MomentAccumulator` as `opmon process` over its frames and returns the additive sums; the sums
+of one map merge pairwise in a tree on the cluster, and the client finalizes and writes the
+same maps file (atomically) as one process. Per-map decisions that depend on the whole map are
+taken once, before its frame tasks: the auto ROI (a task per map, on the same sampled frames as
+offline) and the background rate (from the merged sums in `finalize`, as offline).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future as ThreadFuture
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from opmon import interrupt
+from opmon.errors import EmptyMapError, OpmonError, RawFileError
+from opmon.processors.accumulate import STATE_KEYS, MomentAccumulator, Roi
+from opmon.processors.geometry import DetectorGeometry
+from opmon.processors.offline import EntryResult, ProcessOptions, RawPlan, auto_roi, write_results
+from opmon.streaming.archive.frames import FrameReader
+from opmon.streaming.archive.layout import DATA
+from opmon.streaming.archive.raw import RawMeta, check_roi, entry_label, iter_checked_blocks, open_hdf5, read_raw_meta
+
+if TYPE_CHECKING:
+    from distributed import Client, Future
+
+#: frames per task (rounded up to whole chunks): a few seconds of one core, so a 48-hour run
+#: makes thousands of tasks that balance over the cluster, and a task's overhead (open the
+#: file, read the angles, ship ~200 bytes of sums per map pixel back) stays a few percent.
+TASK_FRAMES = 2048
+LOCAL_PREFIX = "local:"
+CONNECT_TIMEOUT_S = 20
+
+
+@dataclass
+class RangeSums:
+    """What a task returns: a frame range's accumulator sums and the frames it skipped as corrupt."""
+
+    state: dict[str, npt.NDArray[Any]]
+    bad_frames: list[int] = field(default_factory=list)
+
+
+# -- the one entry point into the per-entry reduction ------------------------------------------
+def reduce_frames(path: str, entry: str, start: int, stop: int, options: ProcessOptions, roi: Roi,
+                  label: str | None = None) -> RangeSums:
+    """Reduce frames [start, stop) of map entry `entry` of file `path` with `options` and `roi`
+    into accumulator sums (`MomentAccumulator.state()`).
+
+    The same reading, corrupt-frame handling and accumulator as `offline.reduce_entry`, on a
+    frame range; runs in a Dask worker, which opens the file itself.
+    """
+    with open_hdf5(path, "raw SXDM HDF5 file") as f:
+        group = f[entry]
+        label = label or entry_label(group, path)
+        try:
+            meta = read_raw_meta(group)
+            acc = _accumulator(meta, options, roi)
+            bad = _accumulate(group, meta, acc, options, start, stop, label)
+        except OSError as exc:  # h5py's error for a damaged file: one line naming it
+            raise RawFileError(f"{label}: damaged HDF5 file ({str(exc).split('(')[0].strip()})") from exc
+        return RangeSums({key: np.array(value) for key, value in acc.state().items()}, bad)
+
+
+def _accumulator(meta: RawMeta, options: ProcessOptions, roi: Roi) -> MomentAccumulator:
+    return MomentAccumulator(DetectorGeometry.from_meta(meta), meta.map_shape, roi=roi,
+                             detector_mask=meta.detector_mask, threshold=options.threshold,
+                             background=options.background, despeckle=options.despeckle)
+
+
+def _accumulate(group: Any, meta: RawMeta, acc: MomentAccumulator, options: ProcessOptions, start: int, stop: int,
+                label: str) -> list[int]:
+    """Add frames [start, stop) to `acc`, reading block i+1 while the kernels work on block i."""
+    skipped: list[int] = []
+
+    def consume(sel: slice | npt.NDArray[np.int64], frames: np.ndarray) -> None:
+        acc.process_block(frames, meta.map_index[sel], meta.eta[sel], meta.phi[sel], meta.nu[sel], meta.delta[sel])
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="opmon-accumulate") as pool:
+        pending: ThreadFuture[None] | None = None
+        for first, frames, bad in iter_checked_blocks(group, options.block, buffers=2, label=label, first=start, end=stop):
+            sel: slice | npt.NDArray[np.int64] = slice(first, first + frames.shape[0])
+            if bad:
+                if not options.skip_bad_frames:
+                    raise FrameReader(group[DATA], label).error(bad)
+                skipped += bad
+                keep = np.setdiff1d(np.arange(first, first + frames.shape[0]), bad)
+                sel, frames = keep, frames[keep - first]
+            if pending is not None:
+                pending.result()
+            if frames.shape[0]:
+                pending = pool.submit(consume, sel, frames)
+        if pending is not None:
+            pending.result()
+    return skipped
+
+
+def decide_roi(path: str, entry: str, options: ProcessOptions, label: str | None = None) -> Roi:
+    """The ROI of one map, decided once before its frame tasks (the auto-ROI rule of offline)."""
+    with open_hdf5(path, "raw SXDM HDF5 file") as f:
+        group = f[entry]
+        meta = read_raw_meta(group)
+        label = label or entry_label(group, path)
+        if options.roi == "auto":
+            return auto_roi(group, meta, skip_bad=options.skip_bad_frames, label=label)
+        if options.roi is None:
+            return (0, meta.frame_shape[0], 0, meta.frame_shape[1])
+        roi: Roi = options.roi  # type: ignore[assignment]
+        check_roi(roi, meta.frame_shape, label)
+        return roi
+
+
+def merge_sums(a: RangeSums, b: RangeSums) -> RangeSums:
+    """Add two ranges' sums (the additive accumulator state) of the same map."""
+    return RangeSums({key: a.state[key] + b.state[key] for key in STATE_KEYS}, sorted(a.bad_frames + b.bad_frames))
+
+
+# -- splitting and merging ----------------------------------------------------------------------
+def split_ranges(n_frames: int, chunk_frames: int, task_frames: int = TASK_FRAMES) -> list[tuple[int, int]]:
+    """Frame ranges [a, b) covering 0..n_frames, each a whole number of HDF5 chunks (the last may end short)."""
+    if n_frames < 1 or chunk_frames < 1 or task_frames < 1:
+        raise OpmonError(f"cannot split {n_frames} frames in chunks of {chunk_frames} into tasks of {task_frames}")
+    step = max(1, math.ceil(task_frames / chunk_frames)) * chunk_frames
+    return [(a, min(a + step, n_frames)) for a in range(0, n_frames, step)]
+
+
+def tree_merge(client: Client, parts: list[Future]) -> Future:
+    """Merge futures of `RangeSums` pairwise, level by level, on the cluster (log2 depth)."""
+    if not parts:
+        raise OpmonError("nothing to merge")
+    while len(parts) > 1:
+        merged = [client.submit(merge_sums, a, b, pure=False) for a, b in zip(parts[::2], parts[1::2])]
+        parts = merged + parts[len(merged) * 2:]
+    return parts[0]
+
+
+@dataclass
+class EntryTasks:
+    """One map's tasks on the cluster: its ROI, its frame ranges and their merged sums."""
+
+    name: str
+    meta: RawMeta
+    label: str
+    roi: Future
+    ranges: dict[Future, int]  # future -> frames in its range (progress)
+    total: Future
+
+
+def submit_entry(client: Client, plan: RawPlan, name: str, options: ProcessOptions, task_frames: int) -> EntryTasks:
+    """Submit one map: its ROI decision, then its chunk-aligned frame ranges and their tree merge."""
+    group = plan.file[name]
+    meta = read_raw_meta(group)
+    label = entry_label(group, plan.raw)
+    path = str(Path(plan.raw).absolute())
+    chunks = group[DATA].chunks
+    ranges = split_ranges(meta.n_frames, chunks[0] if chunks else 1, task_frames)
+    roi = client.submit(decide_roi, path, name, options, label, pure=False)
+    parts = {client.submit(reduce_frames, path, name, a, b, options, roi, label, pure=False): b - a for a, b in ranges}
+    return EntryTasks(name, meta, label, roi, parts, tree_merge(client, list(parts)))
+
+
+def finalize_entry(tasks: EntryTasks, sums: RangeSums, roi: Roi, options: ProcessOptions) -> EntryResult:
+    """The maps of one map from its merged sums, as `offline.reduce_entry` finalizes them."""
+    acc = _accumulator(tasks.meta, options, roi)
+    acc.load_state(sums.state, add=False)
+    try:
+        return EntryResult(acc.finalize(), roi, sums.bad_frames)
+    except EmptyMapError as exc:
+        raise EmptyMapError(f"{tasks.label}: {exc}") from exc
+
+
+def process_plan_dask(plan: RawPlan, output: str | Path, options: ProcessOptions, client: Client,
+                      progress: Callable[[int], None] | None = None,
+                      task_frames: int | None = None) -> dict[str, EntryResult]:
+    """Reduce every entry of a checked plan on the cluster of `client`, then write the maps file atomically.
+
+    Raises
+    ------
+    OpmonError
+        naming the map and frames when a worker died (Dask gave up on the task) or the
+        scheduler went away; corrupt frames and damaged files raise as in one process.
+        Nothing is written then.
+    """
+    from distributed import as_completed
+
+    entries = [submit_entry(client, plan, name, options, task_frames or TASK_FRAMES) for name in plan.entries]
+    where = {fut: (tasks, n) for tasks in entries for fut, n in tasks.ranges.items()}
+    try:
+        with _dask_errors(client, where):
+            for fut in as_completed(list(where)):
+                interrupt.check()
+                fut.result()  # raises the task's error (corrupt frame, damaged file, dead worker)
+                if progress is not None:
+                    progress(where[fut][1])
+            results = {tasks.name: finalize_entry(tasks, tasks.total.result(), tasks.roi.result(), options)
+                       for tasks in entries}
+    except BaseException:  # Ctrl-C or an error: the cluster stops working for this run now
+        client.cancel(list({f.key: f for tasks in entries for f in (tasks.roi, tasks.total, *tasks.ranges)}.values()))
+        raise
+    write_results(output, plan.raw, results, options)
+    return results
+
+
+@contextmanager
+def _dask_errors(client: Client, where: dict[Future, tuple[EntryTasks, int]]) -> Iterator[None]:
+    """Turn Dask's failures into one line naming what was lost; the task's own errors pass through."""
+    from distributed import KilledWorker
+    from distributed.client import FutureCancelledError
+
+    try:
+        yield
+    except KilledWorker as exc:
+        raise OpmonError(f"a Dask worker died while reducing {_what(exc.task, where)}: the task ran on "
+                         f"{exc.allowed_failures + 1} worker(s) and each died; no maps were written") from exc
+    except FutureCancelledError as exc:
+        raise OpmonError(f"the Dask scheduler {client.scheduler.address} cancelled the work (scheduler gone or "
+                         f"restarted?); no maps were written") from exc
+    except OSError as exc:  # the connection to the scheduler broke
+        raise OpmonError(f"lost the Dask scheduler {client.scheduler.address} ({exc}); no maps were written") from exc
+
+
+def _what(key: Any, where: dict[Future, tuple[EntryTasks, int]]) -> str:
+    """The map and task a Dask key belongs to, for the message."""
+    for fut, (tasks, _) in where.items():
+        if fut.key == key:
+            return f"{tasks.label} (task {key})"
+    for tasks, _ in where.values():
+        if tasks.total.key == key or tasks.roi.key == key:
+            return f"{tasks.label} (task {key})"
+    return f"task {key}"
+
+
+# -- clusters -----------------------------------------------------------------------------------
+@contextmanager
+def connect(spec: str) -> Iterator[Client]:
+    """A client of the cluster `spec` names: ``local:N`` (N worker processes on this machine,
+    one thread each, 127.0.0.1 only), a scheduler address (``tcp://host:8786``) or a scheduler
+    file (JSON written by ``dask scheduler --scheduler-file`` or dask-jobqueue)."""
+    from distributed import Client
+
+    if spec.startswith(LOCAL_PREFIX):
+        with local_cluster(_workers(spec)) as cluster, Client(cluster) as client:
+            yield client
+        return
+    try:
+        if "://" in spec:
+            client = Client(spec, timeout=CONNECT_TIMEOUT_S)
+        elif Path(spec).is_file():
+            client = Client(scheduler_file=spec, timeout=CONNECT_TIMEOUT_S)
+        else:
+            raise OpmonError(f"--dask {spec!r}: expected local:N, a scheduler address such as tcp://host:8786, "
+                             f"or an existing scheduler file")
+    except (OSError, TimeoutError) as exc:
+        raise OpmonError(f"--dask {spec}: cannot reach the Dask scheduler ({exc})") from exc
+    with client:
+        yield client
+
+
+def _workers(spec: str) -> int:
+    text = spec[len(LOCAL_PREFIX):]
+    if not text.isdigit() or int(text) < 1:
+        raise OpmonError(f"--dask {spec!r}: local:N needs a worker count N >= 1")
+    return int(text)
+
+
+@contextmanager
+def local_cluster(workers: int) -> Iterator[Any]:
+    """`workers` Dask worker processes on 127.0.0.1, one thread and one numba thread each (Dask
+    is the parallelism: numba's own threads would fight the other workers for the cores).
+
+    No dashboard (its HTTP server listens on a random 127.0.0.1 port, never a fixed one another
+    user may hold); Dask's INFO logging stays quiet, its errors still show.
+    """
+    import logging
+
+    from distributed import LocalCluster
+
+    log = logging.getLogger("distributed")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                               silence_logs=logging.ERROR, env={"NUMBA_NUM_THREADS": "1"})
+        try:
+            yield cluster
+        finally:
+            cluster.close(timeout=10)
+    finally:
+        log.setLevel(level)
