@@ -250,18 +250,30 @@ def connect(spec: str) -> Iterator[Client]:
         with local_cluster(_workers(spec)) as cluster, Client(cluster) as client:
             yield client
         return
+    address = spec if "://" in spec else _address_in_scheduler_file(spec)
     try:
-        if "://" in spec:
-            client = Client(spec, timeout=CONNECT_TIMEOUT_S)
-        elif Path(spec).is_file():
-            client = Client(scheduler_file=spec, timeout=CONNECT_TIMEOUT_S)
-        else:
-            raise OpmonError(f"--dask {spec!r}: expected local:N, a scheduler address such as tcp://host:8786, "
-                             f"or an existing scheduler file")
+        client = Client(address, timeout=CONNECT_TIMEOUT_S)
     except (OSError, TimeoutError) as exc:
         raise OpmonError(f"--dask {spec}: cannot reach the Dask scheduler ({exc})") from exc
     with client:
         yield client
+
+
+def _address_in_scheduler_file(spec: str) -> str:
+    """The scheduler's address from a scheduler file (``dask scheduler --scheduler-file``, dask-jobqueue)."""
+    import json
+
+    path = Path(spec)
+    if not path.is_file():
+        raise OpmonError(f"--dask {spec!r}: expected local:N, a scheduler address such as tcp://host:8786, "
+                         f"or an existing scheduler file")
+    try:
+        address = json.loads(path.read_text())["address"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise OpmonError(f"--dask {spec}: not a Dask scheduler file (JSON with the scheduler's \"address\"): {exc}") from exc
+    if not isinstance(address, str) or "://" not in address:
+        raise OpmonError(f"--dask {spec}: not a Dask scheduler file (address {address!r})")
+    return address
 
 
 def _workers(spec: str) -> int:
