@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future as ThreadFuture
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,28 +77,23 @@ def _accumulator(meta: RawMeta, options: ProcessOptions, roi: Roi) -> MomentAccu
 
 def _accumulate(group: Any, meta: RawMeta, acc: MomentAccumulator, options: ProcessOptions, start: int, stop: int,
                 label: str) -> list[int]:
-    """Add frames [start, stop) to `acc`, reading block i+1 while the kernels work on block i."""
+    """Add frames [start, stop) to `acc`; returns the corrupt frames skipped.
+
+    Read, then reduce, in the worker's one thread: unlike one process, which overlaps the next
+    block's read with the kernels in a second thread, a task uses one core, so N workers on
+    N cores do not fight over them (Dask is the parallelism).
+    """
     skipped: list[int] = []
-
-    def consume(sel: slice | npt.NDArray[np.int64], frames: np.ndarray) -> None:
-        acc.process_block(frames, meta.map_index[sel], meta.eta[sel], meta.phi[sel], meta.nu[sel], meta.delta[sel])
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="opmon-accumulate") as pool:
-        pending: ThreadFuture[None] | None = None
-        for first, frames, bad in iter_checked_blocks(group, options.block, buffers=2, label=label, first=start, end=stop):
-            sel: slice | npt.NDArray[np.int64] = slice(first, first + frames.shape[0])
-            if bad:
-                if not options.skip_bad_frames:
-                    raise FrameReader(group[DATA], label).error(bad)
-                skipped += bad
-                keep = np.setdiff1d(np.arange(first, first + frames.shape[0]), bad)
-                sel, frames = keep, frames[keep - first]
-            if pending is not None:
-                pending.result()
-            if frames.shape[0]:
-                pending = pool.submit(consume, sel, frames)
-        if pending is not None:
-            pending.result()
+    for first, frames, bad in iter_checked_blocks(group, options.block, label=label, first=start, end=stop):
+        sel: slice | npt.NDArray[np.int64] = slice(first, first + frames.shape[0])
+        if bad:
+            if not options.skip_bad_frames:
+                raise FrameReader(group[DATA], label).error(bad)
+            skipped += bad
+            keep = np.setdiff1d(np.arange(first, first + frames.shape[0]), bad)
+            sel, frames = keep, frames[keep - first]
+        if frames.shape[0]:
+            acc.process_block(frames, meta.map_index[sel], meta.eta[sel], meta.phi[sel], meta.nu[sel], meta.delta[sel])
     return skipped
 
 
