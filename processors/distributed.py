@@ -64,9 +64,15 @@ def reduce_frames(path: str, entry: str, start: int, stop: int, options: Process
             meta = read_raw_meta(group)
             acc = _accumulator(meta, options, roi)
             bad = _accumulate(group, meta, acc, options, start, stop, label)
-        except OSError as exc:  # h5py's error for a damaged file: one line naming it
-            raise RawFileError(f"{label}: damaged HDF5 file ({str(exc).split('(')[0].strip()})") from exc
+        except OSError as exc:
+            raise _damaged(label, exc) from exc
         return RangeSums({key: np.array(value) for key, value in acc.state().items()}, bad)
+
+
+def _damaged(label: str, exc: OSError) -> RawFileError:
+    """h5py's error for a damaged file as one line naming it (as `offline.process_plan` says it);
+    raised in the task, so the client never mistakes it for a broken connection."""
+    return RawFileError(f"{label}: damaged HDF5 file ({str(exc).split('(')[0].strip()})")
 
 
 def _accumulator(meta: RawMeta, options: ProcessOptions, roi: Roi) -> MomentAccumulator:
@@ -104,7 +110,10 @@ def decide_roi(path: str, entry: str, options: ProcessOptions, label: str | None
         meta = read_raw_meta(group)
         label = label or entry_label(group, path)
         if options.roi == "auto":
-            return auto_roi(group, meta, skip_bad=options.skip_bad_frames, label=label)
+            try:
+                return auto_roi(group, meta, skip_bad=options.skip_bad_frames, label=label)
+            except OSError as exc:
+                raise _damaged(label, exc) from exc
         if options.roi is None:
             return (0, meta.frame_shape[0], 0, meta.frame_shape[1])
         roi: Roi = options.roi  # type: ignore[assignment]
@@ -144,7 +153,7 @@ class EntryTasks:
     meta: RawMeta
     label: str
     roi: Future
-    ranges: dict[Future, int]  # future -> frames in its range (progress)
+    ranges: dict[Future, tuple[int, int]]  # future -> its frames [a, b)
     total: Future
 
 
@@ -157,7 +166,7 @@ def submit_entry(client: Client, plan: RawPlan, name: str, options: ProcessOptio
     chunks = group[DATA].chunks
     ranges = split_ranges(meta.n_frames, chunks[0] if chunks else 1, task_frames)
     roi = client.submit(decide_roi, path, name, options, label, pure=False)
-    parts = {client.submit(reduce_frames, path, name, a, b, options, roi, label, pure=False): b - a for a, b in ranges}
+    parts = {client.submit(reduce_frames, path, name, a, b, options, roi, label, pure=False): (a, b) for a, b in ranges}
     return EntryTasks(name, meta, label, roi, parts, tree_merge(client, list(parts)))
 
 
@@ -186,7 +195,7 @@ def process_plan_dask(plan: RawPlan, output: str | Path, options: ProcessOptions
     from distributed import as_completed
 
     entries = [submit_entry(client, plan, name, options, task_frames or TASK_FRAMES) for name in plan.entries]
-    where = {fut: (tasks, n) for tasks in entries for fut, n in tasks.ranges.items()}
+    where = {fut: (tasks, frames) for tasks in entries for fut, frames in tasks.ranges.items()}
     # On an error or Ctrl-C the tasks left are dropped when `connect` closes the client (the
     # scheduler forgets what no client wants); no explicit cancel, whose recursion into the merge
     # tasks trips an assertion in the scheduler of distributed 2026.8.0.
@@ -195,7 +204,8 @@ def process_plan_dask(plan: RawPlan, output: str | Path, options: ProcessOptions
             interrupt.check()
             fut.result()  # raises the task's error (corrupt frame, damaged file, dead worker)
             if progress is not None:
-                progress(where[fut][1])
+                first, end = where[fut][1]
+                progress(end - first)
         results = {tasks.name: finalize_entry(tasks, tasks.total.result(), tasks.roi.result(), options)
                    for tasks in entries}
     write_results(output, plan.raw, results, options)
@@ -203,7 +213,7 @@ def process_plan_dask(plan: RawPlan, output: str | Path, options: ProcessOptions
 
 
 @contextmanager
-def _dask_errors(client: Client, where: dict[Future, tuple[EntryTasks, int]]) -> Iterator[None]:
+def _dask_errors(client: Client, where: dict[Future, tuple[EntryTasks, tuple[int, int]]]) -> Iterator[None]:
     """Turn Dask's failures into one line naming what was lost; the task's own errors pass through."""
     from distributed import KilledWorker
     from distributed.client import FutureCancelledError
@@ -220,15 +230,17 @@ def _dask_errors(client: Client, where: dict[Future, tuple[EntryTasks, int]]) ->
         raise OpmonError(f"lost the Dask scheduler {client.scheduler.address} ({exc}); no maps were written") from exc
 
 
-def _what(key: Any, where: dict[Future, tuple[EntryTasks, int]]) -> str:
-    """The map and task a Dask key belongs to, for the message."""
-    for fut, (tasks, _) in where.items():
+def _what(key: Any, where: dict[Future, tuple[EntryTasks, tuple[int, int]]]) -> str:
+    """The map and frames (or the step) a Dask key belongs to, for the message."""
+    for fut, (tasks, (first, end)) in where.items():
         if fut.key == key:
-            return f"{tasks.label} (task {key})"
+            return f"{tasks.label} frames {first}-{end - 1}"
     for tasks, _ in where.values():
-        if tasks.total.key == key or tasks.roi.key == key:
-            return f"{tasks.label} (task {key})"
-    return f"task {key}"
+        if key == tasks.roi.key:
+            return f"{tasks.label} (deciding its ROI)"
+        if key == tasks.total.key:
+            return f"{tasks.label} (merging its sums)"
+    return f"task {key} (merging sums)"
 
 
 # -- clusters -----------------------------------------------------------------------------------

@@ -124,7 +124,7 @@ def test_a_worker_dying_with_no_retry_left_is_one_message_and_no_file(tmp_path, 
     before = dask_client.run_on_scheduler(allow, 0)
     try:
         progress, killed = _kill_one_worker(dask_client)
-        with pytest.raises(OpmonError, match=r"a Dask worker died while reducing .*run\.h5:/entry\d.*no maps were written"):
+        with pytest.raises(OpmonError, match=r"a Dask worker died while reducing .*run\.h5:/entry\d.*no maps were written") as died:
             on_dask(run, tmp_path / "dask.h5", ProcessOptions(), dask_client, task_frames=2, progress=progress)
     finally:
         dask_client.run_on_scheduler(allow, before)
