@@ -208,7 +208,7 @@ def process_plan_dask(plan: RawPlan, output: str | Path, options: ProcessOptions
                 progress(end - first)
         results = {tasks.name: finalize_entry(tasks, tasks.total.result(), tasks.roi.result(), options)
                    for tasks in entries}
-    write_results(output, plan.raw, results, options)
+    write_results(output, plan, results, options)
     return results
 
 

@@ -237,12 +237,12 @@ def process_plan(plan: RawPlan, output: str | Path, options: ProcessOptions,
                                          label=entry_label(plan.file[name], plan.raw))
     except OSError as exc:
         raise RawFileError(f"{plan.raw}: damaged HDF5 file ({str(exc).split('(')[0].strip()})") from exc
-    write_results(output, plan.raw, results, options)
+    write_results(output, plan, results, options)
     return results
 
 
-def write_results(output: str | Path, raw: Path, results: dict[str, EntryResult], options: ProcessOptions) -> None:
-    """Write every entry's maps to `output` atomically (one process or a Dask cluster reduced them)."""
+def write_results(output: str | Path, plan: RawPlan, results: dict[str, EntryResult], options: ProcessOptions) -> None:
+    """Write every entry's maps of `plan` to `output` atomically (one process or a Dask cluster reduced them)."""
     with atomic_path(Path(output)) as tmp, h5py.File(tmp, "w") as out:
         out.attrs["default"] = next(iter(results))
         out.attrs["creator"] = f"opmon {__version__}"
@@ -250,7 +250,7 @@ def write_results(output: str | Path, raw: Path, results: dict[str, EntryResult]
             group = out.create_group(name)
             group.attrs["NX_class"] = "NXentry"
             group.attrs["default"] = MAPS
-            maps = write_maps(group, done.result.maps_arrays(), {**options.attrs(done.roi), "source": f"{raw}:/{name}",
+            maps = write_maps(group, done.result.maps_arrays(), {**options.attrs(done.roi), "source": f"{plan.raw}:/{name}",
                                                    "bad_frames_count": len(done.bad_frames)})
             maps.create_dataset(MAPS_BAD_FRAMES, data=np.asarray(done.bad_frames, dtype=np.int64))
 
