@@ -9,7 +9,8 @@ from other users hits all alike; best and median of the rounds are printed. Each
 thread and one numba thread; the single process uses numba's default threads (every core) and
 reads the next block while the kernels run. "cores busy" is the CPU time of the processes that
 did the work over the wall time: on a machine shared with other work it says how much of the
-cores a run got, which bounds its speed-up.
+cores a run got, which bounds its speed-up; frames per CPU-second is the work's cost whatever
+the load (equal for 1 and 2 workers = no parallel overhead).
 """
 from __future__ import annotations
 
@@ -115,10 +116,11 @@ def main(argv: list[str] | None = None) -> int:
                 wall, busy = timed(fn, cpu)
                 times[name].append(wall)
                 cores[name].append(busy)
-    print(f"{'':16} {'best s':>7} {'median s':>9} {'frames/s':>9} {'cores busy':>11}")
+    print(f"{'':16} {'best s':>7} {'median s':>9} {'frames/s':>9} {'cores busy':>11} {'frames/CPU-s':>13}")
     for name, ts in times.items():
+        cpu_s = statistics.median([t * c for t, c in zip(ts, cores[name])])
         print(f"{name:16} {min(ts):7.2f} {statistics.median(ts):9.2f} {n / min(ts):9.0f} "
-              f"{statistics.median(cores[name]):11.2f}")
+              f"{statistics.median(cores[name]):11.2f} {n / cpu_s:13.0f}")
     one_w, two_w, single = min(times["dask, 1 worker"]), min(times["dask, 2 workers"]), min(times["one process"])
     print(f"speed-up of 2 workers over 1 worker: {one_w / two_w:.2f}x (best), "
           f"{statistics.median(times['dask, 1 worker']) / statistics.median(times['dask, 2 workers']):.2f}x (median); "
