@@ -248,6 +248,13 @@ def process_plan(plan: RawPlan, output: str | Path, options: ProcessOptions,
             results[name] = reduce_map(smap, options, progress)
     except OSError as exc:
         raise RawFileError(f"{plan.path}: damaged HDF5 file ({str(exc).split('(')[0].strip()})") from exc
+    write_results(output, plan, results, options)
+    return results
+
+
+def write_results(output: str | Path, plan: RawPlan, results: dict[str, EntryResult], options: ProcessOptions) -> None:
+    """Write every entry's maps of `plan` to `output` atomically (one process or a Dask cluster reduced them)."""
+    by_name = {m.name: m for m in plan.maps}
     with atomic_path(Path(output)) as tmp, h5py.File(tmp, "w") as out:
         out.attrs["default"] = next(iter(results))
         out.attrs["creator"] = f"opmon {__version__}"
@@ -266,7 +273,6 @@ def process_plan(plan: RawPlan, output: str | Path, options: ProcessOptions,
             axes = grid_axes(smap.meta.x_um, smap.meta.y_um, smap.meta.map_index, smap.meta.map_shape)
             if axes is not None:
                 write_axes(maps, *axes)
-    return results
 
 
 def process_file(raw: str | Path, output: str | Path, options: ProcessOptions | None = None, entry: str | None = None,

@@ -9,6 +9,7 @@ from types import ModuleType
 STAGES = {
     "acquisition": "bench_acquisition",
     "archive": "bench_archive",
+    "dask": "bench_dask",
     "dectris": "bench_dectris",
     "dashboard": "bench_dashboard",
     "process": "bench_process",

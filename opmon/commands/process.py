@@ -38,6 +38,8 @@ def _run(args: argparse.Namespace) -> int:
                              despeckle=not args.keep_isolated, skip_bad_frames=args.skip_bad_frames)
     if args.threshold < 0:
         raise OpmonError(f"--threshold must be >= 0, got {args.threshold}")
+    if args.task_frames is not None and args.task_frames < 1:
+        raise OpmonError(f"--task-frames must be >= 1, got {args.task_frames}")
     files, output = [Path(r) for r in args.raw], Path(args.output)
     raw = files[0] if len(files) == 1 else files  # several files: the parts of one ID01 BLISS dataset
     with interrupt.interruptible():
@@ -46,7 +48,14 @@ def _run(args: argparse.Namespace) -> int:
             pngs = png_paths(args.png, output, plan.entries)
             check_outputs([output, *pngs.values()], plan.inputs, force=args.force)
             with tqdm(total=plan.total_frames, unit="frame", disable=args.quiet, desc="process") as bar:
-                done = process_plan(plan, output, options, progress=bar.update)
+                if args.dask is None:
+                    done = process_plan(plan, output, options, progress=bar.update)
+                else:
+                    from opmon.processors.distributed import connect, process_plan_dask
+                    with connect(args.dask) as client:
+                        done = process_plan_dask(plan, output, options, client, progress=bar.update,
+                                                 task_frames=args.task_frames, paths=files,
+                                                 source_options=source_options(args))
         finally:
             plan.close()
         for name, entry in done.items():
@@ -97,5 +106,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="overwrite existing output files (never an input)")
     p.add_argument("--skip-bad-frames", action="store_true",
                    help="process around corrupt frames, list them in the output and on stderr (exit status 3)")
+    p.add_argument("--dask", default=None, metavar="CLUSTER",
+                   help="reduce on a Dask cluster: local:N (N worker processes here), a scheduler address "
+                        "(tcp://host:8786) or a scheduler file; same maps as one process (docs/dask.md)")
+    p.add_argument("--task-frames", type=int, default=None, metavar="N",
+                   help="with --dask: frames per task, rounded up to whole HDF5 chunks (default 2048)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -153,18 +153,19 @@ def iter_frame_blocks(entry: h5py.Group, block: int = 64, buffers: int = 1) -> I
         yield start, frames
 
 
-def iter_checked_blocks(entry: h5py.Group, block: int = 64, buffers: int = 1,
-                        label: str | None = None) -> Iterator[tuple[int, npt.NDArray[Any], list[int]]]:
+def iter_checked_blocks(entry: h5py.Group, block: int = 64, buffers: int = 1, label: str | None = None,
+                        first: int = 0, end: int | None = None) -> Iterator[tuple[int, npt.NDArray[Any], list[int]]]:
     """Like `iter_frame_blocks`, plus the numbers of the frames of each block that are corrupt.
 
+    Only frames [first, end) are read (default: all), so a task of a distributed run reads its share.
     Corrupt frames are zero-filled and never crash the reader (see `opmon.streaming.archive.frames`); the
     caller skips them or raises ``FrameReader.error``.
     """
     data = entry[DATA]
     reader = FrameReader(data, label or entry_label(entry))
-    n = data.shape[0]
-    bufs = [np.empty((min(block, n),) + data.shape[1:], dtype=data.dtype) for _ in range(buffers)]
-    for i, start in enumerate(range(0, n, block)):
+    n = data.shape[0] if end is None else min(end, data.shape[0])
+    bufs = [np.empty((max(0, min(block, n - first)),) + data.shape[1:], dtype=data.dtype) for _ in range(buffers)]
+    for i, start in enumerate(range(first, n, block)):
         stop = min(start + block, n)
         view = bufs[i % buffers][: stop - start]
         yield start, view, reader.read(view, start)

@@ -421,6 +421,28 @@ def test_ctrl_c_stops_process_and_leaves_no_file(guard):
     assert_one_line_error(result, "interrupted", code=130)
 
 
+def test_ctrl_c_stops_process_on_dask_and_its_workers(guard):
+    """Ctrl-C while the workers of `--dask local:2` reduce: exit 130 within 2 s, no file, no worker left."""
+    import re
+
+    import psutil
+    wd, allowed = guard
+    write_raw(wd / "long.h5", n_side=40, angles=12, frame=(64, 64))
+    allowed.add("long.h5")
+    run = Running(["process", "long.h5", "-o", "maps.h5", "--dask", "local:2", "--task-frames", "512"], wd)
+    workers: list[psutil.Process] = []
+
+    def reducing() -> bool:  # the bar counts the frames of finished tasks: the workers are busy
+        if not re.search(r" [1-9][0-9]*/19200", run.stderr):
+            return False
+        workers.extend(psutil.Process(run.proc.pid).children(recursive=True))
+        return True
+    result = run.interrupt_when(reducing)
+    assert_one_line_error(result, "interrupted", code=130)
+    assert workers
+    assert until(lambda: not [p for p in workers if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], 10)
+
+
 def test_ctrl_c_stops_replay(guard):
     wd, _ = guard
     run = Running(["replay", "raw.h5", "--rate", "5", "-o", "out.h5"], wd)  # 54 frames paced over ~11 s

@@ -61,6 +61,12 @@ SMALLEST: dict[str, tuple[list[str], list[tuple[str, str]]]] = {
         ("median |d error| A, drift", r"^drift +([-+.e\d]+|nan)"),
         ("median |d error| A, compact simulator", r"^compact +([-+.e\d]+|nan)"),
     ]),
+    "dask": (["--maps", "2", "--frames-per-map", "20", "--repeat", "1"], [
+        ("dask 2 workers frames/s", rf"^dask, 2 workers +\S+ +\S+ +{NUMBER} "),
+        ("dask 1 worker frames/s", rf"^dask, 1 worker +\S+ +\S+ +{NUMBER} "),
+        ("one process frames/s", rf"^one process +\S+ +\S+ +{NUMBER} "),
+        ("speed-up 2 over 1 worker", rf"speed-up of 2 workers over 1 worker: {NUMBER}x"),
+    ]),
     "dashboard": (["--seconds", "3", "--rate", "200"], [
         ("browser latency p50 ms", rf"latency frame processed -> in browser: p50 {NUMBER} ms"),
         ("transport latency p50 ms", rf"baseline transport only \(PUB -> SUB\): p50 {NUMBER} ms"),
