@@ -82,6 +82,43 @@ class _Resource:
     target: SinkTarget
 
 
+class FrameLedger:
+    """Where each frame of the acquisition went (resource, index in it), by global frame number,
+    for the frames not yet referenced by a StreamDatum only.
+
+    A 48-hour beamtime at 2 kHz takes ~3.5e8 frames: a list of every frame ever taken would
+    grow by gigabytes; frames already emitted in the documents are forgotten.
+    """
+
+    def __init__(self) -> None:
+        self._items: list[tuple[_Resource, int]] = []
+        self._first = 0            # global number of self._items[0]
+
+    def append(self, item: tuple[_Resource, int]) -> None:
+        self._items.append(item)
+
+    def __len__(self) -> int:
+        """Frames taken so far (global count, forgotten ones included)."""
+        return self._first + len(self._items)
+
+    def __getitem__(self, number: int) -> tuple[_Resource, int]:
+        if number < self._first:
+            raise IndexError(f"frame {number} was referenced already and is forgotten (kept from {self._first})")
+        return self._items[number - self._first]
+
+    def forget_before(self, number: int) -> None:
+        """Frames below `number` are in the documents: drop them (amortized, no per-call copy)."""
+        drop = min(number, len(self)) - self._first
+        if drop > 0 and drop >= len(self._items) // 2:
+            del self._items[:drop]
+            self._first += drop
+
+    @property
+    def held(self) -> int:
+        """Entries held in memory now."""
+        return len(self._items)
+
+
 class FrameRecorder:
     """Takes frames from the source, writes them to the sink and remembers where each went."""
 
@@ -96,7 +133,7 @@ class FrameRecorder:
         self.lines_dropped = 0     # fly-scan lines taken but never saved: nothing of them recorded
         self.frames_written, self._set_written = soft_signal_r_and_setter(int, 0)
         self.n_written = 0
-        self.frames: list[tuple[_Resource, int]] = []  # global frame number -> (resource, index)
+        self.frames = FrameLedger()  # global frame number -> (resource, index), until referenced
         self.current: _Resource | None = None
         self.num = 1
         self.seq = 0
@@ -241,6 +278,7 @@ class _MapStreamProvider(StreamableDataProvider):
             yield "stream_datum", bundle.compose_stream_datum({"start": first, "stop": first + (j - i)})
             i = j
         self.last_emitted = stop
+        self.rec.frames.forget_before(stop)
 
 
 class _TriggerLogic(DetectorTriggerLogic):
