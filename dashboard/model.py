@@ -167,6 +167,12 @@ class DashboardModel:
                     self._history.pop()   # a repeated final of the same map replaces it
                 else:
                     self._n_final += 1
+                onset = update.meta.get("onset")
+                if isinstance(onset, dict):     # the live processor flagged a transformation here
+                    self._decisions.append(Decision(float(update.meta.get("t", time.time())), "onset flagged",
+                                                    str(onset.get("reason", "")),
+                                                    {"map": update.map_number, "kind": onset.get("kind")}))
+                    self._decision_version += 1
                 # the marker goes where the map was taken: its start, when the trigger fired
                 t, v, c = self._map_start.get(update.map_number) or self._last_reading_locked()
                 t_map = float(update.meta.get("t_start", t if np.isfinite(t) else time.time()))

@@ -46,7 +46,8 @@ class MapArrays(Protocol):
 
 
 def encode_map(maps: MapArrays, *, run: str, map_number: int, final: bool, frames: int, n_frames: int,
-               frames_lost: int, options: dict[str, Any] | None = None) -> list[Any]:
+               frames_lost: int, options: dict[str, Any] | None = None,
+               onset: dict[str, Any] | None = None) -> list[Any]:
     """`[b"map", header, *buffers]` for one (partial or final) map.
 
     Parameters
@@ -61,6 +62,8 @@ def encode_map(maps: MapArrays, *, run: str, map_number: int, final: bool, frame
         Frames summed so far, frames the map should hold (0 = unknown), frames counted lost.
     options
         Processing options recorded with the map (roi, threshold, background rule).
+    onset
+        A transformation flagged on this map (`opmon.processors.onset.Onset.as_dict`), if any.
     """
     arrays = maps.arrays()
     names = [n for n in FIELD_ORDER if n in arrays] + [n for n in arrays if n not in FIELD_ORDER]
@@ -72,6 +75,8 @@ def encode_map(maps: MapArrays, *, run: str, map_number: int, final: bool, frame
               "d_mean": float(valid.mean()) if valid.size else None, "d_std": float(valid.std()) if valid.size else None,
               "background": float(maps.background), "options": options or {},
               "fields": [{"name": n, "dtype": str(arrays[n].dtype), "shape": list(arrays[n].shape)} for n in names]}
+    if onset:
+        header["onset"] = onset
     return [TOPIC, pack(header)] + [np.ascontiguousarray(arrays[n]) for n in names]
 
 

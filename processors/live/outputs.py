@@ -16,6 +16,7 @@ from opmon.errors import EmptyMapError
 from opmon.processors.accumulate import MomentAccumulator
 from opmon.streaming.map_messages import encode_map
 from opmon.processors.maps import MapResult
+from opmon.processors.onset import OnsetDetector
 from opmon.streaming import protocol as P
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class MapOutputs:
         self.encoded: OrderedDict[tuple[str, int], list[Any]] = OrderedDict()   # as sent, for `resend`
         self.summaries: list[dict[str, Any]] = []
         self.unarchived: deque[list[Any]] = deque()   # final maps the archiver has not taken yet
+        self.onsets: OrderedDict[str, OnsetDetector] = OrderedDict()   # per run, the newest few
 
     def final(self, acc: MomentAccumulator, *, run: str, number: int, n_frames: int, frames_lost: int,
               options: dict[str, Any]) -> MapResult:
@@ -64,15 +66,20 @@ class MapOutputs:
         self.made.add((run, number))
         while self.keep_results is not None and len(self.results) > self.keep_results:
             self.results.popitem(last=False)
+        onset = self._onset_of(run).update(number, result.intensity, result.d_spacing, result.mask)
+        if onset is not None:
+            log.warning("run %s map %d: onset of a transformation: %s", run, number, onset.reason)
         parts = encode_map(result, run=run, map_number=number, final=True, frames=acc.frames_seen,
-                           n_frames=n_frames, frames_lost=frames_lost, options=options)
+                           n_frames=n_frames, frames_lost=frames_lost, options=options,
+                           onset=onset.as_dict() if onset is not None else None)
         self.encoded[(run, number)] = parts
         while self.keep_results is not None and len(self.encoded) > self.keep_results:
             self.encoded.popitem(last=False)
         valid = result.valid_d()
         self.summaries.append({"run": run, "map": number, "frames": acc.frames_seen, "frames_lost": frames_lost,
                                "d_mean": float(valid.mean()) if valid.size else float("nan"),
-                               "roi": list(options.get("roi") or ())})
+                               "roi": list(options.get("roi") or ()),
+                               "onset": onset.as_dict() if onset is not None else None})
         if self.display is not None:
             self.display.send_multipart(parts, copy=False)
         if self.maps_out is not None:
@@ -80,6 +87,14 @@ class MapOutputs:
             self.send_unarchived()
         log.info("run %s map %d final: %d frames, %d lost", run, number, acc.frames_seen, frames_lost)
         return result
+
+    def _onset_of(self, run: str) -> OnsetDetector:
+        """The run's onset detector (the maps of a run come in order; a few runs are kept)."""
+        if run not in self.onsets:
+            self.onsets[run] = OnsetDetector()
+            while len(self.onsets) > 4:
+                self.onsets.popitem(last=False)
+        return self.onsets[run]
 
     def partial(self, acc: MomentAccumulator, *, run: str, number: int, n_frames: int, frames_lost: int,
                 options: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ nothing from the processors.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ def final_maps_attrs(header: dict[str, Any]) -> dict[str, Any]:
                              "frames_received": header["frames"], "frames_lost": header["frames_lost"]}
     for key, value in (header.get("options") or {}).items():
         attrs[key] = np.asarray(value) if isinstance(value, list) else str(value)
+    if isinstance(header.get("onset"), dict):        # a transformation flagged on this map
+        attrs["onset"] = json.dumps(header["onset"], default=str)
     return attrs
 
 
