@@ -68,8 +68,8 @@ class RunEngineSteering:
         self._need_requests("stop").finish()
         return {"state": str(self.RE.state), "stopping": "after the current map"}
 
-    def start_map(self) -> dict[str, Any]:
-        self._need_requests("start_map").map_now("steering: map now")
+    def start_map(self, reason: str = "steering: map now") -> dict[str, Any]:
+        self._need_requests("start_map").map_now(reason)
         return {"state": str(self.RE.state)}
 
     def set_trigger(self, **rule: Any) -> dict[str, Any]:

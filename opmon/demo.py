@@ -391,6 +391,7 @@ def plan_from_args(args: Any) -> ExperimentPlan:
     if not args.point_time > 0:
         raise ConfigError(f"--point-time {args.point_time}: must be > 0 s")
     plan.fly, plan.point_time_s = args.fly, args.point_time
+    plan.on_onset = getattr(args, "on_onset", "none")
     plan.order = args.order or ("eta-outer" if args.fly else "point-outer")
     return plan
 

@@ -20,6 +20,7 @@ from bluesky.utils import RequestAbort
 from opmon.acquisition import (AnyOf, CellCommand, MapRequests, PeriodicTrigger, PlateauTrigger, PublisherSink, TriggerRule,
                                VoltageThresholds, operando_series)
 from opmon.archive_watch import ArchiverWatch
+from opmon.onset_watch import OnsetWatch
 from opmon.config import Config
 from opmon.errors import ConfigError
 from opmon.simulators.beamline import BeamlineConfig, SimulatedBeamline
@@ -69,6 +70,8 @@ class ExperimentPlan:
     point_time_s: float = 0.0005  # fly scan: exposure per point
     max_maps: int | None = None
     seed: int = 0
+    on_onset: str = "none"        # "map-now": an extra map when the live processor flags an onset
+    onset_cooldown_s: float = 30.0  # wall seconds between such extra maps
     # the paper's detector window: only the phase consumed on the current plateau is seen, so
     # transformed regions vanish and the integrated intensity per map fades (Supp. Fig. 10)
     window: str = "one-phase"
@@ -122,6 +125,8 @@ class AcquisitionService:
         self.steering = RunEngineSteering(self.RE, self.requests, make_rule)
         self.control = ControlServer(config.endpoint("control"), self.token, self.steering)
         self.archive_watch = ArchiverWatch(config.endpoint("display_archive"), self.steering)  # pauses on disk full
+        self.onset_watch = (OnsetWatch(config.endpoint("display_live"), self.steering, plan.onset_cooldown_s)
+                            if plan.on_onset == "map-now" else None)
         self._stop = threading.Event()
         self._status_thread = threading.Thread(target=self._publish_status, name="opmon-acq-status", daemon=True)
 
@@ -142,6 +147,8 @@ class AcquisitionService:
                                  md={"sample": "LiNi0.5Mn1.5O4 single crystal (simulated)", "opmon_demo": True})
         self.control.start()
         self.archive_watch.start()
+        if self.onset_watch is not None:
+            self.onset_watch.start()
         self._status_thread.start()
         started = time.monotonic()
         try:
@@ -161,6 +168,8 @@ class AcquisitionService:
         self._stop.set()
         self.control.close()
         self.archive_watch.close()
+        if self.onset_watch is not None:
+            self.onset_watch.close()
         if linger_s is not None:     # the plan is over: nobody else uses these sockets now
             for sock in [*self.publisher.sockets, *([self.documents.docs] if self.documents.docs is not None else [])]:
                 sock.setsockopt(zmq.LINGER, int(linger_s * 1000))

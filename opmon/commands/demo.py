@@ -54,6 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--point-time", type=float, default=0.0005, metavar="S",
                    help="fly scan: detector exposure per point in seconds (default 0.0005)")
     p.add_argument("--max-maps", type=int, default=None)
+    p.add_argument("--on-onset", choices=("none", "map-now"), default="none",
+                   help="map-now: take a map at once when the live processor flags the onset of a "
+                        "transformation (recorded with its reason in the run's steering stream; 30 s cooldown)")
     p.add_argument("--workers", type=int, default=1, help="live processor worker processes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dashboard-port", type=int, default=None,
