@@ -10,14 +10,13 @@ detector) from filling the run with maps.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any
 
 import zmq
 
 from opmon.errors import OpmonError
-from opmon.streaming.protocol import unpack
+from opmon.topic_watch import TopicWatch
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +39,17 @@ class OnsetWatch:
     def __init__(self, endpoint: str, steering: Any, cooldown_s: float = 60.0,
                  context: zmq.Context | None = None) -> None:
         self.endpoint, self.steering, self.cooldown_s = endpoint, steering, float(cooldown_s)
-        self._ctx = context or zmq.Context.instance()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="opmon-onset-watch", daemon=True)
+        self._watch = TopicWatch(endpoint, b"map", self.on_map_header, "opmon-onset-watch", context)
         self._last_action = -float("inf")
         self.maps_asked = 0
         self.seen: set[tuple[str, int]] = set()
 
     def start(self) -> OnsetWatch:
-        self._thread.start()
+        self._watch.start()
         return self
+
+    def close(self, timeout: float = 2.0) -> None:
+        self._watch.close(timeout)
 
     def on_map_header(self, header: Any) -> None:
         """Act on one map message header: a final map with an onset asks for one map (cooldown)."""
@@ -72,26 +72,3 @@ class OnsetWatch:
         self._last_action = now
         self.maps_asked += 1
         log.warning("%s: a map was asked for now", reason)
-
-    def _run(self) -> None:
-        sock = self._ctx.socket(zmq.SUB)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SUBSCRIBE, b"map")
-        sock.connect(self.endpoint)
-        try:
-            while not self._stop.is_set():
-                if not sock.poll(100):
-                    continue
-                parts = sock.recv_multipart(copy=False)
-                try:
-                    header = unpack(parts[1].bytes) if len(parts) >= 2 else None
-                except Exception:           # a garbled message is skipped, never fatal
-                    continue
-                self.on_map_header(header)
-        finally:
-            sock.close(0)
-
-    def close(self, timeout: float = 2.0) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)

@@ -9,19 +9,5 @@ if [ -x /usr/bin/redis-server ]; then
     echo "install-redis: redis-server already present"
     exit 0
 fi
-
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null 2>&1; then
-        SUDO="sudo"
-    else
-        echo "install-redis: need root (or sudo) to apt-get install redis-server" >&2
-        exit 1
-    fi
-fi
-
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update
-$SUDO apt-get install -y --no-install-recommends redis-server
-# the package starts a system service on 6379 where systemd runs; the test does not use it
+sh "$(dirname "$0")/apt-install.sh" redis-server
 /usr/bin/redis-server --version
