@@ -7,6 +7,7 @@ the display never slows the data path and a slow browser sees fewer updates, not
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -172,6 +173,10 @@ class Session:
             self._last_map = time.monotonic()
 
     def _show_map(self, u: MapUpdate, history: list[Any], version: int) -> None:
+        if u.extent is None:                  # positions in µm from the run's grid when it announced one
+            extent = self.model.grid_extent(u.shape)
+            if extent is not None:
+                u = dataclasses.replace(u, extent=extent)
         self.maps.show(u)
         self.hist.show(np.asarray(u.arrays["d_spacing"], dtype=np.float64), history, u.map_number)
         self._shown = (version, u.map_number)

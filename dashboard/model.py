@@ -84,6 +84,17 @@ class MapUpdate:
 STEERING_STREAM = "steering"     # the plans' decision stream (opmon.acquisition.decisions)
 
 
+def _grid_of(start: dict[str, Any]) -> tuple[float, float, float, tuple[int, int]] | None:
+    """The map grid a run's start document announces (opmon's plans write it), else None."""
+    try:
+        x, y = (float(v) for v in start["map_origin_um"])
+        step = float(start["map_step_um"])
+        ny, nx = (int(v) for v in start["geometry"]["map_shape"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return (x, y, step, (ny, nx)) if step > 0 and ny > 0 and nx > 0 else None
+
+
 @dataclass(frozen=True)
 class Decision:
     """One event of the run's `steering` stream: what the plan decided, why, and what it set."""
@@ -147,6 +158,7 @@ class DashboardModel:
         self._documents: deque[tuple[str, dict[str, Any]]] = deque(maxlen=100)
         self._doc_version = 0
         self._stream_of: dict[str, str] = {}                 # descriptor uid -> stream name (open run)
+        self._grid: tuple[float, float, float, tuple[int, int]] | None = None   # origin x, y, step (µm), shape
         self._decisions: deque[Decision] = deque(maxlen=200)  # the run's `steering` stream, newest last
         self._decision_version = 0
         self.messages_received = 0
@@ -210,7 +222,8 @@ class DashboardModel:
             self.messages_received += 1
             self._documents.append((name, doc))
             self._doc_version += 1
-            if name == "start":            # a new run: its own streams and decisions
+            if name == "start":            # a new run: its own streams, decisions and map grid
+                self._grid = _grid_of(doc)
                 self._stream_of.clear()
                 self._decisions.clear()
                 self._decision_version += 1
@@ -257,6 +270,17 @@ class DashboardModel:
         """(version, newest bluesky documents, oldest first)."""
         with self._lock:
             return self._doc_version, list(self._documents)
+
+    def grid_extent(self, shape: tuple[int, int]) -> tuple[float, float, float, float] | None:
+        """(x0, y0, width, height) in µm of a map of `shape` on the run's piezo grid (its start
+        document's map_origin_um and map_step_um), None when the run did not say or the shape
+        is another grid's."""
+        with self._lock:
+            grid = self._grid
+        if grid is None or grid[3] != tuple(shape):
+            return None
+        x, y, step, (ny, nx) = grid
+        return (x - step / 2, y - step / 2, nx * step, ny * step)
 
     def decisions(self) -> tuple[int, list[Decision]]:
         """(version, the plan's decisions, oldest first)."""

@@ -99,6 +99,9 @@ class MapView:
         fig = self.scalar["d_spacing"].fig
         fig.x_range.start, fig.x_range.end = x0, x0 + w
         fig.y_range.start, fig.y_range.end = y0, y0 + h
+        unit = "µm" if u.extent is not None else "map pixel"
+        for panel_fig in [p.fig for p in self.scalar.values()] + [self.tilt.fig]:
+            panel_fig.xaxis.axis_label, panel_fig.yaxis.axis_label = f"x ({unit})", f"y ({unit})"
         self._geometry = geometry
         self.replacements += 1
 

@@ -217,3 +217,22 @@ def test_the_plans_decisions_show_newest_first_with_their_reasons():
     model.on_document("event", {"descriptor": "d-steer", "time": 21.0, "data": {"steering-decision": "end"}})
     s.update()
     assert "none yet this run" in s.decisions_div.text     # r1's decisions and descriptors are not r2's
+
+
+def test_maps_are_placed_in_um_on_the_run_grid_its_start_document_announces():
+    """The plan's start document gives the piezo grid (origin, step): the maps are drawn in µm
+    there, axes labelled; a map of another shape stays in map pixels."""
+    model = DashboardModel()
+    doc = Document()
+    s = Session(doc, model, None, None, DashboardOptions())
+    model.on_document("start", {"uid": "r1", "time": 1.0, "map_origin_um": [1.0, 2.0], "map_step_um": 0.1,
+                                "geometry": {"map_shape": [8, 10]}})
+    model.on_map(_partial(_full(), 8, 0, final=True))
+    _tick(s)
+    data = s.d.source.data
+    assert data["x"] == [pytest.approx(0.95)] and data["y"] == [pytest.approx(1.95)]
+    assert data["dw"] == [pytest.approx(1.0)] and data["dh"] == [pytest.approx(0.8)]
+    assert s.d.fig.xaxis[0].axis_label == "x (µm)"
+    model.on_map(_partial(_full(ny=4, nx=4), 4, 1, final=True))
+    _tick(s)
+    assert s.d.source.data["dw"] == [4.0] and s.d.fig.xaxis[0].axis_label == "x (map pixel)"
