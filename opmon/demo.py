@@ -281,6 +281,32 @@ def _start_services(supervisor: Supervisor, config: Config, config_path: Path, w
     supervisor.watch()
 
 
+def wait_for_live(endpoint: str, timeout_s: float, cancel: threading.Event) -> bool:
+    """True once the live processor publishes its status: its kernels are loaded (or compiled,
+    20-60 s on a first start without numba's cache) and it takes frames. Frames sent earlier
+    would wait in the stream and stall the acquisition."""
+    from opmon.streaming.protocol import unpack
+    sock = zmq.Context.instance().socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SUBSCRIBE, b"status")
+    sock.connect(endpoint)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not cancel.is_set() and time.monotonic() < deadline:
+            if not sock.poll(200):
+                continue
+            parts = sock.recv_multipart()
+            try:
+                status = unpack(parts[1]) if len(parts) == 2 else None
+            except Exception:           # a garbled status is skipped
+                continue
+            if isinstance(status, dict) and status.get("source") == "live":
+                return True
+        return False
+    finally:
+        sock.close(0)
+
+
 def _announce_dashboard(host: str, port: int, token: str, supervisor: Supervisor, cancel: threading.Event,
                         open_browser: bool) -> None:
     """Print the dashboard's URLs once it listens (and open a browser if asked)."""
@@ -290,6 +316,10 @@ def _announce_dashboard(host: str, port: int, token: str, supervisor: Supervisor
     print(f"dashboard (read-only): {url}\ndashboard (steering):  {url}?token={token}", flush=True)
     if open_browser and not cancel.is_set():
         threading.Timer(3.0, lambda: webbrowser.open(f"{url}?token={token}")).start()
+
+
+#: how long the demo waits for the live processor's first status (kernels compiled on a first start)
+LIVE_READY_S = 300.0
 
 
 def run_demo(config: Config, plan: ExperimentPlan, *, headless: bool, workers: int = 1,
@@ -318,6 +348,10 @@ def run_demo(config: Config, plan: ExperimentPlan, *, headless: bool, workers: i
     frames_sent = 0
     try:
         _start_services(supervisor, config, config_path, workers, dashboard_port, service.token)
+        if not wait_for_live(config.endpoint("display_live"), LIVE_READY_S, control.stop_requested) \
+                and not control.stop_requested.is_set():
+            log.warning("live processor not ready after %.0f s (see %s); starting the acquisition anyway",
+                        LIVE_READY_S, supervisor.log_dir / "live.log")
         if dashboard_port is not None:
             _announce_dashboard(config.host, dashboard_port, service.token, supervisor, control.stop_requested,
                                 open_browser)

@@ -13,3 +13,6 @@ if [ "${1:-}" = "test" ]; then
 else
     .venv/bin/pip install --disable-pip-version-check -q -e .
 fi
+# Compile the live processor's numba kernels into numba's on-disk cache now: compiled on a first
+# `opmon live`, they would hold its first frames for 20-60 s on two cores.
+.venv/bin/python -c "from opmon.processors.accumulate import warm_up_kernels; warm_up_kernels()"
