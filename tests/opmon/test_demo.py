@@ -48,7 +48,9 @@ def test_headless_demo_archives_every_frame_and_its_maps_equal_offline_processin
         # rocking curve, the background alone a few) at the LMNO (400) spacings of a first charge
         assert np.nanmax(offline.intensity) > 1000
         d = offline.valid_d()
-        assert d.size >= 10 and 2.015 < d.mean() < 2.045 and d.std() < 0.01
+        # the detector sees one phase (the paper's window): a transforming particle loses valid
+        # pixels map by map, so only the first map must hold many
+        assert d.size >= (10 if number == 0 else 1) and 2.015 < d.mean() < 2.045 and d.std() < 0.01
 
 
 def test_demo_fly_option_chooses_eta_outer_and_refuses_point_outer():
