@@ -20,6 +20,7 @@ from bluesky.utils import RequestAbort
 from opmon.acquisition import (AnyOf, CellCommand, MapRequests, PeriodicTrigger, PlateauTrigger, PublisherSink, TriggerRule,
                                VoltageThresholds, operando_series)
 from opmon.archive_watch import ArchiverWatch
+from opmon.dose_watch import DoseWatch
 from opmon.config import Config
 from opmon.errors import ConfigError
 from opmon.simulators.beamline import BeamlineConfig, SimulatedBeamline
@@ -67,6 +68,9 @@ class ExperimentPlan:
     order: str = "point-outer"  # each map pixel completes at once, so partial maps fill in live
     fly: bool = False           # fly each map row (eta-outer order), the detector triggered by the trajectory
     point_time_s: float = 0.0005  # fly scan: exposure per point
+    exposure_s: float = 0.01      # step scan: exposure per frame (SCIENCE.md: <= 10 ms per point)
+    flux_ph_s: float = 1e9        # incident flux of the focused beam (SCIENCE.md: ~1e9 photons/s)
+    dose_limit: float | None = None  # photons at one sample position that pause the run (None: no limit)
     max_maps: int | None = None
     seed: int = 0
     # the paper's detector window: only the phase consumed on the current plateau is seen, so
@@ -75,6 +79,11 @@ class ExperimentPlan:
 
     def setup(self) -> SxdmSetup:
         return SxdmSetup(map_shape=self.map_shape, n_angles=self.n_angles, roi=self.roi)
+
+    def dose_metadata(self) -> dict[str, Any]:
+        """What each frame delivers, for the live dose map (start metadata ``dose``)."""
+        return {"dose": {"exposure_s": self.point_time_s if self.fly else self.exposure_s,
+                         "flux_ph_s": self.flux_ph_s, "step_um": self.setup().map_step_um}}
 
 
 def make_rule(thresholds: list[float] | None = None, period_s: float | None = None, plateau: bool = False,
@@ -113,7 +122,7 @@ class AcquisitionService:
                                       spool_bytes=config.stream.archive_spool_bytes)
         self.documents = DocumentPublisher(config.endpoint("docs"), config.endpoint("display_acquisition"),
                                            stall_timeout_s=config.stream.stall_timeout_s)
-        self.sink = PublisherSink(self.publisher)
+        self.sink = PublisherSink(self.publisher, metadata=plan.dose_metadata())
         self.RE.subscribe(self.documents)
         self.RE.subscribe(self.sink)
         self.beamline = SimulatedBeamline(BeamlineConfig(setup=plan.setup(), acceleration=plan.acceleration,
@@ -122,6 +131,8 @@ class AcquisitionService:
         self.steering = RunEngineSteering(self.RE, self.requests, make_rule)
         self.control = ControlServer(config.endpoint("control"), self.token, self.steering)
         self.archive_watch = ArchiverWatch(config.endpoint("display_archive"), self.steering)  # pauses on disk full
+        self.dose_watch = (DoseWatch(config.endpoint("display_live"), self.control.endpoint, self.token, plan.dose_limit)
+                           if plan.dose_limit is not None else None)       # pauses at the dose limit
         self._stop = threading.Event()
         self._status_thread = threading.Thread(target=self._publish_status, name="opmon-acq-status", daemon=True)
 
@@ -142,6 +153,8 @@ class AcquisitionService:
                                  md={"sample": "LiNi0.5Mn1.5O4 single crystal (simulated)", "opmon_demo": True})
         self.control.start()
         self.archive_watch.start()
+        if self.dose_watch is not None:
+            self.dose_watch.start()
         self._status_thread.start()
         started = time.monotonic()
         try:
@@ -160,6 +173,8 @@ class AcquisitionService:
             return
         self._stop.set()
         self.control.close()
+        if self.dose_watch is not None:
+            self.dose_watch.close()
         self.archive_watch.close()
         if linger_s is not None:     # the plan is over: nobody else uses these sockets now
             for sock in [*self.publisher.sockets, *([self.documents.docs] if self.documents.docs is not None else [])]:

@@ -54,6 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--point-time", type=float, default=0.0005, metavar="S",
                    help="fly scan: detector exposure per point in seconds (default 0.0005)")
     p.add_argument("--max-maps", type=int, default=None)
+    p.add_argument("--dose-limit", type=float, default=None, metavar="PHOTONS",
+                   help="pause the run when one sample position has taken this many photons over all maps "
+                        "(each frame: exposure x flux, 1e9 ph/s x 10 ms = 1e7 photons; resume from the dashboard)")
     p.add_argument("--workers", type=int, default=1, help="live processor worker processes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dashboard-port", type=int, default=None,

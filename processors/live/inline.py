@@ -179,6 +179,7 @@ class LiveProcessor(LiveService):
             progress = self._progress(h["map"])
             if self.run.adopted and progress is not None and progress.received == 1 and h["frame"] > 0:
                 self._recover_prefix(h["map"], h["seq"])
+            self.run.count_dose(h)
             self._feed(h, msg.array)  # type: ignore[arg-type]
         elif msg.kind == "start":
             self._begin_run(h, msg.array, adopted=False)  # type: ignore[arg-type]

@@ -92,14 +92,14 @@ class LiveService:
         """Make, publish and archive `lm`'s final maps from `acc`."""
         lm.done = True
         self.outputs.final(acc, run=run.uid, number=lm.number, n_frames=n_frames, frames_lost=frames_lost,
-                           options=run.options)
+                           options=run.options, dose=run.dose.grid() if run.dose is not None else None)
         self._published(lm)
         lm.acc = None   # the sums of a finished map are its final maps now: a run of hundreds of maps must not keep them
 
     def _partial(self, run: LiveRun, lm: LiveMap, acc: MomentAccumulator, *, n_frames: int, frames_lost: int) -> None:
         """Publish `lm` in progress from `acc` on the display channel."""
         self.outputs.partial(acc, run=run.uid, number=lm.number, n_frames=n_frames, frames_lost=frames_lost,
-                             options=run.options)
+                             options=run.options, dose=run.dose.grid() if run.dose is not None else None)
         self._published(lm)
 
     # -- what each executor says ------------------------------------------------------------------
