@@ -101,7 +101,7 @@ class RunEngineSteering:
         return {"region": list(region)}
 
     def status(self) -> dict[str, Any]:
-        return {"state": str(self.RE.state), "exit_status": self.exit_status}
+        return {"state": str(self.RE.state), "exit_status": self.exit_status, "pause_reason": self.pause_reason}
 
     def _need_requests(self, command: str) -> Any:
         if self.requests is None:

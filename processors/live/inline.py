@@ -110,6 +110,7 @@ class LiveProcessor(LiveService):
     def _feed(self, header: dict[str, Any], frame: npt.NDArray[Any]) -> None:
         run = self.run
         assert run is not None
+        run.count_dose(header)          # every frame once: received, or recovered from the archive
         if run.roi is None:
             assert run.roi_decider is not None
             run.held.append((header, frame))
@@ -179,7 +180,6 @@ class LiveProcessor(LiveService):
             progress = self._progress(h["map"])
             if self.run.adopted and progress is not None and progress.received == 1 and h["frame"] > 0:
                 self._recover_prefix(h["map"], h["seq"])
-            self.run.count_dose(h)
             self._feed(h, msg.array)  # type: ignore[arg-type]
         elif msg.kind == "start":
             self._begin_run(h, msg.array, adopted=False)  # type: ignore[arg-type]
