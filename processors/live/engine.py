@@ -104,8 +104,9 @@ class LiveRun(RunShapes):
 
     def count_dose(self, header: dict[str, Any]) -> None:
         """Add one received frame's exposure to the run's dose map (every frame, whatever the ROI)."""
-        if self.dose is not None:
-            self.dose.add(header, self.map(header["map"]).map_shape)
+        if self.dose is not None:        # never creates the map: its shape may still come from its map_start
+            lm = self.maps.get(header["map"])
+            self.dose.add(header, lm.map_shape if lm is not None else self.map_shape)
 
     @property
     def roi(self) -> Roi | None:
