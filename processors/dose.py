@@ -66,13 +66,22 @@ class DoseGrid:
                 "max": float(self.photons.max()) if self.photons.size else 0.0}
 
 
+Cells = dict[tuple[int, int], float]
+
+
 @dataclass
 class DoseLedger:
     """The run's accumulated dose by grid cell (a dict, so a map anywhere in the piezo range costs
-    only its own cells)."""
+    only its own cells).
+
+    Frames of the next map may arrive before a map's final maps are made (fan-out workers, a
+    map_end late), so the maps still open keep their own share: the dose recorded with map n is
+    that of maps 0..n exactly (`grid(up_to=n)`), and `release(n)` forgets the shares once map n is final.
+    """
 
     settings: DoseSettings
-    cells: dict[tuple[int, int], float] = field(default_factory=dict)
+    cells: Cells = field(default_factory=dict)
+    open_maps: dict[int, Cells] = field(default_factory=dict)
     monitor_sum: float = 0.0
     monitor_n: int = 0
     frames: int = 0
@@ -94,15 +103,28 @@ class DoseLedger:
         else:
             cell = (round(float(y) / s.step_um), round(float(x) / s.step_um))
         self.cells[cell] = self.cells.get(cell, 0.0) + photons
+        share = self.open_maps.setdefault(int(header.get("map", 0)), {})
+        share[cell] = share.get(cell, 0.0) + photons
         self.frames += 1
 
-    def grid(self) -> DoseGrid | None:
-        """The dose as a dense array over the cells touched so far (None before any frame)."""
+    def release(self, number: int) -> None:
+        """Map `number` is final: forget the shares of it and the maps before it."""
+        for m in [m for m in self.open_maps if m <= number]:
+            del self.open_maps[m]
+
+    def grid(self, up_to: int | None = None) -> DoseGrid | None:
+        """The dose of maps 0..`up_to` (None: every frame so far) as a dense array over the cells
+        touched so far (None before any frame)."""
         if not self.cells:
             return None
-        keys = np.array(list(self.cells), dtype=np.int64)
+        cells = dict(self.cells)
+        for m, share in self.open_maps.items():
+            if up_to is not None and m > up_to:
+                for cell, photons in share.items():
+                    cells[cell] -= photons
+        keys = np.array(list(cells), dtype=np.int64)
         lo, hi = keys.min(axis=0), keys.max(axis=0)
         photons = np.zeros((int(hi[0] - lo[0] + 1), int(hi[1] - lo[1] + 1)), dtype=np.float64)
-        photons[keys[:, 0] - lo[0], keys[:, 1] - lo[1]] = list(self.cells.values())
+        photons[keys[:, 0] - lo[0], keys[:, 1] - lo[1]] = np.maximum(list(cells.values()), 0.0)
         step = self.settings.step_um
         return DoseGrid(photons, (float(lo[0] * step), float(lo[1] * step)), step)

@@ -12,7 +12,7 @@ import zmq
 
 from opmon.errors import ConfigError
 from opmon.processors.dose import DoseLedger, DoseSettings
-from opmon.processors.live import LiveProcessor
+from opmon.processors.live import open_live_processor
 from opmon.streaming.archive.final_maps import write_final_maps
 from opmon.streaming.archive.maps_file import read_dose
 from opmon.streaming.map_messages import decode_dose, decode_map
@@ -42,19 +42,28 @@ def test_ledger_bins_positions_scales_by_the_monitor_and_falls_back_to_the_map_p
     for monitor in (100.0, 50.0):      # the beam halves: the second frame delivers less than the first
         monitored.add({"x": 0.0, "y": 0.0, "index": 0, "monitor": monitor}, MAP)
     assert monitored.grid().photons[0, 0] == pytest.approx(1e7 + 1e7 * 50.0 / 75.0)
+    shares = DoseLedger(DoseSettings(EXPOSURE, FLUX, STEP))
+    for number in (0, 1, 1):           # a frame of map 1 arrives before map 0's final maps are made
+        shares.add({"map": number, "x": 0.0, "y": 0.0, "index": 0}, MAP)
+    assert shares.grid(up_to=0).photons[0, 0] == pytest.approx(1e7)      # recorded with map 0: map 0 only
+    shares.release(0)
+    assert shares.grid(up_to=1).photons[0, 0] == shares.grid().photons[0, 0] == pytest.approx(3e7)
     with pytest.raises(ConfigError, match="flux_ph_s"):
         DoseSettings.from_start({"metadata": {"dose": {"exposure_s": 0.01, "flux_ph_s": -1, "step_um": 0.1}}})
     assert DoseSettings.from_start({"metadata": {}}) is None
 
 
-@pytest.mark.timeout(120)
-def test_dose_of_a_run_is_exposure_times_flux_times_frames_per_position_and_is_archived(tmp_path):
-    """Two maps, the second moved one cell right (re-centred): the overlap has twice the dose."""
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.timeout(180)
+def test_dose_of_a_run_is_exposure_times_flux_times_frames_per_position_and_is_archived(tmp_path, workers):
+    """Two maps, the second moved one cell right (re-centred): the overlap has twice the dose.
+    Inline and fanned out (the workers report each frame's position to the coordinator)."""
     ctx = zmq.Context()
     maps_in = ctx.socket(zmq.PULL)
     port = maps_in.bind_to_random_port("tcp://127.0.0.1")
     sink = ZmqFrameSink(["tcp://127.0.0.1:*"], context=ctx, stall_timeout_s=60)
-    processor = LiveProcessor(sink.endpoints[0], None, f"tcp://127.0.0.1:{port}", roi=None, context=ctx)
+    processor = open_live_processor(sink.endpoints[0], None, f"tcp://127.0.0.1:{port}", workers=workers, roi=None,
+                                    context=ctx)
     thread = threading.Thread(target=processor.serve, daemon=True)
     thread.start()
     shifts = [(0, 0), (0, 1)]
