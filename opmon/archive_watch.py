@@ -8,18 +8,17 @@ do. It never resumes by itself: a person frees the space and resumes from the da
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any
 
 import zmq
 
 from opmon.errors import OpmonError
-from opmon.streaming.protocol import unpack
+from opmon.topic_watch import TopicWatch
 
 log = logging.getLogger(__name__)
 
 
-class ArchiverWatch:
+class ArchiverWatch(TopicWatch):
     """A SUB socket on the archiver's status and a daemon thread that pauses on disk full.
 
     Parameters
@@ -30,17 +29,17 @@ class ArchiverWatch:
         anything with ``pause() -> dict`` acting through the RunEngine (`RunEngineSteering`).
     """
 
+    topic = b"status"
+    thread_name = "opmon-archiver-watch"
+
     def __init__(self, endpoint: str, steering: Any, context: zmq.Context | None = None) -> None:
-        self.endpoint, self.steering = endpoint, steering
-        self._ctx = context or zmq.Context.instance()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="opmon-archiver-watch", daemon=True)
+        super().__init__(endpoint, context)
+        self.steering = steering
         self.reason: str | None = None      # the archiver's error while it reports disk full
         self.pauses = 0
 
-    def start(self) -> ArchiverWatch:
-        self._thread.start()
-        return self
+    def on_header(self, header: Any) -> None:
+        self.on_status(header)
 
     def on_status(self, status: Any) -> None:
         """Act on one archiver status message: pause once per disk-full episode."""
@@ -62,26 +61,3 @@ class ArchiverWatch:
         self.pauses += 1
         log.error("acquisition paused: archiver reports %s. Free space on the archive disk, then resume "
                   "from the dashboard.", self.reason)
-
-    def _run(self) -> None:
-        sock = self._ctx.socket(zmq.SUB)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SUBSCRIBE, b"status")
-        sock.connect(self.endpoint)
-        try:
-            while not self._stop.is_set():
-                if not sock.poll(100):
-                    continue
-                parts = sock.recv_multipart()
-                try:
-                    status = unpack(parts[1]) if len(parts) == 2 else None
-                except Exception:           # a garbled status is skipped, never fatal
-                    continue
-                self.on_status(status)
-        finally:
-            sock.close(0)
-
-    def close(self, timeout: float = 2.0) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)

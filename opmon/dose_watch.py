@@ -10,7 +10,6 @@ second later.
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any
 
 import zmq
@@ -18,7 +17,7 @@ import zmq
 from opmon.dashboard.control_client import ControlClient
 from opmon.errors import ConfigError, OpmonError
 from opmon.streaming.map_messages import TOPIC
-from opmon.streaming.protocol import unpack
+from opmon.topic_watch import TopicWatch
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +32,7 @@ def limit_reason(limit: float, header: dict[str, Any]) -> str | None:
             f"by map {header.get('map')} of run {header.get('run')}")
 
 
-class DoseWatch:
+class DoseWatch(TopicWatch):
     """A SUB socket on the live processor's maps and a daemon thread that pauses at the dose limit.
 
     Parameters
@@ -43,21 +42,21 @@ class DoseWatch:
     limit : photons at one sample position (> 0).
     """
 
+    topic = TOPIC
+    thread_name = "opmon-dose-watch"
+
     def __init__(self, maps_endpoint: str, control_endpoint: str, token: str, limit: float,
                  context: zmq.Context | None = None) -> None:
         if not limit > 0:
             raise ConfigError(f"dose limit {limit!r}: must be a positive number of photons")
-        self.endpoint, self.limit, self.token = maps_endpoint, float(limit), token
-        self._ctx = context or zmq.Context.instance()
+        super().__init__(maps_endpoint, context)
+        self.limit, self.token = float(limit), token
         self.control = ControlClient(control_endpoint, context=self._ctx)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="opmon-dose-watch", daemon=True)
         self.paused_runs: set[str] = set()
         self.reasons: list[str] = []
 
-    def start(self) -> DoseWatch:
-        self._thread.start()
-        return self
+    def on_header(self, header: Any) -> None:
+        self.on_map(header)
 
     def on_map(self, header: Any) -> None:
         """Act on one map header: pause once per run whose dose reached the limit."""
@@ -78,26 +77,6 @@ class DoseWatch:
         else:
             log.error("%s; pause refused: %s", reason, reply.get("error"))
 
-    def _run(self) -> None:
-        sock = self._ctx.socket(zmq.SUB)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SUBSCRIBE, TOPIC)
-        sock.connect(self.endpoint)
-        try:
-            while not self._stop.is_set():
-                if not sock.poll(100):
-                    continue
-                parts = sock.recv_multipart()
-                try:
-                    header = unpack(parts[1]) if len(parts) >= 2 and parts[0] == TOPIC else None
-                except Exception:           # a garbled message is skipped, never fatal
-                    continue
-                self.on_map(header)
-        finally:
-            sock.close(0)
-
     def close(self, timeout: float = 2.0) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        super().close(timeout)
         self.control.close()
