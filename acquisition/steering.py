@@ -51,6 +51,8 @@ class RunEngineSteering:
             raise ControlCommandError(f"cannot pause: the run is {self.RE.state}")
         self.pause_reason = reason or "paused from the control channel"
         log.warning("pause requested: %s", self.pause_reason)
+        if reason and self.requests is not None:
+            self.requests.note("pause", reason)     # the plan records it in its `steering` stream
         # Deferred: the plan pauses at its next checkpoint (after the frame being taken), so a
         # pause never leaves a frame on disk that no document references.
         self.RE.request_pause(defer=True)

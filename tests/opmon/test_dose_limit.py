@@ -1,7 +1,9 @@
 """`opmon demo --dose-limit`: the live dose map pauses the run through the control channel with
-its reason, and each archived map holds the run's dose (exposure × flux × frames per position)."""
+its reason (recorded in the run's `steering` stream), and each archived map holds the run's dose
+(exposure × flux × frames per position)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -73,7 +75,7 @@ def test_dose_limit_pauses_a_demo_run_and_every_map_archives_the_dose(tmp_path):
     # 4 x 4 map, 10 angles: each position takes 1e8 photons per map, so the 1.5e8 limit falls in map 1
     cmd = [sys.executable, "-m", "opmon.cli", "demo", "--headless", "--archive-dir", str(archive),
            "--port-base", str(base), "--map-shape", "4", "4", "--angles", "10", "--acceleration", "1500",
-           "--maps-at", "4.5", "4.7", "--dose-limit", "1.5e8"]
+           "--maps-at", "4.5", "4.7", "--max-maps", "2", "--dose-limit", "1.5e8"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     control = ControlClient(f"tcp://127.0.0.1:{base + 8}", timeout=2.0)
     state: dict = {}
@@ -90,15 +92,19 @@ def test_dose_limit_pauses_a_demo_run_and_every_map_archives_the_dose(tmp_path):
         assert until(paused, 150, interval_s=0.2), "the run never paused"
         assert state.get("state") == "paused", f"demo ended without pausing: {proc.stdout.read()[-3000:]}"
         assert "dose limit" in state["pause_reason"] and "limit 1.5e+08" in state["pause_reason"]
-        assert control.request("abort", "dose-test-token", reason="test over")["ok"]
-        out, _ = proc.communicate(timeout=120)
+        assert control.request("resume", "dose-test-token")["ok"]      # once per run: it runs to the end now
+        out, _ = proc.communicate(timeout=150)
     finally:
         control.close()
         stop_processes([proc], 30)
-    assert proc.returncode == 1 and "exit status: abort" in out, out[-3000:]
+    assert proc.returncode == 0 and "exit status: success" in out, out[-3000:]
     (run_dir,) = [p for p in archive.iterdir() if p.is_dir() and p.name != "logs"]
+    docs = [json.loads(line) for line in (run_dir / "documents.jsonl").read_text().splitlines()]
+    decisions = [d["doc"]["data"] for d in docs if d["name"] == "event" and "steering-decision" in d["doc"]["data"]]
+    pauses = [d for d in decisions if d["steering-decision"] == "pause"]
+    assert len(pauses) == 1 and pauses[0]["steering-reason"] == state["pause_reason"]   # in the run's documents
     raws = sorted(run_dir.glob("map_[0-9][0-9][0-9][0-9].h5"))
-    assert len(raws) == 2                         # paused during map 1, aborted there
+    assert len(raws) == 2                         # maps at 4.5 and 4.7 V
     for number in range(2):
         count = _frames_per_position(raws[: number + 1])
         with h5py.File(run_dir / f"map_{number:04d}_maps.h5", "r") as f:
