@@ -82,6 +82,13 @@ def _take_map(result: SeriesResult, reason: str, start: CellReading, detector: S
     return record
 
 
+def _record_notes(steering: SteeringLog, requests: MapRequests) -> MsgGenerator[None]:
+    """Decisions taken outside the plan since the last look (a pause at the dose limit and why),
+    into the `steering` stream once the plan runs again."""
+    for decision, why in requests.take_notes():
+        yield from record(steering, decision, why)
+
+
 def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractometer: Diffractometer,
                     detector: SxdmDetector, *, grid: MapGrid, etas: Sequence[float],
                     triggers: TriggerRule | Sequence[TriggerRule], charge: CellCommand | None = None,
@@ -137,6 +144,7 @@ def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractomete
             yield from bps.checkpoint()
             reading = yield from monitor.poll()
             if requests is not None:
+                yield from _record_notes(steering, requests)
                 new_rule = requests.take_rule()
                 if new_rule is not None:
                     rule = new_rule
@@ -168,6 +176,8 @@ def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractomete
             elif requests is not None and requests.finishing:
                 result.end_reason = "finish requested"
             if result.end_reason:
+                if requests is not None:
+                    yield from _record_notes(steering, requests)
                 yield from record(steering, "end", result.end_reason, maps=len(result.maps))
                 break
             if not pending:

@@ -98,8 +98,9 @@ class PublisherSink:
 
     mimetype = "application/x-opmon-frame-stream"
 
-    def __init__(self, publisher: Any, uri: str = "") -> None:
+    def __init__(self, publisher: Any, uri: str = "", metadata: dict[str, Any] | None = None) -> None:
         self.publisher = publisher
+        self.metadata = metadata      # the run's start metadata (e.g. the plan's exposure and flux for the dose map)
         endpoints = getattr(publisher, "endpoints", None) or [""]
         self.uri = uri or str(endpoints[0])
         self.run: str | None = None
@@ -110,7 +111,7 @@ class PublisherSink:
             self.publisher.start_run(run=run_uid, energy_ev=meta.energy_ev, distance_m=meta.distance_m,
                                      pixel_size_m=meta.pixel_size_m, beam_center=meta.beam_center,
                                      frame_shape=meta.frame_shape, dtype=meta.dtype, map_shape=meta.map_shape,
-                                     mask=meta.detector_mask)
+                                     mask=meta.detector_mask, metadata=self.metadata)
             self.run = run_uid
         self.publisher.start_map(meta.expected_frames, map_number=map_id, map_shape=meta.map_shape,
                                  trigger={"reason": meta.trigger} if meta.trigger else None)

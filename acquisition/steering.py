@@ -6,12 +6,15 @@ abort) and map requests the plan drains between frames.
 """
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
 from bluesky.utils import RunEngineInterrupted
 
 from opmon.errors import ControlCommandError
+
+log = logging.getLogger(__name__)
 
 
 class RunEngineSteering:
@@ -38,12 +41,18 @@ class RunEngineSteering:
         self._wake = threading.Event()
         #: Why the run is being aborted (the `abort` command's reason), None while it is not.
         self.abort_reason: str | None = None
+        #: Why the run was last paused (the `pause` command's reason), None before any pause.
+        self.pause_reason: str | None = None
         self.exit_status: str | None = None
 
     # -- Steerable -----------------------------------------------------------------------
-    def pause(self) -> dict[str, Any]:
+    def pause(self, reason: str = "") -> dict[str, Any]:
         if self.RE.state != "running":
             raise ControlCommandError(f"cannot pause: the run is {self.RE.state}")
+        self.pause_reason = reason or "paused from the control channel"
+        log.warning("pause requested: %s", self.pause_reason)
+        if reason and self.requests is not None:
+            self.requests.note("pause", reason)     # the plan records it in its `steering` stream
         # Deferred: the plan pauses at its next checkpoint (after the frame being taken), so a
         # pause never leaves a frame on disk that no document references.
         self.RE.request_pause(defer=True)
@@ -94,7 +103,7 @@ class RunEngineSteering:
         return {"region": list(region)}
 
     def status(self) -> dict[str, Any]:
-        return {"state": str(self.RE.state), "exit_status": self.exit_status}
+        return {"state": str(self.RE.state), "exit_status": self.exit_status, "pause_reason": self.pause_reason}
 
     def _need_requests(self, command: str) -> Any:
         if self.requests is None:

@@ -186,6 +186,7 @@ class MapRequests:
         self._rule: TriggerRule | None = None
         self._region: Region | None | str = "unchanged"
         self._finish = False
+        self._notes: deque[tuple[str, str]] = deque()
         self.log: list[str] = []
 
     def map_now(self, reason: str = "on demand") -> None:
@@ -210,6 +211,11 @@ class MapRequests:
         with self._lock:
             self._region = region
 
+    def note(self, decision: str, reason: str) -> None:
+        """A decision taken outside the plan (a pause and why), for its `steering` stream."""
+        with self._lock:
+            self._notes.append((decision, reason))
+
     def finish(self) -> None:
         """End the series cleanly after the current map."""
         with self._lock:
@@ -219,6 +225,11 @@ class MapRequests:
     def take_map(self) -> str | None:
         with self._lock:
             return self._maps.popleft() if self._maps else None
+
+    def take_notes(self) -> list[tuple[str, str]]:
+        with self._lock:
+            notes, self._notes = list(self._notes), deque()
+            return notes
 
     def take_rule(self) -> TriggerRule | None:
         with self._lock:

@@ -23,7 +23,7 @@ from opmon.dashboard.auth import SteeringSessions
 from opmon.dashboard.control_client import ControlClient
 from opmon.dashboard.model import DashboardModel, MapUpdate
 from opmon.dashboard.steering import Steering, session_cookies
-from opmon.dashboard.views import HistogramView, MapView, decisions_html, status_html
+from opmon.dashboard.views import DoseMapView, HistogramView, MapView, decisions_html, status_html
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ class Session:
         self.tilt = P.tilt_panel(xr, yr)
         self.intensity, roi = P.intensity_map(xr, yr)
         self.width = P.width_map(xr, yr)
+        self.dose = DoseMapView(P.dose_map())
         self.hist_fig, hist_cur, hist_earlier = P.histogram_panel()
         self.pole_fig, pole_pts, pole_rings = P.pole_panel()
         self.echem = P.echem_panels()
@@ -115,7 +116,7 @@ class Session:
 
     def _layout(self) -> Any:
         tilt_box = row(self.tilt.fig, self.tilt.legend, sizing_mode="stretch_both")
-        maps = row(self.d.fig, tilt_box, self.intensity.fig, self.width.fig, sizing_mode="stretch_both")
+        maps = row(self.d.fig, tilt_box, self.intensity.fig, self.width.fig, self.dose.panel.fig, sizing_mode="stretch_both")
         plots = row(self.hist_fig, self.pole_fig, self.echem.vt, self.echem.vq, self.echem.iq,
                     sizing_mode="stretch_both")
         gallery = row(self.live_button, self.gallery, self.seen_div, self.ack_div, sizing_mode="stretch_width", height=44)
@@ -178,6 +179,7 @@ class Session:
             if extent is not None:
                 u = dataclasses.replace(u, extent=extent)
         self.maps.show(u)
+        self.dose.show(u.dose())
         self.hist.show(np.asarray(u.arrays["d_spacing"], dtype=np.float64), history, u.map_number)
         self._shown = (version, u.map_number)
         kind = "final" if u.final else f"{100 * u.progress:.0f}%"

@@ -74,11 +74,34 @@ class MapUpdate:
                 raise MapMessageError(
                     f"map {self.map_number}: {k} has shape {np.shape(self.arrays[k])}, d_spacing {shape}")
 
+    def dose(self) -> DoseView | None:
+        """The run's dose so far, when the map carries it (checked by the subscriber's codec)."""
+        photons, grid = self.arrays.get("dose"), self.meta.get("dose")
+        if photons is None or not isinstance(grid, dict):
+            return None
+        y0, x0 = grid["origin_um"]
+        return DoseView(np.asarray(photons, dtype=np.float64), float(x0), float(y0), float(grid["step_um"]))
+
     @property
     def shape(self) -> tuple[int, int]:
         """(ny, nx) of the map."""
         s = np.shape(self.arrays["d_spacing"])
         return int(s[0]), int(s[1])
+
+
+@dataclass(frozen=True)
+class DoseView:
+    """Photons per sample position over the run so far; cell [0, 0] centred at (x0, y0) µm."""
+
+    photons: npt.NDArray[np.float64]
+    x0: float
+    y0: float
+    step: float
+
+    @property
+    def peak(self) -> float:
+        """The most photons any one position has taken."""
+        return float(self.photons.max()) if self.photons.size else 0.0
 
 
 STEERING_STREAM = "steering"     # the plans' decision stream (opmon.acquisition.decisions)

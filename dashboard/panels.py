@@ -89,6 +89,18 @@ def width_map(x_range: Range1d, y_range: Range1d) -> MapPanel:
     return map_panel("peak width σ (1/Å)", Cividis256, "1/Å", x_range, y_range)
 
 
+def dose_map() -> MapPanel:
+    """Dose per sample position over all maps of the run (photons), in the piezo frame (µm):
+    its own axes, since re-centred maps cover other regions of the sample."""
+    panel = map_panel("dose (photons per position, all maps)", Inferno256, "photons", Range1d(0, 1), Range1d(0, 1),
+                      fmt="%.2g")
+    panel.fig.name = "dose_fig"
+    panel.source.name = "dose_source"     # tests find the dose map by this name
+    panel.fig.xaxis.axis_label = "x (µm)"
+    panel.fig.yaxis.axis_label = "y (µm)"
+    return panel
+
+
 @dataclass
 class TiltPanel:
     """Tilt colour-wheel map and its legend."""

@@ -21,7 +21,7 @@ import zmq
 
 from opmon.dashboard.model import DashboardModel, MapMessageError, MapUpdate
 from opmon.errors import ProtocolError
-from opmon.streaming.map_messages import decode_map
+from opmon.streaming.map_messages import decode_dose, decode_map
 from opmon.streaming.protocol import VERSION, RejectedMessage, unpack
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ def map_update(header: dict[str, Any], buffers: Sequence[Any]) -> MapUpdate:
         raise DisplayMessageError(f"map: {bad[0]} = {header.get(bad[0])!r:.40} is not a number")
     try:
         views = decode_map(header, buffers)
+        decode_dose(header, views)          # a dose field must come with its grid
     except RejectedMessage as exc:
         raise DisplayMessageError(str(exc), exc.reason) from exc
     arrays = {name: np.array(view, dtype=view.dtype.newbyteorder("=")) for name, view in views.items()}

@@ -16,13 +16,38 @@ import numpy.typing as npt
 
 from opmon.dashboard import panels as P
 from opmon.dashboard.colors import pack_rgba, tilt_to_rgb
-from opmon.dashboard.model import Decision, FinalMap, MapUpdate
+from opmon.dashboard.model import Decision, DoseView, FinalMap, MapUpdate
 from opmon.dashboard.patching import changed_rows, flat_rows_patch, image_row_patch, robust_range
 from opmon.processors.colorwheel import auto_max_altitude
 
 STATE_COLOURS = {"running": "#2e7d32", "paused": "#ef6c00", "aborted": "#c62828", "idle": "#616161",
                  "finished": "#1565c0", "unknown": "#616161", "stale": "#6a1b9a", "error": "#c62828"}
 STALE_AFTER = 5.0   # s without a status message before the badge says STALE
+
+
+class DoseMapView:
+    """Keeps the dose panel on the newest dose a map message carried (the whole image each time:
+    the grid grows as maps reach new positions, and the dose changes everywhere the beam went)."""
+
+    def __init__(self, panel: P.MapPanel) -> None:
+        self.panel = panel
+        self.shown: DoseView | None = None
+
+    def show(self, dose: DoseView | None) -> bool:
+        """Show `dose`; returns True if anything was sent (False without a dose, or the same one)."""
+        if dose is None or (self.shown is not None and self.shown.photons.shape == dose.photons.shape
+                            and np.array_equal(self.shown.photons, dose.photons)):
+            return False
+        ny, nx = dose.photons.shape
+        x, y, w, h = dose.x0 - dose.step / 2, dose.y0 - dose.step / 2, nx * dose.step, ny * dose.step
+        self.panel.source.data = {"image": [dose.photons.copy()], "x": [x], "y": [y], "dw": [w], "dh": [h]}
+        self.panel.mapper.low, self.panel.mapper.high = 0.0, max(dose.peak, 1.0)
+        fig = self.panel.fig
+        fig.x_range.start, fig.x_range.end = x, x + w
+        fig.y_range.start, fig.y_range.end = y, y + h
+        fig.title.text = f"dose (photons per position, all maps): max {dose.peak:.3g}"
+        self.shown = dose
+        return True
 
 
 class MapView:

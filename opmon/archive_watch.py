@@ -18,7 +18,7 @@ from opmon.topic_watch import TopicWatch
 log = logging.getLogger(__name__)
 
 
-class ArchiverWatch:
+class ArchiverWatch(TopicWatch):
     """A SUB socket on the archiver's status and a daemon thread that pauses on disk full.
 
     Parameters
@@ -29,18 +29,17 @@ class ArchiverWatch:
         anything with ``pause() -> dict`` acting through the RunEngine (`RunEngineSteering`).
     """
 
+    topic = b"status"
+    thread_name = "opmon-archiver-watch"
+
     def __init__(self, endpoint: str, steering: Any, context: zmq.Context | None = None) -> None:
-        self.endpoint, self.steering = endpoint, steering
-        self._watch = TopicWatch(endpoint, b"status", self.on_status, "opmon-archiver-watch", context)
+        super().__init__(endpoint, context)
+        self.steering = steering
         self.reason: str | None = None      # the archiver's error while it reports disk full
         self.pauses = 0
 
-    def start(self) -> ArchiverWatch:
-        self._watch.start()
-        return self
-
-    def close(self, timeout: float = 2.0) -> None:
-        self._watch.close(timeout)
+    def on_header(self, header: Any) -> None:
+        self.on_status(header)
 
     def on_status(self, status: Any) -> None:
         """Act on one archiver status message: pause once per disk-full episode."""

@@ -426,6 +426,10 @@ def plan_from_args(args: Any) -> ExperimentPlan:
         raise ConfigError(f"--point-time {args.point_time}: must be > 0 s")
     plan.fly, plan.point_time_s = args.fly, args.point_time
     plan.on_onset = getattr(args, "on_onset", "none")
+    dose_limit = getattr(args, "dose_limit", None)
+    if dose_limit is not None and not dose_limit > 0:
+        raise ConfigError(f"--dose-limit {dose_limit}: must be a positive number of photons")
+    plan.dose_limit = dose_limit
     plan.order = args.order or ("eta-outer" if args.fly else "point-outer")
     return plan
 

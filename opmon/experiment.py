@@ -21,6 +21,7 @@ from opmon.acquisition import (AnyOf, CellCommand, MapRequests, PeriodicTrigger,
                                VoltageThresholds, operando_series)
 from opmon.archive_watch import ArchiverWatch
 from opmon.onset_watch import OnsetWatch
+from opmon.dose_watch import DoseWatch
 from opmon.config import Config
 from opmon.errors import ConfigError
 from opmon.simulators.beamline import BeamlineConfig, SimulatedBeamline
@@ -68,6 +69,9 @@ class ExperimentPlan:
     order: str = "point-outer"  # each map pixel completes at once, so partial maps fill in live
     fly: bool = False           # fly each map row (eta-outer order), the detector triggered by the trajectory
     point_time_s: float = 0.0005  # fly scan: exposure per point
+    exposure_s: float = 0.01      # step scan: exposure per frame (SCIENCE.md: <= 10 ms per point)
+    flux_ph_s: float = 1e9        # incident flux of the focused beam (SCIENCE.md: ~1e9 photons/s)
+    dose_limit: float | None = None  # photons at one sample position that pause the run (None: no limit)
     max_maps: int | None = None
     seed: int = 0
     on_onset: str = "none"        # "map-now": an extra map when the live processor flags an onset
@@ -78,6 +82,11 @@ class ExperimentPlan:
 
     def setup(self) -> SxdmSetup:
         return SxdmSetup(map_shape=self.map_shape, n_angles=self.n_angles, roi=self.roi)
+
+    def dose_metadata(self) -> dict[str, Any]:
+        """What each frame delivers, for the live dose map (start metadata ``dose``)."""
+        return {"dose": {"exposure_s": self.point_time_s if self.fly else self.exposure_s,
+                         "flux_ph_s": self.flux_ph_s, "step_um": self.setup().map_step_um}}
 
 
 def make_rule(thresholds: list[float] | None = None, period_s: float | None = None, plateau: bool = False,
@@ -116,7 +125,7 @@ class AcquisitionService:
                                       spool_bytes=config.stream.archive_spool_bytes)
         self.documents = DocumentPublisher(config.endpoint("docs"), config.endpoint("display_acquisition"),
                                            stall_timeout_s=config.stream.stall_timeout_s)
-        self.sink = PublisherSink(self.publisher)
+        self.sink = PublisherSink(self.publisher, metadata=plan.dose_metadata())
         self.RE.subscribe(self.documents)
         self.RE.subscribe(self.sink)
         self.beamline = SimulatedBeamline(BeamlineConfig(setup=plan.setup(), acceleration=plan.acceleration,
@@ -127,6 +136,8 @@ class AcquisitionService:
         self.archive_watch = ArchiverWatch(config.endpoint("display_archive"), self.steering)  # pauses on disk full
         self.onset_watch = (OnsetWatch(config.endpoint("display_live"), self.steering, plan.onset_cooldown_s)
                             if plan.on_onset == "map-now" else None)
+        self.dose_watch = (DoseWatch(config.endpoint("display_live"), self.control.endpoint, self.token, plan.dose_limit)
+                           if plan.dose_limit is not None else None)       # pauses at the dose limit
         self._stop = threading.Event()
         self._status_thread = threading.Thread(target=self._publish_status, name="opmon-acq-status", daemon=True)
 
@@ -149,6 +160,8 @@ class AcquisitionService:
         self.archive_watch.start()
         if self.onset_watch is not None:
             self.onset_watch.start()
+        if self.dose_watch is not None:
+            self.dose_watch.start()
         self._status_thread.start()
         started = time.monotonic()
         try:
@@ -167,6 +180,8 @@ class AcquisitionService:
             return
         self._stop.set()
         self.control.close()
+        if self.dose_watch is not None:
+            self.dose_watch.close()
         self.archive_watch.close()
         if self.onset_watch is not None:
             self.onset_watch.close()

@@ -16,6 +16,7 @@ from typing import Any
 import zmq
 
 from opmon.errors import OpmonError
+from opmon.streaming.map_messages import TOPIC
 from opmon.topic_watch import TopicWatch
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 ACTIONS = ("none", "map-now")
 
 
-class OnsetWatch:
+class OnsetWatch(TopicWatch):
     """A SUB socket on the live maps and a daemon thread that asks for a map on a flagged onset.
 
     Parameters
@@ -36,20 +37,19 @@ class OnsetWatch:
         wall seconds after an extra map during which further onsets only log.
     """
 
+    topic = TOPIC
+    thread_name = "opmon-onset-watch"
+
     def __init__(self, endpoint: str, steering: Any, cooldown_s: float = 60.0,
                  context: zmq.Context | None = None) -> None:
-        self.endpoint, self.steering, self.cooldown_s = endpoint, steering, float(cooldown_s)
-        self._watch = TopicWatch(endpoint, b"map", self.on_map_header, "opmon-onset-watch", context)
+        super().__init__(endpoint, context)
+        self.steering, self.cooldown_s = steering, float(cooldown_s)
         self._last_action = -float("inf")
         self.maps_asked = 0
         self.seen: set[tuple[str, int]] = set()
 
-    def start(self) -> OnsetWatch:
-        self._watch.start()
-        return self
-
-    def close(self, timeout: float = 2.0) -> None:
-        self._watch.close(timeout)
+    def on_header(self, header: Any) -> None:
+        self.on_map_header(header)
 
     def on_map_header(self, header: Any) -> None:
         """Act on one map message header: a final map with an onset asks for one map (cooldown)."""

@@ -1,13 +1,8 @@
-"""A daemon thread that follows one topic of a lossy display channel and hands each header on.
-
-The acquisition's wiring watches what the services downstream say (the archiver's status, the
-live processor's final maps) and steers the run through the same object the dashboard uses;
-each watcher is this loop plus what it does with one header.
-"""
+"""A SUB socket on one topic of a display channel, read by a daemon thread: the shared loop of
+the acquisition's watchers (`ArchiverWatch`: disk full, `DoseWatch`: the dose limit)."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -16,18 +11,23 @@ from opmon.streaming.protocol import unpack
 
 
 class TopicWatch:
-    """SUB on `endpoint`, topic `topic`; `handle(header)` for every message whose second part
-    unpacks (a garbled message is skipped, never fatal). `start()` / `close()`."""
+    """Subclasses say what to do with each header (`on_header`); garbled messages are skipped."""
 
-    def __init__(self, endpoint: str, topic: bytes, handle: Callable[[Any], None], name: str,
-                 context: zmq.Context | None = None) -> None:
-        self.endpoint, self.topic, self.handle = endpoint, topic, handle
+    topic: bytes = b""
+    thread_name = "opmon-watch"
+
+    def __init__(self, endpoint: str, context: zmq.Context | None = None) -> None:
+        self.endpoint = endpoint
         self._ctx = context or zmq.Context.instance()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
 
-    def start(self) -> None:
+    def start(self) -> TopicWatch:
         self._thread.start()
+        return self
+
+    def on_header(self, header: Any) -> None:
+        raise NotImplementedError
 
     def _run(self) -> None:
         sock = self._ctx.socket(zmq.SUB)
@@ -38,12 +38,12 @@ class TopicWatch:
             while not self._stop.is_set():
                 if not sock.poll(100):
                     continue
-                parts = sock.recv_multipart(copy=False)
+                parts = sock.recv_multipart()
                 try:
-                    header = unpack(parts[1].bytes) if len(parts) >= 2 else None
+                    header = unpack(parts[1]) if len(parts) >= 2 and parts[0] == self.topic else None
                 except Exception:           # a garbled message is skipped, never fatal
                     continue
-                self.handle(header)
+                self.on_header(header)
         finally:
             sock.close(0)
 

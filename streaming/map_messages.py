@@ -30,6 +30,8 @@ PIXEL_MAPS = ("d_spacing", "tilt_altitude", "tilt_azimuth", "intensity", "peak_w
 REQUIRED_FIELDS = (*PIXEL_MAPS, "q", "mean_q")
 MAP_DTYPES = frozenset({"float64", "uint8", "int64"})
 MAX_MAP_SIDE = 4096
+#: Optional field and header key: the run's dose per sample position (photons, its own grid).
+DOSE = "dose"
 #: Header counts: non-negative integers.
 _COUNTS = ("map", "frames", "n_frames", "frames_lost")
 
@@ -45,8 +47,17 @@ class MapArrays(Protocol):
     def arrays(self) -> dict[str, npt.NDArray[Any]]: ...
 
 
+class DoseArrays(Protocol):
+    """The run's dose so far (`opmon.processors.dose.DoseGrid` is one): photons per cell of a grid
+    in the piezo frame, and its header (origin_um (y, x), step_um, unit, max)."""
+
+    photons: npt.NDArray[np.float64]
+
+    def header(self) -> dict[str, Any]: ...
+
+
 def encode_map(maps: MapArrays, *, run: str, map_number: int, final: bool, frames: int, n_frames: int,
-               frames_lost: int, options: dict[str, Any] | None = None,
+               frames_lost: int, options: dict[str, Any] | None = None, dose: DoseArrays | None = None,
                onset: dict[str, Any] | None = None) -> list[Any]:
     """`[b"map", header, *buffers]` for one (partial or final) map.
 
@@ -62,10 +73,14 @@ def encode_map(maps: MapArrays, *, run: str, map_number: int, final: bool, frame
         Frames summed so far, frames the map should hold (0 = unknown), frames counted lost.
     options
         Processing options recorded with the map (roi, threshold, background rule).
+    dose
+        The run's accumulated dose (all maps so far): field ``dose``, its grid in header ``dose``.
     onset
         A transformation flagged on this map (`opmon.processors.onset.Onset.as_dict`), if any.
     """
     arrays = maps.arrays()
+    if dose is not None:
+        arrays = {**arrays, DOSE: np.asarray(dose.photons, dtype=np.float64)}
     names = [n for n in FIELD_ORDER if n in arrays] + [n for n in arrays if n not in FIELD_ORDER]
     d_spacing = arrays["d_spacing"]
     valid = d_spacing[arrays["mask"].astype(bool)]
@@ -75,6 +90,8 @@ def encode_map(maps: MapArrays, *, run: str, map_number: int, final: bool, frame
               "d_mean": float(valid.mean()) if valid.size else None, "d_std": float(valid.std()) if valid.size else None,
               "background": float(maps.background), "options": options or {},
               "fields": [{"name": n, "dtype": str(arrays[n].dtype), "shape": list(arrays[n].shape)} for n in names]}
+    if dose is not None:
+        header[DOSE] = dose.header()
     if onset:
         header["onset"] = onset
     return [TOPIC, pack(header)] + [np.ascontiguousarray(arrays[n]) for n in names]
@@ -159,3 +176,26 @@ def decode_map(header: Mapping[str, Any], buffers: Sequence[Any]) -> dict[str, n
         raise RejectedMessage("shape", f"map message: field shapes {[(n, arrays[n].shape) for n in wrong]} "
                                        f"do not fit d_spacing {shape}")
     return arrays
+
+
+def decode_dose(header: Mapping[str, Any], arrays: Mapping[str, npt.NDArray[Any]]
+                ) -> tuple[npt.NDArray[Any], tuple[float, float], float] | None:
+    """The dose a decoded map message carries: (photons (ny, nx), origin (y, x) µm, step µm), or None.
+
+    Raises
+    ------
+    RejectedMessage
+        ``field`` when the grid description is missing or not numbers, ``shape`` when the field is not 2-D.
+    """
+    if DOSE not in arrays:
+        return None
+    grid = header.get(DOSE)
+    origin = grid.get("origin_um") if isinstance(grid, dict) else None
+    step = grid.get("step_um") if isinstance(grid, dict) else None
+    if not (isinstance(origin, list) and len(origin) == 2 and all(_is_number(v) for v in origin)
+            and _is_number(step) and step > 0):
+        raise RejectedMessage("field", f"map: dose grid {grid!r:.80}, expected origin_um [y, x] and step_um > 0")
+    photons = arrays[DOSE]
+    if photons.ndim != 2:
+        raise RejectedMessage("shape", f"map: dose field of shape {photons.shape}, expected 2-D")
+    return photons, (float(origin[0]), float(origin[1])), float(step)

@@ -57,6 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--on-onset", choices=("none", "map-now"), default="none",
                    help="map-now: take a map at once when the live processor flags the onset of a "
                         "transformation (recorded with its reason in the run's steering stream; 30 s cooldown)")
+    p.add_argument("--dose-limit", type=float, default=None, metavar="PHOTONS",
+                   help="pause the run when one sample position has taken this many photons over all maps "
+                        "(each frame: exposure x flux, 1e9 ph/s x 10 ms = 1e7 photons; resume from the dashboard)")
     p.add_argument("--workers", type=int, default=1, help="live processor worker processes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dashboard-port", type=int, default=None,

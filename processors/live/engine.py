@@ -12,15 +12,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+import logging
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from opmon.errors import ConfigError
 from opmon.processors.accumulate import MomentAccumulator, Roi
+from opmon.processors.dose import DoseLedger, DoseSettings
 from opmon.processors.geometry import DetectorGeometry
 from opmon.processors.live.roi import RoiDecider
 from opmon.streaming.receiver import RunShapes
+
+log = logging.getLogger(__name__)
 
 
 def geometry_of(start: dict[str, Any]) -> DetectorGeometry:
@@ -81,6 +86,7 @@ class LiveRun(RunShapes):
     held: list[tuple[dict[str, Any], npt.NDArray[Any]]] = field(default_factory=list)  # frames waiting for the ROI
     maps: dict[int, LiveMap] = field(default_factory=dict)
     recovered: int = 0               # frames read from the archive
+    dose: DoseLedger | None = None   # photons per sample position over all maps (None: the start names no dose)
 
     @classmethod
     def begin(cls, start: dict[str, Any], mask: npt.NDArray[np.uint8] | None, roi: Roi | None, *, threshold: int,
@@ -88,7 +94,19 @@ class LiveRun(RunShapes):
         """A run from its start header; `roi` None: decided from its first `roi_quota` frames."""
         options = {"roi": list(roi) if roi is not None else None, "threshold": threshold, "background": background}
         decider = RoiDecider(roi_quota, roi_wait_s) if roi is None else None
-        return cls(start["run"], start, mask, options, adopted=adopted, roi_decider=decider)
+        try:
+            settings = DoseSettings.from_start(start)
+        except ConfigError as exc:        # a bad dose description must not cost the maps
+            log.error("run %s: no dose map: %s", start["run"], exc)
+            settings = None
+        return cls(start["run"], start, mask, options, adopted=adopted, roi_decider=decider,
+                   dose=DoseLedger(settings) if settings is not None else None)
+
+    def count_dose(self, header: dict[str, Any]) -> None:
+        """Add one received frame's exposure to the run's dose map (every frame, whatever the ROI)."""
+        if self.dose is not None:        # never creates the map: its shape may still come from its map_start
+            lm = self.maps.get(header["map"])
+            self.dose.add(header, lm.map_shape if lm is not None else self.map_shape)
 
     @property
     def roi(self) -> Roi | None:

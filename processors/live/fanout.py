@@ -14,6 +14,7 @@ accumulated (or after a grace period), a run ends when its maps are final.
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import os
 import shutil
@@ -208,6 +209,7 @@ class FanOutProcessor(LiveService):
         log.warning("run %s map %d: %d frames recovered from the archive", run.uid, lm.number, lm.received - before)
 
     def _feed_here(self, run: LiveRun, header: dict[str, Any], frame: npt.NDArray[Any]) -> None:
+        run.count_dose(header)
         run.accumulate(header, frame)
         self.recovered += 1
 
@@ -397,6 +399,10 @@ class FanOutProcessor(LiveService):
             handed.last_activity, lm.dirty = now, True
             lm.unpublished_t.extend(rows[sel, 3].tolist())
         self.counters.accepted += len(rows)
+        if run.dose is not None:
+            for number, index, x, y, monitor in rows[:, [1, 5, 6, 7, 8]].tolist():
+                run.count_dose({"map": int(number), "index": int(index), "x": None if math.isnan(x) else x,
+                                "y": None if math.isnan(y) else y, "monitor": None if math.isnan(monitor) else monitor})
         for seq, t_sent, t_done in zip(seqs.tolist(), rows[:, 3].tolist(), rows[:, 4].tolist()):
             self._accumulated(t_done - t_sent, seq, t_done)
 

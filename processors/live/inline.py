@@ -110,6 +110,7 @@ class LiveProcessor(LiveService):
     def _feed(self, header: dict[str, Any], frame: npt.NDArray[Any]) -> None:
         run = self.run
         assert run is not None
+        run.count_dose(header)          # every frame once: received, or recovered from the archive
         if run.roi is None:
             assert run.roi_decider is not None
             run.held.append((header, frame))

@@ -14,6 +14,7 @@ import zmq
 
 from opmon.errors import EmptyMapError
 from opmon.processors.accumulate import MomentAccumulator
+from opmon.processors.dose import DoseGrid
 from opmon.streaming.map_messages import encode_map
 from opmon.processors.maps import MapResult
 from opmon.processors.onset import OnsetDetector
@@ -56,7 +57,7 @@ class MapOutputs:
         self.onsets: OrderedDict[str, OnsetDetector] = OrderedDict()   # per run, the newest few
 
     def final(self, acc: MomentAccumulator, *, run: str, number: int, n_frames: int, frames_lost: int,
-              options: dict[str, Any]) -> MapResult:
+              options: dict[str, Any], dose: DoseGrid | None = None) -> MapResult:
         """Finalize a completed map, publish it and hand it to the archiver (never dropped)."""
         try:
             result = acc.finalize()
@@ -70,7 +71,7 @@ class MapOutputs:
         if onset is not None:
             log.warning("run %s map %d: onset of a transformation: %s", run, number, onset.reason)
         parts = encode_map(result, run=run, map_number=number, final=True, frames=acc.frames_seen,
-                           n_frames=n_frames, frames_lost=frames_lost, options=options,
+                           n_frames=n_frames, frames_lost=frames_lost, options=options, dose=dose,
                            onset=onset.as_dict() if onset is not None else None)
         self.encoded[(run, number)] = parts
         while self.keep_results is not None and len(self.encoded) > self.keep_results:
@@ -97,13 +98,14 @@ class MapOutputs:
         return self.onsets[run]
 
     def partial(self, acc: MomentAccumulator, *, run: str, number: int, n_frames: int, frames_lost: int,
-                options: dict[str, Any]) -> None:
+                options: dict[str, Any], dose: DoseGrid | None = None) -> None:
         """Publish a map in progress on the display channel (lossy: a slow viewer misses some)."""
         if self.display is None or acc.frames_seen == 0:
             return
         result = acc.finalize(partial=True)
         self.display.send_multipart(encode_map(result, run=run, map_number=number, final=False, frames=acc.frames_seen,
-                                               n_frames=n_frames, frames_lost=frames_lost, options=options), copy=False)
+                                               n_frames=n_frames, frames_lost=frames_lost, options=options,
+                                               dose=dose), copy=False)
 
     def status(self, status: dict[str, Any]) -> None:
         if self.display is not None:

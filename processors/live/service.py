@@ -91,15 +91,18 @@ class LiveService:
     def _final(self, run: LiveRun, lm: LiveMap, acc: MomentAccumulator, *, n_frames: int, frames_lost: int) -> None:
         """Make, publish and archive `lm`'s final maps from `acc`."""
         lm.done = True
+        dose = run.dose.grid(up_to=lm.number) if run.dose is not None else None   # maps 0..this one
         self.outputs.final(acc, run=run.uid, number=lm.number, n_frames=n_frames, frames_lost=frames_lost,
-                           options=run.options)
+                           options=run.options, dose=dose)
+        if run.dose is not None:
+            run.dose.release(lm.number)
         self._published(lm)
         lm.acc = None   # the sums of a finished map are its final maps now: a run of hundreds of maps must not keep them
 
     def _partial(self, run: LiveRun, lm: LiveMap, acc: MomentAccumulator, *, n_frames: int, frames_lost: int) -> None:
         """Publish `lm` in progress from `acc` on the display channel."""
         self.outputs.partial(acc, run=run.uid, number=lm.number, n_frames=n_frames, frames_lost=frames_lost,
-                             options=run.options)
+                             options=run.options, dose=run.dose.grid(up_to=lm.number) if run.dose is not None else None)
         self._published(lm)
 
     # -- what each executor says ------------------------------------------------------------------

@@ -44,7 +44,8 @@ READY, CTRL, ASK, ROISUM, SEEN, STATE = b"ready", b"ctrl", b"ask", b"roisum", b"
 # coordinator -> worker
 GO, SETUP, ROI, MAP, FINAL, END, UNKNOWN, QUIT = b"go", b"setup", b"roi", b"map", b"final", b"end", b"unknown", b"quit"
 
-SEEN_COLUMNS = ("seq", "map", "frame", "t_sent", "t_done")
+#: index, x, y, monitor: what the coordinator's dose map needs of each frame (NaN: not sent)
+SEEN_COLUMNS = ("seq", "map", "frame", "t_sent", "t_done", "index", "x", "y", "monitor")
 SEEN_FLUSH_S = 0.02          # accounting batches: at most this old ...
 SEEN_FLUSH_ROWS = 64         # ... or this long
 MAX_PENDING = 256            # frames held while waiting for the coordinator; then stop reading
@@ -71,6 +72,11 @@ def decode_state(parts: list[Any]) -> tuple[dict[str, Any], dict[str, np.ndarray
 
 def _raw(part: Any) -> Any:
     return part.buffer if hasattr(part, "buffer") else part
+
+
+def _number_or_nan(value: Any) -> float:
+    """A frame header's optional number as a float column (NaN when absent)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
 
 
 @dataclass
@@ -198,7 +204,8 @@ class FanOutWorker:
             self._reject(exc.reason, str(exc))
             return
         run.accumulate(h, item.frame)
-        self.seen.setdefault(uid, []).append((h["seq"], number, h["frame"], h["t"], time.time()))
+        self.seen.setdefault(uid, []).append((h["seq"], number, h["frame"], h["t"], time.time(), h["index"],
+                                              *(_number_or_nan(h.get(k)) for k in ("x", "y", "monitor"))))
         self.n_seen += 1
 
     def _maybe_send_roi_sum(self, run: LiveRun) -> None:

@@ -47,6 +47,8 @@ MAPS_UNITS = {"d_spacing": "angstrom", "tilt_altitude": "deg", "tilt_azimuth": "
 MAPS_FRAMES = "frames"                  # frames per pixel (optional)
 MAPS_BAD_FRAMES = "bad_frames"          # corrupt frames skipped by `opmon process --skip-bad-frames`
 ATTR_BACKGROUND = "background_rate"
+DOSE = "dose"                           # <entry>/dose: NXdata of the run's dose so far (photons, x/y in µm)
+DOSE_SIGNAL = "photons"
 ATTR_ROI = "roi"
 
 # -- a run directory `<archive>/<run uid>/` -----------------------------------------------------

@@ -16,7 +16,8 @@ import numpy as np
 import numpy.typing as npt
 
 from opmon.errors import RawFileError
-from opmon.streaming.archive.layout import (ATTR_BACKGROUND, ENTRY, MAPS, MAPS_FRAMES, MAPS_REQUIRED, MAPS_UNITS)
+from opmon.streaming.archive.layout import (ATTR_BACKGROUND, DOSE, DOSE_SIGNAL, ENTRY, MAPS, MAPS_FRAMES, MAPS_REQUIRED,
+                                           MAPS_UNITS)
 
 AUXILIARY_SIGNALS = ("intensity", "tilt_altitude", "tilt_azimuth", "peak_width")
 MAP_X, MAP_Y = "x", "y"      # NXdata axes of the maps: piezo position of each column / row, µm
@@ -52,10 +53,54 @@ def write_maps(parent: h5py.Group, maps: MapsArrays, attrs: Mapping[str, Any] | 
     return group
 
 
+@dataclass
+class DoseArrays:
+    """The run's dose up to a map: photons per cell of a grid in the piezo frame (µm)."""
+
+    photons: npt.NDArray[np.float64]
+    origin_um: tuple[float, float]      # (y, x) of cell [0, 0]
+    step_um: float
+
+    def axes(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """x (per column) and y (per row) in µm."""
+        ny, nx = self.photons.shape
+        return (self.origin_um[1] + self.step_um * np.arange(nx), self.origin_um[0] + self.step_um * np.arange(ny))
+
+
+def write_dose(parent: h5py.Group, dose: DoseArrays) -> h5py.Group:
+    """``parent/dose``: an NXdata of photons per sample position with its x/y axes (µm)."""
+    if DOSE in parent:
+        del parent[DOSE]
+    group = parent.create_group(DOSE)
+    group.attrs["NX_class"] = "NXdata"
+    group.attrs["signal"] = DOSE_SIGNAL
+    group.attrs["axes"] = np.array([MAP_Y, MAP_X], dtype=h5py.string_dtype())
+    group.attrs["step_um"] = dose.step_um
+    ds = group.create_dataset(DOSE_SIGNAL, data=np.asarray(dose.photons, dtype=np.float64))
+    ds.attrs["units"] = "photons"
+    ds.attrs["long_name"] = "accumulated dose (photons)"
+    x, y = dose.axes()
+    for name, values in ((MAP_X, x), (MAP_Y, y)):
+        group.create_dataset(name, data=values).attrs["units"] = "um"
+    return group
+
+
+def read_dose(parent: h5py.Group) -> DoseArrays | None:
+    """``parent/dose`` back, or None when the map carried no dose."""
+    if DOSE not in parent:
+        return None
+    group = parent[DOSE]
+    photons = np.asarray(group[DOSE_SIGNAL][()], dtype=np.float64)
+    x, y = np.asarray(group[MAP_X][()]), np.asarray(group[MAP_Y][()])
+    if photons.ndim != 2 or photons.shape != (y.size, x.size):
+        raise RawFileError(f"{group.name}: photons {photons.shape} do not fit axes y {y.shape}, x {x.shape}")
+    return DoseArrays(photons, (float(y[0]), float(x[0])), float(group.attrs["step_um"]))
+
+
 def write_maps_file(path: Path, maps: MapsArrays, attrs: Mapping[str, Any] | None = None,
-                    axes: tuple[npt.ArrayLike, npt.ArrayLike] | None = None) -> None:
+                    axes: tuple[npt.ArrayLike, npt.ArrayLike] | None = None, dose: DoseArrays | None = None) -> None:
     """A maps file holding one map: ``/entry/maps`` (the archive's `map_NNNN_maps.h5`), with
-    its x/y axes in µm when given."""
+    its x/y axes in µm when given, and ``/entry/dose`` (the run's dose up to this map) when given."""
     with h5py.File(path, "w") as f:
         f.attrs["default"] = ENTRY
         entry = f.create_group(ENTRY)
@@ -63,6 +108,8 @@ def write_maps_file(path: Path, maps: MapsArrays, attrs: Mapping[str, Any] | Non
         group = write_maps(entry, maps, attrs)
         if axes is not None:
             write_axes(group, *axes)
+        if dose is not None:
+            write_dose(entry, dose)
 
 
 def read_maps(parent: h5py.Group) -> MapsArrays:
