@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from opmon.errors import CorruptFrameError
+from opmon.streaming.archive.chunk_bytes import ChunkFetcher
 
 BITSHUFFLE_FILTER = 32008
 LZ4_COMPRESSION = 2
@@ -170,6 +171,39 @@ def _scatter(y: np.uint64, out: npt.NDArray[np.uint8], base: int, es: int) -> No
 @numba.njit(nogil=True, cache=True)
 def decode_bslz4(src: npt.NDArray[np.uint8], out: npt.NDArray[np.uint8], es: int) -> int:
     """Decode one bitshuffle/LZ4 chunk into `out` (its exact byte size); 0 or a negative code."""
+    return _decode_chunk(src, out, es, np.empty(_scratch_bytes(out.shape[0]), dtype=np.uint8))
+
+
+@numba.njit(nogil=True, cache=True)
+def decode_bslz4_block(buf: npt.NDArray[np.uint8], starts: npt.NDArray[np.int64], sizes: npt.NDArray[np.int64],
+                       out: npt.NDArray[np.uint8], es: int, codes: npt.NDArray[np.int64]) -> None:
+    """Decode k chunks, chunk i being buf[starts[i]:starts[i] + sizes[i]], into the rows of out (k, frame bytes).
+
+    One call per block instead of one per frame: the per-call overhead and the scratch buffer are
+    paid once. codes[i] is 0 or the negative code of `decode_bslz4`; a chunk with a negative
+    size or lying outside `buf` gets -16. A bad row is zero-filled.
+    """
+    tmp = np.empty(_scratch_bytes(out.shape[1]), dtype=np.uint8)
+    for i in range(out.shape[0]):
+        s0, n = starts[i], sizes[i]
+        if n < 0 or s0 < 0 or s0 + n > buf.shape[0]:
+            code = -16
+        else:
+            code = _decode_chunk(buf[s0:s0 + n], out[i], es, tmp)
+        codes[i] = code
+        if code != 0:
+            out[i, :] = 0
+
+
+@numba.njit(nogil=True, cache=True)
+def _scratch_bytes(nbytes: int) -> int:
+    """Scratch for one bitshuffle block: never more than the frame, whole 64-bit words."""
+    return (nbytes + 7) // 8 * 8
+
+
+@numba.njit(nogil=True, cache=True)
+def _decode_chunk(src: npt.NDArray[np.uint8], out: npt.NDArray[np.uint8], es: int, tmp: npt.NDArray[np.uint8]) -> int:
+    """`decode_bslz4` with a caller-owned scratch `tmp` of at least `_scratch_bytes(out.size)` bytes."""
     nbytes = out.shape[0]
     ns = src.shape[0]
     if ns < 12:
@@ -184,12 +218,11 @@ def decode_bslz4(src: npt.NDArray[np.uint8], out: npt.NDArray[np.uint8], es: int
         return -12  # block size not a positive multiple of 8 elements
     block = bs_bytes // es
     size = nbytes // es
-    tmp = np.empty(bs_bytes, dtype=np.uint8)
     ip = np.int64(12)
     op = np.int64(0)
     remaining = size
     while remaining >= 8:
-        n = block if remaining >= block else remaining - remaining % 8
+        n = block if remaining >= block else remaining - remaining % 8  # n * es <= nbytes: fits in tmp
         if ns - ip < 4:
             return -13  # block header missing
         clen = (np.int64(src[ip]) << 24) | (np.int64(src[ip + 1]) << 16) | (np.int64(src[ip + 2]) << 8) | np.int64(src[ip + 3])
@@ -237,6 +270,7 @@ class FrameReader:
         self.data = data
         self.label = label
         self.safe = is_bitshuffle_lz4(data)
+        self.chunks = ChunkFetcher(data)
         self.unwritten: set[int] = set()  # frames whose chunk was never stored (a writer killed mid-block)
         self.frame_bytes = int(np.prod(data.shape[1:])) * data.dtype.itemsize
 
@@ -252,20 +286,12 @@ class FrameReader:
                 return []
             except OSError:
                 return self._one_by_one(out, start)
-        bad = []
-        es = self.data.dtype.itemsize
-        flat = out.reshape(k, -1).view(np.uint8)
-        for i in range(k):
-            try:
-                mask, chunk = self.data.id.read_direct_chunk((start + i, 0, 0))
-            except (OSError, KeyError, ValueError, RuntimeError):
-                mask, chunk = 1, b""  # chunk never written, or its index is unreadable
-                if self.data.id.get_chunk_info_by_coord((start + i, 0, 0)).byte_offset is None:
-                    self.unwritten.add(start + i)
-            if mask != 0 or decode_bslz4(np.frombuffer(chunk, dtype=np.uint8), flat[i], es) != 0:
-                flat[i] = 0
-                bad.append(start + i)
-        return bad
+        chunks = self.chunks.fetch(start, k)
+        codes = np.empty(k, dtype=np.int64)
+        decode_bslz4_block(chunks.buf, chunks.starts, chunks.sizes, out.reshape(k, -1).view(np.uint8),
+                           self.data.dtype.itemsize, codes)
+        self.unwritten.update(start + int(i) for i in np.flatnonzero(chunks.unwritten))
+        return [start + int(i) for i in np.flatnonzero(codes)]
 
     def _one_by_one(self, out: npt.NDArray[Any], start: int) -> list[int]:
         bad = []
