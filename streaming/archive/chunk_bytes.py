@@ -46,16 +46,16 @@ class ChunkFetcher:
         self._index: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None = None
         self._indexable = _static_sec2_file(data)
 
-    def fetch(self, start: int, k: int) -> BlockChunks:
-        """The chunks of frames start..start+k (through the index when it is usable)."""
-        if k >= MIN_INDEXED_BLOCK and self._indexable and self._index is None:
+    def fetch(self, frames: npt.NDArray[np.int64]) -> BlockChunks:
+        """The chunks of `frames` (frame numbers, e.g. a block's, or a sample spread over the map)."""
+        if frames.size >= MIN_INDEXED_BLOCK and self._indexable and self._index is None:
             self._index = self._list_chunks()
             self._indexable = self._index is not None
         if self._index is not None:
-            block = self._from_index(start, k)
+            block = self._from_index(frames)
             if block is not None:
                 return block
-        return self._one_by_one(start, k)
+        return self._one_by_one(frames)
 
     def _list_chunks(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None:
         """(file offset, size) of every frame's chunk, size -1 if absent; None when not usable."""
@@ -81,40 +81,47 @@ class ChunkFetcher:
             return None  # HDF5 too old for the chunk iterator, another driver, or an unreadable index
         return offsets, sizes
 
-    def _from_index(self, start: int, k: int) -> BlockChunks | None:
+    def _from_index(self, frames: npt.NDArray[np.int64]) -> BlockChunks | None:
+        """One pread over the span of the chunks when they lie close together, else one per chunk."""
         assert self._index is not None
-        offsets, sizes = (a[start:start + k] for a in self._index)
+        offsets, sizes = (a[frames] for a in self._index)
         present = sizes >= 0
+        starts = np.zeros(frames.size, dtype=np.int64)
         if not present.any():
-            return BlockChunks(np.zeros(0, np.uint8), np.zeros(k, np.int64), sizes.copy(), ~present)
+            return BlockChunks(np.zeros(0, np.uint8), starts, sizes, ~present)
         lo = int(offsets[present].min())
         hi = int((offsets + sizes)[present].max())
-        if hi - lo > MAX_SPAN_OVERHEAD * int(sizes[present].sum()) + (1 << 20):
-            return None  # chunks scattered over the file: one read each is cheaper
         try:
-            buf = np.frombuffer(os.pread(self._fd, hi - lo, lo), dtype=np.uint8)
+            if hi - lo <= MAX_SPAN_OVERHEAD * int(sizes[present].sum()) + (1 << 16):
+                raw = os.pread(self._fd, hi - lo, lo)
+                if len(raw) != hi - lo:
+                    return None  # file shorter than its index says (a truncated copy): let HDF5 say which frames
+                starts[present] = offsets[present] - lo
+                return BlockChunks(np.frombuffer(raw, dtype=np.uint8), starts, sizes, ~present)
+            parts = [os.pread(self._fd, int(n), int(o)) for o, n in zip(offsets[present], sizes[present])]
         except OSError:
             return None
-        if buf.size != hi - lo:
-            return None  # file shorter than its index says (truncated copy): let HDF5 say which frames
-        return BlockChunks(buf, np.where(present, offsets - lo, 0), sizes.copy(), ~present)
+        if any(len(c) != n for c, n in zip(parts, sizes[present])):
+            return None
+        starts[present] = np.cumsum(sizes[present]) - sizes[present]
+        return BlockChunks(np.frombuffer(b"".join(parts), dtype=np.uint8), starts, sizes, ~present)
 
-    def _one_by_one(self, start: int, k: int) -> BlockChunks:
+    def _one_by_one(self, frames: npt.NDArray[np.int64]) -> BlockChunks:
         chunks: list[bytes] = []
-        sizes = np.full(k, -1, dtype=np.int64)
-        unwritten = np.zeros(k, dtype=bool)
+        sizes = np.full(frames.size, -1, dtype=np.int64)
+        unwritten = np.zeros(frames.size, dtype=bool)
         tail = (0,) * (self.data.ndim - 1)
-        for i in range(k):
+        for i, frame in enumerate(frames.tolist()):
             try:
-                mask, chunk = self.data.id.read_direct_chunk((start + i,) + tail)
+                mask, chunk = self.data.id.read_direct_chunk((frame,) + tail)
             except (OSError, KeyError, ValueError, RuntimeError):
-                unwritten[i] = self.data.id.get_chunk_info_by_coord((start + i,) + tail).byte_offset is None
+                unwritten[i] = self.data.id.get_chunk_info_by_coord((frame,) + tail).byte_offset is None
                 continue  # chunk never written, or its index is unreadable
             if mask == 0:
                 chunks.append(chunk)
                 sizes[i] = len(chunk)
-        starts = np.zeros(k, dtype=np.int64)
-        starts[sizes >= 0] = np.cumsum([0] + [len(c) for c in chunks])[:-1]
+        starts = np.zeros(frames.size, dtype=np.int64)
+        starts[sizes >= 0] = np.cumsum(sizes[sizes >= 0]) - sizes[sizes >= 0]
         return BlockChunks(np.frombuffer(b"".join(chunks), dtype=np.uint8), starts, sizes, unwritten)
 
 

@@ -286,12 +286,30 @@ class FrameReader:
                 return []
             except OSError:
                 return self._one_by_one(out, start)
-        chunks = self.chunks.fetch(start, k)
-        codes = np.empty(k, dtype=np.int64)
-        decode_bslz4_block(chunks.buf, chunks.starts, chunks.sizes, out.reshape(k, -1).view(np.uint8),
+        return self._decode(out, np.arange(start, start + k, dtype=np.int64))
+
+    def read_frames(self, out: npt.NDArray[Any], frames: npt.NDArray[np.int64]) -> list[int]:
+        """Fill ``out`` (k, rows, cols) with the given frames (any order, e.g. a sample); bad frame numbers."""
+        frames = np.asarray(frames, dtype=np.int64)
+        if not self.safe:
+            bad = []
+            for i, frame in enumerate(frames.tolist()):
+                try:
+                    self.data.read_direct(out, np.s_[frame], np.s_[i])
+                except OSError:
+                    out[i] = 0
+                    bad.append(frame)
+            return bad
+        return self._decode(out, frames)
+
+    def _decode(self, out: npt.NDArray[Any], frames: npt.NDArray[np.int64]) -> list[int]:
+        """All the chunks of `frames` fetched together and decoded by one checked numba call."""
+        chunks = self.chunks.fetch(frames)
+        codes = np.empty(frames.size, dtype=np.int64)
+        decode_bslz4_block(chunks.buf, chunks.starts, chunks.sizes, out.reshape(frames.size, -1).view(np.uint8),
                            self.data.dtype.itemsize, codes)
-        self.unwritten.update(start + int(i) for i in np.flatnonzero(chunks.unwritten))
-        return [start + int(i) for i in np.flatnonzero(codes)]
+        self.unwritten.update(frames[chunks.unwritten].tolist())
+        return frames[codes != 0].tolist()
 
     def _one_by_one(self, out: npt.NDArray[Any], start: int) -> list[int]:
         bad = []
