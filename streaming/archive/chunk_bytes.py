@@ -62,12 +62,11 @@ class ChunkFetcher:
         n = self.data.shape[0]
         offsets = np.zeros(n, dtype=np.int64)
         sizes = np.full(n, -1, dtype=np.int64)
-        base = self.data.file.userblock_size  # HDF5 addresses count from the end of the user block
 
         def note(info: h5py.h5d.StoreInfo) -> None:
             frame = info.chunk_offset[0]
             if 0 <= frame < n and info.filter_mask == 0 and info.byte_offset is not None:
-                offsets[frame], sizes[frame] = info.byte_offset + base, info.size
+                offsets[frame], sizes[frame] = info.byte_offset, info.size  # file offsets, user block included
 
         try:
             self.data.id.chunk_iter(note)
