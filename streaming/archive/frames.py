@@ -122,35 +122,30 @@ def _unshuffle(tmp: npt.NDArray[np.uint8], n: int, es: int, out: npt.NDArray[np.
     """Undo bitshuffle of n elements (n % 8 == 0) of es bytes from tmp into out[o0:o0 + n*es].
 
     Row r = 8*byte + bit of `tmp` holds that bit of every element, packed 8 elements a byte.
-    Rows are scanned 8 bytes at a time and all-zero words skipped: photon-counting frames are
-    almost all zeros, so most of the work is the initial clear.
+    Rows are scanned 8 bytes at a time, and groups of 8 elements whose byte is zero in all of
+    them are skipped: photon-counting frames are almost all zeros, so most of the work is
+    reading the planes once and the initial clear (a whole-plane pre-scan read them twice).
     """
     nb = n // 8
     out[o0:o0 + n * es] = 0
     if nb % 8 == 0:
         t64 = tmp.view(np.uint64)
         nw = nb // 8
-        w = np.empty(8, dtype=np.uint64)
         for b in range(es):
-            plane = np.uint64(0)
-            for i in range(b * 8 * nw, (b * 8 + 8) * nw):
-                plane |= t64[i]
-            if plane == 0:
-                continue  # this byte of every element is zero
             for G in range(nw):
                 anyset = np.uint64(0)
                 for k in range(8):
-                    w[k] = t64[(b * 8 + k) * nw + G]
-                    anyset |= w[k]
+                    anyset |= t64[(b * 8 + k) * nw + G]
                 if anyset == 0:
                     continue
                 for gg in range(8):
                     sh = _U64_8 * np.uint64(gg)
+                    if (anyset >> sh) & np.uint64(0xFF) == 0:
+                        continue  # these 8 elements all have this byte zero: nothing to gather
                     x = np.uint64(0)
                     for k in range(8):
-                        x |= ((w[k] >> sh) & np.uint64(0xFF)) << (_U64_8 * np.uint64(k))
-                    if x != 0:
-                        _scatter(_transpose8(x), out, o0 + 8 * (8 * G + gg) * es + b, es)
+                        x |= ((t64[(b * 8 + k) * nw + G] >> sh) & np.uint64(0xFF)) << (_U64_8 * np.uint64(k))
+                    _scatter(_transpose8(x), out, o0 + 8 * (8 * G + gg) * es + b, es)
         return
     for b in range(es):
         for g in range(nb):
