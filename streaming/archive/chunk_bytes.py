@@ -6,7 +6,8 @@ read), so when it is safe the chunk addresses of the whole dataset are listed on
 chunk iterator, one C call) and a block's chunks, stored next to each other, are read with a
 single `pread` of the file. "Safe" means a read-only, non-SWMR file on the default (sec2)
 driver, where nothing moves the chunks while we read, and the first chunk read both ways
-matches; otherwise, or when the chunk index cannot be listed, chunks are read one by one.
+matches; otherwise (a SWMR reader following a live archive or detector file, whose
+dataset grows), or when the chunk index cannot be listed, chunks are read one by one.
 
 Either way a frame whose chunk was never written is reported, never guessed.
 """
@@ -51,7 +52,7 @@ class ChunkFetcher:
         if frames.size >= MIN_INDEXED_BLOCK and self._indexable and self._index is None:
             self._index = self._list_chunks()
             self._indexable = self._index is not None
-        if self._index is not None:
+        if self._index is not None and frames.size and 0 <= frames.min() and frames.max() < self._index[0].size:
             block = self._from_index(frames)
             if block is not None:
                 return block
