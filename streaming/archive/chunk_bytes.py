@@ -45,6 +45,7 @@ class ChunkFetcher:
     def __init__(self, data: h5py.Dataset) -> None:
         self.data = data
         self._index: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None = None
+        self._fd = -1  # the file's descriptor, taken with the index
         self._indexable = _static_sec2_file(data)
 
     def fetch(self, frames: npt.NDArray[np.int64]) -> BlockChunks:
