@@ -31,6 +31,7 @@ from opmon.streaming.archive.sources.raw_layout import entry_map
 from opmon.streaming.archive.safe_writes import atomic_path, check_outputs
 
 ROI_SAMPLE_FRAMES = 3000
+ROI_SAMPLE_BLOCK = 64  # sampled frames read per call
 ROI_FRACTION = 0.01
 ROI_MARGIN = 12
 
@@ -72,13 +73,15 @@ def auto_roi(smap: SourceMap, sample: int = ROI_SAMPLE_FRAMES, skip_bad: bool = 
     count = int(np.clip(meta.n_frames // 10, min(200, meta.n_frames), sample))  # a tenth of the map, bounded
     picks = np.unique(np.linspace(0, meta.n_frames - 1, count).astype(np.int64))
     total = np.zeros((rows, cols), dtype=np.float64)
-    buf = np.empty((1, rows, cols), dtype=meta.frame_dtype)
-    for i in picks:
+    buf = np.empty((min(ROI_SAMPLE_BLOCK, picks.size), rows, cols), dtype=meta.frame_dtype)
+    for lo in range(0, picks.size, buf.shape[0]):  # a block of picks at a time: one fetch and decode call each
         interrupt.check()
-        bad = smap.read(buf, int(i))
+        chunk = picks[lo:lo + buf.shape[0]]
+        view = buf[:chunk.size]
+        bad = smap.read_frames(view, chunk)
         if bad and not skip_bad:
-            raise smap.error(bad)
-        total += buf[0]
+            raise smap.error(bad[:1])  # the first, as when the sample was read frame by frame
+        total += view.sum(axis=0, dtype=np.float64)
     roi = roi_from_image(total, meta.detector_mask)
     return roi if roi is not None else (0, rows, 0, cols)
 

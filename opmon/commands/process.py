@@ -33,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm     # these pull in numba and h5py: imported when a file is processed, not for `--help`
 
+    from opmon.numba_start import import_numba_without_blas
+    import_numba_without_blas()  # before any kernel loads: opmon's kernels need no BLAS
     from opmon.processors.offline import ProcessOptions, plan_raw, process_plan
     options = ProcessOptions(roi=parse_roi(args.roi), threshold=args.threshold, background=parse_background(args.background),
                              despeckle=not args.keep_isolated, skip_bad_frames=args.skip_bad_frames)

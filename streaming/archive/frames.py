@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from opmon.errors import CorruptFrameError
+from opmon.streaming.archive.chunk_bytes import ChunkFetcher
 
 BITSHUFFLE_FILTER = 32008
 LZ4_COMPRESSION = 2
@@ -121,35 +122,30 @@ def _unshuffle(tmp: npt.NDArray[np.uint8], n: int, es: int, out: npt.NDArray[np.
     """Undo bitshuffle of n elements (n % 8 == 0) of es bytes from tmp into out[o0:o0 + n*es].
 
     Row r = 8*byte + bit of `tmp` holds that bit of every element, packed 8 elements a byte.
-    Rows are scanned 8 bytes at a time and all-zero words skipped: photon-counting frames are
-    almost all zeros, so most of the work is the initial clear.
+    Rows are scanned 8 bytes at a time, and groups of 8 elements whose byte is zero in all of
+    them are skipped: photon-counting frames are almost all zeros, so most of the work is
+    reading the planes once and the initial clear (a whole-plane pre-scan read them twice).
     """
     nb = n // 8
     out[o0:o0 + n * es] = 0
     if nb % 8 == 0:
         t64 = tmp.view(np.uint64)
         nw = nb // 8
-        w = np.empty(8, dtype=np.uint64)
         for b in range(es):
-            plane = np.uint64(0)
-            for i in range(b * 8 * nw, (b * 8 + 8) * nw):
-                plane |= t64[i]
-            if plane == 0:
-                continue  # this byte of every element is zero
             for G in range(nw):
                 anyset = np.uint64(0)
                 for k in range(8):
-                    w[k] = t64[(b * 8 + k) * nw + G]
-                    anyset |= w[k]
+                    anyset |= t64[(b * 8 + k) * nw + G]
                 if anyset == 0:
                     continue
                 for gg in range(8):
                     sh = _U64_8 * np.uint64(gg)
+                    if (anyset >> sh) & np.uint64(0xFF) == 0:
+                        continue  # these 8 elements all have this byte zero: nothing to gather
                     x = np.uint64(0)
                     for k in range(8):
-                        x |= ((w[k] >> sh) & np.uint64(0xFF)) << (_U64_8 * np.uint64(k))
-                    if x != 0:
-                        _scatter(_transpose8(x), out, o0 + 8 * (8 * G + gg) * es + b, es)
+                        x |= ((t64[(b * 8 + k) * nw + G] >> sh) & np.uint64(0xFF)) << (_U64_8 * np.uint64(k))
+                    _scatter(_transpose8(x), out, o0 + 8 * (8 * G + gg) * es + b, es)
         return
     for b in range(es):
         for g in range(nb):
@@ -170,6 +166,39 @@ def _scatter(y: np.uint64, out: npt.NDArray[np.uint8], base: int, es: int) -> No
 @numba.njit(nogil=True, cache=True)
 def decode_bslz4(src: npt.NDArray[np.uint8], out: npt.NDArray[np.uint8], es: int) -> int:
     """Decode one bitshuffle/LZ4 chunk into `out` (its exact byte size); 0 or a negative code."""
+    return _decode_chunk(src, out, es, np.empty(_scratch_bytes(out.shape[0]), dtype=np.uint8))
+
+
+@numba.njit(nogil=True, cache=True)
+def decode_bslz4_block(buf: npt.NDArray[np.uint8], starts: npt.NDArray[np.int64], sizes: npt.NDArray[np.int64],
+                       out: npt.NDArray[np.uint8], es: int, codes: npt.NDArray[np.int64]) -> None:
+    """Decode k chunks, chunk i being buf[starts[i]:starts[i] + sizes[i]], into the rows of out (k, frame bytes).
+
+    One call per block instead of one per frame: the per-call overhead and the scratch buffer are
+    paid once. codes[i] is 0 or the negative code of `decode_bslz4`; a chunk with a negative
+    size or lying outside `buf` gets -16. A bad row is zero-filled.
+    """
+    tmp = np.empty(_scratch_bytes(out.shape[1]), dtype=np.uint8)
+    for i in range(out.shape[0]):
+        s0, n = starts[i], sizes[i]
+        if n < 0 or s0 < 0 or s0 + n > buf.shape[0]:
+            code = -16
+        else:
+            code = _decode_chunk(buf[s0:s0 + n], out[i], es, tmp)
+        codes[i] = code
+        if code != 0:
+            out[i, :] = 0
+
+
+@numba.njit(nogil=True, cache=True)
+def _scratch_bytes(nbytes: int) -> int:
+    """Scratch for one bitshuffle block: never more than the frame, whole 64-bit words."""
+    return (nbytes + 7) // 8 * 8
+
+
+@numba.njit(nogil=True, cache=True)
+def _decode_chunk(src: npt.NDArray[np.uint8], out: npt.NDArray[np.uint8], es: int, tmp: npt.NDArray[np.uint8]) -> int:
+    """`decode_bslz4` with a caller-owned scratch `tmp` of at least `_scratch_bytes(out.size)` bytes."""
     nbytes = out.shape[0]
     ns = src.shape[0]
     if ns < 12:
@@ -184,12 +213,11 @@ def decode_bslz4(src: npt.NDArray[np.uint8], out: npt.NDArray[np.uint8], es: int
         return -12  # block size not a positive multiple of 8 elements
     block = bs_bytes // es
     size = nbytes // es
-    tmp = np.empty(bs_bytes, dtype=np.uint8)
     ip = np.int64(12)
     op = np.int64(0)
     remaining = size
     while remaining >= 8:
-        n = block if remaining >= block else remaining - remaining % 8
+        n = block if remaining >= block else remaining - remaining % 8  # n * es <= nbytes: fits in tmp
         if ns - ip < 4:
             return -13  # block header missing
         clen = (np.int64(src[ip]) << 24) | (np.int64(src[ip + 1]) << 16) | (np.int64(src[ip + 2]) << 8) | np.int64(src[ip + 3])
@@ -237,6 +265,7 @@ class FrameReader:
         self.data = data
         self.label = label
         self.safe = is_bitshuffle_lz4(data)
+        self.chunks = ChunkFetcher(data)
         self.unwritten: set[int] = set()  # frames whose chunk was never stored (a writer killed mid-block)
         self.frame_bytes = int(np.prod(data.shape[1:])) * data.dtype.itemsize
 
@@ -252,20 +281,30 @@ class FrameReader:
                 return []
             except OSError:
                 return self._one_by_one(out, start)
-        bad = []
-        es = self.data.dtype.itemsize
-        flat = out.reshape(k, -1).view(np.uint8)
-        for i in range(k):
-            try:
-                mask, chunk = self.data.id.read_direct_chunk((start + i, 0, 0))
-            except (OSError, KeyError, ValueError, RuntimeError):
-                mask, chunk = 1, b""  # chunk never written, or its index is unreadable
-                if self.data.id.get_chunk_info_by_coord((start + i, 0, 0)).byte_offset is None:
-                    self.unwritten.add(start + i)
-            if mask != 0 or decode_bslz4(np.frombuffer(chunk, dtype=np.uint8), flat[i], es) != 0:
-                flat[i] = 0
-                bad.append(start + i)
-        return bad
+        return self._decode(out, np.arange(start, start + k, dtype=np.int64))
+
+    def read_frames(self, out: npt.NDArray[Any], frames: npt.NDArray[np.int64]) -> list[int]:
+        """Fill ``out`` (k, rows, cols) with the given frames (any order, e.g. a sample); bad frame numbers."""
+        frames = np.asarray(frames, dtype=np.int64)
+        if not self.safe:
+            bad = []
+            for i, frame in enumerate(frames.tolist()):
+                try:
+                    self.data.read_direct(out, np.s_[frame], np.s_[i])
+                except OSError:
+                    out[i] = 0
+                    bad.append(frame)
+            return bad
+        return self._decode(out, frames)
+
+    def _decode(self, out: npt.NDArray[Any], frames: npt.NDArray[np.int64]) -> list[int]:
+        """All the chunks of `frames` fetched together and decoded by one checked numba call."""
+        chunks = self.chunks.fetch(frames)
+        codes = np.empty(frames.size, dtype=np.int64)
+        decode_bslz4_block(chunks.buf, chunks.starts, chunks.sizes, out.reshape(frames.size, -1).view(np.uint8),
+                           self.data.dtype.itemsize, codes)
+        self.unwritten.update(frames[chunks.unwritten].tolist())
+        return frames[codes != 0].tolist()
 
     def _one_by_one(self, out: npt.NDArray[Any], start: int) -> list[int]:
         bad = []

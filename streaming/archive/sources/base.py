@@ -125,6 +125,20 @@ class SourceMap:
         seg = self._segment_of(start)
         return _read(self.reader(seg), seg, out, start)
 
+    def read_frames(self, out: npt.NDArray[Any], frames: npt.NDArray[np.int64]) -> list[int]:
+        """Fill ``out`` (k, rows, cols) with the given frames (sorted, any segments), each segment's
+        chunks fetched and decoded together; returns the bad frame numbers."""
+        frames = np.asarray(frames, dtype=np.int64)
+        bad: list[int] = []
+        for seg in self.segments:
+            inside = np.flatnonzero((frames >= seg.first) & (frames < seg.first + seg.n))
+            if inside.size:
+                lo, hi = int(inside[0]), int(inside[-1]) + 1
+                target = out[lo:hi].view(seg.data.dtype) if seg.data.dtype in UNSIGNED else out[lo:hi]
+                bad += [seg.first + b for b in self.reader(seg).read_frames(target, frames[lo:hi] - seg.first)]
+                _clip_signed(target, out[lo:hi])
+        return bad
+
     def blocks(self, block: int = 64, start: int = 0, stop: int | None = None, buffers: int = 1) -> Iterator[Block]:
         """Blocks of frames start..stop in order, each within one segment and chunk-aligned.
 
@@ -156,9 +170,14 @@ def _read(reader: FrameReader, seg: FrameSegment, out: npt.NDArray[Any], start: 
     """Read frames of `seg` into `out`; signed counts land in the same bytes and are clipped at 0."""
     target = out.view(seg.data.dtype) if seg.data.dtype in UNSIGNED else out
     bad = reader.read(target, start - seg.first)
+    _clip_signed(target, out)
+    return [seg.first + b for b in bad]
+
+
+def _clip_signed(target: npt.NDArray[Any], out: npt.NDArray[Any]) -> None:
+    """Signed counts read into unsigned `out` through `target`: negative flags become 0."""
     if target is not out and target.size and target.min() < 0:  # a read-only pass; rewrite only when needed
         np.maximum(target, 0, out=target)
-    return [seg.first + b for b in bad]
 
 
 @dataclass
