@@ -2,18 +2,9 @@
 import h5py
 import numpy as np
 
-from opmon.cli import main
 from opmon.processors.bad_pixels import BadPixelFinder, merged_mask
 from opmon.processors.offline import ProcessOptions, process_file
-
-ROI = ["96", "416", "160", "352"]
-
-
-def simulate(tmp_path, name, effects):
-    raw = tmp_path / f"{name}.h5"
-    assert main(["simulate", "-o", str(raw), "--ny", "10", "--nx", "10", "--roi", *ROI, "--seed", "4",
-                 "--effects", effects, "-q"]) == 0
-    return raw
+from tests.processors.conftest import simulate_effect as simulate
 
 
 def d_error(raw, maps):
@@ -79,3 +70,4 @@ def test_too_few_frames_decide_nothing():
         other.add(frame)
     finder.merge(other)
     assert finder.frames == 9 and finder.mask()[3, 3] == 1
+
