@@ -29,14 +29,6 @@ DEAD_NEIGHBOUR_COUNTS = 20.0
 MIN_FRAMES = 8
 
 
-def neighbour_max(frame: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
-    """The largest of each pixel's eight neighbours (edge pixels: of those that exist)."""
-    f = np.pad(np.asarray(frame, dtype=np.float64), 1, constant_values=0.0)
-    across = np.maximum(f[:, :-2], f[:, 2:])             # left/right of every padded row
-    row3 = np.maximum(across, f[:, 1:-1])                 # 3-wide max of every padded row
-    return np.maximum(np.maximum(row3[:-2], row3[2:]), across[1:-1])
-
-
 def neighbour_mean(image: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """Mean of each pixel's eight neighbours (zero outside the frame)."""
     f = np.pad(image, 1)
@@ -47,43 +39,62 @@ def neighbour_mean(image: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
 
 
 class BadPixelFinder:
-    """Per-pixel statistics over sampled frames: how often a pixel stands out, and its sum."""
+    """Per-pixel statistics over sampled frames: how often each pixel stands out of its neighbours.
+
+    Only pixels above HOT_FLOOR are looked at, so a sparse photon-counting frame costs a few
+    fancy-indexing passes over its bright pixels, not full-frame filters. The frames' sum
+    (which the auto ROI keeps anyway) is passed to `mask` for the dead-pixel rule.
+    """
 
     def __init__(self) -> None:
         self.standout: npt.NDArray[np.uint32] | None = None
-        self.total: npt.NDArray[np.float64] | None = None
         self.frames = 0
 
     def add(self, frame: npt.NDArray[Any]) -> None:
         """Count one frame (rows, cols)."""
         if self.standout is None:
             self.standout = np.zeros(frame.shape, dtype=np.uint32)
-            self.total = np.zeros(frame.shape, dtype=np.float64)
-        self.standout += frame > HOT_FACTOR * neighbour_max(frame) + HOT_FLOOR
-        self.total += frame  # type: ignore[operator]
         self.frames += 1
-
-    def merge(self, other: "BadPixelFinder") -> None:
-        """Add another finder's counts (frames of the same detector seen elsewhere)."""
-        if other.standout is None:
+        rr, cc = np.nonzero(frame > HOT_FLOOR)
+        if rr.size == 0:
             return
-        if self.standout is None:
-            self.standout, self.total = other.standout.copy(), other.total.copy()  # type: ignore[union-attr]
-        else:
-            self.standout += other.standout
-            self.total += other.total  # type: ignore[operator]
-        self.frames += other.frames
+        rows, cols = frame.shape
+        value = frame[rr, cc].astype(np.int64)
+        brightest = np.zeros_like(value)
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                if dr == dc == 0:
+                    continue
+                r, c = rr + dr, cc + dc
+                inside = (r >= 0) & (r < rows) & (c >= 0) & (c < cols)
+                near = frame[np.clip(r, 0, rows - 1), np.clip(c, 0, cols - 1)].astype(np.int64)
+                np.maximum(brightest, np.where(inside, near, 0), out=brightest)
+        hot = value > HOT_FACTOR * brightest + HOT_FLOOR
+        self.standout[rr[hot], cc[hot]] += 1
 
-    def mask(self, known: npt.NDArray[np.uint8] | None = None) -> npt.NDArray[np.uint8]:
-        """1 where the data show a hot or dead pixel that `known` (the file's mask) does not hold."""
-        if self.standout is None or self.frames < MIN_FRAMES:
-            shape = self.standout.shape if self.standout is not None else known.shape if known is not None else (0, 0)
-            return np.zeros(shape, dtype=np.uint8)
+    def merge(self, standout: npt.NDArray[Any], frames: int) -> None:
+        """Add another finder's counts (frames of the same detector seen by another process)."""
+        if self.standout is None:
+            self.standout = np.zeros(standout.shape, dtype=np.uint32)
+        self.standout += standout.astype(np.uint32, copy=False)
+        self.frames += frames
+
+    def mask(self, total: npt.NDArray[Any] | None, known: npt.NDArray[np.uint8] | None = None) -> npt.NDArray[np.uint8]:
+        """1 where the data show a hot or dead pixel that `known` (the file's mask) does not hold.
+
+        `total` is the sum of the same frames (None: hot pixels only)."""
+        if self.standout is None:
+            return np.zeros(known.shape if known is not None else (0, 0), dtype=np.uint8)
+        if self.frames < MIN_FRAMES:
+            return np.zeros(self.standout.shape, dtype=np.uint8)
         known_bad = known.astype(bool) if known is not None else np.zeros(self.standout.shape, dtype=bool)
         hot = self.standout > HOT_SHARE * self.frames
-        total = np.where(known_bad | hot, 0.0, self.total)   # a bad neighbour's counts say nothing
-        dead = (self.total == 0) & (neighbour_mean(total) >= DEAD_NEIGHBOUR_COUNTS)
-        return ((hot | dead) & ~known_bad).astype(np.uint8)
+        bad = hot
+        if total is not None:
+            total = np.asarray(total, dtype=np.float64)
+            around = neighbour_mean(np.where(known_bad | hot, 0.0, total))   # a bad neighbour's counts say nothing
+            bad = hot | ((total == 0) & (around >= DEAD_NEIGHBOUR_COUNTS))
+        return (bad & ~known_bad).astype(np.uint8)
 
 
 def merged_mask(known: npt.NDArray[np.uint8] | None, found: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:

@@ -189,7 +189,7 @@ def plan_map(smap: SourceMap, options: ProcessOptions) -> MapPlan:
     known = smap.meta.detector_mask
     taken = (sample_map(smap, skip_bad=options.skip_bad_frames)
              if options.roi == "auto" or options.find_bad_pixels else None)
-    found = taken.finder.mask(known) if taken is not None and options.find_bad_pixels else None
+    found = taken.finder.mask(taken.total, known) if taken is not None and options.find_bad_pixels else None
     if found is not None and found.size == 0:
         found = None
     mask = merged_mask(known, found) if found is not None and found.any() else known
