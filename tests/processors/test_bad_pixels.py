@@ -1,5 +1,6 @@
 """Hot and dead pixels found from the data (issue 13 item 1): found, reported, and needed."""
 import h5py
+import pytest
 import numpy as np
 
 from opmon.processors.bad_pixels import BadPixelFinder, merged_mask
@@ -73,3 +74,29 @@ def test_too_few_frames_decide_nothing():
     finder.merge(other.standout, other.frames)
     assert finder.frames == 9 and finder.mask(None)[3, 3] == 1 and finder.mask(None).sum() == 1
 
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_live_processor_finds_the_same_hot_pixels_and_makes_the_offline_maps(tmp_path, workers, caplog):
+    """One code path: the live ROI decision masks what `opmon process` masks (inline and fan-out)."""
+    from opmon.cli import main
+    from opmon.processors.maps import read_map_result
+
+    from tests.processors.conftest import assert_same_maps
+
+    raw = simulate(tmp_path, "hot", "hot-unmasked", side=6)
+    out = tmp_path / "live.h5"
+    assert main(["replay", str(raw), "-o", str(out), "--workers", str(workers)]) == 0
+    with h5py.File(out, "r") as f:
+        live = read_map_result(f["entry0"])
+        roi = tuple(int(v) for v in f["entry0/maps"].attrs["roi"])   # live decides it from its first frames
+    offline = process_file(raw, tmp_path / "offline.h5", ProcessOptions(roi=roi))["entry"]
+    assert_same_maps(live, offline)
+    assert "masked 2 hot/dead detector pixel(s)" in caplog.text
+    with h5py.File(raw, "r") as f:
+        hot = f["entry/truth/unmasked_hot_pixels"][()]
+    inside = lambda r: ((hot[:, 0] >= r[0]) & (hot[:, 0] < r[1]) & (hot[:, 1] >= r[2]) & (hot[:, 1] < r[3])).any()  # noqa: E731
+    process_file(raw, tmp_path / "blind.h5", ProcessOptions(find_bad_pixels=False))
+    with h5py.File(tmp_path / "blind.h5", "r") as g:
+        assert inside(g["entry/maps"].attrs["roi"])      # unmasked, the hot pixels pull the auto ROI ...
+    assert not inside(roi)                              # ... the live one keeps them out
