@@ -34,6 +34,7 @@ from opmon.streaming.archive.safe_writes import atomic_path, check_outputs
 ROI_SAMPLE_FRAMES = 3000
 ROI_FRACTION = 0.01
 ROI_MARGIN = 12
+FINDER_FRAMES = 128  # sampled frames the bad-pixel finder looks at, at most
 
 
 @dataclass
@@ -79,8 +80,9 @@ def sample_map(smap: SourceMap, sample: int = ROI_SAMPLE_FRAMES, skip_bad: bool 
     picks = np.unique(np.linspace(0, meta.n_frames - 1, count).astype(np.int64))
     total = np.zeros((rows, cols), dtype=np.float64)
     finder = BadPixelFinder()
+    every = -(-picks.size // FINDER_FRAMES)   # hot pixels shine in most frames: a hundred or so tell
     buf = np.empty((1, rows, cols), dtype=meta.frame_dtype)
-    for i in picks:
+    for k, i in enumerate(picks):
         interrupt.check()
         bad = smap.read(buf, int(i))
         if bad:
@@ -88,7 +90,8 @@ def sample_map(smap: SourceMap, sample: int = ROI_SAMPLE_FRAMES, skip_bad: bool 
                 raise smap.error(bad)
             continue
         total += buf[0]
-        finder.add(buf[0])
+        if k % every == 0:
+            finder.add(buf[0])
     return MapSample(total, finder)
 
 
