@@ -6,7 +6,8 @@ every centre of mass is pulled to it (issue 13). The data show such pixels plain
 
 * hot: far above all eight neighbours in most sampled frames. A Bragg peak or a powder spot
   lights a pixel only over part of the rocking curve and map, and lights its neighbours too;
-* dead: no count in any sampled frame while its neighbours count many.
+* dead: no count in any sampled frame while every neighbour counts many (the rim of a sharp
+  feature has dark neighbours too).
 
 `BadPixelFinder` takes frames one at a time (or its counts merged from other processes), so the
 offline auto ROI and the live ROI decision run the same rule on the frames they already read.
@@ -23,19 +24,23 @@ HOT_FACTOR = 4.0
 HOT_FLOOR = 4.0
 #: ... in more than this share of the sampled frames
 HOT_SHARE = 0.5
-#: a dead pixel has no count while its neighbours average at least this many over the sample
+#: a dead pixel has no count while each of its neighbours counts at least this many over the sample
 DEAD_NEIGHBOUR_COUNTS = 20.0
 #: fewer sampled frames than this decide nothing (one frame cannot tell hot from a sharp spot)
 MIN_FRAMES = 8
 
 
-def neighbour_mean(image: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """Mean of each pixel's eight neighbours (zero outside the frame)."""
-    f = np.pad(image, 1)
-    c = f.cumsum(0).cumsum(1)
-    c = np.pad(c, ((1, 0), (1, 0)))
-    box = c[3:, 3:] - c[:-3, 3:] - c[3:, :-3] + c[:-3, :-3]
-    return (box - image) / 8.0
+def neighbour_min(image: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """The smallest of each pixel's eight neighbours (outside the frame, and inf entries, ignored)."""
+    f = np.pad(image, 1, constant_values=np.inf)
+    rows, cols = image.shape
+    out = np.full(image.shape, np.inf)
+    for dr in (0, 1, 2):
+        for dc in (0, 1, 2):
+            if dr == dc == 1:
+                continue
+            np.minimum(out, f[dr:dr + rows, dc:dc + cols], out=out)
+    return out
 
 
 class BadPixelFinder:
@@ -93,7 +98,7 @@ class BadPixelFinder:
         bad = hot
         if total is not None:
             total = np.asarray(total, dtype=np.float64)
-            around = neighbour_mean(np.where(known_bad | hot, 0.0, total))   # a bad neighbour's counts say nothing
+            around = neighbour_min(np.where(known_bad | hot, np.inf, total))   # a bad neighbour's counts say nothing
             bad = hot | ((total == 0) & (around >= DEAD_NEIGHBOUR_COUNTS))
         return (bad & ~known_bad).astype(np.uint8)
 

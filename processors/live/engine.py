@@ -116,7 +116,7 @@ class LiveRun(RunShapes):
         if roi is not None:
             if mask is not self.mask:
                 found = int(mask.sum()) - (int(self.mask.sum()) if self.mask is not None else 0)  # type: ignore[union-attr]
-                log.warning("run %s: masked %d hot/dead detector pixel(s) missing from its mask", self.uid, found)
+                log.info("run %s: masked %d hot/dead detector pixel(s) missing from its mask", self.uid, found)
                 self.mask = mask
             self.set_roi(roi)
         return roi

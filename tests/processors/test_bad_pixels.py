@@ -1,4 +1,6 @@
 """Hot and dead pixels found from the data (issue 13 item 1): found, reported, and needed."""
+import logging
+
 import h5py
 import pytest
 import numpy as np
@@ -41,7 +43,7 @@ def test_a_clean_map_loses_no_pixel_to_the_finder(tmp_path):
         assert g["entry/maps/found_bad_pixels"].shape == (0, 2)
 
 
-def test_hot_and_dead_pixels_of_a_flat_field_and_not_a_moving_spot():
+def test_hot_and_dead_pixels_of_a_flat_field_and_not_a_moving_spot_nor_a_sharp_edge():
     rng = np.random.default_rng(1)
     finder = BadPixelFinder()
     known = np.zeros((30, 30), dtype=np.uint8)
@@ -53,6 +55,8 @@ def test_hot_and_dead_pixels_of_a_flat_field_and_not_a_moving_spot():
         frame[20, 5] += 500                     # hot
         frame[0, 0] += 900                      # hot, but already in the file's mask
         frame[5 + k % 10, 25] += 400            # a one-pixel spot that moves: lit in a tenth of the frames
+        frame[22:, 20:] = 0                     # a shadow's sharp edge: its dark rim has bright neighbours
+        frame[26:, 24:] = 50
         finder.add(frame)
         total += frame
     found = finder.mask(total, known)
@@ -84,6 +88,7 @@ def test_live_processor_finds_the_same_hot_pixels_and_makes_the_offline_maps(tmp
 
     from tests.processors.conftest import assert_same_maps
 
+    caplog.set_level(logging.INFO, logger="opmon.processors.live.engine")
     raw = simulate(tmp_path, "hot", "hot-unmasked", side=6)
     out = tmp_path / "live.h5"
     assert main(["replay", str(raw), "-o", str(out), "--workers", str(workers)]) == 0
