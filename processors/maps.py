@@ -15,9 +15,13 @@ import numpy.typing as npt
 from opmon.errors import EmptyMapError
 from opmon.streaming.archive.maps_file import MapsArrays, read_maps
 
-MASK_FRACTION = 0.2  # pixels below 20 % of the map's maximum intensity are invalid
+MASK_FRACTION = 0.2  # pixels below 20 % of the map's reference intensity are invalid
+#: the reference is the k-th largest Σ I of the pixels seen, k = 1 % of them but at least MASK_RANK, so one or
+#: two outlier pixels (a flash, a powder spot at one map point) cannot mask the particle
+MASK_RANK = 3
 #: the rule above in words, for figures and the dashboard (they state which pixels are masked and why)
-MASK_RULE = f"masked (grey): Σ I below {MASK_FRACTION:.0%} of the map's maximum"
+MASK_RULE = (f"masked (grey): Σ I below {MASK_FRACTION:.0%} of the map's bright level "
+             f"(its {MASK_RANK}rd largest Σ I, or 99th percentile)")
 
 F64 = npt.NDArray[np.float64]
 
@@ -95,7 +99,7 @@ def derive_maps(sum_i: F64, sum_iq: F64, sum_iqq: F64, frames: npt.NDArray[np.in
             raise EmptyMapError(f"map of shape {shape} holds no intensity above background (max Σ I = {peak:g}); nothing to derive")
         valid = np.zeros(shape, dtype=bool)
     else:
-        valid = (s0 >= MASK_FRACTION * peak) & (s0 > 0)
+        valid = (s0 >= MASK_FRACTION * bright_level(s0, np.asarray(frames).reshape(shape) > 0)) & (s0 > 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         q = sum_iq / s0[..., None]
         second = sum_iqq / s0[..., None, None] - q[..., :, None] * q[..., None, :]
@@ -116,6 +120,14 @@ def derive_maps(sum_i: F64, sum_iq: F64, sum_iqq: F64, frames: npt.NDArray[np.in
         q=q, mask=valid.astype(np.uint8), mean_q=mean_q, frames=np.asarray(frames, dtype=np.int64).reshape(shape),
         background=float(background),
     )
+
+
+def bright_level(s0: F64, seen: npt.NDArray[np.bool_]) -> float:
+    """The map's bright level for the mask rule: the k-th largest Σ I among the pixels seen
+    (k = 1 % of them, at least MASK_RANK, at most all), so a few outliers do not set it."""
+    values = s0[seen & np.isfinite(s0)] if seen.any() else s0[np.isfinite(s0)]
+    k = min(values.size, max(MASK_RANK, values.size // 100))
+    return float(np.partition(values, values.size - k)[values.size - k])
 
 
 def tilt_angles(q: F64, mean_q: F64) -> tuple[F64, F64]:

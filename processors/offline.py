@@ -21,9 +21,10 @@ import numpy.typing as npt
 from opmon import __version__, interrupt
 from opmon.errors import EmptyMapError, RawFileError
 from opmon.processors.accumulate import Background, MomentAccumulator, Roi
+from opmon.processors.bad_pixels import BadPixelFinder, merged_mask
 from opmon.processors.geometry import DetectorGeometry
 from opmon.processors.maps import MapResult
-from opmon.streaming.archive.layout import MAPS, MAPS_BAD_FRAMES
+from opmon.streaming.archive.layout import MAPS, MAPS_BAD_FRAMES, MAPS_FOUND_BAD_PIXELS
 from opmon.streaming.archive.maps_file import grid_axes, write_axes, write_maps
 from opmon.streaming.archive.raw import check_roi, map_entries, natural_key, open_hdf5
 from opmon.streaming.archive.sources import Block, Source, SourceMap, SourceOptions, open_source
@@ -34,6 +35,7 @@ ROI_SAMPLE_FRAMES = 3000
 ROI_SAMPLE_BLOCK = 64  # sampled frames read per call
 ROI_FRACTION = 0.01
 ROI_MARGIN = 12
+FINDER_FRAMES = 128  # sampled frames the bad-pixel finder looks at, at most
 
 
 @dataclass
@@ -46,10 +48,11 @@ class ProcessOptions:
     despeckle: bool = True
     block: int = 64
     skip_bad_frames: bool = False  # corrupt frames: skip and list them (True) or stop with an error
+    find_bad_pixels: bool = True  # hot/dead pixels found from sampled frames join the file's mask
 
     def attrs(self, roi: Roi) -> dict[str, Any]:
         return {"roi": np.asarray(roi), "threshold": self.threshold, "background": str(self.background),
-                "despeckle": self.despeckle,
+                "despeckle": self.despeckle, "find_bad_pixels": self.find_bad_pixels,
                 "opmon_version": __version__}
 
 
@@ -61,28 +64,56 @@ def find_entries(f: h5py.File, entry: str | None) -> list[str]:
 _natural_key = natural_key
 
 
-def auto_roi(smap: SourceMap, sample: int = ROI_SAMPLE_FRAMES, skip_bad: bool = False) -> Roi:
-    """Detector window holding the Bragg peak of every map pixel, found from evenly spaced frames.
+@dataclass
+class MapSample:
+    """What evenly spaced frames of a map show: their sum (for the auto ROI) and bad-pixel counts."""
 
-    Sums a sample of frames (a tenth of the map, bounded) and applies `roi_from_image`, so
-    domains whose peak sits elsewhere on the detector stay inside. The rest of the frame then
-    measures the background.
-    """
+    total: npt.NDArray[np.float64]
+    finder: BadPixelFinder
+
+
+def sample_map(smap: SourceMap, sample: int = ROI_SAMPLE_FRAMES, skip_bad: bool = False) -> MapSample:
+    """Read evenly spaced frames of `smap` (a tenth of the map, bounded) once for the auto ROI and
+    the bad-pixel finder."""
     meta = smap.meta
     rows, cols = meta.frame_shape
     count = int(np.clip(meta.n_frames // 10, min(200, meta.n_frames), sample))  # a tenth of the map, bounded
     picks = np.unique(np.linspace(0, meta.n_frames - 1, count).astype(np.int64))
     total = np.zeros((rows, cols), dtype=np.float64)
+    finder = BadPixelFinder()
+    every = -(-picks.size // FINDER_FRAMES)   # hot pixels shine in most frames: a hundred or so tell
     buf = np.empty((min(ROI_SAMPLE_BLOCK, picks.size), rows, cols), dtype=meta.frame_dtype)
     for lo in range(0, picks.size, buf.shape[0]):  # a block of picks at a time: one fetch and decode call each
         interrupt.check()
         chunk = picks[lo:lo + buf.shape[0]]
         view = buf[:chunk.size]
-        bad = smap.read_frames(view, chunk)
+        bad = set(smap.read_frames(view, chunk))
         if bad and not skip_bad:
-            raise smap.error(bad[:1])  # the first, as when the sample was read frame by frame
-        total += view.sum(axis=0, dtype=np.float64)
-    roi = roi_from_image(total, meta.detector_mask)
+            raise smap.error(sorted(bad)[:1])  # the first, as when the sample was read frame by frame
+        good = [k for k, frame_number in enumerate(chunk) if int(frame_number) not in bad]   # a skipped corrupt frame adds nothing
+        if good:
+            total += view[good].sum(axis=0, dtype=np.float64)
+        for k in good:
+            if (lo + k) % every == 0:
+                finder.add(view[k])
+    return MapSample(total, finder)
+
+
+def auto_roi(smap: SourceMap, sample: int = ROI_SAMPLE_FRAMES, skip_bad: bool = False,
+             mask: npt.NDArray[np.uint8] | None = None) -> Roi:
+    """Detector window holding the Bragg peak of every map pixel, found from evenly spaced frames.
+
+    Sums a sample of frames (`sample_map`) and applies `roi_from_image` with `mask` (default: the
+    file's), so domains whose peak sits elsewhere on the detector stay inside. The rest of the
+    frame then measures the background.
+    """
+    return roi_of_sample(smap, sample_map(smap, sample, skip_bad), smap.meta.detector_mask if mask is None else mask)
+
+
+def roi_of_sample(smap: SourceMap, taken: MapSample, mask: npt.NDArray[np.uint8] | None) -> Roi:
+    """The auto ROI of a map's sample (full frame when no peak stands out)."""
+    rows, cols = smap.meta.frame_shape
+    roi = roi_from_image(taken.total, mask)
     return roi if roi is not None else (0, rows, 0, cols)
 
 
@@ -119,11 +150,13 @@ def _box5(image: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
 
 @dataclass
 class EntryResult:
-    """One map's maps, the ROI used and the frames that were corrupt and skipped."""
+    """One map's maps, the ROI used, the frames that were corrupt and skipped, and the detector
+    pixels found bad from the data (added to the file's mask)."""
 
     result: MapResult
     roi: Roi
     bad_frames: list[int] = field(default_factory=list)
+    found_bad_pixels: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros((0, 2), dtype=np.int64))
 
 
 def process_entry(entry: h5py.Group, options: ProcessOptions, progress: Callable[[int], None] | None = None,
@@ -142,21 +175,53 @@ def reduce_entry(entry: h5py.Group, options: ProcessOptions, progress: Callable[
     return reduce_map(smap, options, progress)
 
 
+@dataclass
+class MapPlan:
+    """How one map is reduced: its ROI and the detector mask (the file's, plus pixels found bad)."""
+
+    roi: Roi
+    mask: npt.NDArray[np.uint8] | None
+    found: npt.NDArray[np.uint8] | None = None
+
+    def found_pixels(self) -> npt.NDArray[np.int64]:
+        """(n, 2) rows and columns of the pixels found bad from the data."""
+        if self.found is None:
+            return np.zeros((0, 2), dtype=np.int64)
+        return np.argwhere(self.found).astype(np.int64)
+
+
+def plan_map(smap: SourceMap, options: ProcessOptions) -> MapPlan:
+    """The ROI and mask of a map: frames are sampled once when the auto ROI or the bad-pixel
+    finder needs them; an explicit ROI is checked."""
+    known = smap.meta.detector_mask
+    taken = (sample_map(smap, skip_bad=options.skip_bad_frames)
+             if options.roi == "auto" or options.find_bad_pixels else None)
+    found = taken.finder.mask(taken.total, known) if taken is not None and options.find_bad_pixels else None
+    if found is not None and found.size == 0:
+        found = None
+    mask = merged_mask(known, found) if found is not None and found.any() else known
+    if options.roi == "auto":
+        roi = roi_of_sample(smap, taken, mask)  # type: ignore[arg-type]
+    elif options.roi is None:
+        roi = (0, smap.meta.frame_shape[0], 0, smap.meta.frame_shape[1])
+    else:
+        roi = options.roi  # type: ignore[assignment]
+        check_roi(roi, smap.meta.frame_shape, smap.label)
+    return MapPlan(roi, mask, found)
+
+
 def choose_roi(smap: SourceMap, options: ProcessOptions) -> Roi:
     """The ROI of a map: found from its frames (auto), the whole frame, or the one given (checked)."""
-    if options.roi == "auto":
-        return auto_roi(smap, skip_bad=options.skip_bad_frames)
-    if options.roi is None:
-        return (0, smap.meta.frame_shape[0], 0, smap.meta.frame_shape[1])
-    roi: Roi = options.roi  # type: ignore[assignment]
-    check_roi(roi, smap.meta.frame_shape, smap.label)
-    return roi
+    return plan_map(smap, options).roi
 
 
-def new_accumulator(smap: SourceMap, options: ProcessOptions, roi: Roi) -> MomentAccumulator:
-    """An empty accumulator for `smap` with the options' reduction settings (what each task of a split map needs)."""
+def new_accumulator(smap: SourceMap, options: ProcessOptions, roi: Roi,
+                    mask: npt.NDArray[np.uint8] | None = None) -> MomentAccumulator:
+    """An empty accumulator for `smap` with the options' reduction settings (what each task of a split map needs);
+    `mask` replaces the file's detector mask (e.g. `MapPlan.mask`)."""
     meta = smap.meta
-    return MomentAccumulator(DetectorGeometry.from_meta(meta), meta.map_shape, roi=roi, detector_mask=meta.detector_mask,
+    return MomentAccumulator(DetectorGeometry.from_meta(meta), meta.map_shape, roi=roi,
+                             detector_mask=meta.detector_mask if mask is None else mask,
                              threshold=options.threshold, background=options.background, despeckle=options.despeckle)
 
 
@@ -201,11 +266,11 @@ def accumulate_frames(smap: SourceMap, acc: MomentAccumulator, options: ProcessO
 
 def reduce_map(smap: SourceMap, options: ProcessOptions, progress: Callable[[int], None] | None = None) -> EntryResult:
     """Reduce one map of any source to its maps; corrupt frames raise, or are skipped and listed."""
-    roi = choose_roi(smap, options)
-    acc = new_accumulator(smap, options, roi)
+    plan = plan_map(smap, options)
+    acc = new_accumulator(smap, options, plan.roi, plan.mask)
     skipped = accumulate_frames(smap, acc, options, progress=progress)
     try:
-        return EntryResult(acc.finalize(), roi, skipped)
+        return EntryResult(acc.finalize(), plan.roi, skipped, plan.found_pixels())
     except EmptyMapError as exc:
         raise EmptyMapError(f"{smap.label}: {exc}") from exc
 
@@ -269,10 +334,13 @@ def write_results(output: str | Path, plan: RawPlan, results: dict[str, EntryRes
             source = f"{plan.path}:/{name}" if plan.kind == "raw" else smap.label
             maps = write_maps(group, done.result.maps_arrays(), {**options.attrs(done.roi), "source": source,
                                                          "source_format": str(smap.provenance.get("format", "")),
-                                                         "bad_frames_count": len(done.bad_frames)})
+                                                         "bad_frames_count": len(done.bad_frames),
+                                                         "found_bad_pixels_count": len(done.found_bad_pixels)})
             if plan.kind != "raw" or "geometry" in smap.provenance:
                 maps.attrs["provenance"] = json.dumps(smap.provenance)
             maps.create_dataset(MAPS_BAD_FRAMES, data=np.asarray(done.bad_frames, dtype=np.int64))
+            found = maps.create_dataset(MAPS_FOUND_BAD_PIXELS, data=done.found_bad_pixels.reshape(-1, 2))
+            found.attrs["long_name"] = "detector pixels (row, column) found hot or dead from the data, masked"
             axes = grid_axes(smap.meta.x_um, smap.meta.y_um, smap.meta.map_index, smap.meta.map_shape)
             if axes is not None:
                 write_axes(maps, *axes)

@@ -37,7 +37,8 @@ def _run(args: argparse.Namespace) -> int:
     import_numba_without_blas()  # before any kernel loads: opmon's kernels need no BLAS
     from opmon.processors.offline import ProcessOptions, plan_raw, process_plan
     options = ProcessOptions(roi=parse_roi(args.roi), threshold=args.threshold, background=parse_background(args.background),
-                             despeckle=not args.keep_isolated, skip_bad_frames=args.skip_bad_frames)
+                             despeckle=not args.keep_isolated, skip_bad_frames=args.skip_bad_frames,
+                             find_bad_pixels=not args.file_mask_only)
     if args.threshold < 0:
         raise OpmonError(f"--threshold must be >= 0, got {args.threshold}")
     if args.task_frames is not None and args.task_frames < 1:
@@ -64,6 +65,9 @@ def _run(args: argparse.Namespace) -> int:
             d = entry.result.valid_d()
             print(f"{name}: {d.size} valid pixels, mean d = {d.mean():.5f} Å, std {d.std():.2e} Å, "
                   f"background {entry.result.background:.2e} counts/pixel/frame")
+            if len(entry.found_bad_pixels):
+                print(f"{name}: masked {len(entry.found_bad_pixels)} hot/dead detector pixel(s) missing from the file's "
+                      f"mask (listed in {output} as <entry>/maps/found_bad_pixels)")
         print(f"maps written to {output}")
         if pngs:
             import h5py
@@ -104,6 +108,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--background", default="auto", help="auto (from counts outside the ROI), none, or a rate")
     p.add_argument("--keep-isolated", action="store_true",
                    help="keep lone single counts (default: drop them, they are the diffuse background)")
+    p.add_argument("--file-mask-only", action="store_true",
+                   help="use only the file's detector mask (default: also mask hot/dead pixels found in sampled frames)")
     p.add_argument("--png", nargs="?", const="", default=None, help="also write the summary figure (default: MAPS with .png)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files (never an input)")
     p.add_argument("--skip-bad-frames", action="store_true",

@@ -10,6 +10,7 @@ sequence number stay with the receiver (`opmon.streaming.receiver`).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from functools import cached_property
 import logging
@@ -126,8 +127,13 @@ class LiveRun(RunShapes):
         """Try to decide the auto ROI from the frames summed so far (see `RoiDecider.decide`)."""
         if self.roi is not None or self.roi_decider is None:
             return self.roi
+        mask = self.roi_decider.sum.mask(self.mask)      # with the hot/dead pixels the first frames show
         roi = self.roi_decider.decide(self.mask, self.frame_shape, settle=settle)
         if roi is not None:
+            if mask is not self.mask:
+                found = int(mask.sum()) - (int(self.mask.sum()) if self.mask is not None else 0)  # type: ignore[union-attr]
+                log.info("run %s: masked %d hot/dead detector pixel(s) missing from its mask", self.uid, found)
+                self.mask = mask
             self.set_roi(roi)
         return roi
 

@@ -182,12 +182,14 @@ class FanOutProcessor(LiveService):
             return
         frames, sources = run.roi_decider.frames, run.roi_decider.sources
         self.gathering[run.uid].roi_from = set()
+        mask = run.mask
         if run.decide_roi(settle=settle) is None:
             self._tell(W.ROI, {"run": run.uid, "roi": None})
             return
         self.roi_decided_at = time.time()
         log.info("run %s: ROI %s from its first %d frames (%d workers)", run.uid, run.roi, frames, sources)
-        self._tell(W.ROI, {"run": run.uid, "roi": run.options["roi"]})
+        found = [np.ascontiguousarray(run.mask)] if run.mask is not mask and run.mask is not None else []
+        self._tell(W.ROI, {"run": run.uid, "roi": run.options["roi"]}, *found)   # with hot/dead pixels found: the new mask
 
     def _fill_from_archive(self, run: LiveRun, lm: LiveMap) -> None:
         """Frames of a map the workers never accumulated (processor restarted mid-map, a
@@ -406,12 +408,14 @@ class FanOutProcessor(LiveService):
         for seq, t_sent, t_done in zip(seqs.tolist(), rows[:, 3].tolist(), rows[:, 4].tolist()):
             self._accumulated(t_done - t_sent, seq, t_done)
 
-    def _on_roi_sum(self, header: dict[str, Any], buf: Any) -> None:
+    def _on_roi_sum(self, header: dict[str, Any], buf: Any, counts: Any = None) -> None:
         run = self.runs.get(header["run"])
         if run is None or run.roi_decider is None:
             return
         image = np.frombuffer(buf, dtype=np.uint64).reshape(header["shape"]) if header["frames"] else np.zeros(0)
-        run.roi_decider.share(header["worker"], image.copy(), header["frames"])   # running sums: the latest wins
+        standout = (np.frombuffer(counts, dtype=np.uint32).reshape(header["shape"]).copy()
+                    if counts is not None and header["frames"] else None)
+        run.roi_decider.share(header["worker"], image.copy(), header["frames"], standout)   # running sums: the latest wins
         self.gathering[run.uid].roi_from.add(header["worker"])
         self.gathering[run.uid].last_share = time.monotonic()
 
@@ -450,7 +454,8 @@ class FanOutProcessor(LiveService):
                 elif kind == W.STATE:
                     self._on_state(parts)
                 elif kind == W.ROISUM:
-                    self._on_roi_sum(P.unpack(parts[1].bytes), parts[2].buffer)
+                    self._on_roi_sum(P.unpack(parts[1].bytes), parts[2].buffer,
+                                     parts[3].buffer if len(parts) > 3 else None)
                 elif kind == W.ASK:
                     self._on_ask(P.unpack(parts[1].bytes))
             except OpmonError as exc:        # one bad map must not stop the others

@@ -110,9 +110,13 @@ def catch_up(archive_dir: str | Path, outputs: Any, *, skip_runs: set[str], roi:
                     if first.frames >= roi_frames:
                         break
                 chosen = first.roi(start[1], (rows, cols))
+                found_mask = first.mask(start[1])       # the hot/dead pixels those frames show, as live
+            else:
+                found_mask = None
             options = {"roi": list(chosen), "threshold": threshold, "background": background}
 
             def make(start: dict[str, Any], mask: Any, shape: tuple[int, int]) -> MomentAccumulator:
+                mask = found_mask if found_mask is not None else mask
                 return MomentAccumulator(geometry_of(start), shape, detector_mask=mask, **accumulator_options(options))
 
             acc, n = map_from_archive(archive, number, make)

@@ -1,6 +1,7 @@
 """The auto-ROI rule of the live processor, one copy for every executor.
 
-The ROI is fixed once per run from the sum of its first frames. An eta-outer scan often starts
+The ROI is fixed once per run from the sum of its first frames, with the hot and dead pixels these
+frames show added to the detector mask first (`opmon.processors.bad_pixels`, as `opmon process` does). An eta-outer scan often starts
 off the rocking curve, so the first frames may show no Bragg peak: then the decision waits for
 more frames (or for `wait_s`), up to ROI_MAX_FRAMES, after which it settles for the full frame.
 The inline processor, each fan-out worker (which reports its share of the sum) and the fan-out
@@ -15,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from opmon.processors.accumulate import Roi
+from opmon.processors.bad_pixels import BadPixelFinder, merged_mask
 from opmon.processors.offline import roi_from_image
 
 #: frames an auto ROI may wait for a Bragg peak to show before it settles for the full frame
@@ -28,30 +30,37 @@ class RoiSum:
     def __init__(self) -> None:
         self.total: npt.NDArray[np.uint64] | None = None
         self.frames = 0
-
-    @property
-    def sources(self) -> int:
-        """Processes whose running sums were taken (`share`)."""
-        return len(self._shares)
+        self.finder = BadPixelFinder()
 
     def add(self, frame: npt.NDArray[Any]) -> None:
         if self.total is None:
             self.total = np.zeros(frame.shape, dtype=np.uint64)
         np.add(self.total, frame, out=self.total, casting="unsafe")
+        self.finder.add(frame)
         self.frames += 1
 
-    def merge(self, total: npt.NDArray[Any], frames: int) -> None:
-        """Add another process's running sum (fan-out: each worker sums what it was dealt)."""
+    def merge(self, total: npt.NDArray[Any], frames: int, standout: npt.NDArray[Any] | None = None) -> None:
+        """Add another process's running sum (fan-out: each worker sums what it was dealt) and its
+        bad-pixel counts (None: that process sent none, its frames then count for the sum only)."""
         if self.total is None:
             self.total = np.zeros(total.shape, dtype=np.uint64)
         self.total += total.astype(np.uint64, copy=False)
         self.frames += frames
+        if standout is not None:
+            self.finder.merge(standout, frames)
+
+    def mask(self, known: npt.NDArray[np.uint8] | None) -> npt.NDArray[np.uint8] | None:
+        """`known` (the run's detector mask) with the hot/dead pixels these frames show added."""
+        if self.total is None:
+            return known
+        found = self.finder.mask(self.total, known)
+        return merged_mask(known, found) if found.any() else known
 
     def roi(self, mask: npt.NDArray[np.uint8] | None, frame_shape: tuple[int, int], settle: bool = True) -> Roi | None:
         """The ROI these frames show; with `settle` False, None while no Bragg peak stands out
         (the first frames of an eta-outer scan are often off the rocking curve: wait for more),
         with `settle` the full frame then, which is slower but never cuts a peak."""
-        roi = roi_from_image(self.total.astype(np.float64), mask) if self.total is not None else None
+        roi = roi_from_image(self.total.astype(np.float64), self.mask(mask)) if self.total is not None else None
         if roi is None and settle:
             return (0, frame_shape[0], 0, frame_shape[1])
         return roi
@@ -78,7 +87,7 @@ class RoiDecider:
         self.wait_s = wait_s
         self.next = self.quota             # frames summed at which the next try is due
         self.since: float | None = None    # time.monotonic() of the first frame or the last failed try
-        self._shares: dict[int, tuple[int, npt.NDArray[Any]]] = {}
+        self._shares: dict[int, tuple[int, npt.NDArray[Any], npt.NDArray[Any] | None]] = {}
 
     @property
     def frames(self) -> int:
@@ -95,13 +104,13 @@ class RoiDecider:
         if self.since is None:
             self.since = time.monotonic()
 
-    def share(self, source: int, total: npt.NDArray[Any], frames: int) -> None:
-        """Take another process's running sum (the latest of each source wins) instead of frames."""
-        self._shares[source] = (frames, total)
+    def share(self, source: int, total: npt.NDArray[Any], frames: int, standout: npt.NDArray[Any] | None = None) -> None:
+        """Take another process's running sum and bad-pixel counts (the latest of each source wins) instead of frames."""
+        self._shares[source] = (frames, total, standout)
         self.sum = RoiSum()
-        for n, image in self._shares.values():
+        for n, image, counts in self._shares.values():
             if n:
-                self.sum.merge(image, n)
+                self.sum.merge(image, n, counts)
         if self.since is None:
             self.since = time.monotonic()
 

@@ -218,7 +218,9 @@ class FanOutWorker:
         # for a worker that was dealt no frame yet, and then decides from the sums it has
         decider.wait_for_more(decider.frames)
         total = decider.sum.total if decider.sum.total is not None else np.zeros(0, dtype=np.uint64)
-        self._report(ROISUM, {"run": run.uid, "frames": decider.frames, "shape": list(total.shape)}, total)
+        standout = decider.sum.finder.standout
+        counts = [standout] if standout is not None else []   # its bad-pixel counts, beside the sum
+        self._report(ROISUM, {"run": run.uid, "frames": decider.frames, "shape": list(total.shape)}, total, *counts)
 
     def _retry_held(self) -> None:
         held, self.held = self.held, []
@@ -248,6 +250,8 @@ class FanOutWorker:
         elif kind == ROI and run is not None:
             reported = self.roi_reported.pop(uid, 0)
             if h["roi"] is not None:
+                if len(parts) > 2:                  # the coordinator found hot/dead pixels: the run's mask now
+                    run.mask = np.frombuffer(parts[2].buffer, dtype=np.uint8).reshape(run.frame_shape).copy()
                 run.set_roi(h["roi"])
             elif run.roi_decider is not None:      # no peak in the frames so far: report again with more
                 run.roi_decider.wait_for_more(reported)

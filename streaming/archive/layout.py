@@ -46,6 +46,7 @@ MAPS_UNITS = {"d_spacing": "angstrom", "tilt_altitude": "deg", "tilt_azimuth": "
               "peak_width": "1/angstrom", "q": "1/angstrom", "mean_q": "1/angstrom"}
 MAPS_FRAMES = "frames"                  # frames per pixel (optional)
 MAPS_BAD_FRAMES = "bad_frames"          # corrupt frames skipped by `opmon process --skip-bad-frames`
+MAPS_FOUND_BAD_PIXELS = "found_bad_pixels"  # (n, 2) detector pixels found hot/dead from the data (masked)
 ATTR_BACKGROUND = "background_rate"
 DOSE = "dose"                           # <entry>/dose: NXdata of the run's dose so far (photons, x/y in µm)
 DOSE_SIGNAL = "photons"

@@ -34,6 +34,16 @@ def write_raw(path, n_side=3, angles=6, seed=0, intensity=50.0, **overrides):
     return path
 
 
+def simulate_effect(tmp_path, name, effects, side=10):
+    """A small realistic map from `opmon simulate --effects` (seed 4, the accuracy tests' window)."""
+    from opmon.cli import main
+
+    raw = tmp_path / f"{name}.h5"
+    assert main(["simulate", "-o", str(raw), "--ny", str(side), "--nx", str(side), "--roi", "96", "416", "160", "352",
+                 "--seed", "4", "--effects", effects, "-q"]) == 0
+    return raw
+
+
 @pytest.fixture
 def make_raw():
     return write_raw
