@@ -38,10 +38,9 @@ def _archive_one_map(archive_dir, frames_ep: str, maps_ep: str | None) -> tuple[
         sink.stop_run()))
     sender.start()
     deadline = time.monotonic() + 30
-    seen = False          # the sender can be done before the archiver took the run's start: wait for it
-    while (sender.is_alive() or not seen or archiver.run_dir is not None) and time.monotonic() < deadline:
+    # the sender can be done before the archiver took the run's start: wait for the run to be taken and closed
+    while (sender.is_alive() or not archiver.runs or archiver.run_dir is not None) and time.monotonic() < deadline:
         archiver.poll_once(50)
-        seen = seen or archiver.run_dir is not None
     sender.join()
     sink.close()
     archiver.flush()
