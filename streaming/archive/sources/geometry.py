@@ -7,40 +7,24 @@ the source; every value used is recorded with its origin.
 """
 from __future__ import annotations
 
-import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from opmon.errors import RawFileError
+from opmon.errors import ConfigError, RawFileError
+from opmon.streaming.geometry_file import GEOMETRY_KEYS, load_geometry_file
 
-KEYS = ("incident_energy", "distance", "x_pixel_size", "y_pixel_size", "beam_center_x", "beam_center_y")
-POSITIVE = frozenset({"incident_energy", "distance", "x_pixel_size", "y_pixel_size"})
+KEYS = tuple(GEOMETRY_KEYS)
 
 
 def read_geometry_file(path: str | Path) -> dict[str, float]:
-    """The keys of a geometry TOML file, checked (known names, finite numbers, lengths > 0)."""
-    p = Path(path)
+    """The keys of a geometry TOML file, checked (known names, finite numbers, lengths > 0) by
+    the one reader every source uses (`opmon.streaming.geometry_file`), its error raised as the
+    file commands' RawFileError."""
     try:
-        values = tomllib.loads(p.read_text())
-    except FileNotFoundError as exc:
-        raise RawFileError(f"--geometry {p}: no such file") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RawFileError(f"--geometry {p}: cannot read ({exc})") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise RawFileError(f"--geometry {p}: not TOML ({exc})") from exc
-    unknown = sorted(set(values) - set(KEYS))
-    if unknown:
-        raise RawFileError(f"--geometry {p}: unknown key(s) {', '.join(unknown)}; known: {', '.join(KEYS)}")
-    out: dict[str, float] = {}
-    for key, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise RawFileError(f"--geometry {p}: {key} = {value!r} is not a finite number")
-        if key in POSITIVE and value <= 0:
-            raise RawFileError(f"--geometry {p}: {key} = {value!r} must be > 0")
-        out[key] = float(value)
-    return out
+        return load_geometry_file(path)
+    except ConfigError as exc:
+        raise RawFileError(str(exc)) from exc
 
 
 @dataclass

@@ -187,3 +187,25 @@ def test_geometry_file_overrides_a_raw_map_and_is_recorded(id01, tmp_path):
     moved = read_map_result(h5py.File(tmp_path / "m.h5", "r")["entry"])
     reference = process(id01.raw, tmp_path / "ref.h5")
     assert not np.allclose(np.nan_to_num(moved.d_spacing), np.nan_to_num(reference.d_spacing))
+
+
+def test_a_bad_geometry_file_is_one_line_naming_the_key_or_value(tmp_path):
+    """`opmon process --geometry` and `opmon live --source bluesky: --geometry` read the file with
+    the same checks (one reader), raised here as the file commands' error."""
+    import pytest
+
+    from opmon.errors import RawFileError
+    from opmon.streaming.archive.sources.geometry import read_geometry_file
+    cases = {"pixel_size = 5.5e-5\n": "unknown geometry key 'pixel_size'",
+             "distance = 'far'\n": "distance = 'far' is not a finite number",
+             "distance = -1.0\n": "distance = -1.0 must be > 0",
+             "distance = [\n": "not a TOML file"}
+    for i, (text, message) in enumerate(cases.items()):
+        path = tmp_path / f"g{i}.toml"
+        path.write_text(text)
+        with pytest.raises(RawFileError, match=message.replace("[", r"\[")):
+            read_geometry_file(path)
+    with pytest.raises(RawFileError, match="cannot read"):
+        read_geometry_file(tmp_path / "missing.toml")
+    (tmp_path / "ok.toml").write_text("distance = 1.6\nbeam_center_x = 96\n")
+    assert read_geometry_file(tmp_path / "ok.toml") == {"distance": 1.6, "beam_center_x": 96.0}
