@@ -125,7 +125,8 @@ def simulate(path: Path, *, ny: int = 60, nx: int = 60, angles: int = 30, eta_st
              eta_center: float | None = None, mode: str = "paper", x_mean: float = 1.0, cycles: float = 0.0,
              seed: int = 0, order: str = "eta-outer", roi: tuple[int, int, int, int] | None = None,
              dtype: str = "uint32", block: int = 256, entry: str = "entry", force: bool = False,
-             progress: bool = True, window: str = "auto", effects: str = "none") -> dict[str, Any]:
+             progress: bool = True, window: str = "auto", effects: str = "none",
+             peak_counts: float | None = None) -> dict[str, Any]:
     """Render one map to ``path`` (atomically: a killed run leaves no file); returns the truth dict."""
     import numpy as np
 
@@ -154,6 +155,10 @@ def simulate(path: Path, *, ny: int = 60, nx: int = 60, angles: int = 30, eta_st
     paper = mode == "paper"
     window = ("one-phase" if paper else "all") if window == "auto" else window
     kwargs: dict[str, Any] = dict(map_shape=(ny, nx), n_angles=angles, roi=roi)
+    if peak_counts is not None:  # a low-signal map: fewer Bragg photons per map pixel, same background
+        if not (np.isfinite(peak_counts) and peak_counts > 0):
+            raise ConfigError(f"--peak-counts {peak_counts!r}: must be a positive number of counts")
+        kwargs["peak_counts"] = float(peak_counts)
     kwargs["eta_step"] = eta_step if eta_step is not None else (PAPER_ETA_STEP if paper else 0.04)
     if fx.gradient:  # a real background: 10x the compact one, with a gradient
         kwargs["background_rate"] = 10 * SxdmSetup.background_rate
@@ -295,7 +300,8 @@ def _run(args: argparse.Namespace) -> int:
     simulate(Path(args.output), ny=args.ny, nx=args.nx, angles=args.angles, eta_step=args.eta_step,
              eta_center=args.eta_center, mode=args.mode, x_mean=args.x_mean, cycles=args.cycles, seed=args.seed,
              order=args.order, roi=tuple(args.roi) if args.roi else None, dtype=args.dtype, block=args.block,
-             entry=args.entry, force=args.force, progress=not args.quiet, window=args.window, effects=args.effects)
+             entry=args.entry, force=args.force, progress=not args.quiet, window=args.window, effects=args.effects,
+             peak_counts=args.peak_counts)
     print(f"simulated map written to {args.output}")
     return 0
 
@@ -331,6 +337,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--order", choices=ORDERS, default="eta-outer", help="frame order (default eta-outer)")
     p.add_argument("--roi", type=int, nargs=4, metavar=("R0", "R1", "C0", "C1"), default=None,
                    help="render only detector rows R0:R1 and columns C0:C1")
+    p.add_argument("--peak-counts", type=float, default=None, metavar="N",
+                   help="Bragg counts summed over the frames of the brightest map pixel (default 2e4; e.g. 1e3 "
+                        "for a low-signal map)")
     p.add_argument("--dtype", choices=("uint32", "uint16"), default="uint32", help="frame type (uint16 clips)")
     p.add_argument("--block", type=int, default=256, help="frames rendered per block")
     p.add_argument("--entry", default="entry", help="HDF5 entry name (default entry)")

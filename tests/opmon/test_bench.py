@@ -57,8 +57,9 @@ SMALLEST: dict[str, tuple[list[str], list[tuple[str, str]]]] = {
         ("bridge + accumulator frames/s", rf"opmon bridge \+ protocol \+ accumulator: +{NUMBER} frames/s"),
         ("bare cbor2 + decompress frames/s", rf"bare cbor2 \+ dectris-compression, one channel: +{NUMBER} frames/s"),
     ]),
-    "truth": (["--size", "8", "--cases", "none,drift"], [
+    "truth": (["--size", "8", "--cases", "none,drift", "--live"], [
         ("median |d error| A, drift", r"^drift +([-+.e\d]+|nan)"),
+        ("median |d error| A, compact, live", r"^compact live +([-+.e\d]+|nan)"),
         ("median |d error| A, compact simulator", r"^compact +([-+.e\d]+|nan)"),
     ]),
     "dask": (["--maps", "2", "--frames-per-map", "20", "--repeat", "1"], [
