@@ -79,3 +79,19 @@ def test_command_choices_match_the_simulator():
 
     assert simulate.MODES == crystal.MODES
     assert simulate.ORDERS == instrument.ORDERS
+
+
+def test_peak_counts_sets_the_bragg_signal_of_a_low_signal_map(tmp_path, capsys):
+    """--peak-counts scales the particle's photons (a low-signal map), not the background; a bad value
+    is refused in one line."""
+    totals = {}
+    for counts in (2e4, 1e3):
+        out = tmp_path / f"raw{counts:g}.h5"
+        assert main(["simulate", "-o", str(out), "--ny", "3", "--nx", "3", "--angles", "8", "--mode", "uniform",
+                     "--roi", "206", "306", "206", "306", "--peak-counts", f"{counts:g}", "--seed", "1", "-q"]) == 0
+        with h5py.File(out, "r") as f:
+            totals[counts] = float(f["entry/truth/intensity"][()].max())
+            assert f["entry/truth"].attrs["peak_counts"] == counts
+    assert 15 < totals[2e4] / totals[1e3] < 25
+    rc = main(["simulate", "-o", str(tmp_path / "bad.h5"), "--ny", "2", "--nx", "2", "--peak-counts", "-5", "-q"])
+    assert rc == 2 and "--peak-counts" in capsys.readouterr().err
