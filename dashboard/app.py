@@ -179,6 +179,7 @@ class Session:
             if extent is not None:
                 u = dataclasses.replace(u, extent=extent)
         self.maps.show(u)
+        self.maps.scalar["d_spacing"].fig.title.text = self.model.map_context(u.map_number).title(P.D_TITLE)
         self.dose.show(u.dose())
         self.hist.show(np.asarray(u.arrays["d_spacing"], dtype=np.float64), history, u.map_number)
         self._shown = (version, u.map_number)

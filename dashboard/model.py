@@ -143,6 +143,27 @@ class Decision:
                    str(found.get("reason", "")), detail if isinstance(detail, dict) else {"detail": detail})
 
 
+@dataclass(frozen=True)
+class MapContext:
+    """What a map's title says: its number, start time (s since epoch), voltage and trigger reason."""
+
+    map_number: int
+    t: float
+    voltage: float
+    reason: str
+
+    def title(self, what: str) -> str:
+        """``what · map N · 4.512 V · 21:03:12 UTC · reason`` (parts that are unknown left out)."""
+        parts = [what, f"map {self.map_number}"]
+        if np.isfinite(self.voltage):
+            parts.append(f"{self.voltage:.3f} V")
+        if np.isfinite(self.t):
+            parts.append(time.strftime("%H:%M:%S UTC", time.gmtime(self.t)))
+        if self.reason:
+            parts.append(self.reason)
+        return " · ".join(parts)
+
+
 @dataclass
 class FinalMap:
     """A final map with when it was taken, for the gallery, histograms and markers."""
@@ -304,6 +325,22 @@ class DashboardModel:
             return None
         x, y, step, (ny, nx) = grid
         return (x - step / 2, y - step / 2, nx * step, ny * step)
+
+    def map_context(self, map_number: int) -> MapContext:
+        """When map `map_number` was taken, at which voltage, and why (the plan's "map" decision
+        for it in the `steering` stream; empty when the plan did not record one)."""
+        with self._lock:
+            t, v, _ = self._map_start.get(map_number) or (float("nan"),) * 3
+            for r in reversed(self._history):
+                if r.update.map_number == map_number:
+                    t, v = r.t, r.voltage
+                    break
+            reason = next((d.reason for d in reversed(self._decisions)
+                           if d.decision == "map" and d.detail.get("map") == map_number), "")
+            voltage = next((float(d.detail["voltage_v"]) for d in reversed(self._decisions)
+                            if d.decision == "map" and d.detail.get("map") == map_number
+                            and isinstance(d.detail.get("voltage_v"), (int, float))), v)
+        return MapContext(map_number, t, voltage, reason)
 
     def decisions(self) -> tuple[int, list[Decision]]:
         """(version, the plan's decisions, oldest first)."""

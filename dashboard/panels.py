@@ -10,11 +10,12 @@ from dataclasses import dataclass
 
 import numpy as np
 from bokeh.models import (BoxSelectTool, ColorBar, ColumnDataSource, LinearAxis, LinearColorMapper,
-                          PrintfTickFormatter, Range1d, Span)
+                          PrintfTickFormatter, Range1d, Span, Title)
 from bokeh.palettes import Cividis256, Inferno256, Viridis256
 from bokeh.plotting import figure
 
 from opmon.dashboard.colors import wheel_legend
+from opmon.processors.maps import MASK_RULE
 
 TOOLS = "pan,wheel_zoom,reset,save"
 
@@ -60,10 +61,16 @@ def map_panel(title: str, palette: list[str], unit: str, x_range: Range1d | None
     return MapPanel(_style(p), src, mapper)
 
 
+D_TITLE = "d-spacing (Å)"
+
+
 def d_map(x_range: Range1d | None = None, y_range: Range1d | None = None) -> MapPanel:
     """d-spacing map (Å): the lithium content at a glance."""
-    panel = map_panel("d-spacing (Å)", Viridis256, "Å", x_range, y_range, fmt="%.5f")
+    panel = map_panel(D_TITLE, Viridis256, "Å", x_range, y_range, fmt="%.5f")
     panel.source.name = "d_source"     # tests find the live d map by this name
+    panel.fig.title.name = "d_title"   # the map's voltage, time and trigger reason go here
+    panel.fig.add_layout(Title(text=MASK_RULE, text_font_size="10px", text_font_style="normal",
+                               text_color="#555555", name="mask_rule"), "below")
     return panel
 
 

@@ -236,3 +236,29 @@ def test_maps_are_placed_in_um_on_the_run_grid_its_start_document_announces():
     model.on_map(_partial(_full(ny=4, nx=4), 4, 1, final=True))
     _tick(s)
     assert s.d.source.data["dw"] == [4.0] and s.d.fig.xaxis[0].axis_label == "x (map pixel)"
+
+
+def test_the_d_map_title_gives_the_maps_voltage_time_and_trigger_reason_and_the_mask_rule_is_stated():
+    """As the figures of `opmon plot` do: the map's voltage at its start (the plan's "map"
+    decision), the UTC time and the trigger reason over the d map; the mask rule under it."""
+    from opmon.processors.maps import MASK_RULE
+
+    model = DashboardModel()
+    doc = Document()
+    s = Session(doc, model, None, None, DashboardOptions())
+    model.on_document("start", {"uid": "r1", "time": 1.0})
+    model.on_document("descriptor", {"uid": "d-steer", "name": "steering", "run_start": "r1"})
+    for n, (reason, volts) in enumerate([("voltage threshold 4.5000 V reached", 4.5003),
+                                         ("map requested: on demand", 4.6126)]):
+        model.on_document("event", {"descriptor": "d-steer", "time": 10.0 + n, "data": {
+            "steering-decision": "map", "steering-reason": reason,
+            "steering-detail": f'{{"map": {n}, "voltage_v": {volts}}}'}})
+    model.on_reading(3600.0 * 7 + 62.0, 4.40, 1e-5, 0.1)
+    model.on_map(_partial(_full(), 8, 1, final=True))
+    _tick(s)
+    title = s.d.fig.title.text
+    assert title == "d-spacing (Å) · map 1 · 4.613 V · 07:01:02 UTC · map requested: on demand"
+    assert [t.text for t in s.d.fig.below if getattr(t, "name", None) == "mask_rule"] == [MASK_RULE]
+    model.on_map(_partial(_full(), 8, 2, final=True))     # no decision for map 2: voltage of its first reading
+    _tick(s)
+    assert s.d.fig.title.text == "d-spacing (Å) · map 2 · 4.400 V · 07:01:02 UTC"
