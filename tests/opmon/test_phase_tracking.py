@@ -28,7 +28,7 @@ from opmon.streaming.publisher import ZmqFrameSink
 from tests.acquisition.conftest import stream
 
 ENERGY = 10000.0
-D_START, D_LI05 = 2.0340, 2.0184          # Li1 near the end of its solid solution; the Li0.5 phase
+D_START, D_LI05 = 2.0332, 2.0184          # Li1 (Li0.9) on the first plateau; the Li0.5 phase
 CANDIDATES = (2.0332, 2.0184, 2.0000)     # the crystal model's phases (simulators.crystal D_POINTS)
 
 
@@ -80,18 +80,25 @@ def test_a_fading_reflection_is_surveyed_and_maps_continue_on_the_next_phase():
     # Li0.5's reflection is 0.27° away in 2θ and 0.13° in eta, outside both
     setup = SxdmSetup(map_shape=(6, 6), n_angles=7, eta_step=0.04, roi=(224, 288, 224, 288),
                       delta=two_theta_deg(D_START, ENERGY), n_hot=0)
-    bl = SimulatedBeamline(BeamlineConfig(setup=setup, cell=CellConfig(x0=0.92), acceleration=1800.0,
+    bl = SimulatedBeamline(BeamlineConfig(setup=setup, cell=CellConfig(x0=0.80), acceleration=2500.0,
                                           window="all"), sink=sink)
     tracking = PhaseTracking(candidates_d=CANDIDATES, locate=locate_reflection, mode="auto",
                              eta_span_deg=0.3, eta_step_deg=0.05)
     watch = PhaseWatch(display, tracking.requests, FadingRule(fraction=0.3, maps=2), points=4, context=ctx).start()
     finals = FinalMaps(ctx, display)
     true_eta = float(bl.particle.bragg_eta(bl.particle.q_ref * 2 * np.pi / D_LI05))
+    requests = MapRequests()
+    pacer = threading.Thread(target=_pace_the_charge, args=(docs, finals, bl), daemon=True)
+    ender = threading.Thread(target=_finish_after_recentre, args=(docs, finals, requests, 2), daemon=True)
     try:
         charge = CellCommand(CellMode.GALVANOSTATIC, bl.c_rate(1 / 15), cutoff=4.9)
-        plan = operando_series(*bl.devices, grid=bl.grid(), etas=bl.etas(), triggers=PeriodicTrigger(600.0),
-                               charge=charge, order="eta-outer", requests=MapRequests(), max_maps=30,
-                               max_cell_time_s=0.5 * 54000, phase=tracking)
+        # maps back to back, the clock paced to X_PER_MAP per map; the run ends two maps after
+        # the re-centring, or at x = 0.1 (then the asserts say what failed)
+        plan = operando_series(*bl.devices, grid=bl.grid(), etas=bl.etas(), triggers=PeriodicTrigger(1.0),
+                               charge=charge, order="eta-outer", requests=requests, max_maps=40,
+                               max_cell_time_s=0.7 * 54000, phase=tracking)
+        pacer.start()
+        ender.start()
         RE(plan)
         decided = _decisions(docs)
         kinds = [k for k, _, _ in decided]
@@ -122,6 +129,41 @@ def test_a_fading_reflection_is_surveyed_and_maps_continue_on_the_next_phase():
         bl.close()
         publisher.close()
         ctx.destroy(0)
+
+
+X_PER_MAP = 0.05      # lithium content the cell loses over one map (the plateau is 0.4)
+
+
+def _pace_the_charge(docs, finals: FinalMaps, bl: SimulatedBeamline) -> None:
+    """Set the simulated clock from the first map's wall time, so a map spans X_PER_MAP of
+    charge whatever the machine's load (maps are taken back to back when slower than that)."""
+    from tests.waiting import until
+
+    def first_map_done() -> bool:
+        return 0 in finals.headers and any(k == "map" for k, _, _ in _decisions(list(docs)))
+    if not until(first_map_done, 120):
+        return
+    started = next(e["time"] for e in stream(list(docs), "steering"))
+    wall = max(finals.headers[0]["t"] - started, 0.1)
+    seconds = X_PER_MAP * bl.cell.capacity_c / bl.c_rate(1 / 15)
+    bl.clock.acceleration = seconds / wall
+
+
+def _finish_after_recentre(docs, finals: FinalMaps, requests: MapRequests, maps: int) -> None:
+    """Ask the plan to finish once `maps` maps after the re-centring are final (bounded)."""
+    from tests.waiting import until
+
+    def enough() -> bool:
+        decided = _decisions(list(docs))
+        kinds = [k for k, _, _ in decided]
+        if "end" in kinds:
+            return True
+        if "re-centre" not in kinds:
+            return False
+        after = [d["map"] for k, _, d in decided[kinds.index("re-centre"):] if k == "map"]
+        return len(after) >= maps and all(m in finals.headers for m in after[:maps])
+    until(enough, 200)
+    requests.finish()
 
 
 def _wait_for(check, timeout_s: float = 30.0) -> bool:
