@@ -52,8 +52,7 @@ class ProposalButton:
         found = open_proposal(decisions)
         self.proposal = None if found is None else found.detail.get("proposal")
         self.button.visible = found is not None
-        if found is not None:
-            self.button.label = proposal_label(found)
+        self.button.label = proposal_label(found) if found is not None else "no open proposal"
 
     def _accept(self) -> None:
         if self.proposal is not None:
