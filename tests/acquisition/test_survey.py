@@ -78,3 +78,19 @@ def test_phase_tracking_refuses_bad_settings():
         PhaseTracking((), locate_reflection)
     with pytest.raises(ConfigError, match="reachable"):
         two_theta_deg(0.5, ENERGY)
+
+
+def test_frame_total_counts_the_unmasked_pixels_only(RE, make_beamline):
+    """Off Bragg, a frame holds the diffuse background (~1e-3 counts per pixel) and the masked hot
+    pixels (~5e3 counts each): the survey's counts must not be the hot pixels'."""
+    bl = make_beamline(setup=dict(roi=None, n_hot=6))
+    counter = FrameTotal(bl.detector)
+
+    def plan():
+        yield from ensure_connected(counter)
+        yield from bps.mv(bl.diffractometer.eta, 10.0)
+        yield from bps.trigger(counter, wait=True)
+        return (yield from bps.rd(counter.total))
+
+    total = RE(plan()).plan_result
+    assert 0 <= total < 1000, total

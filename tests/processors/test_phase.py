@@ -42,9 +42,9 @@ def _rows(d, delta, etas, peak_eta, height, rng, background=100.0):
 def test_the_survey_peak_is_found_at_the_candidate_with_the_strongest_reflection():
     rng = np.random.default_rng(3)
     etas = np.arange(18.7, 19.31, 0.05)
-    rows = (_rows(2.0184, 35.77, etas, 19.013, 5000.0, rng) + _rows(2.0000, 36.11, etas, 19.2, 0.0, rng))
+    rows = (_rows(2.0184, 35.77, etas, 19.022, 5000.0, rng) + _rows(2.0000, 36.11, etas, 19.2, 0.0, rng))
     found = locate_reflection(rows)
     assert found is not None and found.d_angstrom == 2.0184 and found.delta == 35.77
-    assert abs(found.eta - 19.013) < 0.025, found          # within half a survey step
+    assert abs(found.eta - 19.022) < 0.012, found          # between two steps: the centroid, not the step
     nothing = _rows(2.0184, 35.77, etas, 19.0, 0.0, rng)     # background only: no reflection
     assert locate_reflection(nothing) is None
