@@ -35,6 +35,7 @@ def test_one_survey_per_fade_at_the_brightest_points_and_a_new_run_starts_afresh
     watch.on_message(*_message("r1", 3, 0.1))
     reason, points = requests.take_survey()
     assert "map 3" in reason and points == [8, 7]          # brightest pixels of map 0, the brightest
+    watch.on_message(*_message("r1", 4, 1.0))              # re-centred: bright again
     watch.on_message(*_message("r2", 0, 0.05))             # a new run: its own maximum
     watch.on_message(*_message("r2", 1, 0.05))
     assert requests.take_survey() is None and watch.surveys_asked == 1
