@@ -92,6 +92,11 @@ class PhaseRequests:
             self._accepted.append((int(proposal), reason))
             return dict(self.proposals[int(proposal)])
 
+    def propose(self, number: int, where: dict[str, Any]) -> None:
+        """The plan's side: a re-centring (eta, delta, d) waiting for `accept`."""
+        with self._lock:
+            self.proposals[int(number)] = dict(where)
+
     def take_survey(self) -> tuple[str, list[int]] | None:
         with self._lock:
             asked, self._survey = self._survey, None
@@ -194,7 +199,7 @@ def track_phase(tracking: PhaseTracking, steering: SteeringLog, counter: FrameTo
     if tracking.mode == "auto":
         return (yield from _recentre(steering, diffractometer, etas, where, "automatic (phase tracking auto)"))
     number = tracking.surveys
-    tracking.requests.proposals[number] = where
+    tracking.requests.propose(number, where)
     yield from record(steering, "proposal", f"re-centre on d = {found.d_angstrom:.4f} Å: accept in the dashboard",
                       proposal=number, **where)
     return etas
