@@ -22,6 +22,7 @@ from opmon.acquisition.detector import SxdmDetector
 from opmon.acquisition.mapping import CellMonitor, FlyScan, MapGrid, acquire_map, check_fly, check_map
 from opmon.acquisition.motion import Diffractometer, PiezoStage
 from opmon.acquisition.potentiostat import HIGH_IMPEDANCE, CellCommand, Potentiostat
+from opmon.acquisition.survey import FrameTotal, PhaseTracking, track_phase
 from opmon.acquisition.triggers import AnyOf, CellReading, MapRequests, Region, TriggerRule
 from opmon.errors import ConfigError
 
@@ -95,7 +96,8 @@ def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractomete
                     order: str = "eta-outer", region: Region | None = None, requests: MapRequests | None = None,
                     max_maps: int | None = None, max_cell_time_s: float | None = None, stop_at_rest: bool = True,
                     poll_s: float = 0.01, cell_period_s: float = 0.5,
-                    md: dict[str, Any] | None = None, fly: FlyScan | None = None) -> MsgGenerator[SeriesResult]:
+                    md: dict[str, Any] | None = None, fly: FlyScan | None = None,
+                    phase: PhaseTracking | None = None) -> MsgGenerator[SeriesResult]:
     """Maps while the cell charges, started by trigger rules or by steering requests.
 
     Parameters
@@ -109,6 +111,8 @@ def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractomete
     stop_at_rest : end when a galvanostatic `charge` has reached its cut-off.
     poll_s : wall seconds between potentiostat polls while waiting for a trigger.
     fly : fly every map row by row (`mapping.fly_map`; eta-outer order) instead of stepping.
+    phase : phase tracking (`survey.PhaseTracking`): surveys asked for between maps, and the
+        rocking scan and delta re-centred on the reflection found (or proposed).
 
     Returns
     -------
@@ -125,6 +129,8 @@ def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractomete
         raise ConfigError(f"operando_series triggers={triggers!r}: expected a rule or a list of rules")
     monitor = CellMonitor(potentiostat, cell_period_s)
     steering = SteeringLog()
+    counter = FrameTotal(detector) if phase is not None else None
+    etas = [float(e) for e in etas]
     meta = {"plan_name": "operando_series", "order": order, "etas": [float(e) for e in etas],
             "map_step_um": grid.step_um, "map_origin_um": list(grid.origin_um),
             "charge": None if charge is None else {"mode": charge.mode.value, "setpoint": charge.setpoint,
@@ -132,8 +138,8 @@ def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractomete
             "geometry": detector.geometry_metadata(grid.shape), "fly": fly is not None, **(md or {})}
 
     def series() -> MsgGenerator[SeriesResult]:
-        nonlocal rule, region
-        yield from ensure_connected(steering)
+        nonlocal rule, region, etas
+        yield from ensure_connected(steering, *([counter] if counter is not None else []))
         uid = yield from bps.open_run(meta)
         result = SeriesResult(uid=uid)
         yield from bps.mv(detector.run_uid, uid, detector.map_ny, grid.shape[0], detector.map_nx, grid.shape[1])
@@ -155,6 +161,8 @@ def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractomete
                     yield from record(steering, "map region", "steering request", region=region)
                 while (asked := requests.take_map()) is not None:
                     pending.append(asked)
+            if phase is not None and counter is not None:
+                etas = yield from track_phase(phase, steering, counter, detector, stage, diffractometer, grid, etas)
             reason = rule.update(reading)
             if reason:
                 pending.append(reason)

@@ -36,8 +36,10 @@ class RunEngineSteering:
         Builds a trigger rule from the `set_trigger` arguments (e.g. thresholds, period_s).
     """
 
-    def __init__(self, RE: Any, requests: Any = None, make_rule: Any = None) -> None:
+    def __init__(self, RE: Any, requests: Any = None, make_rule: Any = None, phase: Any = None) -> None:
         self.RE, self.requests, self.make_rule = RE, requests, make_rule
+        #: the plan's phase-tracking mailbox (`survey.PhaseRequests`), None without phase tracking
+        self.phase = phase
         self._wake = threading.Event()
         #: Why the run is being aborted (the `abort` command's reason), None while it is not.
         self.abort_reason: str | None = None
@@ -101,6 +103,12 @@ class RunEngineSteering:
         region = (int(r0), int(r1), int(c0), int(c1))  # type: ignore[arg-type]
         requests.set_region(region)
         return {"region": list(region)}
+
+    def accept_proposal(self, proposal: int) -> dict[str, Any]:
+        """Accept the plan's re-centring proposal number `proposal` (phase tracking "propose")."""
+        if self.phase is None:
+            raise ControlCommandError("accept_proposal: this acquisition does no phase tracking")
+        return {"proposal": int(proposal), "accepted": self.phase.accept(int(proposal))}
 
     def status(self) -> dict[str, Any]:
         return {"state": str(self.RE.state), "exit_status": self.exit_status, "pause_reason": self.pause_reason}

@@ -22,6 +22,7 @@ from opmon.dashboard import panels as P
 from opmon.dashboard.auth import SteeringSessions
 from opmon.dashboard.control_client import ControlClient
 from opmon.dashboard.model import DashboardModel, MapUpdate
+from opmon.dashboard.proposal import ProposalButton
 from opmon.dashboard.steering import Steering, session_cookies
 from opmon.dashboard.views import DoseMapView, HistogramView, MapView, decisions_html, status_html
 
@@ -84,6 +85,7 @@ class Session:
         self.decisions_div = Div(text=decisions_html([]), name="decisions", sizing_mode="stretch_width",
                                  min_width=300, styles={"overflow": "hidden"})
         self._decision_version = -1
+        self.proposal = ProposalButton(self.steering)     # phase tracking's one-click accept
         self.seen_div = Div(text="", name="seen", visible=False)
         self.ack_div = Div(text="", name="ack", visible=False)
         self.seen_div.js_on_change("text", CustomJS(args={"ack": self.ack_div}, code=_SEEN_JS))
@@ -120,7 +122,7 @@ class Session:
         plots = row(self.hist_fig, self.pole_fig, self.echem.vt, self.echem.vq, self.echem.iq,
                     sizing_mode="stretch_both")
         gallery = row(self.live_button, self.gallery, self.seen_div, self.ack_div, sizing_mode="stretch_width", height=44)
-        return column(self.status_div, self.steering.layout(), self.decisions_div, maps, plots, gallery,
+        return column(self.status_div, self.steering.layout(), self.proposal.button, self.decisions_div, maps, plots, gallery,
                       sizing_mode="stretch_both", styles={"padding": "4px 8px"})
 
     # ---- the throttled loop -------------------------------------------------------------------
@@ -151,6 +153,7 @@ class Session:
         if cv != self._decision_version:
             self._decision_version = cv
             self.decisions_div.text = decisions_html(decisions)
+            self.proposal.show(decisions)
         sv, status, received = self.model.status()
         self._status_version = sv
         if status.get("map_progress") is None:          # services that do not know it:

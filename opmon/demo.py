@@ -426,6 +426,7 @@ def plan_from_args(args: Any) -> ExperimentPlan:
         raise ConfigError(f"--point-time {args.point_time}: must be > 0 s")
     plan.fly, plan.point_time_s = args.fly, args.point_time
     plan.on_onset = getattr(args, "on_onset", "none")
+    plan.phase_tracking = getattr(args, "phase_tracking", "off")
     dose_limit = getattr(args, "dose_limit", None)
     if dose_limit is not None and not dose_limit > 0:
         raise ConfigError(f"--dose-limit {dose_limit}: must be a positive number of photons")

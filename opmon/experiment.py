@@ -22,6 +22,9 @@ from opmon.acquisition import (AnyOf, CellCommand, MapRequests, PeriodicTrigger,
 from opmon.archive_watch import ArchiverWatch
 from opmon.onset_watch import OnsetWatch
 from opmon.dose_watch import DoseWatch
+from opmon.phase_watch import PhaseWatch
+from opmon.processors.phase import locate_reflection
+from opmon.acquisition.survey import PhaseTracking
 from opmon.config import Config
 from opmon.errors import ConfigError
 from opmon.simulators.beamline import BeamlineConfig, SimulatedBeamline
@@ -79,14 +82,40 @@ class ExperimentPlan:
     # the paper's detector window: only the phase consumed on the current plateau is seen, so
     # transformed regions vanish and the integrated intensity per map fades (Supp. Fig. 10)
     window: str = "one-phase"
+    # phase tracking ("auto" / "propose"): the detector window is the physical one (every phase at
+    # its own Bragg angles, `phase_setup`) and the plan surveys for the next phase when one fades
+    phase_tracking: str = "off"
 
     def setup(self) -> SxdmSetup:
+        if self.phase_tracking != "off":
+            return phase_setup(self.map_shape, self.n_angles)
         return SxdmSetup(map_shape=self.map_shape, n_angles=self.n_angles, roi=self.roi)
 
     def dose_metadata(self) -> dict[str, Any]:
         """What each frame delivers, for the live dose map (start metadata ``dose``)."""
         return {"dose": {"exposure_s": self.point_time_s if self.fly else self.exposure_s,
                          "flux_ph_s": self.flux_ph_s, "step_um": self.setup().map_step_um}}
+
+
+PHASE_TRACKING = ("off", "auto", "propose")
+PHASE_START_D = 2.0370        # Å: delta and the rocking scan start on the middle of the Li1 solid solution
+PAPER_ETA_RANGE = 0.48        # deg: seed 000's rocking scan (30 steps of 0.016°)
+
+
+def phase_candidates() -> list[float]:
+    """d (Å) of the crystal model's phases: Li0.9 (end of the Li1 solid solution), Li0.5, Li0."""
+    from opmon.simulators.crystal import D_POINTS
+    return sorted((float(d) for d in D_POINTS[:3]), reverse=True)
+
+
+def phase_setup(map_shape: tuple[int, int], n_angles: int) -> SxdmSetup:
+    """The simulated set-up for phase tracking: delta on 2θ of the imaged phase, the paper's
+    0.48° rocking range, a detector window of ±64 rows: the next phase's reflection (0.27-0.34°
+    away in 2θ, 170 rows) lies outside it until delta moves."""
+    from opmon.acquisition.survey import two_theta_deg
+    energy = 10000.0
+    return SxdmSetup(map_shape=map_shape, n_angles=n_angles, roi=(192, 320, 160, 352), energy_ev=energy,
+                     delta=two_theta_deg(PHASE_START_D, energy), eta_step=PAPER_ETA_RANGE / max(n_angles, 1))
 
 
 def make_rule(thresholds: list[float] | None = None, period_s: float | None = None, plateau: bool = False,
@@ -128,16 +157,23 @@ class AcquisitionService:
         self.sink = PublisherSink(self.publisher, metadata=plan.dose_metadata())
         self.RE.subscribe(self.documents)
         self.RE.subscribe(self.sink)
+        tracking = plan.phase_tracking != "off"
         self.beamline = SimulatedBeamline(BeamlineConfig(setup=plan.setup(), acceleration=plan.acceleration,
-                                                         seed=plan.seed, window=plan.window), sink=self.sink)
+                                                         seed=plan.seed, window="all" if tracking else plan.window),
+                                          sink=self.sink)
         self.requests = MapRequests()
-        self.steering = RunEngineSteering(self.RE, self.requests, make_rule)
+        self.tracking = (PhaseTracking(phase_candidates(), locate_reflection, plan.phase_tracking)
+                         if tracking else None)
+        self.steering = RunEngineSteering(self.RE, self.requests, make_rule,
+                                          phase=self.tracking.requests if self.tracking is not None else None)
         self.control = ControlServer(config.endpoint("control"), self.token, self.steering)
         self.archive_watch = ArchiverWatch(config.endpoint("display_archive"), self.steering)  # pauses on disk full
         self.onset_watch = (OnsetWatch(config.endpoint("display_live"), self.steering, plan.onset_cooldown_s)
                             if plan.on_onset == "map-now" else None)
         self.dose_watch = (DoseWatch(config.endpoint("display_live"), self.control.endpoint, self.token, plan.dose_limit)
                            if plan.dose_limit is not None else None)       # pauses at the dose limit
+        self.phase_watch = (PhaseWatch(config.endpoint("display_live"), self.tracking.requests)
+                            if self.tracking is not None else None)      # a survey when the reflection fades
         self._stop = threading.Event()
         self._status_thread = threading.Thread(target=self._publish_status, name="opmon-acq-status", daemon=True)
 
@@ -154,7 +190,7 @@ class AcquisitionService:
         rule = make_rule(p.thresholds_v, p.period_s, p.plateau)
         series = operando_series(*bl.devices, **bl.map_args(), triggers=rule, charge=charge, order=p.order,
                                  requests=self.requests, max_maps=p.max_maps,
-                                 fly=FlyScan(p.point_time_s) if p.fly else None,
+                                 fly=FlyScan(p.point_time_s) if p.fly else None, phase=self.tracking,
                                  md={"sample": "LiNi0.5Mn1.5O4 single crystal (simulated)", "opmon_demo": True})
         self.control.start()
         self.archive_watch.start()
@@ -162,6 +198,8 @@ class AcquisitionService:
             self.onset_watch.start()
         if self.dose_watch is not None:
             self.dose_watch.start()
+        if self.phase_watch is not None:
+            self.phase_watch.start()
         self._status_thread.start()
         started = time.monotonic()
         try:
@@ -185,6 +223,8 @@ class AcquisitionService:
         self.archive_watch.close()
         if self.onset_watch is not None:
             self.onset_watch.close()
+        if self.phase_watch is not None:
+            self.phase_watch.close()
         if linger_s is not None:     # the plan is over: nobody else uses these sockets now
             for sock in [*self.publisher.sockets, *([self.documents.docs] if self.documents.docs is not None else [])]:
                 sock.setsockopt(zmq.LINGER, int(linger_s * 1000))

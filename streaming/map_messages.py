@@ -89,6 +89,9 @@ def encode_map(maps: MapArrays, *, run: str, map_number: int, final: bool, frame
               "map_shape": list(d_spacing.shape), "mean_q": [float(v) for v in arrays["mean_q"]],
               "d_mean": float(valid.mean()) if valid.size else None, "d_std": float(valid.std()) if valid.size else None,
               "background": float(maps.background), "options": options or {},
+              # what a watcher of headers alone needs (phase tracking): Σ I over the map, share of valid pixels
+              "intensity_sum": float(np.nansum(arrays["intensity"])),
+              "valid_fraction": float(arrays["mask"].astype(bool).mean()) if arrays["mask"].size else 0.0,
               "fields": [{"name": n, "dtype": str(arrays[n].dtype), "shape": list(arrays[n].shape)} for n in names]}
     if dose is not None:
         header[DOSE] = dose.header()

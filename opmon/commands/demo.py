@@ -57,6 +57,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--on-onset", choices=("none", "map-now"), default="none",
                    help="map-now: take a map at once when the live processor flags the onset of a "
                         "transformation (recorded with its reason in the run's steering stream; 30 s cooldown)")
+    p.add_argument("--phase-tracking", choices=("off", "auto", "propose"), default="off",
+                   help="follow the imaged phase: when its reflection fades, survey for the next phase's "
+                        "reflection and re-centre eta/delta on it (auto), or propose it for one click in the "
+                        "dashboard (propose); every step is in the run's steering stream")
     p.add_argument("--dose-limit", type=float, default=None, metavar="PHOTONS",
                    help="pause the run when one sample position has taken this many photons over all maps "
                         "(each frame: exposure x flux, 1e9 ph/s x 10 ms = 1e7 photons; resume from the dashboard)")

@@ -75,3 +75,13 @@ def test_missing_or_misshapen_fields_are_rejected():
     with pytest.raises(RejectedMessage, match="bytes") as err:
         decode_map(header, buffers[:1] + [buffers[1][:-8]] + buffers[2:])
     assert err.value.reason == "size"
+
+
+def test_the_header_carries_the_integrated_intensity_and_the_valid_fraction():
+    """Watchers that read headers only (phase tracking) get Σ I and the share of valid pixels."""
+    maps = _maps()
+    maps.intensity[0, 0] = np.nan          # a pixel with no frames yet
+    maps.mask[1, :] = 0
+    header, _ = _encode(maps)
+    assert header["intensity_sum"] == pytest.approx(np.nansum(maps.intensity))
+    assert header["valid_fraction"] == pytest.approx(8 / 12)
