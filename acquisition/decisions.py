@@ -21,20 +21,29 @@ STREAM = "steering"
 
 
 class SteeringLog(StandardReadable):
-    """Three soft signals: the decision ("map", "trigger rule", "map region", "finish",
-    "end"), its reason, and what it set (JSON)."""
+    """Four soft signals: the decision ("map", "trigger rule", "map region", "pause", "end",
+    ...), its reason, what it set (JSON), and what would undo or override it (JSON `actions`)."""
 
     def __init__(self, name: str = "steering") -> None:
         with self.add_children_as_readables():
             self.decision = soft_signal_rw(str, "")
             self.reason = soft_signal_rw(str, "")
             self.detail = soft_signal_rw(str, "{}")
+            self.actions = soft_signal_rw(str, "[]")
         super().__init__(name=name)
 
 
-def record(log: SteeringLog, decision: str, reason: str, **detail: Any) -> MsgGenerator[None]:
+def action(label: str, command: str, **args: Any) -> dict[str, Any]:
+    """One way to undo or override a decision: a button `label` sending control `command` with `args`
+    (a command of `opmon.streaming.control.COMMANDS`; the dashboard's decisions panel shows it)."""
+    return {"label": label, "command": command, "args": args}
+
+
+def record(log: SteeringLog, decision: str, reason: str, actions: list[dict[str, Any]] | None = None,
+           **detail: Any) -> MsgGenerator[None]:
     """Set the decision on the soft signals and read them into the `steering` stream."""
-    yield from bps.mv(log.decision, decision, log.reason, reason, log.detail, json.dumps(detail, default=str))
+    yield from bps.mv(log.decision, decision, log.reason, reason, log.detail, json.dumps(detail, default=str),
+                      log.actions, json.dumps(actions or [], default=str))
     yield from bps.trigger_and_read([log], name=STREAM)
 
 

@@ -17,13 +17,11 @@ import zmq
 from bluesky import RunEngine
 from bluesky.utils import RequestAbort
 
-from opmon.acquisition import (AnyOf, CellCommand, MapRequests, PeriodicTrigger, PlateauTrigger, PublisherSink, TriggerRule,
-                               VoltageThresholds, operando_series)
+from opmon.acquisition import CellCommand, PublisherSink, SteeringRequests, operando_series, rule_from_values
 from opmon.archive_watch import ArchiverWatch
 from opmon.onset_watch import OnsetWatch
 from opmon.dose_watch import DoseWatch
 from opmon.config import Config
-from opmon.errors import ConfigError
 from opmon.simulators.beamline import BeamlineConfig, SimulatedBeamline
 from opmon.acquisition.cell_state import CellMode
 from opmon.acquisition.mapping import FlyScan
@@ -89,23 +87,9 @@ class ExperimentPlan:
                          "flux_ph_s": self.flux_ph_s, "step_um": self.setup().map_step_um}}
 
 
-def make_rule(thresholds: list[float] | None = None, period_s: float | None = None, plateau: bool = False,
-              **unknown: Any) -> TriggerRule:
-    """A trigger rule from plain values: the form the control channel and the CLI speak."""
-    if unknown:
-        raise ConfigError(f"trigger rule: unknown field(s) {sorted(unknown)}; use thresholds, period_s, plateau")
-    rules: list[TriggerRule] = []
-    if thresholds:
-        rules.append(VoltageThresholds([float(t) for t in thresholds]))
-    if period_s:
-        if float(period_s) <= 0:
-            raise ConfigError(f"trigger rule: period_s={period_s} must be > 0")
-        rules.append(PeriodicTrigger(float(period_s)))
-    if plateau:
-        rules.append(PlateauTrigger())
-    if not rules:
-        raise ConfigError("trigger rule: give at least one of thresholds, period_s, plateau")
-    return rules[0] if len(rules) == 1 else AnyOf(*rules)
+#: A trigger rule from plain values (thresholds, period_s, plateau): the form the control channel
+#: and the CLI speak (`opmon.acquisition.triggers.rule_from_values`).
+make_rule = rule_from_values
 
 
 class AcquisitionService:
@@ -130,7 +114,7 @@ class AcquisitionService:
         self.RE.subscribe(self.sink)
         self.beamline = SimulatedBeamline(BeamlineConfig(setup=plan.setup(), acceleration=plan.acceleration,
                                                          seed=plan.seed, window=plan.window), sink=self.sink)
-        self.requests = MapRequests()
+        self.requests = SteeringRequests(loop=self.RE.loop)
         self.steering = RunEngineSteering(self.RE, self.requests, make_rule)
         self.control = ControlServer(config.endpoint("control"), self.token, self.steering)
         self.archive_watch = ArchiverWatch(config.endpoint("display_archive"), self.steering)  # pauses on disk full
@@ -144,8 +128,13 @@ class AcquisitionService:
     def _publish_status(self) -> None:
         while not self._stop.wait(0.5):
             pub = self.publisher
-            self.documents.publish_status({"run": self.documents.run, "state": str(self.RE.state),
-                                           "frames": pub.seq, "map": pub.map_number, "maps_done": pub.n_maps})
+            state = str(self.RE.state)
+            status = {"run": self.documents.run, "state": state, "frames": pub.seq, "map": pub.map_number,
+                      "maps_done": pub.n_maps, "dose_limit": self.plan.dose_limit}
+            if state == "paused":        # why, and which automatic action paused (the dashboard's undo)
+                status.update(pause_reason=self.steering.pause_reason, paused_by=self.steering.paused_by,
+                              paused_at=self.steering.paused_at)
+            self.documents.publish_status(status)
 
     def run(self) -> str:
         """Run the operando series to the end of the charge; returns the exit status."""
