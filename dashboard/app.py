@@ -23,7 +23,8 @@ from opmon.dashboard.auth import SteeringSessions
 from opmon.dashboard.control_client import ControlClient
 from opmon.dashboard.model import DashboardModel, MapUpdate
 from opmon.dashboard.steering import Steering, session_cookies
-from opmon.dashboard.views import DoseMapView, HistogramView, MapView, decisions_html, status_html
+from opmon.dashboard.decisions_panel import DecisionsPanel
+from opmon.dashboard.views import DoseMapView, HistogramView, MapView, status_html
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +82,8 @@ class Session:
         self.status_div = Div(text=status_html({}, 0.0, "waiting for data"), name="status",
                               sizing_mode="stretch_width", height=44, min_width=300,
                               styles={"overflow": "hidden"})
-        self.decisions_div = Div(text=decisions_html([]), name="decisions", sizing_mode="stretch_width",
-                                 min_width=300, styles={"overflow": "hidden"})
+        self.decisions = DecisionsPanel(self.steering)
+        self.decisions_div = self.decisions.table
         self._decision_version = -1
         self.seen_div = Div(text="", name="seen", visible=False)
         self.ack_div = Div(text="", name="ack", visible=False)
@@ -120,7 +121,7 @@ class Session:
         plots = row(self.hist_fig, self.pole_fig, self.echem.vt, self.echem.vq, self.echem.iq,
                     sizing_mode="stretch_both")
         gallery = row(self.live_button, self.gallery, self.seen_div, self.ack_div, sizing_mode="stretch_width", height=44)
-        return column(self.status_div, self.steering.layout(), self.decisions_div, maps, plots, gallery,
+        return column(self.status_div, self.steering.layout(), self.decisions.layout(), maps, plots, gallery,
                       sizing_mode="stretch_both", styles={"padding": "4px 8px"})
 
     # ---- the throttled loop -------------------------------------------------------------------
@@ -150,7 +151,7 @@ class Session:
         cv, decisions = self.model.decisions()
         if cv != self._decision_version:
             self._decision_version = cv
-            self.decisions_div.text = decisions_html(decisions)
+            self.decisions.show(decisions)
         sv, status, received = self.model.status()
         self._status_version = sv
         if status.get("map_progress") is None:          # services that do not know it:
