@@ -180,7 +180,7 @@ class Session:
             if extent is not None:
                 u = dataclasses.replace(u, extent=extent)
         self.maps.show(u)
-        self.dose.show(u.dose())
+        self.dose.show(u.dose(), self.model.status()[1].get("dose_limit"))
         self.hist.show(np.asarray(u.arrays["d_spacing"], dtype=np.float64), history, u.map_number)
         self._shown = (version, u.map_number)
         kind = "final" if u.final else f"{100 * u.progress:.0f}%"

@@ -386,5 +386,7 @@ def merge_status(by_source: dict[str, dict[str, Any]]) -> dict[str, Any]:
         if src.get("archive"):
             out["archive"] = src["archive"]
             break
+    limit = acq.get("dose_limit")
+    out["dose_limit"] = float(limit) if isinstance(limit, (int, float)) and not isinstance(limit, bool) else None
     out["sources"] = sorted(by_source)
     return out

@@ -430,6 +430,7 @@ def plan_from_args(args: Any) -> ExperimentPlan:
     if dose_limit is not None and not dose_limit > 0:
         raise ConfigError(f"--dose-limit {dose_limit}: must be a positive number of photons")
     plan.dose_limit = dose_limit
+    plan.dose_action = getattr(args, "dose_action", "pause")
     plan.order = args.order or ("eta-outer" if args.fly else "point-outer")
     return plan
 

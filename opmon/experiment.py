@@ -20,6 +20,7 @@ from bluesky.utils import RequestAbort
 from opmon.acquisition import CellCommand, PublisherSink, SteeringRequests, operando_series, rule_from_values
 from opmon.archive_watch import ArchiverWatch
 from opmon.onset_watch import OnsetWatch
+from opmon.dose_region import ScanGrid
 from opmon.dose_watch import DoseWatch
 from opmon.config import Config
 from opmon.simulators.beamline import BeamlineConfig, SimulatedBeamline
@@ -70,6 +71,7 @@ class ExperimentPlan:
     exposure_s: float = 0.01      # step scan: exposure per frame (SCIENCE.md: <= 10 ms per point)
     flux_ph_s: float = 1e9        # incident flux of the focused beam (SCIENCE.md: ~1e9 photons/s)
     dose_limit: float | None = None  # photons at one sample position that pause the run (None: no limit)
+    dose_action: str = "pause"    # at the dose limit: pause, stop (finish cleanly) or move (the scan region)
     max_maps: int | None = None
     seed: int = 0
     on_onset: str = "none"        # "map-now": an extra map when the live processor flags an onset
@@ -120,8 +122,11 @@ class AcquisitionService:
         self.archive_watch = ArchiverWatch(config.endpoint("display_archive"), self.steering)  # pauses on disk full
         self.onset_watch = (OnsetWatch(config.endpoint("display_live"), self.steering, plan.onset_cooldown_s)
                             if plan.on_onset == "map-now" else None)
-        self.dose_watch = (DoseWatch(config.endpoint("display_live"), self.control.endpoint, self.token, plan.dose_limit)
-                           if plan.dose_limit is not None else None)       # pauses at the dose limit
+        grid = self.beamline.map_args()["grid"]
+        self.dose_watch = (DoseWatch(config.endpoint("display_live"), self.control.endpoint, self.token, plan.dose_limit,
+                                     action=plan.dose_action, grid=ScanGrid(grid.origin_um, grid.step_um, grid.shape),
+                                     allowed=self.steering.allows)
+                           if plan.dose_limit is not None else None)       # acts at the dose limit
         self._stop = threading.Event()
         self._status_thread = threading.Thread(target=self._publish_status, name="opmon-acq-status", daemon=True)
 

@@ -29,6 +29,10 @@ class TopicWatch:
     def on_header(self, header: Any) -> None:
         raise NotImplementedError
 
+    def on_message(self, header: Any, buffers: list[bytes]) -> None:
+        """The whole message (header and array buffers); by default only the header is used."""
+        self.on_header(header)
+
     def _run(self) -> None:
         sock = self._ctx.socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
@@ -43,7 +47,7 @@ class TopicWatch:
                     header = unpack(parts[1]) if len(parts) >= 2 and parts[0] == self.topic else None
                 except Exception:           # a garbled message is skipped, never fatal
                     continue
-                self.on_header(header)
+                self.on_message(header, parts[2:])
         finally:
             sock.close(0)
 

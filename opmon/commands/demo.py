@@ -60,6 +60,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dose-limit", type=float, default=None, metavar="PHOTONS",
                    help="pause the run when one sample position has taken this many photons over all maps "
                         "(each frame: exposure x flux, 1e9 ph/s x 10 ms = 1e7 photons; resume from the dashboard)")
+    p.add_argument("--dose-action", choices=("pause", "stop", "move"), default="pause",
+                   help="at the dose limit: pause (default), stop (finish the series cleanly after the current map) "
+                        "or move (shift the scan region away from the over-dosed positions; pause if the grid "
+                        "leaves no room)")
     p.add_argument("--workers", type=int, default=1, help="live processor worker processes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dashboard-port", type=int, default=None,
