@@ -15,7 +15,8 @@ import bluesky.plan_stubs as bps
 from bluesky.utils import MsgGenerator
 from ophyd_async.core import StandardReadable, soft_signal_rw
 
-from opmon.acquisition.triggers import AnyOf, PeriodicTrigger, PlateauTrigger, RestTrigger, TriggerRule, VoltageThresholds
+from opmon.acquisition.triggers import (AnyOf, ForAWhile, PeriodicTrigger, PlateauTrigger, RestTrigger, TriggerRule,
+                                        VoltageThresholds)
 
 STREAM = "steering"
 
@@ -59,4 +60,6 @@ def describe_rule(rule: TriggerRule) -> dict[str, Any]:
         return {"plateau": {"max_slope_v_per_s": rule.max_slope, "hold_s": rule.hold_s}}
     if isinstance(rule, RestTrigger):
         return {"rest_current_a": rule.rest_current}
+    if isinstance(rule, ForAWhile):
+        return {**describe_rule(rule.rule), "for_s": rule.hold_s, "then": describe_rule(rule.then)}
     return {"rule": type(rule).__name__}

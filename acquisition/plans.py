@@ -23,8 +23,9 @@ from opmon.acquisition.mapping import CellMonitor, FlyScan, MapGrid, acquire_map
 from opmon.acquisition.motion import Diffractometer, PiezoStage
 from opmon.acquisition.potentiostat import HIGH_IMPEDANCE, CellCommand, Potentiostat
 from opmon.acquisition.steering_requests import RequestReader, SteeringRequests
-from opmon.acquisition.triggers import AnyOf, CellReading, Region, TriggerRule, rule_from_values, rule_values
-from opmon.errors import ConfigError
+from opmon.acquisition.triggers import (AnyOf, CellReading, ForAWhile, Region, TriggerRule, rule_from_values,
+                                        rule_values)
+from opmon.errors import ConfigError, LimitError
 
 
 @dataclass
@@ -94,6 +95,25 @@ def _undo_rule(rule: TriggerRule) -> list[dict[str, Any]]:
                    **values)]
 
 
+def _asked_rule(values: dict[str, Any], current: TriggerRule) -> TriggerRule:
+    """The rule a request's plain values describe; with `for_s`, it holds that long, then `current` returns."""
+    values = dict(values)
+    hold = values.pop("for_s", None)
+    rule = rule_from_values(**values)
+    return rule if hold is None else ForAWhile(rule, current, float(hold))
+
+
+def _grid_of(asked: dict[str, Any]) -> MapGrid:
+    return MapGrid((int(asked["shape"][0]), int(asked["shape"][1])), float(asked["step_um"]),
+                   (float(asked["origin_um"][0]), float(asked["origin_um"][1])))
+
+
+def _undo_grid(grid: MapGrid) -> list[dict[str, Any]]:
+    """The action restoring the raster `grid`."""
+    return [action("Undo: restore the previous grid", "set_grid", reason="undo: previous map grid restored",
+                   shape=list(grid.shape), step_um=grid.step_um, origin_um=list(grid.origin_um))]
+
+
 def _undo_region(region: Region | None) -> list[dict[str, Any]]:
     """The action restoring the map region `region` (None: the whole grid)."""
     window = {} if region is None else dict(zip(("r0", "r1", "c0", "c1"), region))
@@ -146,7 +166,7 @@ def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractomete
             "geometry": detector.geometry_metadata(grid.shape), "fly": fly is not None, **(md or {})}
 
     def series() -> MsgGenerator[SeriesResult]:
-        nonlocal rule, region
+        nonlocal rule, region, grid
         yield from ensure_connected(steering, *([requests] if requests is not None else []))
         reader = RequestReader(requests) if requests is not None else None
         uid = yield from bps.open_run(meta)
@@ -164,8 +184,20 @@ def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractomete
                     yield from record(steering, decision, why)
                 if asked.rule is not None:
                     undo = _undo_rule(rule)
-                    rule = rule_from_values(**asked.rule)
+                    rule = _asked_rule(asked.rule, rule)
                     yield from record(steering, "trigger rule", asked.rule_reason, undo, **describe_rule(rule))
+                if asked.grid is not None:
+                    try:
+                        new_grid = _grid_of(asked.grid)
+                        check_map(stage, diffractometer, new_grid, etas, order)
+                    except (ConfigError, LimitError, KeyError, TypeError, ValueError) as exc:   # the grid stays
+                        yield from record(steering, "map grid refused", f"{asked.grid_reason}: {exc}", **asked.grid)
+                    else:
+                        undo = _undo_grid(grid)
+                        grid, region = new_grid, None
+                        yield from bps.mv(detector.map_ny, grid.shape[0], detector.map_nx, grid.shape[1])
+                        yield from record(steering, "map grid", asked.grid_reason, undo, shape=list(grid.shape),
+                                          step_um=grid.step_um, origin_um=list(grid.origin_um))
                 if asked.region != "unchanged":
                     try:
                         if asked.region is not None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from bluesky.utils import RunEngineInterrupted
 
+from opmon.acquisition.triggers import rule_values
 from opmon.errors import ControlCommandError
 
 log = logging.getLogger(__name__)
@@ -99,12 +100,24 @@ class RunEngineSteering:
         self._need_requests("start_map").map_now(reason)
         return {"state": str(self.RE.state)}
 
-    def set_trigger(self, reason: str = "", **rule: Any) -> dict[str, Any]:
+    def set_trigger(self, reason: str = "", for_s: float | None = None, **rule: Any) -> dict[str, Any]:
+        """A new trigger rule from plain values; with `for_s`, it holds that many cell seconds, then
+        the rule before it returns."""
         requests = self._need_requests("set_trigger")
         if self.make_rule is None:
             raise ControlCommandError("set_trigger: this acquisition has no rule factory")
-        requests.set_rule(self.make_rule(**rule), reason or "steering request")   # built here: errors now
-        return {"trigger": rule}
+        values = rule_values(self.make_rule(**rule))        # built here: a bad rule is refused now
+        if for_s is not None:
+            if not float(for_s) > 0:
+                raise ControlCommandError(f"set_trigger: for_s={for_s} must be > 0 s")
+            values["for_s"] = float(for_s)
+        requests.set_rule(values, reason or "steering request")
+        return {"trigger": rule, **({"for_s": float(for_s)} if for_s is not None else {})}
+
+    def set_grid(self, shape: list[int], step_um: float, origin_um: list[float], reason: str = "") -> dict[str, Any]:
+        """Map on another raster from the next map on (e.g. half the step over the particle)."""
+        self._need_requests("set_grid").set_grid(shape, step_um, origin_um, reason or "steering request")
+        return {"grid": {"shape": list(shape), "step_um": step_um, "origin_um": list(origin_um)}}
 
     def set_region(self, r0: int | None = None, r1: int | None = None, c0: int | None = None,
                    c1: int | None = None, reason: str = "") -> dict[str, Any]:

@@ -34,7 +34,8 @@ JOURNAL = 32
 SET_TIMEOUT_S = 5.0
 
 
-SIGNALS = ("map_requests", "map_reason", "rule", "rule_changes", "region", "region_changes", "finish_requests",
+SIGNALS = ("map_requests", "map_reason", "rule", "rule_changes", "region", "region_changes", "grid", "grid_changes",
+           "finish_requests",
            "finish_reason", "notes", "note_count", "changes")
 
 
@@ -53,6 +54,8 @@ class SteeringRequests(StandardReadable):
             self.rule_changes = soft_signal_rw(int, 0)
             self.region = soft_signal_rw(str, "")            # {"region": [r0, r1, c0, c1] | null, "reason"}
             self.region_changes = soft_signal_rw(int, 0)
+            self.grid = soft_signal_rw(str, "")              # {"grid": {shape, step_um, origin_um}, "reason"}
+            self.grid_changes = soft_signal_rw(int, 0)
             self.finish_requests = soft_signal_rw(int, 0)
             self.finish_reason = soft_signal_rw(str, "")
             self.notes = soft_signal_rw(str, "[]")           # [[n, decision, reason], ...] newest last
@@ -83,6 +86,21 @@ class SteeringRequests(StandardReadable):
             region = (r0, r1, c0, c1)
         payload = json.dumps({"region": None if region is None else list(region), "reason": str(reason)})
         self._change([(self.region, payload)], self.region_changes)
+
+    def set_grid(self, shape: tuple[int, int], step_um: float, origin_um: tuple[float, float],
+                 reason: str = "steering request") -> None:
+        """Map on another raster from the next map on: (ny, nx) points `step_um` apart from `origin_um`
+        (x0, y0); the plan checks it against the axis limits and then maps it whole."""
+        try:
+            ny, nx = (int(v) for v in shape)
+            x0, y0 = (float(v) for v in origin_um)
+            step = float(step_um)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"set_grid: shape [ny, nx], step_um, origin_um [x0, y0] expected: {exc}") from None
+        if min(ny, nx) < 1 or not step > 0:
+            raise ConfigError(f"set_grid: shape {[ny, nx]}, step {step} µm: need positive sizes and step")
+        payload = json.dumps({"grid": {"shape": [ny, nx], "step_um": step, "origin_um": [x0, y0]}, "reason": str(reason)})
+        self._change([(self.grid, payload)], self.grid_changes)
 
     def finish(self, reason: str = "finish requested") -> None:
         """End the series cleanly after the current map."""
@@ -150,6 +168,8 @@ class RequestChanges:
     rule_reason: str = ""
     region: Region | None | str = "unchanged"
     region_reason: str = ""
+    grid: dict[str, Any] | None = None          # shape, step_um, origin_um
+    grid_reason: str = ""
     finish: str | None = None
     notes: list[tuple[str, str]] = field(default_factory=list)
 
@@ -163,7 +183,7 @@ class RequestReader:
         # same device acted on
         seen = requests.plan_seen
         self.seen = dict(seen) if seen is not None else {"changes": 0, "map": 0, "rule": 0, "region": 0,
-                                                         "finish": 0, "note": 0}
+                                                         "grid": 0, "finish": 0, "note": 0}
         self.finishing: str | None = None
 
     def poll(self) -> MsgGenerator[RequestChanges]:
@@ -193,6 +213,10 @@ class RequestReader:
             asked = json.loads(value(r.region))
             out.region = None if asked["region"] is None else tuple(asked["region"])  # type: ignore[assignment]
             out.region_reason = asked["reason"]
+        if int(value(r.grid_changes)) > self.seen["grid"]:
+            self.seen["grid"] = int(value(r.grid_changes))
+            asked = json.loads(value(r.grid))
+            out.grid, out.grid_reason = asked["grid"], asked["reason"]
         if int(value(r.finish_requests)) > self.seen["finish"]:
             self.seen["finish"] = int(value(r.finish_requests))
             self.finishing = out.finish = str(value(r.finish_reason))

@@ -169,6 +169,26 @@ class AnyOf:
         return next((r for r in reasons if r), None)
 
 
+class ForAWhile:
+    """`rule` for `hold_s` of cell time from its first reading, then `then` again (an onset's
+    shorter period "for a while"). `then` sees every reading meanwhile, its reasons dropped, so
+    it resumes in step (a threshold passed meanwhile does not fire late)."""
+
+    def __init__(self, rule: TriggerRule, then: TriggerRule, hold_s: float) -> None:
+        if not hold_s > 0:
+            raise ConfigError(f"trigger rule for_s={hold_s}: must be > 0 s")
+        self.rule, self.then, self.hold_s = rule, then, float(hold_s)
+        self.until: float | None = None
+
+    def update(self, reading: CellReading) -> str | None:
+        if self.until is None:
+            self.until = reading.time + self.hold_s
+        later = self.then.update(reading)
+        if reading.time < self.until:
+            return self.rule.update(reading)
+        return later
+
+
 Region = tuple[int, int, int, int]
 
 
@@ -216,4 +236,6 @@ def rule_values(rule: TriggerRule) -> dict[str, Any]:
         return {"plateau": {"max_slope_v_per_s": rule.max_slope, "hold_s": rule.hold_s}}
     if isinstance(rule, RestTrigger):
         return {"rest_current_a": rule.rest_current}
+    if isinstance(rule, ForAWhile):       # restoring it means the rule it returns to
+        return rule_values(rule.then)
     raise ConfigError(f"trigger rule {type(rule).__name__}: has no plain-value form for the steering signals")

@@ -74,7 +74,7 @@ class ExperimentPlan:
     dose_action: str = "pause"    # at the dose limit: pause, stop (finish cleanly) or move (the scan region)
     max_maps: int | None = None
     seed: int = 0
-    on_onset: str = "none"        # "map-now": an extra map when the live processor flags an onset
+    on_onset: str = "none"        # map-now, shorter-period:S or finer-map when the live processor flags an onset
     onset_cooldown_s: float = 30.0  # wall seconds between such extra maps
     # the paper's detector window: only the phase consumed on the current plateau is seen, so
     # transformed regions vanish and the integrated intensity per map fades (Supp. Fig. 10)
@@ -120,9 +120,10 @@ class AcquisitionService:
         self.steering = RunEngineSteering(self.RE, self.requests, make_rule)
         self.control = ControlServer(config.endpoint("control"), self.token, self.steering)
         self.archive_watch = ArchiverWatch(config.endpoint("display_archive"), self.steering)  # pauses on disk full
-        self.onset_watch = (OnsetWatch(config.endpoint("display_live"), self.steering, plan.onset_cooldown_s)
-                            if plan.on_onset == "map-now" else None)
         grid = self.beamline.map_args()["grid"]
+        self.onset_watch = (OnsetWatch(config.endpoint("display_live"), self.steering, plan.onset_cooldown_s,
+                                       action=plan.on_onset, grid=ScanGrid(grid.origin_um, grid.step_um, grid.shape))
+                            if plan.on_onset != "none" else None)
         self.dose_watch = (DoseWatch(config.endpoint("display_live"), self.control.endpoint, self.token, plan.dose_limit,
                                      action=plan.dose_action, grid=ScanGrid(grid.origin_um, grid.step_um, grid.shape),
                                      allowed=self.steering.allows)

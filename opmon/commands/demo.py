@@ -54,9 +54,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--point-time", type=float, default=0.0005, metavar="S",
                    help="fly scan: detector exposure per point in seconds (default 0.0005)")
     p.add_argument("--max-maps", type=int, default=None)
-    p.add_argument("--on-onset", choices=("none", "map-now"), default="none",
-                   help="map-now: take a map at once when the live processor flags the onset of a "
-                        "transformation (recorded with its reason in the run's steering stream; 30 s cooldown)")
+    p.add_argument("--on-onset", default="none", metavar="ACTION",
+                   help="when the live processor flags the onset of a transformation: map-now (a map at once), "
+                        "shorter-period:S (periodic maps every S simulated s for 3 periods, then the rule before), "
+                        "finer-map (next maps at half the step over the particle's bounding box, once per run) "
+                        "or none (default); recorded with its reason in the run's steering stream; 30 s cooldown")
     p.add_argument("--dose-limit", type=float, default=None, metavar="PHOTONS",
                    help="pause the run when one sample position has taken this many photons over all maps "
                         "(each frame: exposure x flux, 1e9 ph/s x 10 ms = 1e7 photons; resume from the dashboard)")
