@@ -228,8 +228,8 @@ def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractomete
             elif (stop_at_rest and charge is not None and charge.mode is CellMode.GALVANOSTATIC
                   and reading.mode != charge.mode.value):
                 result.end_reason = f"cut-off {charge.cutoff} V reached"
-            elif reader is not None and reader.finishing is not None:
-                result.end_reason = reader.finishing
+            elif reader is not None and (yield from reader.finish_asked()) is not None:
+                result.end_reason = reader.finishing  # type: ignore[assignment]
             if result.end_reason:
                 if reader is not None:
                     for decision, why in (yield from reader.poll()).notes:

@@ -186,6 +186,15 @@ class RequestReader:
                                                          "grid": 0, "finish": 0, "note": 0}
         self.finishing: str | None = None
 
+    def finish_asked(self) -> MsgGenerator[str | None]:
+        """Has a finish been asked (since the last poll too)? One `rd`; the reason, or None."""
+        if self.finishing is None:
+            count = yield from bps.rd(self.requests.finish_requests)
+            if count is not None and int(count) > self.seen["finish"]:
+                self.seen["finish"] = int(count)
+                self.finishing = str((yield from bps.rd(self.requests.finish_reason)))
+        return self.finishing
+
     def poll(self) -> MsgGenerator[RequestChanges]:
         """One `rd` of the change counter; a `read` of every request signal only when it moved."""
         out = RequestChanges()

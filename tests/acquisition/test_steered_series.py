@@ -71,3 +71,18 @@ def test_a_rule_for_a_while_hands_back_in_step() -> None:
     assert "4.7000" in fired[30]                                         # 4.5 V passed meanwhile: not fired late
     assert before.pending == []
     assert describe_rule(rule) == {"period_s": 10.0, "for_s": 30.0, "then": {"thresholds_v": [], "direction": "charge"}}
+
+
+def test_a_finer_grid_renders_the_crystal_at_the_piezo_position(RE, make_beamline) -> None:
+    """The simulated detector sees the crystal model's pixel under the beam on a steered grid
+    (the model has the setup's step; a finer map samples it at the nearest pixel)."""
+    bl = make_beamline()
+    step = bl.config.setup.map_step_um
+    source = bl.source
+    assert source.map_shape == (4, 4)
+    assert source.crystal_pixel(5, {"x": 0.0, "y": 0.0}) == 5                    # the setup's grid: by index
+    import bluesky.plan_stubs as bps
+    RE(bps.mv(bl.detector.map_ny, 7, bl.detector.map_nx, 9))
+    assert source.map_shape == (7, 9)
+    assert source.crystal_pixel(40, {"x": 1.4 * step, "y": 2.6 * step}) == 3 * 4 + 1   # nearest model pixel
+    assert source.crystal_pixel(62, {"x": 99.0, "y": -5.0}) == 3                      # clipped to the model

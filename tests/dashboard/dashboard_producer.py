@@ -180,6 +180,9 @@ class SimulatedExperiment:
             state = self.RE.state if self.exit_status is None else ("aborted" if self.exit_status == "abort" else "done")
             acq = {"v": 1, "kind": "status", "source": "acquisition", "t": now, "run": "sim", "state": state,
                    "map": self.current_map, "archive": "/tmp/opmon-archive/sim/run.h5"}
+            if state == "paused":            # why, as the acquisition service reports it (the dashboard's undo)
+                acq.update(pause_reason=self.steering.pause_reason, paused_by=self.steering.paused_by,
+                           paused_at=self.steering.paused_at)
             live = {"v": 1, "kind": "status", "source": "live", "t": now, "run": "sim", "state": "running",
                     "frames": self.rows_published * self.map_shape[1] * 30, "frames_per_s": fps, "frames_lost": 0,
                     "map": self.current_map, "maps_done": self.maps_done,
