@@ -133,8 +133,8 @@ class DoseWatch(TopicWatch):
     def _once(self, header: dict[str, Any], command: str, reason: str, what: str, **args: Any) -> None:
         self.paused_runs.add(str(header.get("run")))
         if self._send(command, reason, **args):
-            log.error("acquisition %s: %s. Resume, move the region or abort from the dashboard.",
-                      "paused" if what == "pause" else "stopping", reason)
+            log.error("acquisition paused: %s. Resume, move the region or abort from the dashboard." if what == "pause"
+                      else "acquisition stopping after this map: %s", reason)
 
     def _send(self, command: str, reason: str, **args: Any) -> bool:
         try:
