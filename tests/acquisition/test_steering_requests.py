@@ -9,6 +9,7 @@ import bluesky.plan_stubs as bps
 import pytest
 from bluesky import RunEngine
 
+from opmon.acquisition.decisions import describe_rule
 from opmon.acquisition.steering_requests import RequestReader, SteeringRequests
 from opmon.acquisition.triggers import (AnyOf, PeriodicTrigger, PlateauTrigger, RestTrigger, VoltageThresholds,
                                         rule_from_values, rule_values)
@@ -66,7 +67,7 @@ def test_every_rule_the_channel_speaks_comes_back_from_its_values() -> None:
              PlateauTrigger(1e-5, 120), RestTrigger(1e-7), AnyOf(VoltageThresholds([4.8]), PeriodicTrigger(30))]
     for rule in rules:
         values = json.loads(json.dumps(rule_values(rule)))      # as the soft signal carries them
-        assert rule_values(rule_from_values(**values)) == values
+        assert describe_rule(rule_from_values(**values)) == describe_rule(rule)        # the same rule again
     spent = VoltageThresholds([4.0])
     spent.pending.clear()
     with pytest.raises(ConfigError, match="at least one"):
