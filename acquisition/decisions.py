@@ -15,8 +15,8 @@ import bluesky.plan_stubs as bps
 from bluesky.utils import MsgGenerator
 from ophyd_async.core import StandardReadable, soft_signal_rw
 
-from opmon.acquisition.triggers import (AnyOf, ForAWhile, PeriodicTrigger, PlateauTrigger, RestTrigger, TriggerRule,
-                                        VoltageThresholds)
+from opmon.acquisition.triggers import AnyOf, ForAWhile, TriggerRule, VoltageThresholds, rule_values
+from opmon.errors import ConfigError
 
 STREAM = "steering"
 
@@ -49,17 +49,17 @@ def record(log: SteeringLog, decision: str, reason: str, actions: list[dict[str,
 
 
 def describe_rule(rule: TriggerRule) -> dict[str, Any]:
-    """A trigger rule as plain values, for the steering stream (unknown rules by class name)."""
+    """A trigger rule as plain values, for the steering stream (unknown rules by class name);
+    thresholds as `thresholds_v`, those still pending in firing order."""
     if isinstance(rule, AnyOf):
         return {"any_of": [describe_rule(r) for r in rule.rules]}
-    if isinstance(rule, VoltageThresholds):
-        return {"thresholds_v": list(rule.pending), "direction": rule.direction}
-    if isinstance(rule, PeriodicTrigger):
-        return {"period_s": rule.period_s}
-    if isinstance(rule, PlateauTrigger):
-        return {"plateau": {"max_slope_v_per_s": rule.max_slope, "hold_s": rule.hold_s}}
-    if isinstance(rule, RestTrigger):
-        return {"rest_current_a": rule.rest_current}
     if isinstance(rule, ForAWhile):
         return {**describe_rule(rule.rule), "for_s": rule.hold_s, "then": describe_rule(rule.then)}
-    return {"rule": type(rule).__name__}
+    try:
+        values = rule_values(rule)
+    except ConfigError:
+        return {"rule": type(rule).__name__}
+    if isinstance(rule, VoltageThresholds):
+        del values["thresholds"]
+        values["thresholds_v"] = list(rule.pending)
+    return values

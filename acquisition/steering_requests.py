@@ -213,19 +213,19 @@ class RequestReader:
             k = n_maps - self.seen["map"]
             out.maps.append(str(value(r.map_reason)) + (f" ({k} requests)" if k > 1 else ""))
             self.seen["map"] = n_maps
-        if int(value(r.rule_changes)) > self.seen["rule"]:
-            self.seen["rule"] = int(value(r.rule_changes))
-            asked = json.loads(value(r.rule))
-            out.rule, out.rule_reason = asked["values"], asked["reason"]
-        if int(value(r.region_changes)) > self.seen["region"]:
-            self.seen["region"] = int(value(r.region_changes))
-            asked = json.loads(value(r.region))
-            out.region = None if asked["region"] is None else tuple(asked["region"])  # type: ignore[assignment]
-            out.region_reason = asked["reason"]
-        if int(value(r.grid_changes)) > self.seen["grid"]:
-            self.seen["grid"] = int(value(r.grid_changes))
-            asked = json.loads(value(r.grid))
-            out.grid, out.grid_reason = asked["grid"], asked["reason"]
+        def newly_asked(kind: str, counter: SignalRW, payload: SignalRW) -> dict[str, Any] | None:
+            count = int(value(counter))
+            if count <= self.seen[kind]:
+                return None
+            self.seen[kind] = count
+            return json.loads(value(payload))
+        if (rule := newly_asked("rule", r.rule_changes, r.rule)) is not None:
+            out.rule, out.rule_reason = rule["values"], rule["reason"]
+        if (region := newly_asked("region", r.region_changes, r.region)) is not None:
+            out.region = None if region["region"] is None else tuple(region["region"])  # type: ignore[assignment]
+            out.region_reason = region["reason"]
+        if (grid := newly_asked("grid", r.grid_changes, r.grid)) is not None:
+            out.grid, out.grid_reason = grid["grid"], grid["reason"]
         if int(value(r.finish_requests)) > self.seen["finish"]:
             self.seen["finish"] = int(value(r.finish_requests))
             self.finishing = out.finish = str(value(r.finish_reason))
