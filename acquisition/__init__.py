@@ -20,6 +20,7 @@ __all__ = [
     "CellSample", "DetectorCalibration", "Diffractometer", "FrameSink", "FrameSource",
     "HIGH_IMPEDANCE", "MapGrid", "MapMeta", "OPEN_CIRCUIT", "operando_series", "PeriodicTrigger",
     "PiezoStage", "PlateauTrigger", "Potentiostat", "potentiostatic_steps", "PotentiostatLimits", "PublisherSink",
-    "RestTrigger", "rule_from_values", "rule_values", "SeriesResult", "set_cell", "SinkTarget", "SteeringRequests", "StepRecord", "sxdm_map", "SxdmDetector", "TeeSink",
+    "RestTrigger", "rule_from_values", "rule_values", "SeriesResult", "set_cell", "SinkTarget", "SteeringRequests",
+    "StepRecord", "sxdm_map", "SxdmDetector", "TeeSink",
     "TriggerRule", "VoltageThresholds",
 ]

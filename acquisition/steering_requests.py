@@ -99,7 +99,8 @@ class SteeringRequests(StandardReadable):
             raise ConfigError(f"set_grid: shape [ny, nx], step_um, origin_um [x0, y0] expected: {exc}") from None
         if min(ny, nx) < 1 or not step > 0:
             raise ConfigError(f"set_grid: shape {[ny, nx]}, step {step} µm: need positive sizes and step")
-        payload = json.dumps({"grid": {"shape": [ny, nx], "step_um": step, "origin_um": [x0, y0]}, "reason": str(reason)})
+        payload = json.dumps({"grid": {"shape": [ny, nx], "step_um": step, "origin_um": [x0, y0]},
+                              "reason": str(reason)})
         self._change([(self.grid, payload)], self.grid_changes)
 
     def finish(self, reason: str = "finish requested") -> None:
