@@ -11,14 +11,16 @@ from opmon.acquisition.plans import AcquiredMap, SeriesResult, StepRecord, opera
 from opmon.acquisition.potentiostat import (HIGH_IMPEDANCE, OPEN_CIRCUIT, CellBackend, CellCommand, Potentiostat,
                                             PotentiostatLimits)
 from opmon.acquisition.sinks import FrameSink, MapMeta, PublisherSink, SinkTarget, TeeSink
-from opmon.acquisition.triggers import (AnyOf, CellReading, MapRequests, PeriodicTrigger, PlateauTrigger, RestTrigger,
-                                        TriggerRule, VoltageThresholds)
+from opmon.acquisition.steering_requests import SteeringRequests
+from opmon.acquisition.triggers import (AnyOf, CellReading, PeriodicTrigger, PlateauTrigger, RestTrigger, TriggerRule,
+                                        VoltageThresholds, rule_from_values, rule_values)
 
 __all__ = [
     "acquire_map", "AcquiredMap", "AnyOf", "CellBackend", "CellCommand", "CellMode", "CellMonitor", "CellReading",
     "CellSample", "DetectorCalibration", "Diffractometer", "FrameSink", "FrameSource",
-    "HIGH_IMPEDANCE", "MapGrid", "MapMeta", "MapRequests", "OPEN_CIRCUIT", "operando_series", "PeriodicTrigger",
+    "HIGH_IMPEDANCE", "MapGrid", "MapMeta", "OPEN_CIRCUIT", "operando_series", "PeriodicTrigger",
     "PiezoStage", "PlateauTrigger", "Potentiostat", "potentiostatic_steps", "PotentiostatLimits", "PublisherSink",
-    "RestTrigger", "SeriesResult", "set_cell", "SinkTarget", "StepRecord", "sxdm_map", "SxdmDetector", "TeeSink",
+    "RestTrigger", "rule_from_values", "rule_values", "SeriesResult", "set_cell", "SinkTarget", "SteeringRequests",
+    "StepRecord", "sxdm_map", "SxdmDetector", "TeeSink",
     "TriggerRule", "VoltageThresholds",
 ]

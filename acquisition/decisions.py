@@ -15,39 +15,51 @@ import bluesky.plan_stubs as bps
 from bluesky.utils import MsgGenerator
 from ophyd_async.core import StandardReadable, soft_signal_rw
 
-from opmon.acquisition.triggers import AnyOf, PeriodicTrigger, PlateauTrigger, RestTrigger, TriggerRule, VoltageThresholds
+from opmon.acquisition.triggers import AnyOf, ForAWhile, TriggerRule, VoltageThresholds, rule_values
+from opmon.errors import ConfigError
 
 STREAM = "steering"
 
 
 class SteeringLog(StandardReadable):
-    """Three soft signals: the decision ("map", "trigger rule", "map region", "finish",
-    "end"), its reason, and what it set (JSON)."""
+    """Four soft signals: the decision ("map", "trigger rule", "map region", "pause", "end",
+    ...), its reason, what it set (JSON), and what would undo or override it (JSON `actions`)."""
 
     def __init__(self, name: str = "steering") -> None:
         with self.add_children_as_readables():
             self.decision = soft_signal_rw(str, "")
             self.reason = soft_signal_rw(str, "")
             self.detail = soft_signal_rw(str, "{}")
+            self.actions = soft_signal_rw(str, "[]")
         super().__init__(name=name)
 
 
-def record(log: SteeringLog, decision: str, reason: str, **detail: Any) -> MsgGenerator[None]:
+def action(label: str, command: str, **args: Any) -> dict[str, Any]:
+    """One way to undo or override a decision: a button `label` sending control `command` with `args`
+    (a command of `opmon.streaming.control.COMMANDS`; the dashboard's decisions panel shows it)."""
+    return {"label": label, "command": command, "args": args}
+
+
+def record(log: SteeringLog, decision: str, reason: str, actions: list[dict[str, Any]] | None = None,
+           **detail: Any) -> MsgGenerator[None]:
     """Set the decision on the soft signals and read them into the `steering` stream."""
-    yield from bps.mv(log.decision, decision, log.reason, reason, log.detail, json.dumps(detail, default=str))
+    yield from bps.mv(log.decision, decision, log.reason, reason, log.detail, json.dumps(detail, default=str),
+                      log.actions, json.dumps(actions or [], default=str))
     yield from bps.trigger_and_read([log], name=STREAM)
 
 
 def describe_rule(rule: TriggerRule) -> dict[str, Any]:
-    """A trigger rule as plain values, for the steering stream (unknown rules by class name)."""
+    """A trigger rule as plain values, for the steering stream (unknown rules by class name);
+    thresholds as `thresholds_v`, those still pending in firing order."""
     if isinstance(rule, AnyOf):
         return {"any_of": [describe_rule(r) for r in rule.rules]}
+    if isinstance(rule, ForAWhile):
+        return {**describe_rule(rule.rule), "for_s": rule.hold_s, "then": describe_rule(rule.then)}
+    try:
+        values = rule_values(rule)
+    except ConfigError:
+        return {"rule": type(rule).__name__}
     if isinstance(rule, VoltageThresholds):
-        return {"thresholds_v": list(rule.pending), "direction": rule.direction}
-    if isinstance(rule, PeriodicTrigger):
-        return {"period_s": rule.period_s}
-    if isinstance(rule, PlateauTrigger):
-        return {"plateau": {"max_slope_v_per_s": rule.max_slope, "hold_s": rule.hold_s}}
-    if isinstance(rule, RestTrigger):
-        return {"rest_current_a": rule.rest_current}
-    return {"rule": type(rule).__name__}
+        del values["thresholds"]
+        values["thresholds_v"] = list(rule.pending)
+    return values

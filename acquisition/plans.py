@@ -17,14 +17,16 @@ from ophyd_async.plan_stubs import ensure_connected
 from bluesky.utils import MsgGenerator
 
 from opmon.acquisition.cell_state import CellMode
-from opmon.acquisition.decisions import SteeringLog, describe_rule, record
+from opmon.acquisition.decisions import SteeringLog, action, describe_rule, record
 from opmon.acquisition.detector import SxdmDetector
 from opmon.acquisition.mapping import CellMonitor, FlyScan, MapGrid, acquire_map, check_fly, check_map
 from opmon.acquisition.motion import Diffractometer, PiezoStage
 from opmon.acquisition.potentiostat import HIGH_IMPEDANCE, CellCommand, Potentiostat
+from opmon.acquisition.steering_requests import RequestReader, SteeringRequests
 from opmon.acquisition.survey import FrameTotal, PhaseTracking, track_phase
-from opmon.acquisition.triggers import AnyOf, CellReading, MapRequests, Region, TriggerRule
-from opmon.errors import ConfigError
+from opmon.acquisition.triggers import (AnyOf, CellReading, ForAWhile, Region, TriggerRule, rule_from_values,
+                                        rule_values)
+from opmon.errors import ConfigError, LimitError
 
 
 @dataclass
@@ -83,17 +85,47 @@ def _take_map(result: SeriesResult, reason: str, start: CellReading, detector: S
     return record
 
 
-def _record_notes(steering: SteeringLog, requests: MapRequests) -> MsgGenerator[None]:
-    """Decisions taken outside the plan since the last look (a pause at the dose limit and why),
-    into the `steering` stream once the plan runs again."""
-    for decision, why in requests.take_notes():
-        yield from record(steering, decision, why)
+def _undo_rule(rule: TriggerRule) -> list[dict[str, Any]]:
+    """The action restoring `rule`, when it has plain values (none for a spent or custom rule)."""
+    try:
+        values = rule_values(rule)
+        rule_from_values(**values)
+    except ConfigError:
+        return []
+    return [action("Undo: restore the previous rule", "set_trigger", reason="undo: previous trigger rule restored",
+                   **values)]
+
+
+def _asked_rule(values: dict[str, Any], current: TriggerRule) -> TriggerRule:
+    """The rule a request's plain values describe; with `for_s`, it holds that long, then `current` returns."""
+    values = dict(values)
+    hold = values.pop("for_s", None)
+    rule = rule_from_values(**values)
+    return rule if hold is None else ForAWhile(rule, current, float(hold))
+
+
+def _grid_of(asked: dict[str, Any]) -> MapGrid:
+    return MapGrid((int(asked["shape"][0]), int(asked["shape"][1])), float(asked["step_um"]),
+                   (float(asked["origin_um"][0]), float(asked["origin_um"][1])))
+
+
+def _undo_grid(grid: MapGrid) -> list[dict[str, Any]]:
+    """The action restoring the raster `grid`."""
+    return [action("Undo: restore the previous grid", "set_grid", reason="undo: previous map grid restored",
+                   shape=list(grid.shape), step_um=grid.step_um, origin_um=list(grid.origin_um))]
+
+
+def _undo_region(region: Region | None) -> list[dict[str, Any]]:
+    """The action restoring the map region `region` (None: the whole grid)."""
+    window = {} if region is None else dict(zip(("r0", "r1", "c0", "c1"), region))
+    return [action("Undo: restore the previous region", "set_region", reason="undo: previous map region restored",
+                   **window)]
 
 
 def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractometer: Diffractometer,
                     detector: SxdmDetector, *, grid: MapGrid, etas: Sequence[float],
                     triggers: TriggerRule | Sequence[TriggerRule], charge: CellCommand | None = None,
-                    order: str = "eta-outer", region: Region | None = None, requests: MapRequests | None = None,
+                    order: str = "eta-outer", region: Region | None = None, requests: SteeringRequests | None = None,
                     max_maps: int | None = None, max_cell_time_s: float | None = None, stop_at_rest: bool = True,
                     poll_s: float = 0.01, cell_period_s: float = 0.5,
                     md: dict[str, Any] | None = None, fly: FlyScan | None = None,
@@ -106,7 +138,9 @@ def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractomete
         PeriodicTrigger, RestTrigger. Rules see every potentiostat reading, during maps too.
     charge : command applied at the start (e.g. galvanostatic C/15 with a cut-off); None
         leaves the cell as it is.
-    requests : mailbox for on-demand maps, new rules and a new map region mid-run.
+    requests : steering soft signals read between frames: on-demand maps, a new rule or map region
+        mid-run, finish, and decisions taken outside the plan; each change is recorded with its
+        reason and the action that would undo it in the `steering` stream.
     max_maps, max_cell_time_s : end the series after this many maps / this cell time (s).
     stop_at_rest : end when a galvanostatic `charge` has reached its cut-off.
     poll_s : wall seconds between potentiostat polls while waiting for a trigger.
@@ -138,8 +172,10 @@ def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractomete
             "geometry": detector.geometry_metadata(grid.shape), "fly": fly is not None, **(md or {})}
 
     def series() -> MsgGenerator[SeriesResult]:
-        nonlocal rule, region, etas
-        yield from ensure_connected(steering, *([counter] if counter is not None else []))
+        nonlocal rule, region, grid, etas
+        yield from ensure_connected(steering, *([requests] if requests is not None else []),
+                                    *([counter] if counter is not None else []))
+        reader = RequestReader(requests) if requests is not None else None
         uid = yield from bps.open_run(meta)
         result = SeriesResult(uid=uid)
         yield from bps.mv(detector.run_uid, uid, detector.map_ny, grid.shape[0], detector.map_nx, grid.shape[1])
@@ -149,18 +185,38 @@ def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractomete
         while True:
             yield from bps.checkpoint()
             reading = yield from monitor.poll()
-            if requests is not None:
-                yield from _record_notes(steering, requests)
-                new_rule = requests.take_rule()
-                if new_rule is not None:
-                    rule = new_rule
-                    yield from record(steering, "trigger rule", "steering request", **describe_rule(rule))
-                new_region = requests.take_region()
-                if new_region != "unchanged":
-                    region = new_region  # type: ignore[assignment]
-                    yield from record(steering, "map region", "steering request", region=region)
-                while (asked := requests.take_map()) is not None:
-                    pending.append(asked)
+            if reader is not None:
+                asked = yield from reader.poll()
+                for decision, why in asked.notes:
+                    yield from record(steering, decision, why)
+                if asked.rule is not None:
+                    undo = _undo_rule(rule)
+                    rule = _asked_rule(asked.rule, rule)
+                    yield from record(steering, "trigger rule", asked.rule_reason, undo, **describe_rule(rule))
+                if asked.grid is not None:
+                    try:
+                        new_grid = _grid_of(asked.grid)
+                        check_map(stage, diffractometer, new_grid, etas, order)
+                    except (ConfigError, LimitError, KeyError, TypeError, ValueError) as exc:   # the grid stays
+                        yield from record(steering, "map grid refused", f"{asked.grid_reason}: {exc}", **asked.grid)
+                    else:
+                        undo = _undo_grid(grid)
+                        grid, region = new_grid, None
+                        yield from bps.mv(detector.map_ny, grid.shape[0], detector.map_nx, grid.shape[1])
+                        yield from record(steering, "map grid", asked.grid_reason, undo, shape=list(grid.shape),
+                                          step_um=grid.step_um, origin_um=list(grid.origin_um))
+                if asked.region != "unchanged":
+                    try:
+                        if asked.region is not None:
+                            grid.points(asked.region)  # type: ignore[arg-type]
+                    except ConfigError as exc:        # beyond the grid: the map region stays
+                        yield from record(steering, "map region refused", f"{asked.region_reason}: {exc}",
+                                          region=region)
+                    else:
+                        undo = _undo_region(region)
+                        region = asked.region  # type: ignore[assignment]
+                        yield from record(steering, "map region", asked.region_reason, undo, region=region)
+                pending.extend(asked.maps)
             if phase is not None and counter is not None:
                 etas = yield from track_phase(phase, steering, counter, detector, stage, diffractometer, grid, etas)
             reason = rule.update(reading)
@@ -181,11 +237,12 @@ def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractomete
             elif (stop_at_rest and charge is not None and charge.mode is CellMode.GALVANOSTATIC
                   and reading.mode != charge.mode.value):
                 result.end_reason = f"cut-off {charge.cutoff} V reached"
-            elif requests is not None and requests.finishing:
-                result.end_reason = "finish requested"
+            elif reader is not None and (yield from reader.finish_asked()) is not None:
+                result.end_reason = reader.finishing  # type: ignore[assignment]
             if result.end_reason:
-                if requests is not None:
-                    yield from _record_notes(steering, requests)
+                if reader is not None:
+                    for decision, why in (yield from reader.poll()).notes:
+                        yield from record(steering, decision, why)
                 yield from record(steering, "end", result.end_reason, maps=len(result.maps))
                 break
             if not pending:

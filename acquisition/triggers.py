@@ -3,16 +3,15 @@
 Rules see every reading the plan takes (cell time, voltage, current) and answer with a reason
 string when a map should start. They fire on *state*, not on an edge, so a rule installed
 while its condition already holds fires at once (PEERS.md #4, bluesky #1970).
-`MapRequests` is how another thread (the dashboard's steering) asks for a map now, swaps the
-rule or narrows the map region for the rest of a running `operando_series`.
+`rule_from_values` / `rule_values` turn a rule into the plain values the steering channel and
+the plan's steering signals carry (`opmon.acquisition.steering_requests`), and back.
 """
 from __future__ import annotations
 
-import threading
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -170,79 +169,73 @@ class AnyOf:
         return next((r for r in reasons if r), None)
 
 
+class ForAWhile:
+    """`rule` for `hold_s` of cell time from its first reading, then `then` again (an onset's
+    shorter period "for a while"). `then` sees every reading meanwhile, its reasons dropped, so
+    it resumes in step (a threshold passed meanwhile does not fire late)."""
+
+    def __init__(self, rule: TriggerRule, then: TriggerRule, hold_s: float) -> None:
+        if not hold_s > 0:
+            raise ConfigError(f"trigger rule for_s={hold_s}: must be > 0 s")
+        self.rule, self.then, self.hold_s = rule, then, float(hold_s)
+        self.until: float | None = None
+
+    def update(self, reading: CellReading) -> str | None:
+        if self.until is None:
+            self.until = reading.time + self.hold_s
+        later = self.then.update(reading)
+        if reading.time < self.until:
+            return self.rule.update(reading)
+        return later
+
+
 Region = tuple[int, int, int, int]
 
 
-class MapRequests:
-    """Thread-safe mailbox from steering to a running `operando_series`.
+def rule_from_values(thresholds: list[float] | None = None, period_s: float | None = None,
+                     plateau: bool | dict[str, float] = False, direction: str = "charge",
+                     rest_current_a: float | None = None, **unknown: Any) -> TriggerRule:
+    """A trigger rule from plain values: the form the control channel, the CLI and the plan's
+    steering signals speak (`plateau` may be True or PlateauTrigger's keyword arguments)."""
+    if unknown:
+        raise ConfigError(f"trigger rule: unknown field(s) {sorted(unknown)}; use thresholds, period_s, plateau")
+    rules: list[TriggerRule] = []
+    if thresholds:
+        rules.append(VoltageThresholds([float(t) for t in thresholds], direction))
+    if period_s:
+        if float(period_s) <= 0:
+            raise ConfigError(f"trigger rule: period_s={period_s} must be > 0")
+        rules.append(PeriodicTrigger(float(period_s)))
+    if plateau:
+        rules.append(PlateauTrigger(**plateau) if isinstance(plateau, dict) else PlateauTrigger())
+    if rest_current_a is not None:
+        rules.append(RestTrigger(float(rest_current_a)))
+    if not rules:
+        raise ConfigError("trigger rule: give at least one of thresholds, period_s, plateau")
+    return rules[0] if len(rules) == 1 else AnyOf(*rules)
 
-    Another thread calls `map_now`, `set_rule`, `set_region` or `finish`; the plan drains the
-    box between frames and at every poll, so changes apply for the rest of the run.
+
+def rule_values(rule: TriggerRule) -> dict[str, Any]:
+    """The plain values `rule_from_values` rebuilds `rule` from (thresholds still pending only).
+
+    Raises ConfigError for a rule that has no plain form (an unknown class, two rules of a kind).
     """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._maps: deque[str] = deque()
-        self._rule: TriggerRule | None = None
-        self._region: Region | None | str = "unchanged"
-        self._finish = False
-        self._notes: deque[tuple[str, str]] = deque()
-        self.log: list[str] = []
-
-    def map_now(self, reason: str = "on demand") -> None:
-        """Ask for one map as soon as the current one (if any) ends."""
-        with self._lock:
-            self._maps.append(reason)
-
-    def set_rule(self, rule: TriggerRule) -> None:
-        """Replace the trigger rule for the rest of the run."""
-        if not isinstance(rule, TriggerRule):
-            raise ConfigError(f"set_rule: {rule!r} has no update(reading) method")
-        with self._lock:
-            self._rule = rule
-
-    def set_region(self, region: Region | None) -> None:
-        """Map only grid rows [r0, r1) and columns [c0, c1) from the next map on (None: whole grid)."""
-        if region is not None:
-            r0, r1, c0, c1 = (int(v) for v in region)
-            if not (0 <= r0 < r1 and 0 <= c0 < c1):
-                raise ConfigError(f"set_region: {region!r} is not a non-empty (r0, r1, c0, c1) window")
-            region = (r0, r1, c0, c1)
-        with self._lock:
-            self._region = region
-
-    def note(self, decision: str, reason: str) -> None:
-        """A decision taken outside the plan (a pause and why), for its `steering` stream."""
-        with self._lock:
-            self._notes.append((decision, reason))
-
-    def finish(self) -> None:
-        """End the series cleanly after the current map."""
-        with self._lock:
-            self._finish = True
-
-    # -- the plan's side ----------------------------------------------------------------
-    def take_map(self) -> str | None:
-        with self._lock:
-            return self._maps.popleft() if self._maps else None
-
-    def take_notes(self) -> list[tuple[str, str]]:
-        with self._lock:
-            notes, self._notes = list(self._notes), deque()
-            return notes
-
-    def take_rule(self) -> TriggerRule | None:
-        with self._lock:
-            rule, self._rule = self._rule, None
-            return rule
-
-    def take_region(self) -> Region | None | str:
-        """The new region, None for the whole grid, or "unchanged"."""
-        with self._lock:
-            region, self._region = self._region, "unchanged"
-            return region
-
-    @property
-    def finishing(self) -> bool:
-        with self._lock:
-            return self._finish
+    if isinstance(rule, AnyOf):
+        out: dict[str, Any] = {}
+        for part in rule.rules:
+            values = rule_values(part)
+            if set(values) & set(out) - {"direction"}:
+                raise ConfigError(f"trigger rule {type(part).__name__} twice: has no plain-value form")
+            out.update(values)
+        return out
+    if isinstance(rule, VoltageThresholds):
+        return {"thresholds": sorted(rule.pending), "direction": rule.direction}
+    if isinstance(rule, PeriodicTrigger):
+        return {"period_s": rule.period_s}
+    if isinstance(rule, PlateauTrigger):
+        return {"plateau": {"max_slope_v_per_s": rule.max_slope, "hold_s": rule.hold_s}}
+    if isinstance(rule, RestTrigger):
+        return {"rest_current_a": rule.rest_current}
+    if isinstance(rule, ForAWhile):       # restoring it means the rule it returns to
+        return rule_values(rule.then)
+    raise ConfigError(f"trigger rule {type(rule).__name__}: has no plain-value form for the steering signals")

@@ -536,13 +536,14 @@ def fuzz_control(n: int, seed: int = 0, context: zmq.Context | None = None) -> d
     """`n` fuzzed requests to a ControlServer steering a real (idle) RunEngine."""
     from bluesky import RunEngine
 
-    from opmon.acquisition import MapRequests
+    from opmon.acquisition import SteeringRequests
     from opmon.experiment import make_rule
     from opmon.acquisition.steering import RunEngineSteering
     from opmon.streaming.control import ControlServer
     ctx = context or zmq.Context.instance()
     token = "fuzz-token-" + "k" * 16
-    server = ControlServer("tcp://127.0.0.1:0", token, RunEngineSteering(RunEngine({}), MapRequests(), make_rule),
+    RE = RunEngine({})
+    server = ControlServer("tcp://127.0.0.1:0", token, RunEngineSteering(RE, SteeringRequests(loop=RE.loop), make_rule),
                            context=ctx).start()
     req = ctx.socket(zmq.REQ)
     req.setsockopt(zmq.LINGER, 0)

@@ -24,7 +24,8 @@ from opmon.dashboard.control_client import ControlClient
 from opmon.dashboard.model import DashboardModel, MapUpdate
 from opmon.dashboard.proposal import ProposalButton
 from opmon.dashboard.steering import Steering, session_cookies
-from opmon.dashboard.views import DoseMapView, HistogramView, MapView, decisions_html, status_html
+from opmon.dashboard.decisions_panel import DecisionsPanel
+from opmon.dashboard.views import DoseMapView, HistogramView, MapView, status_html
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,8 @@ class Session:
         self.status_div = Div(text=status_html({}, 0.0, "waiting for data"), name="status",
                               sizing_mode="stretch_width", height=44, min_width=300,
                               styles={"overflow": "hidden"})
-        self.decisions_div = Div(text=decisions_html([]), name="decisions", sizing_mode="stretch_width",
-                                 min_width=300, styles={"overflow": "hidden"})
+        self.decisions = DecisionsPanel(self.steering)
+        self.decisions_div = self.decisions.table
         self._decision_version = -1
         self.proposal = ProposalButton(self.steering)     # phase tracking's one-click accept
         self.seen_div = Div(text="", name="seen", visible=False)
@@ -122,7 +123,8 @@ class Session:
         plots = row(self.hist_fig, self.pole_fig, self.echem.vt, self.echem.vq, self.echem.iq,
                     sizing_mode="stretch_both")
         gallery = row(self.live_button, self.gallery, self.seen_div, self.ack_div, sizing_mode="stretch_width", height=44)
-        return column(self.status_div, self.steering.layout(), self.proposal.button, self.decisions_div, maps, plots, gallery,
+        return column(self.status_div, self.steering.layout(), self.proposal.button, self.decisions.layout(), maps,
+                      plots, gallery,
                       sizing_mode="stretch_both", styles={"padding": "4px 8px"})
 
     # ---- the throttled loop -------------------------------------------------------------------
@@ -152,7 +154,7 @@ class Session:
         cv, decisions = self.model.decisions()
         if cv != self._decision_version:
             self._decision_version = cv
-            self.decisions_div.text = decisions_html(decisions)
+            self.decisions.show(decisions)
             self.proposal.show(decisions)
         sv, status, received = self.model.status()
         self._status_version = sv
@@ -183,7 +185,7 @@ class Session:
                 u = dataclasses.replace(u, extent=extent)
         self.maps.show(u)
         self.maps.scalar["d_spacing"].fig.title.text = self.model.map_context(u.map_number).title(P.D_TITLE)
-        self.dose.show(u.dose())
+        self.dose.show(u.dose(), self.model.status()[1].get("dose_limit"))
         self.hist.show(np.asarray(u.arrays["d_spacing"], dtype=np.float64), history, u.map_number)
         self._shown = (version, u.map_number)
         kind = "final" if u.final else f"{100 * u.progress:.0f}%"

@@ -119,17 +119,49 @@ def _grid_of(start: dict[str, Any]) -> tuple[float, float, float, tuple[int, int
 
 
 @dataclass(frozen=True)
+class DecisionAction:
+    """A way to undo or override a decision: a button `label` sending control `command` with `args`."""
+
+    label: str
+    command: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, raw: Any) -> tuple[DecisionAction, ...]:
+        """Actions from their JSON form (a list of {label, command, args}); malformed ones are dropped."""
+        try:
+            items = json.loads(raw) if isinstance(raw, str) else raw
+        except ValueError:
+            return ()
+        out = []
+        for item in items if isinstance(items, list) else []:
+            if (isinstance(item, dict) and isinstance(item.get("label"), str) and isinstance(item.get("command"), str)
+                    and isinstance(item.get("args", {}), dict)):
+                out.append(cls(item["label"], item["command"], dict(item.get("args", {}))))
+        return tuple(out)
+
+
+def disable_action(name: str) -> DecisionAction:
+    """The override of an automatic action: switch `name` (onset, dose) off for the rest of the run."""
+    return DecisionAction(f"Disable {name} actions", "set_automatic",
+                          {"name": name, "enabled": False, "reason": f"{name} actions disabled from the dashboard"})
+
+
+@dataclass(frozen=True)
 class Decision:
-    """One event of the run's `steering` stream: what the plan decided, why, and what it set."""
+    """One decision shown in the decisions panel: the kind (`decision`), why, what it set, and the
+    actions that undo or override it (empty: nothing to undo). Rows come from the run's `steering`
+    stream, from flags in the live maps (onset) and from the acquisition's status (a pause)."""
 
     t: float
     decision: str
     reason: str
     detail: dict[str, Any]
+    actions: tuple[DecisionAction, ...] = ()
 
     @classmethod
     def from_event(cls, event: dict[str, Any]) -> Decision | None:
-        """The decision an event carries (keys `<device>-decision`, `-reason`, `-detail`), or None."""
+        """The decision an event carries (keys `<device>-decision`, `-reason`, `-detail`, `-actions`), or None."""
         data = event.get("data") or {}
         found = {key.rsplit("-", 1)[-1]: value for key, value in data.items() if isinstance(key, str)}
         if not isinstance(found.get("decision"), str):
@@ -140,7 +172,21 @@ class Decision:
             detail = {"detail": str(found.get("detail"))}
         t = event.get("time")
         return cls(float(t) if isinstance(t, (int, float)) else time.time(), found["decision"],
-                   str(found.get("reason", "")), detail if isinstance(detail, dict) else {"detail": detail})
+                   str(found.get("reason", "")), detail if isinstance(detail, dict) else {"detail": detail},
+                   DecisionAction.parse(found.get("actions")))
+
+
+def pause_decision(status: dict[str, Any]) -> Decision | None:
+    """While the acquisition reports a pause with a reason: a row to resume it (the undo), and to
+    switch off the automatic action that paused it (status `paused_by`), else None."""
+    if str(status.get("state")) != "paused" or not status.get("pause_reason"):
+        return None
+    reason = str(status["pause_reason"])
+    actions = [DecisionAction("Undo: resume", "resume", {"reason": f"undo of the pause: {reason}"})]
+    if isinstance(status.get("paused_by"), str) and status["paused_by"]:
+        actions.append(disable_action(status["paused_by"]))
+    t = status.get("paused_at")
+    return Decision(float(t) if isinstance(t, (int, float)) else time.time(), "pause", reason, {}, tuple(actions))
 
 
 @dataclass(frozen=True)
@@ -205,6 +251,7 @@ class DashboardModel:
         self._grid: tuple[float, float, float, tuple[int, int]] | None = None   # origin x, y, step (µm), shape
         self._decisions: deque[Decision] = deque(maxlen=200)  # the run's `steering` stream, newest last
         self._decision_version = 0
+        self._pause: Decision | None = None     # the acquisition's pause while it lasts (not in the stream yet)
         self.messages_received = 0
 
     # ---- feed side -------------------------------------------------------------------------
@@ -227,7 +274,8 @@ class DashboardModel:
                 if isinstance(onset, dict):     # the live processor flagged a transformation here
                     self._decisions.append(Decision(float(update.meta.get("t", time.time())), "onset flagged",
                                                     str(onset.get("reason", "")),
-                                                    {"map": update.map_number, "kind": onset.get("kind")}))
+                                                    {"map": update.map_number, "kind": onset.get("kind")},
+                                                    (disable_action("onset"),)))
                     self._decision_version += 1
                 # the marker goes where the map was taken: its start, when the trigger fired
                 t, v, c = self._map_start.get(update.map_number) or self._last_reading_locked()
@@ -240,7 +288,14 @@ class DashboardModel:
         """Take a status message from one service (its `source`: acquisition, live, archiver)."""
         with self._lock:
             self.messages_received += 1
-            self._status[str(status.get("source", "live"))] = dict(status)
+            source = str(status.get("source", "live"))
+            if source == "acquisition":
+                pause = pause_decision(status)
+                if (pause is None) != (self._pause is None) or (pause is not None and self._pause is not None
+                                                                and pause.reason != self._pause.reason):
+                    self._pause = pause
+                    self._decision_version += 1
+            self._status[source] = dict(status)
             self._status_version += 1
             self._status_time = time.time()
 
@@ -343,9 +398,9 @@ class DashboardModel:
         return MapContext(map_number, t, voltage, reason)
 
     def decisions(self) -> tuple[int, list[Decision]]:
-        """(version, the plan's decisions, oldest first)."""
+        """(version, the decisions, oldest first; a pause in progress last)."""
         with self._lock:
-            return self._decision_version, list(self._decisions)
+            return self._decision_version, list(self._decisions) + ([self._pause] if self._pause is not None else [])
 
     def _last_reading_locked(self) -> tuple[float, float, float]:
         r = self._readings
@@ -368,5 +423,7 @@ def merge_status(by_source: dict[str, dict[str, Any]]) -> dict[str, Any]:
         if src.get("archive"):
             out["archive"] = src["archive"]
             break
+    limit = acq.get("dose_limit")
+    out["dose_limit"] = float(limit) if isinstance(limit, (int, float)) and not isinstance(limit, bool) else None
     out["sources"] = sorted(by_source)
     return out

@@ -132,6 +132,11 @@ class Steering:
         self.arm.on_change("active", lambda attr, old, new: self._arm(new))
         intensity_fig.on_event(SelectionGeometry, self._on_box)
 
+    @property
+    def enabled(self) -> bool:
+        """May this session steer (a valid token and a control channel)?"""
+        return self.authorized and self.control is not None
+
     def layout(self) -> Any:
         """One row of controls."""
         return row(self.pause, self.resume, self.map_now, self.thresholds, self.period, self.plateau,

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from bokeh.models import ColumnDataSource
 
 from opmon.dashboard import panels as P
 from opmon.dashboard.colors import pack_rgba, tilt_to_rgb
@@ -27,26 +28,39 @@ STALE_AFTER = 5.0   # s without a status message before the badge says STALE
 
 class DoseMapView:
     """Keeps the dose panel on the newest dose a map message carried (the whole image each time:
-    the grid grows as maps reach new positions, and the dose changes everywhere the beam went)."""
+    the grid grows as maps reach new positions, and the dose changes everywhere the beam went),
+    with the dose limit when the acquisition has one: positions at or over it are crossed out
+    and the colour scale tops out at the limit, so "how close" reads at a glance."""
 
     def __init__(self, panel: P.MapPanel) -> None:
         self.panel = panel
         self.shown: DoseView | None = None
+        self.limit: float | None = None
+        self.over = ColumnDataSource({"x": [], "y": []}, name="dose_over_source")
+        panel.fig.scatter(x="x", y="y", source=self.over, marker="x", size=9, line_width=2, color="#00e5ff")
 
-    def show(self, dose: DoseView | None) -> bool:
-        """Show `dose`; returns True if anything was sent (False without a dose, or the same one)."""
+    def show(self, dose: DoseView | None, limit: float | None = None) -> bool:
+        """Show `dose` against `limit` (photons, None: no limit); returns True if anything was sent
+        (False without a dose, or the same one against the same limit)."""
         if dose is None or (self.shown is not None and self.shown.photons.shape == dose.photons.shape
-                            and np.array_equal(self.shown.photons, dose.photons)):
+                            and np.array_equal(self.shown.photons, dose.photons) and limit == self.limit):
             return False
         ny, nx = dose.photons.shape
         x, y, w, h = dose.x0 - dose.step / 2, dose.y0 - dose.step / 2, nx * dose.step, ny * dose.step
         self.panel.source.data = {"image": [dose.photons.copy()], "x": [x], "y": [y], "dw": [w], "dh": [h]}
-        self.panel.mapper.low, self.panel.mapper.high = 0.0, max(dose.peak, 1.0)
+        self.panel.mapper.low, self.panel.mapper.high = 0.0, max(dose.peak, limit or 0.0, 1.0)
         fig = self.panel.fig
         fig.x_range.start, fig.x_range.end = x, x + w
         fig.y_range.start, fig.y_range.end = y, y + h
-        fig.title.text = f"dose (photons per position, all maps): max {dose.peak:.3g}"
-        self.shown = dose
+        title = f"dose (photons per position, all maps): max {dose.peak:.3g}"
+        if limit is not None:
+            rows, cols = np.nonzero(dose.photons >= limit)
+            self.over.data = {"x": (dose.x0 + cols * dose.step).tolist(), "y": (dose.y0 + rows * dose.step).tolist()}
+            title += f" of limit {limit:.3g} ({rows.size} over, ×)"
+        else:
+            self.over.data = {"x": [], "y": []}
+        fig.title.text = title
+        self.shown, self.limit = dose, limit
         return True
 
 

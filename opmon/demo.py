@@ -25,6 +25,7 @@ from opmon.config import Config, load_config
 from opmon.demo_signals import StopControl
 from opmon.errors import ArchiveError, ConfigError, OpmonError, StreamStalledError
 from opmon.experiment import AcquisitionService, ExperimentPlan
+from opmon.onset_watch import parse_onset_action
 from opmon.port_picker import free_ports, next_free, port_block, shift_to_free
 from opmon.ports import BOUND_BY, PortInUseError, check_range, config_ports, in_use_message, require_free, taken
 from opmon.streaming.archive.reader import RunArchive
@@ -427,10 +428,12 @@ def plan_from_args(args: Any) -> ExperimentPlan:
     plan.fly, plan.point_time_s = args.fly, args.point_time
     plan.on_onset = getattr(args, "on_onset", "none")
     plan.phase_tracking = getattr(args, "phase_tracking", "off")
+    parse_onset_action(plan.on_onset)           # a bad action is a one-line error before anything starts
     dose_limit = getattr(args, "dose_limit", None)
     if dose_limit is not None and not dose_limit > 0:
         raise ConfigError(f"--dose-limit {dose_limit}: must be a positive number of photons")
     plan.dose_limit = dose_limit
+    plan.dose_action = getattr(args, "dose_action", "pause")
     plan.order = args.order or ("eta-outer" if args.fly else "point-outer")
     return plan
 

@@ -17,16 +17,15 @@ import zmq
 from bluesky import RunEngine
 from bluesky.utils import RequestAbort
 
-from opmon.acquisition import (AnyOf, CellCommand, MapRequests, PeriodicTrigger, PlateauTrigger, PublisherSink, TriggerRule,
-                               VoltageThresholds, operando_series)
+from opmon.acquisition import CellCommand, PublisherSink, SteeringRequests, operando_series, rule_from_values
 from opmon.archive_watch import ArchiverWatch
 from opmon.onset_watch import OnsetWatch
+from opmon.dose_region import ScanGrid
 from opmon.dose_watch import DoseWatch
 from opmon.phase_watch import PhaseWatch
 from opmon.processors.phase import locate_reflection
 from opmon.acquisition.survey import PhaseTracking
 from opmon.config import Config
-from opmon.errors import ConfigError
 from opmon.simulators.beamline import BeamlineConfig, SimulatedBeamline
 from opmon.acquisition.cell_state import CellMode
 from opmon.acquisition.mapping import FlyScan
@@ -75,9 +74,10 @@ class ExperimentPlan:
     exposure_s: float = 0.01      # step scan: exposure per frame (SCIENCE.md: <= 10 ms per point)
     flux_ph_s: float = 1e9        # incident flux of the focused beam (SCIENCE.md: ~1e9 photons/s)
     dose_limit: float | None = None  # photons at one sample position that pause the run (None: no limit)
+    dose_action: str = "pause"    # at the dose limit: pause, stop (finish cleanly) or move (the scan region)
     max_maps: int | None = None
     seed: int = 0
-    on_onset: str = "none"        # "map-now": an extra map when the live processor flags an onset
+    on_onset: str = "none"        # map-now, shorter-period:S or finer-map when the live processor flags an onset
     onset_cooldown_s: float = 30.0  # wall seconds between such extra maps
     # the paper's detector window: only the phase consumed on the current plateau is seen, so
     # transformed regions vanish and the integrated intensity per map fades (Supp. Fig. 10)
@@ -118,23 +118,9 @@ def phase_setup(map_shape: tuple[int, int], n_angles: int) -> SxdmSetup:
                      delta=two_theta_deg(PHASE_START_D, energy), eta_step=PAPER_ETA_RANGE / max(n_angles, 1))
 
 
-def make_rule(thresholds: list[float] | None = None, period_s: float | None = None, plateau: bool = False,
-              **unknown: Any) -> TriggerRule:
-    """A trigger rule from plain values: the form the control channel and the CLI speak."""
-    if unknown:
-        raise ConfigError(f"trigger rule: unknown field(s) {sorted(unknown)}; use thresholds, period_s, plateau")
-    rules: list[TriggerRule] = []
-    if thresholds:
-        rules.append(VoltageThresholds([float(t) for t in thresholds]))
-    if period_s:
-        if float(period_s) <= 0:
-            raise ConfigError(f"trigger rule: period_s={period_s} must be > 0")
-        rules.append(PeriodicTrigger(float(period_s)))
-    if plateau:
-        rules.append(PlateauTrigger())
-    if not rules:
-        raise ConfigError("trigger rule: give at least one of thresholds, period_s, plateau")
-    return rules[0] if len(rules) == 1 else AnyOf(*rules)
+#: A trigger rule from plain values (thresholds, period_s, plateau): the form the control channel
+#: and the CLI speak (`opmon.acquisition.triggers.rule_from_values`).
+make_rule = rule_from_values
 
 
 class AcquisitionService:
@@ -161,17 +147,21 @@ class AcquisitionService:
         self.beamline = SimulatedBeamline(BeamlineConfig(setup=plan.setup(), acceleration=plan.acceleration,
                                                          seed=plan.seed, window="all" if tracking else plan.window),
                                           sink=self.sink)
-        self.requests = MapRequests()
+        self.requests = SteeringRequests(loop=self.RE.loop)
         self.tracking = (PhaseTracking(phase_candidates(), locate_reflection, plan.phase_tracking)
                          if tracking else None)
         self.steering = RunEngineSteering(self.RE, self.requests, make_rule,
                                           phase=self.tracking.requests if self.tracking is not None else None)
         self.control = ControlServer(config.endpoint("control"), self.token, self.steering)
         self.archive_watch = ArchiverWatch(config.endpoint("display_archive"), self.steering)  # pauses on disk full
-        self.onset_watch = (OnsetWatch(config.endpoint("display_live"), self.steering, plan.onset_cooldown_s)
-                            if plan.on_onset == "map-now" else None)
-        self.dose_watch = (DoseWatch(config.endpoint("display_live"), self.control.endpoint, self.token, plan.dose_limit)
-                           if plan.dose_limit is not None else None)       # pauses at the dose limit
+        grid = self.beamline.map_args()["grid"]
+        self.onset_watch = (OnsetWatch(config.endpoint("display_live"), self.steering, plan.onset_cooldown_s,
+                                       action=plan.on_onset, grid=ScanGrid(grid.origin_um, grid.step_um, grid.shape))
+                            if plan.on_onset != "none" else None)
+        self.dose_watch = (DoseWatch(config.endpoint("display_live"), self.control.endpoint, self.token, plan.dose_limit,
+                                     action=plan.dose_action, grid=ScanGrid(grid.origin_um, grid.step_um, grid.shape),
+                                     allowed=self.steering.allows)
+                           if plan.dose_limit is not None else None)       # acts at the dose limit
         self.phase_watch = (PhaseWatch(config.endpoint("display_live"), self.tracking.requests)
                             if self.tracking is not None else None)      # a survey when the reflection fades
         self._stop = threading.Event()
@@ -180,8 +170,13 @@ class AcquisitionService:
     def _publish_status(self) -> None:
         while not self._stop.wait(0.5):
             pub = self.publisher
-            self.documents.publish_status({"run": self.documents.run, "state": str(self.RE.state),
-                                           "frames": pub.seq, "map": pub.map_number, "maps_done": pub.n_maps})
+            state = str(self.RE.state)
+            status = {"run": self.documents.run, "state": state, "frames": pub.seq, "map": pub.map_number,
+                      "maps_done": pub.n_maps, "dose_limit": self.plan.dose_limit}
+            if state == "paused":        # why, and which automatic action paused (the dashboard's undo)
+                status.update(pause_reason=self.steering.pause_reason, paused_by=self.steering.paused_by,
+                              paused_at=self.steering.paused_at)
+            self.documents.publish_status(status)
 
     def run(self) -> str:
         """Run the operando series to the end of the charge; returns the exit status."""

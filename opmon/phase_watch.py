@@ -48,14 +48,14 @@ class PhaseWatch(TopicWatch):
         self.surveys_asked = 0
         self._run: str | None = None
 
-    def on_message(self, header: Any, parts: list[Any]) -> None:
+    def on_message(self, header: Any, buffers: list[bytes]) -> None:
         if not isinstance(header, dict) or not header.get("final"):
             return
         run, number = str(header.get("run")), int(header.get("map", -1))
         if (run, number) in self.seen:            # a final map re-sent (after a restart) counts once
             return
         try:
-            intensity = decode_map(header, parts[2:])["intensity"]
+            intensity = decode_map(header, buffers)["intensity"]
         except Exception as exc:                  # a garbled map is skipped, never fatal
             log.warning("phase watch: map %d of run %s unreadable: %s", number, run, exc)
             return

@@ -29,8 +29,8 @@ class TopicWatch:
     def on_header(self, header: Any) -> None:
         raise NotImplementedError
 
-    def on_message(self, header: Any, parts: list[Any]) -> None:
-        """The whole message (header and buffers), for watchers that read the arrays too."""
+    def on_message(self, header: Any, buffers: list[bytes]) -> None:
+        """The whole message (header and array buffers); by default only the header is used."""
         self.on_header(header)
 
     def _run(self) -> None:
@@ -47,7 +47,7 @@ class TopicWatch:
                     header = unpack(parts[1]) if len(parts) >= 2 and parts[0] == self.topic else None
                 except Exception:           # a garbled message is skipped, never fatal
                     continue
-                self.on_message(header, parts)
+                self.on_message(header, parts[2:])
         finally:
             sock.close(0)
 

@@ -8,6 +8,7 @@ detector renders each frame from the particle at the cell's lithium content at t
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,6 +79,9 @@ class SimFrameSource:
         self.frame_shape = tuple(renderer.setup.frame_shape)
         self.dtype = str(renderer.dtype)
         self._x: float | None = None
+        #: the plan's map shape (the detector's map_ny, map_nx): a grid of another shape than the
+        #: setup's (a finer map over the particle) is rendered at the piezo position instead
+        self.map_shape = tuple(renderer.setup.map_shape)
 
     def detector_mask(self) -> npt.NDArray[np.uint8] | None:
         return self.renderer.detector_mask
@@ -88,9 +92,21 @@ class SimFrameSource:
             self.particle.set_charge_state(x, self.cycles)
             self._x = x
 
+    def crystal_pixel(self, map_index: int, positions: Mapping[str, float]) -> int:
+        """The crystal model's pixel the beam hits: `map_index` on the setup's grid; on another
+        grid, the model's pixel nearest the piezo (x, y) (the model has the setup's step)."""
+        setup = self.renderer.setup
+        if self.map_shape == tuple(setup.map_shape) or "x" not in positions or "y" not in positions:
+            return int(map_index)
+        ny, nx = setup.map_shape
+        row = min(max(int(round(positions["y"] / setup.map_step_um)), 0), ny - 1)
+        col = min(max(int(round(positions["x"] / setup.map_step_um)), 0), nx - 1)
+        return row * nx + col
+
     def frame(self, map_index: int, positions: Mapping[str, float]) -> tuple[npt.NDArray[Any], dict[str, Any]]:
         self.follow_cell()
-        frame = self.renderer.frame(map_index, positions["eta"], positions["phi"], positions["nu"], positions["delta"])
+        frame = self.renderer.frame(self.crystal_pixel(map_index, positions), positions["eta"], positions["phi"],
+                                    positions["nu"], positions["delta"])
         return frame, {"cell_time": self.cell.time, "x_li": self.cell.x}
 
 
@@ -148,11 +164,24 @@ class SimulatedBeamline:
         if not in_bluesky_loop_running():
             raise ConfigError("SimulatedBeamline: create the RunEngine first; devices connect and the cell "
                               "clock ticks on the bluesky event loop")
+        self._shape_reports = [0, 0]
         call_in_bluesky_event_loop(self._connect(), timeout=30.0)
 
     async def _connect(self) -> None:
         await asyncio.gather(*(d.connect() for d in self.devices))
+        for axis, signal in enumerate((self.detector.map_ny, self.detector.map_nx)):   # a steered grid
+            signal.subscribe_reading(functools.partial(self._map_shape, axis))
         self.clock.start()
+
+    def _map_shape(self, axis: int, reading: Mapping[str, Any]) -> None:
+        """The plan set the map's size along `axis` (before a map); the report on subscribing
+        (the signal's unset 1) is not one."""
+        self._shape_reports[axis] += 1
+        if self._shape_reports[axis] == 1:
+            return
+        shape = list(self.source.map_shape)
+        (shape[axis],) = (int(r["value"]) for r in reading.values())
+        self.source.map_shape = tuple(shape)
 
     @property
     def devices(self) -> tuple[Potentiostat, PiezoStage, Diffractometer, SxdmDetector]:

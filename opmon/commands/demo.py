@@ -54,9 +54,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--point-time", type=float, default=0.0005, metavar="S",
                    help="fly scan: detector exposure per point in seconds (default 0.0005)")
     p.add_argument("--max-maps", type=int, default=None)
-    p.add_argument("--on-onset", choices=("none", "map-now"), default="none",
-                   help="map-now: take a map at once when the live processor flags the onset of a "
-                        "transformation (recorded with its reason in the run's steering stream; 30 s cooldown)")
+    p.add_argument("--on-onset", default="none", metavar="ACTION",
+                   help="when the live processor flags the onset of a transformation: map-now (a map at once), "
+                        "shorter-period:S (periodic maps every S simulated s for 3 periods, then the rule before), "
+                        "finer-map (next maps at half the step over the particle's bounding box, once per run) "
+                        "or none (default); recorded with its reason in the run's steering stream; 30 s cooldown")
     p.add_argument("--phase-tracking", choices=("off", "auto", "propose"), default="off",
                    help="follow the imaged phase: when its reflection fades, survey for the next phase's "
                         "reflection and re-centre eta/delta on it (auto), or propose it for one click in the "
@@ -64,6 +66,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dose-limit", type=float, default=None, metavar="PHOTONS",
                    help="pause the run when one sample position has taken this many photons over all maps "
                         "(each frame: exposure x flux, 1e9 ph/s x 10 ms = 1e7 photons; resume from the dashboard)")
+    p.add_argument("--dose-action", choices=("pause", "stop", "move"), default="pause",
+                   help="at the dose limit: pause (default), stop (finish the series cleanly after the current map) "
+                        "or move (shift the scan region away from the over-dosed positions; pause if the grid "
+                        "leaves no room)")
     p.add_argument("--workers", type=int, default=1, help="live processor worker processes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dashboard-port", type=int, default=None,

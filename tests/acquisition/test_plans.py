@@ -14,7 +14,8 @@ from bluesky.utils import RunEngineInterrupted
 from opmon.acquisition.mapping import MapGrid
 from opmon.acquisition.plans import operando_series, potentiostatic_steps
 from opmon.acquisition.potentiostat import CellCommand
-from opmon.acquisition.triggers import MapRequests, PeriodicTrigger, PlateauTrigger, RestTrigger, VoltageThresholds
+from opmon.acquisition.steering_requests import SteeringRequests
+from opmon.acquisition.triggers import PeriodicTrigger, PlateauTrigger, RestTrigger, VoltageThresholds
 from opmon.errors import LimitError
 from opmon.acquisition.cell_state import CellMode
 from opmon.simulators.ocv import LMNO
@@ -127,13 +128,14 @@ def _read_x(bl):
 
 def test_requests_add_maps_and_change_rule_and_region_mid_run(RE, docs, make_beamline) -> None:
     bl = make_beamline(acceleration=300.0)
-    box = MapRequests()
+    box = SteeringRequests(loop=RE.loop)   # set from RunEngine callbacks: inside its loop
     seen = {"maps": 0}
+    asked: list[str] = []
 
     def steer(name, doc):
         if name == "event" and doc["data"].get("potentiostat-voltage") and seen["maps"] == 0 and "detector-map_number" not in doc["data"]:
-            if not box.log:
-                box.log.append("asked")
+            if not asked:
+                asked.append("asked")
                 box.set_region((0, 2, 0, 2))
                 box.map_now("user asked")
         if name == "event" and "detector-map_number" in doc["data"] and "potentiostat-voltage" in doc["data"]:

@@ -1,12 +1,10 @@
-"""Trigger rules and the steering mailbox, fed with readings of the simulated cell."""
+"""Trigger rules fed with readings of the simulated cell (the steering signals: test_steering_requests)."""
 from __future__ import annotations
-
-import threading
 
 import pytest
 
-from opmon.acquisition.triggers import (AnyOf, CellReading, MapRequests, PeriodicTrigger, PlateauTrigger,
-                                        RestTrigger, VoltageThresholds)
+from opmon.acquisition.triggers import (AnyOf, CellReading, PeriodicTrigger, PlateauTrigger, RestTrigger,
+                                        VoltageThresholds)
 from opmon.errors import ConfigError
 from opmon.acquisition.cell_state import CellMode
 from opmon.simulators.cell import CellConfig, CellSimulator
@@ -88,34 +86,6 @@ def test_any_of_feeds_every_rule() -> None:
     rule = AnyOf(a, b)
     assert rule.update(r(0, 4.6)) is not None
     assert a.pending == [] and b.next_time == 100
-
-
-def test_map_requests_are_thread_safe_and_validated() -> None:
-    box = MapRequests()
-    threads = [threading.Thread(target=lambda k=k: [box.map_now(f"{k}-{i}") for i in range(200)]) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    taken = []
-    while (m := box.take_map()) is not None:
-        taken.append(m)
-    assert len(taken) == 800 and len(set(taken)) == 800
-    assert box.take_region() == "unchanged"
-    box.set_region((0, 2, 1, 3))
-    assert box.take_region() == (0, 2, 1, 3) and box.take_region() == "unchanged"
-    box.set_region(None)
-    assert box.take_region() is None
-    with pytest.raises(ConfigError, match=r"\(2, 1, 0, 1\)"):
-        box.set_region((2, 1, 0, 1))
-    with pytest.raises(ConfigError, match="update"):
-        box.set_rule(object())  # type: ignore[arg-type]
-    rule = PeriodicTrigger(10)
-    box.set_rule(rule)
-    assert box.take_rule() is rule and box.take_rule() is None
-    assert not box.finishing
-    box.finish()
-    assert box.finishing
 
 
 def test_plateau_trigger_does_not_fire_twice_when_the_slope_hovers_around_the_limit() -> None:

@@ -8,7 +8,7 @@
   potentiostat readings; the acquisition status (state straight from `RE.state`) goes out on a
   second PUB socket (display_acquisition), as docs/protocol.md describes.
 - `streaming.control.ControlServer` answers steering requests with a token and acts through
-  the RunEngine and the acquisition's `MapRequests` mailbox via `RunEngineSteering`.
+  the RunEngine and the plan's steering soft signals (`SteeringRequests`) via `RunEngineSteering`.
 
 The tests read the RunEngine's state from here (the acquisition side), never from the page.
 """
@@ -24,7 +24,8 @@ from bluesky import RunEngine
 from bluesky import plan_stubs as bps
 from bluesky import preprocessors as bpp
 
-from opmon.acquisition import AnyOf, MapRequests, PeriodicTrigger, VoltageThresholds
+from opmon.acquisition import AnyOf, PeriodicTrigger, SteeringRequests, VoltageThresholds
+from opmon.acquisition.steering_requests import RequestChanges, RequestReader
 from opmon.acquisition.cell_state import CellMode
 from opmon.processors.maps import MapResult
 from opmon.simulators.cell import CellConfig, CellSimulator
@@ -40,6 +41,15 @@ def make_rule(thresholds: list[float] | None = None, period_s: float | None = No
     """The acquisition's rule factory for `set_trigger`: thresholds and/or a period."""
     rules = ([VoltageThresholds(thresholds)] if thresholds else []) + ([PeriodicTrigger(period_s)] if period_s else [])
     return AnyOf(*rules)
+
+
+def _merged(earlier: RequestChanges, later: RequestChanges) -> RequestChanges:
+    """Two polls' changes as one: the later rule and region win."""
+    out = RequestChanges(maps=earlier.maps + later.maps, notes=earlier.notes + later.notes,
+                         finish=later.finish or earlier.finish)
+    out.rule = later.rule if later.rule is not None else earlier.rule
+    out.region = later.region if later.region != "unchanged" else earlier.region
+    return out
 
 
 def _pub(ctx: zmq.Context) -> tuple[zmq.Socket, str]:
@@ -60,7 +70,7 @@ class SimulatedExperiment:
         self.acq_pub, self.acq_endpoint = _pub(self.ctx)
         self.pub_lock = threading.Lock()
         self.RE = RunEngine({}, context_managers=[])
-        self.requests = MapRequests()
+        self.requests = SteeringRequests(loop=self.RE.loop)
         self.steering = RunEngineSteering(self.RE, self.requests, make_rule)
         self.control = ControlServer("tcp://127.0.0.1:0", token, self.steering, self.ctx)
         self.map_shape, self.n_maps, self.row_period_s = map_shape, n_maps, row_period_s
@@ -103,17 +113,19 @@ class SimulatedExperiment:
         truth_keys = ("d_spacing", "tilt_altitude", "tilt_azimuth", "intensity", "peak_width", "mask", "q")
         ny, nx = self.map_shape
         region = (0, ny, 0, nx)
+        reader = RequestReader(self.requests)
+        during = RequestChanges()          # what was asked while the last map ran
         for m in range(self.n_maps):
-            if self.stop_event.is_set() or self.requests.finishing:
+            asked = _merged(during, (yield from reader.poll()))
+            during = RequestChanges()
+            if self.stop_event.is_set() or reader.finishing is not None:
                 return
             self.current_map = m
-            new_region = self.requests.take_region()
-            if new_region != "unchanged":
-                region = new_region or (0, ny, 0, nx)
-                self.regions.append(new_region)
-            rule = self.requests.take_rule()
-            if rule is not None:
-                self.rules.append(rule)
+            if asked.region != "unchanged":
+                region = asked.region or (0, ny, 0, nx)
+                self.regions.append(asked.region)
+            if asked.rule is not None:
+                self.rules.append(make_rule(asked.rule.get("thresholds"), asked.rule.get("period_s")))
             self.particle.set_charge_state(0.9 - 0.05 * (m % 16))
             truth = self.particle.truth()
             full = {k: np.asarray(truth[k], dtype=np.float64 if k != "mask" else np.uint8) for k in truth_keys}
@@ -129,7 +141,8 @@ class SimulatedExperiment:
             for r in range(r0 + 1, r1 + 1):
                 yield from bps.checkpoint()
                 yield from bps.sleep(self.row_period_s)
-                if self.requests.take_map() is not None:
+                during = _merged(during, (yield from reader.poll()))
+                if during.maps:
                     break                                  # map now: start the next map at once
                 part = {k: v.copy() for k, v in full.items()}
                 for k, v in part.items():
@@ -167,6 +180,9 @@ class SimulatedExperiment:
             state = self.RE.state if self.exit_status is None else ("aborted" if self.exit_status == "abort" else "done")
             acq = {"v": 1, "kind": "status", "source": "acquisition", "t": now, "run": "sim", "state": state,
                    "map": self.current_map, "archive": "/tmp/opmon-archive/sim/run.h5"}
+            if state == "paused":            # why, as the acquisition service reports it (the dashboard's undo)
+                acq.update(pause_reason=self.steering.pause_reason, paused_by=self.steering.paused_by,
+                           paused_at=self.steering.paused_at)
             live = {"v": 1, "kind": "status", "source": "live", "t": now, "run": "sim", "state": "running",
                     "frames": self.rows_published * self.map_shape[1] * 30, "frames_per_s": fps, "frames_lost": 0,
                     "map": self.current_map, "maps_done": self.maps_done,

@@ -121,3 +121,44 @@ def test_box_on_intensity_map_sets_the_next_region_and_triggers_change(experimen
         b.screenshot(str(artifacts / "dashboard_region_1920x1080.png"))
     finally:
         b.quit()
+
+
+def test_an_automatic_pause_is_undone_from_the_decisions_panel(experiment, dashboard, token, artifacts):
+    """A pause an automatic action sent (as the dose watch does) shows in the decisions panel with
+    its reason and an undo button; clicking it resumes the RunEngine, and the override switches
+    that action off at the acquisition."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    from opmon.benchmarks.browser import DEEP_FIND_JS
+    from opmon.dashboard.control_client import ControlClient
+
+    def click(start: str) -> bool:
+        """Click the enabled button whose label starts so; False while there is none (the panel
+        re-renders its buttons as decisions change: an element may go stale, then look again)."""
+        try:
+            found = [e for e in b.js(DEEP_FIND_JS, "button", None)
+                     if e.get_attribute("textContent").strip().startswith(start) and e.get_attribute("disabled") is None]
+            if found:
+                found[0].click()
+            return bool(found)
+        except StaleElementReferenceException:
+            return False
+    b = Browser(1920, 1080)
+    client = ControlClient(experiment.control.endpoint)
+    try:
+        b.get(dashboard.steering_url)
+        b.wait_for("the run to publish", lambda: _state_shown(b) == "running")
+        assert client.request("pause", token, reason="dose limit: 2e8 photons (test)", automatic="dose")["ok"]
+        b.wait_for("the RunEngine to pause", lambda: experiment.RE.state == "paused")
+        b.wait_for("the pause and its reason in the decisions panel",
+                   lambda: 'data-decision="pause"' in (b.model_text("decisions") or "")
+                   and "2e8 photons (test)" in b.model_text("decisions"))
+        b.wait_for("the override button", lambda: click("Disable dose actions"))
+        b.wait_for("the switch at the acquisition", lambda: not experiment.steering.allows("dose"))
+        b.wait_for("the undo button", lambda: click("Undo: resume"))
+        b.wait_for("the RunEngine to run again", lambda: experiment.RE.state == "running")
+        b.wait_for("the pause row to go", lambda: 'data-decision="pause"' not in (b.model_text("decisions") or ""))
+        b.screenshot(str(artifacts / "dashboard_undo_1920x1080.png"))
+    finally:
+        client.close()
+        b.quit()

@@ -11,7 +11,7 @@ from bluesky import RunEngine
 from bokeh.events import ButtonClick
 
 from dashboard_http import http_get, session_document, steering_page
-from opmon.acquisition import MapRequests, VoltageThresholds
+from opmon.acquisition import SteeringRequests, VoltageThresholds, rule_from_values
 from opmon.dashboard.control_client import ControlClient, ControlError
 from opmon.dashboard.steering import box_to_region, parse_thresholds, token_allows
 from opmon.acquisition.steering import RunEngineSteering
@@ -168,7 +168,7 @@ def test_box_to_region_covers_touched_pixels_and_clips():
 
 def test_run_engine_steering_pauses_resumes_and_aborts_a_real_run():
     RE = RunEngine({}, context_managers=[])
-    requests = MapRequests()
+    requests = SteeringRequests(loop=RE.loop)
     steer = RunEngineSteering(RE, requests, lambda thresholds=None, period_s=None: VoltageThresholds(thresholds))
     ticks = []
 
@@ -191,11 +191,11 @@ def test_run_engine_steering_pauses_resumes_and_aborts_a_real_run():
     steer.resume()
     _wait(lambda: len(ticks) > n + 3, "the plan to go on")
     steer.set_region(r0=2, r1=5, c0=1, c1=4)
-    assert requests.take_region() == (2, 5, 1, 4)
+    assert json.loads(requests.current()["region"])["region"] == [2, 5, 1, 4]   # on the plan's soft signals
     steer.set_trigger(thresholds=[4.7])
-    assert requests.take_rule().pending == [4.7]
+    assert rule_from_values(**json.loads(requests.current()["rule"])["values"]).pending == [4.7]
     steer.start_map()
-    assert requests.take_map() == "steering: map now"
+    assert requests.current()["map_reason"] == "steering: map now"
     with pytest.raises(ControlCommandError, match="r0, r1, c0, c1"):
         steer.set_region(r0=1)
     steer.abort("test over")

@@ -53,3 +53,17 @@ def test_a_map_without_dose_leaves_the_panel_empty_and_a_dose_without_grid_is_re
     del header["dose"]["step_um"]
     with pytest.raises(DisplayMessageError, match="dose grid"):
         map_update(header, buffers)
+
+
+def test_the_dose_limit_the_acquisition_reports_is_drawn_with_the_positions_over_it():
+    photons = np.array([[1e7, 2e7, 0.0], [3e7, 4e7, 5e7]])
+    header, buffers = _message(DoseGrid(photons, origin_um=(0.5, 1.0), step_um=0.1))
+    model = DashboardModel()
+    model.on_status({"source": "acquisition", "state": "running", "dose_limit": 3.5e7})
+    model.on_map(map_update(header, buffers))
+    session = Session(Document(), model, None, None, DashboardOptions())
+    session.update()
+    over = session.dose.over.data
+    assert sorted(zip(np.round(over["x"], 6), np.round(over["y"], 6))) == [(1.1, 0.6), (1.2, 0.6)]   # 4e7, 5e7
+    assert "of limit 3.5e+07 (2 over" in session.dose.panel.fig.title.text
+    assert session.dose.panel.mapper.high == pytest.approx(5e7)

@@ -30,7 +30,7 @@ class _Steering:
     def __init__(self) -> None:
         self.reasons: list[str] = []
 
-    def pause(self, reason: str = "") -> dict:
+    def pause(self, reason: str = "", automatic: str = "") -> dict:
         self.reasons.append(reason)
         return {"state": "running"}
 

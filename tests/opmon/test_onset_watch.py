@@ -1,13 +1,13 @@
 """A flagged onset in a final map message asks the plan for a map now, once per cooldown,
 through the steering object the dashboard uses (real PUB/SUB sockets, real RunEngineSteering
-and MapRequests)."""
+and the plan's steering soft signals)."""
 from __future__ import annotations
 
 import numpy as np
 import zmq
 from bluesky import RunEngine
 
-from opmon.acquisition import MapRequests
+from opmon.acquisition import SteeringRequests
 from opmon.acquisition.steering import RunEngineSteering
 from opmon.onset_watch import OnsetWatch
 from opmon.processors.maps import MapResult
@@ -29,8 +29,9 @@ def test_an_onset_asks_for_one_map_and_the_cooldown_holds_the_next():
     ctx = zmq.Context()
     pub = ctx.socket(zmq.PUB)
     port = pub.bind_to_random_port("tcp://127.0.0.1")
-    requests = MapRequests()
-    watch = OnsetWatch(f"tcp://127.0.0.1:{port}", RunEngineSteering(RunEngine({}), requests), cooldown_s=3600,
+    RE = RunEngine({})
+    requests = SteeringRequests(loop=RE.loop)
+    watch = OnsetWatch(f"tcp://127.0.0.1:{port}", RunEngineSteering(RE, requests), cooldown_s=3600,
                        context=ctx).start()
     try:
         onset = {"map": 3, "kind": "fading region", "pixels": 5, "reason": "5 connected pixels lost 80%"}
@@ -40,10 +41,11 @@ def test_an_onset_asks_for_one_map_and_the_cooldown_holds_the_next():
             return key in watch.seen
         assert until(lambda: sent_until_seen(_final_map(3, onset), ("r1", 3)), 10)
         pub.send_multipart(_final_map(4, None))        # a final map without an onset asks nothing
-        asked = requests.take_map()
-        assert asked is not None and "onset flagged on map 3" in asked and "5 connected pixels" in asked
+        asked = requests.current()
+        assert asked["map_requests"] == 1
+        assert "onset flagged on map 3" in asked["map_reason"] and "5 connected pixels" in asked["map_reason"]
         assert until(lambda: sent_until_seen(_final_map(7, onset), ("r1", 7)), 10)
-        assert requests.take_map() is None and watch.maps_asked == 1      # map 4 asked nothing; map 7 is in the cooldown
+        assert requests.current()["map_requests"] == 1 and watch.maps_asked == 1      # map 4 asked nothing; map 7 is in the cooldown
     finally:
         watch.close()
         pub.close(0)

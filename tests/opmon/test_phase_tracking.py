@@ -14,7 +14,7 @@ import pytest
 import zmq
 from bluesky import RunEngine
 
-from opmon.acquisition import CellCommand, MapRequests, PeriodicTrigger, PublisherSink, operando_series
+from opmon.acquisition import CellCommand, PeriodicTrigger, PublisherSink, SteeringRequests, operando_series
 from opmon.acquisition.cell_state import CellMode
 from opmon.acquisition.survey import PhaseTracking, two_theta_deg
 from opmon.phase_watch import PhaseWatch
@@ -88,7 +88,7 @@ def test_a_fading_reflection_is_surveyed_and_maps_continue_on_the_next_phase():
     watch = PhaseWatch(display, tracking.requests, FadingRule(fraction=0.3, maps=2), points=4, context=ctx).start()
     finals = FinalMaps(ctx, display)
     true_eta = float(bl.particle.bragg_eta(bl.particle.q_ref * 2 * np.pi / D_LI05))
-    requests = MapRequests()
+    requests = SteeringRequests(loop=RE.loop)
     pacer = threading.Thread(target=_pace_the_charge, args=(docs, finals, bl), daemon=True)
     ender = threading.Thread(target=_finish_after_recentre, args=(docs, finals, requests, 2), daemon=True)
     try:
@@ -149,7 +149,7 @@ def _pace_the_charge(docs, finals: FinalMaps, bl: SimulatedBeamline) -> None:
     bl.clock.acceleration = seconds / wall
 
 
-def _finish_after_recentre(docs, finals: FinalMaps, requests: MapRequests, maps: int) -> None:
+def _finish_after_recentre(docs, finals: FinalMaps, requests: SteeringRequests, maps: int) -> None:
     """Ask the plan to finish once `maps` maps after the re-centring are final (bounded)."""
 
     def enough() -> bool:

@@ -21,7 +21,7 @@ def _message(run: str, number: int, scale: float, final: bool = True) -> tuple[d
                        peak_width=ones, q=np.zeros(shape + (3,)), mask=np.ones(shape, dtype=np.uint8),
                        mean_q=np.zeros(3), frames=np.ones(shape, dtype=np.int64))
     parts = encode_map(result, run=run, map_number=number, final=final, frames=9, n_frames=9, frames_lost=0)
-    return unpack(parts[1]), parts
+    return unpack(parts[1]), parts[2:]
 
 
 def test_one_survey_per_fade_at_the_brightest_points_and_a_new_run_starts_afresh():
