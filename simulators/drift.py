@@ -2,8 +2,10 @@
 
 Real maps are taken one eta at a time over minutes each; the sample creeps between them, so
 the intensity map of eta scan i is the particle's shifted by ``shift[i]`` map pixels. The
-truth (``/entry/truth/drift``, (n_angles, 2) as (dy, dx) map pixels, relative to the first
-scan) is what a registration step must find.
+truth (``/entry/truth/drift``, (n_angles, 2) as (dy, dx) map pixels) is what a registration
+step must find; it is given in the frame of the truth maps, where the shifts' mean weighted by
+each scan's expected Σ I is zero (`centred_on`): the first scans of a rocking curve often see
+nothing of the particle, so their frame could not be told from the data.
 """
 from __future__ import annotations
 
@@ -27,6 +29,16 @@ def drift_path(n_scans: int, largest_px: float, seed: int) -> F64:
     path = creep + wobble * (t[:, None] > 0)
     size = np.abs(path).max()
     return path * (largest_px / size) if size > 0 else path
+
+
+def centred_on(path: F64, weights: npt.ArrayLike) -> F64:
+    """`path` less its `weights`-weighted mean: shifts relative to where the sample sat on average
+    over the scans, weighted by what each scan sees (its Σ I). That frame, unlike the first
+    scan's, can be told from the data when the first scans of the rocking curve see nothing."""
+    w = np.clip(np.asarray(weights, dtype=np.float64).reshape(-1), 0.0, None)
+    if path.shape[0] == 0 or not w.sum() > 0:
+        return path.copy()
+    return path - (w[:, None] * path).sum(axis=0) / w.sum()
 
 
 def shift_arrays(map_shape: tuple[int, int], shift: tuple[float, float], q: F64, sigma: F64, counts: F64,
