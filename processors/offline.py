@@ -50,7 +50,7 @@ class ProcessOptions:
     block: int = 64
     skip_bad_frames: bool = False  # corrupt frames: skip and list them (True) or stop with an error
     find_bad_pixels: bool = True  # hot/dead pixels found from sampled frames join the file's mask
-    register: Registration = "auto"  # eta scans registered before they add up: from the data, off, or given shifts
+    register: Registration = "off"  # eta scans registered before they add up: off, from the data (auto), or given shifts
 
     def attrs(self, roi: Roi) -> dict[str, Any]:
         return {"roi": np.asarray(roi), "threshold": self.threshold, "background": str(self.background),

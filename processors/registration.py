@@ -7,18 +7,23 @@ sees less of the rocking curve weighs the same). Shifts are *displacements*, (dy
 pixels: an image that shows the reference's content moved by +1 row gets (1, 0), the sign of
 the simulator's truth (`/entry/truth/drift`).
 
-`register_eta_scans` finds the drift between the eta scans of one map. Plain cross-correlation
-of one scan against another (or against their sum) is biased: the Bragg angle varies across the
-particle (strain, tilt), so which part of it lights up changes with eta and the intensity moves
-inside the particle even without drift (0.5 map pixel per 0.016° step on the simulator's paper
-maps). For a Gaussian rocking curve of one width, the geometric mean of the two neighbouring
-scans is proportional to the scan between them whatever each pixel's Bragg angle, so each scan
-is registered against the geometric mean of its registered neighbours, repeated until the shifts
-settle (a Gauss-Seidel sweep). Scans with too little signal (< `MIN_SIGNAL` of the brightest)
-take the shift of the nearest scan that has it: they add nothing to the moments either way.
-The shifts are given in the frame where their Σ I-weighted mean is zero (where the particle
-sat, on average, while the map was taken): no single scan's frame can be told from the data
-when the first scans see nothing.
+`register_eta_scans` finds the drift between the eta scans of one map: each scan against the
+Σ I-weighted sum of all scans moved back by the shifts found so far, for a few rounds (XSOCS
+registers each scan against a reference in the same spirit). Scans with too little signal
+(< `MIN_SIGNAL` of the brightest) take the shift of the nearest scan that has it: they add
+nothing to the moments either way. The shifts are given in the frame where their Σ I-weighted
+mean is zero (where the particle sat, on average, while the map was taken): no single scan's
+frame can be told from the data when the first scans of the rocking curve see nothing.
+
+Limit (measured, see the stop-20 report): this finds the drift to ~0.1 map pixel when every
+eta scan shows the same particle, scaled. On a strained or bent particle the part in Bragg
+condition moves across it with eta (0.3-0.5 map pixel per 0.016° step on the simulator's
+paper maps), and intensity cross-correlation cannot tell that from drift: a linear drift and
+a linear Bragg-angle gradient give the same scans except at the particle's edges. Tried and
+no better there: scans against their neighbours' geometric mean (exact for Gaussian rocking
+curves but blind to that linear mode), saturated or edge-filtered (Sobel, Laplace, DoG)
+images, the per-scan q-centroid maps. Hence `opmon process --register off` by default and a
+manual override (`ManualShifts`).
 """
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ F64 = npt.NDArray[np.float64]
 
 UPSAMPLE = 50          # 1/50 map pixel: well below the 0.2 pixel the maps need
 MIN_SIGNAL = 0.02      # scans with less Σ I than this share of the brightest scan's are not registered
-SWEEPS = 12            # Gauss-Seidel sweeps at most ...
+ROUNDS = 6             # rounds of registration against the registered sum at most ...
 SETTLED_PX = 0.01      # ... or until no shift changes by more than this
 
 
@@ -84,8 +89,9 @@ def register_eta_scans(stack: npt.ArrayLike, upsample: int = UPSAMPLE) -> F64:
 
     Returns
     -------
-    (n_scans, 2) displacements in the frame where their Σ I-weighted mean is zero (see the
-    module docstring: each scan against the geometric mean of its registered neighbours).
+    (n_scans, 2) displacements in the frame where their Σ I-weighted mean is zero. Each scan
+    with signal is registered against the sum of all of them, each made comparable and weighted
+    by its Σ I, moved back by the shifts found so far (a few rounds, until they settle).
     """
     scans = np.clip(np.nan_to_num(np.asarray(stack, dtype=np.float64)), 0.0, None)
     n = scans.shape[0]
@@ -94,20 +100,13 @@ def register_eta_scans(stack: npt.ArrayLike, upsample: int = UPSAMPLE) -> F64:
     if n < 2 or not weight.max() > 0:
         return shifts
     signal = np.flatnonzero(weight >= MIN_SIGNAL * weight.max())
-    if signal.size >= 2:
-        for sweep in range(SWEEPS):
-            before = shifts.copy()
-            order = signal if sweep % 2 == 0 else signal[::-1]
-            for k in order:
-                near = [j for j in (k - 1, k + 1) if j in signal]
-                if not near:
-                    continue
-                moved = [resample(scans[j], shifts[j]) for j in near]
-                prediction = np.sqrt(moved[0] * moved[1]) if len(moved) == 2 else moved[0]
-                shifts[k] = register(scans[k], prediction, upsample)
-            shifts[signal] -= (weight[signal, None] * shifts[signal]).sum(axis=0) / weight[signal].sum()
-            if np.abs(shifts - before).max() <= SETTLED_PX:
-                break
+    for _ in range(ROUNDS):
+        before = shifts.copy()
+        reference = sum(weight[k] * comparable(resample(scans[k], shifts[k])) for k in signal)
+        shifts[signal] = register(scans[signal], reference, upsample)
+        shifts[signal] -= (weight[signal, None] * shifts[signal]).sum(axis=0) / weight[signal].sum()
+        if np.abs(shifts - before).max() <= SETTLED_PX:
+            break
     for k in range(n):   # scans without signal: the nearest registered scan's shift
         if k not in signal:
             shifts[k] = shifts[signal[np.argmin(np.abs(signal - k))]]

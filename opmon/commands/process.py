@@ -111,10 +111,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="keep lone single counts (default: drop them, they are the diffuse background)")
     p.add_argument("--file-mask-only", action="store_true",
                    help="use only the file's detector mask (default: also mask hot/dead pixels found in sampled frames)")
-    p.add_argument("--register", default="auto", metavar="auto|off|FILE.toml",
-                   help="sample drift between eta scans: auto (default: found by cross-correlating the scans' intensity "
-                        "maps), off, or a TOML file of shifts = [[dy, dx], ...] in map pixels, one per eta scan in "
-                        "increasing eta (as XSOCS lets you edit them); the shifts go to <entry>/maps/eta_shifts")
+    p.add_argument("--register", default="off", metavar="auto|off|FILE.toml",
+                   help="sample drift between eta scans: off (default), auto (found by cross-correlating the scans' "
+                        "intensity maps; biased when the part of the particle in Bragg condition moves with eta, "
+                        "docs: processors/registration.py), or a TOML file of shifts = [[dy, dx], ...] in map pixels, "
+                        "one per eta scan in increasing eta (as XSOCS lets you edit them); the shifts used go to "
+                        "<entry>/maps/eta_shifts")
     p.add_argument("--png", nargs="?", const="", default=None, help="also write the summary figure (default: MAPS with .png)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files (never an input)")
     p.add_argument("--skip-bad-frames", action="store_true",
