@@ -16,7 +16,7 @@ that met the scans in different orders (fan-out workers, Dask tasks) still merge
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -139,17 +139,6 @@ def describe(registration: Registration) -> str:
     return registration.describe() if isinstance(registration, ManualShifts) else str(registration)
 
 
-@dataclass
-class ScanRegistration:
-    """What registering a map's eta scans found: each scan's eta and shift, and the method."""
-
-    eta: F64
-    shifts: F64
-    method: str
-    masked: int = 0                       # pixels masked because a drifted scan never covered them
-    weights: F64 = field(default_factory=lambda: np.zeros(0))
-
-
 class EtaScanAccumulator(MomentAccumulator):
     """A `MomentAccumulator` with one slot of sums per eta scan; `finalize` registers the scans.
 
@@ -165,7 +154,6 @@ class EtaScanAccumulator(MomentAccumulator):
         self.scan_eta = np.zeros(0)
         self._slot_of: dict[float, int] = {}
         self._resize(0)
-        self.last_registration: ScanRegistration | None = None
 
     # -- slots ----------------------------------------------------------------------------------
     def _resize(self, n_slots: int) -> None:
@@ -212,12 +200,11 @@ class EtaScanAccumulator(MomentAccumulator):
     def process_block(self, frames: npt.NDArray[Any], map_index: npt.ArrayLike, eta: npt.ArrayLike,
                       phi: npt.ArrayLike, nu: npt.ArrayLike, delta: npt.ArrayLike) -> None:
         """Add a block of frames, each to its map pixel of its eta scan."""
-        k = frames.shape[0] if frames.ndim == 3 else -1
         index = np.asarray(map_index, dtype=np.int64).reshape(-1)
-        etas = np.broadcast_to(np.asarray(eta, dtype=np.float64), (max(k, 0),)) if k >= 0 else np.asarray(eta)
-        if k < 0 or index.shape != (k,):
-            super().process_block(frames, map_index, eta, phi, nu, delta)   # its own error for the shapes
+        if frames.ndim != 3 or index.shape != (frames.shape[0],):
+            super().process_block(frames, map_index, eta, phi, nu, delta)   # raises, naming the shapes
             return
+        etas = np.broadcast_to(np.asarray(eta, dtype=np.float64), index.shape)
         self._check_index(index)
         if not np.isfinite(etas).all():
             raise OpmonError("non-finite angle among the frames' eta/phi/nu/delta")
@@ -247,11 +234,6 @@ class EtaScanAccumulator(MomentAccumulator):
             view = mine.reshape((-1, self.n_pixels) + mine.shape[1:])
             view[slots] += theirs.reshape((n, self.n_pixels) + mine.shape[1:])
 
-    def merge(self, other: MomentAccumulator) -> None:
-        if other.map_shape != self.map_shape or other.roi != self.roi or other.despeckle != self.despeckle:
-            raise OpmonError(f"cannot merge accumulators of map {other.map_shape} ROI {other.roi} into map {self.map_shape} ROI {self.roi}")
-        self.load_state(other.state())
-
     # -- results --------------------------------------------------------------------------------
     def finalize(self, partial: bool = False) -> MapResult:
         """The map: scans registered and added (final), or added as they are (partial)."""
@@ -261,11 +243,9 @@ class EtaScanAccumulator(MomentAccumulator):
         s0, s1, s2 = (a.reshape((n, ny, nx) + a.shape[1:]) for a in self.corrected_sums(rate))
         frames = self.n_frames.reshape(n, ny, nx).sum(axis=0) if n else np.zeros((ny, nx), dtype=np.int64)
         order = np.argsort(self.scan_eta)
-        if partial or n == 0:
+        if partial or n == 0:   # the scans added as they are
             return derive_maps(s0.sum(axis=0), s1.sum(axis=0), s2.sum(axis=0), frames, background=rate,
-                               require_signal=not partial) if n else derive_maps(
-                np.zeros((ny, nx)), np.zeros((ny, nx, 3)), np.zeros((ny, nx, 3, 3)), frames, background=rate,
-                require_signal=not partial)
+                               require_signal=not partial)
         shifts = self._shifts(s0[order])
         t0, t1, t2 = np.zeros((ny, nx)), np.zeros((ny, nx, 3)), np.zeros((ny, nx, 3, 3))
         for rank, slot in enumerate(order):
@@ -283,8 +263,6 @@ class EtaScanAccumulator(MomentAccumulator):
             result.q = np.where(covered[..., None], result.q, np.nan)
         result.eta_scans = self.scan_eta[order].copy()
         result.eta_shifts = shifts
-        self.last_registration = ScanRegistration(self.scan_eta[order].copy(), shifts, describe(self.registration),
-                                                  int(lost.sum()), weights)
         return result
 
     def _shifts(self, stack: F64) -> F64:

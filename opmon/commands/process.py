@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import numpy as np
     from tqdm import tqdm     # these pull in numba and h5py: imported when a file is processed, not for `--help`
 
     from opmon.numba_start import import_numba_without_blas
@@ -66,6 +67,10 @@ def _run(args: argparse.Namespace) -> int:
             d = entry.result.valid_d()
             print(f"{name}: {d.size} valid pixels, mean d = {d.mean():.5f} Å, std {d.std():.2e} Å, "
                   f"background {entry.result.background:.2e} counts/pixel/frame")
+            shifts = entry.result.eta_shifts
+            if shifts is not None:
+                print(f"{name}: {len(shifts)} eta scans registered ({options.attrs(entry.roi)['register']}), largest drift "
+                      f"{float(np.hypot(*shifts.T).max()):.2f} map pixels (listed in {output} as <entry>/maps/eta_shifts)")
             if len(entry.found_bad_pixels):
                 print(f"{name}: masked {len(entry.found_bad_pixels)} hot/dead detector pixel(s) missing from the file's "
                       f"mask (listed in {output} as <entry>/maps/found_bad_pixels)")

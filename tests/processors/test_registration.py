@@ -185,11 +185,12 @@ def test_per_scan_states_merge_whatever_order_the_scans_came_in(drifted):
 
 
 @pytest.mark.timeout(120)
-def test_live_final_maps_of_a_drifting_sample_equal_offline(drifted):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_live_final_maps_of_a_drifting_sample_equal_offline(drifted, workers):
     ctx = zmq.Context()
     maps_in, maps_endpoint, _ = map_sockets(ctx)
     sink = ZmqFrameSink(["tcp://127.0.0.1:*"], context=ctx, stall_timeout_s=60)
-    processor = open_live_processor(sink.endpoints[0], None, maps_endpoint, workers=1, roi=ROI, register="auto",
+    processor = open_live_processor(sink.endpoints[0], None, maps_endpoint, workers=workers, roi=ROI, register="auto",
                                     publish_interval_s=0.05, context=ctx)
     thread = threading.Thread(target=processor.serve, daemon=True)
     thread.start()
