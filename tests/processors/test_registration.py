@@ -211,3 +211,18 @@ def test_live_final_maps_of_a_drifting_sample_equal_offline(drifted, workers):
     assert header["options"]["register"] == "auto"
     assert_same_maps(live, offline)
     np.testing.assert_allclose(live.eta_shifts, offline.eta_shifts, atol=1e-12)
+
+
+def test_the_archiver_keeps_the_shifts_of_a_final_map(drifted, tmp_path):
+    from opmon.streaming import protocol as P
+    from opmon.streaming.archive.final_maps import write_final_maps
+    from opmon.streaming.map_messages import encode_map
+
+    result = reduce(drifted["moving"], ManualShifts(drifted["truth"], "test"))
+    parts = encode_map(result, run="r", map_number=0, final=True, frames=10, n_frames=10, frames_lost=0,
+                       options={"roi": list(ROI), "register": "auto"})
+    write_final_maps(tmp_path / "m.h5", P.unpack(parts[1]), parts[2:])
+    with h5py.File(tmp_path / "m.h5", "r") as f:
+        np.testing.assert_allclose(f["entry/maps/eta_shifts"][()], drifted["truth"])
+        np.testing.assert_allclose(f["entry/maps/eta_scans"][()], ETAS)
+        assert f["entry/maps"].attrs["register"] == "auto"
