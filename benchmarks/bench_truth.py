@@ -87,7 +87,7 @@ def run_case(workdir: Path, name: str, effects: str, args: argparse.Namespace) -
         register = "off"
         if drift is not None:
             register = str(workdir / f"{name}_shifts.toml")
-            Path(register).write_text("shifts = [" + ", ".join(f"[{dy!r}, {dx!r}]" for dy, dx in drift) + "]\n")
+            Path(register).write_text("shifts = [" + ", ".join(f"[{float(dy)!r}, {float(dx)!r}]" for dy, dx in drift) + "]\n")
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), quiet("opmon"):
         rc = opmon(["process", str(raw), "-o", str(maps), "-q", "--force", "--register", register])
     if rc not in (0, 3):

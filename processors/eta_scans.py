@@ -194,7 +194,9 @@ class EtaScanAccumulator(MomentAccumulator):
         self._check_index(np.array([int(map_index)]))
         if not np.isfinite(eta):
             raise OpmonError(f"non-finite angle among eta/phi/nu/delta = {eta}, {phi}, {nu}, {delta}")
-        slot = int(self._slots([eta])[0])
+        slot = self._slot_of.get(float(np.round(eta, ETA_DECIMALS)))   # the per-frame path: one dict look-up
+        if slot is None:
+            slot = int(self._slots([eta])[0])
         super().process_frame(frame, slot * self.n_pixels + int(map_index), eta, phi, nu, delta)
 
     def process_block(self, frames: npt.NDArray[Any], map_index: npt.ArrayLike, eta: npt.ArrayLike,
