@@ -57,6 +57,7 @@ class LiveConfig:
     publish_interval_s: float = 0.25
     threshold: int = 0
     background: str = "auto"
+    register: str = "off"          # auto: register the eta scans of each final map (as `opmon process --register auto`)
 
 
 @dataclass
@@ -135,6 +136,8 @@ def _check_values(config: Config) -> None:
             rate = -1.0
         if not rate >= 0:
             raise ConfigError(f"live.background: {config.live.background!r}, expected 'auto', 'none' or a rate >= 0")
+    if config.live.register not in ("auto", "off"):
+        raise ConfigError(f"live.register: {config.live.register!r}, expected 'auto' or 'off'")
     if not config.host:
         raise ConfigError("host: empty, expected an address such as 127.0.0.1")
     if not config.archive.dir:

@@ -220,15 +220,19 @@ class MomentAccumulator:
             return 0.0
         return float(self.bg_counts.sum()) / (frames * self.n_outside_pixels)
 
+    def corrected_sums(self, rate: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Σ I, Σ I·q, Σ I·q⊗q of every summed pixel less the expected background at `rate`
+        (flat, one row per pixel of the sums: additive, so they can be moved and added)."""
+        return (self.sum_i - rate * self.n_roi_pixels * self.n_frames, self.sum_iq - rate * self.bg_q,
+                self.sum_iqq - rate * self.bg_qq)
+
     def finalize(self, partial: bool = False) -> MapResult:
         """Derive the maps. The background rate is estimated over the whole map (all its frames)
         because one map pixel's outside-ROI counts are too few for a stable rate.
 
         partial=True allows a map without intensity yet (live previews)."""
         rate = self.background_rate()
-        s0 = self.sum_i - rate * self.n_roi_pixels * self.n_frames
-        s1 = self.sum_iq - rate * self.bg_q
-        s2 = self.sum_iqq - rate * self.bg_qq
+        s0, s1, s2 = self.corrected_sums(rate)
         ny, nx = self.map_shape
         return derive_maps(s0.reshape(ny, nx), s1.reshape(ny, nx, 3), s2.reshape(ny, nx, 3, 3),
                            self.n_frames.reshape(ny, nx), background=rate, require_signal=not partial)

@@ -40,6 +40,8 @@ class MapResult:
     mean_q: F64
     frames: npt.NDArray[np.int64]
     background: float = 0.0
+    eta_scans: F64 | None = None     # eta (deg) of each eta scan, when the scans were registered ...
+    eta_shifts: F64 | None = None    # ... and the (n, 2) (dy, dx) drift, map pixels, each was moved back by
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -22,9 +22,10 @@ from opmon import __version__, interrupt
 from opmon.errors import EmptyMapError, RawFileError
 from opmon.processors.accumulate import Background, MomentAccumulator, Roi
 from opmon.processors.bad_pixels import BadPixelFinder, merged_mask
+from opmon.processors.eta_scans import EtaScanAccumulator, Registration, check_manual_shifts, describe
 from opmon.processors.geometry import DetectorGeometry
 from opmon.processors.maps import MapResult
-from opmon.streaming.archive.layout import MAPS, MAPS_BAD_FRAMES, MAPS_FOUND_BAD_PIXELS
+from opmon.streaming.archive.layout import MAPS, MAPS_BAD_FRAMES, MAPS_ETA_SHIFTS, MAPS_FOUND_BAD_PIXELS
 from opmon.streaming.archive.maps_file import grid_axes, write_axes, write_maps
 from opmon.streaming.archive.raw import check_roi, map_entries, natural_key, open_hdf5
 from opmon.streaming.archive.sources import Block, Source, SourceMap, SourceOptions, open_source
@@ -49,11 +50,12 @@ class ProcessOptions:
     block: int = 64
     skip_bad_frames: bool = False  # corrupt frames: skip and list them (True) or stop with an error
     find_bad_pixels: bool = True  # hot/dead pixels found from sampled frames join the file's mask
+    register: Registration = "off"  # eta scans registered before they add up: off, from the data (auto), or given shifts
 
     def attrs(self, roi: Roi) -> dict[str, Any]:
         return {"roi": np.asarray(roi), "threshold": self.threshold, "background": str(self.background),
                 "despeckle": self.despeckle, "find_bad_pixels": self.find_bad_pixels,
-                "opmon_version": __version__}
+                "register": describe(self.register), "opmon_version": __version__}
 
 
 def find_entries(f: h5py.File, entry: str | None) -> list[str]:
@@ -220,9 +222,11 @@ def new_accumulator(smap: SourceMap, options: ProcessOptions, roi: Roi,
     """An empty accumulator for `smap` with the options' reduction settings (what each task of a split map needs);
     `mask` replaces the file's detector mask (e.g. `MapPlan.mask`)."""
     meta = smap.meta
-    return MomentAccumulator(DetectorGeometry.from_meta(meta), meta.map_shape, roi=roi,
-                             detector_mask=meta.detector_mask if mask is None else mask,
-                             threshold=options.threshold, background=options.background, despeckle=options.despeckle)
+    settings: dict[str, Any] = dict(roi=roi, detector_mask=meta.detector_mask if mask is None else mask,
+                                    threshold=options.threshold, background=options.background, despeckle=options.despeckle)
+    if options.register == "off":
+        return MomentAccumulator(DetectorGeometry.from_meta(meta), meta.map_shape, **settings)
+    return EtaScanAccumulator(DetectorGeometry.from_meta(meta), meta.map_shape, registration=options.register, **settings)
 
 
 def accumulate_frames(smap: SourceMap, acc: MomentAccumulator, options: ProcessOptions, start: int = 0,
@@ -297,9 +301,10 @@ def plan_raw(raw: str | Path | list[Path], options: ProcessOptions, entry: str |
         source_options.entry = entry
     source = open_source(raw, kind, source_options)
     try:
-        if isinstance(options.roi, tuple):
-            for smap in source.maps:
+        for smap in source.maps:
+            if isinstance(options.roi, tuple):
                 check_roi(options.roi, smap.meta.frame_shape, smap.label)
+            check_manual_shifts(options.register, smap.meta.eta, smap.label)
         return source
     except BaseException:
         source.close()
@@ -338,6 +343,10 @@ def write_results(output: str | Path, plan: RawPlan, results: dict[str, EntryRes
                                                          "found_bad_pixels_count": len(done.found_bad_pixels)})
             if plan.kind != "raw" or "geometry" in smap.provenance:
                 maps.attrs["provenance"] = json.dumps(smap.provenance)
+            if MAPS_ETA_SHIFTS in maps:
+                maps[MAPS_ETA_SHIFTS].attrs["long_name"] = ("drift (dy, dx) of each eta scan, map pixels, moved back "
+                                                            "before the scans were added")
+                maps[MAPS_ETA_SHIFTS].attrs["method"] = describe(options.register)
             maps.create_dataset(MAPS_BAD_FRAMES, data=np.asarray(done.bad_frames, dtype=np.int64))
             found = maps.create_dataset(MAPS_FOUND_BAD_PIXELS, data=done.found_bad_pixels.reshape(-1, 2))
             found.attrs["long_name"] = "detector pixels (row, column) found hot or dead from the data, masked"

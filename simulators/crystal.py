@@ -356,6 +356,18 @@ class ParticleModel:
         qz = np.array([(sample_rotation(e, s.phi) @ v)[2] for e, v in zip(etab, q[keep])])
         return etab, np.degrees(sigma[keep] / np.maximum(np.abs(qz), 1e-12))
 
+    def scan_weights(self, etas: npt.ArrayLike) -> F64:
+        """Expected Bragg counts of the whole particle at each eta (Gaussian rocking curves): how
+        much each eta scan of a map sees of it."""
+        etas = np.asarray(etas, dtype=np.float64).reshape(-1)
+        etab, sig_eta = self._bragg_spread()
+        if etab.size == 0:
+            return np.zeros(etas.size)
+        counts = self.render_arrays()[2]
+        counts = counts[counts > 0]
+        z = (etas[:, None] - etab[None, :]) / sig_eta[None, :]
+        return (counts[None, :] * np.exp(-0.5 * z * z) / sig_eta[None, :]).sum(axis=1)
+
     def rocking_margin(self, etas: npt.ArrayLike | None = None) -> float:
         """Smallest distance, in peak sigmas, from a particle pixel's Bragg eta to the scan ends.
 

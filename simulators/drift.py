@@ -2,8 +2,10 @@
 
 Real maps are taken one eta at a time over minutes each; the sample creeps between them, so
 the intensity map of eta scan i is the particle's shifted by ``shift[i]`` map pixels. The
-truth (``/entry/truth/drift``, (n_angles, 2) as (dy, dx) map pixels, relative to the first
-scan) is what a registration step must find.
+truth (``/entry/truth/drift``, (n_angles, 2) as (dy, dx) map pixels) is what a registration
+step must find; it is given in the frame of the truth maps, where the shifts' mean weighted by
+each scan's expected Σ I is zero (`centred_on`): the first scans of a rocking curve often see
+nothing of the particle, so their frame could not be told from the data.
 """
 from __future__ import annotations
 
@@ -29,12 +31,24 @@ def drift_path(n_scans: int, largest_px: float, seed: int) -> F64:
     return path * (largest_px / size) if size > 0 else path
 
 
+def centred_on(path: F64, weights: npt.ArrayLike) -> F64:
+    """`path` less its `weights`-weighted mean: shifts relative to where the sample sat on average
+    over the scans, weighted by what each scan sees (its Σ I). That frame, unlike the first
+    scan's, can be told from the data when the first scans of the rocking curve see nothing."""
+    w = np.clip(np.asarray(weights, dtype=np.float64).reshape(-1), 0.0, None)
+    if path.shape[0] == 0 or not w.sum() > 0:
+        return path.copy()
+    return path - (w[:, None] * path).sum(axis=0) / w.sum()
+
+
 def shift_arrays(map_shape: tuple[int, int], shift: tuple[float, float], q: F64, sigma: F64, counts: F64,
                  q2: F64, counts2: F64) -> tuple[F64, F64, F64, F64, F64]:
     """Per-map-pixel render arrays of a particle moved by ``shift`` (dy, dx) map pixels.
 
     Counts are interpolated bilinearly (a sub-pixel shift moves the intensity smoothly); Q
-    and widths come from the nearest particle pixel. Outside the particle nothing is seen.
+    and widths are the count-weighted bilinear means of the four particle pixels around (what
+    a centre of mass sees of a beam between them), so the contrast inside the particle moves
+    sub-pixel with it too. Outside the particle nothing is seen.
     """
     ny, nx = map_shape
     seen = counts > 0
@@ -58,8 +72,16 @@ def shift_arrays(map_shape: tuple[int, int], shift: tuple[float, float], q: F64,
         return ((1 - fy) * (1 - fx) * pick(a, y0, x0) + (1 - fy) * fx * pick(a, y0, x0 + 1)
                 + fy * (1 - fx) * pick(a, y0 + 1, x0) + fy * fx * pick(a, y0 + 1, x0 + 1)).ravel()
 
-    ny_, nx_ = np.clip(np.rint(sy).astype(int), 0, ny - 1), np.clip(np.rint(sx).astype(int), 0, nx - 1)
-    near_sigma = pick(sigma, ny_, nx_).ravel()
-    return (np.ascontiguousarray(pick(q, ny_, nx_).reshape(-1, 3)), np.ascontiguousarray(near_sigma),
-            np.ascontiguousarray(bilinear(counts)), np.ascontiguousarray(pick(q2, ny_, nx_).reshape(-1, 3)),
+    def weighted(a: F64, w: F64) -> F64:
+        """Count-weighted bilinear mean of a per-pixel quantity: what a beam between pixels measures."""
+        flat = a.reshape(ny * nx, -1)
+        num = np.stack([bilinear(w * flat[:, k]) for k in range(flat.shape[1])], axis=1)
+        den = bilinear(w)[:, None]
+        near = pick(a, np.clip(np.rint(sy).astype(int), 0, ny - 1),
+                    np.clip(np.rint(sx).astype(int), 0, nx - 1)).reshape(ny * nx, -1)
+        out = np.where(den > 0, num / np.where(den > 0, den, 1.0), near)
+        return out.reshape(a.shape)
+
+    return (np.ascontiguousarray(weighted(q, counts)), np.ascontiguousarray(weighted(sigma, counts)),
+            np.ascontiguousarray(bilinear(counts)), np.ascontiguousarray(weighted(q2, counts2)),
             np.ascontiguousarray(bilinear(counts2)))

@@ -31,14 +31,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import numpy as np
     from tqdm import tqdm     # these pull in numba and h5py: imported when a file is processed, not for `--help`
 
     from opmon.numba_start import import_numba_without_blas
     import_numba_without_blas()  # before any kernel loads: opmon's kernels need no BLAS
+    from opmon.processors.eta_scans import parse_registration
     from opmon.processors.offline import ProcessOptions, plan_raw, process_plan
     options = ProcessOptions(roi=parse_roi(args.roi), threshold=args.threshold, background=parse_background(args.background),
                              despeckle=not args.keep_isolated, skip_bad_frames=args.skip_bad_frames,
-                             find_bad_pixels=not args.file_mask_only)
+                             find_bad_pixels=not args.file_mask_only, register=parse_registration(args.register))
     if args.threshold < 0:
         raise OpmonError(f"--threshold must be >= 0, got {args.threshold}")
     if args.task_frames is not None and args.task_frames < 1:
@@ -65,6 +67,10 @@ def _run(args: argparse.Namespace) -> int:
             d = entry.result.valid_d()
             print(f"{name}: {d.size} valid pixels, mean d = {d.mean():.5f} Å, std {d.std():.2e} Å, "
                   f"background {entry.result.background:.2e} counts/pixel/frame")
+            shifts = entry.result.eta_shifts
+            if shifts is not None:
+                print(f"{name}: {len(shifts)} eta scans registered ({options.attrs(entry.roi)['register']}), largest drift "
+                      f"{float(np.hypot(*shifts.T).max()):.2f} map pixels (listed in {output} as <entry>/maps/eta_shifts)")
             if len(entry.found_bad_pixels):
                 print(f"{name}: masked {len(entry.found_bad_pixels)} hot/dead detector pixel(s) missing from the file's "
                       f"mask (listed in {output} as <entry>/maps/found_bad_pixels)")
@@ -110,6 +116,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="keep lone single counts (default: drop them, they are the diffuse background)")
     p.add_argument("--file-mask-only", action="store_true",
                    help="use only the file's detector mask (default: also mask hot/dead pixels found in sampled frames)")
+    p.add_argument("--register", default="off", metavar="auto|off|FILE.toml",
+                   help="sample drift between eta scans: off (default), auto (found by cross-correlating the scans' "
+                        "intensity maps; biased when the part of the particle in Bragg condition moves with eta, "
+                        "docs: processors/registration.py), or a TOML file of shifts = [[dy, dx], ...] in map pixels, "
+                        "one per eta scan in increasing eta (as XSOCS lets you edit them); the shifts used go to "
+                        "<entry>/maps/eta_shifts")
     p.add_argument("--png", nargs="?", const="", default=None, help="also write the summary figure (default: MAPS with .png)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files (never an input)")
     p.add_argument("--skip-bad-frames", action="store_true",

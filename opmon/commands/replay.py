@@ -81,7 +81,8 @@ def _internal(args: argparse.Namespace, config: Any, source: ReplaySource, roi: 
     display = config.endpoint("display_live") if args.display else None
     processor = open_live_processor(sink.endpoints[0], display, None, workers=args.workers or config.live.workers,
                                     publish_interval_s=config.live.publish_interval_s, roi=roi,
-                                    threshold=config.live.threshold, background=parse_background(config.live.background))
+                                    threshold=config.live.threshold, background=parse_background(config.live.background),
+                                    register=config.live.register)
     done = threading.Event()
     processor.outputs.keep_results = None     # a replay is bounded and writes every map at the end
     thread = threading.Thread(target=processor.serve, kwargs={"stop_when": done.is_set}, daemon=True)

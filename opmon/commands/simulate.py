@@ -15,8 +15,9 @@ of the particle go to ``/entry/truth/<name>`` with the names of FORMATS.md plus:
   radius of the peak shape actually rendered;
 * with ``--effects``: ``incident_scale`` (N,) relative beam intensity per frame (the
   monitor, ``/entry/instrument/monitor/data``, records it with noise); ``drift`` (n_angles,
-  2) the sample's (dy, dx) shift in map pixels during each eta scan, relative to the first
-  (truth maps are in the first scan's frame); ``unmasked_hot_pixels`` (k, 2) hot pixels
+  2) the sample's (dy, dx) shift in map pixels during each eta scan, in the truth maps' frame:
+  where the particle sat on average, weighted by each scan's expected Σ I (the first scans of
+  a rocking curve may see nothing, so no registration could find the first scan's frame); ``unmasked_hot_pixels`` (k, 2) hot pixels
   (row, col of the written frames) missing from the detector mask; ``chip_gap_rows``,
   ``chip_gap_cols`` (frame coordinates); ``powder_spots`` (k, 9) as
   `opmon.simulators.scene.powder_spots` describes; ``peak_shape`` (3, 3), the relative
@@ -132,7 +133,7 @@ def simulate(path: Path, *, ny: int = 60, nx: int = 60, angles: int = 30, eta_st
 
     from opmon.simulators import peak_shape, scene
     from opmon.simulators.crystal import ParticleModel
-    from opmon.simulators.drift import drift_path
+    from opmon.simulators.drift import centred_on, drift_path
     from opmon.simulators.effects import parse_effects
     from opmon.simulators.instrument import SxdmSetup, maxipix_2x2
     from opmon.simulators.render import FrameRenderer
@@ -194,6 +195,8 @@ def simulate(path: Path, *, ny: int = 60, nx: int = 60, angles: int = 30, eta_st
     x_um, y_um = setup.map_positions_um(midx)
     scales = scene.incident_scale(midx.size, fx.beam_drop)
     drift = drift_path(setup.n_angles, fx.drift_px, seed)
+    if fx.drift_px:   # the truth maps' frame: where the particle sat on average, weighted by what each scan sees
+        drift = centred_on(drift, particle.scan_weights(setup.eta_values()))
     r0, _, c0, _ = setup.roi_window
     truth["peak_width"] = shape.width_factor() * truth["sigma"]
     extra: dict[str, Any] = {}

@@ -22,6 +22,7 @@ import numpy.typing as npt
 from opmon.errors import ConfigError
 from opmon.processors.accumulate import MomentAccumulator, Roi
 from opmon.processors.dose import DoseLedger, DoseSettings
+from opmon.processors.eta_scans import EtaScanAccumulator
 from opmon.processors.geometry import DetectorGeometry
 from opmon.processors.live.roi import RoiDecider
 from opmon.streaming.receiver import RunShapes
@@ -51,6 +52,16 @@ def accumulator_options(options: dict[str, Any]) -> dict[str, Any]:
     roi = options.get("roi")
     return {"roi": tuple(roi) if roi is not None else None, "threshold": int(options.get("threshold", 0)),
             "background": options.get("background", "auto")}
+
+
+def make_accumulator(geometry: DetectorGeometry, map_shape: tuple[int, int], mask: npt.NDArray[np.uint8] | None,
+                     options: dict[str, Any]) -> MomentAccumulator:
+    """An empty accumulator for a map with the options recorded with every map: per eta scan
+    (registered at the map's end, as `opmon process --register auto`) when ``register`` is auto."""
+    if options.get("register", "off") == "auto":
+        return EtaScanAccumulator(geometry, map_shape, detector_mask=mask, registration="auto",
+                                  **accumulator_options(options))
+    return MomentAccumulator(geometry, map_shape, detector_mask=mask, **accumulator_options(options))
 
 
 @dataclass
@@ -91,9 +102,11 @@ class LiveRun(RunShapes):
 
     @classmethod
     def begin(cls, start: dict[str, Any], mask: npt.NDArray[np.uint8] | None, roi: Roi | None, *, threshold: int,
-              background: Any, roi_quota: int, roi_wait_s: float, adopted: bool = False) -> LiveRun:
-        """A run from its start header; `roi` None: decided from its first `roi_quota` frames."""
-        options = {"roi": list(roi) if roi is not None else None, "threshold": threshold, "background": background}
+              background: Any, roi_quota: int, roi_wait_s: float, adopted: bool = False, register: str = "off") -> LiveRun:
+        """A run from its start header; `roi` None: decided from its first `roi_quota` frames;
+        `register` auto: the eta scans of each final map are registered (partial maps are not)."""
+        options = {"roi": list(roi) if roi is not None else None, "threshold": threshold, "background": background,
+                   "register": register}
         decider = RoiDecider(roi_quota, roi_wait_s) if roi is None else None
         try:
             settings = DoseSettings.from_start(start)
@@ -153,8 +166,7 @@ class LiveRun(RunShapes):
 
     def accumulator(self, lm: LiveMap) -> MomentAccumulator:
         """An empty accumulator for `lm` with the run's geometry, mask and options."""
-        return MomentAccumulator(self.geometry, lm.map_shape, detector_mask=self.mask,
-                                 **accumulator_options(self.options))
+        return make_accumulator(self.geometry, lm.map_shape, self.mask, self.options)
 
     def accumulate(self, header: dict[str, Any], frame: npt.NDArray[Any]) -> LiveMap:
         """Add one frame (the ROI must be known) into its map's sums."""

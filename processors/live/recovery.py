@@ -73,14 +73,14 @@ def map_from_archive(archive: RunArchive, number: int, make: Callable[[dict[str,
 
 
 def catch_up(archive_dir: str | Path, outputs: Any, *, skip_runs: set[str], roi: Any, roi_frames: int,
-             threshold: int, background: Any) -> int:
+             threshold: int, background: Any, register: str = "off") -> int:
     """Make the maps of the newest archived run that no processor delivered; returns how many.
 
     `roi` is the processor's setting ("auto", None for the full frame, or a tuple); the run's
     own archived maps decide it first, so made maps match the others of the run.
     """
     from opmon.processors.accumulate import MomentAccumulator
-    from opmon.processors.live.engine import accumulator_options, geometry_of
+    from opmon.processors.live.engine import geometry_of, make_accumulator
     from opmon.processors.live.roi import RoiSum
 
     archive = RunArchive.newest(archive_dir)
@@ -113,11 +113,11 @@ def catch_up(archive_dir: str | Path, outputs: Any, *, skip_runs: set[str], roi:
                 found_mask = first.mask(start[1])       # the hot/dead pixels those frames show, as live
             else:
                 found_mask = None
-            options = {"roi": list(chosen), "threshold": threshold, "background": background}
+            options = {"roi": list(chosen), "threshold": threshold, "background": background, "register": register}
 
             def make(start: dict[str, Any], mask: Any, shape: tuple[int, int]) -> MomentAccumulator:
                 mask = found_mask if found_mask is not None else mask
-                return MomentAccumulator(geometry_of(start), shape, detector_mask=mask, **accumulator_options(options))
+                return make_accumulator(geometry_of(start), shape, mask, options)
 
             acc, n = map_from_archive(archive, number, make)
         except (ArchiveError, CorruptFrameError, OSError, KeyError) as exc:

@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import zmq
 
+from opmon.errors import OpmonError
 from opmon.processors.accumulate import MomentAccumulator, Roi
 from opmon.processors.live.engine import LiveMap, LiveRun, initial_roi
 from opmon.processors.live.outputs import MapOutputs
@@ -33,7 +34,11 @@ class LiveService:
 
     def _init_service(self, context: zmq.Context | None, display_endpoint: str | None, maps_endpoint: str | None, *,
                       publish_interval_s: float, roi: Roi | str | None, roi_frames: int, roi_wait_s: float,
-                      threshold: int, background: Any, archive_dir: str | Path | None, workers: int) -> None:
+                      threshold: int, background: Any, archive_dir: str | Path | None, workers: int,
+                      register: str = "off") -> None:
+        if register not in ("auto", "off"):
+            raise OpmonError(f"register {register!r}: the live processor takes auto or off")
+        self.register = register
         self.context = context or zmq.Context.instance()
         self.n_workers = workers
         self.archive_dir = Path(archive_dir) if archive_dir is not None else None
@@ -70,7 +75,7 @@ class LiveService:
         """A run with this processor's settings; `roi` (recovered from the archive) before the setting."""
         run = LiveRun.begin(start, mask, roi or initial_roi(self.roi_setting, start), threshold=self.threshold,
                             background=self.background, roi_quota=self.roi_frames, roi_wait_s=self.roi_wait_s,
-                            adopted=adopted)
+                            adopted=adopted, register=self.register)
         if run.roi is not None:
             self.roi_decided_at = time.time()
         return run
@@ -155,7 +160,8 @@ class LiveService:
             self._last_catch_up = now
             self.recovered_maps += catch_up(self.archive_dir, self.outputs, skip_runs=self._open_runs(),
                                             roi=self.roi_setting, roi_frames=self.roi_frames,
-                                            threshold=self.threshold, background=self.background)
+                                            threshold=self.threshold, background=self.background,
+                                            register=self.register)
 
     def serve(self, stop_when: Any = None) -> None:
         """Run until `stop_when()` is true or `stopped` is set, then close."""

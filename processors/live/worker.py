@@ -56,9 +56,9 @@ def encode_state(acc: MomentAccumulator | None, header: dict[str, Any]) -> list[
     """`[b"state", header, *sums]` (sums in STATE_KEYS order; none for a map never seen)."""
     if acc is None:
         return [STATE, P.pack(dict(header, keys=[]))]
-    state = acc.state()
-    header = dict(header, keys=[[k, str(state[k].dtype), list(state[k].shape)] for k in STATE_KEYS])
-    return [STATE, P.pack(header)] + [np.ascontiguousarray(state[k]) for k in STATE_KEYS]
+    state = acc.state()           # STATE_KEYS, and the scans' eta of an eta-scan accumulator
+    header = dict(header, keys=[[k, str(v.dtype), list(v.shape)] for k, v in state.items()])
+    return [STATE, P.pack(header)] + [np.ascontiguousarray(v) for v in state.values()]
 
 
 def decode_state(parts: list[Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

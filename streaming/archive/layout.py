@@ -43,8 +43,12 @@ ATTR_TRIGGER = "trigger"
 MAPS = "maps"
 MAPS_REQUIRED = ("d_spacing", "tilt_altitude", "tilt_azimuth", "intensity", "peak_width", "q", "mask", "mean_q")
 MAPS_UNITS = {"d_spacing": "angstrom", "tilt_altitude": "deg", "tilt_azimuth": "deg", "intensity": "counts",
-              "peak_width": "1/angstrom", "q": "1/angstrom", "mean_q": "1/angstrom"}
+              "peak_width": "1/angstrom", "q": "1/angstrom", "mean_q": "1/angstrom",
+              "eta_shifts": "map pixel", "eta_scans": "deg"}
 MAPS_FRAMES = "frames"                  # frames per pixel (optional)
+#: optional, when the eta scans of the map were registered: each scan's eta (n,) and the (dy, dx)
+#: drift (n, 2) it was moved back by before the scans were added (attribute `register`: the method)
+MAPS_ETA_SCANS, MAPS_ETA_SHIFTS = "eta_scans", "eta_shifts"
 MAPS_BAD_FRAMES = "bad_frames"          # corrupt frames skipped by `opmon process --skip-bad-frames`
 MAPS_FOUND_BAD_PIXELS = "found_bad_pixels"  # (n, 2) detector pixels found hot/dead from the data (masked)
 ATTR_BACKGROUND = "background_rate"

@@ -27,6 +27,7 @@ def test_a_user_file_overrides_only_what_it_names(tmp_path):
     ("[ports]\nframes_live = \"x\"\n", "ports.frames_live: expected int"),
     ("[ports]\nframes_live = 70000\n", "not a TCP port"),
     ("[live]\nworkers = 0\n", "live.workers"),
+    ("[live]\nregister = \"sideways\"\n", "live.register"),
     ("ports = 3\n", "expected a table"),
     ("[ports\n", "not valid TOML"),
 ])

@@ -1,0 +1,276 @@
+"""Moments summed per eta scan, so the scans of a drifting sample can be registered before they add up.
+
+A map is taken one eta (rocking angle) at a time, over minutes each, and the sample creeps in
+between: map pixel m of eta scan i saw the particle at m − shift[i]. `EtaScanAccumulator` is a
+`MomentAccumulator` whose sums have one slot per eta scan (frames are told apart by their eta),
+so at the end each scan's background-corrected moments are moved back by its shift (bilinear,
+photons conserved: `registration.resample`) and only then added into the map's moments. Pixels
+of the reference frame that some scan with signal never measured (it drifted off the grid there)
+are masked. Partial maps (`finalize(partial=True)`, the live previews) add the scans unmoved.
+
+Shifts are found from the scans' intensity maps (`registration.register_eta_scans`), given per
+scan (`ManualShifts`, e.g. a TOML file as XSOCS lets users edit its shifts), or switched off.
+The state carries the scans' eta values (``scan_eta``) beside the usual sums, so accumulators
+that met the scans in different orders (fan-out workers, Dask tasks) still merge.
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from opmon.errors import ConfigError, MapIndexError, OpmonError
+from opmon.processors.accumulate import STATE_KEYS, MomentAccumulator
+from opmon.processors.maps import MapResult, derive_maps
+from opmon.processors.registration import coverage, register_eta_scans, resample
+
+F64 = npt.NDArray[np.float64]
+
+ETA_DECIMALS = 5          # frames whose eta agrees to 1e-5 deg belong to one eta scan
+COVERED = 0.999           # a pixel is kept only if the scans covering it hold this share of Σ I
+SCAN_ETA = "scan_eta"     # state key: eta (deg) of each scan slot
+
+
+@dataclass(frozen=True)
+class ManualShifts:
+    """Shifts (dy, dx) in map pixels given per eta scan, in increasing eta, and where they came from."""
+
+    shifts: F64
+    source: str
+    eta: F64 | None = None    # the scans' eta values, when given: checked against the map's
+
+    def describe(self) -> str:
+        return f"manual ({self.source})"
+
+
+Registration = Literal["auto", "off"] | ManualShifts
+
+
+def read_shifts_file(path: str | Path) -> ManualShifts:
+    """A TOML file of shifts per eta scan: ``shifts = [[dy, dx], ...]`` in map pixels, one per eta
+    scan in increasing eta (optionally ``eta = [...]``, deg, checked against the map's scans).
+
+    Raises
+    ------
+    ConfigError
+        naming the file and what is wrong (missing, not TOML, wrong shape, not finite).
+    """
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"--register {p}: no such file (give auto, off or a TOML file of shifts)") from exc
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--register {p}: not a readable TOML file ({exc})") from exc
+    try:
+        shifts = np.asarray(data["shifts"], dtype=np.float64)
+    except KeyError as exc:
+        raise ConfigError(f"--register {p}: no 'shifts' key (shifts = [[dy, dx], ...], map pixels, one per eta scan)") from exc
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"--register {p}: 'shifts' must be a list of [dy, dx] number pairs") from exc
+    if shifts.ndim != 2 or shifts.shape[1] != 2 or shifts.shape[0] < 1 or not np.isfinite(shifts).all():
+        raise ConfigError(f"--register {p}: 'shifts' must be a non-empty list of finite [dy, dx] pairs, "
+                          f"got shape {shifts.shape}")
+    eta = None
+    if "eta" in data:
+        try:
+            eta = np.asarray(data["eta"], dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"--register {p}: 'eta' must be a list of numbers (deg)") from exc
+        if eta.shape[0] != shifts.shape[0]:
+            raise ConfigError(f"--register {p}: {eta.shape[0]} eta values for {shifts.shape[0]} shifts")
+    return ManualShifts(shifts, str(p), eta)
+
+
+def parse_registration(value: str) -> Registration:
+    """`auto`, `off`, or the path of a TOML file of shifts (`read_shifts_file`)."""
+    if value in ("auto", "off"):
+        return value  # type: ignore[return-value]
+    return read_shifts_file(value)
+
+
+def check_manual_shifts(registration: Registration, eta: npt.ArrayLike, label: str) -> None:
+    """Before any frame is read: given shifts must be one per eta scan of the map (and match its eta values).
+
+    Raises
+    ------
+    ConfigError
+        naming the file, the map and the counts.
+    """
+    if not isinstance(registration, ManualShifts):
+        return
+    scans = np.unique(np.round(np.asarray(eta, dtype=np.float64), ETA_DECIMALS))
+    if registration.shifts.shape[0] != scans.size:
+        raise ConfigError(f"--register {registration.source}: {registration.shifts.shape[0]} shifts for the "
+                          f"{scans.size} eta scans of {label} (one [dy, dx] per eta scan, in increasing eta)")
+    if registration.eta is not None and not np.allclose(np.sort(registration.eta), scans, atol=5 * 10.0 ** -ETA_DECIMALS):
+        raise ConfigError(f"--register {registration.source}: its eta values do not match the eta scans of {label} "
+                          f"({scans[0]:.5f}..{scans[-1]:.5f} deg)")
+
+
+def add_states(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Two accumulators' states added (per-scan states matched by their scans' eta), without an accumulator."""
+    if SCAN_ETA not in a and SCAN_ETA not in b:
+        return {key: a[key] + b[key] for key in STATE_KEYS}
+    if SCAN_ETA not in a or SCAN_ETA not in b:
+        raise OpmonError("cannot add a per-eta-scan state to a plain one")
+    ea, eb = (np.round(np.asarray(s[SCAN_ETA], dtype=np.float64), ETA_DECIMALS) for s in (a, b))
+    if ea.size == 0 or eb.size == 0:
+        return {key: np.array(value) for key, value in (b if ea.size == 0 else a).items()}
+    n_pixels = a["sum_i"].shape[0] // ea.size
+    eta = np.unique(np.concatenate([ea, eb]))
+    out: dict[str, np.ndarray] = {SCAN_ETA: eta}
+    for key in STATE_KEYS:
+        tail = a[key].shape[1:]
+        total = np.zeros((eta.size, n_pixels) + tail, dtype=a[key].dtype)
+        for e, s in ((ea, a), (eb, b)):
+            total[np.searchsorted(eta, e)] += s[key].reshape((e.size, n_pixels) + tail)
+        out[key] = total.reshape((eta.size * n_pixels,) + tail)
+    return out
+
+
+def describe(registration: Registration) -> str:
+    """How the eta scans were registered, for the maps' attributes."""
+    return registration.describe() if isinstance(registration, ManualShifts) else str(registration)
+
+
+class EtaScanAccumulator(MomentAccumulator):
+    """A `MomentAccumulator` with one slot of sums per eta scan; `finalize` registers the scans.
+
+    Takes the options of `MomentAccumulator` plus `registration` ("auto", a `ManualShifts`).
+    """
+
+    def __init__(self, *args: Any, registration: Registration = "auto", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if registration == "off":
+            raise OpmonError("EtaScanAccumulator registers eta scans: use MomentAccumulator when registration is off")
+        self.registration = registration
+        self.n_pixels = self.map_shape[0] * self.map_shape[1]
+        self.scan_eta = np.zeros(0)
+        self._slot_of: dict[float, int] = {}
+        self._resize(0)
+
+    # -- slots ----------------------------------------------------------------------------------
+    def _resize(self, n_slots: int) -> None:
+        """Grow the sums to `n_slots` scans (new scans start at zero)."""
+        for key in STATE_KEYS:
+            old = getattr(self, key)
+            rows = n_slots * self.n_pixels
+            if old.shape[0] == rows:
+                continue
+            new = np.zeros((rows,) + old.shape[1:], dtype=old.dtype)
+            keep = min(rows, old.shape[0]) if n_slots else 0
+            new[:keep] = old[:keep]
+            setattr(self, key, new)
+
+    def _slots(self, eta: npt.ArrayLike) -> npt.NDArray[np.int64]:
+        """The scan slot of each eta, new scans added."""
+        keys = np.round(np.asarray(eta, dtype=np.float64).reshape(-1), ETA_DECIMALS)
+        unique, inverse = np.unique(keys, return_inverse=True)
+        slots = np.empty(unique.size, dtype=np.int64)
+        new = [float(k) for k in unique if float(k) not in self._slot_of]
+        if new:
+            for k in new:
+                self._slot_of[k] = len(self._slot_of)
+            self.scan_eta = np.array(list(self._slot_of), dtype=np.float64)
+            self._resize(len(self._slot_of))
+        for j, k in enumerate(unique):
+            slots[j] = self._slot_of[float(k)]
+        return slots[inverse.reshape(-1)]
+
+    def _check_index(self, index: npt.NDArray[np.int64]) -> None:
+        bad = (index < 0) | (index >= self.n_pixels)
+        if bad.any():
+            raise MapIndexError(f"map index {int(index[np.argmax(bad)])} outside 0..{self.n_pixels - 1} of map {self.map_shape}")
+
+    # -- frames ---------------------------------------------------------------------------------
+    def process_frame(self, frame: npt.NDArray[Any], map_index: int, eta: float, phi: float, nu: float, delta: float) -> None:
+        """Add one frame to map pixel `map_index` of its eta scan."""
+        self._check_index(np.array([int(map_index)]))
+        if not np.isfinite(eta):
+            raise OpmonError(f"non-finite angle among eta/phi/nu/delta = {eta}, {phi}, {nu}, {delta}")
+        slot = self._slot_of.get(float(np.round(eta, ETA_DECIMALS)))   # the per-frame path: one dict look-up
+        if slot is None:
+            slot = int(self._slots([eta])[0])
+        super().process_frame(frame, slot * self.n_pixels + int(map_index), eta, phi, nu, delta)
+
+    def process_block(self, frames: npt.NDArray[Any], map_index: npt.ArrayLike, eta: npt.ArrayLike,
+                      phi: npt.ArrayLike, nu: npt.ArrayLike, delta: npt.ArrayLike) -> None:
+        """Add a block of frames, each to its map pixel of its eta scan."""
+        index = np.asarray(map_index, dtype=np.int64).reshape(-1)
+        if frames.ndim != 3 or index.shape != (frames.shape[0],):
+            super().process_block(frames, map_index, eta, phi, nu, delta)   # raises, naming the shapes
+            return
+        etas = np.broadcast_to(np.asarray(eta, dtype=np.float64), index.shape)
+        self._check_index(index)
+        if not np.isfinite(etas).all():
+            raise OpmonError("non-finite angle among the frames' eta/phi/nu/delta")
+        super().process_block(frames, self._slots(etas) * self.n_pixels + index, etas, phi, nu, delta)
+
+    # -- state ----------------------------------------------------------------------------------
+    def state(self) -> dict[str, np.ndarray]:
+        """The sums of every scan slot, and each slot's eta (`SCAN_ETA`)."""
+        return {**super().state(), SCAN_ETA: self.scan_eta.copy()}
+
+    def load_state(self, state: dict[str, np.ndarray], add: bool = True) -> None:
+        """Add (or replace with) another accumulator's sums, scan by scan (matched by eta)."""
+        if SCAN_ETA not in state:
+            raise OpmonError("state without per-scan sums (scan_eta) cannot load into an eta-scan accumulator")
+        theirs_eta = np.asarray(state[SCAN_ETA], dtype=np.float64).reshape(-1)
+        if not add:
+            self.reset()
+            self.scan_eta, self._slot_of = np.zeros(0), {}
+            self._resize(0)
+        slots = self._slots(theirs_eta) if theirs_eta.size else np.zeros(0, dtype=np.int64)
+        n = theirs_eta.size
+        for key in STATE_KEYS:
+            mine = getattr(self, key)
+            theirs = np.asarray(state[key])
+            if theirs.shape != (n * self.n_pixels,) + mine.shape[1:]:
+                raise OpmonError(f"state {key!r} has shape {theirs.shape}, expected {(n * self.n_pixels,) + mine.shape[1:]}")
+            view = mine.reshape((-1, self.n_pixels) + mine.shape[1:])
+            view[slots] += theirs.reshape((n, self.n_pixels) + mine.shape[1:])
+
+    # -- results --------------------------------------------------------------------------------
+    def finalize(self, partial: bool = False) -> MapResult:
+        """The map: scans registered and added (final), or added as they are (partial)."""
+        ny, nx = self.map_shape
+        n = self.scan_eta.size
+        rate = self.background_rate()
+        s0, s1, s2 = (a.reshape((n, ny, nx) + a.shape[1:]) for a in self.corrected_sums(rate))
+        frames = self.n_frames.reshape(n, ny, nx).sum(axis=0) if n else np.zeros((ny, nx), dtype=np.int64)
+        order = np.argsort(self.scan_eta)
+        if partial or n == 0:   # the scans added as they are
+            return derive_maps(s0.sum(axis=0), s1.sum(axis=0), s2.sum(axis=0), frames, background=rate,
+                               require_signal=not partial)
+        shifts = self._shifts(s0[order])
+        t0, t1, t2 = np.zeros((ny, nx)), np.zeros((ny, nx, 3)), np.zeros((ny, nx, 3, 3))
+        for rank, slot in enumerate(order):
+            t0 += resample(s0[slot], shifts[rank])
+            t1 += resample(s1[slot], shifts[rank])
+            t2 += resample(s2[slot], shifts[rank])
+        weights = np.clip(s0[order].sum(axis=(1, 2)), 0.0, None)
+        covered = coverage((ny, nx), shifts, weights) >= COVERED
+        result = derive_maps(t0, t1, t2, frames, background=rate)
+        lost = (~covered) & (result.mask > 0)
+        if lost.any():
+            result.mask = np.where(covered, result.mask, 0).astype(np.uint8)
+            for name in ("d_spacing", "tilt_altitude", "tilt_azimuth", "peak_width"):
+                setattr(result, name, np.where(covered, getattr(result, name), np.nan))
+            result.q = np.where(covered[..., None], result.q, np.nan)
+        result.eta_scans = self.scan_eta[order].copy()
+        result.eta_shifts = shifts
+        return result
+
+    def _shifts(self, stack: F64) -> F64:
+        """(n, 2) shifts of the scans (in increasing eta) from the data or as given."""
+        reg = self.registration
+        if isinstance(reg, ManualShifts):
+            check_manual_shifts(reg, self.scan_eta, f"map {self.map_shape}")
+            return np.asarray(reg.shifts, dtype=np.float64).copy()
+        return register_eta_scans(stack)
