@@ -23,7 +23,7 @@ from opmon.acquisition.mapping import CellMonitor, FlyScan, MapGrid, acquire_map
 from opmon.acquisition.motion import Diffractometer, PiezoStage
 from opmon.acquisition.potentiostat import HIGH_IMPEDANCE, CellCommand, Potentiostat
 from opmon.acquisition.triggers import AnyOf, CellReading, MapRequests, Region, TriggerRule
-from opmon.errors import ConfigError
+from opmon.errors import ConfigError, OpmonError
 
 
 @dataclass
@@ -35,6 +35,7 @@ class AcquiredMap:
     start: CellReading
     frames: int = 0
     region: Region | None = None
+    offset_um: tuple[float, float] = (0.0, 0.0)   # the scan region's shift from the run's grid (x, y)
 
 
 @dataclass
@@ -55,6 +56,7 @@ class SeriesResult:
     maps: list[AcquiredMap] = field(default_factory=list)
     steps: list[StepRecord] = field(default_factory=list)
     end_reason: str = ""
+    origin_um: tuple[float, float] = (0.0, 0.0)   # the grid's origin in the start document
 
 
 def set_cell(potentiostat: Potentiostat, command: CellCommand) -> MsgGenerator[None]:
@@ -72,14 +74,33 @@ def _take_map(result: SeriesResult, reason: str, start: CellReading, detector: S
               diffractometer: Diffractometer, potentiostat: Potentiostat, grid: MapGrid, etas: Sequence[float],
               order: str, region: Region | None, monitor: CellMonitor,
               readings: list[CellReading] | None = None, fly: FlyScan | None = None) -> MsgGenerator[AcquiredMap]:
-    record = AcquiredMap(map_number=len(result.maps), reason=reason, start=start, region=region)
+    record = AcquiredMap(map_number=len(result.maps), reason=reason, start=start, region=region,
+                         offset_um=(grid.origin_um[0] - result.origin_um[0], grid.origin_um[1] - result.origin_um[1]))
     result.maps.append(record)
     yield from bps.mv(detector.map_number, record.map_number, detector.map_trigger, reason)
     # the map's number, its reason and the cell at its start, as their own stream (not a child read)
     yield from bps.trigger_and_read([potentiostat, detector.map_number, detector.map_trigger], name="maps")
     record.frames = yield from acquire_map(detector, stage, diffractometer, grid, etas, map_number=record.map_number,
                                           order=order, region=region, monitor=monitor, readings=readings, fly=fly)
+    yield from bps.mv(detector.map_done, record.map_number)   # the map ends in the stream now: final maps follow
     return record
+
+
+def _moved_grid(steering: SteeringLog, stage: PiezoStage, diffractometer: Diffractometer, grid: MapGrid,
+                etas: Sequence[float], order: str, offset: tuple[float, float],
+                asked: tuple[tuple[float, float], str]) -> MsgGenerator[tuple[float, float]]:
+    """Apply a requested region shift if every point of the moved grid is within the stage's
+    travel; either way the decision and its reason go to the `steering` stream. Returns the
+    shift in force."""
+    new, why = asked
+    try:
+        check_map(stage, diffractometer, grid.shifted(new), etas, order)
+    except OpmonError as exc:
+        yield from record(steering, "map offset refused", f"{why}; refused: {exc}", offset_um=list(new),
+                          kept_um=list(offset))
+        return offset
+    yield from record(steering, "map offset", why, offset_um=list(new), previous_um=list(offset))
+    return new
 
 
 def _record_notes(steering: SteeringLog, requests: MapRequests) -> MsgGenerator[None]:
@@ -104,7 +125,8 @@ def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractomete
         PeriodicTrigger, RestTrigger. Rules see every potentiostat reading, during maps too.
     charge : command applied at the start (e.g. galvanostatic C/15 with a cut-off); None
         leaves the cell as it is.
-    requests : mailbox for on-demand maps, new rules and a new map region mid-run.
+    requests : mailbox for on-demand maps, new rules, a new map region and a shift of the scan
+        region in µm (drift re-centring; refused, with its reason, if it leaves the stage's travel) mid-run.
     max_maps, max_cell_time_s : end the series after this many maps / this cell time (s).
     stop_at_rest : end when a galvanostatic `charge` has reached its cut-off.
     poll_s : wall seconds between potentiostat polls while waiting for a trigger.
@@ -133,9 +155,10 @@ def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractomete
 
     def series() -> MsgGenerator[SeriesResult]:
         nonlocal rule, region
+        offset = (0.0, 0.0)                 # the scan region's shift from `grid` (drift re-centring)
         yield from ensure_connected(steering)
         uid = yield from bps.open_run(meta)
-        result = SeriesResult(uid=uid)
+        result = SeriesResult(uid=uid, origin_um=grid.origin_um)
         yield from bps.mv(detector.run_uid, uid, detector.map_ny, grid.shape[0], detector.map_nx, grid.shape[1])
         if charge is not None:
             yield from set_cell(potentiostat, charge)
@@ -153,6 +176,9 @@ def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractomete
                 if new_region != "unchanged":
                     region = new_region  # type: ignore[assignment]
                     yield from record(steering, "map region", "steering request", region=region)
+                shift = requests.take_offset()
+                if shift is not None:
+                    offset = yield from _moved_grid(steering, stage, diffractometer, grid, etas, order, offset, shift)
                 while (asked := requests.take_map()) is not None:
                     pending.append(asked)
             reason = rule.update(reading)
@@ -161,9 +187,9 @@ def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractomete
             if pending:
                 readings: list[CellReading] = []
                 yield from record(steering, "map", "; ".join(pending), map=len(result.maps), voltage_v=reading.voltage,
-                                  region=region)
+                                  region=region, offset_um=list(offset))
                 yield from _take_map(result, "; ".join(pending), reading, detector, stage, diffractometer,
-                                     potentiostat, grid, etas, order, region, monitor, readings, fly)
+                                     potentiostat, grid.shifted(offset), etas, order, region, monitor, readings, fly)
                 # readings taken during the map reach the rule now, in order
                 pending = [why for why in (rule.update(seen) for seen in readings) if why]
             if max_maps is not None and len(result.maps) >= max_maps:

@@ -8,6 +8,7 @@ rule or narrows the map region for the rest of a running `operando_series`.
 """
 from __future__ import annotations
 
+import math
 import threading
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -187,6 +188,7 @@ class MapRequests:
         self._region: Region | None | str = "unchanged"
         self._finish = False
         self._notes: deque[tuple[str, str]] = deque()
+        self._offset: tuple[tuple[float, float], str] | None = None
         self.log: list[str] = []
 
     def map_now(self, reason: str = "on demand") -> None:
@@ -210,6 +212,15 @@ class MapRequests:
             region = (r0, r1, c0, c1)
         with self._lock:
             self._region = region
+
+    def set_offset(self, offset_um: tuple[float, float], reason: str) -> None:
+        """Move the scan region by (dx, dy) µm from the run's grid (not from its last place) from the
+        next map on, for `reason` (drift re-centring, a user's override)."""
+        dx, dy = (float(v) for v in offset_um)
+        if not (math.isfinite(dx) and math.isfinite(dy)):
+            raise ConfigError(f"region shift ({dx}, {dy}) µm: must be finite numbers")
+        with self._lock:
+            self._offset = ((dx, dy), str(reason))
 
     def note(self, decision: str, reason: str) -> None:
         """A decision taken outside the plan (a pause and why), for its `steering` stream."""
@@ -241,6 +252,12 @@ class MapRequests:
         with self._lock:
             region, self._region = self._region, "unchanged"
             return region
+
+    def take_offset(self) -> tuple[tuple[float, float], str] | None:
+        """The new region shift (dx, dy) µm and why, or None when unchanged."""
+        with self._lock:
+            offset, self._offset = self._offset, None
+            return offset
 
     @property
     def finishing(self) -> bool:

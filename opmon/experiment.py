@@ -15,6 +15,7 @@ from typing import Any
 
 import zmq
 from bluesky import RunEngine
+from bluesky.preprocessors import SupplementalData
 from bluesky.utils import RequestAbort
 
 from opmon.acquisition import (AnyOf, CellCommand, MapRequests, PeriodicTrigger, PlateauTrigger, PublisherSink, TriggerRule,
@@ -22,6 +23,7 @@ from opmon.acquisition import (AnyOf, CellCommand, MapRequests, PeriodicTrigger,
 from opmon.archive_watch import ArchiverWatch
 from opmon.onset_watch import OnsetWatch
 from opmon.dose_watch import DoseWatch
+from opmon.recentre_watch import RecentreWatch
 from opmon.config import Config
 from opmon.errors import ConfigError
 from opmon.simulators.beamline import BeamlineConfig, SimulatedBeamline
@@ -75,13 +77,17 @@ class ExperimentPlan:
     max_maps: int | None = None
     seed: int = 0
     on_onset: str = "none"        # "map-now": an extra map when the live processor flags an onset
+    map_step_um: float = 0.1      # the map grid's step (piezo)
+    stage_drift_um: float = 0.0   # simulated sample creep between maps, at most this many µm (0: none)
+    recentre: str = "off"         # "auto": shift the scan region after each map to keep the particle centred
+    recentre_max_step_um: float = 2.0  # largest region move per map (µm)
     onset_cooldown_s: float = 30.0  # wall seconds between such extra maps
     # the paper's detector window: only the phase consumed on the current plateau is seen, so
     # transformed regions vanish and the integrated intensity per map fades (Supp. Fig. 10)
     window: str = "one-phase"
 
     def setup(self) -> SxdmSetup:
-        return SxdmSetup(map_shape=self.map_shape, n_angles=self.n_angles, roi=self.roi)
+        return SxdmSetup(map_shape=self.map_shape, n_angles=self.n_angles, roi=self.roi, map_step_um=self.map_step_um)
 
     def dose_metadata(self) -> dict[str, Any]:
         """What each frame delivers, for the live dose map (start metadata ``dose``)."""
@@ -129,7 +135,10 @@ class AcquisitionService:
         self.RE.subscribe(self.documents)
         self.RE.subscribe(self.sink)
         self.beamline = SimulatedBeamline(BeamlineConfig(setup=plan.setup(), acceleration=plan.acceleration,
-                                                         seed=plan.seed, window=plan.window), sink=self.sink)
+                                                         seed=plan.seed, window=plan.window,
+                                                         stage_drift_um=plan.stage_drift_um), sink=self.sink)
+        if plan.stage_drift_um > 0:   # the simulated creep's truth, as a monitored stream of the run
+            self.RE.preprocessors.append(SupplementalData(monitors=[self.beamline.drift_truth.offset_um]))
         self.requests = MapRequests()
         self.steering = RunEngineSteering(self.RE, self.requests, make_rule)
         self.control = ControlServer(config.endpoint("control"), self.token, self.steering)
@@ -138,6 +147,10 @@ class AcquisitionService:
                             if plan.on_onset == "map-now" else None)
         self.dose_watch = (DoseWatch(config.endpoint("display_live"), self.control.endpoint, self.token, plan.dose_limit)
                            if plan.dose_limit is not None else None)       # pauses at the dose limit
+        self.recentre_watch = (RecentreWatch(config.endpoint("display_live"), self.control.endpoint, self.token,
+                                             plan.recentre_max_step_um) if plan.recentre == "auto" else None)
+        if self.recentre_watch is not None:         # reads the grid and each map's region shift from the documents
+            self.RE.subscribe(self.recentre_watch.on_document)
         self._stop = threading.Event()
         self._status_thread = threading.Thread(target=self._publish_status, name="opmon-acq-status", daemon=True)
 
@@ -162,6 +175,8 @@ class AcquisitionService:
             self.onset_watch.start()
         if self.dose_watch is not None:
             self.dose_watch.start()
+        if self.recentre_watch is not None:
+            self.recentre_watch.start()
         self._status_thread.start()
         started = time.monotonic()
         try:
@@ -182,6 +197,8 @@ class AcquisitionService:
         self.control.close()
         if self.dose_watch is not None:
             self.dose_watch.close()
+        if self.recentre_watch is not None:
+            self.recentre_watch.close()
         self.archive_watch.close()
         if self.onset_watch is not None:
             self.onset_watch.close()

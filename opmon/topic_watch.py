@@ -1,5 +1,6 @@
 """A SUB socket on one topic of a display channel, read by a daemon thread: the shared loop of
-the acquisition's watchers (`ArchiverWatch`: disk full, `DoseWatch`: the dose limit)."""
+the acquisition's watchers (`ArchiverWatch`: disk full, `DoseWatch`: the dose limit, `RecentreWatch`:
+drift re-centring, which reads the map's arrays too)."""
 from __future__ import annotations
 
 import threading
@@ -29,6 +30,10 @@ class TopicWatch:
     def on_header(self, header: Any) -> None:
         raise NotImplementedError
 
+    def on_message(self, header: Any, buffers: list[Any]) -> None:
+        """The header with the message's buffers (a map's arrays); most watchers need the header only."""
+        self.on_header(header)
+
     def _run(self) -> None:
         sock = self._ctx.socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
@@ -43,7 +48,7 @@ class TopicWatch:
                     header = unpack(parts[1]) if len(parts) >= 2 and parts[0] == self.topic else None
                 except Exception:           # a garbled message is skipped, never fatal
                     continue
-                self.on_header(header)
+                self.on_message(header, parts[2:])
         finally:
             sock.close(0)
 

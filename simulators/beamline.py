@@ -28,6 +28,7 @@ from opmon.simulators.cell import CellConfig, CellSimulator, SimClock
 from opmon.simulators.crystal import ParticleModel
 from opmon.simulators.instrument import SxdmSetup
 from opmon.simulators.render import FrameRenderer
+from opmon.simulators.stage_drift import StageDrift, StageDriftTruth
 from opmon.simulators.trajectory import SimPiezoTrajectory
 
 
@@ -78,6 +79,9 @@ class SimFrameSource:
         self.frame_shape = tuple(renderer.setup.frame_shape)
         self.dtype = str(renderer.dtype)
         self._x: float | None = None
+        #: where the particle has crept in the piezo frame since map 0, (x, y) µm (`stage_drift`)
+        self.particle_offset_um = (0.0, 0.0)
+        self._shift = (0.0, 0.0)
 
     def detector_mask(self) -> npt.NDArray[np.uint8] | None:
         return self.renderer.detector_mask
@@ -88,8 +92,23 @@ class SimFrameSource:
             self.particle.set_charge_state(x, self.cycles)
             self._x = x
 
+    def follow_stage(self, map_index: int, positions: Mapping[str, float]) -> None:
+        """Render what the beam hits at the piezo's (x, y): the particle is modelled on the grid of
+        map pixels at 0 µm; a scan region moved off that grid, or a particle that crept, shifts
+        which part of it each map pixel sees (in map pixels, so the renderer's `set_drift`)."""
+        setup = self.renderer.setup
+        step = setup.map_step_um
+        row, col = divmod(int(map_index), setup.map_shape[1])     # as `SxdmSetup.map_positions_um`
+        x, y = positions.get("x", col * step), positions.get("y", row * step)
+        shift = (round((self.particle_offset_um[1] - (y - row * step)) / step, 6),
+                 round((self.particle_offset_um[0] - (x - col * step)) / step, 6))
+        if shift != self._shift:
+            self.renderer.set_drift(*shift)
+            self._shift = shift
+
     def frame(self, map_index: int, positions: Mapping[str, float]) -> tuple[npt.NDArray[Any], dict[str, Any]]:
         self.follow_cell()
+        self.follow_stage(map_index, positions)
         frame = self.renderer.frame(map_index, positions["eta"], positions["phi"], positions["nu"], positions["delta"])
         return frame, {"cell_time": self.cell.time, "x_li": self.cell.x}
 
@@ -112,6 +131,7 @@ class BeamlineConfig:
     window: str = "all"  # "one-phase": the detector sees only the phase consumed on this plateau (the paper)
     cycles: float = 0.0
     seed: int = 0
+    stage_drift_um: float = 0.0  # the particle creeps by up to this much (µm) between maps (`stage_drift`); 0: never
 
 
 class SimulatedBeamline:
@@ -145,14 +165,30 @@ class SimulatedBeamline:
                                     pixel_size_m=(s.pixel_size_m, s.pixel_size_m), beam_center=s.frame_beam_center)
         self.detector = SxdmDetector(self.source, self.sink, geometry, positioners, name="detector",
                                      trigger_input=self.trigger_cable)
+        self.stage_drift = StageDrift(config.stage_drift_um, seed=config.seed)
+        self.drift_truth = StageDriftTruth(name="stage_drift")   # the truth, for the run's documents
+        self._map_seen: int | None = None
+        self.maps_started = 0
         if not in_bluesky_loop_running():
             raise ConfigError("SimulatedBeamline: create the RunEngine first; devices connect and the cell "
                               "clock ticks on the bluesky event loop")
         call_in_bluesky_event_loop(self._connect(), timeout=30.0)
 
     async def _connect(self) -> None:
-        await asyncio.gather(*(d.connect() for d in self.devices))
+        await asyncio.gather(*(d.connect() for d in (*self.devices, self.drift_truth)))
+        if self.config.stage_drift_um > 0:
+            self.detector.map_number.subscribe_reading(self._on_map_number)
         self.clock.start()
+
+    def _on_map_number(self, reading: Mapping[str, Any]) -> None:
+        """A new map starts (the plan sets the detector's map number): the particle has crept on."""
+        (value,) = (int(r["value"]) for r in reading.values())
+        if self._map_seen is not None and value != self._map_seen:
+            self.maps_started += 1
+        self._map_seen = value
+        x, y = self.stage_drift.position(self.maps_started)
+        self.source.particle_offset_um = (x, y)
+        self.drift_truth.show(x, y)
 
     @property
     def devices(self) -> tuple[Potentiostat, PiezoStage, Diffractometer, SxdmDetector]:

@@ -24,7 +24,7 @@ from opmon.streaming.protocol import VERSION
 log = logging.getLogger(__name__)
 
 #: Commands that change the run; each needs the token.
-STEERING_COMMANDS = ("pause", "resume", "abort", "stop", "start_map", "set_trigger", "set_region")
+STEERING_COMMANDS = ("pause", "resume", "abort", "stop", "start_map", "set_trigger", "set_region", "shift_region")
 #: Commands anyone may send.
 READ_COMMANDS = ("status",)
 #: Every command of the control channel (docs/protocol.md): the one table server and client check.
@@ -47,6 +47,7 @@ class Steerable(Protocol):
     def start_map(self) -> dict[str, Any]: ...
     def set_trigger(self, **rule: Any) -> dict[str, Any]: ...
     def set_region(self, **region: Any) -> dict[str, Any]: ...
+    def shift_region(self, **shift: Any) -> dict[str, Any]: ...
     def status(self) -> dict[str, Any]: ...
 
 
