@@ -176,8 +176,7 @@ def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractomete
                 if new_region != "unchanged":
                     region = new_region  # type: ignore[assignment]
                     yield from record(steering, "map region", "steering request", region=region)
-                shift = requests.take_offset()
-                if shift is not None:
+                for shift in requests.take_offsets():
                     offset = yield from _moved_grid(steering, stage, diffractometer, grid, etas, order, offset, shift)
                 while (asked := requests.take_map()) is not None:
                     pending.append(asked)

@@ -177,7 +177,7 @@ Region = tuple[int, int, int, int]
 class MapRequests:
     """Thread-safe mailbox from steering to a running `operando_series`.
 
-    Another thread calls `map_now`, `set_rule`, `set_region` or `finish`; the plan drains the
+    Another thread calls `map_now`, `set_rule`, `set_region`, `set_offset` or `finish`; the plan drains the
     box between frames and at every poll, so changes apply for the rest of the run.
     """
 
@@ -188,7 +188,7 @@ class MapRequests:
         self._region: Region | None | str = "unchanged"
         self._finish = False
         self._notes: deque[tuple[str, str]] = deque()
-        self._offset: tuple[tuple[float, float], str] | None = None
+        self._offsets: deque[tuple[tuple[float, float], str]] = deque()
         self.log: list[str] = []
 
     def map_now(self, reason: str = "on demand") -> None:
@@ -220,7 +220,7 @@ class MapRequests:
         if not (math.isfinite(dx) and math.isfinite(dy)):
             raise ConfigError(f"region shift ({dx}, {dy}) µm: must be finite numbers")
         with self._lock:
-            self._offset = ((dx, dy), str(reason))
+            self._offsets.append(((dx, dy), str(reason)))
 
     def note(self, decision: str, reason: str) -> None:
         """A decision taken outside the plan (a pause and why), for its `steering` stream."""
@@ -253,11 +253,11 @@ class MapRequests:
             region, self._region = self._region, "unchanged"
             return region
 
-    def take_offset(self) -> tuple[tuple[float, float], str] | None:
-        """The new region shift (dx, dy) µm and why, or None when unchanged."""
+    def take_offsets(self) -> list[tuple[tuple[float, float], str]]:
+        """The region shifts (dx, dy) µm asked since the last look and why, in order (each is a decision)."""
         with self._lock:
-            offset, self._offset = self._offset, None
-            return offset
+            offsets, self._offsets = list(self._offsets), deque()
+            return offsets
 
     @property
     def finishing(self) -> bool:

@@ -185,10 +185,10 @@ class SimulatedBeamline:
         (value,) = (int(r["value"]) for r in reading.values())
         if self._map_seen is not None and value != self._map_seen:
             self.maps_started += 1
+            x, y = self.stage_drift.position(self.maps_started)
+            self.source.particle_offset_um = (x, y)
+            self.drift_truth.show(x, y)      # one event per map in a monitored stream
         self._map_seen = value
-        x, y = self.stage_drift.position(self.maps_started)
-        self.source.particle_offset_um = (x, y)
-        self.drift_truth.show(x, y)
 
     @property
     def devices(self) -> tuple[Potentiostat, PiezoStage, Diffractometer, SxdmDetector]:

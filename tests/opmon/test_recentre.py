@@ -29,8 +29,8 @@ from opmon.topic_watch import TopicWatch
 from tests.waiting import until
 
 STEP_UM = 0.5                     # 8 x 8 map of 0.5 µm: a 1 µm creep is 2 map pixels
-SETUP = dict(map_shape=(8, 8), n_angles=4, roi=(320, 400, 208, 296), eta_step=0.1, map_step_um=STEP_UM)
-MAPS = 6
+SETUP = dict(map_shape=(8, 8), n_angles=3, roi=(320, 400, 208, 296), eta_step=0.1, map_step_um=STEP_UM)
+MAPS = 5
 TOKEN = "recentre-test"
 
 
@@ -63,7 +63,7 @@ class AfterEachMap:
 
 
 def run_drifting_series(recentre: bool) -> dict[str, Any]:
-    """Six maps with the stage creeping 1 µm per map; returns the truth, the offsets, the final maps."""
+    """Five maps with the stage creeping 1 µm per map; returns the truth, the offsets, the final maps."""
     ctx = zmq.Context()
     RE = RunEngine({}, call_returns_result=True, context_managers=[])
     docs: list[tuple[str, dict]] = []
@@ -127,7 +127,7 @@ def test_stage_drift_is_compensated_so_the_particle_stays_within_two_map_pixels(
     run = run_drifting_series(recentre=True)
     steps = np.hypot(*np.diff(run["drift"], axis=0).T)
     assert steps.max() <= 1.0 and steps.min() >= 0.8            # the stage creeps by up to 1 µm per map
-    assert np.hypot(*(run["drift"][-1] - run["drift"][0])) > 4.0   # 4+ µm = 8+ map pixels over the run
+    assert np.hypot(*(run["drift"][-1] - run["drift"][0])) > 3.0   # 3+ µm = 6+ map pixels over the run
     moved = particle_px(run)
     assert moved.max() <= 2.0, moved                              # truth: within 2 map pixels of map 0
     seen = register([run["finals"][k] for k in range(1, MAPS)], run["finals"][0])
@@ -135,12 +135,28 @@ def test_stage_drift_is_compensated_so_the_particle_stays_within_two_map_pixels(
     shifts = [d for d in run["decisions"] if d["decision"] == "map offset"]
     assert len(shifts) >= MAPS - 2 and all("drift re-centring" in d["reason"] for d in shifts)
     assert all(np.hypot(*np.subtract(b["offset_um"], b["previous_um"])) <= 1.5 + 1e-9 for b in shifts)  # step limit
-    assert len(run["truth_docs"]) >= 1       # the creep's truth is in the run's documents (monitored stream)
+    assert np.allclose(run["truth_docs"], run["drift"])   # the creep's truth, one event per map in the documents
 
 
 @pytest.mark.timeout(180)
 def test_without_recentring_the_drifting_particle_leaves_its_place():
     run = run_drifting_series(recentre=False)
     moved = particle_px(run)
-    assert moved[-1] > 6.0, moved            # 3 µm and more: off the 8 x 8 map's middle
+    assert moved[-1] > 5.0, moved            # 3 µm and more: far off the 8 x 8 map's middle
     assert not any(d["decision"] == "map offset" for d in run["decisions"])
+
+
+def test_demo_options_choose_recentring_and_refuse_bad_values():
+    from opmon.cli import build_parser
+    from opmon.demo import plan_from_args
+    from opmon.errors import ConfigError
+
+    parse = build_parser().parse_args
+    plan = plan_from_args(parse(["demo", "--recentre", "auto", "--recentre-max-step-um", "0.8", "--stage-drift-um", "1",
+                                 "--map-step-um", "0.5"]))
+    assert (plan.recentre, plan.recentre_max_step_um, plan.stage_drift_um, plan.setup().map_step_um) == ("auto", 0.8, 1.0, 0.5)
+    assert plan_from_args(parse(["demo"])).recentre == "off"
+    for bad, option in [(["--recentre-max-step-um", "0"], "--recentre-max-step-um"), (["--stage-drift-um", "-1"], "--stage-drift-um"),
+                        (["--map-step-um", "nan"], "--map-step-um")]:
+        with pytest.raises(ConfigError, match=option):
+            plan_from_args(parse(["demo", *bad]))
