@@ -115,7 +115,7 @@ class DriftTracker:
         limited = size > self.max_step_um
         if limited:
             move = (move[0] * self.max_step_um / size, move[1] * self.max_step_um / size)
-        offset = (float(current_offset_um[0]) + move[0], float(current_offset_um[1]) + move[1])
+        offset = (round(float(current_offset_um[0]) + move[0], 4), round(float(current_offset_um[1]) + move[1], 4))
         dy, dx = last.displacement_px or (0.0, 0.0)
         reason = (f"drift re-centring: on map {last.map_number} the particle is at ({last.particle_um[0]:+.2f}, "
                   f"{last.particle_um[1]:+.2f}) µm from map {first.map_number} (moved ({dx:+.2f}, {dy:+.2f}) px "
