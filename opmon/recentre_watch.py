@@ -151,7 +151,8 @@ class RecentreWatch(TopicWatch):
                 log.info("re-centring: map %d of run %s holds no intensity to register; skipped", number, run_uid)
                 return
             self.positions.setdefault(run_uid, []).append(found)
-            proposal = run.tracker.proposal(run.in_force)
+            started = max(run.map_offsets)          # a map taken back to back may have begun already
+            proposal = run.tracker.proposal(run.in_force, next_map=started + 1)
         if proposal is None:
             return
         try:

@@ -11,7 +11,8 @@ piezo frame than its map pixels say, so the particle's position in the piezo fra
 with particle[0] = 0. To put the particle back on its first map's pixels the next map's region
 must be shifted to ``offset[0] + particle[next]``; the creep of a drifting stage goes on in
 the same direction, so the next position is predicted from the last two (constant velocity per
-map). The move is limited to ``max_step_um`` per map, and moves under a quarter of a map pixel
+map), as many maps ahead as the shift will come into force (one, or two when the next map
+began before this one was registered). The move is limited to ``max_step_um`` per map, and moves under a quarter of a map pixel
 are not made (they would only chase registration noise).
 """
 from __future__ import annotations
@@ -88,22 +89,28 @@ class DriftTracker:
         self._previous = image
         return found
 
-    def predicted_um(self) -> XY | None:
-        """Where the particle will be for the next map (x, y) µm, relative to the first map."""
+    def predicted_um(self, maps_ahead: int = 1) -> XY | None:
+        """Where the particle will be `maps_ahead` maps after the last one registered, (x, y) µm
+        relative to the first map."""
         if not self.positions:
             return None
         last = self.positions[-1]
         if not self.predict or len(self.positions) < 2:
             return last.particle_um
         before = self.positions[-2]
-        maps = max(1, last.map_number - before.map_number)
-        return (last.particle_um[0] + (last.particle_um[0] - before.particle_um[0]) / maps,
-                last.particle_um[1] + (last.particle_um[1] - before.particle_um[1]) / maps)
+        per_map = max(1, maps_ahead) / max(1, last.map_number - before.map_number)
+        return (last.particle_um[0] + (last.particle_um[0] - before.particle_um[0]) * per_map,
+                last.particle_um[1] + (last.particle_um[1] - before.particle_um[1]) * per_map)
 
-    def proposal(self, current_offset_um: XY) -> Recentre | None:
-        """The region shift that puts the particle back on its first map's pixels, from
-        `current_offset_um` (the shift in force) by at most `max_step_um`; None: no move needed."""
-        ahead = self.predicted_um()
+    def proposal(self, current_offset_um: XY, next_map: int | None = None) -> Recentre | None:
+        """The region shift that puts the particle back on its first map's pixels for map
+        `next_map` (default: the one after the last registered; later when maps are taken back to
+        back and the next has begun), from `current_offset_um` (the shift in force) by at most
+        `max_step_um`; None: no move needed."""
+        if not self.positions:
+            return None
+        maps_ahead = 1 if next_map is None else max(1, next_map - self.positions[-1].map_number)
+        ahead = self.predicted_um(maps_ahead)
         if ahead is None or len(self.positions) < 2:
             return None
         first, last = self.positions[0], self.positions[-1]
@@ -120,7 +127,8 @@ class DriftTracker:
         reason = (f"drift re-centring: on map {last.map_number} the particle is at ({last.particle_um[0]:+.2f}, "
                   f"{last.particle_um[1]:+.2f}) µm from map {first.map_number} (moved ({dx:+.2f}, {dy:+.2f}) px "
                   f"against map {self.positions[-2].map_number})"
-                  + (f", expected at ({ahead[0]:+.2f}, {ahead[1]:+.2f}) µm next" if self.predict else "")
+                  + (f", expected at ({ahead[0]:+.2f}, {ahead[1]:+.2f}) µm by map {last.map_number + maps_ahead}"
+                     if self.predict else "")
                   + f"; region shifted to ({offset[0]:+.2f}, {offset[1]:+.2f}) µm"
                   + (f" (step limited to {self.max_step_um:g} µm)" if limited else ""))
         return Recentre(offset, reason, limited)

@@ -58,6 +58,8 @@ def test_tracker_follows_the_particle_through_region_shifts_and_predicts_the_cre
             continue
         assert np.allclose(proposal.offset_um, (k + 1) * creep, atol=0.08), (k, proposal)  # next map's place
         assert "drift re-centring" in proposal.reason and not proposal.limited
+        late = tracker.proposal(tuple(offset), next_map=k + 2)   # map k + 1 began before map k was registered
+        assert np.allclose(late.offset_um, (k + 2) * creep, atol=0.1), (k, late)
         offset = np.array(proposal.offset_um)
 
 
