@@ -138,13 +138,26 @@ class FrameRecorder:
         self.num = 1
         self.seq = 0
         self._run: str | None = None
+        self._watching_map_done = False
 
     async def _positions(self) -> dict[str, float]:
         values = await asyncio.gather(*(sig.get_value() for sig in self.positioners.values()))
         return {k: float(v) for k, v in zip(self.positioners, values)}
 
+    def _on_map_done(self, reading: Mapping[str, Reading]) -> None:
+        """The plan saved the last frame of map `map_done`: end it in the sink now (the live
+        processor makes its final map and the archiver completes it at once, not when the next
+        map starts or the detector unstages, which may be an hour later)."""
+        (number,) = (int(r["value"]) for r in reading.values())
+        if number >= 0 and self.current is not None and self.current.key[1] == number:
+            self.sink.close()
+            self.current = None
+
     async def _ensure_map(self, run_uid: str, map_number: int) -> _Resource:
         key = (run_uid, map_number)
+        if not self._watching_map_done:       # on the event loop, the signal connected
+            self.det.map_done.subscribe_reading(self._on_map_done)
+            self._watching_map_done = True
         if self.current is None or self.current.key != key:
             self.sink.close()
             ny, nx, trigger = await asyncio.gather(self.det.map_ny.get_value(), self.det.map_nx.get_value(),
@@ -381,6 +394,7 @@ class SxdmDetector(StandardDetector):
         self.map_ny = soft_signal_rw(int, 1)
         self.map_nx = soft_signal_rw(int, 1)
         self.map_trigger = soft_signal_rw(str, "")  # why the current map was taken (plans set it)
+        self.map_done = soft_signal_rw(int, -1)     # plans set a map's number once its last frame is saved
         self.energy_ev, _ = soft_signal_r_and_setter(float, geometry.energy_ev, units="eV")
         self.distance_m, _ = soft_signal_r_and_setter(float, geometry.distance_m, units="m")
         self.pixel_size_row_m, _ = soft_signal_r_and_setter(float, geometry.pixel_size_m[0], units="m")

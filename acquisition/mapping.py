@@ -41,6 +41,12 @@ class MapGrid:
         if len(self.shape) != 2 or min(self.shape) < 1 or self.step_um <= 0:
             raise ConfigError(f"MapGrid shape={self.shape}, step_um={self.step_um}: need two positive sizes and a positive step")
 
+    def shifted(self, offset_um: tuple[float, float]) -> MapGrid:
+        """The same raster moved by `offset_um` = (dx, dy): map pixel (r, c) keeps its index and
+        lands (dx, dy) µm further, so maps of a moved region line up pixel for pixel."""
+        dx, dy = (float(v) for v in offset_um)
+        return MapGrid(self.shape, self.step_um, (self.origin_um[0] + dx, self.origin_um[1] + dy))
+
     def points(self, region: Region | None = None) -> list[tuple[int, float, float]]:
         """Row-major (map_index, x_um, y_um) of the grid points inside `region` (r0, r1, c0, c1)."""
         ny, nx = self.shape

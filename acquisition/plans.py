@@ -26,7 +26,7 @@ from opmon.acquisition.steering_requests import RequestReader, SteeringRequests
 from opmon.acquisition.survey import FrameTotal, PhaseTracking, track_phase
 from opmon.acquisition.triggers import (AnyOf, CellReading, ForAWhile, Region, TriggerRule, rule_from_values,
                                         rule_values)
-from opmon.errors import ConfigError, LimitError
+from opmon.errors import ConfigError, LimitError, OpmonError
 
 
 @dataclass
@@ -38,6 +38,7 @@ class AcquiredMap:
     start: CellReading
     frames: int = 0
     region: Region | None = None
+    offset_um: tuple[float, float] = (0.0, 0.0)   # the scan region's shift from the run's grid (x, y)
 
 
 @dataclass
@@ -58,6 +59,7 @@ class SeriesResult:
     maps: list[AcquiredMap] = field(default_factory=list)
     steps: list[StepRecord] = field(default_factory=list)
     end_reason: str = ""
+    origin_um: tuple[float, float] = (0.0, 0.0)   # the grid's origin in the start document
 
 
 def set_cell(potentiostat: Potentiostat, command: CellCommand) -> MsgGenerator[None]:
@@ -75,13 +77,15 @@ def _take_map(result: SeriesResult, reason: str, start: CellReading, detector: S
               diffractometer: Diffractometer, potentiostat: Potentiostat, grid: MapGrid, etas: Sequence[float],
               order: str, region: Region | None, monitor: CellMonitor,
               readings: list[CellReading] | None = None, fly: FlyScan | None = None) -> MsgGenerator[AcquiredMap]:
-    record = AcquiredMap(map_number=len(result.maps), reason=reason, start=start, region=region)
+    record = AcquiredMap(map_number=len(result.maps), reason=reason, start=start, region=region,
+                         offset_um=(grid.origin_um[0] - result.origin_um[0], grid.origin_um[1] - result.origin_um[1]))
     result.maps.append(record)
     yield from bps.mv(detector.map_number, record.map_number, detector.map_trigger, reason)
     # the map's number, its reason and the cell at its start, as their own stream (not a child read)
     yield from bps.trigger_and_read([potentiostat, detector.map_number, detector.map_trigger], name="maps")
     record.frames = yield from acquire_map(detector, stage, diffractometer, grid, etas, map_number=record.map_number,
                                           order=order, region=region, monitor=monitor, readings=readings, fly=fly)
+    yield from bps.mv(detector.map_done, record.map_number)   # the map ends in the stream now: final maps follow
     return record
 
 
@@ -120,6 +124,23 @@ def _undo_region(region: Region | None) -> list[dict[str, Any]]:
     window = {} if region is None else dict(zip(("r0", "r1", "c0", "c1"), region))
     return [action("Undo: restore the previous region", "set_region", reason="undo: previous map region restored",
                    **window)]
+def _moved_grid(steering: SteeringLog, stage: PiezoStage, diffractometer: Diffractometer, grid: MapGrid,
+                etas: Sequence[float], order: str, offset: tuple[float, float],
+                asked: tuple[tuple[float, float], str]) -> MsgGenerator[tuple[float, float]]:
+    """Apply a requested region shift if every point of the moved grid is within the stage's
+    travel; either way the decision and its reason go to the `steering` stream. Returns the
+    shift in force."""
+    new, why = asked
+    try:
+        check_map(stage, diffractometer, grid.shifted(new), etas, order)
+    except OpmonError as exc:
+        yield from record(steering, "map offset refused", f"{why}; refused: {exc}", offset_um=list(new),
+                          kept_um=list(offset))
+        return offset
+    yield from record(steering, "map offset", why, offset_um=list(new), previous_um=list(offset))
+    return new
+
+
 
 
 def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractometer: Diffractometer,
@@ -141,6 +162,8 @@ def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractomete
     requests : steering soft signals read between frames: on-demand maps, a new rule or map region
         mid-run, finish, and decisions taken outside the plan; each change is recorded with its
         reason and the action that would undo it in the `steering` stream.
+        A shift of the scan region in µm (drift re-centring) is refused, with its reason, if it
+        leaves the stage's travel.
     max_maps, max_cell_time_s : end the series after this many maps / this cell time (s).
     stop_at_rest : end when a galvanostatic `charge` has reached its cut-off.
     poll_s : wall seconds between potentiostat polls while waiting for a trigger.
@@ -176,8 +199,9 @@ def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractomete
         yield from ensure_connected(steering, *([requests] if requests is not None else []),
                                     *([counter] if counter is not None else []))
         reader = RequestReader(requests) if requests is not None else None
+        offset = (0.0, 0.0)                 # the scan region's shift from `grid` (drift re-centring)
         uid = yield from bps.open_run(meta)
-        result = SeriesResult(uid=uid)
+        result = SeriesResult(uid=uid, origin_um=grid.origin_um)
         yield from bps.mv(detector.run_uid, uid, detector.map_ny, grid.shape[0], detector.map_nx, grid.shape[1])
         if charge is not None:
             yield from set_cell(potentiostat, charge)
@@ -216,6 +240,8 @@ def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractomete
                         undo = _undo_region(region)
                         region = asked.region  # type: ignore[assignment]
                         yield from record(steering, "map region", asked.region_reason, undo, region=region)
+                for shift in asked.offsets:
+                    offset = yield from _moved_grid(steering, stage, diffractometer, grid, etas, order, offset, shift)
                 pending.extend(asked.maps)
             if phase is not None and counter is not None:
                 etas = yield from track_phase(phase, steering, counter, detector, stage, diffractometer, grid, etas)
@@ -225,9 +251,9 @@ def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractomete
             if pending:
                 readings: list[CellReading] = []
                 yield from record(steering, "map", "; ".join(pending), map=len(result.maps), voltage_v=reading.voltage,
-                                  region=region)
+                                  region=region, offset_um=list(offset))
                 yield from _take_map(result, "; ".join(pending), reading, detector, stage, diffractometer,
-                                     potentiostat, grid, etas, order, region, monitor, readings, fly)
+                                     potentiostat, grid.shifted(offset), etas, order, region, monitor, readings, fly)
                 # readings taken during the map reach the rule now, in order
                 pending = [why for why in (rule.update(seen) for seen in readings) if why]
             if max_maps is not None and len(result.maps) >= max_maps:

@@ -55,6 +55,8 @@ class RunEngineSteering:
         #: automatic actions by name ("onset", "dose"): False once overridden from the dashboard
         self.automatic: dict[str, bool] = {}
         self._switch_lock = threading.Lock()
+        #: A user's region shift (x, y) µm holds until cleared: automatic re-centring is refused meanwhile.
+        self.manual_shift: tuple[float, float] | None = None
 
     def allows(self, name: str) -> bool:
         """May the automatic action `name` act (not switched off with `set_automatic`)?"""
@@ -152,11 +154,45 @@ class RunEngineSteering:
             self.requests.note("override", reason or f"{name} actions {'enabled' if enabled else 'disabled'}")
         return {"automatic": {name: enabled}}
 
+    def shift_region(self, dx_um: float | None = None, dy_um: float | None = None, by: str = "user",
+                     reason: str = "") -> dict[str, Any]:
+        """Move the scan region by (dx, dy) µm from the run's grid, from the next map on.
+
+        ``by="auto"`` is drift re-centring (`opmon.recentre_watch`): refused while a user's shift
+        holds. ``by="user"`` with a shift overrides re-centring until the user clears it;
+        without one it clears the override and puts the region back on the run's grid.
+        """
+        requests = self._need_requests("shift_region")
+        if by not in ("user", "auto"):
+            raise ControlCommandError(f"shift_region: by={by!r}, expected 'user' or 'auto'")
+        given = [v for v in (dx_um, dy_um) if v is not None]
+        if len(given) == 1:
+            raise ControlCommandError(f"shift_region: give both dx_um and dy_um (got dx_um={dx_um}, dy_um={dy_um})")
+        if by == "auto":
+            if not given:
+                raise ControlCommandError("shift_region by auto: needs dx_um and dy_um")
+            if self.manual_shift is not None:
+                raise ControlCommandError(f"shift_region: the user's shift {list(self.manual_shift)} µm holds; "
+                                          "clear it (shift_region without a shift) to let re-centring move the region")
+            offset = (float(dx_um), float(dy_um))  # type: ignore[arg-type]
+            requests.set_offset(offset, reason or "automatic re-centring")
+        elif given:
+            offset = (float(dx_um), float(dy_um))  # type: ignore[arg-type]
+            requests.set_offset(offset, f"user override: {reason}" if reason else "user override")
+            self.manual_shift = offset
+        else:
+            offset = (0.0, 0.0)
+            requests.set_offset(offset, f"user cleared the region shift: {reason}" if reason
+                                else "user cleared the region shift")
+            self.manual_shift = None
+        return {"shift_um": list(offset), "by": by, "manual": self.manual_shift is not None}
+
     def status(self) -> dict[str, Any]:
         with self._switch_lock:
             switches = dict(self.automatic)
         return {"state": str(self.RE.state), "exit_status": self.exit_status, "pause_reason": self.pause_reason,
-                "paused_by": self.paused_by, "paused_at": self.paused_at, "automatic": switches}
+                "paused_by": self.paused_by, "paused_at": self.paused_at, "automatic": switches,
+                "manual_shift_um": None if self.manual_shift is None else list(self.manual_shift)}
 
     def _need_requests(self, command: str) -> Any:
         if self.requests is None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import bluesky.plan_stubs as bps
+import numpy as np
 from bluesky.run_engine import get_bluesky_event_loop
 from bluesky.utils import MsgGenerator
 from ophyd_async.core import SignalRW, StandardReadable, soft_signal_rw
@@ -35,7 +36,7 @@ SET_TIMEOUT_S = 5.0
 
 
 SIGNALS = ("map_requests", "map_reason", "rule", "rule_changes", "region", "region_changes", "grid", "grid_changes",
-           "finish_requests",
+           "offsets", "offset_changes", "finish_requests",
            "finish_reason", "notes", "note_count", "changes")
 
 
@@ -56,6 +57,8 @@ class SteeringRequests(StandardReadable):
             self.region_changes = soft_signal_rw(int, 0)
             self.grid = soft_signal_rw(str, "")              # {"grid": {shape, step_um, origin_um}, "reason"}
             self.grid_changes = soft_signal_rw(int, 0)
+            self.offsets = soft_signal_rw(str, "[]")         # [[n, dx, dy, reason], ...]: the region's shifts, newest last
+            self.offset_changes = soft_signal_rw(int, 0)
             self.finish_requests = soft_signal_rw(int, 0)
             self.finish_reason = soft_signal_rw(str, "")
             self.notes = soft_signal_rw(str, "[]")           # [[n, decision, reason], ...] newest last
@@ -103,6 +106,18 @@ class SteeringRequests(StandardReadable):
                               "reason": str(reason)})
         self._change([(self.grid, payload)], self.grid_changes)
 
+    def set_offset(self, offset_um: tuple[float, float], reason: str) -> None:
+        """Move the scan region by (dx, dy) µm from the run's grid (not from its last place) from the
+        next map on, for `reason` (drift re-centring, a user's override). Each is its own decision:
+        they queue (a journal, like `note`), so a later refused shift cannot hide an earlier one."""
+        try:
+            dx, dy = (float(v) for v in offset_um)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"region shift {offset_um!r}: (dx, dy) µm expected: {exc}") from None
+        if not (np.isfinite(dx) and np.isfinite(dy)):
+            raise ConfigError(f"region shift ({dx}, {dy}) µm: must be finite numbers")
+        self._change([], self.offset_changes, journal=[dx, dy, str(reason)], journal_signal=self.offsets)
+
     def finish(self, reason: str = "finish requested") -> None:
         """End the series cleanly after the current map."""
         self._change([(self.finish_reason, str(reason))], self.finish_requests)
@@ -128,7 +143,7 @@ class SteeringRequests(StandardReadable):
         return loop
 
     def _change(self, sets: list[tuple[SignalRW, Any]], counter: SignalRW,
-                journal: list[str] | None = None) -> None:
+                journal: list[Any] | None = None, journal_signal: SignalRW | None = None) -> None:
         async def apply() -> None:
             if self._lock is None:
                 self._lock = asyncio.Lock()
@@ -140,9 +155,10 @@ class SteeringRequests(StandardReadable):
                 await signal.set(value)
             count = await counter.get_value() + 1
             if journal is not None:
-                entries = json.loads(await self.notes.get_value())
+                kept = journal_signal if journal_signal is not None else self.notes
+                entries = json.loads(await kept.get_value())
                 entries = (entries + [[count, *journal]])[-JOURNAL:]
-                await self.notes.set(json.dumps(entries))
+                await kept.set(json.dumps(entries))
             await counter.set(count)
             await self.changes.set(await self.changes.get_value() + 1)
 
@@ -171,6 +187,7 @@ class RequestChanges:
     region_reason: str = ""
     grid: dict[str, Any] | None = None          # shape, step_um, origin_um
     grid_reason: str = ""
+    offsets: list[tuple[tuple[float, float], str]] = field(default_factory=list)  # region shifts (dx, dy) µm, why
     finish: str | None = None
     notes: list[tuple[str, str]] = field(default_factory=list)
 
@@ -184,7 +201,8 @@ class RequestReader:
         # same device acted on
         seen = requests.plan_seen
         self.seen = dict(seen) if seen is not None else {"changes": 0, "map": 0, "rule": 0, "region": 0,
-                                                         "grid": 0, "finish": 0, "note": 0}
+                                                         "grid": 0, "offset": 0, "finish": 0,
+                                                         "note": 0}
         self.finishing: str | None = None
 
     def finish_asked(self) -> MsgGenerator[str | None]:
@@ -227,6 +245,10 @@ class RequestReader:
             out.region_reason = region["reason"]
         if (grid := newly_asked("grid", r.grid_changes, r.grid)) is not None:
             out.grid, out.grid_reason = grid["grid"], grid["reason"]
+        for n, dx, dy, why in json.loads(value(r.offsets)):
+            if n > self.seen["offset"]:
+                out.offsets.append(((float(dx), float(dy)), str(why)))
+        self.seen["offset"] = max(self.seen["offset"], int(value(r.offset_changes)))
         if int(value(r.finish_requests)) > self.seen["finish"]:
             self.seen["finish"] = int(value(r.finish_requests))
             self.finishing = out.finish = str(value(r.finish_reason))

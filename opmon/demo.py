@@ -410,6 +410,12 @@ def run_demo(config: Config, plan: ExperimentPlan, *, headless: bool, workers: i
     return summary
 
 
+def _positive(value: float, option: str) -> float:
+    if not (np.isfinite(value) and value > 0):
+        raise ConfigError(f"{option} {value}: must be a positive number of µm")
+    return float(value)
+
+
 def plan_from_args(args: Any) -> ExperimentPlan:
     plan = ExperimentPlan()
     if args.maps_at:
@@ -434,6 +440,13 @@ def plan_from_args(args: Any) -> ExperimentPlan:
         raise ConfigError(f"--dose-limit {dose_limit}: must be a positive number of photons")
     plan.dose_limit = dose_limit
     plan.dose_action = getattr(args, "dose_action", "pause")
+    plan.map_step_um = _positive(getattr(args, "map_step_um", plan.map_step_um), "--map-step-um")
+    plan.stage_drift_um = getattr(args, "stage_drift_um", 0.0)
+    if not plan.stage_drift_um >= 0:
+        raise ConfigError(f"--stage-drift-um {plan.stage_drift_um}: must be >= 0 µm")
+    plan.recentre = getattr(args, "recentre", "off")
+    plan.recentre_max_step_um = _positive(getattr(args, "recentre_max_step_um", plan.recentre_max_step_um),
+                                          "--recentre-max-step-um")
     plan.order = args.order or ("eta-outer" if args.fly else "point-outer")
     return plan
 

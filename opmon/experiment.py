@@ -15,6 +15,7 @@ from typing import Any
 
 import zmq
 from bluesky import RunEngine
+from bluesky.preprocessors import SupplementalData
 from bluesky.utils import RequestAbort
 
 from opmon.acquisition import CellCommand, PublisherSink, SteeringRequests, operando_series, rule_from_values
@@ -25,6 +26,7 @@ from opmon.dose_watch import DoseWatch
 from opmon.phase_watch import PhaseWatch
 from opmon.processors.phase import locate_reflection
 from opmon.acquisition.survey import PhaseTracking
+from opmon.recentre_watch import RecentreWatch
 from opmon.config import Config
 from opmon.simulators.beamline import BeamlineConfig, SimulatedBeamline
 from opmon.acquisition.cell_state import CellMode
@@ -78,6 +80,10 @@ class ExperimentPlan:
     max_maps: int | None = None
     seed: int = 0
     on_onset: str = "none"        # map-now, shorter-period:S or finer-map when the live processor flags an onset
+    map_step_um: float = 0.1      # the map grid's step (piezo)
+    stage_drift_um: float = 0.0   # simulated sample creep between maps, at most this many µm (0: none)
+    recentre: str = "off"         # "auto": shift the scan region after each map to keep the particle centred
+    recentre_max_step_um: float = 2.0  # largest region move per map (µm)
     onset_cooldown_s: float = 30.0  # wall seconds between such extra maps
     # the paper's detector window: only the phase consumed on the current plateau is seen, so
     # transformed regions vanish and the integrated intensity per map fades (Supp. Fig. 10)
@@ -88,8 +94,10 @@ class ExperimentPlan:
 
     def setup(self) -> SxdmSetup:
         if self.phase_tracking != "off":
-            return phase_setup(self.map_shape, self.n_angles)
-        return SxdmSetup(map_shape=self.map_shape, n_angles=self.n_angles, roi=self.roi)
+            setup = phase_setup(self.map_shape, self.n_angles)
+            setup.map_step_um = self.map_step_um
+            return setup
+        return SxdmSetup(map_shape=self.map_shape, n_angles=self.n_angles, roi=self.roi, map_step_um=self.map_step_um)
 
     def dose_metadata(self) -> dict[str, Any]:
         """What each frame delivers, for the live dose map (start metadata ``dose``)."""
@@ -145,8 +153,10 @@ class AcquisitionService:
         self.RE.subscribe(self.sink)
         tracking = plan.phase_tracking != "off"
         self.beamline = SimulatedBeamline(BeamlineConfig(setup=plan.setup(), acceleration=plan.acceleration,
-                                                         seed=plan.seed, window="all" if tracking else plan.window),
-                                          sink=self.sink)
+                                                         seed=plan.seed, window="all" if tracking else plan.window,
+                                                         stage_drift_um=plan.stage_drift_um), sink=self.sink)
+        if plan.stage_drift_um > 0:   # the simulated creep's truth, as a monitored stream of the run
+            self.RE.preprocessors.append(SupplementalData(monitors=[self.beamline.drift_truth.offset_um]))
         self.requests = SteeringRequests(loop=self.RE.loop)
         self.tracking = (PhaseTracking(phase_candidates(), locate_reflection, plan.phase_tracking)
                          if tracking else None)
@@ -164,6 +174,10 @@ class AcquisitionService:
                            if plan.dose_limit is not None else None)       # acts at the dose limit
         self.phase_watch = (PhaseWatch(config.endpoint("display_live"), self.tracking.requests)
                             if self.tracking is not None else None)      # a survey when the reflection fades
+        self.recentre_watch = (RecentreWatch(config.endpoint("display_live"), self.control.endpoint, self.token,
+                                             plan.recentre_max_step_um) if plan.recentre == "auto" else None)
+        if self.recentre_watch is not None:         # reads the grid and each map's region shift from the documents
+            self.RE.subscribe(self.recentre_watch.on_document)
         self._stop = threading.Event()
         self._status_thread = threading.Thread(target=self._publish_status, name="opmon-acq-status", daemon=True)
 
@@ -195,6 +209,8 @@ class AcquisitionService:
             self.dose_watch.start()
         if self.phase_watch is not None:
             self.phase_watch.start()
+        if self.recentre_watch is not None:
+            self.recentre_watch.start()
         self._status_thread.start()
         started = time.monotonic()
         try:
@@ -215,6 +231,8 @@ class AcquisitionService:
         self.control.close()
         if self.dose_watch is not None:
             self.dose_watch.close()
+        if self.recentre_watch is not None:
+            self.recentre_watch.close()
         self.archive_watch.close()
         if self.onset_watch is not None:
             self.onset_watch.close()

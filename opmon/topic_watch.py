@@ -1,5 +1,6 @@
 """A SUB socket on one topic of a display channel, read by a daemon thread: the shared loop of
-the acquisition's watchers (`ArchiverWatch`: disk full, `DoseWatch`: the dose limit)."""
+the acquisition's watchers (`ArchiverWatch`: disk full, `DoseWatch`: the dose limit, `RecentreWatch`:
+drift re-centring, which reads the map's arrays too)."""
 from __future__ import annotations
 
 import threading

@@ -1,11 +1,14 @@
 """Sub-pixel registration of intensity maps: how far the sample moved between two images of it.
 
 `register` is the one public primitive (used for the eta scans of a map, and for maps against
-each other): scikit-image's `phase_cross_correlation` (upsampled DFT, Guizar-Sicairos 2008) on
+each other: `opmon.processors.drift_tracker`): scikit-image's `phase_cross_correlation` (upsampled DFT, Guizar-Sicairos 2008) on
 images made comparable first (negative values clipped, each scaled to unit sum, so a scan that
 sees less of the rocking curve weighs the same). Shifts are *displacements*, (dy, dx) in map
 pixels: an image that shows the reference's content moved by +1 row gets (1, 0), the sign of
-the simulator's truth (`/entry/truth/drift`).
+the simulator's truth (`/entry/truth/drift`). With ``pad=True`` the images are zero-padded to
+twice their size first: a small map (8-60 pixels a side) that the particle fills would otherwise
+correlate the particle's edge with the opposite edge through the FFT's wrap-around (median error
+0.05 instead of 0.19 map pixel on simulated 8 x 8 maps, maps to maps).
 
 `register_eta_scans` finds the drift between the eta scans of one map: each scan against the
 Σ I-weighted sum of all scans moved back by the shifts found so far, for a few rounds (XSOCS
@@ -30,6 +33,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from opmon.errors import ConfigError
+
 F64 = npt.NDArray[np.float64]
 
 UPSAMPLE = 50          # 1/50 map pixel: well below the 0.2 pixel the maps need
@@ -47,7 +52,18 @@ def comparable(image: npt.ArrayLike) -> F64:
     return a / total if total > 0 else a
 
 
-def register(images: npt.ArrayLike, reference: npt.ArrayLike, upsample: int = UPSAMPLE) -> F64:
+def _padded(image: F64) -> F64:
+    out = np.zeros((2 * image.shape[0], 2 * image.shape[1]))
+    out[: image.shape[0], : image.shape[1]] = image
+    return out
+
+
+def has_intensity(image: npt.ArrayLike) -> bool:
+    """Does the map hold anything to register (finite, positive Σ I somewhere)?"""
+    return bool(comparable(image).sum() > 0)
+
+
+def register(images: npt.ArrayLike, reference: npt.ArrayLike, upsample: int = UPSAMPLE, pad: bool = False) -> F64:
     """Displacement (dy, dx), map pixels, of each image relative to `reference`, sub-pixel.
 
     Parameters
@@ -55,6 +71,7 @@ def register(images: npt.ArrayLike, reference: npt.ArrayLike, upsample: int = UP
     images : (n, ny, nx) or one (ny, nx) intensity map (e.g. Σ I per map pixel).
     reference : (ny, nx) the image the shifts are measured from.
     upsample : sub-pixel precision is 1/upsample pixel.
+    pad : zero-pad to twice the size first (no wrap-around; for maps the particle fills).
 
     Returns
     -------
@@ -67,14 +84,16 @@ def register(images: npt.ArrayLike, reference: npt.ArrayLike, upsample: int = UP
     stack = stack[None] if one else stack
     ref = comparable(reference)
     if stack.ndim != 3 or stack.shape[1:] != ref.shape:
-        raise ValueError(f"images of shape {stack.shape[1:] if stack.ndim == 3 else stack.shape} do not match "
+        raise ConfigError(f"registration: images of shape {stack.shape[1:] if stack.ndim == 3 else stack.shape} do not match "
                          f"the reference's {ref.shape}")
     from skimage.registration import phase_cross_correlation   # scipy.fft and skimage: 0.26 s, only when registering
 
     shifts = np.zeros((stack.shape[0], 2))
+    if pad:
+        ref = _padded(ref)
     if ref.sum() > 0:
         for k, image in enumerate(stack):
-            moving = comparable(image)
+            moving = _padded(comparable(image)) if pad else comparable(image)
             if moving.sum() > 0:
                 found, _, _ = phase_cross_correlation(ref, moving, upsample_factor=upsample, normalization=None)
                 shifts[k] = -np.asarray(found, dtype=np.float64)  # skimage: the shift that undoes the move

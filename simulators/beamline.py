@@ -29,6 +29,7 @@ from opmon.simulators.cell import CellConfig, CellSimulator, SimClock
 from opmon.simulators.crystal import ParticleModel
 from opmon.simulators.instrument import SxdmSetup
 from opmon.simulators.render import FrameRenderer
+from opmon.simulators.stage_drift import StageDrift, StageDriftTruth
 from opmon.simulators.trajectory import SimPiezoTrajectory
 
 
@@ -82,6 +83,9 @@ class SimFrameSource:
         #: the plan's map shape (the detector's map_ny, map_nx): a grid of another shape than the
         #: setup's (a finer map over the particle) is rendered at the piezo position instead
         self.map_shape = tuple(renderer.setup.map_shape)
+        #: where the particle has crept in the piezo frame since map 0, (x, y) µm (`stage_drift`)
+        self.particle_offset_um = (0.0, 0.0)
+        self._shift = (0.0, 0.0)
 
     def detector_mask(self) -> npt.NDArray[np.uint8] | None:
         return self.renderer.detector_mask
@@ -94,17 +98,36 @@ class SimFrameSource:
 
     def crystal_pixel(self, map_index: int, positions: Mapping[str, float]) -> int:
         """The crystal model's pixel the beam hits: `map_index` on the setup's grid; on another
-        grid, the model's pixel nearest the piezo (x, y) (the model has the setup's step)."""
+        grid, the model's pixel nearest the piezo (x, y) less the particle's creep (the model has
+        the setup's step)."""
         setup = self.renderer.setup
         if self.map_shape == tuple(setup.map_shape) or "x" not in positions or "y" not in positions:
             return int(map_index)
         ny, nx = setup.map_shape
-        row = min(max(int(round(positions["y"] / setup.map_step_um)), 0), ny - 1)
-        col = min(max(int(round(positions["x"] / setup.map_step_um)), 0), nx - 1)
+        row = min(max(int(round((positions["y"] - self.particle_offset_um[1]) / setup.map_step_um)), 0), ny - 1)
+        col = min(max(int(round((positions["x"] - self.particle_offset_um[0]) / setup.map_step_um)), 0), nx - 1)
         return row * nx + col
+
+    def follow_stage(self, map_index: int, positions: Mapping[str, float]) -> None:
+        """Render what the beam hits at the piezo's (x, y): the particle is modelled on the grid of
+        map pixels at 0 µm; a scan region moved off that grid, or a particle that crept, shifts
+        which part of it each map pixel sees (in map pixels, so the renderer's `set_drift`). On a
+        grid of another shape `crystal_pixel` places the beam instead (no shift)."""
+        setup = self.renderer.setup
+        step = setup.map_step_um
+        shift = (0.0, 0.0)
+        if self.map_shape == tuple(setup.map_shape):
+            row, col = divmod(int(map_index), setup.map_shape[1])     # as `SxdmSetup.map_positions_um`
+            x, y = positions.get("x", col * step), positions.get("y", row * step)
+            shift = (round((self.particle_offset_um[1] - (y - row * step)) / step, 6),
+                     round((self.particle_offset_um[0] - (x - col * step)) / step, 6))
+        if shift != self._shift:
+            self.renderer.set_drift(*shift)
+            self._shift = shift
 
     def frame(self, map_index: int, positions: Mapping[str, float]) -> tuple[npt.NDArray[Any], dict[str, Any]]:
         self.follow_cell()
+        self.follow_stage(map_index, positions)
         frame = self.renderer.frame(self.crystal_pixel(map_index, positions), positions["eta"], positions["phi"],
                                     positions["nu"], positions["delta"])
         return frame, {"cell_time": self.cell.time, "x_li": self.cell.x}
@@ -128,6 +151,7 @@ class BeamlineConfig:
     window: str = "all"  # "one-phase": the detector sees only the phase consumed on this plateau (the paper)
     cycles: float = 0.0
     seed: int = 0
+    stage_drift_um: float = 0.0  # the particle creeps by up to this much (µm) between maps (`stage_drift`); 0: never
 
 
 class SimulatedBeamline:
@@ -161,6 +185,10 @@ class SimulatedBeamline:
                                     pixel_size_m=(s.pixel_size_m, s.pixel_size_m), beam_center=s.frame_beam_center)
         self.detector = SxdmDetector(self.source, self.sink, geometry, positioners, name="detector",
                                      trigger_input=self.trigger_cable)
+        self.stage_drift = StageDrift(config.stage_drift_um, seed=config.seed)
+        self.drift_truth = StageDriftTruth(name="stage_drift")   # the truth, for the run's documents
+        self._map_seen: int | None = None
+        self.maps_started = 0
         if not in_bluesky_loop_running():
             raise ConfigError("SimulatedBeamline: create the RunEngine first; devices connect and the cell "
                               "clock ticks on the bluesky event loop")
@@ -168,9 +196,11 @@ class SimulatedBeamline:
         call_in_bluesky_event_loop(self._connect(), timeout=30.0)
 
     async def _connect(self) -> None:
-        await asyncio.gather(*(d.connect() for d in self.devices))
+        await asyncio.gather(*(d.connect() for d in (*self.devices, self.drift_truth)))
         for axis, signal in enumerate((self.detector.map_ny, self.detector.map_nx)):   # a steered grid
             signal.subscribe_reading(functools.partial(self._map_shape, axis))
+        if self.config.stage_drift_um > 0:
+            self.detector.map_number.subscribe_reading(self._on_map_number)
         self.clock.start()
 
     def _map_shape(self, axis: int, reading: Mapping[str, Any]) -> None:
@@ -182,6 +212,16 @@ class SimulatedBeamline:
         shape = list(self.source.map_shape)
         (shape[axis],) = (int(r["value"]) for r in reading.values())
         self.source.map_shape = tuple(shape)
+
+    def _on_map_number(self, reading: Mapping[str, Any]) -> None:
+        """A new map starts (the plan sets the detector's map number): the particle has crept on."""
+        (value,) = (int(r["value"]) for r in reading.values())
+        if self._map_seen is not None and value != self._map_seen:
+            self.maps_started += 1
+            x, y = self.stage_drift.position(self.maps_started)
+            self.source.particle_offset_um = (x, y)
+            self.drift_truth.show(x, y)      # one event per map in a monitored stream
+        self._map_seen = value
 
     @property
     def devices(self) -> tuple[Potentiostat, PiezoStage, Diffractometer, SxdmDetector]:

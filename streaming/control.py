@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 #: Commands that change the run; each needs the token.
 STEERING_COMMANDS = ("pause", "resume", "abort", "stop", "start_map", "set_trigger", "set_region", "set_grid",
-                     "set_automatic", "accept_proposal")
+                     "set_automatic", "accept_proposal", "shift_region")
 #: Commands anyone may send.
 READ_COMMANDS = ("status",)
 #: Every command of the control channel (docs/protocol.md): the one table server and client check.
@@ -51,6 +51,7 @@ class Steerable(Protocol):
     def set_grid(self, shape: list[int], step_um: float, origin_um: list[float], reason: str = "") -> dict[str, Any]: ...
     def set_automatic(self, name: str, enabled: bool, reason: str = "") -> dict[str, Any]: ...
     def accept_proposal(self, proposal: int) -> dict[str, Any]: ...
+    def shift_region(self, **shift: Any) -> dict[str, Any]: ...
     def status(self) -> dict[str, Any]: ...
 
 

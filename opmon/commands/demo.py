@@ -70,6 +70,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="at the dose limit: pause (default), stop (finish the series cleanly after the current map) "
                         "or move (shift the scan region away from the over-dosed positions; pause if the grid "
                         "leaves no room)")
+    p.add_argument("--map-step-um", type=float, default=0.1, metavar="UM", help="map grid step in µm (default 0.1)")
+    p.add_argument("--stage-drift-um", type=float, default=0.0, metavar="UM",
+                   help="simulated sample stage drift: the particle creeps by up to UM µm between maps (default 0)")
+    p.add_argument("--recentre", choices=("off", "auto"), default="off",
+                   help="auto: after each map, register its intensity map onto the previous one and shift the "
+                        "scan region to keep the particle where it was in the first map (recorded with its "
+                        "reason in the run's steering stream; a user's shift_region holds until cleared)")
+    p.add_argument("--recentre-max-step-um", type=float, default=2.0, metavar="UM",
+                   help="largest move of the scan region per map when re-centring (default 2 µm)")
     p.add_argument("--workers", type=int, default=1, help="live processor worker processes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dashboard-port", type=int, default=None,
