@@ -25,6 +25,16 @@ MASK_RULE = (f"masked (grey): Σ I below {MASK_FRACTION:.0%} of the map's bright
 
 F64 = npt.NDArray[np.float64]
 
+#: bits of the per-pixel `flags` map (uint8): why a pixel's values deserve caution, masked or not
+FLAG_EDGE = 1              # the peak is cut by the ROI or the detector edge
+FLAG_LOW_COUNTS = 2        # Σ I below LOW_COUNTS counts: the centre of mass is noisy
+FLAG_ROCKING = 4           # the peak is cut by the rocking range: its centre is pulled inward
+LOW_COUNTS = 100.0         # counts (after background) below which FLAG_LOW_COUNTS is set
+ROCKING_EDGE_STEPS = 1.0   # FLAG_ROCKING: intensity-weighted eta centre within this many steps of an end
+FLAGS_DESCRIPTION = (f"bit field: {FLAG_EDGE} = peak cut by the ROI or detector edge, {FLAG_LOW_COUNTS} = Σ I below "
+                     f"{LOW_COUNTS:g} counts, {FLAG_ROCKING} = peak cut by the rocking range (eta centre within "
+                     f"{ROCKING_EDGE_STEPS:g} step of an end)")
+
 
 @dataclass
 class MapResult:
@@ -40,6 +50,11 @@ class MapResult:
     mean_q: F64
     frames: npt.NDArray[np.int64]
     background: float = 0.0
+    flags: npt.NDArray[np.uint8] | None = None
+
+    def __post_init__(self) -> None:
+        if self.flags is None:      # results and files from before the flags: nothing flagged
+            self.flags = np.zeros(self.d_spacing.shape, dtype=np.uint8)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -64,6 +79,8 @@ class MapResult:
         and missing frames per pixel count as none."""
         known = {k: v for k, v in arrays.items() if k in cls.__dataclass_fields__ and k != "background"}
         known.setdefault("frames", np.zeros(arrays["d_spacing"].shape, dtype=np.int64))
+        if "flags" in known:
+            known["flags"] = np.asarray(known["flags"], dtype=np.uint8)
         return cls(**known, background=float(background))
 
     def maps_arrays(self) -> MapsArrays:
@@ -120,6 +137,30 @@ def derive_maps(sum_i: F64, sum_iq: F64, sum_iqq: F64, frames: npt.NDArray[np.in
         q=q, mask=valid.astype(np.uint8), mean_q=mean_q, frames=np.asarray(frames, dtype=np.int64).reshape(shape),
         background=float(background),
     )
+
+
+def map_flags(sum_i: F64, eta_sum_i: F64, eta_sum: F64, eta_sum2: F64, frames: npt.NDArray[np.int64],
+              low_counts: float = LOW_COUNTS) -> npt.NDArray[np.uint8]:
+    """FLAG_LOW_COUNTS and FLAG_ROCKING of every map pixel with frames.
+
+    A pixel's eta scan is known by additive sums only (Σ η, Σ η², frames n): for n evenly spaced
+    steps its ends are mean ± std·sqrt(3(n−1)/(n+1)) and its step 2·half-range/(n−1). The peak's
+    eta centre is Σ I·η / Σ I (background-subtracted); within ROCKING_EDGE_STEPS steps of an end,
+    the rocking curve is cut there and the centre of mass pulled inward.
+    """
+    n = np.asarray(frames, dtype=np.float64)
+    flags = np.zeros(sum_i.shape, dtype=np.uint8)
+    seen = n > 0
+    flags[seen & ~(sum_i >= low_counts)] |= FLAG_LOW_COUNTS
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = eta_sum / n
+        std = np.sqrt(np.clip(eta_sum2 / n - mean * mean, 0.0, None))
+        half = std * np.sqrt(3.0 * (n - 1.0) / (n + 1.0))
+        step = 2.0 * half / (n - 1.0)
+        centre = eta_sum_i / sum_i
+        near_end = half - np.abs(centre - mean) < ROCKING_EDGE_STEPS * step
+    flags[seen & (n >= 2) & (step > 0) & (sum_i > 0) & near_end] |= FLAG_ROCKING
+    return flags
 
 
 def bright_level(s0: F64, seen: npt.NDArray[np.bool_]) -> float:

@@ -14,7 +14,7 @@ from opmon.errors import OpmonError
 from opmon.streaming.archive.layout import DATA
 from opmon.streaming.archive.safe_writes import check_outputs
 from opmon.figure_paths import figure_paths
-from opmon.processing_options import EXIT_SKIPPED, parse_background, parse_roi
+from opmon.processing_options import EXIT_SKIPPED, background_image, looks_like_file, parse_background, parse_roi
 from opmon.source_options import add_source_arguments, source_options
 
 
@@ -36,9 +36,14 @@ def _run(args: argparse.Namespace) -> int:
     from opmon.numba_start import import_numba_without_blas
     import_numba_without_blas()  # before any kernel loads: opmon's kernels need no BLAS
     from opmon.processors.offline import ProcessOptions, plan_raw, process_plan
-    options = ProcessOptions(roi=parse_roi(args.roi), threshold=args.threshold, background=parse_background(args.background),
-                             despeckle=not args.keep_isolated, skip_bad_frames=args.skip_bad_frames,
-                             find_bad_pixels=not args.file_mask_only)
+    background = parse_background(args.background)
+    options = ProcessOptions(roi=parse_roi(args.roi), threshold=args.threshold,
+                             background=background_image(background) if isinstance(background, str) and looks_like_file(background) else background,
+                             despeckle=args.despeckle, skip_bad_frames=args.skip_bad_frames,
+                             find_bad_pixels=not args.file_mask_only, monitor=not args.no_monitor,
+                             low_counts=args.low_counts, background_source=args.background)
+    if args.low_counts < 0:
+        raise OpmonError(f"--low-counts must be >= 0, got {args.low_counts}")
     if args.threshold < 0:
         raise OpmonError(f"--threshold must be >= 0, got {args.threshold}")
     if args.task_frames is not None and args.task_frames < 1:
@@ -105,9 +110,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_source_arguments(p)
     p.add_argument("--roi", nargs="+", default=None, metavar="R", help="detector ROI: auto (default), full, or r0 r1 c0 c1")
     p.add_argument("--threshold", type=int, default=0, help="ignore pixel counts below this value (default 0)")
-    p.add_argument("--background", default="auto", help="auto (from counts outside the ROI), none, or a rate")
-    p.add_argument("--keep-isolated", action="store_true",
-                   help="keep lone single counts (default: drop them, they are the diffuse background)")
+    p.add_argument("--background", default="auto", metavar="RULE",
+                   help="auto (default: a plane fitted to the counts outside the ROI, subtracted per pixel), flat "
+                        "(one rate from them), none, a rate in counts/pixel/frame, or an image file of counts/pixel/frame "
+                        "(a measured dark/flat: FILE.npy, FILE.h5[:/dataset])")
+    speckle = p.add_mutually_exclusive_group()
+    speckle.add_argument("--despeckle", action="store_true",
+                         help="drop lone single counts before summing (default: keep them; it removes a share of broad "
+                              "peaks' photons and shifts them, while the background image is subtracted in expectation)")
+    speckle.add_argument("--keep-isolated", action="store_true", help="keep lone single counts (the default)")
+    p.add_argument("--no-monitor", action="store_true",
+                   help="do not divide frames by the source's incident-beam monitor (default: divide when it has one)")
+    p.add_argument("--low-counts", type=float, default=100.0, metavar="COUNTS",
+                   help="flag map pixels whose Σ I is below this many counts (default 100; maps/flags bit 2)")
     p.add_argument("--file-mask-only", action="store_true",
                    help="use only the file's detector mask (default: also mask hot/dead pixels found in sampled frames)")
     p.add_argument("--png", nargs="?", const="", default=None, help="also write the summary figure (default: MAPS with .png)")
