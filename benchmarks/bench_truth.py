@@ -12,6 +12,10 @@ The issue's targets (issue 13): median ≤ 5e-5 Å, 99 % within 2.5e-4 Å, tilt 
 mask ≥ 95 %. A measurement, not a test: it asserts nothing.
 
     opmon bench truth [--size 24] [--x-mean 0.8] [--cases none,all,drift] [--keep DIR]
+                      [--compare "--background flat --despeckle --no-monitor"]
+
+``--compare ARGS`` processes every case a second time with those `opmon process` options
+(e.g. the rules before the background image) and prints both rows, measured in the same run.
 """
 from __future__ import annotations
 
@@ -66,7 +70,7 @@ def quiet(logger: str) -> Iterator[None]:
         log.setLevel(level)
 
 
-def run_case(workdir: Path, name: str, effects: str, args: argparse.Namespace) -> dict[str, Any]:
+def run_case(workdir: Path, name: str, effects: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Simulate one map with ``effects`` and process it with `opmon process` (in this process)."""
     from opmon.cli import main as opmon
 
@@ -84,7 +88,16 @@ def run_case(workdir: Path, name: str, effects: str, args: argparse.Namespace) -
         rc = opmon(["process", str(raw), "-o", str(maps), "-q", "--force"])
     if rc not in (0, 3):
         raise SystemExit(f"opmon bench truth: opmon process failed on {name} (exit {rc})")
-    return {"case": name, **score(raw, maps), "sim_s": t_sim, "process_s": time.perf_counter() - t0}
+    row = {"case": name, **score(raw, maps), "sim_s": t_sim, "process_s": time.perf_counter() - t0}
+    if not args.compare:
+        return [row]
+    other = workdir / f"{name}_compare_maps.h5"
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), quiet("opmon"):
+        rc = opmon(["process", str(raw), "-o", str(other), "-q", "--force", *args.compare.split()])
+    if rc not in (0, 3):
+        raise SystemExit(f"opmon bench truth: opmon process {args.compare} failed on {name} (exit {rc})")
+    return [row, {"case": "  (compare)", **score(raw, other), "sim_s": 0.0, "process_s": time.perf_counter() - t0}]
 
 
 def fmt(row: dict[str, Any]) -> str:
@@ -105,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=4)
     ap.add_argument("--cases", default="", help="comma list among none, all and the effect names (default: every one)")
     ap.add_argument("--keep", default=None, help="write the maps here and keep them (default: a temporary folder)")
+    ap.add_argument("--compare", default="", metavar="ARGS",
+                    help="also process each case with these `opmon process` options, e.g. \"--background flat --despeckle\"")
     args = ap.parse_args(argv)
     cases = [c for c in args.cases.split(",") if c] or ["none", *NAMES, "all"]
     unknown = sorted(set(cases) - {"none", "all", *NAMES})
@@ -120,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'case':<14} {'med|dd| A':>10} {'p99 A':>9} {'<=2.5e-4':>8} {'tilt deg':>9} {'mask':>7} "
               f"{'pixels':>6} {'sim s':>6} {'proc s':>6}")
         for case in cases:
-            print(fmt(run_case(workdir, "compact" if case == "none" else case, case, args)), flush=True)
+            for row in run_case(workdir, "compact" if case == "none" else case, case, args):
+                print(fmt(row), flush=True)
     return 0
 
 

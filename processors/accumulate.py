@@ -38,7 +38,8 @@ BACKGROUND_ROW_STRIDE = 32  # every 32nd row is read whole for the background ou
 #: the sums of the moment kernel (bit for bit those of tests/processors/previous_kernels.py)
 MOMENT_KEYS = ("sum_i", "sum_iq", "sum_iqq", "n_frames", "bg_counts", "bg_q", "bg_qq")
 #: sums added for the background image, the rocking-curve flag and the monitor (see kernels._accumulate_one)
-EXTRA_KEYS = ("bg_raw", "bg_basis_q", "bg_basis_qq", "bg_image", "eta_sum_i", "eta_sum", "eta_sum2", "monitor_sum")
+EXTRA_KEYS = ("bg_raw", "bg_basis_q", "bg_basis_qq", "bg_image", "eta_sum_i", "eta_sum_i2", "eta_sum", "eta_sum2",
+              "monitor_sum")
 STATE_KEYS = MOMENT_KEYS + EXTRA_KEYS
 
 
@@ -116,6 +117,7 @@ class MomentAccumulator:
         self.bg_basis_qq = np.zeros((npix, k, 3, 3))
         self.bg_image = np.zeros((rows // BACKGROUND_ROW_STRIDE + 1, cols))
         self.eta_sum_i = np.zeros(npix)
+        self.eta_sum_i2 = np.zeros(npix)
         self.eta_sum = np.zeros(npix)
         self.eta_sum2 = np.zeros(npix)
         self.monitor_sum = np.zeros(npix)
@@ -203,7 +205,7 @@ class MomentAccumulator:
         monitors = np.ascontiguousarray(np.broadcast_to(np.asarray(1.0 if monitor is None else monitor, dtype=np.float64), (k,)))
         if not (np.isfinite(monitors).all() and (monitors > 0).all()):
             bad_at = int(np.argmin(np.isfinite(monitors) & (monitors > 0)))
-            raise OpmonError(f"incident-beam monitor reads {monitors[bad_at]!r} on a frame of map pixel {int(index[bad_at])}: "
+            raise OpmonError(f"incident-beam monitor reads {float(monitors[bad_at]):g} on a frame of map pixel {int(index[bad_at])}: "
                              "cannot normalise by it (no beam?); process without the monitor")
         # Frames of one block usually share the detector position: one kernel call per run of it.
         moved = np.flatnonzero((nus[1:] != nus[:-1]) | (deltas[1:] != deltas[:-1])) + 1
@@ -316,8 +318,10 @@ class MomentAccumulator:
                              self.n_frames.reshape(ny, nx), background=self.measured_background(),
                              require_signal=not partial)
         eta_i = (self.eta_sum_i - per_frame * self.eta_sum) * scale
-        result.flags = map_flags(s0.reshape(ny, nx), eta_i.reshape(ny, nx), self.eta_sum.reshape(ny, nx),
-                                 self.eta_sum2.reshape(ny, nx), self.n_frames.reshape(ny, nx), self.low_counts)
+        eta_i2 = (self.eta_sum_i2 - per_frame * self.eta_sum2) * scale
+        result.flags = map_flags(s0.reshape(ny, nx), eta_i.reshape(ny, nx), eta_i2.reshape(ny, nx),
+                                 self.eta_sum.reshape(ny, nx), self.eta_sum2.reshape(ny, nx),
+                                 self.n_frames.reshape(ny, nx), self.low_counts)
         return result
 
 

@@ -236,11 +236,11 @@ def _add_rotated(moments, m, scratch, pixel, into_q, into_qq):  # type: ignore[n
             into_qq[pixel, a, b] += r2[a, b]
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@numba.njit(cache=True, nogil=True)   # not inlined: numba's inliner refuses this many arguments
 def _accumulate_one(frame, eta, phi, pixel, monitor, q_lab, mask, r0, r1, c0, c1, threshold, despeckle, stride,
                     roi_moments, basis_moments, sum_i, sum_iq, sum_iqq, n_frames, bg_counts, bg_q, bg_qq, bg_raw,
-                    bg_basis_q, bg_basis_qq, bg_image, eta_sum_i, eta_sum, eta_sum2, monitor_sum,
-                    moments, scratch):  # type: ignore[no-untyped-def]
+                    bg_basis_q, bg_basis_qq, bg_image, eta_sum_i, eta_sum_i2, eta_sum, eta_sum2,
+                    monitor_sum, moments, scratch):  # type: ignore[no-untyped-def]
     """Scan one frame and add its rotated sums to its map pixel.
 
     The same rotation applied to the ROI's geometric moments (unit weight per pixel) gives
@@ -266,6 +266,7 @@ def _accumulate_one(frame, eta, phi, pixel, monitor, q_lab, mask, r0, r1, c0, c1
     bg_counts[pixel] += moments[10]
     bg_raw[pixel] += moments[11]
     eta_sum_i[pixel] += moments[0] * eta
+    eta_sum_i2[pixel] += moments[0] * eta * eta
     eta_sum[pixel] += eta
     eta_sum2[pixel] += eta * eta
     monitor_sum[pixel] += monitor
@@ -274,7 +275,7 @@ def _accumulate_one(frame, eta, phi, pixel, monitor, q_lab, mask, r0, r1, c0, c1
 @numba.njit(cache=True, nogil=True)
 def accumulate_block(frames, etas, phis, pixels, monitors, q_lab, mask, r0, r1, c0, c1, threshold, despeckle, stride,
                      roi_moments, basis_moments, sum_i, sum_iq, sum_iqq, n_frames, bg_counts, bg_q, bg_qq, bg_raw,
-                     bg_basis_q, bg_basis_qq, bg_image, eta_sum_i, eta_sum, eta_sum2,
+                     bg_basis_q, bg_basis_qq, bg_image, eta_sum_i, eta_sum_i2, eta_sum, eta_sum2,
                      monitor_sum):  # type: ignore[no-untyped-def]
     """Add a block of frames (k, rows, cols), each at its angles (k,) (deg) with its monitor (k,)
     (ones: none), into its map pixel (k,).
@@ -288,18 +289,18 @@ def accumulate_block(frames, etas, phis, pixels, monitors, q_lab, mask, r0, r1, 
     for f in range(frames.shape[0]):
         _accumulate_one(frames[f], etas[f], phis[f], pixels[f], monitors[f], q_lab, mask, r0, r1, c0, c1, threshold,
                         despeckle, stride, roi_moments, basis_moments, sum_i, sum_iq, sum_iqq, n_frames, bg_counts,
-                        bg_q, bg_qq, bg_raw, bg_basis_q, bg_basis_qq, bg_image, eta_sum_i, eta_sum, eta_sum2,
+                        bg_q, bg_qq, bg_raw, bg_basis_q, bg_basis_qq, bg_image, eta_sum_i, eta_sum_i2, eta_sum, eta_sum2,
                         monitor_sum, moments, scratch)
 
 
 @numba.njit(cache=True, nogil=True)
 def accumulate_frame(frame, eta, phi, pixel, monitor, q_lab, mask, r0, r1, c0, c1, threshold, despeckle, stride,
                      roi_moments, basis_moments, sum_i, sum_iq, sum_iqq, n_frames, bg_counts, bg_q, bg_qq, bg_raw,
-                     bg_basis_q, bg_basis_qq, bg_image, eta_sum_i, eta_sum, eta_sum2,
+                     bg_basis_q, bg_basis_qq, bg_image, eta_sum_i, eta_sum_i2, eta_sum, eta_sum2,
                      monitor_sum):  # type: ignore[no-untyped-def]
     """`accumulate_block` for one frame (rows, cols) with scalar angles, monitor and map pixel: the live path."""
     moments = np.empty(N_MOMENTS + 2)
     scratch = np.empty((6, 3, 3))
     _accumulate_one(frame, eta, phi, pixel, monitor, q_lab, mask, r0, r1, c0, c1, threshold, despeckle, stride,
                     roi_moments, basis_moments, sum_i, sum_iq, sum_iqq, n_frames, bg_counts, bg_q, bg_qq, bg_raw,
-                    bg_basis_q, bg_basis_qq, bg_image, eta_sum_i, eta_sum, eta_sum2, monitor_sum, moments, scratch)
+                    bg_basis_q, bg_basis_qq, bg_image, eta_sum_i, eta_sum_i2, eta_sum, eta_sum2, monitor_sum, moments, scratch)
