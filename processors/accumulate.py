@@ -310,9 +310,10 @@ class MomentAccumulator:
             return plane
         coef = np.array([plane.c0, plane.cu, plane.cv])
         points = 0
+        counts = self.mean_monitor()     # the sums are per monitor count: Poisson sigmas are taken in counts
         for _ in range(3):
             expected = n * float(sizes @ coef)
-            quiet = seen & (self.sum_i - expected < 3.0 * np.sqrt(np.clip(expected, 1.0, None)))
+            quiet = seen & ((self.sum_i - expected) * counts < 3.0 * np.sqrt(np.clip(expected * counts, 1.0, None)))
             points = int(quiet.sum())
             if points < MIN_BACKGROUND_POINTS:
                 return plane

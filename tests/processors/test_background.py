@@ -75,22 +75,28 @@ def test_despeckle_does_not_change_what_is_reported_as_the_background():
     assert rates[0] == rates[1] == pytest.approx(0.01, rel=0.1)
 
 
-def two_pixel_map(rng, n=60):
-    """Map pixels 0 and 1 hold the same crystal; the beam dropped by 30 % for pixel 1 (monitor 7e4 vs 1e5)."""
-    frames = np.concatenate([peak_frames(n, rng, 0.02), peak_frames(n, rng, 0.02, scale=0.7)])
-    index = np.repeat([0, 1], n)
-    monitor = np.concatenate([rng.poisson(1e5, n), rng.poisson(7e4, n)]).astype(np.float64)
-    eta = np.tile(np.linspace(18.9, 19.1, n), 2)
+def two_pixel_map(rng, n=60, empty=0):
+    """Map pixels 0 and 1 hold the same crystal; the beam dropped by 30 % for pixel 1 (monitor 7e4 vs 1e5);
+    `empty` more map points (beam dropped for every other one) see the background (0.02 counts/pixel/frame) only."""
+    scales = [1.0, 0.7] + [1.0 - 0.3 * (p % 2) for p in range(empty)]
+    frames = np.concatenate([peak_frames(n, rng, 0.02, scale=s) if p < 2 else
+                             rng.poisson(0.02 * s, (n,) + SHAPE).astype(np.uint32) for p, s in enumerate(scales)])
+    index = np.repeat(np.arange(len(scales)), n)
+    monitor = np.concatenate([rng.poisson(1e5 * s, n) for s in scales]).astype(np.float64)
+    eta = np.tile(np.linspace(18.9, 19.1, n), len(scales))
     return frames, index, eta, monitor
 
 
 def test_frames_are_divided_by_the_monitor_so_a_beam_drop_does_not_dim_the_map():
-    frames, index, eta, monitor = two_pixel_map(np.random.default_rng(3))
-    normalised = MomentAccumulator(GEO, (1, 2), roi=ROI)
+    frames, index, eta, monitor = two_pixel_map(np.random.default_rng(3), n=30, empty=10)
+    normalised = MomentAccumulator(GEO, (1, 12), roi=ROI)
     normalised.process_block(frames, index, eta, 0.0, NU, DELTA, monitor)
-    raw = MomentAccumulator(GEO, (1, 2), roi=ROI)
+    raw = MomentAccumulator(GEO, (1, 12), roi=ROI)
     raw.process_block(frames, index, eta, 0.0, NU, DELTA)
-    with_monitor, without = normalised.finalize().intensity[0], raw.finalize().intensity[0]
+    with_monitor, without = normalised.finalize().intensity[0, :2], raw.finalize().intensity[0, :2]
+    # the plane is fitted per monitor count, from the ten empty points (the crystal's two are signal)
+    plane = normalised.background_plane()
+    assert plane.pixels == 10 and plane.c0 == pytest.approx(0.02 / 1e5, rel=0.03)
     assert without[1] / without[0] < 0.75     # dimmer, and its background over-subtracted (the map's mean is)
     assert with_monitor[1] / with_monitor[0] == pytest.approx(1.0, abs=0.03)
     # counts at the map's mean monitor: the total is kept
