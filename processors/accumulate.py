@@ -39,8 +39,10 @@ MIN_BACKGROUND_POINTS = 8   # map points outside the particle needed to fit the 
 #: the sums of the moment kernel (bit for bit those of tests/processors/previous_kernels.py)
 MOMENT_KEYS = ("sum_i", "sum_iq", "sum_iqq", "n_frames", "bg_counts", "bg_q", "bg_qq")
 #: sums added for the background image, the rocking-curve flag and the monitor (see kernels._accumulate_one)
-EXTRA_KEYS = ("bg_raw", "bg_basis_q", "bg_basis_qq", "bg_image", "eta_sum_i", "eta_sum_i2", "eta_sum", "eta_sum2",
-              "monitor_sum")
+EXTRA_KEYS = ("bg_basis_q", "bg_basis_qq", "bg_image", "pixel_sums")
+#: columns of `pixel_sums` (npix, 6), one array so the kernel stays within numba's inlining limit of 30 arguments:
+#: all counts outside the ROI, Σ I·η, Σ I·η², Σ η, Σ η², Σ monitor
+PIXEL_SUMS = ("bg_raw", "eta_sum_i", "eta_sum_i2", "eta_sum", "eta_sum2", "monitor_sum")
 STATE_KEYS = MOMENT_KEYS + EXTRA_KEYS
 
 
@@ -113,19 +115,20 @@ class MomentAccumulator:
         self.bg_q = np.zeros((npix, 3))
         self.bg_qq = np.zeros((npix, 3, 3))
         k = self._basis.shape[0]
-        self.bg_raw = np.zeros(npix)
         self.bg_basis_q = np.zeros((npix, k, 3))
         self.bg_basis_qq = np.zeros((npix, k, 3, 3))
         self.bg_image = np.zeros((rows // BACKGROUND_ROW_STRIDE + 1, cols))
-        self.eta_sum_i = np.zeros(npix)
-        self.eta_sum_i2 = np.zeros(npix)
-        self.eta_sum = np.zeros(npix)
-        self.eta_sum2 = np.zeros(npix)
-        self.monitor_sum = np.zeros(npix)
+        self.pixel_sums = np.zeros((npix, len(PIXEL_SUMS)))
         self._detector_angles: tuple[float, float] | None = None
         self._q_lab = np.zeros((0, 0, 3))
         self._roi_moments = np.zeros(kernels.N_MOMENTS + 1)
         self._basis_moments = np.zeros((k, kernels.N_MOMENTS + 2))
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        """The columns of `pixel_sums` by name (`PIXEL_SUMS`), e.g. ``acc.monitor_sum``."""
+        if name in PIXEL_SUMS:
+            return self.__dict__["pixel_sums"][:, PIXEL_SUMS.index(name)]
+        raise AttributeError(name)
 
     # -- per-frame work ---------------------------------------------------------------
     def _use_detector_angles(self, nu: float, delta: float) -> None:

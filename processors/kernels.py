@@ -87,6 +87,17 @@ def _span_counts(frame, r, lo, hi, threshold, mask_row, despeckle, image_row, we
     return total, raw
 
 
+@numba.njit(cache=True, nogil=True)   # a call per sampled row, not inlined: it keeps the ROI loop as lean as it was
+def _outside_counts(frame, r, in_rows, c0, c1, threshold, mask, despeckle, image_row, weight):  # type: ignore[no-untyped-def]
+    """Kept and all counts of sampled row r outside the ROI columns (the whole row outside the ROI rows)."""
+    cols = frame.shape[1]
+    if in_rows:
+        kept, seen = _span_counts(frame, r, 0, c0, threshold, mask[r, 0:c0], despeckle, image_row, weight)
+        kept2, seen2 = _span_counts(frame, r, c1, cols, threshold, mask[r, c1:cols], despeckle, image_row, weight)
+        return kept + kept2, seen + seen2
+    return _span_counts(frame, r, 0, cols, threshold, mask[r], despeckle, image_row, weight)
+
+
 @numba.njit(cache=True, nogil=True)
 def frame_moments(frame, q_lab, mask, r0, r1, c0, c1, threshold, despeckle, stride, out):  # type: ignore[no-untyped-def]
     """Lab-frame moments of the ROI and the counts outside it, for one frame (see `frame_moments_image`)."""
@@ -152,18 +163,9 @@ def frame_moments_image(frame, q_lab, mask, r0, r1, c0, c1, threshold, despeckle
                         syz += w * qy * qz
                         szz += w * qz * qz
         if r % stride == 0:  # a sampled row: its counts outside the ROI measure the background
-            image_row = image[r // stride]
-            if in_rows:
-                kept, seen = _span_counts(frame, r, 0, c0, threshold, mask[r, 0:c0], despeckle, image_row, weight)
-                outside += kept
-                raw += seen
-                kept, seen = _span_counts(frame, r, c1, cols, threshold, mask[r, c1:cols], despeckle, image_row, weight)
-                outside += kept
-                raw += seen
-            else:
-                kept, seen = _span_counts(frame, r, 0, cols, threshold, mask[r], despeckle, image_row, weight)
-                outside += kept
-                raw += seen
+            kept, seen = _outside_counts(frame, r, in_rows, c0, c1, threshold, mask, despeckle, image[r // stride], weight)
+            outside += kept
+            raw += seen
     out[0], out[1], out[2], out[3], out[4] = s0, sx, sy, sz, sxx
     out[5], out[6], out[7], out[8], out[9] = sxy, sxz, syy, syz, szz
     out[10] = outside
@@ -236,11 +238,23 @@ def _add_rotated(moments, m, scratch, pixel, into_q, into_qq):  # type: ignore[n
             into_qq[pixel, a, b] += r2[a, b]
 
 
-@numba.njit(cache=True, nogil=True)   # not inlined: numba's inliner refuses this many arguments
+@numba.njit(cache=True, nogil=True)
+def _add_basis(basis_moments, m, scratch, pixel, into_q, into_qq):  # type: ignore[no-untyped-def]
+    """`_add_rotated` of each background basis image's moments (K, 12) into its plane of the (npix, K, ...) sums."""
+    s1, s2, r1, r2, t = scratch[0, 0], scratch[1], scratch[2, 0], scratch[3], scratch[4]
+    for k in range(basis_moments.shape[0]):
+        _unpack(basis_moments[k], s1, s2)
+        _rotate_moments(m, s1, s2, r1, r2, t)
+        for a in range(3):
+            into_q[pixel, k, a] += r1[a]
+            for b in range(3):
+                into_qq[pixel, k, a, b] += r2[a, b]
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
 def _accumulate_one(frame, eta, phi, pixel, monitor, q_lab, mask, r0, r1, c0, c1, threshold, despeckle, stride,
-                    roi_moments, basis_moments, sum_i, sum_iq, sum_iqq, n_frames, bg_counts, bg_q, bg_qq, bg_raw,
-                    bg_basis_q, bg_basis_qq, bg_image, eta_sum_i, eta_sum_i2, eta_sum, eta_sum2,
-                    monitor_sum, moments, scratch):  # type: ignore[no-untyped-def]
+                    roi_moments, basis_moments, sum_i, sum_iq, sum_iqq, n_frames, bg_counts, bg_q, bg_qq,
+                    bg_basis_q, bg_basis_qq, bg_image, pixel_sums, moments, scratch):  # type: ignore[no-untyped-def]
     """Scan one frame and add its rotated sums to its map pixel.
 
     The same rotation applied to the ROI's geometric moments (unit weight per pixel) gives
@@ -260,23 +274,22 @@ def _accumulate_one(frame, eta, phi, pixel, monitor, q_lab, mask, r0, r1, c0, c1
     sum_i[pixel] += moments[0]
     _add_rotated(moments, m, scratch, pixel, sum_iq, sum_iqq)
     _add_rotated(roi_moments, m, scratch, pixel, bg_q, bg_qq)
-    for k in range(basis_moments.shape[0]):
-        _add_rotated(basis_moments[k], m, scratch, pixel, bg_basis_q[:, k], bg_basis_qq[:, k])
+    _add_basis(basis_moments, m, scratch, pixel, bg_basis_q, bg_basis_qq)
     n_frames[pixel] += 1
     bg_counts[pixel] += moments[10]
-    bg_raw[pixel] += moments[11]
-    eta_sum_i[pixel] += moments[0] * eta
-    eta_sum_i2[pixel] += moments[0] * eta * eta
-    eta_sum[pixel] += eta
-    eta_sum2[pixel] += eta * eta
-    monitor_sum[pixel] += monitor
+    extra = pixel_sums[pixel]      # PIXEL_SUMS of accumulate.py, in its order
+    extra[0] += moments[11]
+    extra[1] += moments[0] * eta
+    extra[2] += moments[0] * eta * eta
+    extra[3] += eta
+    extra[4] += eta * eta
+    extra[5] += monitor
 
 
 @numba.njit(cache=True, nogil=True)
 def accumulate_block(frames, etas, phis, pixels, monitors, q_lab, mask, r0, r1, c0, c1, threshold, despeckle, stride,
-                     roi_moments, basis_moments, sum_i, sum_iq, sum_iqq, n_frames, bg_counts, bg_q, bg_qq, bg_raw,
-                     bg_basis_q, bg_basis_qq, bg_image, eta_sum_i, eta_sum_i2, eta_sum, eta_sum2,
-                     monitor_sum):  # type: ignore[no-untyped-def]
+                     roi_moments, basis_moments, sum_i, sum_iq, sum_iqq, n_frames, bg_counts, bg_q, bg_qq,
+                     bg_basis_q, bg_basis_qq, bg_image, pixel_sums):  # type: ignore[no-untyped-def]
     """Add a block of frames (k, rows, cols), each at its angles (k,) (deg) with its monitor (k,)
     (ones: none), into its map pixel (k,).
 
@@ -289,18 +302,16 @@ def accumulate_block(frames, etas, phis, pixels, monitors, q_lab, mask, r0, r1, 
     for f in range(frames.shape[0]):
         _accumulate_one(frames[f], etas[f], phis[f], pixels[f], monitors[f], q_lab, mask, r0, r1, c0, c1, threshold,
                         despeckle, stride, roi_moments, basis_moments, sum_i, sum_iq, sum_iqq, n_frames, bg_counts,
-                        bg_q, bg_qq, bg_raw, bg_basis_q, bg_basis_qq, bg_image, eta_sum_i, eta_sum_i2, eta_sum, eta_sum2,
-                        monitor_sum, moments, scratch)
+                        bg_q, bg_qq, bg_basis_q, bg_basis_qq, bg_image, pixel_sums, moments, scratch)
 
 
 @numba.njit(cache=True, nogil=True)
 def accumulate_frame(frame, eta, phi, pixel, monitor, q_lab, mask, r0, r1, c0, c1, threshold, despeckle, stride,
-                     roi_moments, basis_moments, sum_i, sum_iq, sum_iqq, n_frames, bg_counts, bg_q, bg_qq, bg_raw,
-                     bg_basis_q, bg_basis_qq, bg_image, eta_sum_i, eta_sum_i2, eta_sum, eta_sum2,
-                     monitor_sum):  # type: ignore[no-untyped-def]
+                     roi_moments, basis_moments, sum_i, sum_iq, sum_iqq, n_frames, bg_counts, bg_q, bg_qq,
+                     bg_basis_q, bg_basis_qq, bg_image, pixel_sums):  # type: ignore[no-untyped-def]
     """`accumulate_block` for one frame (rows, cols) with scalar angles, monitor and map pixel: the live path."""
     moments = np.empty(N_MOMENTS + 2)
     scratch = np.empty((6, 3, 3))
     _accumulate_one(frame, eta, phi, pixel, monitor, q_lab, mask, r0, r1, c0, c1, threshold, despeckle, stride,
-                    roi_moments, basis_moments, sum_i, sum_iq, sum_iqq, n_frames, bg_counts, bg_q, bg_qq, bg_raw,
-                    bg_basis_q, bg_basis_qq, bg_image, eta_sum_i, eta_sum_i2, eta_sum, eta_sum2, monitor_sum, moments, scratch)
+                    roi_moments, basis_moments, sum_i, sum_iq, sum_iqq, n_frames, bg_counts, bg_q, bg_qq,
+                    bg_basis_q, bg_basis_qq, bg_image, pixel_sums, moments, scratch)
