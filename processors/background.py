@@ -12,6 +12,7 @@ Dask and both live executors fit the same image from the same frames.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,12 +25,16 @@ CLIP_SIGMA = 5.0       # a pixel this many Poisson sigmas above the fit is not b
 CLIP_ROUNDS = 4
 
 
+@functools.lru_cache(maxsize=4)
 def basis_images(frame_shape: tuple[int, int]) -> F64:
-    """(2, rows, cols): u (rows) and v (columns), each in [-1, 1] across the frame."""
+    """(2, rows, cols), read-only: u (rows) and v (columns), each in [-1, 1] across the frame (kept: the
+    live coordinator makes an accumulator per partial map)."""
     rows, cols = frame_shape
     u = (2.0 * np.arange(rows) + 1.0) / rows - 1.0
     v = (2.0 * np.arange(cols) + 1.0) / cols - 1.0
-    return np.stack([np.broadcast_to(u[:, None], (rows, cols)), np.broadcast_to(v[None, :], (rows, cols))])
+    images = np.stack([np.broadcast_to(u[:, None], (rows, cols)), np.broadcast_to(v[None, :], (rows, cols))])
+    images.flags.writeable = False
+    return images
 
 
 def sampled_rows(rows: int, stride: int) -> npt.NDArray[np.int64]:
