@@ -6,6 +6,7 @@ one per eta, makes one map) or an XSOCS master file; the layout is sniffed (--so
 from __future__ import annotations
 
 import argparse
+from typing import Any
 import sys
 from pathlib import Path
 
@@ -69,7 +70,8 @@ def _run(args: argparse.Namespace) -> int:
         for name, entry in done.items():
             d = entry.result.valid_d()
             print(f"{name}: {d.size} valid pixels, mean d = {d.mean():.5f} Å, std {d.std():.2e} Å, "
-                  f"background {entry.result.background:.2e} counts/pixel/frame")
+                  f"background {entry.result.background:.2e} counts/pixel/frame (measured outside the ROI)")
+            print(f"{name}: flagged {flag_summary(entry.result.flags, entry.result.mask)} (maps/flags)")
             if len(entry.found_bad_pixels):
                 print(f"{name}: masked {len(entry.found_bad_pixels)} hot/dead detector pixel(s) missing from the file's "
                       f"mask (listed in {output} as <entry>/maps/found_bad_pixels)")
@@ -99,6 +101,15 @@ def _run(args: argparse.Namespace) -> int:
               f"({listed}); listed in {output} as <entry>/maps/bad_frames", file=sys.stderr)
         return EXIT_SKIPPED
     return 0
+
+
+def flag_summary(flags: Any, mask: Any) -> str:
+    """How many valid pixels carry each caution flag, in words."""
+    from opmon.processors.maps import FLAG_EDGE, FLAG_LOW_COUNTS, FLAG_ROCKING
+    valid = mask.astype(bool)
+    names = ((FLAG_LOW_COUNTS, "low counts"), (FLAG_ROCKING, "peak cut by the rocking range"),
+             (FLAG_EDGE, "peak cut by the ROI or detector edge"))
+    return ", ".join(f"{int(((flags & bit) > 0)[valid].sum())} valid pixel(s) {what}" for bit, what in names)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -179,3 +179,25 @@ def test_on_a_simulated_map_the_background_plane_and_the_monitor_are_each_needed
     assert flat_err > 5 * d_err          # the flat rate: every d biased by the gradient (1.5e-3 Å here)
     assert spread < 0.04
     assert raw_spread > 3 * spread       # without the monitor, half the map's Σ I is 30 % low
+
+
+def test_a_background_image_file_is_read_and_checked(tmp_path):
+    from opmon.processing_options import background_image, parse_background
+    image = gradient_image()
+    with h5py.File(tmp_path / "dark.h5", "w") as f:
+        f["entry/background/data"] = image
+        f["other"] = image * 2
+    np.save(tmp_path / "dark.npy", image)
+    assert parse_background(str(tmp_path / "dark.h5")) == str(tmp_path / "dark.h5")
+    np.testing.assert_array_equal(background_image(str(tmp_path / "dark.h5"), SHAPE), image)
+    np.testing.assert_array_equal(background_image(f"{tmp_path / 'dark.h5'}:/other", SHAPE), image * 2)
+    np.testing.assert_array_equal(background_image(str(tmp_path / "dark.npy"), SHAPE), image)
+    with pytest.raises(OpmonError, match=r"image shape \(96, 128\) differs from the frames' \(10, 10\)"):
+        background_image(str(tmp_path / "dark.npy"), (10, 10))
+    np.save(tmp_path / "negative.npy", -image)
+    with pytest.raises(OpmonError, match="negative or non-finite"):
+        background_image(str(tmp_path / "negative.npy"))
+    with pytest.raises(OpmonError, match="no dataset missing"):
+        background_image(f"{tmp_path / 'dark.h5'}:/missing")
+    with pytest.raises(OpmonError, match="takes 'auto', 'flat', 'none'"):
+        parse_background("plane")
