@@ -201,3 +201,19 @@ def test_a_background_image_file_is_read_and_checked(tmp_path):
         background_image(f"{tmp_path / 'dark.h5'}:/missing")
     with pytest.raises(OpmonError, match="takes 'auto', 'flat', 'none'"):
         parse_background("plane")
+
+
+def test_opmon_process_writes_the_flags_and_says_it_divided_by_the_monitor(realistic_map, tmp_path, capsys):
+    out = tmp_path / "maps.h5"
+    assert main(["process", str(realistic_map), "-o", str(out), "-q", "--low-counts", "1e9"]) == 0
+    printed = capsys.readouterr().out
+    with h5py.File(out, "r") as f:
+        maps = f["entry/maps"]
+        flags, mask = maps["flags"][()], maps["mask"][()]
+        assert "2 = Σ I below" in maps["flags"].attrs["long_name"]
+        assert maps.attrs["monitor_normalised"] and maps.attrs["low_counts"] == 1e9 and maps.attrs["despeckle"] == False  # noqa: E712
+    assert ((flags & FLAG_LOW_COUNTS) > 0)[mask > 0].all()       # every pixel is below 1e9 counts
+    assert f"flagged {int(mask.sum())} valid pixel(s) low counts" in printed
+    assert main(["process", str(realistic_map), "-o", str(out), "-q", "--force", "--no-monitor"]) == 0
+    with h5py.File(out, "r") as f:
+        assert not f["entry/maps"].attrs["monitor_normalised"]
