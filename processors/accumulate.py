@@ -126,8 +126,9 @@ class MomentAccumulator:
 
     def __getattr__(self, name: str) -> np.ndarray:
         """The columns of `pixel_sums` by name (`PIXEL_SUMS`), e.g. ``acc.monitor_sum``."""
-        if name in PIXEL_SUMS:
-            return self.__dict__["pixel_sums"][:, PIXEL_SUMS.index(name)]
+        sums = self.__dict__.get("pixel_sums")
+        if name in PIXEL_SUMS and sums is not None:
+            return sums[:, PIXEL_SUMS.index(name)]  # type: ignore[no-any-return]
         raise AttributeError(name)
 
     # -- per-frame work ---------------------------------------------------------------
