@@ -13,7 +13,11 @@ The issue's targets (issue 13): median ≤ 5e-5 Å, 99 % within 2.5e-4 Å, tilt 
 mask ≥ 95 %. A measurement, not a test: it asserts nothing.
 
     opmon bench truth [--size 24] [--x-mean 0.8] [--cases none,all,drift,low-signal] [--live]
-                      [--register off|auto|truth] [--keep DIR]
+                      [--register off|auto|truth] [--compare "--background flat --despeckle --no-monitor"]
+                      [--keep DIR]
+
+``--compare ARGS`` processes every case a second time with those `opmon process` options
+(e.g. the rules before the background image) and prints both rows, measured in the same run.
 """
 from __future__ import annotations
 
@@ -125,6 +129,12 @@ def run_case(workdir: Path, name: str, case: str, args: argparse.Namespace) -> l
     run_opmon(["process", str(raw), "-o", str(maps), "-q", "--force", "--register", register],
               f"opmon process on {name}")
     rows = [{"case": name, **score(raw, maps), "sim_s": t_sim, "process_s": time.perf_counter() - t0}]
+    if args.compare:
+        other = workdir / f"{name}_compare_maps.h5"
+        t0 = time.perf_counter()
+        run_opmon(["process", str(raw), "-o", str(other), "-q", "--force", *args.compare.split()],
+                  f"opmon process {args.compare} on {name}")
+        rows.append({"case": "  (compare)", **score(raw, other), "sim_s": 0.0, "process_s": time.perf_counter() - t0})
     if args.live:   # the live processor registers as its config says ([live] register, default off)
         live = workdir / f"{name}_live.h5"
         t0 = time.perf_counter()
@@ -161,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="eta-scan registration of `opmon process`: off (its default), auto, or truth (the simulator's "
                          "true drift given as a manual override)")
     ap.add_argument("--keep", default=None, help="write the maps here and keep them (default: a temporary folder)")
+    ap.add_argument("--compare", default="", metavar="ARGS",
+                    help="also process each case with these `opmon process` options, e.g. \"--background flat --despeckle\"")
     args = ap.parse_args(argv)
     known = ("none", *NAMES, "all", *EXTRA_CASES)
     cases = [c for c in args.cases.split(",") if c] or list(known)

@@ -129,13 +129,13 @@ def _check_values(config: Config) -> None:
             raise ConfigError(f"{key}: {value}, expected a finite number > 0")
     if config.live.threshold < 0:
         raise ConfigError(f"live.threshold: {config.live.threshold}, expected >= 0")
-    if config.live.background not in ("auto", "none"):
+    if config.live.background not in ("auto", "flat", "none"):
         try:
             rate = float(config.live.background)
         except ValueError:
             rate = -1.0
         if not rate >= 0:
-            raise ConfigError(f"live.background: {config.live.background!r}, expected 'auto', 'none' or a rate >= 0")
+            raise ConfigError(f"live.background: {config.live.background!r}, expected 'auto', 'flat', 'none' or a rate >= 0")
     if config.live.register not in ("auto", "off"):
         raise ConfigError(f"live.register: {config.live.register!r}, expected 'auto' or 'off'")
     if not config.host:

@@ -4,11 +4,17 @@ Frames may arrive in any order and for any map pixel; two accumulators of disjoi
 sets merge by addition into exactly what one pass gives. `opmon process` and the live
 processor both use this class, so live and offline maps agree by construction.
 
-Background: real photon-counting frames hold a faint diffuse background (~1e-3 counts per
-pixel per frame) that pulls a plain centre of mass toward the ROI centre. With
-``background="auto"`` the rate is estimated from the counts outside the ROI over all
-frames of the map, and its expected contribution (the rotated geometric moments of the ROI
-pixels) is subtracted in `finalize`. A float sets a fixed rate; None disables it.
+Background: real photon-counting frames hold a diffuse background (1e-3 to 1e-2 counts per
+pixel per frame, often with a gradient across the detector) that pulls a plain centre of
+mass toward the ROI centre. With ``background="auto"`` a plane (`background.fit_plane`) is
+fitted to the per-pixel counts outside the ROI over all frames of the map, and its expected
+contribution (the rotated moments of the ROI pixels weighted by the plane) is subtracted in
+`finalize`; ``"flat"`` is one rate (the earlier rule), a float a fixed rate, an array
+(rows, cols) a given per-pixel image (a measured dark/flat, counts per frame), None none.
+
+Monitor: frames given with their incident-beam monitor are divided by it before the sums, and
+`finalize` multiplies by the map's mean monitor, so Σ I stays in counts (at the mean beam)
+while a beam drop no longer dims half the map.
 """
 from __future__ import annotations
 
@@ -20,15 +26,26 @@ import numpy.typing as npt
 
 from opmon.errors import FrameShapeError, MapIndexError, OpmonError
 from opmon.processors import kernels
+from opmon.processors.background import Plane, basis_images, fit_plane, outside_pixels
 from opmon.processors.geometry import DetectorGeometry, pixel_q_lab_window
-from opmon.processors.maps import MapResult, derive_maps
+from opmon.processors.maps import LOW_COUNTS, MapResult, derive_maps, map_flags
 
 Roi = tuple[int, int, int, int]  # (r0, r1, c0, c1), half-open, frame pixels
-Background = Literal["auto"] | float | None
+Background = Literal["auto", "flat"] | float | npt.NDArray[np.float64] | None
 
 BACKGROUND_ROW_STRIDE = 32  # every 32nd row is read whole for the background outside the ROI
+MIN_BACKGROUND_POINTS = 8   # map points outside the particle needed to fit the background inside the ROI
 
-STATE_KEYS = ("sum_i", "sum_iq", "sum_iqq", "n_frames", "bg_counts", "bg_q", "bg_qq")
+#: the sums of the moment kernel (bit for bit those of tests/processors/previous_kernels.py)
+MOMENT_KEYS = ("sum_i", "sum_iq", "sum_iqq", "n_frames", "bg_counts", "bg_q", "bg_qq")
+#: sums added for the background image, the rocking-curve flag and the monitor (see kernels._accumulate_one)
+EXTRA_KEYS = ("bg_basis_q", "bg_basis_qq", "bg_image", "pixel_sums")
+#: columns of `pixel_sums` (npix, 6), one array so the kernel stays within numba's inlining limit of 30 arguments:
+#: all counts outside the ROI, Σ I·η, Σ I·η², Σ η, Σ η², Σ monitor
+PIXEL_SUMS = ("bg_raw", "eta_sum_i", "eta_sum_i2", "eta_sum", "eta_sum2", "monitor_sum")
+STATE_KEYS = MOMENT_KEYS + EXTRA_KEYS
+#: the state arrays with one row per map pixel (the others, `bg_image`, are per detector row)
+PER_PIXEL_KEYS = tuple(key for key in STATE_KEYS if key != "bg_image")
 
 
 class MomentAccumulator:
@@ -41,15 +58,18 @@ class MomentAccumulator:
     roi : (r0, r1, c0, c1) detector window summed around the peak; None = whole frame.
     detector_mask : (rows, cols) uint8, 1 = dead/hot pixel to ignore.
     threshold : counts below this value are ignored (0 keeps every count).
-    background : "auto", a fixed rate in counts/pixel/frame, or None.
+    background : "auto" (a plane fitted outside the ROI), "flat", a fixed rate in
+        counts/pixel/frame, a (rows, cols) image in counts/pixel/frame, or None.
     despeckle : drop lone single counts (no counting 8-neighbour) before summing; see
-        `kernels.frame_moments`. On by default: it is what keeps the diffuse background of a
-        wide ROI from moving the centre of mass. Off for integrating detectors.
+        `kernels.frame_moments`. It removes a large share of a broad focused-beam peak's
+        photons and shifts it, so it is off by default: the background image is subtracted
+        in expectation instead.
+    low_counts : map pixels whose Σ I is below this many counts get `maps.FLAG_LOW_COUNTS`.
     """
 
     def __init__(self, geometry: DetectorGeometry, map_shape: tuple[int, int], *, roi: Roi | None = None,
                  detector_mask: npt.NDArray[np.uint8] | None = None, threshold: int = 0,
-                 background: Background = "auto", despeckle: bool = True) -> None:
+                 background: Background = "auto", despeckle: bool = False, low_counts: float = LOW_COUNTS) -> None:
         rows, cols = geometry.frame_shape
         self.geometry = geometry
         self.map_shape = (int(map_shape[0]), int(map_shape[1]))
@@ -69,10 +89,19 @@ class MomentAccumulator:
         if threshold < 0:
             raise OpmonError(f"threshold {threshold} must be >= 0")
         self.threshold = int(threshold)
-        if background is not None and background != "auto" and not (isinstance(background, (int, float)) and background >= 0):
-            raise OpmonError(f"background {background!r} must be 'auto', a rate >= 0 or None")
         self.background = background
+        if isinstance(background, np.ndarray):
+            if background.shape != (rows, cols) or not np.isfinite(background).all():
+                raise OpmonError(f"background image of shape {background.shape} must be finite and {rows} x {cols} (the frame)")
+            basis = background[None].astype(np.float64)
+        elif background is None or background in ("auto", "flat") or (
+                isinstance(background, (int, float)) and not isinstance(background, bool) and background >= 0):
+            basis = basis_images((rows, cols)) if background == "auto" else np.zeros((0, rows, cols))
+        else:
+            raise OpmonError(f"background {background!r} must be 'auto', 'flat', a rate >= 0, an image or None")
+        self._basis = np.ascontiguousarray(basis[:, r0:r1, c0:c1] * (detector_mask[r0:r1, c0:c1] == 0))
         self.despeckle = bool(despeckle)
+        self.low_counts = float(low_counts)
         valid = detector_mask == 0
         self.n_roi_pixels = int(valid[r0:r1, c0:c1].sum())
         sampled = valid[::BACKGROUND_ROW_STRIDE]   # the rows the kernel reads whole for the background
@@ -87,9 +116,22 @@ class MomentAccumulator:
         self.bg_counts = np.zeros(npix)
         self.bg_q = np.zeros((npix, 3))
         self.bg_qq = np.zeros((npix, 3, 3))
+        k = self._basis.shape[0]
+        self.bg_basis_q = np.zeros((npix, k, 3))
+        self.bg_basis_qq = np.zeros((npix, k, 3, 3))
+        self.bg_image = np.zeros((rows // BACKGROUND_ROW_STRIDE + 1, cols))
+        self.pixel_sums = np.zeros((npix, len(PIXEL_SUMS)))
         self._detector_angles: tuple[float, float] | None = None
         self._q_lab = np.zeros((0, 0, 3))
         self._roi_moments = np.zeros(kernels.N_MOMENTS + 1)
+        self._basis_moments = np.zeros((k, kernels.N_MOMENTS + 2))
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        """The columns of `pixel_sums` by name (`PIXEL_SUMS`), e.g. ``acc.monitor_sum``."""
+        sums = self.__dict__.get("pixel_sums")
+        if name in PIXEL_SUMS and sums is not None:
+            return sums[:, PIXEL_SUMS.index(name)]  # type: ignore[no-any-return]
+        raise AttributeError(name)
 
     # -- per-frame work ---------------------------------------------------------------
     def _use_detector_angles(self, nu: float, delta: float) -> None:
@@ -104,6 +146,7 @@ class MomentAccumulator:
         kernels.frame_moments(ones, self._q_lab, roi_mask, 0, r1 - r0, 0, c1 - c0, 0, False, 1, roi_moments)
         roi_moments[10] = 0.0
         self._roi_moments = roi_moments
+        self._basis_moments = basis_moments(self._basis, self._q_lab)
         self._detector_angles = (nu, delta)
 
     def _check_frames(self, frames: np.ndarray) -> None:
@@ -112,8 +155,10 @@ class MomentAccumulator:
         if frames.dtype not in (np.uint16, np.uint32, np.uint8):
             raise FrameShapeError(f"frame dtype {frames.dtype} is not an unsigned integer count type (uint8/16/32)")
 
-    def process_frame(self, frame: npt.NDArray[Any], map_index: int, eta: float, phi: float, nu: float, delta: float) -> None:
-        """Add one frame (rows, cols) taken at the given angles (deg) to map pixel `map_index`.
+    def process_frame(self, frame: npt.NDArray[Any], map_index: int, eta: float, phi: float, nu: float, delta: float,
+                      monitor: float | None = None) -> None:
+        """Add one frame (rows, cols) taken at the given angles (deg) to map pixel `map_index`;
+        `monitor` is its incident-beam monitor reading (None: not normalised).
 
         The live path: the checks of `process_block` and one kernel call with scalar angles
         (no one-element arrays), so the per-frame Python cost stays a few microseconds.
@@ -127,15 +172,21 @@ class MomentAccumulator:
             raise MapIndexError(f"map index {map_index} outside 0..{self.sum_i.shape[0] - 1} of map {self.map_shape}")
         if not (math.isfinite(eta) and math.isfinite(phi) and math.isfinite(nu) and math.isfinite(delta)):
             raise OpmonError(f"non-finite angle among eta/phi/nu/delta = {eta}, {phi}, {nu}, {delta}")
+        reading = 1.0 if monitor is None else float(monitor)
+        if not (math.isfinite(reading) and reading > 0):
+            raise OpmonError(f"incident-beam monitor reads {monitor!r} on a frame of map pixel {map_index}: "
+                             "cannot normalise by it (no beam?); process without the monitor")
         self._use_detector_angles(float(nu), float(delta))
         r0, r1, c0, c1 = self.roi
-        kernels.accumulate_frame(frame, float(eta), float(phi), int(map_index), self._q_lab, self.detector_mask,
+        kernels.accumulate_frame(frame, float(eta), float(phi), int(map_index), reading, self._q_lab, self.detector_mask,
                                  r0, r1, c0, c1, self.threshold, self.despeckle, BACKGROUND_ROW_STRIDE,
-                                 self._roi_moments, *self._sums())
+                                 self._roi_moments, self._basis_moments, *self._sums())
 
     def process_block(self, frames: npt.NDArray[Any], map_index: npt.ArrayLike, eta: npt.ArrayLike,
-                      phi: npt.ArrayLike, nu: npt.ArrayLike, delta: npt.ArrayLike) -> None:
-        """Add a block of frames (k, rows, cols); angles are per frame (k,) or scalars.
+                      phi: npt.ArrayLike, nu: npt.ArrayLike, delta: npt.ArrayLike,
+                      monitor: npt.ArrayLike | None = None) -> None:
+        """Add a block of frames (k, rows, cols); angles (and the incident-beam `monitor`, None:
+        not normalised) are per frame (k,) or scalars.
 
         One kernel call per run of frames at the same detector position (usually the whole
         block): larger blocks spread the call's Python cost (tens of microseconds) thinner.
@@ -158,18 +209,24 @@ class MomentAccumulator:
         if not (np.isfinite(etas).all() and np.isfinite(phis).all() and np.isfinite(nus).all() and np.isfinite(deltas).all()):
             raise OpmonError("non-finite angle among the frames' eta/phi/nu/delta")
         etas, phis = np.ascontiguousarray(etas), np.ascontiguousarray(phis)
+        monitors = np.ascontiguousarray(np.broadcast_to(np.asarray(1.0 if monitor is None else monitor, dtype=np.float64), (k,)))
+        if not (np.isfinite(monitors).all() and (monitors > 0).all()):
+            bad_at = int(np.argmin(np.isfinite(monitors) & (monitors > 0)))
+            raise OpmonError(f"incident-beam monitor reads {float(monitors[bad_at]):g} on a frame of map pixel {int(index[bad_at])}: "
+                             "cannot normalise by it (no beam?); process without the monitor")
         # Frames of one block usually share the detector position: one kernel call per run of it.
         moved = np.flatnonzero((nus[1:] != nus[:-1]) | (deltas[1:] != deltas[:-1])) + 1
         r0, r1, c0, c1 = self.roi
         for start, stop in zip([0, *moved.tolist()], [*moved.tolist(), k]):
             self._use_detector_angles(float(nus[start]), float(deltas[start]))
             kernels.accumulate_block(frames[start:stop], etas[start:stop], phis[start:stop], index[start:stop],
-                                     self._q_lab, self.detector_mask, r0, r1, c0, c1, self.threshold, self.despeckle,
-                                     BACKGROUND_ROW_STRIDE, self._roi_moments, *self._sums())
+                                     monitors[start:stop], self._q_lab, self.detector_mask, r0, r1, c0, c1,
+                                     self.threshold, self.despeckle, BACKGROUND_ROW_STRIDE, self._roi_moments,
+                                     self._basis_moments, *self._sums())
 
     def _sums(self) -> tuple[np.ndarray, ...]:
         """The sums arrays in the kernels' argument order (that of STATE_KEYS)."""
-        return (self.sum_i, self.sum_iq, self.sum_iqq, self.n_frames, self.bg_counts, self.bg_q, self.bg_qq)
+        return tuple(getattr(self, key) for key in STATE_KEYS)
 
     # -- combining and results ----------------------------------------------------------
     @property
@@ -209,33 +266,125 @@ class MomentAccumulator:
         for key in STATE_KEYS:
             getattr(self, key)[...] = 0
 
-    def background_rate(self) -> float:
-        """Background counts per pixel per frame used by finalize()."""
-        if self.background is None:
-            return 0.0
-        if self.background != "auto":
-            return float(self.background)
+    def mean_monitor(self) -> float:
+        """The map's mean incident-beam monitor (1.0 when its frames came without one)."""
+        frames = self.frames_seen
+        return float(self.monitor_sum.sum()) / frames if frames else 1.0
+
+    def measured_background(self) -> float:
+        """Counts per pixel per frame outside the ROI as the detector saw them (every count, before
+        despeckle and threshold; at the mean monitor): what the background IS, for reports."""
         frames = self.frames_seen
         if self.n_outside_pixels == 0 or frames == 0:
             return 0.0
-        return float(self.bg_counts.sum()) / (frames * self.n_outside_pixels)
+        return float(self.bg_raw.sum()) / (frames * self.n_outside_pixels) * self.mean_monitor()
 
-    def corrected_sums(self, rate: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Σ I, Σ I·q, Σ I·q⊗q of every summed pixel less the expected background at `rate`
-        (flat, one row per pixel of the sums: additive, so they can be moved and added)."""
-        return (self.sum_i - rate * self.n_roi_pixels * self.n_frames, self.sum_iq - rate * self.bg_q,
-                self.sum_iqq - rate * self.bg_qq)
+    def background_plane(self) -> Plane:
+        """The background subtracted in `finalize`, per monitor count when frames carry a monitor
+        (the kept counts: what despeckle and threshold leave of it, as in the ROI)."""
+        frames = self.frames_seen
+        if self.background is None or isinstance(self.background, np.ndarray):
+            return Plane(0.0)
+        if self.background not in ("auto", "flat"):
+            return Plane(float(self.background) / self.mean_monitor())
+        if self.n_outside_pixels == 0 or frames == 0:
+            return Plane(0.0)
+        flat = Plane(float(self.bg_counts.sum()) / (frames * self.n_outside_pixels), pixels=self.n_outside_pixels)
+        if self.background == "flat":
+            return flat
+        keep = outside_pixels(self.geometry.frame_shape, self.roi, self.detector_mask, BACKGROUND_ROW_STRIDE)
+        plane = fit_plane(self.bg_image, keep, self.geometry.frame_shape, BACKGROUND_ROW_STRIDE, frames) or flat
+        return self._fit_map_points(plane)
+
+    def _fit_map_points(self, plane: Plane) -> Plane:
+        """Refit the plane inside the ROI from the map points outside the particle.
+
+        The sampled rows outside the ROI are few, and a plane fitted there is extrapolated into
+        the ROI (a 2 % error of its level there moves d by 1e-4 Å when the ROI is wide). The map
+        points that hold no Bragg signal hold the background of the ROI itself, over every ROI
+        pixel of every frame: their Σ I and Σ I·q are linear in the plane's coefficients through
+        the same rotated basis moments `finalize` subtracts, so a least-squares fit to them
+        measures the plane where it is used. Points whose Σ I stands 3 Poisson sigmas above the
+        current plane are signal; the fit is repeated as the plane settles. Needs
+        MIN_BACKGROUND_POINTS such points, else the outside fit stands.
+        """
+        seen = self.n_frames > 0
+        n = self.n_frames.astype(np.float64)
+        sizes = np.array([self.n_roi_pixels, *self._basis.sum(axis=(1, 2))])
+        scale_q = float(np.linalg.norm(self.bg_q.sum(axis=0))) / max(float(self.n_roi_pixels * n.sum()), 1.0)
+        if not scale_q > 0:
+            return plane
+        coef = np.array([plane.c0, plane.cu, plane.cv])
+        points = 0
+        counts = self.mean_monitor()     # the sums are per monitor count: Poisson sigmas are taken in counts
+        for _ in range(3):
+            expected = n * float(sizes @ coef)
+            quiet = seen & ((self.sum_i - expected) * counts < 3.0 * np.sqrt(np.clip(expected * counts, 1.0, None)))
+            points = int(quiet.sum())
+            if points < MIN_BACKGROUND_POINTS:
+                return plane
+            rows0 = n[quiet, None] * sizes[None, :]                                       # Σ I = n·(c · sizes)
+            rows1 = np.concatenate([self.bg_q[quiet, None, :], self.bg_basis_q[quiet]], axis=1) / scale_q  # Σ I·q
+            design = np.concatenate([rows0, rows1.transpose(0, 2, 1).reshape(-1, 3)])
+            target = np.concatenate([self.sum_i[quiet], (self.sum_iq[quiet] / scale_q).reshape(-1)])
+            coef = np.linalg.lstsq(design, target, rcond=None)[0]
+        return Plane(float(coef[0]), float(coef[1]), float(coef[2]), points)
+
+    def background_rate(self) -> float:
+        """Mean background counts per ROI pixel per frame that finalize() subtracts (at the mean monitor)."""
+        return self._per_frame(self.background_plane()) / max(self.n_roi_pixels, 1) * self.mean_monitor()
+
+    def _per_frame(self, plane: Plane) -> float:
+        """Background counts the ROI holds per frame (per monitor count)."""
+        return plane.c0 * self.n_roi_pixels + float(np.dot(self._basis_coefficients(plane), self._basis.sum(axis=(1, 2))))
+
+    def _basis_coefficients(self, plane: Plane) -> npt.NDArray[np.float64]:
+        if isinstance(self.background, np.ndarray):
+            return np.array([1.0 / self.mean_monitor()])
+        return plane.basis if self._basis.shape[0] else np.zeros(0)
+
+    def corrected_sums(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:
+        """Σ I, Σ I·q, Σ I·q⊗q of every summed row less the expected background image, at the map's
+        mean monitor (flat, one row per pixel of the sums: additive, so they can be moved and
+        added), with the background per frame (per monitor count) and the monitor scale used."""
+        plane = self.background_plane()
+        coef = self._basis_coefficients(plane)
+        per_frame = self._per_frame(plane)
+        scale = self.mean_monitor()
+        s0 = (self.sum_i - per_frame * self.n_frames) * scale
+        s1 = (self.sum_iq - plane.c0 * self.bg_q - np.einsum("k,pka->pa", coef, self.bg_basis_q)) * scale
+        s2 = (self.sum_iqq - plane.c0 * self.bg_qq - np.einsum("k,pkab->pab", coef, self.bg_basis_qq)) * scale
+        return s0, s1, s2, per_frame, scale
 
     def finalize(self, partial: bool = False) -> MapResult:
-        """Derive the maps. The background rate is estimated over the whole map (all its frames)
+        """Derive the maps. The background is estimated over the whole map (all its frames)
         because one map pixel's outside-ROI counts are too few for a stable rate.
 
         partial=True allows a map without intensity yet (live previews)."""
-        rate = self.background_rate()
-        s0, s1, s2 = self.corrected_sums(rate)
+        s0, s1, s2, per_frame, scale = self.corrected_sums()
         ny, nx = self.map_shape
-        return derive_maps(s0.reshape(ny, nx), s1.reshape(ny, nx, 3), s2.reshape(ny, nx, 3, 3),
-                           self.n_frames.reshape(ny, nx), background=rate, require_signal=not partial)
+        result = derive_maps(s0.reshape(ny, nx), s1.reshape(ny, nx, 3), s2.reshape(ny, nx, 3, 3),
+                             self.n_frames.reshape(ny, nx), background=self.measured_background(),
+                             require_signal=not partial)
+        eta_i = (self.eta_sum_i - per_frame * self.eta_sum) * scale
+        eta_i2 = (self.eta_sum_i2 - per_frame * self.eta_sum2) * scale
+        result.flags = map_flags(s0.reshape(ny, nx), eta_i.reshape(ny, nx), eta_i2.reshape(ny, nx),
+                                 self.eta_sum.reshape(ny, nx), self.eta_sum2.reshape(ny, nx),
+                                 self.n_frames.reshape(ny, nx), self.low_counts)
+        return result
+
+
+def basis_moments(basis: npt.NDArray[np.float64], q_lab: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """(K, 12) lab moments [S0, S1 (3), S2 (6)] of each basis image (K, rows, cols) over the ROI's q table."""
+    out = np.zeros((basis.shape[0], kernels.N_MOMENTS + 2))
+    if basis.shape[0] == 0:
+        return out
+    qx, qy, qz = q_lab[..., 0], q_lab[..., 1], q_lab[..., 2]
+    for k, weights in enumerate(basis):
+        out[k, :10] = [weights.sum(), (weights * qx).sum(), (weights * qy).sum(), (weights * qz).sum(),
+                       (weights * qx * qx).sum(), (weights * qx * qy).sum(), (weights * qx * qz).sum(),
+                       (weights * qy * qy).sum(), (weights * qy * qz).sum(), (weights * qz * qz).sum()]
+    return out
 
 
 def warm_up_kernels() -> None:
@@ -249,5 +398,6 @@ def warm_up_kernels() -> None:
             frame.flags.writeable = writeable
             acc = MomentAccumulator(geometry, (1, 1), roi=(4, 12, 4, 12))
             acc.process_frame(frame, 0, 10.0, 0.0, 0.0, 30.0)
+            acc.process_frame(frame, 0, 10.0, 0.0, 0.0, 30.0, monitor=2.0)
             acc.process_block(frame[None], [0], [10.0], [0.0], 0.0, 30.0)
             acc.finalize(partial=True)

@@ -24,8 +24,8 @@ import numpy as np
 import numpy.typing as npt
 
 from opmon.errors import ConfigError, MapIndexError, OpmonError
-from opmon.processors.accumulate import STATE_KEYS, MomentAccumulator
-from opmon.processors.maps import MapResult, derive_maps
+from opmon.processors.accumulate import PER_PIXEL_KEYS, STATE_KEYS, MomentAccumulator
+from opmon.processors.maps import MapResult, derive_maps, map_flags
 from opmon.processors.registration import coverage, register_eta_scans, resample
 
 F64 = npt.NDArray[np.float64]
@@ -126,6 +126,9 @@ def add_states(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, 
     eta = np.unique(np.concatenate([ea, eb]))
     out: dict[str, np.ndarray] = {SCAN_ETA: eta}
     for key in STATE_KEYS:
+        if key not in PER_PIXEL_KEYS:       # per detector row, not per map pixel: plain addition
+            out[key] = a[key] + b[key]
+            continue
         tail = a[key].shape[1:]
         total = np.zeros((eta.size, n_pixels) + tail, dtype=a[key].dtype)
         for e, s in ((ea, a), (eb, b)):
@@ -158,7 +161,7 @@ class EtaScanAccumulator(MomentAccumulator):
     # -- slots ----------------------------------------------------------------------------------
     def _resize(self, n_slots: int) -> None:
         """Grow the sums to `n_slots` scans (new scans start at zero)."""
-        for key in STATE_KEYS:
+        for key in PER_PIXEL_KEYS:
             old = getattr(self, key)
             rows = n_slots * self.n_pixels
             if old.shape[0] == rows:
@@ -189,7 +192,8 @@ class EtaScanAccumulator(MomentAccumulator):
             raise MapIndexError(f"map index {int(index[np.argmax(bad)])} outside 0..{self.n_pixels - 1} of map {self.map_shape}")
 
     # -- frames ---------------------------------------------------------------------------------
-    def process_frame(self, frame: npt.NDArray[Any], map_index: int, eta: float, phi: float, nu: float, delta: float) -> None:
+    def process_frame(self, frame: npt.NDArray[Any], map_index: int, eta: float, phi: float, nu: float, delta: float,
+                      monitor: float | None = None) -> None:
         """Add one frame to map pixel `map_index` of its eta scan."""
         self._check_index(np.array([int(map_index)]))
         if not np.isfinite(eta):
@@ -197,20 +201,21 @@ class EtaScanAccumulator(MomentAccumulator):
         slot = self._slot_of.get(float(np.round(eta, ETA_DECIMALS)))   # the per-frame path: one dict look-up
         if slot is None:
             slot = int(self._slots([eta])[0])
-        super().process_frame(frame, slot * self.n_pixels + int(map_index), eta, phi, nu, delta)
+        super().process_frame(frame, slot * self.n_pixels + int(map_index), eta, phi, nu, delta, monitor)
 
     def process_block(self, frames: npt.NDArray[Any], map_index: npt.ArrayLike, eta: npt.ArrayLike,
-                      phi: npt.ArrayLike, nu: npt.ArrayLike, delta: npt.ArrayLike) -> None:
+                      phi: npt.ArrayLike, nu: npt.ArrayLike, delta: npt.ArrayLike,
+                      monitor: npt.ArrayLike | None = None) -> None:
         """Add a block of frames, each to its map pixel of its eta scan."""
         index = np.asarray(map_index, dtype=np.int64).reshape(-1)
         if frames.ndim != 3 or index.shape != (frames.shape[0],):
-            super().process_block(frames, map_index, eta, phi, nu, delta)   # raises, naming the shapes
+            super().process_block(frames, map_index, eta, phi, nu, delta, monitor)   # raises, naming the shapes
             return
         etas = np.broadcast_to(np.asarray(eta, dtype=np.float64), index.shape)
         self._check_index(index)
         if not np.isfinite(etas).all():
             raise OpmonError("non-finite angle among the frames' eta/phi/nu/delta")
-        super().process_block(frames, self._slots(etas) * self.n_pixels + index, etas, phi, nu, delta)
+        super().process_block(frames, self._slots(etas) * self.n_pixels + index, etas, phi, nu, delta, monitor)
 
     # -- state ----------------------------------------------------------------------------------
     def state(self) -> dict[str, np.ndarray]:
@@ -230,6 +235,12 @@ class EtaScanAccumulator(MomentAccumulator):
         n = theirs_eta.size
         for key in STATE_KEYS:
             mine = getattr(self, key)
+            if key not in PER_PIXEL_KEYS:   # per detector row (the background image): added as it is
+                theirs = np.asarray(state[key])
+                if theirs.shape != mine.shape:
+                    raise OpmonError(f"state {key!r} has shape {theirs.shape}, expected {mine.shape}")
+                mine += theirs
+                continue
             theirs = np.asarray(state[key])
             if theirs.shape != (n * self.n_pixels,) + mine.shape[1:]:
                 raise OpmonError(f"state {key!r} has shape {theirs.shape}, expected {(n * self.n_pixels,) + mine.shape[1:]}")
@@ -241,13 +252,15 @@ class EtaScanAccumulator(MomentAccumulator):
         """The map: scans registered and added (final), or added as they are (partial)."""
         ny, nx = self.map_shape
         n = self.scan_eta.size
-        rate = self.background_rate()
-        s0, s1, s2 = (a.reshape((n, ny, nx) + a.shape[1:]) for a in self.corrected_sums(rate))
+        flat_s0, flat_s1, flat_s2, per_frame, scale = self.corrected_sums()
+        s0, s1, s2 = (a.reshape((n, ny, nx) + a.shape[1:]) for a in (flat_s0, flat_s1, flat_s2))
+        background = self.measured_background()
         frames = self.n_frames.reshape(n, ny, nx).sum(axis=0) if n else np.zeros((ny, nx), dtype=np.int64)
         order = np.argsort(self.scan_eta)
         if partial or n == 0:   # the scans added as they are
-            return derive_maps(s0.sum(axis=0), s1.sum(axis=0), s2.sum(axis=0), frames, background=rate,
-                               require_signal=not partial)
+            result = derive_maps(s0.sum(axis=0), s1.sum(axis=0), s2.sum(axis=0), frames, background=background,
+                                 require_signal=not partial)
+            return self._flagged(result, result.intensity, per_frame, scale)
         shifts = self._shifts(s0[order])
         t0, t1, t2 = np.zeros((ny, nx)), np.zeros((ny, nx, 3)), np.zeros((ny, nx, 3, 3))
         for rank, slot in enumerate(order):
@@ -256,7 +269,7 @@ class EtaScanAccumulator(MomentAccumulator):
             t2 += resample(s2[slot], shifts[rank])
         weights = np.clip(s0[order].sum(axis=(1, 2)), 0.0, None)
         covered = coverage((ny, nx), shifts, weights) >= COVERED
-        result = derive_maps(t0, t1, t2, frames, background=rate)
+        result = derive_maps(t0, t1, t2, frames, background=background)
         lost = (~covered) & (result.mask > 0)
         if lost.any():
             result.mask = np.where(covered, result.mask, 0).astype(np.uint8)
@@ -265,6 +278,20 @@ class EtaScanAccumulator(MomentAccumulator):
             result.q = np.where(covered[..., None], result.q, np.nan)
         result.eta_scans = self.scan_eta[order].copy()
         result.eta_shifts = shifts
+        return self._flagged(result, t0, per_frame, scale)
+
+    def _flagged(self, result: MapResult, s0: F64, per_frame: float, scale: float) -> MapResult:
+        """The low-count and rocking-range flags, from the rocking sums of every scan added per map
+        pixel (not moved: the rocking flag asks where each pixel's peak sits in eta)."""
+        ny, nx = self.map_shape
+        n = max(self.scan_eta.size, 1)
+
+        def summed(values: np.ndarray) -> F64:
+            return values.reshape(n, ny, nx).sum(axis=0) if self.scan_eta.size else np.zeros((ny, nx))
+        eta_i = summed((self.eta_sum_i - per_frame * self.eta_sum) * scale)
+        eta_i2 = summed((self.eta_sum_i2 - per_frame * self.eta_sum2) * scale)
+        result.flags = map_flags(s0, eta_i, eta_i2, summed(self.eta_sum), summed(self.eta_sum2),
+                                 result.frames, self.low_counts)
         return result
 
     def _shifts(self, stack: F64) -> F64:

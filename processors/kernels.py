@@ -14,7 +14,8 @@ without fastmath, so the maps are bit-identical to it
 (tests/processors/test_kernels.py checks this against a copy of that kernel).
 
 Layout of the ten lab-frame moments of one frame: [S0, Sx, Sy, Sz, Sxx, Sxy, Sxz, Syy, Syz, Szz];
-an 11th value holds the counts outside the ROI.
+an 11th value holds the kept counts outside the ROI (on the sampled rows), a 12th all of them
+(despeckle and threshold aside: the background as measured).
 """
 from __future__ import annotations
 
@@ -60,24 +61,53 @@ def _piece_empty(span, p):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _span_counts(frame, r, lo, hi, threshold, mask_row, despeckle):  # type: ignore[no-untyped-def]
-    """Kept counts of row r between columns lo and hi (an integer: exact in any order)."""
+def _span_counts(frame, r, lo, hi, threshold, mask_row, despeckle, image_row, weight):  # type: ignore[no-untyped-def]
+    """Kept counts of row r between columns lo and hi (an integer: exact in any order), and all
+    its unmasked counts (despeckle and threshold aside: the background as the detector saw it).
+
+    Each kept count, times the frame's monitor weight, is also added to ``image_row[lo:hi]``: the
+    per-pixel background image outside the ROI that `background.fit_plane` fits.
+    """
     total = 0
+    raw = 0
     if hi <= lo:
-        return total
+        return total, raw
     span = frame[r, lo:hi]
     if _any_count(span) == 0:
-        return total
+        return total, raw
     for i in range(hi - lo):
         v = span[i]
-        if v == 0 or v < threshold or mask_row[i] != 0 or (despeckle and v == 1 and _isolated(frame, r, lo + i)):
+        if v == 0 or mask_row[i] != 0:
+            continue
+        raw += v
+        if v < threshold or (despeckle and v == 1 and _isolated(frame, r, lo + i)):
             continue
         total += v
-    return total
+        image_row[lo + i] += weight * v
+    return total, raw
+
+
+@numba.njit(cache=True, nogil=True)   # a call per sampled row, not inlined: it keeps the ROI loop as lean as it was
+def _outside_counts(frame, r, in_rows, c0, c1, threshold, mask, despeckle, image_row, weight):  # type: ignore[no-untyped-def]
+    """Kept and all counts of sampled row r outside the ROI columns (the whole row outside the ROI rows)."""
+    cols = frame.shape[1]
+    if in_rows:
+        kept, seen = _span_counts(frame, r, 0, c0, threshold, mask[r, 0:c0], despeckle, image_row, weight)
+        kept2, seen2 = _span_counts(frame, r, c1, cols, threshold, mask[r, c1:cols], despeckle, image_row, weight)
+        return kept + kept2, seen + seen2
+    return _span_counts(frame, r, 0, cols, threshold, mask[r], despeckle, image_row, weight)
 
 
 @numba.njit(cache=True, nogil=True)
 def frame_moments(frame, q_lab, mask, r0, r1, c0, c1, threshold, despeckle, stride, out):  # type: ignore[no-untyped-def]
+    """Lab-frame moments of the ROI and the counts outside it, for one frame (see `frame_moments_image`)."""
+    image = np.zeros((frame.shape[0] // stride + 1, frame.shape[1]))
+    frame_moments_image(frame, q_lab, mask, r0, r1, c0, c1, threshold, despeckle, stride, out, image, 1.0)
+
+
+@numba.njit(cache=True, nogil=True)
+def frame_moments_image(frame, q_lab, mask, r0, r1, c0, c1, threshold, despeckle, stride, out, image,
+                        weight):  # type: ignore[no-untyped-def]
     """Lab-frame moments of the ROI and the counts outside it, for one frame.
 
     Parameters
@@ -95,11 +125,15 @@ def frame_moments(frame, q_lab, mask, r0, r1, c0, c1, threshold, despeckle, stri
         other rows through the ROI are read across the ROI only. The background rate is
         averaged over a whole map, so a sample of the rows measures it as well at a fraction
         of the cost.
-    out : (11,) float64, receives the 10 moments then the counts outside the ROI.
+    out : (12,) float64, receives the 10 moments, the kept counts outside the ROI, then all the
+        unmasked counts outside it (despeckle and threshold aside).
+    image : (rows // stride + 1, cols) float64; each kept count outside the ROI on a sampled
+        row adds ``weight`` × count at its pixel (the background image).
     """
     rows, cols = frame.shape
     s0 = sx = sy = sz = sxx = sxy = sxz = syy = syz = szz = 0.0
     outside = 0
+    raw = 0
     n = c1 - c0
     for r in range(rows):
         in_rows = r >= r0 and r < r1
@@ -129,14 +163,14 @@ def frame_moments(frame, q_lab, mask, r0, r1, c0, c1, threshold, despeckle, stri
                         syz += w * qy * qz
                         szz += w * qz * qz
         if r % stride == 0:  # a sampled row: its counts outside the ROI measure the background
-            if in_rows:
-                outside += _span_counts(frame, r, 0, c0, threshold, mask[r, 0:c0], despeckle)
-                outside += _span_counts(frame, r, c1, cols, threshold, mask[r, c1:cols], despeckle)
-            else:
-                outside += _span_counts(frame, r, 0, cols, threshold, mask[r], despeckle)
+            kept, seen = _outside_counts(frame, r, in_rows, c0, c1, threshold, mask, despeckle, image[r // stride], weight)
+            outside += kept
+            raw += seen
     out[0], out[1], out[2], out[3], out[4] = s0, sx, sy, sz, sxx
     out[5], out[6], out[7], out[8], out[9] = sxy, sxz, syy, syz, szz
     out[10] = outside
+    if out.shape[0] > 11:
+        out[11] = raw
 
 
 @numba.njit(cache=True, nogil=True)
@@ -204,46 +238,80 @@ def _add_rotated(moments, m, scratch, pixel, into_q, into_qq):  # type: ignore[n
             into_qq[pixel, a, b] += r2[a, b]
 
 
+@numba.njit(cache=True, nogil=True)
+def _add_basis(basis_moments, m, scratch, pixel, into_q, into_qq):  # type: ignore[no-untyped-def]
+    """`_add_rotated` of each background basis image's moments (K, 12) into its plane of the (npix, K, ...) sums."""
+    s1, s2, r1, r2, t = scratch[0, 0], scratch[1], scratch[2, 0], scratch[3], scratch[4]
+    for k in range(basis_moments.shape[0]):
+        _unpack(basis_moments[k], s1, s2)
+        _rotate_moments(m, s1, s2, r1, r2, t)
+        for a in range(3):
+            into_q[pixel, k, a] += r1[a]
+            for b in range(3):
+                into_qq[pixel, k, a, b] += r2[a, b]
+
+
 @numba.njit(cache=True, nogil=True, inline="always")
-def _accumulate_one(frame, eta, phi, pixel, q_lab, mask, r0, r1, c0, c1, threshold, despeckle, stride, roi_moments,
-                    sum_i, sum_iq, sum_iqq, n_frames, bg_counts, bg_q, bg_qq, moments, scratch):  # type: ignore[no-untyped-def]
+def _accumulate_one(frame, eta, phi, pixel, monitor, q_lab, mask, r0, r1, c0, c1, threshold, despeckle, stride,
+                    roi_moments, basis_moments, sum_i, sum_iq, sum_iqq, n_frames, bg_counts, bg_q, bg_qq,
+                    bg_basis_q, bg_basis_qq, bg_image, pixel_sums, moments, scratch):  # type: ignore[no-untyped-def]
     """Scan one frame and add its rotated sums to its map pixel.
 
     The same rotation applied to the ROI's geometric moments (unit weight per pixel) gives
-    what a flat background of one count per pixel would have added; finalize() scales it by
-    the estimated background rate and subtracts it. `scratch` is (6, 3, 3), its last plane
-    the sample matrix.
+    what a flat background of one count per pixel would have added; likewise for each
+    background basis image (`basis_moments`); finalize() scales them by the fitted background
+    and subtracts them. The frame's moments are divided by its incident-beam `monitor` (1.0:
+    none, the sums are then those of the frame itself, bit for bit). `scratch` is (6, 3, 3),
+    its last plane the sample matrix.
     """
-    frame_moments(frame, q_lab, mask, r0, r1, c0, c1, threshold, despeckle, stride, moments)
+    weight = 1.0 / monitor
+    frame_moments_image(frame, q_lab, mask, r0, r1, c0, c1, threshold, despeckle, stride, moments, bg_image, weight)
+    if monitor != 1.0:
+        for k in range(N_MOMENTS + 2):
+            moments[k] *= weight
     m = scratch[5]
     _sample_matrix_into(eta, phi, m)
     sum_i[pixel] += moments[0]
     _add_rotated(moments, m, scratch, pixel, sum_iq, sum_iqq)
     _add_rotated(roi_moments, m, scratch, pixel, bg_q, bg_qq)
+    _add_basis(basis_moments, m, scratch, pixel, bg_basis_q, bg_basis_qq)
     n_frames[pixel] += 1
     bg_counts[pixel] += moments[10]
+    extra = pixel_sums[pixel]      # PIXEL_SUMS of accumulate.py, in its order
+    extra[0] += moments[11]
+    extra[1] += moments[0] * eta
+    extra[2] += moments[0] * eta * eta
+    extra[3] += eta
+    extra[4] += eta * eta
+    extra[5] += monitor
 
 
 @numba.njit(cache=True, nogil=True)
-def accumulate_block(frames, etas, phis, pixels, q_lab, mask, r0, r1, c0, c1, threshold, despeckle, stride, roi_moments,
-                     sum_i, sum_iq, sum_iqq, n_frames, bg_counts, bg_q, bg_qq):  # type: ignore[no-untyped-def]
-    """Add a block of frames (k, rows, cols), each at its angles (k,) (deg), into its map pixel (k,).
+def accumulate_block(frames, etas, phis, pixels, monitors, q_lab, mask, r0, r1, c0, c1, threshold, despeckle, stride,
+                     roi_moments, basis_moments, sum_i, sum_iq, sum_iqq, n_frames, bg_counts, bg_q, bg_qq,
+                     bg_basis_q, bg_basis_qq, bg_image, pixel_sums):  # type: ignore[no-untyped-def]
+    """Add a block of frames (k, rows, cols), each at its angles (k,) (deg) with its monitor (k,)
+    (ones: none), into its map pixel (k,).
 
     One call per block: no Python and no allocation between frames. The sums arrays are
-    those of `MomentAccumulator.state()`; roi_moments are the ROI's geometric lab moments.
+    those of `MomentAccumulator.state()`; roi_moments are the ROI's geometric lab moments,
+    basis_moments (K, 11) those of the background basis images.
     """
-    moments = np.empty(N_MOMENTS + 1)
+    moments = np.empty(N_MOMENTS + 2)
     scratch = np.empty((6, 3, 3))
     for f in range(frames.shape[0]):
-        _accumulate_one(frames[f], etas[f], phis[f], pixels[f], q_lab, mask, r0, r1, c0, c1, threshold, despeckle,
-                        stride, roi_moments, sum_i, sum_iq, sum_iqq, n_frames, bg_counts, bg_q, bg_qq, moments, scratch)
+        _accumulate_one(frames[f], etas[f], phis[f], pixels[f], monitors[f], q_lab, mask, r0, r1, c0, c1, threshold,
+                        despeckle, stride, roi_moments, basis_moments, sum_i, sum_iq, sum_iqq, n_frames, bg_counts,
+                        bg_q, bg_qq, bg_basis_q, bg_basis_qq, bg_image, pixel_sums, moments, scratch)
 
 
 @numba.njit(cache=True, nogil=True)
-def accumulate_frame(frame, eta, phi, pixel, q_lab, mask, r0, r1, c0, c1, threshold, despeckle, stride, roi_moments,
-                     sum_i, sum_iq, sum_iqq, n_frames, bg_counts, bg_q, bg_qq):  # type: ignore[no-untyped-def]
-    """`accumulate_block` for one frame (rows, cols) with scalar angles and map pixel: the live path."""
-    moments = np.empty(N_MOMENTS + 1)
+def accumulate_frame(frame, eta, phi, pixel, monitor, q_lab, mask, r0, r1, c0, c1, threshold, despeckle, stride,
+                     roi_moments, basis_moments, sum_i, sum_iq, sum_iqq, n_frames, bg_counts, bg_q, bg_qq,
+                     bg_basis_q, bg_basis_qq, bg_image, pixel_sums):  # type: ignore[no-untyped-def]
+    """`accumulate_block` for one frame (rows, cols) with scalar angles, monitor and map pixel: the live path."""
+    moments = np.empty(N_MOMENTS + 2)
     scratch = np.empty((6, 3, 3))
-    _accumulate_one(frame, eta, phi, pixel, q_lab, mask, r0, r1, c0, c1, threshold, despeckle, stride, roi_moments,
-                    sum_i, sum_iq, sum_iqq, n_frames, bg_counts, bg_q, bg_qq, moments, scratch)
+    _accumulate_one(frame, eta, phi, pixel, monitor, q_lab, mask, r0, r1, c0, c1, threshold, despeckle, stride,
+                    roi_moments, basis_moments, sum_i, sum_iq, sum_iqq, n_frames, bg_counts, bg_q, bg_qq,
+                    bg_basis_q, bg_basis_qq, bg_image, pixel_sums, moments, scratch)

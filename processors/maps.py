@@ -25,6 +25,17 @@ MASK_RULE = (f"masked (grey): Σ I below {MASK_FRACTION:.0%} of the map's bright
 
 F64 = npt.NDArray[np.float64]
 
+#: bits of the per-pixel `flags` map (uint8): why a pixel's values deserve caution, masked or not
+FLAG_EDGE = 1              # the peak is cut by the ROI or the detector edge
+FLAG_LOW_COUNTS = 2        # Σ I below LOW_COUNTS counts: the centre of mass is noisy
+FLAG_ROCKING = 4           # the peak is cut by the rocking range: its centre is pulled inward
+LOW_COUNTS = 100.0         # counts (after background) below which FLAG_LOW_COUNTS is set
+ROCKING_EDGE_STEPS = 1.0   # FLAG_ROCKING: intensity-weighted eta centre within this many steps of an end
+ROCKING_EDGE_WIDTHS = 1.5  # ... or within this many rocking-curve widths (σ of the intensity over eta)
+FLAGS_DESCRIPTION = (f"bit field: {FLAG_EDGE} = peak cut by the ROI or detector edge, {FLAG_LOW_COUNTS} = Σ I below "
+                     f"{LOW_COUNTS:g} counts, {FLAG_ROCKING} = peak cut by the rocking range (eta centre within "
+                     f"{ROCKING_EDGE_STEPS:g} step or {ROCKING_EDGE_WIDTHS:g} rocking widths of an end)")
+
 
 @dataclass
 class MapResult:
@@ -42,6 +53,11 @@ class MapResult:
     background: float = 0.0
     eta_scans: F64 | None = None     # eta (deg) of each eta scan, when the scans were registered ...
     eta_shifts: F64 | None = None    # ... and the (n, 2) (dy, dx) drift, map pixels, each was moved back by
+    flags: npt.NDArray[np.uint8] | None = None
+
+    def __post_init__(self) -> None:
+        if self.flags is None:      # results and files from before the flags: nothing flagged
+            self.flags = np.zeros(self.d_spacing.shape, dtype=np.uint8)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -66,6 +82,8 @@ class MapResult:
         and missing frames per pixel count as none."""
         known = {k: v for k, v in arrays.items() if k in cls.__dataclass_fields__ and k != "background"}
         known.setdefault("frames", np.zeros(arrays["d_spacing"].shape, dtype=np.int64))
+        if "flags" in known:
+            known["flags"] = np.asarray(known["flags"], dtype=np.uint8)
         return cls(**known, background=float(background))
 
     def maps_arrays(self) -> MapsArrays:
@@ -122,6 +140,34 @@ def derive_maps(sum_i: F64, sum_iq: F64, sum_iqq: F64, frames: npt.NDArray[np.in
         q=q, mask=valid.astype(np.uint8), mean_q=mean_q, frames=np.asarray(frames, dtype=np.int64).reshape(shape),
         background=float(background),
     )
+
+
+def map_flags(sum_i: F64, eta_sum_i: F64, eta_sum_i2: F64, eta_sum: F64, eta_sum2: F64,
+              frames: npt.NDArray[np.int64], low_counts: float = LOW_COUNTS) -> npt.NDArray[np.uint8]:
+    """FLAG_LOW_COUNTS and FLAG_ROCKING of every map pixel with frames, from additive sums.
+
+    A pixel's eta scan is known by Σ η, Σ η² and its frames n: for n evenly spaced steps its ends
+    are mean ± std·sqrt(3(n−1)/(n+1)) and its step 2·half-range/(n−1). The rocking curve's centre
+    and width are Σ I·η / Σ I and the spread from Σ I·η² (background-subtracted sums). A peak whose
+    centre lies within ROCKING_EDGE_STEPS steps or ROCKING_EDGE_WIDTHS widths of an end is cut
+    there, and its centre of mass pulled inward (a peak cut at its maximum has its centre 0.8
+    widths inside the end, about 1.3 of the widths measured from what is left).
+    """
+    n = np.asarray(frames, dtype=np.float64)
+    flags = np.zeros(sum_i.shape, dtype=np.uint8)
+    seen = n > 0
+    flags[seen & ~(sum_i >= low_counts)] |= FLAG_LOW_COUNTS
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = eta_sum / n
+        std = np.sqrt(np.clip(eta_sum2 / n - mean * mean, 0.0, None))
+        half = std * np.sqrt(3.0 * (n - 1.0) / (n + 1.0))
+        step = 2.0 * half / (n - 1.0)
+        centre = eta_sum_i / sum_i
+        width = np.sqrt(np.clip(eta_sum_i2 / sum_i - centre * centre, 0.0, None))
+        inside = half - np.abs(centre - mean)
+        near_end = inside < np.maximum(ROCKING_EDGE_STEPS * step, ROCKING_EDGE_WIDTHS * width)
+    flags[seen & (n >= 2) & (step > 0) & (sum_i > 0) & near_end] |= FLAG_ROCKING
+    return flags
 
 
 def bright_level(s0: F64, seen: npt.NDArray[np.bool_]) -> float:

@@ -24,7 +24,7 @@ from opmon.processors.accumulate import Background, MomentAccumulator, Roi
 from opmon.processors.bad_pixels import BadPixelFinder, merged_mask
 from opmon.processors.eta_scans import EtaScanAccumulator, Registration, check_manual_shifts, describe
 from opmon.processors.geometry import DetectorGeometry
-from opmon.processors.maps import MapResult
+from opmon.processors.maps import FLAGS_DESCRIPTION, LOW_COUNTS, MapResult
 from opmon.streaming.archive.layout import MAPS, MAPS_BAD_FRAMES, MAPS_ETA_SHIFTS, MAPS_FOUND_BAD_PIXELS
 from opmon.streaming.archive.maps_file import grid_axes, write_axes, write_maps
 from opmon.streaming.archive.raw import check_roi, map_entries, natural_key, open_hdf5
@@ -46,16 +46,20 @@ class ProcessOptions:
     roi: Roi | str | None = "auto"
     threshold: int = 0
     background: Background = "auto"
-    despeckle: bool = True
+    despeckle: bool = False
     block: int = 64
     skip_bad_frames: bool = False  # corrupt frames: skip and list them (True) or stop with an error
     find_bad_pixels: bool = True  # hot/dead pixels found from sampled frames join the file's mask
     register: Registration = "off"  # eta scans registered before they add up: off, from the data (auto), or given shifts
+    monitor: bool = True  # divide frames by the source's incident-beam monitor when it has one
+    low_counts: float = LOW_COUNTS  # Σ I below this (counts) sets maps.FLAG_LOW_COUNTS
+    background_source: str = ""  # where a given background image came from (file:dataset), recorded
 
     def attrs(self, roi: Roi) -> dict[str, Any]:
-        return {"roi": np.asarray(roi), "threshold": self.threshold, "background": str(self.background),
-                "despeckle": self.despeckle, "find_bad_pixels": self.find_bad_pixels,
-                "register": describe(self.register), "opmon_version": __version__}
+        background = f"image {self.background_source}".strip() if isinstance(self.background, np.ndarray) else str(self.background)
+        return {"roi": np.asarray(roi), "threshold": self.threshold, "background": background,
+                "despeckle": self.despeckle, "find_bad_pixels": self.find_bad_pixels, "monitor": self.monitor,
+                "low_counts": self.low_counts, "register": describe(self.register), "opmon_version": __version__}
 
 
 def find_entries(f: h5py.File, entry: str | None) -> list[str]:
@@ -223,7 +227,8 @@ def new_accumulator(smap: SourceMap, options: ProcessOptions, roi: Roi,
     `mask` replaces the file's detector mask (e.g. `MapPlan.mask`)."""
     meta = smap.meta
     settings: dict[str, Any] = dict(roi=roi, detector_mask=meta.detector_mask if mask is None else mask,
-                                    threshold=options.threshold, background=options.background, despeckle=options.despeckle)
+                                    threshold=options.threshold, background=options.background, despeckle=options.despeckle,
+                                    low_counts=options.low_counts)
     if options.register == "off":
         return MomentAccumulator(DetectorGeometry.from_meta(meta), meta.map_shape, **settings)
     return EtaScanAccumulator(DetectorGeometry.from_meta(meta), meta.map_shape, registration=options.register, **settings)
@@ -242,7 +247,9 @@ def accumulate_frames(smap: SourceMap, acc: MomentAccumulator, options: ProcessO
         at the first corrupt frame, unless ``options.skip_bad_frames``.
     """
     def consume(block: Block, sel: slice | npt.NDArray[np.int64], frames: np.ndarray) -> None:
-        acc.process_block(frames, block.map_index[sel], block.eta[sel], block.phi[sel], block.nu[sel], block.delta[sel])
+        monitor = block.monitor[sel] if options.monitor and block.monitor is not None else None
+        acc.process_block(frames, block.map_index[sel], block.eta[sel], block.phi[sel], block.nu[sel], block.delta[sel],
+                          monitor)
 
     skipped: list[int] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="opmon-accumulate") as pool:
@@ -350,6 +357,8 @@ def write_results(output: str | Path, plan: RawPlan, results: dict[str, EntryRes
             maps.create_dataset(MAPS_BAD_FRAMES, data=np.asarray(done.bad_frames, dtype=np.int64))
             found = maps.create_dataset(MAPS_FOUND_BAD_PIXELS, data=done.found_bad_pixels.reshape(-1, 2))
             found.attrs["long_name"] = "detector pixels (row, column) found hot or dead from the data, masked"
+            maps["flags"].attrs["long_name"] = FLAGS_DESCRIPTION
+            maps.attrs["monitor_normalised"] = bool(options.monitor and smap.monitor is not None)
             axes = grid_axes(smap.meta.x_um, smap.meta.y_um, smap.meta.map_index, smap.meta.map_shape)
             if axes is not None:
                 write_axes(maps, *axes)

@@ -163,6 +163,10 @@ def parse(parts: list[Any]) -> Message:
             value = header.get(key)
             if value is not None and (not isinstance(value, _NUM) or isinstance(value, bool)):
                 raise RejectedMessage("field", f"frame.{key} = {value!r:.40}, expected a number or nil")
+        monitor = header.get("monitor")  # optional incident-beam monitor: the live maps divide by it
+        if monitor is not None and (not isinstance(monitor, _NUM) or isinstance(monitor, bool)
+                                    or not math.isfinite(monitor) or monitor <= 0):
+            raise RejectedMessage("field", f"frame.monitor = {monitor!r:.40}, expected a number > 0 or nil")
         dtype = FRAME_DTYPES.get(header["dtype"])
         if dtype is None:
             raise RejectedMessage("dtype", f"dtype {header['dtype']!r:.40}, expected one of {list(FRAME_DTYPES)}")
@@ -246,9 +250,13 @@ def stop_header(run: str, exit_status: str, n_frames: int, n_maps: int, reason: 
 
 def frame_header(run: str, map_number: int, seq: int, frame: int, index: int, eta: float, phi: float, nu: float,
                  delta: float, dtype: str, shape: tuple[int, int], x: float | None = None,
-                 y: float | None = None, t: float | None = None, chunk: bool = False) -> dict[str, Any]:
-    """Header of one frame (angles in degrees, x/y in micrometres; `chunk`: a bslz4 chunk follows)."""
-    extra = {"chunk": CHUNK_CODEC} if chunk else {}
+                 y: float | None = None, t: float | None = None, chunk: bool = False,
+                 monitor: float | None = None) -> dict[str, Any]:
+    """Header of one frame (angles in degrees, x/y in micrometres; `chunk`: a bslz4 chunk follows;
+    `monitor`: the incident-beam monitor reading of the frame, counts, only when there is one)."""
+    extra: dict[str, Any] = {"chunk": CHUNK_CODEC} if chunk else {}
+    if monitor is not None:
+        extra["monitor"] = float(monitor)
     return {**extra, "v": VERSION, "kind": "frame", "run": run, "map": int(map_number), "seq": int(seq),
             "frame": int(frame), "index": int(index), "eta": float(eta), "phi": float(phi), "nu": float(nu),
             "delta": float(delta), "x": None if x is None else float(x), "y": None if y is None else float(y),

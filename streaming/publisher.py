@@ -135,8 +135,11 @@ class ZmqFrameSink:
         return self.map_number
 
     def send_frame(self, frame: npt.NDArray[Any], *, index: int, eta: float, phi: float, nu: float, delta: float,
-                   x: float | None = None, y: float | None = None, chunk: bytes | None = None) -> int:
+                   x: float | None = None, y: float | None = None, chunk: bytes | None = None,
+                   monitor: float | None = None) -> int:
         """Send one frame zero-copy (do not modify `frame` afterwards); returns its seq.
+
+        `monitor`: the frame's incident-beam monitor reading, when the beamline records one.
 
         `chunk`: the same frame as the detector compressed it (bitshuffle/LZ4, HDF5 filter
         layout), sent along so the archiver stores it without compressing again.
@@ -155,7 +158,7 @@ class ZmqFrameSink:
         if not frame.flags.c_contiguous:
             frame = np.ascontiguousarray(frame)
         header = P.frame_header(self.run, self.map_number, self.seq, self.map_frames, index, eta, phi, nu, delta,
-                                self.dtype, self.frame_shape, x, y, chunk=chunk is not None)
+                                self.dtype, self.frame_shape, x, y, chunk=chunk is not None, monitor=monitor)
         packed = P.pack(header)
         parts: list[Any] = [packed, frame] if chunk is None else [packed, frame, chunk]
         if not self._send(parts, len(packed) + frame.nbytes + (0 if chunk is None else len(chunk))):

@@ -121,8 +121,9 @@ def _send(src: ReplaySource, sink: ZmqFrameSink, rate_fps: float | None, run: st
             for i, frame in _frames(smap, block, skip_bad_frames, bad_frames.setdefault(smap.name, [])):
                 x = None if meta.x_um is None or not np.isfinite(meta.x_um[i]) else float(meta.x_um[i])
                 y = None if meta.y_um is None or not np.isfinite(meta.y_um[i]) else float(meta.y_um[i])
+                monitor = None if smap.monitor is None else float(smap.monitor[i])
                 sink.send_frame(frame, index=int(meta.map_index[i]), eta=float(meta.eta[i]), phi=float(meta.phi[i]),
-                                nu=float(meta.nu[i]), delta=float(meta.delta[i]), x=x, y=y)
+                                nu=float(meta.nu[i]), delta=float(meta.delta[i]), x=x, y=y, monitor=monitor)
                 frames += 1
                 if rate_fps:
                     wait = t0 + frames / rate_fps - time.perf_counter()

@@ -6,6 +6,7 @@ one per eta, makes one map) or an XSOCS master file; the layout is sniffed (--so
 from __future__ import annotations
 
 import argparse
+from typing import Any
 import sys
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from opmon.errors import OpmonError
 from opmon.streaming.archive.layout import DATA
 from opmon.streaming.archive.safe_writes import check_outputs
 from opmon.figure_paths import figure_paths
-from opmon.processing_options import EXIT_SKIPPED, parse_background, parse_roi
+from opmon.processing_options import EXIT_SKIPPED, background_image, looks_like_file, parse_background, parse_roi
 from opmon.source_options import add_source_arguments, source_options
 
 
@@ -38,9 +39,15 @@ def _run(args: argparse.Namespace) -> int:
     import_numba_without_blas()  # before any kernel loads: opmon's kernels need no BLAS
     from opmon.processors.eta_scans import parse_registration
     from opmon.processors.offline import ProcessOptions, plan_raw, process_plan
-    options = ProcessOptions(roi=parse_roi(args.roi), threshold=args.threshold, background=parse_background(args.background),
-                             despeckle=not args.keep_isolated, skip_bad_frames=args.skip_bad_frames,
-                             find_bad_pixels=not args.file_mask_only, register=parse_registration(args.register))
+    background = parse_background(args.background)
+    options = ProcessOptions(roi=parse_roi(args.roi), threshold=args.threshold,
+                             background=background_image(background) if isinstance(background, str) and looks_like_file(background) else background,
+                             despeckle=args.despeckle, skip_bad_frames=args.skip_bad_frames,
+                             find_bad_pixels=not args.file_mask_only, monitor=not args.no_monitor,
+                             low_counts=args.low_counts, background_source=args.background,
+                             register=parse_registration(args.register))
+    if args.low_counts < 0:
+        raise OpmonError(f"--low-counts must be >= 0, got {args.low_counts}")
     if args.threshold < 0:
         raise OpmonError(f"--threshold must be >= 0, got {args.threshold}")
     if args.task_frames is not None and args.task_frames < 1:
@@ -66,7 +73,8 @@ def _run(args: argparse.Namespace) -> int:
         for name, entry in done.items():
             d = entry.result.valid_d()
             print(f"{name}: {d.size} valid pixels, mean d = {d.mean():.5f} Å, std {d.std():.2e} Å, "
-                  f"background {entry.result.background:.2e} counts/pixel/frame")
+                  f"background {entry.result.background:.2e} counts/pixel/frame (measured outside the ROI)")
+            print(f"{name}: flagged {flag_summary(entry.result.flags, entry.result.mask)} (maps/flags)")
             shifts = entry.result.eta_shifts
             if shifts is not None:
                 print(f"{name}: {len(shifts)} eta scans registered ({options.attrs(entry.roi)['register']}), largest drift "
@@ -102,6 +110,15 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def flag_summary(flags: Any, mask: Any) -> str:
+    """How many valid pixels carry each caution flag, in words."""
+    from opmon.processors.maps import FLAG_EDGE, FLAG_LOW_COUNTS, FLAG_ROCKING
+    valid = mask.astype(bool)
+    names = ((FLAG_LOW_COUNTS, "low counts"), (FLAG_ROCKING, "peak cut by the rocking range"),
+             (FLAG_EDGE, "peak cut by the ROI or detector edge"))
+    return ", ".join(f"{int(((flags & bit) > 0)[valid].sum())} valid pixel(s) {what}" for bit, what in names)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("process", help="reduce a raw SXDM file to maps (FORMATS.md)", description=__doc__)
     p.add_argument("raw", metavar="FILE", nargs="+",
@@ -111,9 +128,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_source_arguments(p)
     p.add_argument("--roi", nargs="+", default=None, metavar="R", help="detector ROI: auto (default), full, or r0 r1 c0 c1")
     p.add_argument("--threshold", type=int, default=0, help="ignore pixel counts below this value (default 0)")
-    p.add_argument("--background", default="auto", help="auto (from counts outside the ROI), none, or a rate")
-    p.add_argument("--keep-isolated", action="store_true",
-                   help="keep lone single counts (default: drop them, they are the diffuse background)")
+    p.add_argument("--background", default="auto", metavar="RULE",
+                   help="auto (default: a plane fitted to the counts outside the ROI, subtracted per pixel), flat "
+                        "(one rate from them), none, a rate in counts/pixel/frame, or an image file of counts/pixel/frame "
+                        "(a measured dark/flat: FILE.npy, FILE.h5[:/dataset])")
+    speckle = p.add_mutually_exclusive_group()
+    speckle.add_argument("--despeckle", action="store_true",
+                         help="drop lone single counts before summing (default: keep them; it removes a share of broad "
+                              "peaks' photons and shifts them, while the background image is subtracted in expectation)")
+    speckle.add_argument("--keep-isolated", action="store_true", help="keep lone single counts (the default)")
+    p.add_argument("--no-monitor", action="store_true",
+                   help="do not divide frames by the source's incident-beam monitor (default: divide when it has one)")
+    p.add_argument("--low-counts", type=float, default=100.0, metavar="COUNTS",
+                   help="flag map pixels whose Σ I is below this many counts (default 100; maps/flags bit 2)")
     p.add_argument("--file-mask-only", action="store_true",
                    help="use only the file's detector mask (default: also mask hot/dead pixels found in sampled frames)")
     p.add_argument("--register", default="off", metavar="auto|off|FILE.toml",

@@ -176,7 +176,8 @@ class LiveRun(RunShapes):
             return lm
         if lm.acc is None:
             lm.acc = self.accumulator(lm)
-        lm.acc.process_frame(frame, header["index"], header["eta"], header["phi"], header["nu"], header["delta"])
+        lm.acc.process_frame(frame, header["index"], header["eta"], header["phi"], header["nu"], header["delta"],
+                             header.get("monitor"))
         lm.received += 1
         lm.dirty = True
         return lm

@@ -67,7 +67,8 @@ def map_from_archive(archive: RunArchive, number: int, make: Callable[[dict[str,
     acc = make(found[0], found[1], archive.map_shape(number))
     n = 0
     for header, frame in archive.frames(number, wait_s=5.0):
-        acc.process_frame(frame, header["index"], header["eta"], header["phi"], header["nu"], header["delta"])
+        acc.process_frame(frame, header["index"], header["eta"], header["phi"], header["nu"], header["delta"],
+                          header.get("monitor"))
         n += 1
     return acc, n
 

@@ -124,6 +124,8 @@ def read_maps(parent: h5py.Group) -> MapsArrays:
     check_maps(arrays, f"{group.file.filename}:{group.name}")
     arrays[MAPS_FRAMES] = (group[MAPS_FRAMES][()] if MAPS_FRAMES in group
                            else np.zeros(arrays["d_spacing"].shape, dtype=np.int64))
+    if "flags" in group:       # per-pixel caution bits (processors.maps.FLAG_*), optional
+        arrays["flags"] = group["flags"][()]
     return MapsArrays(arrays, float(group.attrs.get(ATTR_BACKGROUND, 0.0)))
 
 

@@ -5,7 +5,8 @@ edges, several detector positions in one block, and the one-frame live path."""
 import numpy as np
 import pytest
 
-from opmon.processors.accumulate import BACKGROUND_ROW_STRIDE, STATE_KEYS, MomentAccumulator
+from opmon.processors.accumulate import BACKGROUND_ROW_STRIDE, MomentAccumulator
+from opmon.processors.accumulate import MOMENT_KEYS as STATE_KEYS  # the moment sums; the added sums have no previous kernel
 from opmon.processors.geometry import DetectorGeometry
 from tests.processors import previous_kernels as previous
 

@@ -40,6 +40,9 @@ def test_frame_round_trip_is_a_view_of_the_buffer():
     (_frame_parts(shape=[8, 8, 1]), "shape"),
     (_frame_parts(shape=[0, 64]), "shape"),
     (_frame_parts(shape=[16, 8]), "size"),
+    (_frame_parts(monitor=0.0), "field"),                          # no beam: nothing to divide by
+    (_frame_parts(monitor="1e5"), "field"),
+    (_frame_parts(monitor=float("nan")), "field"),
     ([P.pack(P.map_end_header("r", 0, 3, 2)), b"extra"], "parts"),
     ([P.pack({**P.stop_header("r", "success", 1, 1), "exit_status": "maybe"})], "field"),
 ])
@@ -47,6 +50,12 @@ def test_bad_messages_are_rejected_with_their_reason(parts, reason):
     with pytest.raises(P.RejectedMessage) as info:
         P.parse(parts)
     assert info.value.reason == reason
+
+
+def test_a_frames_monitor_travels_in_its_header_only_when_there_is_one():
+    assert "monitor" not in P.parse(_frame_parts()).header
+    header = P.frame_header("run-1", 0, 5, 5, 3, 10.0, 0.0, 0.0, 30.0, "uint32", (8, 8), monitor=7.5e4)
+    assert P.parse([P.pack(header), np.zeros(64, np.uint32).tobytes()]).header["monitor"] == 7.5e4
 
 
 def test_oversized_header_is_rejected_before_decoding():
