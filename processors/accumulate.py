@@ -21,14 +21,18 @@ import numpy.typing as npt
 from opmon.errors import FrameShapeError, MapIndexError, OpmonError
 from opmon.processors import kernels
 from opmon.processors.geometry import DetectorGeometry, pixel_q_lab_window
-from opmon.processors.maps import MapResult, derive_maps
+from opmon.processors.maps import FLAG_EDGE, MapResult, derive_maps
+from opmon.processors.truncation import truncated
 
 Roi = tuple[int, int, int, int]  # (r0, r1, c0, c1), half-open, frame pixels
 Background = Literal["auto"] | float | None
 
 BACKGROUND_ROW_STRIDE = 32  # every 32nd row is read whole for the background outside the ROI
 
-STATE_KEYS = ("sum_i", "sum_iq", "sum_iqq", "n_frames", "bg_counts", "bg_q", "bg_qq")
+STATE_KEYS = ("sum_i", "sum_iq", "sum_iqq", "n_frames", "bg_counts", "bg_q", "bg_qq")  # the kernels' sums
+#: frames counted and their summed eta, phi, nu, delta: where the peaks sit on the detector (truncation flags)
+ANGLE_KEY = "angle_sums"
+SHIPPED_KEYS = (*STATE_KEYS, ANGLE_KEY)  # everything `state()` holds: additive, merged by addition
 
 
 class MomentAccumulator:
@@ -87,6 +91,8 @@ class MomentAccumulator:
         self.bg_counts = np.zeros(npix)
         self.bg_q = np.zeros((npix, 3))
         self.bg_qq = np.zeros((npix, 3, 3))
+        self.angle_sums = np.zeros(5)             # frames, Σ eta, Σ phi, Σ nu, Σ delta (see ANGLE_KEY)
+        self._angles = [0.0] * 5                  # the live path's per-frame share, folded into angle_sums on demand
         self._detector_angles: tuple[float, float] | None = None
         self._q_lab = np.zeros((0, 0, 3))
         self._roi_moments = np.zeros(kernels.N_MOMENTS + 1)
@@ -128,6 +134,8 @@ class MomentAccumulator:
         if not (math.isfinite(eta) and math.isfinite(phi) and math.isfinite(nu) and math.isfinite(delta)):
             raise OpmonError(f"non-finite angle among eta/phi/nu/delta = {eta}, {phi}, {nu}, {delta}")
         self._use_detector_angles(float(nu), float(delta))
+        a = self._angles
+        a[0] += 1.0; a[1] += eta; a[2] += phi; a[3] += nu; a[4] += delta  # noqa: E702 (plain floats: ~100 ns)
         r0, r1, c0, c1 = self.roi
         kernels.accumulate_frame(frame, float(eta), float(phi), int(map_index), self._q_lab, self.detector_mask,
                                  r0, r1, c0, c1, self.threshold, self.despeckle, BACKGROUND_ROW_STRIDE,
@@ -158,6 +166,7 @@ class MomentAccumulator:
         if not (np.isfinite(etas).all() and np.isfinite(phis).all() and np.isfinite(nus).all() and np.isfinite(deltas).all()):
             raise OpmonError("non-finite angle among the frames' eta/phi/nu/delta")
         etas, phis = np.ascontiguousarray(etas), np.ascontiguousarray(phis)
+        self.angle_sums += (k, etas.sum(), phis.sum(), nus.sum(), deltas.sum())
         # Frames of one block usually share the detector position: one kernel call per run of it.
         moved = np.flatnonzero((nus[1:] != nus[:-1]) | (deltas[1:] != deltas[:-1])) + 1
         r0, r1, c0, c1 = self.roi
@@ -176,13 +185,24 @@ class MomentAccumulator:
     def frames_seen(self) -> int:
         return int(self.n_frames.sum())
 
+    def _fold_angles(self) -> None:
+        """Move the live path's per-frame angle sums into `angle_sums`."""
+        if self._angles[0]:
+            self.angle_sums += self._angles
+            self._angles = [0.0] * 5
+
     def state(self) -> dict[str, np.ndarray]:
         """The additive sums, for shipping partial results between processes."""
-        return {key: getattr(self, key) for key in STATE_KEYS}
+        self._fold_angles()
+        return {key: getattr(self, key) for key in SHIPPED_KEYS}
 
     def load_state(self, state: dict[str, np.ndarray], add: bool = True) -> None:
-        """Add (or replace with) sums from `state()` of an accumulator of the same map."""
-        for key in STATE_KEYS:
+        """Add (or replace with) sums from `state()` of an accumulator of the same map (a state
+        without angle sums, from an older sender, leaves the angles unknown: no truncation flags)."""
+        self._fold_angles()
+        for key in SHIPPED_KEYS:
+            if key == ANGLE_KEY and key not in state:
+                continue
             mine = getattr(self, key)
             theirs = np.asarray(state[key])
             if theirs.shape != mine.shape:
@@ -206,8 +226,15 @@ class MomentAccumulator:
         self.load_state(other.state())
 
     def reset(self) -> None:
-        for key in STATE_KEYS:
+        self._angles = [0.0] * 5
+        for key in SHIPPED_KEYS:
             getattr(self, key)[...] = 0
+
+    def mean_angles(self) -> tuple[float, float, float, float] | None:
+        """Mean eta, phi, nu, delta (deg) of the frames summed, None before any."""
+        self._fold_angles()
+        n = self.angle_sums[0]
+        return tuple(float(v) for v in self.angle_sums[1:] / n) if n > 0 else None  # type: ignore[return-value]
 
     def background_rate(self) -> float:
         """Background counts per pixel per frame used by finalize()."""
@@ -230,8 +257,13 @@ class MomentAccumulator:
         s1 = self.sum_iq - rate * self.bg_q
         s2 = self.sum_iqq - rate * self.bg_qq
         ny, nx = self.map_shape
-        return derive_maps(s0.reshape(ny, nx), s1.reshape(ny, nx, 3), s2.reshape(ny, nx, 3, 3),
-                           self.n_frames.reshape(ny, nx), background=rate, require_signal=not partial)
+        result = derive_maps(s0.reshape(ny, nx), s1.reshape(ny, nx, 3), s2.reshape(ny, nx, 3, 3),
+                             self.n_frames.reshape(ny, nx), background=rate, require_signal=not partial)
+        angles = self.mean_angles()
+        if angles is not None:
+            cut = truncated(self.geometry, self.roi, result.q, result.peak_width, *angles)
+            result.flags |= np.where(cut, FLAG_EDGE, 0).astype(np.uint8)
+        return result
 
 
 def warm_up_kernels() -> None:

@@ -22,7 +22,7 @@ import numpy.typing as npt
 
 from opmon import interrupt
 from opmon.errors import EmptyMapError, OpmonError, RawFileError
-from opmon.processors.accumulate import STATE_KEYS, Roi
+from opmon.processors.accumulate import SHIPPED_KEYS, Roi
 from opmon.processors.offline import (EntryResult, ProcessOptions, RawPlan, accumulate_frames, choose_roi,
                                       new_accumulator, write_results)
 from opmon.streaming.archive.sources import Source, SourceMap, SourceOptions, open_source
@@ -101,7 +101,7 @@ def decide_roi(spec: SourceSpec, name: str, options: ProcessOptions) -> Roi:
 
 def merge_sums(a: RangeSums, b: RangeSums) -> RangeSums:
     """Add two ranges' sums (the additive accumulator state) of the same map."""
-    return RangeSums({key: a.state[key] + b.state[key] for key in STATE_KEYS}, sorted(a.bad_frames + b.bad_frames))
+    return RangeSums({key: a.state[key] + b.state[key] for key in SHIPPED_KEYS}, sorted(a.bad_frames + b.bad_frames))
 
 
 # -- splitting and merging ----------------------------------------------------------------------

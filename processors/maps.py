@@ -25,6 +25,11 @@ MASK_RULE = (f"masked (grey): Σ I below {MASK_FRACTION:.0%} of the map's bright
 
 F64 = npt.NDArray[np.float64]
 
+#: per-pixel `flags` (one uint8 bit field, FORMATS.md name `flags`): why a pixel's values may be biased
+#: though it is valid. Every bit is named here, once.
+FLAG_EDGE = 1        # the peak's centre lies within a few widths of the ROI's (or detector's) edge: truncated
+FLAG_NAMES = {FLAG_EDGE: "roi_or_detector_edge"}
+
 
 @dataclass
 class MapResult:
@@ -40,6 +45,11 @@ class MapResult:
     mean_q: F64
     frames: npt.NDArray[np.int64]
     background: float = 0.0
+    flags: npt.NDArray[np.uint8] | None = None   # FLAG_* bits per pixel; None: no bit set
+
+    def __post_init__(self) -> None:
+        if self.flags is None:
+            self.flags = np.zeros(self.d_spacing.shape, dtype=np.uint8)
 
     @property
     def shape(self) -> tuple[int, int]:

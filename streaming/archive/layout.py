@@ -45,6 +45,7 @@ MAPS_REQUIRED = ("d_spacing", "tilt_altitude", "tilt_azimuth", "intensity", "pea
 MAPS_UNITS = {"d_spacing": "angstrom", "tilt_altitude": "deg", "tilt_azimuth": "deg", "intensity": "counts",
               "peak_width": "1/angstrom", "q": "1/angstrom", "mean_q": "1/angstrom"}
 MAPS_FRAMES = "frames"                  # frames per pixel (optional)
+MAPS_FLAGS = "flags"                    # per-pixel uint8 bit field (optional; bits: opmon.processors.maps.FLAG_*)
 MAPS_BAD_FRAMES = "bad_frames"          # corrupt frames skipped by `opmon process --skip-bad-frames`
 MAPS_FOUND_BAD_PIXELS = "found_bad_pixels"  # (n, 2) detector pixels found hot/dead from the data (masked)
 ATTR_BACKGROUND = "background_rate"
