@@ -261,7 +261,9 @@ class MomentAccumulator:
                              self.n_frames.reshape(ny, nx), background=rate, require_signal=not partial)
         angles = self.mean_angles()
         if angles is not None:
-            cut = truncated(self.geometry, self.roi, result.q, result.peak_width, *angles)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                cov = s2.reshape(ny, nx, 3, 3) / s0.reshape(ny, nx, 1, 1) - result.q[..., :, None] * result.q[..., None, :]
+            cut = truncated(self.geometry, self.roi, result.q, cov, *angles)
             result.flags |= np.where(cut, FLAG_EDGE, 0).astype(np.uint8)
         return result
 

@@ -50,21 +50,32 @@ def detector_position(geometry: DetectorGeometry, q_sample: F64, eta: float, phi
     return np.stack([row, col], axis=-1)
 
 
-def edge_distance(position: F64, roi: tuple[int, int, int, int]) -> F64:
-    """Distance (pixels) from each position (..., 2) to the nearest ROI edge; negative outside the ROI."""
-    r0, r1, c0, c1 = roi
-    row, col = position[..., 0], position[..., 1]
-    return np.minimum.reduce([row - (r0 - 0.5), (r1 - 0.5) - row, col - (c0 - 0.5), (c1 - 0.5) - col])
-
-
-def truncated(geometry: DetectorGeometry, roi: tuple[int, int, int, int], q: F64, width: F64, eta: float,
-              phi: float, nu: float, delta: float) -> npt.NDArray[np.bool_]:
-    """Map pixels (shape of `width`) whose peak (mean Q `q` (..., 3), width = √trace of its Q
-    covariance) lies within EDGE_SIGMAS standard deviations of the ROI's edge, or outside it.
-    Pixels with no valid Q are never flagged."""
+def detector_spread(geometry: DetectorGeometry, q: F64, cov: F64, eta: float, phi: float, nu: float,
+                    delta: float) -> tuple[F64, F64]:
+    """(position (..., 2), standard deviations (..., 2) in pixels) on the detector of peaks with mean
+    Q `q` (..., 3) and Q covariance `cov` (..., 3, 3), sample frame: the covariance taken through the
+    Jacobian of `detector_position` (the rocking direction maps to where the Bragg condition puts it)."""
     position = detector_position(geometry, q, eta, phi, nu, delta)
-    pixel_dq = geometry.k * min(geometry.pixel_size_m) / geometry.distance_m   # Å⁻¹ per detector pixel
-    sigma_px = width / np.sqrt(3.0) / pixel_dq           # one axis' standard deviation, in pixels
-    margin = edge_distance(position, roi)
+    step = 1e-6 * geometry.k
+    jac = np.empty(q.shape[:-1] + (2, 3))
+    for axis in range(3):
+        dq = np.zeros(3)
+        dq[axis] = step
+        jac[..., axis] = (detector_position(geometry, q + dq, eta, phi, nu, delta)
+                          - detector_position(geometry, q - dq, eta, phi, nu, delta)) / (2 * step)
+    spread = np.einsum("...ij,...jk,...lk->...il", jac, cov, jac)
+    sigma = np.sqrt(np.clip(np.stack([spread[..., 0, 0], spread[..., 1, 1]], axis=-1), 0.0, None))
+    return position, sigma
+
+
+def truncated(geometry: DetectorGeometry, roi: tuple[int, int, int, int], q: F64, cov: F64, eta: float,
+              phi: float, nu: float, delta: float) -> npt.NDArray[np.bool_]:
+    """Map pixels whose peak (mean Q `q` (..., 3), Q covariance `cov` (..., 3, 3)) lies within
+    EDGE_SIGMAS standard deviations (along rows or columns) of the ROI's edge, or outside it.
+    Pixels with no valid Q are never flagged."""
+    (row, col), (s_row, s_col) = np.moveaxis(np.stack(detector_spread(geometry, q, cov, eta, phi, nu, delta)), -1, 1)
+    r0, r1, c0, c1 = roi
     with np.errstate(invalid="ignore"):
-        return np.isfinite(margin) & np.isfinite(sigma_px) & (margin < EDGE_SIGMAS * sigma_px)
+        near = ((row - (r0 - 0.5) < EDGE_SIGMAS * s_row) | ((r1 - 0.5) - row < EDGE_SIGMAS * s_row)
+                | (col - (c0 - 0.5) < EDGE_SIGMAS * s_col) | ((c1 - 0.5) - col < EDGE_SIGMAS * s_col))
+    return near & np.isfinite(row) & np.isfinite(col)
