@@ -125,6 +125,7 @@ class LiveProcessor(LiveService):
         assert run is not None and run.roi is not None
         self._map(h["map"])
         lm = run.accumulate(h, frame)
+        run.sample_for_follow(lm, frame)
         now = time.time()
         self._accumulated(now - h["t"], h["seq"], now)
         lm.unpublished_t.append(h["t"])
@@ -140,6 +141,7 @@ class LiveProcessor(LiveService):
         lm.ended = True
         acc = lm.acc if lm.acc is not None else run.accumulator(lm)
         self._final(run, lm, acc, n_frames=self._expected(number), frames_lost=self._lost(number))
+        run.follow_peak(number)       # the maps to come: ROI re-centred on this map's peak if it moved
 
     def _progress(self, number: int) -> MapProgress | None:
         return self.info.maps.get(number) if self.run is not None and self.info is not None else None
