@@ -7,8 +7,9 @@ processor both use this class, so live and offline maps agree by construction.
 Background: real photon-counting frames hold a faint diffuse background (~1e-3 counts per
 pixel per frame) that pulls a plain centre of mass toward the ROI centre. With
 ``background="auto"`` the rate is estimated from the counts outside the ROI over all
-frames of the map, and its expected contribution (the rotated geometric moments of the ROI
-pixels) is subtracted in `finalize`. A float sets a fixed rate; None disables it.
+frames of the map (an ROI covering the whole frame: from the map points off the particle),
+and its expected contribution (the rotated geometric moments of the ROI pixels) is
+subtracted in `finalize`. A float sets a fixed rate; None disables it.
 """
 from __future__ import annotations
 
@@ -28,6 +29,11 @@ Roi = tuple[int, int, int, int]  # (r0, r1, c0, c1), half-open, frame pixels
 Background = Literal["auto"] | float | None
 
 BACKGROUND_ROW_STRIDE = 32  # every 32nd row is read whole for the background outside the ROI
+#: with no pixel outside the ROI, the background rate is this quantile of the map pixels' rates (map points
+#: off the particle: a particle filling more than 90 % of the map would be partly subtracted), once the map
+#: holds at least FULL_FRAME_MIN_PIXELS pixels with frames
+FULL_FRAME_BACKGROUND_QUANTILE = 0.1
+FULL_FRAME_MIN_PIXELS = 10
 
 STATE_KEYS = ("sum_i", "sum_iq", "sum_iqq", "n_frames", "bg_counts", "bg_q", "bg_qq")  # the kernels' sums
 #: frames counted and their summed eta, phi, nu, delta: where the peaks sit on the detector (truncation flags)
@@ -243,9 +249,21 @@ class MomentAccumulator:
         if self.background != "auto":
             return float(self.background)
         frames = self.frames_seen
-        if self.n_outside_pixels == 0 or frames == 0:
+        if frames == 0:
             return 0.0
+        if self.n_outside_pixels == 0:
+            return self._background_inside()
         return float(self.bg_counts.sum()) / (frames * self.n_outside_pixels)
+
+    def _background_inside(self) -> float:
+        """The rate when the ROI leaves no pixel outside it (the full frame, e.g. the auto ROI's
+        fallback): the FULL_FRAME_BACKGROUND_QUANTILE of the map pixels' counts per ROI pixel per
+        frame, i.e. what map points off the particle see, so the subtraction is not silently off."""
+        seen = self.n_frames > 0
+        if seen.sum() < FULL_FRAME_MIN_PIXELS or self.n_roi_pixels == 0:
+            return 0.0
+        per_pixel = self.sum_i[seen] / (self.n_frames[seen] * self.n_roi_pixels)
+        return max(0.0, float(np.quantile(per_pixel, FULL_FRAME_BACKGROUND_QUANTILE)))
 
     def finalize(self, partial: bool = False) -> MapResult:
         """Derive the maps. The background rate is estimated over the whole map (all its frames)
