@@ -3,7 +3,8 @@ import h5py
 import numpy as np
 
 from opmon.processors.offline import ProcessOptions, process_file
-from opmon.streaming.archive.raw import RawMapWriter
+
+from tests.processors.raw_frames import write_frames
 
 RATE = 0.02     # counts per pixel per frame: enough that despeckle-free sums feel it
 
@@ -21,12 +22,7 @@ def _map(path, n_side=4, angles=5):
         if i < 4:
             lam += 40.0 * np.exp(-0.5 * ((rows - 8 - i) ** 2 + (cols - 10) ** 2) / 2.0 ** 2)
         frames[f] = rng.poisson(lam)
-    with h5py.File(path, "w") as f:
-        w = RawMapWriter(f.create_group("entry"), frame_shape=(40, 48), dtype=np.uint32, energy_ev=10000.0,
-                         distance_m=1.6, pixel_size_m=(55e-6, 55e-6), beam_center=(200.0, 24.0),
-                         map_shape=(n_side, n_side))
-        w.append(frames, index, eta, 0.0, 0.0, 35.0)
-    return path
+    return write_frames(path, frames, index, eta, (n_side, n_side))
 
 
 def _maps(raw, out, background):

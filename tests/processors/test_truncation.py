@@ -2,11 +2,12 @@
 import h5py
 import numpy as np
 
-from opmon.streaming.archive.raw import RawMapWriter
 from opmon.processors.geometry import DetectorGeometry
 from opmon.processors.maps import FLAG_EDGE
 from opmon.processors.offline import ProcessOptions, process_file
 from opmon.processors.truncation import detector_position
+
+from tests.processors.raw_frames import write_frames
 
 
 def test_a_pixels_q_goes_back_to_the_pixel_it_came_from():
@@ -36,12 +37,7 @@ def _gaussian_peaks(path, n_side=3, angles=6, sigma=2.0, counts=400.0):
         r, c = 16 + i % n_side, 22 + i // n_side
         shape = np.exp(-0.5 * ((rows - r) ** 2 + (cols - c) ** 2) / sigma ** 2)
         frames[f] = rng.poisson(counts * w * shape / shape.sum())
-    with h5py.File(path, "w") as f:
-        w = RawMapWriter(f.create_group("entry"), frame_shape=(40, 48), dtype=np.uint32, energy_ev=10000.0,
-                         distance_m=1.6, pixel_size_m=(55e-6, 55e-6), beam_center=(200.0, 24.0),
-                         map_shape=(n_side, n_side))
-        w.append(frames, index, eta, 0.0, 0.0, 35.0)
-    return path
+    return write_frames(path, frames, index, eta, (n_side, n_side))
 
 
 def test_peaks_cut_by_the_roi_are_flagged_and_whole_ones_are_not(tmp_path):
