@@ -13,6 +13,7 @@ subtracted in `finalize`. A float sets a fixed rate; None disables it.
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Literal
 
@@ -22,11 +23,14 @@ import numpy.typing as npt
 from opmon.errors import FrameShapeError, MapIndexError, OpmonError
 from opmon.processors import kernels
 from opmon.processors.geometry import DetectorGeometry, pixel_q_lab_window
-from opmon.processors.maps import FLAG_EDGE, MapResult, derive_maps
+from opmon.processors.maps import FLAG_EDGE, MASK_FRACTION, MapResult, derive_maps
 from opmon.processors.truncation import truncated
 
 Roi = tuple[int, int, int, int]  # (r0, r1, c0, c1), half-open, frame pixels
 Background = Literal["auto"] | float | None
+
+log = logging.getLogger(__name__)
+_WARNED_NO_BACKGROUND: set[tuple[int, int, int, int]] = set()
 
 BACKGROUND_ROW_STRIDE = 32  # every 32nd row is read whole for the background outside the ROI
 #: with no pixel outside the ROI, the background rate is this quantile of the map pixels' rates (map points
@@ -258,12 +262,20 @@ class MomentAccumulator:
     def _background_inside(self) -> float:
         """The rate when the ROI leaves no pixel outside it (the full frame, e.g. the auto ROI's
         fallback): the FULL_FRAME_BACKGROUND_QUANTILE of the map pixels' counts per ROI pixel per
-        frame, i.e. what map points off the particle see, so the subtraction is not silently off."""
+        frame, i.e. what map points off the particle see (below the mask rule's fraction of the
+        brightest), so the subtraction is not silently off; with no such map point, 0 and a warning."""
         seen = self.n_frames > 0
         if seen.sum() < FULL_FRAME_MIN_PIXELS or self.n_roi_pixels == 0:
             return 0.0
         per_pixel = self.sum_i[seen] / (self.n_frames[seen] * self.n_roi_pixels)
-        return max(0.0, float(np.quantile(per_pixel, FULL_FRAME_BACKGROUND_QUANTILE)))
+        low = float(np.quantile(per_pixel, FULL_FRAME_BACKGROUND_QUANTILE))
+        if not 0.0 < low <= MASK_FRACTION * float(np.max(per_pixel)):   # no map point looks off the particle
+            if self.roi not in _WARNED_NO_BACKGROUND:      # once per ROI, not per partial map
+                _WARNED_NO_BACKGROUND.add(self.roi)
+                log.warning("ROI %s leaves no pixel outside it and no map point is off the particle: "
+                            "background not subtracted", self.roi)
+            return 0.0
+        return low
 
     def finalize(self, partial: bool = False) -> MapResult:
         """Derive the maps. The background rate is estimated over the whole map (all its frames)
