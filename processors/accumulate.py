@@ -290,11 +290,12 @@ class MomentAccumulator:
         result = derive_maps(s0.reshape(ny, nx), s1.reshape(ny, nx, 3), s2.reshape(ny, nx, 3, 3),
                              self.n_frames.reshape(ny, nx), background=rate, require_signal=not partial)
         angles = self.mean_angles()
-        if angles is not None:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                cov = s2.reshape(ny, nx, 3, 3) / s0.reshape(ny, nx, 1, 1) - result.q[..., :, None] * result.q[..., None, :]
-            cut = truncated(self.geometry, self.roi, result.q, cov, *angles)
-            result.flags |= np.where(cut, FLAG_EDGE, 0).astype(np.uint8)
+        valid = result.mask.astype(bool)
+        if angles is not None and valid.any():    # only valid pixels have a peak to place
+            q = result.q[valid]
+            cov = s2.reshape(ny, nx, 3, 3)[valid] / s0.reshape(ny, nx)[valid][:, None, None] - q[:, :, None] * q[:, None, :]
+            cut = truncated(self.geometry, self.roi, q, cov, *angles)
+            result.flags[valid] |= np.where(cut, FLAG_EDGE, 0).astype(np.uint8)
         return result
 
 

@@ -35,10 +35,9 @@ def detector_position(geometry: DetectorGeometry, q_sample: F64, eta: float, phi
         base = np.arctan2(b, a)
         half = np.arccos(np.clip(need / amp, -2.0, 2.0))       # NaN when no eta satisfies Bragg
     target = np.deg2rad(eta)
-    sols = np.stack([base + half, base - half], axis=-1)
-    wrapped = np.angle(np.exp(1j * (sols - target)))           # each solution's distance from eta
-    best = target + np.take_along_axis(wrapped, np.argmin(np.abs(np.nan_to_num(wrapped, nan=np.inf)), axis=-1)[..., None],
-                                       axis=-1)[..., 0]
+    plus = np.mod(base + half - target + np.pi, 2 * np.pi) - np.pi     # each solution's distance from eta
+    minus = np.mod(base - half - target + np.pi, 2 * np.pi) - np.pi
+    best = target + np.where(np.abs(plus) <= np.abs(minus), plus, minus)
     m = rotation("y-", np.rad2deg(best))                       # (..., 3, 3)
     q_lab = np.einsum("...ij,...j->...i", m, p)
     k_out = q_lab + np.array([k, 0.0, 0.0])
