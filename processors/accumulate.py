@@ -11,6 +11,8 @@ fitted to the per-pixel counts outside the ROI over all frames of the map, and i
 contribution (the rotated moments of the ROI pixels weighted by the plane) is subtracted in
 `finalize`; ``"flat"`` is one rate (the earlier rule), a float a fixed rate, an array
 (rows, cols) a given per-pixel image (a measured dark/flat, counts per frame), None none.
+An ROI covering the whole frame leaves no pixel outside it: the rate then comes from the map
+points off the particle (`_background_inside`).
 
 Monitor: frames given with their incident-beam monitor are divided by it before the sums, and
 `finalize` multiplies by the map's mean monitor, so Σ I stays in counts (at the mean beam)
@@ -18,6 +20,7 @@ while a beam drop no longer dims half the map.
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Literal
 
@@ -28,10 +31,14 @@ from opmon.errors import FrameShapeError, MapIndexError, OpmonError
 from opmon.processors import kernels
 from opmon.processors.background import Plane, basis_images, fit_plane, outside_pixels
 from opmon.processors.geometry import DetectorGeometry, pixel_q_lab_window
-from opmon.processors.maps import LOW_COUNTS, MapResult, derive_maps, map_flags
+from opmon.processors.maps import FLAG_EDGE, LOW_COUNTS, MASK_FRACTION, MapResult, derive_maps, map_flags
+from opmon.processors.truncation import truncated
 
 Roi = tuple[int, int, int, int]  # (r0, r1, c0, c1), half-open, frame pixels
 Background = Literal["auto", "flat"] | float | npt.NDArray[np.float64] | None
+
+log = logging.getLogger(__name__)
+_WARNED_NO_BACKGROUND: set[tuple[int, int, int, int]] = set()
 
 BACKGROUND_ROW_STRIDE = 32  # every 32nd row is read whole for the background outside the ROI
 MIN_BACKGROUND_POINTS = 8   # map points outside the particle needed to fit the background inside the ROI
@@ -46,6 +53,14 @@ PIXEL_SUMS = ("bg_raw", "eta_sum_i", "eta_sum_i2", "eta_sum", "eta_sum2", "monit
 STATE_KEYS = MOMENT_KEYS + EXTRA_KEYS
 #: the state arrays with one row per map pixel (the others, `bg_image`, are per detector row)
 PER_PIXEL_KEYS = tuple(key for key in STATE_KEYS if key != "bg_image")
+#: frames counted and their summed eta, phi, nu, delta: where the peaks sit on the detector (truncation flags)
+ANGLE_KEY = "angle_sums"
+SHIPPED_KEYS = (*STATE_KEYS, ANGLE_KEY)  # everything `state()` holds: additive, merged by addition
+#: with no pixel outside the ROI, the background rate is this quantile of the map pixels' rates (map points
+#: off the particle: a particle filling more than 90 % of the map would be partly subtracted), once the map
+#: holds at least FULL_FRAME_MIN_PIXELS pixels with frames
+FULL_FRAME_BACKGROUND_QUANTILE = 0.1
+FULL_FRAME_MIN_PIXELS = 10
 
 
 class MomentAccumulator:
@@ -121,6 +136,8 @@ class MomentAccumulator:
         self.bg_basis_qq = np.zeros((npix, k, 3, 3))
         self.bg_image = np.zeros((rows // BACKGROUND_ROW_STRIDE + 1, cols))
         self.pixel_sums = np.zeros((npix, len(PIXEL_SUMS)))
+        self.angle_sums = np.zeros(5)             # frames, Σ eta, Σ phi, Σ nu, Σ delta (see ANGLE_KEY)
+        self._angles = [0.0] * 5                  # the live path's per-frame share, folded into angle_sums on demand
         self._detector_angles: tuple[float, float] | None = None
         self._q_lab = np.zeros((0, 0, 3))
         self._roi_moments = np.zeros(kernels.N_MOMENTS + 1)
@@ -177,6 +194,8 @@ class MomentAccumulator:
             raise OpmonError(f"incident-beam monitor reads {monitor!r} on a frame of map pixel {map_index}: "
                              "cannot normalise by it (no beam?); process without the monitor")
         self._use_detector_angles(float(nu), float(delta))
+        a = self._angles
+        a[0] += 1.0; a[1] += eta; a[2] += phi; a[3] += nu; a[4] += delta  # noqa: E702 (plain floats: ~100 ns)
         r0, r1, c0, c1 = self.roi
         kernels.accumulate_frame(frame, float(eta), float(phi), int(map_index), reading, self._q_lab, self.detector_mask,
                                  r0, r1, c0, c1, self.threshold, self.despeckle, BACKGROUND_ROW_STRIDE,
@@ -214,6 +233,7 @@ class MomentAccumulator:
             bad_at = int(np.argmin(np.isfinite(monitors) & (monitors > 0)))
             raise OpmonError(f"incident-beam monitor reads {float(monitors[bad_at]):g} on a frame of map pixel {int(index[bad_at])}: "
                              "cannot normalise by it (no beam?); process without the monitor")
+        self.angle_sums += (k, etas.sum(), phis.sum(), nus.sum(), deltas.sum())
         # Frames of one block usually share the detector position: one kernel call per run of it.
         moved = np.flatnonzero((nus[1:] != nus[:-1]) | (deltas[1:] != deltas[:-1])) + 1
         r0, r1, c0, c1 = self.roi
@@ -233,13 +253,24 @@ class MomentAccumulator:
     def frames_seen(self) -> int:
         return int(self.n_frames.sum())
 
+    def _fold_angles(self) -> None:
+        """Move the live path's per-frame angle sums into `angle_sums`."""
+        if self._angles[0]:
+            self.angle_sums += self._angles
+            self._angles = [0.0] * 5
+
     def state(self) -> dict[str, np.ndarray]:
         """The additive sums, for shipping partial results between processes."""
-        return {key: getattr(self, key) for key in STATE_KEYS}
+        self._fold_angles()
+        return {key: getattr(self, key) for key in SHIPPED_KEYS}
 
     def load_state(self, state: dict[str, np.ndarray], add: bool = True) -> None:
-        """Add (or replace with) sums from `state()` of an accumulator of the same map."""
-        for key in STATE_KEYS:
+        """Add (or replace with) sums from `state()` of an accumulator of the same map (a state
+        without angle sums, from an older sender, leaves the angles unknown: no truncation flags)."""
+        self._fold_angles()
+        for key in SHIPPED_KEYS:
+            if key == ANGLE_KEY and key not in state:
+                continue
             mine = getattr(self, key)
             theirs = np.asarray(state[key])
             if theirs.shape != mine.shape:
@@ -263,8 +294,15 @@ class MomentAccumulator:
         self.load_state(other.state())
 
     def reset(self) -> None:
-        for key in STATE_KEYS:
+        self._angles = [0.0] * 5
+        for key in SHIPPED_KEYS:
             getattr(self, key)[...] = 0
+
+    def mean_angles(self) -> tuple[float, float, float, float] | None:
+        """Mean eta, phi, nu, delta (deg) of the frames summed, None before any."""
+        self._fold_angles()
+        n = self.angle_sums[0]
+        return tuple(float(v) for v in self.angle_sums[1:] / n) if n > 0 else None  # type: ignore[return-value]
 
     def mean_monitor(self) -> float:
         """The map's mean incident-beam monitor (1.0 when its frames came without one)."""
@@ -275,8 +313,10 @@ class MomentAccumulator:
         """Counts per pixel per frame outside the ROI as the detector saw them (every count, before
         despeckle and threshold; at the mean monitor): what the background IS, for reports."""
         frames = self.frames_seen
-        if self.n_outside_pixels == 0 or frames == 0:
+        if frames == 0:
             return 0.0
+        if self.n_outside_pixels == 0:   # the whole frame is the ROI: what the map points off the particle saw
+            return self.background_rate()
         return float(self.bg_raw.sum()) / (frames * self.n_outside_pixels) * self.mean_monitor()
 
     def background_plane(self) -> Plane:
@@ -287,8 +327,10 @@ class MomentAccumulator:
             return Plane(0.0)
         if self.background not in ("auto", "flat"):
             return Plane(float(self.background) / self.mean_monitor())
-        if self.n_outside_pixels == 0 or frames == 0:
+        if frames == 0:
             return Plane(0.0)
+        if self.n_outside_pixels == 0:     # the ROI is the whole frame: the map points off the particle
+            return Plane(self._background_inside())
         flat = Plane(float(self.bg_counts.sum()) / (frames * self.n_outside_pixels), pixels=self.n_outside_pixels)
         if self.background == "flat":
             return flat
@@ -356,6 +398,24 @@ class MomentAccumulator:
         s2 = (self.sum_iqq - plane.c0 * self.bg_qq - np.einsum("k,pkab->pab", coef, self.bg_basis_qq)) * scale
         return s0, s1, s2, per_frame, scale
 
+    def _background_inside(self) -> float:
+        """The rate when the ROI leaves no pixel outside it (the full frame, e.g. the auto ROI's
+        fallback): the FULL_FRAME_BACKGROUND_QUANTILE of the map pixels' counts per ROI pixel per
+        frame, i.e. what map points off the particle see (below the mask rule's fraction of the
+        brightest), so the subtraction is not silently off; with no such map point, 0 and a warning."""
+        seen = self.n_frames > 0
+        if seen.sum() < FULL_FRAME_MIN_PIXELS or self.n_roi_pixels == 0:
+            return 0.0
+        per_pixel = self.sum_i[seen] / (self.n_frames[seen] * self.n_roi_pixels)
+        low = float(np.quantile(per_pixel, FULL_FRAME_BACKGROUND_QUANTILE))
+        if not 0.0 < low <= MASK_FRACTION * float(np.max(per_pixel)):   # no map point looks off the particle
+            if self.roi not in _WARNED_NO_BACKGROUND:      # once per ROI, not per partial map
+                _WARNED_NO_BACKGROUND.add(self.roi)
+                log.warning("ROI %s leaves no pixel outside it and no map point is off the particle: "
+                            "background not subtracted", self.roi)
+            return 0.0
+        return low
+
     def finalize(self, partial: bool = False) -> MapResult:
         """Derive the maps. The background is estimated over the whole map (all its frames)
         because one map pixel's outside-ROI counts are too few for a stable rate.
@@ -371,7 +431,21 @@ class MomentAccumulator:
         result.flags = map_flags(s0.reshape(ny, nx), eta_i.reshape(ny, nx), eta_i2.reshape(ny, nx),
                                  self.eta_sum.reshape(ny, nx), self.eta_sum2.reshape(ny, nx),
                                  self.n_frames.reshape(ny, nx), self.low_counts)
+        self.flag_truncated(result, s0.reshape(ny, nx), s2.reshape(ny, nx, 3, 3))
         return result
+
+    def flag_truncated(self, result: MapResult, s0: npt.NDArray[np.float64], s2: npt.NDArray[np.float64]) -> None:
+        """Set `maps.FLAG_EDGE` on the valid pixels whose peak the ROI or the detector edge cuts
+        (`truncation.truncated`, at the map's mean angles; s0 (ny, nx), s2 (ny, nx, 3, 3) the
+        corrected sums the maps came from)."""
+        angles = self.mean_angles()
+        valid = result.mask.astype(bool)
+        if angles is None or not valid.any():    # only valid pixels have a peak to place
+            return
+        q = result.q[valid]
+        cov = s2[valid] / s0[valid][:, None, None] - q[:, :, None] * q[:, None, :]
+        cut = truncated(self.geometry, self.roi, q, cov, *angles)
+        result.flags[valid] |= np.where(cut, FLAG_EDGE, 0).astype(np.uint8)
 
 
 def basis_moments(basis: npt.NDArray[np.float64], q_lab: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

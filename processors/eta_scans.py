@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from opmon.errors import ConfigError, MapIndexError, OpmonError
-from opmon.processors.accumulate import PER_PIXEL_KEYS, STATE_KEYS, MomentAccumulator
+from opmon.processors.accumulate import PER_PIXEL_KEYS, SHIPPED_KEYS, MomentAccumulator
 from opmon.processors.maps import MapResult, derive_maps, map_flags
 from opmon.processors.registration import coverage, register_eta_scans, resample
 
@@ -116,7 +116,7 @@ def check_manual_shifts(registration: Registration, eta: npt.ArrayLike, label: s
 def add_states(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Two accumulators' states added (per-scan states matched by their scans' eta), without an accumulator."""
     if SCAN_ETA not in a and SCAN_ETA not in b:
-        return {key: a[key] + b[key] for key in STATE_KEYS}
+        return {key: a[key] + b[key] for key in SHIPPED_KEYS if key in a and key in b}
     if SCAN_ETA not in a or SCAN_ETA not in b:
         raise OpmonError("cannot add a per-eta-scan state to a plain one")
     ea, eb = (np.round(np.asarray(s[SCAN_ETA], dtype=np.float64), ETA_DECIMALS) for s in (a, b))
@@ -125,9 +125,10 @@ def add_states(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, 
     n_pixels = a["sum_i"].shape[0] // ea.size
     eta = np.unique(np.concatenate([ea, eb]))
     out: dict[str, np.ndarray] = {SCAN_ETA: eta}
-    for key in STATE_KEYS:
-        if key not in PER_PIXEL_KEYS:       # per detector row, not per map pixel: plain addition
-            out[key] = a[key] + b[key]
+    for key in SHIPPED_KEYS:
+        if key not in PER_PIXEL_KEYS:       # not per map pixel (background image, angle sums): plain addition
+            if key in a and key in b:
+                out[key] = a[key] + b[key]
             continue
         tail = a[key].shape[1:]
         total = np.zeros((eta.size, n_pixels) + tail, dtype=a[key].dtype)
@@ -233,9 +234,12 @@ class EtaScanAccumulator(MomentAccumulator):
             self._resize(0)
         slots = self._slots(theirs_eta) if theirs_eta.size else np.zeros(0, dtype=np.int64)
         n = theirs_eta.size
-        for key in STATE_KEYS:
+        self._fold_angles()
+        for key in SHIPPED_KEYS:
             mine = getattr(self, key)
-            if key not in PER_PIXEL_KEYS:   # per detector row (the background image): added as it is
+            if key not in PER_PIXEL_KEYS:   # the background image, the angle sums: added as they are
+                if key not in state:
+                    continue
                 theirs = np.asarray(state[key])
                 if theirs.shape != mine.shape:
                     raise OpmonError(f"state {key!r} has shape {theirs.shape}, expected {mine.shape}")
@@ -260,7 +264,9 @@ class EtaScanAccumulator(MomentAccumulator):
         if partial or n == 0:   # the scans added as they are
             result = derive_maps(s0.sum(axis=0), s1.sum(axis=0), s2.sum(axis=0), frames, background=background,
                                  require_signal=not partial)
-            return self._flagged(result, result.intensity, per_frame, scale)
+            self._flagged(result, result.intensity, per_frame, scale)
+            self.flag_truncated(result, s0.sum(axis=0), s2.sum(axis=0))
+            return result
         shifts = self._shifts(s0[order])
         t0, t1, t2 = np.zeros((ny, nx)), np.zeros((ny, nx, 3)), np.zeros((ny, nx, 3, 3))
         for rank, slot in enumerate(order):
@@ -278,9 +284,11 @@ class EtaScanAccumulator(MomentAccumulator):
             result.q = np.where(covered[..., None], result.q, np.nan)
         result.eta_scans = self.scan_eta[order].copy()
         result.eta_shifts = shifts
-        return self._flagged(result, t0, per_frame, scale)
+        self._flagged(result, t0, per_frame, scale)
+        self.flag_truncated(result, t0, t2)
+        return result
 
-    def _flagged(self, result: MapResult, s0: F64, per_frame: float, scale: float) -> MapResult:
+    def _flagged(self, result: MapResult, s0: F64, per_frame: float, scale: float) -> None:
         """The low-count and rocking-range flags, from the rocking sums of every scan added per map
         pixel (not moved: the rocking flag asks where each pixel's peak sits in eta)."""
         ny, nx = self.map_shape
@@ -292,7 +300,6 @@ class EtaScanAccumulator(MomentAccumulator):
         eta_i2 = summed((self.eta_sum_i2 - per_frame * self.eta_sum2) * scale)
         result.flags = map_flags(s0, eta_i, eta_i2, summed(self.eta_sum), summed(self.eta_sum2),
                                  result.frames, self.low_counts)
-        return result
 
     def _shifts(self, stack: F64) -> F64:
         """(n, 2) shifts of the scans (in increasing eta) from the data or as given."""

@@ -35,6 +35,7 @@ ROCKING_EDGE_WIDTHS = 1.5  # ... or within this many rocking-curve widths (σ of
 FLAGS_DESCRIPTION = (f"bit field: {FLAG_EDGE} = peak cut by the ROI or detector edge, {FLAG_LOW_COUNTS} = Σ I below "
                      f"{LOW_COUNTS:g} counts, {FLAG_ROCKING} = peak cut by the rocking range (eta centre within "
                      f"{ROCKING_EDGE_STEPS:g} step or {ROCKING_EDGE_WIDTHS:g} rocking widths of an end)")
+FLAG_NAMES = {FLAG_EDGE: "roi_or_detector_edge", FLAG_LOW_COUNTS: "low_counts", FLAG_ROCKING: "rocking_range"}
 
 
 @dataclass

@@ -24,7 +24,8 @@ from opmon.streaming.protocol import VERSION, RejectedMessage, pack
 
 TOPIC = b"map"
 #: Buffer order on the wire; arrays not listed follow in the encoder's order.
-FIELD_ORDER = ("d_spacing", "tilt_altitude", "tilt_azimuth", "intensity", "peak_width", "mask", "q", "mean_q", "frames")
+FIELD_ORDER = ("d_spacing", "tilt_altitude", "tilt_azimuth", "intensity", "peak_width", "mask", "q", "mean_q", "frames",
+               "flags")
 #: The (ny, nx) maps every map message carries.
 PIXEL_MAPS = ("d_spacing", "tilt_altitude", "tilt_azimuth", "intensity", "peak_width", "mask")
 REQUIRED_FIELDS = (*PIXEL_MAPS, "q", "mean_q")
@@ -173,7 +174,7 @@ def decode_map(header: Mapping[str, Any], buffers: Sequence[Any]) -> dict[str, n
     if missing:
         raise RejectedMessage("field", f"map message lacks field(s) {', '.join(missing)}")
     shape = arrays["d_spacing"].shape
-    expected = {**{n: shape for n in PIXEL_MAPS}, "q": (*shape, 3), "mean_q": (3,), "frames": shape}
+    expected = {**{n: shape for n in PIXEL_MAPS}, "q": (*shape, 3), "mean_q": (3,), "frames": shape, "flags": shape}
     wrong = [n for n, s in expected.items() if n in arrays and arrays[n].shape != s]
     if len(shape) != 2 or wrong:
         raise RejectedMessage("shape", f"map message: field shapes {[(n, arrays[n].shape) for n in wrong]} "

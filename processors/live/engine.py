@@ -24,10 +24,16 @@ from opmon.processors.accumulate import MomentAccumulator, Roi
 from opmon.processors.dose import DoseLedger, DoseSettings
 from opmon.processors.eta_scans import EtaScanAccumulator
 from opmon.processors.geometry import DetectorGeometry
-from opmon.processors.live.roi import RoiDecider
+from opmon.processors.live.roi import RoiDecider, RoiSum
+from opmon.processors.offline import roi_from_image
 from opmon.streaming.receiver import RunShapes
 
 log = logging.getLogger(__name__)
+
+#: a map's frames sampled (one in this many) to see where its peak went, for the next map's ROI
+FOLLOW_EVERY = 16
+#: the next map keeps the ROI while the one its peak asks for sticks out of it by at most this many pixels
+FOLLOW_SLACK = 2
 
 
 def geometry_of(start: dict[str, Any]) -> DetectorGeometry:
@@ -99,6 +105,7 @@ class LiveRun(RunShapes):
     maps: dict[int, LiveMap] = field(default_factory=dict)
     recovered: int = 0               # frames read from the archive
     dose: DoseLedger | None = None   # photons per sample position over all maps (None: the start names no dose)
+    follow: RoiSum | None = None     # sampled frames of the current map, while the ROI follows the peak (auto ROI)
 
     @classmethod
     def begin(cls, start: dict[str, Any], mask: npt.NDArray[np.uint8] | None, roi: Roi | None, *, threshold: int,
@@ -114,7 +121,34 @@ class LiveRun(RunShapes):
             log.error("run %s: no dose map: %s", start["run"], exc)
             settings = None
         return cls(start["run"], start, mask, options, adopted=adopted, roi_decider=decider,
-                   dose=DoseLedger(settings) if settings is not None else None)
+                   dose=DoseLedger(settings) if settings is not None else None,
+                   follow=RoiSum() if roi is None else None)
+
+    def sample_for_follow(self, lm: LiveMap, frame: npt.NDArray[Any]) -> None:
+        """Sum one in FOLLOW_EVERY of a map's frames: where its peak is, for the next map's ROI."""
+        if self.follow is not None and lm.received % FOLLOW_EVERY == 1:
+            self.follow.add(frame)
+
+    def follow_peak(self, number: int) -> Roi | None:
+        """After map `number`: re-centre the ROI of the maps to come on its peak when the auto-ROI
+        rule on its sampled frames asks for a window the current ROI does not hold (within
+        FOLLOW_SLACK pixels); a map showing no peak (a faded reflection) keeps the ROI, never the
+        full frame. Returns the new ROI, None when it stays."""
+        sample, current = self.follow, self.roi
+        if sample is None or current is None or sample.total is None:
+            return None
+        self.follow = RoiSum()
+        wanted = roi_from_image(sample.total.astype(np.float64), self.mask)
+        if wanted is None:
+            log.info("run %s: map %d shows no peak in its sampled frames; the ROI stays %s", self.uid, number, current)
+            return None
+        r0, r1, c0, c1 = current
+        w0, w1, v0, v1 = wanted
+        if w0 >= r0 - FOLLOW_SLACK and w1 <= r1 + FOLLOW_SLACK and v0 >= c0 - FOLLOW_SLACK and v1 <= c1 + FOLLOW_SLACK:
+            return None
+        log.info("run %s: the peak moved in map %d: ROI %s -> %s for the maps that follow", self.uid, number, current, wanted)
+        self.options = dict(self.options, roi=list(wanted))
+        return wanted
 
     def count_dose(self, header: dict[str, Any]) -> None:
         """Add one received frame's exposure to the run's dose map (every frame, whatever the ROI)."""

@@ -1,9 +1,11 @@
 """The auto-ROI rule of the live processor, one copy for every executor.
 
-The ROI is fixed once per run from the sum of its first frames, with the hot and dead pixels these
+The ROI is first decided from the sum of a run's first frames, with the hot and dead pixels these
 frames show added to the detector mask first (`opmon.processors.bad_pixels`, as `opmon process` does). An eta-outer scan often starts
 off the rocking curve, so the first frames may show no Bragg peak: then the decision waits for
-more frames (or for `wait_s`), up to ROI_MAX_FRAMES, after which it settles for the full frame.
+more frames (or for `wait_s`), up to ROI_MAX_FRAMES, after which it settles for the full frame
+(whose background is then measured on the map points off the particle, `MomentAccumulator`). The
+inline processor then re-centres it on each map's peak (`engine.LiveRun.follow_peak`).
 The inline processor, each fan-out worker (which reports its share of the sum) and the fan-out
 coordinator (which merges the shares and decides) all run this one `RoiDecider`.
 """

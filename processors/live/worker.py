@@ -30,7 +30,7 @@ import numpy.typing as npt
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from opmon.processors.accumulate import STATE_KEYS, MomentAccumulator, warm_up_kernels
+from opmon.processors.accumulate import SHIPPED_KEYS, MomentAccumulator, warm_up_kernels
 from opmon.processors.live.engine import LiveRun
 from opmon.processors.live.roi import RoiDecider
 from opmon.streaming import protocol as P
@@ -53,10 +53,10 @@ MAP_SHAPE_WAIT_S = 2.0       # a map whose map_start never reached us uses the r
 
 
 def encode_state(acc: MomentAccumulator | None, header: dict[str, Any]) -> list[Any]:
-    """`[b"state", header, *sums]` (sums in STATE_KEYS order; none for a map never seen)."""
+    """`[b"state", header, *sums]` (sums in SHIPPED_KEYS order; none for a map never seen)."""
     if acc is None:
         return [STATE, P.pack(dict(header, keys=[]))]
-    state = acc.state()           # STATE_KEYS, and the scans' eta of an eta-scan accumulator
+    state = acc.state()           # SHIPPED_KEYS, and the scans' eta of an eta-scan accumulator
     header = dict(header, keys=[[k, str(v.dtype), list(v.shape)] for k, v in state.items()])
     return [STATE, P.pack(header)] + [np.ascontiguousarray(v) for v in state.values()]
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from opmon.streaming.archive.layout import MAPS_ETA_SCANS, MAPS_ETA_SHIFTS, MAPS_FRAMES, MAPS_REQUIRED
+from opmon.streaming.archive.layout import MAPS_ETA_SCANS, MAPS_ETA_SHIFTS, MAPS_FLAGS, MAPS_FRAMES, MAPS_REQUIRED
 from opmon.streaming.archive.maps_file import DoseArrays, MapsArrays, write_maps_file
 from opmon.streaming.map_messages import decode_dose, decode_map
 
@@ -44,7 +44,8 @@ def write_final_maps(path: Path, header: dict[str, Any], buffers: list[Any],
     arrays = decode_map(header, buffers)      # checks the header's counts and options too
     known = {name: arrays[name] for name in MAPS_REQUIRED}          # fields the layout does not know are not kept
     known[MAPS_FRAMES] = arrays.get(MAPS_FRAMES, np.zeros(arrays["d_spacing"].shape, dtype=np.int64))
-    known.update({name: arrays[name] for name in (MAPS_ETA_SCANS, MAPS_ETA_SHIFTS) if name in arrays})   # registered scans
+    known.update({name: arrays[name] for name in (MAPS_ETA_SCANS, MAPS_ETA_SHIFTS, MAPS_FLAGS)   # registered scans,
+                  if name in arrays})                                                        # caution bits
     dose = decode_dose(header, arrays)        # the run's dose up to this map, when the run has one
     write_maps_file(path, MapsArrays(known, float(header["background"])), final_maps_attrs(header), axes,
                     DoseArrays(np.array(dose[0]), dose[1], dose[2]) if dose is not None else None)

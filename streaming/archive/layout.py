@@ -49,6 +49,7 @@ MAPS_FRAMES = "frames"                  # frames per pixel (optional)
 #: optional, when the eta scans of the map were registered: each scan's eta (n,) and the (dy, dx)
 #: drift (n, 2) it was moved back by before the scans were added (attribute `register`: the method)
 MAPS_ETA_SCANS, MAPS_ETA_SHIFTS = "eta_scans", "eta_shifts"
+MAPS_FLAGS = "flags"                    # per-pixel uint8 bit field (optional; bits: opmon.processors.maps.FLAG_*)
 MAPS_BAD_FRAMES = "bad_frames"          # corrupt frames skipped by `opmon process --skip-bad-frames`
 MAPS_FOUND_BAD_PIXELS = "found_bad_pixels"  # (n, 2) detector pixels found hot/dead from the data (masked)
 ATTR_BACKGROUND = "background_rate"

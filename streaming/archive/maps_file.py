@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from opmon.errors import RawFileError
-from opmon.streaming.archive.layout import (ATTR_BACKGROUND, DOSE, DOSE_SIGNAL, ENTRY, MAPS, MAPS_FRAMES, MAPS_REQUIRED,
+from opmon.streaming.archive.layout import (ATTR_BACKGROUND, DOSE, DOSE_SIGNAL, ENTRY, MAPS, MAPS_FLAGS, MAPS_FRAMES, MAPS_REQUIRED,
                                            MAPS_UNITS)
 
 AUXILIARY_SIGNALS = ("intensity", "tilt_altitude", "tilt_azimuth", "peak_width")
@@ -50,6 +50,9 @@ def write_maps(parent: h5py.Group, maps: MapsArrays, attrs: Mapping[str, Any] | 
         if name in MAPS_UNITS:
             ds.attrs["units"] = MAPS_UNITS[name]
     group["d_spacing"].attrs["long_name"] = "d-spacing (Å)"
+    if MAPS_FLAGS in group:
+        group[MAPS_FLAGS].attrs["long_name"] = ("why a valid pixel may be biased (bit field: 1 = peak cut by the ROI or detector "
+                                                "edge, 2 = low counts, 4 = peak cut by the rocking range)")
     return group
 
 
@@ -124,8 +127,11 @@ def read_maps(parent: h5py.Group) -> MapsArrays:
     check_maps(arrays, f"{group.file.filename}:{group.name}")
     arrays[MAPS_FRAMES] = (group[MAPS_FRAMES][()] if MAPS_FRAMES in group
                            else np.zeros(arrays["d_spacing"].shape, dtype=np.int64))
-    if "flags" in group:       # per-pixel caution bits (processors.maps.FLAG_*), optional
-        arrays["flags"] = group["flags"][()]
+    if MAPS_FLAGS in group:
+        flags = group[MAPS_FLAGS][()]
+        if flags.shape != arrays["d_spacing"].shape:
+            raise RawFileError(f"{group.file.filename}:{group.name}/{MAPS_FLAGS}: shape {flags.shape}, expected {arrays['d_spacing'].shape}")
+        arrays[MAPS_FLAGS] = flags
     return MapsArrays(arrays, float(group.attrs.get(ATTR_BACKGROUND, 0.0)))
 
 

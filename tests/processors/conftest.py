@@ -118,3 +118,4 @@ def assert_same_maps(live, offline):
         np.testing.assert_allclose(getattr(live, name), getattr(offline, name), rtol=RTOL.get(name, 1e-9), atol=1e-12,
                                    equal_nan=True, err_msg=name)
     np.testing.assert_array_equal(live.mask, offline.mask)
+    np.testing.assert_array_equal(live.flags, offline.flags)
