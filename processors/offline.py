@@ -226,11 +226,15 @@ def new_accumulator(smap: SourceMap, options: ProcessOptions, roi: Roi,
 
 
 def accumulate_frames(smap: SourceMap, acc: MomentAccumulator, options: ProcessOptions, start: int = 0,
-                      stop: int | None = None, progress: Callable[[int], None] | None = None) -> list[int]:
+                      stop: int | None = None, progress: Callable[[int], None] | None = None,
+                      overlap: bool = True) -> list[int]:
     """Add frames start..stop of `smap` into `acc`; returns the corrupt frames skipped.
 
     Reading (h5py holds the GIL) overlaps with the previous block's kernels (numba releases
-    it). Any frame range of any source can be reduced this way and the accumulators merged.
+    it), so one call keeps up to two cores busy. `overlap=False` reads and adds in turn on the
+    calling thread, one core: what a Dask worker given one thread may use (with the overlap,
+    one worker already took ~1.3 cores of two, so a second worker could add only the rest).
+    Any frame range of any source can be reduced this way and the accumulators merged.
 
     Raises
     ------
@@ -241,7 +245,7 @@ def accumulate_frames(smap: SourceMap, acc: MomentAccumulator, options: ProcessO
         acc.process_block(frames, block.map_index[sel], block.eta[sel], block.phi[sel], block.nu[sel], block.delta[sel])
 
     skipped: list[int] = []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="opmon-accumulate") as pool:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="opmon-accumulate") as pool:  # no thread until a submit
         pending: Future[None] | None = None
         for block in smap.blocks(options.block, start, stop, buffers=2):
             interrupt.check()
@@ -257,8 +261,10 @@ def accumulate_frames(smap: SourceMap, acc: MomentAccumulator, options: ProcessO
                 pending.result()
             if progress is not None:
                 progress(block.frames.shape[0])
-            if frames.shape[0]:
+            if frames.shape[0] and overlap:
                 pending = pool.submit(consume, block, sel, frames)
+            elif frames.shape[0]:
+                consume(block, sel, frames)
         if pending is not None:
             pending.result()
     return skipped
