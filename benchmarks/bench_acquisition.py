@@ -5,8 +5,10 @@ the baseline renders the same frames with `FrameRenderer.frames` in one call. Th
 RunEngine's per-frame (step) or per-line (fly) cost. End to end (unless --no-archive): the
 same map, step and fly, from the RunEngine through the acknowledged ZeroMQ archive stream
 (`ZmqFrameSink`) into an `Archiver` in its own process, until the archiver has closed the run;
-frames lost = frames the detector took that are not in the archive. Not a timed test: machines
-are noisy, so read the ratios of one run.
+frames lost = frames the detector took that are not in the archive; then the CPU each frame costs
+in the acquisition's process and in the archiver's (getrusage, a short map's fixed cost
+subtracted) and the frames/s that allows on the machine's cores, a figure the load does not move.
+Not a timed test: machines are noisy, so read the ratios of one run.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from bluesky import RunEngine
 
 from opmon.acquisition.mapping import sxdm_map
 from opmon.acquisition.sinks import PublisherSink, SinkTarget
+from opmon.benchmarks.bench_archive import cpu_per_frame, with_cpu
 from opmon.benchmarks.loopback import free_endpoint
 from opmon.simulators.beamline import BeamlineConfig, SimulatedBeamline
 from opmon.simulators.instrument import SxdmSetup
@@ -157,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
                              roi=setup.roi)
             for fly in (True, False):
                 end_to_end(warm, fly, args.point_time, directory)
-            runs = {fly: end_to_end(setup, fly, args.point_time, directory) for fly in (False, True)}
+            # the same short maps again: their CPU is a map's fixed cost (the archiver process's start-up)
+            bases = {fly: with_cpu(lambda fly=fly: end_to_end(warm, fly, args.point_time, directory)) for fly in (False, True)}
+            runs = {fly: with_cpu(lambda fly=fly: end_to_end(setup, fly, args.point_time, directory)) for fly in (False, True)}
         finally:
             shutil.rmtree(directory, ignore_errors=True)
     n, step = plan_alone(setup, fly=False, point_time_s=args.point_time)
@@ -172,10 +177,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"FrameRenderer.frames alone:     {render:8.0f} frames/s")
     print(f"ratio plan / renderer: step {step / render:.3f}, fly {fly / render:.3f}  (the paper's instrument: 100 frames/s)")
     if runs:
-        for fly, r in sorted(runs.items()):
+        for fly, (r, _) in sorted(runs.items()):
             print(f"end to end into the archive, {'fly ' if fly else 'step'}: {r['frames_per_s']:8.0f} frames/s, "
                   f"frames lost {r['lost']:.0f} of {r['frames']:.0f}")
-        print(f"fly / step end to end: {runs[True]['frames_per_s'] / runs[False]['frames_per_s']:.1f}x")
+        print(f"fly / step end to end: {runs[True][0]['frames_per_s'] / runs[False][0]['frames_per_s']:.1f}x")
+        cores = os.cpu_count() or 1
+        for fly, (r, used) in sorted(runs.items()):
+            base, used_base = bases[fly]
+            here, there = cpu_per_frame([used], used_base, int(r["frames"]), int(base["frames"]))
+            if here + there > 0:      # the frames/s above move with the machine's load, this does not
+                print(f"CPU per frame beyond start-up, {'fly ' if fly else 'step'}: acquisition process {here:.0f} us + "
+                      f"archiver process {there:.0f} us = {here + there:.0f} us -> at most "
+                      f"{cores * 1e6 / (here + there):.0f} frames/s on {cores} fully busy cores")
     return 0
 
 
