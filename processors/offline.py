@@ -232,8 +232,8 @@ def accumulate_frames(smap: SourceMap, acc: MomentAccumulator, options: ProcessO
 
     Reading (h5py holds the GIL) overlaps with the previous block's kernels (numba releases
     it), so one call keeps up to two cores busy. `overlap=False` reads and adds in turn on the
-    calling thread, one core: what a Dask worker given one thread may use (with the overlap,
-    one worker already took ~1.3 cores of two, so a second worker could add only the rest).
+    calling thread, one core: what a Dask worker given one thread may use (with the overlap, a
+    worker reducing a read-heavy map took 1.2-1.4 cores, more than the scheduler gave it).
     Any frame range of any source can be reduced this way and the accumulators merged.
 
     Raises
