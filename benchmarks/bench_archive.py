@@ -7,7 +7,10 @@ Frames/s counts from the first frame received to the map file closed (so the las
 close are in). Beside it, in interleaved pairs: the same frames written by the same
 `MapFileWriter` straight from memory (disk + compression alone: the archiver cannot be faster)
 and bare pyzmq PUSH/PULL loopback (transport alone). Printed: frames/s of each, the archiver's
-ratio to each, MB/s of raw frames and on disk, and frames lost.
+ratio to each, MB/s of raw frames and on disk, and frames lost. Then the CPU each frame costs
+in the archiver's process and in the detector's (from getrusage, a short run's fixed cost
+subtracted), and what that allows when both processes share the machine's cores: the bound
+that holds whatever the load (the frames/s figures move with it).
 Not a timed test: machines are noisy, so read the ratios.
 """
 from __future__ import annotations
@@ -15,10 +18,13 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import resource
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zmq
@@ -28,6 +34,7 @@ from opmon.streaming import protocol as P
 from opmon.streaming.archive.run_writer import MapFileWriter
 from opmon.streaming.archive.archiver import Archiver
 
+BASE_FRAMES = 100              # the short run whose CPU is a run's fixed cost
 FRAME_MB = SHAPE[0] * SHAPE[1] * 4 / 1e6
 
 
@@ -56,6 +63,30 @@ def direct_write(n: int, directory: Path) -> tuple[float, int]:
     size = path.stat().st_size
     path.unlink()
     return rate, size
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """CPU seconds used so far by this process (every thread, ended ones too) and by its
+    finished child processes."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime, children.ru_utime + children.ru_stime
+
+
+def with_cpu(fn: Callable[[], Any]) -> tuple[Any, tuple[float, float]]:
+    """fn's result and the CPU seconds it used here and in the child processes it waited for."""
+    here0, children0 = cpu_seconds()
+    result = fn()
+    here1, children1 = cpu_seconds()
+    return result, (here1 - here0, children1 - children0)
+
+
+def cpu_per_frame(measured: list[tuple[float, float]], base: tuple[float, float], n: int, n_base: int) -> tuple[float, float]:
+    """Median CPU µs per frame (receiving process, sending process) beyond a run's fixed cost:
+    the sender's process start-up is a second of CPU, so a short run of `n_base` frames is
+    subtracted from each run of `n`."""
+    here = float(np.median([m[0] for m in measured])) - base[0]
+    children = float(np.median([m[1] for m in measured])) - base[1]
+    return here / (n - n_base) * 1e6, children / (n - n_base) * 1e6
 
 
 def archiver_chain(n: int, directory: Path, acks: bool = True) -> dict[str, float]:
@@ -105,12 +136,19 @@ def main(argv: list[str] | None = None) -> int:
           f"bitshuffle/LZ4, SWMR, flush every 0.5 s, into {directory} ({os.cpu_count()} cores); archive stream "
           + ("plain PUSH (no acknowledgements)" if args.no_acks else "acknowledged (frames held until flushed)"))
     try:
-        archiver_chain(200, directory)          # warm up
-        chains, directs, raws = [], [], []
+        archiver_chain(BASE_FRAMES, directory)          # warm up
+        # short runs: the fixed CPU cost of a run (process start-up), subtracted below
+        _, chain_base = with_cpu(lambda: archiver_chain(BASE_FRAMES, directory, acks=not args.no_acks))
+        _, raw_base = with_cpu(lambda: raw_loopback(BASE_FRAMES))
+        chains, directs, raws, chain_cpu, raw_cpu = [], [], [], [], []
         for _ in range(args.repeat):           # interleaved, so a noisy neighbour hits all alike
-            chains.append(archiver_chain(args.frames, directory, acks=not args.no_acks))
+            chain, used = with_cpu(lambda: archiver_chain(args.frames, directory, acks=not args.no_acks))
+            chains.append(chain)
+            chain_cpu.append(used)
             directs.append(direct_write(args.frames, directory))
-            raws.append(raw_loopback(args.frames))
+            raw, used = with_cpu(lambda: raw_loopback(args.frames))
+            raws.append(raw)
+            raw_cpu.append(used)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     chain = float(np.median([c["frames_per_s"] for c in chains]))
@@ -125,6 +163,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  on disk {disk_mb:.1f} MB per {args.frames} frames ({disk_mb / (args.frames * FRAME_MB) * 100:.1f} % of raw);"
           f" frames lost {sum(c['lost'] for c in chains)} of {args.frames * args.repeat}, rejected"
           f" {sum(c['rejected'] for c in chains)}")
+    if args.frames > BASE_FRAMES:
+        a_recv, a_send = cpu_per_frame(chain_cpu, chain_base, args.frames, BASE_FRAMES)
+        r_recv, r_send = cpu_per_frame(raw_cpu, raw_base, args.frames, BASE_FRAMES)
+        # Two processes share the cores: with every core busy the chain cannot beat cores / (CPU per frame).
+        cores = os.cpu_count() or 1
+        if min(a_recv + a_send, r_recv + r_send) <= 0:
+            print("CPU per frame: too few frames to tell it from the start-up (use more --frames)")
+            return 0
+        print(f"CPU per frame (median, beyond start-up): archiver process {a_recv:.0f} us + detector process "
+              f"{a_send:.0f} us = {a_recv + a_send:.0f} us -> at most {cores * 1e6 / (a_recv + a_send):.0f} frames/s "
+              f"on {cores} fully busy cores; loopback receiver {r_recv:.0f} us + sender {r_send:.0f} us "
+              f"= {r_recv + r_send:.0f} us; load average {os.getloadavg()[0]:.1f}")
     return 0
 
 

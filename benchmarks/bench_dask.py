@@ -6,8 +6,9 @@ them) of 512 x 512 photon-counting frames, bitshuffle/LZ4. Both clusters are sta
 workers' kernels loaded) before the clock runs: the figures are the reduction and the tree merge,
 not Dask's start-up (printed apart). The three are timed in turn, `--repeat` rounds, so load
 from other users hits all alike; best and median of the rounds are printed. Each worker has one
-thread and one numba thread; the single process uses numba's default threads (every core) and
-reads the next block while the kernels run. "cores busy" is the CPU time of the processes that
+thread and one numba thread, and its task reads and adds in turn on that thread (one core); the
+single process uses numba's default threads (every core) and reads the next block while the
+kernels run (up to two cores). "cores busy" is the CPU time of the processes that
 did the work over the wall time: on a machine shared with other work it says how much of the
 cores a run got, which bounds its speed-up; frames per CPU-second is the work's cost whatever
 the load (equal for 1 and 2 workers = no parallel overhead).

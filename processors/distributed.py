@@ -78,7 +78,7 @@ def reduce_frames(spec: SourceSpec, name: str, start: int, stop: int, options: P
     with source:
         try:
             acc = new_accumulator(smap, options, roi)
-            bad = accumulate_frames(smap, acc, options, start, stop)
+            bad = accumulate_frames(smap, acc, options, start, stop, overlap=False)  # one core per worker thread
         except OSError as exc:
             raise _damaged(smap.label, exc) from exc
         return RangeSums({key: np.array(value) for key, value in acc.state().items()}, bad)

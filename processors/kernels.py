@@ -3,7 +3,8 @@
 A frame from a photon-counting detector is mostly zeros, so the scan is bound by reading the
 frame: each row is OR-reduced (a loop the compiler vectorizes), an empty row is skipped, and a
 row with counts is OR-reduced again in cache-line-sized pieces so that only the pieces holding
-counts are read pixel by pixel. The per-pixel wavevector table is touched only there. Sums are
+counts are read pixel by pixel, and there only the pixels with counts (listed as the bits of a
+word, so a dense peak's zeros cost no mispredicted branch). The per-pixel wavevector table is touched only there. Sums are
 taken in the lab frame (the pixel table does not change with the sample angles) and rotated
 into the sample frame once per frame.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 N_MOMENTS = 10
 PIECE = 16  # pixels OR-reduced together inside a row with counts (64 bytes of uint32)
@@ -142,12 +144,20 @@ def frame_moments_image(frame, q_lab, mask, r0, r1, c0, c1, threshold, despeckle
             if _any_count(span) != 0:  # most rows of a sparse frame hold no count at all
                 q_row = q_lab[r - r0]
                 for p in range(0, n, PIECE):
-                    if p + PIECE <= n and _piece_empty(span, p):
+                    m = min(PIECE, n - p)
+                    if m == PIECE and _piece_empty(span, p):
                         continue
-                    for i in range(p, min(p + PIECE, n)):
+                    # the piece's pixels with counts as bits, visited lowest first: in a dense peak a
+                    # branch on each pixel's zero was mispredicted about every other pixel
+                    bits = np.uint32(0)
+                    for i in range(m):
+                        bits |= np.uint32(span[p + i] != 0) << np.uint32(i)
+                    while bits != 0:
+                        i = p + trailing_zeros(bits)
+                        bits &= bits - np.uint32(1)
                         v = span[i]
                         # the checks are written out here: behind an inlined helper they ran ~25 % slower
-                        if v == 0 or v < threshold or mask[r, c0 + i] != 0 or (despeckle and v == 1 and _isolated(frame, r, c0 + i)):
+                        if v < threshold or mask[r, c0 + i] != 0 or (despeckle and v == 1 and _isolated(frame, r, c0 + i)):
                             continue
                         q = q_row[i]
                         w = np.float64(v)

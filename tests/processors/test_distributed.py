@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from pathlib import Path
 
 import h5py
@@ -12,10 +13,12 @@ import numpy as np
 import pytest
 
 from opmon.errors import OpmonError
-from opmon.processors.distributed import process_plan_dask, split_ranges
-from opmon.processors.offline import ProcessOptions, plan_raw, process_plan
+from opmon.processors.accumulate import MomentAccumulator
+from opmon.processors.distributed import SourceSpec, decide_roi, process_plan_dask, reduce_frames, split_ranges
+from opmon.processors.offline import ProcessOptions, accumulate_frames, new_accumulator, plan_raw, process_plan
 from opmon.streaming.archive.layout import map_file_name
 from opmon.streaming.archive.run_writer import MasterEntry, RunDirectory
+from opmon.streaming.archive.sources import SourceOptions
 
 MAPS = ("d_spacing", "tilt_altitude", "tilt_azimuth", "intensity", "peak_width", "q", "mean_q")
 # Sums added in another order differ in the last bits; peak_width is a difference of two nearly
@@ -70,6 +73,35 @@ def test_split_ranges_are_whole_chunks_covering_every_frame():
     assert split_ranges(5, 1, 2048) == [(0, 5)]
     with pytest.raises(OpmonError):
         split_ranges(0, 1, 10)
+
+
+def test_a_task_reads_and_adds_on_its_own_thread_with_the_sums_of_the_overlapped_path(raw_file, monkeypatch):
+    """A Dask worker given one thread uses one core: its task runs the kernels on the task's
+    thread, where `opmon process` overlaps them with the reading on a second thread; same sums."""
+    options = ProcessOptions()
+    plan = plan_raw(raw_file, options)
+    name, kind = plan.maps[0].name, plan.kind
+    plan.close()
+    spec = SourceSpec((str(raw_file),), kind, SourceOptions())
+    roi = decide_roi(spec, name, options)
+    threads: list[int] = []
+    add_block = MomentAccumulator.process_block
+
+    def recorded(self, *args, **kwargs):
+        threads.append(threading.get_ident())
+        return add_block(self, *args, **kwargs)
+
+    monkeypatch.setattr(MomentAccumulator, "process_block", recorded)
+    task = reduce_frames(spec, name, 0, 54, options, roi)
+    assert threads and set(threads) == {threading.get_ident()}
+    threads.clear()
+    source, smap = spec.open_map(name)
+    with source:
+        acc = new_accumulator(smap, options, roi)
+        accumulate_frames(smap, acc, options)
+    assert threads and threading.get_ident() not in threads
+    for key, value in acc.state().items():
+        np.testing.assert_array_equal(task.state[key], value, err_msg=key)
 
 
 def test_archived_run_on_dask_equals_one_process(tmp_path, make_raw, dask_client):

@@ -17,4 +17,6 @@ def test_bench_archive_reports_the_archiver_beside_direct_writing_and_raw_loopba
     assert re.search(r"MapFileWriter from memory +\d+ frames/s \| archiver ratio \d+\.\d\dx", out), out
     assert re.search(r"raw pyzmq PUSH/PULL loopback +\d+ frames/s \| archiver ratio \d+\.\d\dx", out), out
     assert re.search(r"on disk \d+\.\d MB per 200 frames \(\d+\.\d % of raw\); frames lost 0 of 200, rejected 0", out), out
+    assert re.search(r"CPU per frame \(median, beyond start-up\): archiver process -?\d+ us \+ detector process -?\d+ us "
+                     r"= -?\d+ us -> at most -?\d+ frames/s on \d+ fully busy cores; loopback receiver", out), out
     assert list(tmp_path.iterdir()) == []          # nothing left behind
