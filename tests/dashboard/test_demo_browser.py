@@ -1,7 +1,8 @@
-"""The issue's browser test against the real `opmon demo` (acquisition, live processor, archiver,
+"""The issue's browser tests against the real `opmon demo` (acquisition, live processor, archiver,
 dashboard as separate processes): the d map fills in, Pause from the page pauses the RunEngine
 (read back over the control channel's `status`, i.e. from the acquisition side), Resume runs it
-again, and a page opened without the token cannot pause.
+again, and a page opened without the token cannot pause; and a charge with phase tracking whose
+survey and re-centring show in the decisions panel with their reasons.
 """
 from __future__ import annotations
 
@@ -28,11 +29,22 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def demo(tmp_path):
+    yield from _demo(tmp_path, "--map-shape", "10", "10", "--max-maps", "50")
+
+
+@pytest.fixture
+def phase_demo(tmp_path):
+    """A fast charge (maps every 1200 simulated s, 600x) imaging one phase with phase tracking on."""
+    yield from _demo(tmp_path, "--phase-tracking", "auto", "--map-shape", "6", "6", "--angles", "8",
+                     "--period", "1200", "--acceleration", "600", "--max-maps", "40")
+
+
+def _demo(tmp_path, *options: str):
     base = port_block(10)
     http = base + 9
     proc = subprocess.Popen([sys.executable, "-m", "opmon.cli", "demo", "--no-browser", "--archive-dir",
                              str(tmp_path / "archive"), "--port-base", str(base), "--dashboard-port", str(http),
-                             "--map-shape", "10", "10", "--max-maps", "50"],
+                             *options],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                             start_new_session=True, env=dict(os.environ, OPMON_CONTROL_TOKEN=""))
     urls = {}
@@ -113,3 +125,34 @@ def test_demo_pause_resume_and_readonly(demo, artifacts):
     finally:
         b.quit()
         acquisition.close()
+
+
+def test_demo_phase_tracking_decisions_show_in_the_dashboard(phase_demo, artifacts):
+    """The imaged reflection fades, the plan surveys for the next phase's reflection and re-centres
+    on it by itself; the page's decisions panel shows the survey, its result and the re-centring
+    with their reasons (read from the run's `steering` stream), and maps go on."""
+    urls, control = phase_demo
+    b = Browser(1920, 1080)
+    try:
+        b.get(urls["read-only"])
+        b.wait_for("the d map to hold data", lambda: b.d_pixels() > 0, timeout=120)
+
+        seen: set[str] = set()      # the panel shows the newest rows: remember what each look found
+
+        def shown(*wanted: str) -> bool:
+            text = b.model_text("decisions") or ""
+            seen.update(w for w in ('data-decision="survey"', "faded", "2.0184", 'data-decision="re-centre"')
+                        if w in text)
+            return all(w in seen for w in wanted)
+        b.wait_for("the survey with its reason", lambda: shown('data-decision="survey"', "faded"), timeout=240)
+        b.wait_for("the survey's result and the re-centring", lambda: shown("2.0184", 'data-decision="re-centre"'),
+                   timeout=120)
+
+        def map_after_recentre() -> bool:       # rows are newest first: a map row above the re-centring's
+            text = b.model_text("decisions") or ""
+            centre = text.find('data-decision="re-centre"')
+            return centre > 0 and 0 <= text.find('data-decision="map"') < centre
+        b.wait_for("a map taken after the re-centring", map_after_recentre, timeout=120)
+        b.screenshot(str(artifacts / "demo_phase_tracking_1920x1080.png"))
+    finally:
+        b.quit()
