@@ -425,7 +425,8 @@ class MomentAccumulator:
         ny, nx = self.map_shape
         result = derive_maps(s0.reshape(ny, nx), s1.reshape(ny, nx, 3), s2.reshape(ny, nx, 3, 3),
                              self.n_frames.reshape(ny, nx), background=self.measured_background(),
-                             require_signal=not partial)
+                             require_signal=not partial,
+                             background_counts=(per_frame * scale * self.n_frames).reshape(ny, nx))
         eta_i = (self.eta_sum_i - per_frame * self.eta_sum) * scale
         eta_i2 = (self.eta_sum_i2 - per_frame * self.eta_sum2) * scale
         result.flags = map_flags(s0.reshape(ny, nx), eta_i.reshape(ny, nx), eta_i2.reshape(ny, nx),

@@ -263,7 +263,7 @@ class EtaScanAccumulator(MomentAccumulator):
         order = np.argsort(self.scan_eta)
         if partial or n == 0:   # the scans added as they are
             result = derive_maps(s0.sum(axis=0), s1.sum(axis=0), s2.sum(axis=0), frames, background=background,
-                                 require_signal=not partial)
+                                 require_signal=not partial, background_counts=per_frame * scale * frames)
             self._flagged(result, result.intensity, per_frame, scale)
             self.flag_truncated(result, s0.sum(axis=0), s2.sum(axis=0))
             return result
@@ -275,7 +275,7 @@ class EtaScanAccumulator(MomentAccumulator):
             t2 += resample(s2[slot], shifts[rank])
         weights = np.clip(s0[order].sum(axis=(1, 2)), 0.0, None)
         covered = coverage((ny, nx), shifts, weights) >= COVERED
-        result = derive_maps(t0, t1, t2, frames, background=background)
+        result = derive_maps(t0, t1, t2, frames, background=background, background_counts=per_frame * scale * frames)
         lost = (~covered) & (result.mask > 0)
         if lost.any():
             result.mask = np.where(covered, result.mask, 0).astype(np.uint8)

@@ -20,8 +20,12 @@ MASK_FRACTION = 0.2  # pixels below 20 % of the map's reference intensity are in
 #: two outlier pixels (a flash, a powder spot at one map point) cannot mask the particle
 MASK_RANK = 3
 #: the rule above in words, for figures and the dashboard (they state which pixels are masked and why)
+#: ... and a pixel's Σ I must stand this many Poisson sigmas above the background subtracted from it
+#: (a map whose imaged reflection has faded is otherwise "valid" noise at 20 % of a noise bright level)
+MASK_SIGNIFICANCE = 5.0
 MASK_RULE = (f"masked (grey): Σ I below {MASK_FRACTION:.0%} of the map's bright level "
-             f"(its {MASK_RANK}rd largest Σ I, or 99th percentile)")
+             f"(its {MASK_RANK}rd largest Σ I, or 99th percentile), or less than {MASK_SIGNIFICANCE:g} σ "
+             f"above the background")
 
 F64 = npt.NDArray[np.float64]
 
@@ -99,7 +103,7 @@ def read_map_result(parent: h5py.Group) -> MapResult:
 
 
 def derive_maps(sum_i: F64, sum_iq: F64, sum_iqq: F64, frames: npt.NDArray[np.int64], background: float = 0.0,
-                require_signal: bool = True) -> MapResult:
+                require_signal: bool = True, background_counts: F64 | None = None) -> MapResult:
     """Turn background-corrected moment sums of every map pixel into the maps.
 
     Parameters
@@ -111,6 +115,9 @@ def derive_maps(sum_i: F64, sum_iq: F64, sum_iqq: F64, frames: npt.NDArray[np.in
     background : background rate already subtracted (counts per pixel per frame), recorded only.
     require_signal : raise EmptyMapError when no pixel has intensity (final maps); partial
         maps early in a scan pass False and get all-NaN maps instead.
+    background_counts : (ny, nx) background counts subtracted from each pixel's Σ I, when known: a
+        valid pixel's Σ I must then stand MASK_SIGNIFICANCE Poisson sigmas above it,
+        Σ I ≥ k·sqrt(Σ I + background).
     """
     shape = sum_i.shape
     s0 = np.asarray(sum_i, dtype=np.float64)
@@ -121,6 +128,9 @@ def derive_maps(sum_i: F64, sum_iq: F64, sum_iqq: F64, frames: npt.NDArray[np.in
         valid = np.zeros(shape, dtype=bool)
     else:
         valid = (s0 >= MASK_FRACTION * bright_level(s0, np.asarray(frames).reshape(shape) > 0)) & (s0 > 0)
+        if background_counts is not None:
+            noise = np.clip(s0 + np.asarray(background_counts, dtype=np.float64).reshape(shape), 0.0, None)
+            valid &= s0 >= MASK_SIGNIFICANCE * np.sqrt(noise)
     with np.errstate(invalid="ignore", divide="ignore"):
         q = sum_iq / s0[..., None]
         second = sum_iqq / s0[..., None, None] - q[..., :, None] * q[..., None, :]
