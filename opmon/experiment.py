@@ -181,6 +181,13 @@ class AcquisitionService:
         self._stop = threading.Event()
         self._status_thread = threading.Thread(target=self._publish_status, name="opmon-acq-status", daemon=True)
 
+    @property
+    def watches(self) -> list[Any]:
+        """The watchers of the live and archive messages this run has (archive always; onset, dose,
+        phase and re-centring when asked for), started with the run and closed with it."""
+        return [w for w in (self.archive_watch, self.onset_watch, self.dose_watch, self.phase_watch,
+                            self.recentre_watch) if w is not None]
+
     def _publish_status(self) -> None:
         while not self._stop.wait(0.5):
             pub = self.publisher
@@ -202,15 +209,8 @@ class AcquisitionService:
                                  fly=FlyScan(p.point_time_s) if p.fly else None, phase=self.tracking,
                                  md={"sample": "LiNi0.5Mn1.5O4 single crystal (simulated)", "opmon_demo": True})
         self.control.start()
-        self.archive_watch.start()
-        if self.onset_watch is not None:
-            self.onset_watch.start()
-        if self.dose_watch is not None:
-            self.dose_watch.start()
-        if self.phase_watch is not None:
-            self.phase_watch.start()
-        if self.recentre_watch is not None:
-            self.recentre_watch.start()
+        for watch in self.watches:
+            watch.start()
         self._status_thread.start()
         started = time.monotonic()
         try:
@@ -229,15 +229,8 @@ class AcquisitionService:
             return
         self._stop.set()
         self.control.close()
-        if self.dose_watch is not None:
-            self.dose_watch.close()
-        if self.recentre_watch is not None:
-            self.recentre_watch.close()
-        self.archive_watch.close()
-        if self.onset_watch is not None:
-            self.onset_watch.close()
-        if self.phase_watch is not None:
-            self.phase_watch.close()
+        for watch in self.watches:
+            watch.close()
         if linger_s is not None:     # the plan is over: nobody else uses these sockets now
             for sock in [*self.publisher.sockets, *([self.documents.docs] if self.documents.docs is not None else [])]:
                 sock.setsockopt(zmq.LINGER, int(linger_s * 1000))
