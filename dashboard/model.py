@@ -390,12 +390,13 @@ class DashboardModel:
                 if r.update.map_number == map_number:
                     t, v = r.t, r.voltage
                     break
-            reason = next((d.reason for d in reversed(self._decisions)
-                           if d.decision == "map" and d.detail.get("map") == map_number), "")
-            voltage = next((float(d.detail["voltage_v"]) for d in reversed(self._decisions)
-                            if d.decision == "map" and d.detail.get("map") == map_number
-                            and isinstance(d.detail.get("voltage_v"), (int, float))), v)
-        return MapContext(map_number, t, voltage, reason)
+            decision = next((d for d in reversed(self._decisions)
+                             if d.decision == "map" and d.detail.get("map") == map_number), None)
+        if decision is None:
+            return MapContext(map_number, t, v, "")
+        recorded = decision.detail.get("voltage_v")
+        voltage = float(recorded) if isinstance(recorded, (int, float)) else v
+        return MapContext(map_number, t, voltage, decision.reason)
 
     def decisions(self) -> tuple[int, list[Decision]]:
         """(version, the decisions, oldest first; a pause in progress last)."""

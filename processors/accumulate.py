@@ -309,14 +309,16 @@ class MomentAccumulator:
         frames = self.frames_seen
         return float(self.monitor_sum.sum()) / frames if frames else 1.0
 
-    def measured_background(self) -> float:
+    def measured_background(self, per_frame: float | None = None) -> float:
         """Counts per pixel per frame outside the ROI as the detector saw them (every count, before
-        despeckle and threshold; at the mean monitor): what the background IS, for reports."""
+        despeckle and threshold; at the mean monitor): what the background IS, for reports.
+        ``per_frame``: the ROI's background per frame when the caller derived it already
+        (`finalize`), so a full-frame ROI does not derive its plane twice."""
         frames = self.frames_seen
         if frames == 0:
             return 0.0
         if self.n_outside_pixels == 0:   # the whole frame is the ROI: what the map points off the particle saw
-            return self.background_rate()
+            return self.background_rate(per_frame)
         return float(self.bg_raw.sum()) / (frames * self.n_outside_pixels) * self.mean_monitor()
 
     def background_plane(self) -> Plane:
@@ -372,9 +374,12 @@ class MomentAccumulator:
             coef = np.linalg.lstsq(design, target, rcond=None)[0]
         return Plane(float(coef[0]), float(coef[1]), float(coef[2]), points)
 
-    def background_rate(self) -> float:
-        """Mean background counts per ROI pixel per frame that finalize() subtracts (at the mean monitor)."""
-        return self._per_frame(self.background_plane()) / max(self.n_roi_pixels, 1) * self.mean_monitor()
+    def background_rate(self, per_frame: float | None = None) -> float:
+        """Mean background counts per ROI pixel per frame that finalize() subtracts (at the mean
+        monitor); ``per_frame`` as `corrected_sums` returns it, derived here when not given."""
+        if per_frame is None:
+            per_frame = self._per_frame(self.background_plane())
+        return per_frame / max(self.n_roi_pixels, 1) * self.mean_monitor()
 
     def _per_frame(self, plane: Plane) -> float:
         """Background counts the ROI holds per frame (per monitor count)."""
@@ -424,7 +429,7 @@ class MomentAccumulator:
         s0, s1, s2, per_frame, scale = self.corrected_sums()
         ny, nx = self.map_shape
         result = derive_maps(s0.reshape(ny, nx), s1.reshape(ny, nx, 3), s2.reshape(ny, nx, 3, 3),
-                             self.n_frames.reshape(ny, nx), background=self.measured_background(),
+                             self.n_frames.reshape(ny, nx), background=self.measured_background(per_frame),
                              require_signal=not partial,
                              background_counts=(per_frame * scale * self.n_frames).reshape(ny, nx))
         eta_i = (self.eta_sum_i - per_frame * self.eta_sum) * scale

@@ -258,7 +258,7 @@ class EtaScanAccumulator(MomentAccumulator):
         n = self.scan_eta.size
         flat_s0, flat_s1, flat_s2, per_frame, scale = self.corrected_sums()
         s0, s1, s2 = (a.reshape((n, ny, nx) + a.shape[1:]) for a in (flat_s0, flat_s1, flat_s2))
-        background = self.measured_background()
+        background = self.measured_background(per_frame)
         frames = self.n_frames.reshape(n, ny, nx).sum(axis=0) if n else np.zeros((ny, nx), dtype=np.int64)
         order = np.argsort(self.scan_eta)
         if partial or n == 0:   # the scans added as they are
