@@ -54,7 +54,7 @@ UPSAMPLE = 50          # 1/50 map pixel: well below the 0.2 pixel the maps need
 MIN_SIGNAL = 0.02      # scans with less Σ I than this share of the brightest scan's are not registered
 ROUNDS = 6             # rounds of registration against the registered sum at most ...
 SETTLED_PX = 0.01      # ... or until no shift changes by more than this
-FIELD_FLOOR = 0.05     # tilt registration: a scan's pixels below this share of its brightest carry no centroid
+FIELD_FLOOR = 0.02     # tilt registration: pixels below this share of the brightest (any scan) carry no centroid
 FIELD_SUPPORT = 0.5    # ... the others' mean field is defined where their weight reaches this share of one lit pixel's
 FIELD_SPAN = 4         # ... whole-pixel search over +-this many map pixels before the sub-pixel refinement
 FIELD_ROUNDS = 8       # ... rounds against the other scans' registered field at most
@@ -214,7 +214,8 @@ def rocking_free_field(s0: npt.ArrayLike, s1: npt.ArrayLike, phi_deg: float = 0.
 
 def _field_cost(field: F64, weight: F64, reference: F64, defined: F64, penalty: float, shift: F64) -> float:
     """Weighted mean square misfit of a scan's field against `reference` moved by `shift`, lit
-    pixels landing where the reference is undefined costing `penalty` each (per unit weight)."""
+    pixels landing where the reference is undefined (off the other scans' support) costing
+    `penalty` each (per unit weight)."""
     from scipy.ndimage import map_coordinates
 
     ny, nx = field.shape
@@ -268,10 +269,10 @@ def register_eta_scans_by_tilt(s0: npt.ArrayLike, s1: npt.ArrayLike, phi_deg: fl
     total = i0.sum(axis=(1, 2))
     if n < 2 or not total.max() > 0:
         return shifts
-    signal = np.flatnonzero(total >= MIN_SIGNAL * total.max())
-    field = rocking_free_field(i0, s1, phi_deg)
-    peak = i0.max(axis=(1, 2), keepdims=True)
+    peak = float(i0.max())
     weight = np.where(i0 >= FIELD_FLOOR * peak, i0, 0.0)
+    signal = np.flatnonzero((total >= MIN_SIGNAL * total.max()) & (weight.sum(axis=(1, 2)) > 0))
+    field = rocking_free_field(i0, s1, phi_deg)
     for rounds in range(FIELD_ROUNDS):
         moved_w = {k: resample(weight[k], shifts[k]) for k in signal}
         moved_wf = {k: resample(weight[k] * field[k], shifts[k]) for k in signal}
@@ -279,7 +280,7 @@ def register_eta_scans_by_tilt(s0: npt.ArrayLike, s1: npt.ArrayLike, phi_deg: fl
         found = shifts.copy()
         for k in signal:
             others_w, others_wf = all_w - moved_w[k], all_wf - moved_wf[k]
-            defined = (others_w >= FIELD_SUPPORT * FIELD_FLOOR * peak.max()).astype(np.float64)
+            defined = (others_w >= FIELD_SUPPORT * FIELD_FLOOR * peak).astype(np.float64)
             reference = np.where(defined > 0, others_wf / np.where(defined > 0, others_w, 1.0), 0.0)
             found[k] = _fit_field(field[k], weight[k], reference, defined, shifts[k] if rounds else None)
         found[signal] -= (total[signal, None] * found[signal]).sum(axis=0) / total[signal].sum()

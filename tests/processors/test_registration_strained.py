@@ -17,9 +17,10 @@ from opmon.processors.registration import (register_eta_scans, register_eta_scan
 from opmon.simulators.drift import centred_on, drift_path
 
 MAP = (20, 20)
-N_SCANS = 14
+N_SCANS = 16
 STEP = 0.016                                  # deg, the paper's rocking step
 ETAS = 18.9 + STEP * np.arange(N_SCANS)
+WIDTH = 4.0                                   # rocking curve sigma, in steps
 Q0 = 3.09                                     # 1/Å, |q| of the reflection (along lab z)
 CENTRE = (9.6, 10.2)
 
@@ -33,7 +34,7 @@ def strained_particle():
     inside = (y / 6.2) ** 2 + (x / 7.0) ** 2 <= 1.0
     amplitude = np.where(inside, 3000.0, 0.0)
     bragg_eta = ETAS.mean() + 2.5 * STEP * (0.8 * y + 0.6 * x) / 2.0
-    tilt = 4e-4 * x - 3e-4 * y + 6e-5 * x * y      # q along the eta axis (lab y), 1/Å
+    tilt = 5e-4 * x + 1e-4 * y + 3e-5 * x * y      # q along the eta axis (lab y), 1/Å
     return amplitude, bragg_eta, tilt
 
 
@@ -44,7 +45,7 @@ def scans(drift, seed=0):
     rng = np.random.default_rng(seed)
     s0, s1 = [], []
     for eta, shift in zip(ETAS, drift):
-        seen = amplitude * np.exp(-0.5 * ((eta - bragg_eta) / (1.5 * STEP)) ** 2)
+        seen = amplitude * np.exp(-0.5 * ((eta - bragg_eta) / (WIDTH * STEP)) ** 2)
         q = np.stack([Q0 * np.radians(eta - bragg_eta), tilt, np.full(MAP, Q0)], axis=-1)  # rocking moves q along x
         i0 = resample(seen, -np.asarray(shift))
         iq = resample(seen[..., None] * q, -np.asarray(shift))
@@ -57,7 +58,7 @@ def scans(drift, seed=0):
 def truth(seed):
     """Drift of up to 3 map pixels, in the Σ I-weighted mean frame (the simulator's rule)."""
     amplitude, bragg_eta, _ = strained_particle()
-    weights = [(amplitude * np.exp(-0.5 * ((eta - bragg_eta) / (1.5 * STEP)) ** 2)).sum() for eta in ETAS]
+    weights = [(amplitude * np.exp(-0.5 * ((eta - bragg_eta) / (WIDTH * STEP)) ** 2)).sum() for eta in ETAS]
     return centred_on(drift_path(N_SCANS, 3.0, seed), weights), np.asarray(weights)
 
 
