@@ -66,7 +66,7 @@ def read_shifts_file(path: str | Path) -> ManualShifts:
         with open(p, "rb") as f:
             data = tomllib.load(f)
     except FileNotFoundError as exc:
-        raise ConfigError(f"--register {p}: no such file (give auto, off or a TOML file of shifts)") from exc
+        raise ConfigError(f"--register {p}: no such file (give auto, tilt, off or a TOML file of shifts)") from exc
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"--register {p}: not a readable TOML file ({exc})") from exc
     try:
