@@ -8,7 +8,9 @@ photons conserved: `registration.resample`) and only then added into the map's m
 of the reference frame that some scan with signal never measured (it drifted off the grid there)
 are masked. Partial maps (`finalize(partial=True)`, the live previews) add the scans unmoved.
 
-Shifts are found from the scans' intensity maps (`registration.register_eta_scans`), given per
+Shifts are found from the scans' intensity maps (`registration.register_eta_scans`, "auto") or
+from their maps of the tilt that rocking does not move (`registration.register_eta_scans_by_tilt`,
+"tilt"), given per
 scan (`ManualShifts`, e.g. a TOML file as XSOCS lets users edit its shifts), or switched off.
 The state carries the scans' eta values (``scan_eta``) beside the usual sums, so accumulators
 that met the scans in different orders (fan-out workers, Dask tasks) still merge.
@@ -26,7 +28,7 @@ import numpy.typing as npt
 from opmon.errors import ConfigError, MapIndexError, OpmonError
 from opmon.processors.accumulate import PER_PIXEL_KEYS, SHIPPED_KEYS, MomentAccumulator
 from opmon.processors.maps import MapResult, derive_maps, map_flags
-from opmon.processors.registration import coverage, register_eta_scans, resample
+from opmon.processors.registration import coverage, register_eta_scans, register_eta_scans_by_tilt, resample
 
 F64 = npt.NDArray[np.float64]
 
@@ -47,7 +49,7 @@ class ManualShifts:
         return f"manual ({self.source})"
 
 
-Registration = Literal["auto", "off"] | ManualShifts
+Registration = Literal["auto", "tilt", "off"] | ManualShifts
 
 
 def read_shifts_file(path: str | Path) -> ManualShifts:
@@ -64,7 +66,7 @@ def read_shifts_file(path: str | Path) -> ManualShifts:
         with open(p, "rb") as f:
             data = tomllib.load(f)
     except FileNotFoundError as exc:
-        raise ConfigError(f"--register {p}: no such file (give auto, off or a TOML file of shifts)") from exc
+        raise ConfigError(f"--register {p}: no such file (give auto, tilt, off or a TOML file of shifts)") from exc
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"--register {p}: not a readable TOML file ({exc})") from exc
     try:
@@ -88,8 +90,8 @@ def read_shifts_file(path: str | Path) -> ManualShifts:
 
 
 def parse_registration(value: str) -> Registration:
-    """`auto`, `off`, or the path of a TOML file of shifts (`read_shifts_file`)."""
-    if value in ("auto", "off"):
+    """`auto`, `tilt`, `off`, or the path of a TOML file of shifts (`read_shifts_file`)."""
+    if value in ("auto", "tilt", "off"):
         return value  # type: ignore[return-value]
     return read_shifts_file(value)
 
@@ -267,7 +269,7 @@ class EtaScanAccumulator(MomentAccumulator):
             self._flagged(result, result.intensity, per_frame, scale)
             self.flag_truncated(result, s0.sum(axis=0), s2.sum(axis=0))
             return result
-        shifts = self._shifts(s0[order])
+        shifts = self._shifts(s0[order], s1[order])
         t0, t1, t2 = np.zeros((ny, nx)), np.zeros((ny, nx, 3)), np.zeros((ny, nx, 3, 3))
         for rank, slot in enumerate(order):
             t0 += resample(s0[slot], shifts[rank])
@@ -301,10 +303,14 @@ class EtaScanAccumulator(MomentAccumulator):
         result.flags = map_flags(s0, eta_i, eta_i2, summed(self.eta_sum), summed(self.eta_sum2),
                                  result.frames, self.low_counts)
 
-    def _shifts(self, stack: F64) -> F64:
-        """(n, 2) shifts of the scans (in increasing eta) from the data or as given."""
+    def _shifts(self, stack: F64, centroids: F64) -> F64:
+        """(n, 2) shifts of the scans (in increasing eta) from the data or as given: `stack` is
+        Σ I per scan (n, ny, nx), `centroids` Σ I·q (n, ny, nx, 3)."""
         reg = self.registration
         if isinstance(reg, ManualShifts):
             check_manual_shifts(reg, self.scan_eta, f"map {self.map_shape}")
             return np.asarray(reg.shifts, dtype=np.float64).copy()
+        if reg == "tilt":
+            angles = self.mean_angles()
+            return register_eta_scans_by_tilt(stack, centroids, angles[1] if angles is not None else 0.0)
         return register_eta_scans(stack)

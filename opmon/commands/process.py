@@ -143,10 +143,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="flag map pixels whose Σ I is below this many counts (default 100; maps/flags bit 2)")
     p.add_argument("--file-mask-only", action="store_true",
                    help="use only the file's detector mask (default: also mask hot/dead pixels found in sampled frames)")
-    p.add_argument("--register", default="off", metavar="auto|off|FILE.toml",
+    p.add_argument("--register", default="off", metavar="auto|tilt|off|FILE.toml",
                    help="sample drift between eta scans: off (default), auto (found by cross-correlating the scans' "
                         "intensity maps; biased when the part of the particle in Bragg condition moves with eta, "
-                        "docs: processors/registration.py), or a TOML file of shifts = [[dy, dx], ...] in map pixels, "
+                        "docs: processors/registration.py), tilt (found from each scan's map of the lattice tilt "
+                        "that rocking does not move: for strained or bent particles), or a TOML file of shifts = [[dy, dx], ...] in map pixels, "
                         "one per eta scan in increasing eta (as XSOCS lets you edit them); the shifts used go to "
                         "<entry>/maps/eta_shifts")
     p.add_argument("--png", nargs="?", const="", default=None, help="also write the summary figure (default: MAPS with .png)")

@@ -50,7 +50,7 @@ if TYPE_CHECKING:     # numpy, h5py and numba are imported when a map is simulat
 
 log = logging.getLogger(__name__)
 
-UNITS = {"d_parent": "angstrom", "d_product": "angstrom", "drift": "map pixel", "d_spacing": "angstrom", "tilt_altitude": "deg", "tilt_azimuth": "deg", "intensity": "counts",
+UNITS = {"d_parent": "angstrom", "d_product": "angstrom", "drift": "map pixel", "drift_weights": "counts", "d_spacing": "angstrom", "tilt_altitude": "deg", "tilt_azimuth": "deg", "intensity": "counts",
          "peak_width": "1/angstrom", "sigma": "1/angstrom", "q": "1/angstrom", "mean_q": "1/angstrom"}
 
 
@@ -195,8 +195,9 @@ def simulate(path: Path, *, ny: int = 60, nx: int = 60, angles: int = 30, eta_st
     x_um, y_um = setup.map_positions_um(midx)
     scales = scene.incident_scale(midx.size, fx.beam_drop)
     drift = drift_path(setup.n_angles, fx.drift_px, seed)
+    scan_weights = particle.scan_weights(setup.eta_values())
     if fx.drift_px:   # the truth maps' frame: where the particle sat on average, weighted by what each scan sees
-        drift = centred_on(drift, particle.scan_weights(setup.eta_values()))
+        drift = centred_on(drift, scan_weights)
     r0, _, c0, _ = setup.roi_window
     truth["peak_width"] = shape.width_factor() * truth["sigma"]
     extra: dict[str, Any] = {}
@@ -204,6 +205,7 @@ def simulate(path: Path, *, ny: int = 60, nx: int = 60, angles: int = 30, eta_st
         extra["incident_scale"] = scales
     if fx.drift_px:
         extra["drift"] = drift
+        extra["drift_weights"] = scan_weights   # how much each eta scan sees: what a drift error there costs
     if fx.hot_unmasked:
         extra["unmasked_hot_pixels"] = renderer.unmasked_hot - np.array([r0, c0])
     if fx.maxipix:

@@ -146,6 +146,14 @@ def test_registered_maps_match_the_still_sample_and_unregistered_do_not(drifted)
     assert mask_auto > mask_off and mask_manual > mask_off, (mask_off, mask_auto, mask_manual)
 
 
+def test_tilt_registration_of_a_particle_of_one_tilt_falls_back_to_the_intensity_maps(drifted, caplog):
+    """Every pixel here has the same tilt: no tilt map to register on (left alone, its shifts were
+    off by up to 11 pixels), so `--register tilt` says so and registers the intensity maps."""
+    tilt = reduce(drifted["moving"], "tilt")
+    np.testing.assert_array_less(np.hypot(*(tilt.eta_shifts - drifted["truth"]).T), 0.2)
+    assert "nothing to register on" in caplog.text
+
+
 def test_process_register_file_and_maps_record_the_shifts(drifted, tmp_path):
     from opmon.cli import main
 

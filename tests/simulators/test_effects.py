@@ -258,6 +258,8 @@ def test_the_file_records_each_effects_truth(tmp_path):
         assert t.attrs["effects"] == "ring,drift,maxipix,hot-unmasked"
         drift = t["drift"][()]   # in the Σ I-weighted mean frame (stop 20): up to 3 px from the first scan
         assert drift.shape == (3, 2) and np.abs(drift - drift[0]).max() == pytest.approx(3.0)
+        weights = t["drift_weights"][()]   # what each scan sees: the frame's weights, and bench truth's
+        np.testing.assert_allclose((weights[:, None] * drift).sum(axis=0) / weights.sum(), 0.0, atol=1e-9)
         assert t["chip_gap_rows"][()].tolist() == [56, 57, 58, 59] == t["chip_gap_cols"][()].tolist()
         assert not frames[:, 56:60, :].any() and mask[56:60, :].all()
         for r, c in t["unmasked_hot_pixels"][()]:
