@@ -2,8 +2,6 @@
 back equal, a bad chunk rejected with its reason, and re-sent to a restarted archiver intact."""
 from __future__ import annotations
 
-import time
-
 import h5py
 import numpy as np
 import pytest
@@ -15,23 +13,26 @@ from opmon.streaming.archive.chunks import bitshuffle_lz4_chunk
 from opmon.streaming.archive.raw import iter_frame_blocks
 from opmon.streaming.publisher import ZmqFrameSink
 
+from tests.streaming.archive.test_acks import _poll_until
 from tests.streaming.conftest import GEOMETRY, frames_for
 
 SHAPE = (16, 16)
 
 
-def _poll_until(archivers, predicate, timeout=20.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        for a in archivers:
-            a.poll_once(20)
-        if predicate():
-            return True
-    return False
-
-
 def _stored(entry):
     return np.concatenate([b.copy() for _, b in iter_frame_blocks(entry)])
+
+
+def _archive_one_map(sink, archiver, frames, chunks, map_shape):
+    """A run of one map, every frame sent with its chunk, until the archiver closed it; its uid."""
+    run = sink.start_run(frame_shape=SHAPE, dtype="uint32", map_shape=map_shape, **GEOMETRY)
+    sink.start_map(len(frames))
+    for i, (frame, chunk) in enumerate(zip(frames, chunks)):
+        sink.send_frame(frame, index=i, eta=10, phi=0, nu=0, delta=30, chunk=chunk)
+    sink.end_map()
+    sink.stop_run()
+    assert _poll_until([archiver], lambda: archiver.runs and archiver.run_dir is None)
+    return run
 
 
 @pytest.mark.timeout(60)
@@ -43,13 +44,7 @@ def test_chunk_only_frames_are_archived_as_sent_and_the_live_stream_keeps_raw_fr
     archiver = Archiver(tmp_path, sink.endpoints[0], context=ctx, flush_interval_s=0.1)
     frames = frames_for(12, shape=SHAPE)
     chunks = [bitshuffle_lz4_chunk(f) for f in frames]
-    run = sink.start_run(frame_shape=SHAPE, dtype="uint32", map_shape=(3, 4), **GEOMETRY)
-    sink.start_map(12)
-    for i in range(12):
-        sink.send_frame(frames[i], index=i, eta=10, phi=0, nu=0, delta=30, chunk=chunks[i])
-    sink.end_map()
-    sink.stop_run()
-    assert _poll_until([archiver], lambda: archiver.runs and archiver.run_dir is None)
+    run = _archive_one_map(sink, archiver, frames, chunks, (3, 4))
     c = archiver.frames.counters
     archiver.close()
     assert (c.accepted, c.lost, dict(c.rejected)) == (12, 0, {})
@@ -76,13 +71,7 @@ def test_a_corrupt_or_wrong_size_chunk_is_rejected_with_its_reason_and_the_rest_
     chunks[3] = bitshuffle_lz4_chunk(frames_for(1, shape=(16, 8))[0])         # another frame size
     blocks = chunks[5][12:]                                                     # a block size field corrupted:
     chunks[5] = chunks[5][:12] + (len(blocks) - 2).to_bytes(4, "big") + blocks[4:]   # blocks no longer fill it
-    run = sink.start_run(frame_shape=SHAPE, dtype="uint32", map_shape=(2, 5), **GEOMETRY)
-    sink.start_map(10)
-    for i in range(10):
-        sink.send_frame(frames[i], index=i, eta=10, phi=0, nu=0, delta=30, chunk=chunks[i])
-    sink.end_map()
-    sink.stop_run()
-    assert _poll_until([archiver], lambda: archiver.runs and archiver.run_dir is None)
+    run = _archive_one_map(sink, archiver, frames, chunks, (2, 5))
     c = archiver.frames.counters
     archiver.close()
     sink.close()
