@@ -7,9 +7,9 @@ longer than `stall_timeout_s` raises `StreamStalledError` instead of losing fram
 With `ack_endpoint`, the first endpoint (the archiver's) is an acknowledged stream
 (`AckedStream`): every message is held until the archiver reports it durable and is re-sent
 to a restarted archiver, so killing the archiver loses nothing. With `archive_chunk_only`, a
-frame sent with its detector-compressed chunk goes to the archiver as that chunk alone (a
-tenth of the bytes for photon-counting frames, nothing to compress there) and to every other
-endpoint as the raw frame alone.
+frame sent with its detector-compressed chunk goes to the archiver as that chunk alone (about
+1 % of the bytes of a sparse photon-counting frame, nothing to compress there) and to every
+other endpoint as the raw frame alone.
 """
 from __future__ import annotations
 
