@@ -8,6 +8,7 @@ knows the file layouts; acquisition defines only the interface and the stream si
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -94,12 +95,16 @@ class PublisherSink:
     The publisher needs start_run/start_map/send_frame/end_map/stop_run (duck-typed, so
     acquisition does not import streaming). Subscribe the sink to the RunEngine
     (``RE.subscribe(sink)``) so the stream's run ends with the run's real exit status.
+    `compress` (frame -> bitshuffle/LZ4 chunk) makes it a detector that compresses at the
+    source: each frame goes out with its chunk (`send_frame(..., chunk=...)`).
     """
 
     mimetype = "application/x-opmon-frame-stream"
 
-    def __init__(self, publisher: Any, uri: str = "", metadata: dict[str, Any] | None = None) -> None:
+    def __init__(self, publisher: Any, uri: str = "", metadata: dict[str, Any] | None = None,
+                 compress: Callable[[npt.NDArray[Any]], bytes] | None = None) -> None:
         self.publisher = publisher
+        self.compress = compress
         self.metadata = metadata      # the run's start metadata (e.g. the plan's exposure and flux for the dose map)
         endpoints = getattr(publisher, "endpoints", None) or [""]
         self.uri = uri or str(endpoints[0])
@@ -119,8 +124,10 @@ class PublisherSink:
         return SinkTarget(uri=self.uri, mimetype=self.mimetype, parameters={"map_number": int(map_id), **meta.geometry()})
 
     def write(self, frame: npt.NDArray[Any], header: dict[str, Any]) -> int:
+        chunk = None if self.compress is None else self.compress(frame)
         self.publisher.send_frame(frame, index=int(header["map_index"]), eta=header["eta"], phi=header["phi"],
-                                  nu=header["nu"], delta=header["delta"], x=header.get("x"), y=header.get("y"))
+                                  nu=header["nu"], delta=header["delta"], x=header.get("x"), y=header.get("y"),
+                                  chunk=chunk)
         index, self._index = self._index, self._index + 1
         return index
 

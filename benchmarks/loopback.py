@@ -56,23 +56,33 @@ def _raw_sender(endpoint: str, n: int) -> None:
     ctx.term()
 
 
+def compressed_pool(pool: np.ndarray) -> list[bytes]:
+    """The pool's frames as bitshuffle/LZ4 chunks, made once (a detector's FPGA does it for free)."""
+    from opmon.streaming.archive.chunks import bitshuffle_lz4_chunk
+    return [bitshuffle_lz4_chunk(frame) for frame in pool]
+
+
 def send_run(endpoint: str, n: int, map_shape: tuple[int, int], rate_fps: float | None = None,
-             ack_endpoint: str | None = None) -> None:
+             ack_endpoint: str | None = None, compressed: bool = False) -> None:
     """A detector: one run of one map of `n` frames through `ZmqFrameSink` (bound), as fast as
     the receiver takes them or paced at `rate_fps` (process target); with `ack_endpoint`, an
-    acknowledged archive stream (held until the archiver flushed it)."""
+    acknowledged archive stream (held until the archiver flushed it); `compressed`: a detector
+    that compresses at the source, each frame sent as its bslz4 chunk alone (`chunk_only`)."""
     pool = frame_pool()
-    sink = ZmqFrameSink([endpoint], stall_timeout_s=120, ack_endpoint=ack_endpoint)
+    chunks: list[bytes | None] = compressed_pool(pool) if compressed else [None] * len(pool)
+    sink = ZmqFrameSink([endpoint], stall_timeout_s=120, ack_endpoint=ack_endpoint, archive_chunk_only=compressed)
     sink.start_run(frame_shape=SHAPE, dtype="uint32", map_shape=map_shape, **GEOMETRY)
     sink.start_map(n)
-    npix = map_shape[0] * map_shape[1]
+    sink.drain()        # acknowledged: the archiver is up and synced, so frames stream to it as they are
+    npix = map_shape[0] * map_shape[1]            # sent instead of piling up in the spool first
     t0 = time.perf_counter()
     for i in range(n):
         if rate_fps:
             wait = t0 + i / rate_fps - time.perf_counter()
             if wait > 0:
                 time.sleep(wait)
-        sink.send_frame(pool[i % len(pool)], index=i % npix, eta=10.0 + 0.016 * (i // npix), phi=0.0, nu=0.0, delta=37.0)
+        sink.send_frame(pool[i % len(pool)], index=i % npix, eta=10.0 + 0.016 * (i // npix), phi=0.0, nu=0.0, delta=37.0,
+                        chunk=chunks[i % len(pool)])
     sink.stop_run()
     sink.close()
 

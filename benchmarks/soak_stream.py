@@ -23,7 +23,7 @@ from typing import Any
 
 import zmq
 
-from opmon.benchmarks.loopback import GEOMETRY, SHAPE, frame_pool
+from opmon.benchmarks.loopback import GEOMETRY, SHAPE, compressed_pool, frame_pool
 from opmon.config import load_config
 from opmon.demo import shift_ports, write_config
 from opmon.streaming import protocol as P
@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=float, default=30.0, help="seconds between reports (default 30)")
     parser.add_argument("--port-base", type=int, default=6650)
     parser.add_argument("--keep", action="store_true", help="keep the archive directory")
+    parser.add_argument("--compressed", action="store_true",
+                        help="a detector compressing at the source: the archiver gets each frame's bslz4 chunk alone "
+                             "(as `[detector] compression = \"bslz4\"`), the live processor raw frames")
     args = parser.parse_args(argv)
 
     directory = Path(tempfile.mkdtemp(prefix="opmon-soak-"))
@@ -110,14 +113,17 @@ def main(argv: list[str] | None = None) -> int:
     watch = StatusWatch(context, {"live": config.endpoint("display_live"), "archiver": config.endpoint("display_archive")})
     sink = ZmqFrameSink([config.endpoint("frames_archive"), config.endpoint("frames_live")], context=context,
                         sndhwm=config.stream.sndhwm, stall_timeout_s=120,
-                        ack_endpoint=config.endpoint("frames_archive_ack"))   # as `opmon demo` sends
+                        ack_endpoint=config.endpoint("frames_archive_ack"),   # as `opmon demo` sends
+                        archive_chunk_only=args.compressed)
     pool = frame_pool()
+    chunks: list[bytes | None] = compressed_pool(pool) if args.compressed else [None] * len(pool)
     cols = 50
     map_shape = (max(1, args.map_frames // cols), cols)
     per_map = map_shape[0] * map_shape[1]
     time.sleep(3.0)          # let the services start and connect (the sink blocks until they do)
     start_rss = (rss_mb(supervisor.pid("live")), rss_mb(supervisor.pid("archiver")))   # before any frame
     print(f"soak: {args.minutes:g} min at {args.rate:g} frames/s, maps of {per_map} frames, workers={args.workers}, "
+          f"{'detector-compressed chunks to the archiver, ' if args.compressed else ''}"
           f"archive {config.archive.dir}", flush=True)
     print(f"{'t (s)':>7} {'sent':>9} {'live':>9} {'archived':>9} {'lost':>5} {'maps':>5} {'live MB':>8} {'arch MB':>8}"
           f" {'live fr/s':>9}", flush=True)
@@ -136,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                 wait = t0 + sent / args.rate - time.perf_counter()
                 if wait > 0:
                     time.sleep(wait)
-                sink.send_frame(pool[i % len(pool)], index=i, eta=10.0 + 0.01 * (i % 7), phi=0.0, nu=0.0, delta=37.0)
+                sink.send_frame(pool[i % len(pool)], index=i, eta=10.0 + 0.01 * (i % 7), phi=0.0, nu=0.0, delta=37.0,
+                                chunk=chunks[i % len(pool)])
                 sent += 1
                 now = time.perf_counter()
                 if now >= next_report:

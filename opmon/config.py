@@ -60,6 +60,18 @@ class LiveConfig:
     register: str = "off"          # auto: register the eta scans of each final map (as `opmon process --register auto`)
 
 
+DETECTOR_COMPRESSIONS = ("none", "bslz4")
+
+
+@dataclass
+class DetectorConfig:
+    """The simulated detector: `compression = "bslz4"` compresses each frame at the source, as an
+    Eiger's FPGA does, and the archiver gets that chunk alone (docs/protocol.md, chunk-only
+    frames); "none" sends raw frames. The live processor always gets raw frames."""
+
+    compression: str = "none"
+
+
 @dataclass
 class ControlConfig:
     """Steering credential (empty: environment OPMON_CONTROL_TOKEN or a per-session token)."""
@@ -77,6 +89,7 @@ class Config:
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
     live: LiveConfig = field(default_factory=LiveConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
 
     def endpoint(self, name: str) -> str:
         """``tcp://host:port`` of the channel `name` (a field of `Ports`)."""
@@ -138,6 +151,9 @@ def _check_values(config: Config) -> None:
             raise ConfigError(f"live.background: {config.live.background!r}, expected 'auto', 'flat', 'none' or a rate >= 0")
     if config.live.register not in ("auto", "off"):
         raise ConfigError(f"live.register: {config.live.register!r}, expected 'auto' or 'off'")
+    if config.detector.compression not in DETECTOR_COMPRESSIONS:
+        raise ConfigError(f"detector.compression: {config.detector.compression!r}, expected one of "
+                          f"{', '.join(repr(c) for c in DETECTOR_COMPRESSIONS)}")
     if not config.host:
         raise ConfigError("host: empty, expected an address such as 127.0.0.1")
     if not config.archive.dir:

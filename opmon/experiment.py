@@ -33,6 +33,7 @@ from opmon.acquisition.cell_state import CellMode
 from opmon.acquisition.mapping import FlyScan
 from opmon.acquisition.steering import RunEngineSteering
 from opmon.simulators.instrument import SxdmSetup
+from opmon.streaming.archive.chunks import source_compressor
 from opmon.streaming.control import ControlServer, resolve_token
 from opmon.streaming.documents import DocumentPublisher
 from opmon.streaming.publisher import ZmqFrameSink
@@ -145,10 +146,12 @@ class AcquisitionService:
         self.publisher = ZmqFrameSink([config.endpoint("frames_archive"), config.endpoint("frames_live")],
                                       sndhwm=config.stream.sndhwm, stall_timeout_s=config.stream.stall_timeout_s,
                                       ack_endpoint=config.endpoint("frames_archive_ack"),
-                                      spool_bytes=config.stream.archive_spool_bytes)
+                                      spool_bytes=config.stream.archive_spool_bytes,
+                                      archive_chunk_only=config.detector.compression == "bslz4")
         self.documents = DocumentPublisher(config.endpoint("docs"), config.endpoint("display_acquisition"),
                                            stall_timeout_s=config.stream.stall_timeout_s)
-        self.sink = PublisherSink(self.publisher, metadata=plan.dose_metadata())
+        self.sink = PublisherSink(self.publisher, metadata=plan.dose_metadata(),
+                                  compress=source_compressor(config.detector.compression))
         self.RE.subscribe(self.documents)
         self.RE.subscribe(self.sink)
         tracking = plan.phase_tracking != "off"

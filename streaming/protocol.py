@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -30,8 +31,13 @@ ANGLE_KEYS = ("eta", "phi", "nu", "delta")
 #: A frame may carry its compressed chunk as a third part (header `chunk`): the archiver stores
 #: those bytes as they are (bitshuffle/LZ4, HDF5 filter layout, element size = the dtype's).
 CHUNK_CODEC = "bslz4"
+#: Header key of a frame sent as its compressed chunk alone (`[header, chunk]`, no raw part): the
+#: archive stream of a source that compresses at the detector. Only receivers that store the
+#: chunk (the archiver) take it; the others reject it (`chunk`), they need pixels.
+CHUNK_ONLY = "chunk_only"
 REJECT_REASONS = ("parts", "header", "version", "kind", "field", "dtype", "shape", "size", "index",
-                  "unknown_run", "stale")
+                  "chunk", "unknown_run", "stale")
+_CHUNK_HEAD = struct.Struct(">QI")   # bitshuffle/LZ4 chunk: decompressed bytes, block bytes
 
 #: A run uid names a directory of the archive: one plain path component, never `..`, `/` or NUL.
 RUN_UID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -69,7 +75,7 @@ class Message:
 
     kind: str
     header: dict[str, Any]
-    array: npt.NDArray[Any] | None = None
+    array: npt.NDArray[Any] | None = None   # None for a chunk-only frame (`CHUNK_ONLY`)
     chunk: memoryview | None = None      # the frame's bitshuffle/LZ4 chunk as the detector sent it
 
     @property
@@ -132,8 +138,42 @@ def check_header(header: Any) -> str:
     return kind
 
 
-def parse(parts: list[Any]) -> Message:
+def check_chunk(chunk: memoryview, nbytes: int, itemsize: int) -> None:
+    """Check a frame's bitshuffle/LZ4 chunk against the frame it claims to be, from its sizes
+    alone (no decompression, a few hundred ns): the 12-byte chunk header must give the frame's
+    byte size and a block of a positive multiple of 8 elements, and the chunk's length must lie
+    between the least and the most those blocks can take. The bytes inside the LZ4 blocks are
+    checked when the archive is read (`opmon.streaming.archive.frames`, bounds-checked).
+
+    Raises
+    ------
+    RejectedMessage
+        `size` when the chunk decompresses to another size than the frame's (or cannot hold
+        it), `chunk` when its header is not a bitshuffle/LZ4 header.
+    """
+    if chunk.nbytes < _CHUNK_HEAD.size:
+        raise RejectedMessage("chunk", f"chunk of {chunk.nbytes} bytes: shorter than its {_CHUNK_HEAD.size}-byte header")
+    total, block_bytes = _CHUNK_HEAD.unpack_from(chunk)
+    if total != nbytes:
+        raise RejectedMessage("size", f"chunk decompresses to {total} bytes, the frame's shape and dtype need {nbytes}")
+    if block_bytes <= 0 or block_bytes % itemsize or (block_bytes // itemsize) % 8:
+        raise RejectedMessage("chunk", f"chunk block of {block_bytes} bytes, expected a positive multiple of 8 elements"
+                                       f" of {itemsize} bytes (not a bitshuffle/LZ4 chunk?)")
+    elements, block = nbytes // itemsize, block_bytes // itemsize
+    blocks = -(-(elements - elements % 8) // block)
+    tail = elements % 8 * itemsize          # the last < 8 elements are stored verbatim
+    least = _CHUNK_HEAD.size + blocks * 5 + tail                     # 4-byte size + >= 1 LZ4 byte per block
+    most = _CHUNK_HEAD.size + blocks * 4 + nbytes + nbytes // 255 + 16 * blocks + tail   # LZ4's worst case
+    if not least <= chunk.nbytes <= most:
+        raise RejectedMessage("size", f"chunk of {chunk.nbytes} bytes, a {nbytes}-byte frame in {blocks} block(s) "
+                                      f"takes {least}..{most}")
+
+
+def parse(parts: list[Any], accept_chunk_only: bool = False) -> Message:
     """Check one received multipart message (zmq.Frame or bytes parts) without copying the frame.
+
+    `accept_chunk_only`: take frames sent as their compressed chunk alone (`Message.array` is
+    then None, `Message.chunk` holds it); for receivers that store chunks, the archiver.
 
     Raises
     ------
@@ -153,9 +193,15 @@ def parse(parts: list[Any]) -> Message:
     kind = check_header(header)
     if kind == "frame":
         chunked = header.get("chunk") == CHUNK_CODEC
-        if len(parts) != (3 if chunked else 2):
-            raise RejectedMessage("parts", f"frame with {len(parts)} part(s), expected {3 if chunked else 2}"
-                                           f"{' (chunk = ' + CHUNK_CODEC + ')' if chunked else ''}")
+        chunk_only = chunked and header.get(CHUNK_ONLY) is True
+        n_parts = 2 if chunk_only else (3 if chunked else 2)
+        if len(parts) != n_parts:
+            raise RejectedMessage("parts", f"frame with {len(parts)} part(s), expected {n_parts}"
+                                           f"{' (chunk = ' + CHUNK_CODEC + ')' if chunked else ''}"
+                                           f"{' (chunk only)' if chunk_only else ''}")
+        if chunk_only and not accept_chunk_only:
+            raise RejectedMessage("chunk", "frame sent as its compressed chunk only: this receiver needs the raw frame "
+                                           "(only the archive stream carries chunk-only frames)")
         for key in ANGLE_KEYS:
             if not math.isfinite(header[key]):
                 raise RejectedMessage("field", f"frame.{key} = {header[key]!r}, expected a finite angle")
@@ -171,14 +217,18 @@ def parse(parts: list[Any]) -> Message:
         if dtype is None:
             raise RejectedMessage("dtype", f"dtype {header['dtype']!r:.40}, expected one of {list(FRAME_DTYPES)}")
         rows, cols = _pair(header, "shape", integer=True)
+        nbytes = rows * cols * dtype.itemsize
+        if chunk_only:
+            chunk = parts[1].buffer if hasattr(parts[1], "buffer") else memoryview(parts[1])
+            check_chunk(chunk, nbytes, dtype.itemsize)
+            return Message(kind, header, None, chunk)
         buf = parts[1].buffer if hasattr(parts[1], "buffer") else memoryview(parts[1])
-        if buf.nbytes != rows * cols * dtype.itemsize:
-            raise RejectedMessage("size", f"buffer of {buf.nbytes} bytes, shape {[rows, cols]} {header['dtype']} needs {rows * cols * dtype.itemsize}")
+        if buf.nbytes != nbytes:
+            raise RejectedMessage("size", f"buffer of {buf.nbytes} bytes, shape {[rows, cols]} {header['dtype']} needs {nbytes}")
         chunk = None
         if chunked:
             chunk = parts[2].buffer if hasattr(parts[2], "buffer") else memoryview(parts[2])
-            if not 12 < chunk.nbytes <= 2 * buf.nbytes + 4096:   # header + blocks; LZ4 expands little
-                raise RejectedMessage("size", f"chunk of {chunk.nbytes} bytes for a frame of {buf.nbytes}")
+            check_chunk(chunk, nbytes, dtype.itemsize)
         return Message(kind, header, np.frombuffer(buf, dtype=dtype).reshape(rows, cols), chunk)
     if kind == "start":
         _pair(header, "frame_shape", integer=True)
@@ -251,10 +301,13 @@ def stop_header(run: str, exit_status: str, n_frames: int, n_maps: int, reason: 
 def frame_header(run: str, map_number: int, seq: int, frame: int, index: int, eta: float, phi: float, nu: float,
                  delta: float, dtype: str, shape: tuple[int, int], x: float | None = None,
                  y: float | None = None, t: float | None = None, chunk: bool = False,
-                 monitor: float | None = None) -> dict[str, Any]:
+                 monitor: float | None = None, chunk_only: bool = False) -> dict[str, Any]:
     """Header of one frame (angles in degrees, x/y in micrometres; `chunk`: a bslz4 chunk follows;
+    `chunk_only`: the bslz4 chunk is the only part after the header, no raw frame;
     `monitor`: the incident-beam monitor reading of the frame, counts, only when there is one)."""
-    extra: dict[str, Any] = {"chunk": CHUNK_CODEC} if chunk else {}
+    extra: dict[str, Any] = {"chunk": CHUNK_CODEC} if chunk or chunk_only else {}
+    if chunk_only:
+        extra[CHUNK_ONLY] = True
     if monitor is not None:
         extra["monitor"] = float(monitor)
     return {**extra, "v": VERSION, "kind": "frame", "run": run, "map": int(map_number), "seq": int(seq),

@@ -6,7 +6,10 @@ go zero-copy; a full queue blocks the sender (back-pressure) and a receiver that
 longer than `stall_timeout_s` raises `StreamStalledError` instead of losing frames silently.
 With `ack_endpoint`, the first endpoint (the archiver's) is an acknowledged stream
 (`AckedStream`): every message is held until the archiver reports it durable and is re-sent
-to a restarted archiver, so killing the archiver loses nothing.
+to a restarted archiver, so killing the archiver loses nothing. With `archive_chunk_only`, a
+frame sent with its detector-compressed chunk goes to the archiver as that chunk alone (about
+1 % of the bytes of a sparse photon-counting frame, nothing to compress there) and to every
+other endpoint as the raw frame alone.
 """
 from __future__ import annotations
 
@@ -45,11 +48,15 @@ class ZmqFrameSink:
         archiver acknowledges them on this endpoint (bound here); see `AckedStream`.
     spool_bytes
         bound on what the archive stream holds unacknowledged (frames beyond it wait, then drop).
+    archive_chunk_only
+        the first endpoint is the archiver's: a frame sent with its `chunk` goes there as the
+        chunk only (protocol `chunk_only`), and to the others without it. Off: every endpoint
+        gets the same bytes (the chunk as a third part).
     """
 
     def __init__(self, endpoints: Sequence[str], *, sndhwm: int = 200, stall_timeout_s: float = 30.0,
                  context: zmq.Context | None = None, bind: bool = True, ack_endpoint: str | None = None,
-                 spool_bytes: int = 1 << 30) -> None:
+                 spool_bytes: int = 1 << 30, archive_chunk_only: bool = False) -> None:
         if not endpoints:
             raise ProtocolError("ZmqFrameSink needs at least one endpoint")
         self._own_context = context is None     # then close() waits for queued frames to leave
@@ -66,6 +73,7 @@ class ZmqFrameSink:
                 sock.connect(endpoint)
             self.sockets.append(sock)
         self.endpoints = [s.getsockopt_string(zmq.LAST_ENDPOINT) for s in self.sockets]
+        self.archive_chunk_only = archive_chunk_only
         self.archive: AckedStream | None = None
         if ack_endpoint is not None:
             self.archive = AckedStream(self.sockets[0], ack_endpoint, spool_bytes=spool_bytes,
@@ -82,15 +90,17 @@ class ZmqFrameSink:
         self.n_maps = 0
         self._map_open = False
 
-    def _send(self, parts: list[Any], nbytes: int = 0) -> bool:
-        """Send to every endpoint; False if the archive stream had to drop this frame (`nbytes` > 0)."""
+    def _send(self, parts: list[Any], nbytes: int = 0, archive_parts: list[Any] | None = None) -> bool:
+        """Send to every endpoint (`archive_parts` instead to the first, the archiver's, when
+        given); False if the archive stream had to drop this frame (`nbytes` > 0, its size there)."""
         kept = True
         for i, (sock, endpoint) in enumerate(zip(self.sockets, self.endpoints)):
+            mine = archive_parts if i == 0 and archive_parts is not None else parts
             if i == 0 and self.archive is not None:
-                kept = self.archive.send(parts, nbytes or len(parts[0]), droppable=nbytes > 0)
+                kept = self.archive.send(mine, nbytes or len(mine[0]), droppable=nbytes > 0)
                 continue
             try:
-                sock.send_multipart(parts, copy=False)
+                sock.send_multipart(mine, copy=False)
             except zmq.Again:
                 raise StreamStalledError(f"no receiver took frames from {endpoint} for "
                                          f"{sock.getsockopt(zmq.SNDTIMEO) / 1000:.1f} s (is it running?)") from None
@@ -142,7 +152,8 @@ class ZmqFrameSink:
         `monitor`: the frame's incident-beam monitor reading, when the beamline records one.
 
         `chunk`: the same frame as the detector compressed it (bitshuffle/LZ4, HDF5 filter
-        layout), sent along so the archiver stores it without compressing again.
+        layout), sent along so the archiver stores it without compressing again (and instead
+        of the raw frame to the archiver with `archive_chunk_only`).
 
         Raises
         ------
@@ -157,11 +168,17 @@ class ZmqFrameSink:
             raise FrameShapeError(f"frame {frame.shape} {frame.dtype}, run declared {self.frame_shape} {self.dtype}")
         if not frame.flags.c_contiguous:
             frame = np.ascontiguousarray(frame)
-        header = P.frame_header(self.run, self.map_number, self.seq, self.map_frames, index, eta, phi, nu, delta,
-                                self.dtype, self.frame_shape, x, y, chunk=chunk is not None, monitor=monitor)
-        packed = P.pack(header)
-        parts: list[Any] = [packed, frame] if chunk is None else [packed, frame, chunk]
-        if not self._send(parts, len(packed) + frame.nbytes + (0 if chunk is None else len(chunk))):
+        fields = (self.run, self.map_number, self.seq, self.map_frames, index, eta, phi, nu, delta, self.dtype,
+                  self.frame_shape, x, y)
+        if chunk is not None and self.archive_chunk_only:
+            header = P.frame_header(*fields, monitor=monitor)
+            to_archive = P.pack({**header, "chunk": P.CHUNK_CODEC, P.CHUNK_ONLY: True})
+            kept = self._send([P.pack(header), frame], len(to_archive) + len(chunk), [to_archive, chunk])
+        else:
+            packed = P.pack(P.frame_header(*fields, chunk=chunk is not None, monitor=monitor))
+            parts: list[Any] = [packed, frame] if chunk is None else [packed, frame, chunk]
+            kept = self._send(parts, len(packed) + frame.nbytes + (0 if chunk is None else len(chunk)))
+        if not kept:
             self.archive_dropped.append(self.seq)
         seq = self.seq
         self.seq += 1

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 #: Called with an unknown run uid; returns (start header, mask or None) to adopt that run
 #: (a receiver restarted mid-run recovers the start from the archive), or None.
 RunResolver = Callable[[str], "tuple[dict[str, Any], npt.NDArray[np.uint8] | None] | None"]
+#: Called with each parsed message before the run rules; raises RejectedMessage to reject it
+#: (the archiver checks a chunk-only frame's block layout this way).
+MessageCheck = Callable[[Message], None]
 
 
 @dataclass
@@ -263,10 +266,16 @@ class FrameReceiver:
         e.g. ``tcp://127.0.0.1:5551``; connected unless `bind`.
     rcvhwm
         receive queue depth; when full the sender blocks (back-pressure), nothing is dropped.
+    accept_chunk_only
+        take frames sent as their compressed chunk alone (`protocol.CHUNK_ONLY`): a receiver
+        that stores chunks (the archiver); any other needs the raw frame and rejects them.
+    check
+        a further check of each parsed message, before it counts as received (`MessageCheck`).
     """
 
     def __init__(self, endpoint: str, *, bind: bool = False, rcvhwm: int = 200, resolver: RunResolver | None = None,
-                 context: zmq.Context | None = None, name: str = "receiver") -> None:
+                 context: zmq.Context | None = None, name: str = "receiver", accept_chunk_only: bool = False,
+                 check: MessageCheck | None = None) -> None:
         keep_frame_buffers()
         self.context = context or zmq.Context.instance()
         self.socket = self.context.socket(zmq.PULL)
@@ -279,6 +288,8 @@ class FrameReceiver:
         self.endpoint = endpoint
         self.name = name
         self.tracker = RunTracker(resolver)
+        self.accept_chunk_only = accept_chunk_only
+        self.check = check
         self._logged: Counter[str] = Counter()
         self._last_log = 0.0
 
@@ -307,7 +318,10 @@ class FrameReceiver:
         ended run is expected and counted as `resent`, not as a duplicate or stale message.
         """
         try:
-            return self.tracker.accept(parse(parts))
+            msg = parse(parts, self.accept_chunk_only)
+            if self.check is not None:
+                self.check(msg)
+            return self.tracker.accept(msg)
         except RejectedMessage as exc:
             self._reject(exc, resent)
             return None

@@ -32,7 +32,8 @@ def serve(config: Config, source: str, channel: str | None = None, archive_chunk
         sink = ZmqFrameSink([config.endpoint("frames_archive"), config.endpoint("frames_live")],
                             sndhwm=config.stream.sndhwm, stall_timeout_s=config.stream.stall_timeout_s,
                             ack_endpoint=config.endpoint("frames_archive_ack"),
-                            spool_bytes=config.stream.archive_spool_bytes)
+                            spool_bytes=config.stream.archive_spool_bytes,
+                            archive_chunk_only=archive_chunks)   # the archiver gets the detector's chunk alone
     bridge = StreamV2Bridge(sink, channel=channel, archive_chunks=archive_chunks)
     receiver = DetectorReceiver(endpoint, bridge, rcvhwm=config.stream.rcvhwm)
     exit_status = stop_on_signals(receiver)
@@ -57,5 +58,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--channel", help="threshold channel to monitor (default: the first of each series)")
     p.add_argument("--config", help="TOML configuration (defaults: opmon/default_config.toml)")
     p.add_argument("--recompress", action="store_true",
-                   help="do not pass the detector's bslz4 chunks to the archiver (it compresses again)")
+                   help="send the archiver raw frames, not the detector's bslz4 chunks (it compresses again)")
     p.set_defaults(func=_main)

@@ -28,6 +28,7 @@ from opmon.streaming.archive.acks import ArchiveAcks, PreSyncHold
 from opmon.streaming.archive.chunks import ChunkCompressor
 from opmon.streaming.archive.disk_full import DEFAULT_RESERVE, DiskGuard, is_disk_full
 from opmon.streaming.archive.final_maps import write_final_maps
+from opmon.streaming.archive.frames import bslz4_layout, decode_bslz4
 from opmon.streaming.archive.layout import DOCUMENTS, ENTRY, MAPS, POTENTIOSTAT, map_file_name, maps_file_name
 from opmon.streaming.archive.maps_file import grid_axes, read_axes, write_axes
 from opmon.streaming.archive.raw import read_raw_meta
@@ -90,7 +91,8 @@ class Archiver:
             raise ArchiveError(f"cannot create archive directory {self.directory}: {exc.strerror}") from exc
         self.context = context or zmq.Context.instance()
         self.frames = FrameReceiver(frames_endpoint, rcvhwm=rcvhwm, context=self.context, name="archiver",
-                                    resolver=lambda uid: RunArchive(self.directory, uid).start(mask_wait_s=0.0))
+                                    resolver=lambda uid: RunArchive(self.directory, uid).start(mask_wait_s=0.0),
+                                    accept_chunk_only=True, check=self._check_chunk)
         self.poller = zmq.Poller()
         self.poller.register(self.frames.socket, zmq.POLLIN)
         self.docs = self._socket(zmq.PULL, docs_endpoint, bind=False)
@@ -134,6 +136,24 @@ class Archiver:
         return sock
 
     # -- frame stream -------------------------------------------------------------------
+    def _check_chunk(self, msg: P.Message) -> None:
+        """A frame's chunk must fill its bitshuffle/LZ4 blocks exactly (sizes walked, nothing
+        decoded): a chunk-only frame failing that is rejected (`chunk`); a frame that came with
+        its raw pixels too keeps them and is compressed here instead (`dropped["bad_chunk"]`)."""
+        if msg.chunk is None:
+            return
+        h = msg.header
+        dtype = P.FRAME_DTYPES[h["dtype"]]
+        code = bslz4_layout(np.frombuffer(msg.chunk, np.uint8), h["shape"][0] * h["shape"][1] * dtype.itemsize,
+                            dtype.itemsize)
+        if code == 0:
+            return
+        if msg.array is None:
+            raise P.RejectedMessage("chunk", f"chunk-only frame seq {h['seq']}: its bitshuffle/LZ4 blocks do not "
+                                             f"fill its {msg.chunk.nbytes} bytes (layout code {code})")
+        msg.chunk = None
+        self.dropped["bad_chunk"] += 1
+
     def _on_frame_message(self, msg: P.Message) -> None:
         h = msg.header
         if msg.kind == "start":
@@ -190,6 +210,13 @@ class Archiver:
             self._count_restart_gap(h["seq"])
         if chunk is not None and writer.takes_chunks:
             writer.add_chunk(h, chunk)           # the detector's compression, stored as it arrived
+        elif frame is None:                      # chunk only, for a dataset of another codec: decode, checked
+            frame = np.empty(h["shape"], dtype=P.FRAME_DTYPES[h["dtype"]])
+            if decode_bslz4(np.frombuffer(chunk, np.uint8), frame.reshape(-1).view(np.uint8), frame.itemsize) != 0:
+                self.dropped["corrupt_chunk"] += 1
+                log.error("chunk-only frame seq %d of map %d is corrupt: not archived", h["seq"], number)
+                return
+            writer.add(h, frame, copy=False)
         else:
             writer.add(h, frame, copy=False)     # the received buffer stays as it is while the view lives
         self.frames_written += 1

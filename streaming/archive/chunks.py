@@ -17,7 +17,7 @@ import ctypes
 import logging
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,17 @@ def bitshuffle_lz4_chunk(frame: npt.NDArray[Any]) -> bytes:
     body = bitshuffle.compress_lz4(frame, 0)
     block = bitshuffle_block_bytes(frame.itemsize)
     return struct.pack(">QI", frame.nbytes, block) + body.tobytes()
+
+
+def source_compressor(name: str) -> Callable[[npt.NDArray[Any]], bytes] | None:
+    """What a simulated detector compressing at the source runs on each frame (`[detector]
+    compression`): "bslz4" -> `bitshuffle_lz4_chunk` (the chunk an Eiger's FPGA would send),
+    "none" -> None (raw frames)."""
+    if name == "none":
+        return None
+    if name == "bslz4":
+        return bitshuffle_lz4_chunk
+    raise ValueError(f"detector compression {name!r}, expected 'none' or 'bslz4'")
 
 
 def bitshuffle_block_bytes(itemsize: int) -> int:

@@ -238,6 +238,39 @@ def _decode_chunk(src: npt.NDArray[np.uint8], out: npt.NDArray[np.uint8], es: in
     return 0
 
 
+@numba.njit(nogil=True, cache=True)
+def bslz4_layout(src: npt.NDArray[np.uint8], nbytes: int, es: int) -> int:
+    """Walk a bitshuffle/LZ4 chunk's block sizes without decoding (a microsecond for a 1 MB
+    frame): 0 when its header gives `nbytes` and its blocks and verbatim tail fill the chunk
+    exactly, else the negative code `decode_bslz4` would return for that fault. Corruption
+    inside an LZ4 block is found only by decoding (`decode_bslz4`, when the archive is read)."""
+    ns = src.shape[0]
+    if ns < 12:
+        return -10
+    total = np.int64(0)
+    for k in range(8):
+        total = (total << 8) | np.int64(src[k])
+    if total != nbytes:
+        return -11
+    bs_bytes = (np.int64(src[8]) << 24) | (np.int64(src[9]) << 16) | (np.int64(src[10]) << 8) | np.int64(src[11])
+    if bs_bytes <= 0 or bs_bytes % es != 0 or (bs_bytes // es) % 8 != 0:
+        return -12
+    block = bs_bytes // es
+    remaining = nbytes // es
+    ip = np.int64(12)
+    while remaining >= 8:
+        n = block if remaining >= block else remaining - remaining % 8
+        if ns - ip < 4:
+            return -13
+        clen = (np.int64(src[ip]) << 24) | (np.int64(src[ip + 1]) << 16) | (np.int64(src[ip + 2]) << 8) | np.int64(src[ip + 3])
+        ip += 4
+        if clen <= 0 or clen > ns - ip:
+            return -14
+        ip += clen
+        remaining -= n
+    return 0 if ns - ip == remaining * es else -15
+
+
 def is_bitshuffle_lz4(data: h5py.Dataset) -> bool:
     """True when `data` is chunked one frame per chunk with bitshuffle/LZ4 and nothing else."""
     if data.chunks is None or data.ndim != 3 or data.chunks != (1,) + data.shape[1:]:

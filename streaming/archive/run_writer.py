@@ -94,10 +94,12 @@ class MapFileWriter:
         frame = np.array(frame) if copy or not frame.flags.c_contiguous else frame
         self._queue(header, self.compressor.submit(frame))
 
-    def add_chunk(self, header: dict[str, Any], chunk: bytes) -> None:
+    def add_chunk(self, header: dict[str, Any], chunk: bytes | memoryview) -> None:
         """Queue one frame already compressed in the dataset's bitshuffle/LZ4 chunk format
-        (a detector's own compression); it keeps its place among the frames around it."""
-        self._queue(header, chunk_done(bytes(chunk)))
+        (a detector's own compression); it keeps its place among the frames around it.
+
+        Not copied: a received ZeroMQ buffer's memoryview keeps that buffer alive and unchanged."""
+        self._queue(header, chunk_done(chunk))
 
     @property
     def takes_chunks(self) -> bool:

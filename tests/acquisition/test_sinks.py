@@ -69,3 +69,41 @@ def test_frames_stream_over_zeromq_and_land_in_files(RE, docs, make_beamline, tm
         on_disk = f["entry/instrument/detector/data"][()]
     np.testing.assert_array_equal(on_disk, np.stack([a for _, a in frames]))
     assert got[-1][1].get("exit_status", got[-1][1].get("status")) == "success"
+
+
+def test_a_detector_compressing_at_the_source_sends_the_archiver_chunks_and_the_live_stream_raw_frames(
+        RE, docs, make_beamline) -> None:
+    """`[detector] compression = "bslz4"`: the archive stream carries each frame as its chunk only."""
+    from opmon.streaming.archive.chunks import source_compressor
+    from opmon.streaming.archive.frames import decode_bslz4
+    publisher = ZmqFrameSink(["tcp://127.0.0.1:*", "tcp://127.0.0.1:*"], stall_timeout_s=10.0, archive_chunk_only=True)
+    sink = PublisherSink(publisher, compress=source_compressor("bslz4"))
+    bl = make_beamline(sink=sink)
+    RE.subscribe(sink)
+    receivers = [FrameReceiver(publisher.endpoints[0], accept_chunk_only=True), FrameReceiver(publisher.endpoints[1])]
+    got: list[list] = [[], []]
+
+    def pull(receiver, out) -> None:
+        while (msg := receiver.recv(timeout_ms=5000)) is not None and msg.kind != "stop":
+            if msg.kind == "frame":
+                out.append((None if msg.array is None else np.array(msg.array),
+                            None if msg.chunk is None else bytes(msg.chunk)))
+
+    threads = [threading.Thread(target=pull, args=(r, g)) for r, g in zip(receivers, got)]
+    for t in threads:
+        t.start()
+    try:
+        RE(sxdm_map(bl.detector, bl.stage, bl.diffractometer, MapGrid((2, 2), 0.1), bl.etas()[:2]))
+        for t in threads:
+            t.join(timeout=30)
+    finally:
+        for r in receivers:
+            r.close()
+        publisher.close()
+    archived, live = got
+    assert len(archived) == len(live) == 8
+    assert all(a is None and c is not None for a, c in archived) and all(c is None for _, c in live)
+    for (_, chunk), (frame, _) in zip(archived, live):
+        out = np.empty_like(frame)
+        assert decode_bslz4(np.frombuffer(chunk, np.uint8), out.reshape(-1).view(np.uint8), out.itemsize) == 0
+        np.testing.assert_array_equal(out, frame)

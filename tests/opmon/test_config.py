@@ -28,6 +28,7 @@ def test_a_user_file_overrides_only_what_it_names(tmp_path):
     ("[ports]\nframes_live = 70000\n", "not a TCP port"),
     ("[live]\nworkers = 0\n", "live.workers"),
     ("[live]\nregister = \"sideways\"\n", "live.register"),
+    ("[detector]\ncompression = \"zstd\"\n", "detector.compression: 'zstd', expected one of 'none', 'bslz4'"),
     ("ports = 3\n", "expected a table"),
     ("[ports\n", "not valid TOML"),
 ])

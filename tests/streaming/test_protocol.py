@@ -78,3 +78,45 @@ def test_pack_refuses_objects_it_cannot_send_plainly():
     with pytest.raises(TypeError, match="never pickle"):
         P.pack({"v": 1, "obj": object()})
     assert P.unpack(P.pack({"a": np.float32(1.5), "b": np.arange(3)})) == {"a": 1.5, "b": [0, 1, 2]}
+
+
+def _chunk(frame):
+    from opmon.streaming.archive.chunks import bitshuffle_lz4_chunk
+    return bitshuffle_lz4_chunk(frame)
+
+
+def _chunk_only_parts(chunk, **over):
+    header = P.frame_header("run-1", 0, 5, 5, 3, 10.0, 0.0, 0.0, 30.0, "uint32", (8, 8), chunk_only=True)
+    header.update(over)
+    return [P.pack(header), chunk]
+
+
+def test_a_chunk_only_frame_reaches_only_a_receiver_that_stores_chunks():
+    frame = np.arange(64, dtype=np.uint32).reshape(8, 8)
+    parts = _chunk_only_parts(_chunk(frame))
+    msg = P.parse(parts, accept_chunk_only=True)
+    assert msg.array is None and bytes(msg.chunk) == parts[1]
+    with pytest.raises(P.RejectedMessage) as info:     # the live processor needs pixels
+        P.parse(parts)
+    assert info.value.reason == "chunk"
+
+
+def test_a_chunk_that_does_not_describe_its_frame_is_rejected_from_its_sizes():
+    """Checked from the 12-byte chunk header and the chunk's length, nothing decompressed."""
+    frame = np.arange(64, dtype=np.uint32).reshape(8, 8)
+    good = _chunk(frame)
+    wrong_size = _chunk(np.arange(128, dtype=np.uint32).reshape(16, 8))    # another frame's chunk
+    bad_block = good[:8] + (12).to_bytes(4, "big") + good[12:]              # 3 elements a block
+    cases = [(wrong_size, "size"), (bad_block, "chunk"), (good[:10], "chunk"), (good[:14], "size"),
+             (good + bytes(600), "size")]
+    for chunk, reason in cases:
+        with pytest.raises(P.RejectedMessage) as info:
+            P.parse(_chunk_only_parts(chunk), accept_chunk_only=True)
+        assert info.value.reason == reason, chunk[:16]
+    raw_and_chunk = _frame_parts(chunk="bslz4") + [wrong_size]            # the three-part form too
+    with pytest.raises(P.RejectedMessage) as info:
+        P.parse(raw_and_chunk)
+    assert info.value.reason == "size"
+    with pytest.raises(P.RejectedMessage) as info:                          # chunk only, but a raw part too
+        P.parse(_chunk_only_parts(good) + [frame.tobytes()], accept_chunk_only=True)
+    assert info.value.reason == "parts"
