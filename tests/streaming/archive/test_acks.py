@@ -144,14 +144,15 @@ def test_frames_flushed_but_never_acknowledged_are_re_sent_and_archived_once(tmp
     from opmon.streaming.archive.archiver import Archiver
     sink = ZmqFrameSink(["tcp://127.0.0.1:*"], context=ctx, stall_timeout_s=30, ack_endpoint="tcp://127.0.0.1:*")
     frames_ep = sink.endpoints[0]
-    first = Archiver(tmp_path, frames_ep, context=ctx, flush_interval_s=0.1, ack_endpoint=sink.archive.ack_endpoint)
+    # no timed flush of its own: one before its acks are cut would acknowledge some frames (a load race)
+    first = Archiver(tmp_path, frames_ep, context=ctx, flush_interval_s=3600, ack_endpoint=sink.archive.ack_endpoint)
+    first.acks.flushed = lambda: None          # its acknowledgements never reach the sender
     frames = frames_for(60, shape=(8, 8))
     run = sink.start_run(frame_shape=(8, 8), dtype="uint32", map_shape=(6, 10), **GEOMETRY)
     sink.start_map(60)
     for i in range(30):
         sink.send_frame(frames[i], index=i, eta=10, phi=0, nu=0, delta=30)
     assert _poll_until([first], lambda: first.frames_written == 30)
-    first.acks.flushed = lambda: None          # its acknowledgements never reach the sender
     first.flush()
     assert sink.archive.held == 32             # start, map_start and 30 frames, all unacknowledged
     first.close()                              # files closed: every frame of them is on disk
