@@ -26,7 +26,7 @@ from opmon.dose_watch import DoseWatch
 from opmon.phase_watch import PhaseWatch
 from opmon.processors.phase import locate_reflection
 from opmon.acquisition.survey import PhaseTracking
-from opmon.recentre_watch import RecentreWatch
+from opmon.recentre_watch import HoldForRecentring, RecentreWatch
 from opmon.config import Config
 from opmon.simulators.beamline import BeamlineConfig, SimulatedBeamline
 from opmon.acquisition.cell_state import CellMode
@@ -204,6 +204,8 @@ class AcquisitionService:
         bl, p = self.beamline, self.plan
         charge = CellCommand(CellMode.GALVANOSTATIC, bl.c_rate(p.c_rate), cutoff=p.cutoff_v)
         rule = make_rule(p.thresholds_v, p.period_s, p.plateau)
+        if self.recentre_watch is not None:    # back-to-back maps wait for the last map's re-centring
+            rule = HoldForRecentring(rule, self.recentre_watch.waiting_for)
         series = operando_series(*bl.devices, **bl.map_args(), triggers=rule, charge=charge, order=p.order,
                                  requests=self.requests, max_maps=p.max_maps,
                                  fly=FlyScan(p.point_time_s) if p.fly else None, phase=self.tracking,

@@ -1,14 +1,27 @@
 """Where the particle has drifted, map by map, and where to put the scan region next.
 
-Each final map's Σ I (intensity) map is registered onto the previous one
-(`opmon.processors.registration`): consecutive maps of a transforming particle look alike even
-when the first and the last do not (a fading reflection, a moving phase front). A map taken
-with the scan region shifted by ``offset_um`` puts the particle ``offset_um`` further in the
-piezo frame than its map pixels say, so the particle's position in the piezo frame is
+Each final map's Σ I (intensity) map is registered (`opmon.processors.registration`) onto a
+*template*: the most complete map so far (the most valid pixels; a later map with at least
+`TEMPLATE_SHARE` of its valid pixels takes its place, so the template follows slow changes).
+Not onto the previous map: while the imaged reflection fades (the paper's one-phase detector
+window) the part still in Bragg condition shrinks from where the phase front starts, so
+map-to-map registrations of fading maps are biased, chained biases add up, and one odd map (a
+map taken across the switch of the imaged phase: half faded, half whole) throws every later
+position off. A faded map registered onto the whole particle is right to ~0.5 map pixel as
+long as what is left of it lies on the particle's footprint. A registration that puts more
+than `1 - MIN_ON_FOOTPRINT` of the map's valid pixels off the template's footprint (dilated by
+one pixel) is refused (`Refused`, with the reason) instead of applying a biased shift: the
+creep is then predicted from the maps before. So is a position more than `GATE_PX` map pixels
+from where the creep seen so far puts the particle (a map across the switch of the imaged
+phase: its top rows faded, its bottom rows whole, has two bits whose registration compromises
+between them, 1-2 pixels off), but never two maps in a row: two maps agreeing on a jump are
+believed. A map taken with the scan region shifted by
+``offset_um`` puts the particle ``offset_um`` further in the piezo frame than its map pixels
+say, so the particle's position in the piezo frame is
 
-    particle[k] = particle[k-1] + (offset[k] - offset[k-1]) + displacement_px[k] * step_um
+    particle[k] = particle[t] + (offset[k] - offset[t]) + displacement_px[k vs t] * step_um
 
-with particle[0] = 0. To put the particle back on its first map's pixels the next map's region
+with t the template's map and particle[0] = 0. To put the particle back on its first map's pixels the next map's region
 must be shifted to ``offset[0] + particle[next]``; the creep of a drifting stage goes on in
 the same direction, so the next position is predicted from the last two (constant velocity per
 map), as many maps ahead as the shift will come into force (one, or two when the next map
@@ -22,11 +35,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from scipy import ndimage
 
 from opmon.errors import ConfigError
-from opmon.processors.registration import has_intensity, register
+from opmon.processors.registration import has_intensity, register, resample
 
 XY = tuple[float, float]
+MIN_ON_FOOTPRINT = 0.95   # share of a map's valid pixels that must lie on the template's footprint
+GATE_PX = 1.5             # a position further than this (map pixels) from the predicted creep is refused once
+TEMPLATE_SHARE = 0.9      # a map with this share of the template's valid pixels becomes the template
 
 
 @dataclass(frozen=True)
@@ -36,7 +53,37 @@ class MapPosition:
     map_number: int
     offset_um: XY
     particle_um: XY
-    displacement_px: XY | None = None   # (dy, dx) against the previous map; None for the first
+    displacement_px: XY | None = None   # (dy, dx) against the template map; None for the first
+    template: int | None = None         # the map it was registered onto
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A map whose registration was not used, and why (the creep is predicted from the maps before)."""
+
+    map_number: int
+    reason: str
+
+
+@dataclass
+class _Template:
+    """The most complete map so far: its Σ I, its footprint (valid pixels dilated by one) and place."""
+
+    image: npt.NDArray[np.float64]
+    valid: int
+    footprint: npt.NDArray[np.float64]
+    position: MapPosition
+
+
+def valid_pixels(image: npt.NDArray[np.float64], mask: npt.ArrayLike | None) -> npt.NDArray[np.bool_]:
+    """The map's valid pixels: its mask (1 = valid), else where it has finite positive Σ I."""
+    seen = np.isfinite(image) & (image > 0)
+    if mask is None:
+        return seen
+    valid = np.asarray(mask).astype(bool)
+    if valid.shape != image.shape:
+        raise ConfigError(f"drift tracker: mask of shape {valid.shape} for a map of shape {image.shape}")
+    return valid & seen
 
 
 @dataclass(frozen=True)
@@ -58,36 +105,74 @@ class DriftTracker:
     predict : add the last map-to-map drift to the last position (creep goes on).
     """
 
-    def __init__(self, step_um: float, max_step_um: float, predict: bool = True, min_move_px: float = 0.25) -> None:
+    def __init__(self, step_um: float, max_step_um: float, predict: bool = True, min_move_px: float = 0.25,
+                 gate_px: float = GATE_PX) -> None:
         if not (math.isfinite(step_um) and step_um > 0):
             raise ConfigError(f"drift tracker: map step {step_um!r} µm must be > 0")
         if not (math.isfinite(max_step_um) and max_step_um > 0):
             raise ConfigError(f"re-centring step limit {max_step_um!r} µm per map: must be > 0")
         self.step_um, self.max_step_um, self.predict = float(step_um), float(max_step_um), predict
         self.min_move_um = float(min_move_px) * self.step_um
+        self.gate_px = float(gate_px)
         self.positions: list[MapPosition] = []
-        self._previous: npt.NDArray[np.float64] | None = None
+        self.refused: list[Refused] = []
+        self._template: _Template | None = None
 
-    def add(self, map_number: int, intensity: npt.ArrayLike, offset_um: XY) -> MapPosition | None:
-        """Register one final map; None when it holds no intensity to register (it is skipped)."""
+    def add(self, map_number: int, intensity: npt.ArrayLike, offset_um: XY,
+            mask: npt.ArrayLike | None = None) -> MapPosition | Refused | None:
+        """Register one final map (`mask`: its valid pixels, 1 = valid; default: Σ I > 0).
+
+        Returns its position, `Refused` when its registration is not trusted, or None when it
+        holds no intensity to register (it is skipped)."""
         image = np.asarray(intensity, dtype=np.float64)
-        if not np.nansum(np.where(image > 0, image, 0.0)) > 0:
+        valid = valid_pixels(image, mask)
+        if not valid.any() or not has_intensity(np.where(valid, image, 0.0)):
             return None
+        image = np.where(valid, image, 0.0)
         offset = (float(offset_um[0]), float(offset_um[1]))
-        if self._previous is None or not self.positions:
+        template = self._template
+        if template is None:
             found = MapPosition(int(map_number), offset, (0.0, 0.0))
         else:
-            if not has_intensity(image):
-                return None
-            shift = register([image], self._previous, pad=True)[0]
-            last = self.positions[-1]
+            shift = register([image], template.image, pad=True)[0]
             dy, dx = float(shift[0]), float(shift[1])        # the pattern's displacement, map pixels
-            particle = (last.particle_um[0] + offset[0] - last.offset_um[0] + dx * self.step_um,
-                        last.particle_um[1] + offset[1] - last.offset_um[1] + dy * self.step_um)
-            found = MapPosition(int(map_number), offset, particle, (dy, dx))
+            on = float((resample(template.footprint, -shift) > 0.5)[valid].mean())
+            if on < MIN_ON_FOOTPRINT:
+                refused = Refused(int(map_number), f"map {map_number} not used for re-centring: registered "
+                                  f"({dx:+.2f}, {dy:+.2f}) px against map {template.position.map_number}, "
+                                  f"{1 - on:.0%} of its {int(valid.sum())} valid pixels fall off the particle's "
+                                  f"footprint (a map across a change of the imaged phase?)")
+                self.refused.append(refused)
+                return refused
+            base = template.position
+            particle = (base.particle_um[0] + offset[0] - base.offset_um[0] + dx * self.step_um,
+                        base.particle_um[1] + offset[1] - base.offset_um[1] + dy * self.step_um)
+            off_course = self._off_course_px(int(map_number), particle)
+            if off_course is not None:
+                refused = Refused(int(map_number), f"map {map_number} not used for re-centring: it puts the particle "
+                                  f"at ({particle[0]:+.2f}, {particle[1]:+.2f}) µm, {off_course:.1f} map px from where "
+                                  f"the creep of maps {self.positions[-2].map_number}-{self.positions[-1].map_number} "
+                                  f"leads (a map across a change of the imaged phase?)")
+                self.refused.append(refused)
+                return refused
+            found = MapPosition(int(map_number), offset, particle, (dy, dx), base.map_number)
         self.positions.append(found)
-        self._previous = image
+        count = int(valid.sum())
+        if template is None or count >= TEMPLATE_SHARE * template.valid:
+            footprint = ndimage.binary_dilation(valid).astype(np.float64)
+            self._template = _Template(image, count, footprint, found)
         return found
+
+    def _off_course_px(self, map_number: int, particle: XY) -> float | None:
+        """How far (map px) `particle` lies from the creep predicted for `map_number`, when beyond
+        the gate and the map before was not refused already; else None."""
+        if not self.predict or len(self.positions) < 2 or (self.refused and self.refused[-1].map_number > self.positions[-1].map_number):
+            return None
+        ahead = self.predicted_um(map_number - self.positions[-1].map_number)
+        if ahead is None:
+            return None
+        off = math.hypot(particle[0] - ahead[0], particle[1] - ahead[1]) / self.step_um
+        return off if off > self.gate_px else None
 
     def predicted_um(self, maps_ahead: int = 1) -> XY | None:
         """Where the particle will be `maps_ahead` maps after the last one registered, (x, y) µm
@@ -126,7 +211,7 @@ class DriftTracker:
         dy, dx = last.displacement_px or (0.0, 0.0)
         reason = (f"drift re-centring: on map {last.map_number} the particle is at ({last.particle_um[0]:+.2f}, "
                   f"{last.particle_um[1]:+.2f}) µm from map {first.map_number} (moved ({dx:+.2f}, {dy:+.2f}) px "
-                  f"against map {self.positions[-2].map_number})"
+                  f"against map {last.template})"
                   + (f", expected at ({ahead[0]:+.2f}, {ahead[1]:+.2f}) µm by map {last.map_number + maps_ahead}"
                      if self.predict else "")
                   + f"; region shifted to ({offset[0]:+.2f}, {offset[1]:+.2f}) µm"
