@@ -1,32 +1,37 @@
 """Where the particle has drifted, map by map, and where to put the scan region next.
 
-Each final map's Σ I (intensity) map is registered (`opmon.processors.registration`) onto a
-*template*: the most complete map so far (the most valid pixels; a later map with at least
-`TEMPLATE_SHARE` of its valid pixels takes its place, so the template follows slow changes).
-Not onto the previous map: while the imaged reflection fades (the paper's one-phase detector
-window) the part still in Bragg condition shrinks from where the phase front starts, so
-map-to-map registrations of fading maps are biased, chained biases add up, and one odd map (a
-map taken across the switch of the imaged phase: half faded, half whole) throws every later
-position off. A faded map registered onto the whole particle is right to ~0.5 map pixel as
-long as what is left of it lies on the particle's footprint. A registration that puts more
-than `1 - MIN_ON_FOOTPRINT` of the map's valid pixels off the template's footprint (dilated by
-one pixel) is refused (`Refused`, with the reason) instead of applying a biased shift: the
-creep is then predicted from the maps before. So is a position more than `GATE_PX` map pixels
-from where the creep seen so far puts the particle (a map across the switch of the imaged
-phase: its top rows faded, its bottom rows whole, has two bits whose registration compromises
-between them, 1-2 pixels off), but never two maps in a row: two maps agreeing on a jump are
-believed. A map taken with the scan region shifted by
-``offset_um`` puts the particle ``offset_um`` further in the piezo frame than its map pixels
-say, so the particle's position in the piezo frame is
+Each final map's Σ I (intensity) map is registered onto a *template*: the most complete map so
+far (the most valid pixels; a later map with `TEMPLATE_SHARE` of its valid pixels takes its
+place, so the template follows slow changes). Not onto the previous map: while the imaged
+reflection fades (the paper's one-phase detector window) the part still in Bragg condition
+shrinks from where the phase fronts start, map-to-map registrations of fading maps are biased,
+the biases add up from map to map, and one odd map (taken across the switch of the imaged
+phase: its first rows faded, its last rows whole) throws every later position off; in a dense
+demo the particle left its place by 4 px. The registration: cross-correlation
+(`opmon.processors.registration.register`) for a start, then `fit_on_valid` compares counts
+on the map's valid pixels only, so what is left of a fading particle is not pulled towards
+the template's bright middle.
+
+A map is not used (`Refused`, with the reason; the creep is predicted from the maps before):
+- with fewer than `MIN_VALID_SHARE` of the template's valid pixels (too little left to register:
+  a 4-13 pixel remnant fits almost anywhere);
+- when more than `1 - MIN_ON_FOOTPRINT` of its valid pixels fall off the template's footprint
+  (valid pixels dilated by one) at the displacement found;
+- when it puts the particle more than `GATE_PX` map pixels from where the creep seen so far
+  leads, but never two maps in a row: two maps agreeing on a jump are believed.
+
+A map taken with the scan region shifted by ``offset_um`` puts the particle ``offset_um``
+further in the piezo frame than its map pixels say, so the particle's position is
 
     particle[k] = particle[t] + (offset[k] - offset[t]) + displacement_px[k vs t] * step_um
 
-with t the template's map and particle[0] = 0. To put the particle back on its first map's pixels the next map's region
-must be shifted to ``offset[0] + particle[next]``; the creep of a drifting stage goes on in
-the same direction, so the next position is predicted from the last two (constant velocity per
-map), as many maps ahead as the shift will come into force (one, or two when the next map
-began before this one was registered). The move is limited to ``max_step_um`` per map, and moves under a quarter of a map pixel
-are not made (they would only chase registration noise).
+with t the template's map and particle[0] = 0. To put the particle back on its first map's
+pixels the next map's region must be shifted to ``offset[0] + particle[next]``; the creep goes
+on, so the next position is read off a straight line through the last `HISTORY` positions
+(constant velocity per map; one odd position bends it less than a line through two), as many
+maps ahead as the shift will come into force (maps not used count). The move is limited to
+``max_step_um`` per map, and moves under a quarter of a map pixel are not made (they would
+only chase registration noise).
 """
 from __future__ import annotations
 
@@ -42,7 +47,7 @@ from opmon.processors.registration import has_intensity, register, resample
 
 XY = tuple[float, float]
 MIN_ON_FOOTPRINT = 0.95   # share of a map's valid pixels that must lie on the template's footprint
-MIN_VALID_SHARE = 0.4       # a map with fewer valid pixels than this share of the template's is not registered
+MIN_VALID_SHARE = 0.4     # a map with fewer valid pixels than this share of the template's is not registered
 UNFADED_QUANTILE = 0.75   # the map's pixels at this quantile of map / template have not faded
 HISTORY = 4               # the creep is predicted from a straight line through the last this many positions
 GATE_PX = 1.5             # a position further than this (map pixels) from the predicted creep is refused once
