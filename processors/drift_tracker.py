@@ -167,44 +167,41 @@ class DriftTracker:
         image = np.where(valid, image, 0.0)
         offset = (float(offset_um[0]), float(offset_um[1]))
         template = self._template
+        count = int(valid.sum())
         if template is None:
             found = MapPosition(int(map_number), offset, (0.0, 0.0))
         else:
-            count = int(valid.sum())
             if count < MIN_VALID_SHARE * template.valid:
-                refused = Refused(int(map_number), f"map {map_number} not used for re-centring: {count} valid pixels "
-                                  f"left of the {template.valid} of map {template.position.map_number} (the imaged "
-                                  f"reflection has faded; too little to register)")
-                self.refused.append(refused)
-                return refused
+                return self._refuse(map_number, f"{count} valid pixels left of the {template.valid} of map "
+                                                f"{template.position.map_number} (the imaged reflection has faded; "
+                                                f"too little to register)")
             shift = fit_on_valid(image, valid, template.image, register([image], template.image, pad=True)[0])
             dy, dx = float(shift[0]), float(shift[1])        # the pattern's displacement, map pixels
             on = float((resample(template.footprint, -shift) > 0.5)[valid].mean())
             if on < MIN_ON_FOOTPRINT:
-                refused = Refused(int(map_number), f"map {map_number} not used for re-centring: registered "
-                                  f"({dx:+.2f}, {dy:+.2f}) px against map {template.position.map_number}, "
-                                  f"{1 - on:.0%} of its {int(valid.sum())} valid pixels fall off the particle's "
-                                  f"footprint (a map across a change of the imaged phase?)")
-                self.refused.append(refused)
-                return refused
+                return self._refuse(map_number, f"registered ({dx:+.2f}, {dy:+.2f}) px against map "
+                                                f"{template.position.map_number}, {1 - on:.0%} of its {count} valid "
+                                                f"pixels fall off the particle's footprint")
             base = template.position
             particle = (base.particle_um[0] + offset[0] - base.offset_um[0] + dx * self.step_um,
                         base.particle_um[1] + offset[1] - base.offset_um[1] + dy * self.step_um)
             off_course = self._off_course_px(int(map_number), particle)
             if off_course is not None:
-                refused = Refused(int(map_number), f"map {map_number} not used for re-centring: it puts the particle "
-                                  f"at ({particle[0]:+.2f}, {particle[1]:+.2f}) µm, {off_course:.1f} map px from where "
-                                  f"the creep of maps {self.positions[-2].map_number}-{self.positions[-1].map_number} "
-                                  f"leads (a map across a change of the imaged phase?)")
-                self.refused.append(refused)
-                return refused
+                return self._refuse(map_number, f"it puts the particle at ({particle[0]:+.2f}, {particle[1]:+.2f}) "
+                                                f"µm, {off_course:.1f} map px from where the creep of maps "
+                                                f"{self.positions[-HISTORY:][0].map_number}-{self.positions[-1].map_number} "
+                                                f"leads (a map across a change of the imaged phase?)")
             found = MapPosition(int(map_number), offset, particle, (dy, dx), base.map_number)
         self.positions.append(found)
-        count = int(valid.sum())
         if template is None or count >= TEMPLATE_SHARE * template.valid:
             footprint = ndimage.binary_dilation(valid).astype(np.float64)
             self._template = _Template(image, count, footprint, found)
         return found
+
+    def _refuse(self, map_number: int, why: str) -> Refused:
+        refused = Refused(int(map_number), f"map {map_number} not used for re-centring: {why}")
+        self.refused.append(refused)
+        return refused
 
     def _off_course_px(self, map_number: int, particle: XY) -> float | None:
         """How far (map px) `particle` lies from the creep predicted for `map_number`, when beyond
