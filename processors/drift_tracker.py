@@ -40,7 +40,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from scipy import ndimage, optimize
 
 from opmon.errors import ConfigError
 from opmon.processors.registration import has_intensity, register, resample
@@ -117,6 +116,8 @@ def fit_on_valid(image: npt.NDArray[np.float64], valid: npt.NDArray[np.bool_], t
     simulator's fading maps (one-phase window, a third or more of the particle left): median
     error 0.04 map px, worst 0.84 (cross-correlation: 0.14, worst 2.3); on a demo run's maps
     worst 0.87 px (cross-correlation 0.36)."""
+    from scipy import optimize      # scipy.optimize: ~0.2 s to import, only when registering
+
     def cost(shift: npt.NDArray[np.float64]) -> float:
         under = resample(template, -shift)[valid]
         seen = image[valid]
@@ -194,6 +195,7 @@ class DriftTracker:
             found = MapPosition(int(map_number), offset, particle, (dy, dx), base.map_number)
         self.positions.append(found)
         if template is None or count >= TEMPLATE_SHARE * template.valid:
+            from scipy import ndimage
             footprint = ndimage.binary_dilation(valid).astype(np.float64)
             self._template = _Template(image, count, footprint, found)
         return found
