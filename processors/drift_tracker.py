@@ -18,7 +18,8 @@ A map is not used (`Refused`, with the reason; the creep is predicted from the m
 - when more than `1 - MIN_ON_FOOTPRINT` of its valid pixels fall off the template's footprint
   (valid pixels dilated by one) at the displacement found;
 - when it puts the particle more than `GATE_PX` map pixels from where the creep seen so far
-  leads, but never two maps in a row: two maps agreeing on a jump are believed.
+  leads, but never right after a map not used: two maps agreeing on a jump are believed, and
+  so is the first map registered again after a faded stretch (the prediction has aged).
 
 A map taken with the scan region shifted by ``offset_um`` puts the particle ``offset_um``
 further in the piezo frame than its map pixels say, so the particle's position is
@@ -137,7 +138,8 @@ class DriftTracker:
     ----------
     step_um : the map grid's step (start document ``map_step_um``).
     max_step_um : largest move of the region per proposal.
-    predict : add the last map-to-map drift to the last position (creep goes on).
+    predict : extrapolate the creep (a line through the last `HISTORY` positions), and refuse a
+        position far off it (`gate_px` map pixels).
     """
 
     def __init__(self, step_um: float, max_step_um: float, predict: bool = True, min_move_px: float = 0.25,
@@ -207,8 +209,9 @@ class DriftTracker:
 
     def _off_course_px(self, map_number: int, particle: XY) -> float | None:
         """How far (map px) `particle` lies from the creep predicted for `map_number`, when beyond
-        the gate and the map before was not refused already; else None."""
-        if not self.predict or len(self.positions) < 2 or (self.refused and self.refused[-1].map_number > self.positions[-1].map_number):
+        the gate and the map before was used; else None."""
+        after_refusal = bool(self.refused) and self.refused[-1].map_number > self.positions[-1].map_number
+        if not self.predict or len(self.positions) < 2 or after_refusal:
             return None
         ahead = self.predicted_um(map_number - self.positions[-1].map_number)
         if ahead is None:
