@@ -15,8 +15,9 @@ the acquisition refuses automatic moves meanwhile, and this watcher only logs th
 
 Maps taken back to back (a short period, dense mapping at an onset) would start before the
 last map is registered, so its shift would come one map late and the particle would have crept
-two maps' worth by then: `HoldForRecentring` wraps the plan's trigger rule so that a map it
-asks for waits (at most `hold_s` wall seconds) until this watcher has handled the map before.
+two maps' worth by then: `RecentringGate` is the plan's map gate, so that a map asked for (by
+any rule or request) waits, at most `hold_s` wall seconds, until this watcher has handled the
+map before.
 """
 from __future__ import annotations
 
@@ -32,7 +33,6 @@ import zmq
 
 from opmon.dashboard.control_client import ControlClient
 from opmon.errors import OpmonError
-from opmon.acquisition.triggers import CellReading, TriggerRule
 from opmon.processors.drift_tracker import XY, DriftTracker, MapPosition, Refused
 from opmon.streaming.map_messages import TOPIC, decode_map
 from opmon.streaming.protocol import RejectedMessage
@@ -201,43 +201,37 @@ class RecentreWatch(TopicWatch):
         self.control.close()
 
 
-class HoldForRecentring:
-    """A trigger rule that holds the maps another rule asks for until the re-centring of the last
-    map is decided (at most `hold_s` wall seconds), so back-to-back maps are re-centred on time.
+class RecentringGate:
+    """The plan's map gate (`operando_series(map_gate=...)`): a map asked for waits until the
+    re-centring of the last map is decided (at most `hold_s` wall seconds), so maps taken back
+    to back are shifted in time instead of one map late.
 
-    The inner rule sees every reading (a threshold crossed meanwhile is not lost); its reasons
-    wait here. A map is released one poll after the watcher has handled the last map: the plan
-    reads the steering signals (where the shift arrives) before it asks its rule, so the poll
-    that releases the map has already read the shift sent before it.
+    A map is let go one poll after the watcher has handled the last map, never at the first
+    ask: the plan reads the steering signals (where the shift arrives) before it asks the gate,
+    so the poll that lets the map go has read a shift sent before the one before it.
     """
 
-    def __init__(self, rule: TriggerRule, waiting_for: Callable[[], int | None], hold_s: float = 10.0,
+    def __init__(self, waiting_for: Callable[[], int | None], hold_s: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.rule, self.waiting_for, self.hold_s, self.clock = rule, waiting_for, float(hold_s), clock
-        self.pending: list[str] = []
+        self.waiting_for, self.hold_s, self.clock = waiting_for, float(hold_s), clock
         self._since: float | None = None
         self._clear = False
 
-    def update(self, reading: CellReading) -> str | None:
-        why = self.rule.update(reading)
-        if why and why not in self.pending:
-            self.pending.append(why)
+    def ready(self) -> str | None:
+        """None: hold the map; '' : it may start; a note: it starts without the re-centring."""
         waiting = self.waiting_for()
         clear_before, self._clear = self._clear, waiting is None
-        if not self.pending:
-            return None
         now = self.clock()
         if self._since is None:
             self._since = now
         held = now - self._since
-        if waiting is not None and held < self.hold_s:
-            return None
         if waiting is None and not clear_before:
             return None                      # one more poll: the plan reads the shift before asking again
-        reasons = "; ".join(self.pending)
-        if waiting is not None:
-            log.warning("re-centring: map %d not registered after %.1f s; the next map starts without its shift",
-                        waiting, held)
-            reasons += f" (re-centring of map {waiting} not decided after {held:.0f} s)"
-        self.pending, self._since = [], None
-        return reasons
+        if waiting is not None and held < self.hold_s:
+            return None
+        self._since, self._clear = None, False
+        if waiting is None:
+            return ""
+        log.warning("re-centring: map %d not registered after %.1f s; the next map starts without its shift",
+                    waiting, held)
+        return f" (re-centring of map {waiting} not decided after {held:.0f} s)"
