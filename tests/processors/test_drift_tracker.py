@@ -156,3 +156,20 @@ def test_a_position_off_the_creep_is_refused_once_and_believed_when_the_next_map
     assert proposal.offset_um[0] == pytest.approx(1.2 * STEP, abs=0.05), proposal
     agrees = tracker.add(4, particle((0.0, 3.2)), (0.0, 0.0))  # the jump was real: two maps agree
     assert not isinstance(agrees, Refused) and agrees.particle_um[0] == pytest.approx(3.2 * STEP, abs=0.05)
+
+
+def test_a_map_with_bright_pixels_off_the_particle_is_refused():
+    """Valid pixels where the particle never was (a powder spot, a hot corner of the map) make
+    the registration meaningless: the map is not used, and the reason says so."""
+    from opmon.processors.drift_tracker import Refused
+
+    yy, xx = np.mgrid[0:12, 0:12]
+    blob = 1000.0 * np.exp(-((yy - 6.0) ** 2 + (xx - 6.5) ** 2) / (2 * 1.5 ** 2))
+    blob = np.where(blob > 100.0, blob, 0.0)                   # a small particle in the middle
+    tracker = DriftTracker(STEP, max_step_um=10.0)
+    tracker.add(0, blob, (0.0, 0.0))
+    spotted = blob.copy()
+    spotted[:2, :2] = 1000.0                                    # 4 bright pixels in a corner
+    refused = tracker.add(1, spotted, (0.0, 0.0))
+    assert isinstance(refused, Refused) and "off the particle's footprint" in refused.reason, refused
+    assert not isinstance(tracker.add(2, blob, (0.0, 0.0)), Refused)
