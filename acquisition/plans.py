@@ -24,7 +24,7 @@ from opmon.acquisition.motion import Diffractometer, PiezoStage
 from opmon.acquisition.potentiostat import HIGH_IMPEDANCE, CellCommand, Potentiostat
 from opmon.acquisition.steering_requests import RequestReader, SteeringRequests
 from opmon.acquisition.survey import FrameTotal, PhaseTracking, track_phase
-from opmon.acquisition.triggers import (AnyOf, CellReading, ForAWhile, Region, TriggerRule, rule_from_values,
+from opmon.acquisition.triggers import (AnyOf, CellReading, ForAWhile, MapGate, Region, TriggerRule, rule_from_values,
                                         rule_values)
 from opmon.errors import ConfigError, LimitError, OpmonError
 
@@ -150,7 +150,7 @@ def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractomete
                     max_maps: int | None = None, max_cell_time_s: float | None = None, stop_at_rest: bool = True,
                     poll_s: float = 0.01, cell_period_s: float = 0.5,
                     md: dict[str, Any] | None = None, fly: FlyScan | None = None,
-                    phase: PhaseTracking | None = None) -> MsgGenerator[SeriesResult]:
+                    phase: PhaseTracking | None = None, map_gate: MapGate | None = None) -> MsgGenerator[SeriesResult]:
     """Maps while the cell charges, started by trigger rules or by steering requests.
 
     Parameters
@@ -170,6 +170,10 @@ def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractomete
     fly : fly every map row by row (`mapping.fly_map`; eta-outer order) instead of stepping.
     phase : phase tracking (`survey.PhaseTracking`): surveys asked for between maps, and the
         rocking scan and delta re-centred on the reflection found (or proposed).
+    map_gate : holds each map asked for (by any rule, also one set mid-run, or a request) until
+        it is ready, e.g. until the last map's drift re-centring is decided so that maps taken
+        back to back are shifted in time; meanwhile the plan polls and reads the steering
+        signals, and does not end (the gate's wait is bounded), so a held map is not lost.
 
     Returns
     -------
@@ -248,11 +252,16 @@ def operando_series(potentiostat: Potentiostat, stage: PiezoStage, diffractomete
             reason = rule.update(reading)
             if reason:
                 pending.append(reason)
+            note = map_gate.ready() if pending and map_gate is not None else ""
+            if note is None:                  # held (bounded by the gate): poll again, the steering signals too
+                yield from bps.sleep(poll_s)
+                continue
             if pending:
                 readings: list[CellReading] = []
-                yield from record(steering, "map", "; ".join(pending), map=len(result.maps), voltage_v=reading.voltage,
+                why = "; ".join(pending) + note
+                yield from record(steering, "map", why, map=len(result.maps), voltage_v=reading.voltage,
                                   region=region, offset_um=list(offset))
-                yield from _take_map(result, "; ".join(pending), reading, detector, stage, diffractometer,
+                yield from _take_map(result, why, reading, detector, stage, diffractometer,
                                      potentiostat, grid.shifted(offset), etas, order, region, monitor, readings, fly)
                 # readings taken during the map reach the rule now, in order
                 pending = [why for why in (rule.update(seen) for seen in readings) if why]

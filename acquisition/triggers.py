@@ -37,6 +37,17 @@ class TriggerRule(Protocol):
         ...
 
 
+@runtime_checkable
+class MapGate(Protocol):
+    """Holds the maps that rules and requests ask for until something else is ready (e.g. the
+    re-centring of the last map, `opmon.recentre_watch.RecentringGate`); a gate must give way
+    after a bounded wait, the plan asks it at each poll while a map waits."""
+
+    def ready(self) -> str | None:
+        """None: hold the map to the next poll; else it starts now, this note added to its reason ('' for none)."""
+        ...
+
+
 class VoltageThresholds:
     """Map once when the voltage reaches each threshold (charge: V >= t; discharge: V <= t).
 

@@ -26,7 +26,7 @@ from opmon.dose_watch import DoseWatch
 from opmon.phase_watch import PhaseWatch
 from opmon.processors.phase import locate_reflection
 from opmon.acquisition.survey import PhaseTracking
-from opmon.recentre_watch import RecentreWatch
+from opmon.recentre_watch import RecentreWatch, RecentringGate
 from opmon.config import Config
 from opmon.simulators.beamline import BeamlineConfig, SimulatedBeamline
 from opmon.acquisition.cell_state import CellMode
@@ -207,9 +207,11 @@ class AcquisitionService:
         bl, p = self.beamline, self.plan
         charge = CellCommand(CellMode.GALVANOSTATIC, bl.c_rate(p.c_rate), cutoff=p.cutoff_v)
         rule = make_rule(p.thresholds_v, p.period_s, p.plateau)
+        # maps asked for back to back wait (bounded) until the last map's re-centring is decided
+        gate = RecentringGate(self.recentre_watch.waiting_for) if self.recentre_watch is not None else None
         series = operando_series(*bl.devices, **bl.map_args(), triggers=rule, charge=charge, order=p.order,
                                  requests=self.requests, max_maps=p.max_maps,
-                                 fly=FlyScan(p.point_time_s) if p.fly else None, phase=self.tracking,
+                                 fly=FlyScan(p.point_time_s) if p.fly else None, phase=self.tracking, map_gate=gate,
                                  md={"sample": "LiNi0.5Mn1.5O4 single crystal (simulated)", "opmon_demo": True})
         self.control.start()
         for watch in self.watches:

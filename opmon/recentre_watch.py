@@ -12,12 +12,20 @@ the RunEngine): the grid step (start document ``map_step_um``) and the region sh
 was taken with (``offset_um`` of the plan's ``map`` decisions), and the shift in force (``map
 offset`` decisions). A user's shift (``shift_region`` from the dashboard) holds until cleared:
 the acquisition refuses automatic moves meanwhile, and this watcher only logs them.
+
+Maps taken back to back (a short period, dense mapping at an onset) would start before the
+last map is registered, so its shift would come one map late and the particle would have crept
+two maps' worth by then: `RecentringGate` is the plan's map gate, so that a map asked for (by
+any rule or request) waits, at most `hold_s` wall seconds, until this watcher has handled the
+map before.
 """
 from __future__ import annotations
 
 import json
 import logging
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -25,7 +33,7 @@ import zmq
 
 from opmon.dashboard.control_client import ControlClient
 from opmon.errors import OpmonError
-from opmon.processors.drift_tracker import XY, DriftTracker, MapPosition
+from opmon.processors.drift_tracker import XY, DriftTracker, MapPosition, Refused
 from opmon.streaming.map_messages import TOPIC, decode_map
 from opmon.streaming.protocol import RejectedMessage
 from opmon.topic_watch import TopicWatch
@@ -91,7 +99,9 @@ class RecentreWatch(TopicWatch):
         self._steering_descriptors: dict[str, str] = {}
         self._doc_run: str | None = None
         self.seen: set[tuple[str, int]] = set()
+        self.handled: set[tuple[str, int]] = set()   # final maps acted on (their shift sent, if any)
         self.positions: dict[str, list[MapPosition]] = {}
+        self.refused: list[Refused] = []
         self.sent: list[tuple[XY, str]] = []
         self.maps_handled = 0                   # final maps registered (and acted on), for tests and status
 
@@ -133,10 +143,23 @@ class RecentreWatch(TopicWatch):
             log.warning("re-centring: map %s of run %s skipped: %s", key[1], key[0], exc)
             return
         self.seen.add(key)
-        self.on_map(key[0], key[1], np.array(arrays["intensity"]))
-        self.maps_handled += 1
+        try:
+            self.on_map(key[0], key[1], np.array(arrays["intensity"]), np.array(arrays["mask"]))
+        finally:
+            self.handled.add(key)
+            self.maps_handled += 1
 
-    def on_map(self, run_uid: str, number: int, intensity: np.ndarray) -> None:
+    def waiting_for(self) -> int | None:
+        """The last map the plan started in the current run if its final map has not been handled
+        yet (its re-centring is not decided), else None."""
+        with self._lock:
+            run = self._runs.get(self._doc_run) if self._doc_run is not None else None
+            if run is None or not run.map_offsets:
+                return None
+            last = max(run.map_offsets)
+            return None if (self._doc_run, last) in self.handled else last
+
+    def on_map(self, run_uid: str, number: int, intensity: np.ndarray, mask: np.ndarray | None = None) -> None:
         """Register one final map and shift the region if the particle has moved."""
         with self._lock:
             run = self._runs.get(run_uid)
@@ -146,11 +169,15 @@ class RecentreWatch(TopicWatch):
                 return
             if run.tracker is None:
                 run.tracker = DriftTracker(run.step_um, self.max_step_um, self.predict)
-            found = run.tracker.add(number, intensity, offset)
+            found = run.tracker.add(number, intensity, offset, mask)
             if found is None:
                 log.info("re-centring: map %d of run %s holds no intensity to register; skipped", number, run_uid)
                 return
-            self.positions.setdefault(run_uid, []).append(found)
+            if isinstance(found, Refused):
+                self.refused.append(found)
+                log.warning("%s", found.reason)      # the shift below follows the creep predicted from the maps before
+            else:
+                self.positions.setdefault(run_uid, []).append(found)
             started = max(run.map_offsets)          # a map taken back to back may have begun already
             proposal = run.tracker.proposal(run.in_force, next_map=started + 1)
         if proposal is None:
@@ -172,3 +199,39 @@ class RecentreWatch(TopicWatch):
     def close(self, timeout: float = 2.0) -> None:
         super().close(timeout)
         self.control.close()
+
+
+class RecentringGate:
+    """The plan's map gate (`operando_series(map_gate=...)`): a map asked for waits until the
+    re-centring of the last map is decided (at most `hold_s` wall seconds), so maps taken back
+    to back are shifted in time instead of one map late.
+
+    A map is let go one poll after the watcher has handled the last map, never at the first
+    ask: the plan reads the steering signals (where the shift arrives) before it asks the gate,
+    so the poll that lets the map go has read a shift sent before the one before it.
+    """
+
+    def __init__(self, waiting_for: Callable[[], int | None], hold_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.waiting_for, self.hold_s, self.clock = waiting_for, float(hold_s), clock
+        self._since: float | None = None
+        self._clear = False
+
+    def ready(self) -> str | None:
+        """None: hold the map; '' : it may start; a note: it starts without the re-centring."""
+        waiting = self.waiting_for()
+        clear_before, self._clear = self._clear, waiting is None
+        now = self.clock()
+        if self._since is None:
+            self._since = now
+        held = now - self._since
+        if waiting is None and not clear_before:
+            return None                      # one more poll: the plan reads the shift before asking again
+        if waiting is not None and held < self.hold_s:
+            return None
+        self._since, self._clear = None, False
+        if waiting is None:
+            return ""
+        log.warning("re-centring: map %d not registered after %.1f s; the next map starts without its shift",
+                    waiting, held)
+        return f" (re-centring of map {waiting} not decided after {held:.0f} s)"

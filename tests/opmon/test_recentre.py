@@ -19,7 +19,7 @@ from opmon.acquisition import PublisherSink, SteeringRequests, operando_series
 from opmon.acquisition.steering import RunEngineSteering
 from opmon.processors.live import LiveProcessor
 from opmon.processors.registration import register
-from opmon.recentre_watch import RecentreWatch
+from opmon.recentre_watch import RecentreWatch, RecentringGate
 from opmon.simulators.beamline import BeamlineConfig, SimulatedBeamline
 from opmon.simulators.instrument import SxdmSetup
 from opmon.streaming.control import ControlServer
@@ -62,6 +62,13 @@ class AfterEachMap:
         return "test: next map"
 
 
+class BackToBack:
+    """Trigger rule: a map at every poll (maps back to back, as a short period or dense mapping)."""
+
+    def update(self, reading) -> str:
+        return "test: back-to-back map"
+
+
 def run_drifting_series(recentre: bool) -> dict[str, Any]:
     """Five maps with the stage creeping 1 µm per map; returns the truth, the offsets, the final maps."""
     ctx = zmq.Context()
@@ -91,7 +98,10 @@ def run_drifting_series(recentre: bool) -> dict[str, Any]:
     done = (lambda: watch.maps_handled if watch is not None else len(finals.intensity))
     try:
         assert until(lambda: live.display is not None, 5)
-        plan = operando_series(*beamline.devices, **beamline.map_args(), triggers=AfterEachMap(done),
+        # re-centring: maps back to back, each held by the plan's gate until the last one's shift is decided
+        rule = BackToBack() if watch is not None else AfterEachMap(done)
+        gate = RecentringGate(watch.waiting_for, hold_s=60.0) if watch is not None else None
+        plan = operando_series(*beamline.devices, **beamline.map_args(), triggers=rule, map_gate=gate,
                                requests=requests, max_maps=MAPS, poll_s=0.02)
         assert steering.run(plan) == "success"
         assert until(lambda: len(finals.intensity) == MAPS and done() >= MAPS, 60), sorted(finals.intensity)
@@ -136,6 +146,8 @@ def test_stage_drift_is_compensated_so_the_particle_stays_within_two_map_pixels(
     assert len(shifts) >= MAPS - 2 and all("drift re-centring" in d["reason"] for d in shifts)
     assert all(np.hypot(*np.subtract(b["offset_um"], b["previous_um"])) <= 1.5 + 1e-3 for b in shifts), shifts  # step limit (µm rounded to 0.1 nm)
     assert np.allclose(run["truth_docs"], run["drift"])   # the creep's truth, one event per map in the documents
+    held = [d["reason"] for d in run["decisions"] if d["decision"] == "map"]
+    assert all(set(r.split("; ")) == {"test: back-to-back map"} for r in held), held   # none let go by the timeout
 
 
 @pytest.mark.timeout(180)
@@ -160,3 +172,25 @@ def test_demo_options_choose_recentring_and_refuse_bad_values():
                         (["--map-step-um", "nan"], "--map-step-um")]:
         with pytest.raises(ConfigError, match=option):
             plan_from_args(parse(["demo", *bad]))
+
+
+def test_gate_holds_a_map_until_the_last_map_is_recentred_then_one_poll_more():
+    """The plan asks the gate at each poll while a map waits: held while the last map is not
+    registered, let go one poll after the watcher has handled it (never at the first ask), or
+    after `hold_s` with a note for the map's reason."""
+    now = [0.0]
+    waiting: list[int | None] = [3]
+    gate = RecentringGate(lambda: waiting[0], hold_s=10.0, clock=lambda: now[0])
+    assert gate.ready() is None                       # map 3 is not registered
+    now[0] = 5.0
+    assert gate.ready() is None
+    waiting[0] = None                                 # map 3 handled: its shift is sent
+    assert gate.ready() is None                       # the plan reads the steering signals first
+    assert gate.ready() == ""                         # the next map starts, nothing to add to its reason
+    assert gate.ready() is None                       # a new wait: never at the first ask
+    assert gate.ready() == ""
+    waiting[0] = 7
+    now[0] = 20.0
+    assert gate.ready() is None
+    now[0] = 31.0
+    assert gate.ready() == " (re-centring of map 7 not decided after 11 s)"
