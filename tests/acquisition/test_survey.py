@@ -64,6 +64,13 @@ def test_a_proposed_recentring_waits_for_its_acceptance_then_moves_eta_and_delta
     assert seen["proposed"] == etas0                                      # nothing moved before acceptance
     assert seen["delta_before"][0] == pytest.approx(two_theta_deg(2.0332, ENERGY))
     assert "accepted in the dashboard" in decided["re-centre"][0]
+    # the proposal offers its accept as an awaited action (the decisions panel's button); the
+    # re-centring says it answered that action (the panel drops the button in every session)
+    (proposal,) = [e for e in stream(docs, "steering") if e["data"]["steering-decision"] == "proposal"]
+    assert json.loads(proposal["data"]["steering-actions"]) == [
+        {"label": "Accept: re-centre on d = 2.0184 Å", "command": "accept_proposal", "args": {"proposal": 1},
+         "awaited": True}]
+    assert decided["re-centre"][1]["answers"] == {"command": "accept_proposal", "args": {"proposal": 1}}
     assert seen["delta_after"][0] == pytest.approx(two_theta_deg(2.0184, ENERGY))
     assert abs(np.mean(seen["accepted"]) - true_eta) < 0.05, (np.mean(seen["accepted"]), true_eta)
     assert np.allclose(np.diff(seen["accepted"]), np.diff(etas0))       # the same scan, moved
