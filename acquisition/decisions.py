@@ -47,8 +47,8 @@ def awaited(label: str, command: str, **args: Any) -> dict[str, Any]:
 
 
 def answers(command: str, **args: Any) -> dict[str, Any]:
-    """The `answers` detail of a decision that carries out an awaited action (same command and
-    args): the panel then drops that action's button in every session."""
+    """The `answers` detail (one, or a list) of a decision that carries out or replaces an awaited
+    action (same command and args): the panel then drops that action's button in every session."""
     return {"command": command, "args": args}
 
 

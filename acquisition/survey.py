@@ -10,7 +10,7 @@ not import processors) finds the reflection in that table; the plan then re-cent
 scan and delta for the next maps (`mode="auto"`), or records a proposal the user accepts from
 the dashboard with one click (`mode="propose"`: the "proposal" decision carries an awaited
 `accept_proposal` action, the decisions panel's button; the "re-centre" decision that applies it
-`answers` it). Every step is a decision with its reason in the run's `steering` stream.
+`answers` it, as does a newer proposal that replaces it while it is still open). Every step is a decision with its reason in the run's `steering` stream.
 """
 from __future__ import annotations
 
@@ -93,10 +93,17 @@ class PhaseRequests:
             self._accepted.append((int(proposal), reason))
             return dict(self.proposals[int(proposal)])
 
-    def propose(self, number: int, where: dict[str, Any]) -> None:
-        """The plan's side: a re-centring (eta, delta, d) waiting for `accept`."""
+    def propose(self, number: int, where: dict[str, Any]) -> list[int]:
+        """The plan's side: a re-centring (eta, delta, d) waiting for `accept`. It replaces the
+        proposals still open and not yet accepted (the newest survey knows best: the reflection
+        kept fading while the user looked away); returns their numbers."""
         with self._lock:
+            accepted = {n for n, _ in self._accepted}
+            replaced = sorted(n for n in self.proposals if n not in accepted)
+            for n in replaced:
+                del self.proposals[n]
             self.proposals[int(number)] = dict(where)
+            return replaced
 
     def take_survey(self) -> tuple[str, list[int]] | None:
         with self._lock:
@@ -201,10 +208,12 @@ def track_phase(tracking: PhaseTracking, steering: SteeringLog, counter: FrameTo
     if tracking.mode == "auto":
         return (yield from _recentre(steering, diffractometer, etas, where, "automatic (phase tracking auto)"))
     number = tracking.surveys
-    tracking.requests.propose(number, where)
+    replaced = tracking.requests.propose(number, where)
     accept = awaited(f"Accept: re-centre on d = {found.d_angstrom:.4f} Å", "accept_proposal", proposal=number)
-    yield from record(steering, "proposal", f"re-centre on d = {found.d_angstrom:.4f} Å: accept in the dashboard",
-                      actions=[accept], proposal=number, **where)
+    settles = {"answers": [answers("accept_proposal", proposal=n) for n in replaced]} if replaced else {}
+    yield from record(steering, "proposal", f"re-centre on d = {found.d_angstrom:.4f} Å: accept in the dashboard"
+                      + (f" (replaces proposal {', '.join(map(str, replaced))})" if replaced else ""),
+                      actions=[accept], proposal=number, **where, **settles)
     return etas
 
 

@@ -8,8 +8,8 @@ naming the inverse command; the panel knows no decision kind. A button sends its
 the session's `Steering` (token-checked, the reply in the feedback line) once, then greys out;
 the acquisition records the undo as a decision of its own. An *awaited* action (phase tracking's
 "Accept: re-centre on d = …" of a proposal) keeps its decision in view however many decisions
-follow, until a later decision `answers` it (the plan's re-centring); then its button goes in
-every session.
+follow, until a later decision `answers` it (the plan's re-centring, or a newer proposal that
+replaces it); then its button goes in every session.
 """
 from __future__ import annotations
 
@@ -32,6 +32,11 @@ def action_key(decision: Decision, action: DecisionAction) -> tuple[float, str, 
     return (decision.t, decision.decision, action.label)
 
 
+def answered_calls(decisions: list[Decision]) -> set[tuple[str, str]]:
+    """Every awaited action some decision settled (its `answers`)."""
+    return {call for d in decisions for call in d.answers}
+
+
 def open_actions(decision: Decision, answered: set[tuple[str, str]]) -> list[DecisionAction]:
     """The decision's actions still to offer: one a later decision answered is done."""
     return [a for a in decision.actions if a.call not in answered]
@@ -40,7 +45,7 @@ def open_actions(decision: Decision, answered: set[tuple[str, str]]) -> list[Dec
 def in_view(decisions: list[Decision], shown: int) -> list[Decision]:
     """The newest `shown` decisions, after the older ones still awaiting an answer (an open
     proposal stays in view however many maps follow), oldest first."""
-    answered = {d.answers for d in decisions if d.answers is not None}
+    answered = answered_calls(decisions)
     older, newest = decisions[:max(len(decisions) - shown, 0)], decisions[-shown:]
     pinned = [d for d in older if any(a.awaited for a in open_actions(d, answered))]
     return pinned + newest
@@ -68,7 +73,7 @@ class DecisionsPanel:
         self._decisions = decisions
         rows = in_view(decisions, self.shown)
         self.table.text = decisions_html(rows, len(rows), total=len(decisions))
-        answered = {d.answers for d in decisions if d.answers is not None}
+        answered = answered_calls(decisions)
         made: dict[tuple[float, str, str], Button] = {}
         for d in reversed(rows):
             for a in open_actions(d, answered):

@@ -172,12 +172,12 @@ class Decision:
     actions: tuple[DecisionAction, ...] = ()
 
     @property
-    def answers(self) -> tuple[str, str] | None:
-        """The awaited action this decision carried out (detail `answers`: its command and args), or None."""
+    def answers(self) -> list[tuple[str, str]]:
+        """The awaited actions this decision settles (detail `answers`: one {command, args} or a list:
+        a re-centring carries out a proposal's accept, a newer proposal replaces an open one)."""
         done = self.detail.get("answers")
-        if isinstance(done, dict) and isinstance(done.get("command"), str) and isinstance(done.get("args", {}), dict):
-            return call_key(done["command"], dict(done.get("args", {})))
-        return None
+        return [call_key(a["command"], dict(a.get("args", {}))) for a in (done if isinstance(done, list) else [done])
+                if isinstance(a, dict) and isinstance(a.get("command"), str) and isinstance(a.get("args", {}), dict)]
 
     @classmethod
     def from_event(cls, event: dict[str, Any]) -> Decision | None:

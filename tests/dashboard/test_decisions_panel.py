@@ -138,8 +138,16 @@ def test_an_open_proposal_stays_in_view_until_a_later_decision_answers_it():
     assert button.label.startswith("Accept: re-centre on d = 2.0184 Å (proposal, ") and button.button_type == "success"
     panel.show(rows + [_row(10.0, "map", "periodic", map=8)])
     assert panel.buttons.children == [button]                 # the same button: a click is not lost to a re-draw
-    rows.append(_row(11.0, "re-centre", "proposal 1 accepted in the dashboard", delta=20.4,
-                     answers=answers("accept_proposal", proposal=1)))
+    # the reflection kept fading: a newer proposal replaces the open one, whose button goes
+    rows.append(_row(11.0, "proposal", "re-centre on d = 2.0184 Å: accept in the dashboard (replaces proposal 1)",
+                     [awaited("Accept: re-centre on d = 2.0184 Å", "accept_proposal", proposal=2)], proposal=2,
+                     answers=[answers("accept_proposal", proposal=1)]))
+    rows += [_row(12.0 + i, "map", "periodic", map=9 + i) for i in range(6)]
+    panel.show(rows)
+    (newer,) = panel.buttons.children
+    assert newer is not button and panel.table.text.count('data-decision="proposal"') == 1
+    rows.append(_row(20.0, "re-centre", "proposal 2 accepted in the dashboard", delta=20.4,
+                     answers=answers("accept_proposal", proposal=2)))
     panel.show(rows)
     assert panel.buttons.children == [] and 'data-decision="proposal"' not in panel.table.text
     assert 'data-decision="re-centre"' in panel.table.text and "answers" not in panel.table.text
