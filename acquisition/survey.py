@@ -10,7 +10,8 @@ not import processors) finds the reflection in that table; the plan then re-cent
 scan and delta for the next maps (`mode="auto"`), or records a proposal the user accepts from
 the dashboard with one click (`mode="propose"`: the "proposal" decision carries an awaited
 `accept_proposal` action, the decisions panel's button; the "re-centre" decision that applies it
-`answers` it, as does a newer proposal that replaces it while it is still open). Every step is a decision with its reason in the run's `steering` stream.
+`answers` it, as does a newer proposal that replaces it while it is still open). Every step is
+a decision with its reason in the run's `steering` stream.
 """
 from __future__ import annotations
 
