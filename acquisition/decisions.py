@@ -40,6 +40,18 @@ def action(label: str, command: str, **args: Any) -> dict[str, Any]:
     return {"label": label, "command": command, "args": args}
 
 
+def awaited(label: str, command: str, **args: Any) -> dict[str, Any]:
+    """An action the plan waits for (a proposal's accept): the decisions panel keeps its button in
+    view, however many decisions follow, until a later decision says it `answers` it."""
+    return {**action(label, command, **args), "awaited": True}
+
+
+def answers(command: str, **args: Any) -> dict[str, Any]:
+    """The `answers` detail (one, or a list) of a decision that carries out or replaces an awaited
+    action (same command and args): the panel then drops that action's button in every session."""
+    return {"command": command, "args": args}
+
+
 def record(log: SteeringLog, decision: str, reason: str, actions: list[dict[str, Any]] | None = None,
            **detail: Any) -> MsgGenerator[None]:
     """Set the decision on the soft signals and read them into the `steering` stream."""

@@ -8,8 +8,10 @@ each frame (`FrameTotal`, what a detector's statistics plugin gives) into a `sur
 A locator injected by the wiring (`opmon.processors.phase.locate_reflection`: acquisition may
 not import processors) finds the reflection in that table; the plan then re-centres the rocking
 scan and delta for the next maps (`mode="auto"`), or records a proposal the user accepts from
-the dashboard with one click (`mode="propose"`, control command `accept_proposal`). Every step
-is a decision with its reason in the run's `steering` stream.
+the dashboard with one click (`mode="propose"`: the "proposal" decision carries an awaited
+`accept_proposal` action, the decisions panel's button; the "re-centre" decision that applies it
+`answers` it, as does a newer proposal that replaces it while it is still open). Every step is
+a decision with its reason in the run's `steering` stream.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import numpy as np
 from bluesky.utils import MsgGenerator
 from ophyd_async.core import AsyncStatus, StandardReadable, soft_signal_r_and_setter
 
-from opmon.acquisition.decisions import SteeringLog, record
+from opmon.acquisition.decisions import SteeringLog, answers, awaited, record
 from opmon.acquisition.detector import SxdmDetector
 from opmon.acquisition.mapping import MapGrid
 from opmon.acquisition.motion import Diffractometer, PiezoStage
@@ -92,10 +94,17 @@ class PhaseRequests:
             self._accepted.append((int(proposal), reason))
             return dict(self.proposals[int(proposal)])
 
-    def propose(self, number: int, where: dict[str, Any]) -> None:
-        """The plan's side: a re-centring (eta, delta, d) waiting for `accept`."""
+    def propose(self, number: int, where: dict[str, Any]) -> list[int]:
+        """The plan's side: a re-centring (eta, delta, d) waiting for `accept`. It replaces the
+        proposals still open and not yet accepted (the newest survey knows best: the reflection
+        kept fading while the user looked away); returns their numbers."""
         with self._lock:
+            accepted = {n for n, _ in self._accepted}
+            replaced = sorted(n for n in self.proposals if n not in accepted)
+            for n in replaced:
+                del self.proposals[n]
             self.proposals[int(number)] = dict(where)
+            return replaced
 
     def take_survey(self) -> tuple[str, list[int]] | None:
         with self._lock:
@@ -169,7 +178,8 @@ def track_phase(tracking: PhaseTracking, steering: SteeringLog, counter: FrameTo
     """Between maps: run an asked-for survey, then re-centre (auto) or propose; apply accepted
     proposals. Returns the rocking angles of the next maps (re-centred or as they were)."""
     for number, where, why in tracking.requests.take_accepted():
-        etas = yield from _recentre(steering, diffractometer, etas, where, f"proposal {number} {why}", proposal=number)
+        etas = yield from _recentre(steering, diffractometer, etas, where, f"proposal {number} {why}", proposal=number,
+                                    answers=answers("accept_proposal", proposal=number))
     asked = tracking.requests.take_survey()
     if asked is None:
         return etas
@@ -199,9 +209,12 @@ def track_phase(tracking: PhaseTracking, steering: SteeringLog, counter: FrameTo
     if tracking.mode == "auto":
         return (yield from _recentre(steering, diffractometer, etas, where, "automatic (phase tracking auto)"))
     number = tracking.surveys
-    tracking.requests.propose(number, where)
-    yield from record(steering, "proposal", f"re-centre on d = {found.d_angstrom:.4f} Å: accept in the dashboard",
-                      proposal=number, **where)
+    replaced = tracking.requests.propose(number, where)
+    accept = awaited(f"Accept: re-centre on d = {found.d_angstrom:.4f} Å", "accept_proposal", proposal=number)
+    settles = {"answers": [answers("accept_proposal", proposal=n) for n in replaced]} if replaced else {}
+    yield from record(steering, "proposal", f"re-centre on d = {found.d_angstrom:.4f} Å: accept in the dashboard"
+                      + (f" (replaces proposal {', '.join(map(str, replaced))})" if replaced else ""),
+                      actions=[accept], proposal=number, **where, **settles)
     return etas
 
 

@@ -94,6 +94,30 @@ class Browser:
             raise AssertionError(f"no button labelled {label!r} on the page")
         found[0].click()
 
+    def buttons_starting(self, prefix: str) -> list[Any]:
+        """Visible buttons whose label starts with `prefix` (for labels that end in a time)."""
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        found = []
+        for e in self.js(DEEP_FIND_JS, "button", None):
+            try:
+                if e.text.strip().startswith(prefix):
+                    found.append(e)
+            except StaleElementReferenceException:      # re-drawn meanwhile: looked for again next poll
+                continue
+        return found
+
+    def click_starting(self, prefix: str) -> bool:
+        """Click the first visible button whose label starts with `prefix`, as a user would;
+        False when there is none or Bokeh re-drew it under the pointer (poll with `wait_for`)."""
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        try:
+            self.buttons_starting(prefix)[0].click()
+            return True
+        except (IndexError, StaleElementReferenceException):
+            return False
+
     def input_with_placeholder(self, words: str) -> Any:
         """The text input whose placeholder contains `words`."""
         found = [e for e in self.js(DEEP_FIND_JS, "input", None) if words in (e.get_attribute("placeholder") or "")]

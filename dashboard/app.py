@@ -22,7 +22,6 @@ from opmon.dashboard import panels as P
 from opmon.dashboard.auth import SteeringSessions
 from opmon.dashboard.control_client import ControlClient
 from opmon.dashboard.model import DashboardModel, MapUpdate
-from opmon.dashboard.proposal import ProposalButton
 from opmon.dashboard.steering import Steering, session_cookies
 from opmon.dashboard.decisions_panel import DecisionsPanel
 from opmon.dashboard.views import DoseMapView, HistogramView, MapView, status_html
@@ -86,7 +85,6 @@ class Session:
         self.decisions = DecisionsPanel(self.steering)
         self.decisions_div = self.decisions.table
         self._decision_version = -1
-        self.proposal = ProposalButton(self.steering)     # phase tracking's one-click accept
         self.seen_div = Div(text="", name="seen", visible=False)
         self.ack_div = Div(text="", name="ack", visible=False)
         self.seen_div.js_on_change("text", CustomJS(args={"ack": self.ack_div}, code=_SEEN_JS))
@@ -123,7 +121,7 @@ class Session:
         plots = row(self.hist_fig, self.pole_fig, self.echem.vt, self.echem.vq, self.echem.iq,
                     sizing_mode="stretch_both")
         gallery = row(self.live_button, self.gallery, self.seen_div, self.ack_div, sizing_mode="stretch_width", height=44)
-        return column(self.status_div, self.steering.layout(), self.proposal.button, self.decisions.layout(), maps,
+        return column(self.status_div, self.steering.layout(), self.decisions.layout(), maps,
                       plots, gallery,
                       sizing_mode="stretch_both", styles={"padding": "4px 8px"})
 
@@ -155,7 +153,6 @@ class Session:
         if cv != self._decision_version:
             self._decision_version = cv
             self.decisions.show(decisions)
-            self.proposal.show(decisions)
         sv, status, received = self.model.status()
         self._status_version = sv
         if status.get("map_progress") is None:          # services that do not know it:

@@ -118,17 +118,29 @@ def _grid_of(start: dict[str, Any]) -> tuple[float, float, float, tuple[int, int
     return (x, y, step, (ny, nx)) if step > 0 and ny > 0 and nx > 0 else None
 
 
+def call_key(command: str, args: dict[str, Any]) -> tuple[str, str]:
+    """A control command with its arguments as one comparable value."""
+    return command, json.dumps(args, sort_keys=True, default=str)
+
+
 @dataclass(frozen=True)
 class DecisionAction:
-    """A way to undo or override a decision: a button `label` sending control `command` with `args`."""
+    """A way to undo, override or answer a decision: a button `label` sending control `command`
+    with `args`; `awaited` when the plan waits for it (a proposal's accept: kept in view until a
+    later decision `answers` it)."""
 
     label: str
     command: str
     args: dict[str, Any] = field(default_factory=dict)
+    awaited: bool = False
+
+    @property
+    def call(self) -> tuple[str, str]:
+        return call_key(self.command, self.args)
 
     @classmethod
     def parse(cls, raw: Any) -> tuple[DecisionAction, ...]:
-        """Actions from their JSON form (a list of {label, command, args}); malformed ones are dropped."""
+        """Actions from their JSON form (a list of {label, command, args[, awaited]}); malformed ones are dropped."""
         try:
             items = json.loads(raw) if isinstance(raw, str) else raw
         except ValueError:
@@ -137,7 +149,7 @@ class DecisionAction:
         for item in items if isinstance(items, list) else []:
             if (isinstance(item, dict) and isinstance(item.get("label"), str) and isinstance(item.get("command"), str)
                     and isinstance(item.get("args", {}), dict)):
-                out.append(cls(item["label"], item["command"], dict(item.get("args", {}))))
+                out.append(cls(item["label"], item["command"], dict(item.get("args", {})), item.get("awaited") is True))
         return tuple(out)
 
 
@@ -158,6 +170,14 @@ class Decision:
     reason: str
     detail: dict[str, Any]
     actions: tuple[DecisionAction, ...] = ()
+
+    @property
+    def answers(self) -> list[tuple[str, str]]:
+        """The awaited actions this decision settles (detail `answers`: one {command, args} or a list:
+        a re-centring carries out a proposal's accept, a newer proposal replaces an open one)."""
+        done = self.detail.get("answers")
+        return [call_key(a["command"], dict(a.get("args", {}))) for a in (done if isinstance(done, list) else [done])
+                if isinstance(a, dict) and isinstance(a.get("command"), str) and isinstance(a.get("args", {}), dict)]
 
     @classmethod
     def from_event(cls, event: dict[str, Any]) -> Decision | None:

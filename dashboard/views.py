@@ -277,8 +277,10 @@ def status_html(status: dict[str, Any], received: float, showing: str, now: floa
         f'<span style="{squeeze}color:#777;font-size:13px;flex:1 1 0">{html.escape(showing)} · {age_txt}</span></div>')
 
 
-def decisions_html(decisions: list[Decision], shown: int = 6, now: float | None = None) -> str:
-    """The plan's newest decisions, newest first: when, what, why (the run's `steering` stream)."""
+def decisions_html(decisions: list[Decision], shown: int = 6, now: float | None = None,
+                   total: int | None = None) -> str:
+    """The plan's newest decisions, newest first: when, what, why (the run's `steering` stream);
+    `total` decisions this run (default: as many as given)."""
     if not decisions:
         return '<div style="font:13px sans-serif;color:#777">decisions: none yet this run</div>'
     now = time.time() if now is None else now
@@ -286,10 +288,10 @@ def decisions_html(decisions: list[Decision], shown: int = 6, now: float | None 
     for d in reversed(decisions[-shown:]):
         ago = max(0.0, now - d.t)
         when = f"{ago:.0f} s ago" if ago < 120 else time.strftime("%H:%M:%S", time.localtime(d.t))
-        what = ", ".join(f"{k} {v}" for k, v in d.detail.items() if k != "maps")
+        what = ", ".join(f"{k} {v}" for k, v in d.detail.items() if k not in ("maps", "answers"))
         rows.append(f'<tr data-decision="{html.escape(d.decision)}"><td style="color:#777;padding-right:8px">'
                     f'{html.escape(when)}</td><td style="padding-right:8px"><b>{html.escape(d.decision)}</b></td>'
                     f'<td style="padding-right:8px">{html.escape(d.reason)}</td>'
                     f'<td style="color:#555">{html.escape(what)}</td></tr>')
     return ('<div style="font:13px sans-serif" id="opmon-decisions"><b>decisions</b> '
-            f'({len(decisions)} this run)<table style="border-collapse:collapse">{"".join(rows)}</table></div>')
+            f'({len(decisions) if total is None else total} this run)<table style="border-collapse:collapse">{"".join(rows)}</table></div>')

@@ -13,7 +13,7 @@ from ophyd_async.plan_stubs import ensure_connected
 
 from opmon.acquisition.decisions import SteeringLog
 from opmon.acquisition.steering import RunEngineSteering
-from opmon.acquisition.survey import FrameTotal, PhaseTracking, track_phase, two_theta_deg
+from opmon.acquisition.survey import FrameTotal, PhaseRequests, PhaseTracking, track_phase, two_theta_deg
 from opmon.errors import ConfigError, ControlCommandError
 from opmon.processors.phase import locate_reflection
 from opmon.simulators.cell import CellConfig
@@ -64,11 +64,32 @@ def test_a_proposed_recentring_waits_for_its_acceptance_then_moves_eta_and_delta
     assert seen["proposed"] == etas0                                      # nothing moved before acceptance
     assert seen["delta_before"][0] == pytest.approx(two_theta_deg(2.0332, ENERGY))
     assert "accepted in the dashboard" in decided["re-centre"][0]
+    # the proposal offers its accept as an awaited action (the decisions panel's button); the
+    # re-centring says it answered that action (the panel drops the button in every session)
+    (proposal,) = [e for e in stream(docs, "steering") if e["data"]["steering-decision"] == "proposal"]
+    assert json.loads(proposal["data"]["steering-actions"]) == [
+        {"label": "Accept: re-centre on d = 2.0184 Å", "command": "accept_proposal", "args": {"proposal": 1},
+         "awaited": True}]
+    assert decided["re-centre"][1]["answers"] == {"command": "accept_proposal", "args": {"proposal": 1}}
     assert seen["delta_after"][0] == pytest.approx(two_theta_deg(2.0184, ENERGY))
     assert abs(np.mean(seen["accepted"]) - true_eta) < 0.05, (np.mean(seen["accepted"]), true_eta)
     assert np.allclose(np.diff(seen["accepted"]), np.diff(etas0))       # the same scan, moved
     assert len(stream(docs, "survey")) == 2 * 13 * 4                    # 2 candidates x 13 etas x 4 points
     assert not tracking.requests.proposals                                # applied: none open
+
+
+def test_a_newer_proposal_replaces_the_open_one_but_not_an_accepted_one():
+    """The reflection kept fading while nobody accepted: the newest survey's proposal replaces the
+    open one (its Accept would re-centre on stale angles); an accepted one is still applied."""
+    requests = PhaseRequests()
+    assert requests.propose(1, {"eta": 1.0}) == []
+    assert requests.propose(2, {"eta": 2.0}) == [1]
+    with pytest.raises(ControlCommandError, match="no open proposal 1"):
+        requests.accept(1)
+    requests.accept(2)
+    assert requests.propose(3, {"eta": 3.0}) == []            # 2 was accepted: applied, not replaced
+    assert [(n, where) for n, where, _ in requests.take_accepted()] == [(2, {"eta": 2.0})]
+    assert list(requests.proposals) == [3]
 
 
 def test_phase_tracking_refuses_bad_settings():

@@ -15,12 +15,13 @@ from bokeh.plotting import figure
 
 from opmon.acquisition import PeriodicTrigger, SteeringRequests, operando_series, rule_from_values
 from opmon.acquisition.cell_state import CellMode
+from opmon.acquisition.decisions import action, answers, awaited
 from opmon.acquisition.mapping import MapGrid
 from opmon.acquisition.potentiostat import CellCommand
 from opmon.acquisition.steering import RunEngineSteering
 from opmon.dashboard.control_client import ControlClient
 from opmon.dashboard.decisions_panel import DecisionsPanel
-from opmon.dashboard.model import DashboardModel
+from opmon.dashboard.model import DashboardModel, Decision
 from opmon.dashboard.steering import Steering
 from opmon.simulators.beamline import BeamlineConfig, SimulatedBeamline
 from opmon.simulators.instrument import SxdmSetup
@@ -108,3 +109,45 @@ def test_undo_and_override_buttons_send_the_inverse_and_the_plan_records_it(tmp_
     assert ("pause", "dose limit: 3e7 photons") in notes and ("override", "dose actions disabled from the dashboard") in notes
     assert ("resume", "undo of the pause: dose limit: 3e7 photons") in notes
     assert [c for c, _ in panel.sent] == ["set_region", "set_trigger", "set_automatic", "resume"]
+
+
+def _row(t: float, decision: str, reason: str, actions=(), **detail) -> Decision:
+    """A decision as the plan records it (`acquisition.decisions.record`'s event data)."""
+    found = Decision.from_event({"time": t, "data": {
+        "steering-decision": decision, "steering-reason": reason, "steering-detail": json.dumps(detail),
+        "steering-actions": json.dumps(list(actions))}})
+    assert found is not None
+    return found
+
+
+def test_an_open_proposal_stays_in_view_until_a_later_decision_answers_it():
+    """Phase tracking's proposal is an ordinary decision whose accept is an awaited action: the
+    panel keeps it (row and button) in view however many maps follow, and drops its button once
+    the plan's re-centring answers it; an ordinary undo scrolls out with its row."""
+    panel = DecisionsPanel(Steering(Document(), None, None, False, figure(), ColumnDataSource()))
+    accept = awaited("Accept: re-centre on d = 2.0184 Å", "accept_proposal", proposal=1)
+    rows = [_row(0.0, "trigger rule", "faster maps", [action("Undo: restore the previous rule", "set_trigger",
+                                                             period_s=1200.0)], period_s=5.0),
+            _row(1.0, "proposal", "re-centre on d = 2.0184 Å: accept in the dashboard", [accept], proposal=1,
+                 eta=10.2, delta=20.4, d_angstrom=2.0184)]
+    rows += [_row(2.0 + i, "map", "periodic", map=i) for i in range(8)]
+    panel.show(rows)
+    assert 'data-decision="proposal"' in panel.table.text and "accept in the dashboard" in panel.table.text
+    assert 'data-decision="trigger rule"' not in panel.table.text and "(10 this run)" in panel.table.text
+    (button,) = panel.buttons.children
+    assert button.label.startswith("Accept: re-centre on d = 2.0184 Å (proposal, ") and button.button_type == "success"
+    panel.show(rows + [_row(10.0, "map", "periodic", map=8)])
+    assert panel.buttons.children == [button]                 # the same button: a click is not lost to a re-draw
+    # the reflection kept fading: a newer proposal replaces the open one, whose button goes
+    rows.append(_row(11.0, "proposal", "re-centre on d = 2.0184 Å: accept in the dashboard (replaces proposal 1)",
+                     [awaited("Accept: re-centre on d = 2.0184 Å", "accept_proposal", proposal=2)], proposal=2,
+                     answers=[answers("accept_proposal", proposal=1)]))
+    rows += [_row(12.0 + i, "map", "periodic", map=9 + i) for i in range(6)]
+    panel.show(rows)
+    (newer,) = panel.buttons.children
+    assert newer is not button and panel.table.text.count('data-decision="proposal"') == 1
+    rows.append(_row(20.0, "re-centre", "proposal 2 accepted in the dashboard", delta=20.4,
+                     answers=answers("accept_proposal", proposal=2)))
+    panel.show(rows)
+    assert panel.buttons.children == [] and 'data-decision="proposal"' not in panel.table.text
+    assert 'data-decision="re-centre"' in panel.table.text and "answers" not in panel.table.text

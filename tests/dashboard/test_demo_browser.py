@@ -1,24 +1,35 @@
 """The issue's browser tests against the real `opmon demo` (acquisition, live processor, archiver,
 dashboard as separate processes): the d map fills in, Pause from the page pauses the RunEngine
 (read back over the control channel's `status`, i.e. from the acquisition side), Resume runs it
-again, and a page opened without the token cannot pause; and a charge with phase tracking whose
-survey and re-centring show in the decisions panel with their reasons.
+again, and a page opened without the token cannot pause; and a charge with phase tracking
+proposing: the survey and the proposal show in the decisions panel with their reasons, one click
+on its Accept button re-centres, and the maps go on on the next phase's reflection.
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 
+from opmon.acquisition.survey import two_theta_deg
 from opmon.benchmarks.browser import Browser, browser_available
 from opmon.dashboard.control_client import ControlClient
 from opmon.port_picker import port_block
+from opmon.streaming.archive.layout import DOCUMENTS, ENTRY, MAPS, maps_file_name
+from opmon.streaming.archive.reader import RunArchive
 from tests.waiting import until
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow,
@@ -34,9 +45,33 @@ def demo(tmp_path):
 
 @pytest.fixture
 def phase_demo(tmp_path):
-    """A fast charge (maps every 1200 simulated s, 600x) imaging one phase with phase tracking on."""
-    yield from _demo(tmp_path, "--phase-tracking", "auto", "--map-shape", "6", "6", "--angles", "8",
-                     "--period", "1200", "--acceleration", "600", "--max-maps", "40")
+    """A fast charge (maps every 1200 simulated s, 600x) imaging one phase, phase tracking proposing;
+    maps until the charge ends (~50 maps, ~100 s), so a slow browser's click still finds the run
+    going (the test stops the demo once it has what it checks)."""
+    yield from _demo(tmp_path, "--phase-tracking", "propose", "--map-shape", "6", "6", "--angles", "8",
+                     "--period", "1200", "--acceleration", "600", "--max-maps", "80")
+
+
+@dataclass
+class RunningDemo:
+    """A running `opmon demo`: its dashboard URLs, control endpoint and archive directory."""
+
+    urls: dict[str, str]
+    control: str
+    archive: Path
+    proc: subprocess.Popen
+    output: deque[str]               # the demo's newest output lines (read on a thread: the pipe never fills)
+
+    def stop(self) -> None:
+        """SIGTERM: the demo aborts the run and stops its children (the archive closed); idempotent."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        (self.archive.parent / "demo-output.txt").write_text("".join(self.output))   # for a failed test's reader
 
 
 def _demo(tmp_path, *options: str):
@@ -56,6 +91,9 @@ def _demo(tmp_path, *options: str):
         for kind in ("read-only", "steering"):
             if line.startswith(f"dashboard ({kind}):"):
                 urls[kind] = line.split()[-1]
+    output: deque[str] = deque(maxlen=200)
+    threading.Thread(target=lambda: output.extend(proc.stdout), daemon=True).start()
+    running = RunningDemo(urls, f"tcp://127.0.0.1:{base + 8}", tmp_path / "archive", proc, output)
     try:
         assert len(urls) == 2, "the demo did not print the dashboard URLs"
         def listening() -> bool:
@@ -66,14 +104,9 @@ def _demo(tmp_path, *options: str):
                 return False
 
         assert until(listening, 60, interval_s=0.2), "the demo's dashboard never listened"   # it starts after the print
-        yield urls, f"tcp://127.0.0.1:{base + 8}"
+        yield running
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)          # the demo aborts the run and stops its children
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        running.stop()
 
 
 def _state_shown(b: Browser) -> str | None:
@@ -82,7 +115,7 @@ def _state_shown(b: Browser) -> str | None:
 
 
 def test_demo_pause_resume_and_readonly(demo, artifacts):
-    urls, control = demo
+    urls, control = demo.urls, demo.control
     acquisition = ControlClient(control, timeout=5.0)
 
     def state() -> str:
@@ -127,32 +160,94 @@ def test_demo_pause_resume_and_readonly(demo, artifacts):
         acquisition.close()
 
 
-def test_demo_phase_tracking_decisions_show_in_the_dashboard(phase_demo, artifacts):
-    """The imaged reflection fades, the plan surveys for the next phase's reflection and re-centres
-    on it by itself; the page's decisions panel shows the survey, its result and the re-centring
-    with their reasons (read from the run's `steering` stream), and maps go on."""
-    urls, control = phase_demo
+D_LI05 = 2.0184            # Å, the phase the survey should find (opmon.experiment.phase_candidates)
+ACCEPT = f"Accept: re-centre on d = {D_LI05:.4f} Å (proposal, "
+
+
+def _rows(text: str) -> list[tuple[str, str]]:
+    """(decision, row text) of the decisions panel's table, newest first."""
+    return re.findall(r'<tr data-decision="([^"]+)">(.*?)</tr>', text)
+
+
+def _steering(run: Path) -> list[tuple[str, str, dict, list]]:
+    """(decision, reason, detail, actions) of the archived run's `steering` stream, in order."""
+    docs = [json.loads(line) for line in (run / DOCUMENTS).read_text().splitlines()]
+    steer = {d["doc"]["uid"] for d in docs if d["name"] == "descriptor" and d["doc"]["name"] == "steering"}
+    return [(e["steering-decision"], e["steering-reason"], json.loads(e["steering-detail"]),
+             json.loads(e["steering-actions"]))
+            for e in (d["doc"]["data"] for d in docs if d["name"] == "event" and d["doc"]["descriptor"] in steer)]
+
+
+def _archived_map(run: Path, number: int) -> tuple[float, float]:
+    """(Σ intensity, mean valid d) of an archived final map."""
+    with h5py.File(run / maps_file_name(number), "r") as f:
+        maps = f[ENTRY][MAPS]
+        d = maps["d_spacing"][()]
+        return float(np.nansum(maps["intensity"][()])), float(np.mean(d[np.isfinite(d)]))
+
+
+def test_demo_phase_tracking_proposal_is_accepted_in_the_browser(phase_demo, artifacts):
+    """`--phase-tracking propose` end to end: the imaged reflection fades, the plan surveys for the
+    next phase's reflection and proposes re-centring on it; the decisions panel shows the survey
+    and the proposal with their reasons and an Accept button (read from the run's `steering`
+    stream); one real click re-centres, and the next maps are on the new reflection (d ≈ 2.0184 Å,
+    Σ I back up); the archived run's `steering` stream holds the proposal and its acceptance.
+    (`auto` mode is covered in process by tests/opmon/test_phase_tracking.py.)"""
     b = Browser(1920, 1080)
+    seen: set[str] = set()        # the panel shows the newest rows: remember what each look found
+    after: set[int] = set()       # maps whose row stood above (newer than) the re-centring's
+
+    def shown(*wanted: str) -> bool:
+        text = b.model_text("decisions") or ""
+        seen.update(w for w in ('data-decision="survey"', "faded", 'data-decision="proposal"', "accept in the dashboard",
+                                'data-decision="re-centre"', "accepted in the dashboard") if w in text)
+        rows = _rows(text)
+        kinds = [k for k, _ in rows]
+        if "re-centre" in kinds:
+            after.update(int(m) for k, row in rows[:kinds.index("re-centre")] if k == "map"
+                         for m in re.findall(r'<td style="color:#555">map (\d+)', row))
+        return all(w in seen for w in wanted)
     try:
-        b.get(urls["read-only"])
+        b.get(phase_demo.urls["steering"])
         b.wait_for("the d map to hold data", lambda: b.d_pixels() > 0, timeout=120)
-
-        seen: set[str] = set()      # the panel shows the newest rows: remember what each look found
-
-        def shown(*wanted: str) -> bool:
-            text = b.model_text("decisions") or ""
-            seen.update(w for w in ('data-decision="survey"', "faded", "2.0184", 'data-decision="re-centre"')
-                        if w in text)
-            return all(w in seen for w in wanted)
         b.wait_for("the survey with its reason", lambda: shown('data-decision="survey"', "faded"), timeout=240)
-        b.wait_for("the survey's result and the re-centring", lambda: shown("2.0184", 'data-decision="re-centre"'),
+        b.wait_for("the proposal with its reason and its Accept button",
+                   lambda: shown('data-decision="proposal"', "accept in the dashboard") and b.buttons_starting(ACCEPT),
                    timeout=120)
-
-        def map_after_recentre() -> bool:       # rows are newest first: a map row above the re-centring's
-            text = b.model_text("decisions") or ""
-            centre = text.find('data-decision="re-centre"')
-            return centre > 0 and 0 <= text.find('data-decision="map"') < centre
-        b.wait_for("a map taken after the re-centring", map_after_recentre, timeout=120)
-        b.screenshot(str(artifacts / "demo_phase_tracking_1920x1080.png"))
+        assert 'data-decision="re-centre"' not in seen                     # nothing moves unasked
+        b.screenshot(str(artifacts / "demo_phase_proposal_1920x1080.png"))
+        b.wait_for("one click on Accept", lambda: b.click_starting(ACCEPT))
+        b.wait_for("the acquisition's answer", lambda: "accept_proposal: accepted" in (b.model_text("feedback") or ""))
+        b.wait_for("the re-centring with its reason", lambda: shown('data-decision="re-centre"', "accepted in the dashboard"),
+                   timeout=120)
+        b.wait_for("the Accept button to go (the re-centring answered it)", lambda: not b.buttons_starting(ACCEPT))
+        b.wait_for("two maps after the re-centring", lambda: shown() and len(after) >= 2, timeout=120)
+        run = RunArchive.newest(phase_demo.archive)
+        assert run is not None
+        first = sorted(after)[:2]
+        assert until(lambda: all(run.has_maps(m) for m in first), 60), f"maps {first} never archived"
     finally:
         b.quit()
+        phase_demo.stop()
+    decided = _steering(run.path)
+    kinds = [k for k, _, _, _ in decided]
+    survey, recentre = kinds.index("survey"), kinds.index("re-centre")
+    proposal = max(i for i, k in enumerate(kinds[:recentre]) if k == "proposal")   # a newer one replaces the open one
+    assert survey < kinds.index("survey result") < proposal < recentre, kinds
+    assert "faded" in decided[survey][1]
+    _, why, where, actions = decided[proposal]
+    assert where["d_angstrom"] == D_LI05 and "accept in the dashboard" in why, decided[proposal]
+    assert actions == [{"label": f"Accept: re-centre on d = {D_LI05:.4f} Å", "command": "accept_proposal",
+                        "args": {"proposal": where["proposal"]}, "awaited": True}]
+    _, why, moved, _ = decided[recentre]
+    assert why == f"proposal {where['proposal']} accepted in the dashboard", why
+    assert moved["answers"] == {"command": "accept_proposal", "args": {"proposal": where["proposal"]}}
+    assert abs(moved["delta"] - two_theta_deg(D_LI05, 10000.0)) < 1e-6, moved
+    before = [d["map"] for k, _, d, _ in decided[:survey] if k == "map" and run.has_maps(d["map"])]
+    later = [d["map"] for k, _, d, _ in decided[recentre:] if k == "map"]
+    assert first == later[:2], (first, later)
+    sums = {m: _archived_map(run.path, m) for m in before + first}
+    peak = max(sums[m][0] for m in before)
+    assert sums[before[-1]][0] < 0.3 * peak, sums                        # faded before the survey
+    assert max(sums[m][0] for m in first) > 0.6 * peak, sums             # bright again on the new reflection
+    assert abs(sums[first[0]][1] - D_LI05) < 1e-3, sums                  # and it is Li0.5's

@@ -1,7 +1,8 @@
 """Phase tracking's proposal in Debian's chromium: a survey on the simulated beamline (crystal all
-Li0.5, detector arm on Li0.9) proposes re-centring on Li0.5; the decisions panel shows it with a
-button, one click sends `accept_proposal` through the token-checked control channel, and the plan
-re-centres (its "re-centre" decision shows and the button goes). Real RunEngine, documents over
+Li0.5, detector arm on Li0.9) proposes re-centring on Li0.5; the decisions panel shows the
+proposal with its own button (the decision's awaited `accept_proposal` action), one click sends it
+through the token-checked control channel, and the plan re-centres (its "re-centre" decision shows
+and, answering the proposal, takes the button away). Real RunEngine, documents over
 ZeroMQ, control server, dashboard server and browser."""
 from __future__ import annotations
 
@@ -12,14 +13,13 @@ import bluesky.plan_stubs as bps
 import numpy as np
 import pytest
 import zmq
-from selenium.common.exceptions import StaleElementReferenceException
 from bluesky import RunEngine
 from ophyd_async.plan_stubs import ensure_connected
 
 from opmon.acquisition.decisions import SteeringLog
 from opmon.acquisition.steering import RunEngineSteering
 from opmon.acquisition.survey import FrameTotal, PhaseTracking, track_phase, two_theta_deg
-from opmon.benchmarks.browser import DEEP_FIND_JS, Browser, browser_available
+from opmon.benchmarks.browser import Browser, browser_available
 from opmon.dashboard.server import DashboardConfig, DashboardServer
 from opmon.processors.phase import locate_reflection
 from opmon.simulators.beamline import BeamlineConfig, SimulatedBeamline
@@ -45,34 +45,6 @@ class _NoFrames(FrameSink):
 
     def close(self) -> None:
         pass
-
-
-BUTTON_VISIBLE_JS = """
-const docs = (window.Bokeh && Bokeh.documents) || [];
-const button = docs.length ? docs[0].get_model_by_name('accept_proposal') : null;
-return button ? button.visible : null;
-"""
-
-
-def _buttons_starting(b: Browser, prefix: str) -> list:
-    """Visible buttons whose label starts with `prefix` (hidden ones have no visible text)."""
-    found = []
-    for e in b.js(DEEP_FIND_JS, "button", None):
-        try:
-            if e.text.strip().startswith(prefix):
-                found.append(e)
-        except StaleElementReferenceException:      # re-drawn meanwhile: looked for again next poll
-            continue
-    return found
-
-
-def _click(b: Browser, prefix: str) -> bool:
-    """Click the button once, as a user would; False if Bokeh re-drew it under the pointer."""
-    try:
-        _buttons_starting(b, prefix)[0].click()
-        return True
-    except (IndexError, StaleElementReferenceException):
-        return False
 
 
 def test_a_proposal_shows_in_the_decisions_panel_and_one_click_recentres(token):
@@ -113,16 +85,16 @@ def test_a_proposal_shows_in_the_decisions_panel_and_one_click_recentres(token):
         b.wait_for("the page to load", lambda: b.model_text("decisions") is not None)
         time.sleep(1.0)                        # the dashboard's SUB joins before the run's first document
         runner.start()
-        assert b.js(BUTTON_VISIBLE_JS) is False                  # no proposal yet: no button
-        b.wait_for("the proposal button", lambda: _buttons_starting(b, "Accept: re-centre on d = 2.0184"), timeout=90)
-        assert b.js(BUTTON_VISIBLE_JS) is True
+        assert not b.buttons_starting("Accept:")               # no proposal yet: no button
+        b.wait_for("the proposal's button in the decisions panel",
+                   lambda: b.buttons_starting("Accept: re-centre on d = 2.0184 Å (proposal, "), timeout=90)
         assert 'data-decision="proposal"' in (b.model_text("decisions") or "")
         assert 'data-decision="re-centre"' not in (b.model_text("decisions") or "")    # nothing moves unasked
-        b.wait_for("one click on the button", lambda: _click(b, "Accept: re-centre on d = 2.0184"))
+        b.wait_for("one click on the button", lambda: b.click_starting("Accept: re-centre on d = 2.0184"))
         b.wait_for("the re-centre decision in the panel",
                    lambda: 'data-decision="re-centre"' in (b.model_text("decisions") or ""), timeout=60)
         assert "accepted in the dashboard" in b.model_text("decisions")
-        b.wait_for("the button to go", lambda: b.js(BUTTON_VISIBLE_JS) is False)
+        b.wait_for("the button to go", lambda: not b.buttons_starting("Accept:"))
         runner.join(30)
         assert not tracking.requests.proposals
     finally:
