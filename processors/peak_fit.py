@@ -116,8 +116,8 @@ def fit_gauss(eta: npt.ArrayLike, s0: F64, s1: F64, s2: F64, var: F64, valid: np
     model = amp[:, None] * np.exp(-0.5 * ((t[None, :] - mu[:, None]) / sig[:, None]) ** 2)
     with np.errstate(invalid="ignore", divide="ignore"):
         chi2 = ((y - model) ** 2 / v).sum(axis=1) / (n - 3)
-    q_fit, width = _centre_and_width(t, s0.reshape(n, -1)[:, pick].T, s1.reshape(n, -1, 3)[:, pick].transpose(1, 0, 2),
-                                     s2.reshape(n, -1, 3, 3)[:, pick].transpose(1, 0, 2, 3), signal, mu, sig)
+    trace2 = np.trace(s2.reshape(n, -1, 3, 3)[:, pick], axis1=-2, axis2=-1).T     # (P, n): the width needs only traces
+    q_fit, width = _centre_and_width(t, y, s1.reshape(n, -1, 3)[:, pick].transpose(1, 0, 2), trace2, signal, mu, sig)
     ok &= np.isfinite(q_fit).all(axis=1) & np.isfinite(width)
     rows = pick[ok]
 
@@ -175,9 +175,10 @@ def _gauss_newton(t: F64, y: F64, v: F64, amp: F64, mu: F64, sig: F64,
         dt = t[None, :] - p[:, 1:2]
         s = p[:, 2:3]
         jac = np.stack([g, p[:, 0:1] * g * dt / s ** 2, p[:, 0:1] * g * dt ** 2 / s ** 3], axis=2)   # (P, n, 3)
-        normal = np.einsum("pn,pni,pnj->pij", w, jac, jac)
+        weighted = jac.transpose(0, 2, 1) * w[:, None, :]                                     # (P, 3, n)
+        normal = weighted @ jac
         normal[~ok] = np.eye(3)
-        step = _solve(normal, np.einsum("pn,pni->pi", w, jac * r[:, :, None]))
+        step = _solve(normal, (weighted @ r[:, :, None])[..., 0])
         trial = p + step
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             r_new, g_new = residual(trial)
@@ -190,10 +191,10 @@ def _gauss_newton(t: F64, y: F64, v: F64, amp: F64, mu: F64, sig: F64,
     return p[:, 0], p[:, 1], p[:, 2], ok
 
 
-def _centre_and_width(t: F64, s0: F64, s1: F64, s2: F64, signal: npt.NDArray[np.bool_], mu: F64,
+def _centre_and_width(t: F64, s0: F64, s1: F64, trace2: F64, signal: npt.NDArray[np.bool_], mu: F64,
                       sig: F64) -> tuple[F64, F64]:
     """(P, 3) q at the fitted centre from the scans' centroids fitted linearly in t (weights S0), and
-    (P,) the width sqrt(trace(mean in-slice covariance + slope slopeᵀ σ²))."""
+    (P,) the width sqrt(trace(mean in-slice covariance + slope slopeᵀ σ²)) (`trace2`: trace of each S2)."""
     w = np.where(signal, s0, 0.0)
     m0, m1, m2 = w.sum(axis=1), (w * t).sum(axis=1), (w * t * t).sum(axis=1)
     keep = signal[:, :, None]
@@ -204,10 +205,8 @@ def _centre_and_width(t: F64, s0: F64, s1: F64, s2: F64, signal: npt.NDArray[np.
         slope = (m0[:, None] * q1 - m1[:, None] * q0) / det[:, None]
         offset = (q0 - m1[:, None] * slope) / m0[:, None]
         q_fit = offset + slope * mu[:, None]
-        centroid = s1 / s0[:, :, None]
-        within = np.where(signal[:, :, None, None], s2 - s1[:, :, :, None] * centroid[:, :, None, :], 0.0).sum(axis=1)
-        within = within / m0[:, None, None]
-        trace = np.trace(within, axis1=-2, axis2=-1) + (slope * slope).sum(axis=1) * sig * sig
+        within = np.where(signal, trace2 - (s1 * s1).sum(axis=2) / s0, 0.0).sum(axis=1) / m0
+        trace = within + (slope * slope).sum(axis=1) * sig * sig
         width = np.sqrt(np.clip(trace, 0.0, None))
     return q_fit, width
 
