@@ -23,7 +23,7 @@ S0_i = Σ I, S1_i = Σ I·q, S2_i = Σ I·q⊗q (sample frame, background subtra
 
 A fit fails (NaN in every fitted map) where the centre-of-mass mask is 0, where fewer than
 `MIN_SCANS` scans hold signal, where the log-profile is not concave, or where the centre lies more
-than `MAX_EXTRAPOLATION` fitted widths beyond the scanned range. Fit quality: reduced χ² of the
+than `MAX_EXTRAPOLATION` fitted widths beyond the scanned range, or the fitted width exceeds the range. Fit quality: reduced χ² of the
 rocking-profile fit. Vectorised numpy over pixels (batched 3 x 3 solves): a map is fitted once.
 """
 from __future__ import annotations
@@ -51,8 +51,8 @@ FIT_DESCRIPTION = ("per-pixel Gaussian fit of the rocking profile (Σ I per eta 
                    "with Poisson weights); q = the scans' q centroids fitted linearly in eta, taken at the fitted "
                    "centre; width = mean in-slice covariance + centroid spread along the fitted rocking curve. "
                    f"NaN where the centre-of-mass mask is 0, fewer than {MIN_SCANS} scans hold signal "
-                   f"({SIGNAL_SIGMAS:g} sigma), the log-profile is not concave, or the centre lies more than "
-                   f"{MAX_EXTRAPOLATION:g} fitted widths outside the scanned eta range")
+                   f"({SIGNAL_SIGMAS:g} sigma), the log-profile is not concave, the fitted rocking width exceeds the "
+                   f"scanned eta range, or the centre lies more than {MAX_EXTRAPOLATION:g} fitted widths outside it")
 UNITS = {"d_spacing": "angstrom", "tilt_altitude": "deg", "tilt_azimuth": "deg", "peak_width": "1/angstrom",
          "rocking_centre": "deg", "rocking_width": "deg", "reduced_chi2": "", "q": "1/angstrom"}
 
@@ -112,7 +112,7 @@ def fit_gauss(eta: npt.ArrayLike, s0: F64, s1: F64, s2: F64, var: F64, valid: np
     amp, mu, sig, ok = _log_parabola(t, y, v, signal)
     amp, mu, sig, ok = _gauss_newton(t, y, v, amp, mu, sig, ok)
     half = 0.5 * (t.max() - t.min())
-    ok &= (signal.sum(axis=1) >= MIN_SCANS) & (np.abs(mu) - half <= MAX_EXTRAPOLATION * sig)
+    ok &= (signal.sum(axis=1) >= MIN_SCANS) & (np.abs(mu) - half <= MAX_EXTRAPOLATION * sig) & (sig <= 2.0 * half)
     model = amp[:, None] * np.exp(-0.5 * ((t[None, :] - mu[:, None]) / sig[:, None]) ** 2)
     with np.errstate(invalid="ignore", divide="ignore"):
         chi2 = ((y - model) ** 2 / v).sum(axis=1) / (n - 3)

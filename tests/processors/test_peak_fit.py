@@ -1,0 +1,101 @@
+"""The optional per-pixel peak fit: a rocking curve cut on one side biases the centre of mass, not the fit."""
+import h5py
+import numpy as np
+import pytest
+
+from opmon.cli import main
+from opmon.errors import OpmonError
+from opmon.processors.offline import ProcessOptions, process_file
+from opmon.processors.peak_fit import fit_gauss, parse_peak_fit, read_fit
+from opmon.processors.maps import FLAG_ROCKING
+
+G = np.array([0.4, 0.2, 3.05])          # peak centre, Å⁻¹ (d ≈ 2.05 Å)
+SLOPE = np.array([0.0, 6e-5, 2e-4])     # slice centroid per eta step: along Q, so a bias moves d
+STEP, SIGMA_STEPS, WITHIN = 0.016, 1.6, 1e-6   # eta step (deg), rocking σ in steps, in-slice variance per axis
+
+
+def sliced_peaks(centres_steps, counts=2e4, n=16, seed=1):
+    """Per-eta-scan moments of 1 x k pixels whose peak is a Gaussian blob in q sliced at each eta:
+    pixel j's rocking curve is centred `centres_steps[j]` steps from the first scan."""
+    rng = np.random.default_rng(seed)
+    eta = 19.0 + STEP * np.arange(n)
+    t = np.arange(n)[:, None] - np.asarray(centres_steps, dtype=float)[None, :]           # (n, k) steps from centre
+    expected = counts * np.exp(-0.5 * (t / SIGMA_STEPS) ** 2) / (SIGMA_STEPS * np.sqrt(2 * np.pi))
+    s0 = rng.poisson(expected).astype(float)
+    q = G + SLOPE * t[..., None]
+    s1 = s0[..., None] * q
+    s2 = s0[..., None, None] * (q[..., :, None] * q[..., None, :] + WITHIN * np.eye(3))
+    shape = (n, 1, len(centres_steps))
+    return eta, s0.reshape(shape), s1.reshape(shape + (3,)), s2.reshape(shape + (3, 3)), (s0 + 1.0).reshape(shape)
+
+
+def d_of(q):
+    return 2 * np.pi / np.linalg.norm(q, axis=-1)
+
+
+def test_a_rocking_curve_cut_on_one_side_biases_the_centre_of_mass_not_the_fit():
+    # centres: 0.5 step inside the first scan (cut at its maximum), 1 σ inside, mid-scan (whole)
+    eta, s0, s1, s2, var = sliced_peaks([0.5, SIGMA_STEPS, 7.5])
+    fit = fit_gauss(eta, s0, s1, s2, var, np.ones((1, 3), bool))
+    com = s1.sum(axis=0) / s0.sum(axis=0)[..., None]
+    d_true = d_of(G)
+    com_err, fit_err = np.abs(d_of(com) - d_true)[0], np.abs(fit.d_spacing - d_true)[0]
+    assert com_err[0] > 5e-5 and com_err[1] > 2e-5, com_err   # the cut side: the centre of mass is pulled inward
+    assert (fit_err < 1e-5).all(), fit_err                   # the fit finds the centre, cut or whole
+    assert com_err[2] < 1e-5                                 # a whole peak: both agree with the truth
+    np.testing.assert_allclose(fit.rocking_centre[0], eta[0] + STEP * np.array([0.5, SIGMA_STEPS, 7.5]), atol=0.1 * STEP)
+    np.testing.assert_allclose(fit.rocking_width[0], SIGMA_STEPS * STEP, rtol=0.1)
+    width_true = np.sqrt(3 * WITHIN + (SLOPE @ SLOPE) * SIGMA_STEPS ** 2)
+    np.testing.assert_allclose(fit.peak_width[0], width_true, rtol=0.03)
+    assert (fit.reduced_chi2[0] < 3).all(), fit.reduced_chi2  # Poisson noise only: χ²/dof about 1
+
+
+def test_no_fit_where_the_scan_saw_only_a_tail_or_no_peak():
+    # centre 4 σ before the first scan (a tail only), a flat profile (no concave rocking curve), an unmasked pixel
+    eta, s0, s1, s2, var = sliced_peaks([-4 * SIGMA_STEPS, 7.5, 7.5])
+    s0[:, 0, 1] = 500.0
+    s1[:, 0, 1] = 500.0 * G
+    valid = np.array([[True, True, False]])
+    fit = fit_gauss(eta, s0, s1, s2, var, valid)
+    assert np.isnan(fit.d_spacing).all() and np.isnan(fit.reduced_chi2).all(), fit.d_spacing
+
+
+def test_peak_fit_words():
+    assert parse_peak_fit("gauss") == "gauss" and parse_peak_fit("off") == "off"
+    with pytest.raises(OpmonError, match="--peak-fit takes off or gauss"):
+        parse_peak_fit("lorentz")
+
+
+@pytest.fixture(scope="module")
+def cut_map(tmp_path_factory):
+    """A 12 x 12 simulated map whose 16-step rocking scan ends inside some pixels' rocking curves."""
+    raw = tmp_path_factory.mktemp("peak_fit") / "cut.h5"
+    assert main(["simulate", "-o", str(raw), "--ny", "12", "--nx", "12", "--roi", "96", "416", "160", "352",
+                 "--x-mean", "1.0", "--seed", "4", "--eta-center", "19.0", "--angles", "16", "-q"]) == 0
+    return raw
+
+
+def test_on_a_simulated_map_cut_by_the_rocking_range_the_fit_beats_the_centre_of_mass(cut_map, tmp_path):
+    com = process_file(cut_map, tmp_path / "off.h5")["entry"]
+    fitted = process_file(cut_map, tmp_path / "gauss.h5", ProcessOptions(peak_fit="gauss"))["entry"]
+    with h5py.File(cut_map, "r") as f:
+        d_true, true_mask = f["entry/truth/d_spacing"][()], f["entry/truth/mask"][()] > 0
+    with h5py.File(tmp_path / "off.h5", "r") as f:
+        assert "fit" not in f["entry/maps"] and f["entry/maps"].attrs["peak_fit"] == "off"
+    with h5py.File(tmp_path / "gauss.h5", "r") as f:
+        stored = read_fit(f["entry/maps"])
+        assert f["entry/maps/fit"].attrs["NX_class"] == "NXdata" and "NaN where" in f["entry/maps/fit"].attrs["description"]
+    np.testing.assert_array_equal(stored.d_spacing, fitted.fit.d_spacing)
+    # the fit adds maps; the centre-of-mass ones stay what they were (to the background refit's 1e-6 Å: it takes its
+    # off-particle points per map pixel and eta scan when the scans are kept apart, as with --register)
+    np.testing.assert_array_equal(fitted.mask, com.mask)
+    np.testing.assert_allclose(fitted.d_spacing, com.d_spacing, atol=2e-6, rtol=0, equal_nan=True)
+    both = (com.mask > 0) & true_mask
+    cut = both & ((com.flags & FLAG_ROCKING) > 0)
+    assert cut.sum() >= 5 and (both & ~cut).sum() >= 10, (cut.sum(), both.sum())
+    assert np.isfinite(fitted.fit.d_spacing[both]).all()
+    com_err = np.abs(com.d_spacing - d_true)
+    fit_err = np.abs(fitted.fit.d_spacing - d_true)
+    assert np.median(com_err[cut]) > 5e-5, np.median(com_err[cut])       # cut peaks: the centre of mass is biased
+    assert np.median(fit_err[cut]) < 2e-5, np.median(fit_err[cut])       # ... the fit is within 2e-5 Å of truth
+    assert np.median(fit_err[both & ~cut]) <= 1.2 * np.median(com_err[both & ~cut]) + 2e-6   # no worse elsewhere
