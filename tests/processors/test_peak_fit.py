@@ -51,8 +51,8 @@ def test_a_rocking_curve_cut_on_one_side_biases_the_centre_of_mass_not_the_fit()
 
 
 def test_no_fit_where_the_scan_saw_only_a_tail_or_no_peak():
-    # centre 4 σ before the first scan (a tail only), a flat profile (no concave rocking curve), an unmasked pixel
-    eta, s0, s1, s2, var = sliced_peaks([-4 * SIGMA_STEPS, 7.5, 7.5])
+    # centre 2 σ before the first scan (a tail only: 3 scans with signal), a flat profile (no concave rocking curve), an unmasked pixel
+    eta, s0, s1, s2, var = sliced_peaks([-2 * SIGMA_STEPS, 7.5, 7.5])
     s0[:, 0, 1] = 500.0
     s1[:, 0, 1] = 500.0 * G
     valid = np.array([[True, True, False]])
@@ -99,3 +99,15 @@ def test_on_a_simulated_map_cut_by_the_rocking_range_the_fit_beats_the_centre_of
     assert np.median(com_err[cut]) > 5e-5, np.median(com_err[cut])       # cut peaks: the centre of mass is biased
     assert np.median(fit_err[cut]) < 2e-5, np.median(fit_err[cut])       # ... the fit is within 2e-5 Å of truth
     assert np.median(fit_err[both & ~cut]) <= 1.2 * np.median(com_err[both & ~cut]) + 2e-6   # no worse elsewhere
+
+
+def test_the_gauss_newton_steps_on_the_counts_improve_on_the_log_parabola_at_low_counts(monkeypatch):
+    import opmon.processors.peak_fit as peak_fit
+    centres = np.tile([0.5, SIGMA_STEPS, 7.5], 100)
+    eta, s0, s1, s2, var = sliced_peaks(list(centres), counts=1000, seed=3)
+    errors = {}
+    for steps in (0, peak_fit.NEWTON_STEPS):
+        monkeypatch.setattr(peak_fit, "NEWTON_STEPS", steps)
+        fit = fit_gauss(eta, s0, s1, s2, var, np.ones(s0.shape[1:], bool))
+        errors[steps] = np.median(np.abs((fit.rocking_centre[0] - eta[0]) / STEP - centres))
+    assert errors[peak_fit.NEWTON_STEPS] < 0.95 * errors[0], errors
