@@ -3,30 +3,18 @@ import h5py
 import numpy as np
 import pytest
 
+from opmon.benchmarks.bench_peak_fit import G, SIGMA_STEPS, SLOPE, STEP, WITHIN, sliced_moments
 from opmon.cli import main
 from opmon.errors import OpmonError
+from opmon.processors.maps import FLAG_ROCKING
 from opmon.processors.offline import ProcessOptions, process_file
 from opmon.processors.peak_fit import fit_gauss, parse_peak_fit, read_fit
-from opmon.processors.maps import FLAG_ROCKING
-
-G = np.array([0.4, 0.2, 3.05])          # peak centre, Å⁻¹ (d ≈ 2.05 Å)
-SLOPE = np.array([0.0, 6e-5, 2e-4])     # slice centroid per eta step: along Q, so a bias moves d
-STEP, SIGMA_STEPS, WITHIN = 0.016, 1.6, 1e-6   # eta step (deg), rocking σ in steps, in-slice variance per axis
 
 
 def sliced_peaks(centres_steps, counts=2e4, n=16, seed=1):
     """Per-eta-scan moments of 1 x k pixels whose peak is a Gaussian blob in q sliced at each eta:
     pixel j's rocking curve is centred `centres_steps[j]` steps from the first scan."""
-    rng = np.random.default_rng(seed)
-    eta = 19.0 + STEP * np.arange(n)
-    t = np.arange(n)[:, None] - np.asarray(centres_steps, dtype=float)[None, :]           # (n, k) steps from centre
-    expected = counts * np.exp(-0.5 * (t / SIGMA_STEPS) ** 2) / (SIGMA_STEPS * np.sqrt(2 * np.pi))
-    s0 = rng.poisson(expected).astype(float)
-    q = G + SLOPE * t[..., None]
-    s1 = s0[..., None] * q
-    s2 = s0[..., None, None] * (q[..., :, None] * q[..., None, :] + WITHIN * np.eye(3))
-    shape = (n, 1, len(centres_steps))
-    return eta, s0.reshape(shape), s1.reshape(shape + (3,)), s2.reshape(shape + (3, 3)), (s0 + 1.0).reshape(shape)
+    return sliced_moments(np.asarray(centres_steps, dtype=float)[None, :], n, counts, seed)
 
 
 def d_of(q):
