@@ -8,7 +8,8 @@ from opmon.cli import main
 from opmon.errors import OpmonError
 from opmon.processors.maps import FLAG_ROCKING
 from opmon.processors.offline import ProcessOptions, process_file
-from opmon.processors.peak_fit import fit_gauss, parse_peak_fit, read_fit
+from opmon.processing_options import PEAK_FIT_CHOICES
+from opmon.processors.peak_fit import PEAK_FIT_MODELS, fit_gauss, parse_peak_fit, read_fit
 
 
 def sliced_peaks(centres_steps, counts=2e4, n=16, seed=1):
@@ -50,6 +51,7 @@ def test_no_fit_where_the_scan_saw_only_a_tail_or_no_peak():
 
 def test_peak_fit_words():
     assert parse_peak_fit("gauss") == "gauss" and parse_peak_fit("off") == "off"
+    assert PEAK_FIT_CHOICES == PEAK_FIT_MODELS      # the command line offers what the processor takes
     with pytest.raises(OpmonError, match="--peak-fit takes off or gauss"):
         parse_peak_fit("lorentz")
 
@@ -72,7 +74,9 @@ def test_on_a_simulated_map_cut_by_the_rocking_range_the_fit_beats_the_centre_of
         assert "fit" not in f["entry/maps"] and f["entry/maps"].attrs["peak_fit"] == "off"
     with h5py.File(tmp_path / "gauss.h5", "r") as f:
         stored = read_fit(f["entry/maps"])
-        assert f["entry/maps/fit"].attrs["NX_class"] == "NXdata" and "NaN where" in f["entry/maps/fit"].attrs["description"]
+        group = f["entry/maps/fit"]
+        assert group.attrs["NX_class"] == "NXdata" and "NaN where" in group.attrs["description"]
+        assert list(group.attrs["axes"]) == ["y", "x"] and group["x"] == f["entry/maps/x"]   # the maps' µm axes
     np.testing.assert_array_equal(stored.d_spacing, fitted.fit.d_spacing)
     # the fit adds maps; the centre-of-mass ones stay what they were (to the background refit's 1e-6 Å: it takes its
     # off-particle points per map pixel and eta scan when the scans are kept apart, as with --register)
