@@ -106,7 +106,9 @@ def quiet(logger: str) -> Iterator[None]:
 EXTRA_CASES = {"low-signal": ("none", ["--peak-counts", "1000"]),
                # a short rocking scan (16 steps) off the imaged phase's centre: a quarter of the pixels' rocking
                # curves are cut by the scan's lower end (maps/flags bit 4), their centre of mass pulled inward
-               "rocking-cut": ("none", ["--angles", "16", "--eta-center", "19.0", "--x-mean", "1.0"])}
+               "rocking-cut": ("none", ["--angles", "16", "--eta-center", "19.0", "--x-mean", "1.0"]),
+               # depth-mixed pixels with both phases in the detector window: two peaks at their own Bragg eta
+               "mixed-both": ("mixed-fronts", ["--window", "all"])}
 
 
 def run_opmon(argv: list[str], what: str) -> int:

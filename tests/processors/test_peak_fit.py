@@ -105,12 +105,11 @@ def test_the_gauss_newton_steps_on_the_counts_improve_on_the_log_parabola_at_low
     assert errors[peak_fit.NEWTON_STEPS] < 0.95 * errors[0], errors
 
 
-def test_two_phases_in_one_pixel_get_two_gaussians_and_both_d_values(monkeypatch):
-    import opmon.benchmarks.bench_peak_fit as sliced
+def test_two_phases_in_one_pixel_get_two_gaussians_and_both_d_values():
     centres = np.array([[6.0, 6.0]])
     eta, *parent = sliced_moments(centres, 24, counts=1.4e4, seed=1)
-    monkeypatch.setattr(sliced, "G", G * 1.007)                  # the product phase: d 0.7 % smaller ...
-    _, *product = sliced_moments(centres + 9.0, 24, counts=6e3, seed=2)   # ... at its own Bragg eta, 9 steps on
+    # the product phase: d 0.7 % smaller, at its own Bragg eta 9 steps on
+    _, *product = sliced_moments(centres + 9.0, 24, counts=6e3, seed=2, g=G * 1.007)
     both = np.array([1.0, 0.0])                                  # pixel 0: both phases; pixel 1: the parent alone
     s0, s1, s2, var = (a + b * both.reshape((1, 1, 2) + (1,) * (a.ndim - 3)) for a, b in zip(parent, product))
     fit = fit_gauss(eta, s0, s1, s2, var, np.ones((1, 2), bool))
