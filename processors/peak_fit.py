@@ -28,7 +28,8 @@ S0_i = Σ I, S1_i = Σ I·q, S2_i = Σ I·q⊗q (sample frame, background subtra
    intensity-weighted mean q (what the centre of mass of a whole scan measures).
 
 A fit fails (NaN in every fitted map) where the centre-of-mass mask is 0, where fewer than
-`MIN_SCANS` scans hold signal, where the log-profile is not concave, or where the centre lies more
+`MIN_SCANS` scans hold signal, where the log-profile is not concave, where one Gaussian leaves a
+significant residual and two are not kept, or where the centre lies more
 than `MAX_EXTRAPOLATION` fitted widths beyond the scanned range, or the fitted width exceeds the range. Fit quality: reduced χ² of the
 rocking-profile fit. Vectorised numpy over pixels (batched 3 x 3 solves): a map is fitted once.
 """
@@ -55,7 +56,7 @@ MAX_EXTRAPOLATION = 1.5    # fitted centre at most this many rocking widths beyo
 NEWTON_STEPS = 6           # Gauss–Newton refinements after the log-parabola start
 TWO_PEAK_CHI2 = 4.0        # one Gaussian's reduced χ² above which a second Gaussian is tried (overlapping peaks) ...
 TWO_PEAK_GAIN = 4.0        # ... and kept when it lowers the reduced χ² by this factor
-TWO_PEAK_STEPS = 12        # Gauss–Newton steps of the two-Gaussian fit
+TWO_PEAK_STEPS = 20        # Gauss–Newton steps of the two-Gaussian fit
 PURE_SHARE = 0.95          # a scan tells a peak's q when that peak holds this share of its fitted counts
 FIT_GROUP = "fit"          # maps/fit: the NXdata of the fitted maps
 FIT_DESCRIPTION = ("per-pixel Gaussian fit of the rocking profile (Σ I per eta scan; log-parabola start, Gauss-Newton "
@@ -65,7 +66,8 @@ FIT_DESCRIPTION = ("per-pixel Gaussian fit of the rocking profile (Σ I per eta 
                    f"{TWO_PEAK_GAIN:g}-fold (peaks = 2; d_spacing_peak1/2 = the stronger/weaker peak's d, d_spacing = "
                    "their intensity-weighted mean q's). "
                    f"NaN where the centre-of-mass mask is 0, fewer than {MIN_SCANS} scans hold signal "
-                   f"({SIGNAL_SIGMAS:g} sigma), the log-profile is not concave, the fitted rocking width exceeds the "
+                   f"({SIGNAL_SIGMAS:g} sigma), the log-profile is not concave, one Gaussian leaves reduced chi2 > "
+                   f"{TWO_PEAK_CHI2:g} and two are not kept, the fitted rocking width exceeds the "
                    f"scanned eta range, or the centre lies more than {MAX_EXTRAPOLATION:g} fitted widths outside it")
 UNITS = {"d_spacing": "angstrom", "tilt_altitude": "deg", "tilt_azimuth": "deg", "peak_width": "1/angstrom",
          "rocking_centre": "deg", "rocking_width": "deg", "reduced_chi2": "", "q": "1/angstrom", "peaks": "",
@@ -152,6 +154,7 @@ def fit_gauss(eta: npt.ArrayLike, s0: F64, s1: F64, s2: F64, var: F64, valid: np
         q_fit[kept], width[kept], chi2[kept] = fit2.q[fit2.kept], fit2.width[fit2.kept], fit2.chi2[fit2.kept]
         mu[kept], sig[kept] = fit2.mu[fit2.kept], fit2.sig[fit2.kept]
         q_peaks[kept], second[kept] = fit2.q_peaks[fit2.kept], fit2.second[fit2.kept]
+        ok[np.flatnonzero(two)[~fit2.kept]] = False     # one Gaussian does not describe it, and two do not either
     rows = pick[ok]
 
     def put(target: F64, values: F64) -> None:
@@ -256,7 +259,7 @@ def _two_peaks(t: F64, y: F64, v: F64, s1: F64, trace2: F64, signal: npt.NDArray
     i1 = np.argmax(y, axis=1)
     a1 = y[rows, i1]
     g1 = np.exp(-0.5 * ((t[None, :] - t[i1][:, None]) / sig0) ** 2)
-    rest = y - a1[:, None] * g1
+    rest = np.where(np.abs(t[None, :] - t[i1][:, None]) > 2.5 * sig0, y - a1[:, None] * g1, -np.inf)   # away from peak 1
     i2 = np.argmax(rest, axis=1)
     p = np.stack([a1, t[i1], np.full(n_pix, sig0), np.clip(rest[rows, i2], 1.0, None), t[i2], np.full(n_pix, sig0)], axis=1)
     w = 1.0 / v
@@ -266,11 +269,14 @@ def _two_peaks(t: F64, y: F64, v: F64, s1: F64, trace2: F64, signal: npt.NDArray
         return g, y - (p[:, [0, 3], None] * g).sum(axis=1)
     g, r = parts(p)
     cost = (w * r * r).sum(axis=1)
+    damping = np.full(n_pix, 1e-3)          # Levenberg–Marquardt: six parameters from a rough start
     for _ in range(TWO_PEAK_STEPS):
         amp, dt, s = p[:, [0, 3], None], t[None, None, :] - p[:, [1, 4], None], p[:, [2, 5], None]
         jac = np.stack([g, amp * g * dt / s ** 2, amp * g * dt ** 2 / s ** 3], axis=2).reshape(n_pix, 6, n)
         weighted = jac * w[:, None, :]
-        step = _solve(weighted @ jac.transpose(0, 2, 1), (weighted @ r[:, :, None])[..., 0])
+        normal = weighted @ jac.transpose(0, 2, 1)
+        normal += damping[:, None, None] * np.diagonal(normal, axis1=1, axis2=2)[:, :, None] * np.eye(6)
+        step = _solve(normal, (weighted @ r[:, :, None])[..., 0])
         trial = p + step
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             g_new, r_new = parts(trial)
@@ -281,6 +287,7 @@ def _two_peaks(t: F64, y: F64, v: F64, s1: F64, trace2: F64, signal: npt.NDArray
         g = np.where(better[:, None, None], g_new, g)
         r = np.where(better[:, None], r_new, r)
         cost = np.where(better, cost_new, cost)
+        damping = np.where(better, damping / 3.0, damping * 4.0)
     chi2 = cost / max(n - 6, 1)
     amp, cen, wid = p[:, [0, 3]], p[:, [1, 4]], p[:, [2, 5]]
     counts = amp[:, :, None] * g                                                            # (P, 2, n)

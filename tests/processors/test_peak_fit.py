@@ -118,3 +118,11 @@ def test_two_phases_in_one_pixel_get_two_gaussians_and_both_d_values():
     assert abs(fit.second_fraction[0, 0] - 0.3) < 0.02 and fit.second_fraction[0, 1] == 0.0
     assert fit.reduced_chi2[0, 0] < 3, fit.reduced_chi2
     assert np.isnan(fit.d_spacing_peak2[0, 1]) and abs(fit.d_spacing_peak1[0, 1] - d_of(G)) < 1e-5
+
+
+def test_no_fit_where_neither_one_nor_two_gaussians_describe_the_profile():
+    parts = [sliced_moments(np.array([[c]]), 24, counts=1e4, seed=k) for k, c in enumerate((3.0, 11.0, 19.0))]
+    eta = parts[0][0]
+    s0, s1, s2, var = (sum(part[i] for part in parts) for i in range(1, 5))      # three peaks in one pixel
+    fit = fit_gauss(eta, s0, s1, s2, var, np.ones((1, 1), bool))
+    assert np.isnan(fit.d_spacing).all() and np.isnan(fit.peaks).all(), (fit.peaks, fit.reduced_chi2)
