@@ -120,9 +120,11 @@ def test_two_phases_in_one_pixel_get_two_gaussians_and_both_d_values():
     assert np.isnan(fit.d_spacing_peak2[0, 1]) and abs(fit.d_spacing_peak1[0, 1] - d_of(G)) < 1e-5
 
 
-def test_no_fit_where_neither_one_nor_two_gaussians_describe_the_profile():
+def test_a_profile_neither_one_nor_two_gaussians_describe_is_flagged_by_its_reduced_chi2():
     parts = [sliced_moments(np.array([[c]]), 24, counts=1e4, seed=k) for k, c in enumerate((3.0, 11.0, 19.0))]
     eta = parts[0][0]
     s0, s1, s2, var = (sum(part[i] for part in parts) for i in range(1, 5))      # three peaks in one pixel
-    fit = fit_gauss(eta, s0, s1, s2, var, np.ones((1, 1), bool))
-    assert np.isnan(fit.d_spacing).all() and np.isnan(fit.peaks).all(), (fit.peaks, fit.reduced_chi2)
+    one = sliced_moments(np.array([[11.0]]), 24, counts=3e4, seed=5)
+    fit = fit_gauss(eta, np.concatenate([s0, one[1]], axis=2), np.concatenate([s1, one[2]], axis=2),
+                    np.concatenate([s2, one[3]], axis=2), np.concatenate([var, one[4]], axis=2), np.ones((1, 2), bool))
+    assert fit.peaks[0, 0] == 1.0 and fit.reduced_chi2[0, 0] > 20 and fit.reduced_chi2[0, 1] < 3, fit.reduced_chi2
