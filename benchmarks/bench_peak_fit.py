@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     t_fit = best(lambda: fit_gauss(eta, s0, s1, s2, var, valid))
     fit = fit_gauss(eta, s0, s1, s2, var, valid)
     print(f"{args.size} x {args.size} map, {args.scans} eta scans (best of {args.repeat}):")
-    print(f"  centre of mass (derive_maps of the summed scans): {t_com:.3f} s")
-    print(f"  Gaussian peak fit (fit_gauss):                    {t_fit:.3f} s  ({t_fit / t_com:.1f}x; "
+    print(f"  centre of mass (derive_maps of the summed scans): {t_com:.3g} s")
+    print(f"  Gaussian peak fit (fit_gauss):                    {t_fit:.3g} s  ({t_fit / t_com:.1f}x; "
           f"{int(fit.fitted.sum())} of {valid.size} pixels fitted, {int((fit.peaks == 2).sum())} with two Gaussians "
           f"({int(mixed.sum())} hold two phases); target <= 2 s at 100 x 100 x 40)")
     return 0
