@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 from opmon.errors import OpmonError
@@ -102,3 +103,16 @@ def background_image(value: str, frame_shape: tuple[int, int] | None = None) -> 
     if frame_shape is not None and image.shape != tuple(frame_shape):
         raise OpmonError(f"--background {value}: image shape {image.shape} differs from the frames' {tuple(frame_shape)}")
     return image
+
+
+#: the `--peak-fit` words (processors/peak_fit.PEAK_FIT_MODELS; not imported here: it pulls in h5py)
+PEAK_FIT_CHOICES = ("off", "gauss")
+
+
+def add_peak_fit_argument(parser: argparse.ArgumentParser) -> None:
+    """`--peak-fit off|gauss`, shared by the commands that make maps."""
+    parser.add_argument("--peak-fit", default="off", choices=PEAK_FIT_CHOICES,
+                        help="off (default) or gauss: also fit a Gaussian to each pixel's rocking profile (Σ I per eta "
+                             "scan) and take q at its centre, for peaks cut by the rocking range; fitted d, tilt, width "
+                             "and reduced chi2 go to <entry>/maps/fit beside the centre-of-mass maps (NaN where a fit "
+                             "fails)")

@@ -28,6 +28,7 @@ import numpy.typing as npt
 from opmon.errors import ConfigError, MapIndexError, OpmonError
 from opmon.processors.accumulate import PER_PIXEL_KEYS, SHIPPED_KEYS, MomentAccumulator
 from opmon.processors.maps import MapResult, derive_maps, map_flags
+from opmon.processors.peak_fit import PeakFitModel, fit_gauss
 from opmon.processors.registration import coverage, register_eta_scans, register_eta_scans_by_tilt, resample
 
 F64 = npt.NDArray[np.float64]
@@ -148,14 +149,18 @@ def describe(registration: Registration) -> str:
 class EtaScanAccumulator(MomentAccumulator):
     """A `MomentAccumulator` with one slot of sums per eta scan; `finalize` registers the scans.
 
-    Takes the options of `MomentAccumulator` plus `registration` ("auto", a `ManualShifts`).
+    Takes the options of `MomentAccumulator` plus `registration` ("auto", a `ManualShifts`; "off"
+    only with a peak fit, which needs the per-scan sums) and `peak_fit` ("gauss": the final map
+    also gets `MapResult.fit`, `peak_fit.fit_gauss` of the registered scans).
     """
 
-    def __init__(self, *args: Any, registration: Registration = "auto", **kwargs: Any) -> None:
+    def __init__(self, *args: Any, registration: Registration = "auto", peak_fit: PeakFitModel = "off",
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if registration == "off":
+        if registration == "off" and peak_fit == "off":
             raise OpmonError("EtaScanAccumulator registers eta scans: use MomentAccumulator when registration is off")
         self.registration = registration
+        self.peak_fit = peak_fit
         self.n_pixels = self.map_shape[0] * self.map_shape[1]
         self.scan_eta = np.zeros(0)
         self._slot_of: dict[float, int] = {}
@@ -270,11 +275,9 @@ class EtaScanAccumulator(MomentAccumulator):
             self.flag_truncated(result, s0.sum(axis=0), s2.sum(axis=0))
             return result
         shifts = self._shifts(s0[order], s1[order])
-        t0, t1, t2 = np.zeros((ny, nx)), np.zeros((ny, nx, 3)), np.zeros((ny, nx, 3, 3))
-        for rank, slot in enumerate(order):
-            t0 += resample(s0[slot], shifts[rank])
-            t1 += resample(s1[slot], shifts[rank])
-            t2 += resample(s2[slot], shifts[rank])
+        moved = [tuple(resample(s[slot], shifts[rank]) for s in (s0, s1, s2)) for rank, slot in enumerate(order)]
+        t0, t1, t2 = (sum((m[k] for m in moved), np.zeros(shape)) for k, shape in
+                      enumerate(((ny, nx), (ny, nx, 3), (ny, nx, 3, 3))))
         weights = np.clip(s0[order].sum(axis=(1, 2)), 0.0, None)
         covered = coverage((ny, nx), shifts, weights) >= COVERED
         result = derive_maps(t0, t1, t2, frames, background=background, background_counts=per_frame * scale * frames)
@@ -284,10 +287,16 @@ class EtaScanAccumulator(MomentAccumulator):
             for name in ("d_spacing", "tilt_altitude", "tilt_azimuth", "peak_width"):
                 setattr(result, name, np.where(covered, getattr(result, name), np.nan))
             result.q = np.where(covered[..., None], result.q, np.nan)
-        result.eta_scans = self.scan_eta[order].copy()
-        result.eta_shifts = shifts
+        if self.registration != "off":      # scans kept apart for the peak fit only: no shifts to report
+            result.eta_scans = self.scan_eta[order].copy()
+            result.eta_shifts = shifts
         self._flagged(result, t0, per_frame, scale)
         self.flag_truncated(result, t0, t2)
+        if self.peak_fit == "gauss":
+            counts = self.n_frames.reshape(n, ny, nx)[order] * per_frame * scale
+            variance = np.stack([np.clip(m[0], 0.0, None) for m in moved]) + counts
+            result.fit = fit_gauss(self.scan_eta[order], np.stack([m[0] for m in moved]), np.stack([m[1] for m in moved]),
+                                   np.stack([m[2] for m in moved]), variance, result.mask > 0)
         return result
 
     def _flagged(self, result: MapResult, s0: F64, per_frame: float, scale: float) -> None:
@@ -307,6 +316,8 @@ class EtaScanAccumulator(MomentAccumulator):
         """(n, 2) shifts of the scans (in increasing eta) from the data or as given: `stack` is
         Σ I per scan (n, ny, nx), `centroids` Σ I·q (n, ny, nx, 3)."""
         reg = self.registration
+        if reg == "off":        # kept per scan for the peak fit only: nothing moves
+            return np.zeros((stack.shape[0], 2))
         if isinstance(reg, ManualShifts):
             check_manual_shifts(reg, self.scan_eta, f"map {self.map_shape}")
             return np.asarray(reg.shifts, dtype=np.float64).copy()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -14,6 +15,9 @@ import numpy.typing as npt
 
 from opmon.errors import EmptyMapError
 from opmon.streaming.archive.maps_file import MapsArrays, read_maps
+
+if TYPE_CHECKING:
+    from opmon.processors.peak_fit import PeakFitMaps
 
 MASK_FRACTION = 0.2  # pixels below 20 % of the map's reference intensity are invalid
 #: the reference is the k-th largest Σ I of the pixels seen, k = 1 % of them but at least MASK_RANK, so one or
@@ -59,6 +63,7 @@ class MapResult:
     eta_scans: F64 | None = None     # eta (deg) of each eta scan, when the scans were registered ...
     eta_shifts: F64 | None = None    # ... and the (n, 2) (dy, dx) drift, map pixels, each was moved back by
     flags: npt.NDArray[np.uint8] | None = None
+    fit: PeakFitMaps | None = None   # the optional per-pixel peak fit (`--peak-fit gauss`), beside these maps
 
     def __post_init__(self) -> None:
         if self.flags is None:      # results and files from before the flags: nothing flagged

@@ -25,6 +25,7 @@ from opmon.processors.bad_pixels import BadPixelFinder, merged_mask
 from opmon.processors.eta_scans import EtaScanAccumulator, Registration, check_manual_shifts, describe
 from opmon.processors.geometry import DetectorGeometry
 from opmon.processors.maps import FLAGS_DESCRIPTION, LOW_COUNTS, MapResult
+from opmon.processors.peak_fit import PeakFitModel, write_fit
 from opmon.streaming.archive.layout import MAPS, MAPS_BAD_FRAMES, MAPS_ETA_SHIFTS, MAPS_FOUND_BAD_PIXELS
 from opmon.streaming.archive.maps_file import grid_axes, write_axes, write_maps
 from opmon.streaming.archive.raw import check_roi, map_entries, natural_key, open_hdf5
@@ -54,12 +55,14 @@ class ProcessOptions:
     monitor: bool = True  # divide frames by the source's incident-beam monitor when it has one
     low_counts: float = LOW_COUNTS  # Σ I below this (counts) sets maps.FLAG_LOW_COUNTS
     background_source: str = ""  # where a given background image came from (file:dataset), recorded
+    peak_fit: PeakFitModel = "off"  # gauss: also fit each pixel's rocking profile (maps/fit, processors/peak_fit.py)
 
     def attrs(self, roi: Roi) -> dict[str, Any]:
         background = f"image {self.background_source}".strip() if isinstance(self.background, np.ndarray) else str(self.background)
         return {"roi": np.asarray(roi), "threshold": self.threshold, "background": background,
                 "despeckle": self.despeckle, "find_bad_pixels": self.find_bad_pixels, "monitor": self.monitor,
-                "low_counts": self.low_counts, "register": describe(self.register), "opmon_version": __version__}
+                "low_counts": self.low_counts, "register": describe(self.register), "peak_fit": self.peak_fit,
+                "opmon_version": __version__}
 
 
 def find_entries(f: h5py.File, entry: str | None) -> list[str]:
@@ -229,9 +232,10 @@ def new_accumulator(smap: SourceMap, options: ProcessOptions, roi: Roi,
     settings: dict[str, Any] = dict(roi=roi, detector_mask=meta.detector_mask if mask is None else mask,
                                     threshold=options.threshold, background=options.background, despeckle=options.despeckle,
                                     low_counts=options.low_counts)
-    if options.register == "off":
+    if options.register == "off" and options.peak_fit == "off":
         return MomentAccumulator(DetectorGeometry.from_meta(meta), meta.map_shape, **settings)
-    return EtaScanAccumulator(DetectorGeometry.from_meta(meta), meta.map_shape, registration=options.register, **settings)
+    return EtaScanAccumulator(DetectorGeometry.from_meta(meta), meta.map_shape, registration=options.register,
+                              peak_fit=options.peak_fit, **settings)
 
 
 def accumulate_frames(smap: SourceMap, acc: MomentAccumulator, options: ProcessOptions, start: int = 0,
@@ -368,6 +372,8 @@ def write_results(output: str | Path, plan: RawPlan, results: dict[str, EntryRes
             axes = grid_axes(smap.meta.x_um, smap.meta.y_um, smap.meta.map_index, smap.meta.map_shape)
             if axes is not None:
                 write_axes(maps, *axes)
+            if done.result.fit is not None:
+                write_fit(maps, done.result.fit, options.peak_fit)
 
 
 def process_file(raw: str | Path, output: str | Path, options: ProcessOptions | None = None, entry: str | None = None,

@@ -13,6 +13,7 @@ STAGES = {
     "dectris": "bench_dectris",
     "dashboard": "bench_dashboard",
     "process": "bench_process",
+    "peak-fit": "bench_peak_fit",
     "reliability": "reliability",
     "render": "bench_render",
     "sources": "bench_sources",

@@ -15,7 +15,8 @@ from opmon.errors import OpmonError
 from opmon.streaming.archive.layout import DATA
 from opmon.streaming.archive.safe_writes import check_outputs
 from opmon.figure_paths import figure_paths
-from opmon.processing_options import EXIT_SKIPPED, background_image, looks_like_file, parse_background, parse_roi
+from opmon.processing_options import (EXIT_SKIPPED, add_peak_fit_argument, background_image, looks_like_file,
+                                     parse_background, parse_roi)
 from opmon.source_options import add_source_arguments, source_options
 
 
@@ -39,13 +40,14 @@ def _run(args: argparse.Namespace) -> int:
     import_numba_without_blas()  # before any kernel loads: opmon's kernels need no BLAS
     from opmon.processors.eta_scans import parse_registration
     from opmon.processors.offline import ProcessOptions, plan_raw, process_plan
+    from opmon.processors.peak_fit import parse_peak_fit
     background = parse_background(args.background)
     options = ProcessOptions(roi=parse_roi(args.roi), threshold=args.threshold,
                              background=background_image(background) if isinstance(background, str) and looks_like_file(background) else background,
                              despeckle=args.despeckle, skip_bad_frames=args.skip_bad_frames,
                              find_bad_pixels=not args.file_mask_only, monitor=not args.no_monitor,
                              low_counts=args.low_counts, background_source=args.background,
-                             register=parse_registration(args.register))
+                             register=parse_registration(args.register), peak_fit=parse_peak_fit(args.peak_fit))
     if args.low_counts < 0:
         raise OpmonError(f"--low-counts must be >= 0, got {args.low_counts}")
     if args.threshold < 0:
@@ -79,6 +81,8 @@ def _run(args: argparse.Namespace) -> int:
             if shifts is not None:
                 print(f"{name}: {len(shifts)} eta scans registered ({options.attrs(entry.roi)['register']}), largest drift "
                       f"{float(np.hypot(*shifts.T).max()):.2f} map pixels (listed in {output} as <entry>/maps/eta_shifts)")
+            if entry.result.fit is not None:
+                print(f"{name}: peak fit ({options.peak_fit}): {fit_summary(entry.result)} (<entry>/maps/fit)")
             if len(entry.found_bad_pixels):
                 print(f"{name}: masked {len(entry.found_bad_pixels)} hot/dead detector pixel(s) missing from the file's "
                       f"mask (listed in {output} as <entry>/maps/found_bad_pixels)")
@@ -119,6 +123,19 @@ def flag_summary(flags: Any, mask: Any) -> str:
     return ", ".join(f"{int(((flags & bit) > 0)[valid].sum())} valid pixel(s) {what}" for bit, what in names)
 
 
+def fit_summary(result: Any) -> str:
+    """How many valid pixels the peak fit kept, and its mean d beside the centre of mass's, in words."""
+    import numpy as np
+    valid = result.mask.astype(bool)
+    fitted = valid & result.fit.fitted
+    if not fitted.any():
+        return f"no valid pixel fitted (of {int(valid.sum())})"
+    return (f"{int(fitted.sum())} of {int(valid.sum())} valid pixels fitted, mean d = "
+            f"{float(np.mean(result.fit.d_spacing[fitted])):.5f} Å (centre of mass on them "
+            f"{float(np.mean(result.d_spacing[fitted])):.5f} Å), median reduced chi2 "
+            f"{float(np.median(result.fit.reduced_chi2[fitted])):.2f}")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("process", help="reduce a raw SXDM file to maps (FORMATS.md)", description=__doc__)
     p.add_argument("raw", metavar="FILE", nargs="+",
@@ -150,6 +167,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "that rocking does not move: for strained or bent particles), or a TOML file of shifts = [[dy, dx], ...] in map pixels, "
                         "one per eta scan in increasing eta (as XSOCS lets you edit them); the shifts used go to "
                         "<entry>/maps/eta_shifts")
+    add_peak_fit_argument(p)
     p.add_argument("--png", nargs="?", const="", default=None, help="also write the summary figure (default: MAPS with .png)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files (never an input)")
     p.add_argument("--skip-bad-frames", action="store_true",

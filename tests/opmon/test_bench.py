@@ -68,6 +68,10 @@ SMALLEST: dict[str, tuple[list[str], list[tuple[str, str]]]] = {
         ("one process frames/s", rf"^one process +\S+ +\S+ +{NUMBER} "),
         ("speed-up 2 over 1 worker", rf"speed-up of 2 workers over 1 worker: {NUMBER}x"),
     ]),
+    "peak-fit": (["--size", "8", "--scans", "8", "--repeat", "1"], [
+        ("peak fit s", rf"Gaussian peak fit \(fit_gauss\): +{NUMBER} s"),
+        ("centre of mass s", rf"centre of mass \(derive_maps of the summed scans\): {NUMBER} s"),
+    ]),
     "dashboard": (["--seconds", "3", "--rate", "200"], [
         ("browser latency p50 ms", rf"latency frame processed -> in browser: p50 {NUMBER} ms"),
         ("transport latency p50 ms", rf"baseline transport only \(PUB -> SUB\): p50 {NUMBER} ms"),
