@@ -1,9 +1,10 @@
 """The issue's browser tests against the real `opmon demo` (acquisition, live processor, archiver,
 dashboard as separate processes): the d map fills in, Pause from the page pauses the RunEngine
 (read back over the control channel's `status`, i.e. from the acquisition side), Resume runs it
-again, and a page opened without the token cannot pause; and a charge with phase tracking
-proposing: the survey and the proposal show in the decisions panel with their reasons, one click
-on its Accept button re-centres, and the maps go on on the next phase's reflection.
+again, and a page opened without the token cannot pause; and a charge with phase tracking,
+proposing (the survey and the proposal show in the decisions panel with their reasons, one click
+on its Accept button re-centres, and the maps go on on the next phase's reflection) and
+re-centring by itself (`auto`: the survey and the re-centring show, no click asked).
 """
 from __future__ import annotations
 
@@ -50,6 +51,13 @@ def phase_demo(tmp_path):
     going (the test stops the demo once it has what it checks)."""
     yield from _demo(tmp_path, "--phase-tracking", "propose", "--map-shape", "6", "6", "--angles", "8",
                      "--period", "1200", "--acceleration", "600", "--max-maps", "80")
+
+
+@pytest.fixture
+def auto_phase_demo(tmp_path):
+    """The same charge with phase tracking re-centring by itself (`auto`)."""
+    yield from _demo(tmp_path, "--phase-tracking", "auto", "--map-shape", "6", "6", "--angles", "8",
+                     "--period", "1200", "--acceleration", "600", "--max-maps", "40")
 
 
 @dataclass
@@ -192,7 +200,7 @@ def test_demo_phase_tracking_proposal_is_accepted_in_the_browser(phase_demo, art
     and the proposal with their reasons and an Accept button (read from the run's `steering`
     stream); one real click re-centres, and the next maps are on the new reflection (d ≈ 2.0184 Å,
     Σ I back up); the archived run's `steering` stream holds the proposal and its acceptance.
-    (`auto` mode is covered in process by tests/opmon/test_phase_tracking.py.)"""
+    (`auto` mode: the test after this one.)"""
     b = Browser(1920, 1080)
     seen: set[str] = set()        # the panel shows the newest rows: remember what each look found
     after: set[int] = set()       # maps whose row stood above (newer than) the re-centring's
@@ -251,3 +259,39 @@ def test_demo_phase_tracking_proposal_is_accepted_in_the_browser(phase_demo, art
     assert sums[before[-1]][0] < 0.3 * peak, sums                        # faded before the survey
     assert max(sums[m][0] for m in first) > 0.6 * peak, sums             # bright again on the new reflection
     assert abs(sums[first[0]][1] - D_LI05) < 1e-3, sums                  # and it is Li0.5's
+
+
+def test_demo_phase_tracking_auto_recentres_by_itself(auto_phase_demo, artifacts):
+    """The imaged reflection fades, the plan surveys for the next phase's reflection and re-centres
+    on it by itself (`--phase-tracking auto`, the issue's must-show); the page's decisions panel
+    shows the survey, its result and the re-centring with their reasons (read from the run's
+    `steering` stream), and maps go on."""
+    b = Browser(1920, 1080)
+    seen: set[str] = set()      # the panel shows the newest rows: remember what each look found
+
+    def shown(*wanted: str) -> bool:
+        text = b.model_text("decisions") or ""
+        seen.update(w for w in ('data-decision="survey"', "faded", f"{D_LI05:.4f}", 'data-decision="re-centre"')
+                    if w in text)
+        return all(w in seen for w in wanted)
+
+    def map_after_recentre() -> bool:       # rows are newest first: a map row above the re-centring's
+        text = b.model_text("decisions") or ""
+        centre = text.find('data-decision="re-centre"')
+        return centre > 0 and 0 <= text.find('data-decision="map"') < centre
+    try:
+        b.get(auto_phase_demo.urls["read-only"])
+        b.wait_for("the d map to hold data", lambda: b.d_pixels() > 0, timeout=120)
+        b.wait_for("the survey with its reason", lambda: shown('data-decision="survey"', "faded"), timeout=240)
+        b.wait_for("the survey's result and the re-centring", lambda: shown(f"{D_LI05:.4f}", 'data-decision="re-centre"'),
+                   timeout=120)
+        assert not b.buttons_starting("Accept:"), "auto mode asked for a click"
+        b.wait_for("a map taken after the re-centring", map_after_recentre, timeout=120)
+        b.screenshot(str(artifacts / "demo_phase_tracking_1920x1080.png"))
+    finally:
+        b.quit()
+        auto_phase_demo.stop()
+    run = RunArchive.newest(auto_phase_demo.archive)
+    assert run is not None
+    kinds = [k for k, _, _, _ in _steering(run.path)]
+    assert "proposal" not in kinds and kinds.index("survey") < kinds.index("re-centre"), kinds
