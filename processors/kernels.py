@@ -274,8 +274,18 @@ def _accumulate_one(frame, eta, phi, pixel, monitor, q_lab, mask, r0, r1, c0, c1
     none, the sums are then those of the frame itself, bit for bit). `scratch` is (6, 3, 3),
     its last plane the sample matrix.
     """
+    frame_moments_image(frame, q_lab, mask, r0, r1, c0, c1, threshold, despeckle, stride, moments, bg_image, 1.0 / monitor)
+    add_frame_moments(moments, eta, phi, pixel, monitor, roi_moments, basis_moments, sum_i, sum_iq, sum_iqq, n_frames,
+                      bg_counts, bg_q, bg_qq, bg_basis_q, bg_basis_qq, pixel_sums, scratch)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def add_frame_moments(moments, eta, phi, pixel, monitor, roi_moments, basis_moments, sum_i, sum_iq, sum_iqq, n_frames,
+                      bg_counts, bg_q, bg_qq, bg_basis_q, bg_basis_qq, pixel_sums, scratch):  # type: ignore[no-untyped-def]
+    """Add one frame's lab moments (12,) (see `frame_moments_image`) to its map pixel: divided by the
+    monitor, rotated into the sample frame, with the ROI's and the basis images' geometric moments
+    rotated alike. Shared by every frame kernel (kernels_rows too), so the sums agree by construction."""
     weight = 1.0 / monitor
-    frame_moments_image(frame, q_lab, mask, r0, r1, c0, c1, threshold, despeckle, stride, moments, bg_image, weight)
     if monitor != 1.0:
         for k in range(N_MOMENTS + 2):
             moments[k] *= weight
