@@ -123,7 +123,7 @@ class MomentAccumulator:
         self.despeckle = bool(despeckle)
         self.low_counts = float(low_counts)
         self.exact_kernel = bool(exact_kernel) or self.threshold > 0 or self.despeckle   # per-pixel rules: exact kernel
-        self._fast: kernels_rows.RowPolynomials | None = None
+        self._fast: tuple[np.ndarray, ...] | None = None   # the fast kernel's tables at the detector position
         valid = detector_mask == 0
         self.n_roi_pixels = int(valid[r0:r1, c0:c1].sum())
         sampled = valid[::BACKGROUND_ROW_STRIDE]   # the rows the kernel reads whole for the background
@@ -171,7 +171,8 @@ class MomentAccumulator:
         roi_moments[10] = 0.0
         self._roi_moments = roi_moments
         self._basis_moments = basis_moments(self._basis, self._q_lab)
-        self._fast = None if self.exact_kernel else kernels_rows.roi_polynomials(self.geometry, nu, delta, self.roi)
+        poly = None if self.exact_kernel else kernels_rows.roi_polynomials(self.geometry, nu, delta, self.roi)
+        self._fast = None if poly is None else poly.tables(roi_mask)
         self._detector_angles = (nu, delta)
 
     def _check_frames(self, frames: np.ndarray) -> None:
@@ -206,7 +207,7 @@ class MomentAccumulator:
         a[0] += 1.0; a[1] += eta; a[2] += phi; a[3] += nu; a[4] += delta  # noqa: E702 (plain floats: ~100 ns)
         r0, r1, c0, c1 = self.roi
         if self._fast is not None:
-            kernels_rows.accumulate_frame_rows(frame, float(eta), float(phi), int(map_index), reading, self._fast.tables,
+            kernels_rows.accumulate_frame_rows(frame, float(eta), float(phi), int(map_index), reading, self._fast,
                                                self.detector_mask, r0, r1, c0, c1, BACKGROUND_ROW_STRIDE,
                                                self._roi_moments, self._basis_moments, *self._sums())
             return
@@ -254,7 +255,7 @@ class MomentAccumulator:
             self._use_detector_angles(float(nus[start]), float(deltas[start]))
             if self._fast is not None:
                 kernels_rows.accumulate_block_rows(frames[start:stop], etas[start:stop], phis[start:stop],
-                                                   index[start:stop], monitors[start:stop], self._fast.tables,
+                                                   index[start:stop], monitors[start:stop], self._fast,
                                                    self.detector_mask, r0, r1, c0, c1, BACKGROUND_ROW_STRIDE,
                                                    self._roi_moments, self._basis_moments, *self._sums())
                 continue

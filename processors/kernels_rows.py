@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numba
 import numpy as np
@@ -36,8 +37,7 @@ from opmon.processors.kernels import N_MOMENTS, _outside_counts, add_frame_momen
 
 #: the quadratic's largest error over the ROI, relative to |q|: d moves by at most d x REL_TOL (1e-7 Å at d = 10 Å)
 REL_TOL = 1e-8
-MAX_SEGMENT = 128  # columns; the residual of a quadratic grows as the width cubed (a full 512 row: 7e-7 Å⁻¹)
-MIN_SEGMENT = 16   # narrower segments than this would not pay for their per-segment sums
+MIN_SEGMENT = 16   # columns: narrower segments than this would not pay for their per-segment sums
 N_POWERS = 5       # column moments M0..M4: enough for the products of two quadratics
 #: the ten moments in kernels' order [S0, Sx, Sy, Sz, Sxx, Sxy, Sxz, Syy, Syz, Szz] as q components (-1: none)
 _PAIRS = ((-1, -1), (0, -1), (1, -1), (2, -1), (0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
@@ -59,10 +59,14 @@ class RowPolynomials:
     powers: npt.NDArray[np.float64]
     residual: float
 
-    @property
-    def tables(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64], npt.NDArray[np.float64]]:
-        """What the kernels take (one tuple argument)."""
-        return self.coef, self.bounds, self.powers
+    def tables(self, roi_mask: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[Any], ...]:
+        """What the kernels take (one tuple argument), for the detector mask's ROI window (1 = ignore)."""
+        return self.coef, self.bounds, self.powers, segment_mask(roi_mask, self.bounds)
+
+
+def segment_mask(roi_mask: npt.NDArray[np.uint8], bounds: npt.NDArray[np.int64]) -> npt.NDArray[np.uint8]:
+    """(ROI rows, segments) 1 where a row's segment holds a masked pixel (its counts then go through the masked loop)."""
+    return np.ascontiguousarray(np.logical_or.reduceat(roi_mask != 0, bounds[:-1], axis=1), dtype=np.uint8)
 
 
 def _fit(q_lab: npt.NDArray[np.float64], bounds: npt.NDArray[np.int64]) -> RowPolynomials:
@@ -79,11 +83,10 @@ def _fit(q_lab: npt.NDArray[np.float64], bounds: npt.NDArray[np.int64]) -> RowPo
         powers[g, :, :hi - lo] = c[None, :] ** np.arange(N_POWERS)[:, None]
         design = powers[g, :3, :hi - lo].T                                   # (w, 3): 1, c, c²
         seg = q_lab[:, lo:hi, :]                                        # (rows, w, 3)
-        target = seg.transpose(1, 0, 2).reshape(hi - lo, rows * 3)
-        fit = np.linalg.lstsq(design, target, rcond=None)[0].reshape(3, rows, 3)  # (power, row, component)
-        quad = np.einsum("kra->rak", fit)                               # (row, component, power)
-        approx = np.einsum("rak,kw->rwa", quad, powers[g, :3, :hi - lo])
-        worst = max(worst, float(np.max(np.linalg.norm(approx - seg, axis=-1) / np.maximum(norm[:, lo:hi], 1e-300))))
+        fit = np.linalg.pinv(design) @ seg                              # (row, power, component): least squares
+        quad = fit.transpose(0, 2, 1)                                   # (row, component, power)
+        miss = np.linalg.norm(design @ fit - seg, axis=-1)
+        worst = max(worst, float(np.max(miss / np.maximum(norm[:, lo:hi], 1e-300))))
         for j, (a, b) in enumerate(_PAIRS):
             if a < 0:
                 coef[:, g, j, 0] = 1.0
@@ -96,18 +99,15 @@ def _fit(q_lab: npt.NDArray[np.float64], bounds: npt.NDArray[np.int64]) -> RowPo
 
 
 def row_polynomials(q_lab: npt.NDArray[np.float64], rel_tol: float = REL_TOL) -> RowPolynomials | None:
-    """The widest equal segments (≤ MAX_SEGMENT columns) whose quadratics meet `rel_tol`, None if
-    even MIN_SEGMENT-wide ones miss it (the exact kernel is then used)."""
+    """The fewest equal segments per row whose quadratics meet `rel_tol` (a segment's sums cost about
+    as much as its pixels' moments: fewer, wider segments are faster), None if even MIN_SEGMENT-wide
+    ones miss it (the exact kernel is then used)."""
     width = q_lab.shape[1]
-    nseg = -(-width // MAX_SEGMENT)
-    while True:
-        bounds = (np.arange(nseg + 1, dtype=np.int64) * width) // nseg
-        poly = _fit(q_lab, bounds)
+    for nseg in range(1, max(width // MIN_SEGMENT, 1) + 1):
+        poly = _fit(q_lab, (np.arange(nseg + 1, dtype=np.int64) * width) // nseg)
         if poly.residual <= rel_tol:
             return poly
-        if width // (2 * nseg) < MIN_SEGMENT:
-            return None
-        nseg *= 2
+    return None
 
 
 # The helpers below index the frame with unsigned offsets instead of taking slices: a slice is a
@@ -171,11 +171,12 @@ def _dot(coef, rr, g, j, m0, m1, m2, m3, m4):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True, nogil=True)
-def frame_moments_rows(frame, coef, bounds, powers, mask, r0, r1, c0, c1, stride, out, image, weight,
+def frame_moments_rows(frame, coef, bounds, powers, masked, mask, r0, r1, c0, c1, stride, out, image, weight,
                        m):  # type: ignore[no-untyped-def]
     """`kernels.frame_moments_image` with threshold 0 and despeckle off, by segment column moments.
 
     coef, bounds, powers : a `RowPolynomials` of the ROI at the frame's detector position.
+    masked : (ROI rows, segments) uint8, non-zero where a segment of a row holds a masked pixel.
     m : (5,) float64 scratch. Other arguments and `out` (12,) as in `kernels.frame_moments_image`.
     """
     rows = frame.shape[0]
@@ -185,12 +186,12 @@ def frame_moments_rows(frame, coef, bounds, powers, mask, r0, r1, c0, c1, stride
     raw = 0
     for r in range(rows):
         in_rows = r >= r0 and r < r1
-        if in_rows and _any_in(frame, r, c0, c1) != 0:
-            for g in range(nseg):
+        if in_rows:
+            for g in range(nseg):     # no OR of the whole row first: it would read a row with counts twice
                 lo, hi = c0 + bounds[g], c0 + bounds[g + 1]
                 if _any_in(frame, r, lo, hi) == 0:
                     continue
-                if _any_in(mask, r, lo, hi) == 0:
+                if masked[r - r0, g] == 0:
                     _segment_moments(frame, r, lo, hi, powers, g, m)
                 else:
                     _segment_moments_masked(frame, mask, r, lo, hi, powers, g, m)
@@ -223,12 +224,12 @@ def accumulate_block_rows(frames, etas, phis, pixels, monitors, tables, mask, r0
                           bg_basis_q, bg_basis_qq, bg_image, pixel_sums):  # type: ignore[no-untyped-def]
     """`kernels.accumulate_block` (threshold 0, despeckle off) with `frame_moments_rows` as the frame scan;
     `tables` is `RowPolynomials.tables`."""
-    coef, bounds, powers = tables
+    coef, bounds, powers, masked = tables
     moments = np.empty(N_MOMENTS + 2)
     scratch = np.empty((6, 3, 3))
     m = np.empty(N_POWERS)
     for f in range(frames.shape[0]):
-        frame_moments_rows(frames[f], coef, bounds, powers, mask, r0, r1, c0, c1, stride, moments, bg_image,
+        frame_moments_rows(frames[f], coef, bounds, powers, masked, mask, r0, r1, c0, c1, stride, moments, bg_image,
                            1.0 / monitors[f], m)
         add_frame_moments(moments, etas[f], phis[f], pixels[f], monitors[f], roi_moments, basis_moments, sum_i, sum_iq,
                           sum_iqq, n_frames, bg_counts, bg_q, bg_qq, bg_basis_q, bg_basis_qq, pixel_sums, scratch)
@@ -239,10 +240,10 @@ def accumulate_frame_rows(frame, eta, phi, pixel, monitor, tables, mask, r0, r1,
                           basis_moments, sum_i, sum_iq, sum_iqq, n_frames, bg_counts, bg_q, bg_qq, bg_basis_q,
                           bg_basis_qq, bg_image, pixel_sums):  # type: ignore[no-untyped-def]
     """`accumulate_block_rows` for one frame with scalar angles, monitor and map pixel: the live path."""
-    coef, bounds, powers = tables
+    coef, bounds, powers, masked = tables
     moments = np.empty(N_MOMENTS + 2)
     scratch = np.empty((6, 3, 3))
     m = np.empty(N_POWERS)
-    frame_moments_rows(frame, coef, bounds, powers, mask, r0, r1, c0, c1, stride, moments, bg_image, 1.0 / monitor, m)
+    frame_moments_rows(frame, coef, bounds, powers, masked, mask, r0, r1, c0, c1, stride, moments, bg_image, 1.0 / monitor, m)
     add_frame_moments(moments, eta, phi, pixel, monitor, roi_moments, basis_moments, sum_i, sum_iq, sum_iqq, n_frames,
                       bg_counts, bg_q, bg_qq, bg_basis_q, bg_basis_qq, pixel_sums, scratch)
