@@ -54,6 +54,7 @@ class ProcessOptions:
     monitor: bool = True  # divide frames by the source's incident-beam monitor when it has one
     low_counts: float = LOW_COUNTS  # Σ I below this (counts) sets maps.FLAG_LOW_COUNTS
     background_source: str = ""  # where a given background image came from (file:dataset), recorded
+    exact_kernel: bool = False  # the per-pixel kernel even where kernels_rows' fitted q applies (comparisons)
 
     def attrs(self, roi: Roi) -> dict[str, Any]:
         background = f"image {self.background_source}".strip() if isinstance(self.background, np.ndarray) else str(self.background)
@@ -228,7 +229,7 @@ def new_accumulator(smap: SourceMap, options: ProcessOptions, roi: Roi,
     meta = smap.meta
     settings: dict[str, Any] = dict(roi=roi, detector_mask=meta.detector_mask if mask is None else mask,
                                     threshold=options.threshold, background=options.background, despeckle=options.despeckle,
-                                    low_counts=options.low_counts)
+                                    low_counts=options.low_counts, exact_kernel=options.exact_kernel)
     if options.register == "off":
         return MomentAccumulator(DetectorGeometry.from_meta(meta), meta.map_shape, **settings)
     return EtaScanAccumulator(DetectorGeometry.from_meta(meta), meta.map_shape, registration=options.register, **settings)
