@@ -1,5 +1,9 @@
 """numba kernels of the moment accumulator: one pass over each frame in its own integer type.
 
+These are the exact kernels: every pixel's own q from the table. With threshold 0 and despeckle
+off the accumulator takes `kernels_rows` instead (q as a fitted quadratic along row segments,
+branch-free and vectorized); it shares `add_frame_moments` and `_outside_counts` with these.
+
 A frame from a photon-counting detector is mostly zeros, so the scan is bound by reading the
 frame: each row is OR-reduced (a loop the compiler vectorizes), an empty row is skipped, and a
 row with counts is OR-reduced again in cache-line-sized pieces so that only the pieces holding
