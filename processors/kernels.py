@@ -180,6 +180,12 @@ def frame_moments_image(frame, q_lab, mask, r0, r1, c0, c1, threshold, despeckle
             kept, seen = _outside_counts(frame, r, in_rows, c0, c1, threshold, mask, despeckle, image[r // stride], weight)
             outside += kept
             raw += seen
+    store_moments(out, s0, sx, sy, sz, sxx, sxy, sxz, syy, syz, szz, outside, raw)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def store_moments(out, s0, sx, sy, sz, sxx, sxy, sxz, syy, syz, szz, outside, raw):  # type: ignore[no-untyped-def]
+    """Write a frame's ten moments, its kept counts outside the ROI and (when out has room) all of them."""
     out[0], out[1], out[2], out[3], out[4] = s0, sx, sy, sz, sxx
     out[5], out[6], out[7], out[8], out[9] = sxy, sxz, syy, syz, szz
     out[10] = outside

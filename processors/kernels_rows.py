@@ -35,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from opmon.processors.geometry import DetectorGeometry, pixel_q_lab_window
-from opmon.processors.kernels import N_MOMENTS, _outside_counts, add_frame_moments
+from opmon.processors.kernels import N_MOMENTS, _outside_counts, add_frame_moments, store_moments
 
 #: the quadratic's largest error over the ROI, relative to |q|: d moves by at most d x REL_TOL (1e-7 Å at d = 10 Å)
 REL_TOL = 1e-8
@@ -213,11 +213,7 @@ def frame_moments_rows(frame, coef, bounds, powers, masked, mask, r0, r1, c0, c1
             kept, seen = _outside_counts(frame, r, in_rows, c0, c1, 0, mask, False, image[r // stride], weight)
             outside += kept
             raw += seen
-    out[0], out[1], out[2], out[3], out[4] = s0, sx, sy, sz, sxx
-    out[5], out[6], out[7], out[8], out[9] = sxy, sxz, syy, syz, szz
-    out[10] = outside
-    if out.shape[0] > 11:
-        out[11] = raw
+    store_moments(out, s0, sx, sy, sz, sxx, sxy, sxz, syy, syz, szz, outside, raw)
 
 
 @numba.njit(cache=True, nogil=True)
