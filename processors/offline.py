@@ -227,9 +227,9 @@ def new_accumulator(smap: SourceMap, options: ProcessOptions, roi: Roi,
     """An empty accumulator for `smap` with the options' reduction settings (what each task of a split map needs);
     `mask` replaces the file's detector mask (e.g. `MapPlan.mask`)."""
     meta = smap.meta
-    settings: dict[str, Any] = dict(roi=roi, detector_mask=meta.detector_mask if mask is None else mask,
+    settings: dict[str, Any] = dict(roi=roi, exact_kernel=options.exact_kernel, detector_mask=meta.detector_mask if mask is None else mask,
                                     threshold=options.threshold, background=options.background, despeckle=options.despeckle,
-                                    low_counts=options.low_counts, exact_kernel=options.exact_kernel)
+                                    low_counts=options.low_counts)
     if options.register == "off":
         return MomentAccumulator(DetectorGeometry.from_meta(meta), meta.map_shape, **settings)
     return EtaScanAccumulator(DetectorGeometry.from_meta(meta), meta.map_shape, registration=options.register, **settings)
