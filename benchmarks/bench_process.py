@@ -28,6 +28,7 @@ from opmon.streaming.archive.layout import DATA, ENTRY
 from opmon.streaming.archive.raw import RawMapWriter
 from opmon.processors.accumulate import MomentAccumulator
 from opmon.processors.geometry import DetectorGeometry
+from opmon.processors.kernels_rows import REL_TOL
 from opmon.processors.offline import ProcessOptions, process_file
 
 SHAPE = (512, 512)
@@ -98,14 +99,15 @@ def bench_kernel(n: int, dtype: type, shape: tuple[int, int], roi: tuple[int, in
     MomentAccumulator(geometry, (60, 60), roi=roi).process_block(frames[:2], index[:2], eta[:2], 0.0, 35.0, 0.0)
     fused_three_moments(frames[:2], out)  # compile (or load from the cache) outside the clock
 
-    def kernel() -> None:
-        acc = MomentAccumulator(geometry, (60, 60), roi=roi)
+    def kernel(exact: bool = False) -> None:
+        acc = MomentAccumulator(geometry, (60, 60), roi=roi, exact_kernel=exact)
         for s in range(0, n, block):
             acc.process_block(frames[s:s + block], index[s:s + block], eta[s:s + block], 0.0, 35.0, 0.0)
 
-    # all three run in this one thread: its CPU time is what they cost, whatever else the machine runs
-    return best_rates(n, {"kernel": kernel, "fused": lambda: fused_three_moments(frames, out), "numpy": frames.sum},
-                      rounds, clock=time.thread_time)
+    kernel(True)  # the exact kernel's compile (or cache load) outside the clock too
+    # all four run in this one thread: its CPU time is what they cost, whatever else the machine runs
+    return best_rates(n, {"kernel": kernel, "exact": lambda: kernel(True), "fused": lambda: fused_three_moments(frames, out),
+                          "numpy": frames.sum}, rounds, clock=time.thread_time)
 
 
 def bench_end_to_end(n: int, dtype: type, workdir: Path) -> tuple[float, float, float]:
@@ -183,6 +185,29 @@ def bench_command(map_shape: tuple[int, int, int], rounds: int, workdir: Path) -
     return best
 
 
+def kernel_accuracy(workdir: Path, size: int, cases: list[str]) -> list[dict[str, float]]:
+    """The fast kernel (kernels_rows) against the exact one on the truth harness's maps: each case is
+    simulated (`opmon simulate`, the harness's detector window) and processed both ways."""
+    from opmon.benchmarks.bench_truth import ROI as TRUTH_ROI
+    from opmon.commands.simulate import simulate
+
+    rows = []
+    for case in cases:
+        raw = workdir / f"accuracy_{case}.h5"
+        simulate(raw, ny=size, nx=size, roi=TRUTH_ROI, effects=case, progress=False, force=True)
+        fast = process_file(raw, workdir / f"{case}_fast.h5", ProcessOptions(), force=True)
+        exact = process_file(raw, workdir / f"{case}_exact.h5", ProcessOptions(exact_kernel=True), force=True)
+        for entry, a in fast.items():
+            b = exact[entry]
+            both = (a.mask & b.mask).astype(bool)
+            rows.append({"case": case, "pixels": int(both.sum()), "mask_differs": int((a.mask != b.mask).sum()),
+                         "d": float(np.max(np.abs(a.d_spacing - b.d_spacing)[both])),
+                         "tilt": float(np.max(np.abs(a.tilt_altitude - b.tilt_altitude)[both])),
+                         "width": float(np.max(np.abs(a.peak_width / b.peak_width - 1.0)[both])),
+                         "d_median": float(np.median(b.d_spacing[both]))})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="opmon bench process", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -194,19 +219,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the best of each is kept")
     parser.add_argument("--map", type=int, nargs=3, default=(20, 28, 31), metavar=("NY", "NX", "ANGLES"),
                         help="simulated 128 x 160 map for the whole-command figure (default 20 28 31: 17,360 frames)")
+    parser.add_argument("--accuracy", nargs="*", metavar="CASE", default=None,
+                        help="instead of the speeds: the fast kernel against the exact one on simulated truth-harness "
+                        "maps (`opmon bench truth` cases; default none all drift)")
+    parser.add_argument("--size", type=int, default=16, help="map side of the --accuracy maps (default 16)")
     args = parser.parse_args(argv)
+    if args.accuracy is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = kernel_accuracy(Path(tmp), args.size, args.accuracy or ["none", "all", "drift"])
+        print(f"fast kernel vs exact kernel, {args.size}x{args.size} maps, ROI window of the truth harness "
+              f"(fit tolerance {REL_TOL:g} of |q|):")
+        for r in rows:
+            print(f"  {r['case']:6} {r['pixels']:4d} valid pixels (mask differs at {r['mask_differs']}): max |Δd| "
+                  f"{r['d']:.1e} Å (d ≈ {r['d_median']:.3f} Å), max |Δ tilt| {r['tilt']:.1e}°, max |Δ width| / width {r['width']:.1e}")
+        return 0
     if min(args.frames, args.file_frames, args.rounds, args.block, *args.map) < 1:
         parser.error("--frames, --file-frames, --block, --rounds and --map must be >= 1")
     print(f"opmon bench process: photon-counting frames (Bragg peak ~1e3 counts, 1e-3 counts/pixel background), "
           f"block {args.block}, best of {args.rounds} interleaved rounds, kernels in thread CPU time")
-    print(f"{'dtype':7} {'region':9} {'frames':8} {'kernel fr/s':>12} {'numpy sum fr/s':>15} {'fused numba fr/s':>17} "
-          f"{'kernel/fused':>13} {'kernel/numpy':>13}")
+    print("kernel: the default (kernels_rows, q fitted along row segments); exact: the per-pixel kernel "
+          "(threshold > 0, despeckle, exact_kernel=True)")
+    print(f"{'dtype':7} {'region':9} {'frames':8} {'kernel fr/s':>12} {'exact fr/s':>11} {'numpy sum fr/s':>15} "
+          f"{'fused numba fr/s':>17} {'kernel/fused':>13} {'exact/fused':>12} {'kernel/numpy':>13}")
     for dtype in (np.uint32, np.uint16):
         for label, shape, roi, n in (("full", SHAPE, None, args.frames), ("ROI 128²", SHAPE, ROI, args.frames),
                                      ("full", ROI_FRAME, None, 12 * args.frames)):
             r = bench_kernel(n, dtype, shape, roi, args.block, args.rounds)
-            print(f"{np.dtype(dtype).name:7} {label:9} {shape[0]}x{shape[1]:<4} {r['kernel']:12.0f} {r['numpy']:15.0f} "
-                  f"{r['fused']:17.0f} {r['kernel'] / r['fused']:13.2f} {r['kernel'] / r['numpy']:13.2f}", flush=True)
+            print(f"{np.dtype(dtype).name:7} {label:9} {shape[0]}x{shape[1]:<4} {r['kernel']:12.0f} {r['exact']:11.0f} "
+                  f"{r['numpy']:15.0f} {r['fused']:17.0f} {r['kernel'] / r['fused']:13.2f} {r['exact'] / r['fused']:12.2f} "
+                  f"{r['kernel'] / r['numpy']:13.2f}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         mbs, read_mbs, ratio = bench_end_to_end(args.file_frames, np.uint32, Path(tmp))
         print(f"end-to-end opmon process (uint32, bitshuffle/LZ4, compressed to {ratio:.1%}): "

@@ -20,6 +20,7 @@ while a beam drop no longer dims half the map.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from typing import Any, Literal
@@ -28,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from opmon.errors import FrameShapeError, MapIndexError, OpmonError
-from opmon.processors import kernels
+from opmon.processors import kernels, kernels_rows
 from opmon.processors.background import Plane, basis_images, fit_plane, outside_pixels
 from opmon.processors.geometry import DetectorGeometry, pixel_q_lab_window
 from opmon.processors.maps import FLAG_EDGE, LOW_COUNTS, MASK_FRACTION, MapResult, derive_maps, map_flags
@@ -80,11 +81,15 @@ class MomentAccumulator:
         photons and shifts it, so it is off by default: the background image is subtracted
         in expectation instead.
     low_counts : map pixels whose Σ I is below this many counts get `maps.FLAG_LOW_COUNTS`.
+    exact_kernel : always use the per-pixel kernel (`kernels`); by default, with threshold 0 and
+        despeckle off, frames go through `kernels_rows` (q as a fitted quadratic along row
+        segments, within `kernels_rows.REL_TOL` of the exact q) wherever its fit holds.
     """
 
     def __init__(self, geometry: DetectorGeometry, map_shape: tuple[int, int], *, roi: Roi | None = None,
                  detector_mask: npt.NDArray[np.uint8] | None = None, threshold: int = 0,
-                 background: Background = "auto", despeckle: bool = False, low_counts: float = LOW_COUNTS) -> None:
+                 background: Background = "auto", despeckle: bool = False, low_counts: float = LOW_COUNTS,
+                 exact_kernel: bool = False) -> None:
         rows, cols = geometry.frame_shape
         self.geometry = geometry
         self.map_shape = (int(map_shape[0]), int(map_shape[1]))
@@ -117,6 +122,8 @@ class MomentAccumulator:
         self._basis = np.ascontiguousarray(basis[:, r0:r1, c0:c1] * (detector_mask[r0:r1, c0:c1] == 0))
         self.despeckle = bool(despeckle)
         self.low_counts = float(low_counts)
+        self.exact_kernel = bool(exact_kernel) or self.threshold > 0 or self.despeckle   # per-pixel rules: exact kernel
+        self._fast: tuple[np.ndarray, ...] | None = None   # the fast kernel's tables at the detector position
         valid = detector_mask == 0
         self.n_roi_pixels = int(valid[r0:r1, c0:c1].sum())
         sampled = valid[::BACKGROUND_ROW_STRIDE]   # the rows the kernel reads whole for the background
@@ -164,6 +171,8 @@ class MomentAccumulator:
         roi_moments[10] = 0.0
         self._roi_moments = roi_moments
         self._basis_moments = basis_moments(self._basis, self._q_lab)
+        poly = None if self.exact_kernel else kernels_rows.roi_polynomials(self.geometry, nu, delta, self.roi)
+        self._fast = None if poly is None else poly.tables(roi_mask)
         self._detector_angles = (nu, delta)
 
     def _check_frames(self, frames: np.ndarray) -> None:
@@ -197,6 +206,11 @@ class MomentAccumulator:
         a = self._angles
         a[0] += 1.0; a[1] += eta; a[2] += phi; a[3] += nu; a[4] += delta  # noqa: E702 (plain floats: ~100 ns)
         r0, r1, c0, c1 = self.roi
+        if self._fast is not None:
+            kernels_rows.accumulate_frame_rows(frame, float(eta), float(phi), int(map_index), reading, self._fast,
+                                               self.detector_mask, r0, r1, c0, c1, BACKGROUND_ROW_STRIDE,
+                                               self._roi_moments, self._basis_moments, *self._sums())
+            return
         kernels.accumulate_frame(frame, float(eta), float(phi), int(map_index), reading, self._q_lab, self.detector_mask,
                                  r0, r1, c0, c1, self.threshold, self.despeckle, BACKGROUND_ROW_STRIDE,
                                  self._roi_moments, self._basis_moments, *self._sums())
@@ -239,6 +253,12 @@ class MomentAccumulator:
         r0, r1, c0, c1 = self.roi
         for start, stop in zip([0, *moved.tolist()], [*moved.tolist(), k]):
             self._use_detector_angles(float(nus[start]), float(deltas[start]))
+            if self._fast is not None:
+                kernels_rows.accumulate_block_rows(frames[start:stop], etas[start:stop], phis[start:stop],
+                                                   index[start:stop], monitors[start:stop], self._fast,
+                                                   self.detector_mask, r0, r1, c0, c1, BACKGROUND_ROW_STRIDE,
+                                                   self._roi_moments, self._basis_moments, *self._sums())
+                continue
             kernels.accumulate_block(frames[start:stop], etas[start:stop], phis[start:stop], index[start:stop],
                                      monitors[start:stop], self._q_lab, self.detector_mask, r0, r1, c0, c1,
                                      self.threshold, self.despeckle, BACKGROUND_ROW_STRIDE, self._roi_moments,
@@ -469,15 +489,14 @@ def basis_moments(basis: npt.NDArray[np.float64], q_lab: npt.NDArray[np.float64]
 
 def warm_up_kernels() -> None:
     """Load the compiled kernels for every frame type a live service meets (writable and
-    read-only ZeroMQ buffers, uint16 and uint32) now, not on the first real frame: loading
-    one specialization from numba's cache takes a few hundred ms, enough to back up a stream."""
+    read-only ZeroMQ buffers, uint16 and uint32; the fast and the exact kernel) now, not on the
+    first real frame: loading one specialization from numba's cache takes a few hundred ms, enough to back up a stream."""
     geometry = DetectorGeometry(10000.0, 1.0, (5.5e-5, 5.5e-5), (0.0, 0.0), (16, 16))
-    for dtype in (np.uint16, np.uint32):
-        for writeable in (True, False):
-            frame = np.ones((16, 16), dtype=dtype)
-            frame.flags.writeable = writeable
-            acc = MomentAccumulator(geometry, (1, 1), roi=(4, 12, 4, 12))
-            acc.process_frame(frame, 0, 10.0, 0.0, 0.0, 30.0)
-            acc.process_frame(frame, 0, 10.0, 0.0, 0.0, 30.0, monitor=2.0)
-            acc.process_block(frame[None], [0], [10.0], [0.0], 0.0, 30.0)
-            acc.finalize(partial=True)
+    for dtype, writeable, exact in itertools.product((np.uint16, np.uint32), (True, False), (False, True)):
+        frame = np.ones((16, 16), dtype=dtype)
+        frame.flags.writeable = writeable
+        acc = MomentAccumulator(geometry, (1, 1), roi=(4, 12, 4, 12), exact_kernel=exact)
+        acc.process_frame(frame, 0, 10.0, 0.0, 0.0, 30.0)
+        acc.process_frame(frame, 0, 10.0, 0.0, 0.0, 30.0, monitor=2.0)
+        acc.process_block(frame[None], [0], [10.0], [0.0], 0.0, 30.0)
+        acc.finalize(partial=True)

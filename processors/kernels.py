@@ -1,5 +1,9 @@
 """numba kernels of the moment accumulator: one pass over each frame in its own integer type.
 
+These are the exact kernels: every pixel's own q from the table. With threshold 0 and despeckle
+off the accumulator takes `kernels_rows` instead (q as a fitted quadratic along row segments,
+branch-free and vectorized); it shares `add_frame_moments` and `_outside_counts` with these.
+
 A frame from a photon-counting detector is mostly zeros, so the scan is bound by reading the
 frame: each row is OR-reduced (a loop the compiler vectorizes), an empty row is skipped, and a
 row with counts is OR-reduced again in cache-line-sized pieces so that only the pieces holding
@@ -176,6 +180,12 @@ def frame_moments_image(frame, q_lab, mask, r0, r1, c0, c1, threshold, despeckle
             kept, seen = _outside_counts(frame, r, in_rows, c0, c1, threshold, mask, despeckle, image[r // stride], weight)
             outside += kept
             raw += seen
+    store_moments(out, s0, sx, sy, sz, sxx, sxy, sxz, syy, syz, szz, outside, raw)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def store_moments(out, s0, sx, sy, sz, sxx, sxy, sxz, syy, syz, szz, outside, raw):  # type: ignore[no-untyped-def]
+    """Write a frame's ten moments, its kept counts outside the ROI and (when out has room) all of them."""
     out[0], out[1], out[2], out[3], out[4] = s0, sx, sy, sz, sxx
     out[5], out[6], out[7], out[8], out[9] = sxy, sxz, syy, syz, szz
     out[10] = outside
@@ -274,8 +284,18 @@ def _accumulate_one(frame, eta, phi, pixel, monitor, q_lab, mask, r0, r1, c0, c1
     none, the sums are then those of the frame itself, bit for bit). `scratch` is (6, 3, 3),
     its last plane the sample matrix.
     """
+    frame_moments_image(frame, q_lab, mask, r0, r1, c0, c1, threshold, despeckle, stride, moments, bg_image, 1.0 / monitor)
+    add_frame_moments(moments, eta, phi, pixel, monitor, roi_moments, basis_moments, sum_i, sum_iq, sum_iqq, n_frames,
+                      bg_counts, bg_q, bg_qq, bg_basis_q, bg_basis_qq, pixel_sums, scratch)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def add_frame_moments(moments, eta, phi, pixel, monitor, roi_moments, basis_moments, sum_i, sum_iq, sum_iqq, n_frames,
+                      bg_counts, bg_q, bg_qq, bg_basis_q, bg_basis_qq, pixel_sums, scratch):  # type: ignore[no-untyped-def]
+    """Add one frame's lab moments (12,) (see `frame_moments_image`) to its map pixel: divided by the
+    monitor, rotated into the sample frame, with the ROI's and the basis images' geometric moments
+    rotated alike. Shared by every frame kernel (kernels_rows too), so the sums agree by construction."""
     weight = 1.0 / monitor
-    frame_moments_image(frame, q_lab, mask, r0, r1, c0, c1, threshold, despeckle, stride, moments, bg_image, weight)
     if monitor != 1.0:
         for k in range(N_MOMENTS + 2):
             moments[k] *= weight

@@ -49,6 +49,7 @@ class ProcessOptions:
     background: Background = "auto"
     despeckle: bool = False
     block: int = 64
+    exact_kernel: bool = False  # the per-pixel kernel even where kernels_rows' fitted q applies (comparisons)
     skip_bad_frames: bool = False  # corrupt frames: skip and list them (True) or stop with an error
     find_bad_pixels: bool = True  # hot/dead pixels found from sampled frames join the file's mask
     register: Registration = "off"  # eta scans registered before they add up: off, from the data (auto), or given shifts
@@ -229,7 +230,7 @@ def new_accumulator(smap: SourceMap, options: ProcessOptions, roi: Roi,
     """An empty accumulator for `smap` with the options' reduction settings (what each task of a split map needs);
     `mask` replaces the file's detector mask (e.g. `MapPlan.mask`)."""
     meta = smap.meta
-    settings: dict[str, Any] = dict(roi=roi, detector_mask=meta.detector_mask if mask is None else mask,
+    settings: dict[str, Any] = dict(roi=roi, exact_kernel=options.exact_kernel, detector_mask=meta.detector_mask if mask is None else mask,
                                     threshold=options.threshold, background=options.background, despeckle=options.despeckle,
                                     low_counts=options.low_counts)
     if options.register == "off" and options.peak_fit == "off":

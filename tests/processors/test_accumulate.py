@@ -5,6 +5,7 @@ import pytest
 from opmon.errors import FrameShapeError, MapIndexError, OpmonError
 from opmon.processors.accumulate import MomentAccumulator
 from opmon.processors.geometry import DetectorGeometry
+from opmon.processors.kernels_rows import REL_TOL
 
 GEO = DetectorGeometry(10000.0, 1.6, (55e-6, 55e-6), (250.0, 260.0), (48, 64))
 NU, DELTA = 30.0, 5.0
@@ -31,17 +32,25 @@ def numpy_sums(frames, index, eta, phi, roi, mask, npix=6):
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.uint32])
 @pytest.mark.parametrize("roi", [None, (10, 40, 20, 50)])
-def test_sums_equal_numpy(dtype, roi):
+@pytest.mark.parametrize("exact", [True, False])
+def test_sums_equal_numpy(dtype, roi, exact):
     frames, index, eta, phi = random_frames(dtype=dtype)
     mask = np.zeros((48, 64), np.uint8)
     mask[22, 33] = 1
     mask[0, 0] = 1
-    acc = MomentAccumulator(GEO, (2, 3), roi=roi, detector_mask=mask, background=None, despeckle=False)
+    acc = MomentAccumulator(GEO, (2, 3), roi=roi, detector_mask=mask, background=None, despeckle=False, exact_kernel=exact)
     acc.process_block(frames, index, eta, phi, NU, DELTA)
+    assert (acc._fast is None) == exact        # the default options take the fast kernel
     s0, s1, s2 = numpy_sums(frames, index, eta, phi, roi or (0, 48, 0, 64), mask)
     assert np.array_equal(acc.sum_i, s0)
-    assert np.allclose(acc.sum_iq, s1, rtol=1e-12, atol=1e-9)
-    assert np.allclose(acc.sum_iqq, s2, rtol=1e-12, atol=1e-9)
+    if exact:
+        assert np.allclose(acc.sum_iq, s1, rtol=1e-12, atol=1e-9)
+        assert np.allclose(acc.sum_iqq, s2, rtol=1e-12, atol=1e-9)
+    else:   # q is its fitted quadratic, within REL_TOL of |q|: Σ I·q within REL_TOL·|q|·Σ I, Σ I·q⊗q within twice that
+        q_max = np.sqrt(np.abs(s2).max() / s0.max())
+        np.testing.assert_allclose(acc.sum_iq, s1, rtol=0, atol=REL_TOL * q_max * s0.max())
+        np.testing.assert_allclose(acc.sum_iqq, s2, rtol=0, atol=2 * REL_TOL * q_max**2 * s0.max())
+        assert not np.allclose(acc.sum_iq, s1, rtol=1e-13, atol=0)   # not the exact kernel by another name
     assert acc.frames_seen == len(frames)
 
 

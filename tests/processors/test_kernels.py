@@ -53,7 +53,7 @@ def test_sums_are_bit_identical_to_the_previous_kernel(shape, dtype, roi, thresh
     index, eta, phi = rng.integers(0, 6, n), rng.uniform(18.0, 20.0, n), rng.uniform(-1.0, 1.0, n)
     nu = np.where(np.arange(n) < n // 2, 2.0, 2.5)          # the detector moves once within the block
     delta = np.full(n, 35.0)
-    options = dict(roi=roi, detector_mask=mask, threshold=threshold, despeckle=despeckle)
+    options = dict(roi=roi, detector_mask=mask, threshold=threshold, despeckle=despeckle, exact_kernel=True)
     block = MomentAccumulator(geometry, (2, 3), **options)
     block.process_block(frames, index, eta, phi, nu, delta)
     one_by_one = MomentAccumulator(geometry, (2, 3), **options)
