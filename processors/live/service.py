@@ -93,12 +93,13 @@ class LiveService:
         self.publish_latencies.extend(now - t for t in lm.unpublished_t)
         lm.unpublished_t.clear()
 
-    def _final(self, run: LiveRun, lm: LiveMap, acc: MomentAccumulator, *, n_frames: int, frames_lost: int) -> None:
-        """Make, publish and archive `lm`'s final maps from `acc`."""
+    def _final(self, run: LiveRun, lm: LiveMap, acc: MomentAccumulator, *, n_frames: int, frames_lost: int,
+               options: dict[str, Any] | None = None) -> None:
+        """Make, publish and archive `lm`'s final maps from `acc` (taken with `options`, default the map's)."""
         lm.done = True
         dose = run.dose.grid(up_to=lm.number) if run.dose is not None else None   # maps 0..this one
         self.outputs.final(acc, run=run.uid, number=lm.number, n_frames=n_frames, frames_lost=frames_lost,
-                           options=run.options, dose=dose)
+                           options=options if options is not None else run.map_options(lm), dose=dose)
         if run.dose is not None:
             run.dose.release(lm.number)
         self._published(lm)
@@ -107,7 +108,7 @@ class LiveService:
     def _partial(self, run: LiveRun, lm: LiveMap, acc: MomentAccumulator, *, n_frames: int, frames_lost: int) -> None:
         """Publish `lm` in progress from `acc` on the display channel."""
         self.outputs.partial(acc, run=run.uid, number=lm.number, n_frames=n_frames, frames_lost=frames_lost,
-                             options=run.options, dose=run.dose.grid(up_to=lm.number) if run.dose is not None else None)
+                             options=run.map_options(lm), dose=run.dose.grid(up_to=lm.number) if run.dose is not None else None)
         self._published(lm)
 
     # -- what each executor says ------------------------------------------------------------------

@@ -1,0 +1,66 @@
+"""A map's frames kept in memory, sparse, while its ROI is provisional, to re-make the map with its own ROI.
+
+The live processor must accumulate a frame when it arrives, but the ROI that holds a map's peak
+is known only at the map's end (an eta-outer scan starts off the rocking curve). Photon-counting
+frames are mostly zeros, so the counting pixels of a map whose ROI is provisional are kept
+(flat index and value, a few kB a frame instead of a MiB), up to a memory budget; at the map's
+end the map is accumulated again from them with the ROI of the whole map, exactly as
+`opmon process` does. Over the budget they are dropped (the archive, when there is one, then serves).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+#: memory the held frames of one map may take (the first map of a run: its ROI is provisional)
+HELD_BYTES = 512 << 20
+
+_HEADER_KEYS = ("index", "eta", "phi", "nu", "delta", "monitor")
+
+
+class HeldFrames:
+    """The counting pixels of one map's frames, in arrival order, up to `budget` bytes."""
+
+    def __init__(self, budget: int = HELD_BYTES) -> None:
+        self.budget = budget
+        self.nbytes = 0
+        self.overflowed = False
+        self._frames: list[tuple[tuple[Any, ...], npt.NDArray[np.uint32], npt.NDArray[Any]]] = []
+        self._shape: tuple[int, int] | None = None
+        self._dtype: np.dtype[Any] | None = None
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def add(self, header: dict[str, Any], frame: npt.NDArray[Any]) -> bool:
+        """Keep `frame`'s counting pixels; False (and nothing held any more) once over the budget."""
+        if self.overflowed:
+            return False
+        flat = frame.reshape(-1)
+        where = np.flatnonzero(flat).astype(np.uint32)
+        values = flat[where]
+        self.nbytes += where.nbytes + values.nbytes + 200
+        if self.nbytes > self.budget:
+            self.drop()
+            return False
+        self._shape, self._dtype = frame.shape, frame.dtype
+        self._frames.append((tuple(header.get(k) for k in _HEADER_KEYS), where, values))
+        return True
+
+    def drop(self) -> None:
+        """Forget every frame (over the budget, or the map needs no re-making)."""
+        self._frames, self.nbytes, self.overflowed = [], 0, True
+
+    def frames(self) -> Iterator[tuple[dict[str, Any], npt.NDArray[Any]]]:
+        """(header fields the accumulator needs, dense frame) of every held frame, in arrival order."""
+        if self._shape is None or self._dtype is None:
+            return
+        frame = np.zeros(self._shape, dtype=self._dtype)
+        flat = frame.reshape(-1)
+        for values_of, where, values in self._frames:
+            flat[where] = values
+            yield dict(zip(_HEADER_KEYS, values_of)), frame
+            flat[where] = 0
