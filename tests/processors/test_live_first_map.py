@@ -1,0 +1,57 @@
+"""The first map of a run: its live ROI is decided with the whole rocking curve in view.
+
+An eta-outer scan's first frames are off the rocking curve, so the ROI the live processor can
+decide from them is the full frame or a window around the rocking tails; the map is then made
+again at its end with the ROI and mask `opmon process` takes from the whole map.
+"""
+from __future__ import annotations
+
+import h5py
+import numpy as np
+
+from opmon.cli import main
+from opmon.processors.maps import read_map_result
+from opmon.processors.offline import ProcessOptions, process_entry
+from opmon.streaming.archive.raw import RawMapWriter
+
+from tests.processors.conftest import GEOMETRY, assert_same_maps
+
+FRAME = (64, 48)
+MAP = (4, 4)
+ETAS = 10.0 + 0.016 * np.arange(10)
+
+
+def off_peak_start(seed: int = 3) -> list[tuple[np.ndarray, int, float]]:
+    """An eta-outer map whose rocking curve peaks at its 7th eta step (the first four show ~nothing),
+    on a background that rises across the detector (a full-frame ROI cannot measure it)."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[: FRAME[0], : FRAME[1]]
+    background = 0.004 + 0.06 * rows / FRAME[0]
+    out = []
+    for k, eta in enumerate(ETAS):
+        for p in range(MAP[0] * MAP[1]):
+            r0, c0 = 40 + 0.5 * (p % 4) + 0.6 * (k - 6.5), 20 + 0.5 * (p // 4)
+            amp = 300 * (1 + p % 3) * np.exp(-0.5 * ((k - 6.5) / 1.0) ** 2)
+            lam = amp * np.exp(-((rows - r0) ** 2 + (cols - c0) ** 2) / (2 * 2.5 ** 2)) + background
+            out.append((rng.poisson(lam).astype(np.uint32), p, float(eta)))
+    return out
+
+
+def test_first_map_starting_off_the_rocking_curve_equals_opmon_process(tmp_path, capsys):
+    raw = tmp_path / "raw.h5"
+    frames = off_peak_start()
+    with h5py.File(raw, "w") as f:
+        writer = RawMapWriter(f.create_group("entry"), frame_shape=FRAME, dtype=np.uint32, map_shape=MAP, **GEOMETRY)
+        writer.append(np.stack([fr for fr, _, _ in frames]), [p for _, p, _ in frames], [e for _, _, e in frames],
+                      0.0, 0.0, 30.0)
+    out = tmp_path / "replayed.h5"
+    assert main(["replay", str(raw), "-o", str(out)]) == 0     # live: ROI decided from the first 64 frames
+    assert "frames lost 0" in capsys.readouterr().out
+    with h5py.File(out, "r") as f, h5py.File(raw, "r") as r:
+        live = read_map_result(f["entry0"])
+        live_roi = tuple(int(v) for v in f["entry0/maps"].attrs["roi"])
+        offline, offline_roi = process_entry(r["entry"], ProcessOptions())       # `opmon process`, auto ROI
+    assert offline_roi != (0, FRAME[0], 0, FRAME[1]) and offline_roi[0] > 10, offline_roi
+    assert live_roi == offline_roi
+    assert int(offline.mask.sum()) >= 12
+    assert_same_maps(live, offline)
