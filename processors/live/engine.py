@@ -94,6 +94,7 @@ class LiveMap:
     provisional: bool = False        # that ROI came from part of a map or is the full-frame fallback
     picks: MapPicks | None = None    # the frames `opmon process` samples for its ROI, summed (auto ROI)
     held: HeldFrames | None = None   # its frames, kept to re-make it with its own ROI (provisional ROI)
+    roi_pending: bool = False        # fan-out worker: its ROI comes with the previous map's end
 
 
 @dataclass
@@ -244,8 +245,11 @@ class LiveRun(RunShapes):
 
     def begin_sums(self, lm: LiveMap) -> None:
         """`lm`'s first frame: its sums begin with the run's ROI now (kept to the end of the map)."""
-        lm.roi = self.roi
-        lm.provisional = self.provisional
+        if lm.roi is None:
+            lm.roi = self.roi
+            lm.provisional = self.provisional
+        else:
+            lm.provisional = lm.provisional and self.follows
         if lm.provisional and lm.held is None:
             lm.held = HeldFrames()
         lm.acc = self.accumulator(lm)

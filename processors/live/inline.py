@@ -26,7 +26,6 @@ from opmon.processors.accumulate import Roi, warm_up_kernels
 from opmon.processors.live.engine import LiveMap, LiveRun
 from opmon.processors.live.service import LiveService
 from opmon.processors.live.recovery import recover_missed_maps, recover_prefix
-from opmon.processors.live.remake import remake_map
 from opmon.streaming import protocol as P
 from opmon.streaming.archive.reader import RunArchive
 from opmon.streaming.receiver import Counters, FrameReceiver, MapProgress, RunInfo
@@ -143,15 +142,7 @@ class LiveProcessor(LiveService):
             return
         lm.ended = True
         acc = lm.acc if lm.acc is not None else run.accumulator(lm)
-        plan = run.map_plan(lm)                     # the ROI and mask `opmon process` takes for this map
-        options = run.map_options(lm)
-        if run.remake_wanted(lm, plan):
-            assert plan is not None
-            remade = remake_map(run, lm, plan, self.archive_dir)
-            if remade is not None:
-                acc, options = remade
-        self._final(run, lm, acc, n_frames=self._expected(number), frames_lost=self._lost(number), options=options)
-        run.conclude_map(lm, plan)      # the maps to come: the ROI this map's peak asks for, if it moved
+        self._final_own_roi(run, lm, acc, n_frames=self._expected(number), frames_lost=self._lost(number))
 
     def _progress(self, number: int) -> MapProgress | None:
         return self.info.maps.get(number) if self.run is not None and self.info is not None else None

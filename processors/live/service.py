@@ -22,6 +22,7 @@ from opmon.processors.accumulate import MomentAccumulator, Roi
 from opmon.processors.live.engine import LiveMap, LiveRun, initial_roi
 from opmon.processors.live.outputs import MapOutputs
 from opmon.processors.live.recovery import catch_up
+from opmon.processors.live.remake import remake_map
 from opmon.processors.maps import MapResult
 from opmon.streaming import protocol as P
 
@@ -73,9 +74,11 @@ class LiveService:
     def _new_run(self, start: dict[str, Any], mask: npt.NDArray[np.uint8] | None, *, adopted: bool,
                  roi: Roi | None) -> LiveRun:
         """A run with this processor's settings; `roi` (recovered from the archive) before the setting."""
-        run = LiveRun.begin(start, mask, roi or initial_roi(self.roi_setting, start), threshold=self.threshold,
+        given = initial_roi(self.roi_setting, start)
+        run = LiveRun.begin(start, mask, roi or given, threshold=self.threshold,
                             background=self.background, roi_quota=self.roi_frames, roi_wait_s=self.roi_wait_s,
-                            adopted=adopted, register=self.register)
+                            adopted=adopted, register=self.register,
+                            follows=self.roi_setting == "auto" and given is None)   # also after a restart (`roi` recovered)
         if run.roi is not None:
             self.roi_decided_at = time.time()
         return run
@@ -104,6 +107,21 @@ class LiveService:
             run.dose.release(lm.number)
         self._published(lm)
         lm.acc = None   # the sums of a finished map are its final maps now: a run of hundreds of maps must not keep them
+
+    def _final_own_roi(self, run: LiveRun, lm: LiveMap, acc: MomentAccumulator, *, n_frames: int,
+                       frames_lost: int) -> Roi | None:
+        """`lm`'s final maps with the ROI and mask its whole map asks for (`opmon process`'s rule on
+        the frames it samples): a map taken with a provisional ROI is re-made (`remake.remake_map`);
+        then the maps to come follow its peak. Returns the ROI they take when it changed."""
+        plan = run.map_plan(lm)
+        options = run.map_options(lm)
+        if run.remake_wanted(lm, plan):
+            assert plan is not None
+            remade = remake_map(run, lm, plan, self.archive_dir)
+            if remade is not None:
+                acc, options = remade
+        self._final(run, lm, acc, n_frames=n_frames, frames_lost=frames_lost, options=options)
+        return run.conclude_map(lm, plan)
 
     def _partial(self, run: LiveRun, lm: LiveMap, acc: MomentAccumulator, *, n_frames: int, frames_lost: int) -> None:
         """Publish `lm` in progress from `acc` on the display channel."""

@@ -33,11 +33,13 @@ def _map_frames(peak_row: float, seed: int) -> list[tuple[np.ndarray, int, float
 
 
 @pytest.mark.timeout(120)
-def test_the_next_maps_roi_is_centred_on_the_moved_peak():
+@pytest.mark.parametrize("workers", [1, 2], ids=["inline", "fan-out"])
+def test_the_next_maps_roi_is_centred_on_the_moved_peak(workers):
+    """Inline, and fan-out workers told each map's ROI by the coordinator, follow the peak alike."""
     ctx = zmq.Context()
     maps_in, maps_endpoint, _ = map_sockets(ctx)
     sink = ZmqFrameSink(["tcp://127.0.0.1:*"], context=ctx, stall_timeout_s=60)
-    processor = open_live_processor(sink.endpoints[0], None, maps_endpoint, workers=1, roi_frames=20,
+    processor = open_live_processor(sink.endpoints[0], None, maps_endpoint, workers=workers, roi_frames=20,
                                     roi_wait_s=60.0, context=ctx)
     thread = threading.Thread(target=processor.serve, daemon=True)
     thread.start()
