@@ -7,7 +7,11 @@ rebuilds the run from the control messages the workers pass on, tells every work
 geometry, ROI and map shapes, counts the frames the workers report (loss = frames sent in a
 map minus frames accumulated, or filled from the archive), and merges the workers' additive
 sums into partial and final maps: it runs the same engine (`engine.LiveRun`, `roi.RoiDecider`)
-and the same outputs (`service.LiveService`) as the inline processor, fed with sums, not frames. Control messages reach the coordinator through different workers, so
+and the same outputs (`service.LiveService`) as the inline processor, fed with sums, not frames.
+The ROI follows the peak as inline: each map's own ROI comes from the workers' picks (`roi.MapPicks`,
+handed in with their final sums); the next map's ROI is told to the workers before they take its
+frames (they hold them till then); a map taken with a provisional ROI is re-made from the archive,
+else by the workers from the frames they held. Control messages reach the coordinator through different workers, so
 nothing here depends on their order: a map is final when every frame sent in it has been
 accumulated (or after a grace period), a run ends when its maps are final.
 """

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import numba
 import numpy as np
 import numpy.typing as npt
 
@@ -19,6 +20,25 @@ import numpy.typing as npt
 HELD_BYTES = 512 << 20
 
 _HEADER_KEYS = ("index", "eta", "phi", "nu", "delta", "monitor")
+
+
+@numba.njit(cache=True, nogil=True)
+def counting_pixels(flat: npt.NDArray[Any]) -> tuple[npt.NDArray[np.uint32], npt.NDArray[Any]]:
+    """(flat indices, values) of the non-zero pixels of a frame: one pass to count, one to copy
+    (numpy's flatnonzero + fancy indexing took ~10x a plain copy of the frame)."""
+    n = 0
+    for i in range(flat.size):
+        if flat[i] != 0:
+            n += 1
+    where = np.empty(n, dtype=np.uint32)
+    values = np.empty(n, dtype=flat.dtype)
+    k = 0
+    for i in range(flat.size):
+        if flat[i] != 0:
+            where[k] = i
+            values[k] = flat[i]
+            k += 1
+    return where, values
 
 
 class HeldFrames:
@@ -39,9 +59,7 @@ class HeldFrames:
         """Keep `frame`'s counting pixels; False (and nothing held any more) once over the budget."""
         if self.overflowed:
             return False
-        flat = frame.reshape(-1)
-        where = np.flatnonzero(flat).astype(np.uint32)
-        values = flat[where]
+        where, values = counting_pixels(frame.reshape(-1))
         self.nbytes += where.nbytes + values.nbytes + 200
         if self.nbytes > self.budget:
             self.drop()

@@ -4,11 +4,14 @@ One process receives (the receiver checks each message and accounts for loss by 
 number), feeds every frame to the run's engine (`engine.LiveRun`, the same `MomentAccumulator`
 as `opmon process`), publishes partial maps a few times a second on the lossy display channel,
 and the final map of each map both there and on the lossless channel to the archiver
-(`service.LiveService`). The ROI is decided from the run's first frames (or configured); an auto
-ROI then follows the peak: after each map, the auto-ROI rule on one in 16 of its frames re-centres
-the ROI of the maps to come when the peak left it (`engine.LiveRun.follow_peak`). Each map records
-the ROI it was summed with, so `opmon process --roi` reproduces it. A processor restarted
-mid-run recovers what it missed from the archive (live/recovery.py).
+(`service.LiveService`). The ROI is decided from the run's first frames (or configured). An auto
+ROI decided so is provisional (an eta-outer scan starts off the rocking curve): the map's frames
+are kept (`held_frames`) and at its end the map is made again with the ROI and mask `opmon process`
+takes from the whole map (`remake`); then each map's own ROI, from the frames `opmon process`
+samples, re-centres the ROI of the maps to come when the peak left it (`engine.LiveRun.conclude_map`).
+Each map records the ROI it was summed with, so `opmon process --roi` reproduces it. A processor
+restarted mid-run recovers what it missed from the archive (live/recovery.py) and follows on from
+the ROI of the run's latest archived maps.
 """
 from __future__ import annotations
 

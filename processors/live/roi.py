@@ -4,10 +4,12 @@ The ROI is first decided from the sum of a run's first frames, with the hot and 
 frames show added to the detector mask first (`opmon.processors.bad_pixels`, as `opmon process` does). An eta-outer scan often starts
 off the rocking curve, so the first frames may show no Bragg peak: then the decision waits for
 more frames (or for `wait_s`), up to ROI_MAX_FRAMES, after which it settles for the full frame
-(whose background is then measured on the map points off the particle, `MomentAccumulator`). The
-inline processor then re-centres it on each map's peak (`engine.LiveRun.follow_peak`).
+(whose background is then measured on the map points off the particle, `MomentAccumulator`). Either
+is provisional: at the map's end `MapPicks` (the frames `opmon process` samples, summed as they came)
+gives the ROI of the whole map, the map is re-made with it (`remake`) and the maps to come follow it
+(`engine.LiveRun.conclude_map`).
 The inline processor, each fan-out worker (which reports its share of the sum) and the fan-out
-coordinator (which merges the shares and decides) all run this one `RoiDecider`.
+coordinator (which merges the shares and decides) all run this one `RoiDecider` and `MapPicks`.
 """
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 
 from opmon.cli import main
+from opmon.processors.live.held_frames import HeldFrames
 from opmon.processors.maps import read_map_result
 from opmon.processors.offline import ProcessOptions, process_entry
 from opmon.streaming.archive.raw import RawMapWriter
@@ -55,3 +56,21 @@ def test_first_map_starting_off_the_rocking_curve_equals_opmon_process(tmp_path,
     assert live_roi == offline_roi
     assert int(offline.mask.sum()) >= 12
     assert_same_maps(live, offline)
+
+
+def test_held_frames_give_back_every_frame_and_drop_all_over_the_budget():
+    rng = np.random.default_rng(0)
+    frames = [(rng.random(FRAME) < 0.02).astype(np.uint32) * rng.integers(1, 9, FRAME, dtype=np.uint32)
+              for _ in range(5)]
+    held = HeldFrames()
+    for k, frame in enumerate(frames):
+        assert held.add({"index": k, "eta": 0.1 * k, "phi": 0.0, "nu": 0.0, "delta": 30.0}, frame)
+    back = [(h["index"], h["eta"], h["monitor"], frame.copy()) for h, frame in held.frames()]
+    assert [b[:3] for b in back] == [(k, 0.1 * k, None) for k in range(5)]
+    for (_, _, _, got), sent in zip(back, frames):
+        np.testing.assert_array_equal(got, sent)
+    two = HeldFrames()
+    two.add({}, frames[0]), two.add({}, frames[1])
+    small = HeldFrames(budget=two.nbytes)                 # room for the first two
+    assert [small.add({}, frame) for frame in frames] == [True, True, False, False, False]
+    assert small.overflowed and len(small) == 0 and list(small.frames()) == []
