@@ -155,18 +155,20 @@ class LiveRun(RunShapes):
             return None
         return lm.picks.plan(self.known_mask if self.known_mask is not None else self.mask, self.frame_shape)
 
+    def misses_peak(self, roi: Roi, plan: MapPlan, provisional: bool) -> bool:
+        """`roi` does not hold the ROI a map's peak asks for (`plan`, within FOLLOW_SLACK pixels), or it
+        is the full-frame fallback of a provisional decision (whose background it cannot measure)."""
+        full = tuple(roi) == (0, self.frame_shape[0], 0, self.frame_shape[1])
+        return plan.peak and (not holds(roi, plan.roi) or (provisional and full))
+
     def remake_wanted(self, lm: LiveMap, plan: MapPlan | None) -> bool:
-        """`lm` was taken with a provisional ROI (or mask) other than the one its whole map asks for."""
-        if plan is None or not lm.provisional or lm.roi is None:
-            return False
-        same_mask = (plan.mask is None and self.mask is None) or (
-            plan.mask is not None and self.mask is not None and np.array_equal(plan.mask, self.mask))
-        return tuple(plan.roi) != tuple(lm.roi) or not same_mask
+        """`lm` was taken with a provisional ROI that misses the peak its whole map shows."""
+        return plan is not None and lm.provisional and lm.roi is not None and self.misses_peak(lm.roi, plan, True)
 
     def conclude_map(self, lm: LiveMap, plan: MapPlan | None) -> Roi | None:
-        """After map `lm`: the maps to come take its own ROI (`plan`) when the current one does not
-        hold it (within FOLLOW_SLACK pixels) or was provisional; a map showing no peak (a faded
-        reflection) keeps the ROI, never the full frame. Returns the new ROI, None when it stays."""
+        """After map `lm`: the maps to come take its own ROI (`plan`) when the current one misses its
+        peak (`misses_peak`); a map showing no peak (a faded reflection) keeps the ROI, never the full
+        frame. Returns the new ROI, None when it stays."""
         lm.held = None
         current = self.roi
         if plan is None or current is None:
@@ -175,10 +177,10 @@ class LiveRun(RunShapes):
             log.info("run %s: map %d shows no peak in its sampled frames; the ROI stays %s", self.uid, lm.number, current)
             return None
         was_provisional, self.provisional = self.provisional, False
-        if plan.mask is not self.mask and was_provisional:
-            self.mask = plan.mask
-        if holds(current, plan.roi) and not (was_provisional and tuple(plan.roi) != tuple(current)):
+        if not self.misses_peak(current, plan, was_provisional):
             return None
+        if was_provisional:
+            self.mask = plan.mask        # with the hot/dead pixels the whole map shows, as `opmon process`
         log.info("run %s: the peak of map %d asks for ROI %s (was %s): the maps that follow take it", self.uid,
                  lm.number, plan.roi, current)
         self.options = dict(self.options, roi=list(plan.roi))

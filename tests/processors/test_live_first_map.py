@@ -17,22 +17,24 @@ from opmon.streaming.archive.raw import RawMapWriter
 
 from tests.processors.conftest import GEOMETRY, assert_same_maps
 
-FRAME = (64, 48)
+FRAME = (96, 64)
 MAP = (4, 4)
-ETAS = 10.0 + 0.016 * np.arange(10)
+ETAS = 10.0 + 0.016 * np.arange(14)
 
 
 def off_peak_start(seed: int = 3) -> list[tuple[np.ndarray, int, float]]:
-    """An eta-outer map whose rocking curve peaks at its 7th eta step (the first four show ~nothing),
-    on a background that rises across the detector (a full-frame ROI cannot measure it)."""
+    """An eta-outer map whose rocking curve peaks between its 10th and 11th eta steps (the first six
+    show nothing), the peak moving over the detector with eta, on a background that rises across
+    the detector: its first 64 frames show only the bright rows (the live ROI decided from them
+    misses the peak) and a full-frame ROI could not measure the background."""
     rng = np.random.default_rng(seed)
     rows, cols = np.mgrid[: FRAME[0], : FRAME[1]]
     background = 0.004 + 0.06 * rows / FRAME[0]
     out = []
     for k, eta in enumerate(ETAS):
         for p in range(MAP[0] * MAP[1]):
-            r0, c0 = 40 + 0.5 * (p % 4) + 0.6 * (k - 6.5), 20 + 0.5 * (p // 4)
-            amp = 300 * (1 + p % 3) * np.exp(-0.5 * ((k - 6.5) / 1.0) ** 2)
+            r0, c0 = 55 + 0.5 * (p % 4) + 1.5 * (k - 9.5), 30 + 0.5 * (p // 4)
+            amp = 300 * (1 + p % 3) * np.exp(-0.5 * (k - 9.5) ** 2)
             lam = amp * np.exp(-((rows - r0) ** 2 + (cols - c0) ** 2) / (2 * 2.5 ** 2)) + background
             out.append((rng.poisson(lam).astype(np.uint32), p, float(eta)))
     return out
@@ -52,7 +54,7 @@ def test_first_map_starting_off_the_rocking_curve_equals_opmon_process(tmp_path,
         live = read_map_result(f["entry0"])
         live_roi = tuple(int(v) for v in f["entry0/maps"].attrs["roi"])
         offline, offline_roi = process_entry(r["entry"], ProcessOptions())       # `opmon process`, auto ROI
-    assert offline_roi != (0, FRAME[0], 0, FRAME[1]) and offline_roi[0] > 10, offline_roi
+    assert offline_roi != (0, FRAME[0], 0, FRAME[1]) and offline_roi[0] > 10 and offline_roi[1] < 90, offline_roi
     assert live_roi == offline_roi
     assert int(offline.mask.sum()) >= 12
     assert_same_maps(live, offline)
