@@ -44,8 +44,8 @@ def counting_pixels(flat: npt.NDArray[Any]) -> tuple[npt.NDArray[np.uint32], npt
 class HeldFrames:
     """The counting pixels of one map's frames, in arrival order, up to `budget` bytes."""
 
-    def __init__(self, budget: int = HELD_BYTES) -> None:
-        self.budget = budget
+    def __init__(self, budget: int | None = None) -> None:
+        self.budget = HELD_BYTES if budget is None else budget
         self.nbytes = 0
         self.overflowed = False
         self._frames: list[tuple[tuple[Any, ...], npt.NDArray[np.uint32], npt.NDArray[Any]]] = []

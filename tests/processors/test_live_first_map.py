@@ -6,41 +6,47 @@ again at its end with the ROI and mask `opmon process` takes from the whole map.
 """
 from __future__ import annotations
 
+import threading
+
 import h5py
 import numpy as np
+import pytest
 
 from opmon.cli import main
 from opmon.processors.live.held_frames import HeldFrames
 from opmon.processors.maps import read_map_result
 from opmon.processors.offline import ProcessOptions, process_entry
 from opmon.streaming.archive.raw import RawMapWriter
+from opmon.streaming.publisher import ZmqFrameSink
 
 from tests.processors.conftest import GEOMETRY, assert_same_maps
 
 FRAME = (96, 64)
 MAP = (4, 4)
-ETAS = 10.0 + 0.016 * np.arange(14)
+ETAS = 10.0 + 0.016 * np.arange(16)
 
 
 def off_peak_start(seed: int = 3) -> list[tuple[np.ndarray, int, float]]:
-    """An eta-outer map whose rocking curve peaks between its 10th and 11th eta steps (the first six
-    show nothing), the peak moving over the detector with eta, on a background that rises across
-    the detector: its first 64 frames show only the bright rows (the live ROI decided from them
-    misses the peak) and a full-frame ROI could not measure the background."""
+    """An eta-outer map whose rocking curve peaks between its 12th and 13th eta steps (the first ten
+    show nothing) in the detector's top rows, on a background that rises towards the bottom rows: its
+    first frames show only the bright rows (the live ROI decided from them misses the peak) and a
+    full-frame ROI could not measure the background."""
     rng = np.random.default_rng(seed)
     rows, cols = np.mgrid[: FRAME[0], : FRAME[1]]
     background = 0.004 + 0.06 * rows / FRAME[0]
     out = []
     for k, eta in enumerate(ETAS):
         for p in range(MAP[0] * MAP[1]):
-            r0, c0 = 55 + 0.5 * (p % 4) + 1.5 * (k - 9.5), 30 + 0.5 * (p // 4)
-            amp = 300 * (1 + p % 3) * np.exp(-0.5 * (k - 9.5) ** 2)
+            r0, c0 = 25 + 0.5 * (p % 4) + 1.5 * (k - 11.5), 30 + 0.5 * (p // 4)
+            amp = 300 * (1 + p % 3) * np.exp(-0.5 * ((k - 11.5) / 0.7) ** 2)
             lam = amp * np.exp(-((rows - r0) ** 2 + (cols - c0) ** 2) / (2 * 2.5 ** 2)) + background
             out.append((rng.poisson(lam).astype(np.uint32), p, float(eta)))
     return out
 
 
-def test_first_map_starting_off_the_rocking_curve_equals_opmon_process(tmp_path, capsys):
+@pytest.mark.parametrize("workers", [1, 2], ids=["inline", "fan-out"])
+def test_first_map_starting_off_the_rocking_curve_equals_opmon_process(tmp_path, capsys, workers):
+    """Inline, the map is re-made from the frames it held; fan-out, each worker re-makes its share."""
     raw = tmp_path / "raw.h5"
     frames = off_peak_start()
     with h5py.File(raw, "w") as f:
@@ -48,13 +54,13 @@ def test_first_map_starting_off_the_rocking_curve_equals_opmon_process(tmp_path,
         writer.append(np.stack([fr for fr, _, _ in frames]), [p for _, p, _ in frames], [e for _, _, e in frames],
                       0.0, 0.0, 30.0)
     out = tmp_path / "replayed.h5"
-    assert main(["replay", str(raw), "-o", str(out)]) == 0     # live: ROI decided from the first 64 frames
+    assert main(["replay", str(raw), "-o", str(out), "--workers", str(workers)]) == 0   # live: ROI from the first 64 frames
     assert "frames lost 0" in capsys.readouterr().out
     with h5py.File(out, "r") as f, h5py.File(raw, "r") as r:
         live = read_map_result(f["entry0"])
         live_roi = tuple(int(v) for v in f["entry0/maps"].attrs["roi"])
         offline, offline_roi = process_entry(r["entry"], ProcessOptions())       # `opmon process`, auto ROI
-    assert offline_roi != (0, FRAME[0], 0, FRAME[1]) and offline_roi[0] > 10 and offline_roi[1] < 90, offline_roi
+    assert offline_roi[1] < 60, offline_roi            # the peak's window, in the top rows, clear of the bright ones
     assert live_roi == offline_roi
     assert int(offline.mask.sum()) >= 12
     assert_same_maps(live, offline)
@@ -76,3 +82,40 @@ def test_held_frames_give_back_every_frame_and_drop_all_over_the_budget():
     small = HeldFrames(budget=two.nbytes)                 # room for the first two
     assert [small.add({}, frame) for frame in frames] == [True, True, False, False, False]
     assert small.overflowed and len(small) == 0 and list(small.frames()) == []
+
+
+@pytest.mark.timeout(120)
+def test_first_map_over_the_memory_budget_is_re_made_from_the_archive(tmp_path, monkeypatch):
+    """Frames over the memory budget are dropped; the map is then re-made from the run's archive and
+    equals `opmon process` on the archived frames."""
+    from opmon.processors.live import LiveProcessor, held_frames
+
+    from tests.processors.test_live_restart import _config, _maps_done, _send, _start_archiver, _wait
+
+    monkeypatch.setattr(held_frames, "HELD_BYTES", 1)
+    config, _ = _config(tmp_path)
+    done, thread = _start_archiver(config)
+    sink = ZmqFrameSink([config.endpoint("frames_archive"), config.endpoint("frames_live")], stall_timeout_s=90)
+    processor = LiveProcessor(config.endpoint("frames_live"), None, config.endpoint("maps_archive"),
+                              archive_dir=config.archive.dir)
+    live = threading.Thread(target=processor.serve, daemon=True)
+    live.start()
+    try:
+        run = sink.start_run(frame_shape=FRAME, dtype="uint32", map_shape=MAP, **GEOMETRY)
+        sink.start_map(len(off_peak_start()))
+        _send(sink, off_peak_start())
+        sink.end_map()
+        sink.stop_run()
+        master = tmp_path / "archive" / run / "run.h5"
+        assert _wait(lambda: _maps_done(master, 1), 90), "no final map archived"
+    finally:
+        processor.stopped = True
+        live.join(30)
+        sink.close()
+        done.set()
+        thread.join(10)
+    with h5py.File(master, "r") as f:
+        entry = f["entry0"]
+        offline, offline_roi = process_entry(entry, ProcessOptions())
+        assert tuple(int(v) for v in entry["maps"].attrs["roi"]) == offline_roi
+        assert_same_maps(read_map_result(entry), offline)
