@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+import numpy.typing as npt
 
 from opmon.errors import ArchiveError, CorruptFrameError
 from opmon.processors.accumulate import MomentAccumulator
@@ -27,6 +30,13 @@ log = logging.getLogger(__name__)
 ARCHIVE_WAIT_S = 10.0
 
 
+def add_frames(acc: MomentAccumulator, frames: Iterable[tuple[dict[str, Any], npt.NDArray[Any]]]) -> None:
+    """Add (frame header, frame) pairs into `acc` (held frames, archived frames)."""
+    for header, frame in frames:
+        acc.process_frame(frame, header["index"], header["eta"], header["phi"], header["nu"], header["delta"],
+                          header.get("monitor"))
+
+
 def remake_map(run: LiveRun, lm: LiveMap, plan: MapPlan, archive_dir: Path | None) -> tuple[MomentAccumulator, dict[str, Any]] | None:
     """`lm`'s sums again with `plan`'s ROI and mask, from its held frames or the archive, and the
     options they were taken with; None when its frames are no longer at hand."""
@@ -35,15 +45,11 @@ def remake_map(run: LiveRun, lm: LiveMap, plan: MapPlan, archive_dir: Path | Non
     t0 = time.perf_counter()
     held = lm.held
     if held is not None and not held.overflowed and len(held) == lm.received:
-        for header, frame in held.frames():
-            acc.process_frame(frame, header["index"], header["eta"], header["phi"], header["nu"], header["delta"],
-                              header["monitor"])
+        add_frames(acc, held.frames())
         where = "its frames held in memory"
     elif archive_dir is not None:
         try:
-            for header, frame in RunArchive(archive_dir, run.uid).frames(lm.number, wait_s=ARCHIVE_WAIT_S):
-                acc.process_frame(frame, header["index"], header["eta"], header["phi"], header["nu"], header["delta"],
-                                  header.get("monitor"))
+            add_frames(acc, RunArchive(archive_dir, run.uid).frames(lm.number, wait_s=ARCHIVE_WAIT_S))
         except (ArchiveError, CorruptFrameError, OSError, KeyError) as exc:
             log.error("run %s map %d: kept with ROI %s (cannot re-make it from the archive: %s)", run.uid, lm.number,
                       lm.roi, exc)

@@ -32,6 +32,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from opmon.processors.accumulate import SHIPPED_KEYS, MomentAccumulator, warm_up_kernels
 from opmon.processors.live.engine import LiveRun, make_accumulator
+from opmon.processors.live.remake import add_frames
 from opmon.processors.live.roi import MapPicks, RoiDecider
 from opmon.streaming import protocol as P
 from opmon.streaming.memory import keep_frame_buffers
@@ -176,9 +177,7 @@ class FanOutWorker:
         if roi is None or held is None:
             return
         acc = make_accumulator(run.geometry, lm.map_shape, mask, dict(run.options, roi=list(roi)))
-        for header, frame in held.frames():
-            acc.process_frame(frame, header["index"], header["eta"], header["phi"], header["nu"], header["delta"],
-                              header["monitor"])
+        add_frames(acc, held.frames())
         header = {"run": run.uid, "map": number, "frames": acc.frames_seen, "final": True, "remade": True}
         self.outbox.send_multipart(encode_state(acc, dict(header, worker=self.id)), copy=False)
 

@@ -27,18 +27,19 @@ ETAS = 10.0 + 0.016 * np.arange(16)
 
 
 def off_peak_start(seed: int = 3) -> list[tuple[np.ndarray, int, float]]:
-    """An eta-outer map whose rocking curve peaks between its 12th and 13th eta steps (the first ten
-    show nothing) in the detector's top rows, on a background that rises towards the bottom rows: its
-    first frames show only the bright rows (the live ROI decided from them misses the peak) and a
-    full-frame ROI could not measure the background."""
+    """An eta-outer map whose rocking curve peaks at its 14th of 16 eta steps (the first eleven show
+    nothing) in the detector's top rows, the peak moving 3 rows a step, on a background that rises
+    towards the bottom rows: a live ROI decided from any part of the map but the whole misses the
+    peak (the first frames show only the bright rows), and a full-frame ROI could not measure the
+    background."""
     rng = np.random.default_rng(seed)
     rows, cols = np.mgrid[: FRAME[0], : FRAME[1]]
     background = 0.004 + 0.06 * rows / FRAME[0]
     out = []
     for k, eta in enumerate(ETAS):
         for p in range(MAP[0] * MAP[1]):
-            r0, c0 = 25 + 0.5 * (p % 4) + 1.5 * (k - 11.5), 30 + 0.5 * (p // 4)
-            amp = 300 * (1 + p % 3) * np.exp(-0.5 * ((k - 11.5) / 0.7) ** 2)
+            r0, c0 = 25 + 0.5 * (p % 4) + 3.0 * (k - 13), 30 + 0.5 * (p // 4)
+            amp = 300 * (1 + p % 3) * np.exp(-0.5 * ((k - 13) / 0.7) ** 2)
             lam = amp * np.exp(-((rows - r0) ** 2 + (cols - c0) ** 2) / (2 * 2.5 ** 2)) + background
             out.append((rng.poisson(lam).astype(np.uint32), p, float(eta)))
     return out
