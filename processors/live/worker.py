@@ -163,6 +163,8 @@ class FanOutWorker:
         header = {"run": run.uid, "map": number, "frames": acc.frames_seen if acc else 0, "final": final}
         if final and lm.held is not None:     # its ROI was provisional: every frame held, to re-make it if asked
             header["held"] = not lm.held.overflowed and len(lm.held) == (acc.frames_seen if acc else 0)
+        elif final and acc is None:          # dealt no frame of it: nothing to hold, nothing to re-make
+            header["held"] = True
         self.outbox.send_multipart(encode_state(acc, dict(header, worker=self.id), lm.picks if final else None),
                                    copy=False)
         lm.dirty = False
