@@ -257,6 +257,8 @@ class FanOutProcessor(LiveService):
             self.gathering[run.uid].maps[lm.number] = handed
             found = [np.ascontiguousarray(plan.mask)] if plan.mask is not None else []  # type: ignore[union-attr]
             self._tell(W.REMAKE, {"run": run.uid, "map": lm.number, "roi": list(plan.roi)}, *found)  # type: ignore[union-attr]
+            run.conclude_map(lm, plan)            # the next map's ROI need not wait for the re-made sums
+            self._release_pending(run)
             return
         if handed.held:
             self._tell(W.REMAKE, {"run": run.uid, "map": lm.number, "roi": None})    # drop the held frames
@@ -276,8 +278,6 @@ class FanOutProcessor(LiveService):
                  lm.roi)
         expected = lm.n_sent if lm.n_sent is not None else lm.n_expected
         self._final(run, lm, acc, n_frames=lm.n_expected, frames_lost=max(0, expected - lm.received), options=options)
-        run.conclude_map(lm, plan)
-        self._release_pending(run)
 
     def _take_picks(self, run: LiveRun, lm: LiveMap, handed: HandedIn) -> list[State | None]:
         """The workers' final sums of `lm` without their picks, which add up into `lm.picks` (its own
@@ -615,6 +615,7 @@ class FanOutProcessor(LiveService):
 
     def close(self) -> None:
         """Stop the workers, close every socket (final maps still queued are logged)."""
+        self._close_remaker()
         for inbox in self.inboxes:
             try:
                 inbox.send_multipart([W.QUIT], zmq.NOBLOCK)

@@ -270,5 +270,6 @@ class LiveProcessor(LiveService):
 
     def close(self) -> None:
         """Close every socket (final maps still queued for the archiver are logged)."""
+        self._close_remaker()
         self.outputs.close()
         self.receiver.close()

@@ -21,6 +21,7 @@ import numpy.typing as npt
 from opmon.errors import ArchiveError, CorruptFrameError
 from opmon.processors.accumulate import MomentAccumulator
 from opmon.processors.live.engine import LiveMap, LiveRun, make_accumulator
+from opmon.processors.live.held_frames import HeldFrames
 from opmon.processors.offline import MapPlan
 from opmon.streaming.archive.reader import RunArchive
 
@@ -37,13 +38,15 @@ def add_frames(acc: MomentAccumulator, frames: Iterable[tuple[dict[str, Any], np
                           header.get("monitor"))
 
 
-def remake_map(run: LiveRun, lm: LiveMap, plan: MapPlan, archive_dir: Path | None) -> tuple[MomentAccumulator, dict[str, Any]] | None:
-    """`lm`'s sums again with `plan`'s ROI and mask, from its held frames or the archive, and the
-    options they were taken with; None when its frames are no longer at hand."""
+def remake_map(run: LiveRun, lm: LiveMap, plan: MapPlan, archive_dir: Path | None,
+               held: HeldFrames | None) -> tuple[MomentAccumulator, dict[str, Any]] | None:
+    """`lm`'s sums again with `plan`'s ROI and mask, from its `held` frames or the archive, and the
+    options they were taken with; None when its frames are no longer at hand. Runs on a thread
+    (`service.LiveService`): a 100 x 100 map read back from the archive takes a minute or more, and
+    the live stream must keep flowing meanwhile."""
     options = dict(run.options, roi=list(plan.roi))
     acc = make_accumulator(run.geometry, lm.map_shape, plan.mask, options)
     t0 = time.perf_counter()
-    held = lm.held
     if held is not None and not held.overflowed and len(held) == lm.received:
         add_frames(acc, held.frames())
         where = "its frames held in memory"

@@ -52,7 +52,8 @@ SEEN_FLUSH_S = 0.02          # accounting batches: at most this old ...
 SEEN_FLUSH_ROWS = 64         # ... or this long
 MAX_PENDING = 256            # frames held while waiting for the coordinator; then stop reading
 MAP_SHAPE_WAIT_S = 2.0       # a map whose map_start never reached us uses the run's map shape
-ROI_PENDING_WAIT_S = 30.0    # a map whose ROI waits for the previous map's end takes the run's ROI after this long
+ROI_PENDING_WAIT_S = 10.0    # a map whose ROI waits for the previous map's end takes the run's ROI after this long
+                             # (well inside the sender's stall timeout, 30 s: frames held here hold the stream up)
 
 
 #: state keys of a map's picks (`roi.MapPicks`), shipped beside the sums with its final state
