@@ -156,10 +156,12 @@ class LiveRun(RunShapes):
         return lm.picks.plan(self.known_mask if self.known_mask is not None else self.mask, self.frame_shape)
 
     def misses_peak(self, roi: Roi, plan: MapPlan, provisional: bool) -> bool:
-        """`roi` does not hold the ROI a map's peak asks for (`plan`, within FOLLOW_SLACK pixels), or it
-        is the full-frame fallback of a provisional decision (whose background it cannot measure)."""
-        full = tuple(roi) == (0, self.frame_shape[0], 0, self.frame_shape[1])
-        return plan.peak and (not holds(roi, plan.roi) or (provisional and full))
+        """`roi` does not hold the ROI a map's peak asks for (`plan`, within FOLLOW_SLACK pixels), or,
+        decided provisionally (from a map's first frames, or the full-frame fallback), it is not that
+        ROI within FOLLOW_SLACK pixels on every side (a window much larger than the peak's takes in
+        powder spots and more background, the full frame cannot measure its background)."""
+        too_large = provisional and not holds(plan.roi, roi)
+        return plan.peak and (not holds(roi, plan.roi) or too_large)
 
     def remake_wanted(self, lm: LiveMap, plan: MapPlan | None) -> bool:
         """`lm` was taken with a provisional ROI that misses the peak its whole map shows."""
