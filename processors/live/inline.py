@@ -6,9 +6,10 @@ as `opmon process`), publishes partial maps a few times a second on the lossy di
 and the final map of each map both there and on the lossless channel to the archiver
 (`service.LiveService`). The ROI is decided from the run's first frames (or configured). An auto
 ROI decided so is provisional (an eta-outer scan starts off the rocking curve): the map's frames
-are kept (`held_frames`) and at its end the map is made again with the ROI and mask `opmon process`
-takes from the whole map (`remake`); then each map's own ROI, from the frames `opmon process`
-samples, re-centres the ROI of the maps to come when the peak left it (`engine.LiveRun.conclude_map`).
+are kept (`held_frames`) and, unless it is within 2 pixels of the ROI `opmon process` takes from the
+whole map, the map is made again at its end with that ROI and mask (`remake`, on a thread); then
+each map's own ROI, from the frames `opmon process` samples, re-centres the ROI of the maps to come
+when the peak left it (`engine.LiveRun.conclude_map`).
 Each map records the ROI it was summed with, so `opmon process --roi` reproduces it. A processor
 restarted mid-run recovers what it missed from the archive (live/recovery.py) and follows on from
 the ROI of the run's latest archived maps.

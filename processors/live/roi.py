@@ -6,8 +6,8 @@ off the rocking curve, so the first frames may show no Bragg peak: then the deci
 more frames (or for `wait_s`), up to ROI_MAX_FRAMES, after which it settles for the full frame
 (whose background is then measured on the map points off the particle, `MomentAccumulator`). Either
 is provisional: at the map's end `MapPicks` (the frames `opmon process` samples, summed as they came)
-gives the ROI of the whole map, the map is re-made with it (`remake`) and the maps to come follow it
-(`engine.LiveRun.conclude_map`).
+gives the ROI of the whole map; unless the provisional one is that within 2 pixels the map is re-made
+with it (`remake`), and the maps to come follow it (`engine.LiveRun.conclude_map`).
 The inline processor, each fan-out worker (which reports its share of the sum) and the fan-out
 coordinator (which merges the shares and decides) all run this one `RoiDecider` and `MapPicks`.
 """
