@@ -177,11 +177,13 @@ class FanOutWorker:
         (`remade`); `roi` None: the map stays as it is, its frames are dropped."""
         lm = run.map(number)
         held, lm.held = lm.held, None
-        if roi is None or held is None:
+        if roi is None:
             return
-        acc = make_accumulator(run.geometry, lm.map_shape, mask, dict(run.options, roi=list(roi)))
-        add_frames(acc, held.frames())
-        header = {"run": run.uid, "map": number, "frames": acc.frames_seen, "final": True, "remade": True}
+        acc = None
+        if held is not None:                 # (none: dealt no frame of the map; it still answers, the coordinator waits for all)
+            acc = make_accumulator(run.geometry, lm.map_shape, mask, dict(run.options, roi=list(roi)))
+            add_frames(acc, held.frames())
+        header = {"run": run.uid, "map": number, "frames": acc.frames_seen if acc else 0, "final": True, "remade": True}
         self.outbox.send_multipart(encode_state(acc, dict(header, worker=self.id)), copy=False)
 
     # -- frames ----------------------------------------------------------------------------------

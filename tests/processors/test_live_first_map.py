@@ -45,6 +45,7 @@ def off_peak_start(seed: int = 3) -> list[tuple[np.ndarray, int, float]]:
     return out
 
 
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("workers", [1, 2], ids=["inline", "fan-out"])
 def test_first_map_starting_off_the_rocking_curve_equals_opmon_process(tmp_path, capsys, workers):
     """Inline, the map is re-made from the frames it held; fan-out, each worker re-makes its share."""
