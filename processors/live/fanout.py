@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 #: longest wait for the workers' next ROI sums once a map is closed and the ROI is still undecided
 ROI_SHARE_WAIT_S = 15.0
+#: longest wait for the workers' re-made sums of a map (from the frames they held); then it keeps its live sums
+REMAKE_WAIT_S = 30.0
 
 State = dict[str, np.ndarray]
 
@@ -60,6 +62,8 @@ class HandedIn:
     held: dict[int, bool] = field(default_factory=dict)             # worker -> it holds every frame of its share
     remake: Any = None                                               # the MapPlan the workers re-make the map with
     remade: dict[int, State | None] = field(default_factory=dict)   # worker -> its re-made sums
+    kept: Any = None                                                 # the live sums, if the re-made ones never come
+    remake_t: float = 0.0                                            # when the workers were asked to re-make it
     picks: dict[int, tuple[int, int]] = field(default_factory=dict)  # worker -> picks summed, looked at by its finder
     partials: dict[int, State] = field(default_factory=dict)        # worker -> latest partial sums
     finals: dict[int, State | None] = field(default_factory=dict)   # worker -> final sums
@@ -253,7 +257,7 @@ class FanOutProcessor(LiveService):
         plan = run.map_plan(lm)
         if self.archive_dir is None and run.remake_wanted(lm, plan) and len(handed.held) == self.n_workers \
                 and all(handed.held.values()):      # every worker holds its share: they re-make it (no archive)
-            handed.remake, handed.finals = plan, {}
+            handed.remake, handed.finals, handed.kept, handed.remake_t = plan, {}, acc, time.monotonic()
             self.gathering[run.uid].maps[lm.number] = handed
             found = [np.ascontiguousarray(plan.mask)] if plan.mask is not None else []  # type: ignore[union-attr]
             self._tell(W.REMAKE, {"run": run.uid, "map": lm.number, "roi": list(plan.roi)}, *found)  # type: ignore[union-attr]
@@ -264,6 +268,18 @@ class FanOutProcessor(LiveService):
             self._tell(W.REMAKE, {"run": run.uid, "map": lm.number, "roi": None})    # drop the held frames
         self._final_own_roi(run, lm, acc, n_frames=lm.n_expected, frames_lost=lost)
         self._release_pending(run)
+
+    def _remakes_overdue(self, run: LiveRun, now: float) -> None:
+        """A map whose re-made sums did not all come within REMAKE_WAIT_S keeps its live sums (logged)."""
+        for number, handed in list(self.gathering[run.uid].maps.items()):
+            if handed.remake is None or now - handed.remake_t < REMAKE_WAIT_S:
+                continue
+            self.gathering[run.uid].maps.pop(number)
+            lm = run.map(number)
+            log.error("run %s map %d: %d of %d workers re-made it within %.0f s; kept with ROI %s", run.uid, number,
+                      len(handed.remade), self.n_workers, REMAKE_WAIT_S, lm.roi)
+            expected = lm.n_sent if lm.n_sent is not None else lm.n_expected
+            self._final(run, lm, handed.kept, n_frames=lm.n_expected, frames_lost=max(0, expected - lm.received))
 
     def _finish_remade(self, run: LiveRun, lm: LiveMap) -> None:
         """Every worker re-made its share of `lm` with the map's own ROI: its final maps, then the maps to come."""
@@ -340,6 +356,7 @@ class FanOutProcessor(LiveService):
             if run.roi is None and decider is not None and gathering.roi_from and (
                     len(gathering.roi_from) >= self.n_workers or decider.due(now)):
                 self._decide_roi(run, settle=False)
+            self._remakes_overdue(run, now)
             for lm in list(run.maps.values()):
                 if lm.done or lm.ended:
                     continue
