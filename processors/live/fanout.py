@@ -335,6 +335,7 @@ class FanOutProcessor(LiveService):
                 continue
             pending.discard(number)
             lm = run.map(number)
+            self._handed_in(run, number).last_activity = time.monotonic()   # its grace period counts from now
             lm.roi, lm.provisional = run.roi, run.provisional
             self._tell(W.ROI, {"run": run.uid, "roi": list(run.roi) if run.roi is not None else None, "map": number,
                                "provisional": run.provisional})
@@ -358,7 +359,7 @@ class FanOutProcessor(LiveService):
                 self._decide_roi(run, settle=False)
             self._remakes_overdue(run, now)
             for lm in list(run.maps.values()):
-                if lm.done or lm.ended:
+                if lm.done or lm.ended or lm.number in gathering.roi_pending:   # pending: its frames wait for the ROI
                     continue
                 closed = lm.n_sent is not None or gathering.stop is not None
                 if lm.n_sent is not None and lm.received >= lm.n_sent:
