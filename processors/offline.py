@@ -82,16 +82,24 @@ class MapSample:
     finder: BadPixelFinder
 
 
+def sample_picks(n_frames: int, sample: int = ROI_SAMPLE_FRAMES) -> tuple[npt.NDArray[np.int64], int]:
+    """The frame numbers of a map of `n_frames` that the auto ROI sums (a tenth of the map, bounded), and
+    `every`: the bad-pixel finder looks at every `every`-th of them. The live processor samples the same
+    frames as they arrive, so its ROI of a whole map is the one `opmon process` takes."""
+    count = int(np.clip(n_frames // 10, min(200, n_frames), sample))  # a tenth of the map, bounded
+    picks = np.unique(np.linspace(0, n_frames - 1, count).astype(np.int64))
+    every = -(-picks.size // FINDER_FRAMES)   # hot pixels shine in most frames: a hundred or so tell
+    return picks, max(1, every)
+
+
 def sample_map(smap: SourceMap, sample: int = ROI_SAMPLE_FRAMES, skip_bad: bool = False) -> MapSample:
     """Read evenly spaced frames of `smap` (a tenth of the map, bounded) once for the auto ROI and
     the bad-pixel finder."""
     meta = smap.meta
     rows, cols = meta.frame_shape
-    count = int(np.clip(meta.n_frames // 10, min(200, meta.n_frames), sample))  # a tenth of the map, bounded
-    picks = np.unique(np.linspace(0, meta.n_frames - 1, count).astype(np.int64))
+    picks, every = sample_picks(meta.n_frames, sample)
     total = np.zeros((rows, cols), dtype=np.float64)
     finder = BadPixelFinder()
-    every = -(-picks.size // FINDER_FRAMES)   # hot pixels shine in most frames: a hundred or so tell
     buf = np.empty((min(ROI_SAMPLE_BLOCK, picks.size), rows, cols), dtype=meta.frame_dtype)
     for lo in range(0, picks.size, buf.shape[0]):  # a block of picks at a time: one fetch and decode call each
         interrupt.check()
@@ -192,6 +200,7 @@ class MapPlan:
     roi: Roi
     mask: npt.NDArray[np.uint8] | None
     found: npt.NDArray[np.uint8] | None = None
+    peak: bool = True      # an auto ROI found a peak (False: it settled for the full frame)
 
     def found_pixels(self) -> npt.NDArray[np.int64]:
         """(n, 2) rows and columns of the pixels found bad from the data."""
@@ -206,18 +215,35 @@ def plan_map(smap: SourceMap, options: ProcessOptions) -> MapPlan:
     known = smap.meta.detector_mask
     taken = (sample_map(smap, skip_bad=options.skip_bad_frames)
              if options.roi == "auto" or options.find_bad_pixels else None)
-    found = taken.finder.mask(taken.total, known) if taken is not None and options.find_bad_pixels else None
-    if found is not None and found.size == 0:
-        found = None
-    mask = merged_mask(known, found) if found is not None and found.any() else known
     if options.roi == "auto":
-        roi = roi_of_sample(smap, taken, mask)  # type: ignore[arg-type]
-    elif options.roi is None:
+        assert taken is not None
+        return plan_of_sample(taken, known, smap.meta.frame_shape, options.find_bad_pixels)
+    found, mask = found_mask(taken, known) if taken is not None and options.find_bad_pixels else (None, known)
+    if options.roi is None:
         roi = (0, smap.meta.frame_shape[0], 0, smap.meta.frame_shape[1])
     else:
         roi = options.roi  # type: ignore[assignment]
         check_roi(roi, smap.meta.frame_shape, smap.label)
     return MapPlan(roi, mask, found)
+
+
+def found_mask(taken: MapSample, known: npt.NDArray[np.uint8] | None) -> tuple[npt.NDArray[np.uint8] | None,
+                                                                             npt.NDArray[np.uint8] | None]:
+    """(pixels found bad from the sample or None, the mask to use: `known` with them added)."""
+    found = taken.finder.mask(taken.total, known)
+    if found.size == 0 or not found.any():
+        return (found if found.size else None), known
+    return found, merged_mask(known, found)
+
+
+def plan_of_sample(taken: MapSample, known: npt.NDArray[np.uint8] | None, frame_shape: tuple[int, int],
+                   find_bad_pixels: bool = True) -> MapPlan:
+    """The auto-ROI plan of a map from its sample (`sample_map`, or the live processor's same frames):
+    the mask with the bad pixels found, and the ROI the peak asks for (the full frame when none stands out)."""
+    found, mask = found_mask(taken, known) if find_bad_pixels else (None, known)
+    roi = roi_from_image(taken.total, mask)
+    return MapPlan(roi if roi is not None else (0, frame_shape[0], 0, frame_shape[1]), mask, found,
+                   peak=roi is not None)
 
 
 def choose_roi(smap: SourceMap, options: ProcessOptions) -> Roi:

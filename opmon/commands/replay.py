@@ -110,11 +110,12 @@ def _internal(args: argparse.Namespace, config: Any, source: ReplaySource, roi: 
         print(f"{s['map']:>4} {s['frames']:>7} {s['frames_lost']:>5} {s['d_mean']:>12.5f}")
     if output is not None:
         entry_of = {m.map_number if m.map_number is not None else i: m.name for i, m in enumerate(source.maps)}
+        roi_of = {(s["run"], s["map"]): s.get("roi") for s in processor.summaries}   # each map's own (it follows the peak)
         with atomic_path(output) as tmp, h5py.File(tmp, "w") as f:
             for (run, number), result in sorted(processor.results.items(), key=lambda kv: kv[0][1]):
                 entry = f.create_group(f"entry{number}")
                 entry.attrs["NX_class"] = "NXentry"
-                summary_roi = processor.summaries[0].get("roi")
+                summary_roi = roi_of.get((run, number))
                 maps = write_maps(entry, result.maps_arrays(), attrs={"run_uid": run, "replay_of": report.source_run or str(args.archive_path),
                                                         **({"roi": summary_roi} if summary_roi else {})})
                 bad = report.bad_frames.get(entry_of.get(number, ""), [])

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from functools import cached_property
-import logging
 from typing import Any
 
 import numpy as np
@@ -24,16 +23,22 @@ from opmon.processors.accumulate import MomentAccumulator, Roi
 from opmon.processors.dose import DoseLedger, DoseSettings
 from opmon.processors.eta_scans import EtaScanAccumulator
 from opmon.processors.geometry import DetectorGeometry
-from opmon.processors.live.roi import RoiDecider, RoiSum
-from opmon.processors.offline import roi_from_image
+from opmon.processors.live.held_frames import HeldFrames
+from opmon.processors.live.roi import MapPicks, RoiDecider
+from opmon.processors.offline import MapPlan
 from opmon.streaming.receiver import RunShapes
 
 log = logging.getLogger(__name__)
 
-#: a map's frames sampled (one in this many) to see where its peak went, for the next map's ROI
-FOLLOW_EVERY = 16
 #: the next map keeps the ROI while the one its peak asks for sticks out of it by at most this many pixels
 FOLLOW_SLACK = 2
+
+
+def holds(roi: Roi, wanted: Roi, slack: int = FOLLOW_SLACK) -> bool:
+    """`roi` holds `wanted` but for at most `slack` pixels on any side."""
+    r0, r1, c0, c1 = roi
+    w0, w1, v0, v1 = wanted
+    return w0 >= r0 - slack and w1 <= r1 + slack and v0 >= c0 - slack and v1 <= c1 + slack
 
 
 def geometry_of(start: dict[str, Any]) -> DetectorGeometry:
@@ -85,6 +90,11 @@ class LiveMap:
     done: bool = False               # final maps made (a worker: its final sums handed in)
     dirty: bool = False              # frames added since the last partial map
     unpublished_t: list[float] = field(default_factory=list)   # send times of frames no map showed yet
+    roi: Roi | None = None           # the ROI its sums are taken with (None: the run's, not yet begun)
+    provisional: bool = False        # that ROI came from part of a map or is the full-frame fallback
+    picks: MapPicks | None = None    # the frames `opmon process` samples for its ROI, summed (auto ROI)
+    held: HeldFrames | None = None   # its frames, kept to re-make it with its own ROI (provisional ROI)
+    roi_pending: bool = False        # fan-out worker: its ROI comes with the previous map's end
 
 
 @dataclass
@@ -105,13 +115,17 @@ class LiveRun(RunShapes):
     maps: dict[int, LiveMap] = field(default_factory=dict)
     recovered: int = 0               # frames read from the archive
     dose: DoseLedger | None = None   # photons per sample position over all maps (None: the start names no dose)
-    follow: RoiSum | None = None     # sampled frames of the current map, while the ROI follows the peak (auto ROI)
+    follows: bool = False            # auto ROI: each map's own ROI is found from its frames and the next maps follow it
+    provisional: bool = False        # the run's ROI came from a map's first frames (or is the full-frame fallback)
+    known_mask: npt.NDArray[np.uint8] | None = None   # the start's detector mask (the pixels found bad added to `mask`)
 
     @classmethod
     def begin(cls, start: dict[str, Any], mask: npt.NDArray[np.uint8] | None, roi: Roi | None, *, threshold: int,
-              background: Any, roi_quota: int, roi_wait_s: float, adopted: bool = False, register: str = "off") -> LiveRun:
+              background: Any, roi_quota: int, roi_wait_s: float, adopted: bool = False, register: str = "off",
+              follows: bool | None = None) -> LiveRun:
         """A run from its start header; `roi` None: decided from its first `roi_quota` frames;
-        `register` auto: the eta scans of each final map are registered (partial maps are not)."""
+        `register` auto: the eta scans of each final map are registered (partial maps are not);
+        `follows` (default: `roi` is None) each map's own ROI is found and the next maps follow its peak."""
         options = {"roi": list(roi) if roi is not None else None, "threshold": threshold, "background": background,
                    "register": register}
         decider = RoiDecider(roi_quota, roi_wait_s) if roi is None else None
@@ -122,33 +136,57 @@ class LiveRun(RunShapes):
             settings = None
         return cls(start["run"], start, mask, options, adopted=adopted, roi_decider=decider,
                    dose=DoseLedger(settings) if settings is not None else None,
-                   follow=RoiSum() if roi is None else None)
+                   follows=roi is None if follows is None else follows, known_mask=mask)
 
-    def sample_for_follow(self, lm: LiveMap, frame: npt.NDArray[Any]) -> None:
-        """Sum one in FOLLOW_EVERY of a map's frames: where its peak is, for the next map's ROI."""
-        if self.follow is not None and lm.received % FOLLOW_EVERY == 1:
-            self.follow.add(frame)
+    def sample_for_follow(self, lm: LiveMap, header: dict[str, Any], frame: npt.NDArray[Any]) -> None:
+        """Sum `frame` into its map's picks (the frames `opmon process` samples) and keep it while
+        the map's ROI is provisional: its own ROI is decided at its end (`conclude_map`)."""
+        if not self.follows:
+            return
+        if lm.picks is None:
+            lm.picks = MapPicks(lm.n_expected)
+        lm.picks.add(int(header["frame"]), frame)
+        if lm.held is not None:
+            lm.held.add(header, frame)
 
-    def follow_peak(self, number: int) -> Roi | None:
-        """After map `number`: re-centre the ROI of the maps to come on its peak when the auto-ROI
-        rule on its sampled frames asks for a window the current ROI does not hold (within
-        FOLLOW_SLACK pixels); a map showing no peak (a faded reflection) keeps the ROI, never the
-        full frame. Returns the new ROI, None when it stays."""
-        sample, current = self.follow, self.roi
-        if sample is None or current is None or sample.total is None:
+    def map_plan(self, lm: LiveMap) -> MapPlan | None:
+        """The ROI and mask `opmon process` takes for `lm` (its own frames), None when not sampled."""
+        if lm.picks is None:
             return None
-        self.follow = RoiSum()
-        wanted = roi_from_image(sample.total.astype(np.float64), self.mask)
-        if wanted is None:
-            log.info("run %s: map %d shows no peak in its sampled frames; the ROI stays %s", self.uid, number, current)
+        return lm.picks.plan(self.known_mask if self.known_mask is not None else self.mask, self.frame_shape)
+
+    def misses_peak(self, roi: Roi, plan: MapPlan, provisional: bool) -> bool:
+        """`roi` does not hold the ROI a map's peak asks for (`plan`, within FOLLOW_SLACK pixels), or,
+        decided provisionally (from a map's first frames, or the full-frame fallback), it is not that
+        ROI within FOLLOW_SLACK pixels on every side (a window much larger than the peak's takes in
+        powder spots and more background, the full frame cannot measure its background)."""
+        too_large = provisional and not holds(plan.roi, roi)
+        return plan.peak and (not holds(roi, plan.roi) or too_large)
+
+    def remake_wanted(self, lm: LiveMap, plan: MapPlan | None) -> bool:
+        """`lm` was taken with a provisional ROI that misses the peak its whole map shows."""
+        return plan is not None and lm.provisional and lm.roi is not None and self.misses_peak(lm.roi, plan, True)
+
+    def conclude_map(self, lm: LiveMap, plan: MapPlan | None) -> Roi | None:
+        """After map `lm`: the maps to come take its own ROI (`plan`) when the current one misses its
+        peak (`misses_peak`); a map showing no peak (a faded reflection) keeps the ROI, never the full
+        frame. Returns the new ROI, None when it stays."""
+        lm.held = None
+        current = self.roi
+        if plan is None or current is None:
             return None
-        r0, r1, c0, c1 = current
-        w0, w1, v0, v1 = wanted
-        if w0 >= r0 - FOLLOW_SLACK and w1 <= r1 + FOLLOW_SLACK and v0 >= c0 - FOLLOW_SLACK and v1 <= c1 + FOLLOW_SLACK:
+        if not plan.peak:
+            log.info("run %s: map %d shows no peak in its sampled frames; the ROI stays %s", self.uid, lm.number, current)
             return None
-        log.info("run %s: the peak moved in map %d: ROI %s -> %s for the maps that follow", self.uid, number, current, wanted)
-        self.options = dict(self.options, roi=list(wanted))
-        return wanted
+        was_provisional, self.provisional = self.provisional, False
+        if not self.misses_peak(current, plan, was_provisional):
+            return None
+        if was_provisional:
+            self.mask = plan.mask        # with the hot/dead pixels the whole map shows, as `opmon process`
+        log.info("run %s: the peak of map %d asks for ROI %s (was %s): the maps that follow take it", self.uid,
+                 lm.number, plan.roi, current)
+        self.options = dict(self.options, roi=list(plan.roi))
+        return plan.roi
 
     def count_dose(self, header: dict[str, Any]) -> None:
         """Add one received frame's exposure to the run's dose map (every frame, whatever the ROI)."""
@@ -165,10 +203,12 @@ class LiveRun(RunShapes):
     def geometry(self) -> DetectorGeometry:
         return geometry_of(self.start)
 
-    def set_roi(self, roi: Roi) -> None:
-        """The ROI is decided: every map of the run is accumulated with it."""
+    def set_roi(self, roi: Roi, provisional: bool = False) -> None:
+        """The ROI is decided: the maps of the run are accumulated with it (`provisional`: decided
+        from a map's first frames, or the full frame: re-decided at the map's end)."""
         self.options = dict(self.options, roi=list(roi))
         self.roi_decider = None
+        self.provisional = provisional and self.follows
 
     def decide_roi(self, settle: bool = True) -> Roi | None:
         """Try to decide the auto ROI from the frames summed so far (see `RoiDecider.decide`)."""
@@ -181,7 +221,7 @@ class LiveRun(RunShapes):
                 found = int(mask.sum()) - (int(self.mask.sum()) if self.mask is not None else 0)  # type: ignore[union-attr]
                 log.info("run %s: masked %d hot/dead detector pixel(s) missing from its mask", self.uid, found)
                 self.mask = mask
-            self.set_roi(roi)
+            self.set_roi(roi, provisional=True)
         return roi
 
     def map(self, number: int) -> LiveMap:
@@ -199,8 +239,24 @@ class LiveRun(RunShapes):
         return lm
 
     def accumulator(self, lm: LiveMap) -> MomentAccumulator:
-        """An empty accumulator for `lm` with the run's geometry, mask and options."""
-        return make_accumulator(self.geometry, lm.map_shape, self.mask, self.options)
+        """An empty accumulator for `lm` with the run's geometry, mask and options (its ROI: the one
+        `lm` began with, else the run's now)."""
+        return make_accumulator(self.geometry, lm.map_shape, self.mask, self.map_options(lm))
+
+    def map_options(self, lm: LiveMap) -> dict[str, Any]:
+        """The options `lm` is taken with (recorded with its maps)."""
+        return dict(self.options, roi=list(lm.roi)) if lm.roi is not None else self.options
+
+    def begin_sums(self, lm: LiveMap) -> None:
+        """`lm`'s first frame: its sums begin with the run's ROI now (kept to the end of the map)."""
+        if lm.roi is None:
+            lm.roi = self.roi
+            lm.provisional = self.provisional
+        else:
+            lm.provisional = lm.provisional and self.follows
+        if lm.provisional and lm.held is None:
+            lm.held = HeldFrames()
+        lm.acc = self.accumulator(lm)
 
     def accumulate(self, header: dict[str, Any], frame: npt.NDArray[Any]) -> LiveMap:
         """Add one frame (the ROI must be known) into its map's sums."""
@@ -209,7 +265,8 @@ class LiveRun(RunShapes):
             lm.received += 1
             return lm
         if lm.acc is None:
-            lm.acc = self.accumulator(lm)
+            self.begin_sums(lm)
+            assert lm.acc is not None
         lm.acc.process_frame(frame, header["index"], header["eta"], header["phi"], header["nu"], header["delta"],
                              header.get("monitor"))
         lm.received += 1

@@ -7,7 +7,11 @@ rebuilds the run from the control messages the workers pass on, tells every work
 geometry, ROI and map shapes, counts the frames the workers report (loss = frames sent in a
 map minus frames accumulated, or filled from the archive), and merges the workers' additive
 sums into partial and final maps: it runs the same engine (`engine.LiveRun`, `roi.RoiDecider`)
-and the same outputs (`service.LiveService`) as the inline processor, fed with sums, not frames. Control messages reach the coordinator through different workers, so
+and the same outputs (`service.LiveService`) as the inline processor, fed with sums, not frames.
+The ROI follows the peak as inline: each map's own ROI comes from the workers' picks (`roi.MapPicks`,
+handed in with their final sums); the next map's ROI is told to the workers before they take its
+frames (they hold them till then); a map taken with a provisional ROI is re-made from the archive,
+else by the workers from the frames they held. Control messages reach the coordinator through different workers, so
 nothing here depends on their order: a map is final when every frame sent in it has been
 accumulated (or after a grace period), a run ends when its maps are final.
 """
@@ -31,7 +35,8 @@ import zmq
 from opmon.errors import ArchiveError, CorruptFrameError, OpmonError
 from opmon.processors.accumulate import Roi
 from opmon.processors.live import worker as W
-from opmon.processors.live.engine import LiveMap, LiveRun
+from opmon.processors.live.engine import LiveMap, LiveRun, make_accumulator
+from opmon.processors.live.roi import MapPicks
 from opmon.processors.live.service import LiveService
 from opmon.processors.live.recovery import recover_missed_maps
 from opmon.streaming import protocol as P
@@ -42,6 +47,8 @@ log = logging.getLogger(__name__)
 
 #: longest wait for the workers' next ROI sums once a map is closed and the ROI is still undecided
 ROI_SHARE_WAIT_S = 15.0
+#: longest wait for the workers' re-made sums of a map (from the frames they held); then it keeps its live sums
+REMAKE_WAIT_S = 30.0
 
 State = dict[str, np.ndarray]
 
@@ -51,6 +58,13 @@ class HandedIn:
     """What the workers handed in for one map, until its final maps are made."""
 
     seqs: set[int] = field(default_factory=set)       # sequence numbers a worker accumulated
+    rois: dict[int, list[int]] = field(default_factory=dict)        # worker -> the ROI its final sums were taken with
+    held: dict[int, bool] = field(default_factory=dict)             # worker -> it holds every frame of its share
+    remake: Any = None                                               # the MapPlan the workers re-make the map with
+    remade: dict[int, State | None] = field(default_factory=dict)   # worker -> its re-made sums
+    kept: Any = None                                                 # the live sums, if the re-made ones never come
+    remake_t: float = 0.0                                            # when the workers were asked to re-make it
+    picks: dict[int, tuple[int, int]] = field(default_factory=dict)  # worker -> picks summed, looked at by its finder
     partials: dict[int, State] = field(default_factory=dict)        # worker -> latest partial sums
     finals: dict[int, State | None] = field(default_factory=dict)   # worker -> final sums
     last_activity: float = field(default_factory=time.monotonic)
@@ -65,6 +79,7 @@ class Gathering:
     last_share: float = field(default_factory=time.monotonic)   # when the latest ROI sum came (or the run began)
     stop: dict[str, Any] | None = None
     stop_t: float = 0.0
+    roi_pending: set[int] = field(default_factory=set)   # maps whose ROI waits for the previous map's end
 
 
 class FanOutProcessor(LiveService):
@@ -150,8 +165,12 @@ class FanOutProcessor(LiveService):
                 inbox.send_multipart(parts)
 
     def _setup(self, run: LiveRun, worker: int | None = None) -> None:
-        header = dict(run.start, options=run.options,
-                      map_shapes={str(m): list(lm.map_shape) for m, lm in run.maps.items()})
+        pending = self.gathering[run.uid].roi_pending
+        header = dict(run.start, options=run.options, follows=run.follows,
+                      map_shapes={str(m): list(lm.map_shape) for m, lm in run.maps.items()},
+                      maps={str(m): {"n_frames": lm.n_expected, "roi": list(lm.roi) if lm.roi is not None else None,
+                                     "provisional": lm.provisional, "roi_pending": m in pending}
+                            for m, lm in run.maps.items()})
         buffers = [np.ascontiguousarray(run.mask)] if run.mask is not None else []
         self._tell(W.SETUP, header, *buffers, worker=worker)
 
@@ -189,7 +208,8 @@ class FanOutProcessor(LiveService):
         self.roi_decided_at = time.time()
         log.info("run %s: ROI %s from its first %d frames (%d workers)", run.uid, run.roi, frames, sources)
         found = [np.ascontiguousarray(run.mask)] if run.mask is not mask and run.mask is not None else []
-        self._tell(W.ROI, {"run": run.uid, "roi": run.options["roi"]}, *found)   # with hot/dead pixels found: the new mask
+        self._tell(W.ROI, {"run": run.uid, "roi": run.options["roi"], "provisional": run.provisional},
+                   *found)   # with hot/dead pixels found: the new mask; provisional: the map's end decides again
 
     def _fill_from_archive(self, run: LiveRun, lm: LiveMap) -> None:
         """Frames of a map the workers never accumulated (processor restarted mid-map, a
@@ -226,14 +246,99 @@ class FanOutProcessor(LiveService):
 
     def _finish_map(self, run: LiveRun, lm: LiveMap) -> None:
         handed = self.gathering[run.uid].maps.pop(lm.number, HandedIn())
-        acc = run.merged(lm, list(handed.finals.values()))
+        finals = self._take_picks(run, lm, handed)
+        acc = run.merged(lm, finals)
         expected = lm.n_sent if lm.n_sent is not None else lm.n_expected
         lost = max(0, expected - lm.received)
         self.counters.lost += lost
         if acc.frames_seen != lm.received:
             log.error("run %s map %d: sums hold %d frames, %d were reported", run.uid, lm.number, acc.frames_seen,
                       lm.received)
-        self._final(run, lm, acc, n_frames=lm.n_expected, frames_lost=lost)
+        plan = run.map_plan(lm)
+        if self.archive_dir is None and run.remake_wanted(lm, plan) and len(handed.held) == self.n_workers \
+                and all(handed.held.values()):      # every worker holds its share: they re-make it (no archive)
+            handed.remake, handed.finals, handed.kept, handed.remake_t = plan, {}, acc, time.monotonic()
+            self.gathering[run.uid].maps[lm.number] = handed
+            found = [np.ascontiguousarray(plan.mask)] if plan.mask is not None else []  # type: ignore[union-attr]
+            self._tell(W.REMAKE, {"run": run.uid, "map": lm.number, "roi": list(plan.roi)}, *found)  # type: ignore[union-attr]
+            run.conclude_map(lm, plan)            # the next map's ROI need not wait for the re-made sums
+            self._release_pending(run)
+            return
+        if handed.held:
+            self._tell(W.REMAKE, {"run": run.uid, "map": lm.number, "roi": None})    # drop the held frames
+        self._final_own_roi(run, lm, acc, n_frames=lm.n_expected, frames_lost=lost)
+        self._release_pending(run)
+
+    def _remakes_overdue(self, run: LiveRun, now: float) -> None:
+        """A map whose re-made sums did not all come within REMAKE_WAIT_S keeps its live sums (logged)."""
+        for number, handed in list(self.gathering[run.uid].maps.items()):
+            if handed.remake is None or now - handed.remake_t < REMAKE_WAIT_S:
+                continue
+            self.gathering[run.uid].maps.pop(number)
+            lm = run.map(number)
+            log.error("run %s map %d: %d of %d workers re-made it within %.0f s; kept with ROI %s", run.uid, number,
+                      len(handed.remade), self.n_workers, REMAKE_WAIT_S, lm.roi)
+            expected = lm.n_sent if lm.n_sent is not None else lm.n_expected
+            self._final(run, lm, handed.kept, n_frames=lm.n_expected, frames_lost=max(0, expected - lm.received))
+
+    def _finish_remade(self, run: LiveRun, lm: LiveMap) -> None:
+        """Every worker re-made its share of `lm` with the map's own ROI: its final maps, then the maps to come."""
+        handed = self.gathering[run.uid].maps.pop(lm.number)
+        plan = handed.remake
+        options = dict(run.options, roi=list(plan.roi))
+        acc = make_accumulator(run.geometry, lm.map_shape, plan.mask, options)
+        for state in handed.remade.values():
+            if state:
+                acc.load_state(state)
+        log.info("run %s map %d: re-made by the workers with its own ROI %s (was %s)", run.uid, lm.number, plan.roi,
+                 lm.roi)
+        expected = lm.n_sent if lm.n_sent is not None else lm.n_expected
+        self._final(run, lm, acc, n_frames=lm.n_expected, frames_lost=max(0, expected - lm.received), options=options)
+
+    def _take_picks(self, run: LiveRun, lm: LiveMap, handed: HandedIn) -> list[State | None]:
+        """The workers' final sums of `lm` without their picks, which add up into `lm.picks` (its own
+        ROI); `lm` takes the ROI the sums were taken with (a worker that waited too long for it took the run's)."""
+        finals: list[State | None] = []
+        used = {tuple(roi) for roi in handed.rois.values()}
+        if len(used) > 1:
+            log.error("run %s map %d: workers took different ROIs %s; merged with %s", run.uid, lm.number,
+                      sorted(used), lm.roi)
+        elif used and lm.roi is None:
+            lm.roi, lm.provisional = used.pop(), run.provisional      # type: ignore[assignment]
+        elif used and used != {tuple(lm.roi or ())}:
+            log.warning("run %s map %d: workers took ROI %s, not %s", run.uid, lm.number, used, lm.roi)
+            lm.roi = used.pop()                                          # type: ignore[assignment]
+        for worker, state in handed.finals.items():
+            if state and W.PICKS_TOTAL in state:
+                frames, looked_at = handed.picks.get(worker, (0, 0))
+                if lm.picks is None:
+                    lm.picks = MapPicks(lm.n_expected)
+                lm.picks.merge(state.pop(W.PICKS_TOTAL), frames, state.pop(W.PICKS_STANDOUT, None), looked_at)
+            finals.append(state)
+        return finals
+
+    def _map_roi(self, run: LiveRun, lm: LiveMap) -> None:
+        """At `lm`'s map_start: its ROI is the run's now, or (the ROI following the peak) waits for the
+        previous map's end while that map is not final; the workers hold its frames till then."""
+        before = run.maps.get(lm.number - 1)
+        if run.follows and before is not None and not before.done:
+            self.gathering[run.uid].roi_pending.add(lm.number)
+        elif run.roi is not None and lm.roi is None:
+            lm.roi, lm.provisional = run.roi, run.provisional
+
+    def _release_pending(self, run: LiveRun) -> None:
+        """Tell the workers the ROI of the maps that waited for a previous map's end (now final)."""
+        pending = self.gathering[run.uid].roi_pending
+        for number in sorted(pending):
+            before = run.maps.get(number - 1)
+            if before is not None and not before.done:
+                continue
+            pending.discard(number)
+            lm = run.map(number)
+            self._handed_in(run, number).last_activity = time.monotonic()   # its grace period counts from now
+            lm.roi, lm.provisional = run.roi, run.provisional
+            self._tell(W.ROI, {"run": run.uid, "roi": list(run.roi) if run.roi is not None else None, "map": number,
+                               "provisional": run.provisional})
 
     def _end_run(self, run: LiveRun) -> None:
         stop = self.gathering.pop(run.uid).stop
@@ -252,8 +357,9 @@ class FanOutProcessor(LiveService):
             if run.roi is None and decider is not None and gathering.roi_from and (
                     len(gathering.roi_from) >= self.n_workers or decider.due(now)):
                 self._decide_roi(run, settle=False)
+            self._remakes_overdue(run, now)
             for lm in list(run.maps.values()):
-                if lm.done or lm.ended:
+                if lm.done or lm.ended or lm.number in gathering.roi_pending:   # pending: its frames wait for the ROI
                     continue
                 closed = lm.n_sent is not None or gathering.stop is not None
                 if lm.n_sent is not None and lm.received >= lm.n_sent:
@@ -312,7 +418,10 @@ class FanOutProcessor(LiveService):
         if msg.kind == "map_start":
             lm = run.map_started(h["map"], h["map_shape"], h["n_frames"])
             self._handed_in(run, lm.number)          # its grace period counts from here
-            self._tell(W.MAP, {"run": uid, "map": lm.number, "map_shape": list(lm.map_shape)})
+            self._map_roi(run, lm)
+            self._tell(W.MAP, {"run": uid, "map": lm.number, "map_shape": list(lm.map_shape), "n_frames": lm.n_expected,
+                               "roi": list(lm.roi) if lm.roi is not None else None, "provisional": lm.provisional,
+                               "roi_pending": lm.number in self.gathering[uid].roi_pending})
         elif msg.kind == "map_end":
             lm = run.map(h["map"])
             lm.n_sent = h["n_frames"]
@@ -428,8 +537,19 @@ class FanOutProcessor(LiveService):
         if lm is None or lm.done:
             return
         handed = self._handed_in(run, lm.number)
+        if header.get("remade"):
+            handed.remade[header["worker"]] = state or None
+            if handed.remake is not None and len(handed.remade) == self.n_workers:
+                self._finish_remade(run, lm)
+            return
         if header["final"]:
             handed.finals[header["worker"]] = state or None
+            if "held" in header:
+                handed.held[header["worker"]] = bool(header["held"])
+            if header.get("roi") is not None:
+                handed.rois[header["worker"]] = header["roi"]
+            if header.get("picks_frames"):
+                handed.picks[header["worker"]] = (int(header["picks_frames"]), int(header["picks_looked_at"]))
             if len(handed.finals) == self.n_workers:
                 self._finish_map(run, lm)
         else:
@@ -513,6 +633,7 @@ class FanOutProcessor(LiveService):
 
     def close(self) -> None:
         """Stop the workers, close every socket (final maps still queued are logged)."""
+        self._close_remaker()
         for inbox in self.inboxes:
             try:
                 inbox.send_multipart([W.QUIT], zmq.NOBLOCK)

@@ -4,11 +4,15 @@ One process receives (the receiver checks each message and accounts for loss by 
 number), feeds every frame to the run's engine (`engine.LiveRun`, the same `MomentAccumulator`
 as `opmon process`), publishes partial maps a few times a second on the lossy display channel,
 and the final map of each map both there and on the lossless channel to the archiver
-(`service.LiveService`). The ROI is decided from the run's first frames (or configured); an auto
-ROI then follows the peak: after each map, the auto-ROI rule on one in 16 of its frames re-centres
-the ROI of the maps to come when the peak left it (`engine.LiveRun.follow_peak`). Each map records
-the ROI it was summed with, so `opmon process --roi` reproduces it. A processor restarted
-mid-run recovers what it missed from the archive (live/recovery.py).
+(`service.LiveService`). The ROI is decided from the run's first frames (or configured). An auto
+ROI decided so is provisional (an eta-outer scan starts off the rocking curve): the map's frames
+are kept (`held_frames`) and, unless it is within 2 pixels of the ROI `opmon process` takes from the
+whole map, the map is made again at its end with that ROI and mask (`remake`, on a thread); then
+each map's own ROI, from the frames `opmon process` samples, re-centres the ROI of the maps to come
+when the peak left it (`engine.LiveRun.conclude_map`).
+Each map records the ROI it was summed with, so `opmon process --roi` reproduces it. A processor
+restarted mid-run recovers what it missed from the archive (live/recovery.py) and follows on from
+the ROI of the run's latest archived maps.
 """
 from __future__ import annotations
 
@@ -127,7 +131,7 @@ class LiveProcessor(LiveService):
         assert run is not None and run.roi is not None
         self._map(h["map"])
         lm = run.accumulate(h, frame)
-        run.sample_for_follow(lm, frame)
+        run.sample_for_follow(lm, h, frame)
         now = time.time()
         self._accumulated(now - h["t"], h["seq"], now)
         lm.unpublished_t.append(h["t"])
@@ -142,8 +146,7 @@ class LiveProcessor(LiveService):
             return
         lm.ended = True
         acc = lm.acc if lm.acc is not None else run.accumulator(lm)
-        self._final(run, lm, acc, n_frames=self._expected(number), frames_lost=self._lost(number))
-        run.follow_peak(number)       # the maps to come: ROI re-centred on this map's peak if it moved
+        self._final_own_roi(run, lm, acc, n_frames=self._expected(number), frames_lost=self._lost(number))
 
     def _progress(self, number: int) -> MapProgress | None:
         return self.info.maps.get(number) if self.run is not None and self.info is not None else None
@@ -268,5 +271,6 @@ class LiveProcessor(LiveService):
 
     def close(self) -> None:
         """Close every socket (final maps still queued for the archiver are logged)."""
+        self._close_remaker()
         self.outputs.close()
         self.receiver.close()

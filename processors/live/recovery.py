@@ -64,13 +64,11 @@ def map_from_archive(archive: RunArchive, number: int, make: Callable[[dict[str,
     found = archive.start()
     if found is None:
         raise ArchiveError(f"{archive.path}: no run start to make map {number} from")
+    from opmon.processors.live.remake import add_frames
+
     acc = make(found[0], found[1], archive.map_shape(number))
-    n = 0
-    for header, frame in archive.frames(number, wait_s=5.0):
-        acc.process_frame(frame, header["index"], header["eta"], header["phi"], header["nu"], header["delta"],
-                          header.get("monitor"))
-        n += 1
-    return acc, n
+    add_frames(acc, archive.frames(number, wait_s=5.0))
+    return acc, acc.frames_seen
 
 
 def catch_up(archive_dir: str | Path, outputs: Any, *, skip_runs: set[str], roi: Any, roi_frames: int,

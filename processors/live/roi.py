@@ -4,10 +4,12 @@ The ROI is first decided from the sum of a run's first frames, with the hot and 
 frames show added to the detector mask first (`opmon.processors.bad_pixels`, as `opmon process` does). An eta-outer scan often starts
 off the rocking curve, so the first frames may show no Bragg peak: then the decision waits for
 more frames (or for `wait_s`), up to ROI_MAX_FRAMES, after which it settles for the full frame
-(whose background is then measured on the map points off the particle, `MomentAccumulator`). The
-inline processor then re-centres it on each map's peak (`engine.LiveRun.follow_peak`).
+(whose background is then measured on the map points off the particle, `MomentAccumulator`). Either
+is provisional: at the map's end `MapPicks` (the frames `opmon process` samples, summed as they came)
+gives the ROI of the whole map; unless the provisional one is that within 2 pixels the map is re-made
+with it (`remake`), and the maps to come follow it (`engine.LiveRun.conclude_map`).
 The inline processor, each fan-out worker (which reports its share of the sum) and the fan-out
-coordinator (which merges the shares and decides) all run this one `RoiDecider`.
+coordinator (which merges the shares and decides) all run this one `RoiDecider` and `MapPicks`.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import numpy.typing as npt
 
 from opmon.processors.accumulate import Roi
 from opmon.processors.bad_pixels import BadPixelFinder, merged_mask
-from opmon.processors.offline import roi_from_image
+from opmon.processors.offline import MapPlan, MapSample, plan_of_sample, roi_from_image, sample_picks
 
 #: frames an auto ROI may wait for a Bragg peak to show before it settles for the full frame
 ROI_MAX_FRAMES = 256
@@ -135,3 +137,50 @@ class RoiDecider:
         """No peak in the first `looked_at` frames: try again after `quota` more (or `wait_s`)."""
         self.next = looked_at + self.quota
         self.since = time.monotonic()
+
+
+class MapPicks:
+    """The frames of one map that `opmon process` samples for its auto ROI and bad-pixel finder
+    (`offline.sample_picks`), summed as they arrive in any order, by any process.
+
+    At the map's end `plan` gives the ROI and mask `opmon process` takes for the whole map: an
+    eta-outer scan's first frames are off the rocking curve, so only the whole map shows where
+    its peak is. With `n_frames` unknown (0) every frame is summed.
+    """
+
+    def __init__(self, n_frames: int) -> None:
+        self.picks, self.every = sample_picks(n_frames) if n_frames > 0 else (None, 1)
+        self.sample = MapSample(np.zeros(0), BadPixelFinder())
+        self.frames = 0
+
+    def add(self, frame_number: int, frame: npt.NDArray[Any]) -> None:
+        """Sum `frame` (number `frame_number` of its map) when it is one of the picks."""
+        position = frame_number
+        if self.picks is not None:
+            position = int(np.searchsorted(self.picks, frame_number))
+            if position >= self.picks.size or self.picks[position] != frame_number:
+                return
+        if self.frames == 0:
+            self.sample.total = np.zeros(frame.shape, dtype=np.float64)
+        self.sample.total += frame
+        self.frames += 1
+        if position % self.every == 0:
+            self.sample.finder.add(frame)
+
+    def merge(self, total: npt.NDArray[Any], frames: int, standout: npt.NDArray[Any] | None, looked_at: int) -> None:
+        """Add another process's picks of the same map (a fan-out worker's share: its sum of `frames`
+        picks, and its bad-pixel finder's counts over the `looked_at` of them it looked at)."""
+        if not frames:
+            return
+        if self.frames == 0:
+            self.sample.total = np.zeros(total.shape, dtype=np.float64)
+        self.sample.total += total
+        self.frames += frames
+        if standout is not None:
+            self.sample.finder.merge(standout, looked_at)
+
+    def plan(self, known: npt.NDArray[np.uint8] | None, frame_shape: tuple[int, int]) -> MapPlan | None:
+        """The ROI and mask `opmon process` takes for this map (None: no frame summed)."""
+        if self.frames == 0:
+            return None
+        return plan_of_sample(self.sample, known, frame_shape)

@@ -8,8 +8,11 @@ its status and partial maps are.
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +25,11 @@ from opmon.processors.accumulate import MomentAccumulator, Roi
 from opmon.processors.live.engine import LiveMap, LiveRun, initial_roi
 from opmon.processors.live.outputs import MapOutputs
 from opmon.processors.live.recovery import catch_up
+from opmon.processors.live.remake import remake_map
 from opmon.processors.maps import MapResult
 from opmon.streaming import protocol as P
+
+log = logging.getLogger(__name__)
 
 CATCH_UP_S = 5.0   # an idle processor looks this often for archived maps nobody made
 LATENCY_RECORDS = 200_000   # latest frames whose latency is kept (benchmarks, status)
@@ -60,6 +66,8 @@ class LiveService:
         self._rate = (time.monotonic(), 0)
         self._last_publish = self._last_status = 0.0
         self._last_catch_up = time.monotonic()
+        self._remaker: ThreadPoolExecutor | None = None     # re-makes maps taken with a provisional ROI
+        self._remaking: list[tuple[Any, ...]] = []          # (job, run, map, its live sums, n_frames, lost, options)
 
     @property
     def results(self) -> dict[tuple[str, int], MapResult]:
@@ -73,9 +81,11 @@ class LiveService:
     def _new_run(self, start: dict[str, Any], mask: npt.NDArray[np.uint8] | None, *, adopted: bool,
                  roi: Roi | None) -> LiveRun:
         """A run with this processor's settings; `roi` (recovered from the archive) before the setting."""
-        run = LiveRun.begin(start, mask, roi or initial_roi(self.roi_setting, start), threshold=self.threshold,
+        given = initial_roi(self.roi_setting, start)
+        run = LiveRun.begin(start, mask, roi or given, threshold=self.threshold,
                             background=self.background, roi_quota=self.roi_frames, roi_wait_s=self.roi_wait_s,
-                            adopted=adopted, register=self.register)
+                            adopted=adopted, register=self.register,
+                            follows=self.roi_setting == "auto" and given is None)   # also after a restart (`roi` recovered)
         if run.roi is not None:
             self.roi_decided_at = time.time()
         return run
@@ -93,21 +103,68 @@ class LiveService:
         self.publish_latencies.extend(now - t for t in lm.unpublished_t)
         lm.unpublished_t.clear()
 
-    def _final(self, run: LiveRun, lm: LiveMap, acc: MomentAccumulator, *, n_frames: int, frames_lost: int) -> None:
-        """Make, publish and archive `lm`'s final maps from `acc`."""
+    def _final(self, run: LiveRun, lm: LiveMap, acc: MomentAccumulator, *, n_frames: int, frames_lost: int,
+               options: dict[str, Any] | None = None) -> None:
+        """Make, publish and archive `lm`'s final maps from `acc` (taken with `options`, default the map's)."""
         lm.done = True
         dose = run.dose.grid(up_to=lm.number) if run.dose is not None else None   # maps 0..this one
         self.outputs.final(acc, run=run.uid, number=lm.number, n_frames=n_frames, frames_lost=frames_lost,
-                           options=run.options, dose=dose)
+                           options=options if options is not None else run.map_options(lm), dose=dose)
         if run.dose is not None:
             run.dose.release(lm.number)
         self._published(lm)
         lm.acc = None   # the sums of a finished map are its final maps now: a run of hundreds of maps must not keep them
 
+    def _final_own_roi(self, run: LiveRun, lm: LiveMap, acc: MomentAccumulator, *, n_frames: int,
+                       frames_lost: int) -> Roi | None:
+        """`lm`'s final maps with the ROI and mask its whole map asks for (`opmon process`'s rule on
+        the frames it samples): a map taken with a provisional ROI that misses its peak is re-made
+        (`remake.remake_map`) on a thread, its final maps made when that is done (`_remakes_done`),
+        while the maps to come already follow its peak. Returns the ROI they take when it changed."""
+        plan = run.map_plan(lm)
+        options = run.map_options(lm)
+        if run.remake_wanted(lm, plan):
+            assert plan is not None
+            if self._remaker is None:
+                self._remaker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="opmon-remake")
+            job = self._remaker.submit(remake_map, run, lm, plan, self.archive_dir, lm.held)
+            self._remaking.append((job, run, lm, acc, n_frames, frames_lost, options))
+        else:
+            self._final(run, lm, acc, n_frames=n_frames, frames_lost=frames_lost, options=options)
+        return run.conclude_map(lm, plan)
+
+    def _remakes_done(self, wait_s: float = 0.0) -> None:
+        """Final maps of the re-made maps whose re-making is over (waiting up to `wait_s` for them);
+        a map that could not be re-made keeps the sums it was taken with."""
+        deadline = time.monotonic() + wait_s
+        for item in list(self._remaking):
+            job, run, lm, acc, n_frames, frames_lost, options = item
+            try:
+                remade = job.result(timeout=max(0.0, deadline - time.monotonic())) if wait_s else (
+                    job.result() if job.done() else False)
+            except FutureTimeout:
+                continue
+            except Exception:       # noqa: BLE001 - the map keeps its live sums; the error is logged
+                log.exception("run %s map %d: re-making it failed; kept with ROI %s", run.uid, lm.number, lm.roi)
+                remade = None
+            if remade is False:
+                continue
+            self._remaking.remove(item)
+            if remade is not None:
+                acc, options = remade
+            self._final(run, lm, acc, n_frames=n_frames, frames_lost=frames_lost, options=options)
+
+    def _close_remaker(self, wait_s: float = 60.0) -> None:
+        """Make the final maps of maps still being re-made (bounded wait), then stop the thread."""
+        self._remakes_done(wait_s)
+        if self._remaker is not None:
+            self._remaker.shutdown(wait=False, cancel_futures=True)
+            self._remaker = None
+
     def _partial(self, run: LiveRun, lm: LiveMap, acc: MomentAccumulator, *, n_frames: int, frames_lost: int) -> None:
         """Publish `lm` in progress from `acc` on the display channel."""
         self.outputs.partial(acc, run=run.uid, number=lm.number, n_frames=n_frames, frames_lost=frames_lost,
-                             options=run.options, dose=run.dose.grid(up_to=lm.number) if run.dose is not None else None)
+                             options=run.map_options(lm), dose=run.dose.grid(up_to=lm.number) if run.dose is not None else None)
         self._published(lm)
 
     # -- what each executor says ------------------------------------------------------------------
@@ -149,7 +206,9 @@ class LiveService:
                 "maps_unarchived": len(self.outputs.unarchived), "workers": self.n_workers, "archive": None}
 
     def _housekeeping(self, now: float) -> None:
-        """Publish and report on time; catch up from the archive when idle."""
+        """Publish and report on time; final maps of re-made maps; catch up from the archive when idle."""
+        if self._remaking:
+            self._remakes_done()
         if now - self._last_publish >= self.publish_interval_s:
             self._last_publish = now
             self.publish_partials()

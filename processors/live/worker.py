@@ -31,8 +31,9 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from opmon.processors.accumulate import SHIPPED_KEYS, MomentAccumulator, warm_up_kernels
-from opmon.processors.live.engine import LiveRun
-from opmon.processors.live.roi import RoiDecider
+from opmon.processors.live.engine import LiveRun, make_accumulator
+from opmon.processors.live.remake import add_frames
+from opmon.processors.live.roi import MapPicks, RoiDecider
 from opmon.streaming import protocol as P
 from opmon.streaming.memory import keep_frame_buffers
 from opmon.streaming.receiver import FinishedRuns, check_frame
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 READY, CTRL, ASK, ROISUM, SEEN, STATE = b"ready", b"ctrl", b"ask", b"roisum", b"seen", b"state"
 # coordinator -> worker
 GO, SETUP, ROI, MAP, FINAL, END, UNKNOWN, QUIT = b"go", b"setup", b"roi", b"map", b"final", b"end", b"unknown", b"quit"
+REMAKE = b"remake"    # accumulate a map again from its held frames with its own ROI (roi None: drop them)
 
 #: index, x, y, monitor: what the coordinator's dose map needs of each frame (NaN: not sent)
 SEEN_COLUMNS = ("seq", "map", "frame", "t_sent", "t_done", "index", "x", "y", "monitor")
@@ -50,13 +52,26 @@ SEEN_FLUSH_S = 0.02          # accounting batches: at most this old ...
 SEEN_FLUSH_ROWS = 64         # ... or this long
 MAX_PENDING = 256            # frames held while waiting for the coordinator; then stop reading
 MAP_SHAPE_WAIT_S = 2.0       # a map whose map_start never reached us uses the run's map shape
+ROI_PENDING_WAIT_S = 10.0    # a map whose ROI waits for the previous map's end takes the run's ROI after this long
+                             # (well inside the sender's stall timeout, 30 s: frames held here hold the stream up)
 
 
-def encode_state(acc: MomentAccumulator | None, header: dict[str, Any]) -> list[Any]:
-    """`[b"state", header, *sums]` (sums in SHIPPED_KEYS order; none for a map never seen)."""
+#: state keys of a map's picks (`roi.MapPicks`), shipped beside the sums with its final state
+PICKS_TOTAL, PICKS_STANDOUT = "picks_total", "picks_standout"
+
+
+def encode_state(acc: MomentAccumulator | None, header: dict[str, Any], picks: MapPicks | None = None) -> list[Any]:
+    """`[b"state", header, *sums]` (sums in SHIPPED_KEYS order; none for a map never seen), with the
+    map's picks (their sum and bad-pixel counts) when given: the coordinator decides its own ROI."""
     if acc is None:
         return [STATE, P.pack(dict(header, keys=[]))]
     state = acc.state()           # SHIPPED_KEYS, and the scans' eta of an eta-scan accumulator
+    header = dict(header, roi=list(acc.roi))
+    if picks is not None and picks.frames:
+        header.update(picks_frames=picks.frames, picks_looked_at=picks.sample.finder.frames)
+        state = dict(state, **{PICKS_TOTAL: picks.sample.total})
+        if picks.sample.finder.standout is not None:
+            state[PICKS_STANDOUT] = picks.sample.finder.standout
     header = dict(header, keys=[[k, str(v.dtype), list(v.shape)] for k, v in state.items()])
     return [STATE, P.pack(header)] + [np.ascontiguousarray(v) for v in state.values()]
 
@@ -147,10 +162,29 @@ class FanOutWorker:
         lm = run.map(number)
         acc = lm.acc
         header = {"run": run.uid, "map": number, "frames": acc.frames_seen if acc else 0, "final": final}
-        self.outbox.send_multipart(encode_state(acc, dict(header, worker=self.id)), copy=False)
+        if final and lm.held is not None:     # its ROI was provisional: every frame held, to re-make it if asked
+            header["held"] = not lm.held.overflowed and len(lm.held) == (acc.frames_seen if acc else 0)
+        elif final and acc is None:          # dealt no frame of it: nothing to hold, nothing to re-make
+            header["held"] = True
+        self.outbox.send_multipart(encode_state(acc, dict(header, worker=self.id), lm.picks if final else None),
+                                   copy=False)
         lm.dirty = False
         if final:
-            lm.acc, lm.done = None, True
+            lm.acc, lm.done, lm.picks = None, True, None
+
+    def _remake(self, run: LiveRun, number: int, roi: list[int] | None, mask: npt.NDArray[np.uint8] | None) -> None:
+        """Accumulate map `number` again from its held frames with `roi` and `mask` and hand the sums in
+        (`remade`); `roi` None: the map stays as it is, its frames are dropped."""
+        lm = run.map(number)
+        held, lm.held = lm.held, None
+        if roi is None:
+            return
+        acc = None
+        if held is not None:                 # (none: dealt no frame of the map; it still answers, the coordinator waits for all)
+            acc = make_accumulator(run.geometry, lm.map_shape, mask, dict(run.options, roi=list(roi)))
+            add_frames(acc, held.frames())
+        header = {"run": run.uid, "map": number, "frames": acc.frames_seen if acc else 0, "final": True, "remade": True}
+        self.outbox.send_multipart(encode_state(acc, dict(header, worker=self.id)), copy=False)
 
     # -- frames ----------------------------------------------------------------------------------
     def _on_stream(self, parts: list[Any]) -> None:
@@ -198,12 +232,19 @@ class FanOutWorker:
                 return
             log.warning("live worker %d: no map_start for map %d of run %s; using the run's map shape", self.id, number, uid)
             lm = run.map_started(number, run.map_shape)
+        if lm.acc is None and lm.roi_pending:       # its ROI comes with the previous map's end (the ROI follows the peak)
+            if time.monotonic() - item.since < ROI_PENDING_WAIT_S:
+                self.held.append(item)
+                return
+            log.warning("live worker %d: no ROI for map %d of run %s; taking the run's %s", self.id, number, uid, run.roi)
+            lm.roi_pending = False
         try:
             check_frame(h, run.frame_shape, run.start["dtype"], lm.map_shape)
         except P.RejectedMessage as exc:
             self._reject(exc.reason, str(exc))
             return
         run.accumulate(h, item.frame)
+        run.sample_for_follow(lm, h, item.frame)
         self.seen.setdefault(uid, []).append((h["seq"], number, h["frame"], h["t"], time.time(), h["index"],
                                               *(_number_or_nan(h.get(k)) for k in ("x", "y", "monitor"))))
         self.n_seen += 1
@@ -242,24 +283,33 @@ class FanOutWorker:
                 mask = np.frombuffer(parts[2].buffer, dtype=np.uint8).reshape(h["frame_shape"]).copy()
             options = h.pop("options")
             map_shapes = h.pop("map_shapes", {})
+            maps = h.pop("maps", {})
+            follows = bool(h.pop("follows", False))
             decider = RoiDecider(self.roi_quota, self.roi_wait_s) if options.get("roi") is None else None
-            run = self.runs[uid] = LiveRun(uid, h, mask, options, roi_decider=decider)
+            run = self.runs[uid] = LiveRun(uid, h, mask, options, roi_decider=decider, follows=follows)
             for number, shape in map_shapes.items():
-                run.map_started(int(number), shape)
+                self._map_order(run, {"map": int(number), "map_shape": shape, **maps.get(number, {})})
             self.unknown.discard(uid)
         elif kind == ROI and run is not None:
             reported = self.roi_reported.pop(uid, 0)
             if h["roi"] is not None:
                 if len(parts) > 2:                  # the coordinator found hot/dead pixels: the run's mask now
                     run.mask = np.frombuffer(parts[2].buffer, dtype=np.uint8).reshape(run.frame_shape).copy()
-                run.set_roi(h["roi"])
+                run.set_roi(h["roi"], provisional=bool(h.get("provisional")))
+                if h.get("map") is not None:       # the ROI of a map that waited for the previous map's end
+                    lm = run.map(int(h["map"]))
+                    if lm.acc is None:
+                        lm.roi, lm.roi_pending, lm.provisional = tuple(h["roi"]), False, run.provisional
             elif run.roi_decider is not None:      # no peak in the frames so far: report again with more
                 run.roi_decider.wait_for_more(reported)
         elif kind == MAP and run is not None:
-            run.map_started(int(h["map"]), h["map_shape"])
+            self._map_order(run, h)
         elif kind == FINAL and run is not None:
             self._flush_seen()
             self._send_state(run, int(h["map"]), final=True)
+        elif kind == REMAKE and run is not None:
+            mask = np.frombuffer(parts[2].buffer, dtype=np.uint8).reshape(run.frame_shape).copy() if len(parts) > 2 else None
+            self._remake(run, int(h["map"]), h["roi"], mask)
         elif kind == END:
             self.runs.pop(uid, None)
             self.roi_reported.pop(uid, None)
@@ -268,6 +318,15 @@ class FanOutWorker:
             self.unknown.add(uid)
         self._retry_held()
         return True
+
+    @staticmethod
+    def _map_order(run: LiveRun, h: dict[str, Any]) -> None:
+        """A map's shape, frame count and ROI (None: the run's; `roi_pending`: wait for it) from the coordinator."""
+        lm = run.map_started(int(h["map"]), h["map_shape"], int(h.get("n_frames") or 0))
+        if lm.acc is None:
+            lm.roi = tuple(h["roi"]) if h.get("roi") is not None else None  # type: ignore[assignment]
+            lm.roi_pending = bool(h.get("roi_pending", False))
+            lm.provisional = bool(h.get("provisional", False))
 
     # -- loop ------------------------------------------------------------------------------------
     def _connect_frames(self, timeout_s: float = 2.0) -> None:

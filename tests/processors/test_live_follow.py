@@ -33,11 +33,13 @@ def _map_frames(peak_row: float, seed: int) -> list[tuple[np.ndarray, int, float
 
 
 @pytest.mark.timeout(120)
-def test_the_next_maps_roi_is_centred_on_the_moved_peak():
+@pytest.mark.parametrize("workers", [1, 2], ids=["inline", "fan-out"])
+def test_the_next_maps_roi_is_centred_on_the_moved_peak(workers):
+    """Inline, and fan-out workers told each map's ROI by the coordinator, follow the peak alike."""
     ctx = zmq.Context()
     maps_in, maps_endpoint, _ = map_sockets(ctx)
     sink = ZmqFrameSink(["tcp://127.0.0.1:*"], context=ctx, stall_timeout_s=60)
-    processor = open_live_processor(sink.endpoints[0], None, maps_endpoint, workers=1, roi_frames=20,
+    processor = open_live_processor(sink.endpoints[0], None, maps_endpoint, workers=workers, roi_frames=20,
                                     roi_wait_s=60.0, context=ctx)
     thread = threading.Thread(target=processor.serve, daemon=True)
     thread.start()
@@ -52,7 +54,7 @@ def test_the_next_maps_roi_is_centred_on_the_moved_peak():
                 sink.send_frame(frame, index=p, eta=eta, phi=0.0, nu=0.0, delta=30.0)
             sink.end_map()
         sink.stop_run()
-        finals = [recv_map(maps_in) for _ in range(3)]
+        finals = sorted((recv_map(maps_in) for _ in range(3)), key=lambda m: m[0]["map"])   # a re-made map comes later
     finally:
         processor.stopped = True
         thread.join(30)
@@ -67,3 +69,28 @@ def test_the_next_maps_roi_is_centred_on_the_moved_peak():
     assert rois[2] != (0, FRAME[0], 0, FRAME[1])
     done = finals[2][1]
     assert done.mask.sum() == MAP[0] * MAP[1] and not (done.flags & FLAG_EDGE).any()
+
+
+def test_a_restarted_processor_follows_the_peak_from_the_archived_roi():
+    """A processor joining a run mid-way takes the ROI of the run's latest archived maps (`roi`) and
+    still follows the peak: the next map's ROI is the one the map it made asks for."""
+    ctx = zmq.Context()
+    processor = open_live_processor("tcp://127.0.0.1:1", None, None, workers=1, context=ctx)   # never connects
+    try:
+        start = {"run": "r1", "frame_shape": list(FRAME), "dtype": "uint32", "map_shape": list(MAP), **GEOMETRY,
+                 "pixel_size_m": list(GEOMETRY["pixel_size_m"]), "beam_center": list(GEOMETRY["beam_center"])}
+        archived = (2, 40, 2, 47)                       # the ROI the maps made before the restart recorded
+        run = processor._new_run(start, None, adopted=True, roi=archived)
+        assert run.roi == archived
+        frames = _map_frames(80.0, seed=4)              # the peak went on, far below that ROI
+        lm = run.map_started(3, MAP, len(frames))
+        for k, (frame, p, eta) in enumerate(frames):
+            header = {"map": 3, "frame": k, "index": p, "eta": eta, "phi": 0.0, "nu": 0.0, "delta": 30.0}
+            run.accumulate(header, frame)
+            run.sample_for_follow(lm, header, frame)
+        wanted = run.map_plan(lm).roi
+        assert run.conclude_map(lm, run.map_plan(lm)) == wanted and run.roi == wanted
+        assert wanted[0] < 80 < wanted[1], wanted
+    finally:
+        processor.close()
+        ctx.destroy(linger=0)
