@@ -1,0 +1,277 @@
+"""Powder-arc spots: found per map, then replaced in every frame by what surrounds them.
+
+Other grains beside the imaged particle diffract at the same 2θ into compact spots on the
+Debye ring, each over a narrow range of eta and at the map points near it. The ring runs
+through the particle's peak window, so no ROI leaves them out: their photons validate map
+points off the particle and pull the tilt. Masking their detector pixels for every frame
+cuts the particle's own peak where the ring crosses it.
+
+Found (`find_spots`): each eta scan's sum of sampled frames over the ROI (the particle's peak,
+summed over the map points in Bragg condition, is broad there; a spot is not) less a smooth
+version of itself (a Gaussian of the image with its bright outliers clipped), in Poisson
+sigmas; voxels (eta scan, row, column) above SEED_SIGMA, grown through neighbours above
+GROW_SIGMA in eta and on the detector, that stand at least MIN_CONTRAST times above the smooth
+level and are compact (at most MAX_SPOT_PIXELS per scan) are spots, dilated by DILATE pixels.
+
+Removed in expectation (`correct_block`): in a frame of a scan holding spots, each spot's
+pixels' counts are taken out of the frame's moments and replaced by the mean count of a ring
+of pixels around it in that same frame, times the spot pixels' geometric moments. For a peak
+that is smooth across the spot (the particle's, or the background) this adds what the spot
+pixels would have held without the spot: no hole is cut in the peak. It runs beside the
+moment kernel (after it, on the same frames), a few hundred pixels per frame with spots.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
+
+from opmon.processors.kernels import sample_matrix
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+ETA_DECIMALS = 5        # frames whose eta agrees to 1e-5 deg belong to one eta scan (as eta_scans.py)
+SMOOTH_SIGMA = 6.0      # px: the Gaussian of the smooth image (spots are sigma 1-3 px, the summed peak tens)
+SEED_SIGMA = 8.0        # Poisson sigmas above the smooth image a spot's brightest voxel stands
+GROW_SIGMA = 2.5        # ... and each voxel of it
+MIN_CONTRAST = 0.5      # a spot voxel holds at least this share more than the smooth level
+DILATE = 3              # px added around each spot (its faint wings) ...
+ETA_WINGS = 1           # ... and eta scans on either side
+TILE = 16               # px: spot pixels are replaced piece by piece, each piece by the ring beside it
+MIN_RING_PIXELS = 8     # a piece's ring holds at least this many pixels (else it looks further out)
+RING = 2                # px: width of the ring of pixels whose counts stand in for a spot's
+MAX_SAMPLE_BYTES = 256 * 2**20   # per-scan sample sums kept while sampling a map (else no spot search)
+
+
+@dataclass(frozen=True)
+class SpotTable:
+    """Spot pixels per eta scan, flat for the numba correction.
+
+    ``eta`` (n_scans,) increasing, the scans holding spots; spots of scan s are
+    ``scan_ptr[s]:scan_ptr[s+1]``; spot k's pixels (flat frame indices) are
+    ``core_pix[core_ptr[k]:core_ptr[k+1]]``, its ring's ``ring_pix[ring_ptr[k]:ring_ptr[k+1]]``.
+    """
+
+    eta: F64
+    scan_ptr: I64
+    core_ptr: I64
+    core_pix: I64
+    ring_ptr: I64
+    ring_pix: I64
+
+    @property
+    def n_spots(self) -> int:
+        """Spots found, counted once per eta scan they show in."""
+        return int(self.core_ptr.size - 1)
+
+    @classmethod
+    def empty(cls) -> "SpotTable":
+        zero = np.zeros(1, dtype=np.int64)
+        return cls(np.zeros(0), zero, zero, np.zeros(0, dtype=np.int64), zero, np.zeros(0, dtype=np.int64))
+
+    def scans_of(self, eta: npt.ArrayLike) -> I64:
+        """The scan index of each frame's eta in this table, -1 where its scan holds no spot."""
+        keys = np.round(np.asarray(eta, dtype=np.float64).reshape(-1), ETA_DECIMALS)
+        if self.eta.size == 0:
+            return np.full(keys.shape, -1, dtype=np.int64)
+        at = np.clip(np.searchsorted(self.eta, keys), 0, self.eta.size - 1)
+        return np.where(np.abs(self.eta[at] - keys) < 0.5 * 10.0 ** -ETA_DECIMALS, at, -1).astype(np.int64)
+
+
+def smooth_level(image: F64, sigma: float = SMOOTH_SIGMA) -> F64:
+    """The image without its compact bright outliers: Gaussian-smoothed, pixels more than 3 Poisson
+    sigmas above the smooth level clipped to it, smoothed again (twice)."""
+    level = ndimage.gaussian_filter(image, sigma, mode="nearest")
+    for _ in range(2):
+        clipped = np.minimum(image, level + 3.0 * np.sqrt(level + 1.0))
+        level = ndimage.gaussian_filter(clipped, sigma, mode="nearest")
+    return level
+
+
+def find_spots(sums: F64, eta: npt.ArrayLike, roi: tuple[int, int, int, int], frame_shape: tuple[int, int],
+               mask: npt.NDArray[np.uint8] | None = None) -> SpotTable:
+    """Spots in the per-eta-scan sums (n_scans, rows, cols) of a map's sampled frames over the ROI window.
+
+    ``eta`` (n_scans,) the scans' eta (deg); ``roi`` (r0, r1, c0, c1) the window the sums cover in
+    the frame of ``frame_shape``; ``mask`` (frame) 1 = dead/hot pixel (never a spot pixel, never read).
+    """
+    r0, r1, c0, c1 = roi
+    sums = np.asarray(sums, dtype=np.float64)
+    eta = np.round(np.asarray(eta, dtype=np.float64).reshape(-1), ETA_DECIMALS)
+    if sums.ndim != 3 or sums.shape[1:] != (r1 - r0, c1 - c0) or sums.shape[0] != eta.size:
+        raise ValueError(f"per-scan sums of shape {sums.shape} do not match {eta.size} scans of ROI {roi}")
+    order = np.argsort(eta)
+    sums, eta = sums[order], eta[order]
+    good = np.ones(sums.shape[1:], dtype=bool) if mask is None else mask[r0:r1, c0:c1] == 0
+    sums = np.where(good, sums, 0.0)
+    level = np.stack([smooth_level(image) for image in sums])
+    z = (sums - level) / np.sqrt(level + 1.0)
+    bright = good & (sums - level > MIN_CONTRAST * level)
+    grown, n = ndimage.label(bright & (z > GROW_SIGMA))    # 6-connected in (eta, row, column)
+    if n == 0:
+        return SpotTable.empty()
+    keep = np.zeros(n + 1, dtype=bool)
+    keep[1:] = ndimage.maximum(z, grown, index=np.arange(1, n + 1)) > SEED_SIGMA
+    spots = keep[grown]
+    # the faint wings: DILATE px on the detector and the neighbouring eta scans
+    spots = ndimage.binary_dilation(spots, structure=np.ones((1, 3, 3), dtype=bool), iterations=DILATE)
+    spots = ndimage.binary_dilation(spots, structure=np.ones((1 + 2 * ETA_WINGS, 1, 1), dtype=bool)) & good
+    return _table(spots, eta, roi, frame_shape[1], good)
+
+
+def _table(spots: npt.NDArray[np.bool_], eta: F64, roi: tuple[int, int, int, int], cols: int,
+           good: npt.NDArray[np.bool_]) -> SpotTable:
+    """The SpotTable of spot voxels (n_scans, rows, cols) over the ROI window: each scan's spot pixels cut
+    into TILE x TILE pieces, each with the ring of non-spot pixels around it (so a chain of spots along
+    the arc is replaced by the level beside each piece, not by one mean along the chain)."""
+    r0, _, c0, _ = roi
+    scans: list[float] = []
+    scan_ptr, core_ptr, ring_ptr = [0], [0], [0]
+    cores: list[I64] = []
+    rings: list[I64] = []
+    rows_idx, cols_idx = np.indices(spots.shape[1:])
+    tile = (rows_idx // TILE) * (spots.shape[2] // TILE + 1) + cols_idx // TILE
+    for s in range(spots.shape[0]):
+        here = spots[s]
+        if not here.any():
+            continue
+        labels, _ = ndimage.label(here)
+        pieces = np.unique(labels[here] * (tile.max() + 1) + tile[here])
+        key = labels * (tile.max() + 1) + tile
+        found = 0
+        for piece in pieces:
+            core = here & (key == piece)
+            ring = np.zeros_like(core)
+            grow = core
+            for _ in range(4):      # a piece enclosed by other spot pixels looks further for its ring
+                grow = ndimage.binary_dilation(grow, iterations=RING)
+                ring = grow & ~here & good
+                if ring.sum() >= MIN_RING_PIXELS:
+                    break
+            if not ring.any():
+                continue
+            rr, cc = np.nonzero(core)
+            cores.append((rr + r0) * cols + cc + c0)
+            rr, cc = np.nonzero(ring)
+            rings.append((rr + r0) * cols + cc + c0)
+            core_ptr.append(core_ptr[-1] + cores[-1].size)
+            ring_ptr.append(ring_ptr[-1] + rings[-1].size)
+            found += 1
+        if found:
+            scans.append(float(eta[s]))
+            scan_ptr.append(scan_ptr[-1] + found)
+    if not scans:
+        return SpotTable.empty()
+    return SpotTable(np.array(scans), np.array(scan_ptr, dtype=np.int64), np.array(core_ptr, dtype=np.int64),
+                     np.concatenate(cores).astype(np.int64), np.array(ring_ptr, dtype=np.int64),
+                     np.concatenate(rings).astype(np.int64))
+
+
+class ScanSums:
+    """Sums of sampled frames per eta scan (full frames), the input of `find_spots` once the ROI is known."""
+
+    def __init__(self, frame_shape: tuple[int, int], n_scans: int) -> None:
+        self.frame_shape = frame_shape
+        self.enabled = n_scans * frame_shape[0] * frame_shape[1] * 4 <= MAX_SAMPLE_BYTES
+        self._sums: dict[float, npt.NDArray[np.float32]] = {}
+
+    def add(self, frames: npt.NDArray[np.generic], eta: npt.ArrayLike) -> None:
+        """Add frames (k, rows, cols) taken at eta (k,)."""
+        if not self.enabled:
+            return
+        keys = np.round(np.asarray(eta, dtype=np.float64).reshape(-1), ETA_DECIMALS)
+        for key in np.unique(keys):
+            total = self._sums.setdefault(float(key), np.zeros(self.frame_shape, dtype=np.float32))
+            total += frames[keys == key].sum(axis=0, dtype=np.float32)
+
+    def spots(self, roi: tuple[int, int, int, int], mask: npt.NDArray[np.uint8] | None) -> SpotTable:
+        """The spots these sums show inside `roi` (none when the sums were too large to keep)."""
+        if not self.enabled or not self._sums:
+            return SpotTable.empty()
+        r0, r1, c0, c1 = roi
+        eta = np.array(sorted(self._sums))
+        stack = np.stack([self._sums[e][r0:r1, c0:c1] for e in eta]).astype(np.float64)
+        return find_spots(stack, eta, roi, self.frame_shape, mask)
+
+
+@numba.njit(cache=True, nogil=True)
+def _spot_moments(frame, scan, scan_ptr, core_ptr, core_pix, ring_ptr, ring_pix, q_lab, r0, c0, threshold,
+                  out):  # type: ignore[no-untyped-def]
+    """Lab moments (10) of (ring level − kept count) over the spot pixels of one frame of scan `scan`;
+    returns the counts taken out."""
+    for k in range(10):
+        out[k] = 0.0
+    cols = frame.shape[1]
+    removed = 0.0
+    for s in range(scan_ptr[scan], scan_ptr[scan + 1]):
+        ring = 0.0
+        for j in range(ring_ptr[s], ring_ptr[s + 1]):
+            v = frame[ring_pix[j] // cols, ring_pix[j] % cols]
+            if v >= threshold:
+                ring += v
+        level = ring / (ring_ptr[s + 1] - ring_ptr[s])
+        for j in range(core_ptr[s], core_ptr[s + 1]):
+            r = core_pix[j] // cols
+            c = core_pix[j] % cols
+            v = frame[r, c]
+            kept = np.float64(v) if v >= threshold else 0.0
+            removed += kept
+            w = level - kept
+            q = q_lab[r - r0, c - c0]
+            qx, qy, qz = q[0], q[1], q[2]
+            out[0] += w
+            out[1] += w * qx
+            out[2] += w * qy
+            out[3] += w * qz
+            out[4] += w * qx * qx
+            out[5] += w * qx * qy
+            out[6] += w * qx * qz
+            out[7] += w * qy * qy
+            out[8] += w * qy * qz
+            out[9] += w * qz * qz
+    return removed
+
+
+@numba.njit(cache=True, nogil=True)
+def correct_block(frames, scans, etas, phis, pixels, monitors, scan_ptr, core_ptr, core_pix, ring_ptr, ring_pix,
+                  q_lab, r0, c0, threshold, sum_i, sum_iq, sum_iqq, pixel_sums):  # type: ignore[no-untyped-def]
+    """Replace the spot pixels of each frame (k, rows, cols) whose scan (k,) holds spots (-1: none) by
+    their ring's level, in the sums the moment kernel filled (`MomentAccumulator.state()` arrays):
+    Σ I, Σ I·q, Σ I·q⊗q (rotated into the sample frame as the kernel does) and the Σ I·η, Σ I·η²
+    columns of `pixel_sums`. Returns the counts taken out (monitor-normalised)."""
+    moments = np.empty(10)
+    s1 = np.empty(3)
+    s2 = np.empty((3, 3))
+    removed = 0.0
+    for f in range(frames.shape[0]):
+        scan = scans[f]
+        if scan < 0:
+            continue
+        weight = 1.0 / monitors[f]
+        removed += weight * _spot_moments(frames[f], scan, scan_ptr, core_ptr, core_pix, ring_ptr, ring_pix, q_lab,
+                                          r0, c0, threshold, moments)
+        m = sample_matrix(etas[f], phis[f])
+        s1[0], s1[1], s1[2] = moments[1], moments[2], moments[3]
+        s2[0, 0], s2[0, 1], s2[0, 2] = moments[4], moments[5], moments[6]
+        s2[1, 0], s2[1, 1], s2[1, 2] = moments[5], moments[7], moments[8]
+        s2[2, 0], s2[2, 1], s2[2, 2] = moments[6], moments[8], moments[9]
+        p = pixels[f]
+        sum_i[p] += weight * moments[0]
+        for a in range(3):      # q_sample = Mᵀ q_lab: Σ w q_s = Mᵀ Σ w q_l, Σ w q_s q_sᵀ = Mᵀ (Σ w q_l q_lᵀ) M
+            acc = 0.0
+            for k in range(3):
+                acc += m[k, a] * s1[k]
+            sum_iq[p, a] += weight * acc
+            for b in range(3):
+                acc = 0.0
+                for k in range(3):
+                    for l in range(3):
+                        acc += m[k, a] * s2[k, l] * m[l, b]
+                sum_iqq[p, a, b] += weight * acc
+        pixel_sums[p, 1] += weight * moments[0] * etas[f]
+        pixel_sums[p, 2] += weight * moments[0] * etas[f] * etas[f]
+    return removed
