@@ -36,15 +36,19 @@ I64 = npt.NDArray[np.int64]
 
 ETA_DECIMALS = 5        # frames whose eta agrees to 1e-5 deg belong to one eta scan (as eta_scans.py)
 SMOOTH_SIGMA = 6.0      # px: the Gaussian of the smooth image (spots are sigma 1-3 px, the summed peak tens)
+OPENING = 6             # px: a grey opening with a disc of this radius removes a spot (sigma <= 3 px), keeps a broad peak
 SEED_SIGMA = 8.0        # Poisson sigmas above the smooth image a spot's brightest voxel stands
 GROW_SIGMA = 2.5        # ... and each voxel of it
-MIN_CONTRAST = 0.5      # a spot voxel holds at least this share more than the smooth level
+MIN_CONTRAST = 0.75     # a spot voxel holds at least this share more than the smooth level
 DILATE = 3              # px added around each spot (its faint wings) ...
 ETA_WINGS = 1           # ... and eta scans on either side
 TILE = 16               # px: spot pixels are replaced piece by piece, each piece by the ring beside it
 MIN_RING_PIXELS = 8     # a piece's ring holds at least this many pixels (else it looks further out)
 RING = 2                # px: width of the ring of pixels whose counts stand in for a spot's
 MAX_SAMPLE_BYTES = 256 * 2**20   # per-scan sample sums kept while sampling a map (else no spot search)
+
+
+_DISC = np.hypot(*np.indices((2 * OPENING + 1, 2 * OPENING + 1)) - OPENING) <= OPENING
 
 
 @dataclass(frozen=True)
@@ -83,13 +87,16 @@ class SpotTable:
 
 
 def smooth_level(image: F64, sigma: float = SMOOTH_SIGMA) -> F64:
-    """The image without its compact bright outliers: Gaussian-smoothed, pixels more than 3 Poisson
-    sigmas above the smooth level clipped to it, smoothed again (twice)."""
+    """The image without its compact bright outliers, following a broad peak: the larger of a
+    Gaussian smoothing with outliers (3 Poisson sigmas above it) clipped twice (right on a flat
+    level, low on a bright broad peak's top) and a grey opening wider than a spot of the lightly
+    smoothed image (right on a broad peak, low in noise: its minimum filter)."""
     level = ndimage.gaussian_filter(image, sigma, mode="nearest")
     for _ in range(2):
         clipped = np.minimum(image, level + 3.0 * np.sqrt(level + 1.0))
         level = ndimage.gaussian_filter(clipped, sigma, mode="nearest")
-    return level
+    opened = ndimage.grey_opening(ndimage.gaussian_filter(image, 1.0, mode="nearest"), footprint=_DISC)
+    return np.maximum(level, ndimage.gaussian_filter(opened, 2.0, mode="nearest"))
 
 
 def find_spots(sums: F64, eta: npt.ArrayLike, roi: tuple[int, int, int, int], frame_shape: tuple[int, int],
