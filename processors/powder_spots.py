@@ -8,10 +8,12 @@ cuts the particle's own peak where the ring crosses it.
 
 Found (`find_spots`): each eta scan's sum of sampled frames over the ROI (the particle's peak,
 summed over the map points in Bragg condition, is broad there; a spot is not) less a smooth
-version of itself (a Gaussian of the image with its bright outliers clipped), in Poisson
-sigmas; voxels (eta scan, row, column) above SEED_SIGMA, grown through neighbours above
-GROW_SIGMA in eta and on the detector, that stand at least MIN_CONTRAST times above the smooth
-level and are compact (at most MAX_SPOT_PIXELS per scan) are spots, dilated by DILATE pixels.
+level of itself (`smooth_level`: compact outliers removed, broad peaks kept), in Poisson
+sigmas. Voxels (eta scan, row, column) standing GROW_SIGMA and MIN_CONTRAST above the level,
+connected in eta and on the detector, are a spot when one of them stands SEED_SIGMA above it
+and together they hold less than PARTICLE_SHARE of the map's signal (a compact particle peak,
+e.g. a small uniform crystal, holds most of it); spots are widened by DILATE pixels and
+ETA_WINGS scans for their faint wings.
 
 Removed in expectation (`correct_block`): in a frame of a scan holding spots, each spot's
 pixels' counts are taken out of the frame's moments and replaced by the mean count of a ring
@@ -40,6 +42,7 @@ OPENING = 6             # px: a grey opening with a disc of this radius removes 
 SEED_SIGMA = 8.0        # Poisson sigmas above the smooth image a spot's brightest voxel stands
 GROW_SIGMA = 2.5        # ... and each voxel of it
 MIN_CONTRAST = 0.75     # a spot voxel holds at least this share more than the smooth level
+PARTICLE_SHARE = 0.2    # a compact excess holding this share of the map's signal is the particle's peak, not a spot
 DILATE = 3              # px added around each spot (its faint wings) ...
 ETA_WINGS = 1           # ... and eta scans on either side
 TILE = 16               # px: spot pixels are replaced piece by piece, each piece by the ring beside it
@@ -121,8 +124,11 @@ def find_spots(sums: F64, eta: npt.ArrayLike, roi: tuple[int, int, int, int], fr
     grown, n = ndimage.label(bright & (z > GROW_SIGMA))    # 6-connected in (eta, row, column)
     if n == 0:
         return SpotTable.empty()
+    index = np.arange(1, n + 1)
+    signal = float(np.clip(sums - np.median(sums, axis=(1, 2), keepdims=True), 0.0, None)[:, good].sum())
     keep = np.zeros(n + 1, dtype=bool)
-    keep[1:] = ndimage.maximum(z, grown, index=np.arange(1, n + 1)) > SEED_SIGMA
+    keep[1:] = ((ndimage.maximum(z, grown, index=index) > SEED_SIGMA)   # a significant peak ...
+                & (ndimage.sum(sums - level, grown, index=index) < PARTICLE_SHARE * signal))  # ... not the particle's own
     spots = keep[grown]
     # the faint wings: DILATE px on the detector and the neighbouring eta scans
     spots = ndimage.binary_dilation(spots, structure=np.ones((1, 3, 3), dtype=bool), iterations=DILATE)
