@@ -261,6 +261,8 @@ class MomentAccumulator:
             return None
         r0, r1, c0, c1 = self.roi
         cols = self.geometry.frame_shape[1]
+        if spots.cols != cols:
+            raise OpmonError(f"powder-arc spots of {spots.cols}-column frames given for {cols}-column frames")
         for pix in (spots.core_pix, spots.ring_pix):
             rr, cc = pix // cols, pix % cols
             if not ((rr >= r0) & (rr < r1) & (cc >= c0) & (cc < c1)).all():
@@ -278,7 +280,8 @@ class MomentAccumulator:
         self.spot_counts_removed += correct_block(
             frames, scans, np.ascontiguousarray(etas, dtype=np.float64), np.ascontiguousarray(phis, dtype=np.float64),
             np.ascontiguousarray(index, dtype=np.int64), np.ascontiguousarray(monitors, dtype=np.float64),
-            spots.scan_ptr, spots.core_ptr, spots.core_pix, spots.ring_ptr, spots.ring_pix, self._q_lab,
+            spots.scan_ptr, spots.core_ptr, spots.core_pix, spots.ring_ptr, spots.ring_pix, spots.plane, spots.centre,
+            self._q_lab,
             self.roi[0], self.roi[2], self.threshold, self.sum_i, self.sum_iq, self.sum_iqq, self.pixel_sums)
 
     def _sums(self) -> tuple[np.ndarray, ...]:

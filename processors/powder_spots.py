@@ -16,15 +16,15 @@ e.g. a small uniform crystal, holds most of it); spots are widened by DILATE pix
 ETA_WINGS scans for their faint wings.
 
 Removed in expectation (`correct_block`): in a frame of a scan holding spots, each spot's
-pixels' counts are taken out of the frame's moments and replaced by the mean count of a ring
-of pixels around it in that same frame, times the spot pixels' geometric moments. For a peak
+pixels' counts are taken out of the frame's moments and replaced by a plane fitted (least
+squares, linear in the counts) to a ring of pixels around it in that same frame. For a peak
 that is smooth across the spot (the particle's, or the background) this adds what the spot
 pixels would have held without the spot: no hole is cut in the peak. It runs beside the
 moment kernel (after it, on the same frames), a few hundred pixels per frame with spots.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numba
 import numpy as np
@@ -43,7 +43,7 @@ SEED_SIGMA = 8.0        # Poisson sigmas above the smooth image a spot's brighte
 GROW_SIGMA = 2.5        # ... and each voxel of it
 MIN_CONTRAST = 0.75     # a spot voxel holds at least this share more than the smooth level
 PARTICLE_SHARE = 0.2    # a compact excess holding this share of the map's signal is the particle's peak, not a spot
-DILATE = 3              # px added around each spot (its faint wings) ...
+DILATE = 4              # px added around each spot (its faint wings) ...
 ETA_WINGS = 1           # ... and eta scans on either side
 TILE = 16               # px: spot pixels are replaced piece by piece, each piece by the ring beside it
 MIN_RING_PIXELS = 8     # a piece's ring holds at least this many pixels (else it looks further out)
@@ -64,11 +64,21 @@ class SpotTable:
     """
 
     eta: F64
+    cols: int
     scan_ptr: I64
     core_ptr: I64
     core_pix: I64
     ring_ptr: I64
     ring_pix: I64
+    plane: F64 = field(default_factory=lambda: np.zeros((0, 3, 3)))   # (n_spots, 3, 3) inverse normal matrix of a plane fitted over the ring
+    centre: F64 = field(default_factory=lambda: np.zeros((0, 2)))     # (n_spots, 2) row, column the plane's coordinates are taken from
+
+    def __post_init__(self) -> None:
+        if self.plane.shape[0] != self.n_spots:    # derived from the pixels when not given
+            planes = [ring_plane(self.core_pix[a:b], self.ring_pix[c:d], self.cols)
+                      for a, b, c, d in zip(self.core_ptr[:-1], self.core_ptr[1:], self.ring_ptr[:-1], self.ring_ptr[1:])]
+            object.__setattr__(self, "plane", np.array([p for p, _ in planes]).reshape(-1, 3, 3))
+            object.__setattr__(self, "centre", np.array([c for _, c in planes]).reshape(-1, 2))
 
     @property
     def n_spots(self) -> int:
@@ -78,7 +88,7 @@ class SpotTable:
     @classmethod
     def empty(cls) -> "SpotTable":
         zero = np.zeros(1, dtype=np.int64)
-        return cls(np.zeros(0), zero, zero, np.zeros(0, dtype=np.int64), zero, np.zeros(0, dtype=np.int64))
+        return cls(np.zeros(0), 1, zero, zero, np.zeros(0, dtype=np.int64), zero, np.zeros(0, dtype=np.int64))
 
     def scans_of(self, eta: npt.ArrayLike) -> I64:
         """The scan index of each frame's eta in this table, -1 where its scan holds no spot."""
@@ -87,6 +97,20 @@ class SpotTable:
             return np.full(keys.shape, -1, dtype=np.int64)
         at = np.clip(np.searchsorted(self.eta, keys), 0, self.eta.size - 1)
         return np.where(np.abs(self.eta[at] - keys) < 0.5 * 10.0 ** -ETA_DECIMALS, at, -1).astype(np.int64)
+
+
+def ring_plane(core: I64, ring: I64, cols: int) -> tuple[F64, F64]:
+    """The inverse normal matrix of a least-squares plane c0 + cr·Δr + cc·Δc over the ring pixels
+    (Δ from the core's centroid), and that centroid; a ring too thin for a plane gets its mean
+    (only the c0 term). Linear in the counts, so the plane's level is unbiased for any plane."""
+    centre = np.array([np.mean(core // cols), np.mean(core % cols)])
+    design = np.stack([np.ones(ring.size), ring // cols - centre[0], ring % cols - centre[1]], axis=1)
+    normal = design.T @ design
+    if np.linalg.cond(normal) > 1e6:
+        inverse = np.zeros((3, 3))
+        inverse[0, 0] = 1.0 / ring.size
+        return inverse, centre
+    return np.linalg.inv(normal), centre
 
 
 def smooth_level(image: F64, sigma: float = SMOOTH_SIGMA) -> F64:
@@ -179,7 +203,7 @@ def _table(spots: npt.NDArray[np.bool_], eta: F64, roi: tuple[int, int, int, int
             scan_ptr.append(scan_ptr[-1] + found)
     if not scans:
         return SpotTable.empty()
-    return SpotTable(np.array(scans), np.array(scan_ptr, dtype=np.int64), np.array(core_ptr, dtype=np.int64),
+    return SpotTable(np.array(scans), cols, np.array(scan_ptr, dtype=np.int64), np.array(core_ptr, dtype=np.int64),
                      np.concatenate(cores).astype(np.int64), np.array(ring_ptr, dtype=np.int64),
                      np.concatenate(rings).astype(np.int64))
 
@@ -212,28 +236,35 @@ class ScanSums:
 
 
 @numba.njit(cache=True, nogil=True)
-def _spot_moments(frame, scan, scan_ptr, core_ptr, core_pix, ring_ptr, ring_pix, q_lab, r0, c0, threshold,
-                  out):  # type: ignore[no-untyped-def]
-    """Lab moments (10) of (ring level − kept count) over the spot pixels of one frame of scan `scan`;
-    returns the counts taken out."""
+def _spot_moments(frame, scan, scan_ptr, core_ptr, core_pix, ring_ptr, ring_pix, plane, centre, q_lab, r0, c0,
+                  threshold, out):  # type: ignore[no-untyped-def]
+    """Lab moments (10) of (ring plane's level − kept count) over the spot pixels of one frame of
+    scan `scan`; returns the counts taken out."""
     for k in range(10):
         out[k] = 0.0
     cols = frame.shape[1]
     removed = 0.0
+    b = np.empty(3)
     for s in range(scan_ptr[scan], scan_ptr[scan + 1]):
-        ring = 0.0
+        b[0] = b[1] = b[2] = 0.0
         for j in range(ring_ptr[s], ring_ptr[s + 1]):
-            v = frame[ring_pix[j] // cols, ring_pix[j] % cols]
-            if v >= threshold:
-                ring += v
-        level = ring / (ring_ptr[s + 1] - ring_ptr[s])
+            r = ring_pix[j] // cols
+            c = ring_pix[j] % cols
+            v = frame[r, c]
+            if v >= threshold and v != 0:
+                b[0] += v
+                b[1] += v * (r - centre[s, 0])
+                b[2] += v * (c - centre[s, 1])
+        a0 = plane[s, 0, 0] * b[0] + plane[s, 0, 1] * b[1] + plane[s, 0, 2] * b[2]
+        ar = plane[s, 1, 0] * b[0] + plane[s, 1, 1] * b[1] + plane[s, 1, 2] * b[2]
+        ac = plane[s, 2, 0] * b[0] + plane[s, 2, 1] * b[1] + plane[s, 2, 2] * b[2]
         for j in range(core_ptr[s], core_ptr[s + 1]):
             r = core_pix[j] // cols
             c = core_pix[j] % cols
             v = frame[r, c]
             kept = np.float64(v) if v >= threshold else 0.0
             removed += kept
-            w = level - kept
+            w = a0 + ar * (r - centre[s, 0]) + ac * (c - centre[s, 1]) - kept
             q = q_lab[r - r0, c - c0]
             qx, qy, qz = q[0], q[1], q[2]
             out[0] += w
@@ -251,7 +282,7 @@ def _spot_moments(frame, scan, scan_ptr, core_ptr, core_pix, ring_ptr, ring_pix,
 
 @numba.njit(cache=True, nogil=True)
 def correct_block(frames, scans, etas, phis, pixels, monitors, scan_ptr, core_ptr, core_pix, ring_ptr, ring_pix,
-                  q_lab, r0, c0, threshold, sum_i, sum_iq, sum_iqq, pixel_sums):  # type: ignore[no-untyped-def]
+                  plane, centre, q_lab, r0, c0, threshold, sum_i, sum_iq, sum_iqq, pixel_sums):  # type: ignore[no-untyped-def]
     """Replace the spot pixels of each frame (k, rows, cols) whose scan (k,) holds spots (-1: none) by
     their ring's level, in the sums the moment kernel filled (`MomentAccumulator.state()` arrays):
     Σ I, Σ I·q, Σ I·q⊗q (rotated into the sample frame as the kernel does) and the Σ I·η, Σ I·η²
@@ -265,8 +296,8 @@ def correct_block(frames, scans, etas, phis, pixels, monitors, scan_ptr, core_pt
         if scan < 0:
             continue
         weight = 1.0 / monitors[f]
-        removed += weight * _spot_moments(frames[f], scan, scan_ptr, core_ptr, core_pix, ring_ptr, ring_pix, q_lab,
-                                          r0, c0, threshold, moments)
+        removed += weight * _spot_moments(frames[f], scan, scan_ptr, core_ptr, core_pix, ring_ptr, ring_pix, plane,
+                                          centre, q_lab, r0, c0, threshold, moments)
         m = sample_matrix(etas[f], phis[f])
         s1[0], s1[1], s1[2] = moments[1], moments[2], moments[3]
         s2[0, 0], s2[0, 1], s2[0, 2] = moments[4], moments[5], moments[6]

@@ -15,6 +15,8 @@ from opmon.errors import OpmonError
 from opmon.processors.accumulate import MomentAccumulator
 from opmon.processors.geometry import DetectorGeometry
 from opmon.processors.powder_spots import SpotTable, find_spots
+from opmon.streaming.archive.raw import RawMapWriter
+from tests.processors.conftest import SHAPE
 from tests.processors.conftest import simulate_effect
 
 
@@ -40,14 +42,57 @@ def test_powder_arc_spots_are_replaced_so_tilt_and_mask_meet_the_targets(arcs_ma
         assert f["entry/maps"].attrs["powder_spots_rejected"] > 10
 
 
-def test_a_map_without_spots_gives_the_same_maps_with_and_without_the_search(tmp_path):
-    raw = simulate_effect(tmp_path, "plain", "none", side=8)
-    a = process(raw, tmp_path / "auto.h5")
-    b = process(raw, tmp_path / "off.h5", "--powder-spots", "off")
+def test_a_map_without_spots_gives_the_same_maps_with_and_without_the_search(raw_file, tmp_path):
+    """Compact peaks moving over the map (their summed image is itself compact): not taken for spots."""
+    a = process(raw_file, tmp_path / "auto.h5")
+    b = process(raw_file, tmp_path / "off.h5", "--powder-spots", "off")
     with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
         assert fa["entry/maps"].attrs["powder_spots_rejected"] == 0
         for name in ("d_spacing", "tilt_altitude", "mask", "intensity"):
             np.testing.assert_array_equal(fa["entry/maps"][name][()], fb["entry/maps"][name][()])
+
+
+def spotted_raw(path, spot=True, seed=0):
+    """A 4 x 4 map, 8 eta scans: a peak (sigma 3 px) moving with the map pixel, and (spot=True) a
+    compact powder spot (sigma 1 px, 30 counts, clear of the peak) in eta scans 3 and 4 at every map point."""
+    rng = np.random.default_rng(seed)
+    side, etas = 4, 8
+    n = side * side * etas
+    index = np.tile(np.arange(side * side), etas)                # eta-outer, as a real map
+    eta = np.repeat(19.0 + 0.016 * np.arange(etas), side * side)
+    rows, cols = np.indices(SHAPE)
+    frames = np.empty((n,) + SHAPE, np.uint32)
+    for f in range(n):
+        k = f // (side * side)
+        r, c = 18 + 0.5 * (index[f] % side), 22 + 0.5 * (index[f] // side)
+        lam = 20 * np.exp(-0.5 * ((k - 3.5) / 2) ** 2 - 0.5 * ((rows - r) ** 2 + (cols - c) ** 2) / 9) + 1e-3
+        if spot and k in (3, 4):
+            lam = lam + 30 * np.exp(-0.5 * ((rows - 8) ** 2 + (cols - 34) ** 2))
+        frames[f] = rng.poisson(lam)
+    with h5py.File(path, "w") as f:
+        w = RawMapWriter(f.create_group("entry"), frame_shape=SHAPE, dtype=np.uint32, energy_ev=10000.0, distance_m=1.6,
+                         pixel_size_m=(55e-6, 55e-6), beam_center=(200.0, 24.0), map_shape=(side, side))
+        w.append(frames, index, eta, 0.0, 0.0, 35.0)
+    return path
+
+
+SPOT_ROI = ["--roi", "2", "36", "8", "44"]
+
+
+def test_a_spot_off_the_peak_pulls_the_centre_unless_replaced(tmp_path):
+    clean = spotted_raw(tmp_path / "clean.h5", spot=False)
+    spotted = spotted_raw(tmp_path / "spotted.h5")
+    truth = process(clean, tmp_path / "clean_maps.h5", *SPOT_ROI, "--powder-spots", "off")
+    maps = {mode: process(spotted, tmp_path / f"{mode}.h5", *SPOT_ROI, "--powder-spots", mode) for mode in ("auto", "off")}
+    with h5py.File(truth, "r") as f:
+        q_true = f["entry/maps/q"][()]
+    err = {}
+    for mode, path in maps.items():
+        with h5py.File(path, "r") as f:
+            err[mode] = float(np.median(np.linalg.norm(f["entry/maps/q"][()] - q_true, axis=-1)))
+            spots = f["entry/maps"].attrs["powder_spots_rejected"]
+    assert err["off"] > 5 * err["auto"]      # the rest is the two files' different Poisson draws
+    assert spots == 0  # the last one read: off
 
 
 def broad_peak_sums(n_scans=6, shape=(40, 60)):
@@ -77,7 +122,7 @@ def test_the_search_finds_compact_spots_on_a_broad_peak_and_nothing_without_them
 def test_spot_pixels_outside_the_roi_are_refused():
     geo = DetectorGeometry(10000.0, 1.6, (55e-6, 55e-6), (250.0, 260.0), (32, 32))
     one = np.array([0, 1], dtype=np.int64)
-    table = SpotTable(np.array([19.0]), one, one, np.array([5 * 32 + 5]), one, np.array([5 * 32 + 6]))
+    table = SpotTable(np.array([19.0]), 32, one, one, np.array([5 * 32 + 5]), one, np.array([5 * 32 + 6]))
     with pytest.raises(OpmonError, match="outside the ROI"):
         MomentAccumulator(geo, (1, 1), roi=(10, 20, 10, 20), spots=table)
 
@@ -90,7 +135,7 @@ def test_replacing_a_spot_adds_the_level_of_its_ring_in_expectation():
     frame[14:17, 14:17] = 50
     core = np.array([r * 32 + c for r in range(13, 18) for c in range(13, 18)])
     ring = np.array([r * 32 + c for r in range(11, 20) for c in range(11, 20) if r * 32 + c not in set(core)])
-    table = SpotTable(np.array([19.0]), np.array([0, 1]), np.array([0, core.size]), core, np.array([0, ring.size]), ring)
+    table = SpotTable(np.array([19.0]), 32, np.array([0, 1]), np.array([0, core.size]), core, np.array([0, ring.size]), ring)
     sums = {}
     for name, spots, eta in (("kept", None, 19.0), ("replaced", table, 19.0), ("other scan", table, 19.016)):
         acc = MomentAccumulator(geo, (1, 1), roi=(4, 28, 4, 28), spots=spots, background=None)
