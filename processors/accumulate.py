@@ -32,6 +32,7 @@ from opmon.processors import kernels
 from opmon.processors.background import Plane, basis_images, fit_plane, outside_pixels
 from opmon.processors.geometry import DetectorGeometry, pixel_q_lab_window
 from opmon.processors.maps import FLAG_EDGE, LOW_COUNTS, MASK_FRACTION, MapResult, derive_maps, map_flags
+from opmon.processors import powder_spots
 from opmon.processors.powder_spots import SpotTable, correct_block
 from opmon.processors.truncation import truncated
 
@@ -282,7 +283,7 @@ class MomentAccumulator:
             np.ascontiguousarray(index, dtype=np.int64), np.ascontiguousarray(monitors, dtype=np.float64),
             spots.scan_ptr, spots.core_ptr, spots.core_pix, spots.ring_ptr, spots.ring_pix, spots.plane, spots.centre,
             self._q_lab,
-            self.roi[0], self.roi[2], self.threshold, self.sum_i, self.sum_iq, self.sum_iqq, self.pixel_sums)
+            self.roi[0], self.roi[2], self.threshold, powder_spots.FRAME_SIGMA, self.sum_i, self.sum_iq, self.sum_iqq, self.pixel_sums)
 
     def _sums(self) -> tuple[np.ndarray, ...]:
         """The sums arrays in the kernels' argument order (that of STATE_KEYS)."""
