@@ -168,6 +168,8 @@ def find_spots(sums: F64, eta: npt.ArrayLike, roi: tuple[int, int, int, int], fr
     level = np.stack([binned_level(image, good) for image in sums])
     z = (sums - level) / np.sqrt(level + 1.0)
     bright = good & (sums - level > MIN_CONTRAST * level)
+    if not (bright & (z > SEED_SIGMA)).any():     # the usual map: nothing to label
+        return SpotTable.empty()
     grown, n = ndimage.label(bright & (z > GROW_SIGMA))    # 6-connected in (eta, row, column)
     if n == 0:
         return SpotTable.empty()
@@ -244,9 +246,10 @@ class ScanSums:
         if not self.enabled:
             return
         keys = np.round(np.asarray(eta, dtype=np.float64).reshape(-1), ETA_DECIMALS)
-        for key in np.unique(keys):
-            total = self._sums.setdefault(float(key), np.zeros(self.frame_shape, dtype=np.float32))
-            total += frames[keys == key].sum(axis=0, dtype=np.float32)
+        edges = np.flatnonzero(keys[1:] != keys[:-1]) + 1     # frames come in runs of one eta scan
+        for a, b in zip([0, *edges.tolist()], [*edges.tolist(), keys.size]):
+            total = self._sums.setdefault(float(keys[a]), np.zeros(self.frame_shape, dtype=np.float32))
+            total += frames[a:b].sum(axis=0, dtype=np.float32)
 
     def spots(self, roi: tuple[int, int, int, int], mask: npt.NDArray[np.uint8] | None) -> SpotTable:
         """The spots these sums show inside `roi` (none when the sums were too large to keep)."""
