@@ -82,6 +82,9 @@ def _run(args: argparse.Namespace) -> int:
             if len(entry.found_bad_pixels):
                 print(f"{name}: masked {len(entry.found_bad_pixels)} hot/dead detector pixel(s) missing from the file's "
                       f"mask (listed in {output} as <entry>/maps/found_bad_pixels)")
+            if entry.powder_spots:
+                print(f"{name}: replaced {entry.powder_spots} powder-arc spot piece(s) (per eta scan) by the level "
+                      "around them (--powder-spots off keeps them)")
         print(f"maps written to {output}")
         if pngs:
             import h5py
