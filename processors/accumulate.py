@@ -281,7 +281,7 @@ class MomentAccumulator:
         self.spot_counts_removed += correct_block(
             frames, scans, np.ascontiguousarray(etas, dtype=np.float64), np.ascontiguousarray(phis, dtype=np.float64),
             np.ascontiguousarray(index, dtype=np.int64), np.ascontiguousarray(monitors, dtype=np.float64),
-            spots.scan_ptr, spots.core_ptr, spots.core_pix, spots.ring_ptr, spots.ring_pix, spots.plane, spots.centre,
+            spots.scan_ptr, spots.core_ptr, spots.core_pix, spots.ring_ptr, spots.ring_pix, spots.core_shape, spots.ring_shape,
             self._q_lab,
             self.roi[0], self.roi[2], self.threshold, powder_spots.FRAME_SIGMA, self.sum_i, self.sum_iq, self.sum_iqq, self.pixel_sums)
 
