@@ -123,7 +123,7 @@ class MomentAccumulator:
         self.despeckle = bool(despeckle)
         self.low_counts = float(low_counts)
         self.spots = self._check_spots(spots)
-        self.spot_counts_removed = 0.0   # counts of spot pixels replaced by their ring's level (monitor-normalised)
+        self.spot_counts_removed = 0.0   # counts of spot pixels replaced by their fill (monitor-normalised)
         valid = detector_mask == 0
         self.n_roi_pixels = int(valid[r0:r1, c0:c1].sum())
         sampled = valid[::BACKGROUND_ROW_STRIDE]   # the rows the kernel reads whole for the background
@@ -272,7 +272,7 @@ class MomentAccumulator:
 
     def _replace_spots(self, frames: np.ndarray, etas: np.ndarray, phis: np.ndarray, index: np.ndarray,
                        monitors: np.ndarray) -> None:
-        """Replace the powder-arc spots of these frames (already summed by the kernel) by their ring's level."""
+        """Replace the powder-arc spots of these frames (already summed by the kernel) by their fill (the particle's local shape scaled to the ring around them)."""
         spots = self.spots
         assert spots is not None
         scans = spots.scans_of(etas)
