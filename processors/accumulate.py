@@ -272,7 +272,8 @@ class MomentAccumulator:
 
     def _replace_spots(self, frames: np.ndarray, etas: np.ndarray, phis: np.ndarray, index: np.ndarray,
                        monitors: np.ndarray) -> None:
-        """Replace the powder-arc spots of these frames (already summed by the kernel) by their fill (the particle's local shape scaled to the ring around them)."""
+        """Replace the powder-arc spots of these frames (already summed by the kernel) by their fill:
+        the particle's local shape scaled to the counts of a ring around each (`powder_spots`)."""
         spots = self.spots
         assert spots is not None
         scans = spots.scans_of(etas)
