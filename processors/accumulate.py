@@ -33,6 +33,8 @@ from opmon.processors import kernels, kernels_rows
 from opmon.processors.background import Plane, basis_images, fit_plane, outside_pixels
 from opmon.processors.geometry import DetectorGeometry, pixel_q_lab_window
 from opmon.processors.maps import FLAG_EDGE, LOW_COUNTS, MASK_FRACTION, MapResult, derive_maps, map_flags
+from opmon.processors import powder_spots
+from opmon.processors.powder_spots import SpotTable, correct_block
 from opmon.processors.truncation import truncated
 
 Roi = tuple[int, int, int, int]  # (r0, r1, c0, c1), half-open, frame pixels
@@ -84,12 +86,14 @@ class MomentAccumulator:
     exact_kernel : always use the per-pixel kernel (`kernels`); by default, with threshold 0 and
         despeckle off, frames go through `kernels_rows` (q as a fitted quadratic along row
         segments, within `kernels_rows.REL_TOL` of the exact q) wherever its fit holds.
+    spots : powder-arc spots (`powder_spots.SpotTable`, inside the ROI) replaced in every frame of
+        their eta scan by the level around them (`powder_spots.correct_block`); None: none.
     """
 
     def __init__(self, geometry: DetectorGeometry, map_shape: tuple[int, int], *, roi: Roi | None = None,
                  detector_mask: npt.NDArray[np.uint8] | None = None, threshold: int = 0,
                  background: Background = "auto", despeckle: bool = False, low_counts: float = LOW_COUNTS,
-                 exact_kernel: bool = False) -> None:
+                 exact_kernel: bool = False, spots: SpotTable | None = None) -> None:
         rows, cols = geometry.frame_shape
         self.geometry = geometry
         self.map_shape = (int(map_shape[0]), int(map_shape[1]))
@@ -124,6 +128,8 @@ class MomentAccumulator:
         self.low_counts = float(low_counts)
         self.exact_kernel = bool(exact_kernel) or self.threshold > 0 or self.despeckle   # per-pixel rules: exact kernel
         self._fast: tuple[np.ndarray, ...] | None = None   # the fast kernel's tables at the detector position
+        self.spots = self._check_spots(spots)
+        self.spot_counts_removed = 0.0   # counts of spot pixels replaced by their fill (monitor-normalised)
         valid = detector_mask == 0
         self.n_roi_pixels = int(valid[r0:r1, c0:c1].sum())
         sampled = valid[::BACKGROUND_ROW_STRIDE]   # the rows the kernel reads whole for the background
@@ -210,10 +216,12 @@ class MomentAccumulator:
             kernels_rows.accumulate_frame_rows(frame, float(eta), float(phi), int(map_index), reading, self._fast,
                                                self.detector_mask, r0, r1, c0, c1, BACKGROUND_ROW_STRIDE,
                                                self._roi_moments, self._basis_moments, *self._sums())
-            return
-        kernels.accumulate_frame(frame, float(eta), float(phi), int(map_index), reading, self._q_lab, self.detector_mask,
-                                 r0, r1, c0, c1, self.threshold, self.despeckle, BACKGROUND_ROW_STRIDE,
-                                 self._roi_moments, self._basis_moments, *self._sums())
+        else:
+            kernels.accumulate_frame(frame, float(eta), float(phi), int(map_index), reading, self._q_lab,
+                                     self.detector_mask, r0, r1, c0, c1, self.threshold, self.despeckle,
+                                     BACKGROUND_ROW_STRIDE, self._roi_moments, self._basis_moments, *self._sums())
+        if self.spots is not None:
+            self._replace_spots(frame[None], np.array([eta]), np.array([phi]), np.array([map_index]), np.array([reading]))
 
     def process_block(self, frames: npt.NDArray[Any], map_index: npt.ArrayLike, eta: npt.ArrayLike,
                       phi: npt.ArrayLike, nu: npt.ArrayLike, delta: npt.ArrayLike,
@@ -258,11 +266,44 @@ class MomentAccumulator:
                                                    index[start:stop], monitors[start:stop], self._fast,
                                                    self.detector_mask, r0, r1, c0, c1, BACKGROUND_ROW_STRIDE,
                                                    self._roi_moments, self._basis_moments, *self._sums())
-                continue
-            kernels.accumulate_block(frames[start:stop], etas[start:stop], phis[start:stop], index[start:stop],
-                                     monitors[start:stop], self._q_lab, self.detector_mask, r0, r1, c0, c1,
-                                     self.threshold, self.despeckle, BACKGROUND_ROW_STRIDE, self._roi_moments,
-                                     self._basis_moments, *self._sums())
+            else:
+                kernels.accumulate_block(frames[start:stop], etas[start:stop], phis[start:stop], index[start:stop],
+                                         monitors[start:stop], self._q_lab, self.detector_mask, r0, r1, c0, c1,
+                                         self.threshold, self.despeckle, BACKGROUND_ROW_STRIDE, self._roi_moments,
+                                         self._basis_moments, *self._sums())
+            if self.spots is not None:
+                self._replace_spots(frames[start:stop], etas[start:stop], phis[start:stop], index[start:stop],
+                                    monitors[start:stop])
+
+    def _check_spots(self, spots: SpotTable | None) -> SpotTable | None:
+        """The spot table when it holds spots, all of whose pixels lie inside the ROI."""
+        if spots is None or spots.n_spots == 0:
+            return None
+        r0, r1, c0, c1 = self.roi
+        cols = self.geometry.frame_shape[1]
+        if spots.cols != cols:
+            raise OpmonError(f"powder-arc spots of {spots.cols}-column frames given for {cols}-column frames")
+        for pix in (spots.core_pix, spots.ring_pix):
+            rr, cc = pix // cols, pix % cols
+            if not ((rr >= r0) & (rr < r1) & (cc >= c0) & (cc < c1)).all():
+                raise OpmonError(f"powder-arc spot pixels outside the ROI {self.roi}: spots are found inside the ROI they are removed from")
+        return spots
+
+    def _replace_spots(self, frames: np.ndarray, etas: np.ndarray, phis: np.ndarray, index: np.ndarray,
+                       monitors: np.ndarray) -> None:
+        """Replace the powder-arc spots of these frames (already summed by the kernel) by their fill:
+        the particle's local shape scaled to the counts of a ring around each (`powder_spots`)."""
+        spots = self.spots
+        assert spots is not None
+        scans = spots.scans_of(etas)
+        if (scans < 0).all():
+            return
+        self.spot_counts_removed += correct_block(
+            frames, scans, np.ascontiguousarray(etas, dtype=np.float64), np.ascontiguousarray(phis, dtype=np.float64),
+            np.ascontiguousarray(index, dtype=np.int64), np.ascontiguousarray(monitors, dtype=np.float64),
+            spots.scan_ptr, spots.core_ptr, spots.core_pix, spots.ring_ptr, spots.ring_pix, spots.core_shape, spots.ring_shape,
+            self._q_lab,
+            self.roi[0], self.roi[2], self.threshold, powder_spots.FRAME_SIGMA, self.sum_i, self.sum_iq, self.sum_iqq, self.pixel_sums)
 
     def _sums(self) -> tuple[np.ndarray, ...]:
         """The sums arrays in the kernels' argument order (that of STATE_KEYS)."""

@@ -24,8 +24,8 @@ from opmon import interrupt
 from opmon.errors import EmptyMapError, OpmonError, RawFileError
 from opmon.processors.accumulate import Roi
 from opmon.processors.eta_scans import add_states
-from opmon.processors.offline import (EntryResult, ProcessOptions, RawPlan, accumulate_frames, choose_roi,
-                                      new_accumulator, write_results)
+from opmon.processors.offline import (EntryResult, MapPlan, ProcessOptions, RawPlan, accumulate_frames, new_accumulator,
+                                      plan_map, write_results)
 from opmon.streaming.archive.sources import Source, SourceMap, SourceOptions, open_source
 
 if TYPE_CHECKING:
@@ -66,9 +66,11 @@ class SourceSpec:
 
 
 # -- the one entry point into the per-map reduction --------------------------------------------
-def reduce_frames(spec: SourceSpec, name: str, start: int, stop: int, options: ProcessOptions, roi: Roi) -> RangeSums:
-    """Reduce frames [start, stop) of map `name` of the source `spec` with `options` and `roi`
-    into accumulator sums (`MomentAccumulator.state()`).
+def reduce_frames(spec: SourceSpec, name: str, start: int, stop: int, options: ProcessOptions,
+                  roi: Roi | MapPlan) -> RangeSums:
+    """Reduce frames [start, stop) of map `name` of the source `spec` with `options` and `roi` (or the
+    map's whole plan: ROI, mask with the pixels found bad, powder-arc spots) into accumulator sums
+    (`MomentAccumulator.state()`).
 
     The same reading, corrupt-frame handling and accumulator as `offline.reduce_map`
     (`accumulate_frames` on a frame range of any source); runs in a Dask worker, which opens
@@ -77,7 +79,8 @@ def reduce_frames(spec: SourceSpec, name: str, start: int, stop: int, options: P
     source, smap = spec.open_map(name)
     with source:
         try:
-            acc = new_accumulator(smap, options, roi)
+            plan = roi if isinstance(roi, MapPlan) else MapPlan(roi, None)
+            acc = new_accumulator(smap, options, plan.roi, plan.mask, plan.spots)
             bad = accumulate_frames(smap, acc, options, start, stop, overlap=False)  # one core per worker thread
         except OSError as exc:
             raise _damaged(smap.label, exc) from exc
@@ -92,10 +95,16 @@ def _damaged(label: str, exc: OSError) -> RawFileError:
 
 def decide_roi(spec: SourceSpec, name: str, options: ProcessOptions) -> Roi:
     """The ROI of one map, decided once before its frame tasks (the rule of offline's `choose_roi`)."""
+    return decide_plan(spec, name, options).roi
+
+
+def decide_plan(spec: SourceSpec, name: str, options: ProcessOptions) -> MapPlan:
+    """The plan of one map (ROI, mask, powder-arc spots), decided once before its frame tasks
+    (offline's `plan_map`, so both reduce a map alike)."""
     source, smap = spec.open_map(name)
     with source:
         try:
-            return choose_roi(smap, options)
+            return plan_map(smap, options)
         except OSError as exc:
             raise _damaged(smap.label, exc) from exc
 
@@ -130,7 +139,7 @@ class EntryTasks:
 
     name: str
     smap: SourceMap
-    roi: Future
+    roi: Future     # of its `MapPlan` (ROI, mask, powder-arc spots)
     ranges: dict[Future, tuple[int, int]]  # future -> its frames [a, b)
     total: Future
 
@@ -144,17 +153,19 @@ def submit_entry(client: Client, spec: SourceSpec, smap: SourceMap, options: Pro
     """Submit one map: its ROI decision, then its chunk-aligned frame ranges and their tree merge."""
     chunks = smap.segments[0].data.chunks if smap.segments else None
     ranges = split_ranges(smap.n_frames, chunks[0] if chunks else 1, task_frames)
-    roi = client.submit(decide_roi, spec, smap.name, options, pure=False)
+    roi = client.submit(decide_plan, spec, smap.name, options, pure=False)
     parts = {client.submit(reduce_frames, spec, smap.name, a, b, options, roi, pure=False): (a, b) for a, b in ranges}
     return EntryTasks(smap.name, smap, roi, parts, tree_merge(client, list(parts)))
 
 
-def finalize_entry(tasks: EntryTasks, sums: RangeSums, roi: Roi, options: ProcessOptions) -> EntryResult:
+def finalize_entry(tasks: EntryTasks, sums: RangeSums, roi: Roi | MapPlan, options: ProcessOptions) -> EntryResult:
     """The maps of one map from its merged sums, as `offline.reduce_map` finalizes them."""
-    acc = new_accumulator(tasks.smap, options, roi)
+    plan = roi if isinstance(roi, MapPlan) else MapPlan(roi, None)
+    acc = new_accumulator(tasks.smap, options, plan.roi, plan.mask)
     acc.load_state(sums.state, add=False)
     try:
-        return EntryResult(acc.finalize(), roi, sums.bad_frames)
+        return EntryResult(acc.finalize(), plan.roi, sums.bad_frames, plan.found_pixels(),
+                           plan.spots.n_spots if plan.spots is not None else 0)
     except EmptyMapError as exc:
         raise EmptyMapError(f"{tasks.label}: {exc}") from exc
 

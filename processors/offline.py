@@ -26,6 +26,7 @@ from opmon.processors.eta_scans import EtaScanAccumulator, Registration, check_m
 from opmon.processors.geometry import DetectorGeometry
 from opmon.processors.maps import FLAGS_DESCRIPTION, LOW_COUNTS, MapResult
 from opmon.processors.peak_fit import PeakFitModel, write_fit
+from opmon.processors.powder_spots import ScanSums, SpotTable
 from opmon.streaming.archive.layout import MAPS, MAPS_BAD_FRAMES, MAPS_ETA_SHIFTS, MAPS_FOUND_BAD_PIXELS
 from opmon.streaming.archive.maps_file import grid_axes, write_axes, write_maps
 from opmon.streaming.archive.raw import check_roi, map_entries, natural_key, open_hdf5
@@ -57,12 +58,14 @@ class ProcessOptions:
     low_counts: float = LOW_COUNTS  # Σ I below this (counts) sets maps.FLAG_LOW_COUNTS
     background_source: str = ""  # where a given background image came from (file:dataset), recorded
     peak_fit: PeakFitModel = "off"  # gauss: also fit each pixel's rocking profile (maps/fit, processors/peak_fit.py)
+    powder_spots: str = "auto"  # powder-arc spots found per map and replaced by their surroundings (auto) or kept (off)
 
     def attrs(self, roi: Roi) -> dict[str, Any]:
         background = f"image {self.background_source}".strip() if isinstance(self.background, np.ndarray) else str(self.background)
         return {"roi": np.asarray(roi), "threshold": self.threshold, "background": background,
                 "despeckle": self.despeckle, "find_bad_pixels": self.find_bad_pixels, "monitor": self.monitor,
                 "low_counts": self.low_counts, "register": describe(self.register), "peak_fit": self.peak_fit,
+                "powder_spots": self.powder_spots,
                 "opmon_version": __version__}
 
 
@@ -80,6 +83,7 @@ class MapSample:
 
     total: npt.NDArray[np.float64]
     finder: BadPixelFinder
+    scans: ScanSums | None = None   # the same frames summed per eta scan (powder-arc spots), when asked
 
 
 def sample_picks(n_frames: int, sample: int = ROI_SAMPLE_FRAMES) -> tuple[npt.NDArray[np.int64], int]:
@@ -92,12 +96,15 @@ def sample_picks(n_frames: int, sample: int = ROI_SAMPLE_FRAMES) -> tuple[npt.ND
     return picks, max(1, every)
 
 
-def sample_map(smap: SourceMap, sample: int = ROI_SAMPLE_FRAMES, skip_bad: bool = False) -> MapSample:
-    """Read evenly spaced frames of `smap` (a tenth of the map, bounded) once for the auto ROI and
-    the bad-pixel finder."""
+def sample_map(smap: SourceMap, sample: int = ROI_SAMPLE_FRAMES, skip_bad: bool = False,
+               per_scan: bool = False) -> MapSample:
+    """Read evenly spaced frames of `smap` (a tenth of the map, bounded) once for the auto ROI, the
+    bad-pixel finder and (`per_scan`) the powder-arc spot search."""
     meta = smap.meta
     rows, cols = meta.frame_shape
     picks, every = sample_picks(meta.n_frames, sample)
+    frame_eta = np.asarray(meta.eta, dtype=np.float64).reshape(-1)
+    scans = ScanSums((rows, cols), np.unique(np.round(frame_eta, 5)).size) if per_scan else None
     total = np.zeros((rows, cols), dtype=np.float64)
     finder = BadPixelFinder()
     buf = np.empty((min(ROI_SAMPLE_BLOCK, picks.size), rows, cols), dtype=meta.frame_dtype)
@@ -111,10 +118,12 @@ def sample_map(smap: SourceMap, sample: int = ROI_SAMPLE_FRAMES, skip_bad: bool 
         good = [k for k, frame_number in enumerate(chunk) if int(frame_number) not in bad]   # a skipped corrupt frame adds nothing
         if good:
             total += view[good].sum(axis=0, dtype=np.float64)
+            if scans is not None:
+                scans.add(view[good], frame_eta[chunk[good]])
         for k in good:
             if (lo + k) % every == 0:
                 finder.add(view[k])
-    return MapSample(total, finder)
+    return MapSample(total, finder, scans)
 
 
 def auto_roi(smap: SourceMap, sample: int = ROI_SAMPLE_FRAMES, skip_bad: bool = False,
@@ -175,6 +184,7 @@ class EntryResult:
     roi: Roi
     bad_frames: list[int] = field(default_factory=list)
     found_bad_pixels: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros((0, 2), dtype=np.int64))
+    powder_spots: int = 0   # powder-arc spots (counted per eta scan) replaced by their surroundings
 
 
 def process_entry(entry: h5py.Group, options: ProcessOptions, progress: Callable[[int], None] | None = None,
@@ -201,6 +211,7 @@ class MapPlan:
     mask: npt.NDArray[np.uint8] | None
     found: npt.NDArray[np.uint8] | None = None
     peak: bool = True      # an auto ROI found a peak (False: it settled for the full frame)
+    spots: SpotTable | None = None   # powder-arc spots to replace (None: not searched)
 
     def found_pixels(self) -> npt.NDArray[np.int64]:
         """(n, 2) rows and columns of the pixels found bad from the data."""
@@ -213,18 +224,23 @@ def plan_map(smap: SourceMap, options: ProcessOptions) -> MapPlan:
     """The ROI and mask of a map: frames are sampled once when the auto ROI or the bad-pixel
     finder needs them; an explicit ROI is checked."""
     known = smap.meta.detector_mask
-    taken = (sample_map(smap, skip_bad=options.skip_bad_frames)
-             if options.roi == "auto" or options.find_bad_pixels else None)
+    find_spots = options.powder_spots == "auto"
+    taken = (sample_map(smap, skip_bad=options.skip_bad_frames, per_scan=find_spots)
+             if options.roi == "auto" or options.find_bad_pixels or find_spots else None)
     if options.roi == "auto":
         assert taken is not None
-        return plan_of_sample(taken, known, smap.meta.frame_shape, options.find_bad_pixels)
-    found, mask = found_mask(taken, known) if taken is not None and options.find_bad_pixels else (None, known)
-    if options.roi is None:
-        roi = (0, smap.meta.frame_shape[0], 0, smap.meta.frame_shape[1])
+        plan = plan_of_sample(taken, known, smap.meta.frame_shape, options.find_bad_pixels)
     else:
-        roi = options.roi  # type: ignore[assignment]
-        check_roi(roi, smap.meta.frame_shape, smap.label)
-    return MapPlan(roi, mask, found)
+        found, mask = found_mask(taken, known) if taken is not None and options.find_bad_pixels else (None, known)
+        if options.roi is None:
+            roi = (0, smap.meta.frame_shape[0], 0, smap.meta.frame_shape[1])
+        else:
+            roi = options.roi  # type: ignore[assignment]
+            check_roi(roi, smap.meta.frame_shape, smap.label)
+        plan = MapPlan(roi, mask, found)
+    if taken is not None and taken.scans is not None:
+        plan.spots = taken.scans.spots(plan.roi, plan.mask)
+    return plan
 
 
 def found_mask(taken: MapSample, known: npt.NDArray[np.uint8] | None) -> tuple[npt.NDArray[np.uint8] | None,
@@ -252,13 +268,13 @@ def choose_roi(smap: SourceMap, options: ProcessOptions) -> Roi:
 
 
 def new_accumulator(smap: SourceMap, options: ProcessOptions, roi: Roi,
-                    mask: npt.NDArray[np.uint8] | None = None) -> MomentAccumulator:
+                    mask: npt.NDArray[np.uint8] | None = None, spots: SpotTable | None = None) -> MomentAccumulator:
     """An empty accumulator for `smap` with the options' reduction settings (what each task of a split map needs);
-    `mask` replaces the file's detector mask (e.g. `MapPlan.mask`)."""
+    `mask` replaces the file's detector mask (e.g. `MapPlan.mask`), `spots` the powder-arc spots to replace."""
     meta = smap.meta
     settings: dict[str, Any] = dict(roi=roi, exact_kernel=options.exact_kernel, detector_mask=meta.detector_mask if mask is None else mask,
                                     threshold=options.threshold, background=options.background, despeckle=options.despeckle,
-                                    low_counts=options.low_counts)
+                                    low_counts=options.low_counts, spots=spots)
     if options.register == "off" and options.peak_fit == "off":
         return MomentAccumulator(DetectorGeometry.from_meta(meta), meta.map_shape, **settings)
     return EtaScanAccumulator(DetectorGeometry.from_meta(meta), meta.map_shape, registration=options.register,
@@ -315,10 +331,11 @@ def accumulate_frames(smap: SourceMap, acc: MomentAccumulator, options: ProcessO
 def reduce_map(smap: SourceMap, options: ProcessOptions, progress: Callable[[int], None] | None = None) -> EntryResult:
     """Reduce one map of any source to its maps; corrupt frames raise, or are skipped and listed."""
     plan = plan_map(smap, options)
-    acc = new_accumulator(smap, options, plan.roi, plan.mask)
+    acc = new_accumulator(smap, options, plan.roi, plan.mask, plan.spots)
     skipped = accumulate_frames(smap, acc, options, progress=progress)
     try:
-        return EntryResult(acc.finalize(), plan.roi, skipped, plan.found_pixels())
+        return EntryResult(acc.finalize(), plan.roi, skipped, plan.found_pixels(),
+                           plan.spots.n_spots if plan.spots is not None else 0)
     except EmptyMapError as exc:
         raise EmptyMapError(f"{smap.label}: {exc}") from exc
 
@@ -384,7 +401,8 @@ def write_results(output: str | Path, plan: RawPlan, results: dict[str, EntryRes
             maps = write_maps(group, done.result.maps_arrays(), {**options.attrs(done.roi), "source": source,
                                                          "source_format": str(smap.provenance.get("format", "")),
                                                          "bad_frames_count": len(done.bad_frames),
-                                                         "found_bad_pixels_count": len(done.found_bad_pixels)})
+                                                         "found_bad_pixels_count": len(done.found_bad_pixels),
+                                                         "powder_spots_rejected": done.powder_spots})
             if plan.kind != "raw" or "geometry" in smap.provenance:
                 maps.attrs["provenance"] = json.dumps(smap.provenance)
             if MAPS_ETA_SHIFTS in maps:

@@ -47,7 +47,8 @@ def _run(args: argparse.Namespace) -> int:
                              despeckle=args.despeckle, skip_bad_frames=args.skip_bad_frames,
                              find_bad_pixels=not args.file_mask_only, monitor=not args.no_monitor,
                              low_counts=args.low_counts, background_source=args.background,
-                             register=parse_registration(args.register), peak_fit=parse_peak_fit(args.peak_fit))
+                              register=parse_registration(args.register), peak_fit=parse_peak_fit(args.peak_fit),
+                              powder_spots=args.powder_spots)
     if args.low_counts < 0:
         raise OpmonError(f"--low-counts must be >= 0, got {args.low_counts}")
     if args.threshold < 0:
@@ -86,6 +87,9 @@ def _run(args: argparse.Namespace) -> int:
             if len(entry.found_bad_pixels):
                 print(f"{name}: masked {len(entry.found_bad_pixels)} hot/dead detector pixel(s) missing from the file's "
                       f"mask (listed in {output} as <entry>/maps/found_bad_pixels)")
+            if entry.powder_spots:
+                print(f"{name}: replaced {entry.powder_spots} powder-arc spot piece(s) (per eta scan) by the level "
+                      "around them (--powder-spots off keeps them)")
         print(f"maps written to {output}")
         if pngs:
             import h5py
@@ -158,6 +162,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="do not divide frames by the source's incident-beam monitor (default: divide when it has one)")
     p.add_argument("--low-counts", type=float, default=100.0, metavar="COUNTS",
                    help="flag map pixels whose Σ I is below this many counts (default 100; maps/flags bit 2)")
+    p.add_argument("--powder-spots", choices=("auto", "off"), default="auto",
+                   help="auto (default): find compact spots of other grains' powder arcs per map (per eta scan, in "
+                        "sampled frames) and replace their pixels in every frame by the level around them; off: keep them")
     p.add_argument("--file-mask-only", action="store_true",
                    help="use only the file's detector mask (default: also mask hot/dead pixels found in sampled frames)")
     p.add_argument("--register", default="off", metavar="auto|tilt|off|FILE.toml",

@@ -163,3 +163,16 @@ def test_a_worker_dying_with_no_retry_left_is_one_message_and_no_file(tmp_path, 
     assert killed
     assert not [p for p in tmp_path.iterdir() if p.name != "run"]  # no maps file, no temporary
     dask_client.wait_for_workers(2, timeout=60)
+
+
+def test_powder_spots_on_dask_equal_one_process(tmp_path, dask_client):
+    """The spots are part of the map's plan, decided once and shipped to every frame task."""
+    from tests.processors.test_powder_spots import spotted_raw
+
+    raw = spotted_raw(tmp_path / "spotted.h5")
+    options = ProcessOptions(roi=(2, 36, 8, 44))
+    one_process(raw, tmp_path / "one.h5", options)
+    on_dask(raw, tmp_path / "dask.h5", options, dask_client, task_frames=40)
+    assert_same_files(tmp_path / "one.h5", tmp_path / "dask.h5")
+    with h5py.File(tmp_path / "dask.h5", "r") as f:
+        assert f["entry/maps"].attrs["powder_spots_rejected"] > 0
