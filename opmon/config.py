@@ -57,7 +57,7 @@ class LiveConfig:
     publish_interval_s: float = 0.25
     threshold: int = 0
     background: str = "auto"
-    register: str = "off"          # auto: register the eta scans of each final map (as `opmon process --register auto`)
+    register: str = "off"          # auto|tilt: register the eta scans of each final map (as `opmon process --register auto|tilt`)
 
 
 DETECTOR_COMPRESSIONS = ("none", "bslz4")
@@ -149,8 +149,8 @@ def _check_values(config: Config) -> None:
             rate = -1.0
         if not rate >= 0:
             raise ConfigError(f"live.background: {config.live.background!r}, expected 'auto', 'flat', 'none' or a rate >= 0")
-    if config.live.register not in ("auto", "off"):
-        raise ConfigError(f"live.register: {config.live.register!r}, expected 'auto' or 'off'")
+    if config.live.register not in ("auto", "tilt", "off"):
+        raise ConfigError(f"live.register: {config.live.register!r}, expected 'auto', 'tilt' or 'off'")
     if config.detector.compression not in DETECTOR_COMPRESSIONS:
         raise ConfigError(f"detector.compression: {config.detector.compression!r}, expected one of "
                           f"{', '.join(repr(c) for c in DETECTOR_COMPRESSIONS)}")

@@ -42,8 +42,8 @@ class LiveService:
                       publish_interval_s: float, roi: Roi | str | None, roi_frames: int, roi_wait_s: float,
                       threshold: int, background: Any, archive_dir: str | Path | None, workers: int,
                       register: str = "off") -> None:
-        if register not in ("auto", "off"):
-            raise OpmonError(f"register {register!r}: the live processor takes auto or off")
+        if register not in ("auto", "tilt", "off"):
+            raise OpmonError(f"register {register!r}: the live processor takes auto, tilt or off")
         self.register = register
         self.context = context or zmq.Context.instance()
         self.n_workers = workers
