@@ -38,7 +38,7 @@ def test_dask_scheduler_address_gives_the_maps_of_one_process(workdir, dask_clie
     assert "maps written to" in capsys.readouterr().out
     ran = [task["key"].split("-")[0] for task in stream.data]
     entries = 2 if raw == "run/run.h5" else 1
-    assert ran.count("reduce_frames") == 4 * entries and ran.count("decide_roi") == entries  # 54 frames / 16
+    assert ran.count("reduce_frames") == 4 * entries and ran.count("decide_plan") == entries  # 54 frames / 16
     same_maps(workdir / "one.h5", workdir / "dask.h5")
 
 
