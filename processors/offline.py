@@ -58,7 +58,7 @@ class ProcessOptions:
     low_counts: float = LOW_COUNTS  # Σ I below this (counts) sets maps.FLAG_LOW_COUNTS
     background_source: str = ""  # where a given background image came from (file:dataset), recorded
     peak_fit: PeakFitModel = "off"  # gauss: also fit each pixel's rocking profile (maps/fit, processors/peak_fit.py)
-    powder_spots: str = "auto"  # powder-arc spots found per map and replaced by their surroundings (auto) or kept (off)
+    powder_spots: str = "off"  # auto: powder-arc spots found per map and replaced by their surroundings; off: kept
 
     def attrs(self, roi: Roi) -> dict[str, Any]:
         background = f"image {self.background_source}".strip() if isinstance(self.background, np.ndarray) else str(self.background)

@@ -162,9 +162,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="do not divide frames by the source's incident-beam monitor (default: divide when it has one)")
     p.add_argument("--low-counts", type=float, default=100.0, metavar="COUNTS",
                    help="flag map pixels whose Σ I is below this many counts (default 100; maps/flags bit 2)")
-    p.add_argument("--powder-spots", choices=("auto", "off"), default="auto",
-                   help="auto (default): find compact spots of other grains' powder arcs per map (per eta scan, in "
-                        "sampled frames) and replace their pixels in every frame by the level around them; off: keep them")
+    p.add_argument("--powder-spots", choices=("auto", "off"), default="off",
+                   help="auto: find compact spots of other grains' powder arcs per map (per eta scan, in sampled frames) "
+                        "and replace their pixels in every frame by the level around them; off (default: not yet live, "
+                        "and a frame of many compact Bragg spots of similar strength is taken for spots): keep them")
     p.add_argument("--file-mask-only", action="store_true",
                    help="use only the file's detector mask (default: also mask hot/dead pixels found in sampled frames)")
     p.add_argument("--register", default="off", metavar="auto|tilt|off|FILE.toml",

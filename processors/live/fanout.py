@@ -280,6 +280,7 @@ class FanOutProcessor(LiveService):
                       len(handed.remade), self.n_workers, REMAKE_WAIT_S, lm.roi)
             expected = lm.n_sent if lm.n_sent is not None else lm.n_expected
             self._final(run, lm, handed.kept, n_frames=lm.n_expected, frames_lost=max(0, expected - lm.received))
+            self._release_pending(run)
 
     def _finish_remade(self, run: LiveRun, lm: LiveMap) -> None:
         """Every worker re-made its share of `lm` with the map's own ROI: its final maps, then the maps to come."""
@@ -294,6 +295,7 @@ class FanOutProcessor(LiveService):
                  lm.roi)
         expected = lm.n_sent if lm.n_sent is not None else lm.n_expected
         self._final(run, lm, acc, n_frames=lm.n_expected, frames_lost=max(0, expected - lm.received), options=options)
+        self._release_pending(run)      # maps that waited for this one's end get their ROI now
 
     def _take_picks(self, run: LiveRun, lm: LiveMap, handed: HandedIn) -> list[State | None]:
         """The workers' final sums of `lm` without their picks, which add up into `lm.picks` (its own

@@ -170,7 +170,7 @@ def test_powder_spots_on_dask_equal_one_process(tmp_path, dask_client):
     from tests.processors.test_powder_spots import spotted_raw
 
     raw = spotted_raw(tmp_path / "spotted.h5")
-    options = ProcessOptions(roi=(2, 36, 8, 44))
+    options = ProcessOptions(roi=(2, 36, 8, 44), powder_spots="auto")
     one_process(raw, tmp_path / "one.h5", options)
     on_dask(raw, tmp_path / "dask.h5", options, dask_client, task_frames=40)
     assert_same_files(tmp_path / "one.h5", tmp_path / "dask.h5")

@@ -32,7 +32,7 @@ def arcs_map(tmp_path_factory):
 
 def test_powder_arc_spots_are_replaced_so_tilt_and_mask_meet_the_targets(arcs_map, tmp_path):
     off = score(arcs_map, process(arcs_map, tmp_path / "off.h5", "--powder-spots", "off"))
-    auto_maps = process(arcs_map, tmp_path / "auto.h5")
+    auto_maps = process(arcs_map, tmp_path / "auto.h5", "--powder-spots", "auto")
     auto = score(arcs_map, auto_maps)
     assert off["tilt"] > 0.01 and off["mask"] < 0.6           # the spots pull the tilt and validate empty points
     assert auto["tilt"] <= 0.005 and auto["mask"] >= 0.95      # the issue's targets
@@ -44,7 +44,7 @@ def test_powder_arc_spots_are_replaced_so_tilt_and_mask_meet_the_targets(arcs_ma
 
 def test_a_map_without_spots_gives_the_same_maps_with_and_without_the_search(raw_file, tmp_path):
     """Compact peaks moving over the map (their summed image is itself compact): not taken for spots."""
-    a = process(raw_file, tmp_path / "auto.h5")
+    a = process(raw_file, tmp_path / "auto.h5", "--powder-spots", "auto")
     b = process(raw_file, tmp_path / "off.h5", "--powder-spots", "off")
     with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
         assert fa["entry/maps"].attrs["powder_spots_rejected"] == 0
