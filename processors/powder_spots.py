@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 import numba
 import numpy as np
 import numpy.typing as npt
-from scipy import ndimage
 
 from opmon.processors.kernels import sample_matrix
 
@@ -104,6 +103,7 @@ class SpotTable:
 def binned_level(image: F64, good: npt.NDArray[np.bool_], opened_only: bool = False) -> F64:
     """`smooth_level` taken on 2 x 2 binned pixels and brought back bilinearly: the level is smooth on
     a spot's scale anyway, and the opening costs a sixteenth (a map's scans in ~0.1 s, not seconds)."""
+    from scipy import ndimage   # here, not at the top: its 0.17 s import was paid by every process that imports the accumulator
     rows, cols = image.shape
     pr, pc = rows % 2, cols % 2
     padded = np.pad(np.where(good, image, 0.0), ((0, pr), (0, pc)), mode="edge")
@@ -125,6 +125,7 @@ def smooth_level(image: F64, good: npt.NDArray[np.bool_] | None = None, sigma: f
     smoothed image (right on a broad peak, low in noise: its minimum filter). Pixels not `good`
     (masked: chip gaps, dead) are left out of the smoothing, not read as zeros. `scale` counts per
     value (4 for 2 x 2 binned means: Poisson sigmas are taken in counts), `radius` the opening's disc."""
+    from scipy import ndimage
     good = np.ones(image.shape, dtype=bool) if good is None else good
     weight = ndimage.gaussian_filter(good.astype(np.float64), sigma, mode="nearest")
 
@@ -148,6 +149,7 @@ def find_spots(sums: F64, eta: npt.ArrayLike, roi: tuple[int, int, int, int], fr
     ``eta`` (n_scans,) the scans' eta (deg); ``roi`` (r0, r1, c0, c1) the window the sums cover in
     the frame of ``frame_shape``; ``mask`` (frame) 1 = dead/hot pixel (never a spot pixel, never read).
     """
+    from scipy import ndimage
     r0, r1, c0, c1 = roi
     sums = np.asarray(sums, dtype=np.float64)
     eta = np.round(np.asarray(eta, dtype=np.float64).reshape(-1), ETA_DECIMALS)
@@ -183,6 +185,7 @@ def _table(spots: npt.NDArray[np.bool_], eta: F64, roi: tuple[int, int, int, int
     """The SpotTable of spot voxels (n_scans, rows, cols) over the ROI window: each scan's spot pixels cut
     into TILE x TILE pieces, each with the ring of non-spot pixels around it (so a chain of spots along
     the arc is replaced by the level beside each piece, not by one mean along the chain)."""
+    from scipy import ndimage
     r0, _, c0, _ = roi
     scans: list[float] = []
     scan_ptr, core_ptr, ring_ptr = [0], [0], [0]
