@@ -67,9 +67,9 @@ class SourceSpec:
 
 # -- the one entry point into the per-map reduction --------------------------------------------
 def reduce_frames(spec: SourceSpec, name: str, start: int, stop: int, options: ProcessOptions,
-                  roi: Roi | MapPlan) -> RangeSums:
-    """Reduce frames [start, stop) of map `name` of the source `spec` with `options` and `roi` (or the
-    map's whole plan: ROI, mask with the pixels found bad, powder-arc spots) into accumulator sums
+                  plan: Roi | MapPlan) -> RangeSums:
+    """Reduce frames [start, stop) of map `name` of the source `spec` with `options` and the map's
+    `plan` (ROI, mask with the pixels found bad, powder-arc spots; or a ROI alone) into accumulator sums
     (`MomentAccumulator.state()`).
 
     The same reading, corrupt-frame handling and accumulator as `offline.reduce_map`
@@ -79,7 +79,7 @@ def reduce_frames(spec: SourceSpec, name: str, start: int, stop: int, options: P
     source, smap = spec.open_map(name)
     with source:
         try:
-            plan = roi if isinstance(roi, MapPlan) else MapPlan(roi, None)
+            plan = plan if isinstance(plan, MapPlan) else MapPlan(plan, None)
             acc = new_accumulator(smap, options, plan.roi, plan.mask, plan.spots)
             bad = accumulate_frames(smap, acc, options, start, stop, overlap=False)  # one core per worker thread
         except OSError as exc:
@@ -139,7 +139,7 @@ class EntryTasks:
 
     name: str
     smap: SourceMap
-    roi: Future     # of its `MapPlan` (ROI, mask, powder-arc spots)
+    plan: Future    # of its `MapPlan` (ROI, mask, powder-arc spots)
     ranges: dict[Future, tuple[int, int]]  # future -> its frames [a, b)
     total: Future
 
@@ -150,17 +150,17 @@ class EntryTasks:
 
 def submit_entry(client: Client, spec: SourceSpec, smap: SourceMap, options: ProcessOptions,
                  task_frames: int) -> EntryTasks:
-    """Submit one map: its ROI decision, then its chunk-aligned frame ranges and their tree merge."""
+    """Submit one map: its plan (ROI, mask, spots), then its chunk-aligned frame ranges and their tree merge."""
     chunks = smap.segments[0].data.chunks if smap.segments else None
     ranges = split_ranges(smap.n_frames, chunks[0] if chunks else 1, task_frames)
-    roi = client.submit(decide_plan, spec, smap.name, options, pure=False)
-    parts = {client.submit(reduce_frames, spec, smap.name, a, b, options, roi, pure=False): (a, b) for a, b in ranges}
-    return EntryTasks(smap.name, smap, roi, parts, tree_merge(client, list(parts)))
+    plan = client.submit(decide_plan, spec, smap.name, options, pure=False)
+    parts = {client.submit(reduce_frames, spec, smap.name, a, b, options, plan, pure=False): (a, b) for a, b in ranges}
+    return EntryTasks(smap.name, smap, plan, parts, tree_merge(client, list(parts)))
 
 
-def finalize_entry(tasks: EntryTasks, sums: RangeSums, roi: Roi | MapPlan, options: ProcessOptions) -> EntryResult:
+def finalize_entry(tasks: EntryTasks, sums: RangeSums, plan: Roi | MapPlan, options: ProcessOptions) -> EntryResult:
     """The maps of one map from its merged sums, as `offline.reduce_map` finalizes them."""
-    plan = roi if isinstance(roi, MapPlan) else MapPlan(roi, None)
+    plan = plan if isinstance(plan, MapPlan) else MapPlan(plan, None)
     acc = new_accumulator(tasks.smap, options, plan.roi, plan.mask)
     acc.load_state(sums.state, add=False)
     try:
@@ -200,7 +200,7 @@ def process_plan_dask(plan: RawPlan, output: str | Path, options: ProcessOptions
             if progress is not None:
                 first, end = where[fut][1]
                 progress(end - first)
-        results = {tasks.name: finalize_entry(tasks, tasks.total.result(), tasks.roi.result(), options)
+        results = {tasks.name: finalize_entry(tasks, tasks.total.result(), tasks.plan.result(), options)
                    for tasks in entries}
     write_results(output, plan, results, options)
     return results
@@ -230,8 +230,8 @@ def _what(key: Any, where: dict[Future, tuple[EntryTasks, tuple[int, int]]]) -> 
         if fut.key == key:
             return f"{tasks.label} frames {first}-{end - 1}"
     for tasks, _ in where.values():
-        if key == tasks.roi.key:
-            return f"{tasks.label} (deciding its ROI)"
+        if key == tasks.plan.key:
+            return f"{tasks.label} (deciding its ROI and mask)"
         if key == tasks.total.key:
             return f"{tasks.label} (merging its sums)"
     return f"task {key} (merging sums)"
