@@ -30,9 +30,15 @@ def arcs_map(tmp_path_factory):
     return simulate_effect(tmp_path_factory.mktemp("arcs"), "arcs", "powder-arcs", side=12)
 
 
-def test_powder_arc_spots_are_replaced_so_tilt_and_mask_meet_the_targets(arcs_map, tmp_path):
+@pytest.fixture(scope="module")
+def arcs_auto(arcs_map):
+    """`opmon process --powder-spots auto` of the powder-arcs map (shared: offline and live tests)."""
+    return process(arcs_map, arcs_map.with_name("auto.h5"), "--powder-spots", "auto")
+
+
+def test_powder_arc_spots_are_replaced_so_tilt_and_mask_meet_the_targets(arcs_map, arcs_auto, tmp_path):
     off = score(arcs_map, process(arcs_map, tmp_path / "off.h5", "--powder-spots", "off"))
-    auto_maps = process(arcs_map, tmp_path / "auto.h5", "--powder-spots", "auto")
+    auto_maps = arcs_auto
     auto = score(arcs_map, auto_maps)
     assert off["tilt"] > 0.01 and off["mask"] < 0.6           # the spots pull the tilt and validate empty points
     assert auto["tilt"] <= 0.005 and auto["mask"] >= 0.95      # the issue's targets
@@ -193,18 +199,21 @@ def test_a_frame_of_many_bragg_spots_keeps_its_maps_with_the_search_on(tmp_path)
             np.testing.assert_array_equal(fa["entry/maps"][name][()], fb["entry/maps"][name][()])
 
 
-def test_live_maps_with_powder_spots_auto_equal_opmon_process_with_auto(arcs_map, tmp_path, capsys):
+def test_live_maps_with_powder_spots_auto_equal_opmon_process_with_auto(arcs_map, arcs_auto, tmp_path, capsys):
     """The live processor finds a map's spots in the frames `opmon process` samples (summed per eta scan
     as they arrive) and re-makes the map at its end with them replaced: live = offline per map, and
-    the spots no longer pull the tilt nor validate empty map points (`off`: tilt > 0.01°, mask < 60 %)."""
+    the spots no longer pull the tilt nor validate empty map points (`off`: tilt > 0.01°, mask < 60 %).
+    The ROI is given (the one `opmon process` found): the map is re-made for its spots alone (a first
+    map's provisional auto ROI is re-made anyway, `test_live_first_map`)."""
     from opmon.processors.maps import read_map_result
     from tests.processors.conftest import assert_same_maps
 
+    with h5py.File(arcs_auto, "r") as g:
+        roi = [str(int(v)) for v in g["entry/maps"].attrs["roi"]]
     live = tmp_path / "live.h5"
-    assert main(["replay", str(arcs_map), "-o", str(live), "--powder-spots", "auto"]) == 0
+    assert main(["replay", str(arcs_map), "-o", str(live), "--powder-spots", "auto", "--roi", *roi]) == 0
     assert "frames lost 0" in capsys.readouterr().out
-    offline = process(arcs_map, tmp_path / "auto.h5", "--powder-spots", "auto")
-    with h5py.File(live, "r") as f, h5py.File(offline, "r") as g:
+    with h5py.File(live, "r") as f, h5py.File(arcs_auto, "r") as g:
         assert g["entry/maps"].attrs["powder_spots_rejected"] > 10
         assert_same_maps(read_map_result(f["entry0"]), read_map_result(g["entry"]))
     auto = score(arcs_map, live)
