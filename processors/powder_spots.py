@@ -353,7 +353,9 @@ class ScanSums:
 
     def spots(self, roi: tuple[int, int, int, int], mask: npt.NDArray[np.uint8] | None) -> SpotTable:
         """The spots these sums show inside `roi` (none when the sums were too large to keep)."""
-        if not self.enabled or not self._sums:
+        if not self.enabled:
+            return SpotTable.empty(f"not searched: the map's per-eta-scan sums would exceed {MAX_SAMPLE_BYTES >> 20} MiB")
+        if not self._sums:
             return SpotTable.empty()
         r0, r1, c0, c1 = roi
         eta = np.array(sorted(self._sums))
