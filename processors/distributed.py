@@ -165,7 +165,8 @@ def finalize_entry(tasks: EntryTasks, sums: RangeSums, plan: Roi | MapPlan, opti
     acc.load_state(sums.state, add=False)
     try:
         return EntryResult(acc.finalize(), plan.roi, sums.bad_frames, plan.found_pixels(),
-                           plan.spots.n_spots if plan.spots is not None else 0)
+                           plan.spots.n_spots if plan.spots is not None else 0,
+                           plan.spots.note if plan.spots is not None else "")
     except EmptyMapError as exc:
         raise EmptyMapError(f"{tasks.label}: {exc}") from exc
 

@@ -185,6 +185,7 @@ class EntryResult:
     bad_frames: list[int] = field(default_factory=list)
     found_bad_pixels: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros((0, 2), dtype=np.int64))
     powder_spots: int = 0   # powder-arc spots (counted per eta scan) replaced by their surroundings
+    powder_spots_note: str = ""   # why compact excess found was not taken for powder spots (`powder_spots.not_powder`)
 
 
 def process_entry(entry: h5py.Group, options: ProcessOptions, progress: Callable[[int], None] | None = None,
@@ -335,7 +336,8 @@ def reduce_map(smap: SourceMap, options: ProcessOptions, progress: Callable[[int
     skipped = accumulate_frames(smap, acc, options, progress=progress)
     try:
         return EntryResult(acc.finalize(), plan.roi, skipped, plan.found_pixels(),
-                           plan.spots.n_spots if plan.spots is not None else 0)
+                           plan.spots.n_spots if plan.spots is not None else 0,
+                           plan.spots.note if plan.spots is not None else "")
     except EmptyMapError as exc:
         raise EmptyMapError(f"{smap.label}: {exc}") from exc
 
@@ -402,7 +404,8 @@ def write_results(output: str | Path, plan: RawPlan, results: dict[str, EntryRes
                                                          "source_format": str(smap.provenance.get("format", "")),
                                                          "bad_frames_count": len(done.bad_frames),
                                                          "found_bad_pixels_count": len(done.found_bad_pixels),
-                                                         "powder_spots_rejected": done.powder_spots})
+                                                         "powder_spots_rejected": done.powder_spots,
+                                                         "powder_spots_note": done.powder_spots_note})
             if plan.kind != "raw" or "geometry" in smap.provenance:
                 maps.attrs["provenance"] = json.dumps(smap.provenance)
             if MAPS_ETA_SHIFTS in maps:

@@ -15,6 +15,16 @@ and together they hold less than PARTICLE_SHARE of the map's signal (a compact p
 e.g. a small uniform crystal, holds most of it); spots are widened by DILATE pixels and
 ETA_WINGS scans for their faint wings.
 
+Told apart from a pattern of many Bragg spots (`not_powder`, the guard): powder spots stand beside
+a particle's broad peak, over part of the eta range, holding part of the photons. Compact spots
+with no broad peak beside them (the level above its median under MIN_BROAD_SHARE of the signal),
+or standing at nearly every eta scan (EVERY_ETA), or holding most of the signal (MAX_SPOT_SHARE)
+are the pattern itself (the tickit-devices EIGER2 frame: taken for powder spots, d moved 4 %):
+then no spot is replaced and the maps record why (``maps@powder_spots_note``). Not used: "at a
+subset of map points" (the per-scan sums do not keep the map point; a powder spot of a grain lit
+by the beam everywhere shows at every point), "on one ring at the imaged 2θ" (the ROI holds a band
+of 2θ only a few tenths of a degree wide: every spot in it is on "one ring").
+
 Removed in expectation (`correct_block`): in a frame of a scan holding spots, each spot piece's
 pixels' counts are taken out of the frame's moments and replaced by the particle's local shape
 there (the scan's sum opened wider than a spot: spots gone, the broad peak kept) scaled to the
@@ -29,6 +39,7 @@ with spots.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numba
 import numpy as np
@@ -54,6 +65,10 @@ RING = 2                # px: width of the ring of pixels whose counts stand in 
 FRAME_SIGMA = 3.0       # a piece is replaced only in frames where it stands this many sigmas above its fill (0: in all)
                         # (measured, size-24 `all` case, 3 vs 0: d 4.5e-5 vs 3.1e-5 Å, tilt 0.0094 vs 0.0083 deg,
                         # mask 91 vs 85 %; size-12 powder-arcs map: tilt 0.0036 vs 0.0060 deg, mask 100 vs 93 %)
+# The guard (`not_powder`): compact excess that is the pattern itself, not a powder ring beside a particle
+MIN_BROAD_SHARE = 0.2   # the smooth level (the particle's broad peak) above its median holds at least this share of the signal
+EVERY_ETA = 0.9         # powder spot pixels stand out in at most this share of the eta scans (excess-weighted mean)
+MAX_SPOT_SHARE = 0.8    # powder spots hold at most this share of the ROI's signal (Bragg spots that are the signal: most)
 MAX_SAMPLE_BYTES = 256 * 2**20   # per-scan sample sums kept while sampling a map (else no spot search)
 
 
@@ -75,6 +90,7 @@ class SpotTable:
     ring_pix: I64
     core_shape: F64 = field(default_factory=lambda: np.zeros(0))   # the particle's local shape at each spot pixel ...
     ring_shape: F64 = field(default_factory=lambda: np.zeros(0))   # ... and ring pixel (ones: a flat level)
+    note: str = ""          # why compact excess found was not taken for powder spots (`not_powder`), else ""
 
     def __post_init__(self) -> None:
         if self.core_shape.size != self.core_pix.size or self.ring_shape.size != self.ring_pix.size:
@@ -87,9 +103,23 @@ class SpotTable:
         return int(self.core_ptr.size - 1)
 
     @classmethod
-    def empty(cls) -> "SpotTable":
+    def empty(cls, note: str = "") -> "SpotTable":
+        """No spot to replace (`note`: why the compact excess found is not powder spots)."""
         zero = np.zeros(1, dtype=np.int64)
-        return cls(np.zeros(0), 1, zero, zero, np.zeros(0, dtype=np.int64), zero, np.zeros(0, dtype=np.int64))
+        return cls(np.zeros(0), 1, zero, zero, np.zeros(0, dtype=np.int64), zero, np.zeros(0, dtype=np.int64), note=note)
+
+    def arrays(self) -> list[npt.NDArray[Any]]:
+        """The table as arrays (to ship to another process: `from_arrays`)."""
+        return [self.eta, self.scan_ptr, self.core_ptr, self.core_pix, self.ring_ptr, self.ring_pix, self.core_shape,
+                self.ring_shape]
+
+    @classmethod
+    def from_arrays(cls, cols: int, arrays: list[npt.NDArray[Any]]) -> "SpotTable":
+        """Inverse of `arrays` for frames of `cols` columns."""
+        eta, scan_ptr, core_ptr, core_pix, ring_ptr, ring_pix, core_shape, ring_shape = arrays
+        return cls(np.asarray(eta, np.float64), cols, *(np.asarray(a, np.int64) for a in (scan_ptr, core_ptr, core_pix,
+                                                                                             ring_ptr, ring_pix)),
+                   np.asarray(core_shape, np.float64), np.asarray(ring_shape, np.float64))
 
     def scans_of(self, eta: npt.ArrayLike) -> I64:
         """The scan index of each frame's eta in this table, -1 where its scan holds no spot."""
@@ -169,15 +199,56 @@ def find_spots(sums: F64, eta: npt.ArrayLike, roi: tuple[int, int, int, int], fr
         return SpotTable.empty()
     index = np.arange(1, n + 1)
     signal = float(np.clip(sums - np.median(sums, axis=(1, 2), keepdims=True), 0.0, None)[:, good].sum())
+    excess = ndimage.sum(sums - level, grown, index=index)
     keep = np.zeros(n + 1, dtype=bool)
     keep[1:] = ((ndimage.maximum(z, grown, index=index) > SEED_SIGMA)   # a significant peak ...
-                & (ndimage.sum(sums - level, grown, index=index) < PARTICLE_SHARE * signal))  # ... not the particle's own
+                & (excess < PARTICLE_SHARE * signal))                   # ... not the particle's own
     spots = keep[grown]
+    if not spots.any():
+        return SpotTable.empty()
+    verdict = not_powder(sums, level, spots, good, signal)
+    if verdict:
+        return SpotTable.empty(verdict)
     # the faint wings: DILATE px on the detector and the neighbouring eta scans
     spots = ndimage.binary_dilation(spots, structure=np.ones((1, 3, 3), dtype=bool), iterations=DILATE)
     spots = ndimage.binary_dilation(spots, structure=np.ones((1 + 2 * ETA_WINGS, 1, 1), dtype=bool)) & good
     shape = np.stack([binned_level(image, good, opened_only=True) for image in sums]) + 1.0 / sums[:, good].size
     return _table(spots, eta, roi, frame_shape[1], good, shape)
+
+
+def not_powder(sums: F64, level: F64, spots: npt.NDArray[np.bool_], good: npt.NDArray[np.bool_], signal: float) -> str:
+    """Why the candidate spot voxels `spots` (n_scans, rows, cols) of the per-scan `sums` over their
+    smooth `level` are not a powder ring's beside a particle's broad peak; "" when they are.
+
+    A powder ring of other grains crosses a particle's peak window as compact spots, each over part
+    of the eta range, beside the particle's broad peak (the smooth level). A pattern whose compact
+    spots ARE the signal (many Bragg spots of a crystal or a powder filling the window, e.g. the
+    tickit-devices EIGER2 frame, the same at every eta) fails one of, in this order:
+    - no broad peak: the level above its median holds less than MIN_BROAD_SHARE of the ROI's
+      signal (measured: tickit frame 0.5 %; size-12/24 powder-arcs maps 54 %/47 %);
+    - present at every eta (3 scans or more): a spot pixel is a spot pixel in more than EVERY_ETA
+      of the scans on average, weighted by its excess (tickit 100 %; powder-arcs 38 %/51 %: the
+      simulated grains' spots rock over a fifth to a half of a 30-step scan);
+    - most photons: the spots' excess holds more than MAX_SPOT_SHARE of the signal (tickit 13 %:
+      its ROI holds much diffuse signal; powder-arcs 57 %/63 %).
+    The signal is the per-scan sums above their median, over the ROI's good pixels."""
+    signal = max(signal, 1e-12)
+    broad = float(np.clip(level - np.median(level, axis=(1, 2), keepdims=True), 0.0, None)[:, good].sum()) / signal
+    if broad < MIN_BROAD_SHARE:
+        return (f"not powder spots: no broad peak beside the compact spots (the smooth level holds {broad:.1%} of the "
+                f"ROI's signal, a particle's peak at least {MIN_BROAD_SHARE:.0%})")
+    excess = np.where(spots, np.clip(sums - level, 0.0, None), 0.0)
+    n_scans = sums.shape[0]
+    if n_scans >= 3:
+        persistence = float((excess * (spots.sum(axis=0) / n_scans)[None]).sum() / max(float(excess.sum()), 1e-12))
+        if persistence > EVERY_ETA:
+            return (f"not powder spots: the compact spots stand at {persistence:.0%} of the eta scans (a powder spot "
+                    f"rocks over part of the scan, here at most {EVERY_ETA:.0%})")
+    share = float(excess.sum()) / signal
+    if share > MAX_SPOT_SHARE:
+        return (f"not powder spots: the compact spots hold {share:.0%} of the ROI's signal (powder spots beside a "
+                f"particle's peak: at most {MAX_SPOT_SHARE:.0%})")
+    return ""
 
 
 def _table(spots: npt.NDArray[np.bool_], eta: F64, roi: tuple[int, int, int, int], cols: int,
@@ -234,26 +305,57 @@ def _table(spots: npt.NDArray[np.bool_], eta: F64, roi: tuple[int, int, int, int
 
 
 class ScanSums:
-    """Sums of sampled frames per eta scan (full frames), the input of `find_spots` once the ROI is known."""
+    """Sums of sampled frames per eta scan (full frames), the input of `find_spots` once the ROI is known.
 
-    def __init__(self, frame_shape: tuple[int, int], n_scans: int) -> None:
+    `n_scans` None (the live processor: a map's scans are known only as its frames come): the sums
+    stop (`enabled` False) when one more scan would take them over MAX_SAMPLE_BYTES."""
+
+    def __init__(self, frame_shape: tuple[int, int], n_scans: int | None = None) -> None:
         self.frame_shape = frame_shape
-        self.enabled = n_scans * frame_shape[0] * frame_shape[1] * 4 <= MAX_SAMPLE_BYTES
+        self.enabled = (n_scans or 0) * frame_shape[0] * frame_shape[1] * 4 <= MAX_SAMPLE_BYTES
         self._sums: dict[float, npt.NDArray[np.float32]] = {}
+
+    def _scan(self, key: float) -> npt.NDArray[np.float32] | None:
+        """The running sum of scan `key` (begun when new), None once over the memory budget."""
+        total = self._sums.get(key)
+        if total is None:
+            if (len(self._sums) + 1) * self.frame_shape[0] * self.frame_shape[1] * 4 > MAX_SAMPLE_BYTES:
+                self.enabled, self._sums = False, {}
+                return None
+            total = self._sums[key] = np.zeros(self.frame_shape, dtype=np.float32)
+        return total
 
     def add(self, frames: npt.NDArray[np.generic], eta: npt.ArrayLike) -> None:
         """Add frames (k, rows, cols) taken at eta (k,)."""
-        if not self.enabled:
-            return
         keys = np.round(np.asarray(eta, dtype=np.float64).reshape(-1), ETA_DECIMALS)
         edges = np.flatnonzero(keys[1:] != keys[:-1]) + 1     # frames come in runs of one eta scan
         for a, b in zip([0, *edges.tolist()], [*edges.tolist(), keys.size]):
-            total = self._sums.setdefault(float(keys[a]), np.zeros(self.frame_shape, dtype=np.float32))
+            total = self._scan(float(keys[a])) if self.enabled else None
+            if total is None:
+                return
             total += frames[a:b].sum(axis=0, dtype=np.float32)
+
+    def arrays(self) -> tuple[F64, npt.NDArray[np.float32]]:
+        """(eta (n,), sums (n, rows, cols)) to ship to another process (`merge`); empty when disabled."""
+        eta = np.array(sorted(self._sums)) if self.enabled else np.zeros(0)
+        stack = np.stack([self._sums[e] for e in eta]) if eta.size else np.zeros((0, *self.frame_shape), np.float32)
+        return eta, stack
+
+    def merge(self, eta: npt.ArrayLike, sums: npt.NDArray[np.generic], enabled: bool = True) -> None:
+        """Add another process's sums of the same map's frames (`arrays`); `enabled` False: it gave up on them."""
+        if not enabled:
+            self.enabled, self._sums = False, {}
+        for e, image in zip(np.asarray(eta, dtype=np.float64).reshape(-1), sums):
+            total = self._scan(float(e)) if self.enabled else None
+            if total is None:
+                return
+            total += image
 
     def spots(self, roi: tuple[int, int, int, int], mask: npt.NDArray[np.uint8] | None) -> SpotTable:
         """The spots these sums show inside `roi` (none when the sums were too large to keep)."""
-        if not self.enabled or not self._sums:
+        if not self.enabled:
+            return SpotTable.empty(f"not searched: the map's per-eta-scan sums would exceed {MAX_SAMPLE_BYTES >> 20} MiB")
+        if not self._sums:
             return SpotTable.empty()
         r0, r1, c0, c1 = roi
         eta = np.array(sorted(self._sums))

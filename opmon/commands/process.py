@@ -90,6 +90,8 @@ def _run(args: argparse.Namespace) -> int:
             if entry.powder_spots:
                 print(f"{name}: replaced {entry.powder_spots} powder-arc spot piece(s) (per eta scan) by the level "
                       "around them (--powder-spots off keeps them)")
+            if entry.powder_spots_note:
+                print(f"{name}: no spot replaced, {entry.powder_spots_note} (maps@powder_spots_note)")
         print(f"maps written to {output}")
         if pngs:
             import h5py

@@ -82,7 +82,8 @@ def _internal(args: argparse.Namespace, config: Any, source: ReplaySource, roi: 
     processor = open_live_processor(sink.endpoints[0], display, None, workers=args.workers or config.live.workers,
                                     publish_interval_s=config.live.publish_interval_s, roi=roi,
                                     threshold=config.live.threshold, background=parse_background(config.live.background),
-                                    register=config.live.register)
+                                    register=config.live.register,
+                                    powder_spots=args.powder_spots or config.live.powder_spots)
     done = threading.Event()
     processor.outputs.keep_results = None     # a replay is bounded and writes every map at the end
     thread = threading.Thread(target=processor.serve, kwargs={"stop_when": done.is_set}, daemon=True)
@@ -162,6 +163,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rate", type=float, help="frames per second (default: as fast as the chain takes them)")
     p.add_argument("--workers", type=int, help="live processor worker processes")
     p.add_argument("--roi", nargs="+", metavar="R", help="'auto', 'full' or r0 r1 c0 c1")
+    p.add_argument("--powder-spots", choices=("auto", "off"),
+                   help="replace each map's powder-arc spots, as `opmon process --powder-spots` (default: [live] powder_spots)")
     p.add_argument("--display", action="store_true", help="publish maps on the configured display_live port")
     p.add_argument("--external", action="store_true", help="only send, to already running services")
     p.add_argument("--archive", action="store_true", help="with --external: also send to the archiver")

@@ -26,6 +26,7 @@ from opmon.processors.geometry import DetectorGeometry
 from opmon.processors.live.held_frames import HeldFrames
 from opmon.processors.live.roi import MapPicks, RoiDecider
 from opmon.processors.offline import MapPlan
+from opmon.processors.powder_spots import SpotTable
 from opmon.streaming.receiver import RunShapes
 
 log = logging.getLogger(__name__)
@@ -66,13 +67,22 @@ def accumulator_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_accumulator(geometry: DetectorGeometry, map_shape: tuple[int, int], mask: npt.NDArray[np.uint8] | None,
-                     options: dict[str, Any]) -> MomentAccumulator:
+                     options: dict[str, Any], spots: SpotTable | None = None) -> MomentAccumulator:
     """An empty accumulator for a map with the options recorded with every map: per eta scan
-    (registered at the map's end, as `opmon process --register auto`) when ``register`` is auto."""
+    (registered at the map's end, as `opmon process --register auto`) when ``register`` is auto;
+    `spots` the powder-arc spots it replaces (a map re-made at its end, `remake`)."""
     if options.get("register", "off") == "auto":
-        return EtaScanAccumulator(geometry, map_shape, detector_mask=mask, registration="auto",
+        return EtaScanAccumulator(geometry, map_shape, detector_mask=mask, registration="auto", spots=spots,
                                   **accumulator_options(options))
-    return MomentAccumulator(geometry, map_shape, detector_mask=mask, **accumulator_options(options))
+    return MomentAccumulator(geometry, map_shape, detector_mask=mask, spots=spots, **accumulator_options(options))
+
+
+def spot_options(plan: MapPlan | None) -> dict[str, Any]:
+    """What a map's maps record of its powder-spot search (as `opmon process` writes them)."""
+    spots = plan.spots if plan is not None else None
+    if spots is None:
+        return {}
+    return {"powder_spots_rejected": spots.n_spots, "powder_spots_note": spots.note}
 
 
 @dataclass
@@ -122,12 +132,13 @@ class LiveRun(RunShapes):
     @classmethod
     def begin(cls, start: dict[str, Any], mask: npt.NDArray[np.uint8] | None, roi: Roi | None, *, threshold: int,
               background: Any, roi_quota: int, roi_wait_s: float, adopted: bool = False, register: str = "off",
-              follows: bool | None = None) -> LiveRun:
+              follows: bool | None = None, powder_spots: str = "off") -> LiveRun:
         """A run from its start header; `roi` None: decided from its first `roi_quota` frames;
         `register` auto: the eta scans of each final map are registered (partial maps are not);
-        `follows` (default: `roi` is None) each map's own ROI is found and the next maps follow its peak."""
+        `follows` (default: `roi` is None) each map's own ROI is found and the next maps follow its peak;
+        `powder_spots` auto: each map's powder-arc spots are found at its end and the map re-made without them."""
         options = {"roi": list(roi) if roi is not None else None, "threshold": threshold, "background": background,
-                   "register": register}
+                   "register": register, "powder_spots": powder_spots}
         decider = RoiDecider(roi_quota, roi_wait_s) if roi is None else None
         try:
             settings = DoseSettings.from_start(start)
@@ -140,20 +151,28 @@ class LiveRun(RunShapes):
 
     def sample_for_follow(self, lm: LiveMap, header: dict[str, Any], frame: npt.NDArray[Any]) -> None:
         """Sum `frame` into its map's picks (the frames `opmon process` samples) and keep it while
-        the map's ROI is provisional: its own ROI is decided at its end (`conclude_map`)."""
-        if not self.follows:
+        the map's ROI is provisional: its own ROI is decided at its end (`conclude_map`); searching
+        powder spots, the picks are also summed per eta scan and every frame is kept (`finds_spots`)."""
+        if not (self.follows or self.finds_spots):
             return
         if lm.picks is None:
-            lm.picks = MapPicks(lm.n_expected)
-        lm.picks.add(int(header["frame"]), frame)
+            lm.picks = MapPicks(lm.n_expected, per_scan=self.finds_spots)
+        lm.picks.add(int(header["frame"]), frame, float(header["eta"]))
         if lm.held is not None:
             lm.held.add(header, frame)
 
+    @property
+    def finds_spots(self) -> bool:
+        """Each map's powder-arc spots are searched at its end (`powder_spots` auto)."""
+        return self.options.get("powder_spots") == "auto"
+
     def map_plan(self, lm: LiveMap) -> MapPlan | None:
-        """The ROI and mask `opmon process` takes for `lm` (its own frames), None when not sampled."""
+        """The ROI, mask (and powder spots) `opmon process` takes for `lm` (its own frames; its auto
+        ROI, or the given one), None when not sampled."""
         if lm.picks is None:
             return None
-        return lm.picks.plan(self.known_mask if self.known_mask is not None else self.mask, self.frame_shape)
+        given = None if self.follows else (lm.roi or self.roi)
+        return lm.picks.plan(self.known_mask if self.known_mask is not None else self.mask, self.frame_shape, given)
 
     def misses_peak(self, roi: Roi, plan: MapPlan, provisional: bool) -> bool:
         """`roi` does not hold the ROI a map's peak asks for (`plan`, within FOLLOW_SLACK pixels), or,
@@ -164,7 +183,10 @@ class LiveRun(RunShapes):
         return plan.peak and (not holds(roi, plan.roi) or too_large)
 
     def remake_wanted(self, lm: LiveMap, plan: MapPlan | None) -> bool:
-        """`lm` was taken with a provisional ROI that misses the peak its whole map shows."""
+        """`lm` was taken with a provisional ROI that misses the peak its whole map shows, or its frames
+        hold powder-arc spots (then it is re-made with its whole plan: `opmon process --powder-spots auto`)."""
+        if plan is not None and plan.spots is not None and plan.spots.n_spots > 0:
+            return True
         return plan is not None and lm.provisional and lm.roi is not None and self.misses_peak(lm.roi, plan, True)
 
     def conclude_map(self, lm: LiveMap, plan: MapPlan | None) -> Roi | None:
@@ -254,7 +276,7 @@ class LiveRun(RunShapes):
             lm.provisional = self.provisional
         else:
             lm.provisional = lm.provisional and self.follows
-        if lm.provisional and lm.held is None:
+        if (lm.provisional or self.finds_spots) and lm.held is None:
             lm.held = HeldFrames()
         lm.acc = self.accumulator(lm)
 

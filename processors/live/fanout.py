@@ -35,7 +35,7 @@ import zmq
 from opmon.errors import ArchiveError, CorruptFrameError, OpmonError
 from opmon.processors.accumulate import Roi
 from opmon.processors.live import worker as W
-from opmon.processors.live.engine import LiveMap, LiveRun, make_accumulator
+from opmon.processors.live.engine import LiveMap, LiveRun, make_accumulator, spot_options
 from opmon.processors.live.roi import MapPicks
 from opmon.processors.live.service import LiveService
 from opmon.processors.live.recovery import recover_missed_maps
@@ -95,12 +95,12 @@ class FanOutProcessor(LiveService):
                  workers: int = 2, publish_interval_s: float = 0.25, roi: Roi | str | None = "auto",
                  roi_frames: int = 64, roi_wait_s: float = 0.25, threshold: int = 0, background: Any = "auto",
                  register: str = "off", archive_dir: str | Path | None = None, rcvhwm: int = 200, context: zmq.Context | None = None,
-                 grace_s: float = 2.0, ask_wait_s: float = 0.5) -> None:
+                 grace_s: float = 2.0, ask_wait_s: float = 0.5, powder_spots: str = "off") -> None:
         if workers < 2:
             raise OpmonError(f"fan-out needs workers >= 2, got {workers} (1 worker runs inline)")
         self._init_service(context, display_endpoint, maps_endpoint, publish_interval_s=publish_interval_s, roi=roi,
                            roi_frames=roi_frames, roi_wait_s=roi_wait_s, threshold=threshold, background=background,
-                           archive_dir=archive_dir, workers=workers, register=register)
+                           archive_dir=archive_dir, workers=workers, register=register, powder_spots=powder_spots)
         self.grace_s, self.ask_wait_s = grace_s, ask_wait_s
         self.counters = Counters()
         self.runs: dict[str, LiveRun] = {}
@@ -260,7 +260,9 @@ class FanOutProcessor(LiveService):
             handed.remake, handed.finals, handed.kept, handed.remake_t = plan, {}, acc, time.monotonic()
             self.gathering[run.uid].maps[lm.number] = handed
             found = [np.ascontiguousarray(plan.mask)] if plan.mask is not None else []  # type: ignore[union-attr]
-            self._tell(W.REMAKE, {"run": run.uid, "map": lm.number, "roi": list(plan.roi)}, *found)  # type: ignore[union-attr]
+            spots = plan.spots.arrays() if plan.spots is not None and plan.spots.n_spots else []  # type: ignore[union-attr]
+            self._tell(W.REMAKE, {"run": run.uid, "map": lm.number, "roi": list(plan.roi), "mask": bool(found),  # type: ignore[union-attr]
+                                  "spots": [str(a.dtype) for a in spots]}, *found, *(np.ascontiguousarray(a) for a in spots))
             run.conclude_map(lm, plan)            # the next map's ROI need not wait for the re-made sums
             self._release_pending(run)
             return
@@ -286,7 +288,7 @@ class FanOutProcessor(LiveService):
         """Every worker re-made its share of `lm` with the map's own ROI: its final maps, then the maps to come."""
         handed = self.gathering[run.uid].maps.pop(lm.number)
         plan = handed.remake
-        options = dict(run.options, roi=list(plan.roi))
+        options = dict(run.options, roi=list(plan.roi), **spot_options(plan))
         acc = make_accumulator(run.geometry, lm.map_shape, plan.mask, options)
         for state in handed.remade.values():
             if state:
@@ -314,8 +316,9 @@ class FanOutProcessor(LiveService):
             if state and W.PICKS_TOTAL in state:
                 frames, looked_at = handed.picks.get(worker, (0, 0))
                 if lm.picks is None:
-                    lm.picks = MapPicks(lm.n_expected)
-                lm.picks.merge(state.pop(W.PICKS_TOTAL), frames, state.pop(W.PICKS_STANDOUT, None), looked_at)
+                    lm.picks = MapPicks(lm.n_expected, per_scan=run.finds_spots)
+                scans = (state.pop(W.PICKS_SCAN_ETA), state.pop(W.PICKS_SCANS), True) if W.PICKS_SCANS in state else None
+                lm.picks.merge(state.pop(W.PICKS_TOTAL), frames, state.pop(W.PICKS_STANDOUT, None), looked_at, scans)
             finals.append(state)
         return finals
 

@@ -5,8 +5,11 @@ first frames is the full frame or a window around the rocking tails, and on a ba
 gradient or a faint peak that costs the map its accuracy. At the map's end its own ROI and mask
 are known (`engine.LiveRun.map_plan`, the rule and frames of `opmon process`); the map is then
 accumulated again with them from its frames kept in memory (`held_frames`), else from the run's
-archive, so its final maps are the ones `opmon process` makes. With neither, the map keeps the
-sums it was taken with.
+archive, so its final maps are the ones `opmon process` makes. A map whose frames hold powder-arc
+spots (`--powder-spots auto`: found at its end in the frames `opmon process` samples, summed per eta
+scan) is re-made the same way with them replaced, so its maps are those of `opmon process
+--powder-spots auto` (spots of a map apply to that map, not the next). With neither, the map keeps
+the sums it was taken with.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import numpy.typing as npt
 
 from opmon.errors import ArchiveError, CorruptFrameError
 from opmon.processors.accumulate import MomentAccumulator
-from opmon.processors.live.engine import LiveMap, LiveRun, make_accumulator
+from opmon.processors.live.engine import LiveMap, LiveRun, make_accumulator, spot_options
 from opmon.processors.live.held_frames import HeldFrames
 from opmon.processors.offline import MapPlan
 from opmon.streaming.archive.reader import RunArchive
@@ -44,8 +47,8 @@ def remake_map(run: LiveRun, lm: LiveMap, plan: MapPlan, archive_dir: Path | Non
     options they were taken with; None when its frames are no longer at hand. Runs on a thread
     (`service.LiveService`): a 100 x 100 map read back from the archive takes a minute or more, and
     the live stream must keep flowing meanwhile."""
-    options = dict(run.options, roi=list(plan.roi))
-    acc = make_accumulator(run.geometry, lm.map_shape, plan.mask, options)
+    options = dict(run.options, roi=list(plan.roi), **spot_options(plan))
+    acc = make_accumulator(run.geometry, lm.map_shape, plan.mask, options, plan.spots)
     t0 = time.perf_counter()
     if held is not None and not held.overflowed and len(held) == lm.received:
         add_frames(acc, held.frames())

@@ -21,7 +21,8 @@ import numpy.typing as npt
 
 from opmon.processors.accumulate import Roi
 from opmon.processors.bad_pixels import BadPixelFinder, merged_mask
-from opmon.processors.offline import MapPlan, MapSample, plan_of_sample, roi_from_image, sample_picks
+from opmon.processors.offline import MapPlan, MapSample, found_mask, plan_of_sample, roi_from_image, sample_picks
+from opmon.processors.powder_spots import ScanSums
 
 #: frames an auto ROI may wait for a Bragg peak to show before it settles for the full frame
 ROI_MAX_FRAMES = 256
@@ -148,13 +149,14 @@ class MapPicks:
     its peak is. With `n_frames` unknown (0) every frame is summed.
     """
 
-    def __init__(self, n_frames: int) -> None:
+    def __init__(self, n_frames: int, per_scan: bool = False) -> None:
         self.picks, self.every = sample_picks(n_frames) if n_frames > 0 else (None, 1)
         self.sample = MapSample(np.zeros(0), BadPixelFinder())
         self.frames = 0
+        self.per_scan = per_scan     # also summed per eta scan (`powder_spots.ScanSums`): the powder-spot search
 
-    def add(self, frame_number: int, frame: npt.NDArray[Any]) -> None:
-        """Sum `frame` (number `frame_number` of its map) when it is one of the picks."""
+    def add(self, frame_number: int, frame: npt.NDArray[Any], eta: float = 0.0) -> None:
+        """Sum `frame` (number `frame_number` of its map, taken at `eta`) when it is one of the picks."""
         position = frame_number
         if self.picks is not None:
             position = int(np.searchsorted(self.picks, frame_number))
@@ -162,25 +164,44 @@ class MapPicks:
                 return
         if self.frames == 0:
             self.sample.total = np.zeros(frame.shape, dtype=np.float64)
+            self.sample.scans = ScanSums(frame.shape) if self.per_scan else None
         self.sample.total += frame
+        if self.sample.scans is not None:
+            self.sample.scans.add(frame[None], [eta])
         self.frames += 1
         if position % self.every == 0:
             self.sample.finder.add(frame)
 
-    def merge(self, total: npt.NDArray[Any], frames: int, standout: npt.NDArray[Any] | None, looked_at: int) -> None:
+    def merge(self, total: npt.NDArray[Any], frames: int, standout: npt.NDArray[Any] | None, looked_at: int,
+              scans: tuple[Any, npt.NDArray[Any], bool] | None = None) -> None:
         """Add another process's picks of the same map (a fan-out worker's share: its sum of `frames`
-        picks, and its bad-pixel finder's counts over the `looked_at` of them it looked at)."""
+        picks, its bad-pixel finder's counts over the `looked_at` of them it looked at, and, searching
+        powder spots, its per-scan sums: (eta, sums, enabled) of `ScanSums.arrays`)."""
         if not frames:
             return
         if self.frames == 0:
             self.sample.total = np.zeros(total.shape, dtype=np.float64)
+            self.sample.scans = ScanSums(total.shape) if self.per_scan else None
         self.sample.total += total
+        if self.sample.scans is not None:
+            if scans is None:       # a share without its per-scan sums: no search on part of the map's frames
+                self.sample.scans.merge([], [], enabled=False)
+            else:
+                self.sample.scans.merge(*scans)
         self.frames += frames
         if standout is not None:
             self.sample.finder.merge(standout, looked_at)
 
-    def plan(self, known: npt.NDArray[np.uint8] | None, frame_shape: tuple[int, int]) -> MapPlan | None:
-        """The ROI and mask `opmon process` takes for this map (None: no frame summed)."""
+    def plan(self, known: npt.NDArray[np.uint8] | None, frame_shape: tuple[int, int], roi: Roi | None = None) -> MapPlan | None:
+        """The ROI and mask `opmon process` takes for this map (None: no frame summed): its auto ROI, or
+        `roi` when given (as `opmon process --roi`); with the powder spots inside it when summed per scan."""
         if self.frames == 0:
             return None
-        return plan_of_sample(self.sample, known, frame_shape)
+        if roi is None:
+            plan = plan_of_sample(self.sample, known, frame_shape)
+        else:
+            found, mask = found_mask(self.sample, known)
+            plan = MapPlan(tuple(roi), mask, found)     # type: ignore[arg-type]
+        if self.sample.scans is not None:
+            plan.spots = self.sample.scans.spots(plan.roi, plan.mask)
+        return plan

@@ -22,7 +22,7 @@ import zmq
 
 from opmon.errors import OpmonError
 from opmon.processors.accumulate import MomentAccumulator, Roi
-from opmon.processors.live.engine import LiveMap, LiveRun, initial_roi
+from opmon.processors.live.engine import LiveMap, LiveRun, initial_roi, spot_options
 from opmon.processors.live.outputs import MapOutputs
 from opmon.processors.live.recovery import catch_up
 from opmon.processors.live.remake import remake_map
@@ -41,10 +41,13 @@ class LiveService:
     def _init_service(self, context: zmq.Context | None, display_endpoint: str | None, maps_endpoint: str | None, *,
                       publish_interval_s: float, roi: Roi | str | None, roi_frames: int, roi_wait_s: float,
                       threshold: int, background: Any, archive_dir: str | Path | None, workers: int,
-                      register: str = "off") -> None:
+                      register: str = "off", powder_spots: str = "off") -> None:
         if register not in ("auto", "tilt", "off"):
             raise OpmonError(f"register {register!r}: the live processor takes auto, tilt or off")
+        if powder_spots not in ("auto", "off"):
+            raise OpmonError(f"powder_spots {powder_spots!r}: the live processor takes auto or off")
         self.register = register
+        self.powder_spots = powder_spots
         self.context = context or zmq.Context.instance()
         self.n_workers = workers
         self.archive_dir = Path(archive_dir) if archive_dir is not None else None
@@ -84,7 +87,7 @@ class LiveService:
         given = initial_roi(self.roi_setting, start)
         run = LiveRun.begin(start, mask, roi or given, threshold=self.threshold,
                             background=self.background, roi_quota=self.roi_frames, roi_wait_s=self.roi_wait_s,
-                            adopted=adopted, register=self.register,
+                            adopted=adopted, register=self.register, powder_spots=self.powder_spots,
                             follows=self.roi_setting == "auto" and given is None)   # also after a restart (`roi` recovered)
         if run.roi is not None:
             self.roi_decided_at = time.time()
@@ -122,7 +125,7 @@ class LiveService:
         (`remake.remake_map`) on a thread, its final maps made when that is done (`_remakes_done`),
         while the maps to come already follow its peak. Returns the ROI they take when it changed."""
         plan = run.map_plan(lm)
-        options = run.map_options(lm)
+        options = dict(run.map_options(lm), **spot_options(plan))
         if run.remake_wanted(lm, plan):
             assert plan is not None
             if self._remaker is None:

@@ -32,6 +32,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from opmon.processors.accumulate import SHIPPED_KEYS, MomentAccumulator, warm_up_kernels
 from opmon.processors.live.engine import LiveRun, make_accumulator
+from opmon.processors.powder_spots import SpotTable
 from opmon.processors.live.remake import add_frames
 from opmon.processors.live.roi import MapPicks, RoiDecider
 from opmon.streaming import protocol as P
@@ -58,6 +59,7 @@ ROI_PENDING_WAIT_S = 10.0    # a map whose ROI waits for the previous map's end 
 
 #: state keys of a map's picks (`roi.MapPicks`), shipped beside the sums with its final state
 PICKS_TOTAL, PICKS_STANDOUT = "picks_total", "picks_standout"
+PICKS_SCAN_ETA, PICKS_SCANS = "picks_scan_eta", "picks_scans"     # their per-eta-scan sums (powder-spot search)
 
 
 def encode_state(acc: MomentAccumulator | None, header: dict[str, Any], picks: MapPicks | None = None) -> list[Any]:
@@ -72,6 +74,8 @@ def encode_state(acc: MomentAccumulator | None, header: dict[str, Any], picks: M
         state = dict(state, **{PICKS_TOTAL: picks.sample.total})
         if picks.sample.finder.standout is not None:
             state[PICKS_STANDOUT] = picks.sample.finder.standout
+        if picks.sample.scans is not None and picks.sample.scans.enabled:   # (none: over its memory budget)
+            state[PICKS_SCAN_ETA], state[PICKS_SCANS] = picks.sample.scans.arrays()
     header = dict(header, keys=[[k, str(v.dtype), list(v.shape)] for k, v in state.items()])
     return [STATE, P.pack(header)] + [np.ascontiguousarray(v) for v in state.values()]
 
@@ -172,16 +176,17 @@ class FanOutWorker:
         if final:
             lm.acc, lm.done, lm.picks = None, True, None
 
-    def _remake(self, run: LiveRun, number: int, roi: list[int] | None, mask: npt.NDArray[np.uint8] | None) -> None:
-        """Accumulate map `number` again from its held frames with `roi` and `mask` and hand the sums in
-        (`remade`); `roi` None: the map stays as it is, its frames are dropped."""
+    def _remake(self, run: LiveRun, number: int, roi: list[int] | None, mask: npt.NDArray[np.uint8] | None,
+                spots: SpotTable | None = None) -> None:
+        """Accumulate map `number` again from its held frames with `roi`, `mask` and powder-arc `spots` and
+        hand the sums in (`remade`); `roi` None: the map stays as it is, its frames are dropped."""
         lm = run.map(number)
         held, lm.held = lm.held, None
         if roi is None:
             return
         acc = None
         if held is not None:                 # (none: dealt no frame of the map; it still answers, the coordinator waits for all)
-            acc = make_accumulator(run.geometry, lm.map_shape, mask, dict(run.options, roi=list(roi)))
+            acc = make_accumulator(run.geometry, lm.map_shape, mask, dict(run.options, roi=list(roi)), spots)
             add_frames(acc, held.frames())
         header = {"run": run.uid, "map": number, "frames": acc.frames_seen if acc else 0, "final": True, "remade": True}
         self.outbox.send_multipart(encode_state(acc, dict(header, worker=self.id)), copy=False)
@@ -308,8 +313,13 @@ class FanOutWorker:
             self._flush_seen()
             self._send_state(run, int(h["map"]), final=True)
         elif kind == REMAKE and run is not None:
-            mask = np.frombuffer(parts[2].buffer, dtype=np.uint8).reshape(run.frame_shape).copy() if len(parts) > 2 else None
-            self._remake(run, int(h["map"]), h["roi"], mask)
+            has_mask = bool(h.get("mask", len(parts) > 2))
+            mask = np.frombuffer(parts[2].buffer, dtype=np.uint8).reshape(run.frame_shape).copy() if has_mask else None
+            spots = None
+            if h.get("spots"):       # the powder-arc spots to replace, as `SpotTable.arrays` (after the mask)
+                spots = SpotTable.from_arrays(run.frame_shape[1], [np.frombuffer(p.buffer, dtype=dt).copy()
+                                                                   for p, dt in zip(parts[2 + has_mask:], h["spots"])])
+            self._remake(run, int(h["map"]), h["roi"], mask, spots)
         elif kind == END:
             self.runs.pop(uid, None)
             self.roi_reported.pop(uid, None)

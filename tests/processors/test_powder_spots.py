@@ -30,9 +30,15 @@ def arcs_map(tmp_path_factory):
     return simulate_effect(tmp_path_factory.mktemp("arcs"), "arcs", "powder-arcs", side=12)
 
 
-def test_powder_arc_spots_are_replaced_so_tilt_and_mask_meet_the_targets(arcs_map, tmp_path):
+@pytest.fixture(scope="module")
+def arcs_auto(arcs_map):
+    """`opmon process --powder-spots auto` of the powder-arcs map (shared: offline and live tests)."""
+    return process(arcs_map, arcs_map.with_name("auto.h5"), "--powder-spots", "auto")
+
+
+def test_powder_arc_spots_are_replaced_so_tilt_and_mask_meet_the_targets(arcs_map, arcs_auto, tmp_path):
     off = score(arcs_map, process(arcs_map, tmp_path / "off.h5", "--powder-spots", "off"))
-    auto_maps = process(arcs_map, tmp_path / "auto.h5", "--powder-spots", "auto")
+    auto_maps = arcs_auto
     auto = score(arcs_map, auto_maps)
     assert off["tilt"] > 0.01 and off["mask"] < 0.6           # the spots pull the tilt and validate empty points
     assert auto["tilt"] <= 0.005 and auto["mask"] >= 0.95      # the issue's targets
@@ -143,3 +149,72 @@ def test_replacing_a_spot_adds_the_level_of_its_ring_in_expectation():
         sums[name] = float(acc.sum_i[0])
     assert sums["replaced"] == pytest.approx(3 * 24 * 24)
     assert sums["kept"] == sums["other scan"] == 3 * 24 * 24 + 9 * 47
+
+
+# -- the guard: compact spots that ARE the pattern are not powder spots ----------------------------------
+def bragg_pattern(shape=(48, 48), n_spots=30, seed=5):
+    """Expected counts of a frame of many compact Bragg spots of similar strength (sigma 1 px) on a
+    faint flat background, no broad peak: what the tickit-devices EIGER2 recording shows."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.indices(shape)
+    lam = np.full(shape, 0.02)
+    for r, c in rng.uniform(4, shape[0] - 4, (n_spots, 2)):
+        lam += rng.uniform(40, 60) * np.exp(-0.5 * ((rows - r) ** 2 + (cols - c) ** 2))
+    return lam
+
+
+def test_the_guard_tells_a_powder_spot_from_a_pattern_of_many_bragg_spots():
+    rng = np.random.default_rng(4)
+    eta = 19.0 + 0.016 * np.arange(6)
+    roi, frame = (10, 50, 20, 80), (64, 100)
+    lam = broad_peak_sums()
+    spotted = lam.copy()
+    spotted[3] += 300 * np.exp(-0.5 * ((np.indices(lam.shape[1:])[0] - 22) ** 2 + (np.indices(lam.shape[1:])[1] - 25) ** 2)
+                               / 1.5 ** 2)
+    table = find_spots(rng.poisson(spotted).astype(float), eta, roi, frame)
+    assert table.n_spots >= 1 and table.note == ""                   # a powder spot beside the broad peak: replaced
+    bragg = np.stack([bragg_pattern((40, 60))] * eta.size)            # the same spots at every eta, no broad peak
+    table = find_spots(rng.poisson(bragg).astype(float), eta, roi, frame)
+    assert table.n_spots == 0 and table.note.startswith("not powder spots")
+
+
+def test_a_frame_of_many_bragg_spots_keeps_its_maps_with_the_search_on(tmp_path):
+    """The tickit finding (`opmon process --powder-spots auto` moved d by 4 % on the recorded EIGER2
+    frame): a map whose frames are the same many-Bragg-spot pattern gives the maps of `off`, and says why."""
+    rng = np.random.default_rng(6)
+    lam = bragg_pattern(SHAPE)
+    side, etas = 3, 4
+    index = np.tile(np.arange(side * side), etas)
+    eta = np.repeat(19.0 + 0.016 * np.arange(etas), side * side)
+    with h5py.File(tmp_path / "bragg.h5", "w") as f:
+        w = RawMapWriter(f.create_group("entry"), frame_shape=SHAPE, dtype=np.uint32, energy_ev=10000.0, distance_m=1.6,
+                         pixel_size_m=(55e-6, 55e-6), beam_center=(200.0, 24.0), map_shape=(side, side))
+        w.append(rng.poisson(lam, (index.size, *SHAPE)).astype(np.uint32), index, eta, 0.0, 0.0, 35.0)
+    a = process(tmp_path / "bragg.h5", tmp_path / "auto.h5", "--powder-spots", "auto")
+    b = process(tmp_path / "bragg.h5", tmp_path / "off.h5", "--powder-spots", "off")
+    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
+        assert fa["entry/maps"].attrs["powder_spots_rejected"] == 0
+        assert "not powder spots" in fa["entry/maps"].attrs["powder_spots_note"]
+        for name in ("d_spacing", "tilt_altitude", "mask", "intensity"):
+            np.testing.assert_array_equal(fa["entry/maps"][name][()], fb["entry/maps"][name][()])
+
+
+def test_live_maps_with_powder_spots_auto_equal_opmon_process_with_auto(arcs_map, arcs_auto, tmp_path, capsys):
+    """The live processor finds a map's spots in the frames `opmon process` samples (summed per eta scan
+    as they arrive) and re-makes the map at its end with them replaced: live = offline per map, and
+    the spots no longer pull the tilt nor validate empty map points (`off`: tilt > 0.01°, mask < 60 %).
+    The ROI is given (the one `opmon process` found): the map is re-made for its spots alone (a first
+    map's provisional auto ROI is re-made anyway, `test_live_first_map`)."""
+    from opmon.processors.maps import read_map_result
+    from tests.processors.conftest import assert_same_maps
+
+    with h5py.File(arcs_auto, "r") as g:
+        roi = [str(int(v)) for v in g["entry/maps"].attrs["roi"]]
+    live = tmp_path / "live.h5"
+    assert main(["replay", str(arcs_map), "-o", str(live), "--powder-spots", "auto", "--roi", *roi]) == 0
+    assert "frames lost 0" in capsys.readouterr().out
+    with h5py.File(live, "r") as f, h5py.File(arcs_auto, "r") as g:
+        assert g["entry/maps"].attrs["powder_spots_rejected"] > 10
+        assert_same_maps(read_map_result(f["entry0"]), read_map_result(g["entry"]))
+    auto = score(arcs_map, live)
+    assert auto["tilt"] <= 0.005 and auto["mask"] >= 0.95
