@@ -241,26 +241,36 @@ def rocking_free_field(s0: npt.ArrayLike, s1: npt.ArrayLike, phi_deg: float = 0.
     return np.where(i0 > 0, along / np.where(i0 > 0, i0, 1.0), 0.0)
 
 
-def _field_cost(field: F64, weight: F64, reference: F64, defined: F64, penalty: float, shift: F64) -> float:
-    """Weighted mean square misfit of a scan's field against `reference` moved by `shift`, lit
+class _FieldCost:
+    """Weighted mean square misfit of a scan's field against `reference` moved by a shift, lit
     pixels landing where the reference is undefined (off the other scans' support) costing
-    `penalty` each (per unit weight)."""
-    from scipy.ndimage import map_coordinates
+    `penalty` each (per unit weight). Only the scan's lit pixels (weight > 0) are interpolated:
+    the others weigh nothing, and a tilt map's lit pixels are a fraction of the grid (the pattern
+    search calls this ~100 times per scan and round)."""
 
-    ny, nx = field.shape
-    yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float64)
-    at = [yy - shift[0], xx - shift[1]]
-    seen = map_coordinates(reference, at, order=1, mode="constant", cval=0.0)
-    inside = map_coordinates(defined, at, order=1, mode="constant", cval=0.0) > 0.999
-    misfit = np.where(inside, (field - seen) ** 2, penalty)
-    return float((weight * misfit).sum() / weight.sum())
+    def __init__(self, field: F64, weight: F64, reference: F64, defined: F64, penalty: float) -> None:
+        lit = weight > 0
+        self.y, self.x = (a.astype(np.float64) for a in np.nonzero(lit))
+        self.field, self.weight = field[lit], weight[lit]
+        self.total = float(self.weight.sum())
+        self.reference, self.defined, self.penalty = reference, defined, penalty
+
+    def __call__(self, shift: npt.ArrayLike) -> float:
+        from scipy.ndimage import map_coordinates
+
+        dy, dx = (float(v) for v in np.asarray(shift, dtype=np.float64).reshape(2))
+        at = [self.y - dy, self.x - dx]
+        seen = map_coordinates(self.reference, at, order=1, mode="constant", cval=0.0)
+        inside = map_coordinates(self.defined, at, order=1, mode="constant", cval=0.0) > 0.999
+        misfit = np.where(inside, (self.field - seen) ** 2, self.penalty)
+        return float((self.weight * misfit).sum() / self.total)
 
 
 def _fit_field(field: F64, weight: F64, reference: F64, defined: F64, start: F64 | None) -> F64:
-    """The shift minimising `_field_cost`: a whole-pixel search (no `start`), then a pattern search
+    """The shift minimising `_FieldCost`: a whole-pixel search (no `start`), then a pattern search
     halving its step down to 1/64 map pixel."""
     penalty = float(reference[defined > 0].var()) if (defined > 0).any() else 0.0
-    cost = lambda s: _field_cost(field, weight, reference, defined, penalty, s)  # noqa: E731
+    cost = _FieldCost(field, weight, reference, defined, penalty)
     if start is None:
         grid = [np.array((a, b), dtype=np.float64) for a in range(-FIELD_SPAN, FIELD_SPAN + 1)
                 for b in range(-FIELD_SPAN, FIELD_SPAN + 1)]
