@@ -82,3 +82,26 @@ def test_the_field_is_the_tilt_the_rocking_does_not_move():
     lit = s0 > 0.05 * s0.max()
     np.testing.assert_allclose(field[lit], np.broadcast_to(tilt, s0.shape)[lit], atol=2e-5)
     assert parse_registration("tilt") == "tilt"
+
+
+def test_the_tilt_fit_cost_on_lit_pixels_equals_the_whole_grid_misfit():
+    """`_FieldCost` interpolates only the scan's lit pixels (the speed-up): the same weighted misfit
+    as over the whole grid, off-support landings costing the penalty, at whole and sub-pixel shifts."""
+    from scipy.ndimage import map_coordinates
+
+    from opmon.processors.registration import _FieldCost
+
+    s0, s1 = scans(np.zeros((N_SCANS, 2)))
+    field = rocking_free_field(s0, s1)
+    weight = np.where(s0[8] > 0.05 * s0[8].max(), s0[8], 0.0)
+    defined = (s0[7] > 0.05 * s0[7].max()).astype(float)
+    reference = field[7] * defined
+    cost = _FieldCost(field[8], weight, reference, defined, penalty=1e-6)
+    yy, xx = np.mgrid[0:MAP[0], 0:MAP[1]].astype(float)
+    for shift in ((0.0, 0.0), (1.0, -2.0), (0.37, 1.6), (-2.25, -0.8)):
+        at = [yy - shift[0], xx - shift[1]]
+        seen = map_coordinates(reference, at, order=1, mode="constant", cval=0.0)
+        inside = map_coordinates(defined, at, order=1, mode="constant", cval=0.0) > 0.999
+        whole = (weight * np.where(inside, (field[8] - seen) ** 2, 1e-6)).sum() / weight.sum()
+        assert cost(shift) == pytest.approx(whole, rel=1e-12)
+    assert cost((0.37, 1.6)) > cost((0.0, 0.0))      # the scans lie on each other unmoved
