@@ -74,6 +74,7 @@ map pixel), so the ``all`` scans hold a static pattern that locks the fit near z
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -90,6 +91,8 @@ FIELD_FLOOR = 0.02     # tilt registration: pixels below this share of the brigh
 FIELD_SUPPORT = 0.5    # ... the others' mean field is defined where their weight reaches this share of one lit pixel's
 FIELD_SPAN = 4         # ... whole-pixel search over +-this many map pixels before the sub-pixel refinement
 FIELD_ROUNDS = 8       # ... rounds against the other scans' registered field at most
+SHARP_ROUNDS = 8       # ... rounds of the refinement against the sharp field the other scans imply (`_sharp_field`)
+SHARP_SMOOTH = 1e-3    # ... its smoothness term, per unit of the median lit pixel's weight: ties pixels no scan sees
 MIN_TILT_CONTRAST = 5.0  # ... the tilt map's spread over the particle / its scatter between registered scans,
                          # below which it cannot register (measured: 0.8 on a particle of one tilt, 10-40 bent)
 
@@ -347,6 +350,7 @@ def register_eta_scans_by_tilt(s0: npt.ArrayLike, s1: npt.ArrayLike, phi_deg: fl
         shifts = found
         if settled:
             break
+    shifts = _refined(field, weight, total, shifts, signal, FIELD_SUPPORT * FIELD_FLOOR * peak)
     shifts = _filled(shifts, signal)
     contrast = tilt_contrast(field[signal], weight[signal], shifts[signal])
     if not contrast >= MIN_TILT_CONTRAST:
@@ -354,6 +358,96 @@ def register_eta_scans_by_tilt(s0: npt.ArrayLike, s1: npt.ArrayLike, phi_deg: fl
                     "the registered scans (< %.0f): nothing to register on; the intensity maps are registered instead",
                     contrast, MIN_TILT_CONTRAST)
         return register_eta_scans(i0)
+    return shifts
+
+
+def _bilinear_rows(weight: F64, shift: F64) -> tuple[Any, npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Sparse (lit pixels, ny*nx) matrix B: a scan's lit pixel (y, x) sees the sample-frame field at
+    (y - dy, x - dx), bilinearly between its four pixels (what `map_coordinates` order 1 does, and
+    what a beam between pixels sees); and the lit pixels' rows and columns."""
+    import scipy.sparse as sparse
+
+    ny, nx = weight.shape
+    ys, xs = np.nonzero(weight > 0)
+    py, px = ys - float(shift[0]), xs - float(shift[1])
+    y0, x0 = np.floor(py).astype(np.int64), np.floor(px).astype(np.int64)
+    fy, fx = py - y0, px - x0
+    rows, cols, vals = [], [], []
+    for oy, wy in ((0, 1.0 - fy), (1, fy)):
+        for ox, wx in ((0, 1.0 - fx), (1, fx)):
+            yy, xx, w = y0 + oy, x0 + ox, wy * wx
+            ok = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx) & (w > 0)
+            rows.append(np.flatnonzero(ok))
+            cols.append((yy * nx + xx)[ok])
+            vals.append(w[ok])
+    matrix = sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                               shape=(ys.size, ny * nx))
+    return matrix, ys, xs
+
+
+def _normal_terms(field: F64, weight: F64, shift: F64) -> tuple[Any, F64]:
+    """One scan's terms of the normal equations of `_sharp_field`: BᵀWB and BᵀWf (W its counts)."""
+    import scipy.sparse as sparse
+
+    matrix, ys, xs = _bilinear_rows(weight, shift)
+    w = weight[ys, xs]
+    return (matrix.T @ sparse.diags(w) @ matrix).tocsc(), matrix.T @ (w * field[ys, xs])
+
+
+def _smoothness(shape: tuple[int, int]) -> Any:
+    """DᵀD of the differences between neighbouring pixels (rows and columns): the smoothness term."""
+    import scipy.sparse as sparse
+
+    n = shape[0] * shape[1]
+    index = np.arange(n).reshape(shape)
+    steps = []
+    for high, low in ((index[1:, :], index[:-1, :]), (index[:, 1:], index[:, :-1])):
+        m = high.size
+        steps.append(sparse.csr_matrix((np.r_[np.ones(m), -np.ones(m)], (np.r_[np.arange(m), np.arange(m)],
+                                        np.r_[high.ravel(), low.ravel()])), shape=(m, n)))
+    d = sparse.vstack(steps).tocsr()
+    return (d.T @ d).tocsc()
+
+
+def _sharp_field(normal: Any, rhs: F64, smooth: Any, strength: float, shape: tuple[int, int],
+                 level: float) -> tuple[F64, F64]:
+    """The sample-frame field F that some scans imply, from the sums of their `_normal_terms`:
+    least squares of each lit pixel's field against F moved by the scan's shift (bilinear,
+    `_bilinear_rows`), weighted by its counts, plus `strength` × the smoothness term (ties the
+    pixels no scan sees); and where F is defined (Σ weight·b² of what sees it ≥ `level`).
+
+    Why not the mean of the scans moved back (`resample`): each scan's field is the sample's blurred
+    by its own sub-pixel place (a half-pixel drift mixes two pixels, a whole one none), and moving
+    it back blurs it again; a scan compared with such a mean is pulled by the difference in blur
+    (0.2-0.6 map pixel on the bright scans of the truth harness's drift maps). F solved through the
+    same bilinear moves is sharp, and the fit moves it as the data were moved."""
+    from scipy.sparse.linalg import spsolve
+
+    cover = normal.diagonal().reshape(shape)
+    solved = spsolve((normal + strength * smooth).tocsc(), rhs)
+    return np.asarray(solved, dtype=np.float64).reshape(shape), (cover >= level).astype(np.float64)
+
+
+def _refined(field: F64, weight: F64, total: F64, shifts: F64, signal: npt.NDArray[np.int64], level: float) -> F64:
+    """Shifts refined by fitting each scan with signal onto the sharp field of the others
+    (`_sharp_field`), from `shifts`, for `SHARP_ROUNDS` rounds at most (Σ I-weighted mean zero)."""
+    if signal.size < 3:
+        return shifts
+    shape = field.shape[1:]
+    smooth = _smoothness(shape)
+    strength = SHARP_SMOOTH * float(np.median(weight[signal][weight[signal] > 0]))
+    for _ in range(SHARP_ROUNDS):
+        terms = {int(k): _normal_terms(field[k], weight[k], shifts[k]) for k in signal}
+        normal, rhs = sum(t[0] for t in terms.values()), sum(t[1] for t in terms.values())
+        found = shifts.copy()
+        for k, (own_normal, own_rhs) in terms.items():
+            sharp, defined = _sharp_field(normal - own_normal, rhs - own_rhs, smooth, strength, shape, level)
+            found[k] = _fit_field(field[k], weight[k], sharp, defined, shifts[k])
+        found[signal] = _centred(found[signal], total[signal])
+        settled = np.abs(found - shifts).max() <= SETTLED_PX
+        shifts = found
+        if settled:
+            break
     return shifts
 
 
