@@ -105,3 +105,28 @@ def test_the_tilt_fit_cost_on_lit_pixels_equals_the_whole_grid_misfit():
         whole = (weight * np.where(inside, (field[8] - seen) ** 2, 1e-6)).sum() / weight.sum()
         assert cost(shift) == pytest.approx(whole, rel=1e-12)
     assert cost((0.37, 1.6)) > cost((0.0, 0.0))      # the scans lie on each other unmoved
+
+
+def beam_scans(drift):
+    """Noise-free Σ I and Σ I·q of each eta scan as the simulator's drift makes them: a map pixel
+    between particle pixels sees their amplitude-weighted mix of Bragg angle and tilt (the beam on
+    both), so each scan's tilt map is the particle's blurred by its own sub-pixel place."""
+    amplitude, bragg_eta, tilt = strained_particle()
+    s0, s1 = [], []
+    for eta, shift in zip(ETAS, drift):
+        seen_amp = resample(amplitude, -np.asarray(shift))
+        mixed = lambda v: resample(amplitude * v, -np.asarray(shift)) / np.where(seen_amp > 0, seen_amp, 1.0)  # noqa: E731
+        bragg, bent = mixed(bragg_eta), mixed(tilt)
+        seen = seen_amp * np.exp(-0.5 * ((eta - bragg) / (WIDTH * STEP)) ** 2)
+        s0.append(seen)
+        s1.append(seen[..., None] * np.stack([Q0 * np.radians(eta - bragg), bent, np.full(MAP, Q0)], axis=-1))
+    return np.stack(s0), np.stack(s1)
+
+
+def test_tilt_shifts_fitted_onto_the_sharp_field_are_not_pulled_by_each_scans_blur(monkeypatch):
+    true, weights = truth(4)
+    s0, s1 = beam_scans(true)
+    sharp = errors(register_eta_scans_by_tilt(s0, s1), true, weights).max()
+    monkeypatch.setattr("opmon.processors.registration.SHARP_ROUNDS", 0)   # the mean of the scans moved back only
+    blurred = errors(register_eta_scans_by_tilt(s0, s1), true, weights).max()
+    assert sharp < 0.1 and blurred > 1.5 * sharp
