@@ -49,27 +49,34 @@ off: 89-97). What is left between tilt and the truth is mostly where a scan's br
 mixes a pixel's neighbours by their counts (a small pull of each scan's map toward its band).
 The 0.2-pixel goal is met on most scans, not on all, so `off` stays the default.
 
-Stop 22 (the per-scan sums of the truth harness's ``drift`` maps, sizes 24 and 32, seeds 4-6,
-registered offline; "≥ 10 %": scans with that share of the brightest scan's true Σ I): tilt's
-Σ I-weighted shift error 0.09-0.25 map pixel, the largest over the ≥ 10 % scans 0.16-0.58 (3 of 6
-maps within 0.2). The error is a bias of the fields, not noise: fitted from the TRUE shifts'
-reference, the brightest scan of seed 4 still lands 0.36 pixel off; each scan moved back by the
-true drift differs from the others' mean by ±2e-4 1/Å along the tilt ramp (noise ~1e-5), the
-ramp sharper or softer with the scan's sub-pixel place (the count-weighted mixing of neighbouring
-pixels that a drifted beam sees). The cost's curvature gives 0.02-0.06 pixel per bright scan
-against 0.2-0.6 actual: it would not flag them. Tried, none better on every map (each moves the
-weighted error by up to ±0.12 pixel, better on some seeds and worse on others): the others'
-field interpolated count-weighted with a soft support (no hard 0.999 support test, which locks
-pairwise fits to whole pixels), the scan's own intensity mixing the reference, a free per-scan offset of the field,
-templates of the eta neighbours (±1: up to 6x worse; ±3: better on 5 of 6 maps, but the clean strained
-particle of tests/processors/test_registration_strained.py fails, its faint end scans having
-neighbours on one side only; Gaussian weights in eta steps, σ 3-8: no change), `MIN_SIGNAL` 0.1,
-`FIELD_FLOOR` 0.05-0.1, `FIELD_SUPPORT` 0.25-1.
+Stop 22: the scans' tilt maps are each the sample's blurred by the scan's own sub-pixel place (a
+drifted beam sees its pixels' neighbours mixed: half a pixel off mixes two, a whole pixel none),
+and the mean of the others moved back (`resample`) is blurred again: the fit was pulled by the
+difference (from the TRUE shifts' mean, the brightest scan of seed 4 landed 0.36 pixel off; the
+residual ±2e-4 1/Å along the tilt ramp against noise ~1e-5). So the shifts found as above are
+refined (`_refined`, up to `SHARP_ROUNDS`): each scan is fitted onto the sharp field the other
+scans imply, solved by least squares through each one's bilinear move (`_sharp_field`), the fit
+moving it as the data were moved. Per-scan sums of the truth harness's ``drift`` maps (sizes 24
+and 32, seeds 4-6; "≥ 10 %": scans with that share of the brightest scan's true Σ I): Σ I-weighted
+shift error 0.09-0.25 → 0.02-0.09 map pixel, the largest over the ≥ 10 % scans 0.16-0.58 →
+0.04-0.37 (within 0.2 on 4 of the 6 maps, 3 before); 24 x 24 seed 4 maps: median |Δd| 8.3e-6 →
+5.2e-6 Å, tilt 0.0017 → 0.0014°, mask 91.2 → 93.2 %; 32 x 32: mask 90.6 → 95.7 %. Cost: ~1-2 s
+more per 24-32 pixel map, ~23 s more on a 96 x 96 one (loaded machine). What is left are the
+scans on the flanks of the rocking curve (10-25 % of the brightest: a band of the particle lit).
+The cost's curvature gives 0.02-0.06 pixel per bright scan, far below the errors before the
+refinement: it would not have flagged them, so no per-scan uncertainty is reported. Tried before
+the refinement, none better on every map (each moved the weighted error by up to ±0.12 pixel):
+the others' field interpolated count-weighted with a soft support, the scan's own intensity
+mixing the reference, a free per-scan offset of the field, templates of the eta neighbours (±1:
+up to 6x worse; ±3: better on 5 of 6 maps, but the strained particle of
+tests/processors/test_registration_strained.py fails, its end scans having neighbours on one side
+only), `MIN_SIGNAL` 0.1, `FIELD_FLOOR` 0.05-0.1, `FIELD_SUPPORT` 0.25-1.
 On ``all`` tilt falls back to the intensity maps (contrast 1.3-3, even when only the true ≥ 10 %
 scans are given) and is 1-3 pixels off: the simulator's powder-arc discs stay where they are on
 the map while the particle drifts (`simulators.render` tests a spot's disc against the undrifted
 map pixel), so the ``all`` scans hold a static pattern that locks the fit near zero shift; with
 ``--powder-spots auto`` the fields of the bright scans still disagree by 0.4-0.9 pixel pairwise.
+`off` stays the default (the ≥ 10 % scans are not all within 0.2 pixel, and ``all`` fails).
 """
 from __future__ import annotations
 
@@ -325,7 +332,8 @@ def register_eta_scans_by_tilt(s0: npt.ArrayLike, s1: npt.ArrayLike, phi_deg: fl
     -------
     (n_scans, 2) displacements in the frame where their Σ I-weighted mean is zero (as
     `register_eta_scans`). Each scan with signal is fitted onto the mean field of the others,
-    moved back by their shifts, for a few rounds; scans without signal take the nearest one's.
+    moved back by their shifts, for a few rounds, then onto the sharp field the others imply
+    (`_refined`); scans without signal take the nearest one's.
     """
     i0, total = _scans(s0)
     shifts = np.zeros((i0.shape[0], 2))
