@@ -82,3 +82,51 @@ def test_the_field_is_the_tilt_the_rocking_does_not_move():
     lit = s0 > 0.05 * s0.max()
     np.testing.assert_allclose(field[lit], np.broadcast_to(tilt, s0.shape)[lit], atol=2e-5)
     assert parse_registration("tilt") == "tilt"
+
+
+def test_the_tilt_fit_cost_on_lit_pixels_equals_the_whole_grid_misfit():
+    """`_FieldCost` interpolates only the scan's lit pixels (the speed-up): the same weighted misfit
+    as over the whole grid, off-support landings costing the penalty, at whole and sub-pixel shifts."""
+    from scipy.ndimage import map_coordinates
+
+    from opmon.processors.registration import _FieldCost
+
+    s0, s1 = scans(np.zeros((N_SCANS, 2)))
+    field = rocking_free_field(s0, s1)
+    weight = np.where(s0[8] > 0.05 * s0[8].max(), s0[8], 0.0)
+    defined = (s0[7] > 0.05 * s0[7].max()).astype(float)
+    reference = field[7] * defined
+    cost = _FieldCost(field[8], weight, reference, defined, penalty=1e-6)
+    yy, xx = np.mgrid[0:MAP[0], 0:MAP[1]].astype(float)
+    for shift in ((0.0, 0.0), (1.0, -2.0), (0.37, 1.6), (-2.25, -0.8)):
+        at = [yy - shift[0], xx - shift[1]]
+        seen = map_coordinates(reference, at, order=1, mode="constant", cval=0.0)
+        inside = map_coordinates(defined, at, order=1, mode="constant", cval=0.0) > 0.999
+        whole = (weight * np.where(inside, (field[8] - seen) ** 2, 1e-6)).sum() / weight.sum()
+        assert cost(shift) == pytest.approx(whole, rel=1e-12)
+    assert cost((0.37, 1.6)) > cost((0.0, 0.0))      # the scans lie on each other unmoved
+
+
+def beam_scans(drift):
+    """Noise-free Σ I and Σ I·q of each eta scan as the simulator's drift makes them: a map pixel
+    between particle pixels sees their amplitude-weighted mix of Bragg angle and tilt (the beam on
+    both), so each scan's tilt map is the particle's blurred by its own sub-pixel place."""
+    amplitude, bragg_eta, tilt = strained_particle()
+    s0, s1 = [], []
+    for eta, shift in zip(ETAS, drift):
+        seen_amp = resample(amplitude, -np.asarray(shift))
+        mixed = lambda v: resample(amplitude * v, -np.asarray(shift)) / np.where(seen_amp > 0, seen_amp, 1.0)  # noqa: E731
+        bragg, bent = mixed(bragg_eta), mixed(tilt)
+        seen = seen_amp * np.exp(-0.5 * ((eta - bragg) / (WIDTH * STEP)) ** 2)
+        s0.append(seen)
+        s1.append(seen[..., None] * np.stack([Q0 * np.radians(eta - bragg), bent, np.full(MAP, Q0)], axis=-1))
+    return np.stack(s0), np.stack(s1)
+
+
+def test_tilt_shifts_fitted_onto_the_sharp_field_are_not_pulled_by_each_scans_blur(monkeypatch):
+    true, weights = truth(4)
+    s0, s1 = beam_scans(true)
+    sharp = errors(register_eta_scans_by_tilt(s0, s1), true, weights).max()
+    monkeypatch.setattr("opmon.processors.registration.SHARP_ROUNDS", 0)   # the mean of the scans moved back only
+    blurred = errors(register_eta_scans_by_tilt(s0, s1), true, weights).max()
+    assert sharp < 0.1 and blurred > 1.5 * sharp
