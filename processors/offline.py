@@ -35,7 +35,8 @@ from opmon.streaming.archive.sources.raw_layout import entry_map
 from opmon.streaming.archive.safe_writes import atomic_path, check_outputs
 
 ROI_SAMPLE_FRAMES = 3000
-ROI_SAMPLE_BLOCK = 64  # sampled frames read per call
+ROI_SAMPLE_BLOCK = 64  # sampled frames read per call ...
+ROI_SAMPLE_BYTES = 256 << 20  # ... and at most this many bytes of them (a 16M-pixel Eiger's 64 frames: 2.3 GB)
 ROI_FRACTION = 0.01
 ROI_MARGIN = 12
 FINDER_FRAMES = 128  # sampled frames the bad-pixel finder looks at, at most
@@ -96,6 +97,13 @@ def sample_picks(n_frames: int, sample: int = ROI_SAMPLE_FRAMES) -> tuple[npt.ND
     return picks, max(1, every)
 
 
+def sample_block(frame_shape: tuple[int, int], dtype: npt.DTypeLike) -> int:
+    """Sampled frames read per call: ROI_SAMPLE_BLOCK, fewer when they would take more than ROI_SAMPLE_BYTES
+    (the buffer is held for the whole sample; one call per frame costs little on a large frame)."""
+    frame_bytes = int(frame_shape[0]) * int(frame_shape[1]) * np.dtype(dtype).itemsize
+    return max(1, min(ROI_SAMPLE_BLOCK, ROI_SAMPLE_BYTES // max(frame_bytes, 1)))
+
+
 def sample_map(smap: SourceMap, sample: int = ROI_SAMPLE_FRAMES, skip_bad: bool = False,
                per_scan: bool = False) -> MapSample:
     """Read evenly spaced frames of `smap` (a tenth of the map, bounded) once for the auto ROI, the
@@ -107,7 +115,7 @@ def sample_map(smap: SourceMap, sample: int = ROI_SAMPLE_FRAMES, skip_bad: bool 
     scans = ScanSums((rows, cols), np.unique(np.round(frame_eta, 5)).size) if per_scan else None
     total = np.zeros((rows, cols), dtype=np.float64)
     finder = BadPixelFinder()
-    buf = np.empty((min(ROI_SAMPLE_BLOCK, picks.size), rows, cols), dtype=meta.frame_dtype)
+    buf = np.empty((min(sample_block(meta.frame_shape, meta.frame_dtype), picks.size), rows, cols), dtype=meta.frame_dtype)
     for lo in range(0, picks.size, buf.shape[0]):  # a block of picks at a time: one fetch and decode call each
         interrupt.check()
         chunk = picks[lo:lo + buf.shape[0]]
