@@ -16,11 +16,14 @@ The issue's targets (issue 13): median ≤ 5e-5 Å, 99 % within 2.5e-4 Å, tilt 
 mask ≥ 95 %. A measurement, not a test: it asserts nothing.
 
     opmon bench truth [--size 24] [--x-mean 0.8] [--cases none,all,drift,low-signal,rocking-cut] [--live] [--peak-fit gauss]
-                      [--register off|auto|tilt|truth] [--compare "--background flat --despeckle --no-monitor"]
-                      [--keep DIR]
+                      [--register off|auto|tilt|truth] [--process "--powder-spots auto"]
+                      [--compare "--background flat --despeckle --no-monitor"] [--keep DIR]
 
 ``--compare ARGS`` processes every case a second time with those `opmon process` options
-(e.g. the rules before the background image) and prints both rows, measured in the same run.
+(e.g. the rules before the background image; same ``--register`` unless ARGS say otherwise)
+and prints both rows, measured in the same run. ``--process ARGS`` adds options to every
+case's main row. Cases ``all-EFFECT`` (every effect but one) and ``EFFECT+EFFECT...`` find
+which effect costs what in ``all``.
 """
 from __future__ import annotations
 
@@ -140,9 +143,20 @@ def run_opmon(argv: list[str], what: str) -> int:
     return rc
 
 
+def combo_effects(case: str) -> str | None:
+    """The ``--effects`` of a combination case: ``all-EFFECT`` (every effect but one: which one costs what
+    in `all`) or ``EFFECT+EFFECT...``; None when ``case`` is not one (or names an unknown effect)."""
+    if case.startswith("all-") and case[4:] in NAMES:
+        return ",".join(n for n in NAMES if n != case[4:])
+    parts = case.split("+")
+    if len(parts) > 1 and all(p in NAMES for p in parts):
+        return ",".join(parts)
+    return None
+
+
 def run_case(workdir: Path, name: str, case: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Simulate one map for ``case`` and score `opmon process` on it (and the live processor with --live)."""
-    effects, extra = EXTRA_CASES.get(case, (case, []))
+    effects, extra = EXTRA_CASES.get(case, (combo_effects(case) or case, []))
     raw, maps = workdir / f"{name}.h5", workdir / f"{name}_maps.h5"
     t0 = time.perf_counter()
     run_opmon(["simulate", "-o", str(raw), "--ny", str(args.size), "--nx", str(args.size), "--roi", *map(str, ROI),
@@ -158,15 +172,15 @@ def run_case(workdir: Path, name: str, case: str, args: argparse.Namespace) -> l
         if drift is not None:
             register = str(workdir / f"{name}_shifts.toml")
             Path(register).write_text("shifts = [" + ", ".join(f"[{float(dy)!r}, {float(dx)!r}]" for dy, dx in drift) + "]\n")
-    run_opmon(["process", str(raw), "-o", str(maps), "-q", "--force", "--register", register, "--peak-fit", args.peak_fit],
-              f"opmon process on {name}")
+    run_opmon(["process", str(raw), "-o", str(maps), "-q", "--force", "--register", register, "--peak-fit", args.peak_fit,
+               *args.process.split()], f"opmon process on {name}")
     rows = [{"case": name, **score(raw, maps), "sim_s": t_sim, "process_s": time.perf_counter() - t0}]
     if args.peak_fit != "off":    # the fitted maps of the same file, beside the centre of mass
         rows.append({"case": f"  (fit {args.peak_fit})", **score(raw, maps, fit=True), "sim_s": 0.0, "process_s": 0.0})
     if args.compare:
         other = workdir / f"{name}_compare_maps.h5"
         t0 = time.perf_counter()
-        run_opmon(["process", str(raw), "-o", str(other), "-q", "--force", *args.compare.split()],
+        run_opmon(["process", str(raw), "-o", str(other), "-q", "--force", "--register", register, *args.compare.split()],
                   f"opmon process {args.compare} on {name}")
         rows.append({"case": "  (compare)", **score(raw, other), "sim_s": 0.0, "process_s": time.perf_counter() - t0})
     if args.live:   # the live processor registers as its config says ([live] register, default off)
@@ -199,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mode", default="paper", help="crystal mode (default paper)")
     ap.add_argument("--seed", type=int, default=4)
     ap.add_argument("--cases", default="", help="comma list among none, all, low-signal and the effect names "
-                                                "(default: every one)")
+                                                "(default: every one), and combinations: all-EFFECT (every effect but "
+                                                "one), EFFECT+EFFECT...")
     ap.add_argument("--live", action="store_true", help="also replay each map through the live processor and score it")
     ap.add_argument("--register", default="off", choices=("off", "auto", "tilt", "truth"),
                     help="eta-scan registration of `opmon process`: off (its default), auto, tilt, or truth (the simulator's "
@@ -208,20 +223,23 @@ def main(argv: list[str] | None = None) -> int:
                     help="also score `opmon process --peak-fit` (a row '(fit ...)' under each case: the fitted maps "
                          "of the same maps file, over the valid pixels the fit kept)")
     ap.add_argument("--keep", default=None, help="write the maps here and keep them (default: a temporary folder)")
+    ap.add_argument("--process", default="", metavar="ARGS",
+                    help="more `opmon process` options for every case's main row, e.g. \"--powder-spots auto\"")
     ap.add_argument("--compare", default="", metavar="ARGS",
                     help="also process each case with these `opmon process` options, e.g. \"--background flat --despeckle\"")
     args = ap.parse_args(argv)
     known = ("none", *NAMES, "all", *EXTRA_CASES)
     cases = [c for c in args.cases.split(",") if c] or list(known)
-    unknown = sorted(set(cases) - set(known))
+    unknown = sorted(c for c in set(cases) - set(known) if combo_effects(c) is None)
     if unknown:
-        print(f"opmon bench truth: unknown case(s) {', '.join(unknown)}; use {', '.join(known)}", file=sys.stderr)
+        print(f"opmon bench truth: unknown case(s) {', '.join(unknown)}; use {', '.join(known)}, all-EFFECT or "
+              "EFFECT+EFFECT...", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="opmon-truth-") as tmp:
         workdir = Path(args.keep) if args.keep else Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         print(f"maps {args.size}x{args.size}, mode {args.mode}, x = {args.x_mean}, seed {args.seed}, ROI {ROI}, "
-              f"--register {args.register}; "
+              f"--register {args.register}{'; process ' + args.process if args.process else ''}; "
               f"* = misses the issue-13 target; az: median azimuth error where the true tilt > "
               f"{AZIMUTH_MIN_ALTITUDE} deg; width: median relative peak-width error; 2-phase: median |dd| of "
               f"depth-mixed pixels; rock-cut: median |dd| of pixels flagged as cut by the rocking range; "

@@ -27,7 +27,7 @@ of 2θ only a few tenths of a degree wide: every spot in it is on "one ring").
 
 Removed in expectation (`correct_block`): in a frame of a scan holding spots, each spot piece's
 pixels' counts are taken out of the frame's moments and replaced by the particle's local shape
-there (the scan's sum opened wider than a spot: spots gone, the broad peak kept) scaled to the
+there (the scan's smooth level with the spot pixels left out, read from around them) scaled to the
 counts of a ring of pixels around the piece in that same frame. Linear in the counts, so it adds
 what the piece would have held without the spot wherever the map point's peak has the shape of
 the map's sum locally; no hole is cut in the peak. Tried and measured worse: the ring's mean,
@@ -212,8 +212,11 @@ def find_spots(sums: F64, eta: npt.ArrayLike, roi: tuple[int, int, int, int], fr
     # the faint wings: DILATE px on the detector and the neighbouring eta scans
     spots = ndimage.binary_dilation(spots, structure=np.ones((1, 3, 3), dtype=bool), iterations=DILATE)
     spots = ndimage.binary_dilation(spots, structure=np.ones((1 + 2 * ETA_WINGS, 1, 1), dtype=bool)) & good
-    shape = np.stack([binned_level(image, good, opened_only=True) for image in sums]) + 1.0 / sums[:, good].size
-    return _table(spots, eta, roi, frame_shape[1], good, shape)
+    # the particle's local shape under each spot: its scan's level with the spot pixels left out (read from around
+    # them); with them in, the chain of spots along the Debye ring survives as a band the fill over-filled (`all` case,
+    # register truth: d 1.9e-5 -> 9.5e-6 A, tilt 0.0062 -> 0.0027 deg, mask 92.2 -> 94.2 %)
+    shape = np.stack([binned_level(image, good & ~here) for image, here in zip(sums, spots)])
+    return _table(spots, eta, roi, frame_shape[1], good, shape + 1.0 / sums[:, good].size)
 
 
 def not_powder(sums: F64, level: F64, spots: npt.NDArray[np.bool_], good: npt.NDArray[np.bool_], signal: float) -> str:
