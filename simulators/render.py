@@ -312,9 +312,19 @@ class FrameRenderer:
             out[..., :, cols] = 0
 
     def set_drift(self, dy: float, dx: float) -> None:
-        """Shift the sample by (dy, dx) map pixels: map pixel m then sees the particle at m − shift."""
+        """Shift the sample by (dy, dx) map pixels: map pixel m then sees the particle at m − shift,
+        and the powder grains around it move with it (their discs on the map shift by the same)."""
         self._drift = (float(dy), float(dx))
         self._version = -1
+
+    def _spots_seen(self) -> npt.NDArray[np.float64]:
+        """The powder spots with their map discs where the drifted sample puts them."""
+        if self._drift == (0.0, 0.0) or not self.spots.shape[0]:
+            return self.spots
+        moved = self.spots.copy()
+        moved[:, 6] += self._drift[0]
+        moved[:, 7] += self._drift[1]
+        return moved
 
     def _arrays(self) -> tuple[npt.NDArray[np.float64], ...]:
         if self._version != self.particle.version:
@@ -339,7 +349,7 @@ class FrameRenderer:
         self._check_out(out, 2)
         q, sigma, amp, q2, amp2 = self._arrays()
         _render_one(out, int(map_index), float(eta), float(phi), float(nu), float(delta), float(scale), self.seed,
-                    self._counter, q, sigma, amp, q2, amp2, self._pinv, self.spots, self._geo, self.dead, self.hot,
+                    self._counter, q, sigma, amp, q2, amp2, self._pinv, self._spots_seen(), self._geo, self.dead, self.hot,
                     self.hot_mean, True)
         self._zero_gaps(out)
         self._counter += 1
@@ -355,7 +365,7 @@ class FrameRenderer:
         self._check_out(out, 3, midx.size)
         q, sigma, amp, q2, amp2 = self._arrays()
         _render_many(out, midx, eta, phi, nu, delta, scale, self.seed, self._counter, q, sigma, amp, q2, amp2,
-                     self._pinv, self.spots, self._geo, self.dead, self.hot, self.hot_mean, True)
+                     self._pinv, self._spots_seen(), self._geo, self.dead, self.hot, self.hot_mean, True)
         self._zero_gaps(out)
         self._counter += midx.size
         return out

@@ -200,6 +200,35 @@ def test_powder_arc_spots_lie_on_the_imaged_ring():
     assert np.median(ring) < 5 * setup.pixel_dq
 
 
+def test_powder_grains_drift_with_the_sample():
+    """A drifting stage carries the particle's neighbouring grains: map pixel m + shift of the
+    drifted sample sees the powder spots that pixel m saw before the drift."""
+    setup = small(background_rate=0.0)
+    particle = ParticleModel(setup, seed=7)
+    spots = scene.powder_spots(setup, 2.0409, seed=7)
+    still = FrameRenderer(setup, particle, seed=7, spots=spots)
+    moved = FrameRenderer(setup, particle, seed=7, spots=spots)
+    moved.set_drift(0.0, 3.0)
+    empty = (particle.truth()["intensity"] == 0)
+    yy, xx = np.divmod(np.arange(setup.n_points), setup.map_shape[1])
+    cover = ((yy[:, None] - spots[:, 6]) ** 2 + (xx[:, None] - spots[:, 7]) ** 2 <= spots[:, 8] ** 2).sum(axis=1)
+    cover = cover.reshape(setup.map_shape)
+    # off the particle before and after (only spots there), where the discs covering it change the most
+    change = np.where(empty[:, :-3] & empty[:, 3:], np.abs(cover[:, 3:] - cover[:, :-3]), -1)
+    y, x = np.unravel_index(int(np.argmax(change)), change.shape)
+    assert change[y, x] >= 2
+    etas = setup.eta_values()
+
+    def photons(renderer: FrameRenderer, m: int) -> float:
+        frames = renderer.frames(np.full(etas.size, m), etas, setup.phi, setup.nu, setup.delta)
+        return float((frames.sum(axis=0) * (renderer.detector_mask == 0)).sum())  # hot pixels out
+
+    before, after = photons(still, y * 10 + x), photons(moved, y * 10 + x + 3)
+    unmoved = photons(still, y * 10 + x + 3)
+    assert abs(after - before) < 5 * np.sqrt(before + after) + 0.05 * before
+    assert abs(unmoved - before) > 5 * np.sqrt(before + unmoved) + 0.05 * before  # the check can tell
+
+
 def test_background_gradient_tilts_the_background():
     fx = parse_effects("gradient")
     setup = SxdmSetup(map_shape=(10, 10), background_rate=0.05)
