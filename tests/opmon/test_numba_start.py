@@ -24,3 +24,37 @@ def test_numba_starts_without_scipy_blas_and_scipy_stays_importable():
     out = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "ok"]
+
+
+WARM = """
+import numpy as np
+from opmon.streaming.archive.frames import decode_bslz4
+decode_bslz4(np.zeros(3, np.uint8), np.zeros(8, np.uint8), 4)  # in numba's disk cache after this, whatever the order of tests
+"""
+
+LIGHT = """
+import sys
+from opmon.numba_start import import_numba_without_blas, load_cached_kernels_without_refresh
+import_numba_without_blas()
+assert load_cached_kernels_without_refresh()
+import numpy as np
+from opmon.streaming.archive.frames import decode_bslz4
+assert decode_bslz4(np.zeros(3, np.uint8), np.zeros(8, np.uint8), 4) == -10  # a cached kernel that allocates (NRT)
+print(sum(decode_bslz4.stats.cache_hits.values()), "numba.typed.typeddict" in sys.modules)
+import numba
+
+@numba.njit
+def twice(x):
+    return 2 * x
+
+print(twice(21), "numba.typed.typeddict" in sys.modules)  # a kernel not in the cache compiles, registries and all
+"""
+
+
+def test_cached_kernels_load_without_numba_compiler_registries_and_a_new_kernel_still_compiles():
+    for script in (WARM, LIGHT):
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+    # the cached kernel came from the disk cache without numba's typed containers' registry (one of
+    # those its full refresh imports); compiling `twice` then refreshed as numba always does
+    assert out.stdout.split() == ["1", "False", "42", "True"]
