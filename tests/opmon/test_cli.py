@@ -50,6 +50,20 @@ def test_help_of_the_command_line_and_of_process_imports_no_heavy_package(argv):
     assert out.stdout.split() == []
 
 
+COMMANDS_PROBE = HELP_PROBE.replace("{heavy!r} if m in sys.modules", "sys.modules if m.startswith('opmon.commands.')")
+
+
+def test_running_a_command_imports_no_other_command_module():
+    """`opmon process` builds only its own parser: the other commands' imports (zmq, ports...) are
+    start-up it does not need; `opmon --help` still lists every command."""
+    out = subprocess.run([sys.executable, "-c", COMMANDS_PROBE.format(argv=["-v", "process", "--help"])],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["opmon.commands.process"]
+    listing = subprocess.run([sys.executable, "-m", "opmon.cli", "--help"], capture_output=True, text=True, check=True)
+    assert all(name in listing.stdout for name in ("archive", "demo", "process", "simulate"))
+
+
 def test_a_reader_that_closes_the_pipe_gets_no_traceback(tmp_path):
     """`opmon inspect FILE | head`: the reader leaves early; opmon ends quietly (exit 141, as
     a shell reports SIGPIPE), not with a BrokenPipeError traceback."""
