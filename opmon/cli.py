@@ -11,7 +11,6 @@ import os
 import pkgutil
 import sys
 from collections.abc import Sequence
-from importlib import metadata
 
 from opmon import commands
 from opmon.errors import OpmonError
@@ -22,6 +21,8 @@ DISTRIBUTION = "operando-monitor"
 
 def version() -> str:
     """The installed distribution's version (pyproject.toml is the one place it is written)."""
+    from importlib import metadata   # here: its import (email parsing...) is start-up every other run would pay
+
     try:
         return metadata.version(DISTRIBUTION)
     except metadata.PackageNotFoundError:

@@ -6,9 +6,11 @@ one per eta, makes one map) or an XSOCS master file; the layout is sniffed (--so
 from __future__ import annotations
 
 import argparse
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from opmon import interrupt
 from opmon.errors import OpmonError
@@ -27,14 +29,22 @@ def png_paths(png: str | None, output: Path, names: list[str]) -> dict[str, Path
     return figure_paths(Path(png or output.with_suffix(".png")), names, needs="--png needs")
 
 
+def progress_bar(total: int, quiet: bool) -> AbstractContextManager[Any]:
+    """tqdm's bar of frames done, or for --quiet none at all: tqdm's import (with importlib.metadata's,
+    for its version) is start-up a quiet run, as in scripts and benchmarks, need not pay."""
+    if quiet:
+        return nullcontext(SimpleNamespace(update=lambda frames: None))
+    from tqdm import tqdm
+    return tqdm(total=total, unit="frame", desc="process")
+
+
 def run(args: argparse.Namespace) -> int:
     with interrupt.exit_promptly("process"):
         return _run(args)
 
 
 def _run(args: argparse.Namespace) -> int:
-    import numpy as np
-    from tqdm import tqdm     # these pull in numba and h5py: imported when a file is processed, not for `--help`
+    import numpy as np     # this and the imports below pull in numba and h5py: imported when a file is processed, not for `--help`
 
     from opmon.numba_start import import_numba_without_blas, load_cached_kernels_without_refresh
     import_numba_without_blas()  # before any kernel loads: opmon's kernels need no BLAS
@@ -63,7 +73,7 @@ def _run(args: argparse.Namespace) -> int:
         try:
             pngs = png_paths(args.png, output, plan.entries)
             check_outputs([output, *pngs.values()], plan.inputs, force=args.force)
-            with tqdm(total=plan.total_frames, unit="frame", disable=args.quiet, desc="process") as bar:
+            with progress_bar(plan.total_frames, args.quiet) as bar:
                 if args.dask is None:
                     done = process_plan(plan, output, options, progress=bar.update)
                 else:
