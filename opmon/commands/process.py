@@ -47,8 +47,8 @@ def _run(args: argparse.Namespace) -> int:
     import numpy as np     # this and the imports below pull in numba and h5py: imported when a file is processed, not for `--help`
 
     from opmon.numba_start import import_numba_without_blas, load_cached_kernels_without_refresh
-    import_numba_without_blas()  # before any kernel loads: opmon's kernels need no BLAS
-    load_cached_kernels_without_refresh()  # nor numba's compiler registries, when they come from its disk cache
+    if not load_cached_kernels_without_refresh():  # cached kernels need neither numba's compiler registries nor BLAS
+        import_numba_without_blas()  # before any kernel loads: opmon's kernels need no BLAS
     from opmon.processors.eta_scans import parse_registration
     from opmon.processors.offline import ProcessOptions, plan_raw, process_plan
     from opmon.processors.peak_fit import parse_peak_fit
