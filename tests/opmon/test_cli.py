@@ -81,3 +81,22 @@ def test_a_reader_that_closes_the_pipe_gets_no_traceback(tmp_path):
     proc.stdout.close()                       # the reader is gone before opmon writes a line
     err = proc.stderr.read().decode()
     assert proc.wait(60) == 141 and "Traceback" not in err, err
+
+
+GC_PROBE = """
+import gc
+full = []
+gc.callbacks.append(lambda phase, info: full.append(info["generation"]) if phase == "start" else None)
+from opmon.commands.process import start_up_imports
+start_up_imports()
+import h5py, numba
+print(full.count(2), gc.isenabled(), gc.get_freeze_count() > 10000)
+"""
+
+
+def test_process_start_up_imports_without_a_full_collection_and_freezes_what_they_made():
+    """numpy, numba, h5py and the processors come in with the collector off and are frozen after:
+    no full collection walks them in the run, nor at exit; the collector is on again for the run."""
+    out = subprocess.run([sys.executable, "-c", GC_PROBE], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0", "True", "True"]
