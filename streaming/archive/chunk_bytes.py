@@ -137,7 +137,7 @@ def _static_sec2_file(data: h5py.Dataset) -> bool:
         return False
 
 
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"   # the superblock's first 8 bytes (raw.py names a non-HDF5 file by it)
 
 
 def _no_swmr_writer(f: h5py.File) -> bool:
