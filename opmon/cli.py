@@ -68,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     become_supervised()   # started by `opmon demo`: die with it
     parser = build_parser(requested_command(argv))
     args = parser.parse_args(argv)
+    args.whole_process = argv is None   # the program's own command line (not a caller's list): it exits after
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     try:

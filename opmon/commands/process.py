@@ -40,20 +40,25 @@ def progress_bar(total: int, quiet: bool) -> AbstractContextManager[Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    whole = getattr(args, "whole_process", False)   # `opmon process` is this process (cli.main): it exits when done
     with interrupt.exit_promptly("process"):
         try:
-            return _run(args)
+            return _run(args, freeze=whole)
         finally:
-            gc.freeze()   # what numba's cache loads added since start-up: exit skips them too (start_up_imports)
+            if whole:
+                gc.freeze()   # what numba's cache loads added since start-up: exit skips them too (start_up_imports)
 
 
-def start_up_imports() -> None:
-    """Import numpy, numba, h5py and the processors with the cyclic garbage collector off, then freeze
-    what they made. Imports make ~75,000 long-lived objects and no garbage, yet the collector walks
-    them all (a full collection during numba's import, more at the interpreter's exit): ~0.1 s in
-    the run and ~0.25 s at exit, a third of a 17,000-frame map's command. Frozen, every collection
-    skips them (`gc.freeze`, made for this); objects made later are collected as usual."""
-    gc.disable()
+def start_up_imports(freeze: bool = False) -> None:
+    """Import numpy, numba, h5py and the processors; with `freeze`, with the cyclic garbage collector
+    off, then freeze what they made. Imports make ~75,000 long-lived objects and no garbage, yet the
+    collector walks them all (a full collection during numba's import, more at the interpreter's
+    exit): ~0.1 s in the run and ~0.25 s at exit, a third of a 17,000-frame map's command. Frozen,
+    every collection skips them (`gc.freeze`, made for this); objects made later are collected as
+    usual. Only for a process that ends with the command: frozen objects are never collected and
+    `gc.get_referrers` no longer sees them, which a caller in the same process may not expect."""
+    if freeze:
+        gc.disable()
     try:
         import numpy  # noqa: F401  (numba and h5py come in with the processors: when a file is processed, not for `--help`)
 
@@ -62,12 +67,13 @@ def start_up_imports() -> None:
             import_numba_without_blas()  # before any kernel loads: opmon's kernels need no BLAS
         import opmon.processors.offline  # noqa: F401
     finally:
-        gc.freeze()
-        gc.enable()
+        if freeze:
+            gc.freeze()
+            gc.enable()
 
 
-def _run(args: argparse.Namespace) -> int:
-    start_up_imports()
+def _run(args: argparse.Namespace, freeze: bool = False) -> int:
+    start_up_imports(freeze)
     import numpy as np
 
     from opmon.processors.eta_scans import parse_registration

@@ -88,7 +88,7 @@ import gc
 full = []
 gc.callbacks.append(lambda phase, info: full.append(info["generation"]) if phase == "start" else None)
 from opmon.commands.process import start_up_imports
-start_up_imports()
+start_up_imports(freeze=True)
 import h5py, numba
 print(full.count(2), gc.isenabled(), gc.get_freeze_count() > 10000)
 """
@@ -100,3 +100,29 @@ def test_process_start_up_imports_without_a_full_collection_and_freezes_what_the
     out = subprocess.run([sys.executable, "-c", GC_PROBE], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["0", "True", "True"]
+
+
+WHOLE_PROCESS = """
+import gc, sys
+from opmon.cli import main
+sys.argv = ["opmon", "process", sys.argv[1], "-o", sys.argv[2], "-q"]
+assert main() == 0
+print(gc.get_freeze_count() > 10000, gc.isenabled())
+"""
+
+
+def test_only_the_program_itself_freezes_its_objects(tmp_path):
+    """`opmon` run as a program (main() reads sys.argv) freezes; a caller of main([...]) in its own
+    process (tests, notebooks) keeps its collector as it was."""
+    import gc
+
+    from offline_inputs import write_raw
+    from opmon.cli import main
+    raw = write_raw(tmp_path / "raw.h5", n_side=2, angles=3)
+    out = subprocess.run([sys.executable, "-c", WHOLE_PROCESS, str(raw), str(tmp_path / "a.h5")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-2:] == ["True", "True"]   # after the command's own summary lines
+    frozen = gc.get_freeze_count()
+    assert main(["process", str(raw), "-o", str(tmp_path / "b.h5"), "-q"]) == 0
+    assert gc.get_freeze_count() == frozen and gc.isenabled()
