@@ -40,7 +40,6 @@ from typing import Literal
 import h5py
 import numpy as np
 import numpy.typing as npt
-from scipy.special import ndtr
 
 from opmon.errors import OpmonError
 from opmon.processors.maps import tilt_angles
@@ -296,6 +295,7 @@ def _two_peaks(t: F64, y: F64, v: F64, s1: F64, trace2: F64, signal: npt.NDArray
     for k in range(2):
         q_peaks[:, k], widths[:, k] = _centre_and_width(t, share[:, k] * y, share[:, k, :, None] * s1, share[:, k] * trace2,
                                                         signal & (share[:, k] > PURE_SHARE), cen[:, k], wid[:, k])
+    from scipy.special import ndtr   # here, not at the top: scipy.special costs every `opmon process` 0.2 s of start-up
     beyond = ndtr((t.min() - 0.5 - cen) / wid) + ndtr((cen - t.max() - 0.5) / wid)
     integrated = (share * y[:, None, :]).sum(axis=2) + amp * wid * np.sqrt(2.0 * np.pi) * beyond
     order = np.argsort(-integrated, axis=1)                                                 # the stronger peak first

@@ -4,10 +4,11 @@
 bytes. Calling h5py's `read_direct_chunk` once per frame costs ~6 µs each (a third of the
 read), so when it is safe the chunk addresses of the whole dataset are listed once (HDF5's
 chunk iterator, one C call) and a block's chunks, stored next to each other, are read with a
-single `pread` of the file. "Safe" means a read-only, non-SWMR file on the default (sec2)
-driver, where nothing moves the chunks while we read, and the first chunk read both ways
-matches; otherwise (a SWMR reader following a live archive or detector file, whose
-dataset grows), or when the chunk index cannot be listed, chunks are read one by one.
+single `pread` of the file. "Safe" means a read-only file on the default (sec2) driver that no
+SWMR writer can be growing (opened without SWMR, or its superblock says so: `_no_swmr_writer`),
+where nothing moves the chunks while we read, and the first chunk read both ways matches;
+otherwise (a SWMR reader following a live archive or detector file, whose dataset grows), or
+when the chunk index cannot be listed, chunks are read one by one.
 
 Either way a frame whose chunk was never written is reported, never guessed.
 """
@@ -127,9 +128,26 @@ class ChunkFetcher:
 
 
 def _static_sec2_file(data: h5py.Dataset) -> bool:
-    """True when the dataset's file is read-only, not SWMR and on the sec2 driver: its chunks stay put."""
+    """True when the dataset's file is read-only, on the sec2 driver and not growing under a SWMR
+    writer (opened without SWMR, or no SWMR writer has it): its chunks stay put."""
     f = data.file
     try:
-        return f.mode == "r" and not f.swmr_mode and f.driver == "sec2"
+        return f.mode == "r" and f.driver == "sec2" and (not f.swmr_mode or _no_swmr_writer(f))
     except (ValueError, OSError):
         return False
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"   # the superblock's first 8 bytes (raw.py names a non-HDF5 file by it)
+
+
+def _no_swmr_writer(f: h5py.File) -> bool:
+    """True when no SWMR writer can have `f` open, from its superblock: `opmon process` opens every
+    file in SWMR mode (to read a map whose writer was killed), which alone would rule the chunk index
+    out for finished files. A SWMR writer needs superblock version 3, which records in its file
+    consistency flags (byte 11) that a writer has the file open (HDF5 file format spec, superblock
+    v2/v3); versions 0-2 cannot be written in SWMR mode. A killed writer leaves its flags set: read
+    chunk by chunk then, as before."""
+    head = os.pread(f.id.get_vfd_handle(), 12, f.userblock_size)
+    if len(head) < 12 or head[:8] != HDF5_SIGNATURE:
+        return False
+    return head[8] < 3 or head[11] == 0

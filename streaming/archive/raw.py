@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from opmon.errors import RawFileError
+from opmon.streaming.archive.chunk_bytes import HDF5_SIGNATURE
 from opmon.streaming.archive.chunks import write_chunks
 from opmon.streaming.archive.frames import FrameReader, is_bitshuffle_lz4
 from opmon.streaming.archive.layout import (ANGLES, BEAM_X, BEAM_Y, DATA, DET_MASK, DISTANCE, ENERGY, MAP_INDEX, MAP_SHAPE,
@@ -363,9 +364,6 @@ class RawMapWriter:
             ds.resize((stop,))
             ds[start:stop] = np.broadcast_to(np.asarray(values, dtype=ds.dtype), (k,))
 
-
-
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 def open_hdf5(path: str | Path, what: str = "HDF5 file", swmr: bool = True) -> h5py.File:

@@ -24,3 +24,43 @@ def test_numba_starts_without_scipy_blas_and_scipy_stays_importable():
     out = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "ok"]
+
+
+WARM = """
+import numpy as np
+from opmon.streaming.archive.frames import decode_bslz4
+decode_bslz4(np.zeros(3, np.uint8), np.zeros(8, np.uint8), 4)  # in numba's disk cache after this, whatever the order of tests
+"""
+
+LIGHT = """
+import sys
+from opmon.numba_start import load_cached_kernels_without_refresh
+assert load_cached_kernels_without_refresh()
+import numpy as np
+from opmon.streaming.archive.frames import decode_bslz4
+assert decode_bslz4(np.zeros(3, np.uint8), np.zeros(8, np.uint8), 4) == -10  # a cached kernel that allocates (NRT)
+print(sum(decode_bslz4.stats.cache_hits.values()), "numba.typed.typeddict" in sys.modules, "numba.np.arraymath" in sys.modules)
+sys.path.insert(0, sys.argv[1])
+from fresh_kernel import twice   # cache=True, but a new file: a cache miss, compiled
+print(twice(21), "numba.typed.typeddict" in sys.modules, "scipy.linalg" in sys.modules)  # registries refreshed, no BLAS
+"""
+
+FRESH_KERNEL = """
+import numba
+
+
+@numba.njit(cache=True)
+def twice(x):
+    return 2 * x
+"""
+
+
+def test_cached_kernels_load_without_numba_compiler_registries_and_a_new_kernel_still_compiles(tmp_path):
+    (tmp_path / "fresh_kernel.py").write_text(FRESH_KERNEL)
+    for script in (WARM, LIGHT):
+        out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+    # the cached kernel came from the disk cache without numba's typed containers' registry (one of
+    # those its full refresh imports) nor its array math; compiling `twice` then refreshed as numba
+    # always does, with scipy's BLAS still hidden
+    assert out.stdout.split() == ["1", "False", "False", "42", "True", "False"]

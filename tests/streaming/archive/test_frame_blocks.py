@@ -2,6 +2,9 @@
 decoded in one numba call give exactly what the per-frame decoder gives, damage included."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import h5py
 import hdf5plugin
 import numpy as np
@@ -139,3 +142,38 @@ def test_read_frames_reads_a_spread_sample(tmp_path, picks):
         assert reader.read_frames(out, np.array(picks)) == []
         assert (reader.chunks._index is not None) == (len(picks) >= 8)  # a few frames: not worth listing the index
     np.testing.assert_array_equal(out, frames[picks])
+
+
+@pytest.mark.parametrize("libver", ["earliest", "latest"])
+def test_a_finished_file_opened_in_swmr_mode_is_read_through_the_chunk_index(tmp_path, libver):
+    """`opmon process` opens every file SWMR; a file no SWMR writer holds (superblock 0-2, or 3 with
+    clear flags) still gets the index, a file a SWMR writer holds open does not (its dataset grows)."""
+    frames = _frames(np.uint16, 12, (8, 8))
+    path = tmp_path / "f.h5"
+    with h5py.File(path, "w", libver=libver) as f:
+        f.create_dataset(DATA, data=frames, chunks=(1, 8, 8), maxshape=(None, 8, 8), **BSLZ4)
+    with h5py.File(path, "r", swmr=True) as f:
+        reader = FrameReader(f[DATA], "f")
+        out = np.zeros_like(frames)
+        assert reader.read(out, 0) == [] and reader.chunks._index is not None
+        np.testing.assert_array_equal(out, frames)
+    if libver == "latest":  # a live archive's writer, in its own process as at a beamline
+        writer = subprocess.Popen([sys.executable, "-c", SWMR_WRITER, str(path)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert writer.stdout is not None and writer.stdout.readline().strip() == "writing"
+            with h5py.File(path, "r", swmr=True) as f:
+                reader = FrameReader(f[DATA], "f")
+                assert reader.read(out, 0) == [] and reader.chunks._index is None
+                np.testing.assert_array_equal(out, frames)
+        finally:
+            writer.communicate("", timeout=60)
+
+
+SWMR_WRITER = """
+import sys, h5py
+with h5py.File(sys.argv[1], "a", libver="latest") as f:
+    f.swmr_mode = True
+    print("writing", flush=True)
+    sys.stdin.read()   # until the test has read
+"""
