@@ -40,6 +40,7 @@ ROI_SAMPLE_BYTES = 256 << 20  # ... and at most this many bytes of them (a 16M-p
 ROI_FRACTION = 0.01
 ROI_MARGIN = 12
 FINDER_FRAMES = 128  # sampled frames the bad-pixel finder looks at, at most
+READ_BYTES = 256 << 20  # one block of frames read for the kernels, at most (two are held: read and add overlap)
 
 
 @dataclass
@@ -97,11 +98,22 @@ def sample_picks(n_frames: int, sample: int = ROI_SAMPLE_FRAMES) -> tuple[npt.ND
     return picks, max(1, every)
 
 
+def frames_within(frame_shape: tuple[int, int], dtype: npt.DTypeLike, most: int, budget: int) -> int:
+    """`most` frames, fewer when they would take more than `budget` bytes (at least one)."""
+    frame_bytes = int(frame_shape[0]) * int(frame_shape[1]) * np.dtype(dtype).itemsize
+    return max(1, min(most, budget // max(frame_bytes, 1)))
+
+
 def sample_block(frame_shape: tuple[int, int], dtype: npt.DTypeLike) -> int:
     """Sampled frames read per call: ROI_SAMPLE_BLOCK, fewer when they would take more than ROI_SAMPLE_BYTES
     (the buffer is held for the whole sample; one call per frame costs little on a large frame)."""
-    frame_bytes = int(frame_shape[0]) * int(frame_shape[1]) * np.dtype(dtype).itemsize
-    return max(1, min(ROI_SAMPLE_BLOCK, ROI_SAMPLE_BYTES // max(frame_bytes, 1)))
+    return frames_within(frame_shape, dtype, ROI_SAMPLE_BLOCK, ROI_SAMPLE_BYTES)
+
+
+def read_block(smap: SourceMap, block: int) -> int:
+    """Frames per block read for the kernels: `block`, fewer when a block would take more than
+    READ_BYTES (64 frames of a 16M-pixel Eiger are 4.3 GB as uint32, twice over with the overlap)."""
+    return frames_within(smap.meta.frame_shape, smap.meta.frame_dtype, block, READ_BYTES)
 
 
 def sample_map(smap: SourceMap, sample: int = ROI_SAMPLE_FRAMES, skip_bad: bool = False,
@@ -314,7 +326,7 @@ def accumulate_frames(smap: SourceMap, acc: MomentAccumulator, options: ProcessO
     skipped: list[int] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="opmon-accumulate") as pool:  # no thread until a submit
         pending: Future[None] | None = None
-        for block in smap.blocks(options.block, start, stop, buffers=2):
+        for block in smap.blocks(read_block(smap, options.block), start, stop, buffers=2):
             interrupt.check()
             frames = block.frames
             sel: slice | npt.NDArray[np.int64] = slice(0, frames.shape[0])
