@@ -34,6 +34,7 @@ rocking-profile fit. Vectorised numpy over pixels (batched 3 x 3 solves): a map 
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Literal
 
@@ -44,6 +45,9 @@ from scipy.special import ndtr
 
 from opmon.errors import OpmonError
 from opmon.processors.maps import tilt_angles
+from opmon.streaming.archive.maps_file import FitArrays
+from opmon.streaming.archive.maps_file import read_fit as read_fit_group
+from opmon.streaming.archive.maps_file import write_fit as write_fit_group
 
 F64 = npt.NDArray[np.float64]
 PeakFitModel = Literal["off", "gauss"]
@@ -57,7 +61,6 @@ TWO_PEAK_CHI2 = 4.0        # one Gaussian's reduced χ² above which a second Ga
 TWO_PEAK_GAIN = 4.0        # ... and kept when it lowers the reduced χ² by this factor
 TWO_PEAK_STEPS = 20        # Gauss–Newton steps of the two-Gaussian fit
 PURE_SHARE = 0.95          # a scan tells a peak's q when that peak holds this share of its fitted counts
-FIT_GROUP = "fit"          # maps/fit: the NXdata of the fitted maps
 FIT_DESCRIPTION = ("per-pixel Gaussian fit of the rocking profile (Σ I per eta scan; log-parabola start, Gauss-Newton "
                    "with Poisson weights); q = the scans' q centroids fitted linearly in eta, taken at the fitted "
                    "centre; width = mean in-slice covariance + centroid spread along the fitted rocking curve; "
@@ -67,9 +70,6 @@ FIT_DESCRIPTION = ("per-pixel Gaussian fit of the rocking profile (Σ I per eta 
                    f"NaN where the centre-of-mass mask is 0, fewer than {MIN_SCANS} scans hold signal "
                    f"({SIGNAL_SIGMAS:g} sigma), the log-profile is not concave, the fitted rocking width exceeds the "
                    f"scanned eta range, or the centre lies more than {MAX_EXTRAPOLATION:g} fitted widths outside it")
-UNITS = {"d_spacing": "angstrom", "tilt_altitude": "deg", "tilt_azimuth": "deg", "peak_width": "1/angstrom",
-         "rocking_centre": "deg", "rocking_width": "deg", "reduced_chi2": "", "q": "1/angstrom", "peaks": "",
-         "d_spacing_peak1": "angstrom", "d_spacing_peak2": "angstrom", "second_fraction": ""}
 
 
 def parse_peak_fit(value: str) -> PeakFitModel:
@@ -342,35 +342,34 @@ def _solve(a: F64, b: F64) -> F64:
     return out
 
 
+def fit_arrays(fit: PeakFitMaps, model: str = "gauss") -> FitArrays:
+    """The fitted maps as the archive's ``maps/fit`` layout (and the map messages) take them."""
+    return FitArrays(fit.arrays(), model, FIT_DESCRIPTION)
+
+
 def write_fit(maps: h5py.Group, fit: PeakFitMaps, model: str = "gauss") -> h5py.Group:
-    """``maps/fit``: an NXdata of the fitted maps, with the maps' x/y axes when they have them."""
-    if FIT_GROUP in maps:
-        del maps[FIT_GROUP]
-    group = maps.create_group(FIT_GROUP)
-    group.attrs["NX_class"] = "NXdata"
-    group.attrs["signal"] = "d_spacing"
-    group.attrs["auxiliary_signals"] = np.array(["tilt_altitude", "tilt_azimuth", "peak_width", "reduced_chi2"],
-                                                dtype=h5py.string_dtype())
-    group.attrs["model"] = model
-    group.attrs["description"] = FIT_DESCRIPTION
-    for name, values in fit.arrays().items():
-        ds = group.create_dataset(name, data=values)
-        if UNITS[name]:
-            ds.attrs["units"] = UNITS[name]
-    group["d_spacing"].attrs["long_name"] = "d-spacing, Gaussian fit (Å)"
-    group["reduced_chi2"].attrs["long_name"] = "reduced χ² of the rocking-profile fit"
-    if "axes" in maps.attrs:
-        for axis in maps.attrs["axes"]:
-            name = axis.decode() if isinstance(axis, bytes) else str(axis)
-            group[name] = maps[name]      # hard link: the same µm axes as the centre-of-mass maps
-            group.attrs[f"{name}_indices"] = maps.attrs[f"{name}_indices"]
-        group.attrs["axes"] = maps.attrs["axes"]
-    return group
+    """``maps/fit``: an NXdata of the fitted maps, with the maps' x/y axes when they have them
+    (`maps_file.write_fit`, the archiver's writer too)."""
+    return write_fit_group(maps, fit_arrays(fit, model))
 
 
 def read_fit(maps: h5py.Group) -> PeakFitMaps | None:
     """``maps/fit`` back, or None when the map was not fitted."""
-    if FIT_GROUP not in maps:
+    stored = read_fit_group(maps)
+    if stored is None:
         return None
-    group = maps[FIT_GROUP]
-    return PeakFitMaps(**{f.name: np.asarray(group[f.name][()], dtype=np.float64) for f in fields(PeakFitMaps)})
+    return from_arrays(stored.arrays)
+
+
+def from_arrays(arrays: Mapping[str, npt.ArrayLike]) -> PeakFitMaps:
+    """`PeakFitMaps` from named arrays (a maps file's ``fit`` group, a map message's ``fit/`` fields).
+
+    Raises
+    ------
+    OpmonError
+        naming the fitted maps that are missing.
+    """
+    missing = [f.name for f in fields(PeakFitMaps) if f.name not in arrays]
+    if missing:
+        raise OpmonError(f"peak fit: missing fitted map(s) {', '.join(missing)}")
+    return PeakFitMaps(**{f.name: np.asarray(arrays[f.name], dtype=np.float64) for f in fields(PeakFitMaps)})
