@@ -171,9 +171,13 @@ def run_case(workdir: Path, name: str, case: str, args: argparse.Namespace) -> l
         rows.append({"case": "  (compare)", **score(raw, other), "sim_s": 0.0, "process_s": time.perf_counter() - t0})
     if args.live:   # the live processor registers as its config says ([live] register, default off)
         live = workdir / f"{name}_live.h5"
+        config = workdir / "live_fit.toml"     # --peak-fit: the live processor fits as [live] peak_fit says
+        config.write_text(f'[live]\npeak_fit = "{args.peak_fit}"\n')
         t0 = time.perf_counter()
-        run_opmon(["replay", str(raw), "-o", str(live), "--force"], f"opmon replay (live) on {name}")
+        run_opmon(["replay", str(raw), "-o", str(live), "--force", "--config", str(config)], f"opmon replay (live) on {name}")
         rows.append({"case": f"{name} live", **score(raw, live), "sim_s": 0.0, "process_s": time.perf_counter() - t0})
+        if args.peak_fit != "off":
+            rows.append({"case": "  (fit live)", **score(raw, live, fit=True), "sim_s": 0.0, "process_s": 0.0})
     return rows
 
 

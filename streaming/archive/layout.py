@@ -57,7 +57,8 @@ MAPS_FOUND_BAD_PIXELS = "found_bad_pixels"  # (n, 2) detector pixels found hot/d
 MAPS_FIT = "fit"
 FIT_UNITS = {"d_spacing": "angstrom", "tilt_altitude": "deg", "tilt_azimuth": "deg", "peak_width": "1/angstrom",
              "rocking_centre": "deg", "rocking_width": "deg", "reduced_chi2": "", "q": "1/angstrom", "peaks": "",
-             "d_spacing_peak1": "angstrom", "d_spacing_peak2": "angstrom", "second_fraction": ""}
+             "d_spacing_peak1": "angstrom", "d_spacing_peak2": "angstrom", "second_fraction": "",
+             "edge_shift": "pixel"}
 FIT_AUXILIARY = ("tilt_altitude", "tilt_azimuth", "peak_width", "reduced_chi2")
 ATTR_BACKGROUND = "background_rate"
 DOSE = "dose"                           # <entry>/dose: NXdata of the run's dose so far (photons, x/y in µm)
