@@ -125,9 +125,9 @@ EXTRA_CASES = {"low-signal": ("none", ["--peak-counts", "1000"]),
                # a short rocking scan (16 steps) off the imaged phase's centre: a quarter of the pixels' rocking
                # curves are cut by the scan's lower end (maps/flags bit 4), their centre of mass pulled inward
                "rocking-cut": ("none", ["--angles", "16", "--eta-center", "19.0", "--x-mean", "1.0"]),
-               # the detector's lower edge (the rendered window ends at row 361) cuts every pixel's peak ~0.5 sigma
-               # past its centre (maps/flags bit 1): with --peak-fit gauss, the truncated-normal correction
-               "roi-cut": ("none", ["--roi", "96", "361", "160", "352"]),
+               # the detector's lower edge (the rendered window ends at row 291) cuts every pixel's peak just past its
+               # centre at the default --x-mean 0.8 (maps/flags bit 1): --peak-fit gauss corrects it (processors/roi_cut.py)
+               "roi-cut": ("none", ["--roi", "96", "291", "160", "352"]),
                # depth-mixed pixels with both phases in the detector window: two peaks at their own Bragg eta
                "mixed-both": ("mixed-fronts", ["--window", "all"])}
 
