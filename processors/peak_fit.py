@@ -27,6 +27,9 @@ S0_i = Σ I, S1_i = Σ I·q, S2_i = Σ I·q⊗q (sample frame, background subtra
    (`d_spacing_peak1`, the stronger, and `d_spacing_peak2`), the pixel's d from their
    intensity-weighted mean q (what the centre of mass of a whole scan measures).
 
+5. peaks cut by the ROI or detector edge (`maps.FLAG_EDGE`, one-peak fits): the fitted centre and the
+   in-slice width along each detector axis from the truncated-normal moments inverted (`roi_cut`).
+
 A fit fails (NaN in every fitted map) where the centre-of-mass mask is 0, where fewer than
 `MIN_SCANS` scans hold signal, where the log-profile is not concave, or where the centre lies more
 than `MAX_EXTRAPOLATION` fitted widths beyond the scanned range, or the fitted width exceeds the range. Fit quality: reduced χ² of the
