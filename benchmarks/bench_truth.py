@@ -128,6 +128,9 @@ EXTRA_CASES = {"low-signal": ("none", ["--peak-counts", "1000"]),
                # a short rocking scan (16 steps) off the imaged phase's centre: a quarter of the pixels' rocking
                # curves are cut by the scan's lower end (maps/flags bit 4), their centre of mass pulled inward
                "rocking-cut": ("none", ["--angles", "16", "--eta-center", "19.0", "--x-mean", "1.0"]),
+               # the detector's lower edge (the rendered window ends at row 291) cuts every pixel's peak just past its
+               # centre at the default --x-mean 0.8 (maps/flags bit 1): --peak-fit gauss corrects it (processors/roi_cut.py)
+               "roi-cut": ("none", ["--roi", "96", "291", "160", "352"]),
                # depth-mixed pixels with both phases in the detector window: two peaks at their own Bragg eta
                "mixed-both": ("mixed-fronts", ["--window", "all"])}
 
@@ -185,9 +188,13 @@ def run_case(workdir: Path, name: str, case: str, args: argparse.Namespace) -> l
         rows.append({"case": "  (compare)", **score(raw, other), "sim_s": 0.0, "process_s": time.perf_counter() - t0})
     if args.live:   # the live processor registers as its config says ([live] register, default off)
         live = workdir / f"{name}_live.h5"
+        config = workdir / "live_fit.toml"     # --peak-fit: the live processor fits as [live] peak_fit says
+        config.write_text(f'[live]\npeak_fit = "{args.peak_fit}"\n')
         t0 = time.perf_counter()
-        run_opmon(["replay", str(raw), "-o", str(live), "--force"], f"opmon replay (live) on {name}")
+        run_opmon(["replay", str(raw), "-o", str(live), "--force", "--config", str(config)], f"opmon replay (live) on {name}")
         rows.append({"case": f"{name} live", **score(raw, live), "sim_s": 0.0, "process_s": time.perf_counter() - t0})
+        if args.peak_fit != "off":
+            rows.append({"case": "  (fit live)", **score(raw, live, fit=True), "sim_s": 0.0, "process_s": 0.0})
     return rows
 
 

@@ -59,6 +59,7 @@ class LiveConfig:
     background: str = "auto"
     register: str = "off"          # auto|tilt: register the eta scans of each final map (as `opmon process --register auto|tilt`)
     powder_spots: str = "off"      # auto: replace each map's powder-arc spots (as `opmon process --powder-spots auto`)
+    peak_fit: str = "off"          # gauss: fit each final map's pixels too (as `opmon process --peak-fit gauss`; maps/fit)
 
 
 DETECTOR_COMPRESSIONS = ("none", "bslz4")
@@ -154,6 +155,8 @@ def _check_values(config: Config) -> None:
         raise ConfigError(f"live.register: {config.live.register!r}, expected 'auto', 'tilt' or 'off'")
     if config.live.powder_spots not in ("auto", "off"):
         raise ConfigError(f"live.powder_spots: {config.live.powder_spots!r}, expected 'auto' or 'off'")
+    if config.live.peak_fit not in ("off", "gauss"):      # processors/peak_fit.PEAK_FIT_MODELS (not imported: numpy, h5py)
+        raise ConfigError(f"live.peak_fit: {config.live.peak_fit!r}, expected 'off' or 'gauss'")
     if config.detector.compression not in DETECTOR_COMPRESSIONS:
         raise ConfigError(f"detector.compression: {config.detector.compression!r}, expected one of "
                           f"{', '.join(repr(c) for c in DETECTOR_COMPRESSIONS)}")

@@ -27,9 +27,10 @@ import numpy.typing as npt
 
 from opmon.errors import ConfigError, MapIndexError, OpmonError
 from opmon.processors.accumulate import PER_PIXEL_KEYS, SHIPPED_KEYS, MomentAccumulator
-from opmon.processors.maps import MapResult, derive_maps, map_flags
+from opmon.processors.maps import FLAG_EDGE, MapResult, derive_maps, map_flags
 from opmon.processors.peak_fit import PeakFitModel, fit_gauss
 from opmon.processors.registration import coverage, register_eta_scans, register_eta_scans_by_tilt, resample
+from opmon.processors.roi_cut import EdgeCut
 
 F64 = npt.NDArray[np.float64]
 
@@ -296,8 +297,16 @@ class EtaScanAccumulator(MomentAccumulator):
             counts = self.n_frames.reshape(n, ny, nx)[order] * per_frame * scale
             variance = np.stack([np.clip(m[0], 0.0, None) for m in moved]) + counts
             result.fit = fit_gauss(self.scan_eta[order], np.stack([m[0] for m in moved]), np.stack([m[1] for m in moved]),
-                                   np.stack([m[2] for m in moved]), variance, result.mask > 0)
+                                   np.stack([m[2] for m in moved]), variance, result.mask > 0, self._edge_cut(result))
         return result
+
+    def _edge_cut(self, result: MapResult) -> EdgeCut | None:
+        """The map's window, mean angles and pixels flagged cut by it, for the fit's ROI-cut correction."""
+        angles = self.mean_angles()
+        if angles is None or result.flags is None:
+            return None
+        return EdgeCut(self.geometry, tuple(int(v) for v in self.roi), angles,  # type: ignore[arg-type]
+                       (result.flags & FLAG_EDGE) > 0)
 
     def _flagged(self, result: MapResult, s0: F64, per_frame: float, scale: float) -> None:
         """The low-count and rocking-range flags, from the rocking sums of every scan added per map

@@ -27,6 +27,9 @@ S0_i = Σ I, S1_i = Σ I·q, S2_i = Σ I·q⊗q (sample frame, background subtra
    (`d_spacing_peak1`, the stronger, and `d_spacing_peak2`), the pixel's d from their
    intensity-weighted mean q (what the centre of mass of a whole scan measures).
 
+5. peaks cut by the ROI or detector edge (`maps.FLAG_EDGE`, one-peak fits): the fitted centre and the
+   in-slice width along each detector axis from the truncated-normal moments inverted (`roi_cut`).
+
 A fit fails (NaN in every fitted map) where the centre-of-mass mask is 0, where fewer than
 `MIN_SCANS` scans hold signal, where the log-profile is not concave, or where the centre lies more
 than `MAX_EXTRAPOLATION` fitted widths beyond the scanned range, or the fitted width exceeds the range. Fit quality: reduced χ² of the
@@ -34,6 +37,7 @@ rocking-profile fit. Vectorised numpy over pixels (batched 3 x 3 solves): a map 
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Literal
 
@@ -43,6 +47,10 @@ import numpy.typing as npt
 
 from opmon.errors import OpmonError
 from opmon.processors.maps import tilt_angles
+from opmon.processors.roi_cut import EdgeCut, correct_cut_peaks
+from opmon.streaming.archive.maps_file import FitArrays
+from opmon.streaming.archive.maps_file import read_fit as read_fit_group
+from opmon.streaming.archive.maps_file import write_fit as write_fit_group
 
 F64 = npt.NDArray[np.float64]
 PeakFitModel = Literal["off", "gauss"]
@@ -56,19 +64,18 @@ TWO_PEAK_CHI2 = 4.0        # one Gaussian's reduced χ² above which a second Ga
 TWO_PEAK_GAIN = 4.0        # ... and kept when it lowers the reduced χ² by this factor
 TWO_PEAK_STEPS = 20        # Gauss–Newton steps of the two-Gaussian fit
 PURE_SHARE = 0.95          # a scan tells a peak's q when that peak holds this share of its fitted counts
-FIT_GROUP = "fit"          # maps/fit: the NXdata of the fitted maps
 FIT_DESCRIPTION = ("per-pixel Gaussian fit of the rocking profile (Σ I per eta scan; log-parabola start, Gauss-Newton "
                    "with Poisson weights); q = the scans' q centroids fitted linearly in eta, taken at the fitted "
                    "centre; width = mean in-slice covariance + centroid spread along the fitted rocking curve; "
                    f"a second Gaussian where one leaves reduced chi2 > {TWO_PEAK_CHI2:g} and two lower it "
                    f"{TWO_PEAK_GAIN:g}-fold (peaks = 2; d_spacing_peak1/2 = the stronger/weaker peak's d, d_spacing = "
                    "their intensity-weighted mean q's; where two are not kept, one stands and reduced_chi2 tells its misfit). "
+                   "One-peak pixels flagged cut by the ROI or detector edge (flags bit 1): the centre and in-slice width "
+                   "along each detector axis from the truncated-normal moments inverted (edge_shift = detector pixels the "
+                   "centre moved; 0 where not cut or not invertible). "
                    f"NaN where the centre-of-mass mask is 0, fewer than {MIN_SCANS} scans hold signal "
                    f"({SIGNAL_SIGMAS:g} sigma), the log-profile is not concave, the fitted rocking width exceeds the "
                    f"scanned eta range, or the centre lies more than {MAX_EXTRAPOLATION:g} fitted widths outside it")
-UNITS = {"d_spacing": "angstrom", "tilt_altitude": "deg", "tilt_azimuth": "deg", "peak_width": "1/angstrom",
-         "rocking_centre": "deg", "rocking_width": "deg", "reduced_chi2": "", "q": "1/angstrom", "peaks": "",
-         "d_spacing_peak1": "angstrom", "d_spacing_peak2": "angstrom", "second_fraction": ""}
 
 
 def parse_peak_fit(value: str) -> PeakFitModel:
@@ -93,6 +100,7 @@ class PeakFitMaps:
     d_spacing_peak1: F64    # d of the stronger peak (the only one where peaks = 1)
     d_spacing_peak2: F64    # d of the weaker peak where peaks = 2, else NaN
     second_fraction: F64    # the weaker peak's share of the pixel's integrated intensity (0 where peaks = 1)
+    edge_shift: F64         # detector pixels the ROI-cut correction moved the centre by (0: not cut, or not invertible)
     q: F64                  # (ny, nx, 3) fitted centre: the peaks' intensity-weighted mean q, sample frame
 
     def arrays(self) -> dict[str, F64]:
@@ -103,7 +111,8 @@ class PeakFitMaps:
         return np.isfinite(self.d_spacing)
 
 
-def fit_gauss(eta: npt.ArrayLike, s0: F64, s1: F64, s2: F64, var: F64, valid: npt.NDArray[np.bool_]) -> PeakFitMaps:
+def fit_gauss(eta: npt.ArrayLike, s0: F64, s1: F64, s2: F64, var: F64, valid: npt.NDArray[np.bool_],
+              edge: EdgeCut | None = None) -> PeakFitMaps:
     """Fit every valid map pixel (see the module docstring).
 
     Parameters
@@ -112,13 +121,15 @@ def fit_gauss(eta: npt.ArrayLike, s0: F64, s1: F64, s2: F64, var: F64, valid: np
     s0, s1, s2 : (n, ny, nx), (n, ny, nx, 3), (n, ny, nx, 3, 3) background-subtracted sums per scan.
     var : (n, ny, nx) Poisson variance of each s0 (signal plus background counts).
     valid : (ny, nx) the centre-of-mass mask: only these pixels are fitted.
+    edge : the map's window and angles, and its pixels flagged cut by the ROI or detector edge: their
+        one-peak fits are corrected for the cut (`roi_cut`); None: no correction.
     """
     eta = np.asarray(eta, dtype=np.float64).reshape(-1)
     n, ny, nx = s0.shape
     if eta.shape != (n,):
         raise OpmonError(f"peak fit: {eta.size} eta values for {n} scans")
     nan_maps = np.full((ny, nx), np.nan)
-    out = PeakFitMaps(*(nan_maps.copy() for _ in range(11)), q=np.full((ny, nx, 3), np.nan))
+    out = PeakFitMaps(*(nan_maps.copy() for _ in range(12)), q=np.full((ny, nx, 3), np.nan))
     pick = np.flatnonzero(np.asarray(valid, dtype=bool).reshape(-1))
     if n < MIN_SCANS or pick.size == 0:
         return out
@@ -153,6 +164,9 @@ def fit_gauss(eta: npt.ArrayLike, s0: F64, s1: F64, s2: F64, var: F64, valid: np
         q_peaks[kept], second[kept] = fit2.q_peaks[fit2.kept], fit2.second[fit2.kept]
         # where two are not kept, the one Gaussian stands and its reduced χ² says how badly it fits: a peak
         # that is not Gaussian in eta (a ring-shaped focused-beam peak: χ² ~5) still has its centre found
+    shift = np.where(ok, 0.0, np.nan)
+    if edge is not None:
+        _correct_cut(edge, pick, ok & (peaks == 1.0), s0, s1, s2, signal, q_fit, width, shift)
     rows = pick[ok]
 
     def put(target: F64, values: F64) -> None:
@@ -163,6 +177,7 @@ def fit_gauss(eta: npt.ArrayLike, s0: F64, s1: F64, s2: F64, var: F64, valid: np
     put(out.peak_width, width)
     put(out.peaks, peaks)
     put(out.second_fraction, second)
+    put(out.edge_shift, shift)
     out.q.reshape(-1, 3)[rows] = q_fit[ok]
     with np.errstate(invalid="ignore", divide="ignore"):
         out.d_spacing = 2.0 * np.pi / np.linalg.norm(out.q, axis=-1)
@@ -173,6 +188,29 @@ def fit_gauss(eta: npt.ArrayLike, s0: F64, s1: F64, s2: F64, var: F64, valid: np
         altitude, azimuth = tilt_angles(out.q, out.q.reshape(-1, 3)[rows].mean(axis=0))
         out.tilt_altitude, out.tilt_azimuth = altitude, azimuth
     return out
+
+
+def _correct_cut(edge: EdgeCut, pick: npt.NDArray[np.int64], one: npt.NDArray[np.bool_], s0: F64, s1: F64, s2: F64,
+                 signal: npt.NDArray[np.bool_], q_fit: F64, width: F64, shift: F64) -> None:
+    """`roi_cut.correct_cut_peaks` on the one-peak fits of the pixels `edge` flags cut, in place: their q,
+    width (the in-slice variance the cut hid added) and detector shift. The mean in-slice covariance is
+    Σ (S2_i − S1_i S1_iᵀ/S0_i) / Σ S0_i over the scans holding signal (the full 3 x 3 of the width's trace)."""
+    local = np.flatnonzero(one & edge.cut.reshape(-1)[pick])
+    if local.size == 0:
+        return
+    n = s0.shape[0]
+    rows = pick[local]
+    w0 = s0.reshape(n, -1)[:, rows].T                                           # (P, n)
+    w1 = s1.reshape(n, -1, 3)[:, rows].transpose(1, 0, 2)                       # (P, n, 3)
+    w2 = s2.reshape(n, -1, 3, 3)[:, rows].transpose(1, 0, 2, 3)                 # (P, n, 3, 3)
+    keep = signal[local]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        slices = w2 - w1[..., :, None] * w1[..., None, :] / w0[..., None, None]
+        inslice = np.where(keep[..., None, None], slices, 0.0).sum(axis=1) / np.where(keep, w0, 0.0).sum(axis=1)[:, None, None]
+    q_new, added, moved = correct_cut_peaks(edge, q_fit[local], inslice)
+    q_fit[local] = q_new
+    width[local] = np.sqrt(width[local] ** 2 + added)
+    shift[local] = moved
 
 
 def _log_parabola(t: F64, y: F64, v: F64, signal: npt.NDArray[np.bool_]) -> tuple[F64, F64, F64, npt.NDArray[np.bool_]]:
@@ -342,35 +380,34 @@ def _solve(a: F64, b: F64) -> F64:
     return out
 
 
+def fit_arrays(fit: PeakFitMaps, model: str = "gauss") -> FitArrays:
+    """The fitted maps as the archive's ``maps/fit`` layout (and the map messages) take them."""
+    return FitArrays(fit.arrays(), model, FIT_DESCRIPTION)
+
+
 def write_fit(maps: h5py.Group, fit: PeakFitMaps, model: str = "gauss") -> h5py.Group:
-    """``maps/fit``: an NXdata of the fitted maps, with the maps' x/y axes when they have them."""
-    if FIT_GROUP in maps:
-        del maps[FIT_GROUP]
-    group = maps.create_group(FIT_GROUP)
-    group.attrs["NX_class"] = "NXdata"
-    group.attrs["signal"] = "d_spacing"
-    group.attrs["auxiliary_signals"] = np.array(["tilt_altitude", "tilt_azimuth", "peak_width", "reduced_chi2"],
-                                                dtype=h5py.string_dtype())
-    group.attrs["model"] = model
-    group.attrs["description"] = FIT_DESCRIPTION
-    for name, values in fit.arrays().items():
-        ds = group.create_dataset(name, data=values)
-        if UNITS[name]:
-            ds.attrs["units"] = UNITS[name]
-    group["d_spacing"].attrs["long_name"] = "d-spacing, Gaussian fit (Å)"
-    group["reduced_chi2"].attrs["long_name"] = "reduced χ² of the rocking-profile fit"
-    if "axes" in maps.attrs:
-        for axis in maps.attrs["axes"]:
-            name = axis.decode() if isinstance(axis, bytes) else str(axis)
-            group[name] = maps[name]      # hard link: the same µm axes as the centre-of-mass maps
-            group.attrs[f"{name}_indices"] = maps.attrs[f"{name}_indices"]
-        group.attrs["axes"] = maps.attrs["axes"]
-    return group
+    """``maps/fit``: an NXdata of the fitted maps, with the maps' x/y axes when they have them
+    (`maps_file.write_fit`, the archiver's writer too)."""
+    return write_fit_group(maps, fit_arrays(fit, model))
 
 
 def read_fit(maps: h5py.Group) -> PeakFitMaps | None:
     """``maps/fit`` back, or None when the map was not fitted."""
-    if FIT_GROUP not in maps:
+    stored = read_fit_group(maps)
+    if stored is None:
         return None
-    group = maps[FIT_GROUP]
-    return PeakFitMaps(**{f.name: np.asarray(group[f.name][()], dtype=np.float64) for f in fields(PeakFitMaps)})
+    return from_arrays(stored.arrays)
+
+
+def from_arrays(arrays: Mapping[str, npt.ArrayLike]) -> PeakFitMaps:
+    """`PeakFitMaps` from named arrays (a maps file's ``fit`` group, a map message's ``fit/`` fields).
+
+    Raises
+    ------
+    OpmonError
+        naming the fitted maps that are missing.
+    """
+    missing = [f.name for f in fields(PeakFitMaps) if f.name not in arrays]
+    if missing:
+        raise OpmonError(f"peak fit: missing fitted map(s) {', '.join(missing)}")
+    return PeakFitMaps(**{f.name: np.asarray(arrays[f.name], dtype=np.float64) for f in fields(PeakFitMaps)})

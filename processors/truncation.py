@@ -55,6 +55,15 @@ def detector_spread(geometry: DetectorGeometry, q: F64, cov: F64, eta: float, ph
     Q `q` (..., 3) and Q covariance `cov` (..., 3, 3), sample frame: the covariance taken through the
     Jacobian of `detector_position` (the rocking direction maps to where the Bragg condition puts it)."""
     position = detector_position(geometry, q, eta, phi, nu, delta)
+    jac = detector_jacobian(geometry, q, eta, phi, nu, delta)
+    spread = np.einsum("...ij,...jk,...lk->...il", jac, cov, jac)
+    sigma = np.sqrt(np.clip(np.stack([spread[..., 0, 0], spread[..., 1, 1]], axis=-1), 0.0, None))
+    return position, sigma
+
+
+def detector_jacobian(geometry: DetectorGeometry, q: F64, eta: float, phi: float, nu: float, delta: float) -> F64:
+    """(..., 2, 3) d(row, column)/dQ of `detector_position` at `q` (..., 3), by central differences. Its
+    null direction is the rocking one (turning eta moves Q there without moving it on the detector)."""
     step = 1e-6 * geometry.k
     jac = np.empty(q.shape[:-1] + (2, 3))
     for axis in range(3):
@@ -62,9 +71,7 @@ def detector_spread(geometry: DetectorGeometry, q: F64, cov: F64, eta: float, ph
         dq[axis] = step
         jac[..., axis] = (detector_position(geometry, q + dq, eta, phi, nu, delta)
                           - detector_position(geometry, q - dq, eta, phi, nu, delta)) / (2 * step)
-    spread = np.einsum("...ij,...jk,...lk->...il", jac, cov, jac)
-    sigma = np.sqrt(np.clip(np.stack([spread[..., 0, 0], spread[..., 1, 1]], axis=-1), 0.0, None))
-    return position, sigma
+    return jac
 
 
 def truncated(geometry: DetectorGeometry, roi: tuple[int, int, int, int], q: F64, cov: F64, eta: float,

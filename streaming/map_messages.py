@@ -33,6 +33,10 @@ MAP_DTYPES = frozenset({"float64", "uint8", "int64"})
 MAX_MAP_SIDE = 4096
 #: Optional field and header key: the run's dose per sample position (photons, its own grid).
 DOSE = "dose"
+#: Optional fields ``fit/<name>`` and header key ``fit`` {"model", "description"}: a final map's per-pixel peak fit
+#: (``[live] peak_fit``), the arrays of the archive's ``maps/fit`` group; receivers that do not know them ignore them.
+FIT = "fit"
+FIT_PREFIX = "fit/"
 #: Header counts: non-negative integers.
 _COUNTS = ("map", "frames", "n_frames", "frames_lost")
 
@@ -48,6 +52,15 @@ class MapArrays(Protocol):
     def arrays(self) -> dict[str, npt.NDArray[Any]]: ...
 
 
+class FitMessage(Protocol):
+    """A map's peak fit (`opmon.streaming.archive.maps_file.FitArrays` is one): named (ny, nx) maps and
+    ``q`` (ny, nx, 3), the model and its rules in words."""
+
+    arrays: dict[str, npt.NDArray[Any]]
+    model: str
+    description: str
+
+
 class DoseArrays(Protocol):
     """The run's dose so far (`opmon.processors.dose.DoseGrid` is one): photons per cell of a grid
     in the piezo frame, and its header (origin_um (y, x), step_um, unit, max)."""
@@ -59,7 +72,7 @@ class DoseArrays(Protocol):
 
 def encode_map(maps: MapArrays, *, run: str, map_number: int, final: bool, frames: int, n_frames: int,
                frames_lost: int, options: dict[str, Any] | None = None, dose: DoseArrays | None = None,
-               onset: dict[str, Any] | None = None) -> list[Any]:
+               onset: dict[str, Any] | None = None, fit: FitMessage | None = None) -> list[Any]:
     """`[b"map", header, *buffers]` for one (partial or final) map.
 
     Parameters
@@ -78,10 +91,14 @@ def encode_map(maps: MapArrays, *, run: str, map_number: int, final: bool, frame
         The run's accumulated dose (all maps so far): field ``dose``, its grid in header ``dose``.
     onset
         A transformation flagged on this map (`opmon.processors.onset.Onset.as_dict`), if any.
+    fit
+        The map's per-pixel peak fit (final maps with ``[live] peak_fit``): fields ``fit/<name>``, header ``fit``.
     """
     arrays = maps.arrays()
     if dose is not None:
         arrays = {**arrays, DOSE: np.asarray(dose.photons, dtype=np.float64)}
+    if fit is not None:
+        arrays = {**arrays, **{FIT_PREFIX + name: np.asarray(a, dtype=np.float64) for name, a in fit.arrays.items()}}
     names = [n for n in FIELD_ORDER if n in arrays] + [n for n in arrays if n not in FIELD_ORDER]
     d_spacing = arrays["d_spacing"]
     valid = d_spacing[arrays["mask"].astype(bool)]
@@ -98,6 +115,8 @@ def encode_map(maps: MapArrays, *, run: str, map_number: int, final: bool, frame
         header[DOSE] = dose.header()
     if onset:
         header["onset"] = onset
+    if fit is not None:
+        header[FIT] = {"model": str(fit.model), "description": str(fit.description)}
     return [TOPIC, pack(header)] + [np.ascontiguousarray(arrays[n]) for n in names]
 
 
@@ -180,6 +199,31 @@ def decode_map(header: Mapping[str, Any], buffers: Sequence[Any]) -> dict[str, n
         raise RejectedMessage("shape", f"map message: field shapes {[(n, arrays[n].shape) for n in wrong]} "
                                        f"do not fit d_spacing {shape}")
     return arrays
+
+
+def decode_fit(header: Mapping[str, Any], arrays: Mapping[str, npt.NDArray[Any]]
+               ) -> tuple[dict[str, npt.NDArray[Any]], str, str] | None:
+    """The peak fit a decoded map message carries: (arrays by name, model, description), or None.
+
+    Raises
+    ------
+    RejectedMessage
+        ``field`` when fit fields come without their header (or it is not a map of strings), ``shape``
+        when a fitted map does not fit d_spacing ((ny, nx), ``q`` (ny, nx, 3)).
+    """
+    fitted = {name[len(FIT_PREFIX):]: a for name, a in arrays.items() if name.startswith(FIT_PREFIX)}
+    if not fitted:
+        return None
+    info = header.get(FIT)
+    if not (isinstance(info, dict) and isinstance(info.get("model"), str) and isinstance(info.get("description"), str)):
+        raise RejectedMessage("field", f"map: fit fields with header fit = {info!r:.80}, expected model and description")
+    if "d_spacing" not in fitted:
+        raise RejectedMessage("field", "map: fit fields lack fit/d_spacing")
+    shape = arrays["d_spacing"].shape
+    wrong = [(n, a.shape) for n, a in fitted.items() if a.shape != ((*shape, 3) if n == "q" else shape)]
+    if wrong:
+        raise RejectedMessage("shape", f"map: fit field shapes {wrong} do not fit d_spacing {shape}")
+    return fitted, info["model"], info["description"]
 
 
 def decode_dose(header: Mapping[str, Any], arrays: Mapping[str, npt.NDArray[Any]]

@@ -30,7 +30,7 @@ def build_processor(config: Config, *, workers: int | None = None, roi: Any = "a
     return open_live_processor(config.endpoint("frames_live"), config.endpoint("display_live"), config.endpoint("maps_archive"),
                          workers=workers or config.live.workers, publish_interval_s=config.live.publish_interval_s,
                          roi=roi, threshold=config.live.threshold, background=parse_background(config.live.background),
-                         register=config.live.register, powder_spots=config.live.powder_spots, archive_dir=config.archive.dir if recover else None, rcvhwm=config.stream.rcvhwm)
+                         register=config.live.register, powder_spots=config.live.powder_spots, peak_fit=config.live.peak_fit, archive_dir=config.archive.dir if recover else None, rcvhwm=config.stream.rcvhwm)
 
 
 def start_bridge(args: argparse.Namespace) -> subprocess.Popen[bytes]:

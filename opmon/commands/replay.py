@@ -74,7 +74,8 @@ def _internal(args: argparse.Namespace, config: Any, source: ReplaySource, roi: 
     import numpy as np
 
     from opmon.processors.live import open_live_processor
-    from opmon.streaming.archive.maps_file import write_maps
+    from opmon.processors.peak_fit import fit_arrays
+    from opmon.streaming.archive.maps_file import write_fit, write_maps
     from opmon.streaming.publisher import ZmqFrameSink
     from opmon.streaming.replay import replay
     sink = ZmqFrameSink(["tcp://127.0.0.1:*"], sndhwm=config.stream.sndhwm, stall_timeout_s=config.stream.stall_timeout_s)
@@ -82,7 +83,7 @@ def _internal(args: argparse.Namespace, config: Any, source: ReplaySource, roi: 
     processor = open_live_processor(sink.endpoints[0], display, None, workers=args.workers or config.live.workers,
                                     publish_interval_s=config.live.publish_interval_s, roi=roi,
                                     threshold=config.live.threshold, background=parse_background(config.live.background),
-                                    register=config.live.register,
+                                    register=config.live.register, peak_fit=config.live.peak_fit,
                                     powder_spots=args.powder_spots or config.live.powder_spots)
     done = threading.Event()
     processor.outputs.keep_results = None     # a replay is bounded and writes every map at the end
@@ -122,6 +123,8 @@ def _internal(args: argparse.Namespace, config: Any, source: ReplaySource, roi: 
                 bad = report.bad_frames.get(entry_of.get(number, ""), [])
                 maps.attrs["bad_frames_count"] = len(bad)
                 maps.create_dataset("bad_frames", data=np.asarray(bad, dtype=np.int64))
+                if result.fit is not None:
+                    write_fit(maps, fit_arrays(result.fit, config.live.peak_fit))
         print(f"maps written to {output}")
     if lost:
         return 1

@@ -68,11 +68,15 @@ def accumulator_options(options: dict[str, Any]) -> dict[str, Any]:
 
 def make_accumulator(geometry: DetectorGeometry, map_shape: tuple[int, int], mask: npt.NDArray[np.uint8] | None,
                      options: dict[str, Any], spots: SpotTable | None = None) -> MomentAccumulator:
-    """An empty accumulator for a map with the options recorded with every map: per eta scan
-    (registered at the map's end, as `opmon process --register auto`) when ``register`` is auto;
-    `spots` the powder-arc spots it replaces (a map re-made at its end, `remake`)."""
-    if options.get("register", "off") == "auto":
-        return EtaScanAccumulator(geometry, map_shape, detector_mask=mask, registration="auto", spots=spots,
+    """An empty accumulator for a map with the options recorded with every map: per eta scan when
+    ``register`` is auto or tilt (registered at the map's end, as `opmon process --register`) or
+    ``peak_fit`` is gauss (each pixel's rocking profile fitted at the map's end, as `opmon process
+    --peak-fit gauss`; the final map carries `MapResult.fit`); `spots` the powder-arc spots it
+    replaces (a map re-made at its end, `remake`)."""
+    register, peak_fit = options.get("register", "off"), options.get("peak_fit", "off")
+    if register != "off" or peak_fit != "off":
+        return EtaScanAccumulator(geometry, map_shape, detector_mask=mask, registration=register, peak_fit=peak_fit,
+                                  spots=spots,
                                   **accumulator_options(options))
     return MomentAccumulator(geometry, map_shape, detector_mask=mask, spots=spots, **accumulator_options(options))
 
@@ -132,13 +136,14 @@ class LiveRun(RunShapes):
     @classmethod
     def begin(cls, start: dict[str, Any], mask: npt.NDArray[np.uint8] | None, roi: Roi | None, *, threshold: int,
               background: Any, roi_quota: int, roi_wait_s: float, adopted: bool = False, register: str = "off",
-              follows: bool | None = None, powder_spots: str = "off") -> LiveRun:
+              follows: bool | None = None, powder_spots: str = "off", peak_fit: str = "off") -> LiveRun:
         """A run from its start header; `roi` None: decided from its first `roi_quota` frames;
         `register` auto: the eta scans of each final map are registered (partial maps are not);
         `follows` (default: `roi` is None) each map's own ROI is found and the next maps follow its peak;
-        `powder_spots` auto: each map's powder-arc spots are found at its end and the map re-made without them."""
+        `powder_spots` auto: each map's powder-arc spots are found at its end and the map re-made without them;
+        `peak_fit` gauss: each final map's pixels are also fitted (partial maps are not)."""
         options = {"roi": list(roi) if roi is not None else None, "threshold": threshold, "background": background,
-                   "register": register, "powder_spots": powder_spots}
+                   "register": register, "powder_spots": powder_spots, "peak_fit": peak_fit}
         decider = RoiDecider(roi_quota, roi_wait_s) if roi is None else None
         try:
             settings = DoseSettings.from_start(start)

@@ -48,6 +48,9 @@ class LiveProcessor(LiveService):
     workers : must be 1 (`open_live_processor` picks the fan-out processor for more).
     roi : "auto" (from the first `roi_frames` frames of a run, or those of its first `roi_wait_s`),
         None (full frame) or (r0, r1, c0, c1).
+    register : auto|tilt: the eta scans of each final map are registered (`opmon process --register`).
+    peak_fit : gauss: each final map is also fitted pixel by pixel (`opmon process --peak-fit gauss`): the
+        final map messages carry the fitted maps (fields ``fit/...``), the archiver writes them as ``maps/fit``.
     archive_dir : where to recover missed frames after a restart (None: no recovery).
     powder_spots : "auto": each map's powder-arc spots are found at its end and the map re-made without
         them (`remake`), as `opmon process --powder-spots auto`; "off": kept.
@@ -56,13 +59,14 @@ class LiveProcessor(LiveService):
     def __init__(self, frames_endpoint: str, display_endpoint: str | None = None, maps_endpoint: str | None = None, *,
                  workers: int = 1, publish_interval_s: float = 0.25, roi: Roi | str | None = "auto",
                  roi_frames: int = 64, roi_wait_s: float = 0.25, threshold: int = 0, background: Any = "auto",
-                 register: str = "off", archive_dir: str | Path | None = None, rcvhwm: int = 200, context: zmq.Context | None = None,
+                 register: str = "off", peak_fit: str = "off", archive_dir: str | Path | None = None, rcvhwm: int = 200, context: zmq.Context | None = None,
                  powder_spots: str = "off") -> None:
         if workers != 1:
             raise OpmonError(f"LiveProcessor works inline (workers = 1, got {workers}); use open_live_processor")
         self._init_service(context, display_endpoint, maps_endpoint, publish_interval_s=publish_interval_s, roi=roi,
                            roi_frames=roi_frames, roi_wait_s=roi_wait_s, threshold=threshold, background=background,
-                           archive_dir=archive_dir, workers=1, register=register, powder_spots=powder_spots)
+                           archive_dir=archive_dir, workers=1, register=register, powder_spots=powder_spots,
+                           peak_fit=peak_fit)
         self.receiver = FrameReceiver(frames_endpoint, rcvhwm=rcvhwm, context=self.context, name="live processor",
                                       resolver=self._resolve if self.archive_dir is not None else None)
         self.run: LiveRun | None = None

@@ -18,6 +18,8 @@ from opmon.processors.dose import DoseGrid
 from opmon.streaming.map_messages import encode_map
 from opmon.processors.maps import MapResult
 from opmon.processors.onset import OnsetDetector
+from opmon.processors.peak_fit import fit_arrays
+from opmon.streaming.archive.maps_file import FitArrays
 from opmon.streaming import protocol as P
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,13 @@ def bound_or_connected(context: zmq.Context, kind: int, endpoint: str | None, *,
     sock.setsockopt(zmq.LINGER, 5000 if kind == zmq.PUSH else 0)
     (sock.bind if bind else sock.connect)(endpoint)
     return sock
+
+
+def fit_message(result: MapResult, options: dict[str, Any]) -> FitArrays | None:
+    """The final map's peak fit as the map message carries it (None when the map was not fitted)."""
+    if result.fit is None:
+        return None
+    return fit_arrays(result.fit, str(options.get("peak_fit", "gauss")))
 
 
 KEEP_RESULTS = 64    # latest final maps kept in memory (a 48 h beamtime makes hundreds)
@@ -72,7 +81,7 @@ class MapOutputs:
             log.warning("run %s map %d: onset of a transformation: %s", run, number, onset.reason)
         parts = encode_map(result, run=run, map_number=number, final=True, frames=acc.frames_seen,
                            n_frames=n_frames, frames_lost=frames_lost, options=options, dose=dose,
-                           onset=onset.as_dict() if onset is not None else None)
+                           onset=onset.as_dict() if onset is not None else None, fit=fit_message(result, options))
         self.encoded[(run, number)] = parts
         while self.keep_results is not None and len(self.encoded) > self.keep_results:
             self.encoded.popitem(last=False)

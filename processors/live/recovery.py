@@ -72,7 +72,7 @@ def map_from_archive(archive: RunArchive, number: int, make: Callable[[dict[str,
 
 
 def catch_up(archive_dir: str | Path, outputs: Any, *, skip_runs: set[str], roi: Any, roi_frames: int,
-             threshold: int, background: Any, register: str = "off") -> int:
+             threshold: int, background: Any, register: str = "off", peak_fit: str = "off") -> int:
     """Make the maps of the newest archived run that no processor delivered; returns how many.
 
     `roi` is the processor's setting ("auto", None for the full frame, or a tuple); the run's
@@ -112,7 +112,8 @@ def catch_up(archive_dir: str | Path, outputs: Any, *, skip_runs: set[str], roi:
                 found_mask = first.mask(start[1])       # the hot/dead pixels those frames show, as live
             else:
                 found_mask = None
-            options = {"roi": list(chosen), "threshold": threshold, "background": background, "register": register}
+            options = {"roi": list(chosen), "threshold": threshold, "background": background, "register": register,
+                       "peak_fit": peak_fit}
 
             def make(start: dict[str, Any], mask: Any, shape: tuple[int, int]) -> MomentAccumulator:
                 mask = found_mask if found_mask is not None else mask

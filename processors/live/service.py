@@ -27,6 +27,7 @@ from opmon.processors.live.outputs import MapOutputs
 from opmon.processors.live.recovery import catch_up
 from opmon.processors.live.remake import remake_map
 from opmon.processors.maps import MapResult
+from opmon.processors.peak_fit import PEAK_FIT_MODELS
 from opmon.streaming import protocol as P
 
 log = logging.getLogger(__name__)
@@ -41,12 +42,14 @@ class LiveService:
     def _init_service(self, context: zmq.Context | None, display_endpoint: str | None, maps_endpoint: str | None, *,
                       publish_interval_s: float, roi: Roi | str | None, roi_frames: int, roi_wait_s: float,
                       threshold: int, background: Any, archive_dir: str | Path | None, workers: int,
-                      register: str = "off", powder_spots: str = "off") -> None:
+                      register: str = "off", powder_spots: str = "off", peak_fit: str = "off") -> None:
         if register not in ("auto", "tilt", "off"):
             raise OpmonError(f"register {register!r}: the live processor takes auto, tilt or off")
         if powder_spots not in ("auto", "off"):
             raise OpmonError(f"powder_spots {powder_spots!r}: the live processor takes auto or off")
-        self.register = register
+        if peak_fit not in PEAK_FIT_MODELS:
+            raise OpmonError(f"peak_fit {peak_fit!r}: the live processor takes {' or '.join(PEAK_FIT_MODELS)}")
+        self.register, self.peak_fit = register, peak_fit
         self.powder_spots = powder_spots
         self.context = context or zmq.Context.instance()
         self.n_workers = workers
@@ -87,7 +90,7 @@ class LiveService:
         given = initial_roi(self.roi_setting, start)
         run = LiveRun.begin(start, mask, roi or given, threshold=self.threshold,
                             background=self.background, roi_quota=self.roi_frames, roi_wait_s=self.roi_wait_s,
-                            adopted=adopted, register=self.register, powder_spots=self.powder_spots,
+                            adopted=adopted, register=self.register, powder_spots=self.powder_spots, peak_fit=self.peak_fit,
                             follows=self.roi_setting == "auto" and given is None)   # also after a restart (`roi` recovered)
         if run.roi is not None:
             self.roi_decided_at = time.time()
@@ -223,7 +226,7 @@ class LiveService:
             self.recovered_maps += catch_up(self.archive_dir, self.outputs, skip_runs=self._open_runs(),
                                             roi=self.roi_setting, roi_frames=self.roi_frames,
                                             threshold=self.threshold, background=self.background,
-                                            register=self.register)
+                                            register=self.register, peak_fit=self.peak_fit)
 
     def serve(self, stop_when: Any = None) -> None:
         """Run until `stop_when()` is true or `stopped` is set, then close."""

@@ -3,8 +3,8 @@
 The live processor sends each finished map as `[b"map", header, *buffers]` (docs/protocol.md,
 "Map messages"). The archiver decodes it with the one map codec (`opmon.streaming.map_messages`,
 which checks every buffer against its field entry) and writes the FORMATS.md maps layout
-itself, so archived maps have exactly the layout of `opmon process` and the archive needs
-nothing from the processors.
+itself, so archived maps have exactly the layout of `opmon process` (with ``maps/fit`` when the
+message carries a peak fit) and the archive needs nothing from the processors.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import numpy as np
 import numpy.typing as npt
 
 from opmon.streaming.archive.layout import MAPS_ETA_SCANS, MAPS_ETA_SHIFTS, MAPS_FLAGS, MAPS_FRAMES, MAPS_REQUIRED
-from opmon.streaming.archive.maps_file import DoseArrays, MapsArrays, write_maps_file
-from opmon.streaming.map_messages import decode_dose, decode_map
+from opmon.streaming.archive.maps_file import DoseArrays, FitArrays, MapsArrays, write_maps_file
+from opmon.streaming.map_messages import decode_dose, decode_fit, decode_map
 
 
 def final_maps_attrs(header: dict[str, Any]) -> dict[str, Any]:
@@ -47,5 +47,7 @@ def write_final_maps(path: Path, header: dict[str, Any], buffers: list[Any],
     known.update({name: arrays[name] for name in (MAPS_ETA_SCANS, MAPS_ETA_SHIFTS, MAPS_FLAGS)   # registered scans,
                   if name in arrays})                                                        # caution bits
     dose = decode_dose(header, arrays)        # the run's dose up to this map, when the run has one
+    fit = decode_fit(header, arrays)          # the per-pixel peak fit, when the live processor fitted the map
     write_maps_file(path, MapsArrays(known, float(header["background"])), final_maps_attrs(header), axes,
-                    DoseArrays(np.array(dose[0]), dose[1], dose[2]) if dose is not None else None)
+                    DoseArrays(np.array(dose[0]), dose[1], dose[2]) if dose is not None else None,
+                    FitArrays(*fit) if fit is not None else None)

@@ -52,6 +52,14 @@ MAPS_ETA_SCANS, MAPS_ETA_SHIFTS = "eta_scans", "eta_shifts"
 MAPS_FLAGS = "flags"                    # per-pixel uint8 bit field (optional; bits: opmon.processors.maps.FLAG_*)
 MAPS_BAD_FRAMES = "bad_frames"          # corrupt frames skipped by `opmon process --skip-bad-frames`
 MAPS_FOUND_BAD_PIXELS = "found_bad_pixels"  # (n, 2) detector pixels found hot/dead from the data (masked)
+#: optional `<entry>/maps/fit`: the per-pixel peak fit (`opmon process --peak-fit`, `[live] peak_fit`), an NXdata
+#: of these (ny, nx) maps and `q` (ny, nx, 3), beside the centre-of-mass maps; attributes `model`, `description`
+MAPS_FIT = "fit"
+FIT_UNITS = {"d_spacing": "angstrom", "tilt_altitude": "deg", "tilt_azimuth": "deg", "peak_width": "1/angstrom",
+             "rocking_centre": "deg", "rocking_width": "deg", "reduced_chi2": "", "q": "1/angstrom", "peaks": "",
+             "d_spacing_peak1": "angstrom", "d_spacing_peak2": "angstrom", "second_fraction": "",
+             "edge_shift": "pixel"}
+FIT_AUXILIARY = ("tilt_altitude", "tilt_azimuth", "peak_width", "reduced_chi2")
 ATTR_BACKGROUND = "background_rate"
 DOSE = "dose"                           # <entry>/dose: NXdata of the run's dose so far (photons, x/y in µm)
 DOSE_SIGNAL = "photons"

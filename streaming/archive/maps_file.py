@@ -16,8 +16,8 @@ import numpy as np
 import numpy.typing as npt
 
 from opmon.errors import RawFileError
-from opmon.streaming.archive.layout import (ATTR_BACKGROUND, DOSE, DOSE_SIGNAL, ENTRY, MAPS, MAPS_FLAGS, MAPS_FRAMES, MAPS_REQUIRED,
-                                           MAPS_UNITS)
+from opmon.streaming.archive.layout import (ATTR_BACKGROUND, DOSE, DOSE_SIGNAL, ENTRY, FIT_AUXILIARY, FIT_UNITS, MAPS,
+                                           MAPS_FIT, MAPS_FLAGS, MAPS_FRAMES, MAPS_REQUIRED, MAPS_UNITS)
 
 AUXILIARY_SIGNALS = ("intensity", "tilt_altitude", "tilt_azimuth", "peak_width")
 MAP_X, MAP_Y = "x", "y"      # NXdata axes of the maps: piezo position of each column / row, µm
@@ -100,10 +100,60 @@ def read_dose(parent: h5py.Group) -> DoseArrays | None:
     return DoseArrays(photons, (float(y[0]), float(x[0])), float(group.attrs["step_um"]))
 
 
+@dataclass
+class FitArrays:
+    """The per-pixel peak fit of one map by name (`FIT_UNITS`: (ny, nx) maps, `q` (ny, nx, 3); NaN where the
+    fit failed), the model fitted and the rules in words (stored with the group, so a reader of the file
+    alone knows what NaN means)."""
+
+    arrays: dict[str, npt.NDArray[Any]]
+    model: str
+    description: str
+
+
+def write_fit(maps: h5py.Group, fit: FitArrays) -> h5py.Group:
+    """``maps/fit``: an NXdata of the fitted maps, with the maps' x/y axes (hard links) when they have them.
+    The one writer of the group: `opmon process --peak-fit` and the archiver's final maps both call it."""
+    if MAPS_FIT in maps:
+        del maps[MAPS_FIT]
+    group = maps.create_group(MAPS_FIT)
+    group.attrs["NX_class"] = "NXdata"
+    group.attrs["signal"] = "d_spacing"
+    group.attrs["auxiliary_signals"] = np.array(FIT_AUXILIARY, dtype=h5py.string_dtype())
+    group.attrs["model"] = fit.model
+    group.attrs["description"] = fit.description
+    for name, values in fit.arrays.items():
+        ds = group.create_dataset(name, data=values)
+        if FIT_UNITS.get(name):
+            ds.attrs["units"] = FIT_UNITS[name]
+    group["d_spacing"].attrs["long_name"] = f"d-spacing, {fit.model} fit (Å)"
+    if "reduced_chi2" in group:
+        group["reduced_chi2"].attrs["long_name"] = "reduced χ² of the rocking-profile fit"
+    if "axes" in maps.attrs:
+        for axis in maps.attrs["axes"]:
+            name = axis.decode() if isinstance(axis, bytes) else str(axis)
+            group[name] = maps[name]      # hard link: the same µm axes as the centre-of-mass maps
+            group.attrs[f"{name}_indices"] = maps.attrs[f"{name}_indices"]
+        group.attrs["axes"] = maps.attrs["axes"]
+    return group
+
+
+def read_fit(maps: h5py.Group) -> FitArrays | None:
+    """``maps/fit`` back (every dataset but the axes), or None when the map was not fitted."""
+    if MAPS_FIT not in maps:
+        return None
+    group = maps[MAPS_FIT]
+    axes = {MAP_X, MAP_Y}
+    arrays = {name: group[name][()] for name in group if name not in axes and isinstance(group[name], h5py.Dataset)}
+    return FitArrays(arrays, str(group.attrs.get("model", "")), str(group.attrs.get("description", "")))
+
+
 def write_maps_file(path: Path, maps: MapsArrays, attrs: Mapping[str, Any] | None = None,
-                    axes: tuple[npt.ArrayLike, npt.ArrayLike] | None = None, dose: DoseArrays | None = None) -> None:
+                    axes: tuple[npt.ArrayLike, npt.ArrayLike] | None = None, dose: DoseArrays | None = None,
+                    fit: FitArrays | None = None) -> None:
     """A maps file holding one map: ``/entry/maps`` (the archive's `map_NNNN_maps.h5`), with
-    its x/y axes in µm when given, and ``/entry/dose`` (the run's dose up to this map) when given."""
+    its x/y axes in µm when given, ``/entry/dose`` (the run's dose up to this map) and
+    ``/entry/maps/fit`` (the per-pixel peak fit) when given."""
     with h5py.File(path, "w") as f:
         f.attrs["default"] = ENTRY
         entry = f.create_group(ENTRY)
@@ -111,6 +161,8 @@ def write_maps_file(path: Path, maps: MapsArrays, attrs: Mapping[str, Any] | Non
         group = write_maps(entry, maps, attrs)
         if axes is not None:
             write_axes(group, *axes)
+        if fit is not None:
+            write_fit(group, fit)
         if dose is not None:
             write_dose(entry, dose)
 

@@ -85,3 +85,27 @@ def test_the_header_carries_the_integrated_intensity_and_the_valid_fraction():
     header, _ = _encode(maps)
     assert header["intensity_sum"] == pytest.approx(np.nansum(maps.intensity))
     assert header["valid_fraction"] == pytest.approx(8 / 12)
+
+
+def test_a_peak_fit_travels_as_optional_fields_that_plain_readers_ignore():
+    from opmon.streaming.archive.maps_file import FitArrays
+    from opmon.streaming.map_messages import decode_fit
+
+    maps = _maps()
+    fit = FitArrays({"d_spacing": maps.d_spacing + 1e-4, "reduced_chi2": np.ones((3, 4)), "q": maps.q * 1.01},
+                    "gauss", "what NaN means")
+    parts = encode_map(maps, run="r1", map_number=2, final=True, frames=84, n_frames=84, frames_lost=0, fit=fit)
+    header, buffers = unpack(parts[1]), [np.ascontiguousarray(p).tobytes() for p in parts[2:]]
+    arrays = decode_map(header, buffers)
+    back = decode_fit(header, arrays)
+    assert back is not None and back[1:] == ("gauss", "what NaN means")
+    for name, array in fit.arrays.items():
+        np.testing.assert_array_equal(back[0][name], array)
+    plain = MapResult.from_arrays(arrays, header["background"])      # what the dashboard makes of it
+    np.testing.assert_array_equal(plain.d_spacing, maps.d_spacing)
+    assert decode_fit(*_encode(maps)[:1], decode_map(*_encode(maps))) is None       # not fitted: no fit
+    bad = dict(header, fields=[dict(f, shape=[4, 3]) if f["name"] == "fit/reduced_chi2" else f for f in header["fields"]])
+    with pytest.raises(RejectedMessage, match="fit field shapes"):
+        decode_fit(bad, decode_map(bad, buffers))
+    with pytest.raises(RejectedMessage, match="header fit"):
+        decode_fit({k: v for k, v in header.items() if k != "fit"}, arrays)
