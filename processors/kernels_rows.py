@@ -36,6 +36,10 @@ from typing import Any
 import numba
 import numpy as np
 import numpy.typing as npt
+from llvmlite import binding as llvm, ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from opmon.processors.geometry import DetectorGeometry, pixel_q_lab_window
 from opmon.processors.kernels import N_MOMENTS, _outside_counts, add_frame_moments, store_moments
@@ -44,6 +48,8 @@ from opmon.processors.kernels import N_MOMENTS, _outside_counts, add_frame_momen
 REL_TOL = 1e-8
 MIN_SEGMENT = 16   # columns: narrower segments than this would not pay for their per-segment sums
 N_POWERS = 5       # column moments M0..M4: enough for the products of two quadratics
+#: rows are prefetched this many bytes of ROI ahead of the scan (measured best of 4-16 KiB: 128x160 and 512² frames)
+PREFETCH_BYTES = 8192
 FASTMATH = {"reassoc", "contract", "nsz"}  # reassociation lets the float reductions vectorize; no nnan/ninf assumed
 
 
@@ -120,6 +126,35 @@ def _any_in(a, r, lo, hi):  # type: ignore[no-untyped-def]
     return acc
 
 
+_PREFETCH = "llvm.prefetch.p0" if llvm.llvm_version_info >= (15,) else "llvm.prefetch.p0i8"  # opaque or typed pointers
+
+
+@intrinsic
+def _prefetch(typingctx, a, r, c):  # type: ignore[no-untyped-def]
+    """Ask the CPU to bring the cache line of a[r, c] in (LLVM's prefetch: read, keep in every level; no fault,
+    no wait). The scan alternates a streaming read with bursts of arithmetic on rows with counts; during
+    a burst the hardware prefetcher stalls and the memory idles. Asking for rows PREFETCH_BYTES ahead keeps
+    the reads in flight: +18 % on 128x160 frames, +35 % on 512² (same-process A/B, loaded machine)."""
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1], args[2]], wraparound=False)
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [cgutils.voidptr_t, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, _PREFETCH)
+        builder.call(fn, [builder.bitcast(ptr, cgutils.voidptr_t), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+    return types.void(a, r, c), codegen
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _prefetch_row(frame, r, r0, r1, c0, c1):  # type: ignore[no-untyped-def]
+    """Prefetch row r's ROI columns (the sampled rows' outside parts, 1 row in 32, are left to the hardware)."""
+    if r >= r0 and r < r1:
+        for c in range(c0, c1, 64 // frame.itemsize):
+            _prefetch(frame, r, c)
+
+
 @lru_cache(maxsize=16)
 def roi_polynomials(geometry: DetectorGeometry, nu: float, delta: float,
                     roi: tuple[int, int, int, int]) -> RowPolynomials | None:
@@ -168,11 +203,14 @@ def frame_moments_rows(frame, quad, bounds, powers, masked, mask, r0, r1, c0, c1
     m : (5,) float64 scratch. Other arguments and `out` (12,) as in `kernels.frame_moments_image`.
     """
     rows = frame.shape[0]
+    ahead = max(1, PREFETCH_BYTES // ((c1 - c0) * frame.itemsize))   # rows (the next frame's: tried, no gain)
     nseg = bounds.shape[0] - 1
     s0 = sx = sy = sz = sxx = sxy = sxz = syy = syz = szz = 0.0
     outside = 0
     raw = 0
     for r in range(rows):
+        if r + ahead < rows:
+            _prefetch_row(frame, r + ahead, r0, r1, c0, c1)
         in_rows = r >= r0 and r < r1
         if in_rows:
             for g in range(nseg):     # no OR of the whole row first: it would read a row with counts twice
