@@ -126,7 +126,8 @@ def _any_in(a, r, lo, hi):  # type: ignore[no-untyped-def]
     return acc
 
 
-_PREFETCH = "llvm.prefetch.p0" if llvm.llvm_version_info >= (15,) else "llvm.prefetch.p0i8"  # opaque or typed pointers
+#: the intrinsic's name carries its pointer type: opaque `ptr` from LLVM 17 on (typed pointers removed), `i8*` before
+_PREFETCH = "llvm.prefetch.p0" if llvm.llvm_version_info >= (17,) else "llvm.prefetch.p0i8"
 
 
 @intrinsic
