@@ -209,7 +209,8 @@ def frame_moments_rows(frame, quad, bounds, powers, masked, mask, r0, r1, c0, c1
     s0 = sx = sy = sz = sxx = sxy = sxz = syy = syz = szz = 0.0
     outside = 0
     raw = 0
-    for r in range(rows):
+    sampled = 0                       # the next row read whole for the background (a count, not r % stride:
+    for r in range(rows):             # an integer division a row cost 4-8 % on 128x160 frames)
         if r + ahead < rows:
             _prefetch_row(frame, r + ahead, r0, r1, c0, c1)
         in_rows = r >= r0 and r < r1
@@ -243,10 +244,11 @@ def frame_moments_rows(frame, quad, bounds, powers, masked, mask, r0, r1, c0, c1
                 syy += ay * ty0 + by * ty1 + ey * ty2
                 syz += az * ty0 + bz * ty1 + ez * ty2
                 szz += az * tz0 + bz * tz1 + ez * tz2
-        if r % stride == 0:
+        if r == sampled:
             kept, seen = _outside_counts(frame, r, in_rows, c0, c1, 0, mask, False, image[r // stride], weight)
             outside += kept
             raw += seen
+            sampled += stride
     store_moments(out, s0, sx, sy, sz, sxx, sxy, sxz, syy, syz, szz, outside, raw)
 
 
