@@ -203,7 +203,7 @@ def frame_moments_rows(frame, quad, bounds, powers, masked, mask, r0, r1, c0, c1
     masked : (ROI rows, segments) uint8, non-zero where a segment of a row holds a masked pixel.
     m : (5,) float64 scratch. Other arguments and `out` (12,) as in `kernels.frame_moments_image`.
     """
-    rows = frame.shape[0]
+    rows, cols = frame.shape
     ahead = max(1, PREFETCH_BYTES // ((c1 - c0) * frame.itemsize))   # rows (the next frame's: tried, no gain)
     nseg = bounds.shape[0] - 1
     s0 = sx = sy = sz = sxx = sxy = sxz = syy = syz = szz = 0.0
@@ -245,9 +245,10 @@ def frame_moments_rows(frame, quad, bounds, powers, masked, mask, r0, r1, c0, c1
                 syz += az * ty0 + bz * ty1 + ez * ty2
                 szz += az * tz0 + bz * tz1 + ez * tz2
         if r == sampled:
-            kept, seen = _outside_counts(frame, r, in_rows, c0, c1, 0, mask, False, image[r // stride], weight)
-            outside += kept
-            raw += seen
+            if not (in_rows and c0 == 0 and c1 == cols):   # a row the ROI spans whole has nothing outside it
+                kept, seen = _outside_counts(frame, r, in_rows, c0, c1, 0, mask, False, image[r // stride], weight)
+                outside += kept
+                raw += seen
             sampled += stride
     store_moments(out, s0, sx, sy, sz, sxx, sxy, sxz, syy, syz, szz, outside, raw)
 
