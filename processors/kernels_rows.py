@@ -16,7 +16,9 @@ the segment's counts that LLVM's loop vectorizer turns into packed AVX-512/AVX2 
 below 2^53, i.e. for counts below ~2 million per pixel on a 512-column segment, so the order
 does not matter), then 49 scalar multiply-adds from the segment's nine quadratic coefficients
 (two cache lines; the expanded product coefficients, 50 a segment, missed the caches on wide
-frames and cost 9-12 % more). Empty segments are skipped after a vectorized OR, as in `kernels`. The maps
+frames and cost 9-12 % more). Empty segments are skipped after a vectorized OR, as in `kernels`;
+the rows PREFETCH_BYTES ahead are prefetched (`_prefetch`) so the memory keeps streaming while
+rows with counts are summed. The maps
 are those of the exact kernel with q replaced by its fitted quadratic: the first and second
 moments are both moments of that one q map, so the peak width (a difference of them) is not
 thrown off (the products' c³ and c⁴ terms keep them consistent). `opmon bench process --accuracy` measures the maps against the
