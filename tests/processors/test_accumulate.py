@@ -141,6 +141,27 @@ def test_bad_input_is_named():
     assert acc.frames_seen == 0  # nothing half-added
 
 
+def test_bad_block_input_is_named_and_nothing_half_added():
+    acc = MomentAccumulator(GEO, (2, 3))
+    frames = np.zeros((3, 48, 64), np.uint32)
+    with pytest.raises(MapIndexError, match="map index 6"):
+        acc.process_block(frames, [0, 6, 1], 19.0, 0.0, NU, DELTA)
+    with pytest.raises(MapIndexError, match="map index -1"):
+        acc.process_block(frames, [0, -1, 1], 19.0, 0.0, NU, DELTA)
+    with pytest.raises(OpmonError, match="non-finite"):
+        acc.process_block(frames, [0, 1, 2], [19.0, np.inf, 19.0], 0.0, NU, DELTA)
+    with pytest.raises(OpmonError, match="non-finite"):
+        acc.process_block(frames, [0, 1, 2], 19.0, 0.0, NU, [DELTA, DELTA, np.nan])
+    with pytest.raises(OpmonError, match="monitor reads nan on a frame of map pixel 1"):
+        acc.process_block(frames, [0, 1, 2], 19.0, 0.0, NU, DELTA, [1.0, np.nan, 1.0])
+    with pytest.raises(ValueError):                   # angles neither a scalar nor one per frame
+        acc.process_block(frames, [0, 1, 2], [19.0, 19.5], 0.0, NU, DELTA)
+    assert acc.frames_seen == 0 and not acc.angle_sums.any()
+    acc.process_block(frames, [0, 1, 2], [19.0, 19.5, 20.0], 0.5, NU, [DELTA, DELTA + 1.0, DELTA + 2.0], 2.0)
+    assert acc.frames_seen == 3
+    assert acc.mean_angles() == pytest.approx((19.5, 0.5, NU, DELTA + 1.0))
+
+
 @pytest.mark.parametrize("shape, dtype", [((47, 33), np.uint32), ((47, 35), np.uint16), ((10, 12), np.uint8)])
 def test_rows_not_a_multiple_of_8_bytes_scan_per_pixel(shape, dtype):
     geo = DetectorGeometry(10000.0, 1.6, (55e-6, 55e-6), (20.0, 20.0), shape)

@@ -61,7 +61,7 @@ def test_the_fit_reproduces_q_within_its_stated_residual():
     row, g = 300, 1
     lo, hi = poly.bounds[g], poly.bounds[g + 1]
     c = np.arange(hi - lo) - (hi - lo) // 2
-    fitted = np.stack([poly.coef[row, g, 1 + a, :3] @ np.vstack([np.ones_like(c), c, c * c]) for a in range(3)], axis=-1)
+    fitted = np.stack([poly.quad[row, g, a] @ np.vstack([np.ones_like(c), c, c * c]) for a in range(3)], axis=-1)
     error = np.linalg.norm(fitted - q[row, lo:hi], axis=-1) / np.linalg.norm(q[row, lo:hi], axis=-1)
     assert error.max() <= poly.residual * (1 + 1e-6)
     assert error.max() > 0                                    # a fit, not the table itself

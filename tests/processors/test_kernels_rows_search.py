@@ -39,7 +39,7 @@ def test_the_search_finds_the_plain_searchs_segments_with_one_whole_roi_fit(whol
     poly = kernels_rows.row_polynomials(q)
     assert whole_roi_fits["fits"] == 1
     np.testing.assert_array_equal(poly.bounds, expected.bounds)
-    np.testing.assert_array_equal(poly.coef, expected.coef)
+    np.testing.assert_array_equal(poly.quad, expected.quad)
     assert poly.residual == expected.residual
 
 
