@@ -77,6 +77,21 @@ the map while the particle drifts (`simulators.render` tests a spot's disc again
 map pixel), so the ``all`` scans hold a static pattern that locks the fit near zero shift; with
 ``--powder-spots auto`` the fields of the bright scans still disagree by 0.4-0.9 pixel pairwise.
 `off` stays the default (the ≥ 10 % scans are not all within 0.2 pixel, and ``all`` fails).
+
+Stop 22, broad peaks (`leak_free_axis`): on the truth harness's focused-beam maps tilt registration
+was 1.65 map pixels off (weighted mean; worst scan 5.6), worse than none. Not the detector window's
+cut, as first thought: the auto-ROI held those peaks whole (their centroids 8-20 sd from its edges;
+the truncated-normal inversion of each scan's slice, `roi_cut`, moved them by < 0.01 pixel and
+changed nothing), but the anisotropic peak's slice centroid moves partly along the eta axis as eta
+turns (each scan's field offset by up to ±2e-3 1/Å, linear in eta, against 2.4e-3 across the
+particle). The field is now taken along the eta axis less its component along the centroids'
+scan-to-scan motion. `opmon bench truth --size 24 --register tilt` (seed 4): drift+focused-beam
+1.65/5.63 → 0.23/0.40 pixel (mean/worst), median |Δd| 1.0e-4 → 6.1e-6 Å, tilt 0.0097 → 0.0015°,
+mask 73 → 93 % (true shifts: 5.0e-6 Å, 0.0014°, 93 %); drift+ring 1.63/5.7 → 0.27/0.38; drift
+unchanged (0.07/0.56: its leak 0.004 < `MIN_LEAK`, the axis kept). ``all`` is unchanged (1.33/3.46):
+its fields scatter between scans 1-3 times their spread over the particle with the true shifts
+(contrast 0.4, the intensity fallback), which no axis fixes (tried: the least-moving direction, the
+radial |q|, floors 0.02-0.3).
 """
 from __future__ import annotations
 
