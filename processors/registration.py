@@ -80,7 +80,7 @@ map pixel), so the ``all`` scans hold a static pattern that locks the fit near z
 
 Stop 22, broad peaks (`leak_free_axis`): on the truth harness's focused-beam maps tilt registration
 was 1.65 map pixels off (weighted mean; worst scan 5.6), worse than none. Not the detector window's
-cut, as first thought: the auto-ROI held those peaks whole (their centroids 8-20 sd from its edges;
+cut, as first thought: the auto-ROI held those peaks whole (their centroids ≥ 5 sd inside its edges;
 the truncated-normal inversion of each scan's slice, `roi_cut`, moved them by < 0.01 pixel and
 changed nothing), but the anisotropic peak's slice centroid moves partly along the eta axis as eta
 turns (each scan's field offset by up to ±2e-3 1/Å, linear in eta, against 2.4e-3 across the
