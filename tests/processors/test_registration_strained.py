@@ -48,7 +48,7 @@ def scans(drift, seed=0, leak=0.0, width=WIDTH):
     for eta, shift in zip(ETAS, drift):
         seen = amplitude * np.exp(-0.5 * ((eta - bragg_eta) / (width * STEP)) ** 2)
         rocking = Q0 * np.radians(eta - bragg_eta)
-        q = np.stack([rocking, tilt + leak * rocking, np.full(MAP, Q0)], axis=-1)  # rocking moves q along x (+ the leak)
+        q = np.stack([rocking, tilt + leak * rocking, np.full(MAP, Q0)], axis=-1)  # rocking moves q along x (and leaks)
         i0 = resample(seen, -np.asarray(shift))
         iq = resample(seen[..., None] * q, -np.asarray(shift))
         counts = rng.poisson(i0).astype(float)
