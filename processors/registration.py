@@ -88,7 +88,8 @@ particle). The field is now taken along the eta axis less its component along th
 scan-to-scan motion. `opmon bench truth --size 24 --register tilt` (seed 4): drift+focused-beam
 1.65/5.63 → 0.23/0.40 pixel (mean/worst), median |Δd| 1.0e-4 → 6.1e-6 Å, tilt 0.0097 → 0.0015°,
 mask 73 → 93 % (true shifts: 5.0e-6 Å, 0.0014°, 93 %); drift+ring 1.63/5.7 → 0.27/0.38; drift
-unchanged (0.07/0.56: its leak 0.004 < `MIN_LEAK`, the axis kept). ``all`` is unchanged (1.33/3.46):
+unchanged (0.07/0.56: its leak 0.004 < `MIN_LEAK`, the axis kept). Seeds 6 and 7: drift+focused-beam
+0.84/3.21 → 0.11/0.19 and 1.02/2.50 → 0.12/0.44; seed 5 leaks less than `MIN_LEAK` (0.18/0.49 either way). ``all`` is unchanged (1.33/3.46):
 its fields scatter between scans 1-3 times their spread over the particle with the true shifts
 (contrast 0.4, the intensity fallback), which no axis fixes (tried: the least-moving direction, the
 radial |q|, floors 0.02-0.3).
