@@ -65,9 +65,11 @@ def test_demo_loses_no_frame_when_its_archiver_is_killed_mid_run(tmp_path):
     assert demo.returncode == 0, f"killed {delay:.2f} s after the first frame\n{out[-4000:]}"
     assert "exit status: success" in out and re.search(r"frames lost: 0\b", out), out[-3000:]
     maps = int(re.search(r"maps: (\d+)", out).group(1))
-    assert maps == 3 and out.count(", complete,") == maps and "missing" not in out, out[-3000:]
+    # 3 thresholds; on a loaded machine the 4.75 V crossing can fall inside the 4.7 V map (1500x
+    # acceleration), which the plan then takes as one map: 2 maps is the plan's rule, not a loss
+    assert maps in (2, 3) and out.count(", complete,") == maps and "missing" not in out, out[-3000:]
     sent = int(re.search(r"frames sent: (\d+)", out).group(1))
-    assert sent == 3 * 8 * 8 * 30 and f"frames archived: {sent}" in out
+    assert sent == maps * 8 * 8 * 30 and f"frames archived: {sent}" in out
     log = (archive / "logs" / "archiver.log").read_text()
     assert log.count("sender synced") >= 2, log[-3000:]       # the restarted archiver was re-sent to
 
