@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from opmon.errors import ArchiveError, CorruptFrameError
+from opmon.errors import ArchiveError, CorruptFrameError, OpmonError
 from opmon.streaming.archive.reader import RunArchive
 
 log = logging.getLogger(__name__)
@@ -71,16 +71,27 @@ def map_from_archive(archive: RunArchive, number: int, make: Callable[[dict[str,
     return acc, acc.frames_seen
 
 
-def catch_up(archive_dir: str | Path, outputs: Any, *, skip_runs: set[str], roi: Any, roi_frames: int,
-             threshold: int, background: Any, register: str = "off", peak_fit: str = "off") -> int:
+def archived_plan(archive: RunArchive, number: int, powder_spots: str = "off") -> Any:
+    """The `offline.MapPlan` `opmon process` takes for archived map `number` (ROI, mask with the
+    bad pixels its frames show, powder-arc spots with `powder_spots` auto)."""
+    from opmon.processors.offline import ProcessOptions, plan_map
+    from opmon.streaming.archive.sources import open_source
+
+    with open_source(archive.map_path(number)) as source:
+        return plan_map(source.maps[0], ProcessOptions(roi="auto", powder_spots=powder_spots))
+
+
+def catch_up(archive_dir: str | Path, outputs: Any, *, skip_runs: set[str], roi: Any, threshold: int, background: Any, register: str = "off", peak_fit: str = "off",
+             powder_spots: str = "off") -> int:
     """Make the maps of the newest archived run that no processor delivered; returns how many.
 
-    `roi` is the processor's setting ("auto", None for the full frame, or a tuple); the run's
-    own archived maps decide it first, so made maps match the others of the run.
+    `roi` is the processor's setting ("auto", None for the full frame, or a tuple). With "auto"
+    each map takes the plan `opmon process` takes from its whole archived map (ROI, the bad
+    pixels its frames show, and with `powder_spots` auto its spots), as the live processor's
+    maps do, so a made map equals the others of the run and `opmon process`.
     """
     from opmon.processors.accumulate import MomentAccumulator
-    from opmon.processors.live.engine import geometry_of, make_accumulator
-    from opmon.processors.live.roi import RoiSum
+    from opmon.processors.live.engine import geometry_of, make_accumulator, spot_options
 
     archive = RunArchive.newest(archive_dir)
     if archive is None or archive.uid in skip_runs:
@@ -99,28 +110,23 @@ def catch_up(archive_dir: str | Path, outputs: Any, *, skip_runs: set[str], roi:
             if start is None:
                 return made
             rows, cols = start[0]["frame_shape"]
-            chosen = archive.roi() or (roi if isinstance(roi, tuple) else None)
-            if chosen is None and roi is None:
+            plan = archived_plan(archive, number, powder_spots) if roi == "auto" else None
+            if plan is not None:
+                chosen: Any = plan.roi
+            elif roi is None:
                 chosen = (0, rows, 0, cols)
-            if chosen is None:                  # auto: the rule of the live processor, on this map's first frames
-                first = RoiSum()
-                for _, frame in archive.frames(number, wait_s=5.0):
-                    first.add(frame)
-                    if first.frames >= roi_frames:
-                        break
-                chosen = first.roi(start[1], (rows, cols))
-                found_mask = first.mask(start[1])       # the hot/dead pixels those frames show, as live
             else:
-                found_mask = None
+                chosen = tuple(roi)
             options = {"roi": list(chosen), "threshold": threshold, "background": background, "register": register,
-                       "peak_fit": peak_fit}
+                       "peak_fit": peak_fit, **spot_options(plan)}
 
             def make(start: dict[str, Any], mask: Any, shape: tuple[int, int]) -> MomentAccumulator:
-                mask = found_mask if found_mask is not None else mask
+                if plan is not None:
+                    return make_accumulator(geometry_of(start), shape, plan.mask, options, plan.spots)
                 return make_accumulator(geometry_of(start), shape, mask, options)
 
             acc, n = map_from_archive(archive, number, make)
-        except (ArchiveError, CorruptFrameError, OSError, KeyError) as exc:
+        except (OpmonError, OSError, KeyError) as exc:   # ArchiveError, CorruptFrameError, RawFileError...
             log.error("run %s map %d: cannot make its maps from the archive: %s", archive.uid, number, exc)
             continue
         outputs.final(acc, run=archive.uid, number=number, n_frames=n, frames_lost=0, options=options)

@@ -224,9 +224,10 @@ class LiveService:
         if self.archive_dir is not None and not self._open_runs() and now - self._last_catch_up >= CATCH_UP_S:
             self._last_catch_up = now
             self.recovered_maps += catch_up(self.archive_dir, self.outputs, skip_runs=self._open_runs(),
-                                            roi=self.roi_setting, roi_frames=self.roi_frames,
+                                            roi=self.roi_setting,
                                             threshold=self.threshold, background=self.background,
-                                            register=self.register, peak_fit=self.peak_fit)
+                                            register=self.register, peak_fit=self.peak_fit,
+                                            powder_spots=self.powder_spots)
 
     def serve(self, stop_when: Any = None) -> None:
         """Run until `stop_when()` is true or `stopped` is set, then close."""

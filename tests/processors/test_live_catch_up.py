@@ -26,11 +26,12 @@ from tests.processors.conftest import FRAME, GEOMETRY, MAP, synthetic_map
 OPTIONS = {"roi": [0, FRAME[0], 0, FRAME[1]], "threshold": 0, "background": "auto"}
 
 
-def _archive_one_map(archive_dir, frames_ep: str, maps_ep: str | None) -> tuple[str, Archiver]:
-    """Send one map through a real ZmqFrameSink to a real Archiver; returns (run uid, archiver)."""
+def _archive_one_map(archive_dir, frames_ep: str, maps_ep: str | None, frames=None) -> tuple[str, Archiver]:
+    """Send one map (default: `synthetic_map`) through a real ZmqFrameSink to a real Archiver;
+    returns (its frames, the archiver)."""
     archiver = Archiver(archive_dir, frames_ep, None, maps_ep, flush_interval_s=0.1)
     sink = ZmqFrameSink([frames_ep], bind=True, stall_timeout_s=20)
-    frames = synthetic_map(0, seed=3)
+    frames = frames if frames is not None else synthetic_map(0, seed=3)
     sender = threading.Thread(target=lambda: (
         sink.start_run(frame_shape=FRAME, dtype="uint32", map_shape=MAP, **GEOMETRY),
         sink.start_map(len(frames)),
@@ -76,7 +77,7 @@ def test_a_final_map_lost_with_a_dying_archiver_is_sent_again(tmp_path):
         assert not (archive_dir / uid / maps_file_name(0)).exists()
 
         restarted = Archiver(archive_dir, f"ipc://{tmp_path}/frames2", None, maps_ep, flush_interval_s=0.1)
-        assert catch_up(archive_dir, outputs, skip_runs=set(), roi=None, roi_frames=16, threshold=0,
+        assert catch_up(archive_dir, outputs, skip_runs=set(), roi=None, threshold=0,
                         background="auto") == 1
         final = archive_dir / uid / maps_file_name(0)
         # as the service does: catch up again while the map is still missing (a resend can go
@@ -88,7 +89,7 @@ def test_a_final_map_lost_with_a_dying_archiver_is_sent_again(tmp_path):
             outputs.send_unarchived()
             if time.monotonic() >= next_catch_up and not final.exists():
                 next_catch_up = time.monotonic() + 1.0
-                catch_up(archive_dir, outputs, skip_runs=set(), roi=None, roi_frames=16, threshold=0,
+                catch_up(archive_dir, outputs, skip_runs=set(), roi=None, threshold=0,
                          background="auto")
         restarted.close()
         outputs.close()
@@ -105,7 +106,40 @@ def test_a_final_map_lost_with_a_dying_archiver_is_sent_again(tmp_path):
         with h5py.File(archive_dir / uid / "run.h5", "r") as f:
             assert f.attrs["state"] == "done" and "maps" in f["entry0"]
         # nothing left to catch up: the archive now holds it
-        assert catch_up(archive_dir, outputs, skip_runs=set(), roi=None, roi_frames=16, threshold=0,
+        assert catch_up(archive_dir, outputs, skip_runs=set(), roi=None, threshold=0,
                         background="auto") == 0
+    finally:
+        ctx.destroy(linger=0)
+
+
+def test_a_map_made_from_the_archive_with_the_auto_roi_is_the_map_opmon_process_makes(tmp_path):
+    """A map no processor delivered takes, with the auto ROI, the plan `opmon process` takes from
+    the whole archived map (ROI, bad pixels), as the live processor's own maps do."""
+    import h5py
+
+    from opmon.processors.offline import ProcessOptions, process_entry
+    from tests.processors.conftest import assert_same_maps
+
+    ctx = zmq.Context()
+    archive_dir = tmp_path / "archive"
+    frames_ep, maps_ep = f"ipc://{tmp_path}/frames", f"ipc://{tmp_path}/maps"
+    try:
+        # an eta-outer map whose first scans are off the rocking curve (background only), as a real
+        # map starts: the first frames show no peak, the whole map does
+        rng = np.random.default_rng(7)
+        frames = [(rng.poisson(0.01, FRAME).astype(np.uint32), p, eta) if k < 5 * MAP[0] * MAP[1] else (fr, p, eta)
+                  for k, (fr, p, eta) in enumerate(synthetic_map(0, seed=3))]
+        _, archiver = _archive_one_map(archive_dir, frames_ep, None, frames)
+        uid = next(p.name for p in archive_dir.iterdir() if p.is_dir())
+        archiver.close()
+        taker = ctx.socket(zmq.PULL)
+        taker.bind(maps_ep)
+        outputs = MapOutputs(ctx, None, maps_ep)
+        assert catch_up(archive_dir, outputs, skip_runs=set(), roi="auto", threshold=0, background="auto") == 1
+        made = outputs.results[(uid, 0)]
+        outputs.close()
+        with h5py.File(archive_dir / uid / "run.h5", "r") as f:
+            offline, _ = process_entry(f["entry0"], ProcessOptions(roi="auto"))
+        assert_same_maps(made, offline)
     finally:
         ctx.destroy(linger=0)
