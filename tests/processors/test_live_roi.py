@@ -58,3 +58,24 @@ def test_shares_of_several_processes_merge_the_latest_of_each():
     assert coordinator.frames == 12 and coordinator.sources == 2
     np.testing.assert_array_equal(coordinator.sum.total, whole.sum.total)
     assert coordinator.decide(None, SHAPE, settle=False) == whole.decide(None, SHAPE, settle=False)
+
+
+def test_the_roi_decision_and_the_runs_mask_look_for_bad_pixels_once(monkeypatch):
+    """Deciding the ROI and then taking the run's mask ask the same frames for their bad pixels:
+    one search (a 16M-pixel detector's took ~0.5 s), a new one once more frames are summed."""
+    from opmon.processors.live.roi import RoiSum
+
+    summed = RoiSum()
+    rng = np.random.default_rng(1)
+    for _ in range(4):
+        summed.add(rng.poisson(0.5, (32, 40)).astype(np.uint32))
+    calls = []
+    search = summed.finder.mask
+    monkeypatch.setattr(summed.finder, "mask", lambda *a: (calls.append(1), search(*a))[1])
+    known = np.zeros((32, 40), dtype=np.uint8)
+    summed.roi(known, (32, 40))
+    first = summed.mask(known)
+    assert len(calls) == 1
+    summed.add(rng.poisson(0.5, (32, 40)).astype(np.uint32))
+    again = summed.mask(known)
+    assert len(calls) == 2 and again.shape == first.shape
