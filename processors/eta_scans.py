@@ -231,6 +231,17 @@ class EtaScanAccumulator(MomentAccumulator):
         """The sums of every scan slot, and each slot's eta (`SCAN_ETA`)."""
         return {**super().state(), SCAN_ETA: self.scan_eta.copy()}
 
+    def collapsed_state(self) -> dict[str, np.ndarray]:
+        """The sums with the scans added together: a plain `MomentAccumulator`'s state, all a
+        partial map needs (partial maps are not registered), and n_scans times smaller: a fan-out
+        worker ships its partial sums four times a second (100 x 100 pixels x 40 scans: 184 MB)."""
+        state = MomentAccumulator.state(self)
+        n = self.scan_eta.size
+        for key in PER_PIXEL_KEYS:
+            sums = state[key]
+            state[key] = sums.reshape((n, self.n_pixels) + sums.shape[1:]).sum(axis=0, dtype=sums.dtype)
+        return state
+
     def load_state(self, state: dict[str, np.ndarray], add: bool = True) -> None:
         """Add (or replace with) another accumulator's sums, scan by scan (matched by eta)."""
         if SCAN_ETA not in state:

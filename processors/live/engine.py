@@ -81,6 +81,14 @@ def make_accumulator(geometry: DetectorGeometry, map_shape: tuple[int, int], mas
     return MomentAccumulator(geometry, map_shape, detector_mask=mask, spots=spots, **accumulator_options(options))
 
 
+def shipped_state(acc: MomentAccumulator, partial: bool = False) -> dict[str, np.ndarray]:
+    """`acc`'s sums to ship to another process: a partial map's per-scan sums with the scans added
+    together (`EtaScanAccumulator.collapsed_state`), the final ones whole (registration, fit)."""
+    if partial and isinstance(acc, EtaScanAccumulator):
+        return acc.collapsed_state()
+    return acc.state()
+
+
 def spot_options(plan: MapPlan | None) -> dict[str, Any]:
     """What a map's maps record of its powder-spot search (as `opmon process` writes them)."""
     spots = plan.spots if plan is not None else None
@@ -306,6 +314,17 @@ class LiveRun(RunShapes):
         if lm.acc is not None:
             acc.load_state(lm.acc.state())
         for state in states:
+            if state:
+                acc.load_state(state)
+        return acc
+
+    def merged_partial(self, lm: LiveMap, states: list[dict[str, np.ndarray] | None]) -> MomentAccumulator:
+        """`lm`'s sums so far plus the workers' partial ones, scans added together (`shipped_state`
+        partial): a plain accumulator with the map's ROI, mask and reduction options, whose partial
+        map is the per-scan one's (partial maps are not registered nor fitted)."""
+        options = dict(self.map_options(lm), register="off", peak_fit="off")
+        acc = make_accumulator(self.geometry, lm.map_shape, self.mask, options)
+        for state in [shipped_state(lm.acc, partial=True) if lm.acc is not None else None, *states]:
             if state:
                 acc.load_state(state)
         return acc

@@ -606,7 +606,7 @@ class FanOutProcessor(LiveService):
                 if lm.done or not lm.dirty or not (partials or lm.acc):
                     continue
                 lm.dirty = False
-                self._partial(run, lm, run.merged(lm, partials), n_frames=lm.n_expected, frames_lost=0)
+                self._partial(run, lm, run.merged_partial(lm, partials), n_frames=lm.n_expected, frames_lost=0)
 
     def status(self) -> dict[str, Any]:
         """Lossy status message of docs/protocol.md (same fields as the inline processor)."""

@@ -31,7 +31,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from opmon.processors.accumulate import SHIPPED_KEYS, MomentAccumulator, warm_up_kernels
-from opmon.processors.live.engine import LiveRun, make_accumulator
+from opmon.processors.live.engine import LiveRun, make_accumulator, shipped_state
 from opmon.processors.powder_spots import SpotTable
 from opmon.processors.live.remake import add_frames
 from opmon.processors.live.roi import MapPicks, RoiDecider
@@ -64,10 +64,11 @@ PICKS_SCAN_ETA, PICKS_SCANS = "picks_scan_eta", "picks_scans"     # their per-et
 
 def encode_state(acc: MomentAccumulator | None, header: dict[str, Any], picks: MapPicks | None = None) -> list[Any]:
     """`[b"state", header, *sums]` (sums in SHIPPED_KEYS order; none for a map never seen), with the
-    map's picks (their sum and bad-pixel counts) when given: the coordinator decides its own ROI."""
+    map's picks (their sum and bad-pixel counts) when given: the coordinator decides its own ROI.
+    A partial state (``header["final"]`` false) of per-scan sums has its scans added together."""
     if acc is None:
         return [STATE, P.pack(dict(header, keys=[]))]
-    state = acc.state()           # SHIPPED_KEYS, and the scans' eta of an eta-scan accumulator
+    state = shipped_state(acc, partial=not header.get("final", True))  # SHIPPED_KEYS (+ the scans' eta when final)
     header = dict(header, roi=list(acc.roi))
     if picks is not None and picks.frames:
         header.update(picks_frames=picks.frames, picks_looked_at=picks.sample.finder.frames)
