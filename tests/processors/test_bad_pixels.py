@@ -105,3 +105,25 @@ def test_live_processor_finds_the_same_hot_pixels_and_makes_the_offline_maps(tmp
     with h5py.File(tmp_path / "blind.h5", "r") as g:
         assert inside(g["entry/maps"].attrs["roi"])      # unmasked, the hot pixels pull the auto ROI ...
     assert not inside(roi)                              # ... the live one keeps them out
+
+
+def test_pixels_at_the_detectors_invalid_mark_are_found_even_in_a_run_the_hot_rule_cannot_see():
+    """An Eiger writes 2^bits - 1 where a pixel is invalid; a bad column of them has only bright
+    neighbours (not 'far above all eight'), yet its counts are no data: found unless the file's
+    mask already holds it (the gap line here)."""
+    rng = np.random.default_rng(3)
+    finder = BadPixelFinder()
+    total = np.zeros((40, 50), dtype=np.float64)
+    known = np.zeros((40, 50), dtype=np.uint8)
+    known[:, 20] = 1                                   # the chip gap, in the file's mask
+    for _ in range(12):
+        frame = rng.poisson(30.0, (40, 50)).astype(np.uint16)
+        frame[:, 20] = 65535                           # the gap
+        frame[5:15, 33] = 65535                        # a bad column the mask misses
+        frame[30, 8] = 900                             # a hot pixel
+        finder.add(frame)
+        total += frame
+    found = finder.mask(total, known)
+    assert found[5:15, 33].all() and found[30, 8]
+    assert not found[:, 20].any()                      # already masked: not reported again
+    assert found.sum() == 11
