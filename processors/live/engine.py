@@ -89,6 +89,14 @@ def shipped_state(acc: MomentAccumulator, partial: bool = False) -> dict[str, np
     return acc.state()
 
 
+def _with_states(acc: MomentAccumulator, states: list[dict[str, np.ndarray] | None]) -> MomentAccumulator:
+    """`acc` with each given state's sums added (None or empty: a process that has none)."""
+    for state in states:
+        if state:
+            acc.load_state(state)
+    return acc
+
+
 def spot_options(plan: MapPlan | None) -> dict[str, Any]:
     """What a map's maps record of its powder-spot search (as `opmon process` writes them)."""
     spots = plan.spots if plan is not None else None
@@ -310,24 +318,15 @@ class LiveRun(RunShapes):
 
     def merged(self, lm: LiveMap, states: list[dict[str, np.ndarray] | None]) -> MomentAccumulator:
         """`lm`'s own sums plus other processes' (the fan-out workers'), in a new accumulator."""
-        acc = self.accumulator(lm)
-        if lm.acc is not None:
-            acc.load_state(lm.acc.state())
-        for state in states:
-            if state:
-                acc.load_state(state)
-        return acc
+        return _with_states(self.accumulator(lm), [lm.acc.state() if lm.acc is not None else None, *states])
 
     def merged_partial(self, lm: LiveMap, states: list[dict[str, np.ndarray] | None]) -> MomentAccumulator:
         """`lm`'s sums so far plus the workers' partial ones, scans added together (`shipped_state`
         partial): a plain accumulator with the map's ROI, mask and reduction options, whose partial
         map is the per-scan one's (partial maps are not registered nor fitted)."""
         options = dict(self.map_options(lm), register="off", peak_fit="off")
-        acc = make_accumulator(self.geometry, lm.map_shape, self.mask, options)
-        for state in [shipped_state(lm.acc, partial=True) if lm.acc is not None else None, *states]:
-            if state:
-                acc.load_state(state)
-        return acc
+        mine = shipped_state(lm.acc, partial=True) if lm.acc is not None else None
+        return _with_states(make_accumulator(self.geometry, lm.map_shape, self.mask, options), [mine, *states])
 
     def current_map(self) -> LiveMap | None:
         """The newest map not yet final (the one the status reports on)."""

@@ -81,8 +81,8 @@ def archived_plan(archive: RunArchive, number: int, powder_spots: str = "off") -
         return plan_map(source.maps[0], ProcessOptions(roi="auto", powder_spots=powder_spots))
 
 
-def catch_up(archive_dir: str | Path, outputs: Any, *, skip_runs: set[str], roi: Any, threshold: int, background: Any, register: str = "off", peak_fit: str = "off",
-             powder_spots: str = "off") -> int:
+def catch_up(archive_dir: str | Path, outputs: Any, *, skip_runs: set[str], roi: Any, threshold: int, background: Any,
+             register: str = "off", peak_fit: str = "off", powder_spots: str = "off") -> int:
     """Make the maps of the newest archived run that no processor delivered; returns how many.
 
     `roi` is the processor's setting ("auto", None for the full frame, or a tuple). With "auto"
