@@ -31,6 +31,7 @@ from opmon.processors.maps import FLAG_EDGE, MapResult, derive_maps, map_flags
 from opmon.processors.peak_fit import PeakFitModel, fit_gauss
 from opmon.processors.registration import coverage, register_eta_scans, register_eta_scans_by_tilt, resample
 from opmon.processors.roi_cut import EdgeCut
+from opmon.processors.scan_combine import registered_sums, sharp_intensity
 
 F64 = npt.NDArray[np.float64]
 
@@ -287,12 +288,12 @@ class EtaScanAccumulator(MomentAccumulator):
             self.flag_truncated(result, s0.sum(axis=0), s2.sum(axis=0))
             return result
         shifts = self._shifts(s0[order], s1[order])
-        moved = [tuple(resample(s[slot], shifts[rank]) for s in (s0, s1, s2)) for rank, slot in enumerate(order)]
-        t0, t1, t2 = (sum((m[k] for m in moved), np.zeros(shape)) for k, shape in
-                      enumerate(((ny, nx), (ny, nx, 3), (ny, nx, 3, 3))))
+        t0, t1, t2 = registered_sums(s0[order], s1[order], s2[order], shifts)
+        sharp = sharp_intensity(s0[order], shifts, t0)
         weights = np.clip(s0[order].sum(axis=(1, 2)), 0.0, None)
         covered = coverage((ny, nx), shifts, weights) >= COVERED
-        result = derive_maps(t0, t1, t2, frames, background=background, background_counts=per_frame * scale * frames)
+        result = derive_maps(t0, t1, t2, frames, background=background, background_counts=per_frame * scale * frames,
+                             sharp_i=sharp)
         lost = (~covered) & (result.mask > 0)
         if lost.any():
             result.mask = np.where(covered, result.mask, 0).astype(np.uint8)
@@ -305,6 +306,7 @@ class EtaScanAccumulator(MomentAccumulator):
         self._flagged(result, t0, per_frame, scale)
         self.flag_truncated(result, t0, t2)
         if self.peak_fit == "gauss":
+            moved = [tuple(resample(s[slot], shifts[rank]) for s in (s0, s1, s2)) for rank, slot in enumerate(order)]
             counts = self.n_frames.reshape(n, ny, nx)[order] * per_frame * scale
             variance = np.stack([np.clip(m[0], 0.0, None) for m in moved]) + counts
             result.fit = fit_gauss(self.scan_eta[order], np.stack([m[0] for m in moved]), np.stack([m[1] for m in moved]),

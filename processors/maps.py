@@ -108,7 +108,8 @@ def read_map_result(parent: h5py.Group) -> MapResult:
 
 
 def derive_maps(sum_i: F64, sum_iq: F64, sum_iqq: F64, frames: npt.NDArray[np.int64], background: float = 0.0,
-                require_signal: bool = True, background_counts: F64 | None = None) -> MapResult:
+                require_signal: bool = True, background_counts: F64 | None = None,
+                sharp_i: F64 | None = None) -> MapResult:
     """Turn background-corrected moment sums of every map pixel into the maps.
 
     Parameters
@@ -123,19 +124,23 @@ def derive_maps(sum_i: F64, sum_iq: F64, sum_iqq: F64, frames: npt.NDArray[np.in
     background_counts : (ny, nx) background counts subtracted from each pixel's Σ I, when known: a
         valid pixel's Σ I must then stand MASK_SIGNIFICANCE Poisson sigmas above it,
         Σ I ≥ k·sqrt(Σ I + background).
+    sharp_i : (ny, nx) Σ I of eta scans registered without the blur of moving them back
+        (`scan_combine.sharp_intensity`): when given, it decides the mask and is the intensity map;
+        the moments' own Σ I (`sum_i`, blurred a little) stays what q and the width are taken from.
     """
     shape = sum_i.shape
     s0 = np.asarray(sum_i, dtype=np.float64)
-    peak = float(np.nanmax(s0)) if s0.size else 0.0
+    level = s0 if sharp_i is None else np.asarray(sharp_i, dtype=np.float64).reshape(shape)
+    peak = float(np.nanmax(level)) if level.size else 0.0
     if not peak > 0:
         if require_signal:
             raise EmptyMapError(f"map of shape {shape} holds no intensity above background (max Σ I = {peak:g}); nothing to derive")
         valid = np.zeros(shape, dtype=bool)
     else:
-        valid = (s0 >= MASK_FRACTION * bright_level(s0, np.asarray(frames).reshape(shape) > 0)) & (s0 > 0)
+        valid = (level >= MASK_FRACTION * bright_level(level, np.asarray(frames).reshape(shape) > 0)) & (level > 0) & (s0 > 0)
         if background_counts is not None:
-            noise = np.clip(s0 + np.asarray(background_counts, dtype=np.float64).reshape(shape), 0.0, None)
-            valid &= s0 >= MASK_SIGNIFICANCE * np.sqrt(noise)
+            noise = np.clip(level + np.asarray(background_counts, dtype=np.float64).reshape(shape), 0.0, None)
+            valid &= level >= MASK_SIGNIFICANCE * np.sqrt(noise)
     with np.errstate(invalid="ignore", divide="ignore"):
         q = sum_iq / s0[..., None]
         second = sum_iqq / s0[..., None, None] - q[..., :, None] * q[..., None, :]
@@ -152,7 +157,7 @@ def derive_maps(sum_i: F64, sum_iq: F64, sum_iqq: F64, frames: npt.NDArray[np.in
     nan = np.nan
     return MapResult(
         d_spacing=np.where(valid, d, nan), tilt_altitude=np.where(valid, altitude, nan),
-        tilt_azimuth=np.where(valid, azimuth, nan), intensity=s0.copy(), peak_width=np.where(valid, width, nan),
+        tilt_azimuth=np.where(valid, azimuth, nan), intensity=level.copy(), peak_width=np.where(valid, width, nan),
         q=q, mask=valid.astype(np.uint8), mean_q=mean_q, frames=np.asarray(frames, dtype=np.int64).reshape(shape),
         background=float(background),
     )
