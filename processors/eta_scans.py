@@ -4,9 +4,11 @@ A map is taken one eta (rocking angle) at a time, over minutes each, and the sam
 between: map pixel m of eta scan i saw the particle at m − shift[i]. `EtaScanAccumulator` is a
 `MomentAccumulator` whose sums have one slot per eta scan (frames are told apart by their eta),
 so at the end each scan's background-corrected moments are moved back by its shift (bilinear,
-photons conserved: `registration.resample`) and only then added into the map's moments. Pixels
-of the reference frame that some scan with signal never measured (it drifted off the grid there)
-are masked. Partial maps (`finalize(partial=True)`, the live previews) add the scans unmoved.
+photons conserved: `registration.resample`) and only then added into the map's moments. The
+mask and the intensity map come from the Σ I the shifted scans imply unblurred
+(`scan_combine.sharp_intensity`: the move back blurs a sharp particle edge a second time, which
+lifted outside pixels over the 20 % line). Pixels of the reference frame that some scan with
+signal never measured (it drifted off the grid there) are masked. Partial maps (`finalize(partial=True)`, the live previews) add the scans unmoved.
 
 Shifts are found from the scans' intensity maps (`registration.register_eta_scans`, "auto") or
 from their maps of the tilt that rocking does not move (`registration.register_eta_scans_by_tilt`,

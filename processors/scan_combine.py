@@ -57,9 +57,9 @@ def sharp_intensity(s0: F64, shifts: F64, moved_sum: F64 | None = None) -> F64:
     total = moved.sum(axis=0)
     share = np.where(total > 0, moved / np.where(total > 0, total, 1.0), 1.0 / n)
     everywhere = np.ones((ny, nx))
-    ops = [_bilinear_rows(everywhere, shifts[k])[0] @ sparse.diags(share[k]) for k in range(n)]
-    normal = sum((op.T @ op for op in ops), sparse.csr_matrix((ny * nx, ny * nx)))
-    rhs = sum((op.T @ s0[k].reshape(-1) for k, op in enumerate(ops)), np.zeros(ny * nx))
+    stacked = sparse.vstack([_bilinear_rows(everywhere, shifts[k])[0] @ sparse.diags(share[k]) for k in range(n)]).tocsr()
+    normal = (stacked.T @ stacked).tocsc()
+    rhs = stacked.T @ s0.reshape(-1)
     diagonal = normal.diagonal()
     strength = SMOOTH * float(np.median(diagonal[diagonal > 0])) if (diagonal > 0).any() else SMOOTH
     solved = spsolve((normal + strength * _smoothness((ny, nx))).tocsc(), rhs)
