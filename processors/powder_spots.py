@@ -354,6 +354,26 @@ class ScanSums:
                 return
             total += image
 
+    def without_spots(self, mask: npt.NDArray[np.uint8] | None) -> F64 | None:
+        """The sums added over the scans with the spots found on the whole frame replaced by the level around
+        them (the particle's local shape), for the auto ROI: a grain's spot at another 2θ than the particle's
+        would stretch the ROI to it (none when no spot is found or the sums were not kept)."""
+        if not self.enabled or not self._sums:
+            return None
+        rows, cols = self.frame_shape
+        table = self.spots((0, rows, 0, cols), mask)
+        if table.n_spots == 0:
+            return None
+        total = np.zeros(rows * cols)
+        for e, image in self._sums.items():
+            total += image.ravel()
+            scan = int(table.scans_of([e])[0])
+            if scan >= 0:
+                a, b = table.core_ptr[table.scan_ptr[scan]], table.core_ptr[table.scan_ptr[scan + 1]]
+                pix = table.core_pix[a:b]
+                total[pix] += table.core_shape[a:b] - image.ravel()[pix]
+        return total.reshape(rows, cols)
+
     def spots(self, roi: tuple[int, int, int, int], mask: npt.NDArray[np.uint8] | None) -> SpotTable:
         """The spots these sums show inside `roi` (none when the sums were too large to keep)."""
         if not self.enabled:
