@@ -162,4 +162,3 @@ def test_reads_a_map_whose_swmr_writer_was_killed(tmp_path, make_raw):
     results = process_file(killed, tmp_path / "maps.h5")
     reference = process_file(src, tmp_path / "ref.h5")
     assert np.allclose(results["entry"].d_spacing, reference["entry"].d_spacing, equal_nan=True)
-
