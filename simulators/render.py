@@ -97,7 +97,7 @@ def _render_one(out: Any, m: int, eta: float, phi: float, nu: float, delta: floa
 
     ``scale`` is the incident intensity relative to nominal (it scales everything the beam
     makes, not the hot pixels); ``q2``/``amp2`` a second peak (mixed pixels, amp2 = 0: none);
-    ``spots`` the powder-arc spots (k, 8): row, col, amplitude, size (px), eta centre,
+    ``spots`` the powder-arc spots (k, ≥ 9): row, col, amplitude, size (px), eta centre,
     eta sigma, map row, map column, radius (map px).
     """
     nrows, ncols = out.shape
@@ -212,7 +212,7 @@ class FrameRenderer:
         over `frame` and `frames` calls) is always the same for the same seed and inputs.
     dtype : uint32 (default) or uint16 (counts clipped at 65535).
     shape : the peak's 3-D shape (`peak_shape.COMPACT` by default).
-    spots : powder-arc spots (k, 9) as `_render_one` reads them (`scene.powder_spots`).
+    spots : powder-arc spots (k, ≥ 9) as `_render_one` reads them (`scene.powder_spots`; later columns ignored).
     gradient : background density slope (rows, columns) across the detector, 0 = uniform.
     unmasked_hot : extra hot pixels near the peak that the file's mask does not list.
     """

@@ -1,9 +1,10 @@
 """What else reaches the detector besides the particle: other grains' powder arcs, the beam.
 
-* Powder arcs: other LMNO grains near the particle diffract at the same 2θ as the imaged
-  reflection, each into a compact spot on the Debye-Scherrer ring, over a narrow range of
-  eta and only while the beam is on them (a disc of the map). Spots are drawn on the part
-  of the ring inside the rendered window.
+* Powder arcs: other LMNO grains near the particle diffract the same reflection, each into a
+  compact spot on its Debye-Scherrer ring, over a narrow range of eta and only while the beam
+  is on them (a disc of the map). Each grain has its own d (`grains`: the phases present at the
+  cell's state of charge, with a spread), so its spot sits at its own 2θ, on the particle's
+  peak or not. Spots are drawn on the part of each ring inside the rendered window.
 * Incident intensity: a relative scale per frame (1 = nominal), a step down by ``drop`` from
   the middle of the acquisition on (a storage-ring event); the monitor records it as
   ``MONITOR_COUNTS`` × scale with Poisson noise.
@@ -20,25 +21,34 @@ F64 = npt.NDArray[np.float64]
 MONITOR_COUNTS = 1.0e5  # monitor counts per frame at nominal intensity
 
 
-def powder_spots(setup: SxdmSetup, d_arc: float, seed: int, n_spots: int = 40,
+def powder_spots(setup: SxdmSetup, d_grains: npt.ArrayLike, seed: int, n_spots: int = 40,
                  amplitude: float = 30.0) -> F64:
-    """(n, 9) spots for the renderer: row, col (full detector), peak counts per frame, size
-    (px), eta centre, eta sigma (deg), map row, map column, map radius (pixels)."""
+    """(k, 10) spots for the renderer: row, col (full detector), peak counts per frame, size
+    (px), eta centre, eta sigma (deg), map row, map column, map radius (pixels), and the grain's
+    d (Å, the renderer ignores it).
+
+    ``d_grains``: one d per grain (``n_spots`` of them, e.g. `grains.grain_spacings`), or one d
+    for all; each spot sits on its own grain's ring, where |q| = 2π/d. A grain whose ring misses
+    the rendered window is not seen: k ≤ ``n_spots``.
+    """
     rng = np.random.default_rng([seed, 0xA5C])
     r0, r1, c0, c1 = setup.roi_window
+    d = np.broadcast_to(np.asarray(d_grains, dtype=np.float64), (n_spots,))
     q = q_sample_area(setup.eta_center, setup.phi, setup.nu, setup.delta, energy_ev=setup.energy_ev,
                       distance_m=setup.distance_m, pixel_size_m=setup.pixel_size_m, beam_center=setup.beam_center,
                       frame_shape=setup.frame_shape, roi_origin=(r0, c0))
-    on_ring = np.abs(np.linalg.norm(q, axis=-1) - 2 * np.pi / d_arc) < 0.5 * setup.pixel_dq
-    rows, cols = np.nonzero(on_ring)
-    if rows.size == 0:
-        return np.zeros((0, 9))
-    pick = rng.choice(rows.size, size=n_spots, replace=True)
+    qn = np.linalg.norm(q, axis=-1)
+    rings = {dk: np.nonzero(np.abs(qn - 2 * np.pi / dk) < 0.5 * setup.pixel_dq) for dk in np.unique(d)}
     etas = setup.eta_values()
     ny, nx = setup.map_shape
-    spots = np.empty((n_spots, 9))
-    spots[:, 0] = rows[pick] + r0 + rng.uniform(-0.5, 0.5, n_spots)
-    spots[:, 1] = cols[pick] + c0 + rng.uniform(-0.5, 0.5, n_spots)
+    spots = np.empty((n_spots, 10))
+    for k, dk in enumerate(d):
+        rows, cols = rings[dk]
+        spots[k, :2] = np.nan
+        if rows.size:
+            i = rng.integers(rows.size)
+            spots[k, :2] = rows[i] + r0, cols[i] + c0
+    spots[:, :2] += rng.uniform(-0.5, 0.5, (n_spots, 2))
     spots[:, 2] = amplitude * rng.uniform(0.2, 1.0, n_spots)
     spots[:, 3] = rng.uniform(1.0, 3.0, n_spots)
     spots[:, 4] = rng.uniform(etas.min(), etas.max(), n_spots)
@@ -46,7 +56,8 @@ def powder_spots(setup: SxdmSetup, d_arc: float, seed: int, n_spots: int = 40,
     spots[:, 6] = rng.uniform(0, ny, n_spots)
     spots[:, 7] = rng.uniform(0, nx, n_spots)
     spots[:, 8] = rng.uniform(0.15, 0.4, n_spots) * max(ny, nx)
-    return spots
+    spots[:, 9] = d
+    return spots[np.isfinite(spots[:, 0])]
 
 
 def incident_scale(n_frames: int, drop: float) -> F64:

@@ -20,7 +20,9 @@ of the particle go to ``/entry/truth/<name>`` with the names of FORMATS.md plus:
   a rocking curve may see nothing, so no registration could find the first scan's frame); ``unmasked_hot_pixels`` (k, 2) hot pixels
   (row, col of the written frames) missing from the detector mask; ``chip_gap_rows``,
   ``chip_gap_cols`` (frame coordinates); ``powder_spots`` (k, 9) as
-  `opmon.simulators.scene.powder_spots` describes; ``peak_shape`` (3, 3), the relative
+  `opmon.simulators.scene.powder_spots` describes, ``powder_spot_d`` (k,) the d of each spot's
+  grain (Å: the grains are at their own state of charge, `opmon.simulators.grains`, so a spot's
+  2θ is not the particle's); ``peak_shape`` (3, 3), the relative
   covariance S of every peak (covariance σ_p² S).
 
 The simulation parameters (mode, window, effects, scan, flux) are attributes of ``/entry/truth``.
@@ -50,7 +52,7 @@ if TYPE_CHECKING:     # numpy, h5py and numba are imported when a map is simulat
 
 log = logging.getLogger(__name__)
 
-UNITS = {"d_parent": "angstrom", "d_product": "angstrom", "drift": "map pixel", "drift_weights": "counts", "d_spacing": "angstrom", "tilt_altitude": "deg", "tilt_azimuth": "deg", "intensity": "counts",
+UNITS = {"d_parent": "angstrom", "powder_spot_d": "angstrom", "d_product": "angstrom", "drift": "map pixel", "drift_weights": "counts", "d_spacing": "angstrom", "tilt_altitude": "deg", "tilt_azimuth": "deg", "intensity": "counts",
          "peak_width": "1/angstrom", "sigma": "1/angstrom", "q": "1/angstrom", "mean_q": "1/angstrom"}
 
 
@@ -63,6 +65,8 @@ def write_truth(group: h5py.Group, truth: dict[str, Any]) -> None:
         if name in UNITS:
             ds.attrs["units"] = UNITS[name]
 
+
+POWDER_GRAINS = 40  # grains of the electrode lit near the particle (--effects powder-arcs), one spot each
 
 # Budget figures (measured on the 2-core reference machine, 2026-11-29): simulated photon-counting
 # frames compress to ~0.8 % with bitshuffle/LZ4 (2 % is the conservative estimate), and render +
@@ -135,6 +139,7 @@ def simulate(path: Path, *, ny: int = 60, nx: int = 60, angles: int = 30, eta_st
     from opmon.simulators.crystal import ParticleModel
     from opmon.simulators.drift import centred_on, drift_path
     from opmon.simulators.effects import parse_effects
+    from opmon.simulators.grains import grain_spacings
     from opmon.simulators.instrument import SxdmSetup, maxipix_2x2
     from opmon.simulators.render import FrameRenderer
 
@@ -183,9 +188,8 @@ def simulate(path: Path, *, ny: int = 60, nx: int = 60, angles: int = 30, eta_st
     shape = peak_shape.FOCUSED_RING if fx.ring else peak_shape.FOCUSED if fx.focused_beam else peak_shape.COMPACT
     truth = particle.truth()
     spots = None
-    if fx.powder_arcs:
-        d_arc = float(np.nanmedian(np.where(truth["mask"] > 0, truth["d_spacing"], np.nan)))
-        spots = scene.powder_spots(setup, d_arc if np.isfinite(d_arc) else 2.0409, seed)
+    if fx.powder_arcs:  # the electrode's other grains, each at its own state of charge
+        spots = scene.powder_spots(setup, grain_spacings(mode, x_mean, POWDER_GRAINS, seed), seed, POWDER_GRAINS)
     renderer = FrameRenderer(setup, particle, seed=seed, dtype=np.dtype(dtype), shape=shape, spots=spots,
                              gradient=(0.8, -0.5) if fx.gradient else (0.0, 0.0), unmasked_hot=fx.hot_unmasked)
     margin = particle.rocking_margin() / shape.largest_width
@@ -212,7 +216,8 @@ def simulate(path: Path, *, ny: int = 60, nx: int = 60, angles: int = 30, eta_st
         extra["chip_gap_rows"] = np.array([r - r0 for r in setup.gap_rows])
         extra["chip_gap_cols"] = np.array([c - c0 for c in setup.gap_cols])
     if spots is not None:
-        extra["powder_spots"] = spots
+        extra["powder_spots"] = spots[:, :9]
+        extra["powder_spot_d"] = spots[:, 9]
     if not shape.isotropic:
         extra["peak_shape"] = shape.matrix
     truth.update(extra)

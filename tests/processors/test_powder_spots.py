@@ -218,3 +218,41 @@ def test_live_maps_with_powder_spots_auto_equal_opmon_process_with_auto(arcs_map
         assert_same_maps(read_map_result(f["entry0"]), read_map_result(g["entry"]))
     auto = score(arcs_map, live)
     assert auto["tilt"] <= 0.005 and auto["mask"] >= 0.95
+
+
+def test_the_auto_roi_leaves_out_spots_of_grains_at_another_two_theta():
+    """Grains at another state of charge than the particle put their spots on other rings (Li0.5 grains ~140
+    rows from a Li0.9 peak): with the spot search on, the auto ROI is decided without them, so it holds the
+    particle's peak and the rows beside it measure the background (from the plain sum it ran to row 0)."""
+    from opmon.processors.bad_pixels import BadPixelFinder
+    from opmon.processors.offline import MapSample, plan_of_sample
+    from opmon.processors.powder_spots import ScanSums
+    rng = np.random.default_rng(4)
+    frame = (120, 60)
+    sums = np.full((6, *frame), 2.0)
+    sums[:, 60:100, :] = broad_peak_sums()          # the particle's peak, rows 60-100
+    rows, cols = np.indices(frame)
+    for scan, col in ((1, 12), (3, 30), (4, 47)):   # spots of other grains on a ring at row 10, one scan each
+        sums[scan] += 300 * np.exp(-0.5 * ((rows - 10) ** 2 + (cols - col) ** 2) / 1.5 ** 2)
+    counts = rng.poisson(sums).astype(np.float32)
+    scans = ScanSums(frame, n_scans=6)
+    scans.add(counts, 19.0 + 0.016 * np.arange(6))
+    plan = plan_of_sample(MapSample(counts.sum(axis=0, dtype=np.float64), BadPixelFinder(), scans), None, frame,
+                          find_bad_pixels=False)
+    assert plan.roi[0] > 30 and plan.roi[1] > 100
+
+
+def test_a_chain_of_spots_beside_a_faded_particle_is_still_found():
+    """Late on the first plateau the imaged phase has faded (one phase in the detector window) while the Li0.9
+    grains' spots stay: a chain of them holding ~30 % of the signal is spots, not the particle's own peak (a
+    compact particle peak holds most of it); at a 20 % share the chain was kept and validated the map around."""
+    lam = broad_peak_sums()
+    rows, cols = np.indices(lam.shape[1:])
+    spotted = lam.copy()
+    for c in range(8, 54, 4):      # one scan's chain of spots along a ring at row 8, beside the peak
+        spotted[3] += 1600 * np.exp(-0.5 * ((rows - 8) ** 2 + (cols - c) ** 2) / 1.5 ** 2)
+    signal = np.clip(spotted - np.median(spotted, axis=(1, 2), keepdims=True), 0.0, None).sum()
+    assert 0.25 < (spotted - lam).sum() / signal < 0.4
+    eta = 19.0 + 0.016 * np.arange(lam.shape[0])
+    table = find_spots(np.random.default_rng(6).poisson(spotted).astype(float), eta, (10, 50, 20, 80), (64, 100))
+    assert table.n_spots >= 10 and not table.note
