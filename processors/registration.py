@@ -119,6 +119,11 @@ SHARP_SMOOTH = 1e-3    # ... its smoothness term, per unit of the median lit pix
 MIN_LEAK = 0.1         # ... the eta axis's share along the centroids' motion below which it is kept (`leak_free_axis`)
 MIN_TILT_CONTRAST = 5.0  # ... the tilt map's spread over the particle / its scatter between registered scans,
                          # below which it cannot register (measured: 0.8 on a particle of one tilt, 10-40 bent)
+FIT_SIGNAL = 0.1       # ... scans with less Σ I than this share of the brightest are not fitted: they take the
+                         # nearest fitted scan's shift (few lit pixels, noisy fields: 4-10 pixel fits on `all`)
+MIN_GAIN = 1.25        # ... the shifts are kept only if the scans' misfit unmoved is this many times their misfit moved
+MAX_MISFIT = 3.0       # intensity registration is kept only if each scan, moved back, is the others' sum within this
+                         # χ² per pixel (Poisson; median over the scans): else the scans are not one image moved
 
 log = logging.getLogger(__name__)
 
@@ -400,6 +405,9 @@ def register_eta_scans_by_tilt(s0: npt.ArrayLike, s1: npt.ArrayLike, phi_deg: fl
     peak = float(i0.max())
     weight = np.where(i0 >= FIELD_FLOOR * peak, i0, 0.0)
     signal = np.flatnonzero((total >= MIN_SIGNAL * total.max()) & (weight.sum(axis=(1, 2)) > 0))
+    trusted = signal[total[signal] >= FIT_SIGNAL * total.max()]
+    if trusted.size < 2:
+        return shifts
     field = rocking_free_field(i0, s1, phi_deg, leak_free_axis(i0, s1, phi_deg))
     for rounds in range(FIELD_ROUNDS):
         moved_w = {k: resample(weight[k], shifts[k]) for k in signal}
@@ -416,15 +424,70 @@ def register_eta_scans_by_tilt(s0: npt.ArrayLike, s1: npt.ArrayLike, phi_deg: fl
         shifts = found
         if settled:
             break
-    shifts = _refined(field, weight, total, shifts, signal, FIELD_SUPPORT * FIELD_FLOOR * peak)
-    shifts = _filled(shifts, signal)
-    contrast = tilt_contrast(field[signal], weight[signal], shifts[signal])
+    level = FIELD_SUPPORT * FIELD_FLOOR * peak
+    shifts = _refined(field, weight, total, shifts, signal, level)
+    contrast = tilt_contrast(field[trusted], weight[trusted], shifts[trusted])
     if not contrast >= MIN_TILT_CONTRAST:
         log.warning("tilt registration: the tilt map varies over the particle only %.1f times its scatter between "
                     "the registered scans (< %.0f): nothing to register on; the intensity maps are registered instead",
                     contrast, MIN_TILT_CONTRAST)
-        return register_eta_scans(i0)
+        return registered_intensity(i0)
+    gain = field_misfit(field, weight, np.zeros_like(shifts), trusted, level) / field_misfit(field, weight, shifts, trusted, level)
+    if not gain >= MIN_GAIN:
+        log.warning("tilt registration declined: the scans' tilt maps fit each other moved by the shifts found only "
+                    "%.2f times better than unmoved (< %.2f): no drift seen, the scans are added as they are", gain, MIN_GAIN)
+        return np.zeros_like(shifts)
+    return _filled(shifts, trusted)
+
+
+def registered_intensity(i0: F64) -> F64:
+    """`register_eta_scans` of the intensity maps, declined (zero shifts, a warning) when the scans moved back
+    are not one image: on a strained particle the part in Bragg condition moves with eta, which intensity
+    registration takes for drift (1.3-3.6 map pixels invented on the truth harness's maps without drift,
+    where each scan's misfit to the others is 3-150 χ² per pixel against ~1 for one image moved)."""
+    shifts = register_eta_scans(i0)
+    misfit = intensity_misfit(i0, shifts)
+    if not misfit <= MAX_MISFIT:
+        log.warning("intensity registration declined: the eta scans moved back differ from each other by %.1f χ² per "
+                    "pixel (> %.0f): not one image drifting, the scans are added as they are", misfit, MAX_MISFIT)
+        return np.zeros_like(shifts)
     return shifts
+
+
+def intensity_misfit(scans: F64, shifts: F64) -> float:
+    """Median over the scans with ≥ `FIT_SIGNAL` of the brightest Σ I of each scan's χ² per pixel (Poisson) against
+    the others' sum, all moved back by `shifts`, scaled to its Σ I: ~1 when every scan shows one image moved."""
+    total = scans.sum(axis=(1, 2))
+    signal = np.flatnonzero(total >= FIT_SIGNAL * total.max()) if total.max() > 0 else np.zeros(0, dtype=np.int64)
+    if signal.size < 2:
+        return 0.0
+    moved = {int(k): resample(scans[k], shifts[k]) for k in signal}
+    together, grand = sum(moved.values()), float(total[signal].sum())
+    each = []
+    for k, own in moved.items():
+        expected = (together - own) * total[k] / (grand - total[k])
+        seen = (own + expected) > 0
+        each.append(float(((own - expected)[seen] ** 2 / (own + expected)[seen]).sum() / seen.sum()))
+    return float(np.median(each))
+
+
+def field_misfit(field: F64, weight: F64, shifts: F64, signal: npt.NDArray[np.int64], level: float) -> float:
+    """The scans' weighted mean `_FieldCost` at `shifts`, each against the sharp field the others imply
+    (`_sharp_field`): how well the tilt maps fit each other so moved. Compared with zero shifts, the decline test
+    of `register_eta_scans_by_tilt`: on the truth harness's maps without drift the shifts found (0.01-0.3 map
+    pixel) fit 0.97-1.03 times as well as none (`all` without its drift: 1.03), with drift 2.1 (`all`) to 6.5."""
+    shape = field.shape[1:]
+    smooth = _smoothness(shape)
+    strength = SHARP_SMOOTH * float(np.median(weight[signal][weight[signal] > 0]))
+    terms = {int(k): _normal_terms(field[k], weight[k], shifts[k]) for k in signal}
+    normal, rhs = sum(t[0] for t in terms.values()), sum(t[1] for t in terms.values())
+    cost, total = 0.0, 0.0
+    for k, (own_normal, own_rhs) in terms.items():
+        sharp, defined = _sharp_field(normal - own_normal, rhs - own_rhs, smooth, strength, shape, level)
+        penalty = float(sharp[defined > 0].var()) if (defined > 0).any() else 0.0
+        one = _FieldCost(field[k], weight[k], sharp, defined, penalty)
+        cost, total = cost + one(shifts[k]) * one.total, total + one.total
+    return cost / total if total > 0 else 0.0
 
 
 def _bilinear_rows(weight: F64, shift: F64) -> tuple[Any, npt.NDArray[np.int64], npt.NDArray[np.int64]]:
