@@ -432,10 +432,11 @@ def register_eta_scans_by_tilt(s0: npt.ArrayLike, s1: npt.ArrayLike, phi_deg: fl
                     "the registered scans (< %.0f): nothing to register on; the intensity maps are registered instead",
                     contrast, MIN_TILT_CONTRAST)
         return registered_intensity(i0)
-    gain = field_misfit(field, weight, np.zeros_like(shifts), trusted, level) / field_misfit(field, weight, shifts, trusted, level)
-    if not gain >= MIN_GAIN:
+    still, moved = (field_misfit(field, weight, s, trusted, level) for s in (np.zeros_like(shifts), shifts))
+    if not still > MIN_GAIN * moved:
         log.warning("tilt registration declined: the scans' tilt maps fit each other moved by the shifts found only "
-                    "%.2f times better than unmoved (< %.2f): no drift seen, the scans are added as they are", gain, MIN_GAIN)
+                    "%.2f times better than unmoved (< %.2f): no drift seen, the scans are added as they are",
+                    still / moved if moved > 0 else 1.0, MIN_GAIN)
         return np.zeros_like(shifts)
     return _filled(shifts, trusted)
 

@@ -147,3 +147,19 @@ def test_tilt_shifts_fitted_onto_the_sharp_field_are_not_pulled_by_each_scans_bl
     monkeypatch.setattr("opmon.processors.registration.SHARP_ROUNDS", 0)   # the mean of the scans moved back only
     blurred = errors(register_eta_scans_by_tilt(s0, s1), true, weights).max()
     assert sharp < 0.1 and blurred > 1.5 * sharp
+
+
+def test_the_intensity_fallback_declines_on_a_still_strained_particle_and_invents_no_drift(caplog):
+    """Each still scan's tilt map carries a smooth pattern of its own (a focused beam's ring, powder): the tilt
+    map is too blurred to register on (contrast < 5), and the intensity maps, whose lit band moves with eta,
+    would be moved by up to ~2.5 map pixels (`register_eta_scans`): the scans moved back are not one image
+    (χ² ~95 per pixel), so the scans are added as they are."""
+    s0, s1 = scans(np.zeros((N_SCANS, 2)), 1)
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:MAP[0], 0:MAP[1]].astype(float)
+    for k in range(N_SCANS):
+        ky, kx, phase = rng.uniform(0.3, 0.9), rng.uniform(0.3, 0.9), rng.uniform(0.0, 6.3, 2)
+        s1[k, ..., 1] += s0[k] * 1e-3 * np.sin(ky * yy + phase[0]) * np.sin(kx * xx + phase[1])
+    assert np.abs(register_eta_scans(s0)).max() > 1.0          # what the fallback did before
+    np.testing.assert_array_equal(register_eta_scans_by_tilt(s0, s1), 0.0)
+    assert "nothing to register on" in caplog.text and "intensity registration declined" in caplog.text
