@@ -163,3 +163,20 @@ def test_the_intensity_fallback_declines_on_a_still_strained_particle_and_invent
     assert np.abs(register_eta_scans(s0)).max() > 1.0          # what the fallback did before
     np.testing.assert_array_equal(register_eta_scans_by_tilt(s0, s1), 0.0)
     assert "nothing to register on" in caplog.text and "intensity registration declined" in caplog.text
+
+
+def test_the_decline_measure_tells_drift_found_from_drift_invented():
+    """`field_misfit`, the decline test of tilt registration: drifted scans fit each other far better moved by
+    their drift than unmoved (kept: gain ≥ `MIN_GAIN`); still scans moved by shifts of the same size fit worse
+    than unmoved (declined)."""
+    from opmon.processors.registration import FIELD_FLOOR, FIELD_SUPPORT, MIN_GAIN, field_misfit
+
+    true, weights = truth(4)
+    signal = np.flatnonzero(weights >= 0.1 * weights.max())
+    for drift, shifts, kept in ((true, true, True), (np.zeros((N_SCANS, 2)), true, False)):
+        s0, s1 = scans(drift, 4)
+        weight = np.where(s0 >= FIELD_FLOOR * s0.max(), s0, 0.0)
+        field = rocking_free_field(s0, s1)
+        level = FIELD_SUPPORT * FIELD_FLOOR * s0.max()
+        gain = field_misfit(field, weight, np.zeros_like(shifts), signal, level) / field_misfit(field, weight, shifts, signal, level)
+        assert (gain >= MIN_GAIN) == kept, (kept, gain)
