@@ -152,8 +152,8 @@ def test_tilt_shifts_fitted_onto_the_sharp_field_are_not_pulled_by_each_scans_bl
 def test_the_intensity_fallback_declines_on_a_still_strained_particle_and_invents_no_drift(caplog):
     """Each still scan's tilt map carries a smooth pattern of its own (a focused beam's ring, powder): the tilt
     map is too blurred to register on (contrast < 5), and the intensity maps, whose lit band moves with eta,
-    would be moved by up to ~2.5 map pixels (`register_eta_scans`): the scans moved back are not one image
-    (χ² ~95 per pixel), so the scans are added as they are."""
+    would be moved by up to ~2.5 map pixels (`register_eta_scans`): the scans moved back fit each other hardly
+    better than unmoved (not one image drifting), so the scans are added as they are."""
     s0, s1 = scans(np.zeros((N_SCANS, 2)), 1)
     rng = np.random.default_rng(1)
     yy, xx = np.mgrid[0:MAP[0], 0:MAP[1]].astype(float)
