@@ -180,3 +180,16 @@ def test_the_decline_measure_tells_drift_found_from_drift_invented():
         level = FIELD_SUPPORT * FIELD_FLOOR * s0.max()
         gain = field_misfit(field, weight, np.zeros_like(shifts), signal, level) / field_misfit(field, weight, shifts, signal, level)
         assert (gain >= MIN_GAIN) == kept, (kept, gain)
+
+
+def test_a_faint_scans_fit_far_from_its_brighter_neighbours_takes_the_nearest_ones_shift():
+    """Scans with < 10 % of the brightest Σ I light few pixels whose noisy tilt maps fit anywhere (4-10 map pixels
+    on the truth harness's `all` map): such a fit is replaced by the nearest brighter scan's shift; a faint fit
+    near its neighbours' (the drift creeps) is kept."""
+    from opmon.processors.registration import _faint_checked
+
+    shifts = np.array([[5.8, -3.9], [-1.2, -0.4], [-0.8, -0.3], [-0.7, -0.6], [1.5, -2.2], [3.9, -1.6]])
+    trusted = np.array([2, 3, 4])
+    checked = _faint_checked(shifts, trusted)
+    np.testing.assert_array_equal(checked[[0, 5]], shifts[[2, 4]])     # 6.9 and 2.4 px off: replaced
+    np.testing.assert_array_equal(checked[1:5], shifts[1:5])            # 0.4 px off, and the trusted: kept
