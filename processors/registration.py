@@ -106,8 +106,8 @@ if the scans' tilt maps fit each other `MIN_GAIN` times better moved than unmove
 that land on the others' support: drift maps 24/32 px seeds 4-7: 2.5-133, ``all`` 3.0; maps without drift 1.00-1.25,
 ``all`` without its drift 1.25: declined, zero shifts and a warning); the intensity fallback is kept only if the
 scans moved back fit each other `INTENSITY_GAIN` times better than unmoved (`registered_intensity`: one image
-drifting 19.5, the simulator's strained maps 1.4-2.8: declined). ``all``: shift error 1.25 → 0.34 map pixel weighted mean, of which 0.30 is a common offset of the frame
-(the simulator centres its drift on the compact peak's rocking weights, narrower than the focused beam's real Σ I
+drifting 19.5, the simulator's strained maps 1.4-2.8: declined). ``all``: shift error 1.25 → 0.34 map pixel
+weighted mean, of which 0.30 is a common offset of the frame (the simulator centres its drift on the compact peak's rocking weights, narrower than the focused beam's real Σ I
 per scan; the true shifts recentred on the measured Σ I still give mask 94.1 %): 0.15 with it removed. The
 ``drift`` maps (sizes 24/32, seeds 4-7) keep their errors (scans with ≥ 10 %: within 0.2 pixel on 6 of 8).
 """
@@ -136,8 +136,8 @@ SHARP_SMOOTH = 1e-3    # ... its smoothness term, per unit of the median lit pix
 MIN_LEAK = 0.1         # ... the eta axis's share along the centroids' motion below which it is kept (`leak_free_axis`)
 MIN_TILT_CONTRAST = 5.0  # ... the tilt map's spread over the particle / its scatter between registered scans,
                          # below which it cannot register (measured: 0.8 on a particle of one tilt, 10-40 bent)
-FIT_SIGNAL = 0.1       # ... scans with less Σ I than this share of the brightest are not fitted: they take the
-                         # nearest fitted scan's shift (few lit pixels, noisy fields: 4-10 pixel fits on `all`)
+FIT_SIGNAL = 0.1       # ... scans with less Σ I than this share of the brightest: their fit alone is not trusted
+                         # (few lit pixels, noisy fields: 4-10 pixel fits on `all`), see `FAINT_REACH`
 FAINT_REACH = 1.5      # ... a fainter scan keeps its fitted shift only within this many map pixels of the nearest fitted one's
 MIN_GAIN = 1.6         # ... the shifts are kept only if the scans' misfit unmoved is this many times their misfit moved
 INTENSITY_GAIN = 5.0   # the intensity fallback is kept only if the scans moved back fit each other this many times better
@@ -414,7 +414,10 @@ def register_eta_scans_by_tilt(s0: npt.ArrayLike, s1: npt.ArrayLike, phi_deg: fl
     (n_scans, 2) displacements in the frame where their Σ I-weighted mean is zero (as
     `register_eta_scans`). Each scan with signal is fitted onto the mean field of the others,
     moved back by their shifts, for a few rounds, then onto the sharp field the others imply
-    (`_refined`); scans without signal take the nearest one's.
+    (`_refined`); scans without signal take the nearest one's, faint scans too when their fit is far from it
+    (`_faint_checked`). All zero (declined, with a warning) when the tilt maps do not fit each other `MIN_GAIN`
+    times better moved than unmoved, or when they cannot register and the intensity maps do not either
+    (`registered_intensity`).
     """
     i0, total = _scans(s0)
     shifts = np.zeros((i0.shape[0], 2))
@@ -508,17 +511,18 @@ def intensity_misfit(scans: F64, shifts: F64) -> float:
 
 
 def field_misfit(field: F64, weight: F64, shifts: F64, signal: npt.NDArray[np.int64], level: float) -> float:
-    """The scans' weighted mean `_FieldCost` at `shifts`, each against the sharp field the others imply
-    (`_sharp_field`): how well the tilt maps fit each other so moved. Compared with zero shifts, the decline test
-    of `register_eta_scans_by_tilt`: on the truth harness's maps without drift the shifts found (0.01-0.3 map
-    pixel) fit 0.97-1.03 times as well as none (`all` without its drift: 1.03), with drift 2.1 (`all`) to 6.5."""
+    """The scans' count-weighted mean square misfit at `shifts`, each against the sharp field the others imply
+    (`_sharp_field`), over its lit pixels that land where that field is defined: how well the tilt maps fit each
+    other so moved. Compared with zero shifts, the decline test of `register_eta_scans_by_tilt` (no off-support
+    penalty as in `_FieldCost`: it favours zero shifts, whose pixels all land on the others' support, and declined
+    real drift). Unmoved / moved: truth harness's maps without drift 1.00-1.25, drift maps 2.5-133, `all` 3.0."""
+    from scipy.ndimage import map_coordinates
+
     shape = field.shape[1:]
     smooth = _smoothness(shape)
     strength = SHARP_SMOOTH * float(np.median(weight[signal][weight[signal] > 0]))
     terms = {int(k): _normal_terms(field[k], weight[k], shifts[k]) for k in signal}
     normal, rhs = sum(t[0] for t in terms.values()), sum(t[1] for t in terms.values())
-    from scipy.ndimage import map_coordinates
-
     cost, total = 0.0, 0.0
     for k, (own_normal, own_rhs) in terms.items():
         sharp, defined = _sharp_field(normal - own_normal, rhs - own_rhs, smooth, strength, shape, level)
