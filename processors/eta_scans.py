@@ -6,7 +6,8 @@ between: map pixel m of eta scan i saw the particle at m − shift[i]. `EtaScanA
 so at the end each scan's background-corrected moments are moved back by its shift (bilinear,
 photons conserved: `registration.resample`) and only then added into the map's moments. Pixels
 of the reference frame that some scan with signal never measured (it drifted off the grid there)
-are masked. Partial maps (`finalize(partial=True)`, the live previews) add the scans unmoved.
+are masked. Partial maps (`finalize(partial=True)`, the live previews) add the scans unmoved. A registration
+that moves no scan (it declined: no drift seen) makes the map `--register off` makes.
 
 Shifts are found from the scans' intensity maps (`registration.register_eta_scans`, "auto") or
 from their maps of the tilt that rocking does not move (`registration.register_eta_scans_by_tilt`,

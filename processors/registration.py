@@ -109,7 +109,8 @@ scans moved back fit each other `INTENSITY_GAIN` times better than unmoved (`reg
 drifting 19.5, the simulator's strained maps 1.4-2.8: declined). ``all``: shift error 1.25 → 0.34 map pixel
 weighted mean, of which 0.30 is a common offset of the frame (the simulator centres its drift on the compact peak's rocking weights, narrower than the focused beam's real Σ I
 per scan; the true shifts recentred on the measured Σ I still give mask 94.1 %): 0.15 with it removed. The
-``drift`` maps (sizes 24/32, seeds 4-7) keep their errors (scans with ≥ 10 %: within 0.2 pixel on 6 of 8).
+``drift`` maps (sizes 24/32, seeds 4-7) keep their errors (scans with ≥ 10 %: within 0.2 pixel on 6 of 8). A
+declined registration (no scan moved) makes the map `--register off` makes (`EtaScanAccumulator._unmoved`).
 """
 from __future__ import annotations
 
