@@ -212,7 +212,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="sample drift between eta scans: off (default), auto (found by cross-correlating the scans' "
                         "intensity maps; biased when the part of the particle in Bragg condition moves with eta, "
                         "docs: processors/registration.py), tilt (found from each scan's map of the lattice tilt "
-                        "that rocking does not move: for strained or bent particles), or a TOML file of shifts = [[dy, dx], ...] in map pixels, "
+                        "that rocking does not move: for strained or bent particles; declined, with a warning and the scans added as they "
+                        "are, when the scans do not fit each other clearly better moved), or a TOML file of shifts = [[dy, dx], ...] in map pixels, "
                         "one per eta scan in increasing eta (as XSOCS lets you edit them); the shifts used go to "
                         "<entry>/maps/eta_shifts")
     add_peak_fit_argument(p)

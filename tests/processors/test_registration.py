@@ -277,3 +277,13 @@ def test_partial_per_scan_sums_ship_with_their_scans_added_and_make_the_same_par
                             ("tilt_altitude", 0, 1e-5)):          # a display map: close, not bit for bit
         np.testing.assert_allclose(getattr(shown, key), getattr(per_scan, key), rtol=rtol, atol=atol, equal_nan=True,
                                    err_msg=key)
+
+
+def test_a_registration_that_moves_no_scan_makes_the_map_register_off_makes(drifted, tmp_path):
+    """The still sample: tilt registration declines (one tilt; the intensity maps gain nothing moved), so the
+    scans add up as `--register off` adds them, to the last digit: a declined registration makes no map worse
+    (the per-scan sums fitted the background from the map points off the particle per scan, off per pixel)."""
+    still, _ = write_drifted_raw(tmp_path / "still.h5", np.zeros((N_SCANS, 2)))
+    tilt = reduce(still, "tilt")
+    np.testing.assert_array_equal(tilt.eta_shifts, 0.0)
+    assert_same_maps(tilt, drifted["still"])

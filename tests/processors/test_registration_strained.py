@@ -147,3 +147,49 @@ def test_tilt_shifts_fitted_onto_the_sharp_field_are_not_pulled_by_each_scans_bl
     monkeypatch.setattr("opmon.processors.registration.SHARP_ROUNDS", 0)   # the mean of the scans moved back only
     blurred = errors(register_eta_scans_by_tilt(s0, s1), true, weights).max()
     assert sharp < 0.1 and blurred > 1.5 * sharp
+
+
+def test_the_intensity_fallback_declines_on_a_still_strained_particle_and_invents_no_drift(caplog):
+    """Each still scan's tilt map carries a smooth pattern of its own (a focused beam's ring, powder): the tilt
+    map is too blurred to register on (contrast < 5), and the intensity maps, whose lit band moves with eta,
+    would be moved by up to ~2.5 map pixels (`register_eta_scans`): the scans moved back fit each other hardly
+    better than unmoved (not one image drifting), so the scans are added as they are."""
+    s0, s1 = scans(np.zeros((N_SCANS, 2)), 1)
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:MAP[0], 0:MAP[1]].astype(float)
+    for k in range(N_SCANS):
+        ky, kx, phase = rng.uniform(0.3, 0.9), rng.uniform(0.3, 0.9), rng.uniform(0.0, 6.3, 2)
+        s1[k, ..., 1] += s0[k] * 1e-3 * np.sin(ky * yy + phase[0]) * np.sin(kx * xx + phase[1])
+    assert np.abs(register_eta_scans(s0)).max() > 1.0          # what the fallback did before
+    np.testing.assert_array_equal(register_eta_scans_by_tilt(s0, s1), 0.0)
+    assert "nothing to register on" in caplog.text and "intensity registration declined" in caplog.text
+
+
+def test_the_decline_measure_tells_drift_found_from_drift_invented():
+    """`field_misfit`, the decline test of tilt registration: drifted scans fit each other far better moved by
+    their drift than unmoved (kept: gain ≥ `MIN_GAIN`); still scans moved by shifts of the same size fit worse
+    than unmoved (declined)."""
+    from opmon.processors.registration import FIELD_FLOOR, FIELD_SUPPORT, MIN_GAIN, field_misfit
+
+    true, weights = truth(4)
+    signal = np.flatnonzero(weights >= 0.1 * weights.max())
+    for drift, shifts, kept in ((true, true, True), (np.zeros((N_SCANS, 2)), true, False)):
+        s0, s1 = scans(drift, 4)
+        weight = np.where(s0 >= FIELD_FLOOR * s0.max(), s0, 0.0)
+        field = rocking_free_field(s0, s1)
+        level = FIELD_SUPPORT * FIELD_FLOOR * s0.max()
+        gain = field_misfit(field, weight, np.zeros_like(shifts), signal, level) / field_misfit(field, weight, shifts, signal, level)
+        assert (gain >= MIN_GAIN) == kept, (kept, gain)
+
+
+def test_a_faint_scans_fit_far_from_its_brighter_neighbours_takes_the_nearest_ones_shift():
+    """Scans with < 10 % of the brightest Σ I light few pixels whose noisy tilt maps fit anywhere (4-10 map pixels
+    on the truth harness's `all` map): such a fit is replaced by the nearest brighter scan's shift; a faint fit
+    near its neighbours' (the drift creeps) is kept."""
+    from opmon.processors.registration import _faint_checked
+
+    shifts = np.array([[5.8, -3.9], [-1.2, -0.4], [-0.8, -0.3], [-0.7, -0.6], [1.5, -2.2], [3.9, -1.6]])
+    trusted = np.array([2, 3, 4])
+    checked = _faint_checked(shifts, trusted)
+    np.testing.assert_array_equal(checked[[0, 5]], shifts[[2, 4]])     # 6.9 and 2.4 px off: replaced
+    np.testing.assert_array_equal(checked[1:5], shifts[1:5])            # 0.4 px off, and the trusted: kept
