@@ -16,7 +16,7 @@ The issue's targets (issue 13): median ≤ 5e-5 Å, 99 % within 2.5e-4 Å, tilt 
 mask ≥ 95 %. A measurement, not a test: it asserts nothing.
 
     opmon bench truth [--size 24] [--x-mean 0.8] [--cases none,all,drift,low-signal,rocking-cut] [--live] [--peak-fit gauss]
-                      [--register off|auto|tilt|truth] [--process "--powder-spots auto"]
+                      [--register tilt|off|auto|truth] [--process "--powder-spots off"]
                       [--compare "--background flat --despeckle --no-monitor"] [--keep DIR]
 
 ``--compare ARGS`` processes every case a second time with those `opmon process` options
@@ -186,7 +186,7 @@ def run_case(workdir: Path, name: str, case: str, args: argparse.Namespace) -> l
         run_opmon(["process", str(raw), "-o", str(other), "-q", "--force", "--register", register, *args.compare.split()],
                   f"opmon process {args.compare} on {name}")
         rows.append({"case": "  (compare)", **score(raw, other), "sim_s": 0.0, "process_s": time.perf_counter() - t0})
-    if args.live:   # the live processor registers as its config says ([live] register, default off)
+    if args.live:   # the live processor registers as its config says ([live] register, default tilt)
         live = workdir / f"{name}_live.h5"
         config = workdir / "live_fit.toml"     # --peak-fit: the live processor fits as [live] peak_fit says
         config.write_text(f'[live]\npeak_fit = "{args.peak_fit}"\n')
@@ -223,15 +223,15 @@ def main(argv: list[str] | None = None) -> int:
                                                 "(default: every one), and combinations: all-EFFECT (every effect but "
                                                 "one), EFFECT+EFFECT...")
     ap.add_argument("--live", action="store_true", help="also replay each map through the live processor and score it")
-    ap.add_argument("--register", default="off", choices=("off", "auto", "tilt", "truth"),
-                    help="eta-scan registration of `opmon process`: off (its default), auto, tilt, or truth (the simulator's "
+    ap.add_argument("--register", default="tilt", choices=("off", "auto", "tilt", "truth"),
+                    help="eta-scan registration of `opmon process`: tilt (its default), off, auto, or truth (the simulator's "
                          "true drift given as a manual override)")
     ap.add_argument("--peak-fit", default="off", choices=("off", "gauss"),
                     help="also score `opmon process --peak-fit` (a row '(fit ...)' under each case: the fitted maps "
                          "of the same maps file, over the valid pixels the fit kept)")
     ap.add_argument("--keep", default=None, help="write the maps here and keep them (default: a temporary folder)")
     ap.add_argument("--process", default="", metavar="ARGS",
-                    help="more `opmon process` options for every case's main row, e.g. \"--powder-spots auto\"")
+                    help="more `opmon process` options for every case's main row, e.g. \"--powder-spots off\"")
     ap.add_argument("--compare", default="", metavar="ARGS",
                     help="also process each case with these `opmon process` options, e.g. \"--background flat --despeckle\"")
     args = ap.parse_args(argv)

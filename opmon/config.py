@@ -57,8 +57,8 @@ class LiveConfig:
     publish_interval_s: float = 0.25
     threshold: int = 0
     background: str = "auto"
-    register: str = "off"          # auto|tilt: register the eta scans of each final map (as `opmon process --register auto|tilt`)
-    powder_spots: str = "off"      # auto: replace each map's powder-arc spots (as `opmon process --powder-spots auto`)
+    register: str = "tilt"         # tilt|auto|off: register the eta scans of each final map (as `opmon process --register`)
+    powder_spots: str = "auto"     # auto|off: replace each map's powder-arc spots (as `opmon process --powder-spots`)
     peak_fit: str = "off"          # gauss: fit each final map's pixels too (as `opmon process --peak-fit gauss`; maps/fit)
 
 

@@ -55,12 +55,12 @@ class ProcessOptions:
     exact_kernel: bool = False  # the per-pixel kernel even where kernels_rows' fitted q applies (comparisons)
     skip_bad_frames: bool = False  # corrupt frames: skip and list them (True) or stop with an error
     find_bad_pixels: bool = True  # hot/dead pixels found from sampled frames join the file's mask
-    register: Registration = "off"  # eta scans registered before they add up: off, from the data (auto), or given shifts
+    register: Registration = "tilt"  # eta scans registered before they add up: from each scan's tilt map (tilt, declined when no drift is seen), intensity maps (auto), given shifts, or off
     monitor: bool = True  # divide frames by the source's incident-beam monitor when it has one
     low_counts: float = LOW_COUNTS  # Σ I below this (counts) sets maps.FLAG_LOW_COUNTS
     background_source: str = ""  # where a given background image came from (file:dataset), recorded
     peak_fit: PeakFitModel = "off"  # gauss: also fit each pixel's rocking profile (maps/fit, processors/peak_fit.py)
-    powder_spots: str = "off"  # auto: powder-arc spots found per map and replaced by their surroundings; off: kept
+    powder_spots: str = "auto"  # auto: powder-arc spots found per map and replaced by their surroundings (unless the frames are not powder); off: kept
 
     def attrs(self, roi: Roi) -> dict[str, Any]:
         background = f"image {self.background_source}".strip() if isinstance(self.background, np.ndarray) else str(self.background)

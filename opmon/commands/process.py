@@ -202,14 +202,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="do not divide frames by the source's incident-beam monitor (default: divide when it has one)")
     p.add_argument("--low-counts", type=float, default=100.0, metavar="COUNTS",
                    help="flag map pixels whose Σ I is below this many counts (default 100; maps/flags bit 2)")
-    p.add_argument("--powder-spots", choices=("auto", "off"), default="off",
-                   help="auto: find compact spots of other grains' powder arcs per map (per eta scan, in sampled frames) "
-                        "and replace their pixels in every frame by the level around them; off (default: not yet live, "
-                        "and a frame of many compact Bragg spots of similar strength is taken for spots): keep them")
+    p.add_argument("--powder-spots", choices=("auto", "off"), default="auto",
+                   help="auto (default): find compact spots of other grains' powder arcs per map (per eta scan, in sampled "
+                        "frames) and replace their pixels in every frame by the level around them (frames of many compact "
+                        "Bragg spots and no broad peak are judged not powder and kept, with a note); off: keep them")
     p.add_argument("--file-mask-only", action="store_true",
                    help="use only the file's detector mask (default: also mask hot/dead pixels found in sampled frames)")
-    p.add_argument("--register", default="off", metavar="auto|tilt|off|FILE.toml",
-                   help="sample drift between eta scans: off (default), auto (found by cross-correlating the scans' "
+    p.add_argument("--register", default="tilt", metavar="tilt|auto|off|FILE.toml",
+                   help="sample drift between eta scans: tilt (default; see below), off, auto (found by cross-correlating the scans' "
                         "intensity maps; biased when the part of the particle in Bragg condition moves with eta, "
                         "docs: processors/registration.py), tilt (found from each scan's map of the lattice tilt "
                         "that rocking does not move: for strained or bent particles; declined, with a warning and the scans added as they "

@@ -151,8 +151,8 @@ class LiveRun(RunShapes):
 
     @classmethod
     def begin(cls, start: dict[str, Any], mask: npt.NDArray[np.uint8] | None, roi: Roi | None, *, threshold: int,
-              background: Any, roi_quota: int, roi_wait_s: float, adopted: bool = False, register: str = "off",
-              follows: bool | None = None, powder_spots: str = "off", peak_fit: str = "off") -> LiveRun:
+              background: Any, roi_quota: int, roi_wait_s: float, adopted: bool = False, register: str = "tilt",
+              follows: bool | None = None, powder_spots: str = "auto", peak_fit: str = "off") -> LiveRun:
         """A run from its start header; `roi` None: decided from its first `roi_quota` frames;
         `register` auto: the eta scans of each final map are registered (partial maps are not);
         `follows` (default: `roi` is None) each map's own ROI is found and the next maps follow its peak;

@@ -94,8 +94,8 @@ class FanOutProcessor(LiveService):
     def __init__(self, frames_endpoint: str, display_endpoint: str | None = None, maps_endpoint: str | None = None, *,
                  workers: int = 2, publish_interval_s: float = 0.25, roi: Roi | str | None = "auto",
                  roi_frames: int = 64, roi_wait_s: float = 0.25, threshold: int = 0, background: Any = "auto",
-                 register: str = "off", peak_fit: str = "off", archive_dir: str | Path | None = None, rcvhwm: int = 200, context: zmq.Context | None = None,
-                 grace_s: float = 2.0, ask_wait_s: float = 0.5, powder_spots: str = "off") -> None:
+                 register: str = "tilt", peak_fit: str = "off", archive_dir: str | Path | None = None, rcvhwm: int = 200, context: zmq.Context | None = None,
+                 grace_s: float = 2.0, ask_wait_s: float = 0.5, powder_spots: str = "auto") -> None:
         if workers < 2:
             raise OpmonError(f"fan-out needs workers >= 2, got {workers} (1 worker runs inline)")
         self._init_service(context, display_endpoint, maps_endpoint, publish_interval_s=publish_interval_s, roi=roi,

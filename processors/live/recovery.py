@@ -71,7 +71,7 @@ def map_from_archive(archive: RunArchive, number: int, make: Callable[[dict[str,
     return acc, acc.frames_seen
 
 
-def archived_plan(archive: RunArchive, number: int, powder_spots: str = "off") -> Any:
+def archived_plan(archive: RunArchive, number: int, powder_spots: str = "auto") -> Any:
     """The `offline.MapPlan` `opmon process` takes for archived map `number` (ROI, mask with the
     bad pixels its frames show, powder-arc spots with `powder_spots` auto)."""
     from opmon.processors.offline import ProcessOptions, plan_map
@@ -82,7 +82,7 @@ def archived_plan(archive: RunArchive, number: int, powder_spots: str = "off") -
 
 
 def catch_up(archive_dir: str | Path, outputs: Any, *, skip_runs: set[str], roi: Any, threshold: int, background: Any,
-             register: str = "off", peak_fit: str = "off", powder_spots: str = "off") -> int:
+             register: str = "tilt", peak_fit: str = "off", powder_spots: str = "auto") -> int:
     """Make the maps of the newest archived run that no processor delivered; returns how many.
 
     `roi` is the processor's setting ("auto", None for the full frame, or a tuple). With "auto"

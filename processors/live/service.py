@@ -42,7 +42,7 @@ class LiveService:
     def _init_service(self, context: zmq.Context | None, display_endpoint: str | None, maps_endpoint: str | None, *,
                       publish_interval_s: float, roi: Roi | str | None, roi_frames: int, roi_wait_s: float,
                       threshold: int, background: Any, archive_dir: str | Path | None, workers: int,
-                      register: str = "off", powder_spots: str = "off", peak_fit: str = "off") -> None:
+                      register: str = "tilt", powder_spots: str = "auto", peak_fit: str = "off") -> None:
         if register not in ("auto", "tilt", "off"):
             raise OpmonError(f"register {register!r}: the live processor takes auto, tilt or off")
         if powder_spots not in ("auto", "off"):

@@ -26,7 +26,7 @@ SMALLEST: dict[str, tuple[list[str], list[tuple[str, str]]]] = {
         ("h5py read+decompress MB/s", rf"h5py read\+decompress alone {NUMBER} MB/s"),
         ("whole opmon process s", rf"whole command, .*: opmon process {NUMBER} s"),
         ("h5py read+sum s", rf"h5py read\+sum {NUMBER} s in-process"),
-        ("whole opmon process s, powder spots auto", rf"whole command with --powder-spots auto: opmon process {NUMBER} s"),
+        ("whole opmon process s, no robust steps", rf"whole command with --powder-spots off --register off .*: opmon process {NUMBER} s"),
         ("opmon --help s", rf"start-up: opmon --help {NUMBER} s"),
         ("import numpy s", rf"python -c 'import numpy' {NUMBER} s"),
     ]),
