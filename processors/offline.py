@@ -175,17 +175,40 @@ def roi_from_image(total: npt.NDArray[np.float64], mask: npt.NDArray[np.uint8] |
     if mask is not None:
         total = np.where(mask.astype(bool), 0.0, total)
     smooth = _box5(total)
-    level = float(np.median(smooth))
-    peak = float(smooth.max())
+    level = _background_plane(smooth, None if mask is None else _box5(mask.astype(np.float64)) == 0)
+    excess = smooth - level
     # Poisson noise of a 25-pixel box sum is sqrt(level); 8 sigma keeps background out.
-    cut = level + max(ROI_FRACTION * (peak - level), 8.0 * np.sqrt(level + 1.0))
-    if not peak > cut:
+    cut = np.maximum(ROI_FRACTION * float(excess.max()), 8.0 * np.sqrt(np.maximum(level, 0.0) + 1.0))
+    if not (excess > cut).any():
         return None
-    rr, cc = np.nonzero(smooth >= cut)
+    rr, cc = np.nonzero(excess >= cut)
     pad_r = ROI_MARGIN + (rr.max() - rr.min()) // 4
     pad_c = ROI_MARGIN + (cc.max() - cc.min()) // 4
     return (max(0, int(rr.min() - pad_r)), min(rows, int(rr.max() + pad_r + 1)),
             max(0, int(cc.min() - pad_c)), min(cols, int(cc.max() + pad_c + 1)))
+
+
+def _background_plane(smooth: npt.NDArray[np.float64], good: npt.NDArray[np.bool_] | None) -> npt.NDArray[np.float64]:
+    """The background level of the box-summed image as a plane over the detector, fitted to the pixels not
+    clearly above it (the lower half first, then those within 3 Poisson sigmas, twice): a background gradient
+    (fluorescence, air scatter) is not taken for a peak, where the median level let the ROI grow over the
+    bright side (`all-drift` truth case: rows 120-320 of 320, within 2.5e-4 A 98.4 %; a tight ROI 100 %)."""
+    rows, cols = smooth.shape
+    r, c = np.meshgrid(np.linspace(-1.0, 1.0, rows), np.linspace(-1.0, 1.0, cols), indexing="ij")
+    basis = np.stack([np.ones(smooth.size), r.ravel(), c.ravel()], axis=1)
+    values = smooth.ravel()
+    usable = np.ones(values.size, dtype=bool) if good is None else good.ravel()
+    if usable.sum() < 3:
+        usable = np.ones(values.size, dtype=bool)
+    keep = usable & (values <= np.median(values[usable]))
+    plane = np.full(values.size, float(np.median(values[usable])))
+    for _ in range(3):
+        if keep.sum() < 3:
+            break
+        coef = np.linalg.lstsq(basis[keep], values[keep], rcond=None)[0]
+        plane = basis @ coef
+        keep = usable & (values <= plane + 3.0 * np.sqrt(np.maximum(plane, 0.0) + 1.0))
+    return plane.reshape(rows, cols)
 
 
 def _box5(image: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

@@ -176,7 +176,9 @@ def test_on_a_simulated_map_the_background_plane_and_the_monitor_are_each_needed
     flat_err, _ = truth_errors(realistic_map, tmp_path / "flat.h5", ProcessOptions(background="flat"))
     _, raw_spread = truth_errors(realistic_map, tmp_path / "no_monitor.h5", ProcessOptions(monitor=False))
     assert d_err <= 1e-4
-    assert flat_err > 5 * d_err          # the flat rate: every d biased by the gradient (1.5e-3 Å here)
+    # the flat rate: every d biased by the gradient (4.7x the plane's error since the auto ROI's level is a
+    # plane, which keeps the ROI off the gradient's bright side; 5x+ before, with the ROI stretched over it)
+    assert flat_err > 4 * d_err
     assert spread < 0.04
     assert raw_spread > 3 * spread       # without the monitor, half the map's Σ I is 30 % low
 

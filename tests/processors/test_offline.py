@@ -162,3 +162,15 @@ def test_reads_a_map_whose_swmr_writer_was_killed(tmp_path, make_raw):
     results = process_file(killed, tmp_path / "maps.h5")
     reference = process_file(src, tmp_path / "ref.h5")
     assert np.allclose(results["entry"].d_spacing, reference["entry"].d_spacing, equal_nan=True)
+
+
+def test_the_auto_roi_is_not_stretched_over_a_background_gradient():
+    """Fluorescence and air scatter make a gradient across the detector; the auto ROI's level follows it (a
+    plane), so the bright side is not taken for signal."""
+    from opmon.processors.offline import roi_from_image
+    rows, cols = np.indices((200, 120))
+    background = 40.0 * (1.0 + 0.8 * (2.0 * rows / 199 - 1.0))                  # summed counts per pixel
+    peak = 400.0 * np.exp(-0.5 * (((rows - 100) / 6.0) ** 2 + ((cols - 60) / 8.0) ** 2))
+    roi = roi_from_image(np.random.default_rng(2).poisson(background + peak).astype(float))
+    assert roi is not None
+    assert 55 < roi[0] < 100 < roi[1] < 145 and roi[2] < 60 < roi[3]    # the median level: rows 45-200
