@@ -136,7 +136,9 @@ SHARP_ROUNDS = 8       # ... rounds of the refinement against the sharp field th
 SHARP_SMOOTH = 1e-3    # ... its smoothness term, per unit of the median lit pixel's weight: ties pixels no scan sees
 MIN_LEAK = 0.1         # ... the eta axis's share along the centroids' motion below which it is kept (`leak_free_axis`)
 MIN_TILT_CONTRAST = 5.0  # ... the tilt map's spread over the particle / its scatter between registered scans,
-                         # below which it cannot register (measured: 0.8 on a particle of one tilt, 10-40 bent)
+                         # below which it cannot register (measured: 0.8 on a particle of one tilt, 10-40 bent) ...
+LOW_TILT_CONTRAST = 2.5  # ... unless it is at least this and its shifts pass `MIN_GAIN` (``all`` seed 4: 4.2 and 2.5;
+                         # one tilt 0.5 and 1.3, a still particle with a pattern of its own per scan 4.2 and 1.2)
 FIT_SIGNAL = 0.1       # ... scans with less Σ I than this share of the brightest: their fit alone is not trusted
                          # (few lit pixels, noisy fields: 4-10 pixel fits on `all`), see `FAINT_REACH`
 FAINT_REACH = 1.5      # ... a fainter scan keeps its fitted shift only within this many map pixels of the nearest fitted one's
@@ -449,17 +451,21 @@ def register_eta_scans_by_tilt(s0: npt.ArrayLike, s1: npt.ArrayLike, phi_deg: fl
     level = FIELD_SUPPORT * FIELD_FLOOR * peak
     shifts = _refined(field, weight, total, shifts, signal, level)
     contrast = tilt_contrast(field[trusted], weight[trusted], shifts[trusted])
-    if not contrast >= MIN_TILT_CONTRAST:
-        log.warning("tilt registration: the tilt map varies over the particle only %.1f times its scatter between "
-                    "the registered scans (< %.0f): nothing to register on; the intensity maps are registered instead",
-                    contrast, MIN_TILT_CONTRAST)
-        return registered_intensity(i0)
     still, moved = (field_misfit(field, weight, s, trusted, level) for s in (np.zeros_like(shifts), shifts))
-    if not still > MIN_GAIN * moved:
+    gain = still / moved if moved > 0 else (float("inf") if still > 0 else 1.0)
+    if not contrast >= MIN_TILT_CONTRAST and not (contrast >= LOW_TILT_CONTRAST and gain >= MIN_GAIN):
+        log.warning("tilt registration: the tilt map varies over the particle only %.1f times its scatter between "
+                    "the registered scans (< %.0f) and the scans' tilt maps fit each other moved %.2f times better than "
+                    "unmoved (< %.2f, or contrast < %.1f): nothing to register on; the intensity maps are registered "
+                    "instead", contrast, MIN_TILT_CONTRAST, gain, MIN_GAIN, LOW_TILT_CONTRAST)
+        return registered_intensity(i0)
+    if not gain >= MIN_GAIN:
         log.warning("tilt registration declined: the scans' tilt maps fit each other moved by the shifts found only "
-                    "%.2f times better than unmoved (< %.2f): no drift seen, the scans are added as they are",
-                    still / moved if moved > 0 else 1.0, MIN_GAIN)
+                    "%.2f times better than unmoved (< %.2f; tilt contrast %.1f): no drift seen, the scans are added as "
+                    "they are", gain, MIN_GAIN, contrast)
         return np.zeros_like(shifts)
+    log.info("tilt registration kept: tilt contrast %.1f, the scans' tilt maps fit each other %.2f times better moved",
+             contrast, gain)
     return _faint_checked(_filled(shifts, signal), trusted)
 
 
