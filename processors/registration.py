@@ -137,12 +137,15 @@ SHARP_SMOOTH = 1e-3    # ... its smoothness term, per unit of the median lit pix
 MIN_LEAK = 0.1         # ... the eta axis's share along the centroids' motion below which it is kept (`leak_free_axis`)
 MIN_TILT_CONTRAST = 5.0  # ... the tilt map's spread over the particle / its scatter between registered scans,
                          # below which it cannot register (measured: 0.8 on a particle of one tilt, 10-40 bent) ...
-LOW_TILT_CONTRAST = 2.5  # ... unless it is at least this and its shifts pass `MIN_GAIN` (``all`` seed 4: 4.2 and 2.5;
-                         # one tilt 0.5 and 1.3, a still particle with a pattern of its own per scan 4.2 and 1.2)
+LOW_TILT_CONTRAST = 2.5  # ... unless it is at least this and its shifts pass `MIN_GAIN` (``all`` seeds 4/6/7: 4.2/4.3/3.1;
+                         # a particle of one tilt 0.5)
 FIT_SIGNAL = 0.1       # ... scans with less Σ I than this share of the brightest: their fit alone is not trusted
                          # (few lit pixels, noisy fields: 4-10 pixel fits on `all`), see `FAINT_REACH`
 FAINT_REACH = 1.5      # ... a fainter scan keeps its fitted shift only within this many map pixels of the nearest fitted one's
-MIN_GAIN = 1.6         # ... the shifts are kept only if the scans' misfit unmoved is this many times their misfit moved
+MIN_GAIN = 1.6         # ... the shifts are kept only if the scans' misfit unmoved is this many times their misfit moved ...
+GAIN_FLOOR = 0.2       # ... over their pixels with at least this share of the brightest count (the faint pixels' noisy
+                         # fields gain 1.3-1.4 from any fit: ``all`` without drift at 0.02; at 0.2 drift-free maps 0.93-1.21,
+                         # ``all`` with drift 1.68-6.3 but seed 5, whose tilt map has no contrast, 1.02)
 INTENSITY_GAIN = 5.0   # the intensity fallback is kept only if the scans moved back fit each other this many times better
                          # than unmoved (`intensity_misfit`): one image drifting 19.5, strained particles without drift 1.4-2.8
 
@@ -451,7 +454,8 @@ def register_eta_scans_by_tilt(s0: npt.ArrayLike, s1: npt.ArrayLike, phi_deg: fl
     level = FIELD_SUPPORT * FIELD_FLOOR * peak
     shifts = _refined(field, weight, total, shifts, signal, level)
     contrast = tilt_contrast(field[trusted], weight[trusted], shifts[trusted])
-    still, moved = (field_misfit(field, weight, s, trusted, level) for s in (np.zeros_like(shifts), shifts))
+    bright = np.where(i0 >= GAIN_FLOOR * peak, i0, 0.0)
+    still, moved = (field_misfit(field, bright, s, trusted, level) for s in (np.zeros_like(shifts), shifts))
     gain = still / moved if moved > 0 else (float("inf") if still > 0 else 1.0)
     if not contrast >= MIN_TILT_CONTRAST and not (contrast >= LOW_TILT_CONTRAST and gain >= MIN_GAIN):
         log.warning("tilt registration: the tilt map varies over the particle only %.1f times its scatter between "
