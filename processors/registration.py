@@ -111,6 +111,21 @@ weighted mean, of which 0.30 is a common offset of the frame (the simulator cent
 per scan; the true shifts recentred on the measured Σ I still give mask 94.1 %): 0.15 with it removed. The
 ``drift`` maps (sizes 24/32, seeds 4-7) keep their errors (scans with ≥ 10 %: within 0.2 pixel on 6 of 8). A
 declined registration (no scan moved) makes the map `--register off` makes (`EtaScanAccumulator._unmoved`).
+
+Stop 23, after the honest powder arcs (``all`` declined again; same bench, seeds 4-7): the tilt contrast of ``all`` fell
+to 3.1-4.3 (4.1 even with the true shifts: the scatter is the flank scans' and the particle edge's faint pixels, the
+top 5 % of pixel-scans holding 2/3 of it), so the intensity fallback ran and declined (gain 2.3-3.0 < 5), while the
+tilt fit itself was 0.23-0.38 map pixel off (weighted mean). And the decline test could not tell drift from none on
+``all``: over every lit pixel any fit gains 1.3-1.4 from the faint pixels' noisy fields (``all`` without drift
+1.32-1.43, seed 6 with drift 1.39). Now the decline test is measured over the pixels with ≥ `GAIN_FLOOR` of the
+brightest count (drift-free maps: every single effect, none, low-signal, ``all`` without drift, seeds 4-7: 0.93-1.21;
+``all`` with drift 1.68-6.3; ``drift`` 2.7-200), and a tilt contrast between `LOW_TILT_CONTRAST` and
+`MIN_TILT_CONTRAST` registers on the tilt maps when the shifts pass it. ``all`` seed 4: d 8.5e-5 → 3.2e-5 Å, within
+93.0 → 100 %, tilt 0.0070 → 0.0034°, mask 94.1 → 95.5 %. Seed 5 stays declined: its tilt map varies over the particle
+about as much as its scatter (contrast 1.1, spread 4.5e-4 1/Å against 2.1e-3 on seed 4; gain 1.02 even with the true
+shifts): nothing tells its drift from noise. Limit: on synthetic strained particles whose every scan carries a strong
+tilt pattern of its own (tests/processors/test_registration_strained.py, amplitudes 1-1.5e-3 1/Å), contrasts 3.7-4.5
+can pass the gain test with shifts worse than none (1.2-2.3 against 1.1 map pixels).
 """
 from __future__ import annotations
 

@@ -201,8 +201,8 @@ def test_noisy_faint_pixels_neither_hide_the_drift_nor_invent_it(spread, seed):
     rocking curve's flanks) carry noisy tilt maps, which sank the decline test (any fit gains 1.3-1.4 there, drift
     or none) and the tilt contrast (below 5). Here each faint pixel's field gets noise of `spread` (1/Å): tilt
     contrast 5.5 and 3.2, and the decline test over every lit pixel 1.3 and 1.4 (< `MIN_GAIN`: declined before);
-    measured on the bright pixels (`GAIN_FLOOR`) the drift is kept (14 and 8) and found, while the same scans of
-    the still particle are declined (zero shifts, the map `--register off` makes)."""
+    measured on the bright pixels (`GAIN_FLOOR`) the drift is kept (14 and 8) and found; the same scans of the
+    still particle get zero shifts (the map `--register off` makes)."""
     true, weights = truth(seed)
     seen = weights >= 0.02 * weights.max()
     for drift in (true, np.zeros_like(true)):
