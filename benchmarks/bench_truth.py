@@ -157,6 +157,15 @@ def combo_effects(case: str) -> str | None:
     return None
 
 
+def live_config(args: argparse.Namespace) -> str:
+    """The live processor's [live] options matching the main row's `opmon process` options: the peak fit,
+    the registration (a manual shifts file, ``truth``, has no live counterpart: off) and the powder spots."""
+    register = args.register if args.register in ("auto", "tilt", "off") else "off"
+    words = args.process.split()
+    spots = words[words.index("--powder-spots") + 1] if "--powder-spots" in words[:-1] else "off"
+    return f'[live]\npeak_fit = "{args.peak_fit}"\nregister = "{register}"\npowder_spots = "{spots}"\n'
+
+
 def run_case(workdir: Path, name: str, case: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Simulate one map for ``case`` and score `opmon process` on it (and the live processor with --live)."""
     effects, extra = EXTRA_CASES.get(case, (combo_effects(case) or case, []))
@@ -186,10 +195,10 @@ def run_case(workdir: Path, name: str, case: str, args: argparse.Namespace) -> l
         run_opmon(["process", str(raw), "-o", str(other), "-q", "--force", "--register", register, *args.compare.split()],
                   f"opmon process {args.compare} on {name}")
         rows.append({"case": "  (compare)", **score(raw, other), "sim_s": 0.0, "process_s": time.perf_counter() - t0})
-    if args.live:   # the live processor registers as its config says ([live] register, default tilt)
+    if args.live:   # the live processor with the main row's options (`live_config`)
         live = workdir / f"{name}_live.h5"
         config = workdir / "live_fit.toml"     # --peak-fit: the live processor fits as [live] peak_fit says
-        config.write_text(f'[live]\npeak_fit = "{args.peak_fit}"\n')
+        config.write_text(live_config(args))
         t0 = time.perf_counter()
         run_opmon(["replay", str(raw), "-o", str(live), "--force", "--config", str(config)], f"opmon replay (live) on {name}")
         rows.append({"case": f"{name} live", **score(raw, live), "sim_s": 0.0, "process_s": time.perf_counter() - t0})

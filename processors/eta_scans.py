@@ -273,7 +273,8 @@ class EtaScanAccumulator(MomentAccumulator):
             theirs = np.asarray(state[key])
             if theirs.shape != (n * self.n_pixels,) + mine.shape[1:]:
                 raise OpmonError(f"state {key!r} has shape {theirs.shape}, expected {(n * self.n_pixels,) + mine.shape[1:]}")
-            view = mine.reshape((-1, self.n_pixels) + mine.shape[1:])
+            # the slot count given, not -1: a sum with no basis terms (a fixed background: (rows, 0, 3)) has size 0
+            view = mine.reshape((mine.shape[0] // self.n_pixels, self.n_pixels) + mine.shape[1:])
             view[slots] += theirs.reshape((n, self.n_pixels) + mine.shape[1:])
 
     # -- results --------------------------------------------------------------------------------

@@ -111,6 +111,24 @@ weighted mean, of which 0.30 is a common offset of the frame (the simulator cent
 per scan; the true shifts recentred on the measured Σ I still give mask 94.1 %): 0.15 with it removed. The
 ``drift`` maps (sizes 24/32, seeds 4-7) keep their errors (scans with ≥ 10 %: within 0.2 pixel on 6 of 8). A
 declined registration (no scan moved) makes the map `--register off` makes (`EtaScanAccumulator._unmoved`).
+
+Stop 23, after the honest powder arcs (``all`` declined again; same bench, seeds 4-7): the tilt contrast of ``all`` fell
+to 3.1-4.3 (4.1 even with the true shifts: the scatter is the flank scans' and the particle edge's faint pixels, the
+top 5 % of pixel-scans holding 2/3 of it), so the intensity fallback ran and declined (gain 2.3-3.0 < 5), while the
+tilt fit itself was 0.23-0.38 map pixel off (weighted mean). And the decline test could not tell drift from none on
+``all``: over every lit pixel any fit gains 1.3-1.4 from the faint pixels' noisy fields (``all`` without drift
+1.32-1.43, seed 6 with drift 1.39). Now the decline test is measured over the pixels with ≥ `GAIN_FLOOR` of the
+brightest count (drift-free maps: every single effect, none, low-signal, ``all`` without drift, seeds 4-7: 0.93-1.21;
+``all`` with drift 1.68-6.3; ``drift`` 2.7-200), and a tilt contrast between `LOW_TILT_CONTRAST` and
+`MIN_TILT_CONTRAST` registers on the tilt maps when the shifts pass it. ``all`` seed 4: d 8.5e-5 → 3.2e-5 Å, within
+93.0 → 100 %, tilt 0.0070 → 0.0034°, mask 94.1 → 95.5 %. Seed 5 stays declined: its tilt map varies over the particle
+about as much as its scatter (contrast 1.1, spread 4.5e-4 1/Å against 2.1e-3 on seed 4; gain 1.02 even with the true
+shifts): nothing tells its drift from noise. Limit: on synthetic strained particles whose every scan carries a strong
+tilt pattern of its own (tests/processors/test_registration_strained.py, amplitudes 1-1.5e-3 1/Å), contrasts 3.7-4.5
+can pass the gain test with shifts worse than none (1.2-2.3 against 1.1 map pixels). With the auto ROI's background
+plane (s23-arcsd-roiplane, measured merged): ``all`` seeds 4/6/7 contrast 5.6-6.8 and gain 6.3/3.2/4.0 (1.8-3.0 over
+every lit pixel), without drift ≤ 1.14 (1.23-1.27): registered either way, the rules here keep the margin; seed 5
+contrast 1.9, gain 1.1, declined.
 """
 from __future__ import annotations
 
@@ -136,11 +154,16 @@ SHARP_ROUNDS = 8       # ... rounds of the refinement against the sharp field th
 SHARP_SMOOTH = 1e-3    # ... its smoothness term, per unit of the median lit pixel's weight: ties pixels no scan sees
 MIN_LEAK = 0.1         # ... the eta axis's share along the centroids' motion below which it is kept (`leak_free_axis`)
 MIN_TILT_CONTRAST = 5.0  # ... the tilt map's spread over the particle / its scatter between registered scans,
-                         # below which it cannot register (measured: 0.8 on a particle of one tilt, 10-40 bent)
+                         # below which it cannot register (measured: 0.8 on a particle of one tilt, 10-40 bent) ...
+LOW_TILT_CONTRAST = 2.5  # ... unless it is at least this and its shifts pass `MIN_GAIN` (``all`` seeds 4/6/7: 4.2/4.3/3.1;
+                         # a particle of one tilt 0.5)
 FIT_SIGNAL = 0.1       # ... scans with less Σ I than this share of the brightest: their fit alone is not trusted
                          # (few lit pixels, noisy fields: 4-10 pixel fits on `all`), see `FAINT_REACH`
 FAINT_REACH = 1.5      # ... a fainter scan keeps its fitted shift only within this many map pixels of the nearest fitted one's
-MIN_GAIN = 1.6         # ... the shifts are kept only if the scans' misfit unmoved is this many times their misfit moved
+MIN_GAIN = 1.6         # ... the shifts are kept only if the scans' misfit unmoved is this many times their misfit moved ...
+GAIN_FLOOR = 0.2       # ... over their pixels with at least this share of the brightest count (the faint pixels' noisy
+                         # fields gain 1.3-1.4 from any fit: ``all`` without drift at 0.02; at 0.2 drift-free maps 0.93-1.21,
+                         # ``all`` with drift 1.68-6.3 but seed 5, whose tilt map has no contrast, 1.02)
 INTENSITY_GAIN = 5.0   # the intensity fallback is kept only if the scans moved back fit each other this many times better
                          # than unmoved (`intensity_misfit`): one image drifting 19.5, strained particles without drift 1.4-2.8
 
@@ -449,17 +472,22 @@ def register_eta_scans_by_tilt(s0: npt.ArrayLike, s1: npt.ArrayLike, phi_deg: fl
     level = FIELD_SUPPORT * FIELD_FLOOR * peak
     shifts = _refined(field, weight, total, shifts, signal, level)
     contrast = tilt_contrast(field[trusted], weight[trusted], shifts[trusted])
-    if not contrast >= MIN_TILT_CONTRAST:
+    bright = np.where(i0 >= GAIN_FLOOR * peak, i0, 0.0)
+    still, moved = (field_misfit(field, bright, s, trusted, level) for s in (np.zeros_like(shifts), shifts))
+    gain = still / moved if moved > 0 else (float("inf") if still > 0 else 1.0)
+    if not contrast >= MIN_TILT_CONTRAST and not (contrast >= LOW_TILT_CONTRAST and gain >= MIN_GAIN):
         log.warning("tilt registration: the tilt map varies over the particle only %.1f times its scatter between "
-                    "the registered scans (< %.0f): nothing to register on; the intensity maps are registered instead",
-                    contrast, MIN_TILT_CONTRAST)
+                    "the registered scans (< %.0f) and the scans' tilt maps fit each other moved %.2f times better than "
+                    "unmoved (< %.2f, or contrast < %.1f): nothing to register on; the intensity maps are registered "
+                    "instead", contrast, MIN_TILT_CONTRAST, gain, MIN_GAIN, LOW_TILT_CONTRAST)
         return registered_intensity(i0)
-    still, moved = (field_misfit(field, weight, s, trusted, level) for s in (np.zeros_like(shifts), shifts))
-    if not still > MIN_GAIN * moved:
+    if not gain >= MIN_GAIN:
         log.warning("tilt registration declined: the scans' tilt maps fit each other moved by the shifts found only "
-                    "%.2f times better than unmoved (< %.2f): no drift seen, the scans are added as they are",
-                    still / moved if moved > 0 else 1.0, MIN_GAIN)
+                    "%.2f times better than unmoved (< %.2f; tilt contrast %.1f): no drift seen, the scans are added as "
+                    "they are", gain, MIN_GAIN, contrast)
         return np.zeros_like(shifts)
+    log.info("tilt registration kept: tilt contrast %.1f, the scans' tilt maps fit each other %.2f times better moved",
+             contrast, gain)
     return _faint_checked(_filled(shifts, signal), trusted)
 
 

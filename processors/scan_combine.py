@@ -73,7 +73,7 @@ def sharp_intensity(s0: F64, shifts: F64, moved_sum: F64 | None = None) -> F64:
     n, ny, nx = s0.shape
     shifts = np.asarray(shifts, dtype=np.float64).reshape(n, 2)
     if np.array_equal(shifts, np.round(shifts)):
-        return moved_sum if moved_sum is not None else registered_sums(s0, s0[..., None], s0[..., None, None], shifts)[0]
+        return moved_sum if moved_sum is not None else sum((resample(s0[k], shifts[k]) for k in range(n)), np.zeros((ny, nx)))
     moved = np.stack([np.clip(resample(s0[k], shifts[k]), 0.0, None) for k in range(n)]).reshape(n, ny * nx)
     total = moved.sum(axis=0)
     share = np.where(total > 0, moved / np.where(total > 0, total, 1.0), 1.0 / n)

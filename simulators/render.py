@@ -382,6 +382,20 @@ class FrameRenderer:
                      np.zeros((0, 9)), geo, self.dead, self.hot, self.hot_mean, False)
         return out
 
+    def scan_counts(self, etas: npt.ArrayLike, chunk: int = 32) -> npt.NDArray[np.float64]:
+        """Noise-free Bragg counts of the whole particle on the detector at each eta (n_etas,): how much
+        each eta scan of a map sees of it, with the peak's real shape (a focused beam's broad peak widens
+        the rocking curve, so the compact model's weights put faint scans' weight in the wrong place).
+        Rendered where the particle is, `chunk` map pixels at a time, at the drift now set."""
+        etas = np.asarray(etas, dtype=np.float64).reshape(-1)
+        q, sigma, amp, q2, amp2 = self._arrays()
+        lit = np.flatnonzero((np.asarray(amp) > 0) | (np.asarray(amp2) > 0))
+        out = np.zeros(etas.size)
+        for k, eta in enumerate(etas):
+            for a in range(0, lit.size, chunk):
+                out[k] += self.expected(lit[a:a + chunk], eta, self.setup.phi, self.setup.nu, self.setup.delta).sum()
+        return out
+
     def _broadcast(self, *arrays: npt.ArrayLike) -> tuple[npt.NDArray[Any], ...]:
         midx = np.atleast_1d(np.asarray(arrays[0], dtype=np.int64))
         n = midx.size

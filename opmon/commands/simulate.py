@@ -201,6 +201,7 @@ def simulate(path: Path, *, ny: int = 60, nx: int = 60, angles: int = 30, eta_st
     drift = drift_path(setup.n_angles, fx.drift_px, seed)
     scan_weights = particle.scan_weights(setup.eta_values())
     if fx.drift_px:   # the truth maps' frame: where the particle sat on average, weighted by what each scan sees
+        scan_weights = renderer.scan_counts(setup.eta_values())   # with the peak's real shape (broad: wider rocking)
         drift = centred_on(drift, scan_weights)
     r0, _, c0, _ = setup.roi_window
     truth["peak_width"] = shape.width_factor() * truth["sigma"]

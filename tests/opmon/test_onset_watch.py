@@ -40,6 +40,7 @@ def test_an_onset_asks_for_one_map_and_the_cooldown_holds_the_next():
             pub.send_multipart(parts)
             return key in watch.seen
         assert until(lambda: sent_until_seen(_final_map(3, onset), ("r1", 3)), 10)
+        assert until(lambda: watch.maps_asked == 1, 10)     # `seen` holds the map before its request is made
         pub.send_multipart(_final_map(4, None))        # a final map without an onset asks nothing
         asked = requests.current()
         assert asked["map_requests"] == 1

@@ -116,8 +116,9 @@ def test_archived_run_on_dask_equals_one_process(tmp_path, make_raw, dask_client
     assert_same_files(tmp_path / "one.h5", tmp_path / "dask.h5")
 
 
-def test_fixed_roi_and_background_on_dask_equal_one_process(tmp_path, raw_file, dask_client):
-    options = ProcessOptions(roi=(5, 35, 10, 40), background=2e-3, threshold=1, despeckle=False)
+@pytest.mark.parametrize("register", ["off", "tilt"])   # tilt: per-scan sums whose background basis has no terms
+def test_fixed_roi_and_background_on_dask_equal_one_process(tmp_path, raw_file, dask_client, register):
+    options = ProcessOptions(roi=(5, 35, 10, 40), background=2e-3, threshold=1, despeckle=False, register=register)
     one_process(raw_file, tmp_path / "one.h5", options)
     on_dask(raw_file, tmp_path / "dask.h5", options, dask_client, task_frames=7)
     assert_same_files(tmp_path / "one.h5", tmp_path / "dask.h5")
