@@ -162,7 +162,7 @@ def live_config(args: argparse.Namespace) -> str:
     the registration (a manual shifts file, ``truth``, has no live counterpart: off) and the powder spots."""
     register = args.register if args.register in ("auto", "tilt", "off") else "off"
     words = args.process.split()
-    spots = words[words.index("--powder-spots") + 1] if "--powder-spots" in words[:-1] else "off"
+    spots = words[words.index("--powder-spots") + 1] if "--powder-spots" in words[:-1] else "auto"
     return f'[live]\npeak_fit = "{args.peak_fit}"\nregister = "{register}"\npowder_spots = "{spots}"\n'
 
 
