@@ -476,13 +476,13 @@ def register_eta_scans_by_tilt(s0: npt.ArrayLike, s1: npt.ArrayLike, phi_deg: fl
     still, moved = (field_misfit(field, bright, s, trusted, level) for s in (np.zeros_like(shifts), shifts))
     gain = still / moved if moved > 0 else (float("inf") if still > 0 else 1.0)
     if not contrast >= MIN_TILT_CONTRAST and not (contrast >= LOW_TILT_CONTRAST and gain >= MIN_GAIN):
-        log.warning("tilt registration: the tilt map varies over the particle only %.1f times its scatter between "
+        log.info("tilt registration: the tilt map varies over the particle only %.1f times its scatter between "
                     "the registered scans (< %.0f) and the scans' tilt maps fit each other moved %.2f times better than "
                     "unmoved (< %.2f, or contrast < %.1f): nothing to register on; the intensity maps are registered "
                     "instead", contrast, MIN_TILT_CONTRAST, gain, MIN_GAIN, LOW_TILT_CONTRAST)
         return registered_intensity(i0)
     if not gain >= MIN_GAIN:
-        log.warning("tilt registration declined: the scans' tilt maps fit each other moved by the shifts found only "
+        log.info("tilt registration declined: the scans' tilt maps fit each other moved by the shifts found only "
                     "%.2f times better than unmoved (< %.2f; tilt contrast %.1f): no drift seen, the scans are added as "
                     "they are", gain, MIN_GAIN, contrast)
         return np.zeros_like(shifts)
@@ -514,7 +514,7 @@ def registered_intensity(i0: F64) -> F64:
     shifts = register_eta_scans(i0)
     moved, still = intensity_misfit(i0, shifts), intensity_misfit(i0, np.zeros_like(shifts))
     if not still >= INTENSITY_GAIN * moved:
-        log.warning("intensity registration declined: the eta scans moved back fit each other only %.1f times better than "
+        log.info("intensity registration declined: the eta scans moved back fit each other only %.1f times better than "
                     "unmoved (< %.0f): not one image drifting, the scans are added as they are",
                     still / moved if moved > 0 else 1.0, INTENSITY_GAIN)
         return np.zeros_like(shifts)
