@@ -38,7 +38,7 @@ follows eta as the intensity does. Each scan is fitted onto the weighted mean fi
 other scans (least squares over its pixels with counts, a penalty for those that land off the
 others' support), from a whole-pixel search then a halving pattern search, for a few rounds.
 A particle of one tilt has no such map (`tilt_contrast` ~1 against 10-40 on bent ones): then
-the intensity maps are registered instead, with a warning.
+the intensity maps are registered instead, logged (DEBUG: `opmon -v`; since stop 24 registration is the default and a still map declining is the normal outcome).
 
 Measured (`opmon bench truth --cases drift`, paper particles 24 x 24, seeds 4-8, scans with
 ≥ 2 % of the brightest scan's Σ I): tilt's shift error 0.10-0.25 map pixel Σ I-weighted mean
@@ -439,7 +439,7 @@ def register_eta_scans_by_tilt(s0: npt.ArrayLike, s1: npt.ArrayLike, phi_deg: fl
     `register_eta_scans`). Each scan with signal is fitted onto the mean field of the others,
     moved back by their shifts, for a few rounds, then onto the sharp field the others imply
     (`_refined`); scans without signal take the nearest one's, faint scans too when their fit is far from it
-    (`_faint_checked`). All zero (declined, with a warning) when the tilt maps do not fit each other `MIN_GAIN`
+    (`_faint_checked`). All zero (declined, logged at DEBUG) when the tilt maps do not fit each other `MIN_GAIN`
     times better moved than unmoved, or when they cannot register and the intensity maps do not either
     (`registered_intensity`).
     """
@@ -476,13 +476,13 @@ def register_eta_scans_by_tilt(s0: npt.ArrayLike, s1: npt.ArrayLike, phi_deg: fl
     still, moved = (field_misfit(field, bright, s, trusted, level) for s in (np.zeros_like(shifts), shifts))
     gain = still / moved if moved > 0 else (float("inf") if still > 0 else 1.0)
     if not contrast >= MIN_TILT_CONTRAST and not (contrast >= LOW_TILT_CONTRAST and gain >= MIN_GAIN):
-        log.info("tilt registration: the tilt map varies over the particle only %.1f times its scatter between "
+        log.debug("tilt registration: the tilt map varies over the particle only %.1f times its scatter between "
                     "the registered scans (< %.0f) and the scans' tilt maps fit each other moved %.2f times better than "
                     "unmoved (< %.2f, or contrast < %.1f): nothing to register on; the intensity maps are registered "
                     "instead", contrast, MIN_TILT_CONTRAST, gain, MIN_GAIN, LOW_TILT_CONTRAST)
         return registered_intensity(i0)
     if not gain >= MIN_GAIN:
-        log.info("tilt registration declined: the scans' tilt maps fit each other moved by the shifts found only "
+        log.debug("tilt registration declined: the scans' tilt maps fit each other moved by the shifts found only "
                     "%.2f times better than unmoved (< %.2f; tilt contrast %.1f): no drift seen, the scans are added as "
                     "they are", gain, MIN_GAIN, contrast)
         return np.zeros_like(shifts)
@@ -506,7 +506,7 @@ def _faint_checked(shifts: F64, trusted: npt.NDArray[np.int64]) -> F64:
 
 
 def registered_intensity(i0: F64) -> F64:
-    """`register_eta_scans` of the intensity maps, declined (zero shifts, a warning) unless the scans moved back fit
+    """`register_eta_scans` of the intensity maps, declined (zero shifts, logged at DEBUG) unless the scans moved back fit
     each other `INTENSITY_GAIN` times better than unmoved (`intensity_misfit`): one image drifting (the particle of
     one tilt of tests/processors/test_registration.py) gains 19.5; on a strained particle the part in Bragg condition
     moves with eta, which intensity registration takes for drift (1.3-3.6 map pixels, up to 12 on the background-only
@@ -514,7 +514,7 @@ def registered_intensity(i0: F64) -> F64:
     shifts = register_eta_scans(i0)
     moved, still = intensity_misfit(i0, shifts), intensity_misfit(i0, np.zeros_like(shifts))
     if not still >= INTENSITY_GAIN * moved:
-        log.info("intensity registration declined: the eta scans moved back fit each other only %.1f times better than "
+        log.debug("intensity registration declined: the eta scans moved back fit each other only %.1f times better than "
                     "unmoved (< %.0f): not one image drifting, the scans are added as they are",
                     still / moved if moved > 0 else 1.0, INTENSITY_GAIN)
         return np.zeros_like(shifts)

@@ -156,7 +156,7 @@ def test_the_intensity_fallback_declines_on_a_still_strained_particle_and_invent
     map is too blurred to register on (contrast < 5), and the intensity maps, whose lit band moves with eta,
     would be moved by up to ~2.5 map pixels (`register_eta_scans`): the scans moved back fit each other hardly
     better than unmoved (not one image drifting), so the scans are added as they are."""
-    caplog.set_level(logging.INFO, logger="opmon.processors.registration")    # a decline is normal: INFO
+    caplog.set_level(logging.DEBUG, logger="opmon.processors.registration")    # a decline is normal: DEBUG
     s0, s1 = scans(np.zeros((N_SCANS, 2)), 1)
     rng = np.random.default_rng(1)
     yy, xx = np.mgrid[0:MAP[0], 0:MAP[1]].astype(float)
