@@ -164,6 +164,8 @@ MIN_GAIN = 1.6         # ... the shifts are kept only if the scans' misfit unmov
 GAIN_FLOOR = 0.2       # ... over their pixels with at least this share of the brightest count (the faint pixels' noisy
                          # fields gain 1.3-1.4 from any fit: ``all`` without drift at 0.02; at 0.2 drift-free maps 0.93-1.21,
                          # ``all`` with drift 1.68-6.3 but seed 5, whose tilt map has no contrast, 1.02)
+MIN_OVERLAP = 0.5      # ... and only if, moved, their bright pixels land on each other's support at least this share as
+                         # much as unmoved (`field_fit`)
 INTENSITY_GAIN = 5.0   # the intensity fallback is kept only if the scans moved back fit each other this many times better
                          # than unmoved (`intensity_misfit`): one image drifting 19.5, strained particles without drift 1.4-2.8
 
@@ -473,8 +475,14 @@ def register_eta_scans_by_tilt(s0: npt.ArrayLike, s1: npt.ArrayLike, phi_deg: fl
     shifts = _refined(field, weight, total, shifts, signal, level)
     contrast = tilt_contrast(field[trusted], weight[trusted], shifts[trusted])
     bright = np.where(i0 >= GAIN_FLOOR * peak, i0, 0.0)
-    still, moved = (field_misfit(field, bright, s, trusted, level) for s in (np.zeros_like(shifts), shifts))
+    (still, still_share), (moved, moved_share) = (field_fit(field, bright, s, trusted, level)
+                                                  for s in (np.zeros_like(shifts), shifts))
     gain = still / moved if moved > 0 else (float("inf") if still > 0 else 1.0)
+    if moved_share < MIN_OVERLAP * still_share:     # the shifts compare too little to be judged: nothing seen
+        log.debug("tilt registration declined: moved by the shifts found the scans' bright pixels land on each "
+                  "other's support %.0f %% as much as unmoved (< %.0f %%): the scans are added as they are",
+                  100 * moved_share / still_share, 100 * MIN_OVERLAP)
+        return np.zeros_like(shifts)
     if not contrast >= MIN_TILT_CONTRAST and not (contrast >= LOW_TILT_CONTRAST and gain >= MIN_GAIN):
         log.debug("tilt registration: the tilt map varies over the particle only %.1f times its scatter between "
                     "the registered scans (< %.0f) and the scans' tilt maps fit each other moved %.2f times better than "
@@ -540,11 +548,19 @@ def intensity_misfit(scans: F64, shifts: F64) -> float:
 
 
 def field_misfit(field: F64, weight: F64, shifts: F64, signal: npt.NDArray[np.int64], level: float) -> float:
+    """`field_fit`'s misfit alone."""
+    return field_fit(field, weight, shifts, signal, level)[0]
+
+
+def field_fit(field: F64, weight: F64, shifts: F64, signal: npt.NDArray[np.int64], level: float) -> tuple[float, float]:
     """The scans' count-weighted mean square misfit at `shifts`, each against the sharp field the others imply
     (`_sharp_field`), over its lit pixels that land where that field is defined: how well the tilt maps fit each
     other so moved. Compared with zero shifts, the decline test of `register_eta_scans_by_tilt` (no off-support
     penalty as in `_FieldCost`: it favours zero shifts, whose pixels all land on the others' support, and declined
-    real drift). Unmoved / moved: truth harness's maps without drift 1.00-1.25, drift maps 2.5-133, `all` 3.0."""
+    real drift). Unmoved / moved: truth harness's maps without drift 1.00-1.25, drift maps 2.5-133, `all` 3.0.
+    Also the share of the lit pixels' weight so compared: shifts that carry the scans off each other's support
+    compare nothing and fit "perfectly" (a 4-pixel particle fitted 1.5-3 map pixels apart, misfit 0), which
+    `MIN_OVERLAP` declines."""
     from scipy.ndimage import map_coordinates
 
     shape = field.shape[1:]
@@ -552,7 +568,7 @@ def field_misfit(field: F64, weight: F64, shifts: F64, signal: npt.NDArray[np.in
     strength = SHARP_SMOOTH * float(np.median(weight[signal][weight[signal] > 0]))
     terms = {int(k): _normal_terms(field[k], weight[k], shifts[k]) for k in signal}
     normal, rhs = sum(t[0] for t in terms.values()), sum(t[1] for t in terms.values())
-    cost, total = 0.0, 0.0
+    cost, total, lit = 0.0, 0.0, 0.0
     for k, (own_normal, own_rhs) in terms.items():
         sharp, defined = _sharp_field(normal - own_normal, rhs - own_rhs, smooth, strength, shape, level)
         ys, xs = np.nonzero(weight[k] > 0)
@@ -561,7 +577,8 @@ def field_misfit(field: F64, weight: F64, shifts: F64, signal: npt.NDArray[np.in
         inside = map_coordinates(defined, at, order=1, mode="constant", cval=0.0) > 0.999
         w = weight[k][ys, xs] * inside
         cost, total = cost + float((w * (field[k][ys, xs] - seen) ** 2).sum()), total + float(w.sum())
-    return cost / total if total > 0 else 0.0
+        lit += float(weight[k][ys, xs].sum())
+    return (cost / total if total > 0 else 0.0), (total / lit if lit > 0 else 0.0)
 
 
 def _bilinear_rows(weight: F64, shift: F64) -> tuple[Any, npt.NDArray[np.int64], npt.NDArray[np.int64]]:
