@@ -7,6 +7,8 @@ of `opmon bench truth --cases drift`); a manual override then applies the true s
 """
 from __future__ import annotations
 
+import logging
+
 import threading
 
 import h5py
@@ -160,7 +162,8 @@ def test_with_the_true_shifts_the_mask_is_the_still_samples(drifted):
 
 def test_tilt_registration_of_a_particle_of_one_tilt_falls_back_to_the_intensity_maps(drifted, caplog):
     """Every pixel here has the same tilt: no tilt map to register on (left alone, its shifts were
-    off by up to 11 pixels), so `--register tilt` says so and registers the intensity maps."""
+    off by up to 11 pixels), so `--register tilt` says so (DEBUG) and registers the intensity maps."""
+    caplog.set_level(logging.DEBUG, logger="opmon.processors.registration")
     tilt = reduce(drifted["moving"], "tilt")
     np.testing.assert_array_less(np.hypot(*(tilt.eta_shifts - drifted["truth"]).T), 0.2)
     assert "nothing to register on" in caplog.text
