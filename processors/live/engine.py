@@ -279,7 +279,20 @@ class LiveRun(RunShapes):
         lm = self.map(number)
         lm.map_shape, lm.shape_known = tuple(map_shape), True  # type: ignore[assignment]
         lm.n_expected = n_expected or lm.n_expected
+        if lm.picks is not None and lm.picks.picks is None and lm.n_expected:
+            self._repick(lm)
         return lm
+
+    def _repick(self, lm: LiveMap) -> None:
+        """`lm`'s first frames came before its map_start (frames and documents travel on separate sockets), so its
+        picks summed every frame, not the ones `opmon process` samples: re-sum them from its held frames (the powder
+        spots found on every frame differed from the sample's: 8 against 0 on the demo's first map). Not held (over
+        the budget): the picks stay every frame."""
+        if lm.held is None or lm.held.overflowed:
+            return
+        lm.picks = MapPicks(lm.n_expected, per_scan=self.finds_spots)
+        for header, frame in lm.held.frames():
+            lm.picks.add(int(header["frame"]), frame, float(header["eta"]))
 
     def accumulator(self, lm: LiveMap) -> MomentAccumulator:
         """An empty accumulator for `lm` with the run's geometry, mask and options (its ROI: the one

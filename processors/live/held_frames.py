@@ -19,7 +19,7 @@ import numpy.typing as npt
 #: memory the held frames of one map may take (the first map of a run: its ROI is provisional)
 HELD_BYTES = 512 << 20
 
-_HEADER_KEYS = ("index", "eta", "phi", "nu", "delta", "monitor")
+_HEADER_KEYS = ("frame", "index", "eta", "phi", "nu", "delta", "monitor")   # "frame": its number in the map (the picks)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -17,7 +17,8 @@ import numpy.typing as npt
 
 from opmon.errors import RawFileError
 from opmon.streaming.archive.layout import (ATTR_BACKGROUND, DOSE, DOSE_SIGNAL, ENTRY, FIT_AUXILIARY, FIT_UNITS, MAPS,
-                                           MAPS_FIT, MAPS_FLAGS, MAPS_FRAMES, MAPS_REQUIRED, MAPS_UNITS)
+                                           MAPS_ETA_SCANS, MAPS_ETA_SHIFTS, MAPS_FIT, MAPS_FLAGS, MAPS_FRAMES,
+                                           MAPS_REQUIRED, MAPS_UNITS)
 
 AUXILIARY_SIGNALS = ("intensity", "tilt_altitude", "tilt_azimuth", "peak_width")
 MAP_X, MAP_Y = "x", "y"      # NXdata axes of the maps: piezo position of each column / row, µm
@@ -184,6 +185,12 @@ def read_maps(parent: h5py.Group) -> MapsArrays:
         if flags.shape != arrays["d_spacing"].shape:
             raise RawFileError(f"{group.file.filename}:{group.name}/{MAPS_FLAGS}: shape {flags.shape}, expected {arrays['d_spacing'].shape}")
         arrays[MAPS_FLAGS] = flags
+    if MAPS_ETA_SCANS in group and MAPS_ETA_SHIFTS in group:     # the eta scans registered and their drift
+        eta, shifts = group[MAPS_ETA_SCANS][()], group[MAPS_ETA_SHIFTS][()]
+        if eta.ndim != 1 or shifts.shape != (eta.size, 2):
+            raise RawFileError(f"{group.file.filename}:{group.name}/{MAPS_ETA_SHIFTS}: shape {shifts.shape}, expected "
+                               f"({eta.size}, 2) for the {eta.size} values of {MAPS_ETA_SCANS}")
+        arrays[MAPS_ETA_SCANS], arrays[MAPS_ETA_SHIFTS] = eta, shifts
     return MapsArrays(arrays, float(group.attrs.get(ATTR_BACKGROUND, 0.0)))
 
 
