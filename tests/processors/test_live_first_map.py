@@ -121,3 +121,34 @@ def test_first_map_over_the_memory_budget_is_re_made_from_the_archive(tmp_path, 
         offline, offline_roi = process_entry(entry, ProcessOptions())
         assert tuple(int(v) for v in entry["maps"].attrs["roi"]) == offline_roi
         assert_same_maps(read_map_result(entry), offline)
+
+
+def test_frames_before_their_map_start_are_sampled_as_opmon_process_samples():
+    """Frames and documents travel on separate sockets, so a map's first frames can come before its map_start:
+    the picks (what the map's ROI, bad pixels and powder spots are decided from) then summed every frame, not the
+    frames `opmon process` samples, and the demo's first map found 8 powder spots where `opmon process` found 0.
+    Once map_start gives the frame count, the picks are re-summed from the held frames."""
+    from opmon.processors.live.engine import LiveRun
+    from opmon.processors.offline import sample_picks
+
+    n_frames = 400                                       # > 200: `opmon process` samples a subset
+    rng = np.random.default_rng(2)
+    frames = rng.poisson(0.05, (n_frames,) + FRAME).astype(np.uint32)
+    start = {"run": "r", "energy_ev": 10000.0, "distance_m": 1.6, "pixel_size_m": [55e-6, 55e-6],
+             "beam_center": [50.0, 30.0], "frame_shape": list(FRAME), "map_shape": [20, 20]}
+
+    def picked(map_start_after: int) -> tuple[int, np.ndarray]:
+        run = LiveRun.begin(start, None, (0, 96, 0, 64), threshold=0, background="auto", roi_quota=1, roi_wait_s=1.0,
+                            powder_spots="auto")
+        for f in range(n_frames):
+            if f == map_start_after:
+                run.map_started(0, (20, 20), n_frames)
+            h = {"map": 0, "frame": f, "index": f, "eta": 10.0 + 0.01 * (f % 4), "phi": 0.0, "nu": 30.0, "delta": 5.0}
+            run.sample_for_follow(run.accumulate(h, frames[f]), h, frames[f])
+        picks = run.maps[0].picks
+        return picks.frames, picks.sample.total
+
+    expected = sample_picks(n_frames)[0]
+    in_order, late = picked(0), picked(7)
+    assert in_order[0] == late[0] == expected.size < n_frames
+    np.testing.assert_array_equal(late[1], frames[expected].sum(axis=0))
