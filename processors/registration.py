@@ -135,6 +135,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numba
 import numpy as np
 import numpy.typing as npt
 
@@ -397,14 +398,46 @@ class _FieldCost:
         self.reference, self.defined, self.penalty = reference, defined, penalty
 
     def __call__(self, shift: npt.ArrayLike) -> float:
-        from scipy.ndimage import map_coordinates
+        dy, dx = shift
+        return _field_cost(self.reference, self.defined, self.y, self.x, float(dy), float(dx), self.field, self.weight,
+                           self.penalty) / self.total
 
-        dy, dx = (float(v) for v in np.asarray(shift, dtype=np.float64).reshape(2))
-        at = [self.y - dy, self.x - dx]
-        seen = map_coordinates(self.reference, at, order=1, mode="constant", cval=0.0)
-        inside = map_coordinates(self.defined, at, order=1, mode="constant", cval=0.0) > 0.999
-        misfit = np.where(inside, (self.field - seen) ** 2, self.penalty)
-        return float((self.weight * misfit).sum() / self.total)
+
+@numba.njit(cache=True, nogil=True)
+def _bilinear(image: F64, y: float, x: float) -> float:
+    """`image` at (y, x) as scipy's ``map_coordinates(order=1, mode="constant", cval=0)`` takes it (to ~1e-16):
+    bilinear inside the pixel grid, 0 beyond its outermost pixel centres."""
+    ny, nx = image.shape
+    if not (0.0 <= y <= ny - 1 and 0.0 <= x <= nx - 1):
+        return 0.0
+    y0 = min(int(np.floor(y)), ny - 2) if ny > 1 else 0
+    x0 = min(int(np.floor(x)), nx - 2) if nx > 1 else 0
+    fy, fx = y - y0, x - x0
+    value = (1.0 - fy) * (1.0 - fx) * image[y0, x0]
+    if fx > 0.0:
+        value += (1.0 - fy) * fx * image[y0, x0 + 1]
+    if fy > 0.0:
+        value += fy * (1.0 - fx) * image[y0 + 1, x0]
+        if fx > 0.0:
+            value += fy * fx * image[y0 + 1, x0 + 1]
+    return value
+
+
+@numba.njit(cache=True, nogil=True)
+def _field_cost(reference: F64, defined: F64, y: F64, x: F64, dy: float, dx: float, field: F64, weight: F64,
+                penalty: float) -> float:
+    """Σ weight · misfit of the lit pixels (y, x) seen at (y - dy, x - dx): (field - reference)² where `defined` reads > 0.999 there,
+    else `penalty`. One compiled pass: the pattern search calls it ~50 times per scan and round, and two scipy
+    ``map_coordinates`` calls per cost were ~2/3 of a 20 x 28 map's registration (0.8 of 1.8 s)."""
+    total = 0.0
+    for i in range(y.size):
+        at_y, at_x = y[i] - dy, x[i] - dx
+        if _bilinear(defined, at_y, at_x) > 0.999:
+            diff = field[i] - _bilinear(reference, at_y, at_x)
+            total += weight[i] * diff * diff
+        else:
+            total += weight[i] * penalty
+    return total
 
 
 def _fit_field(field: F64, weight: F64, reference: F64, defined: F64, start: F64 | None) -> F64:
