@@ -1,0 +1,262 @@
+"""Eta-scan drift from a model of the sample: each pixel's rocking curve and each scan's shift fitted together.
+
+Why: intensity cross-correlation (`registration.register_eta_scans`) cannot tell drift from the band of a
+strained particle that is in Bragg condition and moves across it with eta, and the tilt maps
+(`registration.register_eta_scans_by_tilt`) are noisy where a scan lights only that band (the flank scans
+of the rocking curve, 10-25 % of the brightest scan's Σ I: 0.3-0.6 map pixel off on the truth harness's
+``drift`` maps) and flat on a particle of one tilt. A model explains the moving band: every pixel of the
+SAMPLE has a rocking curve, amplitude a(r), centre θ(r) and width w(r) in eta (Gaussian: the Σ I of a
+compact peak crossed by the Ewald sphere), and scan s at eta_s sees the sample moved by its shift d_s,
+each map pixel the sample's pixels around m − d_s mixed as a drifted beam mixes them (amplitude bilinear,
+centre and width amplitude-weighted: what `simulators.drift.shift_arrays` renders). θ moves WITH the sample,
+so a flank scan is placed where its band must be; the particle's edges and its θ(r) still place the scans
+of a particle without tilt contrast.
+
+`fit_rocking_model` fits the curves (3 per sample pixel with signal) and the shifts (2 per scan) at once:
+weighted least squares over every scan's per-pixel Σ I (Poisson variance of the data plus the map's noise
+floor), damped Gauss-Newton (Levenberg-Marquardt) on the sparse analytic Jacobian, from the given shifts
+(the tilt registration's, or zero) and the curves their moved sums imply (moments). The shifts' Σ I-weighted
+mean is held at zero (the frame `register_eta_scans` gives). Tried first (session 24): the curves given the
+shifts and the shifts given the curves in turn converged slowly (0.03 map pixel per round after 8 rounds,
+~35 s per 24 x 24 map); a leave-one-out log-parabola per pixel of the scans moved back (no sharp model)
+was 0.1-0.35 map pixel off even from the true shifts (the move back blurs each scan by its own sub-pixel place).
+
+`register_eta_scans_by_model` keeps the fit only if it explains the scans `MIN_MODEL_GAIN` times better (χ²)
+than the same model with every scan unmoved; otherwise the given start comes back unchanged (zero when the
+tilt registration declined: the map `--register off` makes).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+F64 = npt.NDArray[np.float64]
+
+MODEL_SIGNAL = 0.02    # scans with less Σ I than this share of the brightest are not fitted (they take the nearest one's shift)
+SUPPORT = 0.02         # sample pixels whose Σ I (scans moved back) reaches this share of the brightest, dilated by one, carry a curve
+MIN_WIDTH = 0.3        # rocking-curve width (sd) at least this many eta steps (a narrower one is one scan's noise)
+GAUGE = 1e3            # weight of the residual holding the shifts' Σ I-weighted mean at zero
+ITERATIONS = 60        # Levenberg-Marquardt steps at most ...
+SETTLED = 1e-5         # ... or until an accepted step lowers χ² by less than this share
+MIN_MODEL_GAIN = 1.2   # the shifts are kept only if χ² unmoved / χ² moved reaches this
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelFit:
+    """The fitted shifts (n_scans, 2) and the fit's χ² (weighted squared residuals over the fitted scans' pixels)."""
+
+    shifts: F64
+    chi2: float
+
+
+class _Problem:
+    """The scans' data, the sample pixels that carry a curve, and the model's residuals and Jacobian."""
+
+    def __init__(self, s0: F64, eta: F64, signal: npt.NDArray[np.int64], start: F64) -> None:
+        from scipy.ndimage import binary_dilation
+
+        from opmon.processors.registration import resample
+
+        self.n_scans, self.ny, self.nx = s0.shape
+        self.signal, self.eta = signal, eta[signal]
+        self.n_pix = self.ny * self.nx
+        moved = np.clip(np.stack([resample(s0[k], start[k]) for k in signal]), 0.0, None)
+        total = moved.sum(axis=0)
+        lit = total >= SUPPORT * total.max()
+        support = binary_dilation(lit, iterations=1)
+        self.support = np.flatnonzero(support.ravel())
+        self.index = np.full(self.n_pix, -1, dtype=np.int64)
+        self.index[self.support] = np.arange(self.support.size)
+        self.data = s0[signal].reshape(signal.size, -1)
+        self.sigma = np.sqrt(np.clip(self.data, 0.0, None) + self._noise_floor(s0[signal], support) ** 2)
+        weight = np.clip(self.data.sum(axis=1), 0.0, None)
+        self.share = weight / weight.sum()
+        a = total.ravel()[self.support]
+        centre = (moved * self.eta[:, None, None]).sum(axis=0).ravel()[self.support] / np.where(a > 0, a, 1.0)
+        sq = np.zeros_like(a)
+        for k in range(signal.size):
+            sq += moved[k].ravel()[self.support] * (self.eta[k] - centre) ** 2
+        width = np.sqrt(np.clip(sq / np.where(a > 0, a, 1.0), MIN_WIDTH ** 2, None))
+        self.x0 = np.concatenate([a / (np.sqrt(2 * np.pi) * width), centre, width, start[signal].ravel()])
+        self.K = self.support.size
+
+    @staticmethod
+    def _noise_floor(scans: F64, support: npt.NDArray[np.bool_]) -> float:
+        """The per-pixel noise of the scans away from the particle (robust sd of the background-corrected Σ I of
+        the map pixels more than 4 from the support, where no drift of up to 3 map pixels brings it), at least 1."""
+        from scipy.ndimage import binary_dilation
+
+        far = ~binary_dilation(support, iterations=4)
+        values = scans[:, far]
+        if values.size < 10:
+            return 1.0
+        return max(1.0, 1.4826 * float(np.median(np.abs(values - np.median(values)))))
+
+    def _sampling(self, shifts: F64) -> tuple[Any, Any, Any]:
+        """Sparse (scans·pixels, K) B: map pixel m of scan j sees the sample's pixels around m − d_j (bilinear), and
+        dB/d(dy_j), dB/d(dx_j) (same pattern)."""
+        import scipy.sparse as sparse
+
+        n = self.signal.size
+        yy, xx = np.divmod(np.arange(self.n_pix), self.nx)
+        py = yy[None, :] - shifts[:, 0:1]
+        px = xx[None, :] - shifts[:, 1:2]
+        y0, x0 = np.floor(py).astype(np.int64), np.floor(px).astype(np.int64)
+        fy, fx = py - y0, px - x0
+        row = np.arange(n * self.n_pix).reshape(n, self.n_pix)
+        rows, cols, vb, vy, vx = [], [], [], [], []
+        for oy, wy, gy in ((0, 1.0 - fy, 1.0), (1, fy, -1.0)):
+            for ox, wx, gx in ((0, 1.0 - fx, 1.0), (1, fx, -1.0)):
+                yc, xc = y0 + oy, x0 + ox
+                inside = (yc >= 0) & (yc < self.ny) & (xc >= 0) & (xc < self.nx)
+                col = np.where(inside, self.index[np.clip(yc, 0, self.ny - 1) * self.nx + np.clip(xc, 0, self.nx - 1)], -1)
+                keep = col >= 0
+                rows.append(row[keep])
+                cols.append(col[keep])
+                vb.append((wy * wx)[keep])
+                vy.append((gy * wx)[keep])
+                vx.append((wy * gx)[keep])
+        r, c = np.concatenate(rows), np.concatenate(cols)
+        shape = (n * self.n_pix, self.K)
+        return tuple(sparse.csr_matrix((np.concatenate(v), (r, c)), shape=shape) for v in (vb, vy, vx))  # type: ignore[return-value]
+
+    def evaluate(self, x: F64, jacobian: bool) -> tuple[F64, Any]:
+        """Residuals (weighted, plus the two gauge rows) and, if asked, the sparse Jacobian."""
+        import scipy.sparse as sparse
+
+        K, n = self.K, self.signal.size
+        a, theta, width, shifts = x[:K], x[K:2 * K], x[2 * K:3 * K], x[3 * K:].reshape(n, 2)
+        b, by, bx = self._sampling(shifts)
+        amp, mom1, mom2 = b @ a, b @ (a * theta), b @ (a * width)
+        seen = amp > 1e-12 * max(float(a.max()), 1e-300)
+        inv = np.where(seen, 1.0 / np.where(seen, amp, 1.0), 0.0)
+        t, u = mom1 * inv, np.where(seen, mom2 * inv, 1.0)
+        e = np.repeat(self.eta, self.n_pix) - t
+        g = np.where(seen, np.exp(-0.5 * (e / u) ** 2), 0.0)
+        sigma, data = self.sigma.ravel(), self.data.ravel()
+        res = np.concatenate([(amp * g - data) / sigma, GAUGE * (self.share[:, None] * shifts).sum(axis=0)])
+        if not jacobian:
+            return res, None
+        c1, c2 = e / u ** 2, e ** 2 / u ** 3
+        coo = b.tocoo()
+        rr, cc, bb = coo.row, coo.col, coo.data
+        alpha, beta, gamma = g * (1.0 - c1 * t - c2 * u) / sigma, g * c1 / sigma, g * c2 / sigma
+        d_a = bb * (alpha[rr] + beta[rr] * theta[cc] + gamma[rr] * width[cc])
+        d_theta, d_width = bb * beta[rr] * a[cc], bb * gamma[rr] * a[cc]
+        shift_cols = []
+        for bd in (by, bx):
+            da, dm1, dm2 = bd @ a, bd @ (a * theta), bd @ (a * width)
+            shift_cols.append((g * da + amp * g * (c1 * (dm1 - t * da) * inv + c2 * (dm2 - u * da) * inv)) / sigma)
+        m = n * self.n_pix
+        scan = np.repeat(np.arange(n), self.n_pix)
+        all_rows = np.concatenate([rr, rr, rr, np.arange(m), np.arange(m), np.full(n, m), np.full(n, m + 1)])
+        all_cols = np.concatenate([cc, cc + K, cc + 2 * K, 3 * K + 2 * scan, 3 * K + 2 * scan + 1,
+                                   3 * K + 2 * np.arange(n), 3 * K + 2 * np.arange(n) + 1])
+        values = np.concatenate([d_a, d_theta, d_width, shift_cols[0], shift_cols[1], GAUGE * self.share, GAUGE * self.share])
+        return res, sparse.csr_matrix((values, (all_rows, all_cols)), shape=(m + 2, 3 * K + 2 * n))
+
+    def bounded(self, x: F64) -> F64:
+        """Amplitudes ≥ 0, widths ≥ `MIN_WIDTH` eta steps."""
+        K = self.K
+        out = x.copy()
+        out[:K] = np.clip(out[:K], 0.0, None)
+        out[2 * K:3 * K] = np.clip(out[2 * K:3 * K], MIN_WIDTH, None)
+        return out
+
+
+def _chi2(res: F64) -> float:
+    """Squared residuals of the data rows (the two gauge rows left out)."""
+    return float((res[:-2] ** 2).sum())
+
+
+def _levenberg_marquardt(problem: _Problem, x: F64, free: npt.NDArray[np.bool_]) -> tuple[F64, float]:
+    """Damped Gauss-Newton from `x` over the parameters marked `free` (the others held): the parameters and χ²."""
+    import scipy.sparse as sparse
+    from scipy.sparse.linalg import spsolve
+
+    res, jac = problem.evaluate(x, True)
+    cost, damping = float((res ** 2).sum()), 1e-3
+    for _ in range(ITERATIONS):
+        j = jac[:, np.flatnonzero(free)]
+        normal = (j.T @ j).tocsc()
+        grad = j.T @ res
+        diag = normal.diagonal()
+        accepted = False
+        while damping < 1e8:
+            step = spsolve((normal + sparse.diags(damping * diag + 1e-12 * (diag.max() or 1.0))).tocsc(), -grad)
+            trial = x.copy()
+            trial[free] += np.asarray(step, dtype=np.float64)
+            trial = problem.bounded(trial)
+            trial_res, _ = problem.evaluate(trial, False)
+            trial_cost = float((trial_res ** 2).sum())
+            if trial_cost < cost:
+                accepted = True
+                break
+            damping *= 4.0
+        if not accepted:
+            break
+        settled = cost - trial_cost < SETTLED * cost
+        x, cost, damping = trial, trial_cost, max(damping / 3.0, 1e-7)
+        res, jac = problem.evaluate(x, True)
+        if settled:
+            break
+    return x, _chi2(res)
+
+
+def fit_rocking_model(s0: npt.ArrayLike, eta: npt.ArrayLike, start: npt.ArrayLike, move: bool = True) -> ModelFit:
+    """Per-pixel rocking curves and per-scan shifts fitted to the scans' Σ I together (see the module docstring).
+
+    Parameters
+    ----------
+    s0 : (n_scans, ny, nx) background-corrected Σ I per map pixel of each eta scan, in increasing eta.
+    eta : (n_scans,) the scans' eta (any unit; only their steps matter).
+    start : (n_scans, 2) shifts (dy, dx) in map pixels to start from.
+    move : False: the shifts are held at `start` and only the curves are fitted (the unmoved comparison).
+
+    Returns
+    -------
+    `ModelFit`: shifts in the frame where their Σ I-weighted mean is zero (scans without signal take the nearest
+    fitted scan's), and the fit's χ².
+    """
+    from opmon.processors.registration import _centred, _filled
+
+    scans = np.nan_to_num(np.asarray(s0, dtype=np.float64))
+    start = np.asarray(start, dtype=np.float64).reshape(-1, 2)
+    steps = np.diff(np.asarray(eta, dtype=np.float64))
+    step = float(np.median(steps)) if steps.size and np.median(steps) > 0 else 1.0
+    angle = (np.asarray(eta, dtype=np.float64) - float(np.asarray(eta)[0])) / step
+    total = np.clip(scans, 0.0, None).sum(axis=(1, 2))
+    if scans.shape[0] < 3 or not total.max() > 0:
+        return ModelFit(start.copy(), 0.0)
+    signal = np.flatnonzero(total >= MODEL_SIGNAL * total.max())
+    problem = _Problem(scans, angle, signal, start)
+    free = np.ones(problem.x0.size, dtype=bool)
+    if not move:
+        free[3 * problem.K:] = False
+    x, chi2 = _levenberg_marquardt(problem, problem.bounded(problem.x0), free)
+    shifts = start.copy()
+    shifts[signal] = _centred(x[3 * problem.K:].reshape(-1, 2), total[signal]) if move else start[signal]
+    return ModelFit(_filled(shifts, signal) if move else shifts, chi2)
+
+
+def register_eta_scans_by_model(s0: npt.ArrayLike, eta: npt.ArrayLike, start: npt.ArrayLike) -> F64:
+    """Shifts of the eta scans from the joint fit of `fit_rocking_model`, started at `start`, kept only if the
+    model fits the scans `MIN_MODEL_GAIN` times better (χ²) than with every scan unmoved; else `start` unchanged."""
+    start = np.asarray(start, dtype=np.float64).reshape(-1, 2)
+    moved = fit_rocking_model(s0, eta, start)
+    if not moved.shifts.any():
+        return start.copy()
+    still = fit_rocking_model(s0, eta, np.zeros_like(start), move=False)
+    gain = still.chi2 / moved.chi2 if moved.chi2 > 0 else float("inf")
+    if not gain >= MIN_MODEL_GAIN:
+        log.info("model registration declined: the rocking-curve model fits the scans moved only %.2f times better than "
+                 "unmoved (< %.2f)", gain, MIN_MODEL_GAIN)
+        return start.copy()
+    log.info("model registration kept: the rocking-curve model fits the scans moved %.2f times better than unmoved", gain)
+    return moved.shifts
