@@ -289,14 +289,18 @@ def register_eta_scans_by_model(s0: npt.ArrayLike, eta: npt.ArrayLike, start: np
     """Shifts of the eta scans from the joint fit of `fit_rocking_model`, started at `start`, kept only if the
     model fits the scans `MIN_MODEL_GAIN` times better (χ²) than with every scan unmoved; else `start` unchanged."""
     start = np.asarray(start, dtype=np.float64).reshape(-1, 2)
-    moved = fit_rocking_model(s0, eta, start)
-    if not moved.shifts.any():
+    try:
+        moved = fit_rocking_model(s0, eta, start)
+        fits = moved.shifts.any() and moved.reduced <= MAX_REDUCED
+        still = fit_rocking_model(s0, eta, np.zeros_like(start), move=False) if fits else None
+    except (RuntimeError, np.linalg.LinAlgError) as exc:    # a singular damped system (SuperLU: RuntimeError)
+        log.info("model registration declined: the fit failed (%s): the shifts found before are kept", exc)
         return start.copy()
-    if not moved.reduced <= MAX_REDUCED:
-        log.info("model registration declined: the rocking-curve model explains the scans only to χ² %.2f per datum "
-                 "(> %.2f): the shifts found before are kept", moved.reduced, MAX_REDUCED)
+    if still is None:
+        if moved.shifts.any():
+            log.info("model registration declined: the rocking-curve model explains the scans only to χ² %.2f per "
+                     "datum (> %.2f): the shifts found before are kept", moved.reduced, MAX_REDUCED)
         return start.copy()
-    still = fit_rocking_model(s0, eta, np.zeros_like(start), move=False)
     gain = still.chi2 / moved.chi2 if moved.chi2 > 0 else float("inf")
     if not gain >= MIN_MODEL_GAIN:
         log.info("model registration declined: the rocking-curve model fits the scans moved only %.2f times better than "
