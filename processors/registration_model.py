@@ -52,6 +52,8 @@ MIN_WIDTH = 0.3        # rocking-curve width (sd) at least this many eta steps (
 GAUGE = 1e3            # weight of the residual holding the shifts' Σ I-weighted mean at zero
 ITERATIONS = 60        # Levenberg-Marquardt steps at most ...
 SETTLED = 1e-4         # ... or until an accepted step lowers χ² by less than this share
+MAX_CURVE_PIXELS = 1500  # sample pixels with a curve beyond which the fit is not tried (its damped solve grows faster than
+                         # the map: 232 / 373 / 1157 curve pixels on 24 / 32 / 64-pixel drift maps, 1-3 / 2-7 / 9-35 s loaded)
 MIN_MODEL_GAIN = 1.2   # the shifts are kept only if χ² unmoved / χ² moved reaches this (truth harness, sizes 24/32 seeds 4-7:
                        # drift maps 2.6-16; every drift-free case 0.96-1.07) ...
 MAX_REDUCED = 1.35     # ... and the model explains the scans moved to within this χ² per datum (drift maps 0.93-1.19; `all`,
@@ -276,6 +278,9 @@ def fit_rocking_model(s0: npt.ArrayLike, eta: npt.ArrayLike, start: npt.ArrayLik
         return ModelFit(start.copy(), 0.0)
     signal = np.flatnonzero(total >= MODEL_SIGNAL * total.max())
     problem = _Problem(scans, angle, signal, start)
+    if problem.K > MAX_CURVE_PIXELS:
+        log.info("model registration not tried: %d sample pixels carry a rocking curve (> %d)", problem.K, MAX_CURVE_PIXELS)
+        return ModelFit(start.copy(), 0.0)
     free = np.ones(problem.x0.size, dtype=bool)
     if not move:
         free[3 * problem.K:] = False
@@ -291,13 +296,13 @@ def register_eta_scans_by_model(s0: npt.ArrayLike, eta: npt.ArrayLike, start: np
     start = np.asarray(start, dtype=np.float64).reshape(-1, 2)
     try:
         moved = fit_rocking_model(s0, eta, start)
-        fits = moved.shifts.any() and moved.reduced <= MAX_REDUCED
+        fits = moved.n_data > 0 and moved.shifts.any() and moved.reduced <= MAX_REDUCED
         still = fit_rocking_model(s0, eta, np.zeros_like(start), move=False) if fits else None
     except (RuntimeError, np.linalg.LinAlgError) as exc:    # a singular damped system (SuperLU: RuntimeError)
         log.info("model registration declined: the fit failed (%s): the shifts found before are kept", exc)
         return start.copy()
     if still is None:
-        if moved.shifts.any():
+        if moved.n_data > 0 and moved.shifts.any():
             log.info("model registration declined: the rocking-curve model explains the scans only to χ² %.2f per "
                      "datum (> %.2f): the shifts found before are kept", moved.reduced, MAX_REDUCED)
         return start.copy()
