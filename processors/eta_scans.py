@@ -35,6 +35,7 @@ from opmon.processors.accumulate import PER_PIXEL_KEYS, SHIPPED_KEYS, MomentAccu
 from opmon.processors.maps import FLAG_EDGE, MapResult, derive_maps, map_flags
 from opmon.processors.peak_fit import PeakFitModel, fit_gauss
 from opmon.processors.registration import coverage, register_eta_scans, register_eta_scans_by_tilt, resample
+from opmon.processors.registration_model import register_eta_scans_by_model
 from opmon.processors.roi_cut import EdgeCut
 from opmon.processors.scan_combine import registered_sums, sharp_intensity
 
@@ -368,5 +369,6 @@ class EtaScanAccumulator(MomentAccumulator):
             return np.asarray(reg.shifts, dtype=np.float64).copy()
         if reg == "tilt":
             angles = self.mean_angles()
-            return register_eta_scans_by_tilt(stack, centroids, angles[1] if angles is not None else 0.0)
+            start = register_eta_scans_by_tilt(stack, centroids, angles[1] if angles is not None else 0.0)
+            return register_eta_scans_by_model(stack, np.sort(self.scan_eta), start)   # refined, or `start` unchanged
         return register_eta_scans(stack)
