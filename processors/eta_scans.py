@@ -370,5 +370,7 @@ class EtaScanAccumulator(MomentAccumulator):
         if reg == "tilt":
             angles = self.mean_angles()
             start = register_eta_scans_by_tilt(stack, centroids, angles[1] if angles is not None else 0.0)
+            if not start.any():     # no drift seen: the model, tried from zero, found none on any truth map either
+                return start        # (and costs 0.4-1.5 s on a 24 x 24 map)
             return register_eta_scans_by_model(stack, np.sort(self.scan_eta), start)   # refined, or `start` unchanged
         return register_eta_scans(stack)
