@@ -790,8 +790,8 @@ class _LeaveOneOut:
         band[:, self.offsets] -= own.T
         solved = self.all_rhs - own_rhs
         if not _band_solve(band, solved):               # not positive definite (nothing left seen): SuperLU's answer
-            return _sharp_field(self._sparse(self.all_terms - own), self.all_rhs - own_rhs, self._smoothness(),
-                                self.strength, self.shape, level)
+            return _sharp_field(self._sparse(self.all_terms - own), (self.all_rhs - own_rhs)[self.order.ravel()],
+                                self._smoothness(), self.strength, self.shape, level)
         return solved[self.order], (cover >= level).astype(np.float64)
 
     def _sparse(self, terms: F64) -> Any:
