@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from opmon.processors import registration
-from opmon.processors.registration import _FieldCost, _fit_field, _LeaveOneOut
+from opmon.processors.registration import (_FieldCost, _fit_field, _LeaveOneOut, _normal_terms, _sharp_field,
+                                           _smoothness)
 
 SHIFTS = np.array([[0.0, 0.0], [1.0, -2.0], [0.37, 1.6], [-2.25, -0.8], [0.5, -0.5]])
 
@@ -66,6 +67,10 @@ def test_the_leave_one_out_sharp_field_is_the_dense_least_squares(shape, monkeyp
         sharp, defined = system.without(int(k), level)
         np.testing.assert_allclose(sharp, expected, rtol=1e-9, atol=1e-12 * np.abs(expected).max())
         np.testing.assert_array_equal(defined, (cover >= level).astype(float))
+    # the sparse path it replaced (`_normal_terms` summed, `_sharp_field`: SuperLU), one scan left out
+    terms = [_normal_terms(field[j], weight[j], SHIFTS[j]) for j in every if j != 1]
+    sparse, _ = _sharp_field(sum(t[0] for t in terms), sum(t[1] for t in terms), _smoothness(shape), strength, shape, 0.0)
+    np.testing.assert_allclose(system.without(1, 0.0)[0], sparse, rtol=1e-9, atol=1e-12 * np.abs(sparse).max())
     # the fallback when the band is not positive definite: the same system through the sparse matrices and SuperLU
     np.testing.assert_allclose(system._sparse(system.all_terms).toarray(), dense_sharp(field, weight, every, strength)[2],
                                rtol=1e-12, atol=1e-9)
