@@ -61,7 +61,8 @@ and 32, seeds 4-6; "≥ 10 %": scans with that share of the brightest scan's tru
 shift error 0.09-0.25 → 0.02-0.09 map pixel, the largest over the ≥ 10 % scans 0.16-0.58 →
 0.04-0.37 (within 0.2 on 4 of the 6 maps, 3 before); 24 x 24 seed 4 maps: median |Δd| 8.3e-6 →
 5.2e-6 Å, tilt 0.0017 → 0.0014°, mask 91.2 → 93.2 %; 32 x 32: mask 90.6 → 95.7 %. Cost: ~1-2 s
-more per 24-32 pixel map, ~23 s more on a 96 x 96 one (loaded machine). What is left are the
+more per 24-32 pixel map, ~23 s more on a 96 x 96 one (loaded machine; stop 24 made the whole tilt
+registration 3-5x cheaper with the same shifts to the bit: `_LeaveOneOut`, `_pattern_search`). What is left are the
 scans on the flanks of the rocking curve (10-25 % of the brightest: a band of the particle lit).
 The cost's curvature gives 0.02-0.06 pixel per bright scan, far below the errors before the
 refinement: it would not have flagged them, so no per-scan uncertainty is reported. Tried before
@@ -409,16 +410,18 @@ class _FieldCost:
                            self.penalty) / self.total
 
 
-@numba.njit(cache=True, nogil=True)
-def _bilinear(image: F64, y: float, x: float) -> float:
-    """`image` at (y, x) as scipy's ``map_coordinates(order=1, mode="constant", cval=0)`` takes it (to ~1e-16):
-    bilinear inside the pixel grid, 0 beyond its outermost pixel centres."""
-    ny, nx = image.shape
-    if not (0.0 <= y <= ny - 1 and 0.0 <= x <= nx - 1):
-        return 0.0
+@numba.njit(cache=True, nogil=True, inline="always")
+def _corner(y: float, x: float, ny: int, nx: int) -> tuple[int, int, float, float]:
+    """The pixel (y0, x0) left of and above (y, x) and the fractions (fy, fx) past it, as `_bilinear` weighs them:
+    computed once per landing when two images are read at the same place (`_field_cost`)."""
     y0 = min(int(np.floor(y)), ny - 2) if ny > 1 else 0
     x0 = min(int(np.floor(x)), nx - 2) if nx > 1 else 0
-    fy, fx = y - y0, x - x0
+    return y0, x0, y - y0, x - x0
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _weighed(image: F64, y0: int, x0: int, fy: float, fx: float) -> float:
+    """`image` between the four pixels from (y0, x0), weighed by the fractions (fy, fx) (`_corner`)."""
     value = (1.0 - fy) * (1.0 - fx) * image[y0, x0]
     if fx > 0.0:
         value += (1.0 - fy) * fx * image[y0, x0 + 1]
@@ -430,41 +433,100 @@ def _bilinear(image: F64, y: float, x: float) -> float:
 
 
 @numba.njit(cache=True, nogil=True)
+def _bilinear(image: F64, y: float, x: float) -> float:
+    """`image` at (y, x) as scipy's ``map_coordinates(order=1, mode="constant", cval=0)`` takes it (to ~1e-16):
+    bilinear inside the pixel grid, 0 beyond its outermost pixel centres."""
+    ny, nx = image.shape
+    if not (0.0 <= y <= ny - 1 and 0.0 <= x <= nx - 1):
+        return 0.0
+    y0, x0, fy, fx = _corner(y, x, ny, nx)
+    return _weighed(image, y0, x0, fy, fx)
+
+
+@numba.njit(cache=True, nogil=True)
 def _field_cost(reference: F64, defined: F64, y: F64, x: F64, dy: float, dx: float, field: F64, weight: F64,
                 penalty: float) -> float:
     """Σ weight · misfit of the lit pixels (y, x) seen at (y - dy, x - dx): (field - reference)² where `defined` reads > 0.999 there,
     else `penalty`. One compiled pass: the pattern search calls it ~50 times per scan and round, and two scipy
     ``map_coordinates`` calls per cost were ~2/3 of a 20 x 28 map's registration (0.8 of 1.8 s)."""
     total = 0.0
+    ny, nx = reference.shape
     for i in range(y.size):
         at_y, at_x = y[i] - dy, x[i] - dx
-        if _bilinear(defined, at_y, at_x) > 0.999:
-            diff = field[i] - _bilinear(reference, at_y, at_x)
-            total += weight[i] * diff * diff
-        else:
-            total += weight[i] * penalty
+        if 0.0 <= at_y <= ny - 1 and 0.0 <= at_x <= nx - 1:
+            y0, x0, fy, fx = _corner(at_y, at_x, ny, nx)      # once for both images: `_bilinear` of each, to the bit
+            if _weighed(defined, y0, x0, fy, fx) > 0.999:
+                diff = field[i] - _weighed(reference, y0, x0, fy, fx)
+                total += weight[i] * diff * diff
+                continue
+        total += weight[i] * penalty
     return total
 
 
 def _fit_field(field: F64, weight: F64, reference: F64, defined: F64, start: F64 | None) -> F64:
     """The shift minimising `_FieldCost`: a whole-pixel search (no `start`), then a pattern search
-    halving its step down to 1/64 map pixel."""
+    halving its step down to 1/64 map pixel (`_pattern_search`, compiled)."""
     penalty = float(reference[defined > 0].var()) if (defined > 0).any() else 0.0
     cost = _FieldCost(field, weight, reference, defined, penalty)
-    if start is None:
-        grid = [np.array((a, b), dtype=np.float64) for a in range(-FIELD_SPAN, FIELD_SPAN + 1)
-                for b in range(-FIELD_SPAN, FIELD_SPAN + 1)]
-        start = min(grid, key=cost)
-    best, best_cost, step = np.asarray(start, dtype=np.float64), cost(start), 0.5
-    while step >= 1 / 64:
-        for move in ((step, 0.0), (-step, 0.0), (0.0, step), (0.0, -step)):
-            c = cost(best + move)
+    begin = np.zeros(2) if start is None else np.asarray(start, dtype=np.float64).reshape(2)
+    found = _pattern_search(np.ascontiguousarray(reference, dtype=np.float64), np.ascontiguousarray(defined, dtype=np.float64),
+                            cost.y, cost.x, cost.field, cost.weight, cost.penalty, cost.total, float(begin[0]),
+                            float(begin[1]), start is None, FIELD_SPAN, 1 / 64)
+    return np.array(found, dtype=np.float64)
+
+
+@numba.njit(cache=True, nogil=True)
+def _pattern_search(reference: F64, defined: F64, y: F64, x: F64, field: F64, weight: F64, penalty: float,
+                    total: float, start_y: float, start_x: float, whole: bool, span: int,
+                    finest: float) -> tuple[float, float]:
+    """`_fit_field`'s search on `_FieldCost` (`_field_cost` / `total`), in one compiled call: with `whole`, the first
+    of the lowest whole-pixel shifts within ±`span` (row-major order), else `start`; then from there the first of
+    the four moves (+dy, -dy, +dx, -dx) by `step` that lowers the cost, or the step halved, down to `finest`. Each
+    shift's cost is computed once (the search steps back onto shifts it has tried: dyadic steps, the same floats;
+    ~1/5 of its calls). Why compiled: ~20,000 cost calls per 20 x 28 map, whose Python overhead was as long as the
+    costs themselves."""
+    capacity = 4096
+    seen_y, seen_x, seen_cost = np.empty(capacity), np.empty(capacity), np.empty(capacity)
+    count = 0
+    best_y, best_x = start_y, start_x
+    best_cost = np.inf
+    if whole:
+        for a in range(-span, span + 1):
+            for b in range(-span, span + 1):
+                c = _field_cost(reference, defined, y, x, float(a), float(b), field, weight, penalty) / total
+                if count < capacity:
+                    seen_y[count], seen_x[count], seen_cost[count] = float(a), float(b), c
+                    count += 1
+                if a == -span and b == -span or c < best_cost:
+                    best_y, best_x, best_cost = float(a), float(b), c
+    else:
+        best_cost = _field_cost(reference, defined, y, x, best_y, best_x, field, weight, penalty) / total
+        seen_y[0], seen_x[0], seen_cost[0] = best_y, best_x, best_cost
+        count = 1
+    step = 0.5
+    while step >= finest:
+        moved = False
+        for move in range(4):
+            at_y = best_y + (step if move == 0 else -step if move == 1 else 0.0)
+            at_x = best_x + (step if move == 2 else -step if move == 3 else 0.0)
+            c = np.nan
+            known = False
+            for i in range(count):
+                if seen_y[i] == at_y and seen_x[i] == at_x:
+                    c, known = seen_cost[i], True
+                    break
+            if not known:
+                c = _field_cost(reference, defined, y, x, at_y, at_x, field, weight, penalty) / total
+                if count < capacity:
+                    seen_y[count], seen_x[count], seen_cost[count] = at_y, at_x, c
+                    count += 1
             if c < best_cost:
-                best, best_cost = best + move, c
+                best_y, best_x, best_cost = at_y, at_x, c
+                moved = True
                 break
-        else:
+        if not moved:
             step /= 2
-    return best
+    return best_y, best_x
 
 
 def register_eta_scans_by_tilt(s0: npt.ArrayLike, s1: npt.ArrayLike, phi_deg: float = 0.0) -> F64:
@@ -620,14 +682,11 @@ def field_fit(field: F64, weight: F64, shifts: F64, signal: npt.NDArray[np.int64
     `MIN_OVERLAP` declines."""
     from scipy.ndimage import map_coordinates
 
-    shape = field.shape[1:]
-    smooth = _smoothness(shape)
     strength = SHARP_SMOOTH * float(np.median(weight[signal][weight[signal] > 0]))
-    terms = {int(k): _normal_terms(field[k], weight[k], shifts[k]) for k in signal}
-    normal, rhs = sum(t[0] for t in terms.values()), sum(t[1] for t in terms.values())
+    system = _LeaveOneOut(field, weight, shifts, signal, strength)
     cost, total, lit = 0.0, 0.0, 0.0
-    for k, (own_normal, own_rhs) in terms.items():
-        sharp, defined = _sharp_field(normal - own_normal, rhs - own_rhs, smooth, strength, shape, level)
+    for k in (int(k) for k in signal):
+        sharp, defined = system.without(k, level)
         ys, xs = np.nonzero(weight[k] > 0)
         at = [ys - float(shifts[k][0]), xs - float(shifts[k][1])]
         seen = map_coordinates(sharp, at, order=1, mode="constant", cval=0.0)
@@ -697,7 +756,10 @@ def _sharp_field(normal: Any, rhs: F64, smooth: Any, strength: float, shape: tup
     by its own sub-pixel place (a half-pixel drift mixes two pixels, a whole one none), and moving
     it back blurs it again; a scan compared with such a mean is pulled by the difference in blur
     (0.2-0.6 map pixel on the bright scans of the truth harness's drift maps). F solved through the
-    same bilinear moves is sharp, and the fit moves it as the data were moved."""
+    same bilinear moves is sharp, and the fit moves it as the data were moved.
+
+    The registration solves this system for each scan left out through `_LeaveOneOut` (band terms, a compiled
+    banded Cholesky: the same shifts, 3-5x faster); this sparse path is its fallback and its reference."""
     from scipy.sparse.linalg import spsolve
 
     cover = normal.diagonal().reshape(shape)
@@ -705,20 +767,167 @@ def _sharp_field(normal: Any, rhs: F64, smooth: Any, strength: float, shape: tup
     return np.asarray(solved, dtype=np.float64).reshape(shape), (cover >= level).astype(np.float64)
 
 
+class _LeaveOneOut:
+    """The normal equations of `_sharp_field` for some scans at their shifts, each scan's own terms kept so that
+    any one can be left out: the same least squares as `_normal_terms` summed then `_sharp_field`, built pixel by
+    pixel (`_band_terms`) and solved by a banded Cholesky (`_band_solve`). Why: the bilinear moves couple a pixel
+    only to its 8 neighbours, so the system is a band as wide as the map's shorter side; the sparse matrices and
+    SuperLU spent ~3/4 of a 20 x 28 map's registration on building and factoring it (310 solves per map)."""
+
+    def __init__(self, field: F64, weight: F64, shifts: F64, scans: npt.NDArray[np.int64], strength: float) -> None:
+        ny, nx = self.shape = field.shape[1:]
+        sy, sx = (nx, 1) if nx <= ny else (1, ny)       # pixels numbered along the longer side: the narrower band
+        self.order = np.arange(ny)[:, None] * sy + np.arange(nx)[None, :] * sx
+        self.offsets = np.array(sorted({0, sx, sy, sy + sx, abs(sy - sx)}), dtype=np.int64)
+        slot = np.full(sy + sx + 1, -1, dtype=np.int64)
+        slot[self.offsets] = np.arange(self.offsets.size)
+        n = ny * nx
+        self.terms = {int(k): np.zeros((self.offsets.size, n)) for k in scans}
+        self.rhs = {int(k): np.zeros(n) for k in scans}
+        for k in self.terms:
+            _band_terms(np.ascontiguousarray(field[k], dtype=np.float64), np.ascontiguousarray(weight[k], dtype=np.float64),
+                        float(shifts[k][0]), float(shifts[k][1]), sy, sx, slot, self.terms[k], self.rhs[k])
+        self.all_terms, self.all_rhs = sum(self.terms.values()), sum(self.rhs.values())
+        self.columns = sy + sx - self.offsets           # lower band, each row left to right: band[i, u - d] is entry (i, i - d)
+        self.band = np.zeros((n, sy + sx + 1))
+        self.band[:, self.columns] = (self.all_terms + strength * _smoothness_band(self.order, self.offsets)).T
+        self.strength, self.smooth = strength, None
+        # every scan's system: factored and forward-substituted once, its rows before a scan's first pixel are that
+        # scan's too (a Cholesky row depends on the rows above it only)
+        self.factor, self.forward = self.band.copy(), self.all_rhs.copy()
+        self.shared = _band_solve(self.factor, self.forward, 0, False)
+
+    def without(self, k: int, level: float) -> tuple[F64, F64]:
+        """`_sharp_field` of every scan but `k`: the sharp field and where it is defined."""
+        own, own_rhs = self.terms[k], self.rhs[k]
+        cover = (self.all_terms[0] - own[0])[self.order]
+        touched = np.flatnonzero(own[0])
+        start = int(touched[0]) if self.shared and touched.size else 0
+        band = np.concatenate((self.factor[:start], self.band[start:]))
+        band[start:, self.columns] -= own.T[start:]
+        solved = np.concatenate((self.forward[:start], (self.all_rhs - own_rhs)[start:]))
+        if not _band_solve(band, solved, start, True):  # not positive definite (nothing left seen): SuperLU's answer
+            return _sharp_field(self._sparse(self.all_terms - own), (self.all_rhs - own_rhs)[self.order.ravel()],
+                                self._smoothness(), self.strength, self.shape, level)
+        return solved[self.order], (cover >= level).astype(np.float64)
+
+    def _sparse(self, terms: F64) -> Any:
+        """Band terms as the sparse symmetric matrix `_sharp_field` takes, in the pixels' row-major order."""
+        import scipy.sparse as sparse
+
+        n = terms.shape[1]
+        where = np.empty(n, dtype=np.int64)
+        where[self.order.ravel()] = np.arange(n)     # band index -> row-major index
+        rows, cols, vals = [], [], []
+        for offset, values in zip(self.offsets, terms):
+            j = np.arange(offset, n)
+            for a, b in ((j - offset, j), (j, j - offset)) if offset else ((j, j),):
+                rows.append(where[a]), cols.append(where[b]), vals.append(values[j])
+        return sparse.csc_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+
+    def _smoothness(self) -> Any:
+        if self.smooth is None:
+            self.smooth = _smoothness(self.shape)
+        return self.smooth
+
+
+def _smoothness_band(order: npt.NDArray[np.int64], offsets: npt.NDArray[np.int64]) -> F64:
+    """`_smoothness` (DᵀD of neighbour differences) in the band rows of `offsets`, pixels numbered by `order`."""
+    out = np.zeros((offsets.size, order.size))
+    for high, low in ((order[1:, :], order[:-1, :]), (order[:, 1:], order[:, :-1])):
+        np.add.at(out[0], high.ravel(), 1.0)
+        np.add.at(out[0], low.ravel(), 1.0)
+        hi, lo = np.maximum(high, low).ravel(), np.minimum(high, low).ravel()
+        np.add.at(out, (np.searchsorted(offsets, hi - lo), hi), -1.0)
+    return out
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _band_solve(band: F64, rhs: F64, start: int, back: bool) -> bool:
+    """Solves A x = rhs in place (x in `rhs`, A's Cholesky factor L in `band`) for a symmetric positive definite
+    band matrix A of half-width u, stored by rows left to right (``band[i, u - d]`` = A[i, i - d]); False when A is
+    not positive definite. Rows before `start` must hold L's already, and `rhs` there L⁻¹ rhs (another system's
+    that shares those rows: `_LeaveOneOut`); without `back`, stops at L⁻¹ rhs. Rows left to right make every inner loop a run through contiguous memory, which the
+    compiler vectorises (reassociated sums: ~1e-16 apart from the sequential order). Compiled rather than LAPACK's
+    ``pbsv``: its blocked factorisation starts OpenBLAS's threads, which on a loaded machine made each 560-pixel
+    solve ~40 ms instead of ~0.2 ms."""
+    n, width = band.shape
+    u = width - 1
+    for i in range(start, n):
+        first = max(i - u, 0)
+        row_i = band[i, first - i + u:]                 # L[i, first:i + 1]
+        for j in range(first, i + 1):
+            row_j = band[j, first - j + u:]             # L[j, first:j + 1]
+            value = row_i[j - first]
+            for m in range(j - first):
+                value -= row_i[m] * row_j[m]
+            if j < i:
+                row_i[j - first] = value / row_j[j - first]
+            elif value > 0.0:
+                row_i[j - first] = np.sqrt(value)
+            else:
+                return False
+    for i in range(start, n):
+        first = max(i - u, 0)
+        value = rhs[i]
+        for m in range(i - first):
+            value -= band[i, first - i + u + m] * rhs[first + m]
+        rhs[i] = value / band[i, u]
+    if not back:
+        return True
+    for k in range(n - 1, -1, -1):
+        rhs[k] /= band[k, u]
+        first = max(k - u, 0)
+        for m in range(k - first):
+            rhs[first + m] -= band[k, first - k + u + m] * rhs[k]
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def _band_terms(field: F64, weight: F64, dy: float, dx: float, sy: int, sx: int, slot: npt.NDArray[np.int64],
+                terms: F64, rhs: F64) -> None:
+    """Adds one scan's BᵀWB (upper band: ``terms[slot[j - i], j]`` holds entry (i, j), i ≤ j) and BᵀWf to
+    `terms` and `rhs`, pixel (y, x) numbered y·sy + x·sx: `_normal_terms` without building B (the bilinear move
+    of `_bilinear_rows`, its four weights per lit pixel)."""
+    ny, nx = weight.shape
+    index = np.empty(4, dtype=np.int64)
+    share = np.empty(4)
+    for y in range(ny):
+        for x in range(nx):
+            w = weight[y, x]
+            if not w > 0:
+                continue
+            py, px = y - dy, x - dx
+            y0, x0 = np.floor(py), np.floor(px)
+            fy, fx = py - y0, px - x0
+            m = 0
+            for oy in range(2):
+                wy = fy if oy else 1.0 - fy
+                for ox in range(2):
+                    wx = fx if ox else 1.0 - fx
+                    yy, xx, b = int(y0) + oy, int(x0) + ox, wy * wx
+                    if 0 <= yy < ny and 0 <= xx < nx and b > 0:
+                        index[m], share[m] = yy * sy + xx * sx, b
+                        m += 1
+            wf = w * field[y, x]
+            for a in range(m):
+                rhs[index[a]] += share[a] * wf
+                for c in range(m):
+                    if index[c] >= index[a]:
+                        terms[slot[index[c] - index[a]], index[c]] += share[a] * w * share[c]
+
+
 def _refined(field: F64, weight: F64, total: F64, shifts: F64, signal: npt.NDArray[np.int64], level: float) -> F64:
     """Shifts refined by fitting each scan with signal onto the sharp field of the others
     (`_sharp_field`), from `shifts`, for `SHARP_ROUNDS` rounds at most (Σ I-weighted mean zero)."""
     if signal.size < 3:
         return shifts
-    shape = field.shape[1:]
-    smooth = _smoothness(shape)
     strength = SHARP_SMOOTH * float(np.median(weight[signal][weight[signal] > 0]))
     for _ in range(SHARP_ROUNDS):
-        terms = {int(k): _normal_terms(field[k], weight[k], shifts[k]) for k in signal}
-        normal, rhs = sum(t[0] for t in terms.values()), sum(t[1] for t in terms.values())
+        system = _LeaveOneOut(field, weight, shifts, signal, strength)
         found = shifts.copy()
-        for k, (own_normal, own_rhs) in terms.items():
-            sharp, defined = _sharp_field(normal - own_normal, rhs - own_rhs, smooth, strength, shape, level)
+        for k in signal:
+            sharp, defined = system.without(int(k), level)
             found[k] = _fit_field(field[k], weight[k], sharp, defined, shifts[k])
         found[signal] = _centred(found[signal], total[signal])
         settled = np.abs(found - shifts).max() <= SETTLED_PX
