@@ -61,6 +61,18 @@ class ManualShifts:
 Registration = Literal["auto", "tilt", "off"] | ManualShifts
 
 
+def holds_eta_scans(eta: npt.ArrayLike, map_pixels: int) -> bool:
+    """Are the frames eta scans of the map (each eta value, to `ETA_DECIMALS`, shared by about a scan's worth of
+    map points), so that they can be registered? Eta read back per frame (an encoder's jitter) or swept through
+    the map gives nearly every frame its own value: one scan slot each, reallocated as each appears (3,000 frames
+    of a 40 x 40 map: ~4x slower than the map itself, and 13 doubles per slot and map pixel)."""
+    values = np.round(np.asarray(eta, dtype=np.float64).reshape(-1), ETA_DECIMALS)
+    if values.size == 0:
+        return True
+    steps = np.unique(values).size
+    return steps <= max(2, 2 * values.size // max(map_pixels, 1))
+
+
 def read_shifts_file(path: str | Path) -> ManualShifts:
     """A TOML file of shifts per eta scan: ``shifts = [[dy, dx], ...]`` in map pixels, one per eta
     scan in increasing eta (optionally ``eta = [...]``, deg, checked against the map's scans).

@@ -8,6 +8,7 @@ done, so a failure never leaves a half file behind.
 from __future__ import annotations
 
 import json
+import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from opmon import __version__, interrupt
 from opmon.errors import EmptyMapError, RawFileError
 from opmon.processors.accumulate import Background, MomentAccumulator, Roi
 from opmon.processors.bad_pixels import BadPixelFinder, merged_mask
-from opmon.processors.eta_scans import EtaScanAccumulator, Registration, check_manual_shifts, describe
+from opmon.processors.eta_scans import EtaScanAccumulator, Registration, check_manual_shifts, describe, holds_eta_scans
 from opmon.processors.geometry import DetectorGeometry
 from opmon.processors.maps import FLAGS_DESCRIPTION, LOW_COUNTS, MapResult
 from opmon.processors.peak_fit import PeakFitModel, write_fit
@@ -41,6 +42,8 @@ ROI_FRACTION = 0.01
 ROI_MARGIN = 12
 FINDER_FRAMES = 128  # sampled frames the bad-pixel finder looks at, at most
 READ_BYTES = 256 << 20  # one block of frames read for the kernels, at most (two are held: read and add overlap)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -323,6 +326,11 @@ def new_accumulator(smap: SourceMap, options: ProcessOptions, roi: Roi,
                                     threshold=options.threshold, background=options.background, despeckle=options.despeckle,
                                     low_counts=options.low_counts, spots=spots)
     if options.register == "off" and options.peak_fit == "off":
+        return MomentAccumulator(DetectorGeometry.from_meta(meta), meta.map_shape, **settings)
+    if options.register in ("auto", "tilt") and options.peak_fit == "off" and \
+            not holds_eta_scans(meta.eta, int(np.prod(meta.map_shape))):
+        log.info("%s: eta takes a value per frame, not one per eta scan of the map: the scans are not registered",
+                 smap.label)
         return MomentAccumulator(DetectorGeometry.from_meta(meta), meta.map_shape, **settings)
     return EtaScanAccumulator(DetectorGeometry.from_meta(meta), meta.map_shape, registration=options.register,
                               peak_fit=options.peak_fit, **settings)
