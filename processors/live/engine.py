@@ -192,6 +192,8 @@ class LiveRun(RunShapes):
         ROI, or the given one), None when not sampled."""
         if lm.picks is None:
             return None
+        if lm.picks.picks is None:      # its frame count came too late (or never): the frames it had, as offline
+            self._repick(lm, lm.n_expected or lm.n_sent or lm.received)
         given = None if self.follows else (lm.roi or self.roi)
         return lm.picks.plan(self.known_mask if self.known_mask is not None else self.mask, self.frame_shape, given)
 
@@ -280,17 +282,17 @@ class LiveRun(RunShapes):
         lm.map_shape, lm.shape_known = tuple(map_shape), True  # type: ignore[assignment]
         lm.n_expected = n_expected or lm.n_expected
         if lm.picks is not None and lm.picks.picks is None and lm.n_expected:
-            self._repick(lm)
+            self._repick(lm, lm.n_expected)
         return lm
 
-    def _repick(self, lm: LiveMap) -> None:
-        """`lm`'s first frames came before its map_start (frames and documents travel on separate sockets), so its
-        picks summed every frame, not the ones `opmon process` samples: re-sum them from its held frames (the powder
-        spots found on every frame differed from the sample's: 8 against 0 on the demo's first map). Not held (over
-        the budget): the picks stay every frame."""
+    def _repick(self, lm: LiveMap, n_frames: int) -> None:
+        """`lm`'s picks summed every frame, its frame count unknown when its first frames came (before its map_start:
+        frames and documents travel on separate sockets; or its map_start never seen): re-sum the frames `opmon
+        process` samples of a map of `n_frames` from its held frames (the powder spots found on every frame differed
+        from the sample's: 8-12 against 0 on the demo's first map). Not held (over the budget): they stay every frame."""
         if lm.held is None or lm.held.overflowed:
             return
-        lm.picks = MapPicks(lm.n_expected, per_scan=self.finds_spots)
+        lm.picks = MapPicks(n_frames, per_scan=self.finds_spots)
         for header, frame in lm.held.frames():
             lm.picks.add(int(header["frame"]), frame, float(header["eta"]))
 
