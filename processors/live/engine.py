@@ -292,6 +292,8 @@ class LiveRun(RunShapes):
         from the sample's: 8-12 against 0 on the demo's first map). Not held (over the budget): they stay every frame."""
         if lm.held is None or lm.held.overflowed:
             return
+        log.info("run %s map %d: its frame count (%d) came after its first frames: the frames opmon process samples "
+                 "re-summed from the %d held", self.uid, lm.number, n_frames, len(lm.held))
         lm.picks = MapPicks(n_frames, per_scan=self.finds_spots)
         for header, frame in lm.held.frames():
             lm.picks.add(int(header["frame"]), frame, float(header["eta"]))
