@@ -412,8 +412,9 @@ class _FieldCost:
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _corner(y: float, x: float, ny: int, nx: int) -> tuple[int, int, float, float]:
-    """The pixel (y0, x0) left of and above (y, x) and the fractions (fy, fx) past it, as `_bilinear` weighs them:
-    computed once per landing when two images are read at the same place (`_field_cost`)."""
+    """The pixel (y0, x0) left of and above (y, x) and the fractions (fy, fx) past it, as scipy's
+    ``map_coordinates(order=1, mode="constant", cval=0)`` weighs them inside the pixel grid (to ~1e-16): computed once
+    per landing when two images are read at the same place (`_field_cost`)."""
     y0 = min(int(np.floor(y)), ny - 2) if ny > 1 else 0
     x0 = min(int(np.floor(x)), nx - 2) if nx > 1 else 0
     return y0, x0, y - y0, x - x0
@@ -433,17 +434,6 @@ def _weighed(image: F64, y0: int, x0: int, fy: float, fx: float) -> float:
 
 
 @numba.njit(cache=True, nogil=True)
-def _bilinear(image: F64, y: float, x: float) -> float:
-    """`image` at (y, x) as scipy's ``map_coordinates(order=1, mode="constant", cval=0)`` takes it (to ~1e-16):
-    bilinear inside the pixel grid, 0 beyond its outermost pixel centres."""
-    ny, nx = image.shape
-    if not (0.0 <= y <= ny - 1 and 0.0 <= x <= nx - 1):
-        return 0.0
-    y0, x0, fy, fx = _corner(y, x, ny, nx)
-    return _weighed(image, y0, x0, fy, fx)
-
-
-@numba.njit(cache=True, nogil=True)
 def _field_cost(reference: F64, defined: F64, y: F64, x: F64, dy: float, dx: float, field: F64, weight: F64,
                 penalty: float) -> float:
     """Σ weight · misfit of the lit pixels (y, x) seen at (y - dy, x - dx): (field - reference)² where `defined` reads > 0.999 there,
@@ -454,7 +444,7 @@ def _field_cost(reference: F64, defined: F64, y: F64, x: F64, dy: float, dx: flo
     for i in range(y.size):
         at_y, at_x = y[i] - dy, x[i] - dx
         if 0.0 <= at_y <= ny - 1 and 0.0 <= at_x <= nx - 1:
-            y0, x0, fy, fx = _corner(at_y, at_x, ny, nx)      # once for both images: `_bilinear` of each, to the bit
+            y0, x0, fy, fx = _corner(at_y, at_x, ny, nx)      # once for both images (0 beyond the outermost pixel centres)
             if _weighed(defined, y0, x0, fy, fx) > 0.999:
                 diff = field[i] - _weighed(reference, y0, x0, fy, fx)
                 total += weight[i] * diff * diff
