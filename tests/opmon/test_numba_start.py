@@ -64,3 +64,19 @@ def test_cached_kernels_load_without_numba_compiler_registries_and_a_new_kernel_
     # those its full refresh imports) nor its array math; compiling `twice` then refreshed as numba
     # always does, with scipy's BLAS still hidden
     assert out.stdout.split() == ["1", "False", "False", "42", "True", "False"]
+
+
+START_UP = """
+import sys
+from opmon.commands.process import start_up_imports
+start_up_imports()
+print(" ".join(sorted(m for m in ("scipy.special", "scipy.ndimage", "scipy.optimize", "skimage") if m in sys.modules)))
+"""
+
+
+def test_opmon_process_start_up_imports_no_scipy_module_a_plain_map_does_not_use():
+    """`opmon process` with `--powder-spots off --register off` and no peak fit needs no scipy.special (0.09 s),
+    ndimage (~0.1 s with scipy's array-API shim), optimize or skimage: each is imported where it is used."""
+    out = subprocess.run([sys.executable, "-c", START_UP], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == []
