@@ -202,6 +202,8 @@ class EtaScanAccumulator(MomentAccumulator):
     def _slots(self, eta: npt.ArrayLike) -> npt.NDArray[np.int64]:
         """The scan slot of each eta, new scans added."""
         keys = np.round(np.asarray(eta, dtype=np.float64).reshape(-1), ETA_DECIMALS)
+        if keys.size and keys[0] == keys[-1] and float(keys[0]) in self._slot_of and (keys == keys[0]).all():
+            return np.full(keys.size, self._slot_of[float(keys[0])], dtype=np.int64)   # a block inside one scan: no sort
         unique, inverse = np.unique(keys, return_inverse=True)
         slots = np.empty(unique.size, dtype=np.int64)
         new = [float(k) for k in unique if float(k) not in self._slot_of]

@@ -45,6 +45,7 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
+from opmon.processors.image_filters import gaussian_nearest, opening_reflect, upsample_bilinear
 from opmon.processors.kernels import sample_matrix
 
 F64 = npt.NDArray[np.float64]
@@ -135,7 +136,6 @@ class SpotTable:
 def binned_level(image: F64, good: npt.NDArray[np.bool_], opened_only: bool = False) -> F64:
     """`smooth_level` taken on 2 x 2 binned pixels and brought back bilinearly: the level is smooth on
     a spot's scale anyway, and the opening costs a sixteenth (a map's scans in ~0.1 s, not seconds)."""
-    from scipy import ndimage   # here, not at the top: its 0.17 s import was paid by every process that imports the accumulator
     rows, cols = image.shape
     pr, pc = rows % 2, cols % 2
     padded = np.pad(np.where(good, image, 0.0), ((0, pr), (0, pc)), mode="edge")
@@ -146,7 +146,7 @@ def binned_level(image: F64, good: npt.NDArray[np.bool_], opened_only: bool = Fa
                           opened_only=opened_only)
     r = np.clip((np.arange(rows) - 0.5) / 2.0, 0, binned.shape[0] - 1)
     c = np.clip((np.arange(cols) - 0.5) / 2.0, 0, binned.shape[1] - 1)
-    return ndimage.map_coordinates(binned, np.meshgrid(r, c, indexing="ij"), order=1, mode="nearest")  # type: ignore[no-any-return]
+    return upsample_bilinear(binned[None], r, c)[0]
 
 
 def smooth_level(image: F64, good: npt.NDArray[np.bool_] | None = None, sigma: float = SMOOTH_SIGMA,
@@ -157,29 +157,31 @@ def smooth_level(image: F64, good: npt.NDArray[np.bool_] | None = None, sigma: f
     smoothed image (right on a broad peak, low in noise: its minimum filter). Pixels not `good`
     (masked: chip gaps, dead) are left out of the smoothing, not read as zeros. `scale` counts per
     value (4 for 2 x 2 binned means: Poisson sigmas are taken in counts), `radius` the opening's disc."""
-    from scipy import ndimage
     good = np.ones(image.shape, dtype=bool) if good is None else good
-    weight = ndimage.gaussian_filter(good.astype(np.float64), sigma, mode="nearest")
+    weight = gaussian_nearest(good.astype(np.float64)[None], sigma)[0]
 
     def smoothed(values: F64) -> F64:
-        return ndimage.gaussian_filter(np.where(good, values, 0.0), sigma, mode="nearest") / np.maximum(weight, 1e-3)
+        return gaussian_nearest(np.where(good, values, 0.0)[None], sigma)[0] / np.maximum(weight, 1e-3)
 
     level = smoothed(image)
     for _ in range(2):
         level = smoothed(np.minimum(image, level + 3.0 * np.sqrt((level + 1.0) / scale)))
     filled = np.where(good, image, level)          # masked pixels read as the level around them
     disc = np.hypot(*np.indices((2 * radius + 1, 2 * radius + 1)) - radius) <= radius
-    opened = ndimage.grey_opening(ndimage.gaussian_filter(filled, sigma / 6.0, mode="nearest"), footprint=disc)
-    opened = ndimage.gaussian_filter(opened, sigma / 3.0, mode="nearest")
+    opened = opening_reflect(gaussian_nearest(filled[None], sigma / 6.0), disc)
+    opened = gaussian_nearest(opened, sigma / 3.0)[0]
     return opened if opened_only else np.maximum(level, opened)
 
 
 def find_spots(sums: F64, eta: npt.ArrayLike, roi: tuple[int, int, int, int], frame_shape: tuple[int, int],
-               mask: npt.NDArray[np.uint8] | None = None) -> SpotTable:
+               mask: npt.NDArray[np.uint8] | None = None,
+               found: tuple[npt.NDArray[np.bool_] | None, F64, str] | None = None) -> SpotTable:
     """Spots in the per-eta-scan sums (n_scans, rows, cols) of a map's sampled frames over the ROI window.
 
     ``eta`` (n_scans,) the scans' eta (deg); ``roi`` (r0, r1, c0, c1) the window the sums cover in
     the frame of ``frame_shape``; ``mask`` (frame) 1 = dead/hot pixel (never a spot pixel, never read).
+    ``found``: `spot_voxels` of these very sums (in increasing eta, masked) when already searched (`ScanSums`: an
+    ROI that is the whole frame searched for the auto ROI: the same search again was half the spot search's time).
     """
     r0, r1, c0, c1 = roi
     sums = np.asarray(sums, dtype=np.float64)
@@ -190,7 +192,7 @@ def find_spots(sums: F64, eta: npt.ArrayLike, roi: tuple[int, int, int, int], fr
     sums, eta = sums[order], eta[order]
     good = np.ones(sums.shape[1:], dtype=bool) if mask is None else mask[r0:r1, c0:c1] == 0
     sums = np.where(good, sums, 0.0)
-    spots, shape, note = spot_voxels(sums, good)
+    spots, shape, note = spot_voxels(sums, good) if found is None else found
     if spots is None:
         return SpotTable.empty(note)
     return _table(spots, eta, roi, frame_shape[1], good, shape + 1.0 / sums[:, good].size)
@@ -199,13 +201,13 @@ def find_spots(sums: F64, eta: npt.ArrayLike, roi: tuple[int, int, int, int], fr
 def spot_voxels(sums: F64, good: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.bool_] | None, F64, str]:
     """(spot voxels (n_scans, rows, cols) widened for their wings, the particle's local shape under them, "") of
     per-scan sums in increasing eta (masked pixels zero); (None, empty, why not) when there is none to replace."""
-    from scipy import ndimage
     none = np.zeros(0)
     level = np.stack([binned_level(image, good) for image in sums])
     z = (sums - level) / np.sqrt(level + 1.0)
     bright = good & (sums - level > MIN_CONTRAST * level)
     if not (bright & (z > SEED_SIGMA)).any():     # the usual map: nothing to label
         return None, none, ""
+    from scipy import ndimage   # here: its ~0.15 s import only for maps with candidate spots (`image_filters`)
     grown, n = ndimage.label(bright & (z > GROW_SIGMA))    # 6-connected in (eta, row, column)
     if n == 0:
         return None, none, ""
@@ -329,6 +331,7 @@ class ScanSums:
         self.frame_shape = frame_shape
         self.enabled = (n_scans or 0) * frame_shape[0] * frame_shape[1] * 4 <= MAX_SAMPLE_BYTES
         self._sums: dict[float, npt.NDArray[np.float32]] = {}
+        self._whole: tuple[npt.NDArray[np.bool_], tuple[npt.NDArray[np.bool_] | None, F64, str]] | None = None
 
     def _scan(self, key: float) -> npt.NDArray[np.float32] | None:
         """The running sum of scan `key` (begun when new), None once over the memory budget."""
@@ -342,6 +345,7 @@ class ScanSums:
 
     def add(self, frames: npt.NDArray[np.generic], eta: npt.ArrayLike) -> None:
         """Add frames (k, rows, cols) taken at eta (k,)."""
+        self._whole = None                                    # the sums change: a whole-frame search is stale
         keys = np.round(np.asarray(eta, dtype=np.float64).reshape(-1), ETA_DECIMALS)
         edges = np.flatnonzero(keys[1:] != keys[:-1]) + 1     # frames come in runs of one eta scan
         for a, b in zip([0, *edges.tolist()], [*edges.tolist(), keys.size]):
@@ -358,6 +362,7 @@ class ScanSums:
 
     def merge(self, eta: npt.ArrayLike, sums: npt.NDArray[np.generic], enabled: bool = True) -> None:
         """Add another process's sums of the same map's frames (`arrays`); `enabled` False: it gave up on them."""
+        self._whole = None
         if not enabled:
             self.enabled, self._sums = False, {}
         for e, image in zip(np.asarray(eta, dtype=np.float64).reshape(-1), sums):
@@ -374,7 +379,9 @@ class ScanSums:
             return None
         good = np.ones(self.frame_shape, dtype=bool) if mask is None else mask == 0
         sums = np.stack([np.where(good, self._sums[e], 0.0) for e in sorted(self._sums)])
-        spots, shape, _ = spot_voxels(sums, good)
+        found = spot_voxels(sums, good)
+        self._whole = good, found
+        spots, shape, _ = found
         return None if spots is None else np.where(spots, shape, sums).sum(axis=0)
 
     def spots(self, roi: tuple[int, int, int, int], mask: npt.NDArray[np.uint8] | None) -> SpotTable:
@@ -386,7 +393,10 @@ class ScanSums:
         r0, r1, c0, c1 = roi
         eta = np.array(sorted(self._sums))
         stack = np.stack([self._sums[e][r0:r1, c0:c1] for e in eta]).astype(np.float64)
-        return find_spots(stack, eta, roi, self.frame_shape, mask)
+        good = np.ones(self.frame_shape, dtype=bool) if mask is None else mask == 0
+        whole = self._whole is not None and tuple(roi) == (0, self.frame_shape[0], 0, self.frame_shape[1]) and \
+            np.array_equal(self._whole[0], good)
+        return find_spots(stack, eta, roi, self.frame_shape, mask, found=self._whole[1] if whole else None)  # type: ignore[index]
 
 
 @numba.njit(cache=True, nogil=True)

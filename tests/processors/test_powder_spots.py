@@ -256,3 +256,34 @@ def test_a_chain_of_spots_beside_a_faded_particle_is_still_found():
     eta = 19.0 + 0.016 * np.arange(lam.shape[0])
     table = find_spots(np.random.default_rng(6).poisson(spotted).astype(float), eta, (10, 50, 20, 80), (64, 100))
     assert table.n_spots >= 10 and not table.note
+
+
+def test_a_whole_frame_roi_reuses_the_whole_frame_search_and_finds_the_same_spots(monkeypatch):
+    """The auto ROI searched the whole frame (`without_spots`); when the ROI is the whole frame (the bench map's
+    particle fills it) the ROI's search is the same search: taken from there, spot for spot, not run again, and
+    run again once more frames have been added."""
+    import opmon.processors.powder_spots as powder_spots
+    from opmon.processors.powder_spots import ScanSums
+    rng = np.random.default_rng(3)
+    lam = broad_peak_sums()
+    rows, cols = np.indices(lam.shape[1:])
+    lam[3] += 300 * np.exp(-0.5 * ((rows - 22) ** 2 + (cols - 25) ** 2) / 1.5 ** 2)
+    frame, eta = lam.shape[1:], 19.0 + 0.016 * np.arange(lam.shape[0])
+    scans = ScanSums(frame, n_scans=lam.shape[0])
+    scans.add(rng.poisson(lam).astype(np.float32), eta)
+    whole = (0, frame[0], 0, frame[1])
+    expected = scans.spots(whole, None)                 # searched on its own (no whole-frame search yet)
+    assert expected.n_spots >= 1
+    searches = []
+    real = powder_spots.spot_voxels
+    monkeypatch.setattr(powder_spots, "spot_voxels", lambda *a: searches.append(1) or real(*a))
+    assert scans.without_spots(None) is not None and len(searches) == 1
+    again = scans.spots(whole, None)
+    assert len(searches) == 1                           # reused
+    for a, b in zip(again.arrays(), expected.arrays()):
+        np.testing.assert_array_equal(a, b)
+    scans.spots((0, frame[0] - 1, 0, frame[1]), None)    # another window: searched
+    assert len(searches) == 2
+    scans.add(rng.poisson(lam[:1]).astype(np.float32), eta[:1])
+    scans.spots(whole, None)                            # the sums changed: searched again
+    assert len(searches) == 3
