@@ -107,7 +107,9 @@ def _extreme(stack: F64, dy: npt.NDArray[np.int64], dx: npt.NDArray[np.int64], l
     """Minimum (`lowest`) or maximum of each pixel's neighbours at offsets (dy, dx), images extended by reflection
     (each image padded once: the fold per neighbour read was most of the opening's time)."""
     n, rows, cols = stack.shape
-    ry, rx = max(np.abs(dy).max(), 0), max(np.abs(dx).max(), 0)
+    ry, rx = 0, 0
+    for m in range(dy.size):      # by hand: numpy's reductions here tie the cached kernel to numba's array-math module,
+        ry, rx = max(ry, abs(dy[m])), max(rx, abs(dx[m]))    # whose import (and full refresh) cost each load ~0.25 s
     padded = np.empty((rows + 2 * ry, cols + 2 * rx))
     out = np.empty_like(stack)
     for k in range(n):
