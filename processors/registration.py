@@ -414,26 +414,22 @@ class _FieldCost:
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _corner(y: float, x: float, ny: int, nx: int) -> tuple[int, int, float, float]:
-    """The pixel (y0, x0) left of and above (y, x) and the fractions (fy, fx) past it, as scipy's
-    ``map_coordinates(order=1, mode="constant", cval=0)`` weighs them inside the pixel grid (to ~1e-16): computed once
-    per landing when two images are read at the same place (`_field_cost`)."""
-    y0 = min(int(np.floor(y)), ny - 2) if ny > 1 else 0
-    x0 = min(int(np.floor(x)), nx - 2) if nx > 1 else 0
-    return y0, x0, y - y0, x - x0
+def _corner(y: float, x: float, ny: int, nx: int) -> tuple[int, int, int, int, float, float]:
+    """The pixel (y0, x0) left of and above (y, x), the one past it (y1, x1: itself on a grid one pixel wide) and the
+    fractions (fy, fx) past (y0, x0), as scipy's ``map_coordinates(order=1, mode="constant", cval=0)`` weighs them
+    inside the pixel grid (to ~1e-16): computed once per landing when two images are read at the same place
+    (`_field_cost`). `int`, not `floor`: 0 <= y here, and a libm call per read was a third of the cost."""
+    y0 = min(int(y), ny - 2) if ny > 1 else 0
+    x0 = min(int(x), nx - 2) if nx > 1 else 0
+    return y0, x0, min(y0 + 1, ny - 1), min(x0 + 1, nx - 1), y - y0, x - x0
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _weighed(image: F64, y0: int, x0: int, fy: float, fx: float) -> float:
-    """`image` between the four pixels from (y0, x0), weighed by the fractions (fy, fx) (`_corner`)."""
-    value = (1.0 - fy) * (1.0 - fx) * image[y0, x0]
-    if fx > 0.0:
-        value += (1.0 - fy) * fx * image[y0, x0 + 1]
-    if fy > 0.0:
-        value += fy * (1.0 - fx) * image[y0 + 1, x0]
-        if fx > 0.0:
-            value += fy * fx * image[y0 + 1, x0 + 1]
-    return value
+def _weighed(image: F64, y0: int, x0: int, y1: int, x1: int, fy: float, fx: float) -> float:
+    """`image` between the four pixels (y0|y1, x0|x1), weighed by the fractions (fy, fx) (`_corner`). All four terms
+    always (a zero fraction adds an exact 0 to a finite image): skipping them by branch made `_field_cost` 3x slower."""
+    return ((1.0 - fy) * (1.0 - fx) * image[y0, x0] + (1.0 - fy) * fx * image[y0, x1]
+            + fy * (1.0 - fx) * image[y1, x0] + fy * fx * image[y1, x1])
 
 
 @numba.njit(cache=True, nogil=True)
@@ -447,9 +443,9 @@ def _field_cost(reference: F64, defined: F64, y: F64, x: F64, dy: float, dx: flo
     for i in range(y.size):
         at_y, at_x = y[i] - dy, x[i] - dx
         if 0.0 <= at_y <= ny - 1 and 0.0 <= at_x <= nx - 1:
-            y0, x0, fy, fx = _corner(at_y, at_x, ny, nx)      # once for both images (0 beyond the outermost pixel centres)
-            if _weighed(defined, y0, x0, fy, fx) > 0.999:
-                diff = field[i] - _weighed(reference, y0, x0, fy, fx)
+            y0, x0, y1, x1, fy, fx = _corner(at_y, at_x, ny, nx)   # once for both images (0 beyond the outermost pixel centres)
+            if _weighed(defined, y0, x0, y1, x1, fy, fx) > 0.999:
+                diff = field[i] - _weighed(reference, y0, x0, y1, x1, fy, fx)
                 total += weight[i] * diff * diff
                 continue
         total += weight[i] * penalty
@@ -723,9 +719,9 @@ def _compared(reference: F64, defined: F64, y: F64, x: F64, dy: float, dx: float
     for i in range(y.size):
         at_y, at_x = y[i] - dy, x[i] - dx
         if 0.0 <= at_y <= ny - 1 and 0.0 <= at_x <= nx - 1:
-            y0, x0, fy, fx = _corner(at_y, at_x, ny, nx)
-            if _weighed(defined, y0, x0, fy, fx) > 0.999:
-                diff = field[i] - _weighed(reference, y0, x0, fy, fx)
+            y0, x0, y1, x1, fy, fx = _corner(at_y, at_x, ny, nx)
+            if _weighed(defined, y0, x0, y1, x1, fy, fx) > 0.999:
+                diff = field[i] - _weighed(reference, y0, x0, y1, x1, fy, fx)
                 cost += weight[i] * diff * diff
                 total += weight[i]
     return cost, total

@@ -131,3 +131,24 @@ def test_tilt_noise_is_declined_before_the_sharp_field_refinement(monkeypatch, c
     s1 = s0[..., None] * (np.array([0.0, 3.1, 0.4]) + rng.normal(0.0, 1e-4, (9, 12, 14, 3)))
     np.testing.assert_array_equal(registration.register_eta_scans_by_tilt(s0, s1, 0.0), 0.0)
     assert "found on the other scans' mean field" in caplog.text
+
+
+@pytest.mark.parametrize("shape", [(9, 11), (1, 12), (12, 1)])
+def test_the_compiled_field_cost_reads_as_scipy_map_coordinates_even_on_a_grid_one_pixel_wide(shape):
+    """`_field_cost` reads both images bilinearly as scipy's ``map_coordinates(order=1, mode="constant")`` does
+    inside the grid, off-support and off-grid pixels paying the penalty; on a grid one row (column) wide the
+    neighbour past the last pixel is never read (it would be memory outside the image)."""
+    from scipy.ndimage import map_coordinates
+    rng = np.random.default_rng(2)
+    reference = rng.normal(size=shape)
+    defined = (rng.uniform(size=shape) > 0.2).astype(float)
+    ys, xs = (a.astype(float) for a in np.nonzero(np.ones(shape)))
+    field, weight, penalty = rng.normal(size=ys.size), rng.uniform(size=ys.size), 0.7
+    for dy, dx in [(0.0, 0.0), (0.3, -0.45), (-1.0, 2.0), (0.5, 0.0), (0.0, -0.25)]:
+        at = [ys - dy, xs - dx]
+        inside = (at[0] >= 0) & (at[0] <= shape[0] - 1) & (at[1] >= 0) & (at[1] <= shape[1] - 1)
+        seen = map_coordinates(reference, at, order=1, mode="constant")
+        on = inside & (map_coordinates(defined, at, order=1, mode="constant") > 0.999)
+        expected = float((weight * np.where(on, (field - seen) ** 2, penalty)).sum())
+        got = registration._field_cost(reference, defined, ys, xs, dy, dx, field, weight, penalty)
+        assert got == pytest.approx(expected, rel=1e-12)
