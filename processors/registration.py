@@ -140,8 +140,6 @@ stand (``all``: a Gaussian curve per pixel does not describe its focused-beam pe
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numba
@@ -176,7 +174,6 @@ GAIN_FLOOR = 0.2       # ... over their pixels with at least this share of the b
                          # fields gain 1.3-1.4 from any fit: ``all`` without drift at 0.02; at 0.2 drift-free maps 0.93-1.21,
                          # ``all`` with drift 1.68-6.3 but seed 5, whose tilt map has no contrast, 1.02)
 OUTLIER_RATIO = 2.0    # the brightest scan pixel is an outlier (a flash) when over this many times the bright level
-FIT_THREADS = 2         # the scans of a registration round are fitted on this many threads (the machines' cores)
 MIN_OVERLAP = 0.5      # ... and only if, moved, their bright pixels land on each other's support at least this share as
                          # much as unmoved (`field_fit`)
 INTENSITY_GAIN = 5.0   # the intensity fallback is kept only if the scans moved back fit each other this many times better
@@ -452,15 +449,6 @@ def _field_cost(reference: F64, defined: F64, y: F64, x: F64, dy: float, dx: flo
     return total
 
 
-def _fit_each(pool: ThreadPoolExecutor, jobs: Iterable[tuple[F64, F64, F64, F64, F64 | None]]) -> F64:
-    """(n, 2) `_fit_field` of each job, in order: each submitted as soon as it is made (`jobs` lazy), so the next
-    scan's reference is built while earlier fits search (`_pattern_search` releases the GIL). A round's fits are
-    independent of each other, so the shifts are the same as one after the other; the 31 fits of a round of the
-    bench map's registration took ~15 ms one after the other."""
-    futures = [pool.submit(_fit_field, *job) for job in jobs]
-    return np.array([f.result() for f in futures]).reshape(-1, 2)
-
-
 def _fit_field(field: F64, weight: F64, reference: F64, defined: F64, start: F64 | None) -> F64:
     """The shift minimising `_FieldCost`: a whole-pixel search (no `start`), then a pattern search
     halving its step down to 1/64 map pixel (`_pattern_search`, compiled)."""
@@ -560,27 +548,24 @@ def register_eta_scans_by_tilt(s0: npt.ArrayLike, s1: npt.ArrayLike, phi_deg: fl
     level = FIELD_SUPPORT * FIELD_FLOOR * peak
     bright = np.where(i0 >= GAIN_FLOOR * peak, np.minimum(i0, peak), 0.0)
     still, still_share = field_fit(field, bright, np.zeros_like(shifts), trusted, level)
-    with ThreadPoolExecutor(max_workers=FIT_THREADS, thread_name_prefix="opmon-register") as pool:
-        for rounds in range(FIELD_ROUNDS):
-            moved_w = {k: resample(weight[k], shifts[k]) for k in signal}
-            moved_wf = {k: resample(weight[k] * field[k], shifts[k]) for k in signal}
-            all_w, all_wf = sum(moved_w.values()), sum(moved_wf.values())
-
-            def on_mean_field(k: int, start: F64 | None) -> tuple[F64, F64, F64, F64, F64 | None]:
-                others_w, others_wf = all_w - moved_w[k], all_wf - moved_wf[k]
-                defined = (others_w >= FIELD_SUPPORT * FIELD_FLOOR * peak).astype(np.float64)
-                reference = np.where(defined > 0, others_wf / np.where(defined > 0, others_w, 1.0), 0.0)
-                return field[k], weight[k], reference, defined, start
-            found = shifts.copy()
-            found[signal] = _fit_each(pool, (on_mean_field(k, shifts[k] if rounds else None) for k in signal))
-            found[signal] = _centred(found[signal], total[signal])
-            settled = np.abs(found - shifts).max() <= SETTLED_PX
-            shifts = found
-            if settled:
-                break
-        if _off_support(field_fit(field, bright, shifts, trusted, level)[1], still_share, "the other scans' mean field"):
-            return np.zeros_like(shifts)        # the sharp-field refinement would start from there: not paid for
-        shifts = _refined(field, weight, total, shifts, signal, level, pool)
+    for rounds in range(FIELD_ROUNDS):
+        moved_w = {k: resample(weight[k], shifts[k]) for k in signal}
+        moved_wf = {k: resample(weight[k] * field[k], shifts[k]) for k in signal}
+        all_w, all_wf = sum(moved_w.values()), sum(moved_wf.values())
+        found = shifts.copy()
+        for k in signal:
+            others_w, others_wf = all_w - moved_w[k], all_wf - moved_wf[k]
+            defined = (others_w >= FIELD_SUPPORT * FIELD_FLOOR * peak).astype(np.float64)
+            reference = np.where(defined > 0, others_wf / np.where(defined > 0, others_w, 1.0), 0.0)
+            found[k] = _fit_field(field[k], weight[k], reference, defined, shifts[k] if rounds else None)
+        found[signal] = _centred(found[signal], total[signal])
+        settled = np.abs(found - shifts).max() <= SETTLED_PX
+        shifts = found
+        if settled:
+            break
+    if _off_support(field_fit(field, bright, shifts, trusted, level)[1], still_share, "the other scans' mean field"):
+        return np.zeros_like(shifts)        # the sharp-field refinement would start from there: not paid for
+    shifts = _refined(field, weight, total, shifts, signal, level)
     contrast = tilt_contrast(field[trusted], weight[trusted], shifts[trusted])
     moved, moved_share = field_fit(field, bright, shifts, trusted, level)
     gain = still / moved if moved > 0 else (float("inf") if still > 0 else 1.0)
@@ -947,8 +932,7 @@ def _band_terms(field: F64, weight: F64, dy: float, dx: float, sy: int, sx: int,
                         terms[slot[index[c] - index[a]], index[c]] += share[a] * w * share[c]
 
 
-def _refined(field: F64, weight: F64, total: F64, shifts: F64, signal: npt.NDArray[np.int64], level: float,
-             pool: ThreadPoolExecutor) -> F64:
+def _refined(field: F64, weight: F64, total: F64, shifts: F64, signal: npt.NDArray[np.int64], level: float) -> F64:
     """Shifts refined by fitting each scan with signal onto the sharp field of the others
     (`_sharp_field`), from `shifts`, for `SHARP_ROUNDS` rounds at most (Σ I-weighted mean zero)."""
     if signal.size < 3:
@@ -956,12 +940,10 @@ def _refined(field: F64, weight: F64, total: F64, shifts: F64, signal: npt.NDArr
     strength = SHARP_SMOOTH * float(np.median(weight[signal][weight[signal] > 0]))
     for _ in range(SHARP_ROUNDS):
         system = _LeaveOneOut(field, weight, shifts, signal, strength)
-
-        def on_sharp_field(k: int) -> tuple[F64, F64, F64, F64, F64 | None]:
-            sharp, defined = system.without(int(k), level)
-            return field[k], weight[k], sharp, defined, shifts[k]
         found = shifts.copy()
-        found[signal] = _fit_each(pool, (on_sharp_field(k) for k in signal))
+        for k in signal:
+            sharp, defined = system.without(int(k), level)
+            found[k] = _fit_field(field[k], weight[k], sharp, defined, shifts[k])
         found[signal] = _centred(found[signal], total[signal])
         settled = np.abs(found - shifts).max() <= SETTLED_PX
         shifts = found
