@@ -260,10 +260,10 @@ def register_eta_scans(stack: npt.ArrayLike, upsample: int = UPSAMPLE) -> F64:
     for _ in range(ROUNDS):
         before = shifts.copy()
         reference = sum(weight[k] * comparable(resample(scans[k], shifts[k])) for k in signal)
-        shifts[signal] = _centred(register(scans[signal], reference, upsample), weight[signal])
+        shifts[signal] = centred_shifts(register(scans[signal], reference, upsample), weight[signal])
         if np.abs(shifts - before).max() <= SETTLED_PX:
             break
-    return _filled(shifts, signal)
+    return filled_shifts(shifts, signal)
 
 
 def _scans(stack: npt.ArrayLike) -> tuple[F64, F64]:
@@ -272,12 +272,12 @@ def _scans(stack: npt.ArrayLike) -> tuple[F64, F64]:
     return scans, scans.sum(axis=(1, 2))
 
 
-def _centred(shifts: F64, weight: F64) -> F64:
+def centred_shifts(shifts: F64, weight: F64) -> F64:
     """`shifts` less their `weight`-weighted mean: the frame where the particle sat on average."""
     return shifts - (weight[:, None] * shifts).sum(axis=0) / weight.sum()
 
 
-def _filled(shifts: F64, signal: npt.NDArray[np.int64]) -> F64:
+def filled_shifts(shifts: F64, signal: npt.NDArray[np.int64]) -> F64:
     """Scans without signal (not in `signal`) given the nearest registered scan's shift: they add
     nothing to the moments either way."""
     out = shifts.copy()
@@ -558,7 +558,7 @@ def register_eta_scans_by_tilt(s0: npt.ArrayLike, s1: npt.ArrayLike, phi_deg: fl
             defined = (others_w >= FIELD_SUPPORT * FIELD_FLOOR * peak).astype(np.float64)
             reference = np.where(defined > 0, others_wf / np.where(defined > 0, others_w, 1.0), 0.0)
             found[k] = _fit_field(field[k], weight[k], reference, defined, shifts[k] if rounds else None)
-        found[signal] = _centred(found[signal], total[signal])
+        found[signal] = centred_shifts(found[signal], total[signal])
         settled = np.abs(found - shifts).max() <= SETTLED_PX
         shifts = found
         if settled:
@@ -584,7 +584,7 @@ def register_eta_scans_by_tilt(s0: npt.ArrayLike, s1: npt.ArrayLike, phi_deg: fl
         return np.zeros_like(shifts)
     log.info("tilt registration kept: tilt contrast %.1f, the scans' tilt maps fit each other %.2f times better moved",
              contrast, gain)
-    return _faint_checked(_filled(shifts, signal), trusted)
+    return _faint_checked(filled_shifts(shifts, signal), trusted)
 
 
 def _off_support(moved_share: float, still_share: float, fitted_on: str) -> bool:
@@ -944,7 +944,7 @@ def _refined(field: F64, weight: F64, total: F64, shifts: F64, signal: npt.NDArr
         for k in signal:
             sharp, defined = system.without(int(k), level)
             found[k] = _fit_field(field[k], weight[k], sharp, defined, shifts[k])
-        found[signal] = _centred(found[signal], total[signal])
+        found[signal] = centred_shifts(found[signal], total[signal])
         settled = np.abs(found - shifts).max() <= SETTLED_PX
         shifts = found
         if settled:

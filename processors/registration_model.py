@@ -274,7 +274,7 @@ def fit_rocking_model(s0: npt.ArrayLike, eta: npt.ArrayLike, start: npt.ArrayLik
     `ModelFit`: shifts in the frame where their Σ I-weighted mean is zero (scans without signal take the nearest
     fitted scan's), and the fit's χ².
     """
-    from opmon.processors.registration import _centred, _filled
+    from opmon.processors.registration import centred_shifts, filled_shifts
 
     scans = np.nan_to_num(np.asarray(s0, dtype=np.float64))
     start = np.asarray(start, dtype=np.float64).reshape(-1, 2)
@@ -294,8 +294,8 @@ def fit_rocking_model(s0: npt.ArrayLike, eta: npt.ArrayLike, start: npt.ArrayLik
         free[3 * problem.K:] = False
     x, chi2 = _levenberg_marquardt(problem, problem.bounded(problem.x0), free)
     shifts = start.copy()
-    shifts[signal] = _centred(x[3 * problem.K:].reshape(-1, 2), total[signal]) if move else start[signal]
-    return ModelFit(_filled(shifts, signal) if move else shifts, chi2, int(problem.data.size))
+    shifts[signal] = centred_shifts(x[3 * problem.K:].reshape(-1, 2), total[signal]) if move else start[signal]
+    return ModelFit(filled_shifts(shifts, signal) if move else shifts, chi2, int(problem.data.size))
 
 
 def register_eta_scans_by_model(s0: npt.ArrayLike, eta: npt.ArrayLike, start: npt.ArrayLike) -> F64:
