@@ -140,9 +140,10 @@ def sample_map(smap: SourceMap, sample: int = ROI_SAMPLE_FRAMES, skip_bad: bool 
             raise smap.error(sorted(bad)[:1])  # the first, as when the sample was read frame by frame
         good = [k for k, frame_number in enumerate(chunk) if int(frame_number) not in bad]   # a skipped corrupt frame adds nothing
         if good:
-            total += view[good].sum(axis=0, dtype=np.float64)
+            frames = view if len(good) == chunk.size else view[good]    # no copy unless a frame was corrupt
+            total += frames.sum(axis=0, dtype=np.float64)
             if scans is not None:
-                scans.add(view[good], frame_eta[chunk[good]])
+                scans.add(frames, frame_eta[chunk[good]])
         for k in good:
             if (lo + k) % every == 0:
                 finder.add(view[k])
