@@ -178,16 +178,18 @@ class FanOutWorker:
             lm.acc, lm.done, lm.picks = None, True, None
 
     def _remake(self, run: LiveRun, number: int, roi: list[int] | None, mask: npt.NDArray[np.uint8] | None,
-                spots: SpotTable | None = None) -> None:
+                spots: SpotTable | None = None, n_frames: int = 0) -> None:
         """Accumulate map `number` again from its held frames with `roi`, `mask` and powder-arc `spots` and
-        hand the sums in (`remade`); `roi` None: the map stays as it is, its frames are dropped."""
+        hand the sums in (`remade`); `roi` None: the map stays as it is, its frames are dropped; `n_frames`: the
+        map's frame count (all workers')."""
         lm = run.map(number)
         held, lm.held = lm.held, None
         if roi is None:
             return
         acc = None
         if held is not None:                 # (none: dealt no frame of the map; it still answers, the coordinator waits for all)
-            acc = make_accumulator(run.geometry, lm.map_shape, mask, dict(run.options, roi=list(roi)), spots)
+            acc = make_accumulator(run.geometry, lm.map_shape, mask, dict(run.options, roi=list(roi)), spots,
+                                   n_frames=n_frames)
             add_frames(acc, held.frames())
         header = {"run": run.uid, "map": number, "frames": acc.frames_seen if acc else 0, "final": True, "remade": True}
         self.outbox.send_multipart(encode_state(acc, dict(header, worker=self.id)), copy=False)
@@ -312,6 +314,8 @@ class FanOutWorker:
             self._map_order(run, h)
         elif kind == FINAL and run is not None:
             self._flush_seen()
+            if h.get("n_frames"):             # the map's count (a map_start without one: learnt only now)
+                run.frames_counted(run.map(int(h["map"])), int(h["n_frames"]))
             self._send_state(run, int(h["map"]), final=True)
         elif kind == REMAKE and run is not None:
             has_mask = bool(h.get("mask", len(parts) > 2))
@@ -320,7 +324,7 @@ class FanOutWorker:
             if h.get("spots"):       # the powder-arc spots to replace, as `SpotTable.arrays` (after the mask)
                 spots = SpotTable.from_arrays(run.frame_shape[1], [np.frombuffer(p.buffer, dtype=dt).copy()
                                                                    for p, dt in zip(parts[2 + has_mask:], h["spots"])])
-            self._remake(run, int(h["map"]), h["roi"], mask, spots)
+            self._remake(run, int(h["map"]), h["roi"], mask, spots, int(h.get("n_frames") or 0))
         elif kind == END:
             self.runs.pop(uid, None)
             self.roi_reported.pop(uid, None)
