@@ -53,8 +53,8 @@ F64 = npt.NDArray[np.float64]
 ETA_DECIMALS = 5          # frames whose eta agrees to 1e-5 deg belong to one eta scan
 COVERED = 0.999           # a pixel is kept only if the scans covering it hold this share of Σ I
 SCAN_ETA = "scan_eta"     # state key: eta (deg) of each scan slot
-#: per-scan sums a registering accumulator keeps while its map's frame count is unknown; past them its frames
-#: are taken for eta per frame (a 100 x 100 map: ~190 scans; `opmon process` would hold as much to register them)
+#: per-scan sums a registering accumulator keeps while its map's frame count is unknown; past them, with more eta
+#: values than eta scans of its frames so far take, they are taken for eta per frame (a 100 x 100 map: ~235 scans)
 SCAN_SUMS_BYTES = 1 << 30
 SLOT_GROWTH = 1.5         # the per-scan sums grow by this factor: a scan at a time copies them O(log n) times, not n
 
@@ -272,13 +272,16 @@ class EtaScanAccumulator(MomentAccumulator):
 
     def _too_many(self, n_slots: int, n_frames: int = 0) -> bool:
         """Are `n_slots` eta values more than eta scans of the map's frames (its expected count, else `n_frames`)
-        take, or, with no count, more per-scan sums than SCAN_SUMS_BYTES? (Never when the scans are needed.)"""
+        take? With no count: more per-scan sums than SCAN_SUMS_BYTES, and more values than eta scans of the frames
+        so far take (scans met one at a time never are; a map rocking at each point, its scans all met at its
+        first point, only past its first half). Never when the scans are needed (a peak fit)."""
         if not self.guarded:
             return False
         count = self.expected_frames or n_frames
         if count:
             return n_slots > scan_limit(count, self.n_pixels)
-        return n_slots * self.n_pixels * self._row_bytes > SCAN_SUMS_BYTES
+        return n_slots * self.n_pixels * self._row_bytes > SCAN_SUMS_BYTES and \
+            n_slots > scan_limit(self.frames_seen, self.n_pixels)    # (summed only past the bytes: per new scan)
 
     def _give_up_scans(self, n_values: int) -> None:
         """The frames are not eta scans: the scans' sums added into one, where every later frame goes too."""

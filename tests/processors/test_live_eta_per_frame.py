@@ -115,9 +115,11 @@ def test_scans_given_up_by_count_by_memory_and_by_a_merged_state_keep_every_fram
             np.testing.assert_allclose(getattr(acc, key), getattr(whole, key), rtol=1e-12, atol=1e-9, err_msg=key)
 
 
-def test_eta_scans_met_one_at_a_time_grow_the_sums_geometrically():
-    """An eta-outer map's scans come one at a time: the sums are copied a few times, not once per scan."""
+def test_eta_scans_met_one_at_a_time_grow_the_sums_geometrically(monkeypatch):
+    """An eta-outer map's scans come one at a time: the sums are copied a few times, not once per scan; with its
+    count unknown, they are kept past SCAN_SUMS_BYTES (each scan holds a scan's worth of frames)."""
     acc = _accumulator()
+    monkeypatch.setattr(eta_scans, "SCAN_SUMS_BYTES", 10 * SIDE * SIDE * acc._row_bytes)
     eta = np.repeat(10.0 + 0.016 * np.arange(40), SIDE * SIDE)
     frames, index = _frames(eta[: SIDE * SIDE])
     storage = []
