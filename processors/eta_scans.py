@@ -228,7 +228,7 @@ class EtaScanAccumulator(MomentAccumulator):
     def _resize(self, n_slots: int) -> None:
         """Make the sums `n_slots` scans long (new scans start at zero): views of buffers that grow by SLOT_GROWTH,
         so eta scans met one at a time copy the sums a few times, not once per scan (O(n²) in all: a 100 x 100 map
-        of 100 scans copied ~30 GB)."""
+        of 100 scans copied ~23 GB)."""
         rows = n_slots * self.n_pixels
         for key in PER_PIXEL_KEYS:
             used = getattr(self, key)
