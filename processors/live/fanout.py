@@ -322,7 +322,8 @@ class FanOutProcessor(LiveService):
                 if lm.picks is None:
                     lm.picks = MapPicks(lm.n_expected, per_scan=run.finds_spots)
                 scans = (state.pop(W.PICKS_SCAN_ETA), state.pop(W.PICKS_SCANS), True) if W.PICKS_SCANS in state else None
-                lm.picks.merge(state.pop(W.PICKS_TOTAL), frames, state.pop(W.PICKS_STANDOUT, None), looked_at, scans)
+                lm.picks.merge(state.pop(W.PICKS_TOTAL), frames, state.pop(W.PICKS_STANDOUT, None), looked_at, scans,
+                               state.pop(W.PICKS_ETA_VALUES, ()))
             finals.append(state)
         return finals
 

@@ -60,6 +60,7 @@ ROI_PENDING_WAIT_S = 10.0    # a map whose ROI waits for the previous map's end 
 #: state keys of a map's picks (`roi.MapPicks`), shipped beside the sums with its final state
 PICKS_TOTAL, PICKS_STANDOUT = "picks_total", "picks_standout"
 PICKS_SCAN_ETA, PICKS_SCANS = "picks_scan_eta", "picks_scans"     # their per-eta-scan sums (powder-spot search)
+PICKS_ETA_VALUES = "picks_eta_values"       # ... and the eta of every frame dealt (the map's scans, for their budget)
 
 
 def encode_state(acc: MomentAccumulator | None, header: dict[str, Any], picks: MapPicks | None = None) -> list[Any]:
@@ -77,6 +78,8 @@ def encode_state(acc: MomentAccumulator | None, header: dict[str, Any], picks: M
             state[PICKS_STANDOUT] = picks.sample.finder.standout
         if picks.sample.scans is not None and picks.sample.scans.enabled:   # (none: over its memory budget)
             state[PICKS_SCAN_ETA], state[PICKS_SCANS] = picks.sample.scans.arrays()
+        if picks.eta_values:
+            state[PICKS_ETA_VALUES] = np.fromiter(picks.eta_values, dtype=np.float64, count=len(picks.eta_values))
     header = dict(header, keys=[[k, str(v.dtype), list(v.shape)] for k, v in state.items()])
     return [STATE, P.pack(header)] + [np.ascontiguousarray(v) for v in state.values()]
 

@@ -28,22 +28,22 @@ from tests.processors.conftest import FRAME, GEOMETRY, assert_same_maps
 SIDE, STEPS = 4, 8          # a 4 x 4 map, 8 eta steps: 128 frames
 
 
-def jittered_raw(path, seed: int = 1):
+def jittered_raw(path, seed: int = 1, side: int = SIDE, steps: int = STEPS):
     """An eta-outer map whose eta is read back per frame (the steps plus 2e-3 deg of encoder jitter: every frame
     its own value), a peak moving over the particle and with eta on a faint background."""
     rng = np.random.default_rng(seed)
     rows, cols = np.mgrid[: FRAME[0], : FRAME[1]]
-    pixels = SIDE * SIDE
-    index = np.tile(np.arange(pixels), STEPS)
-    step = np.repeat(np.arange(STEPS), pixels)
+    pixels = side * side
+    index = np.tile(np.arange(pixels), steps)
+    step = np.repeat(np.arange(steps), pixels)
     eta = 10.0 + 0.016 * step + rng.normal(0.0, 2e-3, step.size)
     frames = np.empty((step.size,) + FRAME, dtype=np.uint32)
     for f, (p, k) in enumerate(zip(index, step)):
-        r0, c0 = 18 + 0.4 * (p % SIDE) + 0.8 * (k - 3.5), 22 + 0.5 * (p // SIDE)
-        amp = 300 * (1 + p % 3) * np.exp(-0.5 * ((k - 3.5) / 1.5) ** 2)
+        r0, c0 = 18 + 0.4 * (p % side) + 0.8 * (k - steps / 2 + 0.5), 22 + 0.5 * (p // side)
+        amp = 300 * (1 + p % 3) * np.exp(-0.5 * ((k - steps / 2 + 0.5) / 1.5) ** 2)
         frames[f] = rng.poisson(amp * np.exp(-((rows - r0) ** 2 + (cols - c0) ** 2) / 8.0) + 0.01)
     with h5py.File(path, "w") as f:
-        writer = RawMapWriter(f.create_group("entry"), frame_shape=FRAME, dtype=np.uint32, map_shape=(SIDE, SIDE),
+        writer = RawMapWriter(f.create_group("entry"), frame_shape=FRAME, dtype=np.uint32, map_shape=(side, side),
                               **GEOMETRY)
         writer.append(frames, index, eta, 0.0, 0.0, 30.0)
     return path
@@ -72,6 +72,40 @@ def test_live_map_with_eta_per_frame_gives_its_scans_up_and_equals_opmon_process
     assert offline.eta_shifts is None and live.eta_shifts is None
     assert int(offline.mask.sum()) >= 8
     assert_same_maps(live, offline)
+
+
+def test_live_spot_search_of_a_map_with_eta_per_frame_is_skipped_where_opmon_process_skips_it(tmp_path, monkeypatch):
+    """`opmon process` sums its sampled frames per eta value only when one sum per eta value of the whole map fits
+    `powder_spots.MAX_SAMPLE_BYTES` (else: not searched); the live picks counted only the values they summed (200
+    of 400 frames here), so they searched the spots of a map `opmon process` does not search."""
+    from opmon.processors import powder_spots
+    from opmon.processors.live.engine import LiveRun
+    from opmon.processors.offline import plan_map
+    from opmon.streaming.archive.sources import open_source
+
+    monkeypatch.setattr(powder_spots, "MAX_SAMPLE_BYTES", 300 * FRAME[0] * FRAME[1] * 4)   # 300 of the 400 values
+    raw = jittered_raw(tmp_path / "raw.h5", side=5, steps=16)
+    source = open_source(raw)
+    try:
+        smap = source.maps[0]
+        offline = plan_map(smap, ProcessOptions())
+        meta = smap.meta
+        frames = np.empty((meta.n_frames,) + FRAME, dtype=np.uint32)
+        smap.read_frames(frames, np.arange(meta.n_frames))
+    finally:
+        source.close()
+    start = {"run": "r", "frame_shape": list(FRAME), "map_shape": [5, 5], **{k: list(v) if isinstance(v, tuple) else v
+                                                                             for k, v in GEOMETRY.items()}}
+    run = LiveRun.begin(start, None, None, threshold=0, background="auto", roi_quota=1, roi_wait_s=1.0)
+    run.set_roi(offline.roi)
+    run.map_started(0, (5, 5), meta.n_frames)
+    for f in range(meta.n_frames):
+        h = {"map": 0, "frame": f, "index": int(meta.map_index[f]), "eta": float(meta.eta[f]), "phi": 0.0, "nu": 0.0,
+             "delta": 30.0}
+        run.sample_for_follow(run.accumulate(h, frames[f]), h, frames[f])
+    live = run.map_plan(run.maps[0])
+    assert offline.spots is not None and "not searched" in offline.spots.note
+    assert live.spots.note == offline.spots.note and live.roi == offline.roi
 
 
 def _accumulator(n_frames: int = 0) -> EtaScanAccumulator:
