@@ -59,6 +59,13 @@ SCAN_SUMS_BYTES = 1 << 30
 SLOT_GROWTH = 1.5         # the per-scan sums grow by this factor: a scan at a time copies them O(log n) times, not n
 
 log = logging.getLogger(__name__)
+_ETA_SCALE = 10.0 ** ETA_DECIMALS
+
+
+def eta_key(eta: float) -> float:
+    """`np.round(eta, ETA_DECIMALS)` of one float, as numpy computes it (scaled, `rint`, scaled back: the same
+    float) without numpy's scalar overhead: the live path rounds every frame's eta (3.5 µs -> 0.15 µs)."""
+    return round(eta * _ETA_SCALE) / _ETA_SCALE
 
 
 @dataclass(frozen=True)
@@ -315,7 +322,7 @@ class EtaScanAccumulator(MomentAccumulator):
         self._check_index(np.array([int(map_index)]))
         if not np.isfinite(eta):
             raise OpmonError(f"non-finite angle among eta/phi/nu/delta = {eta}, {phi}, {nu}, {delta}")
-        slot = self._slot_of.get(float(np.round(eta, ETA_DECIMALS))) if self.per_scan else 0   # one dict look-up
+        slot = self._slot_of.get(eta_key(float(eta))) if self.per_scan else 0   # one dict look-up
         if slot is None:
             slot = int(self._slots([eta])[0])
         super().process_frame(frame, slot * self.n_pixels + int(map_index), eta, phi, nu, delta, monitor)

@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from opmon.processors.accumulate import Roi
 from opmon.processors.bad_pixels import BadPixelFinder, merged_mask
-from opmon.processors.eta_scans import ETA_DECIMALS
+from opmon.processors.eta_scans import eta_key
 from opmon.processors.offline import MapPlan, MapSample, found_mask, plan_of_sample, roi_from_image, sample_picks
 from opmon.processors.powder_spots import ScanSums
 
@@ -167,7 +167,7 @@ class MapPicks:
     def add(self, frame_number: int, frame: npt.NDArray[Any], eta: float = 0.0) -> None:
         """Sum `frame` (number `frame_number` of its map, taken at `eta`) when it is one of the picks."""
         if self.per_scan:
-            self.eta_values.add(float(np.round(eta, ETA_DECIMALS)))      # as `offline.sample_map` counts them
+            self.eta_values.add(eta_key(eta))      # the value `offline.sample_map` counts
         position = frame_number
         if self.picks is not None:
             position = int(np.searchsorted(self.picks, frame_number))

@@ -211,3 +211,13 @@ def test_fan_out_map_whose_count_comes_at_its_end_is_planned_as_opmon_process_pl
         offline, roi = process_entry(f["entry"], ProcessOptions())
     assert tuple(processor.summaries[0]["roi"]) == roi
     assert_same_maps(live, offline)
+
+
+def test_eta_key_is_numpys_rounding_of_one_float():
+    """The live path's per-frame key of an eta value is the very float `np.round(eta, ETA_DECIMALS)` gives (the eta
+    scans and the spot search's budget are counted offline with numpy), ties and negative angles included."""
+    from opmon.processors.eta_scans import ETA_DECIMALS, eta_key
+
+    values = np.concatenate([np.random.default_rng(3).uniform(-40.0, 40.0, 20000),
+                             (np.arange(-200, 200) + 0.5) / 10.0 ** ETA_DECIMALS, 10.0 + 0.016 * np.arange(64)])
+    np.testing.assert_array_equal([eta_key(v) for v in values.tolist()], np.round(values, ETA_DECIMALS))
