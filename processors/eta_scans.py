@@ -18,10 +18,19 @@ from their maps of the tilt that rocking does not move (`registration.register_e
 scan (`ManualShifts`, e.g. a TOML file as XSOCS lets users edit its shifts), or switched off.
 The state carries the scans' eta values (``scan_eta``) beside the usual sums, so accumulators
 that met the scans in different orders (fan-out workers, Dask tasks) still merge.
+
+Frames whose eta is read back per frame (an encoder's jitter) or swept are not eta scans
+(`holds_eta_scans`). `opmon process` sees that before any frame; the live processor learns a map's
+frames as they come, so a registering accumulator adds its scans into one set of sums (a plain
+`MomentAccumulator`'s, from then on) once its eta values pass what eta scans of the map's frame count
+can take (`expect_frames`), or, the count unknown (the bluesky path's map_start carries none), once
+its per-scan sums would pass SCAN_SUMS_BYTES, and at the latest at the map's end: the map is then
+the one `opmon process` makes of the archived file, unregistered.
 """
 from __future__ import annotations
 
 import copy
+import logging
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +53,19 @@ F64 = npt.NDArray[np.float64]
 ETA_DECIMALS = 5          # frames whose eta agrees to 1e-5 deg belong to one eta scan
 COVERED = 0.999           # a pixel is kept only if the scans covering it hold this share of Σ I
 SCAN_ETA = "scan_eta"     # state key: eta (deg) of each scan slot
+#: per-scan sums a registering accumulator keeps while its map's frame count is unknown; past them, with more eta
+#: values than eta scans of its frames so far take, they are taken for eta per frame (a 100 x 100 map: ~235 scans)
+SCAN_SUMS_BYTES = 1 << 30
+SLOT_GROWTH = 1.5         # the per-scan sums grow by this factor: a scan at a time copies them O(log n) times, not n
+
+log = logging.getLogger(__name__)
+_ETA_SCALE = 10.0 ** ETA_DECIMALS
+
+
+def eta_key(eta: float) -> float:
+    """`np.round(eta, ETA_DECIMALS)` of one float, as numpy computes it (scaled, `rint`, scaled back: the same
+    float) without numpy's scalar overhead: the live path rounds every frame's eta (3.5 µs -> 0.15 µs)."""
+    return round(eta * _ETA_SCALE) / _ETA_SCALE
 
 
 @dataclass(frozen=True)
@@ -69,8 +91,24 @@ def holds_eta_scans(eta: npt.ArrayLike, map_pixels: int) -> bool:
     values = np.round(np.asarray(eta, dtype=np.float64).reshape(-1), ETA_DECIMALS)
     if values.size == 0:
         return True
-    steps = np.unique(values).size
-    return steps <= max(2, 2 * values.size // max(map_pixels, 1))
+    return np.unique(values).size <= scan_limit(values.size, map_pixels)
+
+
+def scan_limit(n_frames: int, map_pixels: int) -> int:
+    """The most distinct eta values `n_frames` frames of a map of `map_pixels` points take as eta scans (each
+    value shared by about a scan's worth of map points, half of them at least): `holds_eta_scans`' rule."""
+    return max(2, 2 * int(n_frames) // max(int(map_pixels), 1))
+
+
+def summed_over_scans(state: dict[str, np.ndarray], n_pixels: int) -> dict[str, np.ndarray]:
+    """A per-scan state (`EtaScanAccumulator.state`) with its scans added together: a plain `MomentAccumulator`'s."""
+    n = np.asarray(state[SCAN_ETA]).size
+    out = {key: value for key, value in state.items() if key != SCAN_ETA}
+    for key in PER_PIXEL_KEYS:
+        if key in out:
+            sums = np.asarray(out[key])
+            out[key] = sums.reshape((n, n_pixels) + sums.shape[1:]).sum(axis=0, dtype=sums.dtype)
+    return out
 
 
 def read_shifts_file(path: str | Path) -> ManualShifts:
@@ -171,7 +209,9 @@ class EtaScanAccumulator(MomentAccumulator):
 
     Takes the options of `MomentAccumulator` plus `registration` ("auto", a `ManualShifts`; "off"
     only with a peak fit, which needs the per-scan sums) and `peak_fit` ("gauss": the final map
-    also gets `MapResult.fit`, `peak_fit.fit_gauss` of the registered scans).
+    also gets `MapResult.fit`, `peak_fit.fit_gauss` of the registered scans). Registering ("auto"
+    or "tilt") without a fit, frames that turn out not to be eta scans are added into one set of
+    sums (`per_scan` False, see the module's docstring): the map `opmon process` makes of them.
     """
 
     def __init__(self, *args: Any, registration: Registration = "auto", peak_fit: PeakFitModel = "off",
@@ -182,39 +222,95 @@ class EtaScanAccumulator(MomentAccumulator):
         self.registration = registration
         self.peak_fit = peak_fit
         self.n_pixels = self.map_shape[0] * self.map_shape[1]
+        self.guarded = registration in ("auto", "tilt") and peak_fit == "off"   # may give the scans up (else needs them)
+        self.per_scan = True             # sums kept per eta scan (False: the frames are not eta scans)
+        self.expected_frames = 0         # the map's frame count, once known (0: not yet)
         self.scan_eta = np.zeros(0)
         self._slot_of: dict[float, int] = {}
+        self._buffers: dict[str, np.ndarray] = {}   # the sums' storage, grown geometrically; the sums are views of it
+        self._row_bytes = sum(getattr(self, key).nbytes for key in PER_PIXEL_KEYS) // self.n_pixels
         self._resize(0)
 
     # -- slots ----------------------------------------------------------------------------------
     def _resize(self, n_slots: int) -> None:
-        """Grow the sums to `n_slots` scans (new scans start at zero)."""
+        """Make the sums `n_slots` scans long (new scans start at zero): views of buffers that grow by SLOT_GROWTH,
+        so eta scans met one at a time copy the sums a few times, not once per scan (O(n²) in all: a 100 x 100 map
+        of 100 scans copied ~23 GB)."""
+        rows = n_slots * self.n_pixels
         for key in PER_PIXEL_KEYS:
-            old = getattr(self, key)
-            rows = n_slots * self.n_pixels
-            if old.shape[0] == rows:
-                continue
-            new = np.zeros((rows,) + old.shape[1:], dtype=old.dtype)
-            keep = min(rows, old.shape[0]) if n_slots else 0
-            new[:keep] = old[:keep]
-            setattr(self, key, new)
+            used = getattr(self, key)
+            buffer = self._buffers.get(key)
+            if buffer is None or buffer.shape[0] < rows:
+                size = max(rows, int(SLOT_GROWTH * (buffer.shape[0] if buffer is not None else 0)) // self.n_pixels
+                           * self.n_pixels)
+                buffer = self._buffers[key] = np.zeros((size,) + used.shape[1:], dtype=used.dtype)
+                keep = min(rows, used.shape[0])
+                buffer[:keep] = used[:keep]
+            elif rows > used.shape[0]:
+                buffer[used.shape[0]:rows] = 0      # rows left over from sums given up (`load_state(add=False)`)
+            setattr(self, key, buffer[:rows])
 
     def _slots(self, eta: npt.ArrayLike) -> npt.NDArray[np.int64]:
-        """The scan slot of each eta, new scans added."""
+        """The scan slot of each eta, new scans added (all slot 0 once the frames are found not to be eta scans)."""
         keys = np.round(np.asarray(eta, dtype=np.float64).reshape(-1), ETA_DECIMALS)
+        if not self.per_scan:
+            return np.zeros(keys.size, dtype=np.int64)
         if keys.size and keys[0] == keys[-1] and float(keys[0]) in self._slot_of and (keys == keys[0]).all():
             return np.full(keys.size, self._slot_of[float(keys[0])], dtype=np.int64)   # a block inside one scan: no sort
         unique, inverse = np.unique(keys, return_inverse=True)
         slots = np.empty(unique.size, dtype=np.int64)
         new = [float(k) for k in unique if float(k) not in self._slot_of]
         if new:
+            if self._too_many(len(self._slot_of) + len(new)):
+                self._give_up_scans(len(self._slot_of) + len(new))
+                return np.zeros(keys.size, dtype=np.int64)
             for k in new:
                 self._slot_of[k] = len(self._slot_of)
-            self.scan_eta = np.array(list(self._slot_of), dtype=np.float64)
+            self.scan_eta = np.concatenate([self.scan_eta, new])
             self._resize(len(self._slot_of))
         for j, k in enumerate(unique):
             slots[j] = self._slot_of[float(k)]
         return slots[inverse.reshape(-1)]
+
+    def expect_frames(self, n_frames: int) -> None:
+        """The map's frame count is known (live: its map_start, or the map's end): the sums stop being kept per
+        scan as soon as the eta values met pass what eta scans of that many frames take (`scan_limit`)."""
+        self.expected_frames = max(int(n_frames), 0)
+        if self.per_scan and self._too_many(self.scan_eta.size):
+            self._give_up_scans(self.scan_eta.size)
+
+    def _too_many(self, n_slots: int, n_frames: int = 0) -> bool:
+        """Are `n_slots` eta values more than eta scans of the map's frames (its expected count, else `n_frames`)
+        take? With no count: more per-scan sums than SCAN_SUMS_BYTES, and more values than eta scans of the frames
+        so far take (scans met one at a time never are; a map rocking at each point, its scans all met at its
+        first point, only past its first half). Never when the scans are needed (a peak fit)."""
+        if not self.guarded:
+            return False
+        count = self.expected_frames or n_frames
+        if count:
+            return n_slots > scan_limit(count, self.n_pixels)
+        return n_slots * self.n_pixels * self._row_bytes > SCAN_SUMS_BYTES and \
+            n_slots > scan_limit(self.frames_seen, self.n_pixels)    # (summed only past the bytes: per new scan)
+
+    def _give_up_scans(self, n_values: int) -> None:
+        """The frames are not eta scans: the scans' sums added into one, where every later frame goes too."""
+        count = self.expected_frames or self.frames_seen
+        log.info("map %s: eta takes %d or more values over %s frames, not one per eta scan of the map: the scans are "
+                 "not registered", self.map_shape, n_values,
+                 count if self.expected_frames else f"{count} (so far)")
+        summed = summed_over_scans({SCAN_ETA: self.scan_eta, **{k: getattr(self, k) for k in PER_PIXEL_KEYS}},
+                                   self.n_pixels)
+        for key in PER_PIXEL_KEYS:
+            setattr(self, key, summed[key])
+        self.per_scan, self.scan_eta, self._slot_of, self._buffers = False, np.zeros(0), {}, {}
+
+    def _restart_scans(self) -> None:
+        """Empty sums, kept per scan again (`load_state(add=False)`)."""
+        if not self.per_scan:
+            for key in PER_PIXEL_KEYS:
+                setattr(self, key, getattr(self, key)[:0])
+        self.per_scan, self.scan_eta, self._slot_of = True, np.zeros(0), {}
+        self._resize(0)
 
     def _check_index(self, index: npt.NDArray[np.int64]) -> None:
         bad = (index < 0) | (index >= self.n_pixels)
@@ -228,7 +324,7 @@ class EtaScanAccumulator(MomentAccumulator):
         self._check_index(np.array([int(map_index)]))
         if not np.isfinite(eta):
             raise OpmonError(f"non-finite angle among eta/phi/nu/delta = {eta}, {phi}, {nu}, {delta}")
-        slot = self._slot_of.get(float(np.round(eta, ETA_DECIMALS)))   # the per-frame path: one dict look-up
+        slot = self._slot_of.get(eta_key(float(eta))) if self.per_scan else 0   # one dict look-up
         if slot is None:
             slot = int(self._slots([eta])[0])
         super().process_frame(frame, slot * self.n_pixels + int(map_index), eta, phi, nu, delta, monitor)
@@ -249,7 +345,10 @@ class EtaScanAccumulator(MomentAccumulator):
 
     # -- state ----------------------------------------------------------------------------------
     def state(self) -> dict[str, np.ndarray]:
-        """The sums of every scan slot, and each slot's eta (`SCAN_ETA`)."""
+        """The sums of every scan slot, and each slot's eta (`SCAN_ETA`); the plain sums once the frames are found
+        not to be eta scans (an accumulator given them adds its scans together too: `load_state`)."""
+        if not self.per_scan:
+            return super().state()
         return {**super().state(), SCAN_ETA: self.scan_eta.copy()}
 
     def collapsed_state(self) -> dict[str, np.ndarray]:
@@ -257,6 +356,8 @@ class EtaScanAccumulator(MomentAccumulator):
         partial map needs (partial maps are not registered), and n_scans times smaller: a fan-out
         worker ships its partial sums four times a second (100 x 100 pixels x 40 scans: 184 MB)."""
         state = MomentAccumulator.state(self)
+        if not self.per_scan:
+            return state
         n = self.scan_eta.size
         for key in PER_PIXEL_KEYS:
             sums = state[key]
@@ -264,14 +365,24 @@ class EtaScanAccumulator(MomentAccumulator):
         return state
 
     def load_state(self, state: dict[str, np.ndarray], add: bool = True) -> None:
-        """Add (or replace with) another accumulator's sums, scan by scan (matched by eta)."""
-        if SCAN_ETA not in state:
-            raise OpmonError("state without per-scan sums (scan_eta) cannot load into an eta-scan accumulator")
-        theirs_eta = np.asarray(state[SCAN_ETA], dtype=np.float64).reshape(-1)
+        """Add (or replace with) another accumulator's sums, scan by scan (matched by eta); a plain state (its
+        frames found not to be eta scans), or more scans than the map's frames take, adds the scans together."""
         if not add:
             self.reset()
-            self.scan_eta, self._slot_of = np.zeros(0), {}
-            self._resize(0)
+            self._restart_scans()
+        if SCAN_ETA not in state and (self.per_scan and not self.guarded):
+            raise OpmonError("state without per-scan sums (scan_eta) cannot load into an eta-scan accumulator")
+        theirs_eta = np.asarray(state.get(SCAN_ETA, ()), dtype=np.float64).reshape(-1)
+        if self.per_scan and SCAN_ETA in state:
+            keys = np.unique(np.round(theirs_eta, ETA_DECIMALS))
+            merged = len(self._slot_of) + sum(float(k) not in self._slot_of for k in keys)
+            if self._too_many(merged):
+                self._give_up_scans(merged)
+        elif self.per_scan:
+            self._give_up_scans(self.scan_eta.size)
+        if not self.per_scan:
+            MomentAccumulator.load_state(self, summed_over_scans(state, self.n_pixels) if SCAN_ETA in state else state)
+            return
         slots = self._slots(theirs_eta) if theirs_eta.size else np.zeros(0, dtype=np.int64)
         n = theirs_eta.size
         self._fold_angles()
@@ -294,7 +405,12 @@ class EtaScanAccumulator(MomentAccumulator):
 
     # -- results --------------------------------------------------------------------------------
     def finalize(self, partial: bool = False) -> MapResult:
-        """The map: scans registered and added (final), or added as they are (partial)."""
+        """The map: scans registered and added (final), or added as they are (partial); frames that are not eta
+        scans of the map (`scan_limit` of its frames: `opmon process`'s rule) make the unregistered map."""
+        if self.per_scan and not partial and self._too_many(self.scan_eta.size, self.frames_seen):
+            self._give_up_scans(self.scan_eta.size)
+        if not self.per_scan:
+            return MomentAccumulator.finalize(self, partial)
         ny, nx = self.map_shape
         n = self.scan_eta.size
         flat_s0, flat_s1, flat_s2, per_frame, scale = self.corrected_sums()

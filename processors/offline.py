@@ -333,8 +333,10 @@ def new_accumulator(smap: SourceMap, options: ProcessOptions, roi: Roi,
         log.info("%s: eta takes a value per frame, not one per eta scan of the map: the scans are not registered",
                  smap.label)
         return MomentAccumulator(DetectorGeometry.from_meta(meta), meta.map_shape, **settings)
-    return EtaScanAccumulator(DetectorGeometry.from_meta(meta), meta.map_shape, registration=options.register,
-                              peak_fit=options.peak_fit, **settings)
+    acc = EtaScanAccumulator(DetectorGeometry.from_meta(meta), meta.map_shape, registration=options.register,
+                             peak_fit=options.peak_fit, **settings)
+    acc.expect_frames(meta.n_frames)     # eta scans by `holds_eta_scans`: never given up (nor by their bytes)
+    return acc
 
 
 def accumulate_frames(smap: SourceMap, acc: MomentAccumulator, options: ProcessOptions, start: int = 0,

@@ -67,18 +67,25 @@ def accumulator_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_accumulator(geometry: DetectorGeometry, map_shape: tuple[int, int], mask: npt.NDArray[np.uint8] | None,
-                     options: dict[str, Any], spots: SpotTable | None = None) -> MomentAccumulator:
+                     options: dict[str, Any], spots: SpotTable | None = None, n_frames: int = 0) -> MomentAccumulator:
     """An empty accumulator for a map with the options recorded with every map: per eta scan when
     ``register`` is auto or tilt (registered at the map's end, as `opmon process --register`) or
     ``peak_fit`` is gauss (each pixel's rocking profile fitted at the map's end, as `opmon process
     --peak-fit gauss`; the final map carries `MapResult.fit`); `spots` the powder-arc spots it
-    replaces (a map re-made at its end, `remake`)."""
+    replaces (a map re-made at its end, `remake`); `n_frames` the map's frame count when known
+    (its eta scans are given up as soon as its eta values pass what that many frames take)."""
     register, peak_fit = options.get("register", "off"), options.get("peak_fit", "off")
     if register != "off" or peak_fit != "off":
-        return EtaScanAccumulator(geometry, map_shape, detector_mask=mask, registration=register, peak_fit=peak_fit,
-                                  spots=spots,
-                                  **accumulator_options(options))
+        acc = EtaScanAccumulator(geometry, map_shape, detector_mask=mask, registration=register, peak_fit=peak_fit,
+                                 spots=spots, **accumulator_options(options))
+        acc.expect_frames(n_frames)
+        return acc
     return MomentAccumulator(geometry, map_shape, detector_mask=mask, spots=spots, **accumulator_options(options))
+
+
+def frame_count(lm: LiveMap) -> int:
+    """`lm`'s frame count as far as known: its map_start's, else its map_end's (0: not known yet)."""
+    return lm.n_expected or lm.n_sent or 0
 
 
 def shipped_state(acc: MomentAccumulator, partial: bool = False) -> dict[str, np.ndarray]:
@@ -281,9 +288,18 @@ class LiveRun(RunShapes):
         lm = self.map(number)
         lm.map_shape, lm.shape_known = tuple(map_shape), True  # type: ignore[assignment]
         lm.n_expected = n_expected or lm.n_expected
-        if lm.picks is not None and lm.picks.picks is None and lm.n_expected:
-            self._repick(lm, lm.n_expected)
+        if lm.n_expected:
+            self.frames_counted(lm, lm.n_expected)
         return lm
+
+    def frames_counted(self, lm: LiveMap, n_frames: int) -> None:
+        """`lm` holds `n_frames` frames (its map_start; a fan-out worker: the coordinator's count at the map's end):
+        its sums stop being kept per eta scan if its eta values are more than eta scans take, and picks summed
+        from every frame (the count unknown when they came) are re-summed as `opmon process` samples them."""
+        if isinstance(lm.acc, EtaScanAccumulator):
+            lm.acc.expect_frames(n_frames)
+        if lm.picks is not None and lm.picks.picks is None:
+            self._repick(lm, n_frames)
 
     def _repick(self, lm: LiveMap, n_frames: int) -> None:
         """`lm`'s picks summed every frame, its frame count unknown when its first frames came (before its map_start:
@@ -301,7 +317,7 @@ class LiveRun(RunShapes):
     def accumulator(self, lm: LiveMap) -> MomentAccumulator:
         """An empty accumulator for `lm` with the run's geometry, mask and options (its ROI: the one
         `lm` began with, else the run's now)."""
-        return make_accumulator(self.geometry, lm.map_shape, self.mask, self.map_options(lm))
+        return make_accumulator(self.geometry, lm.map_shape, self.mask, self.map_options(lm), n_frames=frame_count(lm))
 
     def map_options(self, lm: LiveMap) -> dict[str, Any]:
         """The options `lm` is taken with (recorded with its maps)."""

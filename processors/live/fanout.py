@@ -35,7 +35,7 @@ import zmq
 from opmon.errors import ArchiveError, CorruptFrameError, OpmonError
 from opmon.processors.accumulate import Roi
 from opmon.processors.live import worker as W
-from opmon.processors.live.engine import LiveMap, LiveRun, make_accumulator, spot_options
+from opmon.processors.live.engine import LiveMap, LiveRun, frame_count, make_accumulator, spot_options
 from opmon.processors.live.roi import MapPicks
 from opmon.processors.live.service import LiveService
 from opmon.processors.live.recovery import recover_missed_maps
@@ -243,7 +243,9 @@ class FanOutProcessor(LiveService):
             self._decide_roi(run)
         self._fill_from_archive(run, lm)
         lm.ended = True
-        self._tell(W.FINAL, {"run": run.uid, "map": lm.number})
+        # with the map's frame count: a worker that never learnt it (a map_start without one: the bluesky path)
+        # re-sums its picks as `opmon process` samples them, and gives up eta scans its frames are not
+        self._tell(W.FINAL, {"run": run.uid, "map": lm.number, "n_frames": frame_count(lm) or lm.received})
 
     def _finish_map(self, run: LiveRun, lm: LiveMap) -> None:
         handed = self.gathering[run.uid].maps.pop(lm.number, HandedIn())
@@ -263,7 +265,8 @@ class FanOutProcessor(LiveService):
             found = [np.ascontiguousarray(plan.mask)] if plan.mask is not None else []  # type: ignore[union-attr]
             spots = plan.spots.arrays() if plan.spots is not None and plan.spots.n_spots else []  # type: ignore[union-attr]
             self._tell(W.REMAKE, {"run": run.uid, "map": lm.number, "roi": list(plan.roi), "mask": bool(found),  # type: ignore[union-attr]
-                                  "spots": [str(a.dtype) for a in spots]}, *found, *(np.ascontiguousarray(a) for a in spots))
+                                  "spots": [str(a.dtype) for a in spots], "n_frames": frame_count(lm) or lm.received},
+                       *found, *(np.ascontiguousarray(a) for a in spots))
             run.conclude_map(lm, plan)            # the next map's ROI need not wait for the re-made sums
             self._release_pending(run)
             return
@@ -290,7 +293,7 @@ class FanOutProcessor(LiveService):
         handed = self.gathering[run.uid].maps.pop(lm.number)
         plan = handed.remake
         options = dict(run.options, roi=list(plan.roi), **spot_options(plan))
-        acc = make_accumulator(run.geometry, lm.map_shape, plan.mask, options)
+        acc = make_accumulator(run.geometry, lm.map_shape, plan.mask, options, n_frames=frame_count(lm) or lm.received)
         for state in handed.remade.values():
             if state:
                 acc.load_state(state)
@@ -319,7 +322,8 @@ class FanOutProcessor(LiveService):
                 if lm.picks is None:
                     lm.picks = MapPicks(lm.n_expected, per_scan=run.finds_spots)
                 scans = (state.pop(W.PICKS_SCAN_ETA), state.pop(W.PICKS_SCANS), True) if W.PICKS_SCANS in state else None
-                lm.picks.merge(state.pop(W.PICKS_TOTAL), frames, state.pop(W.PICKS_STANDOUT, None), looked_at, scans)
+                lm.picks.merge(state.pop(W.PICKS_TOTAL), frames, state.pop(W.PICKS_STANDOUT, None), looked_at, scans,
+                               state.pop(W.PICKS_ETA_VALUES, ()))
             finals.append(state)
         return finals
 

@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from opmon.errors import ArchiveError, CorruptFrameError
 from opmon.processors.accumulate import MomentAccumulator
-from opmon.processors.live.engine import LiveMap, LiveRun, make_accumulator, spot_options
+from opmon.processors.live.engine import LiveMap, LiveRun, frame_count, make_accumulator, spot_options
 from opmon.processors.live.held_frames import HeldFrames
 from opmon.processors.offline import MapPlan
 from opmon.streaming.archive.reader import RunArchive
@@ -48,7 +48,8 @@ def remake_map(run: LiveRun, lm: LiveMap, plan: MapPlan, archive_dir: Path | Non
     (`service.LiveService`): a 100 x 100 map read back from the archive takes a minute or more, and
     the live stream must keep flowing meanwhile."""
     options = dict(run.options, roi=list(plan.roi), **spot_options(plan))
-    acc = make_accumulator(run.geometry, lm.map_shape, plan.mask, options, plan.spots)
+    acc = make_accumulator(run.geometry, lm.map_shape, plan.mask, options, plan.spots,
+                           n_frames=frame_count(lm) or lm.received)
     t0 = time.perf_counter()
     if held is not None and not held.overflowed and len(held) == lm.received:
         add_frames(acc, held.frames())

@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 from opmon.processors.accumulate import Roi
 from opmon.processors.bad_pixels import BadPixelFinder, merged_mask
+from opmon.processors.eta_scans import eta_key
 from opmon.processors.offline import MapPlan, MapSample, found_mask, plan_of_sample, roi_from_image, sample_picks
 from opmon.processors.powder_spots import ScanSums
 
@@ -161,9 +162,12 @@ class MapPicks:
         self.sample = MapSample(np.zeros(0), BadPixelFinder())
         self.frames = 0
         self.per_scan = per_scan     # also summed per eta scan (`powder_spots.ScanSums`): the powder-spot search
+        self.eta_values: set[float] = set()   # searching spots: every frame's eta (`ScanSums`' budget counts the map's scans)
 
     def add(self, frame_number: int, frame: npt.NDArray[Any], eta: float = 0.0) -> None:
         """Sum `frame` (number `frame_number` of its map, taken at `eta`) when it is one of the picks."""
+        if self.per_scan:
+            self.eta_values.add(eta_key(eta))      # the value `offline.sample_map` counts
         position = frame_number
         if self.picks is not None:
             position = int(np.searchsorted(self.picks, frame_number))
@@ -180,10 +184,12 @@ class MapPicks:
             self.sample.finder.add(frame)
 
     def merge(self, total: npt.NDArray[Any], frames: int, standout: npt.NDArray[Any] | None, looked_at: int,
-              scans: tuple[Any, npt.NDArray[Any], bool] | None = None) -> None:
+              scans: tuple[Any, npt.NDArray[Any], bool] | None = None, eta_values: npt.ArrayLike = ()) -> None:
         """Add another process's picks of the same map (a fan-out worker's share: its sum of `frames`
         picks, its bad-pixel finder's counts over the `looked_at` of them it looked at, and, searching
-        powder spots, its per-scan sums: (eta, sums, enabled) of `ScanSums.arrays`)."""
+        powder spots, its per-scan sums: (eta, sums, enabled) of `ScanSums.arrays`, and the eta of every
+        frame it was dealt, `eta_values`)."""
+        self.eta_values.update(np.asarray(eta_values, dtype=np.float64).reshape(-1).tolist())
         if not frames:
             return
         if self.frames == 0:
@@ -204,6 +210,9 @@ class MapPicks:
         `roi` when given (as `opmon process --roi`); with the powder spots inside it when summed per scan."""
         if self.frames == 0:
             return None
+        scans = self.sample.scans
+        if scans is not None and scans.enabled and not ScanSums(frame_shape, len(self.eta_values)).enabled:
+            scans.merge([], [], enabled=False)   # as `opmon process`: one sum per eta value of the map over the budget
         if roi is None:
             plan = plan_of_sample(self.sample, known, frame_shape)
         else:

@@ -60,6 +60,7 @@ ROI_PENDING_WAIT_S = 10.0    # a map whose ROI waits for the previous map's end 
 #: state keys of a map's picks (`roi.MapPicks`), shipped beside the sums with its final state
 PICKS_TOTAL, PICKS_STANDOUT = "picks_total", "picks_standout"
 PICKS_SCAN_ETA, PICKS_SCANS = "picks_scan_eta", "picks_scans"     # their per-eta-scan sums (powder-spot search)
+PICKS_ETA_VALUES = "picks_eta_values"       # ... and the eta of every frame dealt (the map's scans, for their budget)
 
 
 def encode_state(acc: MomentAccumulator | None, header: dict[str, Any], picks: MapPicks | None = None) -> list[Any]:
@@ -77,6 +78,8 @@ def encode_state(acc: MomentAccumulator | None, header: dict[str, Any], picks: M
             state[PICKS_STANDOUT] = picks.sample.finder.standout
         if picks.sample.scans is not None and picks.sample.scans.enabled:   # (none: over its memory budget)
             state[PICKS_SCAN_ETA], state[PICKS_SCANS] = picks.sample.scans.arrays()
+        if picks.eta_values:
+            state[PICKS_ETA_VALUES] = np.fromiter(picks.eta_values, dtype=np.float64, count=len(picks.eta_values))
     header = dict(header, keys=[[k, str(v.dtype), list(v.shape)] for k, v in state.items()])
     return [STATE, P.pack(header)] + [np.ascontiguousarray(v) for v in state.values()]
 
@@ -178,16 +181,18 @@ class FanOutWorker:
             lm.acc, lm.done, lm.picks = None, True, None
 
     def _remake(self, run: LiveRun, number: int, roi: list[int] | None, mask: npt.NDArray[np.uint8] | None,
-                spots: SpotTable | None = None) -> None:
+                spots: SpotTable | None = None, n_frames: int = 0) -> None:
         """Accumulate map `number` again from its held frames with `roi`, `mask` and powder-arc `spots` and
-        hand the sums in (`remade`); `roi` None: the map stays as it is, its frames are dropped."""
+        hand the sums in (`remade`); `roi` None: the map stays as it is, its frames are dropped; `n_frames`: the
+        map's frame count (all workers')."""
         lm = run.map(number)
         held, lm.held = lm.held, None
         if roi is None:
             return
         acc = None
         if held is not None:                 # (none: dealt no frame of the map; it still answers, the coordinator waits for all)
-            acc = make_accumulator(run.geometry, lm.map_shape, mask, dict(run.options, roi=list(roi)), spots)
+            acc = make_accumulator(run.geometry, lm.map_shape, mask, dict(run.options, roi=list(roi)), spots,
+                                   n_frames=n_frames)
             add_frames(acc, held.frames())
         header = {"run": run.uid, "map": number, "frames": acc.frames_seen if acc else 0, "final": True, "remade": True}
         self.outbox.send_multipart(encode_state(acc, dict(header, worker=self.id)), copy=False)
@@ -312,6 +317,8 @@ class FanOutWorker:
             self._map_order(run, h)
         elif kind == FINAL and run is not None:
             self._flush_seen()
+            if h.get("n_frames"):             # the map's count (a map_start without one: learnt only now)
+                run.frames_counted(run.map(int(h["map"])), int(h["n_frames"]))
             self._send_state(run, int(h["map"]), final=True)
         elif kind == REMAKE and run is not None:
             has_mask = bool(h.get("mask", len(parts) > 2))
@@ -320,7 +327,7 @@ class FanOutWorker:
             if h.get("spots"):       # the powder-arc spots to replace, as `SpotTable.arrays` (after the mask)
                 spots = SpotTable.from_arrays(run.frame_shape[1], [np.frombuffer(p.buffer, dtype=dt).copy()
                                                                    for p, dt in zip(parts[2 + has_mask:], h["spots"])])
-            self._remake(run, int(h["map"]), h["roi"], mask, spots)
+            self._remake(run, int(h["map"]), h["roi"], mask, spots, int(h.get("n_frames") or 0))
         elif kind == END:
             self.runs.pop(uid, None)
             self.roi_reported.pop(uid, None)
