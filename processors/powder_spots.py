@@ -134,19 +134,38 @@ class SpotTable:
 
 def binned_level(image: F64, good: npt.NDArray[np.bool_], opened_only: bool = False) -> F64:
     """`smooth_level` taken on 2 x 2 binned pixels and brought back bilinearly: the level is smooth on
-    a spot's scale anyway, and the opening costs a sixteenth (a map's scans in ~0.1 s, not seconds)."""
-    from scipy import ndimage   # here, not at the top: its 0.17 s import was paid by every process that imports the accumulator
-    rows, cols = image.shape
+    a spot's scale anyway, and the opening costs a sixteenth (a map's scans in ~0.1 s, not seconds).
+
+    ``image`` one image (rows, cols) or a stack of them (n, rows, cols), each levelled on its own (one
+    scipy call per filter for the stack: per image, the calls' overhead was most of the time); ``good``
+    (rows, cols) for every image or one per image (n, rows, cols)."""
+    rows, cols = image.shape[-2:]
     pr, pc = rows % 2, cols % 2
-    padded = np.pad(np.where(good, image, 0.0), ((0, pr), (0, pc)), mode="edge")
-    weight = np.pad(good.astype(np.float64), ((0, pr), (0, pc)), mode="edge")
-    summed = padded.reshape(padded.shape[0] // 2, 2, -1, 2).sum(axis=(1, 3))
-    counted = weight.reshape(weight.shape[0] // 2, 2, -1, 2).sum(axis=(1, 3))
+    lead = ((0, 0),) * (image.ndim - 2)
+    padded = np.pad(np.where(good, image, 0.0), (*lead, (0, pr), (0, pc)), mode="edge")
+    weight = np.pad(good.astype(np.float64), (*((0, 0),) * (good.ndim - 2), (0, pr), (0, pc)), mode="edge")
+    summed = _binned(padded)
+    counted = _binned(weight)
     binned = smooth_level(summed / np.maximum(counted, 1.0), counted > 0, SMOOTH_SIGMA / 2, scale=4.0, radius=OPENING // 2,
                           opened_only=opened_only)
-    r = np.clip((np.arange(rows) - 0.5) / 2.0, 0, binned.shape[0] - 1)
-    c = np.clip((np.arange(cols) - 0.5) / 2.0, 0, binned.shape[1] - 1)
-    return ndimage.map_coordinates(binned, np.meshgrid(r, c, indexing="ij"), order=1, mode="nearest")  # type: ignore[no-any-return]
+    return _upsampled(_upsampled(binned, rows, -2), cols, -1)
+
+
+def _binned(image: F64) -> F64:
+    """The sums of 2 x 2 pixels of (..., 2 R, 2 C) images."""
+    *lead, rows, cols = image.shape
+    return image.reshape(*lead, rows // 2, 2, cols // 2, 2).sum(axis=(-3, -1))  # type: ignore[no-any-return]
+
+
+def _upsampled(binned: F64, size: int, axis: int) -> F64:
+    """`binned` along `axis` brought back to `size` pixels linearly, pixel i at binned coordinate
+    (i - 0.5) / 2 clipped to the ends (what scipy `map_coordinates` order 1, mode nearest reads)."""
+    n = binned.shape[axis]
+    at = np.clip((np.arange(size) - 0.5) / 2.0, 0, n - 1)
+    low = np.floor(at).astype(np.int64)
+    high = np.minimum(low + 1, n - 1)
+    frac = (at - low).reshape((-1,) + (1,) * (-1 - axis))
+    return np.take(binned, low, axis=axis) * (1.0 - frac) + np.take(binned, high, axis=axis) * frac  # type: ignore[no-any-return]
 
 
 def smooth_level(image: F64, good: npt.NDArray[np.bool_] | None = None, sigma: float = SMOOTH_SIGMA,
@@ -156,22 +175,31 @@ def smooth_level(image: F64, good: npt.NDArray[np.bool_] | None = None, sigma: f
     level, low on a bright broad peak's top) and a grey opening wider than a spot of the lightly
     smoothed image (right on a broad peak, low in noise: its minimum filter). Pixels not `good`
     (masked: chip gaps, dead) are left out of the smoothing, not read as zeros. `scale` counts per
-    value (4 for 2 x 2 binned means: Poisson sigmas are taken in counts), `radius` the opening's disc."""
-    from scipy import ndimage
-    good = np.ones(image.shape, dtype=bool) if good is None else good
-    weight = ndimage.gaussian_filter(good.astype(np.float64), sigma, mode="nearest")
+    value (4 for 2 x 2 binned means: Poisson sigmas are taken in counts), `radius` the opening's disc.
+
+    A stack of images (n, rows, cols) is filtered image by image (zero sigma and a one-image footprint
+    along its first axis: scipy skips that axis), `good` shared (rows, cols) or one per image."""
+    from scipy import ndimage   # here, not at the top: its 0.17 s import was paid by every process that imports the accumulator
+    good = np.ones(image.shape[-2:], dtype=bool) if good is None else good
+
+    def planes(array: npt.NDArray[Any], s: float) -> tuple[float, ...]:
+        return (0.0,) * (array.ndim - 2) + (s, s)
+
+    weight = ndimage.gaussian_filter(good.astype(np.float64), planes(good, sigma), mode="nearest")
 
     def smoothed(values: F64) -> F64:
-        return ndimage.gaussian_filter(np.where(good, values, 0.0), sigma, mode="nearest") / np.maximum(weight, 1e-3)
+        return ndimage.gaussian_filter(np.where(good, values, 0.0), planes(values, sigma), mode="nearest") / \
+            np.maximum(weight, 1e-3)
 
     level = smoothed(image)
     for _ in range(2):
         level = smoothed(np.minimum(image, level + 3.0 * np.sqrt((level + 1.0) / scale)))
     filled = np.where(good, image, level)          # masked pixels read as the level around them
     disc = np.hypot(*np.indices((2 * radius + 1, 2 * radius + 1)) - radius) <= radius
-    opened = ndimage.grey_opening(ndimage.gaussian_filter(filled, sigma / 6.0, mode="nearest"), footprint=disc)
-    opened = ndimage.gaussian_filter(opened, sigma / 3.0, mode="nearest")
-    return opened if opened_only else np.maximum(level, opened)
+    opened = ndimage.grey_opening(ndimage.gaussian_filter(filled, planes(filled, sigma / 6.0), mode="nearest"),
+                                  footprint=disc.reshape((1,) * (filled.ndim - 2) + disc.shape))
+    opened = ndimage.gaussian_filter(opened, planes(opened, sigma / 3.0), mode="nearest")
+    return opened if opened_only else np.maximum(level, opened)  # type: ignore[no-any-return]
 
 
 def find_spots(sums: F64, eta: npt.ArrayLike, roi: tuple[int, int, int, int], frame_shape: tuple[int, int],
@@ -201,7 +229,7 @@ def spot_voxels(sums: F64, good: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.
     per-scan sums in increasing eta (masked pixels zero); (None, empty, why not) when there is none to replace."""
     from scipy import ndimage
     none = np.zeros(0)
-    level = np.stack([binned_level(image, good) for image in sums])
+    level = binned_level(sums, good)
     z = (sums - level) / np.sqrt(level + 1.0)
     bright = good & (sums - level > MIN_CONTRAST * level)
     if not (bright & (z > SEED_SIGMA)).any():     # the usual map: nothing to label
@@ -227,7 +255,7 @@ def spot_voxels(sums: F64, good: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.
     # the particle's local shape under each spot: its scan's level with the spot pixels left out (read from around
     # them); with them in, the chain of spots along the Debye ring survives as a band the fill over-filled (`all` case,
     # register truth: d 1.9e-5 -> 9.5e-6 A, tilt 0.0062 -> 0.0027 deg, mask 92.2 -> 94.2 %)
-    shape = np.stack([binned_level(image, good & ~here) for image, here in zip(sums, spots)])
+    shape = binned_level(sums, good & ~spots)
     return spots, shape, ""
 
 
