@@ -142,30 +142,55 @@ def binned_level(image: F64, good: npt.NDArray[np.bool_], opened_only: bool = Fa
     rows, cols = image.shape[-2:]
     pr, pc = rows % 2, cols % 2
     lead = ((0, 0),) * (image.ndim - 2)
-    padded = np.pad(np.where(good, image, 0.0), (*lead, (0, pr), (0, pc)), mode="edge")
-    weight = np.pad(good.astype(np.float64), (*((0, 0),) * (good.ndim - 2), (0, pr), (0, pc)), mode="edge")
+    padded = np.where(good, image, 0.0)
+    weight = good.astype(np.float64)
+    if pr or pc:
+        padded = np.pad(padded, (*lead, (0, pr), (0, pc)), mode="edge")
+        weight = np.pad(weight, (*((0, 0),) * (good.ndim - 2), (0, pr), (0, pc)), mode="edge")
     summed = _binned(padded)
     counted = _binned(weight)
     binned = smooth_level(summed / np.maximum(counted, 1.0), counted > 0, SMOOTH_SIGMA / 2, scale=4.0, radius=OPENING // 2,
                           opened_only=opened_only)
-    return _upsampled(_upsampled(binned, rows, -2), cols, -1)
+    return _upsampled(binned, rows, cols)
 
 
 def _binned(image: F64) -> F64:
-    """The sums of 2 x 2 pixels of (..., 2 R, 2 C) images."""
-    *lead, rows, cols = image.shape
-    return image.reshape(*lead, rows // 2, 2, cols // 2, 2).sum(axis=(-3, -1))  # type: ignore[no-any-return]
+    """The sums of 2 x 2 pixels of (..., 2 R, 2 C) images (strided adds: a reshaped sum over two axes took 9x longer)."""
+    return (image[..., 0::2, 0::2] + image[..., 0::2, 1::2]) + (image[..., 1::2, 0::2] + image[..., 1::2, 1::2])  # type: ignore[no-any-return]
 
 
-def _upsampled(binned: F64, size: int, axis: int) -> F64:
-    """`binned` along `axis` brought back to `size` pixels linearly, pixel i at binned coordinate
-    (i - 0.5) / 2 clipped to the ends (what scipy `map_coordinates` order 1, mode nearest reads)."""
-    n = binned.shape[axis]
+def _upsampled(binned: F64, rows: int, cols: int) -> F64:
+    """(n, R, C) images brought back to (n, rows, cols) bilinearly, pixel i at binned coordinate (i - 0.5) / 2
+    clipped to the ends (what scipy `map_coordinates` order 1, mode nearest reads, there 2 ms an image)."""
+    stack = np.ascontiguousarray(binned.reshape(-1, *binned.shape[-2:]))
+    out = _bilinear_up(stack, _linear_at(rows, stack.shape[1]), _linear_at(cols, stack.shape[2]))
+    return out.reshape(*binned.shape[:-2], rows, cols)  # type: ignore[no-any-return]
+
+
+def _linear_at(size: int, n: int) -> tuple[I64, I64, F64]:
+    """(lower index, upper index, weight of the upper) of each of `size` pixels read from `n` binned ones."""
     at = np.clip((np.arange(size) - 0.5) / 2.0, 0, n - 1)
     low = np.floor(at).astype(np.int64)
-    high = np.minimum(low + 1, n - 1)
-    frac = (at - low).reshape((-1,) + (1,) * (-1 - axis))
-    return np.take(binned, low, axis=axis) * (1.0 - frac) + np.take(binned, high, axis=axis) * frac  # type: ignore[no-any-return]
+    return low, np.minimum(low + 1, n - 1), at - low
+
+
+@numba.njit(cache=True, nogil=True)
+def _bilinear_up(binned, row_at, col_at):  # type: ignore[no-untyped-def]
+    """Linear along rows, then along columns, (n, R, C) -> (n, len(row_at[0]), len(col_at[0]))."""
+    r_low, r_high, r_frac = row_at
+    c_low, c_high, c_frac = col_at
+    out = np.empty((binned.shape[0], r_low.size, c_low.size))
+    for k in range(binned.shape[0]):
+        for i in range(r_low.size):
+            lo = binned[k, r_low[i]]
+            hi = binned[k, r_high[i]]
+            f = r_frac[i]
+            for j in range(c_low.size):
+                g = c_frac[j]
+                left = lo[c_low[j]] * (1.0 - f) + hi[c_low[j]] * f
+                right = lo[c_high[j]] * (1.0 - f) + hi[c_high[j]] * f
+                out[k, i, j] = left * (1.0 - g) + right * g
+    return out
 
 
 def smooth_level(image: F64, good: npt.NDArray[np.bool_] | None = None, sigma: float = SMOOTH_SIGMA,
@@ -237,12 +262,11 @@ def spot_voxels(sums: F64, good: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.
     grown, n = ndimage.label(bright & (z > GROW_SIGMA))    # 6-connected in (eta, row, column)
     if n == 0:
         return None, none, ""
-    index = np.arange(1, n + 1)
     signal = float(np.clip(sums - np.median(sums, axis=(1, 2), keepdims=True), 0.0, None)[:, good].sum())
-    excess = ndimage.sum(sums - level, grown, index=index)
-    keep = np.zeros(n + 1, dtype=bool)
-    keep[1:] = ((ndimage.maximum(z, grown, index=index) > SEED_SIGMA)   # a significant peak ...
-                & (excess < PARTICLE_SHARE * signal))                   # ... not the particle's own
+    excess = np.bincount(grown.ravel(), weights=(sums - level).ravel(), minlength=n + 1)   # (ndimage.sum's own sums)
+    keep = ((np.bincount(grown[z > SEED_SIGMA], minlength=n + 1) > 0)    # a significant peak ...
+            & (excess < PARTICLE_SHARE * signal))                         # ... not the particle's own
+    keep[0] = False
     spots = keep[grown]
     if not spots.any():
         return None, none, ""
@@ -250,7 +274,8 @@ def spot_voxels(sums: F64, good: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.
     if verdict:
         return None, none, verdict
     # the faint wings: DILATE px on the detector and the neighbouring eta scans
-    spots = ndimage.binary_dilation(spots, structure=np.ones((1, 3, 3), dtype=bool), iterations=DILATE)
+    spots = ndimage.maximum_filter(spots, size=(1, 1 + 2 * DILATE, 1 + 2 * DILATE), mode="constant", cval=False)  # a
+    # (2 DILATE + 1)-pixel square: DILATE 3 x 3 dilations in one (a third of the time)
     spots = ndimage.binary_dilation(spots, structure=np.ones((1 + 2 * ETA_WINGS, 1, 1), dtype=bool)) & good
     # the particle's local shape under each spot: its scan's level with the spot pixels left out (read from around
     # them); with them in, the chain of spots along the Debye ring survives as a band the fill over-filled (`all` case,
