@@ -49,6 +49,7 @@ from opmon.processors.kernels import sample_matrix
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
+Voxels = tuple[npt.NDArray[np.bool_] | None, F64, str]   # `spot_voxels`: (spot voxels or None, shape under them, why none)
 
 ETA_DECIMALS = 5        # frames whose eta agrees to 1e-5 deg belong to one eta scan (as eta_scans.py)
 SMOOTH_SIGMA = 6.0      # px: the Gaussian of the smooth image (spots are sigma 1-3 px, the summed peak tens)
@@ -228,11 +229,12 @@ def smooth_level(image: F64, good: npt.NDArray[np.bool_] | None = None, sigma: f
 
 
 def find_spots(sums: F64, eta: npt.ArrayLike, roi: tuple[int, int, int, int], frame_shape: tuple[int, int],
-               mask: npt.NDArray[np.uint8] | None = None) -> SpotTable:
+               mask: npt.NDArray[np.uint8] | None = None, voxels: Voxels | None = None) -> SpotTable:
     """Spots in the per-eta-scan sums (n_scans, rows, cols) of a map's sampled frames over the ROI window.
 
     ``eta`` (n_scans,) the scans' eta (deg); ``roi`` (r0, r1, c0, c1) the window the sums cover in
-    the frame of ``frame_shape``; ``mask`` (frame) 1 = dead/hot pixel (never a spot pixel, never read).
+    the frame of ``frame_shape``; ``mask`` (frame) 1 = dead/hot pixel (never a spot pixel, never read);
+    ``voxels`` what `spot_voxels` gave for these very sums and mask, in increasing eta (not searched again).
     """
     r0, r1, c0, c1 = roi
     sums = np.asarray(sums, dtype=np.float64)
@@ -243,13 +245,13 @@ def find_spots(sums: F64, eta: npt.ArrayLike, roi: tuple[int, int, int, int], fr
     sums, eta = sums[order], eta[order]
     good = np.ones(sums.shape[1:], dtype=bool) if mask is None else mask[r0:r1, c0:c1] == 0
     sums = np.where(good, sums, 0.0)
-    spots, shape, note = spot_voxels(sums, good)
+    spots, shape, note = spot_voxels(sums, good) if voxels is None else voxels
     if spots is None:
         return SpotTable.empty(note)
     return _table(spots, eta, roi, frame_shape[1], good, shape + 1.0 / sums[:, good].size)
 
 
-def spot_voxels(sums: F64, good: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.bool_] | None, F64, str]:
+def spot_voxels(sums: F64, good: npt.NDArray[np.bool_]) -> Voxels:
     """(spot voxels (n_scans, rows, cols) widened for their wings, the particle's local shape under them, "") of
     per-scan sums in increasing eta (masked pixels zero); (None, empty, why not) when there is none to replace."""
     from scipy import ndimage
@@ -382,6 +384,7 @@ class ScanSums:
         self.frame_shape = frame_shape
         self.enabled = (n_scans or 0) * frame_shape[0] * frame_shape[1] * 4 <= MAX_SAMPLE_BYTES
         self._sums: dict[float, npt.NDArray[np.float32]] = {}
+        self._whole: tuple[npt.NDArray[np.uint8] | None, Voxels] | None = None   # the whole frame's search: (mask, found)
 
     def _scan(self, key: float) -> npt.NDArray[np.float32] | None:
         """The running sum of scan `key` (begun when new), None once over the memory budget."""
@@ -395,6 +398,7 @@ class ScanSums:
 
     def add(self, frames: npt.NDArray[np.generic], eta: npt.ArrayLike) -> None:
         """Add frames (k, rows, cols) taken at eta (k,)."""
+        self._whole = None
         keys = np.round(np.asarray(eta, dtype=np.float64).reshape(-1), ETA_DECIMALS)
         edges = np.flatnonzero(keys[1:] != keys[:-1]) + 1     # frames come in runs of one eta scan
         for a, b in zip([0, *edges.tolist()], [*edges.tolist(), keys.size]):
@@ -411,6 +415,7 @@ class ScanSums:
 
     def merge(self, eta: npt.ArrayLike, sums: npt.NDArray[np.generic], enabled: bool = True) -> None:
         """Add another process's sums of the same map's frames (`arrays`); `enabled` False: it gave up on them."""
+        self._whole = None
         if not enabled:
             self.enabled, self._sums = False, {}
         for e, image in zip(np.asarray(eta, dtype=np.float64).reshape(-1), sums):
@@ -427,7 +432,9 @@ class ScanSums:
             return None
         good = np.ones(self.frame_shape, dtype=bool) if mask is None else mask == 0
         sums = np.stack([np.where(good, self._sums[e], 0.0) for e in sorted(self._sums)])
-        spots, shape, _ = spot_voxels(sums, good)
+        found = spot_voxels(sums, good)
+        self._whole = (None if mask is None else mask.copy(), found)
+        spots, shape, _ = found
         return None if spots is None else np.where(spots, shape, sums).sum(axis=0)
 
     def spots(self, roi: tuple[int, int, int, int], mask: npt.NDArray[np.uint8] | None) -> SpotTable:
@@ -439,7 +446,17 @@ class ScanSums:
         r0, r1, c0, c1 = roi
         eta = np.array(sorted(self._sums))
         stack = np.stack([self._sums[e][r0:r1, c0:c1] for e in eta]).astype(np.float64)
-        return find_spots(stack, eta, roi, self.frame_shape, mask)
+        return find_spots(stack, eta, roi, self.frame_shape, mask, self._searched(roi, mask))
+
+    def _searched(self, roi: tuple[int, int, int, int], mask: npt.NDArray[np.uint8] | None) -> Voxels | None:
+        """What `without_spots` found when `roi` is the whole frame and the mask the same (the same search: the
+        full-frame ROI of a map whose peak fills its frames, e.g. the bench map), else None."""
+        if self._whole is None or roi != (0, self.frame_shape[0], 0, self.frame_shape[1]):
+            return None
+        searched, found = self._whole
+        same = (mask is None and searched is None) or (mask is not None and searched is not None
+                                                        and np.array_equal(mask != 0, searched != 0))
+        return found if same else None
 
 
 @numba.njit(cache=True, nogil=True)
