@@ -14,7 +14,7 @@ from opmon.cli import main
 from opmon.errors import OpmonError
 from opmon.processors.accumulate import MomentAccumulator
 from opmon.processors.geometry import DetectorGeometry
-from opmon.processors.powder_spots import SpotTable, find_spots
+from opmon.processors.powder_spots import OPENING, SMOOTH_SIGMA, SpotTable, binned_level, find_spots, smooth_level
 from opmon.streaming.archive.raw import RawMapWriter
 from tests.processors.conftest import SHAPE
 from tests.processors.conftest import simulate_effect
@@ -256,3 +256,69 @@ def test_a_chain_of_spots_beside_a_faded_particle_is_still_found():
     eta = 19.0 + 0.016 * np.arange(lam.shape[0])
     table = find_spots(np.random.default_rng(6).poisson(spotted).astype(float), eta, (10, 50, 20, 80), (64, 100))
     assert table.n_spots >= 10 and not table.note
+
+
+def per_image_level(image, good):
+    """`binned_level` of one image as it was before the stack (scipy `map_coordinates` upsampling): the reference."""
+    from scipy import ndimage
+    rows, cols = image.shape
+    pad = ((0, rows % 2), (0, cols % 2))
+    summed = np.pad(np.where(good, image, 0.0), pad, mode="edge")
+    counted = np.pad(good.astype(float), pad, mode="edge")
+    summed, counted = (a.reshape(a.shape[0] // 2, 2, -1, 2).sum(axis=(1, 3)) for a in (summed, counted))
+    binned = smooth_level(summed / np.maximum(counted, 1.0), counted > 0, SMOOTH_SIGMA / 2, scale=4.0, radius=OPENING // 2)
+    r = np.clip((np.arange(rows) - 0.5) / 2.0, 0, binned.shape[0] - 1)
+    c = np.clip((np.arange(cols) - 0.5) / 2.0, 0, binned.shape[1] - 1)
+    return ndimage.map_coordinates(binned, np.meshgrid(r, c, indexing="ij"), order=1, mode="nearest")
+
+
+def test_the_stacked_level_is_each_scans_own_level():
+    """The spot search levels all eta scans in one call per filter: each scan must get the level of its own
+    image and mask, as one image at a time (a filter reaching across scans, or one mask for all, would not)."""
+    rng = np.random.default_rng(7)
+    lam = broad_peak_sums(shape=(41, 57))                     # odd sides: the binning pads
+    lam[:, 20:, :] *= np.arange(1, 7)[:, None, None]        # scans unlike each other
+    rows, cols = np.indices(lam.shape[1:])
+    lam[2] += 300 * np.exp(-0.5 * ((rows - 22) ** 2 + (cols - 25) ** 2) / 1.5 ** 2)
+    sums = rng.poisson(lam).astype(float)
+    good = rng.random(lam.shape[1:]) > 0.05                  # one mask for every scan ...
+    per_scan = rng.random(lam.shape) > 0.1                   # ... or one per scan (the shape under the spots)
+    for mask in (good, per_scan):
+        stacked = binned_level(sums, mask)
+        for k in range(sums.shape[0]):
+            np.testing.assert_allclose(stacked[k], per_image_level(sums[k], mask if mask.ndim == 2 else mask[k]),
+                                       rtol=1e-12, atol=1e-12)
+
+
+def test_the_roi_search_takes_the_whole_frames_only_for_the_same_sums_and_mask():
+    """With the ROI the whole frame, `ScanSums.spots` takes the spots the auto ROI's search found on the same sums;
+    with another mask, or more frames since, it searches again."""
+    from opmon.processors.powder_spots import ScanSums
+    rng = np.random.default_rng(5)
+    lam = broad_peak_sums()
+    rows, cols = np.indices(lam.shape[1:])
+    lam[3] += 300 * np.exp(-0.5 * ((rows - 22) ** 2 + (cols - 25) ** 2) / 1.5 ** 2)
+    eta = 19.0 + 0.016 * np.arange(lam.shape[0])
+    frame, whole = lam.shape[1:], (0, lam.shape[1], 0, lam.shape[2])
+    counts = rng.poisson(lam).astype(np.float32)
+    scans = ScanSums(frame, n_scans=lam.shape[0])
+    scans.add(counts, eta)
+    mask = np.zeros(frame, np.uint8)
+    other = mask.copy()
+    other[20:25, 23:28] = 1                                   # the spot's middle masked
+    fresh = {id(m): find_spots(counts.astype(float), eta, whole, frame, m) for m in (mask, other)}
+
+    def same(a, b):
+        return all(np.array_equal(x, y) for x, y in zip(a.arrays(), b.arrays()))
+
+    assert not same(fresh[id(mask)], fresh[id(other)])
+    scans.without_spots(mask)
+    assert same(scans.spots(whole, mask), fresh[id(mask)])
+    assert same(scans.spots(whole, other), fresh[id(other)])
+    scans.without_spots(mask)
+    scans.add(counts[3:4], eta[3:4])                          # the spot's scan again: its sum doubles
+    doubled = counts.astype(float)
+    doubled[3] *= 2
+    again = find_spots(doubled, eta, whole, frame, mask)
+    assert not same(again, fresh[id(mask)])
+    assert same(scans.spots(whole, mask), again)
