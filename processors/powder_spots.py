@@ -257,16 +257,15 @@ def spot_voxels(sums: F64, good: npt.NDArray[np.bool_]) -> Voxels:
     from scipy import ndimage
     none = np.zeros(0)
     level = binned_level(sums, good)
-    z = (sums - level) / np.sqrt(level + 1.0)
-    bright = good & (sums - level > MIN_CONTRAST * level)
-    if not (bright & (z > SEED_SIGMA)).any():     # the usual map: nothing to label
+    grow, seed = _standing(sums, level, good)
+    if not seed.any():     # the usual map: nothing to label
         return None, none, ""
-    grown, n = ndimage.label(bright & (z > GROW_SIGMA))    # 6-connected in (eta, row, column)
+    grown, n = ndimage.label(grow)    # 6-connected in (eta, row, column)
     if n == 0:
         return None, none, ""
     signal = float(np.clip(sums - np.median(sums, axis=(1, 2), keepdims=True), 0.0, None)[:, good].sum())
     excess = np.bincount(grown.ravel(), weights=(sums - level).ravel(), minlength=n + 1)   # (ndimage.sum's own sums)
-    keep = ((np.bincount(grown[z > SEED_SIGMA], minlength=n + 1) > 0)    # a significant peak ...
+    keep = ((np.bincount(grown[seed], minlength=n + 1) > 0)    # a significant peak ...
             & (excess < PARTICLE_SHARE * signal))                         # ... not the particle's own
     keep[0] = False
     spots = keep[grown]
@@ -284,6 +283,24 @@ def spot_voxels(sums: F64, good: npt.NDArray[np.bool_]) -> Voxels:
     # register truth: d 1.9e-5 -> 9.5e-6 A, tilt 0.0062 -> 0.0027 deg, mask 92.2 -> 94.2 %)
     shape = binned_level(sums, good & ~spots)
     return spots, shape, ""
+
+
+@numba.njit(cache=True, nogil=True)
+def _standing(sums, level, good):  # type: ignore[no-untyped-def]
+    """(voxels standing GROW_SIGMA, voxels standing SEED_SIGMA) Poisson sigmas and MIN_CONTRAST above the `level`
+    of (n_scans, rows, cols) `sums` on `good` (rows, cols) pixels: one pass (numpy's six took a quarter of the search)."""
+    grow = np.zeros(sums.shape, dtype=np.bool_)
+    seed = np.zeros(sums.shape, dtype=np.bool_)
+    for k in range(sums.shape[0]):
+        for i in range(sums.shape[1]):
+            for j in range(sums.shape[2]):
+                s = sums[k, i, j]
+                v = level[k, i, j]
+                if good[i, j] and s - v > MIN_CONTRAST * v:
+                    z = (s - v) / np.sqrt(v + 1.0)
+                    grow[k, i, j] = z > GROW_SIGMA
+                    seed[k, i, j] = z > SEED_SIGMA
+    return grow, seed
 
 
 def not_powder(sums: F64, level: F64, spots: npt.NDArray[np.bool_], good: npt.NDArray[np.bool_], signal: float) -> str:
