@@ -229,12 +229,11 @@ def smooth_level(image: F64, good: npt.NDArray[np.bool_] | None = None, sigma: f
 
 
 def find_spots(sums: F64, eta: npt.ArrayLike, roi: tuple[int, int, int, int], frame_shape: tuple[int, int],
-               mask: npt.NDArray[np.uint8] | None = None, voxels: Voxels | None = None) -> SpotTable:
+               mask: npt.NDArray[np.uint8] | None = None) -> SpotTable:
     """Spots in the per-eta-scan sums (n_scans, rows, cols) of a map's sampled frames over the ROI window.
 
     ``eta`` (n_scans,) the scans' eta (deg); ``roi`` (r0, r1, c0, c1) the window the sums cover in
-    the frame of ``frame_shape``; ``mask`` (frame) 1 = dead/hot pixel (never a spot pixel, never read);
-    ``voxels`` what `spot_voxels` gave for these very sums and mask, in increasing eta (not searched again).
+    the frame of ``frame_shape``; ``mask`` (frame) 1 = dead/hot pixel (never a spot pixel, never read).
     """
     r0, r1, c0, c1 = roi
     sums = np.asarray(sums, dtype=np.float64)
@@ -245,10 +244,17 @@ def find_spots(sums: F64, eta: npt.ArrayLike, roi: tuple[int, int, int, int], fr
     sums, eta = sums[order], eta[order]
     good = np.ones(sums.shape[1:], dtype=bool) if mask is None else mask[r0:r1, c0:c1] == 0
     sums = np.where(good, sums, 0.0)
-    spots, shape, note = spot_voxels(sums, good) if voxels is None else voxels
+    return spot_table(spot_voxels(sums, good), eta, roi, frame_shape, good)
+
+
+def spot_table(found: Voxels, eta: F64, roi: tuple[int, int, int, int], frame_shape: tuple[int, int],
+               good: npt.NDArray[np.bool_]) -> SpotTable:
+    """The SpotTable of what `spot_voxels` found over the ROI window (scans in increasing ``eta``, ``good`` the
+    window's pixels not masked)."""
+    spots, shape, note = found
     if spots is None:
         return SpotTable.empty(note)
-    return _table(spots, eta, roi, frame_shape[1], good, shape + 1.0 / sums[:, good].size)
+    return _table(spots, eta, roi, frame_shape[1], good, shape + 1.0 / (spots.shape[0] * int(good.sum())))
 
 
 def spot_voxels(sums: F64, good: npt.NDArray[np.bool_]) -> Voxels:
@@ -448,7 +454,7 @@ class ScanSums:
         if not self.enabled or not self._sums:
             return None
         good = np.ones(self.frame_shape, dtype=bool) if mask is None else mask == 0
-        sums = np.stack([np.where(good, self._sums[e], 0.0) for e in sorted(self._sums)])
+        sums = np.where(good, np.stack([self._sums[e] for e in sorted(self._sums)]), 0.0)
         found = spot_voxels(sums, good)
         self._whole = (None if mask is None else mask.copy(), found)
         spots, shape, _ = found
@@ -462,8 +468,11 @@ class ScanSums:
             return SpotTable.empty()
         r0, r1, c0, c1 = roi
         eta = np.array(sorted(self._sums))
+        found = self._searched(roi, mask)
+        if found is not None:
+            return spot_table(found, eta, roi, self.frame_shape, np.ones(self.frame_shape, bool) if mask is None else mask == 0)
         stack = np.stack([self._sums[e][r0:r1, c0:c1] for e in eta]).astype(np.float64)
-        return find_spots(stack, eta, roi, self.frame_shape, mask, self._searched(roi, mask))
+        return find_spots(stack, eta, roi, self.frame_shape, mask)
 
     def _searched(self, roi: tuple[int, int, int, int], mask: npt.NDArray[np.uint8] | None) -> Voxels | None:
         """What `without_spots` found when `roi` is the whole frame and the mask the same (the same search: the
