@@ -258,8 +258,9 @@ def spot_table(found: Voxels, eta: F64, roi: tuple[int, int, int, int], frame_sh
 
 
 def spot_voxels(sums: F64, good: npt.NDArray[np.bool_]) -> Voxels:
-    """(spot voxels (n_scans, rows, cols) widened for their wings, the particle's local shape under them, "") of
-    per-scan sums in increasing eta (masked pixels zero); (None, empty, why not) when there is none to replace."""
+    """(spot voxels (n_scans, rows, cols) widened for their wings, the particle's local shape in the scans holding
+    them (zero in the others), "") of per-scan sums in increasing eta (masked pixels zero); (None, empty, why not)
+    when there is none to replace."""
     from scipy import ndimage
     none = np.zeros(0)
     level = binned_level(sums, good)
@@ -287,7 +288,9 @@ def spot_voxels(sums: F64, good: npt.NDArray[np.bool_]) -> Voxels:
     # the particle's local shape under each spot: its scan's level with the spot pixels left out (read from around
     # them); with them in, the chain of spots along the Debye ring survives as a band the fill over-filled (`all` case,
     # register truth: d 1.9e-5 -> 9.5e-6 A, tilt 0.0062 -> 0.0027 deg, mask 92.2 -> 94.2 %)
-    shape = binned_level(sums, good & ~spots)
+    shape = np.zeros(sums.shape)
+    held = spots.any(axis=(1, 2))         # (the shape is read only under spots: the scans without are not levelled)
+    shape[held] = binned_level(sums[held], good & ~spots[held])
     return spots, shape, ""
 
 
