@@ -366,10 +366,8 @@ def _table(spots: npt.NDArray[np.bool_], eta: F64, roi: tuple[int, int, int, int
     rings: list[I64] = []
     core_shapes: list[F64] = []
     ring_shapes: list[F64] = []
-    height, width = spots.shape[1:]
     rows_idx, cols_idx = np.indices(spots.shape[1:])
-    tile = (rows_idx // TILE) * (width // TILE + 1) + cols_idx // TILE
-    reach = RING * RING_TRIES     # how far a piece's ring may lie from it: each piece is grown in a window this much wider
+    tile = (rows_idx // TILE) * (spots.shape[2] // TILE + 1) + cols_idx // TILE
     for s in range(spots.shape[0]):
         here = spots[s]
         if not here.any():
@@ -378,40 +376,84 @@ def _table(spots: npt.NDArray[np.bool_], eta: F64, roi: tuple[int, int, int, int
         spot_rows, spot_cols = np.nonzero(here)     # row-major, as each piece's pixels are listed
         pieces, piece_of = np.unique(labels[here] * (tile.max() + 1) + tile[here], return_inverse=True)
         by_piece = np.argsort(piece_of, kind="stable")
-        starts = np.searchsorted(piece_of[by_piece], np.arange(pieces.size + 1))
-        found = 0
-        for k in range(pieces.size):
-            rr, cc = spot_rows[by_piece[starts[k]:starts[k + 1]]], spot_cols[by_piece[starts[k]:starts[k + 1]]]
-            ra, rb = max(int(rr.min()) - reach, 0), min(int(rr.max()) + reach + 1, height)
-            ca, cb = max(int(cc.min()) - reach, 0), min(int(cc.max()) + reach + 1, width)
-            others = ~here[ra:rb, ca:cb] & good[ra:rb, ca:cb]
-            grow = np.zeros((rb - ra, cb - ca), dtype=bool)
-            grow[rr - ra, cc - ca] = True
-            ring = grow
-            for _ in range(RING_TRIES):      # a piece enclosed by other spot pixels looks further for its ring
-                grow = ndimage.binary_dilation(grow, iterations=RING)
-                ring = grow & others
-                if ring.sum() >= MIN_RING_PIXELS:
-                    break
-            if not ring.any():
-                continue
-            cores.append((rr + r0) * cols + cc + c0)
-            core_shapes.append(shape[s, rr, cc])
-            rr, cc = np.nonzero(ring)
-            rr, cc = rr + ra, cc + ca
-            rings.append((rr + r0) * cols + cc + c0)
-            ring_shapes.append(shape[s, rr, cc])
-            core_ptr.append(core_ptr[-1] + cores[-1].size)
-            ring_ptr.append(ring_ptr[-1] + rings[-1].size)
-            found += 1
-        if found:
-            scans.append(float(eta[s]))
-            scan_ptr.append(scan_ptr[-1] + found)
+        core_r, core_c = spot_rows[by_piece], spot_cols[by_piece]
+        sizes = np.bincount(piece_of, minlength=pieces.size)
+        ring_r, ring_c, ring_at = _rings(here, good, core_r, core_c, np.concatenate(([0], np.cumsum(sizes))))
+        ringed = np.diff(ring_at) > 0      # a piece without a ring (no good pixel near) is left as it is
+        if not ringed.any():
+            continue
+        core_r, core_c = core_r[np.repeat(ringed, sizes)], core_c[np.repeat(ringed, sizes)]
+        cores.append((core_r + r0) * cols + core_c + c0)
+        core_shapes.append(shape[s, core_r, core_c])
+        rings.append((ring_r + r0) * cols + ring_c + c0)
+        ring_shapes.append(shape[s, ring_r, ring_c])
+        core_ptr.extend((core_ptr[-1] + np.cumsum(sizes[ringed])).tolist())
+        ring_ptr.extend((ring_ptr[-1] + np.cumsum(np.diff(ring_at)[ringed])).tolist())
+        scans.append(float(eta[s]))
+        scan_ptr.append(scan_ptr[-1] + int(ringed.sum()))
     if not scans:
         return SpotTable.empty()
     return SpotTable(np.array(scans), cols, np.array(scan_ptr, dtype=np.int64), np.array(core_ptr, dtype=np.int64),
                      np.concatenate(cores).astype(np.int64), np.array(ring_ptr, dtype=np.int64),
                      np.concatenate(rings).astype(np.int64), np.concatenate(core_shapes), np.concatenate(ring_shapes))
+
+
+@numba.njit(cache=True, nogil=True)
+def _rings(here, good, rows, cols, ptr):  # type: ignore[no-untyped-def]
+    """The ring of each spot piece of one scan's spot pixels `here` (rows, cols): piece k's pixels are
+    ``rows[ptr[k]:ptr[k+1]]``, ``cols[...]``; its ring the good non-spot pixels within RING (city-block) of it,
+    within 2 RING, ... up to RING_TRIES RING until it holds MIN_RING_PIXELS (what RING-step cross dilations of
+    the piece give). Returns (ring rows, ring cols, ring_ptr), each ring row-major; an empty ring: no good pixel near."""
+    height, width = here.shape
+    reach = RING * RING_TRIES
+    n = ptr.size - 1
+    spans = np.empty((n, 4), dtype=np.int64)
+    room = 0
+    for k in range(n):
+        ra, rb = max(rows[ptr[k]:ptr[k + 1]].min() - reach, 0), min(rows[ptr[k]:ptr[k + 1]].max() + reach + 1, height)
+        ca, cb = max(cols[ptr[k]:ptr[k + 1]].min() - reach, 0), min(cols[ptr[k]:ptr[k + 1]].max() + reach + 1, width)
+        spans[k] = ra, rb, ca, cb
+        room += (rb - ra) * (cb - ca)
+    ring_r = np.empty(room, dtype=np.int64)
+    ring_c = np.empty(room, dtype=np.int64)
+    ring_ptr = np.zeros(n + 1, dtype=np.int64)
+    m = 0
+    for k in range(n):
+        ra, rb, ca, cb = spans[k]
+        h, w = rb - ra, cb - ca
+        dist = np.full((h, w), h + w + 1, dtype=np.int64)     # city-block distance to the piece: two raster passes
+        for j in range(ptr[k], ptr[k + 1]):
+            dist[rows[j] - ra, cols[j] - ca] = 0
+        for i in range(h):
+            for jj in range(w):
+                if i > 0 and dist[i - 1, jj] + 1 < dist[i, jj]:
+                    dist[i, jj] = dist[i - 1, jj] + 1
+                if jj > 0 and dist[i, jj - 1] + 1 < dist[i, jj]:
+                    dist[i, jj] = dist[i, jj - 1] + 1
+        for i in range(h - 1, -1, -1):
+            for jj in range(w - 1, -1, -1):
+                if i < h - 1 and dist[i + 1, jj] + 1 < dist[i, jj]:
+                    dist[i, jj] = dist[i + 1, jj] + 1
+                if jj < w - 1 and dist[i, jj + 1] + 1 < dist[i, jj]:
+                    dist[i, jj] = dist[i, jj + 1] + 1
+        limit = 0
+        for t in range(1, RING_TRIES + 1):
+            limit = RING * t
+            count = 0
+            for i in range(h):
+                for jj in range(w):
+                    if dist[i, jj] <= limit and good[ra + i, ca + jj] and not here[ra + i, ca + jj]:
+                        count += 1
+            if count >= MIN_RING_PIXELS:
+                break
+        for i in range(h):
+            for jj in range(w):
+                if dist[i, jj] <= limit and good[ra + i, ca + jj] and not here[ra + i, ca + jj]:
+                    ring_r[m] = ra + i
+                    ring_c[m] = ca + jj
+                    m += 1
+        ring_ptr[k + 1] = m
+    return ring_r[:m], ring_c[:m], ring_ptr
 
 
 class ScanSums:
