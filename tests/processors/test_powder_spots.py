@@ -322,3 +322,35 @@ def test_the_roi_search_takes_the_whole_frames_only_for_the_same_sums_and_mask()
     again = find_spots(doubled, eta, whole, frame, mask)
     assert not same(again, fresh[id(mask)])
     assert same(scans.spots(whole, mask), again)
+
+
+def test_each_spot_pieces_ring_is_what_growing_the_piece_gives():
+    """A spot piece's ring: the good pixels outside every spot that RING-pixel cross dilations of the piece reach,
+    widened (up to RING_TRIES times) while it holds fewer than MIN_RING_PIXELS. A blob spanning several tiles has
+    pieces enclosed by its other pieces (they look further); one at the window's corner is cut by the edge."""
+    from scipy import ndimage
+    from opmon.processors.powder_spots import MIN_RING_PIXELS, RING, RING_TRIES, _table
+    rows, cols = np.indices((50, 70))
+    spots = np.zeros((2, 50, 70), dtype=bool)
+    spots[0] = np.hypot(rows - 25, cols - 30) <= 17                 # a blob over several TILE x TILE tiles
+    spots[1] = (np.hypot(rows, cols - 69) <= 5) | (np.hypot(rows - 40, cols - 10) <= 2)
+    good = np.random.default_rng(2).random((50, 70)) > 0.3         # masked pixels never in a ring
+    roi, frame_cols = (10, 60, 5, 75), 80
+    table = _table(spots, np.array([19.0, 19.016]), roi, frame_cols, good, np.ones(spots.shape))
+    widened = 0
+    for s in range(2):
+        for k in range(table.scan_ptr[s], table.scan_ptr[s + 1]):
+            core = np.zeros((50, 70), dtype=bool)
+            pix = table.core_pix[table.core_ptr[k]:table.core_ptr[k + 1]]
+            core[pix // frame_cols - roi[0], pix % frame_cols - roi[2]] = True
+            grow = core
+            for tries in range(1, RING_TRIES + 1):
+                grow = ndimage.binary_dilation(grow, iterations=RING)
+                ring = grow & ~spots[s] & good
+                if ring.sum() >= MIN_RING_PIXELS:
+                    break
+            widened += tries > 1
+            rr, cc = np.nonzero(ring)
+            np.testing.assert_array_equal(table.ring_pix[table.ring_ptr[k]:table.ring_ptr[k + 1]],
+                                          (rr + roi[0]) * frame_cols + cc + roi[2])
+    assert widened >= 2 and table.scan_ptr[-1] - table.scan_ptr[1] == 2
