@@ -14,7 +14,8 @@ from opmon.cli import main
 from opmon.errors import OpmonError
 from opmon.processors.accumulate import MomentAccumulator
 from opmon.processors.geometry import DetectorGeometry
-from opmon.processors.powder_spots import OPENING, SMOOTH_SIGMA, SpotTable, binned_level, find_spots, smooth_level
+from opmon.processors.powder_spots import SpotTable, find_spots
+from opmon.processors.spot_level import OPENING, SMOOTH_SIGMA, binned_level, smooth_level
 from opmon.streaming.archive.raw import RawMapWriter
 from tests.processors.conftest import SHAPE
 from tests.processors.conftest import simulate_effect
