@@ -282,7 +282,13 @@ def _table(spots: npt.NDArray[np.bool_], eta: F64, roi: tuple[int, int, int, int
         by_piece = np.argsort(piece_of, kind="stable")
         core_r, core_c = spot_rows[by_piece], spot_cols[by_piece]
         sizes = np.bincount(piece_of, minlength=pieces.size)
-        ring_r, ring_c, ring_at = _rings(here, good, core_r, core_c, np.concatenate(([0], np.cumsum(sizes))))
+        starts = np.concatenate(([0], np.cumsum(sizes)))
+        reach = RING * RING_TRIES           # the farthest a ring may lie from its piece
+        spans = np.stack([np.maximum(np.minimum.reduceat(core_r, starts[:-1]) - reach, 0),
+                          np.minimum(np.maximum.reduceat(core_r, starts[:-1]) + reach + 1, here.shape[0]),
+                          np.maximum(np.minimum.reduceat(core_c, starts[:-1]) - reach, 0),
+                          np.minimum(np.maximum.reduceat(core_c, starts[:-1]) + reach + 1, here.shape[1])], axis=1)
+        ring_r, ring_c, ring_at = _rings(here, good, core_r, core_c, starts, spans)
         ringed = np.diff(ring_at) > 0      # a piece without a ring (no good pixel near) is left as it is
         if not ringed.any():
             continue
@@ -303,43 +309,44 @@ def _table(spots: npt.NDArray[np.bool_], eta: F64, roi: tuple[int, int, int, int
 
 
 @numba.njit(cache=True, nogil=True)
-def _rings(here, good, rows, cols, ptr):  # type: ignore[no-untyped-def]
+def _rings(here, good, rows, cols, ptr, spans):  # type: ignore[no-untyped-def]
     """The ring of each spot piece of one scan's spot pixels `here` (rows, cols): piece k's pixels are
-    ``rows[ptr[k]:ptr[k+1]]``, ``cols[...]``; its ring the good non-spot pixels within RING (city-block) of it,
-    within 2 RING, ... up to RING_TRIES RING until it holds MIN_RING_PIXELS (what RING-step cross dilations of
-    the piece give). Returns (ring rows, ring cols, ring_ptr), each ring row-major; an empty ring: no good pixel near."""
-    height, width = here.shape
-    reach = RING * RING_TRIES
+    ``rows[ptr[k]:ptr[k+1]]``, ``cols[...]``, its ring looked for in the window ``spans[k]`` (row from, to, column
+    from, to: RING x RING_TRIES around it); the ring is the good non-spot pixels within RING (city-block) of the
+    piece, within 2 RING, ... up to RING_TRIES RING until it holds MIN_RING_PIXELS (what RING-step cross dilations
+    of the piece give). Returns (ring rows, ring cols, ring_ptr), each ring row-major; empty: no good pixel near."""
     n = ptr.size - 1
-    spans = np.empty((n, 4), dtype=np.int64)
     room = 0
     for k in range(n):
-        ra, rb = max(rows[ptr[k]:ptr[k + 1]].min() - reach, 0), min(rows[ptr[k]:ptr[k + 1]].max() + reach + 1, height)
-        ca, cb = max(cols[ptr[k]:ptr[k + 1]].min() - reach, 0), min(cols[ptr[k]:ptr[k + 1]].max() + reach + 1, width)
-        spans[k] = ra, rb, ca, cb
-        room += (rb - ra) * (cb - ca)
+        room += (spans[k, 1] - spans[k, 0]) * (spans[k, 3] - spans[k, 2])
     ring_r = np.empty(room, dtype=np.int64)
     ring_c = np.empty(room, dtype=np.int64)
     ring_ptr = np.zeros(n + 1, dtype=np.int64)
     m = 0
     for k in range(n):
-        ra, rb, ca, cb = spans[k]
-        h, w = rb - ra, cb - ca
-        dist = np.full((h, w), h + w + 1, dtype=np.int64)     # city-block distance to the piece: two raster passes
+        ra = spans[k, 0]
+        ca = spans[k, 2]
+        h = spans[k, 1] - ra
+        w = spans[k, 3] - ca
+        dist = np.full((h, w), h + w + 1)       # city-block distance to the piece: two raster passes
         for j in range(ptr[k], ptr[k + 1]):
             dist[rows[j] - ra, cols[j] - ca] = 0
         for i in range(h):
             for jj in range(w):
-                if i > 0 and dist[i - 1, jj] + 1 < dist[i, jj]:
-                    dist[i, jj] = dist[i - 1, jj] + 1
-                if jj > 0 and dist[i, jj - 1] + 1 < dist[i, jj]:
-                    dist[i, jj] = dist[i, jj - 1] + 1
+                d = dist[i, jj]
+                if i > 0:
+                    d = min(d, dist[i - 1, jj] + 1)
+                if jj > 0:
+                    d = min(d, dist[i, jj - 1] + 1)
+                dist[i, jj] = d
         for i in range(h - 1, -1, -1):
             for jj in range(w - 1, -1, -1):
-                if i < h - 1 and dist[i + 1, jj] + 1 < dist[i, jj]:
-                    dist[i, jj] = dist[i + 1, jj] + 1
-                if jj < w - 1 and dist[i, jj + 1] + 1 < dist[i, jj]:
-                    dist[i, jj] = dist[i, jj + 1] + 1
+                d = dist[i, jj]
+                if i < h - 1:
+                    d = min(d, dist[i + 1, jj] + 1)
+                if jj < w - 1:
+                    d = min(d, dist[i, jj + 1] + 1)
+                dist[i, jj] = d
         limit = 0
         for t in range(1, RING_TRIES + 1):
             limit = RING * t
