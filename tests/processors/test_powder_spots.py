@@ -15,6 +15,7 @@ from opmon.errors import OpmonError
 from opmon.processors.accumulate import MomentAccumulator
 from opmon.processors.geometry import DetectorGeometry
 from opmon.processors.powder_spots import SpotTable, find_spots
+from opmon.processors.spot_level import OPENING, SMOOTH_SIGMA, binned_level, smooth_level
 from opmon.streaming.archive.raw import RawMapWriter
 from tests.processors.conftest import SHAPE
 from tests.processors.conftest import simulate_effect
@@ -258,32 +259,99 @@ def test_a_chain_of_spots_beside_a_faded_particle_is_still_found():
     assert table.n_spots >= 10 and not table.note
 
 
-def test_a_whole_frame_roi_reuses_the_whole_frame_search_and_finds_the_same_spots(monkeypatch):
-    """The auto ROI searched the whole frame (`without_spots`); when the ROI is the whole frame (the bench map's
-    particle fills it) the ROI's search is the same search: taken from there, spot for spot, not run again, and
-    run again once more frames have been added."""
-    import opmon.processors.powder_spots as powder_spots
+def per_image_level(image, good):
+    """`binned_level` of one image as it was before the stack (scipy `map_coordinates` upsampling): the reference."""
+    from scipy import ndimage
+    rows, cols = image.shape
+    pad = ((0, rows % 2), (0, cols % 2))
+    summed = np.pad(np.where(good, image, 0.0), pad, mode="edge")
+    counted = np.pad(good.astype(float), pad, mode="edge")
+    summed, counted = (a.reshape(a.shape[0] // 2, 2, -1, 2).sum(axis=(1, 3)) for a in (summed, counted))
+    binned = smooth_level(summed / np.maximum(counted, 1.0), counted > 0, SMOOTH_SIGMA / 2, scale=4.0, radius=OPENING // 2)
+    r = np.clip((np.arange(rows) - 0.5) / 2.0, 0, binned.shape[0] - 1)
+    c = np.clip((np.arange(cols) - 0.5) / 2.0, 0, binned.shape[1] - 1)
+    return ndimage.map_coordinates(binned, np.meshgrid(r, c, indexing="ij"), order=1, mode="nearest")
+
+
+def test_the_stacked_level_is_each_scans_own_level():
+    """The spot search levels all eta scans in one call per filter: each scan must get the level of its own
+    image and mask, as one image at a time (a filter reaching across scans, or one mask for all, would not)."""
+    rng = np.random.default_rng(7)
+    lam = broad_peak_sums(shape=(41, 57))                     # odd sides: the binning pads
+    lam[:, 20:, :] *= np.arange(1, 7)[:, None, None]        # scans unlike each other
+    rows, cols = np.indices(lam.shape[1:])
+    lam[2] += 300 * np.exp(-0.5 * ((rows - 22) ** 2 + (cols - 25) ** 2) / 1.5 ** 2)
+    sums = rng.poisson(lam).astype(float)
+    good = rng.random(lam.shape[1:]) > 0.05                  # one mask for every scan ...
+    per_scan = rng.random(lam.shape) > 0.1                   # ... or one per scan (the shape under the spots)
+    for mask in (good, per_scan):
+        stacked = binned_level(sums, mask)
+        for k in range(sums.shape[0]):
+            np.testing.assert_allclose(stacked[k], per_image_level(sums[k], mask if mask.ndim == 2 else mask[k]),
+                                       rtol=1e-12, atol=1e-12)
+
+
+def test_the_roi_search_takes_the_whole_frames_only_for_the_same_sums_and_mask():
+    """With the ROI the whole frame, `ScanSums.spots` takes the spots the auto ROI's search found on the same sums;
+    with another mask, or more frames since, it searches again."""
     from opmon.processors.powder_spots import ScanSums
-    rng = np.random.default_rng(3)
+    rng = np.random.default_rng(5)
     lam = broad_peak_sums()
     rows, cols = np.indices(lam.shape[1:])
     lam[3] += 300 * np.exp(-0.5 * ((rows - 22) ** 2 + (cols - 25) ** 2) / 1.5 ** 2)
-    frame, eta = lam.shape[1:], 19.0 + 0.016 * np.arange(lam.shape[0])
+    eta = 19.0 + 0.016 * np.arange(lam.shape[0])
+    frame, whole = lam.shape[1:], (0, lam.shape[1], 0, lam.shape[2])
+    counts = rng.poisson(lam).astype(np.float32)
     scans = ScanSums(frame, n_scans=lam.shape[0])
-    scans.add(rng.poisson(lam).astype(np.float32), eta)
-    whole = (0, frame[0], 0, frame[1])
-    expected = scans.spots(whole, None)                 # searched on its own (no whole-frame search yet)
-    assert expected.n_spots >= 1
-    searches = []
-    real = powder_spots.spot_voxels
-    monkeypatch.setattr(powder_spots, "spot_voxels", lambda *a: searches.append(1) or real(*a))
-    assert scans.without_spots(None) is not None and len(searches) == 1
-    again = scans.spots(whole, None)
-    assert len(searches) == 1                           # reused
-    for a, b in zip(again.arrays(), expected.arrays()):
-        np.testing.assert_array_equal(a, b)
-    scans.spots((0, frame[0] - 1, 0, frame[1]), None)    # another window: searched
-    assert len(searches) == 2
-    scans.add(rng.poisson(lam[:1]).astype(np.float32), eta[:1])
-    scans.spots(whole, None)                            # the sums changed: searched again
-    assert len(searches) == 3
+    scans.add(counts, eta)
+    mask = np.zeros(frame, np.uint8)
+    other = mask.copy()
+    other[20:25, 23:28] = 1                                   # the spot's middle masked
+    fresh = {id(m): find_spots(counts.astype(float), eta, whole, frame, m) for m in (mask, other)}
+
+    def same(a, b):
+        return all(np.array_equal(x, y) for x, y in zip(a.arrays(), b.arrays()))
+
+    assert not same(fresh[id(mask)], fresh[id(other)])
+    scans.without_spots(mask)
+    assert same(scans.spots(whole, mask), fresh[id(mask)])
+    assert same(scans.spots(whole, other), fresh[id(other)])
+    scans.without_spots(mask)
+    scans.add(counts[3:4], eta[3:4])                          # the spot's scan again: its sum doubles
+    doubled = counts.astype(float)
+    doubled[3] *= 2
+    again = find_spots(doubled, eta, whole, frame, mask)
+    assert not same(again, fresh[id(mask)])
+    assert same(scans.spots(whole, mask), again)
+
+
+def test_each_spot_pieces_ring_is_what_growing_the_piece_gives():
+    """A spot piece's ring: the good pixels outside every spot that RING-pixel cross dilations of the piece reach,
+    widened (up to RING_TRIES times) while it holds fewer than MIN_RING_PIXELS. A blob spanning several tiles has
+    pieces enclosed by its other pieces (they look further); one at the window's corner is cut by the edge."""
+    from scipy import ndimage
+    from opmon.processors.powder_spots import MIN_RING_PIXELS, RING, RING_TRIES, _table
+    rows, cols = np.indices((50, 70))
+    spots = np.zeros((2, 50, 70), dtype=bool)
+    spots[0] = np.hypot(rows - 25, cols - 30) <= 17                 # a blob over several TILE x TILE tiles
+    spots[1] = (np.hypot(rows, cols - 69) <= 5) | (np.hypot(rows - 40, cols - 10) <= 2)
+    good = np.random.default_rng(2).random((50, 70)) > 0.3         # masked pixels never in a ring
+    roi, frame_cols = (10, 60, 5, 75), 80
+    table = _table(spots, np.array([19.0, 19.016]), roi, frame_cols, good, np.ones(spots.shape))
+    widened = 0
+    for s in range(2):
+        for k in range(table.scan_ptr[s], table.scan_ptr[s + 1]):
+            core = np.zeros((50, 70), dtype=bool)
+            pix = table.core_pix[table.core_ptr[k]:table.core_ptr[k + 1]]
+            core[pix // frame_cols - roi[0], pix % frame_cols - roi[2]] = True
+            grow = core
+            for tries in range(1, RING_TRIES + 1):
+                grow = ndimage.binary_dilation(grow, iterations=RING)
+                ring = grow & ~spots[s] & good
+                if ring.sum() >= MIN_RING_PIXELS:
+                    break
+            widened += tries > 1
+            rr, cc = np.nonzero(ring)
+            np.testing.assert_array_equal(table.ring_pix[table.ring_ptr[k]:table.ring_ptr[k + 1]],
+                                          (rr + roi[0]) * frame_cols + cc + roi[2])
+    assert widened >= 2 and table.scan_ptr[-1] - table.scan_ptr[1] == 2
