@@ -152,3 +152,14 @@ def test_the_compiled_field_cost_reads_as_scipy_map_coordinates_even_on_a_grid_o
         expected = float((weight * np.where(on, (field - seen) ** 2, penalty)).sum())
         got = registration._field_cost(reference, defined, ys, xs, dy, dx, field, weight, penalty)
         assert got == pytest.approx(expected, rel=1e-12)
+
+
+def test_the_compiled_resample_of_one_map_is_the_numpy_resample_bit_for_bit():
+    """`resample` of a (ny, nx) map runs compiled (each registration round moves every scan's maps); the numpy path,
+    which (ny, nx, ...) sums still take, is the reference: the same four corners added in the same order."""
+    rng = np.random.default_rng(0)
+    for shape in [(20, 28), (1, 9), (9, 1)]:
+        for _ in range(50):
+            a = rng.normal(size=shape) * rng.uniform(0, 100)
+            shift = rng.uniform(-5, 5, 2) if rng.uniform() > 0.2 else np.round(rng.uniform(-3, 3, 2))
+            np.testing.assert_array_equal(registration.resample(a, shift), registration.resample(a[..., None], shift)[..., 0])
