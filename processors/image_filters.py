@@ -62,35 +62,38 @@ def upsample_bilinear(images: npt.ArrayLike, rows: F64, cols: F64) -> F64:
 
 
 @numba.njit(cache=True, nogil=True)
-def _correlate_line(line: F64, weights: F64, out: F64) -> None:
-    """scipy's symmetric correlation of one line (NI_Correlate1D): centre times its weight, then from the outermost
-    pair inwards each pair's sum times their weight; the line extended by its end values ("nearest")."""
-    n, radius = line.size, weights.size // 2
-    for i in range(n):
-        total = line[i] * weights[radius]
-        for j in range(-radius, 0):
-            below, above = i + j, i - j
-            total += (line[max(below, 0)] + line[min(above, n - 1)]) * weights[radius + j]
-        out[i] = total
-
-
-@numba.njit(cache=True, nogil=True)
 def _correlate_both(stack: F64, weights: F64) -> F64:
-    """`_correlate_line` along axis 1, then axis 2, of every image (scipy filters axis by axis in order)."""
+    """scipy's symmetric correlation (NI_Correlate1D) along axis 1, then axis 2, of every image (scipy filters axis by
+    axis in order), lines extended by their end values ("nearest"): each output the centre times its weight, then from
+    the outermost pair inwards each pair's sum times their weight. Written tap by tap over a whole row of outputs (the
+    same additions per output, in the same order; the compiler vectorises across outputs)."""
     n, rows, cols = stack.shape
+    radius = weights.size // 2
     first = np.empty_like(stack)
     out = np.empty_like(stack)
-    line, done = np.empty(rows), np.empty(rows)
+    down = np.empty((rows + 2 * radius, cols))
+    along = np.empty(cols + 2 * radius)
     for k in range(n):
-        for c in range(cols):
-            for r in range(rows):
-                line[r] = stack[k, r, c]
-            _correlate_line(line, weights, done)
-            for r in range(rows):
-                first[k, r, c] = done[r]
-    for k in range(n):
+        for r in range(rows + 2 * radius):             # the image's rows extended by the end rows
+            src = min(max(r - radius, 0), rows - 1)
+            for c in range(cols):
+                down[r, c] = stack[k, src, c]
         for r in range(rows):
-            _correlate_line(first[k, r], weights, out[k, r])
+            for c in range(cols):
+                first[k, r, c] = down[r + radius, c] * weights[radius]
+            for j in range(-radius, 0):
+                w = weights[radius + j]
+                for c in range(cols):
+                    first[k, r, c] += (down[r + radius + j, c] + down[r + radius - j, c]) * w
+        for r in range(rows):
+            for c in range(cols + 2 * radius):         # each row extended by its end values
+                along[c] = first[k, r, min(max(c - radius, 0), cols - 1)]
+            for c in range(cols):
+                out[k, r, c] = along[c + radius] * weights[radius]
+            for j in range(-radius, 0):
+                w = weights[radius + j]
+                for c in range(cols):
+                    out[k, r, c] += (along[c + radius + j] + along[c + radius - j]) * w
     return out
 
 
@@ -111,6 +114,7 @@ def _extreme(stack: F64, dy: npt.NDArray[np.int64], dx: npt.NDArray[np.int64], l
     for m in range(dy.size):      # by hand: numpy's reductions here tie the cached kernel to numba's array-math module,
         ry, rx = max(ry, abs(dy[m])), max(rx, abs(dx[m]))    # whose import (and full refresh) cost each load ~0.25 s
     padded = np.empty((rows + 2 * ry, cols + 2 * rx))
+    row = np.empty(cols)
     out = np.empty_like(stack)
     for k in range(n):
         for r in range(rows + 2 * ry):
@@ -118,12 +122,19 @@ def _extreme(stack: F64, dy: npt.NDArray[np.int64], dx: npt.NDArray[np.int64], l
                 padded[r, c] = stack[k, _reflected(r - ry, rows), _reflected(c - rx, cols)]
         for r in range(rows):
             for c in range(cols):
-                best = padded[r + ry + dy[0], c + rx + dx[0]]
-                for m in range(1, dy.size):
-                    v = padded[r + ry + dy[m], c + rx + dx[m]]
-                    if (v < best) if lowest else (v > best):
-                        best = v
-                out[k, r, c] = best
+                row[c] = padded[r + ry + dy[0], c + rx + dx[0]]
+            for m in range(1, dy.size):                 # offset by offset over a row (vectorised): per pixel the same
+                at, off = r + ry + dy[m], rx + dx[m]    # comparisons in the same order as pixel by pixel
+                if lowest:
+                    for c in range(cols):
+                        v = padded[at, c + off]
+                        row[c] = v if v < row[c] else row[c]
+                else:
+                    for c in range(cols):
+                        v = padded[at, c + off]
+                        row[c] = v if v > row[c] else row[c]
+            for c in range(cols):
+                out[k, r, c] = row[c]
     return out
 
 
@@ -133,19 +144,26 @@ def _bilinear(stack: F64, rows: F64, cols: F64) -> F64:
     row weight times its column weight, added to 0; a neighbour past the last pixel (weight 0) read at it."""
     n, nr, nc = stack.shape
     out = np.empty((n, rows.size, cols.size))
+    r0 = np.empty(rows.size, dtype=np.int64)
+    r1 = np.empty(rows.size, dtype=np.int64)
+    c0 = np.empty(cols.size, dtype=np.int64)
+    c1 = np.empty(cols.size, dtype=np.int64)
+    fr, fc = np.empty(rows.size), np.empty(cols.size)
     for i in range(rows.size):
-        r0 = int(np.floor(rows[i]))
-        fr = rows[i] - r0
-        r1 = min(r0 + 1, nr - 1)
-        for j in range(cols.size):
-            c0 = int(np.floor(cols[j]))
-            fc = cols[j] - c0
-            c1 = min(c0 + 1, nc - 1)
-            for k in range(n):
+        r0[i] = int(np.floor(rows[i]))
+        fr[i] = rows[i] - r0[i]
+        r1[i] = min(r0[i] + 1, nr - 1)
+    for j in range(cols.size):
+        c0[j] = int(np.floor(cols[j]))
+        fc[j] = cols[j] - c0[j]
+        c1[j] = min(c0[j] + 1, nc - 1)
+    for k in range(n):                                  # image by image (each read where it lies)
+        for i in range(rows.size):
+            for j in range(cols.size):
                 value = 0.0
-                value += stack[k, r0, c0] * (1.0 - fr) * (1.0 - fc)
-                value += stack[k, r0, c1] * (1.0 - fr) * fc
-                value += stack[k, r1, c0] * fr * (1.0 - fc)
-                value += stack[k, r1, c1] * fr * fc
+                value += stack[k, r0[i], c0[j]] * (1.0 - fr[i]) * (1.0 - fc[j])
+                value += stack[k, r0[i], c1[j]] * (1.0 - fr[i]) * fc[j]
+                value += stack[k, r1[i], c0[j]] * fr[i] * (1.0 - fc[j])
+                value += stack[k, r1[i], c1[j]] * fr[i] * fc[j]
                 out[k, i, j] = value
     return out
