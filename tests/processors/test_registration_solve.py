@@ -117,20 +117,25 @@ def test_the_compiled_pattern_search_picks_the_shifts_the_python_search_picked()
         assert np.hypot(*(found - true)) < 0.2                # and it found the move
 
 
-def test_tilt_noise_is_declined_before_the_sharp_field_refinement(monkeypatch, caplog):
-    """A map whose tilt is noise over a uniformly lit field (the bench map of `opmon bench process`): the fits
-    wander off each other's support in the mean-field rounds, so the registration is declined there, without
-    paying for the sharp-field refinement from shifts it would decline anyway."""
+def test_tilt_noise_is_declined_as_soon_as_the_fits_wander_off_each_others_support(monkeypatch, caplog):
+    """A map whose tilt is noise over a uniformly lit field (the bench map of `opmon bench process`): the fits wander
+    off each other's support within the mean-field rounds, so the registration is declined there, after the round
+    that shows it, not after every round and the sharp-field refinement (shifts it would decline anyway)."""
+    fits = []
+    real_fit = registration._fit_field
+
     def refined(*args):
         raise AssertionError("the sharp-field refinement ran on shifts already off each other's support")
 
     monkeypatch.setattr(registration, "_refined", refined)
+    monkeypatch.setattr(registration, "_fit_field", lambda *a: fits.append(1) or real_fit(*a))
     caplog.set_level(logging.DEBUG, logger="opmon.processors.registration")
     rng = np.random.default_rng(0)
     s0 = rng.poisson(800.0, (9, 12, 14)).astype(float)
     s1 = s0[..., None] * (np.array([0.0, 3.1, 0.4]) + rng.normal(0.0, 1e-4, (9, 12, 14, 3)))
     np.testing.assert_array_equal(registration.register_eta_scans_by_tilt(s0, s1, 0.0), 0.0)
-    assert "found on the other scans' mean field" in caplog.text
+    assert "found on the other scans' mean field (round" in caplog.text
+    assert len(fits) < registration.FIELD_ROUNDS * s0.shape[0] / 2      # declined within the first half of the rounds
 
 
 @pytest.mark.parametrize("shape", [(9, 11), (1, 12), (12, 1)])
