@@ -580,7 +580,7 @@ def register_eta_scans_by_tilt(s0: npt.ArrayLike, s1: npt.ArrayLike, phi_deg: fl
             defined = (others_w >= FIELD_SUPPORT * FIELD_FLOOR * peak).astype(np.float64)
             reference = np.where(defined > 0, others_wf / np.where(defined > 0, others_w, 1.0), 0.0)
             found[k] = _fit_field(field[k], weight[k], reference, defined, shifts[k] if rounds else None)
-            if int(k) in lit:
+            if int(k) in lit:     # `_compared`'s second sum: the weight landing on the support (its misfit unused)
                 ys, xs, w = lit[int(k)]
                 landed += _compared(reference, defined, ys, xs, float(found[k][0]), float(found[k][1]), w, w)[1]
                 unmoved += _compared(reference, defined, ys, xs, 0.0, 0.0, w, w)[1] if rounds == 0 else 0.0
