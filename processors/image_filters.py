@@ -1,12 +1,12 @@
-"""The three image filters of the powder-spot level (`powder_spots.smooth_level`), compiled, as scipy.ndimage computes them.
+"""The three image filters of the powder-spot level (`spot_level.smooth_level`), compiled, as scipy.ndimage computes them.
 
 Why not scipy.ndimage: importing it costs ~0.15 s (its array-API layer pulls in scipy.special and numpy.f2py), a
 fifth of `opmon process` on a 17,000-frame map, paid by every map with the default `--powder-spots auto` although
 most maps hold no spot; and each call on a small binned image is mostly call overhead (a map's 31 eta scans made
 ~190 calls). These kernels work on a stack of images (n, rows, cols), one call per filter, and follow scipy's
 arithmetic step by step (the same weights, extensions and order of additions), so the level, hence every spot
-found, is the same to the last bit or to rounding (tests/processors/test_image_filters.py compares them with
-scipy). scipy.ndimage is still what labels, measures and dilates spots once candidates stand out.
+found, is the same to the last bit (tests/processors/test_image_filters.py compares them with scipy).
+scipy.ndimage is still what labels and widens spots once candidates stand out.
 """
 from __future__ import annotations
 
